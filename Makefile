@@ -1,0 +1,30 @@
+SHELL := /bin/bash
+# swift-dlm: the commands a person (and CI) uses. See README.md.
+SWIFT ?= swift
+SEEDS ?= 1000
+
+.PHONY: build release test lint bench clean
+
+build:
+	$(SWIFT) build
+
+release:
+	$(SWIFT) build -c release
+
+## make test: build (warnings are errors for our own code), lint, and run every test.
+test: lint
+	@$(SWIFT) build --build-tests 2>&1 | tee .build-test.log; test $${PIPESTATUS[0]} -eq 0
+	@if grep -E '^/.*/(Sources|Tests|bench|Tools)/.*: warning:' .build-test.log; then \
+		echo "error: the build has warnings (see above); warnings are bugs here"; exit 1; fi
+	$(SWIFT) test --skip-build
+
+lint:
+	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests bench
+
+## make bench: release build, then the engine benchmark (see bench/RESULTS.md).
+bench:
+	$(SWIFT) build -c release --product dlmbench
+	.build/release/dlmbench core
+
+clean:
+	rm -rf .build .build-test.log

@@ -1,0 +1,58 @@
+/// The end of a request, a conversion, an unlock or a cancel: libdlm's completion AST with its lksb.
+public struct Completion: Sendable, Hashable {
+    public var lock: LockID
+    public var owner: OwnerID
+    public var status: DLMStatus
+    public var flags: CompletionFlags
+    /// The mode the lock holds after this completion: nil when it holds none (a refused or cancelled new
+    /// request, an unlock).
+    public var mode: LockMode?
+    /// With VALBLK on a grant or up-conversion, the value read (length of the lockspace's value block).
+    public var valueBlock: [UInt8]?
+    /// The resource's value block sequence number when it was read or written.
+    public var valueBlockSequence: UInt64
+    /// For a grant of PW or EX (or any grant when asked), a token that increases strictly per resource. Zero
+    /// when no token was issued.
+    public var fencingToken: UInt64
+
+    public init(
+        lock: LockID, owner: OwnerID, status: DLMStatus, flags: CompletionFlags = [], mode: LockMode?,
+        valueBlock: [UInt8]? = nil, valueBlockSequence: UInt64 = 0, fencingToken: UInt64 = 0
+    ) {
+        self.lock = lock
+        self.owner = owner
+        self.status = status
+        self.flags = flags
+        self.mode = mode
+        self.valueBlock = valueBlock
+        self.valueBlockSequence = valueBlockSequence
+        self.fencingToken = fencingToken
+    }
+}
+
+/// A blocking callback (libdlm's bast): another request waits for a mode this lock's granted mode blocks.
+public struct BlockingCallback: Sendable, Hashable {
+    public var lock: LockID
+    public var owner: OwnerID
+    /// The mode that is blocked.
+    public var mode: LockMode
+
+    public init(lock: LockID, owner: OwnerID, mode: LockMode) {
+        self.lock = lock
+        self.owner = owner
+        self.mode = mode
+    }
+}
+
+/// What the engine asks its shell to do, in the order it must be done.
+public enum Effect: Sendable, Hashable {
+    case completion(Completion)
+    case blockingCallback(BlockingCallback)
+
+    public var owner: OwnerID {
+        switch self {
+        case .completion(let c): c.owner
+        case .blockingCallback(let b): b.owner
+        }
+    }
+}

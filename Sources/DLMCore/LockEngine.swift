@@ -1,0 +1,397 @@
+import DequeModule
+import HeapModule
+
+/// The lock manager of one node as a deterministic state machine: requests, conversions, unlocks, owner
+/// exits and the passing of time go in; completions and blocking callbacks come out, in a fixed order.
+/// It does no I/O, reads no clock and starts no thread; its shell owns it from one serial executor.
+///
+/// The grant rules, flags and value block rules are those of the VMS / Linux DLM (REFERENCE.md §1-5);
+/// each rule has a function named after it in `GrantRules.swift`.
+public struct LockEngine {
+    public let config: EngineConfig
+    /// The engine's clock: the last time `tick(now:)` passed in.
+    public private(set) var now: Instant = 0
+
+    var lockspaces: [LockspaceRecord] = []
+    var lockspaceIndex: [[UInt8]: UInt32] = [:]
+    var locks: ContiguousArray<LockRecord> = []
+    var freeLocks: [Int32] = []
+    var resources: ContiguousArray<ResourceRecord> = []
+    var freeResources: [Int32] = []
+    var resourceIndex: [ResourceKey: Int32] = [:]
+    var owners: [OwnerRecord] = [OwnerRecord(id: OwnerID(UInt64.max))]
+    var ownerIndex: [OwnerID: Int32] = [:]
+    var freeOwners: [Int32] = []
+    /// All waiting and converting locks, oldest first.
+    var waiting = QueueEnds()
+    var waitSequence: UInt32 = 0
+    /// Requests to search for deadlocks from, in the order they become due (all wait `deadlockWait`).
+    var deadlockChecks: Deque<TimerEntry> = []
+    /// Requests with TIMEOUT, by deadline.
+    var timeouts: Heap<TimerEntry> = []
+
+    public init(config: EngineConfig = EngineConfig()) {
+        self.config = config
+    }
+
+    // MARK: Lockspaces
+
+    /// Creates a lockspace, or returns the existing one of that name (as `dlm_create_lockspace` does).
+    /// EINVAL for a name of 0 or more than 64 bytes, or a value block length that is not a multiple of 8
+    /// between 8 and 64; EEXIST if the name exists with another value block length.
+    public mutating func createLockspace(name: [UInt8], valueBlockLength: Int? = nil) throws(DLMError) -> LockspaceID {
+        guard !name.isEmpty, name.count <= EngineConfig.maxNameLength else {
+            throw .invalid("a lockspace name has 1 to 64 bytes, this one has \(name.count)")
+        }
+        let length = valueBlockLength ?? config.defaultValueBlockLength
+        guard length > 0, length % 8 == 0, length <= EngineConfig.maxValueBlockLength else {
+            throw .invalid("a value block length is a multiple of 8 from 8 to 64, not \(length)")
+        }
+        if let id = lockspaceIndex[name] {
+            guard lockspaces[Int(id)].valueBlockLength == length else {
+                throw DLMError(
+                    .exists, "the lockspace exists with value block length \(lockspaces[Int(id)].valueBlockLength)")
+            }
+            return LockspaceID(rawValue: id)
+        }
+        let id: UInt32
+        if let reusable = lockspaces.firstIndex(where: { !$0.isLive }) {
+            id = UInt32(reusable)
+            lockspaces[reusable] = LockspaceRecord(name: name, valueBlockLength: length)
+        } else {
+            id = UInt32(lockspaces.count)
+            lockspaces.append(LockspaceRecord(name: name, valueBlockLength: length))
+        }
+        lockspaceIndex[name] = id
+        return LockspaceID(rawValue: id)
+    }
+
+    /// The lockspace of that name, if it exists.
+    public func lockspace(named name: [UInt8]) -> LockspaceID? {
+        lockspaceIndex[name].map(LockspaceID.init(rawValue:))
+    }
+
+    public func lockspaceInfo(_ id: LockspaceID) -> LockspaceInfo? {
+        guard Int(id.rawValue) < lockspaces.count, lockspaces[Int(id.rawValue)].isLive else { return nil }
+        let record = lockspaces[Int(id.rawValue)]
+        return LockspaceInfo(
+            id: id, name: record.name, valueBlockLength: record.valueBlockLength,
+            resourceCount: record.resourceCount, lockCount: record.lockCount)
+    }
+
+    public var allLockspaces: [LockspaceInfo] {
+        lockspaces.indices.compactMap { lockspaceInfo(LockspaceID(rawValue: UInt32($0))) }
+    }
+
+    /// Releases a lockspace. EBUSY while it holds locks, unless forced; a forced release drops every lock
+    /// without completions (libdlm's `force` of 2 and above).
+    public mutating func releaseLockspace(_ id: LockspaceID, force: Bool = false) throws(DLMError) {
+        let index = Int(id.rawValue)
+        guard index < lockspaces.count, lockspaces[index].isLive else { throw .noEntry("no such lockspace") }
+        if lockspaces[index].lockCount > 0 {
+            guard force else { throw .busy("the lockspace still holds \(lockspaces[index].lockCount) locks") }
+            var dropped: [Int32] = []
+            for slot in locks.indices where !locks[slot].isFree {
+                if resources[Int(locks[slot].resource)].lockspace == id.rawValue { dropped.append(Int32(slot)) }
+            }
+            dropped.sort { (depth(of: $0), $0) > (depth(of: $1), $1) }
+            for lock in dropped {
+                let resource = locks[Int(lock)].resource
+                removeLock(lock)
+                freeResourceIfUnused(resource)
+            }
+        }
+        lockspaceIndex[lockspaces[index].name] = nil
+        lockspaces[index].isLive = false
+    }
+
+    // MARK: Requests
+
+    /// A new lock request. Errors in the request itself are thrown (EINVAL, ENOENT, and for ORPHAN also
+    /// EAGAIN); otherwise the lock's id is returned and its completion is among the effects, now (granted,
+    /// EAGAIN) or later (granted, EDEADLK, ETIMEDOUT, ECANCEL).
+    public mutating func lock(_ request: LockRequest, into effects: inout [Effect]) throws(DLMError) -> LockID {
+        try LockEngine.validate(request)
+        let ls = request.lockspace.rawValue
+        guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
+        var parentResource = none
+        var parentLock = none
+        if let parent = request.parent {
+            parentLock = try ownedLock(parent, request.owner, "parent lock")
+            guard locks[Int(parentLock)].isGranted else { throw .invalid("the parent lock is not granted") }
+            parentResource = locks[Int(parentLock)].resource
+            guard resources[Int(parentResource)].lockspace == ls else {
+                throw .invalid("the parent lock is in another lockspace")
+            }
+        }
+        let owner = ownerSlot(request.owner)
+        let key = ResourceKey(lockspace: ls, parent: parentResource, name: request.name)
+        if request.flags.contains(.orphan) {
+            return try adoptOrphan(request, resource: resourceIndex[key], owner: owner, into: &effects)
+        }
+        guard lockCount < config.maxLocks else { throw DLMError(.tryAgain, "the engine holds its maximum of locks") }
+        let resource = findOrCreateResource(key)
+        let lock = allocateLock()
+        locks[Int(lock)] = LockRecord(
+            resource: resource, parent: parentLock, flags: request.flags, requestedMode: request.mode.rawValue,
+            priority: request.priority, options: LockEngine.options(of: request),
+            transaction: request.transaction ?? 0)
+        if parentLock != none { locks[Int(parentLock)].children += 1 }
+        linkToOwner(lock, owner)
+        resources[Int(resource)].lockCount += 1
+        lockspaces[Int(ls)].lockCount += 1
+        requestNew(lock, timeout: request.timeout, into: &effects)
+        return LockID(slot: lock)
+    }
+
+    /// Converts a granted lock to another mode. Errors in the request are thrown: EINVAL (bad flags, QUECVT
+    /// that is not an up-conversion), ENOENT (unknown lock, or another owner's), EBUSY (a request or
+    /// conversion is already pending). The outcome is a completion among the effects.
+    public mutating func convert(_ request: ConvertRequest, into effects: inout [Effect]) throws(DLMError) {
+        try LockEngine.validate(request)
+        let lock = try ownedLock(request.lock, request.owner, "lock")
+        let record = locks[Int(lock)]
+        guard record.queue == QueueKind.grant.rawValue else {
+            throw .busy("a request or conversion of this lock is still pending")
+        }
+        if request.flags.contains(.queueConversion),
+            !LockMode(rawValue: record.grantedMode)!.allowsQueuedConversion(to: request.mode)
+        {
+            throw .invalid(
+                "QUECVT is only for up-conversions, not \(LockMode(rawValue: record.grantedMode)!) to \(request.mode)")
+        }
+        let operation = ValueBlockOperation(from: record.grantedMode, to: request.mode.rawValue)
+        if request.flags.contains(.valueBlock), operation == .write,
+            !request.flags.contains(.invalidateValueBlock)
+        {
+            try checkValueBlock(request.valueBlock, resource: record.resource, required: true)
+        }
+        locks[Int(lock)].flags = request.flags.union(record.flags.intersection(.persistent))
+        locks[Int(lock)].requestedMode = request.mode.rawValue
+        if let priority = request.priority { locks[Int(lock)].priority = priority }
+        requestConversion(lock, valueBlock: request.valueBlock, timeout: request.timeout, into: &effects)
+    }
+
+    /// Unlocks, cancels (CANCEL) or force-unlocks (FORCEUNLOCK) a lock. Errors are thrown: EINVAL (bad
+    /// flags), ENOENT (unknown lock), EBUSY (a plain unlock while a request or conversion is pending or
+    /// while sub-locks exist; a CANCEL with nothing to cancel). The completion (EUNLOCK or ECANCEL) is
+    /// among the effects, followed by whatever the release lets through.
+    public mutating func unlock(_ request: UnlockRequest, into effects: inout [Effect]) throws(DLMError) {
+        guard request.flags.isSubset(of: LockFlags.unlockFlags) else {
+            throw .invalid("an unlock takes only CANCEL, FORCEUNLOCK, VALBLK and IVVALBLK, not \(request.flags)")
+        }
+        guard !request.flags.isSuperset(of: [.cancel, .forceUnlock]) else {
+            throw .invalid("CANCEL and FORCEUNLOCK exclude each other")
+        }
+        let lock = try ownedLock(request.lock, request.owner, "lock")
+        let record = locks[Int(lock)]
+        if request.flags.contains(.cancel) {
+            guard record.queue != QueueKind.grant.rawValue else {
+                throw .busy("nothing to cancel: the lock is granted with no request pending")
+            }
+            finishPending(lock, status: .cancelled, into: &effects)
+            return
+        }
+        if !request.flags.contains(.forceUnlock) {
+            guard record.queue == QueueKind.grant.rawValue else {
+                throw .busy("a request or conversion of this lock is pending; cancel it or use FORCEUNLOCK")
+            }
+            guard record.children == 0 else {
+                throw .busy("the lock is the parent of \(record.children) locks; unlock them or use FORCEUNLOCK")
+            }
+        }
+        let writes = record.isGranted && record.grantedMode >= LockMode.pw.rawValue
+        if writes, request.flags.contains(.valueBlock), !request.flags.contains(.invalidateValueBlock) {
+            try checkValueBlock(request.valueBlock, resource: record.resource, required: true)
+        }
+        if record.children > 0 { forceUnlockChildren(of: lock, into: &effects) }
+        let resource = record.resource
+        if writes {
+            if request.flags.contains(.invalidateValueBlock) {
+                resources[Int(resource)].valueBlockInvalid = true
+            } else if request.flags.contains(.valueBlock) {
+                writeValueBlock(request.valueBlock!, resource: resource)
+            }
+        }
+        effects.append(
+            .completion(
+                Completion(
+                    lock: request.lock, owner: request.owner, status: .unlocked,
+                    mode: nil, valueBlockSequence: resources[Int(resource)].valueBlockSequence)))
+        removeLock(lock)
+        grantPending(resource, into: &effects)
+        freeResourceIfUnused(resource)
+    }
+
+    /// Unlocks every descendant of a lock, deepest first, each with an EUNLOCK completion.
+    mutating func forceUnlockChildren(of parent: Int32, into effects: inout [Effect]) {
+        var children: [Int32] = []
+        for slot in locks.indices where locks[slot].parent == parent && !locks[slot].isFree {
+            children.append(Int32(slot))
+        }
+        for child in children {
+            if locks[Int(child)].children > 0 { forceUnlockChildren(of: child, into: &effects) }
+            let record = locks[Int(child)]
+            effects.append(
+                .completion(
+                    Completion(
+                        lock: LockID(slot: child), owner: owners[Int(record.owner)].id, status: .unlocked,
+                        mode: nil)))
+            removeLock(child)
+            grantPending(record.resource, into: &effects)
+            freeResourceIfUnused(record.resource)
+        }
+    }
+
+    /// Ends a pending request or conversion with `status` (ECANCEL, ETIMEDOUT, EDEADLK), then grants what
+    /// that lets through.
+    mutating func finishPending(_ lock: Int32, status: DLMStatus, into effects: inout [Effect]) {
+        let resource = locks[Int(lock)].resource
+        refusePending(lock, status: status, into: &effects)
+        grantPending(resource, into: &effects)
+        freeResourceIfUnused(resource)
+    }
+
+    /// Completes a pending request or conversion with `status`: a new request is dropped, a conversion
+    /// returns to its granted mode (the lock keeps what it holds).
+    mutating func refusePending(_ lock: Int32, status: DLMStatus, into effects: inout [Effect]) {
+        let record = locks[Int(lock)]
+        var completion = Completion(
+            lock: LockID(slot: lock), owner: owners[Int(record.owner)].id, status: status,
+            flags: record.pendingFlags, mode: nil,
+            valueBlockSequence: resources[Int(record.resource)].valueBlockSequence)
+        if record.queue == QueueKind.convert.rawValue {
+            revertConversion(lock)
+            completion.mode = LockMode(rawValue: locks[Int(lock)].grantedMode)
+            effects.append(.completion(completion))
+        } else {
+            effects.append(.completion(completion))
+            removeLock(lock)
+        }
+    }
+
+    /// Runs the timeouts and deadlock searches that are due at `now`.
+    public mutating func tick(now: Instant, into effects: inout [Effect]) {
+        if now > self.now { self.now = now }
+        expireTimeouts(into: &effects)
+        searchDueDeadlocks(into: &effects)
+    }
+
+    /// Handles one input, appending its effects. The result is the lock id of a new request, or the
+    /// synchronous error of a refused one.
+    @discardableResult
+    public mutating func handle(_ input: Input, into effects: inout [Effect]) -> Result<LockID?, DLMError> {
+        do throws(DLMError) {
+            switch input {
+            case .lock(let request): return .success(try lock(request, into: &effects))
+            case .convert(let request): try convert(request, into: &effects)
+            case .unlock(let request): try unlock(request, into: &effects)
+            case .ownerExited(let owner): ownerExited(owner, into: &effects)
+            case .tick(let now): tick(now: now, into: &effects)
+            }
+            return .success(nil)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Handles one input and returns its effects.
+    public mutating func handle(_ input: Input) -> (result: Result<LockID?, DLMError>, effects: [Effect]) {
+        var effects: [Effect] = []
+        let result = handle(input, into: &effects)
+        return (result, effects)
+    }
+
+    // MARK: Queries
+
+    /// How many locks the engine holds, in any state.
+    public var lockCount: Int { locks.count - freeLocks.count }
+    /// How many resources exist.
+    public var resourceCount: Int { resourceIndex.count }
+
+    /// What a lock looks like now, or nil if it does not exist.
+    public func lockState(_ id: LockID) -> LockSnapshot? {
+        let slot = id.slot
+        guard slot >= 0, slot < locks.count, !locks[slot].isFree else { return nil }
+        return snapshot(lock: Int32(slot))
+    }
+
+    // MARK: Helpers
+
+    static func options(of request: LockRequest) -> LockOptions {
+        var options: LockOptions = []
+        if request.wantsBlockingCallbacks { options.insert(.wantsBlockingCallbacks) }
+        if request.alwaysFencingToken { options.insert(.alwaysFencingToken) }
+        return options
+    }
+
+    /// The slot of a live lock of this owner, or ENOENT.
+    func ownedLock(_ id: LockID, _ owner: OwnerID, _ what: String) throws(DLMError) -> Int32 {
+        let slot = id.slot
+        guard slot >= 0, slot < locks.count, !locks[slot].isFree, let ownerSlot = ownerIndex[owner],
+            locks[slot].owner == ownerSlot
+        else { throw .noEntry("no \(what) \(id) of \(owner)") }
+        return Int32(slot)
+    }
+
+    mutating func allocateLock() -> Int32 {
+        while let slot = freeLocks.popLast() {
+            if locks[Int(slot)].isFree { return slot }  // slots taken by restore stay on the list
+        }
+        locks.append(LockRecord())
+        return Int32(locks.count - 1)
+    }
+
+    mutating func findOrCreateResource(_ key: ResourceKey) -> Int32 {
+        if let slot = resourceIndex[key] { return slot }
+        let floor = lockspaces[Int(key.lockspace)].fencingTokenFloor
+        let record = ResourceRecord(lockspace: key.lockspace, parent: key.parent, name: key.name, fencingToken: floor)
+        let slot: Int32
+        if let free = freeResources.popLast() {
+            slot = free
+            resources[Int(slot)] = record
+        } else {
+            slot = Int32(resources.count)
+            resources.append(record)
+        }
+        resourceIndex[key] = slot
+        lockspaces[Int(key.lockspace)].resourceCount += 1
+        if key.parent != none { resources[Int(key.parent)].childResources += 1 }
+        return slot
+    }
+
+    /// Frees a resource that has no locks and no resources in its namespace; its value block goes with it,
+    /// its fencing-token counter is remembered in the lockspace's floor.
+    mutating func freeResourceIfUnused(_ slot: Int32) {
+        let record = resources[Int(slot)]
+        guard !record.isFree, record.lockCount == 0, record.childResources == 0 else { return }
+        resourceIndex[ResourceKey(lockspace: record.lockspace, parent: record.parent, name: record.name)] = nil
+        let ls = Int(record.lockspace)
+        if record.fencingToken > lockspaces[ls].fencingTokenFloor {
+            lockspaces[ls].fencingTokenFloor = record.fencingToken
+        }
+        lockspaces[ls].resourceCount -= 1
+        resources[Int(slot)].lockspace = UInt32.max
+        resources[Int(slot)].name = []
+        resources[Int(slot)].valueBlock = nil
+        freeResources.append(slot)
+        if record.parent != none {
+            resources[Int(record.parent)].childResources -= 1
+            freeResourceIfUnused(record.parent)
+        }
+    }
+
+    /// Takes a lock off its queue, its owner and its parent, and frees its slot. The resource is left for
+    /// the caller to free.
+    mutating func removeLock(_ lock: Int32) {
+        let record = locks[Int(lock)]
+        if let queue = record.queueKind { unlinkFromQueue(lock, queue) }
+        unlinkFromOwner(lock)
+        if record.parent != none { locks[Int(record.parent)].children -= 1 }
+        let resource = record.resource
+        resources[Int(resource)].lockCount -= 1
+        lockspaces[Int(resources[Int(resource)].lockspace)].lockCount -= 1
+        locks[Int(lock)] = LockRecord()
+        freeLocks.append(lock)
+    }
+}

@@ -1,0 +1,20 @@
+/// A lockspace: a namespace of resources with its own value block length (REFERENCE.md §4).
+struct LockspaceRecord {
+    var name: [UInt8]
+    var valueBlockLength: Int
+    /// The highest fencing token of any resource of this lockspace that was freed, so that a resource
+    /// created again never issues a token lower than before.
+    var fencingTokenFloor: UInt64 = 0
+    var resourceCount = 0
+    var lockCount = 0
+    var isLive = true
+}
+
+/// What an operator sees of a lockspace.
+public struct LockspaceInfo: Sendable, Hashable, Codable {
+    public var id: LockspaceID
+    public var name: [UInt8]
+    public var valueBlockLength: Int
+    public var resourceCount: Int
+    public var lockCount: Int
+}

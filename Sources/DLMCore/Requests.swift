@@ -1,0 +1,93 @@
+/// A new lock request (libdlm `dlm_ls_lock` without CONVERT).
+public struct LockRequest: Sendable, Hashable {
+    public var lockspace: LockspaceID
+    public var owner: OwnerID
+    /// The resource name, 1 to 64 bytes, binary allowed.
+    public var name: [UInt8]
+    public var mode: LockMode
+    public var flags: LockFlags
+    /// A granted lock of the same owner whose resource is the namespace of this one (OpenVMS sub-locks).
+    public var parent: LockID?
+    /// With TIMEOUT: give up after this many nanoseconds of waiting, status ETIMEDOUT.
+    public var timeout: UInt64?
+    /// The transaction this request belongs to for deadlock detection (libdlm `dlm_ls_lockx`'s xid).
+    public var transaction: UInt64?
+    /// Deadlock priority: the lowest priority in a cycle is the victim.
+    public var priority: UInt8
+    /// Whether the holder wants blocking callbacks (a libdlm caller that passes no bast function does not).
+    public var wantsBlockingCallbacks: Bool
+    /// Return a fencing token with every grant, not only grants of PW and EX.
+    public var alwaysFencingToken: Bool
+
+    public init(
+        lockspace: LockspaceID, owner: OwnerID, name: [UInt8], mode: LockMode, flags: LockFlags = [],
+        parent: LockID? = nil, timeout: UInt64? = nil, transaction: UInt64? = nil, priority: UInt8 = 0,
+        wantsBlockingCallbacks: Bool = true, alwaysFencingToken: Bool = false
+    ) {
+        self.lockspace = lockspace
+        self.owner = owner
+        self.name = name
+        self.mode = mode
+        self.flags = flags
+        self.parent = parent
+        self.timeout = timeout
+        self.transaction = transaction
+        self.priority = priority
+        self.wantsBlockingCallbacks = wantsBlockingCallbacks
+        self.alwaysFencingToken = alwaysFencingToken
+    }
+}
+
+/// A conversion of a granted lock (libdlm `dlm_ls_lock` with CONVERT).
+public struct ConvertRequest: Sendable, Hashable {
+    public var lock: LockID
+    public var owner: OwnerID
+    public var mode: LockMode
+    /// Must include CONVERT.
+    public var flags: LockFlags
+    /// With VALBLK, the value to write when converting down from PW or EX.
+    public var valueBlock: [UInt8]?
+    public var timeout: UInt64?
+    public var priority: UInt8?
+
+    public init(
+        lock: LockID, owner: OwnerID, mode: LockMode, flags: LockFlags = .convert, valueBlock: [UInt8]? = nil,
+        timeout: UInt64? = nil, priority: UInt8? = nil
+    ) {
+        self.lock = lock
+        self.owner = owner
+        self.mode = mode
+        self.flags = flags.union(.convert)
+        self.valueBlock = valueBlock
+        self.timeout = timeout
+        self.priority = priority
+    }
+}
+
+/// An unlock or cancel (libdlm `dlm_ls_unlock`).
+public struct UnlockRequest: Sendable, Hashable {
+    public var lock: LockID
+    public var owner: OwnerID
+    /// CANCEL, FORCEUNLOCK, VALBLK, IVVALBLK.
+    public var flags: LockFlags
+    /// With VALBLK, the value to write when unlocking from PW or EX.
+    public var valueBlock: [UInt8]?
+
+    public init(lock: LockID, owner: OwnerID, flags: LockFlags = [], valueBlock: [UInt8]? = nil) {
+        self.lock = lock
+        self.owner = owner
+        self.flags = flags
+        self.valueBlock = valueBlock
+    }
+}
+
+/// Everything that can happen to a lock engine.
+public enum Input: Sendable, Hashable {
+    case lock(LockRequest)
+    case convert(ConvertRequest)
+    case unlock(UnlockRequest)
+    /// The owner went away: release its locks, orphan its persistent ones.
+    case ownerExited(OwnerID)
+    /// Time passed: run timeouts and deadlock searches that are due.
+    case tick(now: Instant)
+}

@@ -1,0 +1,184 @@
+/// The full state of one lock, enough to rebuild it elsewhere (recovery) or later (persistence).
+public struct LockSnapshot: Sendable, Hashable, Codable {
+    public var id: LockID
+    /// nil for an orphan.
+    public var owner: OwnerID?
+    public var queue: QueueKind
+    public var grantedMode: LockMode?
+    public var requestedMode: LockMode?
+    public var flags: LockFlags
+    public var parent: LockID?
+    public var transaction: UInt64?
+    public var priority: UInt8
+    public var wantsBlockingCallbacks: Bool
+    public var alwaysFencingToken: Bool
+    /// Modes of the blocking callbacks sent since the last grant, one bit each.
+    public var blockingSent: UInt8
+    public var pendingFlags: CompletionFlags
+    public var waitingSince: Instant
+    public var waitSequence: UInt32
+    /// With TIMEOUT, when a pending request gives up; zero otherwise.
+    public var deadline: Instant
+    public var fencingToken: UInt64
+}
+
+/// The full state of one resource: its place in the namespace, value block, fencing-token counter and its
+/// locks in queue order (grant queue, convert queue, wait queue, each head first).
+public struct ResourceSnapshot: Sendable, Hashable, Codable {
+    public var lockspace: LockspaceID
+    /// Names from the top-level resource down to this one (one name for a top-level resource).
+    public var path: [[UInt8]]
+    /// nil while the value block is all zeros.
+    public var valueBlock: [UInt8]?
+    public var valueBlockSequence: UInt64
+    public var valueBlockInvalid: Bool
+    public var fencingToken: UInt64
+    public var locks: [LockSnapshot]
+
+    public var name: [UInt8] { path.last ?? [] }
+}
+
+extension LockEngine {
+    func snapshot(lock slot: Int32) -> LockSnapshot {
+        let record = locks[Int(slot)]
+        return LockSnapshot(
+            id: LockID(slot: slot), owner: record.owner == orphanOwner ? nil : owners[Int(record.owner)].id,
+            queue: record.queueKind ?? .wait, grantedMode: LockMode(rawValue: record.grantedMode),
+            requestedMode: LockMode(rawValue: record.requestedMode), flags: record.flags,
+            parent: record.parent == none ? nil : LockID(slot: record.parent),
+            transaction: record.transaction == 0 ? nil : record.transaction, priority: record.priority,
+            wantsBlockingCallbacks: record.options.contains(.wantsBlockingCallbacks),
+            alwaysFencingToken: record.options.contains(.alwaysFencingToken), blockingSent: record.blockingSent,
+            pendingFlags: record.pendingFlags, waitingSince: record.waitingSince, waitSequence: record.waitSequence,
+            deadline: record.deadline, fencingToken: record.fencingToken)
+    }
+
+    func path(of resource: Int32) -> [[UInt8]] {
+        var path: [[UInt8]] = []
+        var cursor = resource
+        while cursor != none {
+            path.append(resources[Int(cursor)].name)
+            cursor = resources[Int(cursor)].parent
+        }
+        return path.reversed()
+    }
+
+    func snapshot(resource slot: Int32) -> ResourceSnapshot {
+        let record = resources[Int(slot)]
+        let all = slots(slot, .grant) + slots(slot, .convert) + slots(slot, .wait)
+        return ResourceSnapshot(
+            lockspace: LockspaceID(rawValue: record.lockspace), path: path(of: slot), valueBlock: record.valueBlock,
+            valueBlockSequence: record.valueBlockSequence, valueBlockInvalid: record.valueBlockInvalid,
+            fencingToken: record.fencingToken, locks: all.map { snapshot(lock: $0) })
+    }
+
+    /// The resource at `path` (top-level name first), if it exists.
+    func resourceSlot(_ lockspace: LockspaceID, path: [[UInt8]]) -> Int32? {
+        var parent = none
+        for name in path {
+            guard let slot = resourceIndex[ResourceKey(lockspace: lockspace.rawValue, parent: parent, name: name)]
+            else { return nil }
+            parent = slot
+        }
+        return parent == none ? nil : parent
+    }
+
+    /// The state of one resource, or nil if it does not exist.
+    public func snapshotResource(_ lockspace: LockspaceID, path: [[UInt8]]) -> ResourceSnapshot? {
+        resourceSlot(lockspace, path: path).map { snapshot(resource: $0) }
+    }
+
+    /// The state of every resource of a lockspace, parents before their sub-resources, in a fixed order.
+    public func snapshotLockspace(_ lockspace: LockspaceID) -> [ResourceSnapshot] {
+        var result: [ResourceSnapshot] = []
+        for slot in resources.indices where resources[slot].lockspace == lockspace.rawValue {
+            result.append(snapshot(resource: Int32(slot)))
+        }
+        result.sort { a, b in
+            if a.path.count != b.path.count { return a.path.count < b.path.count }
+            return a.path.lexicographicallyPrecedes(b.path) { $0.lexicographicallyPrecedes($1) }
+        }
+        return result
+    }
+
+    /// Rebuilds a resource and its locks from a snapshot, with the same lock ids. EEXIST if the resource
+    /// already has locks or a lock id is taken; ENOENT if the lockspace, the parent resource or a parent lock
+    /// is missing. Nothing is granted: call `grantPendingAfterRecovery` when recovery is done.
+    public mutating func restore(_ snapshot: ResourceSnapshot) throws(DLMError) {
+        let ls = snapshot.lockspace.rawValue
+        guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
+        guard let name = snapshot.path.last, !name.isEmpty, name.count <= EngineConfig.maxNameLength else {
+            throw .invalid("a resource snapshot needs a name of 1 to 64 bytes")
+        }
+        var parent = none
+        if snapshot.path.count > 1 {
+            guard let slot = resourceSlot(snapshot.lockspace, path: Array(snapshot.path.dropLast())) else {
+                throw .noEntry("the parent resource does not exist")
+            }
+            parent = slot
+        }
+        let key = ResourceKey(lockspace: ls, parent: parent, name: name)
+        if let existing = resourceIndex[key], resources[Int(existing)].lockCount > 0 {
+            throw DLMError(.exists, "the resource already has locks")
+        }
+        for lock in snapshot.locks {
+            let slot = lock.id.slot
+            guard lock.id.rawValue != 0 else { throw .invalid("lock id 0 is not a lock") }
+            if slot < locks.count, !locks[slot].isFree { throw DLMError(.exists, "lock id \(lock.id) is taken") }
+            if let parentLock = lock.parent {
+                let p = parentLock.slot
+                let restoredHere = snapshot.locks.contains { $0.id == parentLock }
+                guard restoredHere || (p >= 0 && p < locks.count && !locks[p].isFree) else {
+                    throw .noEntry("parent lock \(parentLock) does not exist")
+                }
+            }
+        }
+        let resource = findOrCreateResource(key)
+        resources[Int(resource)].valueBlock = snapshot.valueBlock
+        resources[Int(resource)].valueBlockSequence = snapshot.valueBlockSequence
+        resources[Int(resource)].valueBlockInvalid = snapshot.valueBlockInvalid
+        resources[Int(resource)].fencingToken = max(resources[Int(resource)].fencingToken, snapshot.fencingToken)
+        for lock in snapshot.locks {
+            let slot = Int32(lock.id.slot)
+            while locks.count <= Int(slot) {
+                locks.append(LockRecord())
+                freeLocks.append(Int32(locks.count - 1))
+            }
+            var options: LockOptions = []
+            if lock.wantsBlockingCallbacks { options.insert(.wantsBlockingCallbacks) }
+            if lock.alwaysFencingToken { options.insert(.alwaysFencingToken) }
+            locks[Int(slot)] = LockRecord(
+                resource: resource, parent: lock.parent.map { Int32($0.slot) } ?? none, flags: lock.flags,
+                grantedMode: lock.grantedMode?.rawValue ?? noMode,
+                requestedMode: lock.requestedMode?.rawValue ?? noMode,
+                blockingSent: lock.blockingSent, priority: lock.priority, options: options,
+                pendingFlags: lock.pendingFlags, waitSequence: lock.waitSequence, waitingSince: lock.waitingSince,
+                deadline: lock.deadline, transaction: lock.transaction ?? 0, fencingToken: lock.fencingToken)
+            linkToOwner(slot, lock.owner.map { ownerSlot($0) } ?? orphanOwner)
+            linkToQueue(slot, lock.queue)
+            resources[Int(resource)].lockCount += 1
+            lockspaces[Int(ls)].lockCount += 1
+            if lock.waitSequence > waitSequence { waitSequence = lock.waitSequence }
+            if lock.queue != .grant {
+                if lock.deadline != 0 {
+                    timeouts.insert(TimerEntry(due: lock.deadline, lock: slot, sequence: lock.waitSequence))
+                }
+                if config.deadlockWait > 0 {
+                    deadlockChecks.append(
+                        TimerEntry(due: now &+ config.deadlockWait, lock: slot, sequence: lock.waitSequence))
+                }
+            }
+        }
+        for lock in snapshot.locks {
+            if let parentLock = lock.parent { locks[parentLock.slot].children += 1 }
+        }
+    }
+
+    /// Rule 4: when recovery is done, every resource of the lockspace grants what it can, conversions
+    /// regardless of their order, and sends the blocking callbacks that follow.
+    public mutating func grantPendingAfterRecovery(_ lockspace: LockspaceID, into effects: inout [Effect]) {
+        for slot in resources.indices where resources[slot].lockspace == lockspace.rawValue {
+            grantPending(Int32(slot), recovering: true, into: &effects)
+        }
+    }
+}

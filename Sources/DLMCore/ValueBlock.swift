@@ -1,0 +1,45 @@
+/// What a grant or conversion does to the resource's lock value block (REFERENCE.md §4).
+enum ValueBlockOperation: Equatable {
+    case read
+    case write
+    case nothing
+
+    /// From `granted` (`noMode` for a new request) to `requested`: a new grant and a conversion to an equal
+    /// or higher mode read; a conversion from PW or EX writes, except PW to EX which reads; PR <-> CW does
+    /// nothing, and so does a conversion down from a mode below PW.
+    init(from granted: UInt8, to requested: UInt8) {
+        let pw = LockMode.pw.rawValue
+        if granted == noMode {
+            self = .read
+        } else if granted == pw && requested == LockMode.ex.rawValue {
+            self = .read
+        } else if granted >= pw {
+            self = .write
+        } else if (granted == LockMode.pr.rawValue && requested == LockMode.cw.rawValue)
+            || (granted == LockMode.cw.rawValue && requested == LockMode.pr.rawValue)
+        {
+            self = .nothing
+        } else {
+            self = requested >= granted ? .read : .nothing
+        }
+    }
+}
+
+extension LockEngine {
+    /// Writes a value (padded with zeros to the lockspace's length): the sequence number goes up by one and
+    /// the invalid mark is cleared.
+    mutating func writeValueBlock(_ value: [UInt8], resource: Int32) {
+        let length = lockspaces[Int(resources[Int(resource)].lockspace)].valueBlockLength
+        var stored = value
+        if stored.count < length { stored.append(contentsOf: repeatElement(0, count: length - stored.count)) }
+        resources[Int(resource)].valueBlock = stored
+        resources[Int(resource)].valueBlockSequence &+= 1
+        resources[Int(resource)].valueBlockInvalid = false
+    }
+
+    /// The current value, all zeros until the first write.
+    func readValueBlock(resource: Int32) -> [UInt8] {
+        resources[Int(resource)].valueBlock
+            ?? [UInt8](repeating: 0, count: lockspaces[Int(resources[Int(resource)].lockspace)].valueBlockLength)
+    }
+}
