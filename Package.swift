@@ -5,12 +5,22 @@ let package = Package(
     name: "swift-dlm",
     products: [
         .library(name: "DLMCore", targets: ["DLMCore"]),
+        .library(name: "DLMWire", targets: ["DLMWire"]),
+        .library(name: "DLMClient", targets: ["DLMClient"]),
+        .executable(name: "dlmd", targets: ["dlmd"]),
+        .executable(name: "dlmtool", targets: ["dlmtool"]),
         .executable(name: "dlmbench", targets: ["dlmbench"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0")
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
+        // The lock engine: a pure, deterministic state machine (no I/O, no clock).
         .target(
             name: "DLMCore",
             dependencies: [
@@ -18,11 +28,58 @@ let package = Package(
                 .product(name: "HeapModule", package: "swift-collections"),
             ]
         ),
+        // The client protocol of Protocol/CLIENT.md: messages and their codec.
+        .target(
+            name: "DLMWire",
+            dependencies: ["DLMCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // The node shell: serves the engine over sockets from one event loop.
+        .target(
+            name: "DLMNode",
+            dependencies: [
+                "DLMCore", "DLMWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The embeddable Swift client.
+        .target(
+            name: "DLMClient",
+            dependencies: [
+                "DLMCore", "DLMWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "dlmd",
+            dependencies: [
+                "DLMNode", "TOMLKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "dlmtool",
+            dependencies: [
+                "DLMClient", "DLMWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Tools/dlmtool"
+        ),
         .executableTarget(
             name: "dlmbench",
-            dependencies: ["DLMCore"],
+            dependencies: [
+                "DLMCore", "DLMClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "bench/dlmbench"
         ),
         .testTarget(name: "DLMCoreTests", dependencies: ["DLMCore"]),
+        .testTarget(name: "DLMWireTests", dependencies: ["DLMWire"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["DLMClient", "DLMWire"]),
     ]
 )

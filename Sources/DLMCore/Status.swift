@@ -12,6 +12,12 @@ public struct DLMStatus: RawRepresentable, Sendable, Hashable, Codable, CustomSt
     public static let invalid = DLMStatus(rawValue: 22)  // EINVAL
     public static let deadlock = DLMStatus(rawValue: 35)  // EDEADLK
     public static let timedOut = DLMStatus(rawValue: 110)  // ETIMEDOUT
+    /// A malformed or out-of-order frame (client protocol).
+    public static let protocolError = DLMStatus(rawValue: 71)  // EPROTO
+    /// A frame over the size limit (client protocol).
+    public static let messageTooLong = DLMStatus(rawValue: 90)  // EMSGSIZE
+    /// The server is shutting down.
+    public static let shuttingDown = DLMStatus(rawValue: 108)  // ESHUTDOWN
     /// The request or conversion was cancelled.
     public static let cancelled = DLMStatus(rawValue: 0x10001)  // ECANCEL
     /// The lock was unlocked.
@@ -27,6 +33,9 @@ public struct DLMStatus: RawRepresentable, Sendable, Hashable, Codable, CustomSt
         case .invalid: "EINVAL"
         case .deadlock: "EDEADLK"
         case .timedOut: "ETIMEDOUT"
+        case .protocolError: "EPROTO"
+        case .messageTooLong: "EMSGSIZE"
+        case .shuttingDown: "ESHUTDOWN"
         case .cancelled: "ECANCEL"
         case .unlocked: "EUNLOCK"
         default: "status \(rawValue)"

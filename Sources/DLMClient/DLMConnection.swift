@@ -1,0 +1,197 @@
+import DLMCore
+import DLMWire
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// A blocking callback: another request waits for `mode`, which the holder of `lock` blocks.
+public struct BlockingEvent: Sendable, Hashable {
+    public var lock: LockID
+    public var mode: LockMode
+}
+
+/// A connection to `dlmd`: one owner of locks. When it closes, or this process dies, its locks are
+/// released and its persistent locks become orphans. Requests may be issued from many tasks at once; they
+/// are pipelined on the one connection.
+public final class DLMConnection: Sendable {
+    let channel: Channel
+    let handler: ClientHandler
+    /// The node's id and the protocol version agreed.
+    public let nodeID: UInt32
+    public let protocolVersion: UInt16
+    /// Every blocking callback of this connection's locks, in order.
+    public let blockingCallbacks: AsyncStream<BlockingEvent>
+    let blockingContinuation: AsyncStream<BlockingEvent>.Continuation
+
+    /// The socket `dlmd` listens on by default: `$DLM_SOCKET`, else /run/dlm/dlmd.sock.
+    public static var defaultSocketPath: String {
+        ProcessInfo.processInfo.environment["DLM_SOCKET"] ?? "/run/dlm/dlmd.sock"
+    }
+
+    /// Connects over a Unix socket (default: `defaultSocketPath`).
+    public static func connect(
+        socketPath: String? = nil, clientName: String = ProcessInfo.processInfo.processName
+    ) async throws -> DLMConnection {
+        try await connect(clientName: clientName) { bootstrap in
+            try await bootstrap.connect(unixDomainSocketPath: socketPath ?? defaultSocketPath).get()
+        }
+    }
+
+    /// Connects over TCP.
+    public static func connect(
+        host: String, port: Int, clientName: String = ProcessInfo.processInfo.processName
+    ) async throws -> DLMConnection {
+        try await connect(clientName: clientName) { bootstrap in
+            try await bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1).connect(host: host, port: port)
+                .get()
+        }
+    }
+
+    static func connect(
+        clientName: String, _ open: (ClientBootstrap) async throws -> Channel
+    ) async throws -> DLMConnection {
+        let (stream, continuation) = AsyncStream<BlockingEvent>.makeStream()
+        let handler = ClientHandler { lock, mode in continuation.yield(BlockingEvent(lock: lock, mode: mode)) }
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(ServerMessageDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let channel = try await open(bootstrap)
+        let hello = try await channel.eventLoop.flatSubmit {
+            let promise = channel.eventLoop.makePromise(of: ServerMessage.self)
+            handler.helloPromise = promise
+            handler.write(.hello(Hello(pid: UInt32(getpid()), clientName: clientName)))
+            return promise.futureResult
+        }.get()
+        guard case .helloReply(let reply) = hello else {
+            channel.close(promise: nil)
+            throw DLMError(.protocolError, "dlmd answered HELLO with \(hello)")
+        }
+        return DLMConnection(
+            channel: channel, handler: handler, nodeID: reply.nodeID, protocolVersion: reply.version,
+            blockingCallbacks: stream, continuation: continuation)
+    }
+
+    init(
+        channel: Channel, handler: ClientHandler, nodeID: UInt32, protocolVersion: UInt16,
+        blockingCallbacks: AsyncStream<BlockingEvent>, continuation: AsyncStream<BlockingEvent>.Continuation
+    ) {
+        self.channel = channel
+        self.handler = handler
+        self.nodeID = nodeID
+        self.protocolVersion = protocolVersion
+        self.blockingCallbacks = blockingCallbacks
+        self.blockingContinuation = continuation
+        channel.closeFuture.whenComplete { _ in continuation.finish() }
+    }
+
+    /// Closes the connection: this owner's locks are released, persistent ones orphaned.
+    public func close() async {
+        try? await channel.close()
+    }
+
+    // MARK: Requests
+
+    /// Sends a request whose answer is one reply frame.
+    func request(_ build: @escaping @Sendable (UInt32) -> ClientMessage) async throws -> ServerMessage {
+        let handler = self.handler
+        return try await channel.eventLoop.flatSubmit {
+            let promise = self.channel.eventLoop.makePromise(of: ServerMessage.self)
+            if let error = handler.closedError {
+                promise.fail(error)
+                return promise.futureResult
+            }
+            let tag = handler.allocateTag()
+            handler.pending[tag] = .reply(promise)
+            handler.write(build(tag))
+            return promise.futureResult
+        }.get()
+    }
+
+    /// Sends a lock operation and waits for its completion. If the task is cancelled while the operation
+    /// waits, the operation is cancelled (CANCEL), and ends with ECANCEL unless it was granted first.
+    func operation(
+        blocking: ClientHandler.BlockingHandler?, _ build: @escaping @Sendable (UInt32) -> ClientMessage
+    ) async throws -> CompletionMessage {
+        let handler = self.handler
+        let loop = channel.eventLoop
+        let tagBox = TagBox()
+        return try await withTaskCancellationHandler {
+            try await loop.flatSubmit {
+                let promise = loop.makePromise(of: CompletionMessage.self)
+                if let error = handler.closedError {
+                    promise.fail(error)
+                    return promise.futureResult
+                }
+                let tag = handler.allocateTag()
+                tagBox.tag = tag
+                handler.pending[tag] = .operation(promise, blocking: blocking)
+                handler.write(build(tag))
+                return promise.futureResult
+            }.get()
+        } onCancel: {
+            loop.execute {
+                guard let tag = tagBox.tag else { return }
+                if let entry = handler.queued.first(where: { $0.value.tag == tag }) {
+                    handler.sendCancel(lock: entry.key)
+                } else if handler.pending[tag] != nil {
+                    handler.cancelWhenQueued.insert(tag)
+                }
+            }
+        }
+    }
+
+    /// Round trip to the daemon.
+    public func ping() async throws {
+        _ = try await request { .ping(tag: $0) }
+    }
+
+    /// Opens a lockspace, creating it (with `valueBlockLength`, default 32) unless `create` is false.
+    public func openLockspace(_ name: String, create: Bool = true, valueBlockLength: Int? = nil) async throws
+        -> DLMLockspace
+    {
+        try await openLockspace(Array(name.utf8), create: create, valueBlockLength: valueBlockLength)
+    }
+
+    public func openLockspace(_ name: [UInt8], create: Bool = true, valueBlockLength: Int? = nil) async throws
+        -> DLMLockspace
+    {
+        guard !name.isEmpty, name.count <= WireLimits.maxName else {
+            throw DLMError(.invalid, "a lockspace name has 1 to 64 bytes")
+        }
+        if let length = valueBlockLength, !(1...WireLimits.maxValueBlock).contains(length) {
+            throw DLMError(.invalid, "a value block length is a multiple of 8 from 8 to 64, not \(length)")
+        }
+        let length = UInt8(valueBlockLength ?? 0)
+        let reply = try await request { .openLockspace(tag: $0, name: name, valueBlockLength: length, create: create) }
+        guard case .lockspace(_, let id, let lvbLength, let created) = reply else {
+            throw DLMError(.protocolError, "unexpected reply \(reply)")
+        }
+        return DLMLockspace(
+            connection: self, id: id, name: name, valueBlockLength: Int(lvbLength), wasCreated: created)
+    }
+
+    /// Releases a lockspace: EBUSY while it holds locks, unless `force`.
+    public func releaseLockspace(_ lockspace: DLMLockspace, force: Bool = false) async throws {
+        _ = try await request { .releaseLockspace(tag: $0, lockspace: lockspace.id, force: force) }
+    }
+
+    /// Refuses a waiting request with EDEADLK (libdlm's `dlm_ls_deadlock_cancel`).
+    public func deadlockCancel(_ lock: LockID) async throws {
+        _ = try await request { .deadlockCancel(tag: $0, lock: lock.rawValue) }
+    }
+
+    /// The JSON of a QUERY (Protocol/CLIENT.md §8).
+    public func query(_ kind: QueryKind, argument: [UInt8] = []) async throws -> [UInt8] {
+        let reply = try await request { .query(tag: $0, kind: kind, argument: argument) }
+        guard case .queryReply(_, let json) = reply else { throw DLMError(.protocolError, "unexpected reply \(reply)") }
+        return json
+    }
+}
+
+final class TagBox: @unchecked Sendable {
+    var tag: UInt32?
+}

@@ -1,0 +1,21 @@
+extension LockEngine {
+    /// The lowest fencing token a resource of the lockspace created now would start above: the highest
+    /// token any resource of it has issued, live or freed. A node persists it so that tokens issued after a
+    /// restart are strictly greater than any issued before.
+    public func fencingTokenHighWater(_ lockspace: LockspaceID) -> UInt64? {
+        guard Int(lockspace.rawValue) < lockspaces.count, lockspaces[Int(lockspace.rawValue)].isLive else { return nil }
+        var highest = lockspaces[Int(lockspace.rawValue)].fencingTokenFloor
+        for resource in resources where resource.lockspace == lockspace.rawValue && resource.fencingToken > highest {
+            highest = resource.fencingToken
+        }
+        return highest
+    }
+
+    /// Raises the lockspace's fencing-token floor (never lowers it); resources created later start above it.
+    public mutating func raiseFencingTokenFloor(_ lockspace: LockspaceID, to floor: UInt64) {
+        guard Int(lockspace.rawValue) < lockspaces.count, lockspaces[Int(lockspace.rawValue)].isLive else { return }
+        if floor > lockspaces[Int(lockspace.rawValue)].fencingTokenFloor {
+            lockspaces[Int(lockspace.rawValue)].fencingTokenFloor = floor
+        }
+    }
+}

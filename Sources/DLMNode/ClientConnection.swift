@@ -1,0 +1,78 @@
+import DLMCore
+import DLMWire
+import NIOCore
+
+/// One client connection: one owner of locks. Touched only on the node's event loop.
+final class ClientConnection {
+    enum State {
+        case awaitingHello
+        case ready
+        case closing
+    }
+
+    let owner: OwnerID
+    let channel: Channel
+    var state = State.awaitingHello
+    var pid: UInt32 = 0
+    var clientName = ""
+    /// Frames written since the last flush.
+    var outbound: ByteBuffer
+    var isDirty = false
+
+    init(owner: OwnerID, channel: Channel) {
+        self.owner = owner
+        self.channel = channel
+        self.outbound = channel.allocator.buffer(capacity: 256)
+    }
+
+    func send(_ message: ServerMessage) {
+        message.encode(into: &outbound)
+    }
+}
+
+/// The pipeline's last handler: hands decoded frames to the node, and turns a malformed frame into an
+/// ERROR and a close of this connection only.
+final class ClientChannelHandler: ChannelInboundHandler {
+    typealias InboundIn = ClientMessage
+
+    let node: LockNode
+    var connection: ClientConnection?
+
+    init(node: LockNode) {
+        self.node = node
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        connection = node.connected(context.channel)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let connection else { return }
+        node.receive(unwrapInboundIn(data), from: connection)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        node.flush()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let connection else {
+            context.close(promise: nil)
+            return
+        }
+        if let wire = error as? WireError {
+            node.refuse(connection, status: wire.status, message: wire.message)
+        } else if error is ChannelError || error is IOError {
+            context.close(promise: nil)
+        } else {
+            node.refuse(connection, status: .protocolError, message: "\(error)")
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let connection { node.disconnected(connection) }
+        connection = nil
+        context.fireChannelInactive()
+    }
+}

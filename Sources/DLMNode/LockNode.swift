@@ -1,0 +1,238 @@
+import DLMCore
+import DLMWire
+import Logging
+import NIOCore
+
+/// The shell around one lock engine: it owns the engine on one event loop, turns client frames into engine
+/// inputs and the engine's effects into frames. All of its state is touched on `eventLoop` only, so no
+/// request hops between threads.
+public final class LockNode: @unchecked Sendable {
+    public let eventLoop: EventLoop
+    public let configuration: NodeConfiguration
+    let logger: Logger
+    var engine: LockEngine
+    var connections: [OwnerID: ClientConnection] = [:]
+    var nextOwner: UInt64 = 1
+    /// Connections with frames waiting to be flushed.
+    var dirty: [ClientConnection] = []
+    /// Reused for every input, so that the hot path does not allocate an array.
+    var effects: [Effect] = []
+    let startedAt: NIODeadline
+    var ticker: RepeatedTask?
+    var isShuttingDown = false
+
+    public init(configuration: NodeConfiguration, eventLoop: EventLoop, logger: Logger) {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.engine = LockEngine(config: configuration.engine)
+        self.startedAt = .now()
+        effects.reserveCapacity(64)
+    }
+
+    /// Starts the engine's timers.
+    public func start() {
+        eventLoop.preconditionInEventLoop()
+        let interval = TimeAmount.nanoseconds(Int64(configuration.tickInterval))
+        ticker = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [self] _ in
+            advanceClock()
+            flush()
+        }
+    }
+
+    /// Passes the time to the engine, which runs due timeouts and deadlock searches.
+    func advanceClock() {
+        effects.removeAll(keepingCapacity: true)
+        engine.tick(now: NIODeadline.now().uptimeNanoseconds, into: &effects)
+        if !effects.isEmpty { dispatch(reply: nil) }
+    }
+
+    // MARK: Connections
+
+    func connected(_ channel: Channel) -> ClientConnection {
+        let owner = OwnerID(nextOwner)
+        nextOwner += 1
+        let connection = ClientConnection(owner: owner, channel: channel)
+        connections[owner] = connection
+        if isShuttingDown {
+            refuse(connection, status: .shuttingDown, message: "dlmd is shutting down")
+        }
+        return connection
+    }
+
+    /// The connection closed: its owner's locks are released or orphaned.
+    func disconnected(_ connection: ClientConnection) {
+        guard connections.removeValue(forKey: connection.owner) != nil else { return }
+        connection.state = .closing
+        effects.removeAll(keepingCapacity: true)
+        engine.ownerExited(connection.owner, into: &effects)
+        dispatch(reply: nil)
+        flush()
+    }
+
+    /// Answers a malformed or out-of-order frame: ERROR with tag 0, then this connection closes.
+    func refuse(_ connection: ClientConnection, status: DLMStatus, message: String) {
+        guard connection.state != .closing else { return }
+        logger.notice(
+            "closing a client after a bad frame",
+            metadata: ["owner": "\(connection.owner.rawValue)", "pid": "\(connection.pid)", "error": "\(message)"])
+        connection.send(.error(tag: 0, status: status, message: message))
+        close(connection)
+    }
+
+    func close(_ connection: ClientConnection) {
+        connection.state = .closing
+        let channel = connection.channel
+        let frames = connection.outbound
+        connection.outbound.clear()
+        channel.writeAndFlush(frames).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// Writes out every connection's pending frames.
+    func flush() {
+        for connection in dirty {
+            connection.isDirty = false
+            guard connection.outbound.readableBytes > 0, connection.state != .closing else { continue }
+            connection.channel.writeAndFlush(connection.outbound, promise: nil)
+            connection.outbound = connection.channel.allocator.buffer(capacity: 256)
+        }
+        dirty.removeAll(keepingCapacity: true)
+    }
+
+    func markDirty(_ connection: ClientConnection) {
+        if !connection.isDirty {
+            connection.isDirty = true
+            dirty.append(connection)
+        }
+    }
+
+    func reply(_ connection: ClientConnection, _ message: ServerMessage) {
+        connection.send(message)
+        markDirty(connection)
+    }
+
+    // MARK: Requests
+
+    func receive(_ message: ClientMessage, from connection: ClientConnection) {
+        switch connection.state {
+        case .closing:
+            return
+        case .awaitingHello:
+            guard case .hello(let hello) = message else {
+                refuse(connection, status: .protocolError, message: "the first frame must be HELLO")
+                return
+            }
+            guard hello.minVersion <= ProtocolVersion.current, hello.maxVersion >= ProtocolVersion.current else {
+                refuse(
+                    connection, status: .protocolError,
+                    message: "no common protocol version: client speaks \(hello.minVersion)-\(hello.maxVersion), "
+                        + "server speaks \(ProtocolVersion.current)")
+                return
+            }
+            connection.pid = hello.pid
+            connection.clientName = hello.clientName
+            connection.state = .ready
+            reply(
+                connection,
+                .helloReply(HelloReply(nodeID: configuration.nodeID, server: "dlmd \(dlmVersion)")))
+        case .ready:
+            handleRequest(message, from: connection)
+        }
+    }
+
+    func handleRequest(_ message: ClientMessage, from connection: ClientConnection) {
+        let now = NIODeadline.now().uptimeNanoseconds
+        if now > engine.now &+ configuration.tickInterval { advanceClock() }
+        effects.removeAll(keepingCapacity: true)
+        let owner = connection.owner
+        do throws(DLMError) {
+            switch message {
+            case .hello:
+                refuse(connection, status: .protocolError, message: "a second HELLO")
+            case .ping(let tag):
+                reply(connection, .pong(tag: tag))
+            case .bye(let tag):
+                reply(connection, .ok(tag: tag, lock: 0))
+                flush()
+                close(connection)
+            case .openLockspace(let tag, let name, let length, let create):
+                let existing = engine.lockspace(named: name)
+                if existing == nil && !create { throw DLMError(.noEntry, "no lockspace \(name.displayName)") }
+                let id = try engine.createLockspace(name: name, valueBlockLength: length == 0 ? nil : Int(length))
+                let info = engine.lockspaceInfo(id)!
+                reply(
+                    connection,
+                    .lockspace(
+                        tag: tag, lockspace: id.rawValue, valueBlockLength: UInt8(info.valueBlockLength),
+                        created: existing == nil))
+            case .releaseLockspace(let tag, let lockspace, let force):
+                try engine.releaseLockspace(LockspaceID(rawValue: lockspace), force: force)
+                reply(connection, .ok(tag: tag, lock: 0))
+            case .lock(let m):
+                let request = LockRequest(
+                    lockspace: LockspaceID(rawValue: m.lockspace), owner: owner, name: m.name, mode: m.mode,
+                    flags: m.flags, parent: m.parent == 0 ? nil : LockID(rawValue: m.parent),
+                    timeout: m.timeoutNanoseconds == 0 ? nil : m.timeoutNanoseconds,
+                    transaction: m.transaction == 0 ? nil : m.transaction, priority: m.priority,
+                    wantsBlockingCallbacks: m.options.contains(.blockingCallbacks),
+                    alwaysFencingToken: m.options.contains(.alwaysFencingToken))
+                let id = try engine.lock(request, into: &effects)
+                dispatch(reply: (connection, m.tag, id))
+            case .convert(let m):
+                let request = ConvertRequest(
+                    lock: LockID(rawValue: m.lock), owner: owner, mode: m.mode, flags: m.flags,
+                    valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil,
+                    timeout: m.timeoutNanoseconds == 0 ? nil : m.timeoutNanoseconds,
+                    priority: m.priority == 255 ? nil : m.priority)
+                try engine.convert(request, into: &effects)
+                dispatch(reply: (connection, m.tag, LockID(rawValue: m.lock)))
+            case .unlock(let m):
+                let request = UnlockRequest(
+                    lock: LockID(rawValue: m.lock), owner: owner, flags: m.flags,
+                    valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil)
+                try engine.unlock(request, into: &effects)
+                dispatch(reply: (connection, m.tag, LockID(rawValue: m.lock)))
+            case .deadlockCancel(let tag, let lock):
+                try engine.cancelForDeadlock(LockID(rawValue: lock), into: &effects)
+                reply(connection, .ok(tag: tag, lock: lock))
+                dispatch(reply: nil)
+            case .query(let tag, let kind, let argument):
+                let json = try report(kind, argument: argument)
+                reply(connection, .queryReply(tag: tag, json: json))
+            }
+        } catch {
+            reply(connection, .error(tag: message.tag, status: error.status, message: error.message))
+        }
+    }
+
+    /// Sends the effects in `effects` to their owners. The completion of the requested lock that the request
+    /// itself produced carries the request's tag and is its reply; without one, the reply is OK with the lock.
+    func dispatch(reply: (connection: ClientConnection, tag: UInt32, lock: LockID)?) {
+        var replied = false
+        if let reply {
+            let answered = effects.contains {
+                if case .completion(let c) = $0 { return c.lock == reply.lock && c.owner == reply.connection.owner }
+                return false
+            }
+            if !answered {
+                self.reply(reply.connection, .ok(tag: reply.tag, lock: reply.lock.rawValue))
+                replied = true
+            }
+        }
+        for effect in effects {
+            guard let connection = connections[effect.owner], connection.state == .ready else { continue }
+            switch effect {
+            case .completion(let completion):
+                var tag: UInt32 = 0
+                if !replied, let reply, completion.lock == reply.lock, completion.owner == reply.connection.owner {
+                    tag = reply.tag
+                    replied = true
+                }
+                connection.send(.completion(CompletionMessage(tag: tag, completion)))
+            case .blockingCallback(let callback):
+                connection.send(.blocking(lock: callback.lock.rawValue, mode: callback.mode))
+            }
+            markDirty(connection)
+        }
+    }
+}

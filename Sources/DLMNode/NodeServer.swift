@@ -1,0 +1,134 @@
+import DLMWire
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// Runs a node: one event loop for the engine and every client connection, the listening sockets, and a
+/// clean shutdown on SIGTERM / SIGINT that tells clients, orphans persistent locks and saves them.
+public final class NodeServer: Service, @unchecked Sendable {
+    public let configuration: NodeConfiguration
+    let logger: Logger
+    /// Called once the sockets listen, with a line saying where.
+    let onListening: @Sendable (String) -> Void
+
+    public init(
+        configuration: NodeConfiguration, logger: Logger, onListening: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
+        self.configuration = configuration
+        self.logger = logger
+        self.onListening = onListening
+    }
+
+    public func run() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let node = LockNode(configuration: configuration, eventLoop: loop, logger: logger)
+        do {
+            try FileManager.default.createDirectory(
+                atPath: configuration.dataDirectory, withIntermediateDirectories: true)
+            try await loop.submit {
+                try node.loadState()
+                node.start()
+            }.get()
+            let channels = try await bind(node: node, group: group)
+            var places: [String] = []
+            if let path = configuration.socketPath { places.append("unix:\(path)") }
+            if let listen = configuration.listenAddress { places.append("tcp:\(listen)") }
+            logger.info("listening", metadata: ["on": "\(places.joined(separator: " "))"])
+            onListening("dlmd: node \(configuration.nodeID) listening on \(places.joined(separator: " "))")
+            try await withGracefulShutdownHandler {
+                for channel in channels { try await channel.closeFuture.get() }
+            } onGracefulShutdown: {
+                for channel in channels { channel.close(promise: nil) }
+            }
+            try await loop.submit { try node.shutdown() }.get()
+            if let path = configuration.socketPath { unlink(path) }
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try await group.shutdownGracefully()
+    }
+
+    func bind(node: LockNode, group: EventLoopGroup) async throws -> [Channel] {
+        func bootstrap(tcp: Bool) -> ServerBootstrap {
+            var bootstrap = ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 256)
+                .childChannelOption(.maxMessagesPerRead, value: 16)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(ClientMessageDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(node: node))
+                    }
+                }
+            if tcp {
+                bootstrap = bootstrap.serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            }
+            return bootstrap
+        }
+        var channels: [Channel] = []
+        if let path = configuration.socketPath {
+            let directory = (path as NSString).deletingLastPathComponent
+            if !directory.isEmpty {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            }
+            if isListening(unixSocket: path) {
+                throw NodeError("another dlmd already listens on \(path)")
+            }
+            channels.append(
+                try await bootstrap(tcp: false).bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get())
+        }
+        if let listen = configuration.listenAddress {
+            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
+                throw NodeError("--listen takes HOST:PORT, not \(listen)")
+            }
+            var host = String(listen[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            channels.append(try await bootstrap(tcp: true).bind(host: host, port: port).get())
+        }
+        guard !channels.isEmpty else { throw NodeError("nothing to listen on: give --socket or --listen") }
+        return channels
+    }
+}
+
+/// Whether a process accepts connections on the Unix socket at `path`.
+func isListening(unixSocket path: String) -> Bool {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    let result = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+        }
+    }
+    return result == 0
+}
+
+extension LockNode {
+    /// A clean shutdown: every client is told and closed, its persistent locks become orphans, and the
+    /// state is saved so that the next start gives them back.
+    func shutdown() throws {
+        isShuttingDown = true
+        ticker?.cancel()
+        for connection in connections.values.sorted(by: { $0.owner < $1.owner }) {
+            connection.send(.goodbye(reason: "dlmd is shutting down"))
+            close(connection)
+            connections[connection.owner] = nil
+            effects.removeAll(keepingCapacity: true)
+            engine.ownerExited(connection.owner, into: &effects)
+        }
+        try saveState()
+        logger.info("saved state; shut down", metadata: ["locks": "\(engine.lockCount)"])
+    }
+}

@@ -1,0 +1,180 @@
+/// The JSON objects of QUERY_REPLY (Protocol/CLIENT.md §8), which `dlmtool --json` prints as they are.
+
+public struct StatusReport: Codable, Sendable, Hashable {
+    public var nodeID: UInt32
+    public var version: String
+    public var pid: Int32
+    public var uptimeSeconds: Double
+    public var socket: String?
+    public var listen: String?
+    public var dataDirectory: String?
+    public var lockspaces: Int
+    public var resources: Int
+    public var locks: Int
+    public var connections: Int
+
+    enum CodingKeys: String, CodingKey {
+        case nodeID = "node_id"
+        case version, pid
+        case uptimeSeconds = "uptime_seconds"
+        case socket, listen
+        case dataDirectory = "data_dir"
+        case lockspaces, resources, locks, connections
+    }
+
+    public init(
+        nodeID: UInt32, version: String, pid: Int32, uptimeSeconds: Double, socket: String?, listen: String?,
+        dataDirectory: String?, lockspaces: Int, resources: Int, locks: Int, connections: Int
+    ) {
+        self.nodeID = nodeID
+        self.version = version
+        self.pid = pid
+        self.uptimeSeconds = uptimeSeconds
+        self.socket = socket
+        self.listen = listen
+        self.dataDirectory = dataDirectory
+        self.lockspaces = lockspaces
+        self.resources = resources
+        self.locks = locks
+        self.connections = connections
+    }
+}
+
+public struct LockspacesReport: Codable, Sendable, Hashable {
+    public struct Entry: Codable, Sendable, Hashable {
+        public var name: String
+        public var id: UInt32
+        public var lvbLength: Int
+        public var resources: Int
+        public var locks: Int
+
+        enum CodingKeys: String, CodingKey {
+            case name, id
+            case lvbLength = "lvb_length"
+            case resources, locks
+        }
+
+        public init(name: String, id: UInt32, lvbLength: Int, resources: Int, locks: Int) {
+            self.name = name
+            self.id = id
+            self.lvbLength = lvbLength
+            self.resources = resources
+            self.locks = locks
+        }
+    }
+
+    public var lockspaces: [Entry]
+
+    public init(lockspaces: [Entry]) { self.lockspaces = lockspaces }
+}
+
+public struct LockDebugReport: Codable, Sendable, Hashable {
+    public struct Lock: Codable, Sendable, Hashable {
+        public var id: String
+        public var grantedMode: String?
+        public var requestedMode: String?
+        public var owner: String
+        public var pid: Int32
+        public var flags: String
+        public var waitingMilliseconds: Double?
+        public var parent: String?
+        public var fencingToken: UInt64
+
+        enum CodingKeys: String, CodingKey {
+            case id
+            case grantedMode = "granted_mode"
+            case requestedMode = "requested_mode"
+            case owner, pid, flags
+            case waitingMilliseconds = "waiting_ms"
+            case parent
+            case fencingToken = "fencing_token"
+        }
+
+        public init(
+            id: String, grantedMode: String?, requestedMode: String?, owner: String, pid: Int32, flags: String,
+            waitingMilliseconds: Double?, parent: String?, fencingToken: UInt64
+        ) {
+            self.id = id
+            self.grantedMode = grantedMode
+            self.requestedMode = requestedMode
+            self.owner = owner
+            self.pid = pid
+            self.flags = flags
+            self.waitingMilliseconds = waitingMilliseconds
+            self.parent = parent
+            self.fencingToken = fencingToken
+        }
+    }
+
+    public struct Resource: Codable, Sendable, Hashable {
+        public var name: String
+        public var nameHex: String
+        public var path: [String]
+        public var master: UInt32
+        public var lvbHex: String
+        public var lvbSequence: UInt64
+        public var lvbValid: Bool
+        public var fencingToken: UInt64
+        public var granted: [Lock]
+        public var converting: [Lock]
+        public var waiting: [Lock]
+
+        enum CodingKeys: String, CodingKey {
+            case name
+            case nameHex = "name_hex"
+            case path, master
+            case lvbHex = "lvb_hex"
+            case lvbSequence = "lvb_sequence"
+            case lvbValid = "lvb_valid"
+            case fencingToken = "fencing_token"
+            case granted, converting, waiting
+        }
+
+        public init(
+            name: String, nameHex: String, path: [String], master: UInt32, lvbHex: String, lvbSequence: UInt64,
+            lvbValid: Bool, fencingToken: UInt64, granted: [Lock], converting: [Lock], waiting: [Lock]
+        ) {
+            self.name = name
+            self.nameHex = nameHex
+            self.path = path
+            self.master = master
+            self.lvbHex = lvbHex
+            self.lvbSequence = lvbSequence
+            self.lvbValid = lvbValid
+            self.fencingToken = fencingToken
+            self.granted = granted
+            self.converting = converting
+            self.waiting = waiting
+        }
+    }
+
+    public var lockspace: String
+    public var resources: [Resource]
+
+    public init(lockspace: String, resources: [Resource]) {
+        self.lockspace = lockspace
+        self.resources = resources
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Lower-case hex, two digits a byte.
+    public var hexString: String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(count * 2)
+        for byte in self {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The bytes as text when they are printable UTF-8, else their hex.
+    public var displayName: String {
+        if let text = String(validating: self, as: UTF8.self), !text.unicodeScalars.contains(where: { $0.value < 32 }) {
+            return text
+        }
+        return "0x" + hexString
+    }
+}

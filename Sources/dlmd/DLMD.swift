@@ -1,0 +1,131 @@
+import ArgumentParser
+import DLMCore
+import DLMNode
+import Foundation
+import Logging
+import ServiceLifecycle
+import TOMLKit
+
+@main
+struct DLMD: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dlmd",
+        abstract: "The swift-dlm lock manager daemon.",
+        discussion: """
+            Serves the lock manager to clients over a Unix socket (and optionally TCP), as described in \
+            Protocol/CLIENT.md. SIGTERM or SIGINT shut it down cleanly: clients are told, and persistent \
+            locks are kept for the next start.
+
+            Settings come from the command line, then the config file (--config), then the defaults. The \
+            config file is TOML with a [dlmd] table holding the same names: socket, listen, data_dir, \
+            node_id, deadlock_wait, log_level.
+            """,
+        version: dlmVersion)
+
+    @Option(name: .long, help: "The Unix socket clients connect to (default: $DLM_SOCKET or /run/dlm/dlmd.sock).")
+    var socket: String?
+
+    @Flag(name: .long, help: "Do not listen on a Unix socket (use --listen).")
+    var noSocket = false
+
+    @Option(name: .long, help: "Also accept TCP clients on HOST:PORT, e.g. 127.0.0.1:7100.")
+    var listen: String?
+
+    @Option(name: .long, help: "Where state that must survive a restart is kept (default: /var/lib/dlm).")
+    var dataDir: String?
+
+    @Option(name: .long, help: "A TOML file with a [dlmd] table of settings.")
+    var config: String?
+
+    @Option(name: .long, help: "This node's id (default: 1).")
+    var nodeID: UInt32?
+
+    @Option(
+        name: .long,
+        help: "Seconds a request waits before a deadlock search starts for it; 0 turns the search off (default: 1).")
+    var deadlockWait: Double?
+
+    @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical (default: info).")
+    var logLevel: String?
+
+    /// The [dlmd] table of the config file.
+    struct FileSettings: Codable {
+        var socket: String?
+        var listen: String?
+        var data_dir: String?
+        var node_id: UInt32?
+        var deadlock_wait: Double?
+        var log_level: String?
+    }
+
+    func fileSettings() throws -> FileSettings {
+        guard let config else { return FileSettings() }
+        let text: String
+        do {
+            text = try String(contentsOfFile: config, encoding: .utf8)
+        } catch {
+            throw ValidationError("cannot read the config file \(config): \(error.localizedDescription)")
+        }
+        do {
+            let table = try TOMLTable(string: text)
+            guard let section = table["dlmd"] else { return FileSettings() }
+            guard let dlmd = section.table else { throw ValidationError("\(config): [dlmd] must be a table") }
+            let known: Set<String> = ["socket", "listen", "data_dir", "node_id", "deadlock_wait", "log_level"]
+            for key in dlmd.keys where !known.contains(key) {
+                throw ValidationError(
+                    "\(config): unknown key dlmd.\(key) (known: \(known.sorted().joined(separator: ", ")))")
+            }
+            return try TOMLDecoder().decode(FileSettings.self, from: dlmd)
+        } catch let error as TOMLParseError {
+            throw ValidationError(
+                "\(config):\(error.source.begin.line):\(error.source.begin.column): \(error.description)")
+        } catch let error as DecodingError {
+            throw ValidationError("\(config): \(describe(error))")
+        }
+    }
+
+    func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .typeMismatch(let type, let context), .valueNotFound(let type, let context):
+            return "dlmd.\(context.codingPath.map(\.stringValue).joined(separator: ".")) must be a \(type)"
+        default:
+            return "\(error)"
+        }
+    }
+
+    func run() async throws {
+        let file = try fileSettings()
+        let level = logLevel ?? file.log_level ?? "info"
+        guard let parsedLevel = Logger.Level(rawValue: level) else {
+            throw ValidationError("unknown log level \(level)")
+        }
+        let wait = deadlockWait ?? file.deadlock_wait ?? 1
+        guard wait >= 0, wait < 1e9 else { throw ValidationError("--deadlock-wait must be a number of seconds >= 0") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = parsedLevel
+            return handler
+        }
+        let environmentSocket = ProcessInfo.processInfo.environment["DLM_SOCKET"]
+        let configuration = NodeConfiguration(
+            socketPath: noSocket
+                ? nil : (socket ?? file.socket ?? environmentSocket ?? NodeConfiguration.defaultSocketPath),
+            listenAddress: listen ?? file.listen,
+            dataDirectory: dataDir ?? file.data_dir ?? NodeConfiguration.defaultDataDirectory,
+            nodeID: nodeID ?? file.node_id ?? 1,
+            engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)))
+        let logger = Logger(label: "dlmd")
+        let server = NodeServer(configuration: configuration, logger: logger) { line in
+            FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch let error as NodeError {
+            FileHandle.standardError.write(Data("dlmd: \(error.description)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
