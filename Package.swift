@@ -79,7 +79,14 @@ let package = Package(
             path: "bench/dlmbench"
         ),
         .testTarget(name: "DLMCoreTests", dependencies: ["DLMCore"]),
-        .testTarget(name: "DLMWireTests", dependencies: ["DLMWire"]),
+        .testTarget(
+            name: "DLMWireTests",
+            dependencies: [
+                "DLMWire", "DLMCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "IntegrationTests", dependencies: ["DLMClient", "DLMWire"]),
     ]
 )

@@ -45,7 +45,9 @@ extension ByteBuffer {
     mutating func readString16(_ field: StaticString) throws(WireError) -> String {
         let count = Int(try read(UInt16.self, field))
         guard let bytes = readBytes(length: count) else { throw .malformed("truncated in \(field)") }
-        return String(decoding: bytes, as: UTF8.self)
+        // Refused rather than repaired: a repaired string would not encode to the bytes received (§2).
+        guard let string = String(validating: bytes, as: UTF8.self) else { throw .malformed("\(field) is not UTF-8") }
+        return string
     }
 
     mutating func readMode(_ field: StaticString) throws(WireError) -> LockMode {
@@ -292,7 +294,8 @@ extension ServerMessage {
             let lockspace = try body.read(UInt32.self, "lockspace")
             let length = try body.read(UInt8.self, "lvb_length")
             let created = try body.read(UInt8.self, "created")
-            message = .lockspace(tag: tag, lockspace: lockspace, valueBlockLength: length, created: created != 0)
+            guard created <= 1 else { throw .malformed("created must be 0 or 1") }
+            message = .lockspace(tag: tag, lockspace: lockspace, valueBlockLength: length, created: created == 1)
         case 0xA0:
             let tag = try body.read(UInt32.self, "tag")
             message = .ok(tag: tag, lock: try body.read(UInt32.self, "lock"))

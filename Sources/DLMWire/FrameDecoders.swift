@@ -13,6 +13,19 @@ public struct ClientMessageDecoder: ByteToMessageDecoder {
         context.fireChannelRead(wrapInboundOut(try ClientMessage.decode(type: type, body: &body)))
         return .continue
     }
+
+    /// The client closed its side: whole frames are still handled, a partial one is malformed.
+    public mutating func decodeLast(
+        context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
+    ) throws -> DecodingState {
+        while try decode(context: context, buffer: &buffer) == .continue {}
+        if buffer.readableBytes > 0 {
+            let count = buffer.readableBytes
+            buffer.moveReaderIndex(forwardBy: count)
+            throw WireError(.protocolError, "the stream ended inside a frame (\(count) bytes left)")
+        }
+        return .needMoreData
+    }
 }
 
 /// Splits the server's byte stream into `ServerMessage`s (for the client's pipeline).
