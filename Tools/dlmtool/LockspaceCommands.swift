@@ -1,0 +1,103 @@
+import ArgumentParser
+import DLMClient
+import DLMCore
+
+struct Join: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a lockspace (nothing changes if it exists).",
+        discussion: """
+            Prints whether the lockspace was created or existed already. An existing lockspace with another \
+            value block length is an error (EEXIST). With --json, prints \
+            {"created", "id", "lockspace", "lvb_length"}.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    @Argument(help: "The lockspace's name (1 to 64 bytes).")
+    var lockspace: String
+
+    @Option(name: .long, help: "The value block length in bytes: 8 to 64, a multiple of 8 (default: 32).")
+    var lvbLength: Int?
+
+    func validate() throws {
+        guard (1...64).contains(lockspace.utf8.count) else {
+            throw ValidationError("a lockspace name has 1 to 64 bytes")
+        }
+        if let lvbLength, !(8...64).contains(lvbLength) || lvbLength % 8 != 0 {
+            throw ValidationError("--lvb-length must be a multiple of 8 from 8 to 64")
+        }
+    }
+
+    struct Result: Encodable {
+        var lockspace: String
+        var id: UInt32
+        var lvbLength: Int
+        var created: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case lockspace, id
+            case lvbLength = "lvb_length"
+            case created
+        }
+    }
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let ls = try await connection.openLockspace(lockspace, create: true, valueBlockLength: lvbLength)
+            if let lvbLength, ls.valueBlockLength != lvbLength {
+                throw ToolError(
+                    "lockspace \(Text.name(lockspace)) exists with value block length \(ls.valueBlockLength), "
+                        + "not \(lvbLength)")
+            }
+            if options.json {
+                return try printJSON(
+                    Result(lockspace: lockspace, id: ls.id, lvbLength: ls.valueBlockLength, created: ls.wasCreated))
+            }
+            let what = ls.wasCreated ? "created lockspace" : "lockspace"
+            let state = ls.wasCreated ? "" : " exists already"
+            print("\(what) \(Text.name(lockspace))\(state) (id \(ls.id), value block length \(ls.valueBlockLength))")
+        }
+    }
+}
+
+struct Leave: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Release a lockspace.",
+        discussion: """
+            Refused (EBUSY) while the lockspace holds locks, unless --force, which drops them: their owners' \
+            requests and locks are gone. With --json, prints {"lockspace", "released"}.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    @Argument(help: "The lockspace's name.")
+    var lockspace: String
+
+    @Flag(name: .long, help: "Release it even if it holds locks, dropping them.")
+    var force = false
+
+    func validate() throws {
+        guard (1...64).contains(lockspace.utf8.count) else {
+            throw ValidationError("a lockspace name has 1 to 64 bytes")
+        }
+    }
+
+    struct Result: Encodable {
+        var lockspace: String
+        var released: Bool
+    }
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let ls = try await connection.openAnyLockspace(lockspace, create: false)
+            do {
+                try await connection.releaseLockspace(ls, force: force)
+            } catch let error as DLMError where error.status == .busy {
+                throw ToolError(
+                    "lockspace \(Text.name(lockspace)) holds locks; --force drops them (\(error.message))")
+            }
+            if options.json { return try printJSON(Result(lockspace: lockspace, released: true)) }
+            print("released lockspace \(Text.name(lockspace))")
+        }
+    }
+}

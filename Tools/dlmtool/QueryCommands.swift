@@ -1,0 +1,159 @@
+import ArgumentParser
+import DLMClient
+import DLMWire
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the daemon: node id, version, pid, uptime, socket, data directory and counts.",
+        discussion: "With --json, prints dlmd's status report (Protocol/CLIENT.md §8) as it is.")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let json = try await connection.query(.status)
+            if options.json { return printJSONBytes(json) }
+            let report = try decodeReport(StatusReport.self, json)
+            print(
+                Text.table([
+                    ["node id", "\(report.nodeID)"],
+                    ["version", report.version],
+                    ["pid", "\(report.pid)"],
+                    ["uptime", Text.uptime(report.uptimeSeconds)],
+                    ["socket", report.socket ?? "-"],
+                    ["listen", report.listen ?? "-"],
+                    ["data dir", report.dataDirectory ?? "-"],
+                    ["lockspaces", "\(report.lockspaces)"],
+                    ["resources", "\(report.resources)"],
+                    ["locks", "\(report.locks)"],
+                    ["connections", "\(report.connections)"],
+                ]))
+        }
+    }
+}
+
+struct Ls: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the lockspaces with their resource and lock counts.",
+        discussion: "With --json, prints dlmd's lockspaces report (Protocol/CLIENT.md §8) as it is.")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let json = try await connection.query(.lockspaces)
+            if options.json { return printJSONBytes(json) }
+            let report = try decodeReport(LockspacesReport.self, json)
+            guard !report.lockspaces.isEmpty else { return print("no lockspaces") }
+            let rows = report.lockspaces.map {
+                [Text.name($0.name), "\($0.id)", "\($0.lvbLength)", "\($0.resources)", "\($0.locks)"]
+            }
+            print(Text.table([["NAME", "ID", "LVB", "RESOURCES", "LOCKS"]] + rows))
+        }
+    }
+}
+
+/// The argument of lockdebug and lockdump.
+struct LockspaceArgument: ParsableArguments {
+    @Argument(help: "The lockspace's name.")
+    var lockspace: String
+
+    func validate() throws {
+        guard (1...64).contains(lockspace.utf8.count) else {
+            throw ValidationError("a lockspace name has 1 to 64 bytes")
+        }
+    }
+}
+
+struct LockDebug: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lockdebug",
+        abstract: "Show every resource of a lockspace with its queues.",
+        discussion: """
+            Per resource: its name, master node, value block (hex), sequence and validity, fencing token, then \
+            the Granted, Convert and Waiting queues, one lock a line: lock id, granted mode and (requested \
+            mode), owner (a connection number, or "orphan"), pid, flags and how long it has waited. With \
+            --json, prints dlmd's lockdebug report (Protocol/CLIENT.md §8) as it is.
+            """)
+
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var argument: LockspaceArgument
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let json = try await connection.query(.lockdebug, argument: Array(argument.lockspace.utf8))
+            if options.json { return printJSONBytes(json) }
+            print(Self.render(try decodeReport(LockDebugReport.self, json)))
+        }
+    }
+
+    static func render(_ report: LockDebugReport) -> String {
+        guard !report.resources.isEmpty else { return "no resources in lockspace \(Text.name(report.lockspace))" }
+        return report.resources.map(render).joined(separator: "\n\n")
+    }
+
+    static func render(_ resource: LockDebugReport.Resource) -> String {
+        var lines = [
+            "Resource \(Text.resourceName(resource)) (len \(resource.nameHex.count / 2), hex \(resource.nameHex))",
+            "Master: node \(resource.master)  Fencing token: \(resource.fencingToken)",
+            "LVB: \(Text.groupedHex(resource.lvbHex))  sequence \(resource.lvbSequence)  "
+                + (resource.lvbValid ? "valid" : "INVALID"),
+        ]
+        for (title, locks) in [
+            ("Granted", resource.granted), ("Convert", resource.converting), ("Waiting", resource.waiting),
+        ] where !locks.isEmpty {
+            lines.append(title)
+            lines.append(Text.table(locks.map(row), indent: "  "))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// `00000003 NL (EX)  owner 4  pid 1234  flags NOQUEUE  waiting 12 ms  parent 00000001`.
+    static func row(_ lock: LockDebugReport.Lock) -> [String] {
+        var modes = lock.grantedMode ?? "--"
+        if let requested = lock.requestedMode, requested != lock.grantedMode { modes += " (\(requested))" }
+        var row = [Text.lockID(lock.id), modes, "owner \(lock.owner)", "pid \(lock.pid)"]
+        if !lock.flags.isEmpty { row.append("flags \(lock.flags)") }
+        if let waited = lock.waitingMilliseconds { row.append("waiting \(Text.waited(waited))") }
+        if let parent = lock.parent { row.append("parent \(Text.lockID(parent))") }
+        if lock.fencingToken != 0 { row.append("token \(lock.fencingToken)") }
+        return row
+    }
+}
+
+struct LockDump: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lockdump",
+        abstract: "List every lock of a lockspace, one a line.",
+        discussion: """
+            Columns: resource, lock id, granted and requested mode ("-" for none), queue (granted, convert, \
+            waiting), owner, pid and flags. With --json, prints dlmd's lockdump report (Protocol/CLIENT.md \
+            §8) as it is.
+            """)
+
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var argument: LockspaceArgument
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let json = try await connection.query(.lockdump, argument: Array(argument.lockspace.utf8))
+            if options.json { return printJSONBytes(json) }
+            let report = try decodeReport(LockDebugReport.self, json)
+            var rows: [[String]] = []
+            for resource in report.resources {
+                for (queue, locks) in [
+                    ("granted", resource.granted), ("convert", resource.converting), ("waiting", resource.waiting),
+                ] {
+                    for lock in locks {
+                        rows.append([
+                            Text.resourceName(resource), Text.lockID(lock.id), lock.grantedMode ?? "-",
+                            lock.requestedMode ?? "-", queue, lock.owner, "\(lock.pid)", lock.flags,
+                        ])
+                    }
+                }
+            }
+            guard !rows.isEmpty else { return print("no locks in lockspace \(Text.name(report.lockspace))") }
+            print(Text.table([["RESOURCE", "ID", "GRANTED", "REQUESTED", "QUEUE", "OWNER", "PID", "FLAGS"]] + rows))
+        }
+    }
+}
