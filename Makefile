@@ -19,7 +19,7 @@ test: lint
 	$(SWIFT) test --skip-build
 
 lint:
-	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests bench
+	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Tools bench
 
 ## make bench: release build, then the engine benchmark (see bench/RESULTS.md).
 bench:

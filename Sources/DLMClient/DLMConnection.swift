@@ -8,6 +8,11 @@ import NIOPosix
 public struct BlockingEvent: Sendable, Hashable {
     public var lock: LockID
     public var mode: LockMode
+
+    public init(lock: LockID, mode: LockMode) {
+        self.lock = lock
+        self.mode = mode
+    }
 }
 
 /// A connection to `dlmd`: one owner of locks. When it closes, or this process dies, its locks are

@@ -70,6 +70,16 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
     }
 
+    /// The client shut down its sending side: answer what it sent, then close.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            node.flush()
+            if let connection { node.close(connection) } else { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         if let connection { node.disconnected(connection) }
         connection = nil

@@ -158,7 +158,13 @@ public final class LockNode: @unchecked Sendable {
             case .openLockspace(let tag, let name, let length, let create):
                 let existing = engine.lockspace(named: name)
                 if existing == nil && !create { throw DLMError(.noEntry, "no lockspace \(name.displayName)") }
-                let id = try engine.createLockspace(name: name, valueBlockLength: length == 0 ? nil : Int(length))
+                // Length 0 opens an existing lockspace whatever its length, and creates one with the default.
+                let id: LockspaceID
+                if let existing, length == 0 {
+                    id = existing
+                } else {
+                    id = try engine.createLockspace(name: name, valueBlockLength: length == 0 ? nil : Int(length))
+                }
                 let info = engine.lockspaceInfo(id)!
                 reply(
                     connection,

@@ -57,6 +57,7 @@ public final class NodeServer: Service, @unchecked Sendable {
             var bootstrap = ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 256)
                 .childChannelOption(.maxMessagesPerRead, value: 16)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(ClientMessageDecoder()))
