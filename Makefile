@@ -21,10 +21,13 @@ test: lint
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Tools bench
 
-## make bench: release build, then the engine benchmark (see bench/RESULTS.md).
+## make bench: release build, then the engine benchmarks (see bench/RESULTS.md), pinned to CPU 0 when taskset
+## exists (the engine is single-threaded). Each prints one JSON object.
+TASKSET ?= $(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 0)
 bench:
 	$(SWIFT) build -c release --product dlmbench
-	.build/release/dlmbench core
+	$(TASKSET) .build/release/dlmbench core
+	$(TASKSET) .build/release/dlmbench contended
 
 clean:
 	rm -rf .build .build-test.log

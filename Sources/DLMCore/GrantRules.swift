@@ -153,14 +153,24 @@ extension LockEngine {
         if record.flags.contains(.noQueue) {
             finishConversionAtOnce(lock, status: .tryAgain, into: &effects)
             if record.flags.contains(.noQueueBlockingCallback) {
-                sendBlockingCallbacks(for: lock, includingConversions: true, into: &effects)
+                // The refusal cleared the requested mode: the callbacks are for the mode that was refused.
+                sendBlockingCallbacks(
+                    for: lock, mode: record.requestedMode, includingConversions: true, into: &effects)
             }
             return
         }
         unlinkFromQueue(lock, .grant)
         linkToQueue(lock, .convert, atHead: record.flags.contains(.headOfQueue))
+        if let valueBlock, record.flags.contains(.valueBlock), record.grantedMode >= LockMode.pw.rawValue {
+            pendingValueBlocks[lock] = valueBlock
+        }
         startWaiting(lock, timeout: timeout)
         sendBlockingCallbacks(for: lock, includingConversions: false, into: &effects)
+        if case .demoted = decision {
+            // The demotion, and the conversions it let through, change the queues like a grant: walk them and
+            // tell the holders (REFERENCE.md §2), or a conversion granted above blocks waiters without knowing it.
+            grantPending(resource, into: &effects)
+        }
     }
 
     /// A conversion refused while being requested: the lock keeps its granted mode.
@@ -178,6 +188,7 @@ extension LockEngine {
 
     /// A queued conversion returns to the grant queue in its granted mode.
     mutating func revertConversion(_ lock: Int32) {
+        pendingValueBlocks[lock] = nil
         unlinkFromQueue(lock, .convert)
         linkToQueue(lock, .grant)
         locks[Int(lock)].requestedMode = noMode
@@ -223,16 +234,17 @@ extension LockEngine {
     mutating func finishGrant(_ lock: Int32, from: UInt8, valueBlock: [UInt8]?, completion: inout Completion) {
         let record = locks[Int(lock)]
         let resource = record.resource
-        if record.flags.contains(.valueBlock) {
-            switch ValueBlockOperation(from: from, to: record.grantedMode) {
+        let operation = ValueBlockOperation(from: from, to: record.grantedMode)
+        if operation == .write && record.flags.contains(.invalidateValueBlock) {
+            // IVVALBLK invalidates wherever the value block would be written, with or without VALBLK, as on
+            // unlock (and as Linux `set_lvb_lock` does).
+            resources[Int(resource)].valueBlockInvalid = true
+        } else if record.flags.contains(.valueBlock) {
+            switch operation {
             case .read:
                 completion.valueBlock = readValueBlock(resource: resource)
             case .write:
-                if record.flags.contains(.invalidateValueBlock) {
-                    resources[Int(resource)].valueBlockInvalid = true
-                } else if let valueBlock {
-                    writeValueBlock(valueBlock, resource: resource)
-                }
+                if let valueBlock { writeValueBlock(valueBlock, resource: resource) }
             case .nothing:
                 break
             }
@@ -280,7 +292,8 @@ extension LockEngine {
             let next = locks[Int(cursor)].next
             switch decideGrant(cursor, now: false, recovering: recovering) {
             case .grant(let mode, let alternate):
-                grant(cursor, mode: mode, alternate: alternate, valueBlock: nil, into: &effects)
+                let valueBlock = pendingValueBlocks.removeValue(forKey: cursor)
+                grant(cursor, mode: mode, alternate: alternate, valueBlock: valueBlock, into: &effects)
                 blocked = 0
                 cursor = resources[Int(resource)].convertQueue.head
                 continue
@@ -331,10 +344,13 @@ extension LockEngine {
     }
 
     /// A request blocked on arrival tells the holders whose granted mode blocks it (Linux
-    /// `send_blocking_asts`, and `send_blocking_asts_all` for NOQUEUEBAST).
-    mutating func sendBlockingCallbacks(for lock: Int32, includingConversions: Bool, into effects: inout [Effect]) {
+    /// `send_blocking_asts`, and `send_blocking_asts_all` for NOQUEUEBAST). `mode` defaults to the lock's
+    /// requested mode.
+    mutating func sendBlockingCallbacks(
+        for lock: Int32, mode: UInt8? = nil, includingConversions: Bool, into effects: inout [Effect]
+    ) {
         let resource = locks[Int(lock)].resource
-        let mode = locks[Int(lock)].requestedMode
+        let mode = mode ?? locks[Int(lock)].requestedMode
         for queue in includingConversions ? [QueueKind.grant, .convert] : [.grant] {
             var cursor = queueEnds(resource, queue).head
             while cursor != none {

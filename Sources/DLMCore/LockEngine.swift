@@ -16,9 +16,11 @@ public struct LockEngine {
     var lockspaceIndex: [[UInt8]: UInt32] = [:]
     var locks: ContiguousArray<LockRecord> = []
     var freeLocks: [Int32] = []
+    /// How many slots hold a live lock (`freeLocks` may also list slots that `restore` took since).
+    var liveLocks = 0
     var resources: ContiguousArray<ResourceRecord> = []
     var freeResources: [Int32] = []
-    var resourceIndex: [ResourceKey: Int32] = [:]
+    var resourceIndex = ResourceIndex()
     var owners: [OwnerRecord] = [OwnerRecord(id: OwnerID(UInt64.max))]
     var ownerIndex: [OwnerID: Int32] = [:]
     var freeOwners: [Int32] = []
@@ -29,6 +31,9 @@ public struct LockEngine {
     var deadlockChecks: Deque<TimerEntry> = []
     /// Requests with TIMEOUT, by deadline.
     var timeouts: Heap<TimerEntry> = []
+    /// The value handed in (VALBLK) with a conversion from PW or EX that waits on the convert queue: ALTPR / ALTCW
+    /// may grant it later in a mode that writes it (PW -> EX reads, PW -> PR writes).
+    var pendingValueBlocks: [Int32: [UInt8]] = [:]
 
     public init(config: EngineConfig = EngineConfig()) {
         self.config = config
@@ -127,7 +132,7 @@ public struct LockEngine {
         let owner = ownerSlot(request.owner)
         let key = ResourceKey(lockspace: ls, parent: parentResource, name: request.name)
         if request.flags.contains(.orphan) {
-            return try adoptOrphan(request, resource: resourceIndex[key], owner: owner, into: &effects)
+            return try adoptOrphan(request, resource: findResource(key), owner: owner, into: &effects)
         }
         guard lockCount < config.maxLocks else { throw DLMError(.tryAgain, "the engine holds its maximum of locks") }
         let resource = findOrCreateResource(key)
@@ -165,6 +170,9 @@ public struct LockEngine {
             !request.flags.contains(.invalidateValueBlock)
         {
             try checkValueBlock(request.valueBlock, resource: record.resource, required: true)
+        } else if request.flags.contains(.valueBlock) {
+            // ALTPR / ALTCW may grant a mode that writes the value (PW -> EX reads, PW -> PR writes): it must fit.
+            try checkValueBlock(request.valueBlock, resource: record.resource, required: false)
         }
         locks[Int(lock)].flags = request.flags.union(record.flags.intersection(.persistent))
         locks[Int(lock)].requestedMode = request.mode.rawValue
@@ -305,7 +313,7 @@ public struct LockEngine {
     // MARK: Queries
 
     /// How many locks the engine holds, in any state.
-    public var lockCount: Int { locks.count - freeLocks.count }
+    public var lockCount: Int { liveLocks }
     /// How many resources exist.
     public var resourceCount: Int { resourceIndex.count }
 
@@ -335,6 +343,7 @@ public struct LockEngine {
     }
 
     mutating func allocateLock() -> Int32 {
+        liveLocks += 1
         while let slot = freeLocks.popLast() {
             if locks[Int(slot)].isFree { return slot }  // slots taken by restore stay on the list
         }
@@ -342,37 +351,19 @@ public struct LockEngine {
         return Int32(locks.count - 1)
     }
 
-    mutating func findOrCreateResource(_ key: ResourceKey) -> Int32 {
-        if let slot = resourceIndex[key] { return slot }
-        let floor = lockspaces[Int(key.lockspace)].fencingTokenFloor
-        let record = ResourceRecord(lockspace: key.lockspace, parent: key.parent, name: key.name, fencingToken: floor)
-        let slot: Int32
-        if let free = freeResources.popLast() {
-            slot = free
-            resources[Int(slot)] = record
-        } else {
-            slot = Int32(resources.count)
-            resources.append(record)
-        }
-        resourceIndex[key] = slot
-        lockspaces[Int(key.lockspace)].resourceCount += 1
-        if key.parent != none { resources[Int(key.parent)].childResources += 1 }
-        return slot
-    }
-
     /// Frees a resource that has no locks and no resources in its namespace; its value block goes with it,
     /// its fencing-token counter is remembered in the lockspace's floor.
     mutating func freeResourceIfUnused(_ slot: Int32) {
         let record = resources[Int(slot)]
         guard !record.isFree, record.lockCount == 0, record.childResources == 0 else { return }
-        resourceIndex[ResourceKey(lockspace: record.lockspace, parent: record.parent, name: record.name)] = nil
+        removeFromResourceIndex(slot)
         let ls = Int(record.lockspace)
         if record.fencingToken > lockspaces[ls].fencingTokenFloor {
             lockspaces[ls].fencingTokenFloor = record.fencingToken
         }
         lockspaces[ls].resourceCount -= 1
         resources[Int(slot)].lockspace = UInt32.max
-        resources[Int(slot)].name = []
+        resources[Int(slot)].storedName = .empty
         resources[Int(slot)].valueBlock = nil
         freeResources.append(slot)
         if record.parent != none {
@@ -385,6 +376,7 @@ public struct LockEngine {
     /// the caller to free.
     mutating func removeLock(_ lock: Int32) {
         let record = locks[Int(lock)]
+        if record.queue == QueueKind.convert.rawValue { pendingValueBlocks[lock] = nil }
         if let queue = record.queueKind { unlinkFromQueue(lock, queue) }
         unlinkFromOwner(lock)
         if record.parent != none { locks[Int(record.parent)].children -= 1 }
@@ -393,5 +385,6 @@ public struct LockEngine {
         lockspaces[Int(resources[Int(resource)].lockspace)].lockCount -= 1
         locks[Int(lock)] = LockRecord()
         freeLocks.append(lock)
+        liveLocks -= 1
     }
 }

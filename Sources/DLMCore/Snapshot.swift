@@ -76,7 +76,7 @@ extension LockEngine {
     func resourceSlot(_ lockspace: LockspaceID, path: [[UInt8]]) -> Int32? {
         var parent = none
         for name in path {
-            guard let slot = resourceIndex[ResourceKey(lockspace: lockspace.rawValue, parent: parent, name: name)]
+            guard let slot = findResource(ResourceKey(lockspace: lockspace.rawValue, parent: parent, name: name))
             else { return nil }
             parent = slot
         }
@@ -118,7 +118,7 @@ extension LockEngine {
             parent = slot
         }
         let key = ResourceKey(lockspace: ls, parent: parent, name: name)
-        if let existing = resourceIndex[key], resources[Int(existing)].lockCount > 0 {
+        if let existing = findResource(key), resources[Int(existing)].lockCount > 0 {
             throw DLMError(.exists, "the resource already has locks")
         }
         for lock in snapshot.locks {
@@ -158,6 +158,7 @@ extension LockEngine {
             linkToQueue(slot, lock.queue)
             resources[Int(resource)].lockCount += 1
             lockspaces[Int(ls)].lockCount += 1
+            liveLocks += 1
             if lock.waitSequence > waitSequence { waitSequence = lock.waitSequence }
             if lock.queue != .grant {
                 if lock.deadline != 0 {
