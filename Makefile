@@ -3,7 +3,15 @@ SHELL := /bin/bash
 SWIFT ?= swift
 SEEDS ?= 1000
 
-.PHONY: build release test lint bench clean
+.PHONY: build release run test lint bench clean
+
+## make run: build and start a single-node dlmd with its socket and data under ./.dlm/ (Ctrl-C stops it cleanly).
+RUN_DIR ?= $(CURDIR)/.dlm
+run:
+	$(SWIFT) build --product dlmd
+	@mkdir -p $(RUN_DIR)
+	@echo "dlmd: clients connect with DLM_SOCKET=$(RUN_DIR)/dlmd.sock (e.g. DLM_SOCKET=$(RUN_DIR)/dlmd.sock dlmtool status)"
+	$$($(SWIFT) build --show-bin-path)/dlmd --socket $(RUN_DIR)/dlmd.sock --data-dir $(RUN_DIR)
 
 build:
 	$(SWIFT) build
@@ -30,4 +38,4 @@ bench:
 	$(TASKSET) .build/release/dlmbench contended
 
 clean:
-	rm -rf .build .build-test.log
+	rm -rf .build .build-test.log .dlm
