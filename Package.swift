@@ -33,11 +33,19 @@ let package = Package(
             name: "DLMWire",
             dependencies: ["DLMCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        // Debian's liblmdb-dev (pkg-config "lmdb").
+        .systemLibrary(
+            name: "CLMDB",
+            pkgConfig: "lmdb",
+            providers: [.apt(["liblmdb-dev"])]
+        ),
+        // The node's recoverable state in LMDB: environment, tables, transactions, the node's schema.
+        .target(name: "DLMStore", dependencies: ["CLMDB", "DLMCore"]),
         // The node shell: serves the engine over sockets from one event loop.
         .target(
             name: "DLMNode",
-            dependencies: [
-                "DLMCore", "DLMWire",
+                dependencies: [
+                "DLMCore", "DLMWire", "DLMStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -87,6 +95,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
+        .testTarget(name: "DLMStoreTests", dependencies: ["DLMStore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["DLMClient", "DLMWire"]),
     ]
 )

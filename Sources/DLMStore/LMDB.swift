@@ -1,0 +1,228 @@
+import CLMDB
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An LMDB failure: its code and LMDB's own words, plus what an operator should do for the common ones.
+public struct LMDBError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var code: Int32
+    public var operation: String
+    public var message: String
+
+    init(_ code: Int32, _ operation: String) {
+        self.code = code
+        self.operation = operation
+        self.message = String(cString: mdb_strerror(code))
+    }
+
+    /// The map (`--map-size`) has no room left for this commit.
+    public var isMapFull: Bool { code == MDB_MAP_FULL }
+
+    public var description: String {
+        if isMapFull {
+            return "\(operation): the LMDB map is full (\(message)); restart dlmd with a larger --map-size"
+        }
+        return "\(operation): \(message) (LMDB error \(code))"
+    }
+}
+
+@inline(__always)
+func check(_ code: Int32, _ operation: @autoclosure () -> String) throws(LMDBError) {
+    if code != 0 { throw LMDBError(code, operation()) }
+}
+
+/// One LMDB environment: a directory with `data.mdb` and `lock.mdb`, opened once per process. Write
+/// transactions must stay on the thread that began them; one thread at a time writes.
+public final class LMDBEnvironment: @unchecked Sendable {
+    let env: OpaquePointer
+    public let path: String
+
+    public struct Options: Sendable {
+        /// The most bytes the data file may grow to (`--map-size`).
+        public var mapSize: Int
+        /// Commit without fsync; `sync()` flushes.
+        public var noSync: Bool
+        public var maxDatabases: Int
+
+        public init(mapSize: Int = 1 << 30, noSync: Bool = false, maxDatabases: Int = 8) {
+            self.mapSize = mapSize
+            self.noSync = noSync
+            self.maxDatabases = maxDatabases
+        }
+    }
+
+    public init(path: String, options: Options = Options()) throws(LMDBError) {
+        var env: OpaquePointer?
+        try check(mdb_env_create(&env), "mdb_env_create")
+        guard let env else { throw LMDBError(ENOMEM, "mdb_env_create") }
+        do throws(LMDBError) {
+            try check(mdb_env_set_mapsize(env, options.mapSize), "mdb_env_set_mapsize")
+            try check(mdb_env_set_maxdbs(env, MDB_dbi(options.maxDatabases)), "mdb_env_set_maxdbs")
+            var flags = UInt32(MDB_NOTLS)
+            if options.noSync { flags |= UInt32(MDB_NOSYNC) }
+            try check(mdb_env_open(env, path, flags, 0o600), "opening the LMDB environment in \(path)")
+        } catch {
+            mdb_env_close(env)
+            throw error
+        }
+        self.env = env
+        self.path = path
+    }
+
+    deinit {
+        mdb_env_close(env)
+    }
+
+    /// Flushes committed data to disk (for environments opened with `noSync`).
+    public func sync() throws(LMDBError) {
+        try check(mdb_env_sync(env, 1), "mdb_env_sync")
+    }
+
+    public struct Info: Sendable, Hashable {
+        public var mapSize: Int
+        /// Bytes in use: pages up to the last one written.
+        public var usedBytes: Int
+        public var lastTransaction: Int
+    }
+
+    public func info() -> Info {
+        var info = MDB_envinfo()
+        var stat = MDB_stat()
+        mdb_env_info(env, &info)
+        mdb_env_stat(env, &stat)
+        return Info(
+            mapSize: info.me_mapsize, usedBytes: (info.me_last_pgno + 1) * Int(stat.ms_psize),
+            lastTransaction: info.me_last_txnid)
+    }
+
+    /// Runs `body` in a write transaction and commits it; aborts it if `body` throws.
+    public func write<T>(_ body: (Transaction) throws -> T) throws -> T {
+        let transaction = try Transaction(env: env, readOnly: false)
+        do {
+            let result = try body(transaction)
+            try transaction.commit()
+            return result
+        } catch {
+            transaction.abort()
+            throw error
+        }
+    }
+
+    /// Runs `body` in a read-only transaction.
+    public func read<T>(_ body: (Transaction) throws -> T) throws -> T {
+        let transaction = try Transaction(env: env, readOnly: true)
+        defer { transaction.abort() }
+        return try body(transaction)
+    }
+
+    /// Opens (or with `create`, creates) a named database.
+    public func database(_ name: String, create: Bool) throws -> Database {
+        try write { transaction in
+            var dbi = MDB_dbi()
+            try check(
+                mdb_dbi_open(transaction.txn, name, create ? UInt32(MDB_CREATE) : 0, &dbi), "opening database \(name)")
+            return Database(dbi: dbi, name: name)
+        }
+    }
+}
+
+/// A named database (table) of an environment.
+public struct Database: Sendable, Hashable {
+    let dbi: MDB_dbi
+    public let name: String
+}
+
+/// A transaction; keys and values are byte arrays.
+public final class Transaction {
+    let txn: OpaquePointer
+    private var finished = false
+
+    init(env: OpaquePointer, readOnly: Bool) throws(LMDBError) {
+        var txn: OpaquePointer?
+        try check(mdb_txn_begin(env, nil, readOnly ? UInt32(MDB_RDONLY) : 0, &txn), "mdb_txn_begin")
+        self.txn = txn!
+    }
+
+    deinit {
+        if !finished { mdb_txn_abort(txn) }
+    }
+
+    func commit() throws(LMDBError) {
+        finished = true
+        try check(mdb_txn_commit(txn), "mdb_txn_commit")
+    }
+
+    func abort() {
+        if !finished {
+            finished = true
+            mdb_txn_abort(txn)
+        }
+    }
+
+    public func get(_ database: Database, _ key: [UInt8]) throws -> [UInt8]? {
+        var key = key
+        return try key.withUnsafeMutableBytes { keyBytes -> [UInt8]? in
+            var k = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
+            var v = MDB_val()
+            let code = mdb_get(txn, database.dbi, &k, &v)
+            if code == MDB_NOTFOUND { return nil }
+            try check(code, "reading \(database.name)")
+            return Array(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
+        }
+    }
+
+    public func put(_ database: Database, _ key: [UInt8], _ value: [UInt8]) throws {
+        var key = key
+        var value = value
+        try key.withUnsafeMutableBytes { keyBytes in
+            try value.withUnsafeMutableBytes { valueBytes in
+                var k = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
+                var v = MDB_val(mv_size: valueBytes.count, mv_data: valueBytes.baseAddress)
+                try check(mdb_put(txn, database.dbi, &k, &v, 0), "writing \(database.name)")
+            }
+        }
+    }
+
+    /// Deletes a key; false if it was not there.
+    @discardableResult
+    public func delete(_ database: Database, _ key: [UInt8]) throws -> Bool {
+        var key = key
+        return try key.withUnsafeMutableBytes { keyBytes -> Bool in
+            var k = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
+            let code = mdb_del(txn, database.dbi, &k, nil)
+            if code == MDB_NOTFOUND { return false }
+            try check(code, "deleting from \(database.name)")
+            return true
+        }
+    }
+
+    /// Every key and value of a database, in key order, through a cursor.
+    public func forEach(_ database: Database, _ body: ([UInt8], [UInt8]) throws -> Void) throws {
+        var cursor: OpaquePointer?
+        try check(mdb_cursor_open(txn, database.dbi, &cursor), "opening a cursor on \(database.name)")
+        defer { mdb_cursor_close(cursor) }
+        var k = MDB_val()
+        var v = MDB_val()
+        var code = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
+        while code == 0 {
+            try body(
+                Array(UnsafeRawBufferPointer(start: k.mv_data, count: k.mv_size)),
+                Array(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size)))
+            code = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+        }
+        if code != MDB_NOTFOUND { try check(code, "reading \(database.name)") }
+    }
+
+    /// How many entries a database holds.
+    public func count(_ database: Database) throws(LMDBError) -> Int {
+        var stat = MDB_stat()
+        try check(mdb_stat(txn, database.dbi, &stat), "mdb_stat \(database.name)")
+        return stat.ms_entries
+    }
+
+    /// Deletes every entry of a database.
+    public func clear(_ database: Database) throws(LMDBError) {
+        try check(mdb_drop(txn, database.dbi, 0), "clearing \(database.name)")
+    }
+}
