@@ -19,12 +19,13 @@ build:
 release:
 	$(SWIFT) build -c release
 
-## make test: build (warnings are errors for our own code), lint, and run every test.
+## make test: build (warnings are errors for our own code), lint, and run every test; the randomized model test
+## runs DLM_MODEL_OPS operations (default 2 million).
 test: lint
 	@$(SWIFT) build --build-tests 2>&1 | tee .build-test.log; test $${PIPESTATUS[0]} -eq 0
 	@if grep -E '^/.*/(Sources|Tests|bench|Tools)/.*: warning:' .build-test.log; then \
 		echo "error: the build has warnings (see above); warnings are bugs here"; exit 1; fi
-	$(SWIFT) test --skip-build
+	DLM_MODEL_OPS=$${DLM_MODEL_OPS:-2000000} $(SWIFT) test --skip-build
 
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Tools bench

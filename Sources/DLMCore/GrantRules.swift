@@ -98,6 +98,8 @@ extension LockEngine {
         let record = locks[Int(lock)]
         if case .grant(let mode, let alternate) = decideGrant(lock, now: true) {
             grant(lock, mode: mode, alternate: alternate, valueBlock: nil, into: &effects)
+            // Granted past waiting requests (NOORDER): tell it whom it now blocks.
+            revisitIfQueued(record.resource, into: &effects)
             return
         }
         if record.flags.contains(.noQueue) {
@@ -116,6 +118,17 @@ extension LockEngine {
         linkToQueue(lock, .wait, atHead: record.flags.contains(.headOfQueue))
         startWaiting(lock, timeout: timeout)
         sendBlockingCallbacks(for: lock, includingConversions: false, into: &effects)
+        if record.flags.contains(.headOfQueue) || record.flags.contains(.noOrder) {
+            // Queued out of order: as a queued request, the rules may already grant it (rule 7 or 10).
+            grantPending(record.resource, into: &effects)
+        }
+    }
+
+    /// A walk of the queues when requests wait: grants what the rules allow and tells the holders in the way.
+    mutating func revisitIfQueued(_ resource: Int32, into effects: inout [Effect]) {
+        if !resources[Int(resource)].convertQueue.isEmpty || !resources[Int(resource)].waitQueue.isEmpty {
+            grantPending(resource, into: &effects)
+        }
     }
 
     /// Linux `do_convert` and its effects.
@@ -169,6 +182,9 @@ extension LockEngine {
         if case .demoted = decision {
             // The demotion, and the conversions it let through, change the queues like a grant: walk them and
             // tell the holders (REFERENCE.md §2), or a conversion granted above blocks waiters without knowing it.
+            grantPending(resource, into: &effects)
+        } else if record.flags.contains(.headOfQueue) || record.flags.contains(.noOrder) {
+            // Queued out of order: as a queued conversion, the rules may already grant it (rule 7 or 8).
             grantPending(resource, into: &effects)
         }
     }

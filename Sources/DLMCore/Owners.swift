@@ -129,6 +129,8 @@ extension LockEngine {
                         mode: request.mode)
                     finishGrant(cursor, from: noMode, valueBlock: nil, completion: &completion)
                     effects.append(.completion(completion))
+                    // An orphan was told of no one; its new owner learns whom it blocks.
+                    revisitIfQueued(resource, into: &effects)
                     return LockID(slot: cursor)
                 }
                 otherMode = true

@@ -218,16 +218,17 @@ import Testing
         #expect(h.state("b")?.queue == .wait)
     }
 
-    /// HEADQUE does not bypass rule 9: a compatible request that arrives behind a blocked waiter is queued (at
-    /// the head) and granted by the next pass over the queues.
-    @Test func headQueueRequestBehindABlockedWaiterIsGrantedByTheNextPass() {
+    /// HEADQUE does not bypass rule 9 (a new request is not granted "now" past a waiter), but once queued at
+    /// the head, rule 10 grants a compatible request at once: it is not left waiting for the next unlock.
+    @Test func headQueueRequestBehindABlockedWaiterIsGrantedAsTheNewHead() {
         var h = Harness()
         _ = h.lock("n", by: 9, on: "r", .nl)
         _ = h.lock("a", by: 1, on: "r", .pr)
         #expect(h.lock("b", by: 2, on: "r", .ex) == ["a bast EX"])
-        #expect(h.lock("c", by: 3, on: "r", .pr, .headOfQueue) == [])
-        #expect(h.state("c")?.queue == .wait)
-        #expect(h.unlock("n") == ["n EUNLOCK", "c granted PR", "c bast EX"])
+        #expect(h.lock("c", by: 3, on: "r", .pr, .headOfQueue) == ["c granted PR", "c bast EX"])
+        #expect(h.state("c")?.queue == .grant)
+        #expect(h.state("b")?.queue == .wait)
+        #expect(h.unlock("n") == ["n EUNLOCK"])
     }
 
     @Test func withoutHeadQueueANewRequestJoinsTheTail() {
@@ -245,12 +246,23 @@ import Testing
         _ = h.lock("c", by: 3, on: "r", .nl)
         _ = h.lock("n", by: 4, on: "r", .nl)
         #expect(h.convert("b", to: .ex) == ["a bast EX"])
-        // QUECVT keeps owner 3 queued; HEADQUE puts it first
-        #expect(h.convert("c", to: .cr, [.queueConversion, .headOfQueue]) == [])
+        // QUECVT keeps owner 3 from overtaking "now"; HEADQUE puts it first, where rule 8 grants it at once
+        #expect(h.convert("c", to: .cr, [.queueConversion, .headOfQueue]) == ["c granted CR", "c bast EX"])
+        #expect(h.state("c")?.queue == .grant)
+        #expect(h.state("b")?.queue == .convert)
+    }
+
+    @Test func headQueuePutsABlockedConversionAheadOfTheQueuedOnes() {
+        var h = Harness()
+        _ = h.lock("a", by: 1, on: "r", .pr)
+        _ = h.lock("b", by: 2, on: "r", .nl)
+        _ = h.lock("c", by: 3, on: "r", .nl)
+        #expect(h.convert("b", to: .ex) == ["a bast EX"])
+        // owner 3 asks PW at the head: blocked by the PR holder, it is first on the convert queue, ahead of b;
+        // the holder already knows EX waits, which covers PW
+        #expect(h.convert("c", to: .pw, [.headOfQueue]) == [])
         #expect(
             h.engine.snapshotResource(h.ls, path: [bytes("r")])?.locks.map(\.id).suffix(2) == [h.id("c"), h.id("b")])
-        // a pass grants the head
-        #expect(h.unlock("n") == ["n EUNLOCK", "c granted CR", "c bast EX"])
     }
 
     // MARK: NOORDER
@@ -259,9 +271,11 @@ import Testing
         var h = Harness()
         _ = h.lock("a", by: 1, on: "r", .pr)
         #expect(h.lock("b", by: 2, on: "r", .ex) == ["a bast EX"])
-        #expect(h.lock("c", by: 3, on: "r", .pr, .noOrder) == ["c granted PR"])
-        // NOORDER does not override a conflict
-        #expect(h.lock("d", by: 4, on: "r", .pw, .noOrder) == ["c bast PW"])
+        // granted past the waiting EX, it is told at once that it blocks it
+        #expect(h.lock("c", by: 3, on: "r", .pr, .noOrder) == ["c granted PR", "c bast EX"])
+        // NOORDER does not override a conflict; owner 3 already knows EX waits, which covers PW
+        #expect(h.lock("d", by: 4, on: "r", .pw, .noOrder) == [])
+        #expect(h.state("d")?.queue == .wait)
     }
 
     // MARK: ALTPR / ALTCW

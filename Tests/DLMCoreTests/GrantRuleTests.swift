@@ -54,8 +54,9 @@ import Testing
         // owner 3 asks CW with NOORDER -> queued: CW conflicts with owner 1's granted PR
         #expect(h.lock("c", by: 3, on: "r", .cw, .noOrder) == [])
         #expect(h.state("c")?.queue == .wait)
-        // owner 4 asks CR with NOORDER -> granted: CR is compatible with the granted PR (and CR)
-        #expect(h.lock("d", by: 4, on: "r", .cr, .noOrder) == ["d granted CR"])
+        // owner 4 asks CR with NOORDER -> granted: CR is compatible with the granted PR (and CR); it now blocks
+        // owner 1's EX and is told so
+        #expect(h.lock("d", by: 4, on: "r", .cr, .noOrder) == ["d granted CR", "d bast EX"])
     }
 
     /// A queued conversion that is not first on the convert queue is granted after recovery (rule 4), never in
@@ -119,8 +120,8 @@ import Testing
         #expect(h.lock("b", by: 2, on: "r", .ex) == ["a bast EX"])
         // owner 3 asks PR -> compatible, but queued behind owner 2 (rule 9)
         #expect(h.lock("c", by: 3, on: "r", .pr) == [])
-        // owner 4 asks PR with NOORDER -> granted
-        #expect(h.lock("d", by: 4, on: "r", .pr, .noOrder) == ["d granted PR"])
+        // owner 4 asks PR with NOORDER -> granted, and told that it blocks owner 2's EX
+        #expect(h.lock("d", by: 4, on: "r", .pr, .noOrder) == ["d granted PR", "d bast EX"])
     }
 
     @Test func rule7NoOrderGrantsAQueuedRequestThatIsNotFirst() {
@@ -212,11 +213,14 @@ import Testing
         // owner 2 converts NL -> CW: owner 3's PR blocks it
         #expect(h.convert("b", to: .cw) == ["c bast CW"])
         // owner 3 converts PR -> CW behind it (QUECVT), NOORDER, and NODLCKWT so that the conversion deadlock
-        // (its PR blocks owner 2's CW ahead) leaves it queued; it was already told CW
-        #expect(h.convert("c", to: .cw, [.queueConversion, .noOrder, .noDeadlockWait]) == [])
-        // a pass: owner 2 (head) is blocked by owner 3's PR; owner 3 (NOORDER) is granted CW; from the head
-        // again, owner 2's CW is now compatible -> granted
-        #expect(h.unlock("n") == ["n EUNLOCK", "c granted CW", "b granted CW"])
+        // (its PR blocks owner 2's CW ahead) leaves it queued; it was already told CW. Queued out of order, a
+        // pass follows at once: owner 2 (head) is blocked by owner 3's PR; owner 3 (NOORDER) is granted CW;
+        // from the head again, owner 2's CW is now compatible -> granted
+        #expect(
+            h.convert("c", to: .cw, [.queueConversion, .noOrder, .noDeadlockWait]) == [
+                "c granted CW", "b granted CW",
+            ])
+        #expect(h.unlock("n") == ["n EUNLOCK"])
     }
 
     @Test func aPassGrantsConversionsBeforeWaiters() {

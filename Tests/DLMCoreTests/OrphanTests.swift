@@ -73,8 +73,12 @@ import Testing
         _ = h.lock("b", by: 2, on: "r", .pr)
         #expect(h.exit(1) == [])
         let orphan = h.id("a")
-        // owner 3 adopts: granted at once, with the value block and a new fencing token
-        #expect(h.lock("c", by: 3, on: "r", .ex, [.orphan, .valueBlock]) == ["c granted EX lvb=<v1> seq=1 token=3"])
+        // owner 3 adopts: granted at once, with the value block and a new fencing token, and is told that it
+        // blocks owner 2's PR
+        #expect(
+            h.lock("c", by: 3, on: "r", .ex, [.orphan, .valueBlock]) == [
+                "c granted EX lvb=<v1> seq=1 token=3", "c bast PR",
+            ])
         #expect(h.id("c") == orphan)
         #expect(h.state("c")?.owner == OwnerID(3))
         #expect(h.state("c")?.flags.contains(.persistent) == true)
