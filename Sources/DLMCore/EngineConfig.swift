@@ -8,11 +8,18 @@ public struct EngineConfig: Sendable, Hashable, Codable {
     public var defaultValueBlockLength: Int
     /// The most locks the engine holds at once (each lock id is a slot below this bound).
     public var maxLocks: Int
+    /// Every lockspace's fencing tokens start above this. A node that persists its state passes its incarnation
+    /// shifted left by 40 bits, so that tokens after a restart are greater than any before it without a write
+    /// per token.
+    public var fencingTokenBase: UInt64 = 0
 
     public static let maxNameLength = 64
     public static let maxValueBlockLength = 64
 
-    public init(deadlockWait: UInt64 = 1_000_000_000, defaultValueBlockLength: Int = 32, maxLocks: Int = 1 << 30) {
+    public init(
+        deadlockWait: UInt64 = 1_000_000_000, defaultValueBlockLength: Int = 32, maxLocks: Int = 1 << 30,
+        fencingTokenBase: UInt64 = 0
+    ) {
         precondition(
             defaultValueBlockLength > 0 && defaultValueBlockLength % 8 == 0
                 && defaultValueBlockLength <= EngineConfig.maxValueBlockLength,
@@ -21,5 +28,6 @@ public struct EngineConfig: Sendable, Hashable, Codable {
         self.deadlockWait = deadlockWait
         self.defaultValueBlockLength = defaultValueBlockLength
         self.maxLocks = maxLocks
+        self.fencingTokenBase = fencingTokenBase
     }
 }

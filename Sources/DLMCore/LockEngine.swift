@@ -34,6 +34,10 @@ public struct LockEngine {
     /// The value handed in (VALBLK) with a conversion from PW or EX that waits on the convert queue: ALTPR / ALTCW
     /// may grant it later in a mode that writes it (PW -> EX reads, PW -> PR writes).
     var pendingValueBlocks: [Int32: [UInt8]] = [:]
+    /// Resources whose persistent state changed since the last `drainJournal` (`Journal.swift`).
+    var dirtyResources: [Int32] = []
+    /// Journal entries waiting for `drainJournal`.
+    var journal: [JournalEntry] = []
 
     public init(config: EngineConfig = EngineConfig()) {
         self.config = config
@@ -62,10 +66,12 @@ public struct LockEngine {
         let id: UInt32
         if let reusable = lockspaces.firstIndex(where: { !$0.isLive }) {
             id = UInt32(reusable)
-            lockspaces[reusable] = LockspaceRecord(name: name, valueBlockLength: length)
+            lockspaces[reusable] = LockspaceRecord(
+                name: name, valueBlockLength: length, fencingTokenFloor: config.fencingTokenBase)
         } else {
             id = UInt32(lockspaces.count)
-            lockspaces.append(LockspaceRecord(name: name, valueBlockLength: length))
+            lockspaces.append(
+                LockspaceRecord(name: name, valueBlockLength: length, fencingTokenFloor: config.fencingTokenBase))
         }
         lockspaceIndex[name] = id
         return LockspaceID(rawValue: id)
@@ -142,6 +148,7 @@ public struct LockEngine {
             priority: request.priority, options: LockEngine.options(of: request),
             transaction: request.transaction ?? 0)
         if parentLock != none { locks[Int(parentLock)].children += 1 }
+        if request.flags.contains(.persistent) { track(resource) }
         linkToOwner(lock, owner)
         resources[Int(resource)].lockCount += 1
         lockspaces[Int(ls)].lockCount += 1
@@ -175,6 +182,7 @@ public struct LockEngine {
             try checkValueBlock(request.valueBlock, resource: record.resource, required: false)
         }
         locks[Int(lock)].flags = request.flags.union(record.flags.intersection(.persistent))
+        if request.flags.contains(.persistent) { track(record.resource) }
         locks[Int(lock)].requestedMode = request.mode.rawValue
         if let priority = request.priority { locks[Int(lock)].priority = priority }
         requestConversion(lock, valueBlock: request.valueBlock, timeout: request.timeout, into: &effects)
@@ -217,6 +225,7 @@ public struct LockEngine {
         if writes {
             if request.flags.contains(.invalidateValueBlock) {
                 resources[Int(resource)].valueBlockInvalid = true
+                touch(resource)
             } else if request.flags.contains(.valueBlock) {
                 writeValueBlock(request.valueBlock!, resource: resource)
             }
@@ -356,6 +365,10 @@ public struct LockEngine {
     mutating func freeResourceIfUnused(_ slot: Int32) {
         let record = resources[Int(slot)]
         guard !record.isFree, record.lockCount == 0, record.childResources == 0 else { return }
+        if record.persistence & Persistence.tracked != 0 {
+            journal.append(.delete(lockspace: lockspaces[Int(record.lockspace)].name, path: path(of: slot)))
+            resources[Int(slot)].persistence = 0
+        }
         removeFromResourceIndex(slot)
         let ls = Int(record.lockspace)
         if record.fencingToken > lockspaces[ls].fencingTokenFloor {

@@ -33,6 +33,7 @@ extension LockEngine {
         if head != none { locks[Int(head)].ownerPrev = lock }
         owners[Int(owner)].head = lock
         owners[Int(owner)].lockCount += 1
+        touch(locks[Int(lock)].resource)
     }
 
     mutating func unlinkFromOwner(_ lock: Int32) {
@@ -83,6 +84,7 @@ extension LockEngine {
             } else {
                 if locks[Int(lock)].grantedMode >= LockMode.pw.rawValue, locks[Int(lock)].isGranted {
                     resources[Int(resource)].valueBlockInvalid = true
+                touch(resource)
                 }
                 removeLock(lock)
             }

@@ -39,6 +39,7 @@ extension LockEngine {
         }
         setQueueEnds(resource, queue, ends)
         locks[Int(lock)].queue = queue.rawValue
+        touch(resource)
         if queue != .wait { resources[Int(resource)].granted.add(locks[Int(lock)].grantedMode) }
         if queue != .grant { linkToWaiting(lock) }
     }
@@ -54,6 +55,7 @@ extension LockEngine {
         locks[Int(lock)].prev = none
         locks[Int(lock)].next = none
         locks[Int(lock)].queue = 0
+        touch(resource)
         if queue != .wait { resources[Int(resource)].granted.remove(locks[Int(lock)].grantedMode) }
         if queue != .grant { unlinkFromWaiting(lock) }
     }
@@ -64,6 +66,7 @@ extension LockEngine {
         resources[Int(resource)].granted.remove(locks[Int(lock)].grantedMode)
         resources[Int(resource)].granted.add(mode)
         locks[Int(lock)].grantedMode = mode
+        touch(resource)
     }
 
     /// The locks of one queue, head first.

@@ -20,6 +20,31 @@ public struct LockSnapshot: Sendable, Hashable, Codable {
     /// With TIMEOUT, when a pending request gives up; zero otherwise.
     public var deadline: Instant
     public var fencingToken: UInt64
+
+    public init(
+        id: LockID, owner: OwnerID?, queue: QueueKind, grantedMode: LockMode?, requestedMode: LockMode?,
+        flags: LockFlags, parent: LockID?, transaction: UInt64?, priority: UInt8, wantsBlockingCallbacks: Bool,
+        alwaysFencingToken: Bool, blockingSent: UInt8, pendingFlags: CompletionFlags, waitingSince: Instant,
+        waitSequence: UInt32, deadline: Instant, fencingToken: UInt64
+    ) {
+        self.id = id
+        self.owner = owner
+        self.queue = queue
+        self.grantedMode = grantedMode
+        self.requestedMode = requestedMode
+        self.flags = flags
+        self.parent = parent
+        self.transaction = transaction
+        self.priority = priority
+        self.wantsBlockingCallbacks = wantsBlockingCallbacks
+        self.alwaysFencingToken = alwaysFencingToken
+        self.blockingSent = blockingSent
+        self.pendingFlags = pendingFlags
+        self.waitingSince = waitingSince
+        self.waitSequence = waitSequence
+        self.deadline = deadline
+        self.fencingToken = fencingToken
+    }
 }
 
 /// The full state of one resource: its place in the namespace, value block, fencing-token counter and its
@@ -36,6 +61,19 @@ public struct ResourceSnapshot: Sendable, Hashable, Codable {
     public var locks: [LockSnapshot]
 
     public var name: [UInt8] { path.last ?? [] }
+
+    public init(
+        lockspace: LockspaceID, path: [[UInt8]], valueBlock: [UInt8]?, valueBlockSequence: UInt64,
+        valueBlockInvalid: Bool, fencingToken: UInt64, locks: [LockSnapshot]
+    ) {
+        self.lockspace = lockspace
+        self.path = path
+        self.valueBlock = valueBlock
+        self.valueBlockSequence = valueBlockSequence
+        self.valueBlockInvalid = valueBlockInvalid
+        self.fencingToken = fencingToken
+        self.locks = locks
+    }
 }
 
 extension LockEngine {

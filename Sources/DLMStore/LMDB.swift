@@ -44,11 +44,14 @@ public final class LMDBEnvironment: @unchecked Sendable {
         /// Commit without fsync; `sync()` flushes.
         public var noSync: Bool
         public var maxDatabases: Int
+        /// Open without writing anything (not even the lock file's reader table is needed).
+        public var readOnly: Bool
 
-        public init(mapSize: Int = 1 << 30, noSync: Bool = false, maxDatabases: Int = 8) {
+        public init(mapSize: Int = 1 << 30, noSync: Bool = false, maxDatabases: Int = 8, readOnly: Bool = false) {
             self.mapSize = mapSize
             self.noSync = noSync
             self.maxDatabases = maxDatabases
+            self.readOnly = readOnly
         }
     }
 
@@ -61,6 +64,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
             try check(mdb_env_set_maxdbs(env, MDB_dbi(options.maxDatabases)), "mdb_env_set_maxdbs")
             var flags = UInt32(MDB_NOTLS)
             if options.noSync { flags |= UInt32(MDB_NOSYNC) }
+            if options.readOnly { flags |= UInt32(MDB_RDONLY) }
             try check(mdb_env_open(env, path, flags, 0o600), "opening the LMDB environment in \(path)")
         } catch {
             mdb_env_close(env)
@@ -116,14 +120,20 @@ public final class LMDBEnvironment: @unchecked Sendable {
         return try body(transaction)
     }
 
-    /// Opens (or with `create`, creates) a named database.
+    /// Opens (or with `create`, creates) a named database. Without `create` it works on a read-only
+    /// environment too (the handle is made in a read transaction that commits).
     public func database(_ name: String, create: Bool) throws -> Database {
-        try write { transaction in
-            var dbi = MDB_dbi()
+        let transaction = try Transaction(env: env, readOnly: !create)
+        var dbi = MDB_dbi()
+        do {
             try check(
                 mdb_dbi_open(transaction.txn, name, create ? UInt32(MDB_CREATE) : 0, &dbi), "opening database \(name)")
-            return Database(dbi: dbi, name: name)
+            try transaction.commit()
+        } catch {
+            transaction.abort()
+            throw error
         }
+        return Database(dbi: dbi, name: name)
     }
 }
 

@@ -1,0 +1,83 @@
+import DLMStore
+import Foundation
+import Testing
+
+func temporaryDirectory(_ label: String) -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+        "dlm-\(label)-\(UUID().uuidString.prefix(8))"
+    ).path
+    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+@Suite struct LMDBTests {
+    @Test func committedWritesAreReadBackAndAbortedOnesAreNot() throws {
+        let path = temporaryDirectory("lmdb")
+        let env = try LMDBEnvironment(path: path)
+        let db = try env.database("t", create: true)
+        try env.write { (txn) throws in
+            try txn.put(db, [1], [10])
+            try txn.put(db, [2], [20])
+        }
+        struct Abort: Error {}
+        #expect(throws: Abort.self) {
+            try env.write { (txn) throws in
+                try txn.put(db, [3], [30])
+                throw Abort()
+            }
+        }
+        try env.read { (txn) throws in
+            #expect(try txn.get(db, [1]) == [10])
+            #expect(try txn.get(db, [3]) == nil)
+            #expect(try txn.count(db) == 2)
+        }
+        // Deleting, and a delete of a missing key.
+        try env.write { (txn) throws in
+            #expect(try txn.delete(db, [1]))
+            #expect(try !txn.delete(db, [9]))
+        }
+        try env.read { (txn) throws in #expect(try txn.get(db, [1]) == nil) }
+    }
+
+    @Test func aCursorVisitsKeysInOrder() throws {
+        let env = try LMDBEnvironment(path: temporaryDirectory("cursor"))
+        let db = try env.database("t", create: true)
+        try env.write { (txn) throws in
+            for key in [[3], [1, 5], [1], [2, 0, 0]] as [[UInt8]] { try txn.put(db, key, key) }
+        }
+        var keys: [[UInt8]] = []
+        try env.read { (txn) throws in try txn.forEach(db) { key, value in
+            #expect(key == value)
+            keys.append(key)
+        } }
+        #expect(keys == [[1], [1, 5], [2, 0, 0], [3]])
+    }
+
+    @Test func aFullMapIsAClearErrorAndLosesNothingCommitted() throws {
+        let env = try LMDBEnvironment(path: temporaryDirectory("full"), options: .init(mapSize: 64 * 1024))
+        let db = try env.database("t", create: true)
+        try env.write { (txn) throws in try txn.put(db, [0], [1, 2, 3]) }
+        var caught: LMDBError?
+        do {
+            try env.write { (txn) throws in
+                for index in 0..<10_000 {
+                    try txn.put(db, withUnsafeBytes(of: UInt32(index + 1).bigEndian) { Array($0) }, [UInt8](repeating: 7, count: 100))
+                }
+            }
+        } catch let error as LMDBError {
+            caught = error
+        }
+        #expect(caught?.isMapFull == true)
+        #expect(caught?.description.contains("--map-size") == true)
+        try env.read { (txn) throws in
+            #expect(try txn.get(db, [0]) == [1, 2, 3])
+            #expect(try txn.count(db) == 1)
+        }
+    }
+
+    @Test func openingSomethingThatIsNotAnEnvironmentFails() throws {
+        let path = temporaryDirectory("garbage")
+        try Data(repeating: 0xAB, count: 64 * 1024).write(to: URL(fileURLWithPath: path + "/data.mdb"))
+        #expect(throws: LMDBError.self) { _ = try LMDBEnvironment(path: path) }
+    }
+}
