@@ -44,7 +44,7 @@ let package = Package(
         // The node shell: serves the engine over sockets from one event loop.
         .target(
             name: "DLMNode",
-                dependencies: [
+            dependencies: [
                 "DLMCore", "DLMWire", "DLMStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -133,21 +133,8 @@ public struct DLMLock: Sendable {
         to mode: LockMode, flags: LockFlags = [], valueBlock: [UInt8]? = nil, timeout: Duration? = nil,
         priority: UInt8? = nil
     ) async throws -> LockResult {
-        var flags = flags.union(.convert)
-        var nanoseconds: UInt64 = 0
-        if let timeout {
-            nanoseconds = timeout.nanoseconds
-            flags.insert(.timeout)
-        }
-        if valueBlock != nil { flags.insert(.valueBlock) }
-        let id = self.id
-        let completion = try await lockspace.connection.operation(blocking: nil) { [flags, nanoseconds] tag in
-            .convert(
-                ConvertMessage(
-                    tag: tag, lock: id.rawValue, flags: flags, mode: mode, priority: priority ?? 255,
-                    timeoutNanoseconds: nanoseconds, valueBlock: valueBlock ?? []))
-        }
-        return LockResult(completion, lockspace: lockspace)
+        try await lockspace.requestConversion(
+            of: id, to: mode, flags: flags, valueBlock: valueBlock, timeout: timeout, priority: priority)
     }
 
     /// Converts to another mode: returns the lock in its new mode, or throws with the status.
@@ -160,6 +147,31 @@ public struct DLMLock: Sendable {
     /// Unlocks; with `valueBlock`, a PW or EX holder writes it (VALBLK).
     public func unlock(valueBlock: [UInt8]? = nil, flags: LockFlags = []) async throws {
         try await lockspace.unlock(id, valueBlock: valueBlock, flags: flags)
+    }
+}
+
+extension DLMLockspace {
+    /// Converts the lock with this id (as libdlm's `dlm_ls_lock` with CONVERT does) and waits for the result,
+    /// whatever its status. With `valueBlock`, VALBLK is set and the value is written when converting down from
+    /// PW or EX.
+    public func requestConversion(
+        of id: LockID, to mode: LockMode, flags: LockFlags = [], valueBlock: [UInt8]? = nil, timeout: Duration? = nil,
+        priority: UInt8? = nil
+    ) async throws -> LockResult {
+        var flags = flags.union(.convert)
+        var nanoseconds: UInt64 = 0
+        if let timeout {
+            nanoseconds = timeout.nanoseconds
+            flags.insert(.timeout)
+        }
+        if valueBlock != nil { flags.insert(.valueBlock) }
+        let completion = try await connection.operation(blocking: nil) { [flags, nanoseconds] tag in
+            .convert(
+                ConvertMessage(
+                    tag: tag, lock: id.rawValue, flags: flags, mode: mode, priority: priority ?? 255,
+                    timeoutNanoseconds: nanoseconds, valueBlock: valueBlock ?? []))
+        }
+        return LockResult(completion, lockspace: self)
     }
 }
 

@@ -255,7 +255,7 @@ extension LockEngine {
             // IVVALBLK invalidates wherever the value block would be written, with or without VALBLK, as on
             // unlock (and as Linux `set_lvb_lock` does).
             resources[Int(resource)].valueBlockInvalid = true
-                touch(resource)
+            touch(resource)
         } else if record.flags.contains(.valueBlock) {
             switch operation {
             case .read:

@@ -84,7 +84,7 @@ extension LockEngine {
             } else {
                 if locks[Int(lock)].grantedMode >= LockMode.pw.rawValue, locks[Int(lock)].isGranted {
                     resources[Int(resource)].valueBlockInvalid = true
-                touch(resource)
+                    touch(resource)
                 }
                 removeLock(lock)
             }

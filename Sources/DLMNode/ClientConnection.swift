@@ -17,6 +17,8 @@ final class ClientConnection {
     var clientName = ""
     /// Frames written since the last flush.
     var outbound: ByteBuffer
+    /// Frames waiting for a store commit (`--durability`), by the generation they wait for, oldest first.
+    var held: [(generation: UInt64, frames: ByteBuffer)] = []
     var isDirty = false
 
     init(owner: OwnerID, channel: Channel) {
@@ -27,6 +29,13 @@ final class ClientConnection {
 
     func send(_ message: ServerMessage) {
         message.encode(into: &outbound)
+    }
+
+    func hold(_ message: ServerMessage, generation: UInt64) {
+        if held.last?.generation != generation {
+            held.append((generation, channel.allocator.buffer(capacity: 128)))
+        }
+        message.encode(into: &held[held.count - 1].frames)
     }
 }
 

@@ -20,6 +20,10 @@ public final class LockNode: @unchecked Sendable {
     let startedAt: NIODeadline
     var ticker: RepeatedTask?
     var isShuttingDown = false
+    /// The store and the commits in flight; nil for a node without a store.
+    var persistence: NodePersistence?
+    /// While handling an input whose changes must be committed first: the generation its frames wait for.
+    var holdingGeneration: UInt64?
 
     public init(configuration: NodeConfiguration, eventLoop: EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -44,7 +48,8 @@ public final class LockNode: @unchecked Sendable {
     func advanceClock() {
         effects.removeAll(keepingCapacity: true)
         engine.tick(now: NIODeadline.now().uptimeNanoseconds, into: &effects)
-        if !effects.isEmpty { dispatch(reply: nil) }
+        if !effects.isEmpty || engine.hasJournal { dispatch(reply: nil) }
+        holdingGeneration = nil
     }
 
     // MARK: Connections
@@ -67,6 +72,7 @@ public final class LockNode: @unchecked Sendable {
         effects.removeAll(keepingCapacity: true)
         engine.ownerExited(connection.owner, into: &effects)
         dispatch(reply: nil)
+        holdingGeneration = nil
         flush()
     }
 
@@ -88,8 +94,9 @@ public final class LockNode: @unchecked Sendable {
         channel.writeAndFlush(frames).whenComplete { _ in channel.close(promise: nil) }
     }
 
-    /// Writes out every connection's pending frames.
+    /// Hands this turn's store changes to the store's thread, and writes out every connection's pending frames.
     func flush() {
+        submitChanges()
         for connection in dirty {
             connection.isDirty = false
             guard connection.outbound.readableBytes > 0, connection.state != .closing else { continue }
@@ -107,8 +114,18 @@ public final class LockNode: @unchecked Sendable {
     }
 
     func reply(_ connection: ClientConnection, _ message: ServerMessage) {
-        connection.send(message)
-        markDirty(connection)
+        deliver(connection, message)
+    }
+
+    /// Sends a frame now, or, while the input's changes or earlier frames of this connection wait for a commit,
+    /// after that commit (frames to one connection never overtake each other).
+    func deliver(_ connection: ClientConnection, _ message: ServerMessage) {
+        if let generation = holdingGeneration ?? connection.held.last?.generation {
+            connection.hold(message, generation: generation)
+        } else {
+            connection.send(message)
+            markDirty(connection)
+        }
     }
 
     // MARK: Requests
@@ -144,6 +161,8 @@ public final class LockNode: @unchecked Sendable {
         let now = NIODeadline.now().uptimeNanoseconds
         if now > engine.now &+ configuration.tickInterval { advanceClock() }
         effects.removeAll(keepingCapacity: true)
+        holdingGeneration = nil
+        defer { holdingGeneration = nil }
         let owner = connection.owner
         do throws(DLMError) {
             switch message {
@@ -166,13 +185,17 @@ public final class LockNode: @unchecked Sendable {
                     id = try engine.createLockspace(name: name, valueBlockLength: length == 0 ? nil : Int(length))
                 }
                 let info = engine.lockspaceInfo(id)!
+                if existing == nil { record(.putLockspace(name: name, valueBlockLength: info.valueBlockLength)) }
                 reply(
                     connection,
                     .lockspace(
                         tag: tag, lockspace: id.rawValue, valueBlockLength: UInt8(info.valueBlockLength),
                         created: existing == nil))
             case .releaseLockspace(let tag, let lockspace, let force):
+                let name = engine.lockspaceInfo(LockspaceID(rawValue: lockspace))?.name
                 try engine.releaseLockspace(LockspaceID(rawValue: lockspace), force: force)
+                collectJournal()
+                if let name { record(.deleteLockspace(name: name)) }
                 reply(connection, .ok(tag: tag, lock: 0))
             case .lock(let m):
                 let request = LockRequest(
@@ -214,6 +237,7 @@ public final class LockNode: @unchecked Sendable {
     /// Sends the effects in `effects` to their owners. The completion of the requested lock that the request
     /// itself produced carries the request's tag and is its reply; without one, the reply is OK with the lock.
     func dispatch(reply: (connection: ClientConnection, tag: UInt32, lock: LockID)?) {
+        collectJournal()
         var replied = false
         if let reply {
             let answered = effects.contains {
@@ -234,11 +258,10 @@ public final class LockNode: @unchecked Sendable {
                     tag = reply.tag
                     replied = true
                 }
-                connection.send(.completion(CompletionMessage(tag: tag, completion)))
+                deliver(connection, .completion(CompletionMessage(tag: tag, completion)))
             case .blockingCallback(let callback):
-                connection.send(.blocking(lock: callback.lock.rawValue, mode: callback.mode))
+                deliver(connection, .blocking(lock: callback.lock.rawValue, mode: callback.mode))
             }
-            markDirty(connection)
         }
     }
 }

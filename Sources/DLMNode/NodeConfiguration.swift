@@ -1,4 +1,5 @@
 import DLMCore
+import DLMStore
 
 /// Everything a node needs to start, from the command line or a config file.
 public struct NodeConfiguration: Sendable {
@@ -12,15 +13,24 @@ public struct NodeConfiguration: Sendable {
     public var engine: EngineConfig
     /// How often the engine's timers (timeouts, deadlock searches) run, in nanoseconds.
     public var tickInterval: UInt64
+    /// When acknowledgements of persistent state wait for the disk.
+    public var durability: Durability
+    /// The most bytes the LMDB data file may grow to.
+    public var mapSize: Int
 
     public static let defaultSocketPath = "/run/dlm/dlmd.sock"
     public static let defaultDataDirectory = "/var/lib/dlm"
+    /// 1 GiB: room for millions of persistent locks; the file grows only as far as it is used.
+    public static let defaultMapSize = 1 << 30
 
     public init(
         socketPath: String? = NodeConfiguration.defaultSocketPath, listenAddress: String? = nil,
         dataDirectory: String = NodeConfiguration.defaultDataDirectory, nodeID: UInt32 = 1,
-        engine: EngineConfig = EngineConfig(), tickInterval: UInt64 = 10_000_000
+        engine: EngineConfig = EngineConfig(), tickInterval: UInt64 = 10_000_000, durability: Durability = .batch,
+        mapSize: Int = NodeConfiguration.defaultMapSize
     ) {
+        self.durability = durability
+        self.mapSize = mapSize
         self.socketPath = socketPath
         self.listenAddress = listenAddress
         self.dataDirectory = dataDirectory

@@ -29,7 +29,7 @@ public final class NodeServer: Service, @unchecked Sendable {
             try FileManager.default.createDirectory(
                 atPath: configuration.dataDirectory, withIntermediateDirectories: true)
             try await loop.submit {
-                try node.loadState()
+                try node.openStore()
                 node.start()
             }.get()
             let channels = try await bind(node: node, group: group)
@@ -129,7 +129,7 @@ extension LockNode {
             effects.removeAll(keepingCapacity: true)
             engine.ownerExited(connection.owner, into: &effects)
         }
-        try saveState()
-        logger.info("saved state; shut down", metadata: ["locks": "\(engine.lockCount)"])
+        try closeStore()
+        logger.info("store closed; shut down", metadata: ["orphans": "\(engine.lockCount)"])
     }
 }

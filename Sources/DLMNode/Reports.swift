@@ -34,7 +34,8 @@ extension LockNode {
             uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
             socket: configuration.socketPath, listen: configuration.listenAddress,
             dataDirectory: configuration.dataDirectory, lockspaces: lockspaces.count,
-            resources: engine.resourceCount, locks: engine.lockCount, connections: connections.count)
+            resources: engine.resourceCount, locks: engine.lockCount, connections: connections.count,
+            store: storeReport)
     }
 
     func lockspacesReport() -> LockspacesReport {

@@ -42,7 +42,9 @@ struct RecordReader {
     mutating func bytes8() throws(StoreError) -> [UInt8] { Array(try take(Int(try u8()))) }
 
     func finish() throws(StoreError) {
-        guard offset == bytes.count else { throw StoreError("\(what) has \(bytes.count - offset) extra bytes (corrupt record)") }
+        guard offset == bytes.count else {
+            throw StoreError("\(what) has \(bytes.count - offset) extra bytes (corrupt record)")
+        }
     }
 }
 
@@ -124,7 +126,8 @@ enum RecordCoding {
                 LockSnapshot(
                     id: LockID(rawValue: id), owner: owner == 0 ? nil : OwnerID(owner), queue: .grant,
                     grantedMode: mode, requestedMode: nil, flags: flags,
-                    parent: parent == 0 ? nil : LockID(rawValue: parent), transaction: transaction == 0 ? nil : transaction,
+                    parent: parent == 0 ? nil : LockID(rawValue: parent),
+                    transaction: transaction == 0 ? nil : transaction,
                     priority: priority, wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0,
                     blockingSent: 0, pendingFlags: [], waitingSince: 0, waitSequence: 0, deadline: 0,
                     fencingToken: lockToken))

@@ -12,8 +12,44 @@ public struct StatusReport: Codable, Sendable, Hashable {
     public var resources: Int
     public var locks: Int
     public var connections: Int
+    /// The node's store, if it has one.
+    public var store: Store?
+
+    /// What `dlmtool status` shows of the store.
+    public struct Store: Codable, Sendable, Hashable {
+        public var path: String
+        public var durability: String
+        public var incarnation: UInt64
+        public var mapSize: Int
+        public var usedBytes: Int
+        public var lastTransaction: Int
+        /// Seconds since 1970 of the last commit by the store's thread.
+        public var lastCommit: Double?
+
+        enum CodingKeys: String, CodingKey {
+            case path, durability, incarnation
+            case mapSize = "map_size"
+            case usedBytes = "used_bytes"
+            case lastTransaction = "last_transaction"
+            case lastCommit = "last_commit"
+        }
+
+        public init(
+            path: String, durability: String, incarnation: UInt64, mapSize: Int, usedBytes: Int, lastTransaction: Int,
+            lastCommit: Double?
+        ) {
+            self.path = path
+            self.durability = durability
+            self.incarnation = incarnation
+            self.mapSize = mapSize
+            self.usedBytes = usedBytes
+            self.lastTransaction = lastTransaction
+            self.lastCommit = lastCommit
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
+        case store
         case nodeID = "node_id"
         case version, pid
         case uptimeSeconds = "uptime_seconds"
@@ -24,8 +60,9 @@ public struct StatusReport: Codable, Sendable, Hashable {
 
     public init(
         nodeID: UInt32, version: String, pid: Int32, uptimeSeconds: Double, socket: String?, listen: String?,
-        dataDirectory: String?, lockspaces: Int, resources: Int, locks: Int, connections: Int
+        dataDirectory: String?, lockspaces: Int, resources: Int, locks: Int, connections: Int, store: Store? = nil
     ) {
+        self.store = store
         self.nodeID = nodeID
         self.version = version
         self.pid = pid

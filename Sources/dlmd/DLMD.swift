@@ -1,6 +1,7 @@
 import ArgumentParser
 import DLMCore
 import DLMNode
+import DLMStore
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -18,7 +19,7 @@ struct DLMD: AsyncParsableCommand {
 
             Settings come from the command line, then the config file (--config), then the defaults. The \
             config file is TOML with a [dlmd] table holding the same names: socket, listen, data_dir, \
-            node_id, deadlock_wait, log_level.
+            node_id, deadlock_wait, log_level, durability, map_size.
             """,
         version: dlmVersion)
 
@@ -48,6 +49,21 @@ struct DLMD: AsyncParsableCommand {
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical (default: info).")
     var logLevel: String?
 
+    @Option(
+        name: .long,
+        help: """
+            When acknowledgements of persistent locks and value blocks wait for the disk: sync (after fsync; \
+            survives power loss), batch (after the group commit, fsync every second; survives kill -9), none \
+            (at once; a kill may lose the last moments). Default: batch.
+            """)
+    var durability: String?
+
+    @Option(name: .long, help: "The most MiB the store may grow to (default: 1024).")
+    var mapSize: Int?
+
+    @Flag(name: .long, help: "Check the data directory (every record decoded) and exit: 0 if sound, 1 if not.")
+    var check = false
+
     /// The [dlmd] table of the config file.
     struct FileSettings: Codable {
         var socket: String?
@@ -56,6 +72,8 @@ struct DLMD: AsyncParsableCommand {
         var node_id: UInt32?
         var deadlock_wait: Double?
         var log_level: String?
+        var durability: String?
+        var map_size: Int?
     }
 
     func fileSettings() throws -> FileSettings {
@@ -70,7 +88,9 @@ struct DLMD: AsyncParsableCommand {
             let table = try TOMLTable(string: text)
             guard let section = table["dlmd"] else { return FileSettings() }
             guard let dlmd = section.table else { throw ValidationError("\(config): [dlmd] must be a table") }
-            let known: Set<String> = ["socket", "listen", "data_dir", "node_id", "deadlock_wait", "log_level"]
+            let known: Set<String> = [
+                "socket", "listen", "data_dir", "node_id", "deadlock_wait", "log_level", "durability", "map_size",
+            ]
             for key in dlmd.keys where !known.contains(key) {
                 throw ValidationError(
                     "\(config): unknown key dlmd.\(key) (known: \(known.sorted().joined(separator: ", ")))")
@@ -106,14 +126,34 @@ struct DLMD: AsyncParsableCommand {
             handler.logLevel = parsedLevel
             return handler
         }
+        let durabilityName = durability ?? file.durability ?? "batch"
+        guard let durabilityMode = Durability(rawValue: durabilityName) else {
+            throw ValidationError("--durability is sync, batch or none, not \(durabilityName)")
+        }
+        let mapMiB = mapSize ?? file.map_size ?? NodeConfiguration.defaultMapSize >> 20
+        guard mapMiB >= 1, mapMiB <= 1 << 24 else { throw ValidationError("--map-size is a number of MiB from 1") }
+        let dataDirectory = dataDir ?? file.data_dir ?? NodeConfiguration.defaultDataDirectory
+        if check {
+            do {
+                let report = try NodeStore.check(directory: dataDirectory, mapSize: mapMiB << 20)
+                print(
+                    "\(dataDirectory): sound; schema \(report.schema), node \(report.nodeID), incarnation "
+                        + "\(report.incarnation), \(report.lockspaces) lockspaces, \(report.resources) resources, "
+                        + "\(report.persistentLocks) persistent locks, \(report.usedBytes) of \(report.mapSize) bytes used"
+                )
+                return
+            } catch {
+                FileHandle.standardError.write(Data("dlmd: \(dataDirectory) is damaged or foreign: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
         let environmentSocket = ProcessInfo.processInfo.environment["DLM_SOCKET"]
         let configuration = NodeConfiguration(
             socketPath: noSocket
                 ? nil : (socket ?? file.socket ?? environmentSocket ?? NodeConfiguration.defaultSocketPath),
             listenAddress: listen ?? file.listen,
-            dataDirectory: dataDir ?? file.data_dir ?? NodeConfiguration.defaultDataDirectory,
-            nodeID: nodeID ?? file.node_id ?? 1,
-            engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)))
+            dataDirectory: dataDirectory, nodeID: nodeID ?? file.node_id ?? 1,
+            engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)), durability: durabilityMode, mapSize: mapMiB << 20)
         let logger = Logger(label: "dlmd")
         let server = NodeServer(configuration: configuration, logger: logger) { line in
             FileHandle.standardOutput.write(Data((line + "\n").utf8))
@@ -125,6 +165,12 @@ struct DLMD: AsyncParsableCommand {
             try await group.run()
         } catch let error as NodeError {
             FileHandle.standardError.write(Data("dlmd: \(error.description)\n".utf8))
+            throw ExitCode(1)
+        } catch let error as StoreError {
+            FileHandle.standardError.write(Data("dlmd: \(error.description)\n".utf8))
+            throw ExitCode(1)
+        } catch let error as LMDBError {
+            FileHandle.standardError.write(Data("dlmd: the store in \(dataDirectory): \(error.description)\n".utf8))
             throw ExitCode(1)
         }
     }

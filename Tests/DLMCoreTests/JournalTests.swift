@@ -26,7 +26,8 @@ import Testing
 
     @Test mutating func locksThatAreNotPersistentAreNeverJournaled() throws {
         let id = try lock(1, "r", .ex)
-        try engine.unlock(UnlockRequest(lock: id, owner: OwnerID(1), flags: .valueBlock, valueBlock: [1]), into: &effects)
+        try engine.unlock(
+            UnlockRequest(lock: id, owner: OwnerID(1), flags: .valueBlock, valueBlock: [1]), into: &effects)
         #expect(!engine.hasJournal)
         #expect(drain().isEmpty)
     }

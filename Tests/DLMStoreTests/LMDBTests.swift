@@ -46,10 +46,12 @@ func temporaryDirectory(_ label: String) -> String {
             for key in [[3], [1, 5], [1], [2, 0, 0]] as [[UInt8]] { try txn.put(db, key, key) }
         }
         var keys: [[UInt8]] = []
-        try env.read { (txn) throws in try txn.forEach(db) { key, value in
-            #expect(key == value)
-            keys.append(key)
-        } }
+        try env.read { (txn) throws in
+            try txn.forEach(db) { key, value in
+                #expect(key == value)
+                keys.append(key)
+            }
+        }
         #expect(keys == [[1], [1, 5], [2, 0, 0], [3]])
     }
 
@@ -61,7 +63,9 @@ func temporaryDirectory(_ label: String) -> String {
         do {
             try env.write { (txn) throws in
                 for index in 0..<10_000 {
-                    try txn.put(db, withUnsafeBytes(of: UInt32(index + 1).bigEndian) { Array($0) }, [UInt8](repeating: 7, count: 100))
+                    try txn.put(
+                        db, withUnsafeBytes(of: UInt32(index + 1).bigEndian) { Array($0) },
+                        [UInt8](repeating: 7, count: 100))
                 }
             }
         } catch let error as LMDBError {

@@ -233,7 +233,8 @@ struct DlmtoolTests {
                 + "dlmtool=$0; \"$dlmtool\" lockdump jobs --socket \"$1\"",
             ToolRun.executable, daemon.socketPath)
         #expect(shown.status == 0, "\(shown.stderr)")
-        #expect(shown.lines.first == "jobs job PW 1")
+        // The first token of a new daemon (incarnation 1, in the high bits).
+        #expect(shown.lines.first == "jobs job PW \((1 << 40) + 1)")
         #expect(shown.lines.contains { $0.hasPrefix("job ") && $0.contains(" PW ") && $0.contains(" granted ") })
 
         // Released afterwards: the lockspace "default" exists, without resources.

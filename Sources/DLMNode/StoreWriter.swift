@@ -1,0 +1,108 @@
+import DLMStore
+import Foundation
+import Logging
+
+/// The thread that writes to the store, so that the node's event loop never waits for a commit or an fsync.
+/// Batches submitted while a commit runs are merged into the next one (group commit); after each commit it
+/// reports the highest generation now in the store.
+final class StoreWriter: @unchecked Sendable {
+    let store: NodeStore
+    let logger: Logger
+    private let condition = NSCondition()
+    private var queue: [(generation: UInt64, changes: [NodeStore.Change])] = []
+    private var stopping = false
+    private var thread: Thread?
+    private let onCommitted: @Sendable (UInt64) -> Void
+    private let onFailure: @Sendable (Error) -> Void
+    /// With `batch` durability, how often committed data is flushed to disk.
+    let syncInterval: TimeInterval = 1
+    private(set) var lastCommit: Date?
+
+    init(
+        store: NodeStore, logger: Logger, onCommitted: @escaping @Sendable (UInt64) -> Void,
+        onFailure: @escaping @Sendable (Error) -> Void
+    ) {
+        self.store = store
+        self.logger = logger
+        self.onCommitted = onCommitted
+        self.onFailure = onFailure
+    }
+
+    func start() {
+        let thread = Thread { [self] in run() }
+        thread.name = "dlmd-store"
+        self.thread = thread
+        thread.start()
+    }
+
+    func submit(generation: UInt64, changes: [NodeStore.Change]) {
+        condition.lock()
+        queue.append((generation, changes))
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Writes what is queued, then returns; the thread ends.
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        while thread != nil { condition.wait() }
+        condition.unlock()
+    }
+
+    var lastCommitDate: Date? {
+        condition.lock()
+        defer { condition.unlock() }
+        return lastCommit
+    }
+
+    private func run() {
+        var unsynced = false
+        var lastSync = Date()
+        condition.lock()
+        while true {
+            while queue.isEmpty && !stopping {
+                if unsynced {
+                    let deadline = lastSync.addingTimeInterval(syncInterval)
+                    if !condition.wait(until: deadline) { break }
+                } else {
+                    condition.wait()
+                }
+            }
+            let batches = queue
+            queue.removeAll()
+            let finished = stopping && batches.isEmpty
+            condition.unlock()
+            if let generation = batches.last?.generation {
+                do {
+                    try store.commit(batches.flatMap(\.changes))
+                    unsynced = store.durability != .sync
+                    condition.lock()
+                    lastCommit = Date()
+                    condition.unlock()
+                    onCommitted(generation)
+                } catch {
+                    logger.critical("cannot write the store", metadata: ["error": "\(error)"])
+                    onFailure(error)
+                }
+            }
+            if unsynced && (finished || Date().timeIntervalSince(lastSync) >= syncInterval) {
+                do {
+                    try store.sync()
+                } catch {
+                    logger.critical("cannot sync the store", metadata: ["error": "\(error)"])
+                }
+                unsynced = false
+                lastSync = Date()
+            }
+            condition.lock()
+            if finished {
+                thread = nil
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+        }
+    }
+}
