@@ -3,11 +3,15 @@ SHELL := /bin/bash
 SWIFT ?= swift
 SEEDS ?= 1000
 
-.PHONY: build release run test lint bench clean
+.PHONY: deps build release run test lint bench clean
+
+## make deps: install the system packages the build needs (liblmdb-dev), if missing.
+deps:
+	@bash scripts/install-deps.sh
 
 ## make run: build and start a single-node dlmd with its socket and data under ./.dlm/ (Ctrl-C stops it cleanly).
 RUN_DIR ?= $(CURDIR)/.dlm
-run:
+run: deps
 	$(SWIFT) build --product dlmd
 	@mkdir -p $(RUN_DIR)
 	@echo "dlmd: clients connect with DLM_SOCKET=$(RUN_DIR)/dlmd.sock (e.g. DLM_SOCKET=$(RUN_DIR)/dlmd.sock dlmtool status)"
@@ -21,7 +25,7 @@ release:
 
 ## make test: build (warnings are errors for our own code), lint, and run every test; the randomized model test
 ## runs DLM_MODEL_OPS operations (default 2 million).
-test: lint
+test: deps lint
 	@$(SWIFT) build --build-tests 2>&1 | tee .build-test.log; test $${PIPESTATUS[0]} -eq 0
 	@if grep -E '^/.*/(Sources|Tests|bench|Tools)/.*: warning:' .build-test.log; then \
 		echo "error: the build has warnings (see above); warnings are bugs here"; exit 1; fi

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DLMClient
 import DLMWire
+import Foundation
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -14,20 +15,36 @@ struct Status: AsyncParsableCommand {
             let json = try await connection.query(.status)
             if options.json { return printJSONBytes(json) }
             let report = try decodeReport(StatusReport.self, json)
+            var store: [[String]] = []
+            if let s = report.store {
+                let percent = s.mapSize > 0 ? Double(s.usedBytes) * 100 / Double(s.mapSize) : 0
+                store = [
+                    ["store", s.path],
+                    ["durability", s.durability],
+                    ["incarnation", "\(s.incarnation)"],
+                    ["store size", "\(s.usedBytes) bytes used of \(s.mapSize) (\(String(format: "%.1f", percent))%)"],
+                    [
+                        "last commit",
+                        s.lastCommit.map { Date(timeIntervalSince1970: $0).description } ?? "none since start",
+                    ],
+                    ["last transaction", "\(s.lastTransaction)"],
+                ]
+            }
             print(
-                Text.table([
-                    ["node id", "\(report.nodeID)"],
-                    ["version", report.version],
-                    ["pid", "\(report.pid)"],
-                    ["uptime", Text.uptime(report.uptimeSeconds)],
-                    ["socket", report.socket ?? "-"],
-                    ["listen", report.listen ?? "-"],
-                    ["data dir", report.dataDirectory ?? "-"],
-                    ["lockspaces", "\(report.lockspaces)"],
-                    ["resources", "\(report.resources)"],
-                    ["locks", "\(report.locks)"],
-                    ["connections", "\(report.connections)"],
-                ]))
+                Text.table(
+                    [
+                        ["node id", "\(report.nodeID)"],
+                        ["version", report.version],
+                        ["pid", "\(report.pid)"],
+                        ["uptime", Text.uptime(report.uptimeSeconds)],
+                        ["socket", report.socket ?? "-"],
+                        ["listen", report.listen ?? "-"],
+                        ["data dir", report.dataDirectory ?? "-"],
+                        ["lockspaces", "\(report.lockspaces)"],
+                        ["resources", "\(report.resources)"],
+                        ["locks", "\(report.locks)"],
+                        ["connections", "\(report.connections)"],
+                    ] + store))
         }
     }
 }

@@ -1,0 +1,80 @@
+import DLMClient
+import DLMCore
+import DLMWire
+import Foundation
+import Testing
+
+/// The store seen from outside: what `dlmtool status` says of it, `dlmd --check`, and a damaged or foreign
+/// data directory refused at start with a clear error.
+@Suite struct StoreTests {
+    /// Runs dlmd to completion (for --check, or a start that must fail) and returns its status and stderr.
+    func runDlmd(_ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Daemon.executable)
+        process.arguments = arguments
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+
+    @Test func statusReportsTheStoreAndEachStartIsANewIncarnation() async throws {
+        let daemon = try Daemon(arguments: ["--durability", "sync"])
+        let client = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let ls = try await client.openLockspace("kept")
+        _ = try await ls.lock("r", mode: .ex, flags: .persistent)
+        let report = try JSONDecoder().decode(StatusReport.self, from: Data(try await client.query(.status)))
+        #expect(report.store?.durability == "sync")
+        #expect(report.store?.incarnation == 1)
+        #expect(report.store?.path == daemon.directory)
+        #expect((report.store?.usedBytes ?? 0) > 0 && (report.store?.mapSize ?? 0) == 1 << 30)
+        #expect(report.store?.lastCommit != nil)
+        await client.close()
+        #expect(daemon.stop() == 0)
+
+        // dlmd --check reads it back without starting.
+        let check = try runDlmd(["--data-dir", daemon.directory, "--check"])
+        #expect(check.status == 0, "\(check.error)")
+        #expect(check.output.contains("sound") && check.output.contains("1 persistent locks"))
+
+        let again = try Daemon(directory: daemon.directory)
+        defer { again.stop() }
+        let second = try await DLMConnection.connect(socketPath: again.socketPath)
+        let status = try JSONDecoder().decode(StatusReport.self, from: Data(try await second.query(.status)))
+        #expect(status.store?.incarnation == 2 && status.store?.durability == "batch")
+        #expect(status.locks == 1)
+        await second.close()
+    }
+
+    @Test func aDamagedDataDirectoryIsRefusedWithAClearError() throws {
+        let daemon = try Daemon()
+        #expect(daemon.stop() == 0)
+        let file = daemon.directory + "/data.mdb"
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: file))
+        try handle.write(contentsOf: Data(repeating: 0x42, count: 8192))  // both meta pages
+        try handle.close()
+
+        let check = try runDlmd(["--data-dir", daemon.directory, "--check"])
+        #expect(check.status == 1)
+        #expect(check.error.contains("damaged"), "\(check.error)")
+
+        let start = try runDlmd(["--data-dir", daemon.directory, "--socket", daemon.directory + "/again.sock"])
+        #expect(start.status == 1)
+        #expect(start.error.hasPrefix("dlmd: "), "\(start.error)")
+        #expect(!FileManager.default.fileExists(atPath: daemon.directory + "/again.sock"))
+    }
+
+    @Test func aDirectoryThatIsNotAStoreIsNotTouched() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dlm-foreign-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Data("not lmdb".utf8).write(to: URL(fileURLWithPath: directory + "/data.mdb"))
+        let start = try runDlmd(["--data-dir", directory, "--socket", directory + "/s.sock"])
+        #expect(start.status == 1, "\(start.error)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: directory + "/data.mdb")) == Data("not lmdb".utf8))
+    }
+}
