@@ -253,7 +253,7 @@ public struct LockEngine {
                 .completion(
                     Completion(
                         lock: LockID(slot: child), owner: owners[Int(record.owner)].id, status: .unlocked,
-                        mode: nil)))
+                        mode: nil, valueBlockSequence: resources[Int(record.resource)].valueBlockSequence)))
             removeLock(child)
             grantPending(record.resource, into: &effects)
             freeResourceIfUnused(record.resource)
