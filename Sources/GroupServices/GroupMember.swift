@@ -116,6 +116,11 @@ public struct GroupMember: Sendable {
     var proposal: Proposal?
     var fencedSinceInstall: Set<NodeID> = []
 
+    /// The data messages this member delivered, by sender: a message that its sender did not get back in its view is
+    /// submitted again in the next one, and a member that delivered it in another partition meanwhile skips it.
+    /// (It grows with the traffic; trimming it by stability is left for later.)
+    var deliveredFrom: [Member: Set<UInt64>] = [:]
+
     // Barriers of the current view: who entered each, and those this member entered.
     var barrierEntries: [String: Set<Member>] = [:]
     var myBarriers: Set<String> = []
@@ -157,7 +162,8 @@ public struct GroupMember: Sendable {
 
     // MARK: Liveness
 
-    mutating func start(incarnation: UInt64, persisted: PersistentState, now: UInt64, into effects: inout [GroupEffect]) {
+    mutating func start(incarnation: UInt64, persisted: PersistentState, now: UInt64, into effects: inout [GroupEffect])
+    {
         precondition(!isStarted, "a node starts once; a restart is a new GroupMember")
         precondition(incarnation > 0, "incarnations start at 1")
         self.incarnation = incarnation
@@ -345,6 +351,8 @@ public struct GroupMember: Sendable {
         if message.sender == me { unsequenced.removeAll { $0.localSeq == message.localSeq } }
         switch message.body {
         case .data(let group, let payload):
+            // Joins and leaves need no such check: applied twice they change nothing.
+            guard deliveredFrom[message.sender, default: []].insert(message.localSeq).inserted else { return }
             if group.map({ groups[$0]?.contains(me) ?? false }) ?? true {
                 effects.append(
                     .deliver(
@@ -364,12 +372,18 @@ public struct GroupMember: Sendable {
             }
         case .join(let name):
             if groups[name, default: []].insert(message.sender).inserted {
-                effects.append(.groupEvent(GroupEvent(group: name, member: message.sender, kind: .joined, view: view.id, byViewChange: false)))
+                effects.append(
+                    .groupEvent(
+                        GroupEvent(
+                            group: name, member: message.sender, kind: .joined, view: view.id, byViewChange: false)))
             }
         case .leave(let name):
             if groups[name]?.remove(message.sender) != nil {
                 if groups[name]!.isEmpty { groups[name] = nil }
-                effects.append(.groupEvent(GroupEvent(group: name, member: message.sender, kind: .left, view: view.id, byViewChange: false)))
+                effects.append(
+                    .groupEvent(
+                        GroupEvent(group: name, member: message.sender, kind: .left, view: view.id, byViewChange: false)
+                    ))
             }
         }
     }
@@ -595,10 +609,14 @@ public struct GroupMember: Sendable {
             let before = groups[name] ?? []
             let after = newGroups[name] ?? []
             for member in before.subtracting(after).sorted() {
-                effects.append(.groupEvent(GroupEvent(group: name, member: member, kind: .left, view: newView.id, byViewChange: true)))
+                effects.append(
+                    .groupEvent(
+                        GroupEvent(group: name, member: member, kind: .left, view: newView.id, byViewChange: true)))
             }
             for member in after.subtracting(before).sorted() {
-                effects.append(.groupEvent(GroupEvent(group: name, member: member, kind: .joined, view: newView.id, byViewChange: true)))
+                effects.append(
+                    .groupEvent(
+                        GroupEvent(group: name, member: member, kind: .joined, view: newView.id, byViewChange: true)))
             }
         }
         groups = newGroups

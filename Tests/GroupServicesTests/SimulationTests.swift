@@ -85,21 +85,27 @@ enum SimulationRun {
         cluster.delay = 1 * ms...20 * ms
         cluster.fenceFailure = 0
         cluster.fenceDelay = 1 * ms...30 * ms
-        for node in nodes where !cluster.nodes[node]!.alive { cluster.start(node) }
-        let settleEnd = cluster.now + 4000 * ms
+        // Nodes fenced by view changes decided before the heal come back too (a fence reboots a node).
+        let settleEnd = cluster.now + 4500 * ms
         while cluster.now < settleEnd && cluster.checker.violation == nil {
+            if cluster.now + 2500 * ms < settleEnd {
+                for node in nodes where !cluster.nodes[node]!.alive { cluster.start(node) }
+            }
             cluster.run(for: UInt64.random(in: 10...60, using: &rng) * ms)
             applicationStep()
         }
         appOps = false
         cluster.run(for: 500 * ms)
         var problem = cluster.checker.violation
-        if problem == nil { problem = converged(cluster, primary: true) }
+        if problem == nil { problem = converged(cluster, primary: cluster.liveNodes.count == count) }
         // Detection: a crashed node is out of every live node's view within the detection time.
         if problem == nil {
             let victim = nodes.randomElement(using: &rng)!
             let victimMember = cluster.nodes[victim]!.machine.me
+            let wasPrimary = cluster.nodes[nodes.first { $0 != victim && cluster.nodes[$0]!.alive } ?? victim]!
+                .machine.isPrimary
             cluster.crash(victim)
+            let stillQuorate = cluster.liveNodes.count >= settings.quorumVotes
             cluster.run(for: settings.detectionTime)
             problem = cluster.checker.violation
             for node in cluster.liveNodes where problem == nil {
@@ -109,7 +115,9 @@ enum SimulationRun {
                 }
             }
             cluster.run(for: 500 * ms)
-            if problem == nil { problem = cluster.checker.violation ?? converged(cluster, primary: count > 2 || twoNode) }
+            if problem == nil {
+                problem = cluster.checker.violation ?? converged(cluster, primary: wasPrimary && stillQuorate)
+            }
             if problem == nil { problem = selfDelivery(cluster) }
         }
         guard let problem else { return nil }
@@ -150,7 +158,8 @@ enum SimulationRun {
         for seed in seeds {
             if let problem = SimulationRun.run(seed: seed, trace: trace) {
                 Issue.record(
-                    "seed \(seed): \(problem)\n  replay: DLM_SIM_SEED=\(seed) swift test --filter GroupServicesTests.SimulationTests")
+                    "seed \(seed): \(problem)\n  replay: DLM_SIM_SEED=\(seed) swift test --filter GroupServicesTests.SimulationTests"
+                )
                 return
             }
         }
