@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench clean
+.PHONY: deps build release run test lint bench sim clean
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -30,6 +30,11 @@ test: deps lint
 	@if grep -E '^/.*/(Sources|Tests|bench|Tools)/.*: warning:' .build-test.log; then \
 		echo "error: the build has warnings (see above); warnings are bugs here"; exit 1; fi
 	DLM_MODEL_OPS=$${DLM_MODEL_OPS:-2000000} $(SWIFT) test --skip-build
+
+## make sim SEEDS=N: the group services simulation (Tests/GroupServicesTests) over N seeds, in a release build
+## with testing enabled. A failing seed prints the command that replays it.
+sim:
+	DLM_SIM_SEEDS=$(SEEDS) $(SWIFT) test -c release -Xswiftc -enable-testing --filter GroupServicesTests.SimulationTests
 
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Tools bench

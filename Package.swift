@@ -7,6 +7,7 @@ let package = Package(
         .library(name: "DLMCore", targets: ["DLMCore"]),
         .library(name: "DLMWire", targets: ["DLMWire"]),
         .library(name: "DLMClient", targets: ["DLMClient"]),
+        .library(name: "GroupServices", targets: ["GroupServices"]),
         .executable(name: "dlmd", targets: ["dlmd"]),
         .executable(name: "dlmtool", targets: ["dlmtool"]),
         .executable(name: "dlmbench", targets: ["dlmbench"]),
@@ -28,6 +29,9 @@ let package = Package(
                 .product(name: "HeapModule", package: "swift-collections"),
             ]
         ),
+        // Group services (docs/GROUPS.md): liveness, agreed views, quorum, fencing, ordered messaging, barriers,
+        // process groups. A pure, deterministic state machine per node, like DLMCore.
+        .target(name: "GroupServices"),
         // The client protocol of Protocol/CLIENT.md: messages and their codec.
         .target(
             name: "DLMWire",
@@ -87,6 +91,7 @@ let package = Package(
             path: "bench/dlmbench"
         ),
         .testTarget(name: "DLMCoreTests", dependencies: ["DLMCore"]),
+        .testTarget(name: "GroupServicesTests", dependencies: ["GroupServices"]),
         .testTarget(
             name: "DLMWireTests",
             dependencies: [

@@ -1,0 +1,132 @@
+import GroupServices
+import Testing
+
+/// The pure machines driven step by step over a simulated network with a fixed delay of 1 ms and no loss, and what
+/// they did, as a reader would tell it (after etcd raft's interaction tests).
+@Suite struct TranscriptTests {
+    func cluster(_ settings: Settings) -> SimulatedCluster {
+        let cluster = SimulatedCluster(settings: settings, seed: 1, tickInterval: 10 * ms)
+        cluster.recordsTranscript = true
+        return cluster
+    }
+
+    func take(_ cluster: SimulatedCluster, _ matching: (String) -> Bool = { _ in true }) -> [String] {
+        defer { cluster.transcript = [] }
+        #expect(cluster.checker.violation == nil)
+        return cluster.transcript.filter(matching)
+    }
+
+    @Test func threeNodesFormAViewAndDropASilentNode() {
+        let cluster = cluster(Settings(nodes: 3))
+        for node in cluster.settings.nodes { cluster.start(node) }
+        cluster.run(for: 300 * ms)
+        #expect(
+            take(cluster) == [
+                "1: view 1@1 {1,2,3} primary", "2: view 1@1 {1,2,3} primary", "3: view 1@1 {1,2,3} primary",
+            ])
+
+        // Node 3 falls silent: suspected after 1 s, fenced (it was in the primary view), then view 2.
+        cluster.crash(3)
+        cluster.run(for: 700 * ms)
+        #expect(take(cluster).isEmpty)
+        cluster.run(for: 800 * ms)
+        #expect(take(cluster) == ["1: fence 3", "3 fenced", "1: view 2@1 {1,2} primary", "2: view 2@1 {1,2} primary"])
+
+        // It comes back as a new incarnation, a new member.
+        cluster.start(3)
+        cluster.run(for: 300 * ms)
+        #expect(
+            take(cluster) == [
+                "1: view 3@1 {1,2,3#2} primary", "2: view 3@1 {1,2,3#2} primary", "3: view 3@1 {1,2,3#2} primary",
+            ])
+    }
+
+    @Test func aMinorityKnowsItIsNotPrimaryAndIsFenced() {
+        let cluster = cluster(Settings(nodes: 3))
+        for node in cluster.settings.nodes { cluster.start(node) }
+        cluster.run(for: 300 * ms)
+        _ = take(cluster)
+        cluster.partition([[1, 2], [3]])
+        cluster.run(for: 1500 * ms)
+        let lines = take(cluster)
+        // Node 3 alone forms a view that is not primary; nodes 1 and 2 fence it before their primary view.
+        #expect(lines.contains("3: view 2@3 {3}"))
+        #expect(Array(lines.drop { $0 != "1: fence 3" }.prefix(2)) == ["1: fence 3", "3 fenced"])
+        #expect(lines.suffix(2) == ["1: view 2@1 {1,2} primary", "2: view 2@1 {1,2} primary"])
+    }
+
+    @Test func orderedMessagesBarriersAndGroups() {
+        let cluster = cluster(Settings(nodes: 3))
+        for node in cluster.settings.nodes { cluster.start(node) }
+        cluster.run(for: 300 * ms)
+        _ = take(cluster)
+
+        cluster.input(2, .multicast(payload: Array("a".utf8), group: nil))
+        cluster.input(3, .multicast(payload: Array("b".utf8), group: nil))
+        cluster.run(for: 50 * ms)
+        // Total order, the sender included: "a" then "b" everywhere.
+        #expect(
+            take(cluster).sorted() == [
+                "1: deliver a from 2", "1: deliver b from 3", "2: deliver a from 2", "2: deliver b from 3",
+                "3: deliver a from 2", "3: deliver b from 3",
+            ])
+
+        cluster.input(1, .joinGroup("locks"))
+        cluster.input(3, .joinGroup("locks"))
+        cluster.run(for: 50 * ms)
+        #expect(take(cluster).filter { $0.hasPrefix("2:") } == ["2: 1 joined locks", "2: 3 joined locks"])
+        cluster.input(2, .multicast(payload: Array("c".utf8), group: "locks"))
+        cluster.run(for: 50 * ms)
+        #expect(take(cluster) == ["1: deliver c from 2", "3: deliver c from 2"])
+
+        // A barrier completes once all three entered, at all three.
+        cluster.input(1, .enterBarrier("start"))
+        cluster.input(2, .enterBarrier("start"))
+        cluster.run(for: 50 * ms)
+        #expect(take(cluster).isEmpty)
+        cluster.input(3, .enterBarrier("start"))
+        cluster.run(for: 50 * ms)
+        #expect(take(cluster).count == 3)
+
+        // A view change aborts a pending barrier; node 3 leaves group "locks" with the view.
+        cluster.input(1, .enterBarrier("stop"))
+        cluster.run(for: 50 * ms)
+        cluster.crash(3)
+        cluster.run(for: 1500 * ms)
+        #expect(
+            take(cluster) == [
+                "1: fence 3", "3 fenced", "1: barrier stop aborted in 1@1", "1: view 2@1 {1,2} primary",
+                "1: 3 left locks (view change)", "2: view 2@1 {1,2} primary", "2: 3 left locks (view change)",
+            ])
+    }
+
+    @Test func twoNodeClusterSurvivesOneNodeAfterSeeingBoth() {
+        let cluster = cluster(Settings(nodes: 2, twoNode: true))
+        cluster.start(1)
+        cluster.run(for: 300 * ms)
+        // wait_for_all (implied by two_node): alone at first start, node 1 is not primary.
+        #expect(take(cluster) == ["1: view 1@1 {1}"])
+        cluster.start(2)
+        cluster.run(for: 300 * ms)
+        #expect(take(cluster) == ["1: view 2@1 {1,2} primary", "2: view 2@1 {1,2} primary"])
+        cluster.crash(2)
+        cluster.run(for: 1500 * ms)
+        #expect(take(cluster) == ["1: fence 2", "2 fenced", "1: view 3@1 {1} primary"])
+    }
+
+    @Test func aFailingFenceIsRetriedNeverSkipped() {
+        let cluster = cluster(Settings(nodes: 3))
+        for node in cluster.settings.nodes { cluster.start(node) }
+        cluster.run(for: 300 * ms)
+        _ = take(cluster)
+        cluster.fenceFailure = 1
+        cluster.crash(3)
+        cluster.run(for: 2000 * ms)
+        let lines = take(cluster)
+        #expect(lines.contains("1: fence 3 failed"))
+        #expect(!lines.contains { $0.contains("view 2") })
+        cluster.fenceFailure = 0
+        cluster.run(for: 500 * ms)
+        #expect(take(cluster).suffix(3) == ["3 fenced", "1: view 2@1 {1,2} primary", "2: view 2@1 {1,2} primary"])
+    }
+}
