@@ -24,12 +24,12 @@ release:
 	$(SWIFT) build -c release
 
 ## make test: build (warnings are errors for our own code), lint, and run every test; the randomized model test
-## runs DLM_MODEL_OPS operations (default 2 million).
+## runs DLM_MODEL_OPS operations (default 2 million), the group services simulation DLM_SIM_SEEDS seeds (1500).
 test: deps lint
 	@$(SWIFT) build --build-tests 2>&1 | tee .build-test.log; test $${PIPESTATUS[0]} -eq 0
 	@if grep -E '^/.*/(Sources|Tests|bench|Tools)/.*: warning:' .build-test.log; then \
 		echo "error: the build has warnings (see above); warnings are bugs here"; exit 1; fi
-	DLM_MODEL_OPS=$${DLM_MODEL_OPS:-2000000} $(SWIFT) test --skip-build
+	DLM_MODEL_OPS=$${DLM_MODEL_OPS:-2000000} DLM_SIM_SEEDS=$${DLM_SIM_SEEDS:-1500} $(SWIFT) test --skip-build
 
 ## make sim SEEDS=N: the group services simulation (Tests/GroupServicesTests) over N seeds, in a release build
 ## with testing enabled. A failing seed prints the command that replays it.
