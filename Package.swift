@@ -85,7 +85,7 @@ let package = Package(
         .executableTarget(
             name: "dlmbench",
             dependencies: [
-                "DLMCore", "DLMClient",
+                "DLMCore", "DLMClient", "DLMStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "bench/dlmbench"

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 
 // dlmbench: benchmarks of swift-dlm. Each scenario prints one JSON object on standard output.
@@ -24,6 +25,21 @@ case "contended":
     print(ContendedScenario.run(Options(arguments.dropFirst(), allowed: ContendedScenario.optionNames)).text)
 case "memory":
     print(MemoryScenario.run(Options(arguments.dropFirst(), allowed: MemoryScenario.optionNames)).text)
+case "lmdb":
+    let options = Options(arguments.dropFirst(), allowed: ["dir", "seconds"])
+    print(
+        DurabilityScenarios.lmdb(
+            directory: options.string("dir", "/tmp/dlmbench-lmdb"),
+            seconds: Double(options.string("seconds", "2")) ?? 2))
+case "durable":
+    let options = Options(arguments.dropFirst(), allowed: ["socket", "clients", "seconds", "warmup"])
+    for clients in options.string("clients", "50,64").split(separator: ",").compactMap({ Int($0) }) {
+        print(
+            DurabilityScenarios.durable(
+                socket: options.string("socket", ProcessInfo.processInfo.environment["DLM_SOCKET"] ?? ""),
+                clients: clients, seconds: Double(options.string("seconds", "3")) ?? 3,
+                warmup: Double(options.string("warmup", "0.5")) ?? 0.5))
+    }
 case "-h", "--help", "help":
     print(usage)
 default:

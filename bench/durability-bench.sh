@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The store's benchmark (issue: recoverable lock state): the raw LMDB commit rate on this disk, then the
+# durable-grant scenario against a release dlmd in each durability mode, same placement for all (dlmd on
+# CPU 0, clients on CPU 1). Prints one JSON object a line. Usage: bench/durability-bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+swift build -c release --product dlmd >/dev/null
+swift build -c release --product dlmbench >/dev/null
+bin=$(swift build -c release --show-bin-path)
+work=$(mktemp -d /tmp/dlm-durability.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+echo "{\"machine\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cpus\": $(nproc), \"date\": \"$(date -u +%FT%TZ)\", \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"placement\": \"dlmd taskset -c 0, clients taskset -c 1\"}"
+taskset -c 1 "$bin/dlmbench" lmdb --dir "$work" --seconds 2
+for mode in none batch sync; do
+  dir="$work/$mode"
+  mkdir -p "$dir"
+  taskset -c 0 "$bin/dlmd" --socket "$dir/s.sock" --data-dir "$dir" --durability "$mode" --log-level error \
+    > "$dir/out" 2>&1 &
+  pid=$!
+  timeout 60 grep -q -m1 "listening on" <(tail -F "$dir/out" 2>/dev/null) || { cat "$dir/out"; exit 1; }
+  echo "{\"durability\": \"$mode\"}"
+  taskset -c 1 "$bin/dlmbench" durable --socket "$dir/s.sock" --clients 1,50,64 --seconds 3
+  kill -TERM "$pid"
+  wait "$pid" || true
+done
