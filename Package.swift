@@ -73,8 +73,10 @@ let package = Package(
         .executableTarget(
             name: "dlmbench",
             dependencies: [
-                "DLMCore", "DLMClient",
+                "DLMCore", "DLMClient", "DLMWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "bench/dlmbench"
         ),
@@ -87,6 +89,13 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "IntegrationTests", dependencies: ["DLMClient", "DLMWire"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "DLMClient", "DLMWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
     ]
 )
