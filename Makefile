@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench sim clean
+.PHONY: deps build release run test lint bench bench-daemon bench-durability sim clean
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -46,6 +46,21 @@ bench:
 	$(SWIFT) build -c release --product dlmbench
 	$(TASKSET) .build/release/dlmbench core
 	$(TASKSET) .build/release/dlmbench contended
+
+## make bench-daemon: release build, then a release dlmd on a temporary socket pinned to CPU 0 and the
+## scenarios against it (rtt, uncontended, pipelined, handoff, mixed) with dlmbench on CPU 0 ("same") and on
+## CPU 1 ("split"); dlmd is stopped with SIGTERM. One JSON object per measurement (bench/RESULTS.md).
+## BUILD_FLAGS (e.g. --scratch-path .build-x), DURATION, PLACEMENTS and SCENARIOS are passed on.
+BUILD_FLAGS ?=
+bench-daemon:
+	$(SWIFT) build -c release $(BUILD_FLAGS) --product dlmd
+	$(SWIFT) build -c release $(BUILD_FLAGS) --product dlmbench
+	BIN=$$($(SWIFT) build -c release $(BUILD_FLAGS) --show-bin-path) bench/daemon-bench.sh
+
+## make bench-durability: the raw LMDB commit rate, then durable grants against a release dlmd in each
+## --durability mode (bench/durability-bench.sh; figures in bench/RESULTS.md).
+bench-durability:
+	bench/durability-bench.sh
 
 clean:
 	rm -rf .build .build-test.log .dlm

@@ -85,8 +85,10 @@ let package = Package(
         .executableTarget(
             name: "dlmbench",
             dependencies: [
-                "DLMCore", "DLMClient", "DLMStore",
+                "DLMCore", "DLMClient", "DLMStore", "DLMWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "bench/dlmbench"
         ),
@@ -101,6 +103,13 @@ let package = Package(
             ]
         ),
         .testTarget(name: "DLMStoreTests", dependencies: ["DLMStore"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["DLMClient", "DLMWire"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "DLMClient", "DLMWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
     ]
 )

@@ -3,23 +3,35 @@ import DLMWire
 import NIOCore
 
 /// The client side of one connection, on the channel's event loop: matches replies to requests by tag,
-/// follows queued operations by lock id until their completion, and delivers blocking callbacks.
+/// follows queued operations by lock id until their completion, and delivers blocking callbacks. It splits
+/// the byte stream into frames and decodes them itself (no `ByteToMessageHandler`, no message boxed for the
+/// pipeline).
+///
+/// Every request waits as a completion handler, run on the event loop when its answer arrives: the async API
+/// resumes a continuation from it, the callback API calls the caller's handler. Frames written on the event
+/// loop go into one outbound buffer, which is flushed once per read batch (when a handler answers a
+/// completion with a new request) or once per turn of the event loop (requests from other threads).
 final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = ServerMessage
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    typealias BlockingHandler = @Sendable (LockID, LockMode) -> Void
+    /// Ends a request answered by one reply frame.
+    typealias ReplyHandler = @Sendable (Result<ServerMessage, DLMError>) -> Void
+    /// Ends a lock operation: its COMPLETION, or the error that refused it.
+    typealias OperationHandler = @Sendable (Result<CompletionMessage, DLMError>) -> Void
 
     /// A request waiting for its reply.
     enum Pending {
-        /// Any single reply frame (PONG, LOCKSPACE, OK, QUERY_REPLY, HELLO_REPLY).
-        case reply(EventLoopPromise<ServerMessage>)
+        /// Any single reply frame (PONG, LOCKSPACE, OK, QUERY_REPLY).
+        case reply(ReplyHandler)
         /// A lock operation: resolved by its COMPLETION, which may come after an OK.
-        case operation(EventLoopPromise<CompletionMessage>, blocking: BlockingHandler?)
+        case operation(OperationHandler, blocking: BlockingHandler?)
     }
-
-    typealias BlockingHandler = @Sendable (LockID, LockMode) -> Void
 
     var pending: [UInt32: Pending] = [:]
     /// Queued operations, by lock id, and the request tag that started each.
-    var queued: [UInt32: (tag: UInt32, promise: EventLoopPromise<CompletionMessage>)] = [:]
+    var queued: [UInt32: (tag: UInt32, handler: OperationHandler)] = [:]
     /// Blocking-callback handlers of granted locks.
     var blockingHandlers: [UInt32: BlockingHandler] = [:]
     /// Tags whose task was cancelled before the lock id was known.
@@ -28,17 +40,42 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
     var closedError: DLMError?
     let onBlocking: BlockingHandler
     var context: ChannelHandlerContext?
+    var frames = FrameAccumulator()
+
+    /// Frames encoded but not yet flushed.
+    var outbound: ByteBuffer
+    /// Between a read and the end of its batch: `channelReadComplete` flushes what the handlers wrote.
+    var isReading = false
+    /// A flush is queued on the event loop.
+    var flushScheduled = false
 
     init(onBlocking: @escaping BlockingHandler) {
         self.onBlocking = onBlocking
+        self.outbound = ByteBufferAllocator().buffer(capacity: 0)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        outbound = context.channel.allocator.buffer(capacity: 1024)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        guard closedError == nil else { return }
+        isReading = true
+        do throws(WireError) {
+            try frames.process(unwrapInboundIn(data), maxLength: WireLimits.maxServerFrame) {
+                type, body throws(WireError) in
+                receive(try ServerMessage.decode(type: type, body: &body))
+            }
+        } catch {
+            // A malformed frame from the server: the connection cannot be trusted any more.
+            failAll(DLMError(.protocolError, "connection error: \(error)"))
+            context.close(promise: nil)
+        }
+    }
+
+    func receive(_ message: ServerMessage) {
+        switch message {
         case .helloReply(let reply):
             helloPromise?.succeed(.helloReply(reply))
             helloPromise = nil
@@ -50,18 +87,18 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
                 failAll(error)
             } else {
                 switch pending.removeValue(forKey: tag) {
-                case .reply(let promise)?: promise.fail(error)
-                case .operation(let promise, _)?: promise.fail(error)
+                case .reply(let handler)?: handler(.failure(error))
+                case .operation(let handler, _)?: handler(.failure(error))
                 case nil: break
                 }
             }
         case .ok(let tag, let lock):
             switch pending.removeValue(forKey: tag) {
-            case .reply(let promise)?:
-                promise.succeed(.ok(tag: tag, lock: lock))
-            case .operation(let promise, let blocking)?:
+            case .reply(let handler)?:
+                handler(.success(.ok(tag: tag, lock: lock)))
+            case .operation(let handler, let blocking)?:
                 // The operation waits: its completion comes later, untagged.
-                queued[lock] = (tag, promise)
+                queued[lock] = (tag, handler)
                 if let blocking { blockingHandlers[lock] = blocking }
                 if cancelWhenQueued.remove(tag) != nil { sendCancel(lock: lock) }
             case nil:
@@ -75,26 +112,32 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
         case .goodbye(let reason):
             failAll(DLMError(.shuttingDown, "dlmd closed the connection: \(reason)"))
         case let other:
-            if let tag = other.replyTag, case .reply(let promise)? = pending.removeValue(forKey: tag) {
-                promise.succeed(other)
+            if let tag = other.replyTag, case .reply(let handler)? = pending.removeValue(forKey: tag) {
+                handler(.success(other))
             }
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        isReading = false
+        flushOutbound()
+        context.fireChannelReadComplete()
     }
 
     /// A completion ends the lock's queued operation and, when tagged, the request it answers.
     func complete(_ completion: CompletionMessage) {
         let lock = completion.lock
+        if completion.mode == nil { blockingHandlers[lock] = nil }
         if let waiting = queued.removeValue(forKey: lock) {
-            cancelWhenQueued.remove(waiting.tag)
-            waiting.promise.succeed(completion)
+            if !cancelWhenQueued.isEmpty { cancelWhenQueued.remove(waiting.tag) }
+            waiting.handler(.success(completion))
         }
         if completion.tag != 0,
-            case .operation(let promise, let blocking)? = pending.removeValue(forKey: completion.tag)
+            case .operation(let handler, let blocking)? = pending.removeValue(forKey: completion.tag)
         {
             if completion.status == .granted, let blocking { blockingHandlers[lock] = blocking }
-            promise.succeed(completion)
+            handler(.success(completion))
         }
-        if completion.mode == nil { blockingHandlers[lock] = nil }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -113,15 +156,15 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
         helloPromise = nil
         let waiting = pending
         pending.removeAll()
-        for (_, entry) in waiting {
-            switch entry {
-            case .reply(let promise): promise.fail(error)
-            case .operation(let promise, _): promise.fail(error)
-            }
-        }
         let operations = queued
         queued.removeAll()
-        for (_, entry) in operations { entry.promise.fail(error) }
+        for (_, entry) in waiting {
+            switch entry {
+            case .reply(let handler): handler(.failure(error))
+            case .operation(let handler, _): handler(.failure(error))
+            }
+        }
+        for (_, entry) in operations { entry.handler(.failure(error)) }
     }
 
     // MARK: Sending (on the event loop)
@@ -134,19 +177,93 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
         return tag
     }
 
-    func write(_ message: ClientMessage) {
-        guard let context else { return }
-        var buffer = context.channel.allocator.buffer(capacity: 64)
-        message.encode(into: &buffer)
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    /// Sends a request answered by one reply frame; `handler` runs on the event loop, never before this
+    /// returns.
+    func startRequest(_ message: ClientMessage, handler: @escaping ReplyHandler) {
+        if let error = closedError {
+            context?.eventLoop.execute { handler(.failure(error)) }
+            return
+        }
+        let tag = allocateTag()
+        pending[tag] = .reply(handler)
+        write(message.tagged(tag))
     }
 
-    typealias OutboundOut = ByteBuffer
+    /// Sends a lock operation and returns its tag (0 if the connection is closed); `handler` runs on the event
+    /// loop with the operation's completion, never before this returns.
+    @discardableResult
+    func startOperation(
+        _ message: ClientMessage, blocking: BlockingHandler?, handler: @escaping OperationHandler
+    ) -> UInt32 {
+        if let error = closedError {
+            context?.eventLoop.execute { handler(.failure(error)) }
+            return 0
+        }
+        let tag = allocateTag()
+        pending[tag] = .operation(handler, blocking: blocking)
+        write(message.tagged(tag))
+        return tag
+    }
+
+    /// Encodes a frame into the outbound buffer. Inside a read batch, `channelReadComplete` flushes it;
+    /// otherwise a flush is queued behind the tasks already on the event loop, so that requests submitted
+    /// together leave in one write.
+    func write(_ message: ClientMessage) {
+        guard let context else { return }
+        message.encode(into: &outbound)
+        // Hundreds of requests in flight: let the first ones go while the rest are encoded.
+        if outbound.readableBytes >= ClientHandler.eagerWriteBytes {
+            flushOutbound()
+            return
+        }
+        if isReading || flushScheduled { return }
+        flushScheduled = true
+        context.eventLoop.execute { self.flushOutbound() }
+    }
+
+    static let eagerWriteBytes = 4096
+
+    func flushOutbound() {
+        flushScheduled = false
+        guard let context, outbound.readableBytes > 0 else { return }
+        context.writeAndFlush(wrapOutboundOut(outbound), promise: nil)
+        outbound.clear()
+    }
 
     func sendCancel(lock: UInt32) {
-        let tag = allocateTag()
         // The cancel's own reply (a COMPLETION, or EBUSY if the race was lost) needs no waiter.
-        write(.unlock(UnlockMessage(tag: tag, lock: lock, flags: .cancel)))
+        write(.unlock(UnlockMessage(tag: allocateTag(), lock: lock, flags: .cancel)))
+    }
+}
+
+extension ClientMessage {
+    /// The same request with `tag`.
+    func tagged(_ tag: UInt32) -> ClientMessage {
+        switch self {
+        case .hello:
+            return self
+        case .ping:
+            return .ping(tag: tag)
+        case .bye:
+            return .bye(tag: tag)
+        case .openLockspace(_, let name, let length, let create):
+            return .openLockspace(tag: tag, name: name, valueBlockLength: length, create: create)
+        case .releaseLockspace(_, let lockspace, let force):
+            return .releaseLockspace(tag: tag, lockspace: lockspace, force: force)
+        case .lock(var m):
+            m.tag = tag
+            return .lock(m)
+        case .convert(var m):
+            m.tag = tag
+            return .convert(m)
+        case .unlock(var m):
+            m.tag = tag
+            return .unlock(m)
+        case .deadlockCancel(_, let lock):
+            return .deadlockCancel(tag: tag, lock: lock)
+        case .query(_, let kind, let argument):
+            return .query(tag: tag, kind: kind, argument: argument)
+        }
     }
 }
 

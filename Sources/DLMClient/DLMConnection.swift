@@ -27,40 +27,46 @@ public final class DLMConnection: Sendable {
     /// Every blocking callback of this connection's locks, in order.
     public let blockingCallbacks: AsyncStream<BlockingEvent>
     let blockingContinuation: AsyncStream<BlockingEvent>.Continuation
+    let loopExecutor: EventLoopTaskExecutor
 
     /// The socket `dlmd` listens on by default: `$DLM_SOCKET`, else /run/dlm/dlmd.sock.
     public static var defaultSocketPath: String {
         ProcessInfo.processInfo.environment["DLM_SOCKET"] ?? "/run/dlm/dlmd.sock"
     }
 
-    /// Connects over a Unix socket (default: `defaultSocketPath`).
+    /// Connects over a Unix socket (default: `defaultSocketPath`). The connection's I/O, and the completion
+    /// handlers of the callback API, run on one event loop of `eventLoopGroup` (default: NIO's shared
+    /// group, one thread per CPU). A program with many connections on few CPUs may give them a group of
+    /// one thread, so that they share it instead of waking one another.
     public static func connect(
-        socketPath: String? = nil, clientName: String = ProcessInfo.processInfo.processName
+        socketPath: String? = nil, clientName: String = ProcessInfo.processInfo.processName,
+        eventLoopGroup: (any EventLoopGroup)? = nil
     ) async throws -> DLMConnection {
-        try await connect(clientName: clientName) { bootstrap in
+        try await connect(clientName: clientName, eventLoopGroup: eventLoopGroup) { bootstrap in
             try await bootstrap.connect(unixDomainSocketPath: socketPath ?? defaultSocketPath).get()
         }
     }
 
     /// Connects over TCP.
     public static func connect(
-        host: String, port: Int, clientName: String = ProcessInfo.processInfo.processName
+        host: String, port: Int, clientName: String = ProcessInfo.processInfo.processName,
+        eventLoopGroup: (any EventLoopGroup)? = nil
     ) async throws -> DLMConnection {
-        try await connect(clientName: clientName) { bootstrap in
+        try await connect(clientName: clientName, eventLoopGroup: eventLoopGroup) { bootstrap in
             try await bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1).connect(host: host, port: port)
                 .get()
         }
     }
 
     static func connect(
-        clientName: String, _ open: (ClientBootstrap) async throws -> Channel
+        clientName: String, eventLoopGroup: (any EventLoopGroup)?, _ open: (ClientBootstrap) async throws -> Channel
     ) async throws -> DLMConnection {
         let (stream, continuation) = AsyncStream<BlockingEvent>.makeStream()
         let handler = ClientHandler { lock, mode in continuation.yield(BlockingEvent(lock: lock, mode: mode)) }
-        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let bootstrap = ClientBootstrap(group: eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.maxMessagesPerRead, value: 16)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(ServerMessageDecoder()))
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -90,6 +96,7 @@ public final class DLMConnection: Sendable {
         self.protocolVersion = protocolVersion
         self.blockingCallbacks = blockingCallbacks
         self.blockingContinuation = continuation
+        self.loopExecutor = EventLoopTaskExecutor(channel.eventLoop)
         channel.closeFuture.whenComplete { _ in continuation.finish() }
     }
 
@@ -100,46 +107,37 @@ public final class DLMConnection: Sendable {
 
     // MARK: Requests
 
+    /// Runs `body` on the connection's event loop: at once when called there, else as a task of the loop.
+    @inline(__always)
+    func onEventLoop(_ body: @escaping @Sendable () -> Void) {
+        let loop = channel.eventLoop
+        if loop.inEventLoop { body() } else { loop.execute(body) }
+    }
+
     /// Sends a request whose answer is one reply frame.
-    func request(_ build: @escaping @Sendable (UInt32) -> ClientMessage) async throws -> ServerMessage {
+    func request(_ message: ClientMessage) async throws -> ServerMessage {
         let handler = self.handler
-        return try await channel.eventLoop.flatSubmit {
-            let promise = self.channel.eventLoop.makePromise(of: ServerMessage.self)
-            if let error = handler.closedError {
-                promise.fail(error)
-                return promise.futureResult
-            }
-            let tag = handler.allocateTag()
-            handler.pending[tag] = .reply(promise)
-            handler.write(build(tag))
-            return promise.futureResult
-        }.get()
+        return try await withCheckedThrowingContinuation { continuation in
+            onEventLoop { handler.startRequest(message) { continuation.resume(with: $0) } }
+        }
     }
 
     /// Sends a lock operation and waits for its completion. If the task is cancelled while the operation
     /// waits, the operation is cancelled (CANCEL), and ends with ECANCEL unless it was granted first.
-    func operation(
-        blocking: ClientHandler.BlockingHandler?, _ build: @escaping @Sendable (UInt32) -> ClientMessage
-    ) async throws -> CompletionMessage {
+    func operation(blocking: ClientHandler.BlockingHandler?, _ message: ClientMessage) async throws
+        -> CompletionMessage
+    {
         let handler = self.handler
-        let loop = channel.eventLoop
         let tagBox = TagBox()
         return try await withTaskCancellationHandler {
-            try await loop.flatSubmit {
-                let promise = loop.makePromise(of: CompletionMessage.self)
-                if let error = handler.closedError {
-                    promise.fail(error)
-                    return promise.futureResult
+            try await withCheckedThrowingContinuation { continuation in
+                onEventLoop {
+                    tagBox.tag = handler.startOperation(message, blocking: blocking) { continuation.resume(with: $0) }
                 }
-                let tag = handler.allocateTag()
-                tagBox.tag = tag
-                handler.pending[tag] = .operation(promise, blocking: blocking)
-                handler.write(build(tag))
-                return promise.futureResult
-            }.get()
+            }
         } onCancel: {
-            loop.execute {
-                guard let tag = tagBox.tag else { return }
+            channel.eventLoop.execute {
+                guard let tag = tagBox.tag, tag != 0 else { return }
                 if let entry = handler.queued.first(where: { $0.value.tag == tag }) {
                     handler.sendCancel(lock: entry.key)
                 } else if handler.pending[tag] != nil {
@@ -151,7 +149,7 @@ public final class DLMConnection: Sendable {
 
     /// Round trip to the daemon.
     public func ping() async throws {
-        _ = try await request { .ping(tag: $0) }
+        _ = try await request(.ping(tag: 0))
     }
 
     /// Opens a lockspace, creating it (with `valueBlockLength`, default 32) unless `create` is false.
@@ -171,7 +169,7 @@ public final class DLMConnection: Sendable {
             throw DLMError(.invalid, "a value block length is a multiple of 8 from 8 to 64, not \(length)")
         }
         let length = UInt8(valueBlockLength ?? 0)
-        let reply = try await request { .openLockspace(tag: $0, name: name, valueBlockLength: length, create: create) }
+        let reply = try await request(.openLockspace(tag: 0, name: name, valueBlockLength: length, create: create))
         guard case .lockspace(_, let id, let lvbLength, let created) = reply else {
             throw DLMError(.protocolError, "unexpected reply \(reply)")
         }
@@ -181,17 +179,17 @@ public final class DLMConnection: Sendable {
 
     /// Releases a lockspace: EBUSY while it holds locks, unless `force`.
     public func releaseLockspace(_ lockspace: DLMLockspace, force: Bool = false) async throws {
-        _ = try await request { .releaseLockspace(tag: $0, lockspace: lockspace.id, force: force) }
+        _ = try await request(.releaseLockspace(tag: 0, lockspace: lockspace.id, force: force))
     }
 
     /// Refuses a waiting request with EDEADLK (libdlm's `dlm_ls_deadlock_cancel`).
     public func deadlockCancel(_ lock: LockID) async throws {
-        _ = try await request { .deadlockCancel(tag: $0, lock: lock.rawValue) }
+        _ = try await request(.deadlockCancel(tag: 0, lock: lock.rawValue))
     }
 
     /// The JSON of a QUERY (Protocol/CLIENT.md §8).
     public func query(_ kind: QueryKind, argument: [UInt8] = []) async throws -> [UInt8] {
-        let reply = try await request { .query(tag: $0, kind: kind, argument: argument) }
+        let reply = try await request(.query(tag: 0, kind: kind, argument: argument))
         guard case .queryReply(_, let json) = reply else { throw DLMError(.protocolError, "unexpected reply \(reply)") }
         return json
     }

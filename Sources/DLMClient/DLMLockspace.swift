@@ -17,6 +17,18 @@ public struct DLMLockspace: Sendable {
         transaction: UInt64? = nil, priority: UInt8 = 0, alwaysFencingToken: Bool = false,
         onBlocking: (@Sendable (LockMode) -> Void)? = nil
     ) async throws -> LockResult {
+        let (message, blocking) = lockMessage(
+            name, mode: mode, flags: flags, parent: parent, timeout: timeout, transaction: transaction,
+            priority: priority, alwaysFencingToken: alwaysFencingToken, onBlocking: onBlocking)
+        let completion = try await connection.operation(blocking: blocking, message)
+        return LockResult(completion, lockspace: self)
+    }
+
+    /// The LOCK frame (with tag 0) of a request, and its blocking-callback handler.
+    func lockMessage(
+        _ name: [UInt8], mode: LockMode, flags: LockFlags, parent: LockID?, timeout: Duration?,
+        transaction: UInt64?, priority: UInt8, alwaysFencingToken: Bool, onBlocking: (@Sendable (LockMode) -> Void)?
+    ) -> (ClientMessage, ClientHandler.BlockingHandler?) {
         var options: LockMessageOptions = []
         if onBlocking != nil { options.insert(.blockingCallbacks) }
         if alwaysFencingToken { options.insert(.alwaysFencingToken) }
@@ -26,19 +38,16 @@ public struct DLMLockspace: Sendable {
             nanoseconds = timeout.nanoseconds
             flags.insert(.timeout)
         }
-        let lockspace = id
         var blocking: ClientHandler.BlockingHandler? = nil
         if let onBlocking {
             blocking = { @Sendable (_: LockID, mode: LockMode) in onBlocking(mode) }
         }
-        let completion = try await connection.operation(blocking: blocking) { [flags, nanoseconds, options] tag in
-            .lock(
-                LockMessage(
-                    tag: tag, lockspace: lockspace, flags: flags, mode: mode, options: options, priority: priority,
-                    parent: parent?.rawValue ?? 0, timeoutNanoseconds: nanoseconds, transaction: transaction ?? 0,
-                    name: name))
-        }
-        return LockResult(completion, lockspace: self)
+        let message = ClientMessage.lock(
+            LockMessage(
+                tag: 0, lockspace: id, flags: flags, mode: mode, options: options, priority: priority,
+                parent: parent?.rawValue ?? 0, timeoutNanoseconds: nanoseconds, transaction: transaction ?? 0,
+                name: name))
+        return (message, blocking)
     }
 
     /// Takes a lock: returns when it is granted, throws `DLMError` with the status otherwise (EAGAIN for
@@ -151,40 +160,12 @@ public struct DLMLock: Sendable {
 }
 
 extension DLMLockspace {
-    /// Converts the lock with this id (as libdlm's `dlm_ls_lock` with CONVERT does) and waits for the result,
-    /// whatever its status. With `valueBlock`, VALBLK is set and the value is written when converting down from
-    /// PW or EX.
-    public func requestConversion(
-        of id: LockID, to mode: LockMode, flags: LockFlags = [], valueBlock: [UInt8]? = nil, timeout: Duration? = nil,
-        priority: UInt8? = nil
-    ) async throws -> LockResult {
-        var flags = flags.union(.convert)
-        var nanoseconds: UInt64 = 0
-        if let timeout {
-            nanoseconds = timeout.nanoseconds
-            flags.insert(.timeout)
-        }
-        if valueBlock != nil { flags.insert(.valueBlock) }
-        let completion = try await connection.operation(blocking: nil) { [flags, nanoseconds] tag in
-            .convert(
-                ConvertMessage(
-                    tag: tag, lock: id.rawValue, flags: flags, mode: mode, priority: priority ?? 255,
-                    timeoutNanoseconds: nanoseconds, valueBlock: valueBlock ?? []))
-        }
-        return LockResult(completion, lockspace: self)
-    }
-}
-
-extension DLMLockspace {
     /// Unlocks (or with `.cancel` cancels, with `.forceUnlock` force-unlocks) a lock by id. Returns the
     /// status: EUNLOCK, or ECANCEL for a cancel.
     @discardableResult
     public func unlock(_ lock: LockID, valueBlock: [UInt8]? = nil, flags: LockFlags = []) async throws -> DLMStatus {
-        var flags = flags
-        if valueBlock != nil { flags.insert(.valueBlock) }
-        let completion = try await connection.operation(blocking: nil) { [flags] tag in
-            .unlock(UnlockMessage(tag: tag, lock: lock.rawValue, flags: flags, valueBlock: valueBlock ?? []))
-        }
+        let completion = try await connection.operation(
+            blocking: nil, unlockMessage(lock, valueBlock: valueBlock, flags: flags))
         return completion.status
     }
 
@@ -192,6 +173,45 @@ extension DLMLockspace {
     public func cancel(_ lock: LockID) async throws {
         try await unlock(lock, flags: .cancel)
     }
+}
+
+/// The CONVERT frame (with tag 0) of a conversion.
+extension DLMLockspace {
+    /// Converts the lock with this id (as libdlm's `dlm_ls_lock` with CONVERT does) and waits for the result,
+    /// whatever its status. With `valueBlock`, VALBLK is set and the value is written when converting down from
+    /// PW or EX.
+    public func requestConversion(
+        of id: LockID, to mode: LockMode, flags: LockFlags = [], valueBlock: [UInt8]? = nil, timeout: Duration? = nil,
+        priority: UInt8? = nil
+    ) async throws -> LockResult {
+        let message = convertMessage(
+            id, to: mode, flags: flags, valueBlock: valueBlock, timeout: timeout, priority: priority)
+        let completion = try await connection.operation(blocking: nil, message)
+        return LockResult(completion, lockspace: self)
+    }
+}
+
+func convertMessage(
+    _ lock: LockID, to mode: LockMode, flags: LockFlags, valueBlock: [UInt8]?, timeout: Duration?, priority: UInt8?
+) -> ClientMessage {
+    var flags = flags.union(.convert)
+    var nanoseconds: UInt64 = 0
+    if let timeout {
+        nanoseconds = timeout.nanoseconds
+        flags.insert(.timeout)
+    }
+    if valueBlock != nil { flags.insert(.valueBlock) }
+    return .convert(
+        ConvertMessage(
+            tag: 0, lock: lock.rawValue, flags: flags, mode: mode, priority: priority ?? 255,
+            timeoutNanoseconds: nanoseconds, valueBlock: valueBlock ?? []))
+}
+
+/// The UNLOCK frame (with tag 0) of an unlock, cancel or forced unlock.
+func unlockMessage(_ lock: LockID, valueBlock: [UInt8]?, flags: LockFlags) -> ClientMessage {
+    var flags = flags
+    if valueBlock != nil { flags.insert(.valueBlock) }
+    return .unlock(UnlockMessage(tag: 0, lock: lock.rawValue, flags: flags, valueBlock: valueBlock ?? []))
 }
 
 extension Duration {

@@ -39,13 +39,17 @@ final class ClientConnection {
     }
 }
 
-/// The pipeline's last handler: hands decoded frames to the node, and turns a malformed frame into an
-/// ERROR and a close of this connection only.
+/// The pipeline's only handler: splits the byte stream into frames, decodes each and hands it to the node
+/// (no `ByteToMessageHandler` in between, and no message boxed for the pipeline), and turns a malformed frame
+/// into an ERROR and a close of this connection only.
 final class ClientChannelHandler: ChannelInboundHandler {
-    typealias InboundIn = ClientMessage
+    typealias InboundIn = ByteBuffer
 
     let node: LockNode
     var connection: ClientConnection?
+    var frames = FrameAccumulator()
+    /// A malformed frame was refused: the rest of the stream is dropped.
+    var refused = false
 
     init(node: LockNode) {
         self.node = node
@@ -57,8 +61,21 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let connection else { return }
-        node.receive(unwrapInboundIn(data), from: connection)
+        guard let connection, !refused else { return }
+        let node = self.node
+        do throws(WireError) {
+            try frames.process(unwrapInboundIn(data), maxLength: WireLimits.maxClientFrame) {
+                type, body throws(WireError) in
+                node.receive(try ClientMessage.decode(type: type, body: &body), from: connection)
+            }
+        } catch {
+            refuse(connection, error)
+        }
+    }
+
+    func refuse(_ connection: ClientConnection, _ error: WireError) {
+        refused = true
+        node.refuse(connection, status: error.status, message: error.message)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -71,7 +88,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             return
         }
         if let wire = error as? WireError {
-            node.refuse(connection, status: wire.status, message: wire.message)
+            refuse(connection, wire)
         } else if error is ChannelError || error is IOError {
             context.close(promise: nil)
         } else {
@@ -79,9 +96,17 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
     }
 
-    /// The client shut down its sending side: answer what it sent, then close.
+    /// The client shut down its sending side: answer what it sent, then close. A frame cut short by the end
+    /// of the stream is malformed.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
+            if let connection, !refused, frames.bufferedBytes > 0 {
+                refuse(
+                    connection,
+                    WireError(
+                        .protocolError, "the stream ended inside a frame (\(frames.bufferedBytes) bytes left)"))
+                return
+            }
             node.flush()
             if let connection { node.close(connection) } else { context.close(promise: nil) }
             return

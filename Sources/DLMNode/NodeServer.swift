@@ -60,7 +60,6 @@ public final class NodeServer: Service, @unchecked Sendable {
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(ClientMessageDecoder()))
                         try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(node: node))
                     }
                 }

@@ -92,6 +92,7 @@ public func nextFrame(from buffer: inout ByteBuffer, maxLength: Int) throws(Wire
 
 extension ClientMessage {
     public func encode(into buffer: inout ByteBuffer) {
+        if encodeHot(into: &buffer) { return }
         writeFrame(into: &buffer, type: typeCode) { b in
             switch self {
             case .hello(let h):
@@ -148,6 +149,19 @@ extension ClientMessage {
 
     /// Decodes the body of a frame of `type`. Every byte must be used.
     public static func decode(type: UInt8, body: inout ByteBuffer) throws(WireError) -> ClientMessage {
+        let message: ClientMessage
+        if let hot = try decodeHot(type: type, body: &body) {
+            message = hot
+        } else {
+            message = try decodeOther(type: type, body: &body)
+        }
+        guard body.readableBytes == 0 else {
+            throw .malformed("\(body.readableBytes) bytes left over after frame type 0x\(String(type, radix: 16))")
+        }
+        return message
+    }
+
+    static func decodeOther(type: UInt8, body: inout ByteBuffer) throws(WireError) -> ClientMessage {
         let message: ClientMessage
         switch type {
         case 0x01:
@@ -223,15 +237,13 @@ extension ClientMessage {
         default:
             throw .malformed("unknown client frame type 0x\(String(type, radix: 16))")
         }
-        guard body.readableBytes == 0 else {
-            throw .malformed("\(body.readableBytes) bytes left over after frame type 0x\(String(type, radix: 16))")
-        }
         return message
     }
 }
 
 extension ServerMessage {
     public func encode(into buffer: inout ByteBuffer) {
+        if encodeHot(into: &buffer) { return }
         writeFrame(into: &buffer, type: typeCode) { b in
             switch self {
             case .helloReply(let h):
@@ -277,6 +289,19 @@ extension ServerMessage {
     }
 
     public static func decode(type: UInt8, body: inout ByteBuffer) throws(WireError) -> ServerMessage {
+        let message: ServerMessage
+        if let hot = try decodeHot(type: type, body: &body) {
+            message = hot
+        } else {
+            message = try decodeOther(type: type, body: &body)
+        }
+        guard body.readableBytes == 0 else {
+            throw .malformed("\(body.readableBytes) bytes left over after frame type 0x\(String(type, radix: 16))")
+        }
+        return message
+    }
+
+    static func decodeOther(type: UInt8, body: inout ByteBuffer) throws(WireError) -> ServerMessage {
         let message: ServerMessage
         switch type {
         case 0x81:
@@ -330,9 +355,6 @@ extension ServerMessage {
             message = .goodbye(reason: try body.readString16("reason"))
         default:
             throw .malformed("unknown server frame type 0x\(String(type, radix: 16))")
-        }
-        guard body.readableBytes == 0 else {
-            throw .malformed("\(body.readableBytes) bytes left over after frame type 0x\(String(type, radix: 16))")
         }
         return message
     }

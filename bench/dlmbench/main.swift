@@ -7,6 +7,20 @@ import Glibc
 //   dlmbench contended  the lock engine alone under contention (for information)
 //   dlmbench memory     one memory case of `core`, in this process (core runs it in a child process)
 //
+// Against a running dlmd over its Unix socket (`--socket PATH`, default $DLM_SOCKET), one JSON object per
+// measurement, one a line (bench/RESULTS.md, `make bench-daemon`):
+//
+//   dlmbench rtt          the reference: a raw Unix-socket round trip to an echo thread (no dlmd)
+//   dlmbench uncontended  N clients (default 1, then 50), lock+unlock pairs on distinct resources
+//   dlmbench pipelined    one connection with many requests in flight (default 256)
+//   dlmbench handoff      N clients passing EX on one resource
+//   dlmbench mixed        N clients, Zipf over resources, 90 % PR / 10 % EX
+//
+// The store (`bench/durability-bench.sh`):
+//
+//   dlmbench lmdb         the raw LMDB commit rate in a directory (synced, synced batches, unsynced)
+//   dlmbench durable      N clients taking and releasing PERSISTENT EX locks against a running dlmd
+//
 // Run the core scenario on one CPU: `taskset -c 0 .build/release/dlmbench core` (see bench/RESULTS.md).
 
 let usage = """
@@ -15,6 +29,13 @@ let usage = """
            dlmbench contended [--ops N] [--owners N] [--mix-owners N] [--resources N] [--ex-percent N] [--seed N]
            dlmbench memory [--case distinct|shared] [--locks N] [--name-length N] [--owners N]
                            [--shared-resources N]
+           dlmbench rtt [--duration S] [--warmup S] [--size BYTES] [--echo-cpu N] [--echo thread|process]
+           dlmbench uncontended [COMMON] [--clients N[,N...]] [--connections N] [--working-set N]
+           dlmbench pipelined [COMMON] [--depth N] [--working-set N]
+           dlmbench handoff [COMMON] [--clients N[,N...]]
+           dlmbench mixed [COMMON] [--clients N[,N...]] [--connections N] [--resources N] [--zipf S]
+                          [--ex-percent N] [--seed N]
+    COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
     """
 
 let arguments = CommandLine.arguments.dropFirst()
@@ -39,6 +60,28 @@ case "durable":
                 socket: options.string("socket", ProcessInfo.processInfo.environment["DLM_SOCKET"] ?? ""),
                 clients: clients, seconds: Double(options.string("seconds", "3")) ?? 3,
                 warmup: Double(options.string("warmup", "0.5")) ?? 0.5))
+    }
+case "rtt":
+    print(RTTScenario.run(Options(arguments.dropFirst(), allowed: RTTScenario.optionNames)).text)
+case "echo":
+    EchoProcess.run(Options(arguments.dropFirst(), allowed: EchoProcess.optionNames))
+case "uncontended":
+    for result in DaemonScenarios.uncontended(
+        Options(arguments.dropFirst(), allowed: DaemonScenarios.uncontendedOptions))
+    {
+        print(result.text)
+    }
+case "pipelined":
+    for result in DaemonScenarios.pipelined(Options(arguments.dropFirst(), allowed: DaemonScenarios.pipelinedOptions)) {
+        print(result.text)
+    }
+case "handoff":
+    for result in DaemonScenarios.handoff(Options(arguments.dropFirst(), allowed: DaemonScenarios.handoffOptions)) {
+        print(result.text)
+    }
+case "mixed":
+    for result in DaemonScenarios.mixed(Options(arguments.dropFirst(), allowed: DaemonScenarios.mixedOptions)) {
+        print(result.text)
     }
 case "-h", "--help", "help":
     print(usage)

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# make bench-daemon: starts a release dlmd on a temporary socket, pinned to CPU $SERVER_CPU, runs the
+# dlmbench scenarios against it in two placements, and stops it cleanly (SIGTERM):
+#   same:  dlmbench on CPU $SERVER_CPU too (client and server share one vCPU)
+#   split: dlmbench on CPU $CLIENT_CPU (client and server on different vCPUs)
+# Each scenario prints one JSON object per measurement; `rtt` (the raw socket round trip) runs first in each
+# placement, with its echo thread on the server's CPU, so that lock+unlock compares with it in the same run.
+# Scenarios: rtt (rtt-process: the echo server in a child process); uncontended (1 and 50 clients, one
+# connection each, callback API); uncontended-raw (1 client without DLMClient: a blocking socket);
+# uncontended-async / -pool (1 client, the async API in a task on the connection's event loop / on the
+# cooperative pool); uncontended-shared (50 clients on one connection); pipelined (256 in flight on one
+# connection); handoff (8 clients, EX on one resource); mixed (50 clients, Zipf, 90 % PR / 10 % EX).
+#
+# Environment: BIN (the directory of dlmd and dlmbench, default .build/release), SERVER_CPU (0), CLIENT_CPU
+# (1), DURATION (seconds per measurement, 3), PLACEMENTS ("same split"), SCENARIOS (default: all).
+set -euo pipefail
+BIN=${BIN:-.build/release}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+DURATION=${DURATION:-3}
+PLACEMENTS=${PLACEMENTS:-same split}
+SCENARIOS=${SCENARIOS:-rtt uncontended uncontended-raw uncontended-async uncontended-pool uncontended-shared pipelined handoff mixed}
+command -v taskset >/dev/null || { echo "bench-daemon: needs taskset (util-linux)" >&2; exit 1; }
+
+dir=$(mktemp -d /tmp/dlmbench.XXXXXX)
+socket=$dir/dlmd.sock
+taskset -c "$SERVER_CPU" "$BIN/dlmd" --socket "$socket" --data-dir "$dir" --log-level warning >"$dir/dlmd.log" 2>&1 &
+dlmd=$!
+stop() {
+    if kill -0 "$dlmd" 2>/dev/null; then
+        kill -TERM "$dlmd"
+        status=0
+        wait "$dlmd" || status=$?
+        echo "# dlmd stopped by SIGTERM, exit status $status"
+    fi
+    rm -rf "$dir"
+}
+trap stop EXIT
+for _ in $(seq 100); do
+    grep -q "listening" "$dir/dlmd.log" 2>/dev/null && break
+    sleep 0.1
+done
+grep -q "listening" "$dir/dlmd.log" || { cat "$dir/dlmd.log" >&2; exit 1; }
+
+common=(--socket "$socket" --duration "$DURATION")
+for placement in $PLACEMENTS; do
+    case $placement in
+    same) cpu=$SERVER_CPU ;;
+    split) cpu=$CLIENT_CPU ;;
+    *) echo "bench-daemon: unknown placement $placement" >&2; exit 1 ;;
+    esac
+    echo "# placement $placement: dlmd on CPU $SERVER_CPU, dlmbench on CPU $cpu; $(uptime)"
+    run() { taskset -c "$cpu" "$BIN/dlmbench" "$@"; }
+    for scenario in $SCENARIOS; do
+        case $scenario in
+        rtt) run rtt --echo-cpu "$SERVER_CPU" --duration "$DURATION" ;;
+        rtt-process) run rtt --echo-cpu "$SERVER_CPU" --duration "$DURATION" --echo process ;;
+        uncontended) run uncontended "${common[@]}" --clients 1,50 ;;
+        uncontended-shared) run uncontended "${common[@]}" --clients 50 --connections 1 ;;
+        uncontended-raw) run uncontended "${common[@]}" --clients 1 --api raw ;;
+        uncontended-async) run uncontended "${common[@]}" --clients 1 --api async ;;
+        uncontended-pool) run uncontended "${common[@]}" --clients 1 --api pool ;;
+        pipelined) run pipelined "${common[@]}" --depth 256 ;;
+        handoff) run handoff "${common[@]}" --clients 8 ;;
+        mixed) run mixed "${common[@]}" --clients 50 ;;
+        *) echo "bench-daemon: unknown scenario $scenario" >&2; exit 1 ;;
+        esac
+    done
+done
