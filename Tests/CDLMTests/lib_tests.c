@@ -389,6 +389,20 @@ static void test_conversions(void)
 	h_close(b);
 }
 
+struct waiter_arg {
+	dlm_lshandle_t ls;
+	struct dlm_lksb lksb;
+	int rc, err;
+};
+
+static void *lock_waiter(void *arg)
+{
+	struct waiter_arg *w = arg;
+	w->rc = dlm_ls_lock_wait(w->ls, LKM_EXMODE, &w->lksb, 0, "res3", 4, 0, NULL, NULL, NULL);
+	w->err = errno;
+	return NULL;
+}
+
 static void test_cancel_forceunlock(void)
 {
 	const char *name = fresh("cancel");
@@ -434,8 +448,28 @@ static void test_cancel_forceunlock(void)
 	CHECK_EQ(rb.status, EUNLOCK);
 	CHECK_ERR(dlm_ls_unlock(b, rb.lksb.sb_lkid, LKF_FORCEUNLOCK, &rb.lksb, &rb), ENOENT);
 
-	/* A _wait request in another thread's way: cancelled, it returns with ECANCEL (threaded only). */
-	CHECK_OK(dlm_ls_unlock_wait(a, ra.lksb.sb_lkid, 0, &ra.lksb));
+	/* Another thread's dlm_ls_lock_wait, cancelled from here: it returns with ECANCEL in its lksb. */
+	{
+		pthread_t t;
+		struct waiter_arg w;
+		memset(&w, 0, sizeof(w));
+		w.ls = b;
+		CHECK_OK(dlm_ls_unlock_wait(a, ra.lksb.sb_lkid, 0, &ra.lksb));
+		rec_init(&ra, a);
+		CHECK_OK(dlm_ls_lock_wait(a, LKM_EXMODE, &ra.lksb, 0, "res3", 4, 0, &ra, REC_BAST, NULL));
+		CHECK(pthread_create(&t, NULL, lock_waiter, &w) == 0);
+		/* The holder's bast says the request is queued; its lock id was set before it was sent. */
+		CHECK(wait_basts(&ra, 1));
+		CHECK_OK(dlm_ls_unlock(b, w.lksb.sb_lkid, LKF_CANCEL, &rc.lksb, NULL));
+		pthread_join(t, NULL);
+#ifdef TEST_LT
+		CHECK(w.rc == -1 && w.err == ECANCEL);
+#else
+		CHECK_EQ(w.rc, 0);
+#endif
+		CHECK_EQ(w.lksb.sb_status, ECANCEL);
+		CHECK_OK(dlm_ls_unlock_wait(a, ra.lksb.sb_lkid, 0, &ra.lksb));
+	}
 
 	/* FORCEUNLOCK of a granted lock is an unlock. */
 	rec_init(&rb, b);
