@@ -720,6 +720,69 @@ static void test_fd_readable(void)
 #endif
 }
 
+/* An AST may close its own lockspace: no more ASTs come, and nothing breaks. */
+static dlm_lshandle_t closing_ls;
+static int closed_in_ast;
+
+static void close_ast(void *arg)
+{
+	struct rec *r = arg;
+	rec_ast(r);
+	dlm_close_lockspace(closing_ls);
+	pthread_mutex_lock(&h_mu);
+	closed_in_ast = 1;
+	pthread_cond_broadcast(&h_cond);
+	pthread_mutex_unlock(&h_mu);
+}
+
+static H_UNUSED int pred_closed(void *arg)
+{
+	(void)arg;
+	return closed_in_ast;
+}
+
+static void test_close_in_ast(void)
+{
+	const char *name = fresh("closeast");
+	struct rec r1, r2;
+	dlm_lshandle_t other = h_open(name);
+	int fd;
+	closing_ls = h_open(name);
+	CHECK(closing_ls && other);
+	/* h_wait must not touch the handle once the AST has closed it. */
+	h_untrack(closing_ls);
+	fd = dlm_ls_get_fd(closing_ls);
+	rec_init(&r1, closing_ls);
+	rec_init(&r2, closing_ls);
+	closed_in_ast = 0;
+	CHECK_OK(dlm_ls_lock(closing_ls, LKM_EXMODE, &r2.lksb, 0, "c2", 2, 0, rec_ast, &r2, NULL, NULL));
+	/* The last use of the handle here: its AST may run (and close it) before this call returns. */
+	CHECK_OK(dlm_ls_lock(closing_ls, LKM_EXMODE, &r1.lksb, 0, "c1", 2, 0, close_ast, &r1, NULL, NULL));
+#ifdef TEST_LT
+	for (int i = 0; i < 100 && !closed_in_ast; i++) {
+		struct pollfd p = {fd, POLLIN, 0};
+		if (poll(&p, 1, 10000) <= 0)
+			break;
+		dlm_dispatch(fd);
+	}
+#else
+	(void)fd;
+	CHECK(h_wait(pred_closed, NULL));
+#endif
+	CHECK_EQ(closed_in_ast, 1);
+	/* The closed handle's locks are gone: the other owner gets both at once. */
+	{
+		struct dlm_lksb lksb;
+		memset(&lksb, 0, sizeof(lksb));
+		CHECK_OK(dlm_ls_lock_wait(other, LKM_EXMODE, &lksb, 0, "c1", 2, 0, NULL, NULL, NULL));
+		CHECK_EQ(lksb.sb_status, 0);
+		CHECK_OK(dlm_ls_lock_wait(other, LKM_EXMODE, &lksb, 0, "c2", 2, 0, NULL, NULL, NULL));
+		CHECK_EQ(lksb.sb_status, 0);
+	}
+	CHECK_EQ(r2.asts + r1.asts <= 2, 1);
+	CHECK_OK(h_release(name, other, 1));
+}
+
 int main(void)
 {
 	snprintf(h_prefix, sizeof(h_prefix), "lib: ");
@@ -739,5 +802,6 @@ int main(void)
 	RUN(test_parent_locks);
 	RUN(test_purge_own);
 	RUN(test_fd_readable);
+	RUN(test_close_in_ast);
 	return h_done();
 }

@@ -131,6 +131,8 @@ if [ "${CDLM_VALGRIND:-1}" != 0 ] && command -v valgrind >/dev/null; then
     echo "not ok - valgrind: lib_tests [threaded] (exit status $status)"
     failed=$((failed + 1))
   fi
+else
+  echo "# valgrind is not installed (or CDLM_VALGRIND=0): the run under valgrind is skipped"
 fi
 
 if ! kill -0 "$DLMD_PID" 2>/dev/null; then
