@@ -767,13 +767,13 @@ static void on_reply(struct dlm_ls *ls, const struct dlmw_msg *m)
 		}
 		if (m->type == DLMW_OK) {
 			set_srvid(ls, lk, m->u.ok.lock);
-			wake_err(ls, r.w, 0);
+			wake_err(ls, r.w, ls->dead ? dead_errno(ls) : 0);
 			run_deferred(ls, lk);
 			return;
 		}
 		if (m->type == DLMW_COMPLETION) {
 			set_srvid(ls, lk, m->u.completion.lock);
-			wake_err(ls, r.w, 0);
+			wake_err(ls, r.w, ls->dead ? dead_errno(ls) : 0);
 			if (!ls->dead)
 				on_completion(ls, lk, m);
 			return;
