@@ -674,12 +674,7 @@ static void on_completion(struct dlm_ls *ls, struct lk *lk, const struct dlmw_ms
 	bool gone = mode == MODE_NONE;
 
 	if (status == EUNLOCK || status == ECANCEL) {
-		bool woken = false;
-		if (lk->main != OP_NONE && lk->main_w) {
-			/* A synchronous request or conversion ended by a cancel or forced unlock. */
-			queue_completion(ls, lk->main_w, NULL, NULL, NULL, lk->lkid, status, 0, NULL);
-			woken = true;
-		}
+		struct syncw *main_w = lk->main != OP_NONE ? lk->main_w : NULL;
 		lk->main = OP_NONE;
 		lk->main_w = NULL;
 		if (lk->unlocking && !lk->deferred) {
@@ -691,10 +686,14 @@ static void on_completion(struct dlm_ls *ls, struct lk *lk, const struct dlmw_ms
 			lk->astarg = arg;
 			lk->unlocking = false;
 			lk->unlock_w = NULL;
-		} else if (!woken && !lk->silent) {
+		} else if (!main_w && !lk->silent) {
 			/* An unlock nobody here asked for: a sub-lock of a force-unlocked parent. */
 			queue_completion(ls, NULL, lk->lksb, lk->ast, lk->astarg, lk->lkid, status, 0, NULL);
 		}
+		/* A synchronous request or conversion ended by a cancel or forced unlock: woken after the
+		 * canceller's lksb is written, so that both are when the waiter returns. */
+		if (main_w)
+			queue_completion(ls, main_w, NULL, NULL, NULL, lk->lkid, status, 0, NULL);
 		if (!gone)
 			lk->granted = mode;
 	} else {

@@ -460,6 +460,7 @@ static void test_cancel_forceunlock(void)
 		CHECK(pthread_create(&t, NULL, lock_waiter, &w) == 0);
 		/* The holder's bast says the request is queued; its lock id was set before it was sent. */
 		CHECK(wait_basts(&ra, 1));
+		rec_init(&rc, b);
 		CHECK_OK(dlm_ls_unlock(b, w.lksb.sb_lkid, LKF_CANCEL, &rc.lksb, NULL));
 		pthread_join(t, NULL);
 #ifdef TEST_LT
@@ -468,6 +469,8 @@ static void test_cancel_forceunlock(void)
 		CHECK_EQ(w.rc, 0);
 #endif
 		CHECK_EQ(w.lksb.sb_status, ECANCEL);
+		/* The canceller's lksb too (written before the waiter was woken). */
+		CHECK_EQ(rc.lksb.sb_status, ECANCEL);
 		CHECK_OK(dlm_ls_unlock_wait(a, ra.lksb.sb_lkid, 0, &ra.lksb));
 	}
 
