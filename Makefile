@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-durability sim clean
+.PHONY: deps build release run test lint bench bench-daemon bench-durability sim clean libdlm install test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -30,6 +30,11 @@ test: deps lint
 	@if grep -E '^/.*/(Sources|Tests|bench|Tools)/.*: warning:' .build-test.log; then \
 		echo "error: the build has warnings (see above); warnings are bugs here"; exit 1; fi
 	DLM_MODEL_OPS=$${DLM_MODEL_OPS:-2000000} DLM_SIM_SEEDS=$${DLM_SIM_SEEDS:-1500} $(SWIFT) test --skip-build
+	@$(MAKE) --no-print-directory test-c
+
+## make test-c: the C library's tests only (Tests/CDLMTests/run.sh): libdlm and libdlm_lt against a real dlmd.
+test-c: libdlm
+	@bash Tests/CDLMTests/run.sh
 
 ## make sim SEEDS=N: the group services simulation (Tests/GroupServicesTests) over N seeds, in a release build
 ## with testing enabled. A failing seed prints the command that replays it.
@@ -61,6 +66,54 @@ bench-daemon:
 ## --durability mode (bench/durability-bench.sh; figures in bench/RESULTS.md).
 bench-durability:
 	bench/durability-bench.sh
+
+## make libdlm: the libdlm-compatible C library (Sources/CDLM), threaded and _lt, with the upstream sonames,
+## into .build/release. Plain C11 and pthreads, built by $(CC) alone (no SwiftPM, no Swift runtime).
+CC ?= cc
+CDLM_DIR := Sources/CDLM
+CDLM_SRC := $(CDLM_DIR)/libdlm.c $(CDLM_DIR)/wire.c $(CDLM_DIR)/json.c
+CDLM_DEPS := $(CDLM_SRC) $(CDLM_DIR)/wire.h $(CDLM_DIR)/json.h Makefile
+CDLM_CFLAGS ?= -O2 -g
+CDLM_FLAGS := -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -Wall -Wextra -Werror -pthread
+CDLM_OUT := .build/release
+TRIPLE := $(shell uname -m)-unknown-linux-gnu
+
+libdlm: deps $(CDLM_OUT)/libdlm.so $(CDLM_OUT)/libdlm_lt.so
+
+# SwiftPM's layout: .build/release is a link to .build/<triple>/release; make it the same way if missing.
+$(CDLM_OUT):
+	@mkdir -p .build/$(TRIPLE)/release && ln -sfn $(TRIPLE)/release $(CDLM_OUT)
+
+$(CDLM_OUT)/libdlm.so.3: $(CDLM_DEPS) $(CDLM_DIR)/libdlm.map | $(CDLM_OUT)
+	$(CC) $(CDLM_CFLAGS) $(CDLM_FLAGS) -DDLM_THREADED=1 -shared -Wl,-soname,libdlm.so.3 \
+		-Wl,--version-script=$(CDLM_DIR)/libdlm.map -Wl,-z,defs -o $@ $(CDLM_SRC)
+
+$(CDLM_OUT)/libdlm_lt.so.3: $(CDLM_DEPS) $(CDLM_DIR)/libdlm_lt.map | $(CDLM_OUT)
+	$(CC) $(CDLM_CFLAGS) $(CDLM_FLAGS) -DDLM_THREADED=0 -shared -Wl,-soname,libdlm_lt.so.3 \
+		-Wl,--version-script=$(CDLM_DIR)/libdlm_lt.map -Wl,-z,defs -o $@ $(CDLM_SRC)
+
+$(CDLM_OUT)/%.so: $(CDLM_OUT)/%.so.3
+	ln -sfn $(notdir $<) $@
+
+## make install PREFIX=/usr/local: the C libraries and their pkg-config files (libdlm.pc, libdlm_lt.pc). The
+## header is Debian's libdlm.h (package libdlm-dev).
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+INCLUDEDIR ?= /usr/include
+install: libdlm
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	for lib in libdlm libdlm_lt; do \
+		install -m 0755 $(CDLM_OUT)/$$lib.so.3 $(DESTDIR)$(LIBDIR)/$$lib.so.3 && \
+		ln -sfn $$lib.so.3 $(DESTDIR)$(LIBDIR)/$$lib.so && \
+		sed -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' $(CDLM_DIR)/$$lib.pc.in \
+			> $(DESTDIR)$(PKGCONFIGDIR)/$$lib.pc || exit 1; \
+	done
+
+## make bench-c: the C library's flood benchmark (bench/cflood.c) against a fresh release dlmd; prints JSON.
+bench-c: libdlm
+	$(SWIFT) build -c release --product dlmd
+	@bash bench/cflood.sh
 
 clean:
 	rm -rf .build .build-test.log .dlm

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system packages swift-dlm needs to build and test, when they are missing (Debian / Ubuntu).
+# Installs the system packages swift-dlm needs to build and test, when they are missing (Debian / Ubuntu):
+# liblmdb-dev (the store), libdlm-dev (the C library's header and the upstream library its tests compare with).
 set -euo pipefail
 need=()
 pkg-config --exists lmdb 2>/dev/null || need+=(liblmdb-dev)
+# libdlm.h, the header the C library (Sources/CDLM) implements and its tests compile against, and the
+# upstream libdlm.so.3 that the compatibility test links an unmodified program with.
+[ -f /usr/include/libdlm.h ] && [ -e /usr/lib/"$(uname -m)"-linux-gnu/libdlm.so ] || need+=(libdlm-dev)
+command -v cc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v make >/dev/null || need+=(make)
 if ((${#need[@]})); then

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The C library's tests (make test-c; make test runs them after the Swift tests).
+#
+# Builds dlmd (SwiftPM) and the test programs (cc, against Debian's libdlm.h and the libraries that
+# `make libdlm` put in .build/release), starts one dlmd on a private socket and data directory, waits for its
+# "listening on" line, runs every program and counts their "ok" / "not ok" lines. The last line is
+# "N passed, M failed"; the exit status is 1 if anything failed.
+#
+# Environment: CC (default cc), SWIFT (default swift), DLM_SCRATCH (a SwiftPM --scratch-path for dlmd),
+# CDLM_VALGRIND=0 to skip the run under valgrind.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+LIB=$ROOT/.build/release
+TESTS=$ROOT/Tests/CDLMTests
+CC=${CC:-cc}
+SWIFT=${SWIFT:-swift}
+SCRATCH=()
+[ -n "${DLM_SCRATCH:-}" ] && SCRATCH=(--scratch-path "$DLM_SCRATCH")
+CFLAGS=(-std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -pthread)
+WORK=$(mktemp -d /tmp/cdlm-tests.XXXXXX)
+passed=0
+failed=0
+DLMD_PID=
+
+cleanup() {
+  if [ -n "$DLMD_PID" ]; then
+    kill "$DLMD_PID" 2>/dev/null
+    wait "$DLMD_PID" 2>/dev/null
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+fail_setup() {
+  echo "not ok - setup: $*"
+  echo "0 passed, 1 failed"
+  exit 1
+}
+
+for lib in libdlm.so.3 libdlm_lt.so.3; do
+  [ -f "$LIB/$lib" ] || fail_setup "$LIB/$lib is missing (run make libdlm)"
+done
+
+# The programs. LINK_* link against our libraries; sysbin links against the system's libdlm.so.3.
+OURS=(-L"$LIB" -Wl,-rpath,"$LIB")
+build() { # name sources... -- flags...
+  local name=$1
+  shift
+  if ! "$CC" "${CFLAGS[@]}" -o "$WORK/$name" "$@" 2>"$WORK/$name.cc.log"; then
+    cat "$WORK/$name.cc.log"
+    fail_setup "cannot compile $name"
+  fi
+}
+build vectors "$TESTS/vectors.c" "$ROOT/Sources/CDLM/wire.c"
+build robust "$TESTS/robust.c" "$ROOT/Sources/CDLM/wire.c" "${OURS[@]}" -ldlm
+build robust_lt -DTEST_LT "$TESTS/robust.c" "$ROOT/Sources/CDLM/wire.c" "${OURS[@]}" -ldlm_lt
+build lib_tests "$TESTS/lib_tests.c" "${OURS[@]}" -ldlm
+build lib_tests_lt -DTEST_LT "$TESTS/lib_tests.c" "${OURS[@]}" -ldlm_lt
+build processes "$TESTS/processes.c" "${OURS[@]}" -ldlm
+build processes_lt -DTEST_LT "$TESTS/processes.c" "${OURS[@]}" -ldlm_lt
+build threads "$TESTS/threads.c" "${OURS[@]}" -ldlm
+build threads_lt -DTEST_LT "$TESTS/threads.c" "${OURS[@]}" -ldlm_lt
+# An unmodified program built against the system's libdlm, which swift-dlm's library replaces at run time.
+SYSLIB=/usr/lib/$(uname -m)-linux-gnu
+build sysbin "$TESTS/sysbin.c" -L"$SYSLIB" -ldlm
+if ! readelf -d "$WORK/sysbin" | grep -q 'NEEDED.*libdlm.so.3'; then
+  fail_setup "sysbin does not need libdlm.so.3"
+fi
+
+# dlmd, on a private socket; deadlock searches after 0.2 s of waiting.
+if ! "$SWIFT" build --product dlmd "${SCRATCH[@]}" >"$WORK/swift-build.log" 2>&1; then
+  tail -20 "$WORK/swift-build.log"
+  fail_setup "cannot build dlmd"
+fi
+DLMD=$("$SWIFT" build --show-bin-path "${SCRATCH[@]}")/dlmd
+mkdir -p "$WORK/data"
+export DLM_SOCKET=$WORK/s.sock
+mkfifo "$WORK/dlmd.out"
+"$DLMD" --socket "$DLM_SOCKET" --data-dir "$WORK/data" --deadlock-wait 0.2 --log-level warning \
+  >"$WORK/dlmd.out" 2>"$WORK/dlmd.err" &
+DLMD_PID=$!
+exec 3<"$WORK/dlmd.out"
+listening=
+while IFS= read -r line <&3; do
+  case "$line" in *"listening on"*) listening=1 && break ;; esac
+done
+[ -n "$listening" ] || { cat "$WORK/dlmd.err"; fail_setup "dlmd did not start"; }
+cat <&3 >/dev/null &
+
+# Runs one program; its "ok" / "not ok" lines count, and a crash or a failing exit status counts once more.
+run() { # label command...
+  local label=$1
+  shift
+  local out=$WORK/$label.out status ok notok
+  timeout 300 "$@" >"$out" 2>&1
+  status=$?
+  cat "$out"
+  ok=$(grep -c '^ok - ' "$out")
+  notok=$(grep -c '^not ok - ' "$out")
+  passed=$((passed + ok))
+  failed=$((failed + notok))
+  if [ "$status" -ne 0 ] && [ "$notok" -eq 0 ]; then
+    echo "not ok - $label: exit status $status"
+    failed=$((failed + 1))
+  fi
+}
+
+run vectors "$WORK/vectors" "$ROOT/Protocol/vectors"
+run robust "$WORK/robust"
+run robust_lt "$WORK/robust_lt"
+run lib_tests "$WORK/lib_tests"
+run lib_tests_lt "$WORK/lib_tests_lt"
+run processes "$WORK/processes"
+run processes_lt "$WORK/processes_lt"
+run threads "$WORK/threads"
+run threads_lt "$WORK/threads_lt"
+# The system-linked binary, with our libraries first on the path.
+run sysbin env LD_LIBRARY_PATH="$LIB" "$WORK/sysbin" "$LIB"
+
+# One run under valgrind: no leaks, no invalid accesses, in the threaded library.
+if [ "${CDLM_VALGRIND:-1}" != 0 ] && command -v valgrind >/dev/null; then
+  timeout 600 valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+    "$WORK/lib_tests" >"$WORK/valgrind.out" 2>&1
+  status=$?
+  if [ "$status" -eq 0 ] && ! grep -q '^not ok' "$WORK/valgrind.out"; then
+    echo "ok - valgrind: lib_tests [threaded] without errors or leaks"
+    passed=$((passed + 1))
+  else
+    grep -v '^ok' "$WORK/valgrind.out" | head -60
+    echo "not ok - valgrind: lib_tests [threaded] (exit status $status)"
+    failed=$((failed + 1))
+  fi
+else
+  echo "# valgrind is not installed (or CDLM_VALGRIND=0): the run under valgrind is skipped"
+fi
+
+if ! kill -0 "$DLMD_PID" 2>/dev/null; then
+  echo "not ok - dlmd died during the tests"
+  cat "$WORK/dlmd.err"
+  failed=$((failed + 1))
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
