@@ -20,6 +20,7 @@ for mode in none batch sync; do
   timeout 60 grep -q -m1 "listening on" <(tail -F "$dir/out" 2>/dev/null) || { cat "$dir/out"; exit 1; }
   echo "{\"durability\": \"$mode\"}"
   taskset -c 1 "$bin/dlmbench" durable --socket "$dir/s.sock" --clients 1,50,64 --seconds 3
+  taskset -c 1 "$bin/dlmbench" durable --socket "$dir/s.sock" --clients 64 --seconds 3 --release no
   kill -TERM "$pid"
   wait "$pid" || true
 done

@@ -49,14 +49,18 @@ enum DurabilityScenarios {
             """
     }
 
-    static func durable(socket: String, clients: Int, seconds: Double, warmup: Double) -> String {
+    /// With `release`, each grant is followed by its unlock; without, every grant is of a new resource and the
+    /// locks are kept (they become orphans when the client leaves), so that every acknowledgement is a grant.
+    static func durable(socket: String, clients: Int, seconds: Double, warmup: Double, release: Bool) -> String {
         let result = runAndWait {
-            try await measure(socket: socket, clients: clients, seconds: seconds, warmup: warmup)
+            try await measure(socket: socket, clients: clients, seconds: seconds, warmup: warmup, release: release)
         }
         return result
     }
 
-    static func measure(socket: String, clients: Int, seconds: Double, warmup: Double) async throws -> String {
+    static func measure(
+        socket: String, clients: Int, seconds: Double, warmup: Double, release: Bool
+    ) async throws -> String {
         let clock = ContinuousClock()
         let begin = clock.now + .milliseconds(Int(warmup * 1000))
         let end = begin + .milliseconds(Int(seconds * 1000))
@@ -68,12 +72,15 @@ enum DurabilityScenarios {
                     let name = "durable-\(client)"
                     var latencies: [Int64] = []
                     latencies.reserveCapacity(100_000)
+                    var iteration = 0
                     while true {
                         let now = clock.now
                         if now >= end { break }
-                        let lock = try await ls.lock(name, mode: .ex, flags: .persistent)
+                        iteration += 1
+                        let lock = try await ls.lock(
+                            release ? name : "\(name)-\(iteration)", mode: .ex, flags: .persistent)
                         let granted = clock.now
-                        try await lock.unlock()
+                        if release { try await lock.unlock() }
                         if now >= begin { latencies.append((granted - now).nanoseconds) }
                     }
                     await connection.close()
@@ -92,8 +99,9 @@ enum DurabilityScenarios {
         }
         let grants = Double(latencies.count) / seconds
         return """
-            {"scenario": "durable", "operation": "an acknowledged grant of a PERSISTENT EX lock (each followed by its \
-            unlock, also persistent state)", "clients": \(clients), "seconds": \(seconds), \
+            {"scenario": "durable", "operation": "an acknowledged grant of a PERSISTENT EX lock\(release
+                ? " (each followed by its unlock, also persistent state)" : " (of a new resource each time, kept)")", \
+            "clients": \(clients), "seconds": \(seconds), \
             "ops_per_sec": \(Int(grants)), "grants": \(latencies.count), \
             "p50_us": \(percentile(0.5)), "p99_us": \(percentile(0.99))}
             """

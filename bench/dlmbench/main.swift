@@ -53,13 +53,14 @@ case "lmdb":
             directory: options.string("dir", "/tmp/dlmbench-lmdb"),
             seconds: Double(options.string("seconds", "2")) ?? 2))
 case "durable":
-    let options = Options(arguments.dropFirst(), allowed: ["socket", "clients", "seconds", "warmup"])
+    let options = Options(arguments.dropFirst(), allowed: ["socket", "clients", "seconds", "warmup", "release"])
     for clients in options.string("clients", "50,64").split(separator: ",").compactMap({ Int($0) }) {
         print(
             DurabilityScenarios.durable(
                 socket: options.string("socket", ProcessInfo.processInfo.environment["DLM_SOCKET"] ?? ""),
                 clients: clients, seconds: Double(options.string("seconds", "3")) ?? 3,
-                warmup: Double(options.string("warmup", "0.5")) ?? 0.5))
+                warmup: Double(options.string("warmup", "0.5")) ?? 0.5,
+                release: options.string("release", "yes") != "no"))
     }
 case "rtt":
     print(RTTScenario.run(Options(arguments.dropFirst(), allowed: RTTScenario.optionNames)).text)
