@@ -50,6 +50,13 @@ extension ByteBuffer {
         return string
     }
 
+    /// A frame's body must be used to its last byte.
+    func requireConsumed(type: UInt8) throws(WireError) {
+        guard readableBytes == 0 else {
+            throw .malformed("\(readableBytes) bytes left over after frame type 0x\(String(type, radix: 16))")
+        }
+    }
+
     mutating func readMode(_ field: StaticString) throws(WireError) -> LockMode {
         let raw = try read(UInt8.self, field)
         guard let mode = LockMode(rawValue: raw) else { throw .malformed("\(field) \(raw) is not a mode (0-5)") }
@@ -112,30 +119,8 @@ extension ClientMessage {
                 b.writeInteger(tag)
                 b.writeInteger(lockspace)
                 b.writeInteger(UInt8(force ? 1 : 0))
-            case .lock(let m):
-                b.writeInteger(m.tag)
-                b.writeInteger(m.lockspace)
-                b.writeInteger(m.flags.rawValue)
-                b.writeInteger(m.mode.rawValue)
-                b.writeInteger(m.options.rawValue)
-                b.writeInteger(m.priority)
-                b.writeInteger(m.parent)
-                b.writeInteger(m.timeoutNanoseconds)
-                b.writeInteger(m.transaction)
-                b.writeBytes8(m.name)
-            case .convert(let m):
-                b.writeInteger(m.tag)
-                b.writeInteger(m.lock)
-                b.writeInteger(m.flags.rawValue)
-                b.writeInteger(m.mode.rawValue)
-                b.writeInteger(m.priority)
-                b.writeInteger(m.timeoutNanoseconds)
-                b.writeBytes8(m.valueBlock)
-            case .unlock(let m):
-                b.writeInteger(m.tag)
-                b.writeInteger(m.lock)
-                b.writeInteger(m.flags.rawValue)
-                b.writeBytes8(m.valueBlock)
+            case .lock, .convert, .unlock:
+                preconditionFailure("LOCK, CONVERT and UNLOCK are encoded by encodeHot (RawCodec.swift)")
             case .deadlockCancel(let tag, let lock):
                 b.writeInteger(tag)
                 b.writeInteger(lock)
@@ -155,12 +140,11 @@ extension ClientMessage {
         } else {
             message = try decodeOther(type: type, body: &body)
         }
-        guard body.readableBytes == 0 else {
-            throw .malformed("\(body.readableBytes) bytes left over after frame type 0x\(String(type, radix: 16))")
-        }
+        try body.requireConsumed(type: type)
         return message
     }
 
+    /// The frames that `decodeHot` (RawCodec.swift) does not decode.
     static func decodeOther(type: UInt8, body: inout ByteBuffer) throws(WireError) -> ClientMessage {
         let message: ClientMessage
         switch type {
@@ -191,40 +175,6 @@ extension ClientMessage {
             let force = try body.read(UInt8.self, "force")
             guard force <= 1 else { throw .malformed("force must be 0 or 1") }
             message = .releaseLockspace(tag: tag, lockspace: lockspace, force: force == 1)
-        case 0x20:
-            let tag = try body.read(UInt32.self, "tag")
-            let lockspace = try body.read(UInt32.self, "lockspace")
-            let flags = LockFlags(rawValue: try body.read(UInt32.self, "flags"))
-            let mode = try body.readMode("mode")
-            let options = LockMessageOptions(rawValue: try body.read(UInt8.self, "options"))
-            guard options.isSubset(of: .all) else { throw .malformed("unknown option bits in LOCK") }
-            let priority = try body.read(UInt8.self, "priority")
-            let parent = try body.read(UInt32.self, "parent")
-            let timeout = try body.read(UInt64.self, "timeout_ns")
-            let xid = try body.read(UInt64.self, "xid")
-            let name = try body.readName("name")
-            message = .lock(
-                LockMessage(
-                    tag: tag, lockspace: lockspace, flags: flags, mode: mode, options: options, priority: priority,
-                    parent: parent, timeoutNanoseconds: timeout, transaction: xid, name: name))
-        case 0x21:
-            let tag = try body.read(UInt32.self, "tag")
-            let lock = try body.read(UInt32.self, "lock")
-            let flags = LockFlags(rawValue: try body.read(UInt32.self, "flags"))
-            let mode = try body.readMode("mode")
-            let priority = try body.read(UInt8.self, "priority")
-            let timeout = try body.read(UInt64.self, "timeout_ns")
-            let lvb = try body.readBytes8("lvb", max: WireLimits.maxValueBlock)
-            message = .convert(
-                ConvertMessage(
-                    tag: tag, lock: lock, flags: flags, mode: mode, priority: priority, timeoutNanoseconds: timeout,
-                    valueBlock: lvb))
-        case 0x22:
-            let tag = try body.read(UInt32.self, "tag")
-            let lock = try body.read(UInt32.self, "lock")
-            let flags = LockFlags(rawValue: try body.read(UInt32.self, "flags"))
-            let lvb = try body.readBytes8("lvb", max: WireLimits.maxValueBlock)
-            message = .unlock(UnlockMessage(tag: tag, lock: lock, flags: flags, valueBlock: lvb))
         case 0x23:
             let tag = try body.read(UInt32.self, "tag")
             message = .deadlockCancel(tag: tag, lock: try body.read(UInt32.self, "lock"))
@@ -259,22 +209,12 @@ extension ServerMessage {
                 b.writeInteger(lockspace)
                 b.writeInteger(length)
                 b.writeInteger(UInt8(created ? 1 : 0))
-            case .ok(let tag, let lock):
-                b.writeInteger(tag)
-                b.writeInteger(lock)
             case .error(let tag, let status, let message):
                 b.writeInteger(tag)
                 b.writeInteger(status.rawValue)
                 b.writeString16(message)
-            case .completion(let c):
-                b.writeInteger(c.tag)
-                b.writeInteger(c.lock)
-                b.writeInteger(c.status.rawValue)
-                b.writeInteger(c.flags.rawValue)
-                b.writeInteger(c.mode?.rawValue ?? 255)
-                b.writeInteger(c.valueBlockSequence)
-                b.writeInteger(c.fencingToken)
-                b.writeBytes8(c.valueBlock)
+            case .ok, .completion:
+                preconditionFailure("OK and COMPLETION are encoded by encodeHot (RawCodec.swift)")
             case .blocking(let lock, let mode):
                 b.writeInteger(lock)
                 b.writeInteger(mode.rawValue)
@@ -295,12 +235,11 @@ extension ServerMessage {
         } else {
             message = try decodeOther(type: type, body: &body)
         }
-        guard body.readableBytes == 0 else {
-            throw .malformed("\(body.readableBytes) bytes left over after frame type 0x\(String(type, radix: 16))")
-        }
+        try body.requireConsumed(type: type)
         return message
     }
 
+    /// The frames that `decodeHot` (RawCodec.swift) does not decode.
     static func decodeOther(type: UInt8, body: inout ByteBuffer) throws(WireError) -> ServerMessage {
         let message: ServerMessage
         switch type {
@@ -321,28 +260,10 @@ extension ServerMessage {
             let created = try body.read(UInt8.self, "created")
             guard created <= 1 else { throw .malformed("created must be 0 or 1") }
             message = .lockspace(tag: tag, lockspace: lockspace, valueBlockLength: length, created: created == 1)
-        case 0xA0:
-            let tag = try body.read(UInt32.self, "tag")
-            message = .ok(tag: tag, lock: try body.read(UInt32.self, "lock"))
         case 0xA1:
             let tag = try body.read(UInt32.self, "tag")
             let status = DLMStatus(rawValue: try body.read(Int32.self, "status"))
             message = .error(tag: tag, status: status, message: try body.readString16("message"))
-        case 0xA2:
-            let tag = try body.read(UInt32.self, "tag")
-            let lock = try body.read(UInt32.self, "lock")
-            let status = DLMStatus(rawValue: try body.read(Int32.self, "status"))
-            let flags = CompletionFlags(rawValue: try body.read(UInt8.self, "sb_flags"))
-            let rawMode = try body.read(UInt8.self, "mode")
-            let mode = LockMode(rawValue: rawMode)
-            guard mode != nil || rawMode == 255 else { throw .malformed("mode \(rawMode) is not a mode") }
-            let sequence = try body.read(UInt64.self, "lvb_sequence")
-            let token = try body.read(UInt64.self, "fencing_token")
-            let lvb = try body.readBytes8("lvb", max: WireLimits.maxValueBlock)
-            message = .completion(
-                CompletionMessage(
-                    tag: tag, lock: lock, status: status, flags: flags, mode: mode, valueBlockSequence: sequence,
-                    fencingToken: token, valueBlock: lvb))
         case 0xA3:
             let lock = try body.read(UInt32.self, "lock")
             message = .blocking(lock: lock, mode: try body.readMode("mode"))

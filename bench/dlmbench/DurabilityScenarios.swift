@@ -52,10 +52,9 @@ enum DurabilityScenarios {
     /// With `release`, each grant is followed by its unlock; without, every grant is of a new resource and the
     /// locks are kept (they become orphans when the client leaves), so that every acknowledgement is a grant.
     static func durable(socket: String, clients: Int, seconds: Double, warmup: Double, release: Bool) -> String {
-        let result = runAndWait {
+        runBlocking {
             try await measure(socket: socket, clients: clients, seconds: seconds, warmup: warmup, release: release)
         }
-        return result
     }
 
     static func measure(
@@ -106,26 +105,6 @@ enum DurabilityScenarios {
             "p50_us": \(percentile(0.5)), "p99_us": \(percentile(0.99))}
             """
     }
-
-    /// Runs async work from synchronous `main` and waits for it.
-    static func runAndWait(_ body: @escaping @Sendable () async throws -> String) -> String {
-        let box = ResultBox()
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            do {
-                box.value = try await body()
-            } catch {
-                box.value = "{\"error\": \"\(error)\"}"
-            }
-            done.signal()
-        }
-        done.wait()
-        return box.value
-    }
-}
-
-final class ResultBox: @unchecked Sendable {
-    var value = ""
 }
 
 extension Duration {
