@@ -163,6 +163,7 @@ public final class LockNode: @unchecked Sendable {
                 return
             }
             connection.pid = hello.pid
+            engine.setProcessID(hello.pid, of: connection.owner)
             connection.clientName = hello.clientName
             connection.state = .ready
             reply(
@@ -213,6 +214,17 @@ public final class LockNode: @unchecked Sendable {
                 collectJournal()
                 if let name { record(.deleteLockspace(name: name)) }
                 reply(connection, .ok(tag: tag, lock: 0))
+            case .purge(let tag, let lockspace, let nodeID, let pid):
+                var count = 0
+                if nodeID == 0 || nodeID == configuration.nodeID {
+                    count = try engine.purgeOrphans(
+                        lockspace: LockspaceID(rawValue: lockspace), pid: pid, into: &effects)
+                } else if engine.lockspaceInfo(LockspaceID(rawValue: lockspace)) == nil {
+                    throw DLMError(.noEntry, "no such lockspace")
+                }
+                // Sub-locks' completions and the grants the purge let through; the reply waits for the commit.
+                dispatch(reply: nil)
+                reply(connection, .purged(tag: tag, count: UInt32(count)))
             case .lock(let m):
                 let request = LockRequest(
                     lockspace: LockspaceID(rawValue: m.lockspace), owner: owner, name: m.name, mode: m.mode,
