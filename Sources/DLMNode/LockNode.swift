@@ -24,6 +24,8 @@ public final class LockNode: @unchecked Sendable {
     var persistence: NodePersistence?
     /// While handling an input whose changes must be committed first: the generation its frames wait for.
     var holdingGeneration: UInt64?
+    /// Closing connections whose last frames wait for a store commit.
+    var lingering: [OwnerID: ClientConnection] = [:]
 
     public init(configuration: NodeConfiguration, eventLoop: EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -86,8 +88,18 @@ public final class LockNode: @unchecked Sendable {
         close(connection)
     }
 
+    /// Closes a connection once its frames are written. Frames that wait for a store commit go first: a
+    /// client that half-closes (or says BYE) still gets every answer, in order (Protocol/CLIENT.md §9).
     func close(_ connection: ClientConnection) {
         connection.state = .closing
+        if !connection.held.isEmpty {
+            if connection.outbound.readableBytes > 0 {
+                connection.held[connection.held.count - 1].frames.writeBuffer(&connection.outbound)
+                connection.outbound.clear()
+            }
+            lingering[connection.owner] = connection
+            return
+        }
         let channel = connection.channel
         let frames = connection.outbound
         connection.outbound.clear()
