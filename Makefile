@@ -71,8 +71,8 @@ bench-durability:
 ## into .build/release. Plain C11 and pthreads, built by $(CC) alone (no SwiftPM, no Swift runtime).
 CC ?= cc
 CDLM_DIR := Sources/CDLM
-CDLM_SRC := $(CDLM_DIR)/libdlm.c $(CDLM_DIR)/wire.c $(CDLM_DIR)/json.c
-CDLM_DEPS := $(CDLM_SRC) $(CDLM_DIR)/wire.h $(CDLM_DIR)/json.h Makefile
+CDLM_SRC := $(CDLM_DIR)/libdlm.c $(CDLM_DIR)/wire.c
+CDLM_DEPS := $(CDLM_SRC) $(CDLM_DIR)/wire.h Makefile
 CDLM_CFLAGS ?= -O2 -g
 CDLM_FLAGS := -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -Wall -Wextra -Werror -pthread
 CDLM_OUT := .build/release

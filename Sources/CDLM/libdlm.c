@@ -46,7 +46,6 @@
 #include <libdlm.h>
 #pragma GCC visibility pop
 
-#include "json.h"
 #include "wire.h"
 
 #ifndef DLM_THREADED
@@ -81,7 +80,7 @@ struct syncw {
 	int err;		/* an ERROR reply (positive errno), or 0 */
 	struct dlm_lksb *lksb;	/* where a lock operation's completion is written */
 	int status;		/* that completion's status */
-	uint32_t value;		/* OK: the lock; LOCKSPACE: the lockspace id */
+	uint32_t value;		/* OK: the lock; LOCKSPACE: the lockspace id; PURGED: the count */
 	uint8_t lvb_length;	/* LOCKSPACE */
 	uint8_t created;	/* LOCKSPACE */
 	char *json;		/* QUERY_REPLY, malloc'd, NUL-terminated */
@@ -863,6 +862,18 @@ static void on_reply(struct dlm_ls *ls, const struct dlmw_msg *m)
 			return;
 		}
 		break;
+	case DLMW_PURGE:
+		if (m->type == DLMW_PURGED) {
+			if (r.w)
+				r.w->value = m->u.purged.count;
+			wake_err(ls, r.w, 0);
+			return;
+		}
+		if (m->type == DLMW_ERROR) {
+			wake_err(ls, r.w, status_errno(m->u.error.status));
+			return;
+		}
+		break;
 	default: /* LOCKSPACE_RELEASE, DEADLOCK_CANCEL, BYE */
 		if (m->type == DLMW_OK) {
 			if (r.w)
@@ -919,6 +930,7 @@ static void on_frame(struct dlm_ls *ls, const struct dlmw_msg *m)
 		return;
 	case DLMW_OK:
 	case DLMW_LOCKSPACE:
+	case DLMW_PURGED:
 	case DLMW_PONG:
 	case DLMW_QUERY_REPLY:
 		if (m->tag == 0)
@@ -1830,99 +1842,21 @@ static int purge_own(struct dlm_ls *ls)
 	return err;
 }
 
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-static int mode_from_name(const char *s)
-{
-	static const char *names[] = {"NL", "CR", "CW", "PR", "PW", "EX"};
-	for (int i = 0; i < 6; i++)
-		if (strcmp(s, names[i]) == 0)
-			return i;
-	return -1;
-}
-
 /*
- * Removes the orphans of the lockspace: dlmd does not record which process an orphan belonged to, so every
- * orphan goes (docs/LIBDLM.md). Each is adopted (ORPHAN) on a connection of our own and force-unlocked,
- * which takes its sub-locks with it.
+ * Removes the orphans that process `pid` of this node left in the lockspace, with their sub-locks: dlmd
+ * records each orphan's pid (CLIENT.md §7, PURGE). Orphans of other processes stay.
  */
-static int purge_orphans(struct dlm_ls *ls)
+static int purge_orphans(struct dlm_ls *ls, uint32_t pid)
 {
-	struct dlm_ls *tmp = ls_connect();
 	struct dlmw_msg m;
 	struct syncw w;
-	struct json_doc *doc = NULL;
-	const struct json *resources;
-	int err;
-
-	if (!tmp)
-		return -errno;
-	tmp->ls_id = ls->ls_id;
-	tmp->lvb_len = ls->lvb_len;
-	snprintf(tmp->name, sizeof(tmp->name), "%s", ls->name);
 	memset(&m, 0, sizeof(m));
 	memset(&w, 0, sizeof(w));
-	m.type = DLMW_QUERY;
-	m.u.query.kind = DLMW_QUERY_LOCKDEBUG;
-	m.u.query.arg = (const uint8_t *)ls->name;
-	m.u.query.arg_len = (uint8_t)strlen(ls->name);
-	err = submit_wait(tmp, &m, &w);
-	if (!err) {
-		doc = json_parse(w.json, w.json_len);
-		if (!doc)
-			err = -EPROTO;
-	}
-	free(w.json);
-	resources = doc ? json_get(doc->root, "resources") : NULL;
-	for (const struct json *res = resources && resources->type == JSON_ARRAY ? resources->child : NULL;
-	     res && !err; res = res->next) {
-		const struct json *hex = json_get(res, "name_hex");
-		const struct json *granted = json_get(res, "granted");
-		uint8_t name[DLM_RESNAME_MAXLEN];
-		size_t len;
-		if (!hex || hex->type != JSON_STRING || hex->length % 2 || hex->length / 2 > sizeof(name) ||
-		    hex->length == 0 || !granted || granted->type != JSON_ARRAY)
-			continue;
-		len = hex->length / 2;
-		for (size_t i = 0; i < len; i++) {
-			int hi = hex_value(hex->string[2 * i]), lo = hex_value(hex->string[2 * i + 1]);
-			name[i] = (uint8_t)((hi < 0 || lo < 0) ? 0 : hi << 4 | lo);
-		}
-		for (const struct json *lock = granted->child; lock && !err; lock = lock->next) {
-			const struct json *owner = json_get(lock, "owner");
-			const struct json *parent = json_get(lock, "parent");
-			const struct json *gm = json_get(lock, "granted_mode");
-			struct dlm_lksb lksb;
-			int mode;
-			if (!owner || owner->type != JSON_STRING || strcmp(owner->string, "orphan") != 0)
-				continue;
-			if (parent && parent->type != JSON_NULL)
-				continue;
-			if (!gm || gm->type != JSON_STRING || (mode = mode_from_name(gm->string)) < 0)
-				continue;
-			memset(&lksb, 0, sizeof(lksb));
-			if (ls_lock(tmp, (uint32_t)mode, &lksb, LKF_ORPHAN | LKF_PERSISTENT, name, (unsigned)len, 0, NULL,
-				    NULL, NULL, NULL, NULL, true) != 0 ||
-			    lksb.sb_status != 0) {
-				/* Someone else adopted it first: not ours to purge. */
-				continue;
-			}
-			if (ls_unlock(tmp, lksb.sb_lkid, LKF_FORCEUNLOCK, &lksb, NULL, true) != 0)
-				err = -errno;
-		}
-	}
-	json_free(doc);
-	ls_close(tmp);
-	return err;
+	m.type = DLMW_PURGE;
+	m.u.purge.lockspace = ls->ls_id;
+	m.u.purge.node_id = 0;
+	m.u.purge.pid = pid;
+	return submit_wait(ls, &m, &w);
 }
 
 int dlm_ls_purge(dlm_lshandle_t lockspace, int nodeid, int pid)
@@ -1936,7 +1870,7 @@ int dlm_ls_purge(dlm_lshandle_t lockspace, int nodeid, int pid)
 	if (pid == getpid())
 		err = purge_own(ls);
 	else
-		err = purge_orphans(ls);
+		err = purge_orphans(ls, (uint32_t)pid);
 	return err ? set_errno(-err) : 0;
 }
 

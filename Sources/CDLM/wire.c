@@ -157,6 +157,12 @@ static void decode_client(uint8_t type, struct rd *r, struct dlmw_msg *m)
 		if (m->u.ls_release.force > 1)
 			r->bad = 1;
 		break;
+	case DLMW_PURGE:
+		m->tag = rd_u32(r);
+		m->u.purge.lockspace = rd_u32(r);
+		m->u.purge.node_id = rd_u32(r);
+		m->u.purge.pid = rd_u32(r);
+		break;
 	case DLMW_LOCK:
 		m->tag = rd_u32(r);
 		m->u.lock.lockspace = rd_u32(r);
@@ -222,6 +228,10 @@ static void decode_server(uint8_t type, struct rd *r, struct dlmw_msg *m)
 		m->u.lockspace.created = rd_u8(r);
 		if (m->u.lockspace.created > 1)
 			r->bad = 1;
+		break;
+	case DLMW_PURGED:
+		m->tag = rd_u32(r);
+		m->u.purged.count = rd_u32(r);
 		break;
 	case DLMW_OK:
 		m->tag = rd_u32(r);
@@ -357,6 +367,12 @@ static void encode_body(const struct dlmw_msg *m, struct wr *w)
 		wr_u32(w, m->u.ls_release.lockspace);
 		wr_u8(w, m->u.ls_release.force);
 		break;
+	case DLMW_PURGE:
+		wr_u32(w, m->tag);
+		wr_u32(w, m->u.purge.lockspace);
+		wr_u32(w, m->u.purge.node_id);
+		wr_u32(w, m->u.purge.pid);
+		break;
 	case DLMW_LOCK:
 		wr_u32(w, m->tag);
 		wr_u32(w, m->u.lock.lockspace);
@@ -405,6 +421,10 @@ static void encode_body(const struct dlmw_msg *m, struct wr *w)
 		wr_u32(w, m->u.lockspace.lockspace);
 		wr_u8(w, m->u.lockspace.lvb_length);
 		wr_u8(w, m->u.lockspace.created);
+		break;
+	case DLMW_PURGED:
+		wr_u32(w, m->tag);
+		wr_u32(w, m->u.purged.count);
 		break;
 	case DLMW_OK:
 		wr_u32(w, m->tag);

@@ -16,6 +16,7 @@ enum {
 	DLMW_BYE = 0x03,
 	DLMW_LOCKSPACE_OPEN = 0x10,
 	DLMW_LOCKSPACE_RELEASE = 0x11,
+	DLMW_PURGE = 0x12,
 	DLMW_LOCK = 0x20,
 	DLMW_CONVERT = 0x21,
 	DLMW_UNLOCK = 0x22,
@@ -25,6 +26,7 @@ enum {
 	DLMW_HELLO_REPLY = 0x81,
 	DLMW_PONG = 0x82,
 	DLMW_LOCKSPACE = 0x90,
+	DLMW_PURGED = 0x91,
 	DLMW_OK = 0xA0,
 	DLMW_ERROR = 0xA1,
 	DLMW_COMPLETION = 0xA2,
@@ -78,6 +80,11 @@ struct dlmw_msg {
 		} ls_release;
 		struct {
 			uint32_t lockspace;
+			uint32_t node_id;
+			uint32_t pid;
+		} purge;
+		struct {
+			uint32_t lockspace;
 			uint32_t flags;
 			uint8_t mode, options, priority;
 			uint32_t parent;
@@ -118,6 +125,9 @@ struct dlmw_msg {
 			uint32_t lockspace;
 			uint8_t lvb_length, created;
 		} lockspace;
+		struct {
+			uint32_t count;
+		} purged;
 		struct {
 			uint32_t lock;
 		} ok;

@@ -23,7 +23,7 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
 
     /// A request waiting for its reply.
     enum Pending {
-        /// Any single reply frame (PONG, LOCKSPACE, OK, QUERY_REPLY).
+        /// Any single reply frame (PONG, LOCKSPACE, PURGED, OK, QUERY_REPLY).
         case reply(ReplyHandler)
         /// A lock operation: resolved by its COMPLETION, which may come after an OK.
         case operation(OperationHandler, blocking: BlockingHandler?)
@@ -250,6 +250,8 @@ extension ClientMessage {
             return .openLockspace(tag: tag, name: name, valueBlockLength: length, create: create)
         case .releaseLockspace(_, let lockspace, let force):
             return .releaseLockspace(tag: tag, lockspace: lockspace, force: force)
+        case .purge(_, let lockspace, let nodeID, let pid):
+            return .purge(tag: tag, lockspace: lockspace, nodeID: nodeID, pid: pid)
         case .lock(var m):
             m.tag = tag
             return .lock(m)
@@ -270,8 +272,8 @@ extension ClientMessage {
 extension ServerMessage {
     var replyTag: UInt32? {
         switch self {
-        case .pong(let tag), .lockspace(let tag, _, _, _), .ok(let tag, _), .error(let tag, _, _),
-            .queryReply(let tag, _):
+        case .pong(let tag), .lockspace(let tag, _, _, _), .purged(let tag, _), .ok(let tag, _),
+            .error(let tag, _, _), .queryReply(let tag, _):
             tag
         case .completion(let c): c.tag
         case .helloReply, .blocking, .goodbye: nil

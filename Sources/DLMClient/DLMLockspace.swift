@@ -89,6 +89,17 @@ public struct DLMLockspace: Sendable {
         try await lock.unlock()
         return result
     }
+
+    /// Removes the orphans that process `pid` of node `nodeID` (0: dlmd's own node) left in this lockspace,
+    /// each with its sub-locks, as a forced unlock would (libdlm's `dlm_ls_purge`); orphans of other processes
+    /// stay. `pid` 0 names the orphans whose process is unknown. Returns how many locks went, sub-locks
+    /// included: 0 for another node. Throws ENOENT if the lockspace was released.
+    @discardableResult
+    public func purge(nodeID: UInt32 = 0, pid: UInt32) async throws -> Int {
+        let reply = try await connection.request(.purge(tag: 0, lockspace: id, nodeID: nodeID, pid: pid))
+        guard case .purged(_, let count) = reply else { throw DLMError(.protocolError, "unexpected reply \(reply)") }
+        return Int(count)
+    }
 }
 
 /// The completion of a request or conversion.

@@ -24,6 +24,9 @@ public struct LockEngine {
     var owners: [OwnerRecord] = [OwnerRecord(id: OwnerID(UInt64.max))]
     var ownerIndex: [OwnerID: Int32] = [:]
     var freeOwners: [Int32] = []
+    /// The process id each orphan's owner had (`setProcessID`), by lock slot; orphans of unknown pid have none.
+    /// Kept here rather than in `LockRecord`, which it would grow by 8 bytes for every lock.
+    var orphanProcessIDs: [Int32: UInt32] = [:]
     /// All waiting and converting locks, oldest first.
     var waiting = QueueEnds()
     var waitSequence: UInt32 = 0

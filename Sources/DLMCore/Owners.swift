@@ -4,6 +4,8 @@ struct OwnerRecord {
     var head: Int32 = none
     var lockCount = 0
     var isLive = true
+    /// The owner's process id, given to each lock it takes or adopts (`setProcessID`); 0 if unknown.
+    var pid: UInt32 = 0
 }
 
 /// Slot 0 of the owner table holds the orphans: persistent locks whose owner went away.
@@ -25,6 +27,18 @@ extension LockEngine {
         return slot
     }
 
+    /// Records the process id of an owner (a client's HELLO): its locks carry it, and keep it when they become
+    /// orphans, for `purgeOrphans`.
+    public mutating func setProcessID(_ pid: UInt32, of owner: OwnerID) {
+        owners[Int(ownerSlot(owner))].pid = pid
+    }
+
+    /// The process id of a lock's owner, or of the owner an orphan had; 0 if unknown.
+    func processID(of lock: Int32) -> UInt32 {
+        let owner = locks[Int(lock)].owner
+        return owner == orphanOwner ? orphanProcessIDs[lock] ?? 0 : owners[Int(owner)].pid
+    }
+
     mutating func linkToOwner(_ lock: Int32, _ owner: Int32) {
         let head = owners[Int(owner)].head
         locks[Int(lock)].owner = owner
@@ -40,6 +54,7 @@ extension LockEngine {
         let owner = locks[Int(lock)].owner
         let prev = locks[Int(lock)].ownerPrev
         let next = locks[Int(lock)].ownerNext
+        if owner == orphanOwner { orphanProcessIDs[lock] = nil }
         if prev != none { locks[Int(prev)].ownerNext = next } else { owners[Int(owner)].head = next }
         if next != none { locks[Int(next)].ownerPrev = prev }
         locks[Int(lock)].ownerPrev = none
@@ -81,6 +96,7 @@ extension LockEngine {
                 if locks[Int(lock)].queue == QueueKind.convert.rawValue { revertConversion(lock) }
                 unlinkFromOwner(lock)
                 linkToOwner(lock, orphanOwner)
+                if owners[Int(slot)].pid != 0 { orphanProcessIDs[lock] = owners[Int(slot)].pid }
             } else {
                 if locks[Int(lock)].grantedMode >= LockMode.pw.rawValue, locks[Int(lock)].isGranted {
                     resources[Int(resource)].valueBlockInvalid = true
@@ -141,5 +157,44 @@ extension LockEngine {
         }
         if otherMode { throw DLMError(.tryAgain, "the orphan lock on this resource has another mode") }
         throw .noEntry("no orphan lock on this resource")
+    }
+}
+
+extension LockEngine {
+    /// Removes every orphan of `lockspace` whose former owner had process id `pid` (0: the orphans of unknown
+    /// pid), each with its sub-locks, as FORCEUNLOCK would: a sub-lock that has an owner gets an EUNLOCK
+    /// completion, and what the release lets through is granted. Orphans of other pids stay. Returns how many
+    /// locks were removed, sub-locks included. ENOENT for an unknown lockspace (`dlm_ls_purge`).
+    public mutating func purgeOrphans(
+        lockspace: LockspaceID, pid: UInt32, into effects: inout [Effect]
+    ) throws(DLMError) -> Int {
+        let ls = lockspace.rawValue
+        guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
+        var targets: [Int32] = []
+        var cursor = owners[Int(orphanOwner)].head
+        while cursor != none {
+            if resources[Int(locks[Int(cursor)].resource)].lockspace == ls, processID(of: cursor) == pid {
+                targets.append(cursor)
+            }
+            cursor = locks[Int(cursor)].ownerNext
+        }
+        // Parents first: a target that is a sub-lock of another goes with it.
+        targets.sort { (depth(of: $0), $0) < (depth(of: $1), $1) }
+        let before = liveLocks
+        for lock in targets where !locks[Int(lock)].isFree && locks[Int(lock)].owner == orphanOwner {
+            if locks[Int(lock)].children > 0 {
+                let first = effects.count
+                forceUnlockChildren(of: lock, into: &effects)
+                // Sub-locks that are orphans too have no one to tell.
+                let orphans = owners[Int(orphanOwner)].id
+                let told = effects[first...].filter { $0.owner != orphans }
+                effects.replaceSubrange(first..., with: told)
+            }
+            let resource = locks[Int(lock)].resource
+            removeLock(lock)
+            grantPending(resource, into: &effects)
+            freeResourceIfUnused(resource)
+        }
+        return before - liveLocks
     }
 }

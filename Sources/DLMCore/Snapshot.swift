@@ -20,12 +20,14 @@ public struct LockSnapshot: Sendable, Hashable, Codable {
     /// With TIMEOUT, when a pending request gives up; zero otherwise.
     public var deadline: Instant
     public var fencingToken: UInt64
+    /// The process id of the lock's owner, or of the owner an orphan had (`setProcessID`); 0 if unknown.
+    public var pid: UInt32
 
     public init(
         id: LockID, owner: OwnerID?, queue: QueueKind, grantedMode: LockMode?, requestedMode: LockMode?,
         flags: LockFlags, parent: LockID?, transaction: UInt64?, priority: UInt8, wantsBlockingCallbacks: Bool,
         alwaysFencingToken: Bool, blockingSent: UInt8, pendingFlags: CompletionFlags, waitingSince: Instant,
-        waitSequence: UInt32, deadline: Instant, fencingToken: UInt64
+        waitSequence: UInt32, deadline: Instant, fencingToken: UInt64, pid: UInt32 = 0
     ) {
         self.id = id
         self.owner = owner
@@ -44,6 +46,7 @@ public struct LockSnapshot: Sendable, Hashable, Codable {
         self.waitSequence = waitSequence
         self.deadline = deadline
         self.fencingToken = fencingToken
+        self.pid = pid
     }
 }
 
@@ -88,7 +91,7 @@ extension LockEngine {
             wantsBlockingCallbacks: record.options.contains(.wantsBlockingCallbacks),
             alwaysFencingToken: record.options.contains(.alwaysFencingToken), blockingSent: record.blockingSent,
             pendingFlags: record.pendingFlags, waitingSince: record.waitingSince, waitSequence: record.waitSequence,
-            deadline: record.deadline, fencingToken: record.fencingToken)
+            deadline: record.deadline, fencingToken: record.fencingToken, pid: processID(of: slot))
     }
 
     func path(of resource: Int32) -> [[UInt8]] {
@@ -192,7 +195,14 @@ extension LockEngine {
                 blockingSent: lock.blockingSent, priority: lock.priority, options: options,
                 pendingFlags: lock.pendingFlags, waitSequence: lock.waitSequence, waitingSince: lock.waitingSince,
                 deadline: lock.deadline, transaction: lock.transaction ?? 0, fencingToken: lock.fencingToken)
-            linkToOwner(slot, lock.owner.map { ownerSlot($0) } ?? orphanOwner)
+            if let owner = lock.owner {
+                let ownerSlot = ownerSlot(owner)
+                linkToOwner(slot, ownerSlot)
+                if owners[Int(ownerSlot)].pid == 0 { owners[Int(ownerSlot)].pid = lock.pid }
+            } else {
+                linkToOwner(slot, orphanOwner)
+                if lock.pid != 0 { orphanProcessIDs[slot] = lock.pid }
+            }
             linkToQueue(slot, lock.queue)
             resources[Int(resource)].lockCount += 1
             lockspaces[Int(ls)].lockCount += 1

@@ -120,6 +120,17 @@ extension LockNode {
                 markDirty(connection)
             }
         }
+        for connection in lingering.values {
+            while let first = connection.held.first, first.generation <= generation {
+                var frames = first.frames
+                connection.outbound.writeBuffer(&frames)
+                connection.held.removeFirst()
+            }
+            if connection.held.isEmpty {
+                lingering[connection.owner] = nil
+                close(connection)
+            }
+        }
         flush()
     }
 

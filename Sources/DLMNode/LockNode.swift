@@ -31,6 +31,8 @@ public final class LockNode: @unchecked Sendable {
     var heldInputs: Deque<HeldInput> = []
     /// Group services, for a cluster member; nil when standalone.
     var cluster: ClusterMembership?
+    /// Closing connections whose last frames wait for a store commit.
+    var lingering: [OwnerID: ClientConnection] = [:]
 
     public init(configuration: NodeConfiguration, eventLoop: EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -98,8 +100,18 @@ public final class LockNode: @unchecked Sendable {
         close(connection)
     }
 
+    /// Closes a connection once its frames are written. Frames that wait for a store commit go first: a
+    /// client that half-closes (or says BYE) still gets every answer, in order (Protocol/CLIENT.md §9).
     func close(_ connection: ClientConnection) {
         connection.state = .closing
+        if !connection.held.isEmpty {
+            if connection.outbound.readableBytes > 0 {
+                connection.held[connection.held.count - 1].frames.writeBuffer(&connection.outbound)
+                connection.outbound.clear()
+            }
+            lingering[connection.owner] = connection
+            return
+        }
         let channel = connection.channel
         let frames = connection.outbound
         connection.outbound.clear()
@@ -175,6 +187,7 @@ public final class LockNode: @unchecked Sendable {
                 return
             }
             connection.pid = hello.pid
+            engine.setProcessID(hello.pid, of: connection.owner)
             connection.clientName = hello.clientName
             connection.state = .ready
             reply(
@@ -229,6 +242,17 @@ public final class LockNode: @unchecked Sendable {
                 collectJournal()
                 if let name { record(.deleteLockspace(name: name)) }
                 reply(connection, .ok(tag: tag, lock: 0))
+            case .purge(let tag, let lockspace, let nodeID, let pid):
+                var count = 0
+                if nodeID == 0 || nodeID == configuration.nodeID {
+                    count = try engine.purgeOrphans(
+                        lockspace: LockspaceID(rawValue: lockspace), pid: pid, into: &effects)
+                } else if engine.lockspaceInfo(LockspaceID(rawValue: lockspace)) == nil {
+                    throw DLMError(.noEntry, "no such lockspace")
+                }
+                // Sub-locks' completions and the grants the purge let through; the reply waits for the commit.
+                dispatch(reply: nil)
+                reply(connection, .purged(tag: tag, count: UInt32(count)))
             case .lock(let m):
                 let request = LockRequest(
                     lockspace: LockspaceID(rawValue: m.lockspace), owner: owner, name: m.name, mode: m.mode,

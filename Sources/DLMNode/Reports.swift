@@ -55,12 +55,12 @@ extension LockNode {
         let now = engine.now
         let resources = engine.snapshotLockspace(lockspace).map { snapshot in
             func entry(_ lock: LockSnapshot) -> LockDebugReport.Lock {
-                let connection = lock.owner.flatMap { connections[$0] }
+                // An orphan shows the pid of the process that held it.
                 return LockDebugReport.Lock(
                     id: lock.id.description, grantedMode: lock.grantedMode?.description,
                     requestedMode: lock.requestedMode?.description,
                     owner: lock.owner.map { String($0.rawValue) } ?? "orphan",
-                    pid: Int32(bitPattern: connection?.pid ?? 0),
+                    pid: Int32(bitPattern: lock.pid),
                     flags: lock.flags.description,
                     waitingMilliseconds: lock.queue == .grant
                         ? nil : Double(now > lock.waitingSince ? now - lock.waitingSince : 0) / 1e6,

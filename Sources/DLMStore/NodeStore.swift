@@ -21,8 +21,12 @@ public enum Durability: String, Sendable, CaseIterable, CustomStringConvertible 
 /// The node's recoverable state in one LMDB environment (the data directory): its identity and incarnation,
 /// its lockspaces, and the persistent locks, value blocks and fencing-token marks of its resources.
 public final class NodeStore: @unchecked Sendable {
-    /// The layout this code reads and writes. A directory of another schema is refused, untouched.
-    public static let schemaVersion: UInt32 = 1
+    /// The layout this code writes. Schema 2 records each persistent lock's pid (for `dlm_ls_purge`).
+    public static let schemaVersion: UInt32 = 2
+    /// The layouts this code reads. A directory of schema 1 is upgraded to 2 when a node opens it (its records
+    /// are read with pid 0, unknown, and rewritten in the new format as they change): a dlmd of schema 1 then
+    /// refuses it. A directory of any other schema is refused, untouched.
+    public static let readableSchemas: ClosedRange<UInt32> = 1...2
 
     public let directory: String
     public let environment: LMDBEnvironment
@@ -53,9 +57,10 @@ public final class NodeStore: @unchecked Sendable {
         let (meta, nodeID) = (self.meta, nodeID)
         incarnation = try environment.write { txn in
             if try txn.get(meta, Array("schema".utf8)) == nil {
-                try txn.put(meta, Array("schema".utf8), bigEndian(NodeStore.schemaVersion))
                 try txn.put(meta, Array("node_id".utf8), bigEndian(nodeID))
             }
+            // New, or upgraded from schema 1 (checked by `checkSchema`).
+            try txn.put(meta, Array("schema".utf8), bigEndian(NodeStore.schemaVersion))
             let previous = try txn.get(meta, Array("incarnation".utf8)).map { decodeUInt64($0) } ?? 0
             try txn.put(meta, Array("incarnation".utf8), bigEndian(previous + 1))
             return previous + 1
@@ -63,10 +68,12 @@ public final class NodeStore: @unchecked Sendable {
         try environment.sync()
     }
 
-    /// Refuses, without writing anything, a directory of another schema or another node.
-    static func checkSchema(directory: String, mapSize: Int, nodeID: UInt32?) throws {
+    /// Refuses, without writing anything, a directory of a schema this code cannot read or of another node.
+    /// Returns the directory's schema.
+    @discardableResult
+    static func checkSchema(directory: String, mapSize: Int, nodeID: UInt32?) throws -> UInt32 {
         let probe = try LMDBEnvironment(path: directory, options: .init(mapSize: mapSize, readOnly: true))
-        try probe.read { txn in
+        return try probe.read { txn in
             var dbi = MDB_dbi()
             guard mdb_dbi_open(txn.txn, "meta", 0, &dbi) == 0 else {
                 throw StoreError("\(directory) holds an LMDB environment that is not a dlmd data directory")
@@ -76,15 +83,17 @@ public final class NodeStore: @unchecked Sendable {
                 throw StoreError("\(directory) has no schema version: not a dlmd data directory, or damaged")
             }
             let schema = UInt32(decodeUInt64(raw))
-            guard schema == NodeStore.schemaVersion else {
+            guard NodeStore.readableSchemas.contains(schema) else {
                 throw StoreError(
-                    "\(directory) was written with store schema \(schema); this dlmd reads schema "
-                        + "\(NodeStore.schemaVersion). Nothing was changed: use the dlmd that wrote it.")
+                    "\(directory) was written with store schema \(schema); this dlmd reads schemas "
+                        + "\(NodeStore.readableSchemas.lowerBound) to \(NodeStore.readableSchemas.upperBound). "
+                        + "Nothing was changed: use the dlmd that wrote it.")
             }
             if let nodeID, let raw = try txn.get(meta, Array("node_id".utf8)), UInt32(decodeUInt64(raw)) != nodeID {
                 throw StoreError(
                     "\(directory) belongs to node \(decodeUInt64(raw)), not node \(nodeID). Nothing was changed.")
             }
+            return schema
         }
     }
 
@@ -170,14 +179,14 @@ public final class NodeStore: @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: directory + "/data.mdb") else {
             throw StoreError("\(directory) has no data.mdb: not a dlmd data directory")
         }
-        try checkSchema(directory: directory, mapSize: mapSize, nodeID: nil)
+        let schema = try checkSchema(directory: directory, mapSize: mapSize, nodeID: nil)
         let environment = try LMDBEnvironment(path: directory, options: .init(mapSize: mapSize, readOnly: true))
         let meta = try environment.database("meta", create: false)
         let lockspaces = try environment.database("lockspaces", create: false)
         let resources = try environment.database("resources", create: false)
         return try environment.read { txn in
             var report = Report(
-                path: directory, schema: schemaVersion,
+                path: directory, schema: schema,
                 nodeID: UInt32(try txn.get(meta, Array("node_id".utf8)).map { decodeUInt64($0) } ?? 0),
                 incarnation: try txn.get(meta, Array("incarnation".utf8)).map { decodeUInt64($0) } ?? 0,
                 mapSize: environment.info().mapSize, usedBytes: environment.info().usedBytes, lockspaces: 0,

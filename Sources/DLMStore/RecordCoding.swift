@@ -49,7 +49,9 @@ struct RecordReader {
 }
 
 enum RecordCoding {
-    static let resourceFormat: UInt8 = 1
+    /// Format 2 (schema 2) adds each lock's pid after its fencing token; format 1 (schema 1) is read with pid 0
+    /// (unknown).
+    static let resourceFormat: UInt8 = 2
     static let lockspaceFormat: UInt8 = 1
 
     /// The key of a resource: its lockspace's name, then each name of its path. A parent's key is a prefix of
@@ -92,6 +94,7 @@ enum RecordCoding {
             w.u8(lock.priority)
             w.u8((lock.wantsBlockingCallbacks ? 1 : 0) | (lock.alwaysFencingToken ? 2 : 0))
             w.u64(lock.fencingToken)
+            w.u32(lock.pid)
         }
         return (resourceKey(lockspace: stored.lockspace, path: resource.path), w.bytes)
     }
@@ -100,7 +103,9 @@ enum RecordCoding {
         let (lockspace, path) = try decodeResourceKey(key)
         var r = RecordReader(value, what: "the record of resource \(path.last!)")
         let format = try r.u8()
-        guard format == resourceFormat else { throw StoreError("a resource record has unknown format \(format)") }
+        guard format == 1 || format == resourceFormat else {
+            throw StoreError("a resource record has unknown format \(format)")
+        }
         let lvb = try r.bytes8()
         let sequence = try r.u64()
         let invalid = try r.u8() != 0
@@ -122,6 +127,7 @@ enum RecordCoding {
             let priority = try r.u8()
             let options = try r.u8()
             let lockToken = try r.u64()
+            let pid = format >= 2 ? try r.u32() : 0
             locks.append(
                 LockSnapshot(
                     id: LockID(rawValue: id), owner: owner == 0 ? nil : OwnerID(owner), queue: .grant,
@@ -130,7 +136,7 @@ enum RecordCoding {
                     transaction: transaction == 0 ? nil : transaction,
                     priority: priority, wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0,
                     blockingSent: 0, pendingFlags: [], waitingSince: 0, waitSequence: 0, deadline: 0,
-                    fencingToken: lockToken))
+                    fencingToken: lockToken, pid: pid))
         }
         try r.finish()
         let snapshot = ResourceSnapshot(

@@ -119,6 +119,11 @@ extension ClientMessage {
                 b.writeInteger(tag)
                 b.writeInteger(lockspace)
                 b.writeInteger(UInt8(force ? 1 : 0))
+            case .purge(let tag, let lockspace, let nodeID, let pid):
+                b.writeInteger(tag)
+                b.writeInteger(lockspace)
+                b.writeInteger(nodeID)
+                b.writeInteger(pid)
             case .lock, .convert, .unlock:
                 preconditionFailure("LOCK, CONVERT and UNLOCK are encoded by encodeHot (RawCodec.swift)")
             case .deadlockCancel(let tag, let lock):
@@ -175,6 +180,11 @@ extension ClientMessage {
             let force = try body.read(UInt8.self, "force")
             guard force <= 1 else { throw .malformed("force must be 0 or 1") }
             message = .releaseLockspace(tag: tag, lockspace: lockspace, force: force == 1)
+        case 0x12:
+            let tag = try body.read(UInt32.self, "tag")
+            let lockspace = try body.read(UInt32.self, "lockspace")
+            let nodeID = try body.read(UInt32.self, "node_id")
+            message = .purge(tag: tag, lockspace: lockspace, nodeID: nodeID, pid: try body.read(UInt32.self, "pid"))
         case 0x23:
             let tag = try body.read(UInt32.self, "tag")
             message = .deadlockCancel(tag: tag, lock: try body.read(UInt32.self, "lock"))
@@ -209,6 +219,9 @@ extension ServerMessage {
                 b.writeInteger(lockspace)
                 b.writeInteger(length)
                 b.writeInteger(UInt8(created ? 1 : 0))
+            case .purged(let tag, let count):
+                b.writeInteger(tag)
+                b.writeInteger(count)
             case .error(let tag, let status, let message):
                 b.writeInteger(tag)
                 b.writeInteger(status.rawValue)
@@ -260,6 +273,9 @@ extension ServerMessage {
             let created = try body.read(UInt8.self, "created")
             guard created <= 1 else { throw .malformed("created must be 0 or 1") }
             message = .lockspace(tag: tag, lockspace: lockspace, valueBlockLength: length, created: created == 1)
+        case 0x91:
+            let tag = try body.read(UInt32.self, "tag")
+            message = .purged(tag: tag, count: try body.read(UInt32.self, "count"))
         case 0xA1:
             let tag = try body.read(UInt32.self, "tag")
             let status = DLMStatus(rawValue: try body.read(Int32.self, "status"))

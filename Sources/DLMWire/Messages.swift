@@ -129,6 +129,8 @@ public enum ClientMessage: Sendable, Hashable {
     case bye(tag: UInt32)
     case openLockspace(tag: UInt32, name: [UInt8], valueBlockLength: UInt8, create: Bool)
     case releaseLockspace(tag: UInt32, lockspace: UInt32, force: Bool)
+    /// Removes the orphans that process `pid` of node `nodeID` (0: this node) left in the lockspace.
+    case purge(tag: UInt32, lockspace: UInt32, nodeID: UInt32, pid: UInt32)
     case lock(LockMessage)
     case convert(ConvertMessage)
     case unlock(UnlockMessage)
@@ -142,6 +144,7 @@ public enum ClientMessage: Sendable, Hashable {
         case .bye: 0x03
         case .openLockspace: 0x10
         case .releaseLockspace: 0x11
+        case .purge: 0x12
         case .lock: 0x20
         case .convert: 0x21
         case .unlock: 0x22
@@ -155,7 +158,7 @@ public enum ClientMessage: Sendable, Hashable {
         switch self {
         case .hello: 0
         case .ping(let tag), .bye(let tag), .openLockspace(let tag, _, _, _), .releaseLockspace(let tag, _, _),
-            .deadlockCancel(let tag, _), .query(let tag, _, _):
+            .purge(let tag, _, _, _), .deadlockCancel(let tag, _), .query(let tag, _, _):
             tag
         case .lock(let m): m.tag
         case .convert(let m): m.tag
@@ -224,6 +227,8 @@ public enum ServerMessage: Sendable, Hashable {
     case helloReply(HelloReply)
     case pong(tag: UInt32)
     case lockspace(tag: UInt32, lockspace: UInt32, valueBlockLength: UInt8, created: Bool)
+    /// The reply to PURGE: how many locks went, sub-locks included.
+    case purged(tag: UInt32, count: UInt32)
     case ok(tag: UInt32, lock: UInt32)
     case error(tag: UInt32, status: DLMStatus, message: String)
     case completion(CompletionMessage)
@@ -236,6 +241,7 @@ public enum ServerMessage: Sendable, Hashable {
         case .helloReply: 0x81
         case .pong: 0x82
         case .lockspace: 0x90
+        case .purged: 0x91
         case .ok: 0xA0
         case .error: 0xA1
         case .completion: 0xA2

@@ -151,30 +151,74 @@ static void test_orphan_adoption(void)
 	CHECK_OK(h_release(name, ls, 1));
 }
 
+/* Whether `res` is free: an EX NOQUEUE is granted (and then released), or refused with EAGAIN (-1 otherwise). */
+static int is_free(dlm_lshandle_t ls, const char *res)
+{
+	struct dlm_lksb lksb;
+	int status;
+	memset(&lksb, 0, sizeof(lksb));
+	status = wait_status(dlm_ls_lock_wait(ls, LKM_EXMODE, &lksb, LKF_NOQUEUE, res, (unsigned)strlen(res), 0, NULL,
+					      NULL, NULL),
+			     &lksb);
+	if (status == 0)
+		return dlm_ls_unlock_wait(ls, lksb.sb_lkid, 0, &lksb) == 0 ? 1 : -1;
+	return status == EAGAIN ? 0 : -1;
+}
+
+/*
+ * Two processes die leaving orphans in one lockspace: dlm_ls_purge of the first removes its orphans only;
+ * the second's stay (still conflicting, still adoptable) until a purge names it.
+ */
 static void test_orphan_purge(void)
 {
 	const char *name = fresh("purge");
-	const char *held[] = {"o1", "o2", "o3"};
-	int to_child, from_child;
-	pid_t pid = spawn_holder(name, held, 3, &to_child, &from_child);
+	const char *held_a[] = {"a1", "a2"};
+	const char *held_b[] = {"b1", "b2"};
+	int to_a, from_a, to_b, from_b;
+	pid_t a, b;
 	dlm_lshandle_t ls;
-	struct dlm_lksb lksb;
-	CHECK(pid > 0);
-	CHECK_EQ(get(from_child), 'r');
+	struct rec r;
+
+	a = spawn_holder(name, held_a, 2, &to_a, &from_a);
+	CHECK(a > 0);
+	CHECK_EQ(get(from_a), 'r');
 	ls = h_open(name);
 	CHECK(ls != NULL);
-	reap_holder(ls, pid, to_child, from_child);
-	memset(&lksb, 0, sizeof(lksb));
-	CHECK_EQ(wait_status(dlm_ls_lock_wait(ls, LKM_EXMODE, &lksb, LKF_NOQUEUE, "o2", 2, 0, NULL, NULL, NULL), &lksb),
-		 EAGAIN);
-	/* dlm_ls_purge of the dead process: its orphans go. */
-	CHECK_OK(dlm_ls_purge(ls, 0, (int)pid));
-	for (int i = 0; i < 3; i++) {
-		memset(&lksb, 0, sizeof(lksb));
-		CHECK_EQ(wait_status(dlm_ls_lock_wait(ls, LKM_EXMODE, &lksb, LKF_NOQUEUE, held[i], 2, 0, NULL, NULL, NULL),
-				     &lksb),
-			 0);
+	reap_holder(ls, a, to_a, from_a);
+	b = spawn_holder(name, held_b, 2, &to_b, &from_b);
+	CHECK(b > 0);
+	CHECK_EQ(get(from_b), 'r');
+	reap_holder(ls, b, to_b, from_b);
+	for (int i = 0; i < 2; i++) {
+		CHECK_EQ(is_free(ls, held_a[i]), 0);
+		CHECK_EQ(is_free(ls, held_b[i]), 0);
 	}
+
+	/* Another node's process: nothing to do here. */
+	CHECK_OK(dlm_ls_purge(ls, 0x7fff0000, (int)a));
+	CHECK_EQ(is_free(ls, "a1"), 0);
+	/* The first process's orphans go, the second's stay. */
+	CHECK_OK(dlm_ls_purge(ls, 0, (int)a));
+	for (int i = 0; i < 2; i++) {
+		CHECK_EQ(is_free(ls, held_a[i]), 1);
+		CHECK_EQ(is_free(ls, held_b[i]), 0);
+	}
+	/* A purge that finds nothing is no error and removes nothing. */
+	CHECK_OK(dlm_ls_purge(ls, 0, (int)a));
+	CHECK_EQ(is_free(ls, "b1"), 0);
+	/* b1 is still the second process's orphan: adopted with its value block. */
+	rec_init(&r, ls);
+	CHECK_OK(dlm_ls_lock(ls, LKM_PRMODE, &r.lksb, LKF_ORPHAN | LKF_PERSISTENT | LKF_VALBLK, "b1", 2, 0, rec_ast,
+			     &r, NULL, NULL));
+	CHECK(wait_asts(&r, 1));
+	CHECK_EQ(r.status, 0);
+	CHECK(strncmp(r.lvb, "left by ", 8) == 0 && atoi(r.lvb + 8) == (int)b);
+	/* Purging the second process takes its last orphan, not the lock we adopted from it. */
+	CHECK_OK(dlm_ls_purge(ls, 0, (int)b));
+	CHECK_EQ(is_free(ls, "b2"), 1);
+	CHECK_EQ(is_free(ls, "b1"), 0);
+	CHECK_OK(dlm_ls_unlock_wait(ls, r.lksb.sb_lkid, 0, &r.lksb));
+	CHECK_EQ(is_free(ls, "b1"), 1);
 	CHECK_OK(h_release(name, ls, 1));
 }
 

@@ -104,6 +104,12 @@ static int field_value(const struct dlmw_msg *m, size_t frame_len, const char *n
 		F("lockspace", m->u.ls_release.lockspace);
 		F("force", m->u.ls_release.force);
 		break;
+	case DLMW_PURGE:
+		F("tag", m->tag);
+		F("lockspace", m->u.purge.lockspace);
+		F("node_id", m->u.purge.node_id);
+		F("pid", m->u.purge.pid);
+		break;
 	case DLMW_LOCK:
 		F("tag", m->tag);
 		F("lockspace", m->u.lock.lockspace);
@@ -152,6 +158,10 @@ static int field_value(const struct dlmw_msg *m, size_t frame_len, const char *n
 		F("lockspace", m->u.lockspace.lockspace);
 		F("lvb_length", m->u.lockspace.lvb_length);
 		F("created", m->u.lockspace.created);
+		break;
+	case DLMW_PURGED:
+		F("tag", m->tag);
+		F("count", m->u.purged.count);
 		break;
 	case DLMW_OK:
 		F("tag", m->tag);

@@ -146,4 +146,102 @@ import Testing
         #expect(h.lock("b", by: 1, on: "r", .ex) == ["b granted EX token=2"])
         #expect(h.unlock("b") == ["b EUNLOCK"])
     }
+
+    // MARK: Purge (dlm_ls_purge)
+
+    func purge(_ h: inout Harness, pid: UInt32, in lockspace: LockspaceID? = nil) -> (Int, [String]) {
+        var effects: [Effect] = []
+        do {
+            let count = try h.engine.purgeOrphans(lockspace: lockspace ?? h.ls, pid: pid, into: &effects)
+            return (count, h.render(effects))
+        } catch {
+            return (-1, ["error \(error.status.name)"])
+        }
+    }
+
+    @Test func anOrphanKeepsThePidOfItsOwnerAndAnAdopterGivesItsOwn() {
+        var h = Harness()
+        h.engine.setProcessID(101, of: OwnerID(1))
+        h.engine.setProcessID(303, of: OwnerID(3))
+        _ = h.lock("a", by: 1, on: "r", .pr, .persistent)
+        _ = h.lock("x", by: 2, on: "s", .pr, .persistent)
+        #expect(h.state("a")?.pid == 101)
+        #expect(h.state("x")?.pid == 0)  // owner 2 gave none
+        _ = h.exit(1)
+        _ = h.exit(2)
+        #expect(h.state("a")?.owner == nil && h.state("a")?.pid == 101)
+        #expect(h.state("x")?.pid == 0)
+        #expect(h.lock("c", by: 3, on: "r", .pr, .orphan) == ["c granted PR"])
+        #expect(h.state("c")?.pid == 303)
+        _ = h.exit(3)
+        #expect(h.state("c")?.owner == nil && h.state("c")?.pid == 303)
+    }
+
+    @Test func purgeRemovesTheOrphansOfThatPidOnly() {
+        var h = Harness()
+        let other = try! h.engine.createLockspace(name: bytes("other"))
+        h.engine.setProcessID(101, of: OwnerID(1))
+        h.engine.setProcessID(202, of: OwnerID(2))
+        _ = h.lock("a1", by: 1, on: "r", .pr, .persistent)
+        _ = h.lock("a2", by: 1, on: "s", .ex, .persistent)
+        _ = h.lock("a3", by: 1, on: "r", .pr, .persistent, in: other)
+        _ = h.lock("b1", by: 2, on: "r", .pr, .persistent)
+        _ = h.lock("live", by: 1, on: "t", .pr)
+        _ = h.exit(2)
+        // owner 1 is alive: its locks are not orphans
+        #expect(purge(&h, pid: 101) == (0, []))
+        #expect(h.engine.lockCount == 5)
+        _ = h.exit(1)
+        _ = h.lock("w", by: 4, on: "s", .ex)
+        #expect(h.state("w")?.queue == .wait)
+        // a1 and a2 go (a2's release lets w through); b1, and a3 in another lockspace, stay
+        #expect(purge(&h, pid: 101) == (2, ["w granted EX token=2"]))
+        #expect(h.state("a1") == nil && h.state("a2") == nil)
+        #expect(h.state("b1")?.owner == nil && h.state("a3")?.owner == nil)
+        #expect(h.lock("e", by: 4, on: "r", .ex, .noQueue) == ["e EAGAIN"])
+        // nothing left of pid 101 here; pid 0 (unknown) names none of these
+        #expect(purge(&h, pid: 101) == (0, []))
+        #expect(purge(&h, pid: 0) == (0, []))
+        #expect(purge(&h, pid: 202) == (1, []))
+        #expect(h.lock("f", by: 4, on: "r", .ex, .noQueue) == ["f granted EX token=1"])
+        #expect(purge(&h, pid: 101, in: other) == (1, []))
+        #expect(h.engine.lockCount == 2)
+    }
+
+    @Test func purgeTakesSubLocksWithTheOrphan() {
+        var h = Harness()
+        h.engine.setProcessID(101, of: OwnerID(1))
+        _ = h.lock("p", by: 1, on: "r", .pr, .persistent)
+        _ = h.lock("c", by: 1, on: "sub", .pr, .persistent, parent: "p")
+        _ = h.lock("g", by: 1, on: "deeper", .ex, .persistent, parent: "c")
+        _ = h.exit(1)
+        #expect(h.engine.lockCount == 3)
+        // the orphans have no one to tell
+        #expect(purge(&h, pid: 101) == (3, []))
+        #expect(h.engine.lockCount == 0 && h.engine.resourceCount == 0)
+    }
+
+    @Test func purgeOfAnUnknownLockspaceIsENOENT() {
+        var h = Harness()
+        #expect(purge(&h, pid: 1, in: LockspaceID(rawValue: 9)) == (-1, ["error ENOENT"]))
+    }
+
+    @Test func aRestoredOrphanKeepsItsPid() throws {
+        var h = Harness()
+        h.engine.setProcessID(101, of: OwnerID(1))
+        _ = h.lock("a", by: 1, on: "r", .pw, .persistent)
+        var entries: [JournalEntry] = []
+        h.engine.drainJournal(into: &entries)
+        guard case .put(let stored)? = entries.last else {
+            Issue.record("no journal entry: \(entries)")
+            return
+        }
+        #expect(stored.resource.locks.map(\.pid) == [101])
+        var restarted = Harness()
+        try restarted.engine.restoreStored(stored)
+        var effects: [Effect] = []
+        #expect(try restarted.engine.purgeOrphans(lockspace: restarted.ls, pid: 7, into: &effects) == 0)
+        #expect(try restarted.engine.purgeOrphans(lockspace: restarted.ls, pid: 101, into: &effects) == 1)
+        #expect(restarted.engine.lockCount == 0)
+    }
 }

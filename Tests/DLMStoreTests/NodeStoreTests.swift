@@ -11,7 +11,7 @@ import Testing
             id: LockID(rawValue: lockID), owner: OwnerID(7), queue: .grant, grantedMode: mode, requestedMode: nil,
             flags: .persistent, parent: nil, transaction: nil, priority: 3, wantsBlockingCallbacks: true,
             alwaysFencingToken: false, blockingSent: 0, pendingFlags: [], waitingSince: 0, waitSequence: 0,
-            deadline: 0, fencingToken: 42)
+            deadline: 0, fencingToken: 42, pid: 4242)
         return StoredResource(
             lockspace: Array("ls".utf8),
             resource: ResourceSnapshot(
@@ -66,6 +66,51 @@ import Testing
         }
         #expect(message.contains("schema 9"))
         #expect(try Data(contentsOf: URL(fileURLWithPath: path + "/data.mdb")) == before)
+    }
+
+    @Test func aDirectoryOfSchema1IsReadWithUnknownPidsAndUpgraded() throws {
+        let path = temporaryDirectory("schema1")
+        do {
+            // What a dlmd of schema 1 wrote: no pid in the lock records (resource format 1).
+            let env = try LMDBEnvironment(path: path)
+            let meta = try env.database("meta", create: true)
+            let lockspaces = try env.database("lockspaces", create: true)
+            let resources = try env.database("resources", create: true)
+            var record: [UInt8] = [1, 0]  // format 1, no value block
+            record += [0, 0, 0, 0, 0, 0, 0, 9]  // value block sequence
+            record += [0]  // valid
+            record += [0, 0, 0, 0, 0, 0, 0, 42]  // fencing token
+            record += [0, 0, 0, 0, 1]  // no volatile writer, one lock:
+            record += [0, 0, 0, 5] + [0, 0, 0, 0, 0, 0, 0, 7] + [LockMode.pr.rawValue]  // id, owner, mode
+            record += [0, 0, 0, 0x80] + [0, 0, 0, 0] + [UInt8](repeating: 0, count: 8)  // flags, parent, xid
+            record += [3, 1] + [0, 0, 0, 0, 0, 0, 0, 42]  // priority, options, token
+            try env.write { (txn) throws in
+                try txn.put(meta, Array("schema".utf8), [0, 0, 0, 1])
+                try txn.put(meta, Array("node_id".utf8), [0, 0, 0, 1])
+                try txn.put(meta, Array("incarnation".utf8), [0, 0, 0, 0, 0, 0, 0, 4])
+                try txn.put(lockspaces, Array("ls".utf8), [1, 32, 0, 0, 0, 0, 0, 0, 0, 0])
+                try txn.put(resources, [2] + Array("ls".utf8) + [1] + Array("r".utf8), record)
+            }
+        }
+        #expect(try NodeStore.check(directory: path, mapSize: 1 << 24).schema == 1)
+        do {
+            let store = try NodeStore(directory: path, nodeID: 1, durability: .sync, mapSize: 1 << 24)
+            #expect(store.incarnation == 5)
+            let contents = try store.load()
+            #expect(contents.resources.count == 1)
+            let lock = contents.resources.first?.resource.locks.first
+            #expect(lock?.id == LockID(rawValue: 5) && lock?.grantedMode == .pr && lock?.fencingToken == 42)
+            #expect(lock?.flags == .persistent && lock?.priority == 3 && lock?.wantsBlockingCallbacks == true)
+            #expect(lock?.pid == 0)
+            // Rewritten in the new format, with a pid.
+            var rewritten = try #require(contents.resources.first)
+            rewritten.resource.locks[0].pid = 77
+            try store.commit([.journal(.put(rewritten))])
+            #expect(try store.load().resources.first?.resource.locks.first?.pid == 77)
+        }
+        // Opened once, the directory is of schema 2: a dlmd of schema 1 refuses it, untouched.
+        let report = try NodeStore.check(directory: path, mapSize: 1 << 24)
+        #expect(report.schema == 2 && report.persistentLocks == 1)
     }
 
     @Test func anotherNodesDirectoryIsRefused() throws {

@@ -117,7 +117,7 @@ extension SplitMix64 {
     }
 
     mutating func clientMessage() -> ClientMessage {
-        switch below(10) {
+        switch below(11) {
         case 0:
             // A HELLO of at most 1024 bytes: 15 bytes before the name.
             return .hello(
@@ -143,6 +143,7 @@ extension SplitMix64 {
         case 7:
             return .unlock(UnlockMessage(tag: integer(), lock: integer(), flags: lockFlags(), valueBlock: valueBlock()))
         case 8: return .deadlockCancel(tag: integer(), lock: integer())
+        case 9: return .purge(tag: integer(), lockspace: integer(), nodeID: integer(), pid: integer())
         default:
             let argument = percent(30) ? [] : name()
             return .query(tag: integer(), kind: QueryKind.allCases[below(QueryKind.allCases.count)], argument: argument)
@@ -157,7 +158,7 @@ extension SplitMix64 {
     /// `large` allows a QUERY_REPLY of up to 100,000 bytes and strings of up to 65,535 bytes.
     mutating func serverMessage(large: Bool = false) -> ServerMessage {
         let maxString = large && percent(20) ? Int(UInt16.max) : 300
-        switch below(9) {
+        switch below(10) {
         case 0:
             return .helloReply(
                 HelloReply(
@@ -177,6 +178,7 @@ extension SplitMix64 {
         case 7:
             let count = large && percent(10) ? below(100_000) : below(200)
             return .queryReply(tag: integer(), json: bytes(count))
+        case 8: return .purged(tag: integer(), count: integer())
         default: return .goodbye(reason: string(maxBytes: maxString))
         }
     }

@@ -33,6 +33,8 @@ enum Golden: Sendable {
             .openLockspace(tag: 2, name: Array("demo".utf8), valueBlockLength: 64, create: false)),
         "client-lockspace-release": .client(.releaseLockspace(tag: 4, lockspace: 0, force: false)),
         "client-lockspace-release-force": .client(.releaseLockspace(tag: 5, lockspace: 3, force: true)),
+        "client-purge": .client(.purge(tag: 16, lockspace: 2, nodeID: 0, pid: 0x2A3B)),
+        "client-purge-node": .client(.purge(tag: 17, lockspace: 5, nodeID: 3, pid: 0xFFFF_FFFF)),
         "client-lock-ex": .client(
             .lock(
                 LockMessage(
@@ -83,6 +85,8 @@ enum Golden: Sendable {
         "server-pong": .server(.pong(tag: 7)),
         "server-lockspace-created": .server(.lockspace(tag: 1, lockspace: 0, valueBlockLength: 32, created: true)),
         "server-lockspace-existing": .server(.lockspace(tag: 2, lockspace: 2, valueBlockLength: 64, created: false)),
+        "server-purged": .server(.purged(tag: 16, count: 3)),
+        "server-purged-none": .server(.purged(tag: 17, count: 0)),
         "server-ok": .server(.ok(tag: 2, lock: 1)),
         "server-ok-bye": .server(.ok(tag: 0xFFFF_FFFE, lock: 0)),
         "server-error": .server(.error(tag: 5, status: .invalid, message: "bad flag combination")),
@@ -161,8 +165,8 @@ struct VectorTests {
             case .server(let m): serverTypes.insert(m.typeCode)
             }
         }
-        #expect(clientTypes == [0x01, 0x02, 0x03, 0x10, 0x11, 0x20, 0x21, 0x22, 0x23, 0x30])
-        #expect(serverTypes == [0x81, 0x82, 0x90, 0xA0, 0xA1, 0xA2, 0xA3, 0xB0, 0xFE])
+        #expect(clientTypes == [0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22, 0x23, 0x30])
+        #expect(serverTypes == [0x81, 0x82, 0x90, 0x91, 0xA0, 0xA1, 0xA2, 0xA3, 0xB0, 0xFE])
     }
 
     @Test(arguments: Vector.good)

@@ -20,7 +20,7 @@ final class RawSocket {
             }
         }
         guard result == 0 else {
-            close(fd)
+            close()
             throw DaemonError("connect \(path): errno \(errno)")
         }
     }
@@ -54,5 +54,13 @@ final class RawSocket {
         return result
     }
 
-    deinit { close(fd) }
+    private var isOpen = true
+
+    /// Closes the socket now (the client's end of the connection).
+    func close() {
+        if isOpen { Foundation.close(fd) }
+        isOpen = false
+    }
+
+    deinit { close() }
 }

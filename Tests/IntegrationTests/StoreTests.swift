@@ -2,6 +2,7 @@ import DLMClient
 import DLMCore
 import DLMWire
 import Foundation
+import NIOCore
 import Testing
 
 /// The store seen from outside: what `dlmtool status` says of it, `dlmd --check`, and a damaged or foreign
@@ -21,6 +22,38 @@ import Testing
         let err = error.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+
+    /// A client that sends durable requests and at once shuts down its sending side still gets every reply,
+    /// in order, although the replies wait for the store's commit (Protocol/CLIENT.md §9).
+    @Test(arguments: ["sync", "batch"])
+    func halfClosedClientGetsRepliesThatWaitedForTheCommit(durability: String) async throws {
+        let daemon = try Daemon(arguments: ["--durability", durability])
+        defer { daemon.stop() }
+        let socket = try RawSocket(path: daemon.socketPath)
+        var out = ByteBuffer()
+        ClientMessage.hello(Hello(pid: 7, clientName: "half")).encode(into: &out)
+        ClientMessage.openLockspace(tag: 1, name: Array("half".utf8), valueBlockLength: 0, create: true)
+            .encode(into: &out)
+        for tag in 2...9 {
+            ClientMessage.lock(
+                LockMessage(
+                    tag: UInt32(tag), lockspace: 0, flags: .persistent, mode: .ex, name: Array("r\(tag)".utf8))
+            ).encode(into: &out)
+        }
+        ClientMessage.bye(tag: 10).encode(into: &out)
+        socket.send(Array(out.readableBytesView))
+        socket.finishSending()
+        let replies = try socket.readFrames(11)
+        guard case .helloReply = replies[0] else { throw DaemonError("not HELLO_REPLY first: \(replies[0])") }
+        guard case .lockspace(1, 0, _, true) = replies[1] else { throw DaemonError("no LOCKSPACE: \(replies[1])") }
+        for (index, reply) in replies[2...9].enumerated() {
+            guard case .completion(let completion) = reply, completion.tag == UInt32(index + 2),
+                completion.status == .granted
+            else { throw DaemonError("not the grant of tag \(index + 2): \(reply)") }
+        }
+        guard case .ok(10, _) = replies[10] else { throw DaemonError("no OK for BYE: \(replies[10])") }
+        socket.close()
     }
 
     @Test func statusReportsTheStoreAndEachStartIsANewIncarnation() async throws {
