@@ -178,6 +178,12 @@ public final class GroupNode: @unchecked Sendable {
         }
     }
 
+    /// Whether the node runs: started, and not stopped (by `stop` or by a failed persist). On the loop.
+    public var isRunning: Bool {
+        eventLoop.preconditionInEventLoop()
+        return state == .running
+    }
+
     /// Whether the installed view is primary. On the loop.
     public var isPrimary: Bool {
         eventLoop.preconditionInEventLoop()

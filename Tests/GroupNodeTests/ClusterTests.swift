@@ -122,14 +122,17 @@ final class TestCluster: @unchecked Sendable {
     }
 
     @discardableResult
-    func start(_ id: NodeID, key: ClusterKey? = nil, incarnation: UInt64 = 1) async throws -> GroupNode {
+    func start(
+        _ id: NodeID, key: ClusterKey? = nil, incarnation: UInt64 = 1,
+        persist: @escaping (PersistentState) throws -> Void = { _ in }
+    ) async throws -> GroupNode {
         let log = EventLog()
         logs[id] = log
         var logger = Logger(label: "test")
         logger.logLevel = ProcessInfo.processInfo.environment["DLM_TEST_LOG"] != nil ? .debug : .critical
         let node = GroupNode(
             config: config, nodeID: id, key: key ?? self.key, incarnation: incarnation, persisted: PersistentState(),
-            eventLoop: group.next(), logger: logger, persist: { _ in }
+            eventLoop: group.next(), logger: logger, persist: persist
         ) { [self] event in
             if case .viewInstalled(let view, _) = event {
                 let fenced = fenceLog
@@ -281,6 +284,31 @@ final class TestCluster: @unchecked Sendable {
         let status = try await cluster.status(1)
         #expect(status.nodes[2].state == "down")
         #expect(status.nodes[2].incarnation == nil)
+        try await cluster.shutdown()
+    }
+
+    @Test func aFailedPersistStopsTheNode() async throws {
+        struct DiskFull: Error {}
+        let cluster = try TestCluster()
+        let persisted = cluster.group.next().makePromise(of: PersistentState.self)
+        // Node 1 proposes a view after its join delay: it must persist the view number first, which fails.
+        let node = try await cluster.start(1) { state in
+            persisted.succeed(state)
+            throw DiskFull()
+        }
+        let state = try await persisted.futureResult.get()
+        #expect(state.highestViewNumber == 1)
+        let (running, waiting) = try await node.eventLoop.submit { (node.isRunning, node.status().waitingFor) }.get()
+        #expect(!running)
+        #expect(waiting == ["start"])
+        // It installed nothing, and no longer listens.
+        #expect(cluster.logs[1]!.events.isEmpty)
+        await #expect(throws: (any Error).self) {
+            try await ClientBootstrap(group: cluster.group).connect(
+                host: "127.0.0.1", port: cluster.config.node(1)!.port
+            )
+            .get()
+        }
         try await cluster.shutdown()
     }
 
