@@ -272,7 +272,7 @@ enum MembershipScenarios {
             "window_per_node": \(window), "seconds": \(JSON.number(elapsed).text), \
             "ordered_messages_per_sec": \(Int(Double(total) / elapsed)), \
             "deliveries_per_sec": \(Int(Double(total * count) / elapsed)), \
-            "views_installed": \(viewChanges), "timeouts": \(timeouts.json), \
+            "views_installed_since_start": \(viewChanges), "timeouts": \(timeouts.json), \
             "event_loop_threads": \(threads)}
             """
     }
