@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "DLMWire", targets: ["DLMWire"]),
         .library(name: "DLMClient", targets: ["DLMClient"]),
         .library(name: "GroupServices", targets: ["GroupServices"]),
+        .library(name: "GroupNode", targets: ["GroupNode"]),
         .executable(name: "dlmd", targets: ["dlmd"]),
         .executable(name: "dlmtool", targets: ["dlmtool"]),
         .executable(name: "dlmbench", targets: ["dlmbench"]),
@@ -19,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
     ],
     targets: [
         // The lock engine: a pure, deterministic state machine (no I/O, no clock).
@@ -32,6 +34,18 @@ let package = Package(
         // Group services (docs/GROUPS.md): liveness, agreed views, quorum, fencing, ordered messaging, barriers,
         // process groups. A pure, deterministic state machine per node, like DLMCore.
         .target(name: "GroupServices"),
+        // The shell of group services: the cluster config (TOML), the cluster key, the authenticated peer transport
+        // over TCP, the fence command, and the driver that runs one GroupMember on an event loop.
+        .target(
+            name: "GroupNode",
+            dependencies: [
+                "GroupServices", "TOMLKit",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // The client protocol of Protocol/CLIENT.md: messages and their codec.
         .target(
             name: "DLMWire",
@@ -86,8 +100,9 @@ let package = Package(
         .executableTarget(
             name: "dlmbench",
             dependencies: [
-                "DLMCore", "DLMClient", "DLMStore", "DLMWire",
+                "DLMCore", "DLMClient", "DLMStore", "DLMWire", "GroupNode", "GroupServices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -95,6 +110,16 @@ let package = Package(
         ),
         .testTarget(name: "DLMCoreTests", dependencies: ["DLMCore"]),
         .testTarget(name: "GroupServicesTests", dependencies: ["GroupServices"]),
+        .testTarget(
+            name: "GroupNodeTests",
+            dependencies: [
+                "GroupNode", "GroupServices",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "DLMWireTests",
             dependencies: [

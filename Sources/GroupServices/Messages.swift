@@ -11,6 +11,10 @@ public enum Body: Hashable, Sendable {
 public struct Submission: Hashable, Sendable {
     public var localSeq: UInt64
     public var body: Body
+    public init(localSeq: UInt64, body: Body) {
+        self.localSeq = localSeq
+        self.body = body
+    }
 }
 
 /// A message as the sequencer ordered it: its place `seq` (1, 2, ...) in the view's total order.
@@ -19,6 +23,12 @@ public struct OrderedMessage: Hashable, Sendable {
     public var sender: Member
     public var localSeq: UInt64
     public var body: Body
+    public init(seq: UInt64, sender: Member, localSeq: UInt64, body: Body) {
+        self.seq = seq
+        self.sender = sender
+        self.localSeq = localSeq
+        self.body = body
+    }
 }
 
 /// Sent every heartbeat interval to every configured node.
@@ -31,6 +41,12 @@ public struct Heartbeat: Hashable, Sendable {
     /// The sequencer's last sequence number in its view (other members: their last delivered one), so that a
     /// member learns of messages it lost at the tail.
     public var sequenced: UInt64
+    public init(view: ViewID?, promised: ViewID?, highestViewNumber: UInt64, sequenced: UInt64) {
+        self.view = view
+        self.promised = promised
+        self.highestViewNumber = highestViewNumber
+        self.sequenced = sequenced
+    }
 }
 
 /// A member's answer to a proposal: what it has of its current view, so that the coordinator can make every
@@ -46,12 +62,28 @@ public struct FlushReport: Hashable, Sendable {
     public var fenceCandidates: [NodeID]
     /// Whether the member has been in a primary view since it started (`wait_for_all`).
     public var wasQuorate: Bool
+    public init(
+        proposal: ViewID, from: ViewID?, delivered: UInt64, groups: [String: [Member]], messages: [OrderedMessage],
+        fenceCandidates: [NodeID], wasQuorate: Bool
+    ) {
+        self.proposal = proposal
+        self.from = from
+        self.delivered = delivered
+        self.groups = groups
+        self.messages = messages
+        self.fenceCandidates = fenceCandidates
+        self.wasQuorate = wasQuorate
+    }
 }
 
 /// The messages that members coming from `view` deliver in it before they install the new view.
 public struct Tail: Hashable, Sendable {
     public var view: ViewID
     public var messages: [OrderedMessage]
+    public init(view: ViewID, messages: [OrderedMessage]) {
+        self.view = view
+        self.messages = messages
+    }
 }
 
 /// The coordinator's decision: the new view, whether it is primary, the tails of the old views, and the process
@@ -61,6 +93,12 @@ public struct Installation: Hashable, Sendable {
     public var primary: Bool
     public var tails: [Tail]
     public var groups: [String: [Member]]
+    public init(view: View, primary: Bool, tails: [Tail], groups: [String: [Member]]) {
+        self.view = view
+        self.primary = primary
+        self.tails = tails
+        self.groups = groups
+    }
 }
 
 /// The peer protocol. The shell sends each message to a node and hands it in with the sender's member
@@ -91,6 +129,14 @@ public struct Delivery: Hashable, Sendable {
     /// nil for a message to every member of the view.
     public var group: String?
     public var payload: [UInt8]
+    public init(view: ViewID, seq: UInt64, sender: Member, localSeq: UInt64, group: String?, payload: [UInt8]) {
+        self.view = view
+        self.seq = seq
+        self.sender = sender
+        self.localSeq = localSeq
+        self.group = group
+        self.payload = payload
+    }
 }
 
 /// A process group's membership changed: the same events, in the same order, at every member that moves through
@@ -106,5 +152,12 @@ public struct GroupEvent: Hashable, Sendable, CustomStringConvertible {
     public var byViewChange: Bool
     public var description: String {
         "\(member) \(kind == .joined ? "joined" : "left") \(group)\(byViewChange ? " (view change)" : "")"
+    }
+    public init(group: String, member: Member, kind: Kind, view: ViewID, byViewChange: Bool) {
+        self.group = group
+        self.member = member
+        self.kind = kind
+        self.view = view
+        self.byViewChange = byViewChange
     }
 }

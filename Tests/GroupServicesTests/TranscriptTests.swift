@@ -129,4 +129,38 @@ import Testing
         cluster.run(for: 500 * ms)
         #expect(take(cluster).suffix(3) == ["3 fenced", "1: view 2@1 {1,2} primary", "2: view 2@1 {1,2} primary"])
     }
+
+    /// `waitingFor` names what the membership waits on, for status reports: view agreement, fencing, quorum,
+    /// barriers.
+    @Test func waitingForNamesWhatMembershipWaitsOn() {
+        let cluster = cluster(Settings(nodes: 3))
+        cluster.start(1)
+        #expect(cluster.nodes[1]!.machine.waitingFor == ["view agreement"])
+        cluster.run(for: 300 * ms)
+        // Alone: a view of one, not primary.
+        #expect(cluster.nodes[1]!.machine.waitingFor == ["quorum"])
+        cluster.start(2)
+        cluster.start(3)
+        cluster.run(for: 300 * ms)
+        #expect(cluster.nodes[1]!.machine.isPrimary)
+        #expect(cluster.nodes[1]!.machine.waitingFor == [])
+        cluster.input(2, .enterBarrier("b"))
+        #expect(cluster.nodes[2]!.machine.waitingFor == ["barrier b"])
+        cluster.input(1, .enterBarrier("b"))
+        cluster.input(3, .enterBarrier("b"))
+        cluster.run(for: 50 * ms)
+        #expect(cluster.nodes[2]!.machine.waitingFor == [])
+
+        cluster.fenceFailure = 1
+        cluster.crash(3)
+        cluster.run(for: 2000 * ms)
+        #expect(cluster.nodes[1]!.machine.waitingFor == ["fencing node 3"])
+        #expect(cluster.nodes[1]!.machine.fencing == [3])
+        #expect(cluster.nodes[2]!.machine.waitingFor == ["view agreement"])
+        cluster.fenceFailure = 0
+        cluster.run(for: 500 * ms)
+        #expect(cluster.nodes[1]!.machine.waitingFor == [])
+        #expect(cluster.nodes[1]!.machine.fencing == [])
+        #expect(cluster.nodes[2]!.machine.waitingFor == [])
+    }
 }

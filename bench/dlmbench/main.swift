@@ -21,6 +21,10 @@ import Glibc
 //   dlmbench lmdb         the raw LMDB commit rate in a directory (synced, synced batches, unsynced)
 //   dlmbench durable      N clients taking and releasing PERSISTENT EX locks against a running dlmd
 //
+// Group services over loopback TCP, nodes in this process (GroupNode):
+//
+//   dlmbench membership   view formation and failover times for 3, 5, 9 nodes; ordered messages per second
+//
 // Run the core scenario on one CPU: `taskset -c 0 .build/release/dlmbench core` (see bench/RESULTS.md).
 
 let usage = """
@@ -35,6 +39,7 @@ let usage = """
            dlmbench handoff [COMMON] [--clients N[,N...]]
            dlmbench mixed [COMMON] [--clients N[,N...]] [--connections N] [--resources N] [--zipf S]
                           [--ex-percent N] [--seed N]
+           dlmbench membership [--scenario views|ordered|all] [--nodes N[,N...]] [--rounds N] ... (--help)
     COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
     """
 
@@ -84,6 +89,8 @@ case "mixed":
     for result in DaemonScenarios.mixed(Options(arguments.dropFirst(), allowed: DaemonScenarios.mixedOptions)) {
         print(result.text)
     }
+case "membership":
+    MembershipScenarios.run(arguments.dropFirst())
 case "-h", "--help", "help":
     print(usage)
 default:

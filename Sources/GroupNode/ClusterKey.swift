@@ -1,0 +1,107 @@
+import Crypto
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+public struct ClusterKeyError: Error, CustomStringConvertible, Hashable, Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The cluster key (corosync's authkey): random bytes shared by every node, with which each peer frame is
+/// authenticated (HMAC-SHA256). The file holds the raw bytes: `ClusterKey.generate()` makes 64, and 32 to 4096 are
+/// accepted. `read` refuses a file that others (not the owner, not the group) may read or write: the key is a
+/// secret, like ssh's private keys. `write` creates the file with mode 0400 and never overwrites one.
+public struct ClusterKey: Sendable {
+    public static let generatedLength = 64
+    public static let minimumLength = 32
+    public static let maximumLength = 4096
+
+    public let bytes: [UInt8]
+
+    public init(bytes: [UInt8]) throws {
+        guard bytes.count >= Self.minimumLength else {
+            throw ClusterKeyError(
+                "the cluster key has \(bytes.count) bytes; at least \(Self.minimumLength) are needed "
+                    + "(make one with `dlmtool keygen`)")
+        }
+        guard bytes.count <= Self.maximumLength else {
+            throw ClusterKeyError("the cluster key has \(bytes.count) bytes; at most \(Self.maximumLength)")
+        }
+        self.bytes = bytes
+    }
+
+    public static func generate() -> ClusterKey {
+        let key = SymmetricKey(size: SymmetricKeySize(bitCount: generatedLength * 8))
+        let bytes = key.withUnsafeBytes { Array($0) }
+        return try! ClusterKey(bytes: bytes)
+    }
+
+    /// Creates `path` with mode 0400 and writes the key; fails if the file exists.
+    public func write(to path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o400)
+        guard fd >= 0 else {
+            let code = errno
+            if code == EEXIST {
+                throw ClusterKeyError("\(path): exists; a cluster key is never overwritten (remove it first)")
+            }
+            throw ClusterKeyError("\(path): cannot create: \(String(cString: strerror(code)))")
+        }
+        defer { close(fd) }
+        _ = fchmod(fd, 0o400)
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ClusterKeyError("\(path): cannot write: \(String(cString: strerror(errno)))")
+            }
+            written += n
+        }
+        guard fsync(fd) == 0 else {
+            throw ClusterKeyError("\(path): cannot sync: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// Reads a key file: it must exist, be a regular file not readable or writable by others, and hold 32 to 4096
+    /// bytes.
+    public static func read(from path: String) throws -> ClusterKey {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            let code = errno
+            if code == ENOENT {
+                throw ClusterKeyError(
+                    "\(path): the cluster key file is missing (make one with `dlmtool keygen`, then copy it to "
+                        + "every node)")
+            }
+            throw ClusterKeyError("\(path): \(String(cString: strerror(code)))")
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw ClusterKeyError("\(path): the cluster key is not a regular file")
+        }
+        guard info.st_mode & 0o007 == 0 else {
+            throw ClusterKeyError(
+                "\(path): the cluster key is accessible to every user (mode \(String(info.st_mode & 0o777, radix: 8))); "
+                    + "chmod 0400 it")
+        }
+        guard info.st_size <= maximumLength else {
+            throw ClusterKeyError(
+                "\(path): the cluster key has \(info.st_size) bytes; at most \(maximumLength) are accepted")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ClusterKeyError("\(path): cannot read the cluster key")
+        }
+        do {
+            return try ClusterKey(bytes: Array(data))
+        } catch let error as ClusterKeyError {
+            throw ClusterKeyError("\(path): \(error.message)")
+        }
+    }
+}

@@ -1,0 +1,352 @@
+import Foundation
+import GroupServices
+import Logging
+import NIOCore
+import NIOPosix
+
+/// What group services tell the application (the effects of `GroupMember` that are not the shell's business, and
+/// the outcome of fences).
+public enum GroupNodeEvent: Sendable, Hashable {
+    case viewInstalled(View, primary: Bool)
+    case delivered(Delivery)
+    case barrierCompleted(String, view: ViewID)
+    case barrierAborted(String, view: ViewID?)
+    case groupEvent(GroupEvent)
+    /// The fence command fenced this node (exit status 0).
+    case fenced(NodeID)
+    /// A fence the coordinator waits on failed; it is tried again.
+    case fenceFailed(NodeID, reason: String)
+}
+
+/// A node's view of the cluster, for `dlmtool members` and monitors (JSON through Codable).
+public struct ClusterStatus: Sendable, Codable, Hashable {
+    public struct MemberStatus: Sendable, Codable, Hashable {
+        public var node: UInt32
+        public var incarnation: UInt64
+    }
+    public struct ViewStatus: Sendable, Codable, Hashable {
+        /// The view number.
+        public var id: UInt64
+        public var coordinator: UInt32
+        public var members: [MemberStatus]
+        public var primary: Bool
+    }
+    public struct NodeStatus: Sendable, Codable, Hashable {
+        public var id: UInt32
+        public var address: String
+        /// `self`; `member` (in the view, heard from); `joining` (heard from, not in the view yet); `suspected` (in
+        /// the view, silent past the suspect timeout); `fencing` (its fence command runs, or is due again);
+        /// `fenced` (fenced, not heard from since in a new incarnation); `down` (silent, not in the view).
+        public var state: String
+        public var lastHeardMillisecondsAgo: UInt64?
+        public var incarnation: UInt64?
+        public var votes: Int
+    }
+
+    public var clusterName: String
+    public var nodeID: UInt32
+    public var incarnation: UInt64
+    public var view: ViewStatus?
+    public var quorate: Bool
+    /// What a pending view change or recovery waits for (`view agreement`, `quorum`, `fencing node 3`,
+    /// `barrier NAME`); empty when settled.
+    public var waitingFor: [String]
+    public var nodes: [NodeStatus]
+    public var highestViewNumber: UInt64
+}
+
+/// One node of group services over the network: a `GroupMember` driven on an event loop, with the peer transport,
+/// the fence command and persistence carried out in the order the member asks (docs/GROUPS.md, "Shell").
+public final class GroupNode: @unchecked Sendable {
+    public let config: ClusterConfig
+    public let nodeID: NodeID
+    public let incarnation: UInt64
+    public let eventLoop: EventLoop
+    let key: ClusterKey
+    let initialState: PersistentState
+    var logger: Logger
+    let persist: (PersistentState) throws -> Void
+    let onEvent: (GroupNodeEvent) -> Void
+
+    enum State { case idle, running, stopped }
+    var state = State.idle
+    var member: GroupMember?
+    var transport: PeerTransport?
+    var ticker: RepeatedTask?
+    var processing = false
+    var pending: [GroupInput] = []
+    var effects: [GroupEffect] = []
+
+    var lastHeard: [NodeID: NIODeadline] = [:]
+    var incarnations: [NodeID: UInt64] = [:]
+    var fencesRunning: Set<NodeID> = []
+    /// Fenced nodes, with the incarnation last heard from when the fence succeeded.
+    var fenced: [NodeID: UInt64] = [:]
+    var fenceFailures: [NodeID: String] = [:]
+
+    /// How often the member is ticked.
+    public static let tickInterval = TimeAmount.milliseconds(10)
+
+    /// Everything runs on `eventLoop` (one serial owner). `persist` is called on the loop and must return only when
+    /// the state is durable; if it throws, the node stops. `onEvent` is called on the loop.
+    public init(
+        config: ClusterConfig, nodeID: NodeID, key: ClusterKey, incarnation: UInt64, persisted: PersistentState,
+        eventLoop: EventLoop, logger: Logger, persist: @escaping (PersistentState) throws -> Void,
+        onEvent: @escaping (GroupNodeEvent) -> Void
+    ) {
+        self.config = config
+        self.nodeID = nodeID
+        self.key = key
+        self.incarnation = incarnation
+        self.initialState = persisted
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.logger[metadataKey: "node"] = "\(nodeID)"
+        self.persist = persist
+        self.onEvent = onEvent
+    }
+
+    /// Binds this node's address, then starts the member and its ticks. Fails if the node is not in the config,
+    /// the incarnation is 0, or the address cannot be bound.
+    public func start() -> EventLoopFuture<Void> {
+        eventLoop.flatSubmit { [self] in
+            guard state == .idle else {
+                return eventLoop.makeFailedFuture(GroupNodeError("a GroupNode starts once"))
+            }
+            guard config.node(nodeID) != nil else {
+                return eventLoop.makeFailedFuture(
+                    GroupNodeError(
+                        "node \(nodeID) is not in the cluster config's node list "
+                            + "(\(config.nodes.map { "\($0.id)" }.joined(separator: ", ")))"))
+            }
+            guard incarnation > 0 else {
+                return eventLoop.makeFailedFuture(GroupNodeError("incarnations start at 1"))
+            }
+            let codec = PeerFrameCodec(
+                key: key, clusterName: config.name, localNode: nodeID, knownNodes: Set(config.nodes.map(\.id)))
+            let transport = PeerTransport(eventLoop: eventLoop, codec: codec, config: config, logger: logger) {
+                [weak self] envelope in self?.received(envelope)
+            }
+            transport.onRejected = onFrameRejected
+            self.transport = transport
+            state = .running
+            return transport.start().flatMapError { error in
+                self.state = .stopped
+                return transport.stop().flatMapThrowing { throw error }
+            }.map { [self] in
+                guard state == .running else { return }
+                member = GroupMember(id: nodeID, settings: config.settings)
+                logger.info(
+                    "group services of node \(nodeID) (incarnation \(incarnation)) listening on \(config.node(nodeID)!.address)"
+                )
+                apply(.start(incarnation: incarnation, persisted: initialState, now: Self.now()))
+                ticker = eventLoop.scheduleRepeatedTask(initialDelay: Self.tickInterval, delay: Self.tickInterval) {
+                    [weak self] _ in
+                    self?.apply(.tick(now: Self.now()))
+                }
+            }
+        }
+    }
+
+    /// Stops ticking and closes every channel. A fence command under way runs to its end, but its result is ignored.
+    public func stop() -> EventLoopFuture<Void> {
+        eventLoop.flatSubmit { [self] in stopNow() }
+    }
+
+    func stopNow() -> EventLoopFuture<Void> {
+        state = .stopped
+        ticker?.cancel()
+        ticker = nil
+        pending = []
+        return transport?.stop() ?? eventLoop.makeSucceededVoidFuture()
+    }
+
+    static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
+
+    // MARK: The application's requests (from any thread; carried out on the loop)
+
+    public func multicast(_ payload: [UInt8], group: String?) { submit(.multicast(payload: payload, group: group)) }
+    public func enterBarrier(_ name: String) { submit(.enterBarrier(name)) }
+    public func joinGroup(_ name: String) { submit(.joinGroup(name)) }
+    public func leaveGroup(_ name: String) { submit(.leaveGroup(name)) }
+
+    func submit(_ input: GroupInput) {
+        if eventLoop.inEventLoop {
+            apply(input)
+        } else {
+            eventLoop.execute { self.apply(input) }
+        }
+    }
+
+    /// Whether the node runs: started, and not stopped (by `stop` or by a failed persist). On the loop.
+    public var isRunning: Bool {
+        eventLoop.preconditionInEventLoop()
+        return state == .running
+    }
+
+    /// Whether the installed view is primary. On the loop.
+    public var isPrimary: Bool {
+        eventLoop.preconditionInEventLoop()
+        return member?.isPrimary ?? false
+    }
+
+    /// The installed view. On the loop.
+    public var view: View? {
+        eventLoop.preconditionInEventLoop()
+        return member?.view
+    }
+
+    /// Frames refused (bad HMAC, unknown sender, ...: their connection was closed). On the loop.
+    public var framesRejected: Int { transport?.framesRejected ?? 0 }
+
+    /// Called on the loop for each refused frame (for diagnostics and tests); set it before `start`.
+    public var onFrameRejected: ((PeerFrameError) -> Void)?
+
+    /// Frames dropped because their peer was not connected or was backlogged. On the loop.
+    public var framesDropped: Int { transport?.framesDropped ?? 0 }
+
+    // MARK: Driving the member
+
+    func received(_ envelope: PeerEnvelope) {
+        let sender = envelope.sender
+        guard state == .running else { return }
+        lastHeard[sender.node] = .now()
+        if sender.incarnation >= incarnations[sender.node] ?? 0 {
+            incarnations[sender.node] = sender.incarnation
+            if let fencedIncarnation = fenced[sender.node], sender.incarnation > fencedIncarnation {
+                fenced[sender.node] = nil
+            }
+        }
+        apply(.received(envelope.message, from: sender))
+    }
+
+    /// Hands an input to the member and carries out its effects in order. An input that arrives while effects are
+    /// carried out (an event handler that multicasts) waits for them, so that events keep their order.
+    func apply(_ input: GroupInput) {
+        guard state == .running, member != nil else { return }
+        pending.append(input)
+        guard !processing else { return }
+        processing = true
+        defer { processing = false }
+        var index = 0
+        while index < pending.count {
+            let next = pending[index]
+            index += 1
+            effects.removeAll(keepingCapacity: true)
+            member!.handle(next, into: &effects)
+            let batch = effects
+            for effect in batch {
+                guard carryOut(effect) else {
+                    pending = []
+                    return
+                }
+            }
+        }
+        pending.removeAll(keepingCapacity: true)
+        transport?.flush()
+    }
+
+    /// Carries out one effect; false if the node stopped.
+    func carryOut(_ effect: GroupEffect) -> Bool {
+        guard state == .running else { return false }
+        switch effect {
+        case .send(let message, let node):
+            transport?.send(message, from: member!.me, to: node)
+        case .persist(let persistent):
+            do {
+                try persist(persistent)
+            } catch {
+                logger.critical("cannot persist the group services state, stopping group services: \(error)")
+                transport?.flush()
+                _ = stopNow()
+                return false
+            }
+        case .viewInstalled(let view, let primary):
+            logger.info("installed \(view)\(primary ? " (primary)" : " (not primary: no quorum)")")
+            onEvent(.viewInstalled(view, primary: primary))
+        case .deliver(let delivery):
+            onEvent(.delivered(delivery))
+        case .barrierCompleted(let name, let view):
+            onEvent(.barrierCompleted(name, view: view))
+        case .barrierAborted(let name, let view):
+            onEvent(.barrierAborted(name, view: view))
+        case .groupEvent(let event):
+            onEvent(.groupEvent(event))
+        case .fence(let node):
+            fence(node)
+        case .fenceFailed(let node):
+            onEvent(.fenceFailed(node, reason: fenceFailures[node] ?? "failed"))
+        }
+        return state == .running
+    }
+
+    func fence(_ node: NodeID) {
+        guard !fencesRunning.contains(node) else { return }  // its result will answer this request too
+        fencesRunning.insert(node)
+        logger.warning("fencing node \(node): \(config.fenceCommand) \(node)")
+        let loop = eventLoop
+        FenceCommand.run(command: config.fenceCommand, node: node, timeout: config.fenceTimeout) { outcome in
+            loop.execute { self.fenceDone(node, outcome) }
+        }
+    }
+
+    func fenceDone(_ node: NodeID, _ outcome: FenceOutcome) {
+        fencesRunning.remove(node)
+        guard state == .running else { return }
+        if outcome.ok {
+            logger.warning("node \(node) fenced")
+            fenced[node] = incarnations[node] ?? 0
+            fenceFailures[node] = nil
+            onEvent(.fenced(node))
+        } else {
+            logger.error("fencing node \(node) failed (\(outcome.reason)); it will be tried again")
+            fenceFailures[node] = outcome.reason
+        }
+        apply(.fenced(node, ok: outcome.ok))
+    }
+
+    // MARK: Status
+
+    /// The node's view of the cluster. On the loop.
+    public func status() -> ClusterStatus {
+        eventLoop.preconditionInEventLoop()
+        let now = NIODeadline.now()
+        let view = member?.view
+        let alive = Set((member?.aliveMembers ?? []).map(\.node))
+        let fencing = Set(member?.fencing ?? []).union(fencesRunning)
+        let nodes = config.nodes.map { node -> ClusterStatus.NodeStatus in
+            let inView = view?.nodes.contains(node.id) ?? false
+            let state: String
+            if node.id == nodeID {
+                state = "self"
+            } else if fencing.contains(node.id) {
+                state = "fencing"
+            } else if alive.contains(node.id) {
+                state = inView ? "member" : "joining"
+            } else if fenced[node.id] != nil {
+                state = "fenced"
+            } else {
+                state = inView ? "suspected" : "down"
+            }
+            let heard = node.id == nodeID ? now : lastHeard[node.id]
+            return ClusterStatus.NodeStatus(
+                id: node.id.rawValue, address: node.address, state: state,
+                lastHeardMillisecondsAgo: heard.map { UInt64(max(0, (now - $0).nanoseconds)) / 1_000_000 },
+                incarnation: node.id == nodeID ? incarnation : incarnations[node.id], votes: node.votes)
+        }
+        return ClusterStatus(
+            clusterName: config.name, nodeID: nodeID.rawValue, incarnation: incarnation,
+            view: view.map { view in
+                ClusterStatus.ViewStatus(
+                    id: view.id.number, coordinator: view.id.coordinator.rawValue,
+                    members: view.members.map {
+                        ClusterStatus.MemberStatus(node: $0.node.rawValue, incarnation: $0.incarnation)
+                    },
+                    primary: member?.isPrimary ?? false)
+            },
+            quorate: member?.isPrimary ?? false,
+            waitingFor: state == .running ? (member?.waitingFor ?? ["start"]) : ["start"],
+            nodes: nodes,
+            highestViewNumber: member?.persistent.highestViewNumber ?? initialState.highestViewNumber)
+    }
+}

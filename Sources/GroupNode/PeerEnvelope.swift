@@ -1,0 +1,178 @@
+import Crypto
+import Foundation
+import GroupServices
+
+/// One authenticated peer frame (docs/GROUPS.md, "Shell"). On the wire, all integers big-endian:
+///
+/// ```
+/// length   u32   the bytes after this field (at most PeerEnvelope.maximumLength)
+/// magic    4     "DLMG"
+/// version  u8    1
+/// cluster  8     the first 8 bytes of SHA-256(cluster name)
+/// sender   u32   node id
+///          u64   incarnation
+/// dest     u32   node id
+/// body     ...   the GroupMessage (PeerCodec)
+/// hmac     32    HMAC-SHA256 with the cluster key over magic ... body
+/// ```
+public struct PeerEnvelope: Hashable, Sendable {
+    public var sender: Member
+    public var destination: NodeID
+    public var message: GroupMessage
+
+    public init(sender: Member, destination: NodeID, message: GroupMessage) {
+        self.sender = sender
+        self.destination = destination
+        self.message = message
+    }
+
+    public static let magic: [UInt8] = Array("DLMG".utf8)
+    public static let version: UInt8 = 1
+    /// The largest frame accepted (after the length field): 16 MiB.
+    public static let maximumLength = 16 << 20
+    static let headerLength = 4 + 1 + 8 + 4 + 8 + 4
+    static let macLength = 32
+    /// The shortest frame after the length field: a header, a one-byte body and the MAC.
+    static let minimumLength = headerLength + 1 + macLength
+
+    public static func clusterHash(_ name: String) -> [UInt8] { Array(SHA256.hash(data: Array(name.utf8)).prefix(8)) }
+}
+
+/// Why a frame was refused.
+public enum PeerFrameError: Error, Hashable, Sendable, CustomStringConvertible {
+    case oversized(Int)
+    case tooShort(Int)
+    case badMagic
+    case badVersion(UInt8)
+    case wrongCluster
+    case badMAC
+    case unknownSender(NodeID)
+    case wrongDestination(NodeID)
+    case malformed(String)
+
+    public var description: String {
+        switch self {
+        case .oversized(let length): "a frame of \(length) bytes (at most \(PeerEnvelope.maximumLength))"
+        case .tooShort(let length): "a frame of \(length) bytes is too short"
+        case .badMagic: "not a peer frame (bad magic)"
+        case .badVersion(let version): "peer protocol version \(version) (this node speaks \(PeerEnvelope.version))"
+        case .wrongCluster: "a frame of another cluster"
+        case .badMAC: "a frame with a bad HMAC (another cluster key?)"
+        case .unknownSender(let node): "a frame from node \(node), which is not in the config"
+        case .wrongDestination(let node): "a frame for node \(node)"
+        case .malformed(let reason): "a malformed message: \(reason)"
+        }
+    }
+
+    /// A short name per kind, for rate-limited logging.
+    var kind: String {
+        switch self {
+        case .oversized: "oversized"
+        case .tooShort: "too short"
+        case .badMagic: "bad magic"
+        case .badVersion: "bad version"
+        case .wrongCluster: "wrong cluster"
+        case .badMAC: "bad HMAC"
+        case .unknownSender: "unknown sender"
+        case .wrongDestination: "wrong destination"
+        case .malformed: "malformed"
+        }
+    }
+}
+
+/// Seals and opens peer frames of one cluster for one node. (`@unchecked`: swift-crypto's `SymmetricKey` is an
+/// immutable value that is not marked `Sendable`.)
+public struct PeerFrameCodec: @unchecked Sendable {
+    public let key: ClusterKey
+    let symmetric: SymmetricKey
+    public let clusterHash: [UInt8]
+    public let localNode: NodeID
+    public let knownNodes: Set<NodeID>
+
+    public init(key: ClusterKey, clusterName: String, localNode: NodeID, knownNodes: Set<NodeID>) {
+        self.key = key
+        self.symmetric = SymmetricKey(data: key.bytes)
+        self.clusterHash = PeerEnvelope.clusterHash(clusterName)
+        self.localNode = localNode
+        self.knownNodes = knownNodes
+    }
+
+    /// The whole frame, length field included.
+    public func seal(_ envelope: PeerEnvelope) -> [UInt8] {
+        var frame: [UInt8] = [0, 0, 0, 0]
+        frame.reserveCapacity(64)
+        frame += PeerEnvelope.magic
+        frame.append(PeerEnvelope.version)
+        frame += clusterHash
+        append(envelope.sender.node.rawValue, to: &frame)
+        append(envelope.sender.incarnation, to: &frame)
+        append(envelope.destination.rawValue, to: &frame)
+        PeerCodec.encode(envelope.message, into: &frame)
+        frame += HMAC<SHA256>.authenticationCode(for: frame[4...], using: symmetric)
+        let length = UInt32(frame.count - 4)
+        for index in 0..<4 { frame[index] = UInt8(truncatingIfNeeded: length >> (24 - 8 * UInt32(index))) }
+        return frame
+    }
+
+    /// Opens a frame without its length field; checks, in order: length, magic, version, cluster, HMAC, sender,
+    /// destination, body.
+    public func open(_ frame: UnsafeRawBufferPointer) throws(PeerFrameError) -> PeerEnvelope {
+        guard frame.count <= PeerEnvelope.maximumLength else { throw .oversized(frame.count) }
+        guard frame.count >= PeerEnvelope.minimumLength else { throw .tooShort(frame.count) }
+        guard frame.prefix(4).elementsEqual(PeerEnvelope.magic) else { throw .badMagic }
+        guard frame[4] == PeerEnvelope.version else { throw .badVersion(frame[4]) }
+        guard frame[5..<13].elementsEqual(clusterHash) else { throw .wrongCluster }
+        let signed = UnsafeRawBufferPointer(rebasing: frame[..<(frame.count - PeerEnvelope.macLength)])
+        let mac = UnsafeRawBufferPointer(rebasing: frame[(frame.count - PeerEnvelope.macLength)...])
+        guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: signed, using: symmetric) else {
+            throw .badMAC
+        }
+        let sender = NodeID(read(UInt32.self, frame, at: 13))
+        let incarnation = read(UInt64.self, frame, at: 17)
+        let destination = NodeID(read(UInt32.self, frame, at: 25))
+        guard knownNodes.contains(sender) else { throw .unknownSender(sender) }
+        guard destination == localNode else { throw .wrongDestination(destination) }
+        let body = UnsafeRawBufferPointer(rebasing: signed[PeerEnvelope.headerLength...])
+        do {
+            let message = try PeerCodec.decode(body.assumingMemoryBound(to: UInt8.self))
+            return PeerEnvelope(
+                sender: Member(node: sender, incarnation: incarnation), destination: destination, message: message)
+        } catch {
+            throw .malformed("\(error)")
+        }
+    }
+
+    /// Opens a frame given as bytes, its length field included.
+    public func open(frame bytes: [UInt8]) throws(PeerFrameError) -> PeerEnvelope {
+        guard bytes.count >= 4 else { throw .tooShort(bytes.count) }
+        let length = Int(read(UInt32.self, bytes, at: 0))
+        guard length == bytes.count - 4 else { throw .malformed("the length field says \(length)") }
+        let result = bytes.withUnsafeBytes { raw -> Result<PeerEnvelope, PeerFrameError> in
+            do throws(PeerFrameError) {
+                return .success(try open(UnsafeRawBufferPointer(rebasing: raw[4...])))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    /// HMAC-SHA256 of `data` with the cluster key.
+    public static func mac<D: DataProtocol>(_ data: D, key: ClusterKey) -> [UInt8] {
+        Array(HMAC<SHA256>.authenticationCode(for: data, using: SymmetricKey(data: key.bytes)))
+    }
+
+    func append<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
+        var big = value.bigEndian
+        withUnsafeBytes(of: &big) { bytes.append(contentsOf: $0) }
+    }
+
+    func read<T: FixedWidthInteger, C: Collection<UInt8>>(_ type: T.Type, _ bytes: C, at offset: Int) -> T
+    where C.Index == Int {
+        var value: T = 0
+        for index in offset..<offset + MemoryLayout<T>.size {
+            value = value << 8 | T(bytes[bytes.startIndex + index])
+        }
+        return value
+    }
+}

@@ -1,0 +1,323 @@
+import GroupServices
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Why a node could not start.
+public struct GroupNodeError: Error, CustomStringConvertible, Hashable, Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Peer frames over TCP, on one event loop (docs/GROUPS.md, "Shell"). The node listens on its configured address
+/// and reads authenticated frames from whoever connects; it sends to node X over an outbound connection of its own,
+/// opened at the first send and reopened after a failure with a backoff. A message to a peer that is not connected
+/// (beyond a small queue while connecting) or whose connection is backlogged is dropped: the core repairs losses.
+/// Every method runs on `eventLoop`.
+final class PeerTransport: @unchecked Sendable {
+    let eventLoop: EventLoop
+    let codec: PeerFrameCodec
+    let config: ClusterConfig
+    let logger: Logger
+    let onEnvelope: (PeerEnvelope) -> Void
+    let rejections: RateLimitedLog
+
+    /// Outbound channels become unwritable past this many pending bytes; messages to them are then dropped.
+    static let highWaterMark = 4 << 20
+    /// What may queue for a peer while its connection opens.
+    static let connectingQueueLimit = 1 << 20
+    static let initialBackoff = TimeAmount.milliseconds(50)
+    static let maximumBackoff = TimeAmount.seconds(1)
+
+    struct Outbound {
+        var channel: Channel?
+        var connecting = false
+        var queued: [ByteBuffer] = []
+        var queuedBytes = 0
+        var nextAttempt = NIODeadline.uptimeNanoseconds(0)
+        var backoff = PeerTransport.initialBackoff
+        var needsFlush = false
+    }
+
+    var outbound: [NodeID: Outbound] = [:]
+    var inbound: [ObjectIdentifier: Channel] = [:]
+    var serverChannel: Channel?
+    var stopped = false
+    /// Frames written to a channel since the last flush.
+    var toFlush: Set<NodeID> = []
+    private(set) var framesDropped = 0
+    private(set) var framesRejected = 0
+    var onRejected: ((PeerFrameError) -> Void)?
+
+    init(
+        eventLoop: EventLoop, codec: PeerFrameCodec, config: ClusterConfig, logger: Logger,
+        onEnvelope: @escaping (PeerEnvelope) -> Void
+    ) {
+        self.eventLoop = eventLoop
+        self.codec = codec
+        self.config = config
+        self.logger = logger
+        self.onEnvelope = onEnvelope
+        self.rejections = RateLimitedLog(logger: logger)
+    }
+
+    /// Binds the local node's address.
+    func start() -> EventLoopFuture<Void> {
+        eventLoop.assertInEventLoop()
+        guard let me = config.node(codec.localNode) else {
+            return eventLoop.makeFailedFuture(
+                GroupNodeError("node \(codec.localNode) is not in the cluster config's node list"))
+        }
+        let bootstrap = ServerBootstrap(group: eventLoop)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(PeerInboundHandler(transport: self))
+                }
+            }
+        return bootstrap.bind(host: me.host, port: me.port).flatMapErrorThrowing { error in
+            throw GroupNodeError("node \(me.id) cannot listen on \(me.address): \(error)")
+        }.map { channel in
+            if self.stopped {
+                channel.close(promise: nil)
+            } else {
+                self.serverChannel = channel
+            }
+        }
+    }
+
+    /// The port the node listens on (useful when the config gave port 0... which it may not; for tests).
+    var localPort: Int? { serverChannel?.localAddress?.port }
+
+    func stop() -> EventLoopFuture<Void> {
+        eventLoop.assertInEventLoop()
+        stopped = true
+        var closing: [EventLoopFuture<Void>] = []
+        if let serverChannel { closing.append(serverChannel.close().recover { _ in }) }
+        serverChannel = nil
+        for channel in inbound.values { closing.append(channel.close().recover { _ in }) }
+        inbound = [:]
+        for (_, peer) in outbound {
+            if let channel = peer.channel { closing.append(channel.close().recover { _ in }) }
+        }
+        outbound = [:]
+        return EventLoopFuture.andAllComplete(closing, on: eventLoop)
+    }
+
+    // MARK: Sending
+
+    func send(_ message: GroupMessage, from sender: Member, to node: NodeID) {
+        eventLoop.assertInEventLoop()
+        guard !stopped, node != codec.localNode, let address = config.node(node) else { return }
+        let frame = codec.seal(PeerEnvelope(sender: sender, destination: node, message: message))
+        var peer = outbound[node] ?? Outbound()
+        if let channel = peer.channel {
+            if channel.isWritable {
+                channel.write(channel.allocator.buffer(bytes: frame), promise: nil)
+                toFlush.insert(node)
+            } else {
+                framesDropped += 1
+            }
+            return
+        }
+        if peer.queuedBytes + frame.count <= Self.connectingQueueLimit {
+            peer.queued.append(ByteBuffer(bytes: frame))
+            peer.queuedBytes += frame.count
+        } else {
+            framesDropped += 1
+        }
+        if !peer.connecting && NIODeadline.now() >= peer.nextAttempt {
+            peer.connecting = true
+            connect(node, address)
+        }
+        outbound[node] = peer
+    }
+
+    /// Flushes every connection written to since the last flush.
+    func flush() {
+        for node in toFlush { outbound[node]?.channel?.flush() }
+        toFlush = []
+    }
+
+    func connect(_ node: NodeID, _ address: ClusterConfig.Node) {
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(
+                .writeBufferWaterMark,
+                value: ChannelOptions.Types.WriteBufferWaterMark(low: Self.highWaterMark / 2, high: Self.highWaterMark)
+            )
+            .connectTimeout(.seconds(1))
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(PeerOutboundHandler(transport: self, node: node))
+                }
+            }
+        bootstrap.connect(host: address.host, port: address.port).whenComplete { result in
+            self.connected(node, result)
+        }
+    }
+
+    func connected(_ node: NodeID, _ result: Result<Channel, Error>) {
+        eventLoop.assertInEventLoop()
+        switch result {
+        case .success(let channel):
+            guard !stopped, var peer = outbound[node] else {
+                channel.close(promise: nil)
+                return
+            }
+            logger.debug("connected to node \(node)")
+            peer.channel = channel
+            peer.connecting = false
+            peer.backoff = Self.initialBackoff
+            for buffer in peer.queued { channel.write(buffer, promise: nil) }
+            if !peer.queued.isEmpty { channel.flush() }
+            peer.queued = []
+            peer.queuedBytes = 0
+            outbound[node] = peer
+        case .failure(let error):
+            guard !stopped, var peer = outbound[node] else { return }
+            logger.debug("cannot connect to node \(node): \(error)")
+            framesDropped += peer.queued.count
+            peer.connecting = false
+            peer.queued = []
+            peer.queuedBytes = 0
+            peer.nextAttempt = .now() + peer.backoff
+            peer.backoff = min(peer.backoff * 2, Self.maximumBackoff)
+            outbound[node] = peer
+        }
+    }
+
+    func outboundClosed(_ node: NodeID, _ channel: Channel) {
+        guard var peer = outbound[node], peer.channel === channel else { return }
+        logger.debug("the connection to node \(node) closed")
+        peer.channel = nil
+        peer.nextAttempt = .now() + Self.initialBackoff
+        outbound[node] = peer
+    }
+
+    // MARK: Receiving
+
+    func inboundOpened(_ channel: Channel) { inbound[ObjectIdentifier(channel)] = channel }
+    func inboundClosed(_ channel: Channel) { inbound[ObjectIdentifier(channel)] = nil }
+
+    func rejected(_ error: PeerFrameError, from channel: Channel) {
+        framesRejected += 1
+        onRejected?(error)
+        rejections.log(
+            kind: error.kind,
+            "dropped \(error) from \(channel.remoteAddress.map { "\($0)" } ?? "?"); closing that connection")
+        channel.close(promise: nil)
+    }
+}
+
+/// Reads frames from a peer's connection: a frame that fails any check closes the connection.
+final class PeerInboundHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let transport: PeerTransport
+    var buffer: ByteBuffer?
+    var failed = false
+
+    init(transport: PeerTransport) { self.transport = transport }
+
+    func channelActive(context: ChannelHandlerContext) {
+        transport.inboundOpened(context.channel)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        transport.inboundClosed(context.channel)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed else { return }
+        var incoming = unwrapInboundIn(data)
+        if buffer == nil || buffer!.readableBytes == 0 {
+            buffer = incoming
+        } else {
+            buffer!.writeBuffer(&incoming)
+        }
+        while !failed, let length = buffer!.getInteger(at: buffer!.readerIndex, as: UInt32.self) {
+            guard Int(length) <= PeerEnvelope.maximumLength else {
+                fail(.oversized(Int(length)), context: context)
+                return
+            }
+            guard buffer!.readableBytes >= 4 + Int(length) else { break }
+            buffer!.moveReaderIndex(forwardBy: 4)
+            let result = buffer!.readWithUnsafeReadableBytes { raw -> (Int, Result<PeerEnvelope, PeerFrameError>) in
+                let frame = UnsafeRawBufferPointer(rebasing: raw[..<Int(length)])
+                do throws(PeerFrameError) {
+                    return (Int(length), .success(try transport.codec.open(frame)))
+                } catch {
+                    return (Int(length), .failure(error))
+                }
+            }
+            switch result {
+            case .success(let envelope): transport.onEnvelope(envelope)
+            case .failure(let error): fail(error, context: context)
+            }
+        }
+        if let readable = buffer?.readableBytes, readable == 0 { buffer = nil }
+    }
+
+    func fail(_ error: PeerFrameError, context: ChannelHandlerContext) {
+        failed = true
+        buffer = nil
+        transport.rejected(error, from: context.channel)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// The handler of a connection this node opened to send to a peer: it reads nothing of interest.
+final class PeerOutboundHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let transport: PeerTransport
+    let node: NodeID
+
+    init(transport: PeerTransport, node: NodeID) {
+        self.transport = transport
+        self.node = node
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+    func channelInactive(context: ChannelHandlerContext) {
+        transport.outboundClosed(node, context.channel)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// Logs at most one line per kind and interval, with the count of those it left out.
+final class RateLimitedLog {
+    let logger: Logger
+    let interval: TimeAmount
+    var last: [String: NIODeadline] = [:]
+    var suppressed: [String: Int] = [:]
+
+    init(logger: Logger, interval: TimeAmount = .seconds(10)) {
+        self.logger = logger
+        self.interval = interval
+    }
+
+    func log(kind: String, _ message: @autoclosure () -> String) {
+        let now = NIODeadline.now()
+        if let last = last[kind], now < last + interval {
+            suppressed[kind, default: 0] += 1
+            return
+        }
+        last[kind] = now
+        let skipped = suppressed.removeValue(forKey: kind) ?? 0
+        logger.warning("\(message())\(skipped > 0 ? " (and \(skipped) more like it since the last report)" : "")")
+    }
+}

@@ -1,0 +1,338 @@
+import Foundation
+import GroupNode
+import GroupServices
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+
+struct Timeout: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Every event of one node, in order, with waiters woken as they arrive (no polling, no sleeping).
+typealias EventLog = Recorder<GroupNodeEvent>
+
+final class Recorder<Event: Sendable>: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var storage: [Event] = []
+    private var waiters: [(id: Int, predicate: ([Event]) -> Bool, continuation: CheckedContinuation<Void, Error>)] = []
+    private var nextID = 0
+
+    var events: [Event] { lock.withLock { storage } }
+
+    func append(_ event: Event) {
+        let ready = lock.withLock {
+            storage.append(event)
+            let ready = waiters.filter { $0.predicate(storage) }
+            waiters.removeAll { waiter in ready.contains { $0.id == waiter.id } }
+            return ready
+        }
+        for waiter in ready { waiter.continuation.resume() }
+    }
+
+    /// Waits until `predicate` holds of the events so far; fails after `seconds` (a generous deadline, not a wait).
+    func wait(
+        _ what: String, seconds: Double = 30, until predicate: @escaping @Sendable ([Event]) -> Bool
+    ) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+            let id: Int? = lock.withLock {
+                if predicate(storage) { return nil }
+                nextID += 1
+                waiters.append((nextID, predicate, continuation))
+                return nextID
+            }
+            guard let id else { return continuation.resume() }
+            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
+                let expired = self.lock.withLock { () -> Bool in
+                    guard self.waiters.contains(where: { $0.id == id }) else { return false }
+                    self.waiters.removeAll { $0.id == id }
+                    return true
+                }
+                if expired { continuation.resume(throwing: Timeout(description: "timed out waiting for \(what)")) }
+            }
+        }
+    }
+}
+
+extension [GroupNodeEvent] {
+    var views: [(View, Bool)] {
+        compactMap {
+            if case .viewInstalled(let view, let primary) = $0 { return (view, primary) }
+            return nil
+        }
+    }
+    /// The last primary view of exactly `nodes`, newer than `after`.
+    func primaryView(of nodes: [NodeID], after: ViewID? = nil) -> View? {
+        views.last { view, primary in primary && view.nodes == nodes && (after.map { view.id > $0 } ?? true) }?.0
+    }
+    var deliveries: [Delivery] {
+        compactMap {
+            if case .delivered(let delivery) = $0 { return delivery }
+            return nil
+        }
+    }
+}
+
+/// Free TCP ports on 127.0.0.1, found by binding port 0.
+func freePorts(_ count: Int, group: EventLoopGroup) throws -> [Int] {
+    var channels: [Channel] = []
+    defer { for channel in channels { try? channel.close().wait() } }
+    for _ in 0..<count {
+        channels.append(try ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).wait())
+    }
+    return channels.map { $0.localAddress!.port! }
+}
+
+/// Nodes of one cluster over loopback TCP, each on its own event loop, with a fence script that records its
+/// argument, and fails its first `fenceFailures` runs.
+final class TestCluster: @unchecked Sendable {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 3)
+    let directory: TemporaryDirectory
+    let config: ClusterConfig
+    let key = ClusterKey.generate()
+    var nodes: [NodeID: GroupNode] = [:]
+    var logs: [NodeID: EventLog] = [:]
+    /// The fence log's content when each node reported each view: the fence ran before.
+    let fenceLogAtView = NIOLockedValueBox<[NodeID: [ViewID: String]]>([:])
+    var rejected: [NodeID: Recorder<PeerFrameError>] = [:]
+
+    var fenceLog: String { (try? String(contentsOfFile: directory.path("fenced"), encoding: .utf8)) ?? "" }
+
+    init(nodes count: Int = 3, fenceFailures: Int = 0) throws {
+        directory = try TemporaryDirectory()
+        let ports = try freePorts(count, group: group)
+        let script = directory.path("fence.sh")
+        try """
+        #!/bin/sh
+        n=$(cat '\(directory.path("count"))' 2>/dev/null || echo 0)
+        n=$((n + 1))
+        echo $n > '\(directory.path("count"))'
+        if [ $n -le \(fenceFailures) ]; then echo "fence device unreachable (attempt $n)" >&2; exit 1; fi
+        echo "$1" >> '\(directory.path("fenced"))'
+        """.write(toFile: script, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
+        config = ClusterConfig(
+            name: "test", keyFile: directory.path("authkey"),
+            nodes: (1...count).map { .init(id: NodeID(UInt32($0)), host: "127.0.0.1", port: ports[$0 - 1]) },
+            fenceCommand: script, fenceTimeout: 20, heartbeatInterval: 50, suspectTimeout: 1000, viewChangeTime: 500,
+            flushTimeout: 250, retransmitInterval: 20, fenceRetryInterval: 100)
+        try config.validate(file: "test")
+    }
+
+    @discardableResult
+    func start(
+        _ id: NodeID, key: ClusterKey? = nil, incarnation: UInt64 = 1,
+        persist: @escaping (PersistentState) throws -> Void = { _ in }
+    ) async throws -> GroupNode {
+        let log = EventLog()
+        logs[id] = log
+        var logger = Logger(label: "test")
+        logger.logLevel = ProcessInfo.processInfo.environment["DLM_TEST_LOG"] != nil ? .debug : .critical
+        let node = GroupNode(
+            config: config, nodeID: id, key: key ?? self.key, incarnation: incarnation, persisted: PersistentState(),
+            eventLoop: group.next(), logger: logger, persist: persist
+        ) { [self] event in
+            if case .viewInstalled(let view, _) = event {
+                let fenced = fenceLog
+                fenceLogAtView.withLockedValue { $0[id, default: [:]][view.id] = fenced }
+            }
+            log.append(event)
+        }
+        let rejections = Recorder<PeerFrameError>()
+        rejected[id] = rejections
+        node.onFrameRejected = { rejections.append($0) }
+        nodes[id] = node
+        try await node.start().get()
+        return node
+    }
+
+    func startAll() async throws {
+        for node in config.nodes { try await start(node.id) }
+    }
+
+    /// Waits until every node in `members` installed one primary view of exactly those nodes; returns it.
+    func waitForPrimaryView(of members: [NodeID], after: ViewID? = nil, seconds: Double = 30) async throws -> ViewID {
+        let first = members[0]
+        try await logs[first]!.wait("a primary view of \(members) at \(first)", seconds: seconds) {
+            $0.primaryView(of: members, after: after) != nil
+        }
+        let view = logs[first]!.events.primaryView(of: members, after: after)!.id
+        for node in members.dropFirst() {
+            try await logs[node]!.wait("view \(view) at \(node)", seconds: seconds) {
+                $0.views.contains { $0.0.id == view }
+            }
+        }
+        return view
+    }
+
+    func status(_ id: NodeID) async throws -> ClusterStatus {
+        let node = nodes[id]!
+        return try await node.eventLoop.submit { node.status() }.get()
+    }
+
+    func shutdown() async throws {
+        for node in nodes.values { try await node.stop().get() }
+        try await group.shutdownGracefully()
+    }
+}
+
+@Suite(.serialized) struct ClusterTests {
+    @Test func threeNodesAgreeThenDropACrashedNodeAfterFencingIt() async throws {
+        let cluster = try TestCluster()
+        try await cluster.startAll()
+        let first = try await cluster.waitForPrimaryView(of: [1, 2, 3])
+        let status = try await cluster.status(1)
+        #expect(status.view?.members.map(\.node) == [1, 2, 3])
+        #expect(status.quorate)
+        #expect(status.nodes.map(\.state) == ["self", "member", "member"])
+        #expect(status.nodes.allSatisfy { $0.incarnation == 1 && $0.lastHeardMillisecondsAgo != nil })
+        #expect(status.highestViewNumber >= first.number)
+
+        // A crash: node 3's channels close, without a word.
+        let crashed = ContinuousClock.now
+        try await cluster.nodes[3]!.stop().get()
+        let second = try await cluster.waitForPrimaryView(of: [1, 2], after: first)
+        let elapsed = ContinuousClock.now - crashed
+        #expect(second > first)
+        // Detection within suspect + view change (1.5 s here); generous for a loaded machine.
+        #expect(elapsed < .seconds(5), "the new view took \(elapsed)")
+        #expect(cluster.fenceLog == "3\n")
+        #expect(cluster.fenceLogAtView.withLockedValue { $0[1]?[second] } == "3\n")
+        #expect(cluster.fenceLogAtView.withLockedValue { $0[2]?[second] } == "3\n")
+        #expect(cluster.logs[1]!.events.contains(.fenced(3)))
+        let after = try await cluster.status(1)
+        #expect(after.nodes.map(\.state) == ["self", "member", "fenced"])
+        #expect(after.waitingFor.isEmpty)
+        try await cluster.shutdown()
+    }
+
+    @Test func aFailingFenceIsRetriedAndTheViewWaitsForIt() async throws {
+        let cluster = try TestCluster(fenceFailures: 2)
+        try await cluster.startAll()
+        let first = try await cluster.waitForPrimaryView(of: [1, 2, 3])
+        try await cluster.nodes[3]!.stop().get()
+        try await cluster.logs[1]!.wait("two failed fences") {
+            $0.filter { if case .fenceFailed(3, _) = $0 { true } else { false } }.count >= 2
+        }
+        let view = try await cluster.waitForPrimaryView(of: [1, 2], after: first)
+        let events = cluster.logs[1]!.events
+        let lastFailure = events.lastIndex { if case .fenceFailed(3, _) = $0 { true } else { false } }!
+        let installed = events.firstIndex { if case .viewInstalled(let v, _) = $0 { v.id == view } else { false } }!
+        #expect(lastFailure < installed)
+        #expect(events.firstIndex(of: .fenced(3))! < installed)
+        if case .fenceFailed(_, let reason) = events[lastFailure] {
+            #expect(reason.contains("exit status 1"))
+            #expect(reason.contains("fence device unreachable"))
+        }
+        #expect(cluster.fenceLogAtView.withLockedValue { $0[2]?[view] } == "3\n")
+        try await cluster.shutdown()
+    }
+
+    @Test func orderedMulticastAndABarrier() async throws {
+        let cluster = try TestCluster()
+        try await cluster.startAll()
+        _ = try await cluster.waitForPrimaryView(of: [1, 2, 3])
+        for id: NodeID in [1, 2, 3] {
+            let node = cluster.nodes[id]!
+            for k in 0..<100 { node.multicast(Array("\(id)-\(k)".utf8), group: nil) }
+        }
+        for id: NodeID in [1, 2, 3] {
+            try await cluster.logs[id]!.wait("300 deliveries at \(id)") { $0.deliveries.count >= 300 }
+        }
+        let orders = [NodeID(1), 2, 3].map { id in
+            cluster.logs[id]!.events.deliveries.map { String(decoding: $0.payload, as: UTF8.self) }
+        }
+        #expect(orders[0].count == 300)
+        #expect(Set(orders[0]).count == 300)
+        #expect(orders[1] == orders[0])
+        #expect(orders[2] == orders[0])
+        for id in 1...3 {
+            // Each sender's messages in the order it sent them.
+            #expect(orders[0].filter { $0.hasPrefix("\(id)-") } == (0..<100).map { "\(id)-\($0)" })
+        }
+
+        for id: NodeID in [1, 2, 3] { cluster.nodes[id]!.enterBarrier("sync") }
+        for id: NodeID in [1, 2, 3] {
+            try await cluster.logs[id]!.wait("barrier sync at \(id)") {
+                $0.contains { if case .barrierCompleted("sync", _) = $0 { true } else { false } }
+            }
+        }
+        try await cluster.shutdown()
+    }
+
+    @Test func aNodeWithTheWrongKeyIsNeverAdmitted() async throws {
+        let cluster = try TestCluster()
+        try await cluster.start(1)
+        try await cluster.start(2)
+        try await cluster.start(3, key: .generate())
+        _ = try await cluster.waitForPrimaryView(of: [1, 2])
+        try await cluster.logs[3]!.wait("node 3 alone") { $0.views.contains { $0.0.nodes == [3] } }
+        // Node 3's heartbeats reached nodes 1 and 2 and were refused, over and over (each refusal closes the
+        // connection, which node 3 reopens).
+        for id: NodeID in [1, 2] {
+            try await cluster.rejected[id]!.wait("3 frames refused at \(id)") {
+                $0.count >= 3 && $0.allSatisfy { $0 == .badMAC }
+            }
+        }
+        for id: NodeID in [1, 2] {
+            #expect(!cluster.logs[id]!.events.views.contains { $0.0.nodes.contains(3) })
+        }
+        #expect(!cluster.logs[3]!.events.views.contains { $0.0.nodes != [3] })
+        #expect(cluster.logs[3]!.events.views.allSatisfy { !$0.1 })
+        let status = try await cluster.status(1)
+        #expect(status.nodes[2].state == "down")
+        #expect(status.nodes[2].incarnation == nil)
+        try await cluster.shutdown()
+    }
+
+    @Test func aFailedPersistStopsTheNode() async throws {
+        struct DiskFull: Error {}
+        let cluster = try TestCluster()
+        let persisted = cluster.group.next().makePromise(of: PersistentState.self)
+        // Node 1 proposes a view after its join delay: it must persist the view number first, which fails.
+        let node = try await cluster.start(1) { state in
+            persisted.succeed(state)
+            throw DiskFull()
+        }
+        let state = try await persisted.futureResult.get()
+        #expect(state.highestViewNumber == 1)
+        let (running, waiting) = try await node.eventLoop.submit { (node.isRunning, node.status().waitingFor) }.get()
+        #expect(!running)
+        #expect(waiting == ["start"])
+        // It installed nothing, and no longer listens.
+        #expect(cluster.logs[1]!.events.isEmpty)
+        await #expect(throws: (any Error).self) {
+            try await ClientBootstrap(group: cluster.group).connect(
+                host: "127.0.0.1", port: cluster.config.node(1)!.port
+            )
+            .get()
+        }
+        try await cluster.shutdown()
+    }
+
+    @Test func startFailsClearly() async throws {
+        let cluster = try TestCluster()
+        try await cluster.start(1)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let twin = GroupNode(
+            config: cluster.config, nodeID: 1, key: cluster.key, incarnation: 1, persisted: PersistentState(),
+            eventLoop: cluster.group.next(), logger: logger, persist: { _ in }, onEvent: { _ in })
+        await #expect {
+            try await twin.start().get()
+        } throws: { error in
+            "\(error)".contains("node 1 cannot listen on 127.0.0.1:\(cluster.config.node(1)!.port)")
+        }
+        let stranger = GroupNode(
+            config: cluster.config, nodeID: 7, key: cluster.key, incarnation: 1, persisted: PersistentState(),
+            eventLoop: cluster.group.next(), logger: logger, persist: { _ in }, onEvent: { _ in })
+        await #expect {
+            try await stranger.start().get()
+        } throws: { error in
+            "\(error)".contains("node 7 is not in the cluster config")
+        }
+        try await cluster.shutdown()
+    }
+}

@@ -1,0 +1,224 @@
+import GroupNode
+import GroupServices
+import Testing
+
+/// SplitMix64: reproducible random values.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Random group messages, with numbers of every size (varints of 1 to 10 bytes) and odd strings.
+struct MessageGenerator {
+    var rng: SplitMix
+
+    mutating func number() -> UInt64 {
+        switch Int.random(in: 0..<4, using: &rng) {
+        case 0: UInt64.random(in: 0...127, using: &rng)
+        case 1: UInt64.random(in: 0...UInt64(UInt32.max), using: &rng)
+        case 2: UInt64.max - UInt64.random(in: 0...3, using: &rng)
+        default: rng.next()
+        }
+    }
+    mutating func node() -> NodeID {
+        Bool.random(using: &rng)
+            ? NodeID(UInt32.random(in: 1...9, using: &rng)) : NodeID(UInt32(truncatingIfNeeded: rng.next()))
+    }
+    mutating func bool() -> Bool { Bool.random(using: &rng) }
+    mutating func string() -> String {
+        let alphabet = ["a", "lock", "é", "🔒", " ", "\u{0}", "grp-1", "\n"]
+        return (0..<Int.random(in: 0...4, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }.joined()
+    }
+    mutating func viewID() -> ViewID { ViewID(number: number(), coordinator: node()) }
+    mutating func optionalViewID() -> ViewID? { bool() ? viewID() : nil }
+    mutating func member() -> Member { Member(node: node(), incarnation: number()) }
+    mutating func members() -> [Member] { (0..<Int.random(in: 0...5, using: &rng)).map { _ in member() } }
+    mutating func list<T>(_ make: (inout MessageGenerator) -> T) -> [T] {
+        (0..<Int.random(in: 0...4, using: &rng)).map { _ in make(&self) }
+    }
+    mutating func body() -> Body {
+        switch Int.random(in: 0..<4, using: &rng) {
+        case 0:
+            .data(
+                group: bool() ? string() : nil,
+                payload: (0..<Int.random(in: 0...40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) })
+        case 1: .barrier(string())
+        case 2: .join(string())
+        default: .leave(string())
+        }
+    }
+    mutating func ordered() -> OrderedMessage {
+        OrderedMessage(seq: number(), sender: member(), localSeq: number(), body: body())
+    }
+    mutating func groups() -> [String: [Member]] {
+        var groups: [String: [Member]] = [:]
+        for _ in 0..<Int.random(in: 0...3, using: &rng) { groups[string()] = members() }
+        return groups
+    }
+    mutating func message() -> GroupMessage {
+        switch Int.random(in: 0..<9, using: &rng) {
+        case 0:
+            .heartbeat(
+                Heartbeat(
+                    view: optionalViewID(), promised: optionalViewID(), highestViewNumber: number(), sequenced: number()
+                ))
+        case 1: .submit(view: viewID(), list { Submission(localSeq: $0.number(), body: $0.body()) })
+        case 2: .ordered(view: viewID(), list { $0.ordered() })
+        case 3: .nak(view: viewID(), list { $0.number() })
+        case 4: .propose(id: viewID(), members: members())
+        case 5: .reject(id: viewID(), highestViewNumber: number())
+        case 6:
+            .report(
+                FlushReport(
+                    proposal: viewID(), from: optionalViewID(), delivered: number(), groups: groups(),
+                    messages: list { $0.ordered() }, fenceCandidates: list { $0.node() }, wasQuorate: bool()))
+        case 7:
+            .install(
+                Installation(
+                    view: View(id: viewID(), members: members()), primary: bool(),
+                    tails: list { Tail(view: $0.viewID(), messages: $0.list { $0.ordered() }) }, groups: groups()))
+        default: .installed(viewID())
+        }
+    }
+}
+
+@Suite struct CodecTests {
+    @Test func everyMessageRoundTrips() throws {
+        var generator = MessageGenerator(rng: SplitMix(seed: 42))
+        var tags = Set<UInt8>()
+        for _ in 0..<20_000 {
+            let message = generator.message()
+            let bytes = PeerCodec.encode(message)
+            tags.insert(bytes[0])
+            #expect(try PeerCodec.decode(bytes) == message)
+        }
+        #expect(tags == Set(1...9))
+    }
+
+    @Test func aKnownEncoding() throws {
+        // Golden bytes: a heartbeat of view 2@1, no proposal, highest view 2, sequenced 300 (varint ac 02).
+        let message = GroupMessage.heartbeat(
+            Heartbeat(view: ViewID(number: 2, coordinator: 1), promised: nil, highestViewNumber: 2, sequenced: 300))
+        #expect(PeerCodec.encode(message) == [1, 1, 2, 1, 0, 2, 0xac, 0x02])
+        #expect(try PeerCodec.decode([1, 1, 2, 1, 0, 2, 0xac, 0x02]) == message)
+    }
+
+    @Test func malformedInputsThrow() {
+        let cases: [[UInt8]] = [
+            [], [0], [10], [1], [1, 2], [1, 0, 0, 0, 0, 0],  // unknown tags, a bad boolean, a trailing byte
+            [9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 1],  // a varint past 64 bits
+            [9, 1, 0xff, 0xff, 0xff, 0xff, 0x1f],  // a coordinator past UInt32
+            [4, 1, 1, 0xff, 0xff, 0xff, 0xff, 0x0f],  // a count beyond the bytes left
+            [8, 1, 1, 0, 0, 0],  // a truncated install
+            [2, 1, 1, 1, 1, 1, 1, 0xff],  // a string that is not UTF-8 (barrier name)
+            [2, 1, 1, 1, 1, 9, 1],  // an unknown body tag
+        ]
+        for bytes in cases {
+            #expect(throws: PeerDecodingError.self, "\(bytes)") { try PeerCodec.decode(bytes) }
+        }
+    }
+
+    /// Random byte flips, insertions and truncations of valid messages: decoding never traps; it throws or yields a
+    /// message (a flip may give another valid one), which then encodes back to the same bytes.
+    @Test func mutationsNeverTrap() {
+        var generator = MessageGenerator(rng: SplitMix(seed: 7))
+        var rng = SplitMix(seed: 8)
+        var thrown = 0
+        var decoded = 0
+        for _ in 0..<20_000 {
+            var bytes = PeerCodec.encode(generator.message())
+            switch Int.random(in: 0..<4, using: &rng) {
+            case 0:
+                bytes.removeLast(Int.random(in: 1...bytes.count, using: &rng))
+            case 1:
+                bytes.insert(UInt8.random(in: 0...255, using: &rng), at: Int.random(in: 0...bytes.count, using: &rng))
+            default:
+                for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                    bytes[Int.random(in: 0..<bytes.count, using: &rng)] ^= UInt8.random(in: 1...255, using: &rng)
+                }
+            }
+            do {
+                let message = try PeerCodec.decode(bytes)
+                decoded += 1
+                #expect(try PeerCodec.decode(PeerCodec.encode(message)) == message)
+            } catch is PeerDecodingError {
+                thrown += 1
+            } catch {
+                Issue.record("unexpected \(error)")
+            }
+        }
+        #expect(thrown > 10_000)
+        #expect(decoded > 0)
+    }
+}
+
+@Suite struct EnvelopeTests {
+    let key = ClusterKey.generate()
+    func codec(_ node: NodeID, key: ClusterKey? = nil, cluster: String = "demo", known: Set<NodeID> = [1, 2, 3])
+        -> PeerFrameCodec
+    {
+        PeerFrameCodec(key: key ?? self.key, clusterName: cluster, localNode: node, knownNodes: known)
+    }
+    let message = GroupMessage.installed(ViewID(number: 7, coordinator: 1))
+
+    @Test func aSealedFrameOpens() throws {
+        var generator = MessageGenerator(rng: SplitMix(seed: 3))
+        for _ in 0..<500 {
+            let envelope = PeerEnvelope(
+                sender: Member(node: 1, incarnation: 5), destination: 2, message: generator.message())
+            let frame = codec(1).seal(envelope)
+            #expect(try codec(2).open(frame: frame) == envelope)
+        }
+    }
+
+    func rejection(_ frame: [UInt8], by receiver: PeerFrameCodec) -> PeerFrameError? {
+        do throws(PeerFrameError) {
+            _ = try receiver.open(frame: frame)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test func framesAreRejectedForEachReason() {
+        let envelope = PeerEnvelope(sender: Member(node: 1, incarnation: 1), destination: 2, message: message)
+        #expect(rejection(codec(1, key: .generate()).seal(envelope), by: codec(2)) == .badMAC)
+        #expect(rejection(codec(1, cluster: "other").seal(envelope), by: codec(2)) == .wrongCluster)
+        #expect(rejection(codec(1).seal(envelope), by: codec(3)) == .wrongDestination(2))
+        let stranger = PeerEnvelope(sender: Member(node: 9, incarnation: 1), destination: 2, message: message)
+        #expect(rejection(codec(9, known: [1, 2, 3, 9]).seal(stranger), by: codec(2)) == .unknownSender(9))
+        var frame = codec(1).seal(envelope)
+        frame[4] ^= 1
+        #expect(rejection(frame, by: codec(2)) == .badMagic)
+        frame = codec(1).seal(envelope)
+        frame[8] = 2
+        #expect(rejection(frame, by: codec(2)) == .badVersion(2))
+        frame = codec(1).seal(envelope)
+        frame[frame.count - 40] ^= 0x10  // inside the body: the HMAC no longer matches
+        #expect(rejection(frame, by: codec(2)) == .badMAC)
+        #expect(rejection(Array(codec(1).seal(envelope).prefix(20)), by: codec(2)) != nil)
+    }
+
+    @Test func aBadBodyWithAGoodMACIsMalformed() {
+        // A body that is not a message, sealed with the right key: authenticated, then refused as malformed.
+        let receiver = codec(2)
+        var frame = codec(1).seal(
+            PeerEnvelope(sender: Member(node: 1, incarnation: 1), destination: 2, message: message))
+        frame.removeLast(32)
+        frame[33] = 0x63  // the message tag
+        let length = UInt32(frame.count - 4 + 32)
+        frame.replaceSubrange(0..<4, with: withUnsafeBytes(of: length.bigEndian, Array.init))
+        frame += PeerFrameCodec.mac(frame[4...], key: key)
+        guard case .malformed = rejection(frame, by: receiver) else {
+            Issue.record("expected malformed, got \(String(describing: rejection(frame, by: receiver)))")
+            return
+        }
+    }
+}

@@ -1,0 +1,189 @@
+import Foundation
+import GroupNode
+import GroupServices
+import Testing
+
+let exampleConfig = """
+    [cluster]
+    name = "demo"
+    key_file = "/etc/dlm/authkey"
+
+    [quorum]
+    expected_votes = 3
+
+    [fencing]
+    command = "/usr/local/sbin/fence-node"   # called with the node id; exit 0 = fenced
+
+    [[node]]
+    id = 1
+    address = "127.0.0.1:7101"
+
+    [[node]]
+    id = 2
+    address = "127.0.0.1:7102"
+
+    [[node]]
+    id = 3
+    address = "127.0.0.1:7103"
+    """
+
+@Suite struct ConfigTests {
+    let file = "/etc/dlm/cluster.toml"
+
+    func error(_ text: String) -> String? {
+        do {
+            _ = try ClusterConfig.parse(text, file: file)
+            return nil
+        } catch let error as ClusterConfigError {
+            return error.description
+        } catch {
+            return "unexpected \(error)"
+        }
+    }
+
+    /// The example with `replace` replaced by `with`.
+    func variant(_ replace: String, _ with: String) -> String {
+        precondition(exampleConfig.contains(replace))
+        return exampleConfig.replacingOccurrences(of: replace, with: with)
+    }
+
+    @Test func theExampleParses() throws {
+        let config = try ClusterConfig.parse(exampleConfig, file: file)
+        #expect(config.name == "demo")
+        #expect(config.keyFile == "/etc/dlm/authkey")
+        #expect(config.expectedVotes == 3)
+        #expect(!config.twoNode && !config.waitForAll)
+        #expect(config.fenceCommand == "/usr/local/sbin/fence-node")
+        #expect(config.fenceTimeout == 60)
+        #expect(
+            config.nodes == [
+                .init(id: 1, host: "127.0.0.1", port: 7101, votes: 1),
+                .init(id: 2, host: "127.0.0.1", port: 7102, votes: 1),
+                .init(id: 3, host: "127.0.0.1", port: 7103, votes: 1),
+            ])
+        #expect(config.node(2)?.port == 7102)
+        #expect(config.node(4) == nil)
+        let settings = config.settings
+        #expect(settings == Settings(nodes: 3))
+        #expect(settings.detectionTime == 1500 * Settings.millisecond)
+    }
+
+    @Test func optionalKeys() throws {
+        let text =
+            exampleConfig.replacingOccurrences(
+                of: "expected_votes = 3", with: "expected_votes = 5\nwait_for_all = true"
+            )
+            .replacingOccurrences(of: "address = \"127.0.0.1:7103\"", with: "address = \"[::1]:7103\"\nvotes = 2")
+                + """
+
+                [timeouts]
+                heartbeat_ms = 50
+                suspect_ms = 300
+                view_change_ms = 250
+                flush_ms = 150
+                retransmit_ms = 20
+                fence_retry_ms = 100
+                join_delay_ms = 0
+                """
+        let config = try ClusterConfig.parse(
+            text.replacingOccurrences(of: "[fencing]", with: "[fencing]\ntimeout = 2.5"), file: file)
+        #expect(config.waitForAll)
+        #expect(config.fenceTimeout == 2.5)
+        #expect(config.node(3) == .init(id: 3, host: "::1", port: 7103, votes: 2))
+        #expect(config.node(3)?.address == "[::1]:7103")
+        let ms = Settings.millisecond
+        #expect(
+            config.settings
+                == Settings(
+                    votes: [1: 1, 2: 1, 3: 2], expectedVotes: 5, waitForAll: true, heartbeatInterval: 50 * ms,
+                    suspectTimeout: 300 * ms, viewChangeTime: 250 * ms, flushTimeout: 150 * ms,
+                    retransmitInterval: 20 * ms, fenceRetryInterval: 100 * ms, joinDelay: 0))
+    }
+
+    @Test func aDlmdTableIsIgnored() throws {
+        let text = exampleConfig + "\n\n[dlmd]\nsocket = \"/run/dlm/dlmd.sock\"\nwhatever = 3\n"
+        #expect(try ClusterConfig.parse(text, file: file).name == "demo")
+    }
+
+    @Test func aRelativeKeyFileIsResolvedAgainstTheConfigDirectory() throws {
+        let text = variant("key_file = \"/etc/dlm/authkey\"", "key_file = \"keys/authkey\"")
+        #expect(try ClusterConfig.parse(text, file: "/srv/dlm/cluster.toml").keyFile == "/srv/dlm/keys/authkey")
+        let up = variant("key_file = \"/etc/dlm/authkey\"", "key_file = \"../authkey\"")
+        #expect(try ClusterConfig.parse(up, file: "/srv/dlm/cluster.toml").keyFile == "/srv/authkey")
+    }
+
+    @Test func loadReadsTheFile() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("cluster.toml").path
+        try variant("key_file = \"/etc/dlm/authkey\"", "key_file = \"authkey\"")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(try ClusterConfig.load(path: path).keyFile == directory.appendingPathComponent("authkey").path)
+        #expect(throws: ClusterConfigError.self) { try ClusterConfig.load(path: path + ".missing") }
+    }
+
+    @Test func errorsNameTheKey() {
+        let cases: [(String, String)] = [
+            (variant("127.0.0.1:7103", "127.0.0.1"), "node[2].address: \"127.0.0.1\" is not HOST:PORT"),
+            (variant("127.0.0.1:7103", "127.0.0.1:70000"), "node[2].address: \"127.0.0.1:70000\" is not HOST:PORT"),
+            (
+                variant("expected_votes = 3", "expected_votes = 2"),
+                "quorum.expected_votes: must be an integer >= 3 (the sum of the nodes' votes)"
+            ),
+            (variant("expected_votes = 3", "expected_votes = \"3\""), "quorum.expected_votes: must be an integer"),
+            (variant("name = \"demo\"", "nmae = \"demo\""), "unknown key cluster.nmae"),
+            (variant("[quorum]", "[quorom]"), "unknown table or key quorom"),
+            (variant("id = 3", "id = 2"), "node[2].id: 2 is also the id of node[1]"),
+            (variant("id = 3", "id = 0"), "node[2].id: must be an integer from 1 to 4294967295"),
+            (variant("id = 3", "id = 3\nvote = 2"), "unknown key node[2].vote"),
+            (variant("id = 3", "id = 3\nvotes = 0"), "node[2].votes: must be an integer from 1 to 1000000"),
+            (
+                variant("127.0.0.1:7103", "127.0.0.1:7102"),
+                "node[2].address: 127.0.0.1:7102 is also the address of node[1]"
+            ),
+            (variant("command = \"/usr/local/sbin/fence-node\"", ""), "fencing.command: missing"),
+            (
+                variant("command = \"/usr/local/sbin/fence-node\"", "command = \"\""),
+                "fencing.command: must not be empty"
+            ),
+            (variant("[fencing]", "[fencing]\ntimeout = 0"), "fencing.timeout: must be a number of seconds > 0"),
+            (variant("[fencing]", "[fencing]\ntimeout = \"1\""), "fencing.timeout: must be a number of seconds"),
+            (variant("name = \"demo\"", ""), "cluster.name: missing"),
+            (variant("key_file = \"/etc/dlm/authkey\"", ""), "cluster.key_file: missing"),
+            (variant("expected_votes = 3", "two_node = true"), "quorum.two_node: needs exactly two nodes"),
+            (variant("expected_votes = 3", "wait_for_all = 1"), "quorum.wait_for_all: must be true or false"),
+            (exampleConfig.components(separatedBy: "[[node]]")[0], "node: the node list is empty"),
+            (
+                exampleConfig + "\n[timeouts]\nheartbeat_ms = 600\n",
+                "timeouts.suspect_ms: must be at least twice timeouts.heartbeat_ms (1200)"
+            ),
+            (
+                exampleConfig + "\n[timeouts]\nflush_ms = 600\n",
+                "timeouts.flush_ms: must be at most timeouts.view_change_ms (500)"
+            ),
+            (
+                exampleConfig + "\n[timeouts]\nretransmit_ms = 200\n",
+                "timeouts.flush_ms: must be at least twice timeouts.retransmit_ms (400)"
+            ),
+            (exampleConfig + "\n[timeouts]\nheartbeat_ms = 0\n", "timeouts.heartbeat_ms: must be an integer from 1"),
+            (exampleConfig + "\n[timeouts]\nsuspect = 3\n", "unknown key timeouts.suspect"),
+            (exampleConfig + "\n[timeouts]\nsuspect_ms = 99999999999\n", "timeouts.suspect_ms: must be an integer"),
+            ("[cluster\nname = 1", "line 1"),
+        ]
+        for (text, expected) in cases {
+            let message = error(text)
+            #expect(message?.hasPrefix("\(file): ") == true, "\(expected)")
+            #expect(message?.contains(expected) == true, "\(message ?? "no error") should contain \(expected)")
+        }
+    }
+
+    @Test func twoNode() throws {
+        let text = exampleConfig.replacingOccurrences(of: "expected_votes = 3", with: "two_node = true")
+            .components(separatedBy: "[[node]]\nid = 3")[0]
+        let config = try ClusterConfig.parse(text, file: file)
+        #expect(config.twoNode)
+        #expect(config.settings.waitForAll)
+        #expect(config.settings.quorumVotes == 1)
+    }
+}
