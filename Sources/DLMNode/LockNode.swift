@@ -1,6 +1,6 @@
 import DLMCore
-import DequeModule
 import DLMWire
+import DequeModule
 import Logging
 import NIOCore
 

@@ -85,7 +85,8 @@ final class TestCluster: @unchecked Sendable {
         nodes count: Int, timeouts: String? = TestCluster.quickTimeouts, addresses: [String]? = nil,
         launcher: @escaping (Int) -> [String] = { _ in [] }
     ) throws {
-        directory = FileManager.default.temporaryDirectory
+        directory =
+            FileManager.default.temporaryDirectory
             .appendingPathComponent("dlm-cluster-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         configPath = directory + "/cluster.toml"

@@ -32,9 +32,9 @@ struct PartitionTests {
         for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
         try cluster.waitForView(at: 3, members: "3", primary: false)
         #expect(cluster.fenced.contains(3))
-        let isolated = try await ClusterTests.status(cluster, 3)
+        let isolated = try await ClusterDaemonTests.status(cluster, 3)
         #expect(!isolated.quorate && isolated.recovery.waitingFor.contains("quorum"))
-        let majority = try await ClusterTests.status(cluster, 1)
+        let majority = try await ClusterDaemonTests.status(cluster, 1)
         #expect(majority.quorate && majority.view?.members == [1, 2])
 
         // Healed: one primary view of all three again.

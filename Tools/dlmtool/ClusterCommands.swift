@@ -6,7 +6,8 @@ import GroupNode
 /// What a cluster member's status adds: the view, quorum, and what a stopped node waits for.
 enum ClusterText {
     static func statusRows(_ report: StatusReport) -> [[String]] {
-        var rows: [[String]] = [["incarnation", "\(report.incarnation)"]]
+        // The store's rows show the incarnation already.
+        var rows: [[String]] = report.store == nil ? [["incarnation", "\(report.incarnation)"]] : []
         guard let cluster = report.cluster else {
             return rows + [["cluster", "none (standalone)"]]
         }

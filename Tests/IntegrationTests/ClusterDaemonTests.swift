@@ -7,7 +7,7 @@ import Testing
 /// Real `dlmd` cluster members on loopback: views, detection, rejoining as a new incarnation, quorum, fencing,
 /// and what `dlmtool status` and `dlmtool members` say of them.
 @Suite(.serialized, .timeLimit(.minutes(3)))
-struct ClusterTests {
+struct ClusterDaemonTests {
     static func status(_ cluster: TestCluster, _ node: Int) async throws -> StatusReport {
         let result = try await ToolRun.run(arguments: ["status", "--json", "--socket", cluster.socket(node)])
         #expect(result.status == 0, "\(result.stderr)")
@@ -123,7 +123,8 @@ struct ClusterTests {
     @Test func configErrors() async throws {
         let cluster = try TestCluster(nodes: 3)
         let bad = cluster.directory + "/bad.toml"
-        try "[cluster]\nname = \"x\"\nkey_file = \"k\"\n[fencing]\ncommand = \"/bin/true\"\n[[node]]\nid = 1\naddress = \"nowhere\"\n"
+        try
+            "[cluster]\nname = \"x\"\nkey_file = \"k\"\n[fencing]\ncommand = \"/bin/true\"\n[[node]]\nid = 1\naddress = \"nowhere\"\n"
             .write(toFile: bad, atomically: true, encoding: .utf8)
         let result = try await Self.runDLMD(["--config", bad, "--node-id", "1", "--data-dir", cluster.directory + "/x"])
         #expect(result.status != 0)
