@@ -119,6 +119,22 @@ struct ClusterDaemonTests {
         #expect(Set(cluster.fenced) == [4, 5], "a view without quorum fences nobody")
     }
 
+    /// View numbers come from the store: after every node restarts, the new views still number above the old.
+    @Test func viewNumbersKeepIncreasingWhenEveryNodeRestarts() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        let before = try #require(try await Self.status(cluster, 1).view?.id)
+        cluster.stopAll()
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1#2,2#2,3#2", primary: true) }
+        let after = try await Self.status(cluster, 2)
+        #expect(after.incarnation == 2)
+        #expect(try #require(after.view?.id) > before)
+        #expect(try #require(after.cluster?.highestView) > before)
+    }
+
     /// Configuration errors name the key; a node id outside the node list is refused.
     @Test func configErrors() async throws {
         let cluster = try TestCluster(nodes: 3)
