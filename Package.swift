@@ -63,7 +63,8 @@ let package = Package(
         .target(
             name: "DLMNode",
             dependencies: [
-                "DLMCore", "DLMWire", "DLMStore",
+                "DLMCore", "DLMWire", "DLMStore", "GroupNode", "GroupServices",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -82,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "dlmd",
             dependencies: [
-                "DLMNode", "TOMLKit",
+                "DLMNode", "GroupNode", "TOMLKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -91,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "dlmtool",
             dependencies: [
-                "DLMClient", "DLMWire",
+                "DLMClient", "DLMWire", "GroupNode",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Tools/dlmtool"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages swift-dlm needs to build and test, when they are missing (Debian / Ubuntu):
-# liblmdb-dev (the store), libdlm-dev (the C library's header and the upstream library its tests compare with).
+# liblmdb-dev (the store), libdlm-dev (the C library's header and the upstream library its tests compare with),
+# iproute2 (network namespaces for the partition test).
 set -euo pipefail
 need=()
 pkg-config --exists lmdb 2>/dev/null || need+=(liblmdb-dev)
@@ -10,6 +11,8 @@ pkg-config --exists lmdb 2>/dev/null || need+=(liblmdb-dev)
 command -v cc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v make >/dev/null || need+=(make)
+# ip netns and veth links for the partition test (Tests/IntegrationTests/PartitionTests.swift).
+command -v ip >/dev/null || need+=(iproute2)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "swift-dlm needs: ${need[*]} (run: sudo apt-get install -y ${need[*]})" >&2

@@ -20,6 +20,8 @@ final class ClientConnection {
     /// Frames waiting for a store commit (`--durability`), by the generation they wait for, oldest first.
     var held: [(generation: UInt64, frames: ByteBuffer)] = []
     var isDirty = false
+    /// Requests of this connection held while the node is stopped (LockNode+Gate.swift).
+    var heldRequests = 0
 
     init(owner: OwnerID, channel: Channel) {
         self.owner = owner

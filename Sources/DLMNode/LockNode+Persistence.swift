@@ -15,6 +15,8 @@ final class NodePersistence {
     /// The highest generation known to be in the store.
     var committedGeneration: UInt64 = 0
     var journal: [JournalEntry] = []
+    /// What group services persisted at the last start (their `PersistentState`, JSON), if anything.
+    var groupState: [UInt8]?
 
     init(store: NodeStore) {
         self.store = store
@@ -46,6 +48,7 @@ extension LockNode {
         }
         let persistence = NodePersistence(store: store)
         self.persistence = persistence
+        persistence.groupState = contents.lastView
         // The restored resources are written again (their volatile holders are gone).
         engine.drainJournal(into: &persistence.journal)
         try store.commit(persistence.journal.map { .journal($0) })

@@ -1,5 +1,6 @@
 import DLMCore
 import DLMWire
+import DequeModule
 import Logging
 import NIOCore
 
@@ -24,6 +25,12 @@ public final class LockNode: @unchecked Sendable {
     var persistence: NodePersistence?
     /// While handling an input whose changes must be committed first: the generation its frames wait for.
     var holdingGeneration: UInt64?
+    /// Non-empty while the node is stopped (a cluster member outside a primary view): what it waits for.
+    var stopReasons: [String] = []
+    /// What arrived while stopped, in order (LockNode+Gate.swift).
+    var heldInputs: Deque<HeldInput> = []
+    /// Group services, for a cluster member; nil when standalone.
+    var cluster: ClusterMembership?
     /// Closing connections whose last frames wait for a store commit.
     var lingering: [OwnerID: ClientConnection] = [:]
 
@@ -48,6 +55,7 @@ public final class LockNode: @unchecked Sendable {
 
     /// Passes the time to the engine, which runs due timeouts and deadlock searches.
     func advanceClock() {
+        guard !isStopped else { return }
         effects.removeAll(keepingCapacity: true)
         engine.tick(now: NIODeadline.now().uptimeNanoseconds, into: &effects)
         if !effects.isEmpty || engine.hasJournal { dispatch(reply: nil) }
@@ -71,6 +79,10 @@ public final class LockNode: @unchecked Sendable {
     func disconnected(_ connection: ClientConnection) {
         guard connections.removeValue(forKey: connection.owner) != nil else { return }
         connection.state = .closing
+        if isStopped {
+            heldInputs.append(.exited(connection))
+            return
+        }
         effects.removeAll(keepingCapacity: true)
         engine.ownerExited(connection.owner, into: &effects)
         dispatch(reply: nil)
@@ -182,7 +194,11 @@ public final class LockNode: @unchecked Sendable {
                 connection,
                 .helloReply(HelloReply(nodeID: configuration.nodeID, server: "dlmd \(dlmVersion)")))
         case .ready:
-            handleRequest(message, from: connection)
+            if mustHold(message, from: connection) {
+                hold(message, from: connection)
+            } else {
+                handleRequest(message, from: connection)
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 import DLMCore
 import DLMStore
+import GroupNode
 
 /// Everything a node needs to start, from the command line or a config file.
 public struct NodeConfiguration: Sendable {
@@ -17,6 +18,8 @@ public struct NodeConfiguration: Sendable {
     public var durability: Durability
     /// The most bytes the LMDB data file may grow to.
     public var mapSize: Int
+    /// The cluster this node is a member of; nil for a standalone node.
+    public var cluster: ClusterConfig?
 
     public static let defaultSocketPath = "/run/dlm/dlmd.sock"
     public static let defaultDataDirectory = "/var/lib/dlm"
@@ -27,8 +30,9 @@ public struct NodeConfiguration: Sendable {
         socketPath: String? = NodeConfiguration.defaultSocketPath, listenAddress: String? = nil,
         dataDirectory: String = NodeConfiguration.defaultDataDirectory, nodeID: UInt32 = 1,
         engine: EngineConfig = EngineConfig(), tickInterval: UInt64 = 10_000_000, durability: Durability = .batch,
-        mapSize: Int = NodeConfiguration.defaultMapSize
+        mapSize: Int = NodeConfiguration.defaultMapSize, cluster: ClusterConfig? = nil
     ) {
+        self.cluster = cluster
         self.durability = durability
         self.mapSize = mapSize
         self.socketPath = socketPath

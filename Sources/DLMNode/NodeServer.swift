@@ -10,7 +10,8 @@ import ServiceLifecycle
 public final class NodeServer: Service, @unchecked Sendable {
     public let configuration: NodeConfiguration
     let logger: Logger
-    /// Called once the sockets listen, with a line saying where.
+    /// Called with the lines dlmd prints: where it listens, once the sockets listen, and a cluster member's view
+    /// changes and fences.
     let onListening: @Sendable (String) -> Void
 
     public init(
@@ -32,6 +33,16 @@ public final class NodeServer: Service, @unchecked Sendable {
                 try node.openStore()
                 node.start()
             }.get()
+            if let cluster = configuration.cluster {
+                let announce = onListening
+                try await loop.flatSubmit {
+                    do {
+                        return try node.joinCluster(cluster, announce: announce)
+                    } catch {
+                        return loop.makeFailedFuture(error)
+                    }
+                }.get()
+            }
             let channels = try await bind(node: node, group: group)
             var places: [String] = []
             if let path = configuration.socketPath { places.append("unix:\(path)") }
@@ -43,6 +54,7 @@ public final class NodeServer: Service, @unchecked Sendable {
             } onGracefulShutdown: {
                 for channel in channels { channel.close(promise: nil) }
             }
+            try await loop.flatSubmit { node.cluster?.group.stop() ?? loop.makeSucceededVoidFuture() }.get()
             try await loop.submit { try node.shutdown() }.get()
             if let path = configuration.socketPath { unlink(path) }
         } catch {
@@ -121,6 +133,12 @@ extension LockNode {
     func shutdown() throws {
         isShuttingDown = true
         ticker?.cancel()
+        // Connections that closed while the node was stopped: their owners are gone too.
+        for case .exited(let connection) in heldInputs {
+            effects.removeAll(keepingCapacity: true)
+            engine.ownerExited(connection.owner, into: &effects)
+        }
+        heldInputs.removeAll()
         for connection in connections.values.sorted(by: { $0.owner < $1.owner }) {
             connection.send(.goodbye(reason: "dlmd is shutting down"))
             close(connection)

@@ -35,7 +35,11 @@ extension LockNode {
             socket: configuration.socketPath, listen: configuration.listenAddress,
             dataDirectory: configuration.dataDirectory, lockspaces: lockspaces.count,
             resources: engine.resourceCount, locks: engine.lockCount, connections: connections.count,
-            store: storeReport)
+            store: storeReport, incarnation: persistence?.store.incarnation ?? 0, quorate: !isStopped,
+            view: cluster?.viewReport,
+            recovery: .init(
+                waitingFor: isStopped ? (cluster?.waitingFor ?? stopReasons) : [], heldRequests: heldInputs.count),
+            cluster: cluster?.clusterReport)
     }
 
     func lockspacesReport() -> LockspacesReport {

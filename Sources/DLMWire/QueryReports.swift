@@ -14,6 +14,111 @@ public struct StatusReport: Codable, Sendable, Hashable {
     public var connections: Int
     /// The node's store, if it has one.
     public var store: Store?
+    /// This life of the node: counted up (and persisted) at every start; 0 for a node without a store.
+    public var incarnation: UInt64
+    /// Whether the node may grant: always for a standalone node; for a cluster member, while it is in a primary
+    /// view (a majority of the expected votes) that is ready for recovery.
+    public var quorate: Bool
+    /// The installed membership view; nil for a standalone node or before the first view.
+    public var view: View?
+    /// What lock requests wait for; `waitingFor` is empty when the node serves requests.
+    public var recovery: Recovery
+    /// The cluster this node is a member of (`dlmd --config FILE --node-id N`); nil when standalone.
+    public var cluster: Cluster?
+
+    /// An agreed membership view (group services).
+    public struct View: Codable, Sendable, Hashable {
+        /// The view number; it increases at every view change, across restarts.
+        public var id: UInt64
+        /// The node that proposed the view (and orders its messages).
+        public var coordinator: UInt32
+        public var members: [UInt32]
+        public var primary: Bool
+
+        public init(id: UInt64, coordinator: UInt32, members: [UInt32], primary: Bool) {
+            self.id = id
+            self.coordinator = coordinator
+            self.members = members
+            self.primary = primary
+        }
+    }
+
+    /// Lock requests are held (not refused) while the node is not quorate, as the kernel DLM stops a lockspace
+    /// during recovery.
+    public struct Recovery: Codable, Sendable, Hashable {
+        /// For instance "view agreement", "quorum", "fencing node 3"; empty when requests are served.
+        public var waitingFor: [String]
+        /// Requests (and disconnections) received while stopped, handled in order once the node is quorate.
+        public var heldRequests: Int
+
+        enum CodingKeys: String, CodingKey {
+            case waitingFor = "waiting_for"
+            case heldRequests = "held_requests"
+        }
+
+        public init(waitingFor: [String], heldRequests: Int) {
+            self.waitingFor = waitingFor
+            self.heldRequests = heldRequests
+        }
+    }
+
+    public struct Cluster: Codable, Sendable, Hashable {
+        public var name: String
+        public var expectedVotes: Int
+        /// The votes a primary view needs.
+        public var quorumVotes: Int
+        /// The highest view number this node has promised or installed (persisted).
+        public var highestView: UInt64
+        public var nodes: [Node]
+
+        /// A configured node as this node sees it.
+        public struct Node: Codable, Sendable, Hashable {
+            public var nodeID: UInt32
+            public var address: String
+            public var votes: Int
+            /// "self", "member", "joining", "suspected", "down", "fencing", "fenced".
+            public var state: String
+            /// Milliseconds since a frame from it was last accepted; nil if never (or for this node).
+            public var lastHeardMilliseconds: UInt64?
+            /// The incarnation it last spoke as.
+            public var incarnation: UInt64?
+
+            enum CodingKeys: String, CodingKey {
+                case nodeID = "node_id"
+                case address, votes, state
+                case lastHeardMilliseconds = "last_heard_ms"
+                case incarnation
+            }
+
+            public init(
+                nodeID: UInt32, address: String, votes: Int, state: String, lastHeardMilliseconds: UInt64?,
+                incarnation: UInt64?
+            ) {
+                self.nodeID = nodeID
+                self.address = address
+                self.votes = votes
+                self.state = state
+                self.lastHeardMilliseconds = lastHeardMilliseconds
+                self.incarnation = incarnation
+            }
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name
+            case expectedVotes = "expected_votes"
+            case quorumVotes = "quorum_votes"
+            case highestView = "highest_view"
+            case nodes
+        }
+
+        public init(name: String, expectedVotes: Int, quorumVotes: Int, highestView: UInt64, nodes: [Node]) {
+            self.name = name
+            self.expectedVotes = expectedVotes
+            self.quorumVotes = quorumVotes
+            self.highestView = highestView
+            self.nodes = nodes
+        }
+    }
 
     /// What `dlmtool status` shows of the store.
     public struct Store: Codable, Sendable, Hashable {
@@ -56,13 +161,21 @@ public struct StatusReport: Codable, Sendable, Hashable {
         case socket, listen
         case dataDirectory = "data_dir"
         case lockspaces, resources, locks, connections
+        case incarnation, quorate, view, recovery, cluster
     }
 
     public init(
         nodeID: UInt32, version: String, pid: Int32, uptimeSeconds: Double, socket: String?, listen: String?,
-        dataDirectory: String?, lockspaces: Int, resources: Int, locks: Int, connections: Int, store: Store? = nil
+        dataDirectory: String?, lockspaces: Int, resources: Int, locks: Int, connections: Int, store: Store? = nil,
+        incarnation: UInt64 = 0, quorate: Bool = true, view: View? = nil,
+        recovery: Recovery = Recovery(waitingFor: [], heldRequests: 0), cluster: Cluster? = nil
     ) {
         self.store = store
+        self.incarnation = incarnation
+        self.quorate = quorate
+        self.view = view
+        self.recovery = recovery
+        self.cluster = cluster
         self.nodeID = nodeID
         self.version = version
         self.pid = pid

@@ -3,6 +3,7 @@ import DLMCore
 import DLMNode
 import DLMStore
 import Foundation
+import GroupNode
 import Logging
 import ServiceLifecycle
 import TOMLKit
@@ -20,6 +21,11 @@ struct DLMD: AsyncParsableCommand {
             Settings come from the command line, then the config file (--config), then the defaults. The \
             config file is TOML with a [dlmd] table holding the same names: socket, listen, data_dir, \
             node_id, deadlock_wait, log_level, durability, map_size.
+
+            A config file with a [cluster] table makes this node a cluster member: it also holds the node list \
+            ([[node]] id, address, votes), [quorum], [fencing] and the cluster key file (docs/GROUPS.md). Start \
+            each member with `dlmd --config FILE --node-id N`. A member holds lock requests (grants nothing \
+            new) while it is not in a primary view; `dlmtool status` says what it waits for.
             """,
         version: dlmVersion)
 
@@ -35,10 +41,12 @@ struct DLMD: AsyncParsableCommand {
     @Option(name: .long, help: "Where state that must survive a restart is kept (default: /var/lib/dlm).")
     var dataDir: String?
 
-    @Option(name: .long, help: "A TOML file with a [dlmd] table of settings.")
+    @Option(
+        name: .long,
+        help: "A TOML file with a [dlmd] table of settings and, for a cluster member, the cluster's configuration.")
     var config: String?
 
-    @Option(name: .long, help: "This node's id (default: 1).")
+    @Option(name: .long, help: "This node's id; a cluster member's id in the node list (default: 1).")
     var nodeID: UInt32?
 
     @Option(
@@ -104,6 +112,13 @@ struct DLMD: AsyncParsableCommand {
         }
     }
 
+    /// Whether the config file describes a cluster (has a [cluster] table).
+    func isClusterConfig(_ path: String) -> Bool {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let table = try? TOMLTable(string: text)
+        else { return false }
+        return table["cluster"] != nil
+    }
+
     func describe(_ error: DecodingError) -> String {
         switch error {
         case .typeMismatch(let type, let context), .valueNotFound(let type, let context):
@@ -147,13 +162,25 @@ struct DLMD: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
+        var cluster: ClusterConfig?
+        if let config, isClusterConfig(config) {
+            do {
+                cluster = try ClusterConfig.load(path: config)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            guard nodeID ?? file.node_id != nil else {
+                throw ValidationError("a cluster member needs --node-id N (or dlmd.node_id): which [[node]] it is")
+            }
+        }
         let environmentSocket = ProcessInfo.processInfo.environment["DLM_SOCKET"]
         let configuration = NodeConfiguration(
             socketPath: noSocket
                 ? nil : (socket ?? file.socket ?? environmentSocket ?? NodeConfiguration.defaultSocketPath),
             listenAddress: listen ?? file.listen,
             dataDirectory: dataDirectory, nodeID: nodeID ?? file.node_id ?? 1,
-            engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)), durability: durabilityMode, mapSize: mapMiB << 20)
+            engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)), durability: durabilityMode, mapSize: mapMiB << 20,
+            cluster: cluster)
         let logger = Logger(label: "dlmd")
         let server = NodeServer(configuration: configuration, logger: logger) { line in
             FileHandle.standardOutput.write(Data((line + "\n").utf8))
@@ -167,6 +194,9 @@ struct DLMD: AsyncParsableCommand {
             FileHandle.standardError.write(Data("dlmd: \(error.description)\n".utf8))
             throw ExitCode(1)
         } catch let error as StoreError {
+            FileHandle.standardError.write(Data("dlmd: \(error.description)\n".utf8))
+            throw ExitCode(1)
+        } catch let error as ClusterConfigError {
             FileHandle.standardError.write(Data("dlmd: \(error.description)\n".utf8))
             throw ExitCode(1)
         } catch let error as LMDBError {

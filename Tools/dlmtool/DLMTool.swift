@@ -19,7 +19,10 @@ struct DLMTool: AsyncParsableCommand {
             printed as "dlmtool: <message>" on standard error); 64 for a usage error. `dlmtool lock` exits \
             with its command's status; see `dlmtool help lock`.
             """,
-        subcommands: [Status.self, Ls.self, LockDebug.self, LockDump.self, Join.self, Leave.self, Lock.self])
+        subcommands: [
+            Status.self, Ls.self, LockDebug.self, LockDump.self, Join.self, Leave.self, Lock.self, Members.self,
+            Keygen.self,
+        ])
 }
 
 /// The options every command takes.

@@ -44,7 +44,7 @@ struct Status: AsyncParsableCommand {
                         ["resources", "\(report.resources)"],
                         ["locks", "\(report.locks)"],
                         ["connections", "\(report.connections)"],
-                    ] + store))
+                    ] + store + ClusterText.statusRows(report)))
         }
     }
 }

@@ -1,0 +1,128 @@
+import DLMStore
+import DLMWire
+import Foundation
+import GroupNode
+import GroupServices
+import Logging
+import NIOCore
+
+/// A node's membership in a cluster (`dlmd --config FILE --node-id N`): its group services, whose views decide
+/// whether the lock node serves requests. Outside a primary view (no quorum, or before the first view is
+/// agreed) the lock node is stopped and grants nothing new; a primary view is reported only after every node
+/// that left it was fenced, and then the node serves again. Lives on the lock node's event loop.
+final class ClusterMembership {
+    let config: ClusterConfig
+    let nodeID: NodeID
+    let group: GroupNode
+    /// Lines for dlmd's standard output (view changes and fences), which operators and tests read.
+    let announce: @Sendable (String) -> Void
+
+    init(
+        config: ClusterConfig, nodeID: NodeID, key: ClusterKey, node: LockNode, store: NodeStore,
+        persisted: [UInt8]?, logger: Logger, announce: @escaping @Sendable (String) -> Void
+    ) throws {
+        self.config = config
+        self.nodeID = nodeID
+        self.announce = announce
+        var state = PersistentState()
+        if let persisted, !persisted.isEmpty {
+            do {
+                state = try JSONDecoder().decode(PersistentState.self, from: Data(persisted))
+            } catch {
+                throw NodeError("the store's membership record cannot be read: \(error)")
+            }
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        group = GroupNode(
+            config: config, nodeID: nodeID, key: key, incarnation: store.incarnation, persisted: state,
+            eventLoop: node.eventLoop, logger: logger,
+            persist: { state in
+                // Before any message that depends on it leaves: committed and on disk.
+                try store.commit([.view(Array(try encoder.encode(state)))])
+                try store.sync()
+            },
+            onEvent: { [weak node] event in node?.handleGroupEvent(event) })
+    }
+
+    var viewReport: StatusReport.View? {
+        guard let view = group.status().view else { return nil }
+        return StatusReport.View(
+            id: view.id, coordinator: view.coordinator, members: view.members.map(\.node), primary: view.primary)
+    }
+
+    /// What a stopped node waits for, as group services see it.
+    var waitingFor: [String] {
+        let status = group.status()
+        if !status.waitingFor.isEmpty { return status.waitingFor }
+        if status.view == nil { return ["view agreement"] }
+        return status.quorate ? [] : ["quorum"]
+    }
+
+    var clusterReport: StatusReport.Cluster {
+        let status = group.status()
+        let settings = config.settings
+        return StatusReport.Cluster(
+            name: status.clusterName, expectedVotes: settings.expectedVotes, quorumVotes: settings.quorumVotes,
+            highestView: status.highestViewNumber,
+            nodes: status.nodes.map {
+                .init(
+                    nodeID: $0.id, address: $0.address, votes: $0.votes, state: $0.state,
+                    lastHeardMilliseconds: $0.lastHeardMillisecondsAgo, incarnation: $0.incarnation)
+            })
+    }
+}
+
+extension LockNode {
+    /// Joins the cluster: requests are held until the first primary view.
+    func joinCluster(_ config: ClusterConfig, announce: @escaping @Sendable (String) -> Void) throws
+        -> EventLoopFuture<Void>
+    {
+        eventLoop.preconditionInEventLoop()
+        guard let persistence else { throw NodeError("a cluster member needs its data directory") }
+        let nodeID = NodeID(configuration.nodeID)
+        guard config.node(nodeID) != nil else {
+            throw NodeError(
+                "node id \(nodeID) is not in the cluster's node list (\(config.nodes.map { "\($0.id)" }.joined(separator: ", ")))"
+            )
+        }
+        let key: ClusterKey
+        do {
+            key = try ClusterKey.read(from: config.keyFile)
+        } catch {
+            throw NodeError("the cluster key: \(error)")
+        }
+        let membership = try ClusterMembership(
+            config: config, nodeID: nodeID, key: key, node: self, store: persistence.store,
+            persisted: persistence.groupState, logger: logger, announce: announce)
+        cluster = membership
+        stop(waitingFor: ["view agreement"])
+        return membership.group.start()
+    }
+
+    func handleGroupEvent(_ event: GroupNodeEvent) {
+        guard let cluster else { return }
+        let me = "dlmd: node \(configuration.nodeID)"
+        switch event {
+        case .viewInstalled(let view, let primary):
+            let members = view.members.map(\.description).joined(separator: ",")
+            cluster.announce(
+                "\(me) view \(view.id.number) coordinator \(view.id.coordinator) members \(members) "
+                    + (primary ? "primary" : "not primary (no quorum)"))
+            logger.notice(
+                "view installed", metadata: ["view": "\(view)", "primary": "\(primary)"])
+            if primary {
+                resume()
+            } else {
+                stop(waitingFor: ["quorum"])
+            }
+        case .fenced(let node):
+            cluster.announce("\(me) fenced node \(node)")
+        case .fenceFailed(let node, let reason):
+            cluster.announce("\(me) fencing node \(node) failed: \(reason); retrying")
+        case .delivered, .barrierCompleted, .barrierAborted, .groupEvent:
+            // The lock manager does not use ordered messages yet: resource mastering across nodes comes next.
+            break
+        }
+    }
+}

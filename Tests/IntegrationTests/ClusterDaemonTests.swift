@@ -1,0 +1,169 @@
+import DLMClient
+import DLMCore
+import DLMWire
+import Foundation
+import Testing
+
+/// Real `dlmd` cluster members on loopback: views, detection, rejoining as a new incarnation, quorum, fencing,
+/// and what `dlmtool status` and `dlmtool members` say of them.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct ClusterDaemonTests {
+    static func status(_ cluster: TestCluster, _ node: Int) async throws -> StatusReport {
+        let result = try await ToolRun.run(arguments: ["status", "--json", "--socket", cluster.socket(node)])
+        #expect(result.status == 0, "\(result.stderr)")
+        return try JSONDecoder().decode(StatusReport.self, from: result.output)
+    }
+
+    /// The default timeouts: a killed node is out of the survivors' view within the detection time (1.5 s);
+    /// it was fenced first; restarted, it rejoins as its next incarnation.
+    @Test func threeNodesKillOneAndRestartIt() async throws {
+        let cluster = try TestCluster(nodes: 3, timeouts: nil)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+
+        let status = try await Self.status(cluster, 1)
+        #expect(status.nodeID == 1 && status.incarnation == 1 && status.quorate)
+        #expect(status.view?.members == [1, 2, 3] && status.view?.primary == true)
+        #expect(status.recovery.waitingFor.isEmpty && status.recovery.heldRequests == 0)
+        #expect(status.cluster?.name == "test" && status.cluster?.quorumVotes == 2)
+        #expect(status.cluster?.nodes.map(\.state) == ["self", "member", "member"])
+
+        let killed = cluster.kill(3)
+        let survivors = try [1, 2].map { try cluster.waitForView(at: $0, members: "1,2", primary: true) }
+        let detection = survivors.map { $0.timeIntervalSince(killed) }.max()!
+        // 1.5 s is the configured detection time; the margin is for a loaded 2-vCPU machine (bench/ measures it).
+        #expect(detection < 1.5 + 1.5, "the new view came \(detection) s after the kill")
+        #expect(cluster.fenced == [3], "the fence command ran for node 3 alone, before the view was reported")
+
+        let afterKill = try await Self.status(cluster, 2)
+        #expect(afterKill.view?.members == [1, 2] && afterKill.quorate)
+        let view2 = try #require(afterKill.view?.id)
+        #expect(view2 > status.view!.id)
+
+        try cluster.start(3)
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3#2", primary: true) }
+        let rejoined = try await Self.status(cluster, 3)
+        #expect(rejoined.incarnation == 2 && rejoined.quorate)
+        #expect(rejoined.view!.id > view2)
+
+        // dlmtool members: every node, its state and incarnation.
+        let members = try await ToolRun.run(arguments: ["members", "--json", "--socket", cluster.socket(1)])
+        #expect(members.status == 0, "\(members.stderr)")
+        let report = try JSONDecoder().decode(StatusReport.Cluster.self, from: members.output)
+        #expect(report.nodes.map(\.nodeID) == [1, 2, 3])
+        #expect(report.nodes.map(\.incarnation) == [1, 1, 2])
+        #expect(report.nodes[1].lastHeardMilliseconds != nil)
+        let text = try await ToolRun.run(arguments: ["members", "--socket", cluster.socket(1)])
+        #expect(text.status == 0 && text.stdout.contains("quorate: yes"))
+        #expect(text.lines.count == 5, "a heading, a header and three nodes: \(text.stdout)")
+
+        // A quorate member serves locks.
+        let lock = try await ToolRun.run(arguments: ["lock", "--socket", cluster.socket(3), "job", "--", "true"])
+        #expect(lock.status == 0, "\(lock.stderr)")
+    }
+
+    /// Without a majority a node grants nothing new: requests are held, not refused, and run once quorum is
+    /// back.
+    @Test func losingTheMajorityHoldsRequests() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+
+        let connection = try await DLMConnection.connect(socketPath: cluster.socket(1))
+        let ls = try await connection.openLockspace("q")
+        let held = try await ls.lock("kept", mode: .ex)
+
+        cluster.kill(2)
+        cluster.kill(3)
+        try cluster.waitForView(at: 1, members: "1", primary: false)
+        let stopped = try await Self.status(cluster, 1)
+        #expect(!stopped.quorate && stopped.view?.primary == false)
+        #expect(stopped.recovery.waitingFor.contains("quorum"), "\(stopped.recovery.waitingFor)")
+        #expect(stopped.locks == 1, "the lock granted before is kept")
+
+        // A new request, even NOQUEUE, waits: nothing is granted and nothing refused.
+        let request = Task { try await ls.lock("new", mode: .ex, flags: [.noQueue]) }
+        var report = try await Self.status(cluster, 1)
+        while report.recovery.heldRequests < 1 { report = try await Self.status(cluster, 1) }
+        #expect(report.locks == 1 && !report.quorate)
+        let text = try await ToolRun.run(arguments: ["status", "--socket", cluster.socket(1)])
+        #expect(text.fields["quorate"] == "no" && text.fields["waiting for"] == "quorum", "\(text.stdout)")
+
+        try cluster.start(2)
+        try cluster.waitForView(at: 1, members: "1,2#2", primary: true)
+        let granted = try await request.value
+        #expect(granted.mode == .ex)
+        let resumed = try await Self.status(cluster, 1)
+        #expect(resumed.quorate && resumed.recovery.heldRequests == 0 && resumed.locks == 2)
+        try await granted.unlock()
+        try await held.unlock()
+        await connection.close()
+    }
+
+    /// Five nodes: losing two keeps a primary view of three; losing a third leaves two without quorum.
+    @Test func fiveNodes() async throws {
+        let cluster = try TestCluster(nodes: 5)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...5 { try cluster.waitForView(at: node, members: "1,2,3,4,5", primary: true) }
+        cluster.kill(4)
+        cluster.kill(5)
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        #expect(Set(cluster.fenced) == [4, 5])
+        cluster.kill(1)
+        for node in 2...3 { try cluster.waitForView(at: node, members: "2,3", primary: false) }
+        let status = try await Self.status(cluster, 2)
+        #expect(!status.quorate && status.recovery.waitingFor.contains("quorum"))
+        #expect(Set(cluster.fenced) == [4, 5], "a view without quorum fences nobody")
+    }
+
+    /// View numbers come from the store: after every node restarts, the new views still number above the old.
+    @Test func viewNumbersKeepIncreasingWhenEveryNodeRestarts() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        let before = try #require(try await Self.status(cluster, 1).view?.id)
+        cluster.stopAll()
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1#2,2#2,3#2", primary: true) }
+        let after = try await Self.status(cluster, 2)
+        #expect(after.incarnation == 2)
+        #expect(try #require(after.view?.id) > before)
+        #expect(try #require(after.cluster?.highestView) > before)
+    }
+
+    /// Configuration errors name the key; a node id outside the node list is refused.
+    @Test func configErrors() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        let bad = cluster.directory + "/bad.toml"
+        try
+            "[cluster]\nname = \"x\"\nkey_file = \"k\"\n[fencing]\ncommand = \"/bin/true\"\n[[node]]\nid = 1\naddress = \"nowhere\"\n"
+            .write(toFile: bad, atomically: true, encoding: .utf8)
+        let result = try await Self.runDLMD(["--config", bad, "--node-id", "1", "--data-dir", cluster.directory + "/x"])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("address"), "\(result.stderr)")
+
+        let outside = try await Self.runDLMD([
+            "--config", cluster.configPath, "--node-id", "9", "--data-dir", cluster.directory + "/y", "--socket",
+            cluster.directory + "/y.sock",
+        ])
+        #expect(outside.status != 0)
+        #expect(outside.stderr.contains("node id 9 is not in the cluster"), "\(outside.stderr)")
+    }
+
+    static func runDLMD(_ arguments: [String]) async throws -> (status: Int32, stderr: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Daemon.executable)
+        process.arguments = arguments
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let data = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}

@@ -1,0 +1,109 @@
+import Foundation
+import Testing
+
+/// Three dlmd nodes, each in a network namespace of its own on one bridge; cutting one node's link partitions
+/// the cluster for real (packets vanish, nothing is refused). Needs root and `ip netns`; skipped otherwise.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct PartitionTests {
+    static let canMakeNamespaces: Bool = {
+        guard getuid() == 0 else { return false }
+        let name = "dlmprobe\(getpid() % 100_000)"
+        guard (try? Network.ip("netns", "add", name)) != nil else { return false }
+        _ = try? Network.ip("netns", "del", name)
+        return true
+    }()
+
+    @Test(
+        .enabled(
+            if: PartitionTests.canMakeNamespaces,
+            "skipped: network namespaces cannot be made here (needs root and iproute2's ip netns)"))
+    func partitionAndHeal() async throws {
+        let network = try Network(nodes: 3)
+        defer { network.remove() }
+        let cluster = try TestCluster(
+            nodes: 3, addresses: network.addresses.map { "\($0):7100" },
+            launcher: { ["/usr/sbin/ip", "netns", "exec", network.namespace($0)] })
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+
+        // Node 3 is cut off: the majority side goes on without it (after fencing it), node 3 loses quorum.
+        try network.cut(3)
+        for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+        try cluster.waitForView(at: 3, members: "3", primary: false)
+        #expect(cluster.fenced.contains(3))
+        let isolated = try await ClusterDaemonTests.status(cluster, 3)
+        #expect(!isolated.quorate && isolated.recovery.waitingFor.contains("quorum"))
+        let majority = try await ClusterDaemonTests.status(cluster, 1)
+        #expect(majority.quorate && majority.view?.members == [1, 2])
+
+        // Healed: one primary view of all three again.
+        try network.heal(3)
+        for node in 1...3 {
+            try cluster.logs[node]!.wait(for: "a view of all three at node \(node)") {
+                $0.range(of: #" members 1,2,3(#\d+)? primary$"#, options: .regularExpression) != nil
+            }
+        }
+    }
+}
+
+/// Namespaces dlmN-<tag>, each with a veth into a bridge in the root namespace, on a /24 of their own.
+final class Network: @unchecked Sendable {
+    let tag: String
+    let subnet: Int
+    let count: Int
+
+    init(nodes count: Int) throws {
+        self.count = count
+        tag = String(getpid() % 10_000, radix: 16)
+        subnet = 100 + Int(getpid() % 100)
+        try Network.ip("link", "add", bridge, "type", "bridge")
+        try Network.ip("link", "set", bridge, "up")
+        for node in 1...count {
+            let ns = namespace(node)
+            try Network.ip("netns", "add", ns)
+            try Network.ip("link", "add", outside(node), "type", "veth", "peer", "name", inside(node))
+            try Network.ip("link", "set", inside(node), "netns", ns)
+            try Network.ip("link", "set", outside(node), "master", bridge)
+            try Network.ip("link", "set", outside(node), "up")
+            try Network.ip("-n", ns, "addr", "add", "\(addresses[node - 1])/24", "dev", inside(node))
+            try Network.ip("-n", ns, "link", "set", inside(node), "up")
+            try Network.ip("-n", ns, "link", "set", "lo", "up")
+        }
+    }
+
+    var bridge: String { "dlmbr\(tag)" }
+    func namespace(_ node: Int) -> String { "dlm\(node)-\(tag)" }
+    func outside(_ node: Int) -> String { "dlmo\(node)\(tag)" }
+    func inside(_ node: Int) -> String { "dlmi\(node)\(tag)" }
+    var addresses: [String] { (1...count).map { "10.77.\(subnet).\($0)" } }
+
+    func cut(_ node: Int) throws { try Network.ip("link", "set", outside(node), "down") }
+    func heal(_ node: Int) throws { try Network.ip("link", "set", outside(node), "up") }
+
+    func remove() {
+        for node in 1...count {
+            _ = try? Network.ip("netns", "del", namespace(node))
+            _ = try? Network.ip("link", "del", outside(node))
+        }
+        _ = try? Network.ip("link", "del", bridge)
+    }
+
+    @discardableResult
+    static func ip(_ arguments: String...) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            throw DaemonError("ip \(arguments.joined(separator: " ")): \(text)")
+        }
+        return text
+    }
+}

@@ -1,0 +1,88 @@
+import ArgumentParser
+import DLMWire
+import Foundation
+import GroupNode
+
+/// What a cluster member's status adds: the view, quorum, and what a stopped node waits for.
+enum ClusterText {
+    static func statusRows(_ report: StatusReport) -> [[String]] {
+        // The store's rows show the incarnation already.
+        var rows: [[String]] = report.store == nil ? [["incarnation", "\(report.incarnation)"]] : []
+        guard let cluster = report.cluster else {
+            return rows + [["cluster", "none (standalone)"]]
+        }
+        rows.append(["cluster", cluster.name])
+        if let view = report.view {
+            rows.append([
+                "view",
+                "\(view.id) coordinator \(view.coordinator) members \(view.members.map(String.init).joined(separator: ","))"
+                    + (view.primary ? " (primary)" : " (not primary)"),
+            ])
+        } else {
+            rows.append(["view", "none yet"])
+        }
+        rows.append(["quorate", report.quorate ? "yes" : "no"])
+        rows.append(["votes", "\(cluster.quorumVotes) of \(cluster.expectedVotes) expected needed"])
+        rows.append([
+            "waiting for",
+            report.recovery.waitingFor.isEmpty ? "nothing" : report.recovery.waitingFor.joined(separator: ", "),
+        ])
+        rows.append(["held requests", "\(report.recovery.heldRequests)"])
+        return rows
+    }
+}
+
+struct Members: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show each configured cluster node: its state, when it was last heard, its incarnation.",
+        discussion: """
+            States: self (this node), member (in this node's view), joining (heard, not yet in the view), \
+            suspected (in the view, not heard lately), down (not heard), fencing (being fenced), fenced. With \
+            --json, prints the "cluster" object of dlmd's status report. A standalone dlmd has no members: \
+            exit status 1.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let report = try decodeReport(StatusReport.self, try await connection.query(.status))
+            guard let cluster = report.cluster else {
+                throw ToolError("dlmd on node \(report.nodeID) is standalone: it has no cluster members")
+            }
+            if options.json { return try printJSON(cluster) }
+            let view = report.view.map { "view \($0.id)" + ($0.primary ? " (primary)" : " (not primary)") }
+            print("cluster \(cluster.name), \(view ?? "no view yet"), quorate: \(report.quorate ? "yes" : "no")")
+            var rows = [["node", "address", "votes", "state", "last heard", "incarnation"]]
+            for node in cluster.nodes {
+                rows.append([
+                    "\(node.nodeID)", node.address, "\(node.votes)", node.state,
+                    node.lastHeardMilliseconds.map { Text.waited(Double($0)) + " ago" } ?? "-",
+                    node.incarnation.map(String.init) ?? "-",
+                ])
+            }
+            print(Text.table(rows))
+        }
+    }
+}
+
+struct Keygen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a new cluster key (like corosync-keygen).",
+        discussion: """
+            Writes a random key to PATH, readable by its owner only; every node of the cluster needs a copy, \
+            named by key_file in the [cluster] table. An existing file is never overwritten.
+            """)
+
+    @Argument(help: ArgumentHelp("Where to write the key, e.g. /etc/dlm/authkey.", valueName: "path"))
+    var path: String
+
+    func run() throws {
+        do {
+            try ClusterKey.generate().write(to: path)
+        } catch {
+            throw ToolError.exit(for: ToolError("cannot write the key: \(error)"))
+        }
+        print("wrote a new cluster key to \(path); copy it to every node")
+    }
+}
