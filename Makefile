@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-durability sim clean libdlm install test-c bench-c
+.PHONY: deps build release run test lint bench bench-daemon bench-durability bench-membership sim clean libdlm install test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -66,6 +66,15 @@ bench-daemon:
 ## --durability mode (bench/durability-bench.sh; figures in bench/RESULTS.md).
 bench-durability:
 	bench/durability-bench.sh
+
+## make bench-membership: group services' figures (bench/RESULTS.md): view formation and failover of 3, 5 and 9
+## in-process nodes over loopback TCP, ordered messages per second of 3 nodes, and kill -9 of a real dlmd member
+## to the survivors' new view.
+bench-membership:
+	$(SWIFT) build -c release $(BUILD_FLAGS) --product dlmd
+	$(SWIFT) build -c release $(BUILD_FLAGS) --product dlmbench
+	BIN=$$($(SWIFT) build -c release $(BUILD_FLAGS) --show-bin-path); \
+	  $$BIN/dlmbench membership && $$BIN/dlmbench membership-kill --dlmd $$BIN/dlmd --rounds 20
 
 ## make libdlm: the libdlm-compatible C library (Sources/CDLM), threaded and _lt, with the upstream sonames,
 ## into .build/release. Plain C11 and pthreads, built by $(CC) alone (no SwiftPM, no Swift runtime).

@@ -24,6 +24,7 @@ import Glibc
 // Group services over loopback TCP, nodes in this process (GroupNode):
 //
 //   dlmbench membership   view formation and failover times for 3, 5, 9 nodes; ordered messages per second
+//   dlmbench membership-kill  kill -9 of a real dlmd member to the survivors' new view (median of rounds)
 //
 // Run the core scenario on one CPU: `taskset -c 0 .build/release/dlmbench core` (see bench/RESULTS.md).
 
@@ -40,6 +41,7 @@ let usage = """
            dlmbench mixed [COMMON] [--clients N[,N...]] [--connections N] [--resources N] [--zipf S]
                           [--ex-percent N] [--seed N]
            dlmbench membership [--scenario views|ordered|all] [--nodes N[,N...]] [--rounds N] ... (--help)
+           dlmbench membership-kill --dlmd PATH [--nodes N] [--rounds N]
     COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
     """
 
@@ -91,6 +93,8 @@ case "mixed":
     }
 case "membership":
     MembershipScenarios.run(arguments.dropFirst())
+case "membership-kill":
+    print(MembershipDaemons.run(Options(arguments.dropFirst(), allowed: MembershipDaemons.optionNames)))
 case "-h", "--help", "help":
     print(usage)
 default:
