@@ -80,6 +80,11 @@ public struct GroupMember: Sendable {
 
     var startedAt: UInt64 = 0
     var peers: [NodeID: Peer] = [:]
+    /// Per node, the latest incarnation that a primary view left out (and so was fenced): it never comes back,
+    /// even if its fence did not stop it; only a later incarnation (a restart) may join again.
+    public private(set) var fencedIncarnations: [NodeID: UInt64] = [:]
+    /// The members of the last primary view this member installed.
+    var lastPrimaryMembers: [Member] = []
     var wasQuorate = false
     var lastHeartbeat: UInt64 = 0
     var promisedAt: UInt64 = 0
@@ -224,6 +229,8 @@ public struct GroupMember: Sendable {
 
     mutating func onReceive(_ message: GroupMessage, from: Member, into effects: inout [GroupEffect]) {
         guard from.node != id, settings.votes[from.node] != nil else { return }
+        // A life of a node that a primary view left out: its state is stale, it must restart to come back.
+        if let fenced = fencedIncarnations[from.node], from.incarnation <= fenced { return }
         if var peer = peers[from.node] {
             if from.incarnation < peer.incarnation { return }  // an earlier life of that node
             if from.incarnation > peer.incarnation { peer = Peer(incarnation: from.incarnation, lastHeard: now) }
@@ -600,7 +607,17 @@ public struct GroupMember: Sendable {
         // Heartbeats that disagreed with the old view say nothing about the new one.
         for node in peers.keys { peers[node]!.disagreeingSince = nil }
         persistent.highestViewNumber = max(persistent.highestViewNumber, newView.id.number)
-        if installation.primary { persistent.fenceCandidates = newView.nodes.map(\.rawValue) }
+        if installation.primary {
+            // The members of this member's last primary view that this one leaves out were fenced before it was
+            // installed: those lives are over.
+            let staying = Set(newView.nodes)
+            for member in lastPrimaryMembers where !staying.contains(member.node) {
+                fencedIncarnations[member.node] = max(fencedIncarnations[member.node] ?? 0, member.incarnation)
+                if let peer = peers[member.node], peer.incarnation <= member.incarnation { peers[member.node] = nil }
+            }
+            lastPrimaryMembers = newView.members
+            persistent.fenceCandidates = newView.nodes.map(\.rawValue)
+        }
         effects.append(.persist(persistent))
         effects.append(.viewInstalled(newView, primary: installation.primary))
 

@@ -45,6 +45,9 @@ final class SimulatedCluster {
     var delay: ClosedRange<UInt64> = 1 * ms...1 * ms
     var fenceFailure = 0.0
     var fenceDelay: ClosedRange<UInt64> = 10 * ms...10 * ms
+    /// Whether a successful fence stops its target (a power switch does); false: a fence device that reports
+    /// success but leaves the node running, cut off.
+    var fenceStopsNode = true
     let tickInterval: UInt64
     var checker: InvariantChecker
     var transcript: [String] = []
@@ -165,7 +168,7 @@ final class SimulatedCluster {
                 guard nodes[fencer.node]!.alive, incarnations[fencer.node] == fencer.incarnation else { continue }
                 let ok = Double.random(in: 0..<1, using: &rng) >= fenceFailure
                 log("fence \(target) by \(fencer): \(ok ? "ok" : "failed")")
-                if ok { crash(target) }
+                if ok && fenceStopsNode { crash(target) }
                 queue.push(now + 1 * ms, .fenced(by: fencer, target: target, ok: ok))
             case .fenced(let fencer, let target, let ok):
                 guard incarnations[fencer.node] == fencer.incarnation else { continue }

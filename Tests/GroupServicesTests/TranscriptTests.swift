@@ -55,6 +55,34 @@ import Testing
         #expect(lines.suffix(2) == ["1: view 2@1 {1,2} primary", "2: view 2@1 {1,2} primary"])
     }
 
+    /// A node cut off and fenced, whose fence left it running, is not taken back when the network heals: its
+    /// state is stale. It comes back only as a new incarnation, after a restart.
+    @Test func aFencedNodeThatKeepsRunningComesBackOnlyAfterARestart() {
+        let cluster = cluster(Settings(nodes: 3))
+        cluster.fenceStopsNode = false
+        for node in cluster.settings.nodes { cluster.start(node) }
+        cluster.run(for: 300 * ms)
+        _ = take(cluster)
+        cluster.partition([[1, 2], [3]])
+        cluster.run(for: 1500 * ms)
+        let cut = take(cluster)
+        #expect(cut.contains("3 fenced") && cut.contains("1: view 2@1 {1,2} primary"))
+        #expect(cut.contains("3: view 2@3 {3}"))
+
+        cluster.heal()
+        cluster.run(for: 5000 * ms)
+        let healed = take(cluster)
+        #expect(!healed.contains { $0.contains("{1,2,3}") }, "\(healed)")
+        #expect(!healed.contains { $0.hasPrefix("3:") && $0.hasSuffix("primary") }, "\(healed)")
+
+        cluster.crash(3)
+        cluster.start(3)
+        cluster.run(for: 500 * ms)
+        let restarted = take(cluster)
+        #expect(restarted.contains { $0.hasPrefix("1: view") && $0.hasSuffix("{1,2,3#2} primary") }, "\(restarted)")
+        #expect(restarted.contains { $0.hasPrefix("3: view") && $0.hasSuffix("{1,2,3#2} primary") }, "\(restarted)")
+    }
+
     @Test func orderedMessagesBarriersAndGroups() {
         let cluster = cluster(Settings(nodes: 3))
         for node in cluster.settings.nodes { cluster.start(node) }
