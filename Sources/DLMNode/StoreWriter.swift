@@ -60,6 +60,9 @@ final class StoreWriter: @unchecked Sendable {
     private func run() {
         var unsynced = false
         var lastSync = Date()
+        // With `sync` durability, the generation whose commit waits for the next fsync (the next commit's, or
+        // `sync()` when nothing more is queued) before it is acknowledged.
+        var awaitingSync: UInt64?
         condition.lock()
         while true {
             while queue.isEmpty && !stopping {
@@ -77,11 +80,23 @@ final class StoreWriter: @unchecked Sendable {
             if let generation = batches.last?.generation {
                 do {
                     try store.commit(batches.flatMap(\.changes))
-                    unsynced = store.durability != .sync
                     condition.lock()
                     lastCommit = Date()
+                    let more = !queue.isEmpty
                     condition.unlock()
-                    onCommitted(generation)
+                    if store.durability == .sync {
+                        // This commit's fsync made the previous one durable.
+                        if let previous = awaitingSync { onCommitted(previous) }
+                        awaitingSync = generation
+                        if !more || finished {
+                            try store.sync()
+                            awaitingSync = nil
+                            onCommitted(generation)
+                        }
+                    } else {
+                        unsynced = true
+                        onCommitted(generation)
+                    }
                 } catch {
                     logger.critical("cannot write the store", metadata: ["error": "\(error)"])
                     onFailure(error)

@@ -50,7 +50,8 @@ public final class NodeStore: @unchecked Sendable {
         self.durability = durability
         self.nodeID = nodeID
         environment = try LMDBEnvironment(
-            path: directory, options: .init(mapSize: mapSize, noSync: durability != .sync))
+            path: directory,
+            options: .init(mapSize: mapSize, noSync: durability != .sync, noMetaSync: durability == .sync))
         meta = try environment.database("meta", create: true)
         lockspaces = try environment.database("lockspaces", create: true)
         resources = try environment.database("resources", create: true)
@@ -132,8 +133,9 @@ public final class NodeStore: @unchecked Sendable {
         case view([UInt8])
     }
 
-    /// Writes the changes in one transaction. With `sync` durability the commit reaches the disk before this
-    /// returns; otherwise `sync()` does that later.
+    /// Writes the changes in one transaction. With `sync` durability the commit's data reaches the disk before
+    /// this returns, and the commit is durable once the next commit returns or `sync()` has run (one fsync per
+    /// commit instead of two: LMDB's `MDB_NOMETASYNC`); otherwise `sync()` flushes it later.
     public func commit(_ changes: [Change]) throws {
         let (lockspaces, resources, meta) = (self.lockspaces, self.resources, self.meta)
         try environment.write { txn in
@@ -155,7 +157,7 @@ public final class NodeStore: @unchecked Sendable {
         }
     }
 
-    /// Flushes what was committed without fsync.
+    /// Makes every commit so far durable.
     public func sync() throws {
         try environment.sync()
     }
