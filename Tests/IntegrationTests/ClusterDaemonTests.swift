@@ -34,7 +34,9 @@ struct ClusterDaemonTests {
         let detection = survivors.map { $0.timeIntervalSince(killed) }.max()!
         // 1.5 s is the configured detection time; the margin is for a loaded 2-vCPU machine (bench/ measures it).
         #expect(detection < 1.5 + 1.5, "the new view came \(detection) s after the kill")
-        #expect(cluster.fenced == [3], "the fence command ran for node 3 alone, before the view was reported")
+        // The fence command ran for node 3 alone (perhaps more than once, if a loaded machine made the view change
+        // start over: fencing is idempotent).
+        #expect(!cluster.fenced.isEmpty && Set(cluster.fenced) == [3], "fenced: \(cluster.fenced)")
 
         let afterKill = try await Self.status(cluster, 2)
         #expect(afterKill.view?.members == [1, 2] && afterKill.quorate)
