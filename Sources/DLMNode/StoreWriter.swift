@@ -60,9 +60,6 @@ final class StoreWriter: @unchecked Sendable {
     private func run() {
         var unsynced = false
         var lastSync = Date()
-        // With `sync` durability, the generation whose commit waits for the next fsync (the next commit's, or
-        // `sync()` when nothing more is queued) before it is acknowledged.
-        var awaitingSync: UInt64?
         condition.lock()
         while true {
             while queue.isEmpty && !stopping {
@@ -82,21 +79,11 @@ final class StoreWriter: @unchecked Sendable {
                     try store.commit(batches.flatMap(\.changes))
                     condition.lock()
                     lastCommit = Date()
-                    let more = !queue.isEmpty
                     condition.unlock()
-                    if store.durability == .sync {
-                        // This commit's fsync made the previous one durable.
-                        if let previous = awaitingSync { onCommitted(previous) }
-                        awaitingSync = generation
-                        if !more || finished {
-                            try store.sync()
-                            awaitingSync = nil
-                            onCommitted(generation)
-                        }
-                    } else {
-                        unsynced = true
-                        onCommitted(generation)
-                    }
+                    // With `sync` durability the commit is on disk (in the write-ahead log); otherwise it is in
+                    // LMDB and the disk is synced within `syncInterval`.
+                    if store.durability != .sync { unsynced = true }
+                    onCommitted(generation)
                 } catch {
                     logger.critical("cannot write the store", metadata: ["error": "\(error)"])
                     onFailure(error)
