@@ -143,6 +143,7 @@ extension LockNode {
         if !persistence.pending.isEmpty { try persistence.store.commit(persistence.pending) }
         persistence.pending = []
         try persistence.store.sync()
+        try persistence.store.applyLog()
     }
 
     var storeReport: StatusReport.Store? {

@@ -77,10 +77,12 @@ final class StoreWriter: @unchecked Sendable {
             if let generation = batches.last?.generation {
                 do {
                     try store.commit(batches.flatMap(\.changes))
-                    unsynced = store.durability != .sync
                     condition.lock()
                     lastCommit = Date()
                     condition.unlock()
+                    // With `sync` durability the commit is on disk (in the write-ahead log); otherwise it is in
+                    // LMDB and the disk is synced within `syncInterval`.
+                    if store.durability != .sync { unsynced = true }
                     onCommitted(generation)
                 } catch {
                     logger.critical("cannot write the store", metadata: ["error": "\(error)"])

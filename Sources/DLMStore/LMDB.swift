@@ -43,13 +43,21 @@ public final class LMDBEnvironment: @unchecked Sendable {
         public var mapSize: Int
         /// Commit without fsync; `sync()` flushes.
         public var noSync: Bool
+        /// Commit with one fsync, of the data pages, and write the meta page without one (LMDB's
+        /// `MDB_NOMETASYNC`): a commit is then durable once the next commit's fsync, or `sync()`, has run. The
+        /// database stays consistent after a power loss, which may undo the last commit.
+        public var noMetaSync: Bool
         public var maxDatabases: Int
         /// Open without writing anything (not even the lock file's reader table is needed).
         public var readOnly: Bool
 
-        public init(mapSize: Int = 1 << 30, noSync: Bool = false, maxDatabases: Int = 8, readOnly: Bool = false) {
+        public init(
+            mapSize: Int = 1 << 30, noSync: Bool = false, noMetaSync: Bool = false, maxDatabases: Int = 8,
+            readOnly: Bool = false
+        ) {
             self.mapSize = mapSize
             self.noSync = noSync
+            self.noMetaSync = noMetaSync
             self.maxDatabases = maxDatabases
             self.readOnly = readOnly
         }
@@ -64,6 +72,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
             try check(mdb_env_set_maxdbs(env, MDB_dbi(options.maxDatabases)), "mdb_env_set_maxdbs")
             var flags = UInt32(MDB_NOTLS)
             if options.noSync { flags |= UInt32(MDB_NOSYNC) }
+            if options.noMetaSync { flags |= UInt32(MDB_NOMETASYNC) }
             if options.readOnly { flags |= UInt32(MDB_RDONLY) }
             try check(mdb_env_open(env, path, flags, 0o600), "opening the LMDB environment in \(path)")
         } catch {

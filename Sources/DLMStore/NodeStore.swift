@@ -38,9 +38,18 @@ public final class NodeStore: @unchecked Sendable {
     let lockspaces: Database
     let resources: Database
 
-    /// Opens (or creates) the store in `directory`, checks its schema and node id, and counts this start as a
-    /// new incarnation (committed to disk before it returns).
-    public init(directory: String, nodeID: UInt32, durability: Durability, mapSize: Int) throws {
+    /// The write-ahead log (`sync` durability only) and the thread that applies its records to LMDB.
+    let log: WriteAheadLog?
+    let applier: LogApplier?
+    private let logLock = NSLock()
+
+    /// Opens (or creates) the store in `directory`, checks its schema and node id, replays what the write-ahead
+    /// log holds beyond what LMDB holds, and counts this start as a new incarnation (committed to disk before it
+    /// returns). `logCapacity` is the size of the write-ahead log file (`sync` durability).
+    public init(
+        directory: String, nodeID: UInt32, durability: Durability, mapSize: Int,
+        logCapacity: Int = WriteAheadLog.defaultCapacity
+    ) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let dataFile = directory + "/data.mdb"
         if FileManager.default.fileExists(atPath: dataFile) {
@@ -49,12 +58,27 @@ public final class NodeStore: @unchecked Sendable {
         self.directory = directory
         self.durability = durability
         self.nodeID = nodeID
-        environment = try LMDBEnvironment(
-            path: directory, options: .init(mapSize: mapSize, noSync: durability != .sync))
-        meta = try environment.database("meta", create: true)
-        lockspaces = try environment.database("lockspaces", create: true)
-        resources = try environment.database("resources", create: true)
-        let (meta, nodeID) = (self.meta, nodeID)
+        let environment = try LMDBEnvironment(
+            path: directory,
+            options: .init(mapSize: mapSize, noSync: durability != .sync, noMetaSync: durability == .sync))
+        let meta = try environment.database("meta", create: true)
+        let tables = Tables(
+            meta: meta, lockspaces: try environment.database("lockspaces", create: true),
+            resources: try environment.database("resources", create: true))
+        self.environment = environment
+        self.meta = meta
+        lockspaces = tables.lockspaces
+        resources = tables.resources
+        // Replay before anything is read: what the log holds above the applied mark was acknowledged.
+        let applied = try environment.read { txn in try NodeStore.appliedMark(txn, meta) }
+        let pending = try WriteAheadLog.pending(directory: directory, applied: applied)
+        if let last = pending.records.last?.sequence {
+            try environment.write { txn in
+                for record in pending.records { try tables.apply(record.operations, txn) }
+                try txn.put(meta, NodeStore.appliedKey, bigEndian(last))
+            }
+            try environment.sync()
+        }
         incarnation = try environment.write { txn in
             if try txn.get(meta, Array("schema".utf8)) == nil {
                 try txn.put(meta, Array("node_id".utf8), bigEndian(nodeID))
@@ -66,6 +90,28 @@ public final class NodeStore: @unchecked Sendable {
             return previous + 1
         }
         try environment.sync()
+        if durability == .sync {
+            log = try WriteAheadLog(directory: directory, lastSequence: pending.lastSequence, capacity: logCapacity)
+            applier = LogApplier(environment: environment, tables: tables, applied: pending.lastSequence)
+        } else {
+            log = nil
+            applier = nil
+        }
+        pendingRecordsAtOpen = pending.records.count
+    }
+
+    /// How many records of the write-ahead log were replayed when the store was opened.
+    public let pendingRecordsAtOpen: Int
+
+    deinit {
+        applier?.stop()
+    }
+
+    static let appliedKey = Array("wal_applied".utf8)
+
+    /// The sequence number of the last write-ahead record whose changes are in LMDB.
+    static func appliedMark(_ txn: Transaction, _ meta: Database) throws -> UInt64 {
+        try txn.get(meta, appliedKey).map { decodeUInt64($0) } ?? 0
     }
 
     /// Refuses, without writing anything, a directory of a schema this code cannot read or of another node.
@@ -107,6 +153,7 @@ public final class NodeStore: @unchecked Sendable {
 
     /// Everything stored, decoded and checked; parents come before their sub-resources.
     public func load() throws -> Contents {
+        try applyLog()
         let (lockspaces, resources, meta) = (self.lockspaces, self.resources, self.meta)
         return try environment.read { txn in
             var contents = Contents()
@@ -132,32 +179,72 @@ public final class NodeStore: @unchecked Sendable {
         case view([UInt8])
     }
 
-    /// Writes the changes in one transaction. With `sync` durability the commit reaches the disk before this
-    /// returns; otherwise `sync()` does that later.
-    public func commit(_ changes: [Change]) throws {
-        let (lockspaces, resources, meta) = (self.lockspaces, self.resources, self.meta)
-        try environment.write { txn in
-            for change in changes {
-                switch change {
-                case .journal(.put(let stored)):
-                    let (key, value) = RecordCoding.encode(stored)
-                    try txn.put(resources, key, value)
-                case .journal(.delete(let lockspace, let path)):
-                    try txn.delete(resources, RecordCoding.resourceKey(lockspace: lockspace, path: path))
-                case .putLockspace(let name, let length):
-                    try txn.put(lockspaces, name, RecordCoding.encodeLockspace(valueBlockLength: length))
-                case .deleteLockspace(let name):
-                    try txn.delete(lockspaces, name)
-                case .view(let view):
-                    try txn.put(meta, Array("view".utf8), view)
-                }
+    /// The puts and deletes that make `changes`, in order.
+    public static func operations(_ changes: [Change]) -> [StoreOperation] {
+        var operations: [StoreOperation] = []
+        operations.reserveCapacity(changes.count)
+        for change in changes {
+            switch change {
+            case .journal(.put(let stored)):
+                let (key, value) = RecordCoding.encode(stored)
+                operations.append(.init(table: .resources, key: key, value: value))
+            case .journal(.delete(let lockspace, let path)):
+                operations.append(
+                    .init(
+                        table: .resources, key: RecordCoding.resourceKey(lockspace: lockspace, path: path), value: nil))
+            case .putLockspace(let name, let length):
+                operations.append(
+                    .init(table: .lockspaces, key: name, value: RecordCoding.encodeLockspace(valueBlockLength: length)))
+            case .deleteLockspace(let name):
+                operations.append(.init(table: .lockspaces, key: name, value: nil))
+            case .view(let view):
+                operations.append(.init(table: .meta, key: Array("view".utf8), value: view))
             }
         }
+        return operations
     }
 
-    /// Flushes what was committed without fsync.
+    /// Writes the changes as one group; one thread at a time calls it.
+    ///
+    /// With `sync` durability the group is one record of the write-ahead log, on disk (`fdatasync`) when this
+    /// returns; a thread of the store applies the records to LMDB later, many in one durable transaction, after
+    /// which the log starts again. Otherwise the group is one LMDB transaction, and `sync()` flushes it later.
+    public func commit(_ changes: [Change]) throws {
+        let operations = NodeStore.operations(changes)
+        guard let log, let applier else {
+            let tables = Tables(meta: meta, lockspaces: lockspaces, resources: resources)
+            try environment.write { txn in try tables.apply(operations, txn) }
+            return
+        }
+        // The event loop commits too (group services' views) while the store's thread does.
+        logLock.lock()
+        defer { logLock.unlock() }
+        let record = log.encodeNext(operations)
+        let applied = try applier.applied()
+        if applied == log.lastSequence {
+            // Everything in the file is in LMDB: start again from the beginning.
+            log.reset()
+        } else if !log.fits(record) {
+            try applier.wait(for: log.lastSequence)
+            log.reset()
+        }
+        try log.append(record)
+        applier.enqueue(sequence: log.lastSequence, operations: operations, bytes: record.count)
+    }
+
+    /// Makes every commit so far durable. With `sync` durability they already are (in the write-ahead log).
     public func sync() throws {
-        try environment.sync()
+        if log == nil { try environment.sync() }
+    }
+
+    /// With `sync` durability, applies what the write-ahead log holds to LMDB and waits for it to be durable
+    /// there (at a clean shutdown, or before reading LMDB).
+    public func applyLog() throws {
+        guard let applier else { return }
+        logLock.lock()
+        let last = log?.lastSequence ?? 0
+        logLock.unlock()
+        try applier.wait(for: last)
     }
 
     // MARK: Operators
@@ -172,6 +259,8 @@ public final class NodeStore: @unchecked Sendable {
         public var lockspaces: Int
         public var resources: Int
         public var persistentLocks: Int
+        /// Records of the write-ahead log (`sync` durability) not yet in LMDB: the next start replays them.
+        public var logRecordsToReplay: Int
     }
 
     /// Reads and decodes every record of a data directory without starting a node (`dlmd --check`).
@@ -184,13 +273,25 @@ public final class NodeStore: @unchecked Sendable {
         let meta = try environment.database("meta", create: false)
         let lockspaces = try environment.database("lockspaces", create: false)
         let resources = try environment.database("resources", create: false)
+        let applied = try environment.read { txn in try appliedMark(txn, meta) }
+        let pending = try WriteAheadLog.pending(directory: directory, applied: applied)
+        // What the replay would write must decode, as every record of LMDB must.
+        for record in pending.records {
+            for operation in record.operations {
+                switch (operation.table, operation.value) {
+                case (.resources, let value?): _ = try RecordCoding.decodeResource(key: operation.key, value: value)
+                case (.lockspaces, let value?): _ = try RecordCoding.decodeLockspace(value, name: operation.key)
+                default: break
+                }
+            }
+        }
         return try environment.read { txn in
             var report = Report(
                 path: directory, schema: schema,
                 nodeID: UInt32(try txn.get(meta, Array("node_id".utf8)).map { decodeUInt64($0) } ?? 0),
                 incarnation: try txn.get(meta, Array("incarnation".utf8)).map { decodeUInt64($0) } ?? 0,
                 mapSize: environment.info().mapSize, usedBytes: environment.info().usedBytes, lockspaces: 0,
-                resources: 0, persistentLocks: 0)
+                resources: 0, persistentLocks: 0, logRecordsToReplay: pending.records.count)
             var names = Set<[UInt8]>()
             try txn.forEach(lockspaces) { key, value in
                 _ = try RecordCoding.decodeLockspace(value, name: key)
@@ -220,4 +321,129 @@ func bigEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
 
 func decodeUInt64(_ bytes: [UInt8]) -> UInt64 {
     bytes.reduce(0) { $0 << 8 | UInt64($1) }
+}
+
+/// The tables of the store, to apply operations to.
+struct Tables: Sendable {
+    let meta: Database
+    let lockspaces: Database
+    let resources: Database
+
+    func apply(_ operations: [StoreOperation], _ txn: Transaction) throws {
+        for operation in operations {
+            let database: Database
+            switch operation.table {
+            case .meta: database = meta
+            case .lockspaces: database = lockspaces
+            case .resources: database = resources
+            }
+            if let value = operation.value {
+                try txn.put(database, operation.key, value)
+            } else {
+                try txn.delete(database, operation.key)
+            }
+        }
+    }
+}
+
+/// The thread that applies the records of the write-ahead log to LMDB: whatever has queued, every `interval` or
+/// sooner when much has queued or someone waits, in one transaction that also records the last sequence number
+/// applied, committed durably (LMDB's own fsyncs). A failure (a full map) is kept and given to the next commit:
+/// what was acknowledged stays in the log for the next start.
+final class LogApplier: @unchecked Sendable {
+    let environment: LMDBEnvironment
+    let tables: Tables
+    let interval: TimeInterval = 0.02
+    let bytesToApplyAtOnce = 1 << 20
+    private let condition = NSCondition()
+    private var queue: [(sequence: UInt64, operations: [StoreOperation])] = []
+    private var queuedBytes = 0
+    private var appliedSequence: UInt64
+    private var waiters = 0
+    private var stopping = false
+    private var running = true
+    private var failure: Error?
+
+    init(environment: LMDBEnvironment, tables: Tables, applied: UInt64) {
+        self.environment = environment
+        self.tables = tables
+        appliedSequence = applied
+        let thread = Thread { [self] in run() }
+        thread.name = "dlmd-store-apply"
+        thread.start()
+    }
+
+    func enqueue(sequence: UInt64, operations: [StoreOperation], bytes: Int) {
+        condition.lock()
+        queue.append((sequence, operations))
+        queuedBytes += bytes
+        if queue.count == 1 || queuedBytes >= bytesToApplyAtOnce { condition.broadcast() }
+        condition.unlock()
+    }
+
+    /// The last sequence number in LMDB; throws the applier's failure.
+    func applied() throws -> UInt64 {
+        condition.lock()
+        defer { condition.unlock() }
+        if let failure { throw failure }
+        return appliedSequence
+    }
+
+    /// Waits until `sequence` is durably in LMDB.
+    func wait(for sequence: UInt64) throws {
+        condition.lock()
+        defer { condition.unlock() }
+        waiters += 1
+        condition.broadcast()
+        while appliedSequence < sequence && failure == nil && running { condition.wait() }
+        waiters -= 1
+        if let failure { throw failure }
+        if appliedSequence < sequence { throw StoreError("the store is closed") }
+    }
+
+    /// Applies what is queued, then the thread ends.
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        while running { condition.wait() }
+        condition.unlock()
+    }
+
+    private func run() {
+        condition.lock()
+        while true {
+            while queue.isEmpty && !stopping { condition.wait() }
+            if queue.isEmpty || failure != nil { break }
+            let deadline = Date().addingTimeInterval(interval)
+            while !stopping && waiters == 0 && queuedBytes < bytesToApplyAtOnce {
+                if !condition.wait(until: deadline) { break }
+            }
+            let batch = queue
+            queue.removeAll(keepingCapacity: true)
+            queuedBytes = 0
+            condition.unlock()
+            var error: Error?
+            do {
+                let (tables, last) = (self.tables, batch.last!.sequence)
+                try environment.write { txn in
+                    for record in batch { try tables.apply(record.operations, txn) }
+                    try txn.put(tables.meta, NodeStore.appliedKey, bigEndian(last))
+                }
+                try environment.sync()
+            } catch let caught {
+                error = caught
+            }
+            condition.lock()
+            if let error {
+                failure = error
+            } else {
+                appliedSequence = batch.last!.sequence
+            }
+            condition.broadcast()
+        }
+        running = false
+        condition.broadcast()
+        condition.unlock()
+    }
 }

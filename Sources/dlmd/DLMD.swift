@@ -154,8 +154,8 @@ struct DLMD: AsyncParsableCommand {
                 print(
                     "\(dataDirectory): sound; schema \(report.schema), node \(report.nodeID), incarnation "
                         + "\(report.incarnation), \(report.lockspaces) lockspaces, \(report.resources) resources, "
-                        + "\(report.persistentLocks) persistent locks, \(report.usedBytes) of \(report.mapSize) bytes used"
-                )
+                        + "\(report.persistentLocks) persistent locks, \(report.usedBytes) of \(report.mapSize) bytes used, "
+                        + "\(report.logRecordsToReplay) write-ahead records to replay at the next start")
                 return
             } catch {
                 FileHandle.standardError.write(Data("dlmd: \(dataDirectory) is damaged or foreign: \(error)\n".utf8))

@@ -74,6 +74,73 @@ import Testing
     }
 }
 
+extension CrashTests {
+    /// `sync`: a burst of acknowledged grants of new persistent locks, then `kill -9` at once, while the
+    /// write-ahead log holds groups that LMDB does not yet (`dlmd --check` counts them): every acknowledged lock
+    /// is back after the restart, with its id. Tried up to three times until a kill finds such groups.
+    @Test func aBurstOfAcknowledgedGrantsSurvivesAKillWhileTheLogHoldsThem() async throws {
+        var sawUnapplied = false
+        for attempt in 0..<3 where !sawUnapplied {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "dlm-burst-\(attempt)-\(UUID().uuidString.prefix(6))"
+            ).path
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            var granted: [Int: LockID] = [:]
+            do {
+                let daemon = try Daemon(directory: directory, arguments: ["--durability", "sync"])
+                let client = try await DLMConnection.connect(socketPath: daemon.socketPath)
+                let ls = try await client.openLockspace("burst", valueBlockLength: 8)
+                try await withThrowingTaskGroup(of: (Int, LockID?).self) { group in
+                    for index in 0..<400 {
+                        group.addTask {
+                            let result = try await ls.request(
+                                Array("b\(index)".utf8), mode: .ex, flags: [.persistent, .noQueue])
+                            return (index, result.status == .granted ? result.id : nil)
+                        }
+                    }
+                    for try await (index, id) in group { granted[index] = id }
+                }
+                daemon.kill()
+                await client.close()
+            }
+            #expect(granted.values.count == 400)
+            let check = try runDlmd(["--data-dir", directory, "--check"])
+            #expect(check.status == 0, "\(check.error)")
+            let words = check.output.split(separator: " ")
+            let toReplay = words.firstIndex(of: "write-ahead").flatMap { Int(words[$0 - 1]) } ?? -1
+            #expect(toReplay >= 0, "\(check.output)")
+            sawUnapplied = toReplay > 0
+            let daemon = try Daemon(directory: directory, arguments: ["--durability", "sync"])
+            defer { daemon.stop() }
+            let client = try await DLMConnection.connect(socketPath: daemon.socketPath)
+            let ls = try await client.openLockspace("burst", valueBlockLength: 8)
+            for (index, id) in granted.sorted(by: { $0.key < $1.key }) {
+                let result = try await ls.request(Array("b\(index)".utf8), mode: .ex, flags: [.orphan, .noQueue])
+                #expect(
+                    result.status == .granted && result.id == id,
+                    "b\(index): acknowledged \(id), after restart \(result)")
+            }
+            await client.close()
+        }
+        #expect(sawUnapplied, "no kill found write-ahead records that LMDB did not hold yet")
+    }
+
+    func runDlmd(_ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Daemon.executable)
+        process.arguments = arguments
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+}
+
 /// One seeded run: the model of what was acknowledged, and the rounds of load, kill and restart.
 struct CrashRun {
     typealias Resource = CrashTests.Resource

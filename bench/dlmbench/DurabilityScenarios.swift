@@ -5,8 +5,9 @@ import Foundation
 
 /// The store's benchmarks (bench/RESULTS.md, `make bench-durability`).
 ///
-/// `dlmbench lmdb DIR`: the raw LMDB commit rate on this disk, for comparison: one synced put per commit,
-/// synced batches of 32 puts, and commits without sync.
+/// `dlmbench lmdb DIR`: the raw LMDB commit rate on this disk, for comparison: one synced put per commit (two
+/// fsyncs: data, then meta), the same with the meta page unsynced (`MDB_NOMETASYNC`, one fsync: what `sync`
+/// durability does under load), synced batches of 32 puts, and commits without sync.
 ///
 /// `dlmbench durable --socket PATH --clients N`: N clients each take a PERSISTENT EX lock on a resource of
 /// their own and release it, as fast as the daemon acknowledges; every grant and every unlock changes
@@ -14,13 +15,14 @@ import Foundation
 /// acknowledged grant (the unlocks are counted separately).
 enum DurabilityScenarios {
     static func lmdb(directory: String, seconds: Double) -> String {
-        func rate(noSync: Bool, putsPerCommit: Int) -> (commits: Double, puts: Double) {
-            let path = directory + "/lmdb-\(noSync ? "nosync" : "sync")-\(putsPerCommit)"
+        func rate(noSync: Bool, noMetaSync: Bool = false, putsPerCommit: Int) -> (commits: Double, puts: Double) {
+            let path = directory + "/lmdb-\(noSync ? "nosync" : "sync")-\(noMetaSync ? "nometa-" : "")\(putsPerCommit)"
             try? FileManager.default.removeItem(atPath: path)
             try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(atPath: path) }
             do {
-                let env = try LMDBEnvironment(path: path, options: .init(mapSize: 1 << 30, noSync: noSync))
+                let env = try LMDBEnvironment(
+                    path: path, options: .init(mapSize: 1 << 30, noSync: noSync, noMetaSync: noMetaSync))
                 let db = try env.database("bench", create: true)
                 let clock = ContinuousClock()
                 let start = clock.now
@@ -41,10 +43,12 @@ enum DurabilityScenarios {
             }
         }
         let one = rate(noSync: false, putsPerCommit: 1)
+        let oneNoMeta = rate(noSync: false, noMetaSync: true, putsPerCommit: 1)
         let batch = rate(noSync: false, putsPerCommit: 32)
         let noSync = rate(noSync: true, putsPerCommit: 1)
         return """
             {"scenario": "lmdb", "directory": "\(directory)", "synced_commits_per_sec": \(Int(one.commits)), \
+            "synced_nometasync_commits_per_sec": \(Int(oneNoMeta.commits)), \
             "synced_batch32_puts_per_sec": \(Int(batch.puts)), "nosync_commits_per_sec": \(Int(noSync.commits))}
             """
     }
