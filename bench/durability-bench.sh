@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The store's benchmark (issue: recoverable lock state): the raw LMDB commit rate on this disk, then the
 # durable-grant scenario against a release dlmd in each durability mode, same placement for all (dlmd on
-# CPU 0, clients on CPU 1). Prints one JSON object a line. Usage: bench/durability-bench.sh
+# CPU 0, clients on CPU 1). Prints one JSON object a line. Usage: [BIN=DIR] bench/durability-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-swift build -c release --product dlmd >/dev/null
-swift build -c release --product dlmbench >/dev/null
-bin=$(swift build -c release --show-bin-path)
+# BIN: a folder holding release builds of dlmd and dlmbench (default: build them here).
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  swift build -c release --product dlmd >/dev/null
+  swift build -c release --product dlmbench >/dev/null
+  bin=$(swift build -c release --show-bin-path)
+fi
 work=$(mktemp -d /tmp/dlm-durability.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 echo "{\"machine\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cpus\": $(nproc), \"date\": \"$(date -u +%FT%TZ)\", \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"placement\": \"dlmd taskset -c 0, clients taskset -c 1\"}"
