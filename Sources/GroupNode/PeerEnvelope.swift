@@ -7,30 +7,36 @@ import GroupServices
 /// ```
 /// length   u32   the bytes after this field (at most PeerEnvelope.maximumLength)
 /// magic    4     "DLMG"
-/// version  u8    1
+/// version  u8    2
 /// cluster  8     the first 8 bytes of SHA-256(cluster name)
 /// sender   u32   node id
 ///          u64   incarnation
+///          u64   frame counter: one more for every frame the sender seals in this incarnation
 /// dest     u32   node id
 /// body     ...   the GroupMessage (PeerCodec)
 /// hmac     32    HMAC-SHA256 with the cluster key over magic ... body
 /// ```
 public struct PeerEnvelope: Hashable, Sendable {
     public var sender: Member
+    /// The sender's frame counter: it seals its frames (to every destination, over every connection) with 1, 2, 3,
+    /// ... for the life of its incarnation; receivers refuse a frame that is not past the last one they accepted
+    /// (`PeerReplayGuard`).
+    public var counter: UInt64
     public var destination: NodeID
     public var message: GroupMessage
 
-    public init(sender: Member, destination: NodeID, message: GroupMessage) {
+    public init(sender: Member, counter: UInt64, destination: NodeID, message: GroupMessage) {
         self.sender = sender
+        self.counter = counter
         self.destination = destination
         self.message = message
     }
 
     public static let magic: [UInt8] = Array("DLMG".utf8)
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     /// The largest frame accepted (after the length field): 16 MiB.
     public static let maximumLength = 16 << 20
-    static let headerLength = 4 + 1 + 8 + 4 + 8 + 4
+    static let headerLength = 4 + 1 + 8 + 4 + 8 + 8 + 4
     static let macLength = 32
     /// The shortest frame after the length field: a header, a one-byte body and the MAC.
     static let minimumLength = headerLength + 1 + macLength
@@ -49,6 +55,9 @@ public enum PeerFrameError: Error, Hashable, Sendable, CustomStringConvertible {
     case unknownSender(NodeID)
     case wrongDestination(NodeID)
     case malformed(String)
+    /// An authenticated frame whose (incarnation, counter) is not past the last one accepted from its sender: a
+    /// replay of a recorded frame (or a bug).
+    case replayed(Member, counter: UInt64, accepted: Member, acceptedCounter: UInt64)
 
     public var description: String {
         switch self {
@@ -61,6 +70,9 @@ public enum PeerFrameError: Error, Hashable, Sendable, CustomStringConvertible {
         case .unknownSender(let node): "a frame from node \(node), which is not in the config"
         case .wrongDestination(let node): "a frame for node \(node)"
         case .malformed(let reason): "a malformed message: \(reason)"
+        case .replayed(let sender, let counter, let accepted, let acceptedCounter):
+            "a replayed frame from node \(sender.node) (incarnation \(sender.incarnation), counter \(counter); "
+                + "already accepted incarnation \(accepted.incarnation), counter \(acceptedCounter))"
         }
     }
 
@@ -76,6 +88,7 @@ public enum PeerFrameError: Error, Hashable, Sendable, CustomStringConvertible {
         case .unknownSender: "unknown sender"
         case .wrongDestination: "wrong destination"
         case .malformed: "malformed"
+        case .replayed: "replayed"
         }
     }
 }
@@ -106,6 +119,7 @@ public struct PeerFrameCodec: @unchecked Sendable {
         frame += clusterHash
         append(envelope.sender.node.rawValue, to: &frame)
         append(envelope.sender.incarnation, to: &frame)
+        append(envelope.counter, to: &frame)
         append(envelope.destination.rawValue, to: &frame)
         PeerCodec.encode(envelope.message, into: &frame)
         frame += HMAC<SHA256>.authenticationCode(for: frame[4...], using: symmetric)
@@ -115,7 +129,7 @@ public struct PeerFrameCodec: @unchecked Sendable {
     }
 
     /// Opens a frame without its length field; checks, in order: length, magic, version, cluster, HMAC, sender,
-    /// destination, body.
+    /// destination, body. Pure: whether the frame is a replay is `PeerReplayGuard`'s business.
     public func open(_ frame: UnsafeRawBufferPointer) throws(PeerFrameError) -> PeerEnvelope {
         guard frame.count <= PeerEnvelope.maximumLength else { throw .oversized(frame.count) }
         guard frame.count >= PeerEnvelope.minimumLength else { throw .tooShort(frame.count) }
@@ -129,14 +143,16 @@ public struct PeerFrameCodec: @unchecked Sendable {
         }
         let sender = NodeID(read(UInt32.self, frame, at: 13))
         let incarnation = read(UInt64.self, frame, at: 17)
-        let destination = NodeID(read(UInt32.self, frame, at: 25))
+        let counter = read(UInt64.self, frame, at: 25)
+        let destination = NodeID(read(UInt32.self, frame, at: 33))
         guard knownNodes.contains(sender) else { throw .unknownSender(sender) }
         guard destination == localNode else { throw .wrongDestination(destination) }
         let body = UnsafeRawBufferPointer(rebasing: signed[PeerEnvelope.headerLength...])
         do {
             let message = try PeerCodec.decode(body.assumingMemoryBound(to: UInt8.self))
             return PeerEnvelope(
-                sender: Member(node: sender, incarnation: incarnation), destination: destination, message: message)
+                sender: Member(node: sender, incarnation: incarnation), counter: counter, destination: destination,
+                message: message)
         } catch {
             throw .malformed("\(error)")
         }
@@ -174,5 +190,29 @@ public struct PeerFrameCodec: @unchecked Sendable {
             value = value << 8 | T(bytes[bytes.startIndex + index])
         }
         return value
+    }
+}
+
+/// What a node accepted last from each peer, to refuse replayed frames (docs/GROUPS.md, "Shell"). A frame is
+/// accepted only if its (incarnation, counter) is strictly greater than the last accepted from its sender: a higher
+/// incarnation (a new life of the sender) starts over at any counter; a lower one is an earlier life. Frames may be
+/// lost on the way but are never reordered (one TCP connection at a time per sender and destination, and the counter
+/// keeps growing across reconnects), so nothing legitimate is refused. Check only authenticated frames.
+public struct PeerReplayGuard: Sendable {
+    public private(set) var accepted: [NodeID: (incarnation: UInt64, counter: UInt64)] = [:]
+
+    public init() {}
+
+    /// Accepts `envelope` and records it as the last from its sender, or throws `.replayed`.
+    public mutating func admit(_ envelope: PeerEnvelope) throws(PeerFrameError) {
+        let sender = envelope.sender
+        if let last = accepted[sender.node],
+            (sender.incarnation, envelope.counter) <= (last.incarnation, last.counter)
+        {
+            throw .replayed(
+                sender, counter: envelope.counter, accepted: Member(node: sender.node, incarnation: last.incarnation),
+                acceptedCounter: last.counter)
+        }
+        accepted[sender.node] = (sender.incarnation, envelope.counter)
     }
 }

@@ -46,6 +46,10 @@ final class PeerTransport: @unchecked Sendable {
     var stopped = false
     /// Frames written to a channel since the last flush.
     var toFlush: Set<NodeID> = []
+    /// The counter of the last frame this node sealed (to any destination): the next is one more.
+    private(set) var framesSealed: UInt64 = 0
+    /// The last (incarnation, counter) accepted from each peer, over all connections: replays are refused.
+    var replayGuard = PeerReplayGuard()
     private(set) var framesDropped = 0
     private(set) var framesRejected = 0
     var onRejected: ((PeerFrameError) -> Void)?
@@ -113,7 +117,9 @@ final class PeerTransport: @unchecked Sendable {
     func send(_ message: GroupMessage, from sender: Member, to node: NodeID) {
         eventLoop.assertInEventLoop()
         guard !stopped, node != codec.localNode, let address = config.node(node) else { return }
-        let frame = codec.seal(PeerEnvelope(sender: sender, destination: node, message: message))
+        framesSealed += 1
+        let frame = codec.seal(
+            PeerEnvelope(sender: sender, counter: framesSealed, destination: node, message: message))
         var peer = outbound[node] ?? Outbound()
         if let channel = peer.channel {
             if channel.isWritable {
@@ -204,6 +210,13 @@ final class PeerTransport: @unchecked Sendable {
     func inboundOpened(_ channel: Channel) { inbound[ObjectIdentifier(channel)] = channel }
     func inboundClosed(_ channel: Channel) { inbound[ObjectIdentifier(channel)] = nil }
 
+    /// Hands an authenticated frame to the node unless it is a replay (which throws: its connection is then closed
+    /// like that of any refused frame, since a replay is an attack or a bug).
+    func accept(_ envelope: PeerEnvelope) throws(PeerFrameError) {
+        try replayGuard.admit(envelope)
+        onEnvelope(envelope)
+    }
+
     func rejected(_ error: PeerFrameError, from channel: Channel) {
         framesRejected += 1
         onRejected?(error)
@@ -214,7 +227,7 @@ final class PeerTransport: @unchecked Sendable {
     }
 }
 
-/// Reads frames from a peer's connection: a frame that fails any check closes the connection.
+/// Reads frames from a peer's connection: a frame that fails any check (a replay included) closes the connection.
 final class PeerInboundHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     let transport: PeerTransport
@@ -256,9 +269,10 @@ final class PeerInboundHandler: ChannelInboundHandler {
                     return (Int(length), .failure(error))
                 }
             }
-            switch result {
-            case .success(let envelope): transport.onEnvelope(envelope)
-            case .failure(let error): fail(error, context: context)
+            do throws(PeerFrameError) {
+                try transport.accept(try result.get())
+            } catch {
+                fail(error, context: context)
             }
         }
         if let readable = buffer?.readableBytes, readable == 0 { buffer = nil }

@@ -295,6 +295,56 @@ func fencedOnly(_ node: Int, _ log: String?) -> Bool {
         try await cluster.shutdown()
     }
 
+    @Test func aReplayedFrameIsRefusedAndItsConnectionClosed() async throws {
+        let cluster = try TestCluster()
+        try await cluster.start(1)
+        // Frames as node 2 would seal them, written over connections of our own (a recording attacker's view).
+        let node2 = PeerFrameCodec(
+            key: cluster.key, clusterName: cluster.config.name, localNode: 2, knownNodes: [1, 2, 3])
+        func frame(incarnation: UInt64, counter: UInt64) -> [UInt8] {
+            node2.seal(
+                PeerEnvelope(
+                    sender: Member(node: 2, incarnation: incarnation), counter: counter, destination: 1,
+                    message: .heartbeat(Heartbeat(view: nil, promised: nil, highestViewNumber: 0, sequenced: 0))))
+        }
+        func connect() async throws -> Channel {
+            try await ClientBootstrap(group: cluster.group).connect(
+                host: "127.0.0.1", port: cluster.config.node(1)!.port
+            ).get()
+        }
+        func heardIncarnation() async throws -> UInt64? { try await cluster.status(1).nodes[1].incarnation }
+        func waitUntilHeard(_ incarnation: UInt64) async throws {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await heardIncarnation() != incarnation {
+                guard ContinuousClock.now < deadline else { throw Timeout(description: "node 2 not heard") }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        let captured = frame(incarnation: 1, counter: 2)
+        let first = try await connect()
+        try await first.writeAndFlush(ByteBuffer(bytes: frame(incarnation: 1, counter: 1) + captured)).get()
+        try await waitUntilHeard(1)
+        #expect(cluster.rejected[1]!.events.isEmpty)
+        // The captured frame again, over a new connection: refused, and that connection closed.
+        let replay = try await connect()
+        try await replay.writeAndFlush(ByteBuffer(bytes: captured)).get()
+        try await cluster.rejected[1]!.wait("the replay refused") { !$0.isEmpty }
+        try await replay.closeFuture.get()
+        #expect(
+            cluster.rejected[1]!.events == [
+                .replayed(
+                    Member(node: 2, incarnation: 1), counter: 2, accepted: Member(node: 2, incarnation: 1),
+                    acceptedCounter: 2)
+            ])
+        // Node 2's next life starts its counter over, and is heard.
+        let restarted = try await connect()
+        try await restarted.writeAndFlush(ByteBuffer(bytes: frame(incarnation: 2, counter: 1))).get()
+        try await waitUntilHeard(2)
+        #expect(cluster.rejected[1]!.events.count == 1)
+        for channel in [first, restarted] { try? await channel.close().get() }
+        try await cluster.shutdown()
+    }
+
     @Test func aFailedPersistStopsTheNode() async throws {
         struct DiskFull: Error {}
         let cluster = try TestCluster()

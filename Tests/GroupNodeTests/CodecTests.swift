@@ -172,7 +172,8 @@ struct MessageGenerator {
         var generator = MessageGenerator(rng: SplitMix(seed: 3))
         for _ in 0..<500 {
             let envelope = PeerEnvelope(
-                sender: Member(node: 1, incarnation: 5), destination: 2, message: generator.message())
+                sender: Member(node: 1, incarnation: 5), counter: generator.number(), destination: 2,
+                message: generator.message())
             let frame = codec(1).seal(envelope)
             #expect(try codec(2).open(frame: frame) == envelope)
         }
@@ -188,18 +189,22 @@ struct MessageGenerator {
     }
 
     @Test func framesAreRejectedForEachReason() {
-        let envelope = PeerEnvelope(sender: Member(node: 1, incarnation: 1), destination: 2, message: message)
+        let envelope = PeerEnvelope(
+            sender: Member(node: 1, incarnation: 1), counter: 1, destination: 2, message: message)
         #expect(rejection(codec(1, key: .generate()).seal(envelope), by: codec(2)) == .badMAC)
         #expect(rejection(codec(1, cluster: "other").seal(envelope), by: codec(2)) == .wrongCluster)
         #expect(rejection(codec(1).seal(envelope), by: codec(3)) == .wrongDestination(2))
-        let stranger = PeerEnvelope(sender: Member(node: 9, incarnation: 1), destination: 2, message: message)
+        let stranger = PeerEnvelope(
+            sender: Member(node: 9, incarnation: 1), counter: 1, destination: 2, message: message)
         #expect(rejection(codec(9, known: [1, 2, 3, 9]).seal(stranger), by: codec(2)) == .unknownSender(9))
         var frame = codec(1).seal(envelope)
         frame[4] ^= 1
         #expect(rejection(frame, by: codec(2)) == .badMagic)
         frame = codec(1).seal(envelope)
-        frame[8] = 2
-        #expect(rejection(frame, by: codec(2)) == .badVersion(2))
+        frame[8] = 1  // the version before frame counters
+        #expect(rejection(frame, by: codec(2)) == .badVersion(1))
+        frame[8] = 3
+        #expect(rejection(frame, by: codec(2)) == .badVersion(3))
         frame = codec(1).seal(envelope)
         frame[frame.count - 40] ^= 0x10  // inside the body: the HMAC no longer matches
         #expect(rejection(frame, by: codec(2)) == .badMAC)
@@ -210,9 +215,9 @@ struct MessageGenerator {
         // A body that is not a message, sealed with the right key: authenticated, then refused as malformed.
         let receiver = codec(2)
         var frame = codec(1).seal(
-            PeerEnvelope(sender: Member(node: 1, incarnation: 1), destination: 2, message: message))
+            PeerEnvelope(sender: Member(node: 1, incarnation: 1), counter: 1, destination: 2, message: message))
         frame.removeLast(32)
-        frame[33] = 0x63  // the message tag
+        frame[41] = 0x63  // the message tag
         let length = UInt32(frame.count - 4 + 32)
         frame.replaceSubrange(0..<4, with: withUnsafeBytes(of: length.bigEndian, Array.init))
         frame += PeerFrameCodec.mac(frame[4...], key: key)
@@ -220,5 +225,93 @@ struct MessageGenerator {
             Issue.record("expected malformed, got \(String(describing: rejection(frame, by: receiver)))")
             return
         }
+    }
+
+    @Test func aKnownFrame() throws {
+        // Golden bytes of a version-2 frame: node 1 incarnation 2, counter 3, to node 2, `installed(7@1)`.
+        let key = try ClusterKey(bytes: Array(repeating: 0x42, count: 32))
+        let sender = PeerFrameCodec(key: key, clusterName: "demo", localNode: 1, knownNodes: [1, 2])
+        let envelope = PeerEnvelope(
+            sender: Member(node: 1, incarnation: 2), counter: 3, destination: 2, message: message)
+        let frame = sender.seal(envelope)
+        // Computed independently (Python's hashlib and hmac).
+        let expected = hex(
+            "00000048" + "444c4d47" + "02" + "2a97516c354b6884"  // length, magic, version, cluster
+                + "00000001" + "0000000000000002"  // sender: node, incarnation
+                + "0000000000000003" + "00000002" + "090701"  // counter, destination, body
+                + "f698b9fb46f0c6a3acb75d36190af985aa97c116d92123a7fa99dbdb5fe4e314")  // HMAC
+        #expect(frame == expected)
+        let receiver = PeerFrameCodec(key: key, clusterName: "demo", localNode: 2, knownNodes: [1, 2])
+        #expect(try receiver.open(frame: frame) == envelope)
+    }
+
+    func hex(_ string: String) -> [UInt8] {
+        let digits = Array(string.utf8)
+        return stride(from: 0, to: digits.count, by: 2).map {
+            UInt8(String(decoding: digits[$0..<$0 + 2], as: UTF8.self), radix: 16)!
+        }
+    }
+
+    func admit(_ frame: [UInt8], _ guard: inout PeerReplayGuard) -> PeerFrameError? {
+        do throws(PeerFrameError) {
+            try `guard`.admit(try codec(2).open(frame: frame))
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    func sealed(incarnation: UInt64, counter: UInt64) -> [UInt8] {
+        codec(1).seal(
+            PeerEnvelope(
+                sender: Member(node: 1, incarnation: incarnation), counter: counter, destination: 2, message: message))
+    }
+
+    func isReplay(_ error: PeerFrameError?) -> Bool {
+        if case .replayed = error { return true }
+        return false
+    }
+
+    @Test func aCapturedFrameIsAcceptedOnce() {
+        var replays = PeerReplayGuard()
+        let captured = sealed(incarnation: 1, counter: 1)
+        #expect(admit(captured, &replays) == nil)
+        let error = admit(captured, &replays)
+        #expect(
+            error
+                == .replayed(
+                    Member(node: 1, incarnation: 1), counter: 1, accepted: Member(node: 1, incarnation: 1),
+                    acceptedCounter: 1))
+        #expect(error.map { "\($0)" }?.contains("replayed") == true)
+        // Still refused after later frames, and the later ones pass.
+        #expect(admit(sealed(incarnation: 1, counter: 2), &replays) == nil)
+        #expect(isReplay(admit(captured, &replays)))
+        #expect(admit(sealed(incarnation: 1, counter: 3), &replays) == nil)
+    }
+
+    @Test func aLowerCounterIsRefusedAndGapsAreFine() {
+        var replays = PeerReplayGuard()
+        let early = sealed(incarnation: 4, counter: 5)
+        #expect(admit(sealed(incarnation: 4, counter: 2), &replays) == nil)
+        #expect(admit(sealed(incarnation: 4, counter: 9), &replays) == nil)  // 3 to 8 lost or sent elsewhere
+        #expect(isReplay(admit(early, &replays)))
+        #expect(isReplay(admit(sealed(incarnation: 4, counter: 9), &replays)))
+        #expect(admit(sealed(incarnation: 4, counter: 10), &replays) == nil)
+        // Senders are kept apart: node 3's counters are its own.
+        let other = codec(3).seal(
+            PeerEnvelope(sender: Member(node: 3, incarnation: 1), counter: 1, destination: 2, message: message))
+        #expect(admit(other, &replays) == nil)
+    }
+
+    @Test func aNewIncarnationStartsOverAndAnEarlierOneIsRefused() {
+        var replays = PeerReplayGuard()
+        let firstLife = sealed(incarnation: 1, counter: 1000)
+        #expect(admit(sealed(incarnation: 1, counter: 999), &replays) == nil)
+        #expect(admit(sealed(incarnation: 2, counter: 1), &replays) == nil)
+        #expect(isReplay(admit(firstLife, &replays)))  // a higher counter, but of an earlier life
+        #expect(isReplay(admit(sealed(incarnation: 1, counter: 5000), &replays)))
+        #expect(admit(sealed(incarnation: 2, counter: 2), &replays) == nil)
+        #expect(replays.accepted[1]?.incarnation == 2)
+        #expect(replays.accepted[1]?.counter == 2)
     }
 }
