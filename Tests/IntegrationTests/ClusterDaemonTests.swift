@@ -144,28 +144,15 @@ struct ClusterDaemonTests {
         try
             "[cluster]\nname = \"x\"\nkey_file = \"k\"\n[fencing]\ncommand = \"/bin/true\"\n[[node]]\nid = 1\naddress = \"nowhere\"\n"
             .write(toFile: bad, atomically: true, encoding: .utf8)
-        let result = try await Self.runDLMD(["--config", bad, "--node-id", "1", "--data-dir", cluster.directory + "/x"])
+        let result = try Daemon.runToEnd(["--config", bad, "--node-id", "1", "--data-dir", cluster.directory + "/x"])
         #expect(result.status != 0)
-        #expect(result.stderr.contains("address"), "\(result.stderr)")
+        #expect(result.error.contains("address"), "\(result.error)")
 
-        let outside = try await Self.runDLMD([
+        let outside = try Daemon.runToEnd([
             "--config", cluster.configPath, "--node-id", "9", "--data-dir", cluster.directory + "/y", "--socket",
             cluster.directory + "/y.sock",
         ])
         #expect(outside.status != 0)
-        #expect(outside.stderr.contains("node id 9 is not in the cluster"), "\(outside.stderr)")
-    }
-
-    static func runDLMD(_ arguments: [String]) async throws -> (status: Int32, stderr: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Daemon.executable)
-        process.arguments = arguments
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let data = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        #expect(outside.error.contains("node id 9 is not in the cluster"), "\(outside.error)")
     }
 }

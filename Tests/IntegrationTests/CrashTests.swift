@@ -104,7 +104,7 @@ extension CrashTests {
                 await client.close()
             }
             #expect(granted.values.count == 400)
-            let check = try runDlmd(["--data-dir", directory, "--check"])
+            let check = try Daemon.runToEnd(["--data-dir", directory, "--check"])
             #expect(check.status == 0, "\(check.error)")
             let words = check.output.split(separator: " ")
             let toReplay = words.firstIndex(of: "write-ahead").flatMap { Int(words[$0 - 1]) } ?? -1
@@ -125,20 +125,6 @@ extension CrashTests {
         #expect(sawUnapplied, "no kill found write-ahead records that LMDB did not hold yet")
     }
 
-    func runDlmd(_ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Daemon.executable)
-        process.arguments = arguments
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        let out = output.fileHandleForReading.readDataToEndOfFile()
-        let err = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
-    }
 }
 
 /// One seeded run: the model of what was acknowledged, and the rounds of load, kill and restart.

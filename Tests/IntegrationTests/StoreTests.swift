@@ -8,21 +8,6 @@ import Testing
 /// The store seen from outside: what `dlmtool status` says of it, `dlmd --check`, and a damaged or foreign
 /// data directory refused at start with a clear error.
 @Suite struct StoreTests {
-    /// Runs dlmd to completion (for --check, or a start that must fail) and returns its status and stderr.
-    func runDlmd(_ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Daemon.executable)
-        process.arguments = arguments
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        let out = output.fileHandleForReading.readDataToEndOfFile()
-        let err = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
-    }
 
     /// A client that sends durable requests and at once shuts down its sending side still gets every reply,
     /// in order, although the replies wait for the store's commit (Protocol/CLIENT.md §9).
@@ -71,7 +56,7 @@ import Testing
         #expect(daemon.stop() == 0)
 
         // dlmd --check reads it back without starting.
-        let check = try runDlmd(["--data-dir", daemon.directory, "--check"])
+        let check = try Daemon.runToEnd(["--data-dir", daemon.directory, "--check"])
         #expect(check.status == 0, "\(check.error)")
         #expect(check.output.contains("sound") && check.output.contains("1 persistent locks"))
 
@@ -92,11 +77,11 @@ import Testing
         try handle.write(contentsOf: Data(repeating: 0x42, count: 8192))  // both meta pages
         try handle.close()
 
-        let check = try runDlmd(["--data-dir", daemon.directory, "--check"])
+        let check = try Daemon.runToEnd(["--data-dir", daemon.directory, "--check"])
         #expect(check.status == 1)
         #expect(check.error.contains("damaged"), "\(check.error)")
 
-        let start = try runDlmd(["--data-dir", daemon.directory, "--socket", daemon.directory + "/again.sock"])
+        let start = try Daemon.runToEnd(["--data-dir", daemon.directory, "--socket", daemon.directory + "/again.sock"])
         #expect(start.status == 1)
         #expect(start.error.hasPrefix("dlmd: "), "\(start.error)")
         #expect(!FileManager.default.fileExists(atPath: daemon.directory + "/again.sock"))
@@ -106,7 +91,7 @@ import Testing
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dlm-foreign-\(UUID())").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try Data("not lmdb".utf8).write(to: URL(fileURLWithPath: directory + "/data.mdb"))
-        let start = try runDlmd(["--data-dir", directory, "--socket", directory + "/s.sock"])
+        let start = try Daemon.runToEnd(["--data-dir", directory, "--socket", directory + "/s.sock"])
         #expect(start.status == 1, "\(start.error)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: directory + "/data.mdb")) == Data("not lmdb".utf8))
     }
