@@ -45,24 +45,18 @@ final class ClusterMembership {
             onEvent: { [weak node] event in node?.handleGroupEvent(event) })
     }
 
-    var viewReport: StatusReport.View? {
-        guard let view = group.status().view else { return nil }
-        return StatusReport.View(
-            id: view.id, coordinator: view.coordinator, members: view.members.map(\.node), primary: view.primary)
-    }
-
-    /// What a stopped node waits for, as group services see it.
-    var waitingFor: [String] {
+    /// What the status report says of the cluster, from one reading of group services' status: the view, what a
+    /// stopped node waits for, and every configured node.
+    func report() -> (view: StatusReport.View?, waitingFor: [String], cluster: StatusReport.Cluster) {
         let status = group.status()
-        if !status.waitingFor.isEmpty { return status.waitingFor }
-        if status.view == nil { return ["view agreement"] }
-        return status.quorate ? [] : ["quorum"]
-    }
-
-    var clusterReport: StatusReport.Cluster {
-        let status = group.status()
+        let view = status.view.map {
+            StatusReport.View(
+                id: $0.id, coordinator: $0.coordinator, members: $0.members.map(\.node), primary: $0.primary)
+        }
+        var waitingFor = status.waitingFor
+        if waitingFor.isEmpty && !status.quorate { waitingFor = [status.view == nil ? "view agreement" : "quorum"] }
         let settings = config.settings
-        return StatusReport.Cluster(
+        let cluster = StatusReport.Cluster(
             name: status.clusterName, expectedVotes: settings.expectedVotes, quorumVotes: settings.quorumVotes,
             highestView: status.highestViewNumber,
             nodes: status.nodes.map {
@@ -70,6 +64,7 @@ final class ClusterMembership {
                     nodeID: $0.id, address: $0.address, votes: $0.votes, state: $0.state,
                     lastHeardMilliseconds: $0.lastHeardMillisecondsAgo, incarnation: $0.incarnation)
             })
+        return (view, waitingFor, cluster)
     }
 }
 

@@ -29,6 +29,7 @@ extension LockNode {
 
     func statusReport() -> StatusReport {
         let lockspaces = engine.allLockspaces
+        let cluster = self.cluster?.report()
         return StatusReport(
             nodeID: configuration.nodeID, version: dlmVersion, pid: getpid(),
             uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
@@ -36,10 +37,10 @@ extension LockNode {
             dataDirectory: configuration.dataDirectory, lockspaces: lockspaces.count,
             resources: engine.resourceCount, locks: engine.lockCount, connections: connections.count,
             store: storeReport, incarnation: persistence?.store.incarnation ?? 0, quorate: !isStopped,
-            view: cluster?.viewReport,
+            view: cluster?.view,
             recovery: .init(
                 waitingFor: isStopped ? (cluster?.waitingFor ?? stopReasons) : [], heldRequests: heldInputs.count),
-            cluster: cluster?.clusterReport)
+            cluster: cluster?.cluster)
     }
 
     func lockspacesReport() -> LockspacesReport {

@@ -1,69 +1,5 @@
 import Foundation
 
-/// Lines a process prints, read on a thread of their own and stamped with the time they arrived, so that a test
-/// can wait for a line (an event) and measure when it came.
-final class LineLog: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var lines: [(text: String, at: Date)] = []
-    private var ended = false
-    /// Lines before this index were already matched by `wait`.
-    private var cursor = 0
-
-    func read(_ handle: FileHandle) {
-        Thread.detachNewThread { [self] in
-            var pending = Data()
-            while true {
-                let chunk = handle.availableData
-                condition.lock()
-                if chunk.isEmpty {
-                    ended = true
-                    condition.broadcast()
-                    condition.unlock()
-                    return
-                }
-                pending.append(chunk)
-                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    lines.append((String(decoding: pending[pending.startIndex..<newline], as: UTF8.self), Date()))
-                    pending = Data(pending[pending.index(after: newline)...])
-                }
-                condition.broadcast()
-                condition.unlock()
-            }
-        }
-    }
-
-    /// Waits for the first line after the last matched one that satisfies `predicate`; fails once the process
-    /// ended or after `timeout` (a bound on a liveness failure, not a pause).
-    @discardableResult
-    func wait(
-        for description: String, timeout: TimeInterval = 60, _ predicate: (String) -> Bool
-    ) throws -> (text: String, at: Date) {
-        let deadline = Date().addingTimeInterval(timeout)
-        condition.lock()
-        defer { condition.unlock() }
-        while true {
-            while cursor < lines.count {
-                let line = lines[cursor]
-                cursor += 1
-                if predicate(line.text) { return line }
-            }
-            if ended { throw DaemonError("the process ended before \(description); it printed: \(all)") }
-            if !condition.wait(until: deadline) {
-                throw DaemonError("no \(description) within \(Int(timeout)) s; printed: \(all)")
-            }
-        }
-    }
-
-    /// Skips what was printed so far.
-    func skipToEnd() {
-        condition.lock()
-        cursor = lines.count
-        condition.unlock()
-    }
-
-    private var all: [String] { lines.map(\.text) }
-}
-
 /// A cluster of real `dlmd` processes for one test: a config file with `count` nodes on loopback (or on the
 /// given addresses), a key made by `dlmtool keygen`, and a fence command that records whom it fenced.
 final class TestCluster: @unchecked Sendable {
@@ -74,8 +10,7 @@ final class TestCluster: @unchecked Sendable {
     let addresses: [String]
     /// Prefix of every dlmd command line for node i (e.g. `ip netns exec NS`).
     let launcher: (Int) -> [String]
-    private(set) var processes: [Int: Process] = [:]
-    private(set) var logs: [Int: LineLog] = [:]
+    private(set) var daemons: [Int: Daemon] = [:]
 
     /// Short timeouts make the tests quick; `nil` keeps the defaults (detection within 1.5 s).
     static let quickTimeouts =
@@ -123,26 +58,16 @@ final class TestCluster: @unchecked Sendable {
         guard keygen.terminationStatus == 0 else { throw DaemonError("dlmtool keygen failed") }
     }
 
-    func socket(_ node: Int) -> String { directory + "/node\(node)/dlmd.sock" }
+    func socket(_ node: Int) -> String { daemons[node]?.socketPath ?? directory + "/node\(node)/dlmd.sock" }
+
+    /// What node `node` printed.
+    func log(_ node: Int) -> LineLog { daemons[node]!.log }
 
     /// Starts node `node` (again, on the same data directory) and returns once it listens for clients.
     func start(_ node: Int) throws {
-        let process = Process()
-        let output = Pipe()
-        let log = LineLog()
-        let command =
-            launcher(node) + [
-                Daemon.executable, "--config", configPath, "--node-id", "\(node)", "--data-dir",
-                directory + "/node\(node)", "--socket", socket(node), "--log-level", "warning",
-            ]
-        process.executableURL = URL(fileURLWithPath: command[0])
-        process.arguments = Array(command.dropFirst())
-        process.standardOutput = output
-        try process.run()
-        log.read(output.fileHandleForReading)
-        processes[node] = process
-        logs[node] = log
-        try log.wait(for: "node \(node) listening") { $0.contains("listening on") }
+        daemons[node] = try Daemon(
+            directory: directory + "/node\(node)", arguments: ["--config", configPath, "--node-id", "\(node)"],
+            launcher: launcher(node))
     }
 
     func startAll() throws {
@@ -153,10 +78,7 @@ final class TestCluster: @unchecked Sendable {
     @discardableResult
     func kill(_ node: Int) -> Date {
         let now = Date()
-        if let process = processes[node], process.isRunning {
-            Foundation.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        daemons[node]?.kill()
         return now
     }
 
@@ -164,7 +86,7 @@ final class TestCluster: @unchecked Sendable {
     @discardableResult
     func waitForView(at node: Int, members: String, primary: Bool, timeout: TimeInterval = 60) throws -> Date {
         let suffix = " members \(members) " + (primary ? "primary" : "not primary (no quorum)")
-        return try logs[node]!.wait(for: "view {\(members)} at node \(node)", timeout: timeout) {
+        return try log(node).wait(for: "view {\(members)} at node \(node)", timeout: timeout) {
             $0.hasSuffix(suffix)
         }.at
     }
@@ -177,17 +99,11 @@ final class TestCluster: @unchecked Sendable {
     }
 
     func stopAll() {
-        for (_, process) in processes where process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        for daemon in daemons.values { daemon.stop() }
     }
 
     deinit {
-        for (_, process) in processes where process.isRunning {
-            Foundation.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        daemons = [:]
         try? FileManager.default.removeItem(atPath: directory)
     }
 }

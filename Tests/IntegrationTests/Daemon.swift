@@ -5,8 +5,8 @@ final class Daemon: @unchecked Sendable {
     let directory: String
     let socketPath: String
     let process = Process()
-    private let output = Pipe()
-    private(set) var lines: [String] = []
+    /// What dlmd prints on standard output ("listening on", view changes, fences), line by line.
+    let log = LineLog()
 
     /// The `dlmd` built next to the test bundle (or `$DLMD`).
     static var executable: String {
@@ -20,8 +20,8 @@ final class Daemon: @unchecked Sendable {
         return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     }
 
-    /// Starts dlmd and returns once it listens.
-    init(directory: String? = nil, arguments: [String] = []) throws {
+    /// Starts dlmd (behind `launcher`, e.g. `ip netns exec NS`) and returns once it listens.
+    init(directory: String? = nil, arguments: [String] = [], launcher: [String] = []) throws {
         let directory =
             directory
             ?? FileManager.default.temporaryDirectory
@@ -29,28 +29,16 @@ final class Daemon: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         self.directory = directory
         self.socketPath = directory + "/dlmd.sock"
-        process.executableURL = URL(fileURLWithPath: Daemon.executable)
-        process.arguments = ["--socket", socketPath, "--data-dir", directory, "--log-level", "warning"] + arguments
+        let command =
+            launcher + [Daemon.executable, "--socket", socketPath, "--data-dir", directory, "--log-level", "warning"]
+            + arguments
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
+        let output = Pipe()
         process.standardOutput = output
         try process.run()
-        try waitForLine(containing: "listening on")
-    }
-
-    /// Reads dlmd's standard output until a line contains `text` (or dlmd exits).
-    func waitForLine(containing text: String) throws {
-        let handle = output.fileHandleForReading
-        var pending = Data()
-        while true {
-            let chunk = handle.availableData
-            if chunk.isEmpty { throw DaemonError("dlmd exited before printing \"\(text)\"; output: \(lines)") }
-            pending.append(chunk)
-            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
-                pending = Data(pending[pending.index(after: newline)...])
-                lines.append(line)
-                if line.contains(text) { return }
-            }
-        }
+        log.read(output.fileHandleForReading)
+        try log.wait(for: "\"listening on\"") { $0.contains("listening on") }
     }
 
     /// SIGTERM, and wait for the exit status.
@@ -73,6 +61,70 @@ final class Daemon: @unchecked Sendable {
             process.waitUntilExit()
         }
     }
+}
+
+/// Lines a process prints, read on a thread of their own and stamped with the time they arrived, so that a test
+/// can wait for a line (an event) and measure when it came.
+final class LineLog: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var lines: [(text: String, at: Date)] = []
+    private var ended = false
+    /// Lines before this index were already matched by `wait`.
+    private var cursor = 0
+
+    func read(_ handle: FileHandle) {
+        Thread.detachNewThread { [self] in
+            var pending = Data()
+            while true {
+                let chunk = handle.availableData
+                condition.lock()
+                if chunk.isEmpty {
+                    ended = true
+                    condition.broadcast()
+                    condition.unlock()
+                    return
+                }
+                pending.append(chunk)
+                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    lines.append((String(decoding: pending[pending.startIndex..<newline], as: UTF8.self), Date()))
+                    pending = Data(pending[pending.index(after: newline)...])
+                }
+                condition.broadcast()
+                condition.unlock()
+            }
+        }
+    }
+
+    /// Waits for the first line after the last matched one that satisfies `predicate`; fails once the process
+    /// ended or after `timeout` (a bound on a liveness failure, not a pause).
+    @discardableResult
+    func wait(
+        for description: String, timeout: TimeInterval = 60, _ predicate: (String) -> Bool
+    ) throws -> (text: String, at: Date) {
+        let deadline = Date().addingTimeInterval(timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            while cursor < lines.count {
+                let line = lines[cursor]
+                cursor += 1
+                if predicate(line.text) { return line }
+            }
+            if ended { throw DaemonError("the process ended before \(description); it printed: \(all)") }
+            if !condition.wait(until: deadline) {
+                throw DaemonError("no \(description) within \(Int(timeout)) s; printed: \(all)")
+            }
+        }
+    }
+
+    /// Skips what was printed so far.
+    func skipToEnd() {
+        condition.lock()
+        cursor = lines.count
+        condition.unlock()
+    }
+
+    private var all: [String] { lines.map(\.text) }
 }
 
 extension Daemon {
