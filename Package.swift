@@ -49,7 +49,10 @@ let package = Package(
         // The client protocol of Protocol/CLIENT.md: messages and their codec.
         .target(
             name: "DLMWire",
-            dependencies: ["DLMCore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "DLMCore", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
         ),
         // Debian's liblmdb-dev (pkg-config "lmdb").
         .systemLibrary(

@@ -48,8 +48,12 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
     var isReading = false
     /// A flush is queued on the event loop.
     var flushScheduled = false
+    /// Keeps the event loop polling after reads (`DLMConnection.connect(busyPoll:)`).
+    let busyPoll: TimeAmount
+    var poller: BusyPoll?
 
-    init(onBlocking: @escaping BlockingHandler) {
+    init(busyPoll: TimeAmount = .zero, onBlocking: @escaping BlockingHandler) {
+        self.busyPoll = busyPoll
         self.onBlocking = onBlocking
         self.outbound = ByteBufferAllocator().buffer(capacity: 0)
     }
@@ -57,10 +61,12 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         outbound = context.channel.allocator.buffer(capacity: 1024)
+        if busyPoll > .zero { poller = BusyPoll.shared(on: context.eventLoop, window: busyPoll) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard closedError == nil else { return }
+        poller?.activity()
         isReading = true
         do throws(WireError) {
             try frames.process(unwrapInboundIn(data), maxLength: WireLimits.maxServerFrame) {

@@ -38,11 +38,15 @@ public final class DLMConnection: Sendable {
     /// handlers of the callback API, run on one event loop of `eventLoopGroup` (default: NIO's shared
     /// group, one thread per CPU). A program with many connections on few CPUs may give them a group of
     /// one thread, so that they share it instead of waking one another.
+    ///
+    /// With a `busyPoll` window, the event loop keeps polling for that long after each read instead of
+    /// sleeping at once (`BusyPoll`): lower latency where waking a sleeping CPU is slow, as in most VMs, for
+    /// up to that much of the loop's CPU after each burst of replies. Off (zero) by default.
     public static func connect(
         socketPath: String? = nil, clientName: String = ProcessInfo.processInfo.processName,
-        eventLoopGroup: (any EventLoopGroup)? = nil
+        eventLoopGroup: (any EventLoopGroup)? = nil, busyPoll: TimeAmount = .zero
     ) async throws -> DLMConnection {
-        try await connect(clientName: clientName, eventLoopGroup: eventLoopGroup) { bootstrap in
+        try await connect(clientName: clientName, eventLoopGroup: eventLoopGroup, busyPoll: busyPoll) { bootstrap in
             try await bootstrap.connect(unixDomainSocketPath: socketPath ?? defaultSocketPath).get()
         }
     }
@@ -50,19 +54,22 @@ public final class DLMConnection: Sendable {
     /// Connects over TCP.
     public static func connect(
         host: String, port: Int, clientName: String = ProcessInfo.processInfo.processName,
-        eventLoopGroup: (any EventLoopGroup)? = nil
+        eventLoopGroup: (any EventLoopGroup)? = nil, busyPoll: TimeAmount = .zero
     ) async throws -> DLMConnection {
-        try await connect(clientName: clientName, eventLoopGroup: eventLoopGroup) { bootstrap in
+        try await connect(clientName: clientName, eventLoopGroup: eventLoopGroup, busyPoll: busyPoll) { bootstrap in
             try await bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1).connect(host: host, port: port)
                 .get()
         }
     }
 
     static func connect(
-        clientName: String, eventLoopGroup: (any EventLoopGroup)?, _ open: (ClientBootstrap) async throws -> Channel
+        clientName: String, eventLoopGroup: (any EventLoopGroup)?, busyPoll: TimeAmount,
+        _ open: (ClientBootstrap) async throws -> Channel
     ) async throws -> DLMConnection {
         let (stream, continuation) = AsyncStream<BlockingEvent>.makeStream()
-        let handler = ClientHandler { lock, mode in continuation.yield(BlockingEvent(lock: lock, mode: mode)) }
+        let handler = ClientHandler(busyPoll: busyPoll) { lock, mode in
+            continuation.yield(BlockingEvent(lock: lock, mode: mode))
+        }
         let bootstrap = ClientBootstrap(group: eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton)
             .channelOption(.maxMessagesPerRead, value: 16)
             .channelInitializer { channel in

@@ -65,6 +65,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let connection, !refused else { return }
         let node = self.node
+        node.busyPoll?.activity()
         do throws(WireError) {
             try frames.process(unwrapInboundIn(data), maxLength: WireLimits.maxClientFrame) {
                 type, body throws(WireError) in

@@ -33,6 +33,8 @@ public final class LockNode: @unchecked Sendable {
     var cluster: ClusterMembership?
     /// Closing connections whose last frames wait for a store commit.
     var lingering: [OwnerID: ClientConnection] = [:]
+    /// Keeps the loop polling after client I/O, if configured (`--busy-poll`).
+    let busyPoll: BusyPoll?
 
     public init(configuration: NodeConfiguration, eventLoop: EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -40,6 +42,8 @@ public final class LockNode: @unchecked Sendable {
         self.logger = logger
         self.engine = LockEngine(config: configuration.engine)
         self.startedAt = .now()
+        self.busyPoll =
+            configuration.busyPoll > .zero ? BusyPoll(eventLoop: eventLoop, window: configuration.busyPoll) : nil
         effects.reserveCapacity(64)
     }
 

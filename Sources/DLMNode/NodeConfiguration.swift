@@ -1,6 +1,7 @@
 import DLMCore
 import DLMStore
 import GroupNode
+import NIOCore
 
 /// Everything a node needs to start, from the command line or a config file.
 public struct NodeConfiguration: Sendable {
@@ -20,6 +21,8 @@ public struct NodeConfiguration: Sendable {
     public var mapSize: Int
     /// The cluster this node is a member of; nil for a standalone node.
     public var cluster: ClusterConfig?
+    /// How long the event loop keeps polling after its last I/O before it sleeps (`BusyPoll`); zero for never.
+    public var busyPoll: TimeAmount
 
     public static let defaultSocketPath = "/run/dlm/dlmd.sock"
     public static let defaultDataDirectory = "/var/lib/dlm"
@@ -30,8 +33,9 @@ public struct NodeConfiguration: Sendable {
         socketPath: String? = NodeConfiguration.defaultSocketPath, listenAddress: String? = nil,
         dataDirectory: String = NodeConfiguration.defaultDataDirectory, nodeID: UInt32 = 1,
         engine: EngineConfig = EngineConfig(), tickInterval: UInt64 = 10_000_000, durability: Durability = .batch,
-        mapSize: Int = NodeConfiguration.defaultMapSize, cluster: ClusterConfig? = nil
+        mapSize: Int = NodeConfiguration.defaultMapSize, cluster: ClusterConfig? = nil, busyPoll: TimeAmount = .zero
     ) {
+        self.busyPoll = busyPoll
         self.cluster = cluster
         self.durability = durability
         self.mapSize = mapSize

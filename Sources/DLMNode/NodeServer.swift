@@ -133,6 +133,7 @@ extension LockNode {
     func shutdown() throws {
         isShuttingDown = true
         ticker?.cancel()
+        busyPoll?.stop()
         // Connections that closed while the node was stopped: their owners are gone too.
         for case .exited(let connection) in heldInputs {
             effects.removeAll(keepingCapacity: true)

@@ -20,7 +20,7 @@ struct DLMD: AsyncParsableCommand {
 
             Settings come from the command line, then the config file (--config), then the defaults. The \
             config file is TOML with a [dlmd] table holding the same names: socket, listen, data_dir, \
-            node_id, deadlock_wait, log_level, durability, map_size.
+            node_id, deadlock_wait, log_level, durability, map_size, busy_poll.
 
             A config file with a [cluster] table makes this node a cluster member: it also holds the node list \
             ([[node]] id, address, votes), [quorum], [fencing] and the cluster key file (docs/GROUPS.md). Start \
@@ -69,6 +69,15 @@ struct DLMD: AsyncParsableCommand {
     @Option(name: .long, help: "The most MiB the store may grow to (default: 1024).")
     var mapSize: Int?
 
+    @Option(
+        name: .long,
+        help: """
+            Microseconds the event loop keeps polling its sockets after its last I/O before it sleeps: lower \
+            latency where waking a sleeping CPU is slow (VMs), for up to that much CPU time after each burst. \
+            0 turns it off (default: 0).
+            """)
+    var busyPoll: Int?
+
     @Flag(name: .long, help: "Check the data directory (every record decoded) and exit: 0 if sound, 1 if not.")
     var check = false
 
@@ -82,6 +91,7 @@ struct DLMD: AsyncParsableCommand {
         var log_level: String?
         var durability: String?
         var map_size: Int?
+        var busy_poll: Int?
     }
 
     func fileSettings() throws -> FileSettings {
@@ -98,6 +108,7 @@ struct DLMD: AsyncParsableCommand {
             guard let dlmd = section.table else { throw ValidationError("\(config): [dlmd] must be a table") }
             let known: Set<String> = [
                 "socket", "listen", "data_dir", "node_id", "deadlock_wait", "log_level", "durability", "map_size",
+                "busy_poll",
             ]
             for key in dlmd.keys where !known.contains(key) {
                 throw ValidationError(
@@ -147,6 +158,10 @@ struct DLMD: AsyncParsableCommand {
         }
         let mapMiB = mapSize ?? file.map_size ?? NodeConfiguration.defaultMapSize >> 20
         guard mapMiB >= 1, mapMiB <= 1 << 24 else { throw ValidationError("--map-size is a number of MiB from 1") }
+        let pollMicroseconds = busyPoll ?? file.busy_poll ?? 0
+        guard pollMicroseconds >= 0, pollMicroseconds <= 1_000_000 else {
+            throw ValidationError("--busy-poll is a number of microseconds from 0 to 1000000")
+        }
         let dataDirectory = dataDir ?? file.data_dir ?? NodeConfiguration.defaultDataDirectory
         if check {
             do {
@@ -180,7 +195,7 @@ struct DLMD: AsyncParsableCommand {
             listenAddress: listen ?? file.listen,
             dataDirectory: dataDirectory, nodeID: nodeID ?? file.node_id ?? 1,
             engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)), durability: durabilityMode, mapSize: mapMiB << 20,
-            cluster: cluster)
+            cluster: cluster, busyPoll: .microseconds(Int64(pollMicroseconds)))
         let logger = Logger(label: "dlmd")
         let server = NodeServer(configuration: configuration, logger: logger) { line in
             FileHandle.standardOutput.write(Data((line + "\n").utf8))
