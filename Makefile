@@ -52,15 +52,21 @@ bench:
 	$(TASKSET) .build/release/dlmbench core
 	$(TASKSET) .build/release/dlmbench contended
 
-## make bench-daemon: release build, then a release dlmd on a temporary socket pinned to CPU 0 and the
-## scenarios against it (rtt, uncontended, pipelined, handoff, mixed) with dlmbench on CPU 0 ("same") and on
-## CPU 1 ("split"); dlmd is stopped with SIGTERM. One JSON object per measurement (bench/RESULTS.md).
-## BUILD_FLAGS (e.g. --scratch-path .build-x), DURATION, PLACEMENTS and SCENARIOS are passed on.
+## make bench-daemon: release build, then a release dlmd on a temporary socket and the scenarios against it
+## (rtt, uncontended, pipelined, handoff, mixed) with dlmd on CPU 0 and dlmbench on CPU 0 ("same"), on CPU 1
+## ("split"), and with neither pinned ("free"); then again in split and free with both sides busy-polling
+## for 200 us after their I/O (dlmd --busy-poll 200, dlmbench --busy-poll 200). dlmd is stopped with
+## SIGTERM. One JSON object per measurement (bench/RESULTS.md). BUILD_FLAGS (e.g. --scratch-path .build-x),
+## DURATION, PLACEMENTS and SCENARIOS are passed on; BENCH_BUSY_POLL sets the second pass's window.
 BUILD_FLAGS ?=
+BENCH_BUSY_POLL ?= 200
 bench-daemon:
 	$(SWIFT) build -c release $(BUILD_FLAGS) --product dlmd
 	$(SWIFT) build -c release $(BUILD_FLAGS) --product dlmbench
-	BIN=$$($(SWIFT) build -c release $(BUILD_FLAGS) --show-bin-path) bench/daemon-bench.sh
+	BIN=$$($(SWIFT) build -c release $(BUILD_FLAGS) --show-bin-path) PLACEMENTS="$${PLACEMENTS:-same split free}" \
+		bench/daemon-bench.sh
+	BIN=$$($(SWIFT) build -c release $(BUILD_FLAGS) --show-bin-path) PLACEMENTS="$${PLACEMENTS:-split free}" \
+		BUSY_POLL=$(BENCH_BUSY_POLL) bench/daemon-bench.sh
 
 ## make bench-durability: the raw LMDB commit rate, then durable grants against a release dlmd in each
 ## --durability mode (bench/durability-bench.sh; figures in bench/RESULTS.md).

@@ -69,7 +69,7 @@ enum DaemonScenarios {
                     ),
                     ("ops_per_sec", .number(Double(total.ops) / window.seconds)),
                     ("requests_per_sec", .number(Double(2 * total.ops) / window.seconds)),
-                ] + total.samples.summary() + [
+                ] + total.samples.summary() + total.requestSummary() + [
                     ("ops", .int(total.ops)),
                     ("clients", .int(clients)),
                     ("connections", .int(settings.api == .raw ? clients : connections)),
@@ -87,10 +87,10 @@ enum DaemonScenarios {
             let start = nowNanoseconds()
             if start >= window.end { break }
             let lock = try await lockspace.lock(names[index], mode: .ex)
+            let granted = nowNanoseconds()
             try await lock.unlock()
             index = index + 1 == names.count ? 0 : index + 1
-            let end = nowNanoseconds()
-            result.completed(at: end, latency: end - start, in: window)
+            result.completedPair(start: start, granted: granted, end: nowNanoseconds(), in: window)
         }
         return result
     }
@@ -306,7 +306,7 @@ enum DaemonScenarios {
                                 + "when it conflicts), then UNLOCK; latency is the pair's")
                     ),
                     ("ops_per_sec", .number(Double(total.ops) / window.seconds)),
-                ] + total.samples.summary() + [
+                ] + total.samples.summary() + total.requestSummary() + [
                     ("ops", .int(total.ops)),
                     ("clients", .int(clients)),
                     ("connections", .int(connections)),
@@ -328,6 +328,9 @@ struct ClientResult: Sendable {
     var samples = Samples(capacity: 1 << 14)
     /// Every operation that completed, warm-up and tail included (for CPU time per operation).
     var allOps = 0
+    /// A pair's two requests on their own, in the window: LOCK to its grant, UNLOCK to its completion.
+    var lockSamples = Samples(capacity: 0)
+    var unlockSamples = Samples(capacity: 0)
 
     /// An operation completed at `time`: it counts if that is in the window.
     @inline(__always) mutating func completed(at time: UInt64, latency: UInt64, in window: Window) {
@@ -338,10 +341,33 @@ struct ClientResult: Sendable {
         }
     }
 
+    /// A pair completed at `end`: the lock was granted at `granted`, and the pair started at `start`.
+    @inline(__always) mutating func completedPair(start: UInt64, granted: UInt64, end: UInt64, in window: Window) {
+        completed(at: end, latency: end - start, in: window)
+        if window.counts(end) {
+            lockSamples.add(granted - start)
+            unlockSamples.add(end - granted)
+        }
+    }
+
     static func merged(_ results: [ClientResult]) -> ClientResult {
         ClientResult(
             ops: results.reduce(0) { $0 + $1.ops }, samples: Samples.merged(results.map(\.samples)),
-            allOps: results.reduce(0) { $0 + $1.allOps })
+            allOps: results.reduce(0) { $0 + $1.allOps }, lockSamples: Samples.merged(results.map(\.lockSamples)),
+            unlockSamples: Samples.merged(results.map(\.unlockSamples)))
+    }
+
+    /// The p50 and p99 of each request of a pair, if pairs were measured.
+    func requestSummary() -> [(String, JSON)] {
+        guard !lockSamples.values.isEmpty else { return [] }
+        let locks = lockSamples.values.sorted()
+        let unlocks = unlockSamples.values.sorted()
+        return [
+            ("lock_p50_us", .number2(Samples.percentile(locks, 0.50))),
+            ("lock_p99_us", .number2(Samples.percentile(locks, 0.99))),
+            ("unlock_p50_us", .number2(Samples.percentile(unlocks, 0.50))),
+            ("unlock_p99_us", .number2(Samples.percentile(unlocks, 0.99))),
+        ]
     }
 }
 
@@ -361,7 +387,8 @@ final class Session: @unchecked Sendable {
             var lockspaces: [DLMLockspace] = []
             for _ in 0..<count {
                 let connection = try await DLMConnection.connect(
-                    socketPath: socket, clientName: "dlmbench", eventLoopGroup: group)
+                    socketPath: socket, clientName: "dlmbench", eventLoopGroup: group,
+                    busyPoll: .microseconds(Int64(settings.busyPoll)))
                 connections.append(connection)
                 lockspaces.append(try await connection.openLockspace(lockspace))
             }
@@ -466,6 +493,7 @@ final class PairClient: LoopClient, @unchecked Sendable {
     let names: [[UInt8]]
     var index = 0
     var started: UInt64 = 0
+    var granted: UInt64 = 0
 
     init(lockspace: DLMLockspace, names: [[UInt8]], window: Window, done: EventLoopPromise<ClientResult>) {
         self.names = names
@@ -491,10 +519,11 @@ final class PairClient: LoopClient, @unchecked Sendable {
     }
 
     func unlock(_ lock: LockID) {
+        granted = nowNanoseconds()
         lockspace.submitUnlock(lock) { result in
             guard case .success = result else { return self.failed(DLMError(.protocolError, "\(result)")) }
-            let end = nowNanoseconds()
-            self.result.completed(at: end, latency: end - self.started, in: self.window)
+            self.result.completedPair(
+                start: self.started, granted: self.granted, end: nowNanoseconds(), in: self.window)
             self.start()
         }
     }

@@ -152,7 +152,7 @@ struct Window: Sendable {
 
 /// The options every scenario against dlmd has.
 struct DaemonOptions {
-    static let names = ["socket", "duration", "warmup", "api", "client-threads"]
+    static let names = ["socket", "duration", "warmup", "api", "client-threads", "busy-poll"]
 
     enum API: String {
         /// The callback API: completion handlers on the connection's event loop, no task per request.
@@ -170,6 +170,8 @@ struct DaemonOptions {
     let warmup: Double
     let api: API
     let clientThreads: Int
+    /// Microseconds the client's event loop keeps polling after a read (DLMConnection's `busyPoll`).
+    let busyPoll: Int
 
     init(_ options: Options) {
         socket = options.string("socket", DLMConnection.defaultSocketPath)
@@ -180,6 +182,7 @@ struct DaemonOptions {
         }
         self.api = api
         clientThreads = options.int("client-threads", 1)
+        busyPoll = options.int("busy-poll", 0, minimum: 0)
     }
 
     /// The figures every scenario reports besides its own.
@@ -187,6 +190,7 @@ struct DaemonOptions {
         [
             ("api", .string(api.rawValue)),
             ("client_threads", .int(clientThreads)),
+            ("client_busy_poll_us", .int(busyPoll)),
             ("duration_s", .number2(duration)),
             ("warmup_s", .number2(warmup)),
             ("socket", .string(socket)),

@@ -5,15 +5,19 @@ import Glibc
 /// back, and the client reads it, all with blocking sockets. The client runs on the calling thread (pin the
 /// process with `taskset`); `--echo-cpu` pins the echo thread, as `taskset` pins dlmd. With `--echo process`
 /// the echo server is a child process (`dlmbench echo`) instead of a thread, so that each round trip also
-/// switches between address spaces, as a round trip to dlmd does.
+/// switches between address spaces, as a round trip to dlmd does. With `--busy-poll US` both sides poll
+/// before each read as DLMClient's and dlmd's `BusyPoll` does: `ppoll` with a 1 µs timeout, until the
+/// message is there or US microseconds have passed since the last message, then a blocking read. That is the
+/// raw round trip to compare with dlmd and a client that both poll.
 enum RTTScenario {
-    static let optionNames = ["duration", "warmup", "size", "echo-cpu", "echo"]
+    static let optionNames = ["duration", "warmup", "size", "echo-cpu", "echo", "busy-poll"]
 
     static func run(_ options: Options) -> JSON {
         let duration = options.seconds("duration", 3)
         let warmup = options.seconds("warmup", 0.5)
         let size = options.int("size", 64)
         let echoCPU = options.values["echo-cpu"].map { _ in options.int("echo-cpu", 0, minimum: 0) }
+        let pollWindow = UInt64(options.int("busy-poll", 0, minimum: 0)) * 1000
         let path = "/tmp/dlmbench-rtt-\(getpid()).sock"
         unlink(path)
         let listener = unixSocket()
@@ -28,10 +32,13 @@ enum RTTScenario {
         var child: pid_t = 0
         var echoCPUs: String
         if inProcess {
-            echo = EchoServer(listener: listener, size: size, cpu: echoCPU)
+            echo = EchoServer(listener: listener, size: size, cpu: echoCPU, pollWindow: pollWindow)
             echo!.start()
         } else {
-            var arguments = ["dlmbench", "echo", "--listener", "\(listener)", "--size", "\(size)"]
+            var arguments = [
+                "dlmbench", "echo", "--listener", "\(listener)", "--size", "\(size)", "--busy-poll",
+                "\(pollWindow / 1000)",
+            ]
             if let echoCPU { arguments += ["--echo-cpu", "\(echoCPU)"] }
             child = spawnSelf(arguments)
         }
@@ -51,9 +58,12 @@ enum RTTScenario {
         var samples = Samples(capacity: 1 << 20)
         var count = 0
         let window = Window(warmup: warmup, duration: duration)
+        var poller = ReadPoller(window: pollWindow)
         while true {
             let start = nowNanoseconds()
-            guard writeAll(client, &message), readAll(client, &message) else { fail("the echo failed") }
+            guard writeAll(client, &message) else { fail("the echo failed") }
+            poller.awaitReadable(client)
+            guard readAll(client, &message) else { fail("the echo failed") }
             let end = nowNanoseconds()
             if window.counts(end) {
                 count += 1
@@ -72,7 +82,9 @@ enum RTTScenario {
                     "operation",
                     .string(
                         "one round trip of a \(size)-byte message over a Unix stream socket to an echo thread "
-                            + "(blocking sockets)")
+                            + (pollWindow > 0
+                                ? "(both sides poll for \(pollWindow / 1000) µs before a blocking read)"
+                                : "(blocking sockets)"))
                 ),
                 ("ops_per_sec", .number(Double(count) / window.seconds)),
             ] + samples.summary() + [
@@ -80,6 +92,7 @@ enum RTTScenario {
                 ("clients", .int(1)),
                 ("in_flight", .int(1)),
                 ("message_bytes", .int(size)),
+                ("busy_poll_us", .int(Int(pollWindow / 1000))),
                 ("echo", .string(inProcess ? "thread of this process" : "child process")),
                 ("duration_s", .number2(duration)),
                 ("warmup_s", .number2(warmup)),
@@ -95,6 +108,7 @@ final class EchoServer {
     let listener: Int32
     let size: Int
     let cpu: Int?
+    let pollWindow: UInt64
     var thread = pthread_t()
     /// The echo thread's CPUs, written by it before `running` is set.
     var cpus = ""
@@ -102,7 +116,8 @@ final class EchoServer {
     var mutex = pthread_mutex_t()
     var condition = pthread_cond_t()
 
-    init(listener: Int32, size: Int, cpu: Int?) {
+    init(listener: Int32, size: Int, cpu: Int?, pollWindow: UInt64) {
+        self.pollWindow = pollWindow
         self.listener = listener
         self.size = size
         self.cpu = cpu
@@ -131,11 +146,7 @@ final class EchoServer {
         pthread_mutex_unlock(&mutex)
         let connection = accept(listener, nil, nil)
         guard connection >= 0 else { fail("accept failed") }
-        var buffer = [UInt8](repeating: 0, count: size)
-        while readAll(connection, &buffer) {
-            guard writeAll(connection, &buffer) else { break }
-        }
-        close(connection)
+        echo(connection, size: size, pollWindow: pollWindow)
     }
 
     /// Waits until the echo thread runs (pinned) and returns its CPUs.
@@ -154,7 +165,7 @@ final class EchoServer {
 
 /// `dlmbench echo`: the echo server of `rtt --echo process`, on the listening socket it inherits.
 enum EchoProcess {
-    static let optionNames = ["listener", "size", "echo-cpu"]
+    static let optionNames = ["listener", "size", "echo-cpu", "busy-poll"]
 
     static func run(_ options: Options) {
         let listener = Int32(options.int("listener", 0, minimum: 0))
@@ -166,10 +177,58 @@ enum EchoProcess {
         let cpus = Array(allowedCPUs().utf8.prefix(size - 1))
         buffer.replaceSubrange(0..<cpus.count, with: cpus)
         guard writeAll(connection, &buffer) else { fail("the client went away") }
-        while readAll(connection, &buffer) {
-            guard writeAll(connection, &buffer) else { break }
+        echo(connection, size: size, pollWindow: UInt64(options.int("busy-poll", 0, minimum: 0)) * 1000)
+    }
+}
+
+/// Echoes `size`-byte messages on `connection` until the client closes it.
+func echo(_ connection: Int32, size: Int, pollWindow: UInt64) {
+    var buffer = [UInt8](repeating: 0, count: size)
+    var poller = ReadPoller(window: pollWindow)
+    while true {
+        poller.awaitReadable(connection)
+        guard readAll(connection, &buffer), writeAll(connection, &buffer) else { break }
+    }
+    close(connection)
+}
+
+/// Polls a socket before a blocking read, as `BusyPoll` keeps an event loop polling: `ppoll` with a 1 µs
+/// timeout until the socket is readable or `window` nanoseconds have passed since the last message.
+struct ReadPoller {
+    /// glibc's `ppoll` (`_GNU_SOURCE`, so not in the Glibc module).
+    typealias PPoll =
+        @convention(c) (
+            UnsafeMutablePointer<pollfd>, nfds_t, UnsafePointer<timespec>, UnsafeRawPointer?
+        ) -> Int32
+    static let ppoll: PPoll = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "ppoll") else { fail("no ppoll in libc") }
+        return unsafeBitCast(symbol, to: PPoll.self)
+    }()
+
+    /// glibc's `prctl`, called with its five integer arguments.
+    typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
+    static let prctl: Prctl = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "prctl") else { fail("no prctl in libc") }
+        return unsafeBitCast(symbol, to: Prctl.self)
+    }()
+
+    let window: UInt64
+    var lastMessage: UInt64 = 0
+    var slackSet = false
+
+    mutating func awaitReadable(_ fd: Int32) {
+        guard window > 0 else { return }
+        if !slackSet {
+            // A sleep's default timer slack is 50 µs; NIO's timers (timerfd) have none.
+            _ = ReadPoller.prctl(29, 1, 0, 0, 0)  // PR_SET_TIMERSLACK, 1 ns
+            slackSet = true
         }
-        close(connection)
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        var step = timespec(tv_sec: 0, tv_nsec: 1000)
+        while nowNanoseconds() - lastMessage < window {
+            if ReadPoller.ppoll(&entry, 1, &step, nil) != 0 { break }
+        }
+        lastMessage = nowNanoseconds()
     }
 }
 

@@ -92,10 +92,11 @@ final class RawClient {
         while true {
             let start = nowNanoseconds()
             if start >= window.end { break }
-            unlock(lock(names[index]))
+            let id = lock(names[index])
+            let granted = nowNanoseconds()
+            unlock(id)
             index = index + 1 == names.count ? 0 : index + 1
-            let end = nowNanoseconds()
-            result.completed(at: end, latency: end - start, in: window)
+            result.completedPair(start: start, granted: granted, end: nowNanoseconds(), in: window)
         }
         return result
     }

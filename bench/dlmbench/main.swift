@@ -43,6 +43,7 @@ let usage = """
            dlmbench membership [--scenario views|ordered|all] [--nodes N[,N...]] [--rounds N] ... (--help)
            dlmbench membership-kill --dlmd PATH [--nodes N] [--rounds N]
     COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
+            [--busy-poll US] (the client's event loop polls that long after each read; DLMConnection's busyPoll)
     """
 
 let arguments = CommandLine.arguments.dropFirst()
