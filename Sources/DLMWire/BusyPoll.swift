@@ -16,7 +16,8 @@ import NIOCore
 /// `DLMConnection.connect(busyPoll:)`). Touched only on its event loop (so `Sendable` only to be handed
 /// there).
 public final class BusyPoll: @unchecked Sendable {
-    public let eventLoop: EventLoop
+    /// Weak, so that the pollers `shared(on:window:)` keeps do not keep event loops that were shut down.
+    public private(set) weak var eventLoop: EventLoop?
     /// How long the loop keeps polling after the last I/O.
     public let window: TimeAmount
     var lastActivity = NIODeadline.uptimeNanoseconds(0)
@@ -58,15 +59,21 @@ public final class BusyPoll: @unchecked Sendable {
             return
         }
         polls &+= 1
+        guard let eventLoop else {
+            isPolling = false
+            return
+        }
         eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: now + Self.step) { self.poll() }
     }
 
     /// The poller of `eventLoop` with `window`: one per event loop and window, shared by the connections on it,
-    /// so that many connections on one loop poll it once. It keeps the event loop object alive.
+    /// so that many connections on one loop poll it once. Pollers of event loops that are gone are dropped.
     public static func shared(on eventLoop: EventLoop, window: TimeAmount) -> BusyPoll {
         let key = Key(loop: ObjectIdentifier(eventLoop), window: window.nanoseconds)
         return registry.withLockedValue { pollers in
-            if let poller = pollers[key] { return poller }
+            // A poller's loop may be gone and its address taken by a new loop: only the same loop will do.
+            if let poller = pollers[key], poller.eventLoop === eventLoop { return poller }
+            pollers = pollers.filter { $0.value.eventLoop != nil }
             let poller = BusyPoll(eventLoop: eventLoop, window: window)
             pollers[key] = poller
             return poller
