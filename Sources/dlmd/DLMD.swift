@@ -74,7 +74,8 @@ struct DLMD: AsyncParsableCommand {
         help: """
             Microseconds the event loop keeps polling its sockets after its last I/O before it sleeps: lower \
             latency where waking a sleeping CPU is slow (VMs), for up to that much CPU time after each burst. \
-            0 turns it off (default: 0).
+            Only where dlmd has a CPU to itself: polling on the CPU its clients run on slows both. 0 turns it \
+            off (default: 0).
             """)
     var busyPoll: Int?
 
