@@ -7,15 +7,20 @@ import GroupServices
 /// ```
 /// length   u32   the bytes after this field (at most PeerEnvelope.maximumLength)
 /// magic    4     "DLMG"
-/// version  u8    2
+/// version  u8    3
 /// cluster  8     the first 8 bytes of SHA-256(cluster name)
 /// sender   u32   node id
 ///          u64   incarnation
 ///          u64   frame counter: one more for every frame the sender seals in this incarnation
 /// dest     u32   node id
 /// body     ...   the GroupMessage (PeerCodec)
-/// hmac     32    HMAC-SHA256 with the cluster key over magic ... body
+/// hmac     32    HMAC-SHA256 with the cluster key over the connection's challenge, then magic ... body
 /// ```
+///
+/// The challenge is 16 random bytes that the receiving end of a connection sends first, in a challenge frame
+/// (`length` u32 = 29, "DLMC", version u8 3, cluster 8, challenge 16); the sender seals every frame of that
+/// connection with it. A frame recorded on one connection therefore fails its HMAC on any other, also after the
+/// receiver restarts; within a connection, the counter refuses it (`PeerReplayGuard`).
 public struct PeerEnvelope: Hashable, Sendable {
     public var sender: Member
     /// The sender's frame counter: it seals its frames (to every destination, over every connection) with 1, 2, 3,
@@ -33,7 +38,12 @@ public struct PeerEnvelope: Hashable, Sendable {
     }
 
     public static let magic: [UInt8] = Array("DLMG".utf8)
-    public static let version: UInt8 = 2
+    public static let challengeMagic: [UInt8] = Array("DLMC".utf8)
+    public static let version: UInt8 = 3
+    /// The random bytes a receiver challenges a connection with.
+    public static let challengeLength = 16
+    /// A challenge frame after its length field: magic, version, cluster, challenge.
+    static let challengeFrameLength = 4 + 1 + 8 + challengeLength
     /// The largest frame accepted (after the length field): 16 MiB.
     public static let maximumLength = 16 << 20
     static let headerLength = 4 + 1 + 8 + 4 + 8 + 8 + 4
@@ -110,8 +120,13 @@ public struct PeerFrameCodec: @unchecked Sendable {
         self.knownNodes = knownNodes
     }
 
-    /// The whole frame, length field included.
-    public func seal(_ envelope: PeerEnvelope) -> [UInt8] {
+    /// The whole frame for a connection with `challenge`, length field included.
+    public func seal(_ envelope: PeerEnvelope, challenge: [UInt8]) -> [UInt8] {
+        sign(unsigned(envelope), challenge: challenge)
+    }
+
+    /// A frame without its HMAC and length: what waits for a connection's challenge (`sign`).
+    public func unsigned(_ envelope: PeerEnvelope) -> [UInt8] {
         var frame: [UInt8] = [0, 0, 0, 0]
         frame.reserveCapacity(64)
         frame += PeerEnvelope.magic
@@ -122,15 +137,57 @@ public struct PeerFrameCodec: @unchecked Sendable {
         append(envelope.counter, to: &frame)
         append(envelope.destination.rawValue, to: &frame)
         PeerCodec.encode(envelope.message, into: &frame)
-        frame += HMAC<SHA256>.authenticationCode(for: frame[4...], using: symmetric)
+        return frame
+    }
+
+    /// Completes an `unsigned` frame for a connection with `challenge`: its HMAC and its length field.
+    public func sign(_ unsigned: [UInt8], challenge: [UInt8]) -> [UInt8] {
+        var frame = unsigned
+        frame += mac(challenge, frame[4...])
         let length = UInt32(frame.count - 4)
         for index in 0..<4 { frame[index] = UInt8(truncatingIfNeeded: length >> (24 - 8 * UInt32(index))) }
         return frame
     }
 
-    /// Opens a frame without its length field; checks, in order: length, magic, version, cluster, HMAC, sender,
-    /// destination, body. Pure: whether the frame is a replay is `PeerReplayGuard`'s business.
-    public func open(_ frame: UnsafeRawBufferPointer) throws(PeerFrameError) -> PeerEnvelope {
+    func mac<D: DataProtocol>(_ challenge: [UInt8], _ data: D) -> HashedAuthenticationCode<SHA256> {
+        var hmac = HMAC<SHA256>(key: symmetric)
+        hmac.update(data: challenge)
+        hmac.update(data: data)
+        return hmac.finalize()
+    }
+
+    /// The challenge frame a receiver sends first on a connection, length field included.
+    public func challengeFrame(_ challenge: [UInt8]) -> [UInt8] {
+        var frame: [UInt8] = []
+        append(UInt32(PeerEnvelope.challengeFrameLength), to: &frame)
+        frame += PeerEnvelope.challengeMagic
+        frame.append(PeerEnvelope.version)
+        frame += clusterHash
+        frame += challenge
+        return frame
+    }
+
+    /// The challenge of a challenge frame (without its length field).
+    public func openChallenge(_ frame: UnsafeRawBufferPointer) throws(PeerFrameError) -> [UInt8] {
+        guard frame.count == PeerEnvelope.challengeFrameLength else {
+            throw .malformed("a challenge of \(frame.count) bytes (\(PeerEnvelope.challengeFrameLength) expected)")
+        }
+        guard frame.prefix(4).elementsEqual(PeerEnvelope.challengeMagic) else { throw .badMagic }
+        guard frame[4] == PeerEnvelope.version else { throw .badVersion(frame[4]) }
+        guard frame[5..<13].elementsEqual(clusterHash) else { throw .wrongCluster }
+        return Array(frame[13...])
+    }
+
+    /// A random challenge.
+    public static func makeChallenge() -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<PeerEnvelope.challengeLength).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+    }
+
+    /// Opens a frame without its length field, of a connection with `challenge`; checks, in order: length, magic,
+    /// version, cluster, HMAC, sender, destination, body. Pure: whether the frame is a replay is
+    /// `PeerReplayGuard`'s business.
+    public func open(_ frame: UnsafeRawBufferPointer, challenge: [UInt8]) throws(PeerFrameError) -> PeerEnvelope {
         guard frame.count <= PeerEnvelope.maximumLength else { throw .oversized(frame.count) }
         guard frame.count >= PeerEnvelope.minimumLength else { throw .tooShort(frame.count) }
         guard frame.prefix(4).elementsEqual(PeerEnvelope.magic) else { throw .badMagic }
@@ -138,9 +195,8 @@ public struct PeerFrameCodec: @unchecked Sendable {
         guard frame[5..<13].elementsEqual(clusterHash) else { throw .wrongCluster }
         let signed = UnsafeRawBufferPointer(rebasing: frame[..<(frame.count - PeerEnvelope.macLength)])
         let mac = UnsafeRawBufferPointer(rebasing: frame[(frame.count - PeerEnvelope.macLength)...])
-        guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: signed, using: symmetric) else {
-            throw .badMAC
-        }
+        // HashedAuthenticationCode's == compares in constant time.
+        guard self.mac(challenge, signed) == mac else { throw .badMAC }
         let sender = NodeID(read(UInt32.self, frame, at: 13))
         let incarnation = read(UInt64.self, frame, at: 17)
         let counter = read(UInt64.self, frame, at: 25)
@@ -158,14 +214,14 @@ public struct PeerFrameCodec: @unchecked Sendable {
         }
     }
 
-    /// Opens a frame given as bytes, its length field included.
-    public func open(frame bytes: [UInt8]) throws(PeerFrameError) -> PeerEnvelope {
+    /// Opens a frame given as bytes, its length field included, of a connection with `challenge`.
+    public func open(frame bytes: [UInt8], challenge: [UInt8]) throws(PeerFrameError) -> PeerEnvelope {
         guard bytes.count >= 4 else { throw .tooShort(bytes.count) }
         let length = Int(read(UInt32.self, bytes, at: 0))
         guard length == bytes.count - 4 else { throw .malformed("the length field says \(length)") }
         let result = bytes.withUnsafeBytes { raw -> Result<PeerEnvelope, PeerFrameError> in
             do throws(PeerFrameError) {
-                return .success(try open(UnsafeRawBufferPointer(rebasing: raw[4...])))
+                return .success(try open(UnsafeRawBufferPointer(rebasing: raw[4...]), challenge: challenge))
             } catch {
                 return .failure(error)
             }
@@ -173,9 +229,12 @@ public struct PeerFrameCodec: @unchecked Sendable {
         return try result.get()
     }
 
-    /// HMAC-SHA256 of `data` with the cluster key.
-    public static func mac<D: DataProtocol>(_ data: D, key: ClusterKey) -> [UInt8] {
-        Array(HMAC<SHA256>.authenticationCode(for: data, using: SymmetricKey(data: key.bytes)))
+    /// HMAC-SHA256 with the cluster key of a connection's `challenge` followed by `data`: a frame's MAC.
+    public static func mac<D: DataProtocol>(_ data: D, key: ClusterKey, challenge: [UInt8]) -> [UInt8] {
+        var hmac = HMAC<SHA256>(key: SymmetricKey(data: key.bytes))
+        hmac.update(data: challenge)
+        hmac.update(data: data)
+        return Array(hmac.finalize())
     }
 
     func append<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {

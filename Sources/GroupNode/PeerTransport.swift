@@ -11,10 +11,11 @@ public struct GroupNodeError: Error, CustomStringConvertible, Hashable, Sendable
 }
 
 /// Peer frames over TCP, on one event loop (docs/GROUPS.md, "Shell"). The node listens on its configured address
-/// and reads authenticated frames from whoever connects; it sends to node X over an outbound connection of its own,
-/// opened at the first send and reopened after a failure with a backoff. A message to a peer that is not connected
-/// (beyond a small queue while connecting) or whose connection is backlogged is dropped: the core repairs losses.
-/// Every method runs on `eventLoop`.
+/// and reads authenticated frames from whoever connects, after sending each connection a random challenge that
+/// its frames must be sealed with; it sends to node X over an outbound connection of its own, opened at the first
+/// send and reopened after a failure with a backoff, and seals its frames once X's challenge has come. A message to
+/// a peer that is not connected (beyond a small queue while connecting) or whose connection is backlogged is
+/// dropped: the core repairs losses. Every method runs on `eventLoop`.
 final class PeerTransport: @unchecked Sendable {
     let eventLoop: EventLoop
     let codec: PeerFrameCodec
@@ -29,11 +30,16 @@ final class PeerTransport: @unchecked Sendable {
     static let connectingQueueLimit = 1 << 20
     static let initialBackoff = TimeAmount.milliseconds(50)
     static let maximumBackoff = TimeAmount.seconds(1)
+    /// How long a new outbound connection may wait for the peer's challenge before it is closed.
+    static let challengeTimeout = TimeAmount.seconds(1)
 
     struct Outbound {
         var channel: Channel?
+        /// The challenge the peer sent on `channel`: frames are sealed with it; nil until it has come.
+        var challenge: [UInt8]?
         var connecting = false
-        var queued: [ByteBuffer] = []
+        /// Frames without their HMAC (`PeerFrameCodec.unsigned`), waiting for the connection and its challenge.
+        var queued: [[UInt8]] = []
         var queuedBytes = 0
         var nextAttempt = NIODeadline.uptimeNanoseconds(0)
         var backoff = PeerTransport.initialBackoff
@@ -118,12 +124,12 @@ final class PeerTransport: @unchecked Sendable {
         eventLoop.assertInEventLoop()
         guard !stopped, node != codec.localNode, let address = config.node(node) else { return }
         framesSealed += 1
-        let frame = codec.seal(
+        let frame = codec.unsigned(
             PeerEnvelope(sender: sender, counter: framesSealed, destination: node, message: message))
         var peer = outbound[node] ?? Outbound()
-        if let channel = peer.channel {
+        if let channel = peer.channel, let challenge = peer.challenge {
             if channel.isWritable {
-                channel.write(channel.allocator.buffer(bytes: frame), promise: nil)
+                channel.write(channel.allocator.buffer(bytes: codec.sign(frame, challenge: challenge)), promise: nil)
                 toFlush.insert(node)
             } else {
                 framesDropped += 1
@@ -131,12 +137,12 @@ final class PeerTransport: @unchecked Sendable {
             return
         }
         if peer.queuedBytes + frame.count <= Self.connectingQueueLimit {
-            peer.queued.append(ByteBuffer(bytes: frame))
+            peer.queued.append(frame)
             peer.queuedBytes += frame.count
         } else {
             framesDropped += 1
         }
-        if !peer.connecting && NIODeadline.now() >= peer.nextAttempt {
+        if peer.channel == nil && !peer.connecting && NIODeadline.now() >= peer.nextAttempt {
             peer.connecting = true
             connect(node, address)
         }
@@ -175,15 +181,16 @@ final class PeerTransport: @unchecked Sendable {
                 channel.close(promise: nil)
                 return
             }
-            logger.debug("connected to node \(node)")
+            logger.debug("connected to node \(node); waiting for its challenge")
             peer.channel = channel
+            peer.challenge = nil
             peer.connecting = false
-            peer.backoff = Self.initialBackoff
-            for buffer in peer.queued { channel.write(buffer, promise: nil) }
-            if !peer.queued.isEmpty { channel.flush() }
-            peer.queued = []
-            peer.queuedBytes = 0
             outbound[node] = peer
+            eventLoop.scheduleTask(in: Self.challengeTimeout) { [self] in
+                guard outbound[node]?.channel === channel, outbound[node]?.challenge == nil else { return }
+                logger.debug("node \(node) sent no challenge; closing that connection")
+                channel.close(promise: nil)
+            }
         case .failure(let error):
             guard !stopped, var peer = outbound[node] else { return }
             logger.debug("cannot connect to node \(node): \(error)")
@@ -197,11 +204,35 @@ final class PeerTransport: @unchecked Sendable {
         }
     }
 
+    /// The peer's challenge came on `channel`: the frames queued for it leave, sealed with it.
+    func challenged(_ node: NodeID, _ channel: Channel, _ challenge: [UInt8]) {
+        guard !stopped, var peer = outbound[node], peer.channel === channel, peer.challenge == nil else { return }
+        peer.challenge = challenge
+        peer.backoff = Self.initialBackoff
+        for frame in peer.queued {
+            channel.write(channel.allocator.buffer(bytes: codec.sign(frame, challenge: challenge)), promise: nil)
+        }
+        if !peer.queued.isEmpty { channel.flush() }
+        peer.queued = []
+        peer.queuedBytes = 0
+        outbound[node] = peer
+    }
+
     func outboundClosed(_ node: NodeID, _ channel: Channel) {
         guard var peer = outbound[node], peer.channel === channel else { return }
         logger.debug("the connection to node \(node) closed")
+        if peer.challenge == nil {
+            // Closed before the challenge came: like a failed connection, what waited for it is dropped.
+            framesDropped += peer.queued.count
+            peer.queued = []
+            peer.queuedBytes = 0
+            peer.nextAttempt = .now() + peer.backoff
+            peer.backoff = min(peer.backoff * 2, Self.maximumBackoff)
+        } else {
+            peer.nextAttempt = .now() + Self.initialBackoff
+        }
         peer.channel = nil
-        peer.nextAttempt = .now() + Self.initialBackoff
+        peer.challenge = nil
         outbound[node] = peer
     }
 
@@ -230,14 +261,20 @@ final class PeerTransport: @unchecked Sendable {
 /// Reads frames from a peer's connection: a frame that fails any check (a replay included) closes the connection.
 final class PeerInboundHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
     let transport: PeerTransport
     var buffer: ByteBuffer?
     var failed = false
+    /// Sent first on the connection; the peer seals its frames with it.
+    let challenge = PeerFrameCodec.makeChallenge()
 
     init(transport: PeerTransport) { self.transport = transport }
 
     func channelActive(context: ChannelHandlerContext) {
         transport.inboundOpened(context.channel)
+        context.writeAndFlush(
+            wrapOutboundOut(context.channel.allocator.buffer(bytes: transport.codec.challengeFrame(challenge))),
+            promise: nil)
         context.fireChannelActive()
     }
 
@@ -264,7 +301,7 @@ final class PeerInboundHandler: ChannelInboundHandler {
             let result = buffer!.readWithUnsafeReadableBytes { raw -> (Int, Result<PeerEnvelope, PeerFrameError>) in
                 let frame = UnsafeRawBufferPointer(rebasing: raw[..<Int(length)])
                 do throws(PeerFrameError) {
-                    return (Int(length), .success(try transport.codec.open(frame)))
+                    return (Int(length), .success(try transport.codec.open(frame, challenge: challenge)))
                 } catch {
                     return (Int(length), .failure(error))
                 }
@@ -289,18 +326,46 @@ final class PeerInboundHandler: ChannelInboundHandler {
     }
 }
 
-/// The handler of a connection this node opened to send to a peer: it reads nothing of interest.
+/// The handler of a connection this node opened to send to a peer: it reads the peer's challenge, then nothing.
 final class PeerOutboundHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     let transport: PeerTransport
     let node: NodeID
+    var buffer: ByteBuffer?
+    var challenged = false
 
     init(transport: PeerTransport, node: NodeID) {
         self.transport = transport
         self.node = node
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !challenged else { return }
+        var incoming = unwrapInboundIn(data)
+        if buffer == nil { buffer = incoming } else { buffer!.writeBuffer(&incoming) }
+        guard let length = buffer!.getInteger(at: buffer!.readerIndex, as: UInt32.self) else { return }
+        guard Int(length) == PeerEnvelope.challengeFrameLength else {
+            transport.rejected(.malformed("a challenge of \(length) bytes"), from: context.channel)
+            return
+        }
+        guard buffer!.readableBytes >= 4 + Int(length) else { return }
+        let result = buffer!.withUnsafeReadableBytes { raw -> Result<[UInt8], PeerFrameError> in
+            let frame = UnsafeRawBufferPointer(rebasing: raw[4..<(4 + Int(length))])
+            do throws(PeerFrameError) {
+                return .success(try transport.codec.openChallenge(frame))
+            } catch {
+                return .failure(error)
+            }
+        }
+        buffer = nil
+        switch result {
+        case .success(let challenge):
+            challenged = true
+            transport.challenged(node, context.channel, challenge)
+        case .failure(let error):
+            transport.rejected(error, from: context.channel)
+        }
+    }
 
     func channelInactive(context: ChannelHandlerContext) {
         transport.outboundClosed(node, context.channel)

@@ -301,16 +301,28 @@ func fencedOnly(_ node: Int, _ log: String?) -> Bool {
         // Frames as node 2 would seal them, written over connections of our own (a recording attacker's view).
         let node2 = PeerFrameCodec(
             key: cluster.key, clusterName: cluster.config.name, localNode: 2, knownNodes: [1, 2, 3])
-        func frame(incarnation: UInt64, counter: UInt64) -> [UInt8] {
+        func frame(incarnation: UInt64, counter: UInt64, challenge: [UInt8]) -> [UInt8] {
             node2.seal(
                 PeerEnvelope(
                     sender: Member(node: 2, incarnation: incarnation), counter: counter, destination: 1,
-                    message: .heartbeat(Heartbeat(view: nil, promised: nil, highestViewNumber: 0, sequenced: 0))))
+                    message: .heartbeat(Heartbeat(view: nil, promised: nil, highestViewNumber: 0, sequenced: 0))),
+                challenge: challenge)
         }
-        func connect() async throws -> Channel {
-            try await ClientBootstrap(group: cluster.group).connect(
-                host: "127.0.0.1", port: cluster.config.node(1)!.port
-            ).get()
+        /// A connection to node 1, and the challenge node 1 sent first on it.
+        func connect() async throws -> (Channel, [UInt8]) {
+            let reader = ChallengeReader(promise: cluster.group.next().makePromise())
+            let channel = try await ClientBootstrap(group: cluster.group)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) }
+                }
+                .connect(host: "127.0.0.1", port: cluster.config.node(1)!.port).get()
+            let challenge = try await reader.promise.futureResult.get()
+            return (
+                channel,
+                try challenge.withUnsafeBytes { raw throws(PeerFrameError) in
+                    try node2.openChallenge(UnsafeRawBufferPointer(rebasing: raw[4...]))
+                }
+            )
         }
         func heardIncarnation() async throws -> UInt64? { try await cluster.status(1).nodes[1].incarnation }
         func waitUntilHeard(_ incarnation: UInt64) async throws {
@@ -320,28 +332,37 @@ func fencedOnly(_ node: Int, _ log: String?) -> Bool {
                 try await Task.sleep(for: .milliseconds(10))
             }
         }
-        let captured = frame(incarnation: 1, counter: 2)
-        let first = try await connect()
-        try await first.writeAndFlush(ByteBuffer(bytes: frame(incarnation: 1, counter: 1) + captured)).get()
+        let (first, challenge) = try await connect()
+        let captured = frame(incarnation: 1, counter: 2, challenge: challenge)
+        try await first.writeAndFlush(
+            ByteBuffer(bytes: frame(incarnation: 1, counter: 1, challenge: challenge) + captured)
+        ).get()
         try await waitUntilHeard(1)
         #expect(cluster.rejected[1]!.events.isEmpty)
-        // The captured frame again, over a new connection: refused, and that connection closed.
-        let replay = try await connect()
-        try await replay.writeAndFlush(ByteBuffer(bytes: captured)).get()
-        try await cluster.rejected[1]!.wait("the replay refused") { !$0.isEmpty }
-        try await replay.closeFuture.get()
+        // The captured frame again on its own connection: its HMAC holds, but its counter is not new. Refused,
+        // and that connection closed.
+        try await first.writeAndFlush(ByteBuffer(bytes: captured)).get()
+        try await cluster.rejected[1]!.wait("the replay refused") { $0.count == 1 }
+        try await first.closeFuture.get()
         #expect(
             cluster.rejected[1]!.events == [
                 .replayed(
                     Member(node: 2, incarnation: 1), counter: 2, accepted: Member(node: 2, incarnation: 1),
                     acceptedCounter: 2)
             ])
+        // On a new connection, which node 1 challenges afresh (as it does after a restart): the HMAC fails.
+        let (replay, _) = try await connect()
+        try await replay.writeAndFlush(ByteBuffer(bytes: captured)).get()
+        try await cluster.rejected[1]!.wait("the replay elsewhere refused") { $0.count == 2 }
+        try await replay.closeFuture.get()
+        #expect(cluster.rejected[1]!.events.last == .badMAC)
         // Node 2's next life starts its counter over, and is heard.
-        let restarted = try await connect()
-        try await restarted.writeAndFlush(ByteBuffer(bytes: frame(incarnation: 2, counter: 1))).get()
+        let (restarted, fresh) = try await connect()
+        try await restarted.writeAndFlush(ByteBuffer(bytes: frame(incarnation: 2, counter: 1, challenge: fresh)))
+            .get()
         try await waitUntilHeard(2)
-        #expect(cluster.rejected[1]!.events.count == 1)
-        for channel in [first, restarted] { try? await channel.close().get() }
+        #expect(cluster.rejected[1]!.events.count == 2)
+        try? await restarted.close().get()
         try await cluster.shutdown()
     }
 
@@ -392,5 +413,33 @@ func fencedOnly(_ node: Int, _ log: String?) -> Bool {
             "\(error)".contains("node 7 is not in the cluster config")
         }
         try await cluster.shutdown()
+    }
+}
+
+/// Collects the first bytes a peer sends on a connection: its challenge frame.
+final class ChallengeReader: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    let promise: EventLoopPromise<[UInt8]>
+    var bytes: [UInt8] = []
+
+    init(promise: EventLoopPromise<[UInt8]>) { self.promise = promise }
+
+    var done = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        guard !done else { return }
+        bytes += buffer.readBytes(length: buffer.readableBytes) ?? []
+        if bytes.count >= 33 {
+            done = true
+            promise.succeed(Array(bytes.prefix(33)))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !done {
+            done = true
+            promise.fail(ChannelError.eof)
+        }
     }
 }

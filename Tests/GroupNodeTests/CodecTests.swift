@@ -167,6 +167,8 @@ struct MessageGenerator {
         PeerFrameCodec(key: key ?? self.key, clusterName: cluster, localNode: node, knownNodes: known)
     }
     let message = GroupMessage.installed(ViewID(number: 7, coordinator: 1))
+    /// The challenge of the connection the frames travel on.
+    let challenge = PeerFrameCodec.makeChallenge()
 
     @Test func aSealedFrameOpens() throws {
         var generator = MessageGenerator(rng: SplitMix(seed: 3))
@@ -174,14 +176,14 @@ struct MessageGenerator {
             let envelope = PeerEnvelope(
                 sender: Member(node: 1, incarnation: 5), counter: generator.number(), destination: 2,
                 message: generator.message())
-            let frame = codec(1).seal(envelope)
-            #expect(try codec(2).open(frame: frame) == envelope)
+            let frame = codec(1).seal(envelope, challenge: challenge)
+            #expect(try codec(2).open(frame: frame, challenge: challenge) == envelope)
         }
     }
 
-    func rejection(_ frame: [UInt8], by receiver: PeerFrameCodec) -> PeerFrameError? {
+    func rejection(_ frame: [UInt8], by receiver: PeerFrameCodec, challenge: [UInt8]? = nil) -> PeerFrameError? {
         do throws(PeerFrameError) {
-            _ = try receiver.open(frame: frame)
+            _ = try receiver.open(frame: frame, challenge: challenge ?? self.challenge)
             return nil
         } catch {
             return error
@@ -191,36 +193,40 @@ struct MessageGenerator {
     @Test func framesAreRejectedForEachReason() {
         let envelope = PeerEnvelope(
             sender: Member(node: 1, incarnation: 1), counter: 1, destination: 2, message: message)
-        #expect(rejection(codec(1, key: .generate()).seal(envelope), by: codec(2)) == .badMAC)
-        #expect(rejection(codec(1, cluster: "other").seal(envelope), by: codec(2)) == .wrongCluster)
-        #expect(rejection(codec(1).seal(envelope), by: codec(3)) == .wrongDestination(2))
+        #expect(rejection(codec(1, key: .generate()).seal(envelope, challenge: challenge), by: codec(2)) == .badMAC)
+        #expect(
+            rejection(codec(1, cluster: "other").seal(envelope, challenge: challenge), by: codec(2)) == .wrongCluster)
+        #expect(rejection(codec(1).seal(envelope, challenge: challenge), by: codec(3)) == .wrongDestination(2))
         let stranger = PeerEnvelope(
             sender: Member(node: 9, incarnation: 1), counter: 1, destination: 2, message: message)
-        #expect(rejection(codec(9, known: [1, 2, 3, 9]).seal(stranger), by: codec(2)) == .unknownSender(9))
-        var frame = codec(1).seal(envelope)
+        #expect(
+            rejection(codec(9, known: [1, 2, 3, 9]).seal(stranger, challenge: challenge), by: codec(2))
+                == .unknownSender(9))
+        var frame = codec(1).seal(envelope, challenge: challenge)
         frame[4] ^= 1
         #expect(rejection(frame, by: codec(2)) == .badMagic)
-        frame = codec(1).seal(envelope)
-        frame[8] = 1  // the version before frame counters
-        #expect(rejection(frame, by: codec(2)) == .badVersion(1))
-        frame[8] = 3
-        #expect(rejection(frame, by: codec(2)) == .badVersion(3))
-        frame = codec(1).seal(envelope)
+        frame = codec(1).seal(envelope, challenge: challenge)
+        frame[8] = 2  // the version before challenges
+        #expect(rejection(frame, by: codec(2)) == .badVersion(2))
+        frame[8] = 4
+        #expect(rejection(frame, by: codec(2)) == .badVersion(4))
+        frame = codec(1).seal(envelope, challenge: challenge)
         frame[frame.count - 40] ^= 0x10  // inside the body: the HMAC no longer matches
         #expect(rejection(frame, by: codec(2)) == .badMAC)
-        #expect(rejection(Array(codec(1).seal(envelope).prefix(20)), by: codec(2)) != nil)
+        #expect(rejection(Array(codec(1).seal(envelope, challenge: challenge).prefix(20)), by: codec(2)) != nil)
     }
 
     @Test func aBadBodyWithAGoodMACIsMalformed() {
         // A body that is not a message, sealed with the right key: authenticated, then refused as malformed.
         let receiver = codec(2)
         var frame = codec(1).seal(
-            PeerEnvelope(sender: Member(node: 1, incarnation: 1), counter: 1, destination: 2, message: message))
+            PeerEnvelope(sender: Member(node: 1, incarnation: 1), counter: 1, destination: 2, message: message),
+            challenge: challenge)
         frame.removeLast(32)
         frame[41] = 0x63  // the message tag
         let length = UInt32(frame.count - 4 + 32)
         frame.replaceSubrange(0..<4, with: withUnsafeBytes(of: length.bigEndian, Array.init))
-        frame += PeerFrameCodec.mac(frame[4...], key: key)
+        frame += PeerFrameCodec.mac(frame[4...], key: key, challenge: challenge)
         guard case .malformed = rejection(frame, by: receiver) else {
             Issue.record("expected malformed, got \(String(describing: rejection(frame, by: receiver)))")
             return
@@ -228,21 +234,54 @@ struct MessageGenerator {
     }
 
     @Test func aKnownFrame() throws {
-        // Golden bytes of a version-2 frame: node 1 incarnation 2, counter 3, to node 2, `installed(7@1)`.
+        // Golden bytes of a version-3 frame: node 1 incarnation 2, counter 3, to node 2, `installed(7@1)`, on a
+        // connection whose challenge is 00 01 ... 0f.
         let key = try ClusterKey(bytes: Array(repeating: 0x42, count: 32))
+        let challenge = Array(0..<16 as Range<UInt8>)
         let sender = PeerFrameCodec(key: key, clusterName: "demo", localNode: 1, knownNodes: [1, 2])
         let envelope = PeerEnvelope(
             sender: Member(node: 1, incarnation: 2), counter: 3, destination: 2, message: message)
-        let frame = sender.seal(envelope)
-        // Computed independently (Python's hashlib and hmac).
+        let frame = sender.seal(envelope, challenge: challenge)
+        // Computed independently (Python's hashlib and hmac: HMAC over the challenge, then magic ... body).
         let expected = hex(
-            "00000048" + "444c4d47" + "02" + "2a97516c354b6884"  // length, magic, version, cluster
+            "00000048" + "444c4d47" + "03" + "2a97516c354b6884"  // length, magic, version, cluster
                 + "00000001" + "0000000000000002"  // sender: node, incarnation
                 + "0000000000000003" + "00000002" + "090701"  // counter, destination, body
-                + "f698b9fb46f0c6a3acb75d36190af985aa97c116d92123a7fa99dbdb5fe4e314")  // HMAC
+                + "25f03be589b325850dbdafba72fa85082e7e79f245069a2281dbccc5cf56106a")  // HMAC
         #expect(frame == expected)
         let receiver = PeerFrameCodec(key: key, clusterName: "demo", localNode: 2, knownNodes: [1, 2])
-        #expect(try receiver.open(frame: frame) == envelope)
+        #expect(try receiver.open(frame: frame, challenge: challenge) == envelope)
+        // The challenge frame the receiver sent first.
+        #expect(
+            receiver.challengeFrame(challenge)
+                == hex("0000001d" + "444c4d43" + "03" + "2a97516c354b6884" + "000102030405060708090a0b0c0d0e0f"))
+    }
+
+    @Test func aFrameOpensOnlyWithItsConnectionsChallenge() throws {
+        let envelope = PeerEnvelope(
+            sender: Member(node: 1, incarnation: 1), counter: 1, destination: 2, message: message)
+        let frame = codec(1).seal(envelope, challenge: challenge)
+        #expect(try codec(2).open(frame: frame, challenge: challenge) == envelope)
+        // The same frame on another connection (a recording replayed elsewhere, or after the receiver restarted).
+        #expect(rejection(frame, by: codec(2), challenge: PeerFrameCodec.makeChallenge()) == .badMAC)
+        // A challenge frame opens to its challenge; another cluster's or a damaged one is refused.
+        func openChallenge(_ bytes: [UInt8], by codec: PeerFrameCodec) -> Result<[UInt8], PeerFrameError> {
+            bytes.withUnsafeBytes { raw in
+                do throws(PeerFrameError) {
+                    return .success(try codec.openChallenge(UnsafeRawBufferPointer(rebasing: raw[4...])))
+                } catch {
+                    return .failure(error)
+                }
+            }
+        }
+        #expect(try openChallenge(codec(2).challengeFrame(challenge), by: codec(1)).get() == challenge)
+        #expect(
+            openChallenge(codec(2, cluster: "other").challengeFrame(challenge), by: codec(1)) == .failure(.wrongCluster)
+        )
+        var damaged = codec(2).challengeFrame(challenge)
+        damaged[5] ^= 1
+        #expect(openChallenge(damaged, by: codec(1)) == .failure(.badMagic))
+        #expect(PeerFrameCodec.makeChallenge() != PeerFrameCodec.makeChallenge())
     }
 
     func hex(_ string: String) -> [UInt8] {
@@ -254,7 +293,7 @@ struct MessageGenerator {
 
     func admit(_ frame: [UInt8], _ guard: inout PeerReplayGuard) -> PeerFrameError? {
         do throws(PeerFrameError) {
-            try `guard`.admit(try codec(2).open(frame: frame))
+            try `guard`.admit(try codec(2).open(frame: frame, challenge: challenge))
             return nil
         } catch {
             return error
@@ -264,7 +303,8 @@ struct MessageGenerator {
     func sealed(incarnation: UInt64, counter: UInt64) -> [UInt8] {
         codec(1).seal(
             PeerEnvelope(
-                sender: Member(node: 1, incarnation: incarnation), counter: counter, destination: 2, message: message))
+                sender: Member(node: 1, incarnation: incarnation), counter: counter, destination: 2, message: message),
+            challenge: challenge)
     }
 
     func isReplay(_ error: PeerFrameError?) -> Bool {
@@ -299,7 +339,8 @@ struct MessageGenerator {
         #expect(admit(sealed(incarnation: 4, counter: 10), &replays) == nil)
         // Senders are kept apart: node 3's counters are its own.
         let other = codec(3).seal(
-            PeerEnvelope(sender: Member(node: 3, incarnation: 1), counter: 1, destination: 2, message: message))
+            PeerEnvelope(sender: Member(node: 3, incarnation: 1), counter: 1, destination: 2, message: message),
+            challenge: challenge)
         #expect(admit(other, &replays) == nil)
     }
 
