@@ -245,18 +245,29 @@ public struct LockEngine {
 
     /// Unlocks every descendant of a lock, deepest first, each with an EUNLOCK completion.
     mutating func forceUnlockChildren(of parent: Int32, into effects: inout [Effect]) {
+        // A sub-lock is taken by its parent's owner and may since have become an orphan (and the parent been
+        // adopted), but no other owner can hold it: those two owners' lists hold every child.
         var children: [Int32] = []
-        for slot in locks.indices where locks[slot].parent == parent && !locks[slot].isFree {
-            children.append(Int32(slot))
+        let parentOwner = locks[Int(parent)].owner
+        for owner in parentOwner == orphanOwner ? [orphanOwner] : [parentOwner, orphanOwner] {
+            var cursor = owners[Int(owner)].head
+            while cursor != none {
+                if locks[Int(cursor)].parent == parent { children.append(cursor) }
+                cursor = locks[Int(cursor)].ownerNext
+            }
         }
+        children.sort()  // in slot order, as before: the order of the completions
         for child in children {
             if locks[Int(child)].children > 0 { forceUnlockChildren(of: child, into: &effects) }
             let record = locks[Int(child)]
-            effects.append(
-                .completion(
-                    Completion(
-                        lock: LockID(slot: child), owner: owners[Int(record.owner)].id, status: .unlocked,
-                        mode: nil, valueBlockSequence: resources[Int(record.resource)].valueBlockSequence)))
+            // An orphan has no one to tell.
+            if record.owner != orphanOwner {
+                effects.append(
+                    .completion(
+                        Completion(
+                            lock: LockID(slot: child), owner: owners[Int(record.owner)].id, status: .unlocked,
+                            mode: nil, valueBlockSequence: resources[Int(record.resource)].valueBlockSequence)))
+            }
             removeLock(child)
             grantPending(record.resource, into: &effects)
             freeResourceIfUnused(record.resource)

@@ -182,14 +182,7 @@ extension LockEngine {
         targets.sort { (depth(of: $0), $0) < (depth(of: $1), $1) }
         let before = liveLocks
         for lock in targets where !locks[Int(lock)].isFree && locks[Int(lock)].owner == orphanOwner {
-            if locks[Int(lock)].children > 0 {
-                let first = effects.count
-                forceUnlockChildren(of: lock, into: &effects)
-                // Sub-locks that are orphans too have no one to tell.
-                let orphans = owners[Int(orphanOwner)].id
-                let told = effects[first...].filter { $0.owner != orphans }
-                effects.replaceSubrange(first..., with: told)
-            }
+            if locks[Int(lock)].children > 0 { forceUnlockChildren(of: lock, into: &effects) }
             let resource = locks[Int(lock)].resource
             removeLock(lock)
             grantPending(resource, into: &effects)

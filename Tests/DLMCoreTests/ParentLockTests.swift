@@ -128,4 +128,20 @@ import Testing
         #expect(h.state("t") == nil && h.state("q") == nil && h.state("d") == nil)
         #expect(h.engine.lockCount == 2)
     }
+
+    /// A parent adopted by another owner keeps its children as orphans: FORCEUNLOCK of it still finds them.
+    @Test func forceUnlockOfAnAdoptedParentTakesItsOrphanedChildren() {
+        var h = Harness()
+        _ = h.lock("p", by: 1, on: "p", .pr, .persistent)
+        _ = h.lock("c", by: 1, on: "c", .ex, .persistent, parent: "p")
+        _ = h.lock("other", by: 3, on: "o", .ex)
+        _ = h.exit(1)
+        #expect(h.lock("a", by: 2, on: "p", .pr, .orphan) == ["a granted PR"])
+        #expect(h.state("c")?.owner == nil)
+        #expect(h.unlock("a") == ["error EBUSY"])
+        // The orphaned child goes too, telling no one.
+        #expect(h.unlock("a", .forceUnlock) == ["a EUNLOCK"])
+        #expect(h.state("c") == nil && h.state("a") == nil)
+        #expect(h.engine.lockCount == 1)
+    }
 }
