@@ -96,20 +96,42 @@ extension LockEngine {
         return findCycle(from: Int32(slot)).map { $0.map(LockID.init(slot:)) }
     }
 
+    /// What the searches of one tick share: each participant's waiting locks, and each lock's blockers as they
+    /// are found. Valid until the queues change (a victim is refused).
+    struct WaitForIndex {
+        var waitingBy: [DeadlockParticipant: [Int32]] = [:]
+        var blockers: [Int32: [Int32]] = [:]
+    }
+
+    func waitForIndex() -> WaitForIndex {
+        var index = WaitForIndex()
+        var cursor = waiting.head
+        while cursor != none {
+            if !locks[Int(cursor)].flags.contains(.noDeadlockWait), let who = participant(cursor) {
+                index.waitingBy[who, default: []].append(cursor)
+            }
+            cursor = locks[Int(cursor)].waitNext
+        }
+        return index
+    }
+
     func findCycle(from start: Int32) -> [Int32]? {
+        var index: WaitForIndex?
+        return findCycle(from: start, index: &index)
+    }
+
+    /// `index` is built on first need and kept for the next search.
+    func findCycle(from start: Int32, index: inout WaitForIndex?) -> [Int32]? {
         let record = locks[Int(start)]
         guard record.queue == QueueKind.convert.rawValue || record.queue == QueueKind.wait.rawValue,
             !record.flags.contains(.noDeadlockWait), let target = participant(start)
         else { return nil }
-        var waitingBy: [DeadlockParticipant: [Int32]] = [:]
-        var cursor = waiting.head
-        while cursor != none {
-            if !locks[Int(cursor)].flags.contains(.noDeadlockWait), let who = participant(cursor) {
-                waitingBy[who, default: []].append(cursor)
-            }
-            cursor = locks[Int(cursor)].waitNext
-        }
+        if index == nil { index = waitForIndex() }
+        let waitingBy = index!.waitingBy
+        // Taken out while searching (and put back after), so that adding to it copies nothing.
         var memo: [Int32: [Int32]] = [:]
+        swap(&memo, &index!.blockers)
+        defer { swap(&memo, &index!.blockers) }
         var visited: Set<DeadlockParticipant> = [target]
         // Depth-first over participants. A frame holds one participant's waiting locks, the one being
         // followed, its blockers and the next blocker to try; the path is the followed lock of each frame.
@@ -146,10 +168,11 @@ extension LockEngine {
     /// requests that still wait.
     mutating func searchDueDeadlocks(into effects: inout [Effect]) {
         guard config.deadlockWait > 0 else { return }
+        var index: WaitForIndex?
         while let first = deadlockChecks.first, first.due <= now {
             deadlockChecks.removeFirst()
             guard isCurrent(first) else { continue }
-            if let cycle = findCycle(from: first.lock) {
+            if let cycle = findCycle(from: first.lock, index: &index) {
                 let victim = cycle.min { a, b in
                     let x = locks[Int(a)]
                     let y = locks[Int(b)]
@@ -158,6 +181,7 @@ extension LockEngine {
                     )
                 }!
                 finishPending(victim, status: .deadlock, into: &effects)
+                index = nil  // the queues changed
             }
             if isCurrent(first) {
                 deadlockChecks.append(
