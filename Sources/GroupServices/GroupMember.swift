@@ -81,8 +81,9 @@ public struct GroupMember: Sendable {
     var startedAt: UInt64 = 0
     var peers: [NodeID: Peer] = [:]
     /// Per node, the latest incarnation that a primary view left out (and so was fenced): it never comes back,
-    /// even if its fence did not stop it; only a later incarnation (a restart) may join again.
-    public private(set) var fencedIncarnations: [NodeID: UInt64] = [:]
+    /// even if its fence did not stop it; only a later incarnation (a restart) may join again. Kept in the
+    /// persistent state, so that it holds after this member restarts.
+    public func fencedIncarnation(of node: NodeID) -> UInt64? { persistent.fencedIncarnations[node.rawValue] }
     /// The members of the last primary view this member installed.
     var lastPrimaryMembers: [Member] = []
     var wasQuorate = false
@@ -230,7 +231,7 @@ public struct GroupMember: Sendable {
     mutating func onReceive(_ message: GroupMessage, from: Member, into effects: inout [GroupEffect]) {
         guard from.node != id, settings.votes[from.node] != nil else { return }
         // A life of a node that a primary view left out: its state is stale, it must restart to come back.
-        if let fenced = fencedIncarnations[from.node], from.incarnation <= fenced { return }
+        if let fenced = fencedIncarnation(of: from.node), from.incarnation <= fenced { return }
         if var peer = peers[from.node] {
             if from.incarnation < peer.incarnation { return }  // an earlier life of that node
             if from.incarnation > peer.incarnation { peer = Peer(incarnation: from.incarnation, lastHeard: now) }
@@ -612,7 +613,8 @@ public struct GroupMember: Sendable {
             // installed: those lives are over.
             let staying = Set(newView.nodes)
             for member in lastPrimaryMembers where !staying.contains(member.node) {
-                fencedIncarnations[member.node] = max(fencedIncarnations[member.node] ?? 0, member.incarnation)
+                persistent.fencedIncarnations[member.node.rawValue] = max(
+                    fencedIncarnation(of: member.node) ?? 0, member.incarnation)
                 if let peer = peers[member.node], peer.incarnation <= member.incarnation { peers[member.node] = nil }
             }
             lastPrimaryMembers = newView.members

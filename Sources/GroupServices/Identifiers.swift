@@ -61,13 +61,33 @@ public struct View: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// What a node keeps on disk for group services: the highest view number it promised or installed (so that its
-/// views keep increasing after a restart), and the nodes that may hold a primary view it knows of (the members of
-/// its last primary view and of every proposal it reported to since), which a new primary view must fence.
+/// views keep increasing after a restart), the nodes that may hold a primary view it knows of (the members of
+/// its last primary view and of every proposal it reported to since), which a new primary view must fence, and the
+/// lives its primary views left out (fenced), which never come back, also after this node restarts.
 public struct PersistentState: Hashable, Sendable, Codable {
     public var highestViewNumber: UInt64
     public var fenceCandidates: [UInt32]
-    public init(highestViewNumber: UInt64 = 0, fenceCandidates: [UInt32] = []) {
+    /// Per node, the latest incarnation that a primary view left out: only a later one may join again.
+    public var fencedIncarnations: [UInt32: UInt64]
+
+    public init(
+        highestViewNumber: UInt64 = 0, fenceCandidates: [UInt32] = [], fencedIncarnations: [UInt32: UInt64] = [:]
+    ) {
         self.highestViewNumber = highestViewNumber
         self.fenceCandidates = fenceCandidates
+        self.fencedIncarnations = fencedIncarnations
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case highestViewNumber, fenceCandidates, fencedIncarnations
+    }
+
+    /// Records written before fenced lives were kept have none.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        highestViewNumber = try container.decode(UInt64.self, forKey: .highestViewNumber)
+        fenceCandidates = try container.decode([UInt32].self, forKey: .fenceCandidates)
+        fencedIncarnations =
+            try container.decodeIfPresent([UInt32: UInt64].self, forKey: .fencedIncarnations) ?? [:]
     }
 }

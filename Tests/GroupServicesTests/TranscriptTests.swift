@@ -83,6 +83,31 @@ import Testing
         #expect(restarted.contains { $0.hasPrefix("3: view") && $0.hasSuffix("{1,2,3#2} primary") }, "\(restarted)")
     }
 
+    /// The fenced life stays out when the members that fenced it restart one by one: each keeps it in its stored
+    /// state, not only in memory.
+    @Test func aFencedLifeStaysOutAcrossRestartsOfTheOthers() {
+        let cluster = cluster(Settings(nodes: 3))
+        cluster.fenceStopsNode = false
+        for node in cluster.settings.nodes { cluster.start(node) }
+        cluster.run(for: 300 * ms)
+        cluster.partition([[1, 2], [3]])
+        cluster.run(for: 1500 * ms)
+        #expect(take(cluster).contains("3 fenced"))
+        cluster.heal()
+        for node: NodeID in [1, 2] {
+            cluster.crash(node)
+            cluster.start(node)
+            cluster.run(for: 3000 * ms)
+        }
+        let lines = take(cluster)
+        // Node 3's first life (printed "3", not "3#2") is in no view of nodes 1 and 2.
+        let stale = lines.filter { line in
+            (line.hasPrefix("1:") || line.hasPrefix("2:")) && (line.contains(",3}") || line.contains(",3,"))
+        }
+        #expect(stale.isEmpty, "\(stale)")
+        #expect(lines.contains { $0.hasPrefix("1: view") && $0.hasSuffix("{1#2,2#2} primary") }, "\(lines)")
+    }
+
     @Test func orderedMessagesBarriersAndGroups() {
         let cluster = cluster(Settings(nodes: 3))
         for node in cluster.settings.nodes { cluster.start(node) }
