@@ -183,6 +183,7 @@ struct ByteWriter {
             varint(UInt64(report.fenceCandidates.count))
             for node in report.fenceCandidates { varint(UInt64(node.rawValue)) }
             bool(report.wasQuorate)
+            members(report.fenced)
         case .install(let installation):
             byte(8)
             viewID(installation.view.id)
@@ -369,10 +370,11 @@ struct ByteReader {
             var fenceCandidates: [NodeID] = []
             fenceCandidates.reserveCapacity(count)
             for _ in 0..<count { fenceCandidates.append(NodeID(try uint32())) }
+            let wasQuorate = try bool()
             return .report(
                 FlushReport(
                     proposal: proposal, from: from, delivered: delivered, groups: groups, messages: messages,
-                    fenceCandidates: fenceCandidates, wasQuorate: try bool()))
+                    fenceCandidates: fenceCandidates, wasQuorate: wasQuorate, fenced: try members()))
         case 8:
             let id = try viewID()
             let members = try members()

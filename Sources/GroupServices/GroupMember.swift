@@ -84,6 +84,28 @@ public struct GroupMember: Sendable {
     /// even if its fence did not stop it; only a later incarnation (a restart) may join again. Kept in the
     /// persistent state, so that it holds after this member restarts.
     public func fencedIncarnation(of node: NodeID) -> UInt64? { persistent.fencedIncarnations[node.rawValue] }
+
+    /// Whether `member` is a life that a primary view left out.
+    func isFenced(_ member: Member) -> Bool {
+        guard let fenced = fencedIncarnation(of: member.node) else { return false }
+        return member.incarnation <= fenced
+    }
+
+    /// Records lives that a primary view left out (here or, as another member reports, elsewhere): they are
+    /// forgotten as peers and refused from now on. Whether anything was new.
+    mutating func recordFenced(_ member: Member) -> Bool {
+        guard !isFenced(member) else { return false }
+        persistent.fencedIncarnations[member.node.rawValue] = member.incarnation
+        if let peer = peers[member.node], peer.incarnation <= member.incarnation { peers[member.node] = nil }
+        return true
+    }
+
+    mutating func learnFenced(_ lives: [Member], into effects: inout [GroupEffect]) -> Bool {
+        var learned = false
+        for life in lives where life.node != id && recordFenced(life) { learned = true }
+        if learned { effects.append(.persist(persistent)) }
+        return learned
+    }
     /// The members of the last primary view this member installed.
     var lastPrimaryMembers: [Member] = []
     var wasQuorate = false
@@ -269,6 +291,13 @@ public struct GroupMember: Sendable {
             persistent.highestViewNumber = max(persistent.highestViewNumber, highest)
             propose(into: &effects)
         case .report(let report):
+            // A life the reporter knows was fenced stays out of this view too: propose again without it.
+            if learnFenced(report.fenced, into: &effects), let proposal,
+                proposal.members.contains(where: isFenced)
+            {
+                propose(into: &effects)
+                return
+            }
             guard var proposal, proposal.id == report.proposal, proposal.fencing == nil,
                 proposal.members.contains(from)
             else { return }
@@ -489,7 +518,9 @@ public struct GroupMember: Sendable {
             proposal: proposal, from: view?.id, delivered: delivered,
             groups: groups.mapValues { $0.sorted() },
             messages: log.values.sorted { $0.seq < $1.seq },
-            fenceCandidates: persistent.fenceCandidates.map(NodeID.init(rawValue:)), wasQuorate: wasQuorate)
+            fenceCandidates: persistent.fenceCandidates.map(NodeID.init(rawValue:)), wasQuorate: wasQuorate,
+            fenced: persistent.fencedIncarnations.map { Member(node: NodeID(rawValue: $0.key), incarnation: $0.value) }
+                .sorted())
     }
 
     mutating func onPropose(_ id: ViewID, members: [Member], from: Member, into effects: inout [GroupEffect]) {
@@ -612,11 +643,7 @@ public struct GroupMember: Sendable {
             // The members of this member's last primary view that this one leaves out were fenced before it was
             // installed: those lives are over.
             let staying = Set(newView.nodes)
-            for member in lastPrimaryMembers where !staying.contains(member.node) {
-                persistent.fencedIncarnations[member.node.rawValue] = max(
-                    fencedIncarnation(of: member.node) ?? 0, member.incarnation)
-                if let peer = peers[member.node], peer.incarnation <= member.incarnation { peers[member.node] = nil }
-            }
+            for member in lastPrimaryMembers where !staying.contains(member.node) { _ = recordFenced(member) }
             lastPrimaryMembers = newView.members
             persistent.fenceCandidates = newView.nodes.map(\.rawValue)
         }

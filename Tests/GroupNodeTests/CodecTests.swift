@@ -78,7 +78,8 @@ struct MessageGenerator {
             .report(
                 FlushReport(
                     proposal: viewID(), from: optionalViewID(), delivered: number(), groups: groups(),
-                    messages: list { $0.ordered() }, fenceCandidates: list { $0.node() }, wasQuorate: bool()))
+                    messages: list { $0.ordered() }, fenceCandidates: list { $0.node() }, wasQuorate: bool(),
+                    fenced: members()))
         case 7:
             .install(
                 Installation(

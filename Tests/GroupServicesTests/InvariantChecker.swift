@@ -26,6 +26,9 @@ struct InvariantChecker {
     var current: [NodeID: Member] = [:]
     var lastViewNumber: [NodeID: UInt64] = [:]
     var views: [ViewID: (View, Bool)] = [:]
+    /// Lives a primary view left out of the primary view before it (so fenced), with that view's number: none of
+    /// them is in a later primary view, even if its fence left it running.
+    var leftOut: [Member: UInt64] = [:]
     /// (view, seq) -> the message delivered there.
     var order: [ViewID: [UInt64: String]] = [:]
     /// (old view, new view) -> the events in the old view of the first member that moved, and its install events.
@@ -62,6 +65,22 @@ struct InvariantChecker {
         if let view = life.view { entries[member, default: [:]][view.id, default: [:]][name, default: 0] += 1 }
     }
 
+    /// A new primary view: it takes back no life that an earlier primary view left out, and the lives it leaves
+    /// out of the primary view before it are out for good.
+    mutating func checkLeftOut(_ view: View) {
+        for member in view.members {
+            if let number = leftOut[member], number < view.id.number {
+                fail("\(member), left out of primary view number \(number), is back in primary \(view)")
+            }
+        }
+        let before = views.values.filter { $0.1 && $0.0.id.number < view.id.number }.max { $0.0.id < $1.0.id }
+        if let (previous, _) = before {
+            for member in previous.members where !view.contains(member) && leftOut[member] == nil {
+                leftOut[member] = view.id.number
+            }
+        }
+    }
+
     mutating func effect(_ effect: GroupEffect, by member: Member, now: UInt64) {
         guard var life = lives[member] else { return }
         defer { lives[member] = life }
@@ -82,6 +101,7 @@ struct InvariantChecker {
                     fail("\(member) installed \(view) primary \(primary), another \(known) primary \(knownPrimary)")
                 }
             } else {
+                if primary { checkLeftOut(view) }
                 views[view.id] = (view, primary)
             }
             if !life.pendingBarriers.isEmpty {

@@ -108,6 +108,30 @@ import Testing
         #expect(lines.contains { $0.hasPrefix("1: view") && $0.hasSuffix("{1#2,2#2} primary") }, "\(lines)")
     }
 
+    /// A coordinator that never knew of a fenced life (it was down when that life was fenced) learns of it from
+    /// the other members' flush reports, and proposes again without it.
+    @Test func aCoordinatorThatNeverKnewLearnsOfAFencedLifeFromTheReports() {
+        let cluster = cluster(Settings(nodes: 5))
+        cluster.fenceStopsNode = false
+        for node in cluster.settings.nodes { cluster.start(node) }
+        cluster.run(for: 300 * ms)
+        cluster.crash(1)
+        cluster.partition([[1], [2, 3, 4], [5]])
+        cluster.run(for: 2000 * ms)
+        let cut = take(cluster)
+        #expect(cut.contains("5 fenced") && cut.contains("2: view 2@2 {2,3,4} primary"), "\(cut)")
+        cluster.heal()
+        cluster.start(1)
+        cluster.run(for: 3000 * ms)
+        let lines = take(cluster)
+        // Node 5's first life is in no view of the others; node 1 coordinates a view without it.
+        let stale = lines.filter { !$0.hasPrefix("5:") && ($0.contains(",5}") || $0.contains(",5,")) }
+        #expect(stale.isEmpty, "\(stale)")
+        #expect(
+            lines.contains("1: view 4@1 {1#2,2,3,4} primary")
+                || lines.contains { $0.hasPrefix("1: view") && $0.hasSuffix("@1 {1#2,2,3,4} primary") }, "\(lines)")
+    }
+
     @Test func orderedMessagesBarriersAndGroups() {
         let cluster = cluster(Settings(nodes: 3))
         for node in cluster.settings.nodes { cluster.start(node) }
