@@ -43,7 +43,7 @@ public struct PeerEnvelope: Hashable, Sendable {
     /// The random bytes a receiver challenges a connection with.
     public static let challengeLength = 16
     /// A challenge frame after its length field: magic, version, cluster, challenge.
-    static let challengeFrameLength = 4 + 1 + 8 + challengeLength
+    public static let challengeFrameLength = 4 + 1 + 8 + challengeLength
     /// The largest frame accepted (after the length field): 16 MiB.
     public static let maximumLength = 16 << 20
     static let headerLength = 4 + 1 + 8 + 4 + 8 + 8 + 4
@@ -141,15 +141,17 @@ public struct PeerFrameCodec: @unchecked Sendable {
     }
 
     /// Completes an `unsigned` frame for a connection with `challenge`: its HMAC and its length field.
-    public func sign(_ unsigned: [UInt8], challenge: [UInt8]) -> [UInt8] {
-        var frame = unsigned
+    public func sign(_ unsigned: consuming [UInt8], challenge: [UInt8]) -> [UInt8] {
+        var frame = consume unsigned
         frame += mac(challenge, frame[4...])
         let length = UInt32(frame.count - 4)
         for index in 0..<4 { frame[index] = UInt8(truncatingIfNeeded: length >> (24 - 8 * UInt32(index))) }
         return frame
     }
 
-    func mac<D: DataProtocol>(_ challenge: [UInt8], _ data: D) -> HashedAuthenticationCode<SHA256> {
+    /// HMAC-SHA256 with the cluster key of a connection's `challenge` followed by `data`: a frame's MAC (of
+    /// magic ... body).
+    public func mac<D: DataProtocol>(_ challenge: [UInt8], _ data: D) -> HashedAuthenticationCode<SHA256> {
         var hmac = HMAC<SHA256>(key: symmetric)
         hmac.update(data: challenge)
         hmac.update(data: data)
@@ -227,14 +229,6 @@ public struct PeerFrameCodec: @unchecked Sendable {
             }
         }
         return try result.get()
-    }
-
-    /// HMAC-SHA256 with the cluster key of a connection's `challenge` followed by `data`: a frame's MAC.
-    public static func mac<D: DataProtocol>(_ data: D, key: ClusterKey, challenge: [UInt8]) -> [UInt8] {
-        var hmac = HMAC<SHA256>(key: SymmetricKey(data: key.bytes))
-        hmac.update(data: challenge)
-        hmac.update(data: data)
-        return Array(hmac.finalize())
     }
 
     func append<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {

@@ -209,11 +209,12 @@ final class PeerTransport: @unchecked Sendable {
         guard !stopped, var peer = outbound[node], peer.channel === channel, peer.challenge == nil else { return }
         peer.challenge = challenge
         peer.backoff = Self.initialBackoff
-        for frame in peer.queued {
+        let queued = peer.queued
+        peer.queued = []
+        for frame in queued {
             channel.write(channel.allocator.buffer(bytes: codec.sign(frame, challenge: challenge)), promise: nil)
         }
-        if !peer.queued.isEmpty { channel.flush() }
-        peer.queued = []
+        if !queued.isEmpty { channel.flush() }
         peer.queuedBytes = 0
         outbound[node] = peer
     }

@@ -430,9 +430,10 @@ final class ChallengeReader: ChannelInboundHandler, @unchecked Sendable {
         var buffer = unwrapInboundIn(data)
         guard !done else { return }
         bytes += buffer.readBytes(length: buffer.readableBytes) ?? []
-        if bytes.count >= 33 {
+        let length = 4 + PeerEnvelope.challengeFrameLength
+        if bytes.count >= length {
             done = true
-            promise.succeed(Array(bytes.prefix(33)))
+            promise.succeed(Array(bytes.prefix(length)))
         }
     }
 

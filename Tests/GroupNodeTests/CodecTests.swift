@@ -227,7 +227,7 @@ struct MessageGenerator {
         frame[41] = 0x63  // the message tag
         let length = UInt32(frame.count - 4 + 32)
         frame.replaceSubrange(0..<4, with: withUnsafeBytes(of: length.bigEndian, Array.init))
-        frame += PeerFrameCodec.mac(frame[4...], key: key, challenge: challenge)
+        frame += receiver.mac(challenge, frame[4...])
         guard case .malformed = rejection(frame, by: receiver) else {
             Issue.record("expected malformed, got \(String(describing: rejection(frame, by: receiver)))")
             return
