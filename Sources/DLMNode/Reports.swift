@@ -40,7 +40,10 @@ extension LockNode {
             view: cluster?.view,
             recovery: .init(
                 waitingFor: isStopped ? (cluster?.waitingFor ?? stopReasons) : [], heldRequests: heldInputs.count),
-            cluster: cluster?.cluster)
+            cluster: cluster?.cluster,
+            busyPoll: busyPoll.map {
+                .init(windowMicroseconds: $0.window.nanoseconds / 1000, polls: $0.polls)
+            })
     }
 
     func lockspacesReport() -> LockspacesReport {

@@ -25,6 +25,25 @@ public struct StatusReport: Codable, Sendable, Hashable {
     public var recovery: Recovery
     /// The cluster this node is a member of (`dlmd --config FILE --node-id N`); nil when standalone.
     public var cluster: Cluster?
+    /// The event loop's busy polling (`dlmd --busy-poll`); nil when off.
+    public var busyPoll: BusyPollStatus?
+
+    public struct BusyPollStatus: Codable, Sendable, Hashable {
+        /// How long the loop polls after its last read, in microseconds.
+        public var windowMicroseconds: Int64
+        /// How many times it went round polling since the start.
+        public var polls: UInt64
+
+        enum CodingKeys: String, CodingKey {
+            case windowMicroseconds = "window_us"
+            case polls
+        }
+
+        public init(windowMicroseconds: Int64, polls: UInt64) {
+            self.windowMicroseconds = windowMicroseconds
+            self.polls = polls
+        }
+    }
 
     /// An agreed membership view (group services).
     public struct View: Codable, Sendable, Hashable {
@@ -162,14 +181,17 @@ public struct StatusReport: Codable, Sendable, Hashable {
         case dataDirectory = "data_dir"
         case lockspaces, resources, locks, connections
         case incarnation, quorate, view, recovery, cluster
+        case busyPoll = "busy_poll"
     }
 
     public init(
         nodeID: UInt32, version: String, pid: Int32, uptimeSeconds: Double, socket: String?, listen: String?,
         dataDirectory: String?, lockspaces: Int, resources: Int, locks: Int, connections: Int, store: Store? = nil,
         incarnation: UInt64 = 0, quorate: Bool = true, view: View? = nil,
-        recovery: Recovery = Recovery(waitingFor: [], heldRequests: 0), cluster: Cluster? = nil
+        recovery: Recovery = Recovery(waitingFor: [], heldRequests: 0), cluster: Cluster? = nil,
+        busyPoll: BusyPollStatus? = nil
     ) {
+        self.busyPoll = busyPoll
         self.store = store
         self.incarnation = incarnation
         self.quorate = quorate

@@ -44,7 +44,11 @@ struct Status: AsyncParsableCommand {
                         ["resources", "\(report.resources)"],
                         ["locks", "\(report.locks)"],
                         ["connections", "\(report.connections)"],
-                    ] + store + ClusterText.statusRows(report)))
+                    ] + store + ClusterText.statusRows(report)
+                        + (report.busyPoll.map {
+                            [["busy poll", "\($0.windowMicroseconds) us window, \($0.polls) polls"]]
+                        }
+                            ?? [])))
         }
     }
 }
