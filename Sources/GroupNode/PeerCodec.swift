@@ -183,7 +183,6 @@ struct ByteWriter {
             varint(UInt64(report.fenceCandidates.count))
             for node in report.fenceCandidates { varint(UInt64(node.rawValue)) }
             bool(report.wasQuorate)
-            members(report.fenced)
         case .install(let installation):
             byte(8)
             viewID(installation.view.id)
@@ -370,11 +369,10 @@ struct ByteReader {
             var fenceCandidates: [NodeID] = []
             fenceCandidates.reserveCapacity(count)
             for _ in 0..<count { fenceCandidates.append(NodeID(try uint32())) }
-            let wasQuorate = try bool()
             return .report(
                 FlushReport(
                     proposal: proposal, from: from, delivered: delivered, groups: groups, messages: messages,
-                    fenceCandidates: fenceCandidates, wasQuorate: wasQuorate, fenced: try members()))
+                    fenceCandidates: fenceCandidates, wasQuorate: try bool()))
         case 8:
             let id = try viewID()
             let members = try members()

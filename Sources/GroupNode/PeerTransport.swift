@@ -52,6 +52,8 @@ final class PeerTransport: @unchecked Sendable {
     var stopped = false
     /// Frames written to a channel since the last flush.
     var toFlush: Set<NodeID> = []
+    /// Challenges read on outbound channels whose connect had not completed yet (`connected` takes them).
+    var earlyChallenges: [ObjectIdentifier: [UInt8]] = [:]
     /// The counter of the last frame this node sealed (to any destination): the next is one more.
     private(set) var framesSealed: UInt64 = 0
     /// The last (incarnation, counter) accepted from each peer, over all connections: replays are refused.
@@ -181,11 +183,21 @@ final class PeerTransport: @unchecked Sendable {
                 channel.close(promise: nil)
                 return
             }
+            guard channel.isActive else {
+                // Closed before this completion ran (its close found no channel to clear): a failed attempt.
+                earlyChallenges[ObjectIdentifier(channel)] = nil
+                connected(node, .failure(ChannelError.alreadyClosed))
+                return
+            }
             logger.debug("connected to node \(node); waiting for its challenge")
             peer.channel = channel
             peer.challenge = nil
             peer.connecting = false
             outbound[node] = peer
+            if let challenge = earlyChallenges.removeValue(forKey: ObjectIdentifier(channel)) {
+                challenged(node, channel, challenge)
+                return
+            }
             eventLoop.scheduleTask(in: Self.challengeTimeout) { [self] in
                 guard outbound[node]?.channel === channel, outbound[node]?.challenge == nil else { return }
                 logger.debug("node \(node) sent no challenge; closing that connection")
@@ -206,7 +218,13 @@ final class PeerTransport: @unchecked Sendable {
 
     /// The peer's challenge came on `channel`: the frames queued for it leave, sealed with it.
     func challenged(_ node: NodeID, _ channel: Channel, _ challenge: [UInt8]) {
-        guard !stopped, var peer = outbound[node], peer.channel === channel, peer.challenge == nil else { return }
+        guard !stopped, var peer = outbound[node] else { return }
+        guard peer.channel === channel else {
+            // The challenge can be read before the connect's own completion has run (`connected`): keep it for then.
+            if peer.connecting { earlyChallenges[ObjectIdentifier(channel)] = challenge }
+            return
+        }
+        guard peer.challenge == nil else { return }
         peer.challenge = challenge
         peer.backoff = Self.initialBackoff
         let queued = peer.queued
@@ -220,6 +238,7 @@ final class PeerTransport: @unchecked Sendable {
     }
 
     func outboundClosed(_ node: NodeID, _ channel: Channel) {
+        earlyChallenges[ObjectIdentifier(channel)] = nil
         guard var peer = outbound[node], peer.channel === channel else { return }
         logger.debug("the connection to node \(node) closed")
         if peer.challenge == nil {

@@ -91,21 +91,13 @@ public struct GroupMember: Sendable {
         return member.incarnation <= fenced
     }
 
-    /// Records lives that a primary view left out (here or, as another member reports, elsewhere): they are
-    /// forgotten as peers and refused from now on. Whether anything was new.
-    mutating func recordFenced(_ member: Member) -> Bool {
-        guard !isFenced(member) else { return false }
+    /// Records a life that a primary view left out: it is forgotten as a peer and refused from now on.
+    mutating func recordFenced(_ member: Member) {
+        guard !isFenced(member) else { return }
         persistent.fencedIncarnations[member.node.rawValue] = member.incarnation
         if let peer = peers[member.node], peer.incarnation <= member.incarnation { peers[member.node] = nil }
-        return true
     }
 
-    mutating func learnFenced(_ lives: [Member], into effects: inout [GroupEffect]) -> Bool {
-        var learned = false
-        for life in lives where life.node != id && recordFenced(life) { learned = true }
-        if learned { effects.append(.persist(persistent)) }
-        return learned
-    }
     /// The members of the last primary view this member installed.
     var lastPrimaryMembers: [Member] = []
     var wasQuorate = false
@@ -291,13 +283,6 @@ public struct GroupMember: Sendable {
             persistent.highestViewNumber = max(persistent.highestViewNumber, highest)
             propose(into: &effects)
         case .report(let report):
-            // A life the reporter knows was fenced stays out of this view too: propose again without it.
-            if learnFenced(report.fenced, into: &effects), let proposal,
-                proposal.members.contains(where: isFenced)
-            {
-                propose(into: &effects)
-                return
-            }
             guard var proposal, proposal.id == report.proposal, proposal.fencing == nil,
                 proposal.members.contains(from)
             else { return }
@@ -518,9 +503,7 @@ public struct GroupMember: Sendable {
             proposal: proposal, from: view?.id, delivered: delivered,
             groups: groups.mapValues { $0.sorted() },
             messages: log.values.sorted { $0.seq < $1.seq },
-            fenceCandidates: persistent.fenceCandidates.map(NodeID.init(rawValue:)), wasQuorate: wasQuorate,
-            fenced: persistent.fencedIncarnations.map { Member(node: NodeID(rawValue: $0.key), incarnation: $0.value) }
-                .sorted())
+            fenceCandidates: persistent.fenceCandidates.map(NodeID.init(rawValue:)), wasQuorate: wasQuorate)
     }
 
     mutating func onPropose(_ id: ViewID, members: [Member], from: Member, into effects: inout [GroupEffect]) {
@@ -643,7 +626,7 @@ public struct GroupMember: Sendable {
             // The members of this member's last primary view that this one leaves out were fenced before it was
             // installed: those lives are over.
             let staying = Set(newView.nodes)
-            for member in lastPrimaryMembers where !staying.contains(member.node) { _ = recordFenced(member) }
+            for member in lastPrimaryMembers where !staying.contains(member.node) { recordFenced(member) }
             lastPrimaryMembers = newView.members
             persistent.fenceCandidates = newView.nodes.map(\.rawValue)
         }

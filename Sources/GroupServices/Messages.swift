@@ -62,14 +62,10 @@ public struct FlushReport: Hashable, Sendable {
     public var fenceCandidates: [NodeID]
     /// Whether the member has been in a primary view since it started (`wait_for_all`).
     public var wasQuorate: Bool
-    /// The lives the member knows a primary view left out (fenced): the coordinator leaves them out too, even if
-    /// it restarted since and never knew (`PersistentState.fencedIncarnations`).
-    public var fenced: [Member]
     public init(
         proposal: ViewID, from: ViewID?, delivered: UInt64, groups: [String: [Member]], messages: [OrderedMessage],
-        fenceCandidates: [NodeID], wasQuorate: Bool, fenced: [Member] = []
+        fenceCandidates: [NodeID], wasQuorate: Bool
     ) {
-        self.fenced = fenced
         self.proposal = proposal
         self.from = from
         self.delivered = delivered

@@ -78,8 +78,7 @@ struct MessageGenerator {
             .report(
                 FlushReport(
                     proposal: viewID(), from: optionalViewID(), delivered: number(), groups: groups(),
-                    messages: list { $0.ordered() }, fenceCandidates: list { $0.node() }, wasQuorate: bool(),
-                    fenced: members()))
+                    messages: list { $0.ordered() }, fenceCandidates: list { $0.node() }, wasQuorate: bool()))
         case 7:
             .install(
                 Installation(

@@ -116,24 +116,6 @@ import Testing
         #expect(lines.contains { $0.hasPrefix("1: view") && $0.hasSuffix("{1#2,2#2} primary") }, "\(lines)")
     }
 
-    /// A coordinator that never knew of a fenced life (it was down when that life was fenced) learns of it from
-    /// the other members' flush reports, and proposes again without it.
-    @Test func aCoordinatorThatNeverKnewLearnsOfAFencedLifeFromTheReports() {
-        let cluster = runningWithLyingFences(5)
-        cluster.crash(1)
-        cluster.partition([[1], [2, 3, 4], [5]])
-        cluster.run(for: 2000 * ms)
-        let cut = take(cluster)
-        #expect(cut.contains("5 fenced") && cut.contains("2: view 2@2 {2,3,4} primary"), "\(cut)")
-        cluster.heal()
-        cluster.start(1)
-        cluster.run(for: 3000 * ms)
-        let lines = take(cluster)
-        // Node 5's first life is in no view of the others; node 1 coordinates a view without it.
-        #expect(viewsNaming(firstLifeOf: 5, lines).isEmpty, "\(lines)")
-        #expect(lines.contains { $0.hasPrefix("1: view") && $0.hasSuffix("@1 {1#2,2,3,4} primary") }, "\(lines)")
-    }
-
     @Test func orderedMessagesBarriersAndGroups() {
         let cluster = cluster(Settings(nodes: 3))
         for node in cluster.settings.nodes { cluster.start(node) }
