@@ -103,7 +103,7 @@ let package = Package(
         .executableTarget(
             name: "dlmbench",
             dependencies: [
-                "DLMCore", "DLMClient", "DLMStore", "DLMWire", "GroupNode", "GroupServices",
+                "DLMCore", "DLMClient", "DLMStore", "DLMTestSupport", "DLMWire", "GroupNode", "GroupServices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -111,12 +111,15 @@ let package = Package(
             ],
             path: "bench/dlmbench"
         ),
-        .testTarget(name: "DLMCoreTests", dependencies: ["DLMCore"]),
-        .testTarget(name: "GroupServicesTests", dependencies: ["GroupServices"]),
+        // What the tests and the benchmarks share: the seeded generator, real dlmd processes and the lines they
+        // print, free ports, CPU readings. Not a product: nothing outside this package uses it.
+        .target(name: "DLMTestSupport"),
+        .testTarget(name: "DLMCoreTests", dependencies: ["DLMCore", "DLMTestSupport"]),
+        .testTarget(name: "GroupServicesTests", dependencies: ["GroupServices", "DLMTestSupport"]),
         .testTarget(
             name: "GroupNodeTests",
             dependencies: [
-                "GroupNode", "GroupServices",
+                "GroupNode", "GroupServices", "DLMTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -126,7 +129,7 @@ let package = Package(
         .testTarget(
             name: "DLMWireTests",
             dependencies: [
-                "DLMWire", "DLMCore",
+                "DLMWire", "DLMCore", "DLMTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
@@ -135,7 +138,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "DLMClient", "DLMWire",
+                "DLMClient", "DLMWire", "DLMTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -6,8 +6,8 @@
 # "listening on" line, runs every program and counts their "ok" / "not ok" lines. The last line is
 # "N passed, M failed"; the exit status is 1 if anything failed.
 #
-# Environment: CC (default cc), SWIFT (default swift), DLM_SCRATCH (a SwiftPM --scratch-path for dlmd),
-# CDLM_VALGRIND=0 to skip the run under valgrind.
+# Environment: CC (default cc), SWIFT (default swift), DLMD (a dlmd to test against, else one is built), DLM_SCRATCH
+# (a SwiftPM --scratch-path for the dlmd built here), CDLM_VALGRIND=0 to skip the run under valgrind.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -68,12 +68,15 @@ if ! readelf -d "$WORK/sysbin" | grep -q 'NEEDED.*libdlm.so.3'; then
   fail_setup "sysbin does not need libdlm.so.3"
 fi
 
-# dlmd, on a private socket; deadlock searches after 0.2 s of waiting.
-if ! "$SWIFT" build --product dlmd "${SCRATCH[@]}" >"$WORK/swift-build.log" 2>&1; then
-  tail -20 "$WORK/swift-build.log"
-  fail_setup "cannot build dlmd"
+# dlmd ($DLMD, else built here), on a private socket; deadlock searches after 0.2 s of waiting.
+if [ -z "${DLMD:-}" ]; then
+  if ! "$SWIFT" build --product dlmd "${SCRATCH[@]}" >"$WORK/swift-build.log" 2>&1; then
+    tail -20 "$WORK/swift-build.log"
+    fail_setup "cannot build dlmd"
+  fi
+  DLMD=$("$SWIFT" build --show-bin-path "${SCRATCH[@]}")/dlmd
 fi
-DLMD=$("$SWIFT" build --show-bin-path "${SCRATCH[@]}")/dlmd
+[ -x "$DLMD" ] || fail_setup "no dlmd at $DLMD"
 mkdir -p "$WORK/data"
 export DLM_SOCKET=$WORK/s.sock
 mkfifo "$WORK/dlmd.out"

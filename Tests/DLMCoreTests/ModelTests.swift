@@ -1,4 +1,5 @@
 import DLMCore
+import DLMTestSupport
 import Foundation
 import Testing
 
@@ -214,24 +215,7 @@ struct ModelTestSettings {
 
 // MARK: Random numbers
 
-/// SplitMix64 (Steele, Lea and Flood): small, seedable, and the only source of randomness of this test.
-struct ModelRandom {
-    var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    mutating func percent(_ chance: Int) -> Bool { below(100) < chance }
-    mutating func element<T>(_ items: [T]) -> T { items[below(items.count)] }
-    mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: next()) } }
+extension SplitMix64 {
     mutating func mode() -> LockMode { LockMode(rawValue: UInt8(below(6)))! }
 }
 
@@ -321,7 +305,7 @@ struct ModelFlagChances {
     var lock: [(LockFlags, Int)] = []
     var convert: [(LockFlags, Int)] = []
 
-    init(random: inout ModelRandom) {
+    init(random: inout SplitMix64) {
         // In this order: NOQUEUE first, since EXPEDITE and CONVDEADLK exclude it.
         let lockUsual: [(LockFlags, Int)] = [
             (.noQueue, 15), (.valueBlock, 40), (.persistent, 5), (.noDeadlockWait, 8), (.noDeadlockBlock, 4),
@@ -338,7 +322,7 @@ struct ModelFlagChances {
         for (flag, usual) in convertUsual { convert.append((flag, ModelFlagChances.draw(usual, &random))) }
     }
 
-    static func draw(_ usual: Int, _ random: inout ModelRandom) -> Int {
+    static func draw(_ usual: Int, _ random: inout SplitMix64) -> Int {
         switch random.below(6) {
         case 0: return 0
         case 1: return min(50, usual * 4)
@@ -381,7 +365,7 @@ struct ModelRun {
 
     let seed: UInt64
     let trace: Bool
-    var random: ModelRandom
+    var random: SplitMix64
     var engine: LockEngine
     let lockspace: LockspaceID
     var model: ReferenceModel
@@ -411,7 +395,7 @@ struct ModelRun {
     init(seed: UInt64, trace: Bool) {
         self.seed = seed
         self.trace = trace
-        random = ModelRandom(seed: seed)
+        random = SplitMix64(seed: seed)
         engine = LockEngine(config: EngineConfig(deadlockWait: 0, defaultValueBlockLength: ModelRun.valueBlockLength))
         lockspace = try! engine.createLockspace(name: Array("model".utf8), valueBlockLength: ModelRun.valueBlockLength)
         let ownerCount = 3 + random.below(4)

@@ -1,4 +1,5 @@
 import DLMCore
+import DLMTestSupport
 import DLMWire
 import NIOCore
 import Testing

@@ -1,3 +1,4 @@
+import DLMTestSupport
 import Foundation
 import GroupNode
 import GroupServices
@@ -79,16 +80,6 @@ extension [GroupNodeEvent] {
     }
 }
 
-/// Free TCP ports on 127.0.0.1, found by binding port 0.
-func freePorts(_ count: Int, group: EventLoopGroup) throws -> [Int] {
-    var channels: [Channel] = []
-    defer { for channel in channels { try? channel.close().wait() } }
-    for _ in 0..<count {
-        channels.append(try ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).wait())
-    }
-    return channels.map { $0.localAddress!.port! }
-}
-
 /// Nodes of one cluster over loopback TCP, each on its own event loop, with a fence script that records its
 /// argument, and fails its first `fenceFailures` runs.
 final class TestCluster: @unchecked Sendable {
@@ -106,7 +97,7 @@ final class TestCluster: @unchecked Sendable {
 
     init(nodes count: Int = 3, fenceFailures: Int = 0) throws {
         directory = try TemporaryDirectory()
-        let ports = try freePorts(count, group: group)
+        let ports = try freePorts(count)
         let script = directory.path("fence.sh")
         try """
         #!/bin/sh
@@ -209,8 +200,9 @@ func fencedOnly(_ node: Int, _ log: String?) -> Bool {
         let second = try await cluster.waitForPrimaryView(of: [1, 2], after: first)
         let elapsed = ContinuousClock.now - crashed
         #expect(second > first)
-        // Detection within suspect + view change (1.5 s here); generous for a loaded machine.
-        #expect(elapsed < .seconds(5), "the new view took \(elapsed)")
+        // Detection within suspect + view change (1.5 s here; bench/ measures it); this bound only catches a
+        // cluster that never notices, with slack for a loaded machine.
+        #expect(elapsed < .seconds(10), "the new view took \(elapsed)")
         // Node 3 alone was fenced, before each survivor reported the view (on a loaded machine a view change may
         // be proposed again, and fence again: fencing is idempotent).
         #expect(fencedOnly(3, sinceCrash(cluster.fenceLog)))

@@ -1,17 +1,5 @@
+import DLMTestSupport
 import GroupServices
-
-/// SplitMix64: a small seeded generator, so that a seed replays a run exactly.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 let ms = Settings.millisecond
 
@@ -33,7 +21,7 @@ final class SimulatedCluster {
     }
 
     let settings: Settings
-    var rng: SeededGenerator
+    var rng: SplitMix64
     var now: UInt64 = 0
     var nodes: [NodeID: Node] = [:]
     var incarnations: [NodeID: UInt64] = [:]
@@ -58,7 +46,7 @@ final class SimulatedCluster {
 
     init(settings: Settings, seed: UInt64, tickInterval: UInt64 = 25 * ms) {
         self.settings = settings
-        self.rng = SeededGenerator(seed: seed)
+        self.rng = SplitMix64(seed: seed)
         self.tickInterval = tickInterval
         self.checker = InvariantChecker(settings: settings)
         for node in settings.nodes {

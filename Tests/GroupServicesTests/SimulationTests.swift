@@ -1,3 +1,4 @@
+import DLMTestSupport
 import Foundation
 import GroupServices
 import Testing
@@ -24,7 +25,7 @@ enum SimulationRun {
 
     /// Runs one seed; returns the first violation, with the end of the trace.
     static func run(seed: UInt64, trace: Bool = false) -> String? {
-        var rng = SeededGenerator(seed: seed &* 0x2545_F491_4F6C_DD1D)
+        var rng = SplitMix64(seed: seed &* 0x2545_F491_4F6C_DD1D)
         let count = Int.random(in: 2...9, using: &rng)
         let twoNode = count == 2
         let settings = Settings(nodes: count, twoNode: twoNode, waitForAll: !twoNode && Bool.random(using: &rng))

@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import DLMWire
 import Foundation
 import NIOCore
@@ -99,22 +100,4 @@ import Testing
         await other.close()
         await connection.close()
     }
-}
-
-/// User plus system CPU seconds of process `pid` so far (/proc/PID/stat).
-func processCPUSeconds(_ pid: Int32) throws -> Double {
-    let text = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
-    guard let close = text.lastIndex(of: ")") else { throw DaemonError("unreadable /proc/\(pid)/stat") }
-    let fields = text[text.index(after: close)...].split(separator: " ")
-    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
-        throw DaemonError("unreadable /proc/\(pid)/stat")
-    }
-    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-}
-
-/// CPU seconds of the calling thread so far.
-func threadCPUSeconds() -> Double {
-    var time = timespec()
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
-    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
 }

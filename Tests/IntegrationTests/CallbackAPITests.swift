@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import DLMWire
 import Foundation
 import NIOCore

@@ -1,3 +1,4 @@
+import DLMTestSupport
 import Foundation
 
 /// A cluster of real `dlmd` processes for one test: a config file with `count` nodes on loopback (or on the
@@ -55,7 +56,7 @@ final class TestCluster: @unchecked Sendable {
         keygen.standardOutput = FileHandle.nullDevice
         try keygen.run()
         keygen.waitUntilExit()
-        guard keygen.terminationStatus == 0 else { throw DaemonError("dlmtool keygen failed") }
+        guard keygen.terminationStatus == 0 else { throw SupportError("dlmtool keygen failed") }
     }
 
     func socket(_ node: Int) -> String { daemons[node]?.socketPath ?? directory + "/node\(node)/dlmd.sock" }
@@ -76,15 +77,17 @@ final class TestCluster: @unchecked Sendable {
 
     /// kill -9; returns when it is gone, with the time of the kill.
     @discardableResult
-    func kill(_ node: Int) -> Date {
-        let now = Date()
+    func kill(_ node: Int) -> ContinuousClock.Instant {
+        let now = ContinuousClock.now
         daemons[node]?.kill()
         return now
     }
 
     /// Waits until `node` installs a view of exactly `members` ("1,2,3"; a later incarnation shows as "3#2").
     @discardableResult
-    func waitForView(at node: Int, members: String, primary: Bool, timeout: TimeInterval = 60) throws -> Date {
+    func waitForView(at node: Int, members: String, primary: Bool, timeout: TimeInterval = 60) throws
+        -> ContinuousClock.Instant
+    {
         let suffix = " members \(members) " + (primary ? "primary" : "not primary (no quorum)")
         return try log(node).wait(for: "view {\(members)} at node \(node)", timeout: timeout) {
             $0.hasSuffix(suffix)
@@ -106,23 +109,4 @@ final class TestCluster: @unchecked Sendable {
         daemons = [:]
         try? FileManager.default.removeItem(atPath: directory)
     }
-}
-
-/// A TCP port on 127.0.0.1 that nothing listens on right now.
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw DaemonError("socket: \(errno)") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-        }
-    }
-    guard bound else { throw DaemonError("cannot find a free port: \(errno)") }
-    return Int(UInt16(bigEndian: address.sin_port))
 }

@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import DLMWire
 import Foundation
 import Testing
@@ -31,9 +32,10 @@ struct ClusterDaemonTests {
 
         let killed = cluster.kill(3)
         let survivors = try [1, 2].map { try cluster.waitForView(at: $0, members: "1,2", primary: true) }
-        let detection = survivors.map { $0.timeIntervalSince(killed) }.max()!
-        // 1.5 s is the configured detection time; the margin is for a loaded 2-vCPU machine (bench/ measures it).
-        #expect(detection < 1.5 + 1.5, "the new view came \(detection) s after the kill")
+        let detection = survivors.map { killed.duration(to: $0) }.max()!
+        // 1.5 s is the configured detection time; bench/ measures it (`make bench-membership`). This bound only
+        // catches a node that never notices, with slack for a loaded 2-vCPU machine.
+        #expect(detection < .seconds(10), "the new view came \(detection) after the kill")
         // The fence command ran for node 3 alone (perhaps more than once, if a loaded machine made the view change
         // start over: fencing is idempotent).
         #expect(!cluster.fenced.isEmpty && Set(cluster.fenced) == [3], "fenced: \(cluster.fenced)")

@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import Foundation
 import Testing
 
@@ -130,13 +131,13 @@ extension CrashTests {
 /// One seeded run: the model of what was acknowledged, and the rounds of load, kill and restart.
 struct CrashRun {
     typealias Resource = CrashTests.Resource
-    var random: SplitMix
+    var random: SplitMix64
     var resources = [Resource](repeating: Resource(), count: 10)
     var highestToken: UInt64 = 0
     var log: [String] = []
 
     init(seed: UInt64) {
-        random = SplitMix(seed: seed)
+        random = SplitMix64(seed: seed)
     }
 
     func fail(_ message: String) -> CrashTests.Failure { CrashTests.Failure(description: message) }
@@ -370,18 +371,5 @@ struct CrashRun {
         } catch let error as DLMError where error.status == .noEntry || error.status == .tryAgain {
             return nil
         }
-    }
-}
-
-/// A seeded generator, so that a failing run replays.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import DLMWire
 import Foundation
 import NIOCore
@@ -241,7 +242,7 @@ func waitUntil(attempts: Int = 10_000, _ condition: () async throws -> Bool) asy
         if try await condition() { return }
         await Task.yield()
     }
-    throw DaemonError("condition not reached")
+    throw SupportError("condition not reached")
 }
 
 func lockDebug(_ connection: DLMConnection, lockspace: String) async throws -> LockDebugReport {
@@ -259,6 +260,6 @@ func waitingLockID(_ connection: DLMConnection, lockspace: String, resource: Str
     let report = try await lockDebug(connection, lockspace: lockspace)
     guard let entry = report.resources.first(where: { $0.name == resource }),
         let lock = (entry.waiting + entry.converting).first, let id = UInt32(lock.id, radix: 16)
-    else { throw DaemonError("no waiting lock on \(resource)") }
+    else { throw SupportError("no waiting lock on \(resource)") }
     return LockID(rawValue: id)
 }

@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import DLMWire
 import Foundation
 import Testing
@@ -420,7 +421,7 @@ final class ToolRun: @unchecked Sendable {
         let handle = stdout.fileHandleForReading
         while !String(decoding: early, as: UTF8.self).split(separator: "\n").contains(Substring(line)) {
             let chunk = handle.availableData
-            if chunk.isEmpty { throw DaemonError("dlmtool ended before printing \(line)") }
+            if chunk.isEmpty { throw SupportError("dlmtool ended before printing \(line)") }
             early.append(chunk)
         }
     }

@@ -1,3 +1,4 @@
+import DLMTestSupport
 import Foundation
 import Testing
 
@@ -111,7 +112,7 @@ final class Network: @unchecked Sendable {
         process.waitUntilExit()
         let text = String(decoding: data, as: UTF8.self)
         guard process.terminationStatus == 0 else {
-            throw DaemonError("ip \(arguments.joined(separator: " ")): \(text)")
+            throw SupportError("ip \(arguments.joined(separator: " ")): \(text)")
         }
         return text
     }

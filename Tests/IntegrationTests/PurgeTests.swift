@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import DLMWire
 import Foundation
 import NIOCore
@@ -112,7 +113,7 @@ extension RawSocket {
             }
             if messages.count == count { break }
             let read = chunk.withUnsafeMutableBytes { Foundation.read(fd, $0.baseAddress, $0.count) }
-            guard read > 0 else { throw DaemonError("dlmd closed after \(messages.count) of \(count) frames") }
+            guard read > 0 else { throw SupportError("dlmd closed after \(messages.count) of \(count) frames") }
             input.writeBytes(chunk[0..<read])
         }
         return messages

@@ -1,3 +1,4 @@
+import DLMTestSupport
 import Foundation
 
 /// A blocking Unix-socket client with no protocol of its own, to send arbitrary bytes to dlmd.
@@ -6,7 +7,7 @@ final class RawSocket {
 
     init(path: String) throws {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw DaemonError("socket: \(errno)") }
+        guard fd >= 0 else { throw SupportError("socket: \(errno)") }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -21,7 +22,7 @@ final class RawSocket {
         }
         guard result == 0 else {
             close()
-            throw DaemonError("connect \(path): errno \(errno)")
+            throw SupportError("connect \(path): errno \(errno)")
         }
     }
 

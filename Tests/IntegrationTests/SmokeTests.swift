@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import Testing
 
 @Test func lockAndUnlockThroughRealDaemon() async throws {

@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import DLMWire
 import Foundation
 import NIOCore
@@ -30,14 +31,14 @@ import Testing
         socket.send(Array(out.readableBytesView))
         socket.finishSending()
         let replies = try socket.readFrames(11)
-        guard case .helloReply = replies[0] else { throw DaemonError("not HELLO_REPLY first: \(replies[0])") }
-        guard case .lockspace(1, 0, _, true) = replies[1] else { throw DaemonError("no LOCKSPACE: \(replies[1])") }
+        guard case .helloReply = replies[0] else { throw SupportError("not HELLO_REPLY first: \(replies[0])") }
+        guard case .lockspace(1, 0, _, true) = replies[1] else { throw SupportError("no LOCKSPACE: \(replies[1])") }
         for (index, reply) in replies[2...9].enumerated() {
             guard case .completion(let completion) = reply, completion.tag == UInt32(index + 2),
                 completion.status == .granted
-            else { throw DaemonError("not the grant of tag \(index + 2): \(reply)") }
+            else { throw SupportError("not the grant of tag \(index + 2): \(reply)") }
         }
-        guard case .ok(10, _) = replies[10] else { throw DaemonError("no OK for BYE: \(replies[10])") }
+        guard case .ok(10, _) = replies[10] else { throw SupportError("no OK for BYE: \(replies[10])") }
         socket.close()
     }
 

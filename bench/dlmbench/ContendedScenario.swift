@@ -1,4 +1,5 @@
 import DLMCore
+import DLMTestSupport
 
 /// `dlmbench contended`: the engine alone under contention, for information (no floor). An operation is one
 /// engine call (lock, unlock). The engine's time is a logical clock that advances 1 µs per operation and is
@@ -116,7 +117,7 @@ enum ContendedScenario {
             case holding(LockID)
         }
         var engine = LockEngine()
-        var random = SplitMix64(state: seed)
+        var random = SplitMix64(seed: seed)
         var effects: [Effect] = []
         effects.reserveCapacity(256)
         var tally = Tally()

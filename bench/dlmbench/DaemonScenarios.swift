@@ -1,5 +1,6 @@
 import DLMClient
 import DLMCore
+import DLMTestSupport
 import Glibc
 import NIOCore
 import NIOPosix
@@ -262,7 +263,7 @@ enum DaemonScenarios {
             let session = Session(settings, connections: connections, lockspace: "bench-mixed")
             // Each client's sequence of (resource, mode), drawn in advance.
             let plans = (0..<clients).map { client in
-                var random = SplitMix64(state: seed &* 1_000_003 &+ UInt64(client))
+                var random = SplitMix64(seed: seed &* 1_000_003 &+ UInt64(client))
                 return (0..<4096).map { _ in
                     (zipf.next(&random), random.next() % 100 < UInt64(exPercent) ? LockMode.ex : LockMode.pr)
                 }

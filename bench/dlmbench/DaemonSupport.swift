@@ -1,4 +1,5 @@
 import DLMClient
+import DLMTestSupport
 import Glibc
 import NIOCore
 import NIOPosix
@@ -254,21 +255,9 @@ struct CPUSnapshot {
     var clientSystem: Double
 
     init(daemonPID: Int) {
-        if daemonPID > 0, let file = fopen("/proc/\(daemonPID)/stat", "r") {
-            defer { fclose(file) }
-            var line = [CChar](repeating: 0, count: 1024)
-            if fgets(&line, Int32(line.count), file) != nil {
-                let text = cString(line)
-                // The fields after the command name (in parentheses): state is the 3rd field, utime the 14th.
-                if let close = text.lastIndex(of: ")") {
-                    let fields = text[text.index(after: close)...].split(separator: " ")
-                    let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-                    if fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) {
-                        serverUser = user / ticks
-                        serverSystem = system / ticks
-                    }
-                }
-            }
+        if daemonPID > 0, let times = try? processCPUTimes(Int32(daemonPID)) {
+            serverUser = times.user
+            serverSystem = times.system
         }
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)

@@ -1,4 +1,5 @@
 import DLMCore
+import DLMTestSupport
 import Glibc
 
 // What the scenarios share: the clock, memory readings, names, a PRNG and a JSON writer. The clock is read
@@ -69,18 +70,6 @@ func resourceName(_ index: Int, length: Int) -> [UInt8] {
     while name.count + digits.count < length { name.append(UInt8(ascii: "0")) }
     name.append(contentsOf: digits.suffix(length - name.count))
     return name
-}
-
-/// SplitMix64: a small deterministic PRNG so that runs repeat.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// A JSON value whose object keys keep the order they are given in.
