@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-durability bench-membership sim clean libdlm install test-c bench-c
+.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership sim clean libdlm install test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -65,6 +65,14 @@ bench-daemon:
 		bench/daemon-bench.sh
 	BIN=$$($(SWIFT) build -c release $(BUILD_FLAGS) --show-bin-path) PLACEMENTS="$${PLACEMENTS:-split free}" \
 		BUSY_POLL=$(BENCH_BUSY_POLL) bench/daemon-bench.sh
+
+## make bench-stall: the work that is large by nature (bench/stall-bench.sh): exits, purges and forced releases
+## of up to 1M locks and deadlock passes over up to 100k waiters, in the engine and against a release dlmd, with
+## the longest pause another client saw (figures in bench/RESULTS.md).
+bench-stall:
+	$(SWIFT) build -c release $(BUILD_FLAGS) --product dlmd
+	$(SWIFT) build -c release $(BUILD_FLAGS) --product dlmbench
+	BIN=$$($(SWIFT) build -c release $(BUILD_FLAGS) --show-bin-path) bench/stall-bench.sh
 
 ## make bench-durability: the raw LMDB commit rate, then durable grants against a release dlmd in each
 ## --durability mode (bench/durability-bench.sh; figures in bench/RESULTS.md).

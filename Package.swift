@@ -60,13 +60,15 @@ let package = Package(
             pkgConfig: "lmdb",
             providers: [.apt(["liblmdb-dev"])]
         ),
+        // What the C library has that Swift's Glibc module lacks (malloc tuning).
+        .target(name: "CDLMSystem"),
         // The node's recoverable state in LMDB: environment, tables, transactions, the node's schema.
         .target(name: "DLMStore", dependencies: ["CLMDB", "DLMCore"]),
         // The node shell: serves the engine over sockets from one event loop.
         .target(
             name: "DLMNode",
             dependencies: [
-                "DLMCore", "DLMWire", "DLMStore", "GroupNode", "GroupServices",
+                "DLMCore", "DLMWire", "DLMStore", "GroupNode", "GroupServices", "CDLMSystem",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -103,7 +105,8 @@ let package = Package(
         .executableTarget(
             name: "dlmbench",
             dependencies: [
-                "DLMCore", "DLMClient", "DLMStore", "DLMTestSupport", "DLMWire", "GroupNode", "GroupServices",
+                "CDLMSystem", "DLMCore", "DLMClient", "DLMStore", "DLMTestSupport", "DLMWire", "GroupNode",
+                "GroupServices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -28,31 +28,11 @@ command -v taskset >/dev/null || { echo "bench-daemon: needs taskset (util-linux
 
 dir=$(mktemp -d /tmp/dlmbench.XXXXXX)
 socket=$dir/dlmd.sock
-dlmd=
-stop() {
-    if [ -n "$dlmd" ] && kill -0 "$dlmd" 2>/dev/null; then
-        kill -TERM "$dlmd"
-        status=0
-        wait "$dlmd" || status=$?
-        echo "# dlmd stopped by SIGTERM, exit status $status"
-    fi
-    dlmd=
-}
-trap 'stop; rm -rf "$dir"' EXIT
+. "$(dirname "$0")/dlmd-lib.sh"
+trap 'stop_dlmd; rm -rf "$dir"' EXIT
 # Starts dlmd pinned to $1 (a CPU list, or "" for unpinned).
-start() {
-    local pin=()
-    [ -n "$1" ] && pin=(taskset -c "$1")
-    rm -f "$dir/dlmd.log"
-    "${pin[@]}" "$BIN/dlmd" --socket "$socket" --data-dir "$dir" --log-level warning --busy-poll "$BUSY_POLL" \
-        >"$dir/dlmd.log" 2>&1 &
-    dlmd=$!
-    for _ in $(seq 100); do
-        grep -q "listening" "$dir/dlmd.log" 2>/dev/null && break
-        sleep 0.1
-    done
-    grep -q "listening" "$dir/dlmd.log" || { cat "$dir/dlmd.log" >&2; exit 1; }
-}
+start() { start_dlmd "$1" --busy-poll "$BUSY_POLL"; }
+stop() { stop_dlmd; }
 
 pinned=
 common=(--socket "$socket" --duration "$DURATION" --busy-poll "$BUSY_POLL")

@@ -53,7 +53,14 @@ enum dlmw_direction { DLMW_FROM_CLIENT = 0, DLMW_FROM_SERVER = 1 };
 #define DLMW_OPT_TOKEN 0x02
 
 /* QUERY kinds. */
-enum { DLMW_QUERY_STATUS = 1, DLMW_QUERY_LOCKSPACES = 2, DLMW_QUERY_LOCKDEBUG = 3, DLMW_QUERY_LOCKDUMP = 4 };
+enum {
+	DLMW_QUERY_STATUS = 1,
+	DLMW_QUERY_LOCKSPACES = 2,
+	DLMW_QUERY_LOCKDEBUG = 3,
+	DLMW_QUERY_LOCKDUMP = 4,
+	DLMW_QUERY_LOCKDEBUG_PAGE = 5, /* argument: cursor:u64, then the lockspace name */
+	DLMW_QUERY_LOCKDUMP_PAGE = 6,
+};
 
 /* One message of either direction. `tag` is 0 for the messages that carry none (HELLO, HELLO_REPLY,
  * BLOCKING, GOODBYE). Pointers refer to the decoded buffer, or to the caller's bytes when encoding. */

@@ -7,7 +7,9 @@
 /// queued ahead of it whose requested mode conflicts; and, for a lock queued ahead with a compatible mode,
 /// whatever that lock waits for. NODLCKWT takes a lock out as a waiter, NODLCKBLK as a blocker.
 
-/// One edge of the wait-for graph, for a cluster-wide search built on top of the per-node engines.
+/// One edge of the wait-for graph, for a cluster-wide search built on top of the per-node engines. Listing every
+/// edge costs as much as their number, which grows with the square of a queue's length: the engine's own search
+/// (DeadlockSearch.swift) builds a graph of linear size instead.
 public struct WaitForEdge: Sendable, Hashable, Codable {
     public var waiter: DeadlockParticipant
     public var waitingLock: LockID
@@ -35,8 +37,9 @@ extension LockEngine {
         let record = locks[Int(lock)]
         let requested = record.requestedMode
         var result: [Int32] = []
+        var added = Set<Int32>()
         func add(_ blocker: Int32) {
-            if !result.contains(blocker) { result.append(blocker) }
+            if added.insert(blocker).inserted { result.append(blocker) }
         }
         for queue in [QueueKind.grant, .convert] {
             for holder in slots(record.resource, queue) where holder != lock {
@@ -89,105 +92,17 @@ extension LockEngine {
     }
 
     /// A cycle of the wait-for graph through the waiting request `lock`: the waiting locks along it, the
-    /// given one first; nil if there is none.
+    /// given one first; nil if there is none (the search of a deadlock pass, DeadlockSearch.swift).
     public func findDeadlock(from id: LockID) -> [LockID]? {
         let slot = id.slot
-        guard slot >= 0, slot < locks.count, !locks[slot].isFree else { return nil }
-        return findCycle(from: Int32(slot)).map { $0.map(LockID.init(slot:)) }
-    }
-
-    /// What the searches of one tick share: each participant's waiting locks, and each lock's blockers as they
-    /// are found. Valid until the queues change (a victim is refused).
-    struct WaitForIndex {
-        var waitingBy: [DeadlockParticipant: [Int32]] = [:]
-        var blockers: [Int32: [Int32]] = [:]
-    }
-
-    func waitForIndex() -> WaitForIndex {
-        var index = WaitForIndex()
-        var cursor = waiting.head
-        while cursor != none {
-            if !locks[Int(cursor)].flags.contains(.noDeadlockWait), let who = participant(cursor) {
-                index.waitingBy[who, default: []].append(cursor)
-            }
-            cursor = locks[Int(cursor)].waitNext
-        }
-        return index
-    }
-
-    func findCycle(from start: Int32) -> [Int32]? {
-        var index: WaitForIndex?
-        return findCycle(from: start, index: &index)
-    }
-
-    /// `index` is built on first need and kept for the next search.
-    func findCycle(from start: Int32, index: inout WaitForIndex?) -> [Int32]? {
-        let record = locks[Int(start)]
-        guard record.queue == QueueKind.convert.rawValue || record.queue == QueueKind.wait.rawValue,
-            !record.flags.contains(.noDeadlockWait), let target = participant(start)
+        guard slot >= 0, slot < locks.count, !locks[slot].isFree, locks[slot].queue != QueueKind.grant.rawValue,
+            !locks[slot].flags.contains(.noDeadlockWait), let who = participant(Int32(slot))
         else { return nil }
-        if index == nil { index = waitForIndex() }
-        let waitingBy = index!.waitingBy
-        // Taken out while searching (and put back after), so that adding to it copies nothing.
-        var memo: [Int32: [Int32]] = [:]
-        swap(&memo, &index!.blockers)
-        defer { swap(&memo, &index!.blockers) }
-        var visited: Set<DeadlockParticipant> = [target]
-        // Depth-first over participants. A frame holds one participant's waiting locks, the one being
-        // followed, its blockers and the next blocker to try; the path is the followed lock of each frame.
-        struct Frame {
-            var locks: [Int32]
-            var current = 0
-            var blockers: [Int32]
-            var next = 0
-        }
-        var stack = [Frame(locks: [start], blockers: blockers(of: start, memo: &memo))]
-        while !stack.isEmpty {
-            let top = stack.count - 1
-            if stack[top].next < stack[top].blockers.count {
-                let blocker = stack[top].blockers[stack[top].next]
-                stack[top].next += 1
-                let waiter = participant(stack[top].locks[stack[top].current])
-                guard let holder = participant(blocker), holder != waiter else { continue }
-                if holder == target { return stack.map { $0.locks[$0.current] } }
-                if visited.insert(holder).inserted, let theirs = waitingBy[holder] {
-                    stack.append(Frame(locks: theirs, blockers: blockers(of: theirs[0], memo: &memo)))
-                }
-            } else if stack[top].current + 1 < stack[top].locks.count {
-                stack[top].current += 1
-                stack[top].blockers = blockers(of: stack[top].locks[stack[top].current], memo: &memo)
-                stack[top].next = 0
-            } else {
-                stack.removeLast()
-            }
-        }
-        return nil
-    }
-
-    /// Runs the deadlock searches that are due, resolves each cycle found, and searches again later for
-    /// requests that still wait.
-    mutating func searchDueDeadlocks(into effects: inout [Effect]) {
-        guard config.deadlockWait > 0 else { return }
-        var index: WaitForIndex?
-        while let first = deadlockChecks.first, first.due <= now {
-            deadlockChecks.removeFirst()
-            guard isCurrent(first) else { continue }
-            if let cycle = findCycle(from: first.lock, index: &index) {
-                let victim = cycle.min { a, b in
-                    let x = locks[Int(a)]
-                    let y = locks[Int(b)]
-                    return (x.priority, ~x.waitingSince, ~x.waitSequence) < (
-                        y.priority, ~y.waitingSince, ~y.waitSequence
-                    )
-                }!
-                finishPending(victim, status: .deadlock, into: &effects)
-                index = nil  // the queues changed
-            }
-            if isCurrent(first) {
-                deadlockChecks.append(
-                    TimerEntry(due: now &+ config.deadlockWait, lock: first.lock, sequence: first.sequence))
-            }
-        }
+        var pass = wholeDeadlockPass()
+        guard let node = pass.graph.participantNode[who] else { return nil }
+        guard pass.components!.cyclic[Int(pass.components!.component[Int(node)])] else { return nil }
+        var budget = Int.max
+        return shortestCycle(from: node, through: Int32(slot), in: &pass, budget: &budget)?.map(LockID.init(slot:))
     }
 
     /// Refuses a waiting request or conversion with EDEADLK, as a cluster-wide search decides (libdlm's

@@ -44,15 +44,33 @@ public struct BlockingCallback: Sendable, Hashable {
     }
 }
 
+/// The end of an operation done in slices (a purge, a forced release of a lockspace; BulkWork.swift).
+public struct Finished: Sendable, Hashable {
+    /// Who asked for it.
+    public var owner: OwnerID
+    /// What the shell passed when it started the operation (e.g. the request's tag).
+    public var context: UInt64
+    /// How many locks it removed.
+    public var count: Int
+
+    public init(owner: OwnerID, context: UInt64, count: Int) {
+        self.owner = owner
+        self.context = context
+        self.count = count
+    }
+}
+
 /// What the engine asks its shell to do, in the order it must be done.
 public enum Effect: Sendable, Hashable {
     case completion(Completion)
     case blockingCallback(BlockingCallback)
+    case finished(Finished)
 
     public var owner: OwnerID {
         switch self {
         case .completion(let c): c.owner
         case .blockingCallback(let b): b.owner
+        case .finished(let f): f.owner
         }
     }
 }

@@ -12,22 +12,36 @@ public struct EngineConfig: Sendable, Hashable, Codable {
     /// shifted left by 40 bits, so that tokens after a restart are greater than any before it without a write
     /// per token.
     public var fencingTokenBase: UInt64 = 0
+    /// How many locks a slice of bulk work (an owner's exit, a purge, a forced release) handles before the shell
+    /// serves others (BulkWork.swift). A few milliseconds of work in a release build (bench/RESULTS.md).
+    public var bulkSlice: Int
+    /// How many steps a slice of a deadlock pass takes before the shell serves others (DeadlockSearch.swift); a
+    /// step is a lock copied or an edge followed, some tens of nanoseconds in a release build.
+    public var deadlockSlice: Int
+    /// How many requests a tick gives up with ETIMEDOUT at most (the others at the next ticks).
+    public var timeoutSlice: Int
 
     public static let maxNameLength = 64
     public static let maxValueBlockLength = 64
 
     public init(
         deadlockWait: UInt64 = 1_000_000_000, defaultValueBlockLength: Int = 32, maxLocks: Int = 1 << 30,
-        fencingTokenBase: UInt64 = 0
+        fencingTokenBase: UInt64 = 0, bulkSlice: Int = 2048, deadlockSlice: Int = 50_000, timeoutSlice: Int = 2048
     ) {
         precondition(
             defaultValueBlockLength > 0 && defaultValueBlockLength % 8 == 0
                 && defaultValueBlockLength <= EngineConfig.maxValueBlockLength,
             "the value block length must be a multiple of 8 between 8 and 64")
         precondition(maxLocks > 0 && maxLocks < Int(Int32.max), "maxLocks must fit a lock id")
+        precondition(bulkSlice > 0, "a slice of bulk work does at least one lock")
+        precondition(deadlockSlice > 0, "a slice of a deadlock pass takes at least one step")
+        precondition(timeoutSlice > 0, "a tick gives up at least one request")
         self.deadlockWait = deadlockWait
         self.defaultValueBlockLength = defaultValueBlockLength
         self.maxLocks = maxLocks
         self.fencingTokenBase = fencingTokenBase
+        self.bulkSlice = bulkSlice
+        self.deadlockSlice = deadlockSlice
+        self.timeoutSlice = timeoutSlice
     }
 }

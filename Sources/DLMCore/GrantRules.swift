@@ -352,6 +352,8 @@ extension LockEngine {
     }
 
     mutating func sendBlockingCallback(_ lock: Int32, mode: UInt8, into effects: inout [Effect]) {
+        // An owner that went away, whose locks an exit is releasing in slices, is told nothing.
+        guard owners[Int(locks[Int(lock)].owner)].isLive else { return }
         locks[Int(lock)].blockingSent |= 1 << mode
         effects.append(
             .blockingCallback(

@@ -6,12 +6,14 @@
 /// one entry: its persistent granted locks and value block, or a deletion when none is left. A workload
 /// without persistent locks costs one bit test per change.
 
-/// The persistence bits of a resource record.
-enum Persistence {
+/// The marks of a resource record (`ResourceRecord.marks`).
+enum ResourceMark {
     /// The resource holds, or held since its last journal entry, persistent locks.
     static let tracked: UInt8 = 1
     /// Changed since the last drain.
     static let dirty: UInt8 = 2
+    /// On a bulk job's list of resources to grant from (BulkWork.swift).
+    static let inBulkJob: UInt8 = 4
 }
 
 /// One change for the store.
@@ -43,17 +45,17 @@ extension LockEngine {
     /// Marks a tracked resource dirty.
     @inline(__always)
     mutating func touch(_ resource: Int32) {
-        let bits = resources[Int(resource)].persistence
-        if bits & Persistence.tracked != 0 && bits & Persistence.dirty == 0 {
-            resources[Int(resource)].persistence = bits | Persistence.dirty
+        let bits = resources[Int(resource)].marks
+        if bits & ResourceMark.tracked != 0 && bits & ResourceMark.dirty == 0 {
+            resources[Int(resource)].marks = bits | ResourceMark.dirty
             dirtyResources.append(resource)
         }
     }
 
     /// Starts journaling a resource (a persistent lock is being taken on it).
     mutating func track(_ resource: Int32) {
-        if resources[Int(resource)].persistence & Persistence.tracked == 0 {
-            resources[Int(resource)].persistence |= Persistence.tracked
+        if resources[Int(resource)].marks & ResourceMark.tracked == 0 {
+            resources[Int(resource)].marks |= ResourceMark.tracked
             touch(resource)
         }
     }
@@ -67,8 +69,8 @@ extension LockEngine {
         journal.removeAll(keepingCapacity: true)
         for slot in dirtyResources {
             let record = resources[Int(slot)]
-            guard !record.isFree, record.persistence & Persistence.dirty != 0 else { continue }
-            resources[Int(slot)].persistence &= ~Persistence.dirty
+            guard !record.isFree, record.marks & ResourceMark.dirty != 0 else { continue }
+            resources[Int(slot)].marks &= ~ResourceMark.dirty
             var snapshot = snapshot(resource: slot)
             let volatileWriter = snapshot.locks.contains {
                 !$0.flags.contains(.persistent) && ($0.grantedMode.map { $0 >= .pw } ?? false)
@@ -84,7 +86,7 @@ extension LockEngine {
             }
             let name = lockspaces[Int(record.lockspace)].name
             if snapshot.locks.isEmpty {
-                resources[Int(slot)].persistence = 0
+                resources[Int(slot)].marks &= ~(ResourceMark.tracked | ResourceMark.dirty)
                 entries.append(.delete(lockspace: name, path: snapshot.path))
             } else {
                 entries.append(
@@ -124,7 +126,7 @@ extension LockEngine {
         }
         try restore(resource)
         if let slot = resourceSlot(lockspace, path: resource.path) {
-            resources[Int(slot)].persistence = 0
+            resources[Int(slot)].marks &= ~(ResourceMark.tracked | ResourceMark.dirty)
             track(slot)
         }
         return locks.count

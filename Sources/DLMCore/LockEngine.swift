@@ -24,14 +24,23 @@ public struct LockEngine {
     var owners: [OwnerRecord] = [OwnerRecord(id: OwnerID(UInt64.max))]
     var ownerIndex: [OwnerID: Int32] = [:]
     var freeOwners: [Int32] = []
-    /// The process id each orphan's owner had (`setProcessID`), by lock slot; orphans of unknown pid have none.
-    /// Kept here rather than in `LockRecord`, which it would grow by 8 bytes for every lock.
-    var orphanProcessIDs: [Int32: UInt32] = [:]
+    /// The process id each orphan's owner had (`setProcessID`), by lock slot, 0 if unknown (and for a lock that is
+    /// not an orphan): an array beside the lock slab, one entry per slot. Kept apart from `LockRecord`, which it
+    /// would grow by 8 bytes with padding; a dictionary grew (and rehashed a million entries in one go) when an
+    /// owner with a million persistent locks exited.
+    var orphanProcessIDs: ContiguousArray<UInt32> = []
     /// All waiting and converting locks, oldest first.
     var waiting = QueueEnds()
     var waitSequence: UInt32 = 0
-    /// Requests to search for deadlocks from, in the order they become due (all wait `deadlockWait`).
-    var deadlockChecks: Deque<TimerEntry> = []
+    /// Counts every change of a queue (a lock linked, unlinked, or its granted mode changed): a deadlock pass
+    /// is not run again on unchanged queues that held no cycle (DeadlockSearch.swift).
+    var queueVersion: UInt64 = 0
+    /// The queues' version at the last deadlock pass, whether it found a cycle, and when the next may run.
+    var deadlockGraphVersion: UInt64 = .max
+    var deadlockLastPassFoundCycle = false
+    var nextDeadlockPass: Instant = 0
+    /// The deadlock pass in progress, done a slice a tick.
+    var deadlockPass: DeadlockPass?
     /// Requests with TIMEOUT, by deadline.
     var timeouts: Heap<TimerEntry> = []
     /// The value handed in (VALBLK) with a conversion from PW or EX that waits on the convert queue: ALTPR / ALTCW
@@ -41,6 +50,15 @@ public struct LockEngine {
     var dirtyResources: [Int32] = []
     /// Journal entries waiting for `drainJournal`.
     var journal: [JournalEntry] = []
+    /// The sub-locks of each lock that has some (`LockRecord.children` counts them), so that FORCEUNLOCK and purge
+    /// find them without a walk. Sub-locks are rare: a table beside the slab costs the other locks nothing.
+    var subLocks: [Int32: Set<Int32>] = [:]
+    /// Work done in slices (BulkWork.swift), oldest first.
+    var bulkJobs: Deque<BulkJob> = []
+    /// How many locks wait on a convert or wait queue (the length of `waiting`).
+    var waitingCount = 0
+    /// Counts of work done, for tests that check how the work grows.
+    public internal(set) var probe = WorkProbe()
 
     public init(config: EngineConfig = EngineConfig()) {
         self.config = config
@@ -60,6 +78,9 @@ public struct LockEngine {
             throw .invalid("a value block length is a multiple of 8 from 8 to 64, not \(length)")
         }
         if let id = lockspaceIndex[name] {
+            guard !lockspaces[Int(id)].isDraining else {
+                throw .busy("the lockspace is still being released (\(lockspaces[Int(id)].lockCount) locks left)")
+            }
             guard lockspaces[Int(id)].valueBlockLength == length else {
                 throw DLMError(
                     .exists, "the lockspace exists with value block length \(lockspaces[Int(id)].valueBlockLength)")
@@ -67,7 +88,7 @@ public struct LockEngine {
             return LockspaceID(rawValue: id)
         }
         let id: UInt32
-        if let reusable = lockspaces.firstIndex(where: { !$0.isLive }) {
+        if let reusable = lockspaces.firstIndex(where: { !$0.isLive && !$0.isDraining }) {
             id = UInt32(reusable)
             lockspaces[reusable] = LockspaceRecord(
                 name: name, valueBlockLength: length, fencingTokenFloor: config.fencingTokenBase)
@@ -82,7 +103,8 @@ public struct LockEngine {
 
     /// The lockspace of that name, if it exists.
     public func lockspace(named name: [UInt8]) -> LockspaceID? {
-        lockspaceIndex[name].map(LockspaceID.init(rawValue:))
+        guard let id = lockspaceIndex[name], lockspaces[Int(id)].isLive else { return nil }
+        return LockspaceID(rawValue: id)
     }
 
     public func lockspaceInfo(_ id: LockspaceID) -> LockspaceInfo? {
@@ -98,25 +120,35 @@ public struct LockEngine {
     }
 
     /// Releases a lockspace. EBUSY while it holds locks, unless forced; a forced release drops every lock
-    /// without completions (libdlm's `force` of 2 and above).
-    public mutating func releaseLockspace(_ id: LockspaceID, force: Bool = false) throws(DLMError) {
+    /// without completions (libdlm's `force` of 2 and above). The lockspace is gone for requests at once; its
+    /// locks are dropped in slices (BulkWork.swift), after which `Effect.finished` tells `requester`, with
+    /// `context`, how many locks were dropped, and the name is free again (creating it meanwhile is EBUSY). A
+    /// release that drops nothing is finished at once, without that effect. Returns whether it is finished.
+    @discardableResult
+    public mutating func releaseLockspace(
+        _ id: LockspaceID, force: Bool = false, requester: OwnerID = OwnerID(UInt64.max), context: UInt64 = 0,
+        into effects: inout [Effect]
+    ) throws(DLMError) -> Bool {
         let index = Int(id.rawValue)
         guard index < lockspaces.count, lockspaces[index].isLive else { throw .noEntry("no such lockspace") }
-        if lockspaces[index].lockCount > 0 {
-            guard force else { throw .busy("the lockspace still holds \(lockspaces[index].lockCount) locks") }
-            var dropped: [Int32] = []
-            for slot in locks.indices where !locks[slot].isFree {
-                if resources[Int(locks[slot].resource)].lockspace == id.rawValue { dropped.append(Int32(slot)) }
-            }
-            dropped.sort { (depth(of: $0), $0) > (depth(of: $1), $1) }
-            for lock in dropped {
-                let resource = locks[Int(lock)].resource
-                removeLock(lock)
-                freeResourceIfUnused(resource)
-            }
-        }
-        lockspaceIndex[lockspaces[index].name] = nil
+        let held = lockspaces[index].lockCount
+        if held > 0 && !force { throw .busy("the lockspace still holds \(held) locks") }
         lockspaces[index].isLive = false
+        guard held > 0 else {
+            lockspaceIndex[lockspaces[index].name] = nil
+            return true
+        }
+        // The name and the slot are not reused before its locks are gone.
+        lockspaces[index].isDraining = true
+        startBulkJob(
+            BulkJob(kind: .forcedRelease(lockspace: id.rawValue), requester: (requester, context)), into: &effects)
+        return false
+    }
+
+    /// `releaseLockspace` run to its end at once.
+    public mutating func releaseLockspace(_ id: LockspaceID, force: Bool = false) throws(DLMError) {
+        var effects: [Effect] = []
+        if try !releaseLockspace(id, force: force, into: &effects) { finishBulkWork(into: &effects) }
     }
 
     // MARK: Requests
@@ -150,7 +182,7 @@ public struct LockEngine {
             resource: resource, parent: parentLock, flags: request.flags, requestedMode: request.mode.rawValue,
             priority: request.priority, options: LockEngine.options(of: request),
             transaction: request.transaction ?? 0)
-        if parentLock != none { locks[Int(parentLock)].children += 1 }
+        if parentLock != none { addSubLock(lock, to: parentLock) }
         if request.flags.contains(.persistent) { track(resource) }
         linkToOwner(lock, owner)
         resources[Int(resource)].lockCount += 1
@@ -245,18 +277,8 @@ public struct LockEngine {
 
     /// Unlocks every descendant of a lock, deepest first, each with an EUNLOCK completion.
     mutating func forceUnlockChildren(of parent: Int32, into effects: inout [Effect]) {
-        // A sub-lock is taken by its parent's owner and may since have become an orphan (and the parent been
-        // adopted), but no other owner can hold it: those two owners' lists hold every child.
-        var children: [Int32] = []
-        let parentOwner = locks[Int(parent)].owner
-        for owner in parentOwner == orphanOwner ? [orphanOwner] : [parentOwner, orphanOwner] {
-            var cursor = owners[Int(owner)].head
-            while cursor != none {
-                if locks[Int(cursor)].parent == parent { children.append(cursor) }
-                cursor = locks[Int(cursor)].ownerNext
-            }
-        }
-        children.sort()  // in slot order, as before: the order of the completions
+        // In slot order: the order of the completions.
+        let children = subLocks[parent].map { $0.sorted() } ?? []
         for child in children {
             if locks[Int(child)].children > 0 { forceUnlockChildren(of: child, into: &effects) }
             let record = locks[Int(child)]
@@ -371,6 +393,7 @@ public struct LockEngine {
             if locks[Int(slot)].isFree { return slot }  // slots taken by restore stay on the list
         }
         locks.append(LockRecord())
+        orphanProcessIDs.append(0)
         return Int32(locks.count - 1)
     }
 
@@ -379,9 +402,9 @@ public struct LockEngine {
     mutating func freeResourceIfUnused(_ slot: Int32) {
         let record = resources[Int(slot)]
         guard !record.isFree, record.lockCount == 0, record.childResources == 0 else { return }
-        if record.persistence & Persistence.tracked != 0 {
+        if record.marks & ResourceMark.tracked != 0 {
             journal.append(.delete(lockspace: lockspaces[Int(record.lockspace)].name, path: path(of: slot)))
-            resources[Int(slot)].persistence = 0
+            resources[Int(slot)].marks &= ~(ResourceMark.tracked | ResourceMark.dirty)
         }
         removeFromResourceIndex(slot)
         let ls = Int(record.lockspace)
@@ -406,12 +429,28 @@ public struct LockEngine {
         if record.queue == QueueKind.convert.rawValue { pendingValueBlocks[lock] = nil }
         if let queue = record.queueKind { unlinkFromQueue(lock, queue) }
         unlinkFromOwner(lock)
-        if record.parent != none { locks[Int(record.parent)].children -= 1 }
+        if record.parent != none { removeSubLock(lock, from: record.parent) }
         let resource = record.resource
         resources[Int(resource)].lockCount -= 1
         lockspaces[Int(resources[Int(resource)].lockspace)].lockCount -= 1
         locks[Int(lock)] = LockRecord()
         freeLocks.append(lock)
         liveLocks -= 1
+    }
+}
+
+extension LockEngine {
+    mutating func addSubLock(_ lock: Int32, to parent: Int32) {
+        locks[Int(parent)].children += 1
+        subLocks[parent, default: []].insert(lock)
+    }
+
+    mutating func removeSubLock(_ lock: Int32, from parent: Int32) {
+        locks[Int(parent)].children -= 1
+        if locks[Int(parent)].children == 0 {
+            subLocks[parent] = nil
+        } else {
+            subLocks[parent]?.remove(lock)
+        }
     }
 }

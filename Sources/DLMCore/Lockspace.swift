@@ -8,6 +8,8 @@ struct LockspaceRecord {
     var resourceCount = 0
     var lockCount = 0
     var isLive = true
+    /// Released, with locks still being dropped (a forced release in slices): not reused until they are gone.
+    var isDraining = false
 }
 
 /// What an operator sees of a lockspace.

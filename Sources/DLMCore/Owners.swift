@@ -3,6 +3,8 @@ struct OwnerRecord {
     var id: OwnerID
     var head: Int32 = none
     var lockCount = 0
+    /// How many of its locks wait on a convert or wait queue.
+    var pendingCount: Int32 = 0
     var isLive = true
     /// The owner's process id, given to each lock it takes or adopts (`setProcessID`); 0 if unknown.
     var pid: UInt32 = 0
@@ -36,10 +38,11 @@ extension LockEngine {
     /// The process id of a lock's owner, or of the owner an orphan had; 0 if unknown.
     func processID(of lock: Int32) -> UInt32 {
         let owner = locks[Int(lock)].owner
-        return owner == orphanOwner ? orphanProcessIDs[lock] ?? 0 : owners[Int(owner)].pid
+        return owner == orphanOwner ? orphanProcessIDs[Int(lock)] : owners[Int(owner)].pid
     }
 
-    mutating func linkToOwner(_ lock: Int32, _ owner: Int32) {
+    /// Puts a lock on an owner's list; a change for the store (`touch`) unless `touching` is false.
+    mutating func linkToOwner(_ lock: Int32, _ owner: Int32, touching: Bool = true) {
         let head = owners[Int(owner)].head
         locks[Int(lock)].owner = owner
         locks[Int(lock)].ownerPrev = none
@@ -47,14 +50,14 @@ extension LockEngine {
         if head != none { locks[Int(head)].ownerPrev = lock }
         owners[Int(owner)].head = lock
         owners[Int(owner)].lockCount += 1
-        touch(locks[Int(lock)].resource)
+        if touching { touch(locks[Int(lock)].resource) }
     }
 
     mutating func unlinkFromOwner(_ lock: Int32) {
         let owner = locks[Int(lock)].owner
         let prev = locks[Int(lock)].ownerPrev
         let next = locks[Int(lock)].ownerNext
-        if owner == orphanOwner { orphanProcessIDs[lock] = nil }
+        if owner == orphanOwner { orphanProcessIDs[Int(lock)] = 0 }
         if prev != none { locks[Int(prev)].ownerNext = next } else { owners[Int(owner)].head = next }
         if next != none { locks[Int(next)].ownerPrev = prev }
         locks[Int(lock)].ownerPrev = none
@@ -65,51 +68,53 @@ extension LockEngine {
         }
     }
 
-    /// The owner went away: its non-persistent locks are released (a PW or EX holder's value block becomes
-    /// invalid), pending requests and conversions are dropped, and its granted persistent locks become
-    /// orphans that a request with ORPHAN can adopt. A persistent lock is orphaned only if its parent is too.
-    /// No completion goes to the departed owner; others may be granted.
+    /// The owner went away: its pending requests and conversions are dropped at once, its non-persistent locks
+    /// are released (a PW or EX holder's value block becomes invalid), and its granted persistent locks become
+    /// orphans that a request with ORPHAN can adopt. A persistent lock is orphaned only if its parent is too. No
+    /// completion goes to the departed owner; others may be granted. An owner with more locks than one slice
+    /// (`EngineConfig.bulkSlice`) is done in slices (`continueBulkWork`, BulkWork.swift).
     public mutating func ownerExited(_ owner: OwnerID, into effects: inout [Effect]) {
         guard let slot = ownerIndex.removeValue(forKey: owner) else { return }
-        var mine: [Int32] = []
-        var cursor = owners[Int(slot)].head
-        while cursor != none {
-            mine.append(cursor)
-            cursor = locks[Int(cursor)].ownerNext
+        // From here on the owner is told nothing, and its slot is freed when its last lock goes
+        // (`unlinkFromOwner`).
+        owners[Int(slot)].isLive = false
+        guard owners[Int(slot)].lockCount > 0 else {
+            freeOwners.append(slot)
+            return
         }
-        // Children before parents, so that a parent is never released while a child still names it.
-        mine.sort { (depth(of: $0), $0) > (depth(of: $1), $1) }
-        var keeps: [Int32: Bool] = [:]
-        func keep(_ lock: Int32) -> Bool {
-            if let known = keeps[lock] { return known }
-            let record = locks[Int(lock)]
-            var result = record.flags.contains(.persistent) && record.isGranted
-            if result, record.parent != none, locks[Int(record.parent)].owner == slot { result = keep(record.parent) }
-            keeps[lock] = result
-            return result
-        }
-        var touched: [Int32] = []
-        for lock in mine {
-            let resource = locks[Int(lock)].resource
-            if !touched.contains(resource) { touched.append(resource) }
-            if keep(lock) {
-                if locks[Int(lock)].queue == QueueKind.convert.rawValue { revertConversion(lock) }
-                unlinkFromOwner(lock)
-                linkToOwner(lock, orphanOwner)
-                if owners[Int(slot)].pid != 0 { orphanProcessIDs[lock] = owners[Int(slot)].pid }
-            } else {
-                if locks[Int(lock)].grantedMode >= LockMode.pw.rawValue, locks[Int(lock)].isGranted {
-                    resources[Int(resource)].valueBlockInvalid = true
-                    touch(resource)
-                }
-                removeLock(lock)
+        var job = BulkJob(kind: .ownerExit(owner: slot))
+        // The resources of its pending requests grant what they can with the others, after the walk.
+        if owners[Int(slot)].pendingCount > 0 { dropPending(of: slot, touched: &job.touched) }
+        startBulkJob(job, into: &effects)
+    }
+
+    /// Drops the pending requests of an exiting owner and returns its pending conversions to their granted modes,
+    /// walking whichever is shorter: its list of locks or the list of every waiting lock.
+    mutating func dropPending(of owner: Int32, touched: inout TouchedResources) {
+        var pending: [Int32] = []
+        pending.reserveCapacity(Int(owners[Int(owner)].pendingCount))
+        if waitingCount < owners[Int(owner)].lockCount {
+            var cursor = waiting.head
+            while cursor != none {
+                probe.bulkSteps += 1
+                if locks[Int(cursor)].owner == owner { pending.append(cursor) }
+                cursor = locks[Int(cursor)].waitNext
+            }
+        } else {
+            var cursor = owners[Int(owner)].head
+            while cursor != none {
+                probe.bulkSteps += 1
+                if let queue = locks[Int(cursor)].queueKind, queue != .grant { pending.append(cursor) }
+                cursor = locks[Int(cursor)].ownerNext
             }
         }
-        owners[Int(slot)].isLive = false
-        if owners[Int(slot)].lockCount == 0 { freeOwners.append(slot) }
-        for resource in touched where !resources[Int(resource)].isFree {
-            grantPending(resource, into: &effects)
-            freeResourceIfUnused(resource)
+        for lock in pending {
+            touch(locks[Int(lock)].resource, in: &touched)
+            if locks[Int(lock)].queue == QueueKind.convert.rawValue {
+                revertConversion(lock)
+            } else {
+                removeLock(lock)  // a request not granted yet has no sub-locks
+            }
         }
     }
 
@@ -163,31 +168,33 @@ extension LockEngine {
 extension LockEngine {
     /// Removes every orphan of `lockspace` whose former owner had process id `pid` (0: the orphans of unknown
     /// pid), each with its sub-locks, as FORCEUNLOCK would: a sub-lock that has an owner gets an EUNLOCK
-    /// completion, and what the release lets through is granted. Orphans of other pids stay. Returns how many
-    /// locks were removed, sub-locks included. ENOENT for an unknown lockspace (`dlm_ls_purge`).
+    /// completion, and what the release lets through is granted. Orphans of other pids stay. Done in slices
+    /// (BulkWork.swift): when it is over, `Effect.finished` tells `requester`, with `context`, how many locks were
+    /// removed, sub-locks included. ENOENT for an unknown lockspace (`dlm_ls_purge`).
+    public mutating func beginPurge(
+        lockspace: LockspaceID, pid: UInt32, requester: OwnerID, context: UInt64, into effects: inout [Effect]
+    ) throws(DLMError) {
+        let ls = lockspace.rawValue
+        guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
+        startBulkJob(
+            BulkJob(kind: .purge(lockspace: ls, pid: pid), requester: (requester, context)), into: &effects)
+    }
+
+    /// `beginPurge` run to its end at once; returns how many locks were removed.
     public mutating func purgeOrphans(
         lockspace: LockspaceID, pid: UInt32, into effects: inout [Effect]
     ) throws(DLMError) -> Int {
-        let ls = lockspace.rawValue
-        guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
-        var targets: [Int32] = []
-        var cursor = owners[Int(orphanOwner)].head
-        while cursor != none {
-            if resources[Int(locks[Int(cursor)].resource)].lockspace == ls, processID(of: cursor) == pid {
-                targets.append(cursor)
+        var all: [Effect] = []
+        try beginPurge(lockspace: lockspace, pid: pid, requester: OwnerID(UInt64.max), context: 0, into: &all)
+        finishBulkWork(into: &all)
+        var count = 0
+        for effect in all {
+            if case .finished(let finished) = effect, finished.owner == OwnerID(UInt64.max) {
+                count = finished.count
+            } else {
+                effects.append(effect)
             }
-            cursor = locks[Int(cursor)].ownerNext
         }
-        // Parents first: a target that is a sub-lock of another goes with it.
-        targets.sort { (depth(of: $0), $0) < (depth(of: $1), $1) }
-        let before = liveLocks
-        for lock in targets where !locks[Int(lock)].isFree && locks[Int(lock)].owner == orphanOwner {
-            if locks[Int(lock)].children > 0 { forceUnlockChildren(of: lock, into: &effects) }
-            let resource = locks[Int(lock)].resource
-            removeLock(lock)
-            grantPending(resource, into: &effects)
-            freeResourceIfUnused(resource)
-        }
-        return before - liveLocks
+        return count
     }
 }

@@ -39,6 +39,7 @@ extension LockEngine {
         }
         setQueueEnds(resource, queue, ends)
         locks[Int(lock)].queue = queue.rawValue
+        queueVersion &+= 1
         touch(resource)
         if queue != .wait { resources[Int(resource)].granted.add(locks[Int(lock)].grantedMode) }
         if queue != .grant { linkToWaiting(lock) }
@@ -55,6 +56,7 @@ extension LockEngine {
         locks[Int(lock)].prev = none
         locks[Int(lock)].next = none
         locks[Int(lock)].queue = 0
+        queueVersion &+= 1
         touch(resource)
         if queue != .wait { resources[Int(resource)].granted.remove(locks[Int(lock)].grantedMode) }
         if queue != .grant { unlinkFromWaiting(lock) }
@@ -66,6 +68,7 @@ extension LockEngine {
         resources[Int(resource)].granted.remove(locks[Int(lock)].grantedMode)
         resources[Int(resource)].granted.add(mode)
         locks[Int(lock)].grantedMode = mode
+        queueVersion &+= 1
         touch(resource)
     }
 
@@ -83,6 +86,8 @@ extension LockEngine {
     // MARK: The waiting list and its timers
 
     mutating func linkToWaiting(_ lock: Int32) {
+        waitingCount += 1
+        owners[Int(locks[Int(lock)].owner)].pendingCount += 1
         locks[Int(lock)].waitPrev = waiting.tail
         locks[Int(lock)].waitNext = none
         if waiting.tail != none { locks[Int(waiting.tail)].waitNext = lock } else { waiting.head = lock }
@@ -90,6 +95,8 @@ extension LockEngine {
     }
 
     mutating func unlinkFromWaiting(_ lock: Int32) {
+        waitingCount -= 1
+        owners[Int(locks[Int(lock)].owner)].pendingCount -= 1
         let prev = locks[Int(lock)].waitPrev
         let next = locks[Int(lock)].waitNext
         if prev != none { locks[Int(prev)].waitNext = next } else { waiting.head = next }
@@ -98,7 +105,8 @@ extension LockEngine {
         locks[Int(lock)].waitNext = none
     }
 
-    /// Stamps a lock that just started waiting and arms its timeout and its deadlock search.
+    /// Stamps a lock that just started waiting and arms its timeout (deadlock passes look at how long each
+    /// request waited, DeadlockSearch.swift).
     mutating func startWaiting(_ lock: Int32, timeout: UInt64?) {
         waitSequence &+= 1
         locks[Int(lock)].waitSequence = waitSequence
@@ -114,9 +122,6 @@ extension LockEngine {
             locks[Int(lock)].deadline = deadline
             timeouts.insert(TimerEntry(due: deadline, lock: lock, sequence: sequence))
         }
-        if config.deadlockWait > 0 {
-            deadlockChecks.append(TimerEntry(due: now &+ config.deadlockWait, lock: lock, sequence: sequence))
-        }
     }
 
     /// Whether a timer still refers to the same wait of the same lock.
@@ -126,8 +131,12 @@ extension LockEngine {
             && (record.queue == QueueKind.convert.rawValue || record.queue == QueueKind.wait.rawValue)
     }
 
+    /// Gives up the requests whose timeout has come, at most `timeoutSlice` a tick (the rest at the next ticks),
+    /// so that a million requests timing out together do not hold the shell's loop.
     mutating func expireTimeouts(into effects: inout [Effect]) {
-        while let first = timeouts.min, first.due <= now {
+        var budget = config.timeoutSlice
+        while budget > 0, let first = timeouts.min, first.due <= now {
+            budget -= 1
             timeouts.removeMin()
             if isCurrent(first) { finishPending(first.lock, status: .timedOut, into: &effects) }
         }

@@ -96,9 +96,9 @@ struct ResourceRecord {
     /// The name, inline when short (`ResourceIndex.swift`).
     var storedName: ResourceName
     var valueBlockInvalid = false
-    /// Persistence bits (`Journal.swift`): the resource holds persistent state, and it changed since the last
-    /// drain of the journal.
-    var persistence: UInt8 = 0
+    /// `ResourceMark` bits: the resource holds persistent state, it changed since the last drain of the journal
+    /// (Journal.swift), it is on a bulk job's list (BulkWork.swift).
+    var marks: UInt8 = 0
     var granted = GrantedModes()
     var lockCount: Int32 = 0
     /// Resources in this resource's namespace.

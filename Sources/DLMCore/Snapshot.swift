@@ -105,8 +105,22 @@ extension LockEngine {
     }
 
     func snapshot(resource slot: Int32) -> ResourceSnapshot {
+        snapshot(resource: slot, dropping: 0, keeping: Int.max)
+    }
+
+    /// The snapshot of a resource with only some of its locks: after the first `dropping` (in queue order), at
+    /// most `keeping`.
+    func snapshot(resource slot: Int32, dropping: Int, keeping: Int) -> ResourceSnapshot {
         let record = resources[Int(slot)]
-        let all = slots(slot, .grant) + slots(slot, .convert) + slots(slot, .wait)
+        var all: [Int32] = []
+        var skipped = 0
+        for queue in [QueueKind.grant, .convert, .wait] {
+            var cursor = queueEnds(slot, queue).head
+            while cursor != none && all.count < keeping {
+                if skipped < dropping { skipped += 1 } else { all.append(cursor) }
+                cursor = locks[Int(cursor)].next
+            }
+        }
         return ResourceSnapshot(
             lockspace: LockspaceID(rawValue: record.lockspace), path: path(of: slot), valueBlock: record.valueBlock,
             valueBlockSequence: record.valueBlockSequence, valueBlockInvalid: record.valueBlockInvalid,
@@ -142,6 +156,40 @@ extension LockEngine {
         return result
     }
 
+    /// A page of a lockspace's resources with their locks (in queue order), for a report that must not hold the
+    /// shell for long: from `cursor` (a resource slot in the high 32 bits, how many of its locks an earlier page
+    /// showed in the low 32 bits) in slot order, until `maxLocks` locks or `maxSlots` slots looked at. A resource
+    /// with more locks than are left is cut, and the next page goes on with it. Returns the page and the cursor of
+    /// the next one (nil at the end).
+    public func snapshotLockspacePage(
+        _ lockspace: LockspaceID, from cursor: UInt64, maxLocks: Int = 2048, maxSlots: Int = 65_536
+    ) -> (resources: [ResourceSnapshot], next: UInt64?) {
+        var slot = Int(cursor >> 32)
+        var skip = Int(cursor & 0xFFFF_FFFF)
+        var page: [ResourceSnapshot] = []
+        var locksLeft = maxLocks
+        var slotsLeft = maxSlots
+        while slot < resources.count {
+            guard slotsLeft > 0, locksLeft > 0 else { return (page, UInt64(slot) << 32) }
+            slotsLeft -= 1
+            guard resources[slot].lockspace == lockspace.rawValue else {
+                slot += 1
+                skip = 0
+                continue
+            }
+            let snapshot = snapshot(resource: Int32(slot), dropping: skip, keeping: locksLeft)
+            let shown = snapshot.locks.count
+            locksLeft -= max(shown, 1)
+            page.append(snapshot)
+            if skip + shown < Int(resources[slot].lockCount) {
+                return (page, UInt64(slot) << 32 | UInt64(skip + shown))
+            }
+            slot += 1
+            skip = 0
+        }
+        return (page, nil)
+    }
+
     /// Rebuilds a resource and its locks from a snapshot, with the same lock ids. EEXIST if the resource
     /// already has locks or a lock id is taken; ENOENT if the lockspace, the parent resource or a parent lock
     /// is missing. Nothing is granted: call `grantPendingAfterRecovery` when recovery is done.
@@ -162,14 +210,14 @@ extension LockEngine {
         if let existing = findResource(key), resources[Int(existing)].lockCount > 0 {
             throw DLMError(.exists, "the resource already has locks")
         }
+        let restoredHere = Set(snapshot.locks.map(\.id))
         for lock in snapshot.locks {
             let slot = lock.id.slot
             guard lock.id.rawValue != 0 else { throw .invalid("lock id 0 is not a lock") }
             if slot < locks.count, !locks[slot].isFree { throw DLMError(.exists, "lock id \(lock.id) is taken") }
             if let parentLock = lock.parent {
                 let p = parentLock.slot
-                let restoredHere = snapshot.locks.contains { $0.id == parentLock }
-                guard restoredHere || (p >= 0 && p < locks.count && !locks[p].isFree) else {
+                guard restoredHere.contains(parentLock) || (p >= 0 && p < locks.count && !locks[p].isFree) else {
                     throw .noEntry("parent lock \(parentLock) does not exist")
                 }
             }
@@ -183,6 +231,7 @@ extension LockEngine {
             let slot = Int32(lock.id.slot)
             while locks.count <= Int(slot) {
                 locks.append(LockRecord())
+                orphanProcessIDs.append(0)
                 freeLocks.append(Int32(locks.count - 1))
             }
             var options: LockOptions = []
@@ -201,7 +250,7 @@ extension LockEngine {
                 if owners[Int(ownerSlot)].pid == 0 { owners[Int(ownerSlot)].pid = lock.pid }
             } else {
                 linkToOwner(slot, orphanOwner)
-                if lock.pid != 0 { orphanProcessIDs[slot] = lock.pid }
+                orphanProcessIDs[Int(slot)] = lock.pid
             }
             linkToQueue(slot, lock.queue)
             resources[Int(resource)].lockCount += 1
@@ -212,14 +261,10 @@ extension LockEngine {
                 if lock.deadline != 0 {
                     timeouts.insert(TimerEntry(due: lock.deadline, lock: slot, sequence: lock.waitSequence))
                 }
-                if config.deadlockWait > 0 {
-                    deadlockChecks.append(
-                        TimerEntry(due: now &+ config.deadlockWait, lock: slot, sequence: lock.waitSequence))
-                }
             }
         }
         for lock in snapshot.locks {
-            if let parentLock = lock.parent { locks[parentLock.slot].children += 1 }
+            if let parentLock = lock.parent { addSubLock(Int32(lock.id.slot), to: Int32(parentLock.slot)) }
         }
     }
 

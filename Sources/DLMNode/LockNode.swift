@@ -35,6 +35,11 @@ public final class LockNode: @unchecked Sendable {
     var lingering: [OwnerID: ClientConnection] = [:]
     /// Keeps the loop polling after client I/O, if configured (`--busy-poll`).
     let busyPoll: BusyPoll?
+    /// What to answer when a bulk operation ends (`Effect.finished`), by the context it was started with.
+    var bulkReplies: [UInt64: BulkReply] = [:]
+    var nextBulkContext: UInt64 = 1
+    /// A slice of bulk work is scheduled (`scheduleBulkWork`).
+    var bulkScheduled = false
 
     public init(configuration: NodeConfiguration, eventLoop: EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -127,6 +132,7 @@ public final class LockNode: @unchecked Sendable {
     /// request caused for others go out before its own replies (a handoff then reaches the next holder a little
     /// sooner).
     func flush() {
+        scheduleBulkWork()
         submitChanges()
         for connection in dirty.reversed() {
             connection.isDirty = false
@@ -241,22 +247,35 @@ public final class LockNode: @unchecked Sendable {
                         tag: tag, lockspace: id.rawValue, valueBlockLength: UInt8(info.valueBlockLength),
                         created: existing == nil))
             case .releaseLockspace(let tag, let lockspace, let force):
-                let name = engine.lockspaceInfo(LockspaceID(rawValue: lockspace))?.name
-                try engine.releaseLockspace(LockspaceID(rawValue: lockspace), force: force)
-                collectJournal()
-                if let name { record(.deleteLockspace(name: name)) }
-                reply(connection, .ok(tag: tag, lock: 0))
+                let id = LockspaceID(rawValue: lockspace)
+                let name = engine.lockspaceInfo(id)?.name ?? []
+                let context = nextBulkContext
+                if try engine.releaseLockspace(id, force: force, requester: owner, context: context, into: &effects) {
+                    collectJournal()
+                    record(.deleteLockspace(name: name))
+                    reply(connection, .ok(tag: tag, lock: 0))
+                } else {
+                    // Its locks are dropped in slices; the reply comes with the end (`finished`).
+                    nextBulkContext += 1
+                    bulkReplies[context] = .released(tag: tag, lockspace: name)
+                }
+                dispatch(reply: nil)
             case .purge(let tag, let lockspace, let nodeID, let pid):
-                var count = 0
                 if nodeID == 0 || nodeID == configuration.nodeID {
-                    count = try engine.purgeOrphans(
-                        lockspace: LockspaceID(rawValue: lockspace), pid: pid, into: &effects)
+                    // Done in slices; the reply (PURGED) comes with the end (`finished`), after the sub-locks'
+                    // completions and the grants the purge let through, and waits for the commit.
+                    let context = nextBulkContext
+                    nextBulkContext += 1
+                    bulkReplies[context] = .purged(tag: tag)
+                    try engine.beginPurge(
+                        lockspace: LockspaceID(rawValue: lockspace), pid: pid, requester: owner, context: context,
+                        into: &effects)
+                    dispatch(reply: nil)
                 } else if engine.lockspaceInfo(LockspaceID(rawValue: lockspace)) == nil {
                     throw DLMError(.noEntry, "no such lockspace")
+                } else {
+                    reply(connection, .purged(tag: tag, count: 0))
                 }
-                // Sub-locks' completions and the grants the purge let through; the reply waits for the commit.
-                dispatch(reply: nil)
-                reply(connection, .purged(tag: tag, count: UInt32(count)))
             case .lock(let m):
                 let request = LockRequest(
                     lockspace: LockspaceID(rawValue: m.lockspace), owner: owner, name: m.name, mode: m.mode,
@@ -313,7 +332,10 @@ public final class LockNode: @unchecked Sendable {
             // Most effects go to the requester: skip the owner lookup for those.
             let owner = effect.owner
             let found = reply.map { $0.connection.owner == owner ? $0.connection : nil } ?? nil
-            guard let connection = found ?? connections[owner], connection.state == .ready else { continue }
+            guard let connection = found ?? connections[owner], connection.state == .ready else {
+                if case .finished(let finished) = effect { finishBulk(finished, nil) }
+                continue
+            }
             switch effect {
             case .completion(let completion):
                 var tag: UInt32 = 0
@@ -324,7 +346,50 @@ public final class LockNode: @unchecked Sendable {
                 deliver(connection, .completion(CompletionMessage(tag: tag, completion)))
             case .blockingCallback(let callback):
                 deliver(connection, .blocking(lock: callback.lock.rawValue, mode: callback.mode))
+            case .finished(let finished):
+                finishBulk(finished, connection)
             }
+        }
+    }
+}
+
+// MARK: Bulk work
+
+/// An owner's exit, a purge or a forced release with many locks is done in slices (DLMCore's BulkWork.swift);
+/// between slices the loop reads sockets and serves others. A slice is scheduled a little later rather than
+/// submitted at once: NIO runs every task that is due before it polls its sockets again.
+extension LockNode {
+    enum BulkReply {
+        case purged(tag: UInt32)
+        case released(tag: UInt32, lockspace: [UInt8])
+    }
+
+    static let bulkSliceDelay = TimeAmount.microseconds(20)
+
+    func scheduleBulkWork() {
+        guard engine.hasBulkWork, !bulkScheduled, !isStopped else { return }
+        bulkScheduled = true
+        eventLoop.scheduleTask(in: LockNode.bulkSliceDelay) { [self] in
+            bulkScheduled = false
+            guard !isStopped else { return }
+            effects.removeAll(keepingCapacity: true)
+            engine.continueBulkWork(into: &effects)
+            dispatch(reply: nil)
+            holdingGeneration = nil
+            flush()
+        }
+    }
+
+    /// A bulk operation ended: its reply (after what it let through), and for a release, the store forgets the
+    /// lockspace. `connection` is nil when the requester has gone.
+    func finishBulk(_ finished: Finished, _ connection: ClientConnection?) {
+        guard let pending = bulkReplies.removeValue(forKey: finished.context) else { return }
+        switch pending {
+        case .purged(let tag):
+            if let connection { deliver(connection, .purged(tag: tag, count: UInt32(finished.count))) }
+        case .released(let tag, let lockspace):
+            record(.deleteLockspace(name: lockspace))
+            if let connection { deliver(connection, .ok(tag: tag, lock: 0)) }
         }
     }
 }

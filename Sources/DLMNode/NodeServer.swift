@@ -1,3 +1,4 @@
+import CDLMSystem
 import DLMWire
 import Foundation
 import Logging
@@ -23,6 +24,10 @@ public final class NodeServer: Service, @unchecked Sendable {
     }
 
     public func run() async throws {
+        // glibc's fastbins: after a large exit or purge frees a million small blocks, the next larger allocation
+        // consolidates them, stalling the loop for tens of milliseconds (bench/RESULTS.md). Off, as some
+        // allocators are by default.
+        _ = dlm_disable_malloc_fastbins()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let node = LockNode(configuration: configuration, eventLoop: loop, logger: logger)
@@ -147,6 +152,9 @@ extension LockNode {
             effects.removeAll(keepingCapacity: true)
             engine.ownerExited(connection.owner, into: &effects)
         }
+        // Exits, purges and releases still in slices end now: their changes go to the store below.
+        effects.removeAll(keepingCapacity: true)
+        engine.finishBulkWork(into: &effects)
         try closeStore()
         logger.info("store closed; shut down", metadata: ["orphans": "\(engine.lockCount)"])
     }

@@ -14,11 +14,21 @@ extension LockNode {
                 return Array(try encoder.encode(statusReport()))
             case .lockspaces:
                 return Array(try encoder.encode(lockspacesReport()))
-            case .lockdebug, .lockdump:
-                guard let id = engine.lockspace(named: argument) else {
-                    throw DLMError(.noEntry, "no lockspace \(argument.displayName)")
+            case .lockdebug, .lockdump, .lockdebugPage, .lockdumpPage:
+                // A page at a time (at most 2,048 locks): a report of a million locks would hold the loop and
+                // overflow a frame. The reply's `next` asks for the next page.
+                var cursor: UInt64 = 0
+                var name = argument
+                if kind == .lockdebugPage || kind == .lockdumpPage {
+                    guard let page = QueryKind.parsePageArgument(argument) else {
+                        throw DLMError(.invalid, "a page query's argument is a cursor and a lockspace name")
+                    }
+                    (cursor, name) = page
                 }
-                return Array(try encoder.encode(lockDebugReport(id)))
+                guard let id = engine.lockspace(named: name) else {
+                    throw DLMError(.noEntry, "no lockspace \(name.displayName)")
+                }
+                return Array(try encoder.encode(lockDebugReport(id, from: cursor)))
             }
         } catch let error as DLMError {
             throw error
@@ -43,7 +53,10 @@ extension LockNode {
             cluster: cluster?.cluster,
             busyPoll: busyPoll.map {
                 .init(windowMicroseconds: $0.window.nanoseconds / 1000, polls: $0.polls)
-            })
+            },
+            work: .init(
+                bulkJobs: engine.bulkJobCount, deadlockPasses: engine.probe.deadlockPasses,
+                deadlockPassRunning: engine.isSearchingDeadlocks))
     }
 
     func lockspacesReport() -> LockspacesReport {
@@ -55,9 +68,10 @@ extension LockNode {
             })
     }
 
-    func lockDebugReport(_ lockspace: LockspaceID) -> LockDebugReport {
+    func lockDebugReport(_ lockspace: LockspaceID, from cursor: UInt64) -> LockDebugReport {
         let now = engine.now
-        let resources = engine.snapshotLockspace(lockspace).map { snapshot in
+        let page = engine.snapshotLockspacePage(lockspace, from: cursor)
+        let resources = page.resources.map { snapshot in
             func entry(_ lock: LockSnapshot) -> LockDebugReport.Lock {
                 // An orphan shows the pid of the process that held it.
                 return LockDebugReport.Lock(
@@ -82,6 +96,7 @@ extension LockNode {
                 converting: snapshot.locks.filter { $0.queue == .convert }.map(entry),
                 waiting: snapshot.locks.filter { $0.queue == .wait }.map(entry))
         }
-        return LockDebugReport(lockspace: engine.lockspaceInfo(lockspace)?.name.displayName ?? "", resources: resources)
+        return LockDebugReport(
+            lockspace: engine.lockspaceInfo(lockspace)?.name.displayName ?? "", resources: resources, next: page.next)
     }
 }

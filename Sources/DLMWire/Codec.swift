@@ -192,7 +192,10 @@ extension ClientMessage {
             let tag = try body.read(UInt32.self, "tag")
             let raw = try body.read(UInt8.self, "kind")
             guard let kind = QueryKind(rawValue: raw) else { throw .malformed("unknown query kind \(raw)") }
-            let argument = try body.readBytes8("argument", max: WireLimits.maxName)
+            let argument = try body.readBytes8("argument", max: kind.maxArgument)
+            if kind == .lockdebugPage || kind == .lockdumpPage, argument.count < 9 {
+                throw .malformed("a page query's argument is a cursor of 8 bytes and a name")
+            }
             message = .query(tag: tag, kind: kind, argument: argument)
         default:
             throw .malformed("unknown client frame type 0x\(String(type, radix: 16))")

@@ -118,8 +118,32 @@ public struct UnlockMessage: Sendable, Hashable {
 public enum QueryKind: UInt8, Sendable, Hashable, CaseIterable {
     case status = 1
     case lockspaces = 2
+    /// The first page of a lockspace's resources and locks; the argument is the lockspace's name.
     case lockdebug = 3
     case lockdump = 4
+    /// A later page: the argument is a `cursor:u64` (the `next` of the page before) and the name.
+    case lockdebugPage = 5
+    case lockdumpPage = 6
+
+    /// The argument of a page query (kinds 5 and 6): the cursor, then the lockspace's name.
+    public static func pageArgument(cursor: UInt64, lockspace: [UInt8]) -> [UInt8] {
+        withUnsafeBytes(of: cursor.bigEndian) { Array($0) } + lockspace
+    }
+
+    /// The cursor and lockspace name of a page query's argument, nil if it is too short.
+    public static func parsePageArgument(_ argument: [UInt8]) -> (cursor: UInt64, lockspace: [UInt8])? {
+        guard argument.count > 8 else { return nil }
+        let cursor = argument[..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        return (cursor, Array(argument[8...]))
+    }
+
+    /// The longest argument of this kind: a name, or a cursor and a name.
+    public var maxArgument: Int {
+        switch self {
+        case .lockdebugPage, .lockdumpPage: 8 + WireLimits.maxName
+        default: WireLimits.maxName
+        }
+    }
 }
 
 /// Every frame a client sends (Protocol/CLIENT.md §4).

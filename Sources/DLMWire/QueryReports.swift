@@ -27,6 +27,29 @@ public struct StatusReport: Codable, Sendable, Hashable {
     public var cluster: Cluster?
     /// The event loop's busy polling (`dlmd --busy-poll`); nil when off.
     public var busyPoll: BusyPollStatus?
+    /// Work the engine does in slices between requests; nil from a server that does not report it.
+    public var work: Work?
+
+    /// Work done in slices (exits, purges and forced releases with many locks; deadlock passes).
+    public struct Work: Codable, Sendable, Hashable {
+        /// Bulk jobs (an exit, a purge, a forced release) not finished yet.
+        public var bulkJobs: Int
+        /// Deadlock passes run since the start, and whether one is in progress.
+        public var deadlockPasses: Int
+        public var deadlockPassRunning: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case bulkJobs = "bulk_jobs"
+            case deadlockPasses = "deadlock_passes"
+            case deadlockPassRunning = "deadlock_pass_running"
+        }
+
+        public init(bulkJobs: Int, deadlockPasses: Int, deadlockPassRunning: Bool) {
+            self.bulkJobs = bulkJobs
+            self.deadlockPasses = deadlockPasses
+            self.deadlockPassRunning = deadlockPassRunning
+        }
+    }
 
     public struct BusyPollStatus: Codable, Sendable, Hashable {
         /// How long the loop polls after its last read, in microseconds.
@@ -182,6 +205,7 @@ public struct StatusReport: Codable, Sendable, Hashable {
         case lockspaces, resources, locks, connections
         case incarnation, quorate, view, recovery, cluster
         case busyPoll = "busy_poll"
+        case work
     }
 
     public init(
@@ -189,9 +213,10 @@ public struct StatusReport: Codable, Sendable, Hashable {
         dataDirectory: String?, lockspaces: Int, resources: Int, locks: Int, connections: Int, store: Store? = nil,
         incarnation: UInt64 = 0, quorate: Bool = true, view: View? = nil,
         recovery: Recovery = Recovery(waitingFor: [], heldRequests: 0), cluster: Cluster? = nil,
-        busyPoll: BusyPollStatus? = nil
+        busyPoll: BusyPollStatus? = nil, work: Work? = nil
     ) {
         self.busyPoll = busyPoll
+        self.work = work
         self.store = store
         self.incarnation = incarnation
         self.quorate = quorate
@@ -322,8 +347,12 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
 
     public var lockspace: String
     public var resources: [Resource]
+    /// The cursor of the next page (QUERY kinds 5 and 6); nil on the last page. A resource with more locks than a
+    /// page continues on the next page, under the same name.
+    public var next: UInt64?
 
-    public init(lockspace: String, resources: [Resource]) {
+    public init(lockspace: String, resources: [Resource], next: UInt64? = nil) {
+        self.next = next
         self.lockspace = lockspace
         self.resources = resources
     }

@@ -396,7 +396,10 @@ struct ModelRun {
         self.seed = seed
         self.trace = trace
         random = SplitMix64(seed: seed)
-        engine = LockEngine(config: EngineConfig(deadlockWait: 0, defaultValueBlockLength: ModelRun.valueBlockLength))
+        // Bulk work (an owner's exit) in slices of 1 to 4 locks, so that every exit runs in several slices.
+        engine = LockEngine(
+            config: EngineConfig(
+                deadlockWait: 0, defaultValueBlockLength: ModelRun.valueBlockLength, bulkSlice: 1 + random.below(4)))
         lockspace = try! engine.createLockspace(name: Array("model".utf8), valueBlockLength: ModelRun.valueBlockLength)
         let ownerCount = 3 + random.below(4)
         let resourceCount = 2 + random.below(4)
@@ -613,6 +616,7 @@ struct ModelRun {
                 try engine.unlock(request, into: &effects)
             case .ownerExited(let owner):
                 engine.ownerExited(OwnerID(owner), into: &effects)
+                engine.finishBulkWork(into: &effects)
             case .tick(let now):
                 engine.tick(now: now, into: &effects)
             }
@@ -702,6 +706,8 @@ struct ModelRun {
             return "completion \(reduce(c))" + (c.fencingToken != 0 ? " token=\(c.fencingToken)" : "")
         case .blockingCallback(let b):
             return "blocking callback lock \(b.lock.rawValue) owner \(b.owner.rawValue) mode \(b.mode)"
+        case .finished(let f):
+            return "finished owner \(f.owner.rawValue) count \(f.count)"
         }
     }
 
@@ -952,6 +958,8 @@ struct ModelRun {
                 if !waiting.contains(callback.mode) {
                     return "blocking callback for \(callback.mode) to lock \(id), but no request waits for it"
                 }
+            case .finished:
+                break
             }
         }
         if case .lock(_, let resource, _, let flags, _, _, _) = operation, status == nil {

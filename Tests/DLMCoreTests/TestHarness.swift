@@ -133,6 +133,13 @@ struct Harness {
         return render(effects)
     }
 
+    /// One slice of bulk work (an exit, a purge or a forced release larger than `EngineConfig.bulkSlice`).
+    mutating func slice() -> [String] {
+        var effects: [Effect] = []
+        engine.continueBulkWork(into: &effects)
+        return render(effects)
+    }
+
     mutating func tick(_ now: Instant) -> [String] {
         var effects: [Effect] = []
         engine.tick(now: now, into: &effects)
@@ -199,6 +206,8 @@ struct Harness {
             var line = "\(label) bast \(b.mode)"
             if b.owner != owners[label] { line += " owner=\(b.owner.rawValue)" }
             return line
+        case .finished(let f):
+            return "finished \(f.count) owner=\(f.owner.rawValue)"
         }
     }
 

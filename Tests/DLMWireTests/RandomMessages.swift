@@ -97,8 +97,12 @@ extension SplitMix64 {
         case 8: return .deadlockCancel(tag: integer(), lock: integer())
         case 9: return .purge(tag: integer(), lockspace: integer(), nodeID: integer(), pid: integer())
         default:
-            let argument = percent(30) ? [] : name()
-            return .query(tag: integer(), kind: QueryKind.allCases[below(QueryKind.allCases.count)], argument: argument)
+            let kind = QueryKind.allCases[below(QueryKind.allCases.count)]
+            if kind == .lockdebugPage || kind == .lockdumpPage {
+                return .query(
+                    tag: integer(), kind: kind, argument: QueryKind.pageArgument(cursor: integer(), lockspace: name()))
+            }
+            return .query(tag: integer(), kind: kind, argument: percent(30) ? [] : name())
         }
     }
 

@@ -79,6 +79,10 @@ enum Golden: Sendable {
         "client-query-lockspaces": .client(.query(tag: 13, kind: .lockspaces, argument: [])),
         "client-query-lockdebug": .client(.query(tag: 14, kind: .lockdebug, argument: Array("demo".utf8))),
         "client-query-lockdump": .client(.query(tag: 15, kind: .lockdump, argument: Array("demo".utf8))),
+        "client-query-lockdebug-page": .client(
+            .query(
+                tag: 16, kind: .lockdebugPage,
+                argument: QueryKind.pageArgument(cursor: 0x0000_0007_0000_0002, lockspace: Array("demo".utf8)))),
         // Server
         "server-hello-reply": .server(
             .helloReply(HelloReply(version: 1, nodeID: 1, maxName: 64, maxValueBlock: 64, server: "dlmd 0.1.0"))),

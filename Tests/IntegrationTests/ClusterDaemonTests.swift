@@ -67,6 +67,72 @@ struct ClusterDaemonTests {
         #expect(lock.status == 0, "\(lock.stderr)")
     }
 
+    /// A client on node 2 exits holding 200,000 locks: dlmd releases them in slices between its heartbeats, so
+    /// with the default timeouts (suspect after 1 s) no node is suspected, the view stays and nobody is fenced.
+    /// A waiter on the lock released last times the release.
+    @Test func anExitWithManyLocksSuspectsNobody() async throws {
+        let cluster = try TestCluster(nodes: 3, timeouts: nil)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        let before = try await Self.status(cluster, 2)
+
+        let holder = try await DLMConnection.connect(socketPath: cluster.socket(2))
+        let ls = try await holder.openLockspace("many")
+        let count = 200_000
+        let names = (0..<count).map { Array("lock-\($0)".utf8) }
+        #expect(try await Self.takeLocks(ls, names) == count)
+        // The exit walks the owner's list from its newest lock: the first one taken is released last.
+        let other = try await DLMConnection.connect(socketPath: cluster.socket(2))
+        let waiter = Task { try await other.openLockspace("many").lock(names[0], mode: .ex) }
+        var report = try await Self.status(cluster, 2)
+        while report.locks < count + 1 { report = try await Self.status(cluster, 2) }
+        for node in 1...3 { cluster.log(node).skipToEnd() }
+
+        await holder.close()
+        let granted = try await waiter.value
+        #expect(granted.mode == .ex)
+        let after = try await Self.status(cluster, 2)
+        #expect(after.locks == 1)
+        #expect(after.view?.id == before.view?.id, "the view changed: \(String(describing: after.view))")
+        for node in [1, 3] {
+            let status = try await Self.status(cluster, node)
+            #expect(status.view?.id == before.view?.id)
+            #expect(status.cluster?.nodes.allSatisfy { $0.state == "member" || $0.state == "self" } == true)
+        }
+        #expect(cluster.fenced.isEmpty, "fenced: \(cluster.fenced)")
+        await other.close()
+    }
+
+    /// Takes EX on every name through the callback API, up to 1,024 requests in flight; returns how many were
+    /// granted.
+    static func takeLocks(_ ls: DLMLockspace, _ names: [[UInt8]]) async throws -> Int {
+        final class Flood: @unchecked Sendable {
+            var next = 0
+            var granted = 0
+            var answered = 0
+        }
+        let flood = Flood()
+        return try await withCheckedThrowingContinuation { continuation in
+            ls.connection.eventLoop.execute {
+                @Sendable func submit() {
+                    let index = flood.next
+                    flood.next += 1
+                    ls.submitLock(names[index], mode: .ex) { result in
+                        flood.answered += 1
+                        if case .success(let lock) = result, lock.status == .granted { flood.granted += 1 }
+                        if flood.next < names.count {
+                            submit()
+                        } else if flood.answered == names.count {
+                            continuation.resume(returning: flood.granted)
+                        }
+                    }
+                }
+                for _ in 0..<min(1024, names.count) { submit() }
+            }
+        }
+    }
+
     /// Without a majority a node grants nothing new: requests are held, not refused, and run once quorum is
     /// back.
     @Test func losingTheMajorityHoldsRequests() async throws {

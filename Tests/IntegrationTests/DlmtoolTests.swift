@@ -76,6 +76,42 @@ struct DlmtoolTests {
     // MARK: lockdebug, lockdump
 
     /// A resource with a lock on each queue, and one with a written value block.
+    /// A lockspace of 5,000 locks, one resource of them holding 3,000: dlmd answers a page of at most 2,048
+    /// locks a query, with `next`, and dlmtool asks for every page and merges them, the big resource whole.
+    @Test func lockdebugOfAHugeLockspaceComesInPages() async throws {
+        let daemon = try Daemon()
+        defer { daemon.stop() }
+        let connection = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let ls = try await connection.openLockspace("huge")
+        let names = (0..<2000).map { Array("r\($0)".utf8) } + Array(repeating: Array("shared".utf8), count: 3000)
+        var granted = 0
+        for chunk in stride(from: 0, to: names.count, by: 500) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for name in names[chunk..<min(chunk + 500, names.count)] {
+                    group.addTask { _ = try await ls.lock(name, mode: name == Array("shared".utf8) ? .pr : .ex) }
+                }
+                for try await _ in group { granted += 1 }
+            }
+        }
+        #expect(granted == 5000)
+
+        let first = try JSONDecoder().decode(
+            LockDebugReport.self, from: Data(try await connection.query(.lockdebug, argument: Array("huge".utf8))))
+        let shown = first.resources.reduce(0) { $0 + $1.granted.count }
+        #expect(
+            shown <= 2048 && shown > 0 && first.next != nil, "\(shown) locks, next \(String(describing: first.next))")
+
+        let json = try await ToolRun.run(daemon, "lockdebug", "huge", "--json")
+        #expect(json.status == 0, "\(json.stderr)")
+        let report = try JSONDecoder().decode(LockDebugReport.self, from: json.output)
+        #expect(report.next == nil && report.resources.count == 2001)
+        #expect(report.resources.reduce(0) { $0 + $1.granted.count } == 5000)
+        #expect(report.resources.filter { $0.name == "shared" }.map(\.granted.count) == [3000])
+        let dump = try await ToolRun.run(daemon, "lockdump", "huge")
+        #expect(dump.status == 0 && dump.lines.count == 5001, "a header and a line a lock")
+        await connection.close()
+    }
+
     @Test func lockdebugAndLockdumpShowQueues() async throws {
         let daemon = try Daemon()
         defer { daemon.stop() }

@@ -48,7 +48,16 @@ struct Status: AsyncParsableCommand {
                         + (report.busyPoll.map {
                             [["busy poll", "\($0.windowMicroseconds) us window, \($0.polls) polls"]]
                         }
-                            ?? [])))
+                            ?? [])
+                        + (report.work.map {
+                            [
+                                [
+                                    "work in slices",
+                                    "\($0.bulkJobs) bulk jobs, \($0.deadlockPasses) deadlock passes"
+                                        + ($0.deadlockPassRunning ? " (one running)" : ""),
+                                ]
+                            ]
+                        } ?? [])))
         }
     }
 }
@@ -72,6 +81,35 @@ struct Ls: AsyncParsableCommand {
             print(Text.table([["NAME", "ID", "LVB", "RESOURCES", "LOCKS"]] + rows))
         }
     }
+}
+
+/// Every page of a lockdebug or lockdump report (dlmd answers at most 2,048 locks a query; `next` asks for the
+/// rest), merged into one report: a resource cut between two pages is one resource again. The reply's own bytes
+/// too when it had one page only, to print as dlmd wrote them.
+func allPages(
+    _ connection: DLMConnection, _ kind: QueryKind, _ lockspace: String
+) async throws -> (report: LockDebugReport, json: [UInt8]?) {
+    let name = Array(lockspace.utf8)
+    let first = try await connection.query(kind, argument: name)
+    var report = try decodeReport(LockDebugReport.self, first)
+    guard report.next != nil else { return (report, first) }
+    let pageKind: QueryKind = kind == .lockdump ? .lockdumpPage : .lockdebugPage
+    while let cursor = report.next {
+        let page = try decodeReport(
+            LockDebugReport.self,
+            try await connection.query(pageKind, argument: QueryKind.pageArgument(cursor: cursor, lockspace: name)))
+        for resource in page.resources {
+            if let last = report.resources.last, last.path == resource.path, last.nameHex == resource.nameHex {
+                report.resources[report.resources.count - 1].granted += resource.granted
+                report.resources[report.resources.count - 1].converting += resource.converting
+                report.resources[report.resources.count - 1].waiting += resource.waiting
+            } else {
+                report.resources.append(resource)
+            }
+        }
+        report.next = page.next
+    }
+    return (report, nil)
 }
 
 /// The argument of lockdebug and lockdump.
@@ -102,9 +140,9 @@ struct LockDebug: AsyncParsableCommand {
 
     func run() async throws {
         try await options.withConnection { connection in
-            let json = try await connection.query(.lockdebug, argument: Array(argument.lockspace.utf8))
-            if options.json { return printJSONBytes(json) }
-            print(Self.render(try decodeReport(LockDebugReport.self, json)))
+            let (report, json) = try await allPages(connection, .lockdebug, argument.lockspace)
+            if options.json { return try json.map(printJSONBytes) ?? printJSON(report) }
+            print(Self.render(report))
         }
     }
 
@@ -157,9 +195,8 @@ struct LockDump: AsyncParsableCommand {
 
     func run() async throws {
         try await options.withConnection { connection in
-            let json = try await connection.query(.lockdump, argument: Array(argument.lockspace.utf8))
-            if options.json { return printJSONBytes(json) }
-            let report = try decodeReport(LockDebugReport.self, json)
+            let (report, json) = try await allPages(connection, .lockdump, argument.lockspace)
+            if options.json { return try json.map(printJSONBytes) ?? printJSON(report) }
             var rows: [[String]] = []
             for resource in report.resources {
                 for (queue, locks) in [

@@ -35,6 +35,11 @@ final class RawClient {
     func send(_ message: ClientMessage) {
         outbound.clear()
         message.encode(into: &outbound)
+        writeOutbound()
+    }
+
+    /// Writes everything in `outbound`.
+    func writeOutbound() {
         let ok = outbound.withUnsafeReadableBytes { raw in
             var done = 0
             while done < raw.count {

@@ -6,6 +6,8 @@ import Glibc
 //   dlmbench core       the lock engine alone: uncontended lock+unlock throughput, bytes per held lock
 //   dlmbench contended  the lock engine alone under contention (for information)
 //   dlmbench memory     one memory case of `core`, in this process (core runs it in a child process)
+//   dlmbench engine-bulk  exits, purges and forced releases of up to 1M locks in slices, and deadlock passes
+//                         over up to 100k waiters: their times and longest slices
 //
 // Against a running dlmd over its Unix socket (`--socket PATH`, default $DLM_SOCKET), one JSON object per
 // measurement, one a line (bench/RESULTS.md, `make bench-daemon`):
@@ -15,6 +17,10 @@ import Glibc
 //   dlmbench pipelined    one connection with many requests in flight (default 256)
 //   dlmbench handoff      N clients passing EX on one resource
 //   dlmbench mixed        N clients, Zipf over resources, 90 % PR / 10 % EX
+//   dlmbench stall-exit   a client with N locks exits (or its orphans are purged, or its lockspace released
+//                         with force): how long until they are gone, and the longest pause another client saw
+//   dlmbench stall-deadlock  N waiters with deadlock passes due: dlmd's CPU spent searching, the longest pause
+//                         another client saw, and the time to the victim of a cycle among them
 //
 // The store (`bench/durability-bench.sh`):
 //
@@ -34,12 +40,15 @@ let usage = """
            dlmbench contended [--ops N] [--owners N] [--mix-owners N] [--resources N] [--ex-percent N] [--seed N]
            dlmbench memory [--case distinct|shared] [--locks N] [--name-length N] [--owners N]
                            [--shared-resources N]
+           dlmbench engine-bulk [--locks N[,N...]] [--waiters N[,N...]]
            dlmbench rtt [--duration S] [--warmup S] [--size BYTES] [--echo-cpu N] [--echo thread|process]
            dlmbench uncontended [COMMON] [--clients N[,N...]] [--connections N] [--working-set N]
            dlmbench pipelined [COMMON] [--depth N] [--working-set N]
            dlmbench handoff [COMMON] [--clients N[,N...]]
            dlmbench mixed [COMMON] [--clients N[,N...]] [--connections N] [--resources N] [--zipf S]
                           [--ex-percent N] [--seed N]
+           dlmbench stall-exit [--socket PATH] [--locks N[,N...]] [--cases exit,purge,release]
+           dlmbench stall-deadlock [--socket PATH] [--waiters N[,N...]] [--resources N[,N...]] [--duration S]
            dlmbench membership [--scenario views|ordered|all] [--nodes N[,N...]] [--rounds N] ... (--help)
            dlmbench membership-kill --dlmd PATH [--nodes N] [--rounds N]
     COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
@@ -90,6 +99,18 @@ case "handoff":
     }
 case "mixed":
     for result in DaemonScenarios.mixed(Options(arguments.dropFirst(), allowed: DaemonScenarios.mixedOptions)) {
+        print(result.text)
+    }
+case "stall-exit":
+    for result in StallScenarios.exit(Options(arguments.dropFirst(), allowed: StallScenarios.exitOptions)) {
+        print(result.text)
+    }
+case "stall-deadlock":
+    for result in StallScenarios.deadlock(Options(arguments.dropFirst(), allowed: StallScenarios.deadlockOptions)) {
+        print(result.text)
+    }
+case "engine-bulk":
+    for result in BulkScenarios.run(Options(arguments.dropFirst(), allowed: BulkScenarios.optionNames)) {
         print(result.text)
     }
 case "membership":

@@ -1,0 +1,276 @@
+import DequeModule
+
+/// Work that is large by nature (an owner exiting with a million locks, a purge, a forced release of a lockspace)
+/// is done in slices of at most `EngineConfig.bulkSlice` steps, so that the shell serves other clients and group
+/// services between slices: the first slice runs with the input that started the job, the shell calls
+/// `continueBulkWork` for the others while `hasBulkWork`. Jobs run one after another, in the order they were
+/// started. Each job walks what it works on once (an owner's list of locks, the orphans, the lock slots), so a
+/// job is linear in its locks; `probe.bulkSteps` counts its steps.
+///
+/// What others see meanwhile: the locks a job has not reached yet are still there and block as before; a request
+/// that arrives between slices is handled as if the job had paused there. An exiting owner's pending requests and
+/// conversions are dropped before the first slice, so none of them is ever granted.
+struct BulkJob {
+    enum Kind {
+        /// The locks of an owner that went away: released, or orphaned when persistent.
+        case ownerExit(owner: Int32)
+        /// The orphans of a lockspace whose former owner had a process id, with their sub-locks.
+        case purge(lockspace: UInt32, pid: UInt32)
+        /// Every lock of a lockspace that a forced release dropped, without completions.
+        case forcedRelease(lockspace: UInt32)
+    }
+
+    var kind: Kind
+    /// Whom to tell when the job is done (`Effect.finished`), with the shell's context; nil: nobody.
+    var requester: (owner: OwnerID, context: UInt64)?
+    /// The next lock of the list walked, or the next lock slot of a forced release.
+    var cursor: Int32 = none
+    var started = false
+    /// Locks to release that still had sub-locks when reached: released once the walk is over.
+    var deferred: [Int32] = []
+    /// The resources the job changed. Each grants what it can (and is freed if unused) once the walk is over, so
+    /// that a resource's outcome is the one of an exit done at once: a waiter is never granted past a lock of the
+    /// exiting owner that the walk has not reached yet, nor before a value block it held becomes invalid.
+    var touched = TouchedResources()
+    /// How many of `touched` granted what they could.
+    var granted = 0
+    /// How many locks the job removed.
+    var removed = 0
+}
+
+/// Counts of the engine's work, so that a test can tell a linear path from a quadratic one without a clock.
+public struct WorkProbe: Sendable, Hashable {
+    /// Steps of bulk jobs: locks and slots looked at.
+    public var bulkSteps = 0
+    /// Nodes and edges of the wait-for graphs built by deadlock passes, and locks looked at to check a cycle.
+    public var deadlockSteps = 0
+    /// Deadlock passes that built a graph.
+    public var deadlockPasses = 0
+
+    public init() {}
+}
+
+/// Resources, each once, in the order first touched; a resource's mark `inBulkJob` says it is on the list, so that
+/// a list of a million resources needs no set beside it (growing one stalls a slice).
+struct TouchedResources {
+    var order: [Int32] = []
+}
+
+extension LockEngine {
+    /// Whether a bulk job waits for `continueBulkWork`.
+    public var hasBulkWork: Bool { !bulkJobs.isEmpty }
+
+    /// How many bulk jobs are not finished.
+    public var bulkJobCount: Int { bulkJobs.count }
+
+    /// Runs one slice of the bulk jobs (at most `config.bulkSlice` steps), appending its effects.
+    public mutating func continueBulkWork(into effects: inout [Effect]) {
+        var budget = config.bulkSlice
+        while budget > 0, var job = bulkJobs.popFirst() {
+            if runSlice(&job, budget: &budget, into: &effects) {
+                if let requester = job.requester {
+                    effects.append(
+                        .finished(Finished(owner: requester.owner, context: requester.context, count: job.removed)))
+                }
+            } else {
+                bulkJobs.prepend(job)
+            }
+        }
+    }
+
+    /// Queues a job; if no other job runs, its first slice runs now.
+    mutating func startBulkJob(_ job: BulkJob, into effects: inout [Effect]) {
+        bulkJobs.append(job)
+        if bulkJobs.count == 1 { continueBulkWork(into: &effects) }
+    }
+
+    /// Runs every bulk job to its end (for callers that want the whole effect at once, like the tests).
+    public mutating func finishBulkWork(into effects: inout [Effect]) {
+        while hasBulkWork { continueBulkWork(into: &effects) }
+    }
+
+    /// Runs `job` until it is done (true) or the budget is spent: the walk, then the grants it allows.
+    mutating func runSlice(_ job: inout BulkJob, budget: inout Int, into effects: inout [Effect]) -> Bool {
+        let walked: Bool
+        switch job.kind {
+        case .ownerExit(let owner):
+            walked = walkList(&job, of: owner, budget: &budget, effects: &effects) {
+                engine, lock, touched, _ in engine.exitOne(lock, owner: owner, touched: &touched)
+            }
+        case .purge(let lockspace, let pid):
+            walked = walkList(&job, of: orphanOwner, budget: &budget, effects: &effects) {
+                engine, lock, touched, effects in
+                guard engine.resources[Int(engine.locks[Int(lock)].resource)].lockspace == lockspace,
+                    engine.processID(of: lock) == pid
+                else { return 0 }
+                // With sub-locks, after the walk: they may be the next locks of the list.
+                if engine.locks[Int(lock)].children > 0 { return -1 }
+                return engine.removeWithSubLocks(lock, touched: &touched, into: &effects)
+            }
+        case .forcedRelease(let lockspace):
+            guard dropLocks(&job, of: lockspace, budget: &budget) else { return false }
+            lockspaces[Int(lockspace)].isDraining = false
+            lockspaceIndex[lockspaces[Int(lockspace)].name] = nil
+            return true
+        }
+        guard walked else { return false }
+        while job.granted < job.touched.order.count {
+            guard budget > 0 else { return false }
+            budget -= 1
+            probe.bulkSteps += 1
+            let resource = job.touched.order[job.granted]
+            job.granted += 1
+            guard !resources[Int(resource)].isFree else { continue }
+            resources[Int(resource)].marks &= ~ResourceMark.inBulkJob
+            if lockspaces[Int(resources[Int(resource)].lockspace)].isLive {
+                grantPending(resource, into: &effects)
+            }
+            freeResourceIfUnused(resource)
+        }
+        return true
+    }
+
+    /// Walks a list of locks (an owner's, or the orphans') from the job's cursor, calling `visit` on each (it
+    /// returns how many locks it removed, or -1 to defer a lock with sub-locks), until the list or the budget
+    /// ends; then the deferred locks. A cursor that something else took out of the list since the last slice
+    /// sends the walk back to the head: what was done is gone from the list.
+    mutating func walkList(
+        _ job: inout BulkJob, of owner: Int32, budget: inout Int, effects: inout [Effect],
+        _ visit: (inout LockEngine, Int32, inout TouchedResources, inout [Effect]) -> Int
+    ) -> Bool {
+        if !job.started {
+            job.started = true
+            job.cursor = owners[Int(owner)].head
+        } else if job.cursor != none && (locks[Int(job.cursor)].isFree || locks[Int(job.cursor)].owner != owner) {
+            job.cursor = owners[Int(owner)].head
+        }
+        while job.cursor != none {
+            guard budget > 0 else { return false }
+            budget -= 1
+            probe.bulkSteps += 1
+            let lock = job.cursor
+            job.cursor = locks[Int(lock)].ownerNext
+            let removed = visit(&self, lock, &job.touched, &effects)
+            if removed < 0 { job.deferred.append(lock) } else { job.removed += removed }
+        }
+        // Locks that had sub-locks when reached, last reached first; a lock deferred twice (after a walk started
+        // again) is gone the second time.
+        while let lock = job.deferred.last {
+            guard budget > 0 else { return false }
+            budget -= 1
+            probe.bulkSteps += 1
+            job.deferred.removeLast()
+            guard !locks[Int(lock)].isFree, locks[Int(lock)].owner == owner else { continue }
+            job.removed += removeWithSubLocks(lock, touched: &job.touched, into: &effects)
+        }
+        return true
+    }
+
+    /// Puts a resource on a job's list of resources to grant from, once.
+    mutating func touch(_ resource: Int32, in touched: inout TouchedResources) {
+        guard resources[Int(resource)].marks & ResourceMark.inBulkJob == 0 else { return }
+        resources[Int(resource)].marks |= ResourceMark.inBulkJob
+        touched.order.append(resource)
+    }
+
+    /// Removes a lock and, first, every sub-lock of it (as FORCEUNLOCK does: a sub-lock with an owner gets
+    /// EUNLOCK); returns how many locks went.
+    mutating func removeWithSubLocks(
+        _ lock: Int32, touched: inout TouchedResources, into effects: inout [Effect]
+    ) -> Int {
+        let before = liveLocks
+        if locks[Int(lock)].children > 0 { forceUnlockChildren(of: lock, into: &effects) }
+        touch(locks[Int(lock)].resource, in: &touched)
+        removeLock(lock)
+        return before - liveLocks
+    }
+
+    /// One lock of an exiting owner: kept as an orphan if it is persistent and so is each parent of the same
+    /// owner (a persistent lock is orphaned only with its parent), else released (a PW or EX holder's value block
+    /// becomes invalid). A lock to release that still has sub-locks is deferred (-1).
+    mutating func exitOne(_ lock: Int32, owner: Int32, touched: inout TouchedResources) -> Int {
+        let resource = locks[Int(lock)].resource
+        if keepsAsOrphan(lock, owner: owner) {
+            touch(resource, in: &touched)
+            unlinkFromOwner(lock)
+            // Not a change for the store: every stored lock comes back as an orphan anyway (`restoreStored`), with
+            // the pid it keeps. Writing a million orphaned locks again would only load the disk.
+            linkToOwner(lock, orphanOwner, touching: false)
+            orphanProcessIDs[Int(lock)] = owners[Int(owner)].pid
+            return 0
+        }
+        if locks[Int(lock)].grantedMode >= LockMode.pw.rawValue, locks[Int(lock)].isGranted {
+            resources[Int(resource)].valueBlockInvalid = true
+            touch(resource)
+        }
+        if locks[Int(lock)].children > 0 { return -1 }
+        touch(resource, in: &touched)
+        removeLock(lock)
+        return 1
+    }
+
+    /// Whether a granted lock of an exiting owner becomes an orphan: it and every parent of the same owner are
+    /// persistent.
+    func keepsAsOrphan(_ lock: Int32, owner: Int32) -> Bool {
+        var cursor = lock
+        while cursor != none && locks[Int(cursor)].owner == owner {
+            guard locks[Int(cursor)].flags.contains(.persistent), locks[Int(cursor)].isGranted else { return false }
+            cursor = locks[Int(cursor)].parent
+        }
+        return true
+    }
+
+    /// A forced release: walks the lock slots from the cursor and drops each lock of the lockspace without a
+    /// completion; locks with sub-locks are dropped after the walk, once their sub-locks (all in the same
+    /// lockspace) are gone.
+    mutating func dropLocks(_ job: inout BulkJob, of lockspace: UInt32, budget: inout Int) -> Bool {
+        if !job.started {
+            job.started = true
+            job.cursor = 0
+        }
+        // Looking at a slot costs less than dropping a lock: a slice looks at up to 8 slots per step.
+        var looks = 0
+        while Int(job.cursor) < locks.count {
+            guard budget > 0 else { return false }
+            looks += 1
+            if looks == 8 {
+                looks = 0
+                budget -= 1
+            }
+            probe.bulkSteps += 1
+            let slot = job.cursor
+            job.cursor += 1
+            let record = locks[Int(slot)]
+            guard !record.isFree, resources[Int(record.resource)].lockspace == lockspace else { continue }
+            if record.children > 0 {
+                job.deferred.append(slot)
+                continue
+            }
+            budget -= 1
+            dropLock(slot)
+            job.removed += 1
+        }
+        // Parents, deepest first: a parent is deferred after its sub-locks (slot order does not say which is
+        // deeper), so sort by depth once.
+        if !job.deferred.isEmpty {
+            job.deferred.sort { (depth(of: $0), $0) < (depth(of: $1), $1) }
+        }
+        while let lock = job.deferred.last {
+            guard budget > 0 else { return false }
+            budget -= 1
+            probe.bulkSteps += 1
+            job.deferred.removeLast()
+            if locks[Int(lock)].isFree { continue }
+            dropLock(lock)
+            job.removed += 1
+        }
+        return true
+    }
+
+    /// Drops a lock of a lockspace that is being released, and its resource if that was the last lock.
+    mutating func dropLock(_ lock: Int32) {
+        let resource = locks[Int(lock)].resource
+        removeLock(lock)
+        freeResourceIfUnused(resource)
+    }
+}
