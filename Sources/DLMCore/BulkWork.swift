@@ -18,6 +18,8 @@ struct BulkJob {
         case purge(lockspace: UInt32, pid: UInt32)
         /// Every lock of a lockspace that a forced release dropped, without completions.
         case forcedRelease(lockspace: UInt32)
+        /// The sub-locks of a lock that FORCEUNLOCK releases, deepest first, then the lock itself.
+        case forceUnlock(UnlockRequest, root: Int32, writes: Bool)
     }
 
     var kind: Kind
@@ -28,6 +30,8 @@ struct BulkJob {
     var started = false
     /// Locks to release that still had sub-locks when reached: released once the walk is over.
     var deferred: [Int32] = []
+    /// FORCEUNLOCK: the parents being walked, each with its sub-locks in slot order and the next to look at.
+    var parents: [(parent: Int32, children: [Int32], next: Int)] = []
     /// The resources the job changed. Each grants what it can (and is freed if unused) once the walk is over, so
     /// that a resource's outcome is the one of an exit done at once: a waiter is never granted past a lock of the
     /// exiting owner that the walk has not reached yet, nor before a value block it held becomes invalid.
@@ -62,6 +66,12 @@ extension LockEngine {
 
     /// How many bulk jobs are not finished.
     public var bulkJobCount: Int { bulkJobs.count }
+
+    /// Whether a FORCEUNLOCK of this lock is releasing its sub-locks in slices: its completion comes at the end.
+    public func isUnlockingInSlices(_ id: LockID) -> Bool {
+        let slot = id.slot
+        return slot >= 0 && slot < locks.count && !locks[slot].isFree && locks[slot].options.contains(.unlocking)
+    }
 
     /// Runs one slice of the bulk jobs (at most `config.bulkSlice` steps), appending its effects.
     public mutating func continueBulkWork(into effects: inout [Effect]) {
@@ -107,6 +117,8 @@ extension LockEngine {
                 if engine.locks[Int(lock)].children > 0 { return -1 }
                 return engine.removeWithSubLocks(lock, touched: &touched, into: &effects)
             }
+        case .forceUnlock(let request, let root, let writes):
+            return forceUnlockSlice(&job, request, root: root, writes: writes, budget: &budget, into: &effects)
         case .forcedRelease(let lockspace):
             guard dropLocks(&job, of: lockspace, budget: &budget) else { return false }
             lockspaces[Int(lockspace)].isDraining = false
@@ -272,5 +284,70 @@ extension LockEngine {
         let resource = locks[Int(lock)].resource
         removeLock(lock)
         freeResourceIfUnused(resource)
+    }
+
+    /// Starts a FORCEUNLOCK of a lock with many sub-locks: the lock and its sub-locks that have sub-locks take no
+    /// new sub-lock and no other operation meanwhile.
+    mutating func startForceUnlock(
+        _ lock: Int32, _ request: UnlockRequest, writes: Bool, into effects: inout [Effect]
+    ) {
+        locks[Int(lock)].options.insert(.unlocking)
+        var job = BulkJob(kind: .forceUnlock(request, root: lock, writes: writes))
+        job.parents = [(lock, subLocks[lock].map { $0.sorted() } ?? [], 0)]
+        startBulkJob(job, into: &effects)
+    }
+
+    /// A slice of a FORCEUNLOCK: a walk of the sub-locks in the order of `forceUnlockChildren` (in slot order, a
+    /// sub-lock's own sub-locks before it), each with its EUNLOCK completion and what its release lets through;
+    /// then the lock itself. A sub-lock that went meanwhile (its owner unlocked it) is passed over.
+    mutating func forceUnlockSlice(
+        _ job: inout BulkJob, _ request: UnlockRequest, root: Int32, writes: Bool, budget: inout Int,
+        into effects: inout [Effect]
+    ) -> Bool {
+        while let top = job.parents.last {
+            guard budget > 0 else { return false }
+            budget -= 1
+            probe.bulkSteps += 1
+            if top.next < top.children.count {
+                let child = top.children[top.next]
+                job.parents[job.parents.count - 1].next += 1
+                guard !locks[Int(child)].isFree, locks[Int(child)].parent == top.parent else { continue }
+                if locks[Int(child)].children > 0 {
+                    locks[Int(child)].options.insert(.unlocking)
+                    job.parents.append((child, subLocks[child].map { $0.sorted() } ?? [], 0))
+                    continue
+                }
+                releaseSubLock(child, into: &effects)
+                job.removed += 1
+                continue
+            }
+            job.parents.removeLast()
+            if top.parent != root {
+                releaseSubLock(top.parent, into: &effects)
+                job.removed += 1
+            }
+        }
+        // The lock itself, as an unlock done at once would end.
+        guard !locks[Int(root)].isFree else { return true }
+        locks[Int(root)].options.remove(.unlocking)
+        finishUnlock(root, request, writes: writes, into: &effects)
+        return true
+    }
+
+    /// One sub-lock of a FORCEUNLOCK: its completion (an orphan has no one to tell), then its release.
+    mutating func releaseSubLock(_ lock: Int32, into effects: inout [Effect]) {
+        let record = locks[Int(lock)]
+        if record.owner != orphanOwner {
+            effects.append(
+                .completion(
+                    Completion(
+                        lock: LockID(slot: lock), owner: owners[Int(record.owner)].id, status: .unlocked,
+                        mode: nil, valueBlockSequence: resources[Int(record.resource)].valueBlockSequence)))
+        }
+        removeLock(lock)
+        if lockspaces[Int(resources[Int(record.resource)].lockspace)].isLive {
+            grantPending(record.resource, into: &effects)
+        }
+        freeResourceIfUnused(record.resource)
     }
 }

@@ -72,4 +72,7 @@ struct LockOptions: OptionSet {
     var rawValue: UInt8
     static let wantsBlockingCallbacks = LockOptions(rawValue: 1)
     static let alwaysFencingToken = LockOptions(rawValue: 2)
+    /// A FORCEUNLOCK of this lock (or of a parent) is releasing its sub-locks in slices: no new sub-lock under
+    /// it, no other operation on it.
+    static let unlocking = LockOptions(rawValue: 4)
 }

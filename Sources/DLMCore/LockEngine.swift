@@ -165,6 +165,9 @@ public struct LockEngine {
         if let parent = request.parent {
             parentLock = try ownedLock(parent, request.owner, "parent lock")
             guard locks[Int(parentLock)].isGranted else { throw .invalid("the parent lock is not granted") }
+            guard !locks[Int(parentLock)].options.contains(.unlocking) else {
+                throw .busy("the parent lock is being unlocked")
+            }
             parentResource = locks[Int(parentLock)].resource
             guard resources[Int(parentResource)].lockspace == ls else {
                 throw .invalid("the parent lock is in another lockspace")
@@ -198,8 +201,8 @@ public struct LockEngine {
         try LockEngine.validate(request)
         let lock = try ownedLock(request.lock, request.owner, "lock")
         let record = locks[Int(lock)]
-        guard record.queue == QueueKind.grant.rawValue else {
-            throw .busy("a request or conversion of this lock is still pending")
+        guard record.queue == QueueKind.grant.rawValue, !record.options.contains(.unlocking) else {
+            throw .busy("a request, conversion or unlock of this lock is still pending")
         }
         if request.flags.contains(.queueConversion),
             !LockMode(rawValue: record.grantedMode)!.allowsQueuedConversion(to: request.mode)
@@ -236,6 +239,7 @@ public struct LockEngine {
         }
         let lock = try ownedLock(request.lock, request.owner, "lock")
         let record = locks[Int(lock)]
+        guard !record.options.contains(.unlocking) else { throw .busy("an unlock of this lock is in progress") }
         if request.flags.contains(.cancel) {
             guard record.queue != QueueKind.grant.rawValue else {
                 throw .busy("nothing to cancel: the lock is granted with no request pending")
@@ -255,8 +259,21 @@ public struct LockEngine {
         if writes, request.flags.contains(.valueBlock), !request.flags.contains(.invalidateValueBlock) {
             try checkValueBlock(request.valueBlock, resource: record.resource, required: true)
         }
-        if record.children > 0 { forceUnlockChildren(of: lock, into: &effects) }
-        let resource = record.resource
+        if record.children > 0 {
+            if hasManyDescendants(lock) {
+                // Its sub-locks in slices (BulkWork.swift); the lock itself, and its completion, at the end.
+                startForceUnlock(lock, request, writes: writes, into: &effects)
+                return
+            }
+            forceUnlockChildren(of: lock, into: &effects)
+        }
+        finishUnlock(lock, request, writes: writes, into: &effects)
+    }
+
+    /// The end of an unlock: the value block written (or invalidated) by a PW or EX holder, the completion
+    /// (EUNLOCK), and whatever the release lets through.
+    mutating func finishUnlock(_ lock: Int32, _ request: UnlockRequest, writes: Bool, into effects: inout [Effect]) {
+        let resource = locks[Int(lock)].resource
         if writes {
             if request.flags.contains(.invalidateValueBlock) {
                 resources[Int(resource)].valueBlockInvalid = true
@@ -275,24 +292,27 @@ public struct LockEngine {
         freeResourceIfUnused(resource)
     }
 
+    /// Whether a lock has more descendants than a slice of bulk work (counted up to that bound only).
+    func hasManyDescendants(_ lock: Int32) -> Bool {
+        var count = 0
+        var stack = [lock]
+        while let parent = stack.popLast() {
+            for child in subLocks[parent] ?? [] {
+                count += 1
+                if count > config.bulkSlice { return true }
+                if locks[Int(child)].children > 0 { stack.append(child) }
+            }
+        }
+        return false
+    }
+
     /// Unlocks every descendant of a lock, deepest first, each with an EUNLOCK completion.
     mutating func forceUnlockChildren(of parent: Int32, into effects: inout [Effect]) {
         // In slot order: the order of the completions.
         let children = subLocks[parent].map { $0.sorted() } ?? []
         for child in children {
             if locks[Int(child)].children > 0 { forceUnlockChildren(of: child, into: &effects) }
-            let record = locks[Int(child)]
-            // An orphan has no one to tell.
-            if record.owner != orphanOwner {
-                effects.append(
-                    .completion(
-                        Completion(
-                            lock: LockID(slot: child), owner: owners[Int(record.owner)].id, status: .unlocked,
-                            mode: nil, valueBlockSequence: resources[Int(record.resource)].valueBlockSequence)))
-            }
-            removeLock(child)
-            grantPending(record.resource, into: &effects)
-            freeResourceIfUnused(record.resource)
+            releaseSubLock(child, into: &effects)
         }
     }
 

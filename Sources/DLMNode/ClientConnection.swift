@@ -1,5 +1,6 @@
 import DLMCore
 import DLMWire
+import DequeModule
 import NIOCore
 
 /// One client connection: one owner of locks. Touched only on the node's event loop.
@@ -22,6 +23,11 @@ final class ClientConnection {
     var isDirty = false
     /// Requests of this connection held while the node is stopped (LockNode+Gate.swift).
     var heldRequests = 0
+    /// A request of this connection is done in slices (a purge, a forced release, a FORCEUNLOCK of a parent with
+    /// many sub-locks): its reply comes at the end, and the requests after it wait here, so that replies keep
+    /// the order of the requests (Protocol/CLIENT.md §5).
+    var awaitingReply = false
+    var deferredRequests: Deque<ClientMessage> = []
 
     init(owner: OwnerID, channel: Channel) {
         self.owner = owner

@@ -37,6 +37,8 @@ public final class LockNode: @unchecked Sendable {
     let busyPoll: BusyPoll?
     /// What to answer when a bulk operation ends (`Effect.finished`), by the context it was started with.
     var bulkReplies: [UInt64: BulkReply] = [:]
+    /// FORCEUNLOCKs done in slices: the owner and the tag that the lock's completion answers.
+    var forceUnlockReplies: [LockID: (owner: OwnerID, tag: UInt32)] = [:]
     var nextBulkContext: UInt64 = 1
     /// A slice of bulk work is scheduled (`scheduleBulkWork`).
     var bulkScheduled = false
@@ -87,6 +89,9 @@ public final class LockNode: @unchecked Sendable {
     /// The connection closed: its owner's locks are released or orphaned.
     func disconnected(_ connection: ClientConnection) {
         guard connections.removeValue(forKey: connection.owner) != nil else { return }
+        if connection.awaitingReply {
+            forceUnlockReplies = forceUnlockReplies.filter { $0.value.owner != connection.owner }
+        }
         connection.state = .closing
         if isStopped {
             heldInputs.append(.exited(connection))
@@ -204,7 +209,9 @@ public final class LockNode: @unchecked Sendable {
                 connection,
                 .helloReply(HelloReply(nodeID: configuration.nodeID, server: "dlmd \(dlmVersion)")))
         case .ready:
-            if mustHold(message, from: connection) {
+            if connection.awaitingReply {
+                connection.deferredRequests.append(message)
+            } else if mustHold(message, from: connection) {
                 hold(message, from: connection)
             } else {
                 handleRequest(message, from: connection)
@@ -258,6 +265,7 @@ public final class LockNode: @unchecked Sendable {
                     // Its locks are dropped in slices; the reply comes with the end (`finished`).
                     nextBulkContext += 1
                     bulkReplies[context] = .released(tag: tag, lockspace: name)
+                    connection.awaitingReply = true
                 }
                 dispatch(reply: nil)
             case .purge(let tag, let lockspace, let nodeID, let pid):
@@ -265,11 +273,12 @@ public final class LockNode: @unchecked Sendable {
                     // Done in slices; the reply (PURGED) comes with the end (`finished`), after the sub-locks'
                     // completions and the grants the purge let through, and waits for the commit.
                     let context = nextBulkContext
-                    nextBulkContext += 1
-                    bulkReplies[context] = .purged(tag: tag)
                     try engine.beginPurge(
                         lockspace: LockspaceID(rawValue: lockspace), pid: pid, requester: owner, context: context,
                         into: &effects)
+                    nextBulkContext += 1
+                    bulkReplies[context] = .purged(tag: tag)
+                    connection.awaitingReply = true
                     dispatch(reply: nil)
                 } else if engine.lockspaceInfo(LockspaceID(rawValue: lockspace)) == nil {
                     throw DLMError(.noEntry, "no such lockspace")
@@ -299,7 +308,14 @@ public final class LockNode: @unchecked Sendable {
                     lock: LockID(rawValue: m.lock), owner: owner, flags: m.flags,
                     valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil)
                 try engine.unlock(request, into: &effects)
-                dispatch(reply: (connection, m.tag, LockID(rawValue: m.lock)))
+                if engine.isUnlockingInSlices(request.lock) {
+                    // FORCEUNLOCK of a parent with many sub-locks: the lock's completion, tagged, comes at the end.
+                    forceUnlockReplies[request.lock] = (connection.owner, m.tag)
+                    connection.awaitingReply = true
+                    dispatch(reply: nil)
+                } else {
+                    dispatch(reply: (connection, m.tag, LockID(rawValue: m.lock)))
+                }
             case .deadlockCancel(let tag, let lock):
                 try engine.cancelForDeadlock(LockID(rawValue: lock), into: &effects)
                 reply(connection, .ok(tag: tag, lock: lock))
@@ -343,7 +359,16 @@ public final class LockNode: @unchecked Sendable {
                     tag = reply.tag
                     replied = true
                 }
+                var endsForceUnlock = false
+                if tag == 0, !forceUnlockReplies.isEmpty, completion.status == .unlocked,
+                    let pending = forceUnlockReplies[completion.lock], pending.owner == completion.owner
+                {
+                    forceUnlockReplies[completion.lock] = nil
+                    tag = pending.tag
+                    endsForceUnlock = true
+                }
                 deliver(connection, .completion(CompletionMessage(tag: tag, completion)))
+                if endsForceUnlock { replyDelivered(connection) }
             case .blockingCallback(let callback):
                 deliver(connection, .blocking(lock: callback.lock.rawValue, mode: callback.mode))
             case .finished(let finished):
@@ -390,6 +415,22 @@ extension LockNode {
         case .released(let tag, let lockspace):
             record(.deleteLockspace(name: lockspace))
             if let connection { deliver(connection, .ok(tag: tag, lock: 0)) }
+        }
+        if let connection { replyDelivered(connection) }
+    }
+
+    /// The reply that a connection's later requests waited for went out: they run now, in order, from a task of
+    /// their own (this is called while effects are dispatched), until one of them waits again.
+    func replyDelivered(_ connection: ClientConnection) {
+        connection.awaitingReply = false
+        guard !connection.deferredRequests.isEmpty else { return }
+        let owner = connection.owner
+        eventLoop.execute { [self] in
+            guard let connection = connections[owner] else { return }
+            while !connection.awaitingReply, let message = connection.deferredRequests.popFirst() {
+                receive(message, from: connection)
+            }
+            flush()
         }
     }
 }

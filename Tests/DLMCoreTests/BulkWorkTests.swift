@@ -107,6 +107,37 @@ import Testing
         #expect(h.engine.lockCount == 1)
     }
 
+    /// FORCEUNLOCK of a parent with more sub-locks than a slice: its sub-locks go a slice at a time, in the same
+    /// order and with the same effects as at once, and the parent last; meanwhile the parent takes no new sub-lock
+    /// and no other operation, and a sub-lock its owner unlocks in between is passed over.
+    @Test func forceUnlockOfAParentWithManySubLocksIsDoneInSlices() throws {
+        func tree(_ slice: Int) -> Harness {
+            var h = Harness(config: EngineConfig(bulkSlice: slice))
+            _ = h.lock("p", by: 1, on: "parent", .ex, .valueBlock)
+            for i in 0..<30 { _ = h.lock("c\(i)", by: 1, on: "c\(i)", .ex, parent: "p") }
+            for i in 0..<5 { _ = h.lock("g\(i)", by: 1, on: "g\(i)", .pr, parent: "c3") }
+            _ = h.lock("w", by: 2, on: "c7", .ex, parent: nil)
+            return h
+        }
+        var atOnce = tree(10_000)
+        let expected = atOnce.unlock("p", .forceUnlock)
+        #expect(expected.count == 36 && expected.last == "p EUNLOCK")
+
+        var h = tree(8)
+        var seen = h.unlock("p", .forceUnlock)
+        #expect(!seen.contains("p EUNLOCK") && h.engine.hasBulkWork)
+        #expect(h.lock("late", by: 1, on: "late", .ex, parent: "p") == ["error EBUSY"])
+        #expect(h.convert("p", to: .pr) == ["error EBUSY"])
+        // The owner unlocks a sub-lock the walk has not reached: it is passed over.
+        let own = h.unlock("c29")
+        #expect(own == ["c29 EUNLOCK"])
+        while h.engine.hasBulkWork { seen += h.slice() }
+        seen += own
+        #expect(Array(seen.dropLast()) == expected.filter { $0 != "c29 EUNLOCK" })
+        #expect(seen.last == "c29 EUNLOCK" && seen.dropLast().last == "p EUNLOCK")
+        #expect(h.state("p") == nil && h.engine.lockCount == 1)
+    }
+
     /// Timeouts that come together are given up a slice a tick, oldest deadline first: 5,000 at once in three ticks.
     @Test func timeoutsThatComeTogetherAreGivenUpASliceATick() throws {
         var h = Harness(config: EngineConfig(timeoutSlice: 2048))

@@ -36,6 +36,72 @@ import Testing
         try await gate.unlock()
     }
 
+    /// A purge of more orphans than a slice (5,000, done in slices) and a PING sent after it in one write: the
+    /// replies keep the order of the requests (PURGED, then PONG), as the C library requires.
+    @Test func repliesKeepTheirOrderAroundAPurgeInSlices() async throws {
+        let daemon = try Daemon()
+        defer { daemon.stop() }
+        let client = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let ls = try await client.openLockspace("ordered")
+        try await leaveOrphans(daemon, ls, pid: 77, names: (0..<5000).map { "o\($0)" })
+
+        let socket = try RawSocket(path: daemon.socketPath)
+        var out = ByteBuffer()
+        ClientMessage.hello(Hello(pid: 1, clientName: "purger")).encode(into: &out)
+        ClientMessage.purge(tag: 10, lockspace: ls.id, nodeID: 0, pid: 77).encode(into: &out)
+        ClientMessage.ping(tag: 11).encode(into: &out)
+        socket.send(Array(out.readableBytesView))
+        let replies = try socket.readFrames(3).dropFirst()
+        #expect(Array(replies) == [.purged(tag: 10, count: 5000), .pong(tag: 11)])
+        await client.close()
+    }
+
+    /// FORCEUNLOCK of a parent with 3,000 sub-locks (done in slices), then a PING in the same write: every
+    /// sub-lock's untagged EUNLOCK, then the parent's, tagged (the reply), then PONG.
+    @Test func forceUnlockOfAParentWithManySubLocksAnswersInOrder() async throws {
+        let daemon = try Daemon()
+        defer { daemon.stop() }
+        let client = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let ls = try await client.openLockspace("tree")
+        let socket = try RawSocket(path: daemon.socketPath)
+        var out = ByteBuffer()
+        ClientMessage.hello(Hello(pid: 1, clientName: "tree")).encode(into: &out)
+        ClientMessage.lock(LockMessage(tag: 1, lockspace: ls.id, mode: .ex, name: Array("parent".utf8)))
+            .encode(into: &out)
+        socket.send(Array(out.readableBytesView))
+        guard case .completion(let parent) = try socket.readFrames(2).last else { throw SupportError("no parent") }
+        out.clear()
+        for i in 0..<3000 {
+            ClientMessage.lock(
+                LockMessage(
+                    tag: UInt32(2 + i), lockspace: ls.id, mode: .ex, options: [], parent: parent.lock,
+                    name: Array("child\(i)".utf8))
+            ).encode(into: &out)
+        }
+        socket.send(Array(out.readableBytesView))
+        #expect(
+            try socket.readFrames(3000).allSatisfy {
+                if case .completion(let c) = $0 { c.status == .granted } else { false }
+            })
+        out.clear()
+        ClientMessage.unlock(UnlockMessage(tag: 9000, lock: parent.lock, flags: .forceUnlock)).encode(into: &out)
+        ClientMessage.ping(tag: 9001).encode(into: &out)
+        socket.send(Array(out.readableBytesView))
+        let answers = try socket.readFrames(3002)
+        let children = answers.prefix(3000).filter {
+            if case .completion(let c) = $0 {
+                c.tag == 0 && c.status == .unlocked && c.lock != parent.lock
+            } else {
+                false
+            }
+        }
+        #expect(children.count == 3000)
+        guard case .completion(let last) = answers[3000] else { throw SupportError("no parent completion") }
+        #expect(last.tag == 9000 && last.lock == parent.lock && last.status == .unlocked)
+        #expect(answers[3001] == .pong(tag: 9001))
+        await client.close()
+    }
+
     /// Whether `name` is free: EX with NOQUEUE is granted (and released), not refused.
     func isFree(_ ls: DLMLockspace, _ name: String) async throws -> Bool {
         let result = try await ls.request(Array(name.utf8), mode: .ex, flags: .noQueue)
