@@ -50,6 +50,8 @@ public struct WorkProbe: Sendable, Hashable {
     public var deadlockSteps = 0
     /// Deadlock passes that built a graph.
     public var deadlockPasses = 0
+    /// Locks looked at to find an orphan to adopt.
+    public var adoptionSteps = 0
 
     public init() {}
 }

@@ -138,6 +138,30 @@ import Testing
         #expect(h.state("p") == nil && h.engine.lockCount == 1)
     }
 
+    /// 20,000 orphans of one resource adopted one by one (as clients do after dlmd restarts): an adopted lock
+    /// moves to the end of the grant queue, so each adoption finds an orphan at once. Counted, not timed.
+    @Test func adoptingManyOrphansOfOneResourceIsLinear() throws {
+        var engine = LockEngine()
+        let ls = try engine.createLockspace(name: Array("ls".utf8))
+        var effects: [Effect] = []
+        let n = 20_000
+        for _ in 0..<n {
+            _ = try engine.lock(
+                LockRequest(lockspace: ls, owner: OwnerID(1), name: Array("shared".utf8), mode: .pr, flags: .persistent),
+                into: &effects)
+        }
+        engine.ownerExited(OwnerID(1), into: &effects)
+        engine.finishBulkWork(into: &effects)
+        for owner in 2...UInt64(n + 1) {
+            _ = try engine.lock(
+                LockRequest(
+                    lockspace: ls, owner: OwnerID(owner), name: Array("shared".utf8), mode: .pr, flags: .orphan),
+                into: &effects)
+        }
+        #expect(engine.lockCount == n)
+        #expect(engine.probe.adoptionSteps <= 2 * n, "\(engine.probe.adoptionSteps) steps")
+    }
+
     /// Timeouts that come together are given up a slice a tick, oldest deadline first: 5,000 at once in three ticks.
     @Test func timeoutsThatComeTogetherAreGivenUpASliceATick() throws {
         var h = Harness(config: EngineConfig(timeoutSlice: 2048))

@@ -251,6 +251,9 @@ struct ReferenceModel {
             id = sameMode[0]
         }
         locks[id]!.owner = owner
+        // An adoption is a grant: the lock moves to the end of the grant queue.
+        resources[resource].grant.removeAll { $0 == id }
+        resources[resource].grant.append(id)
         locks[id]!.flags = flags.union(.persistent).subtracting(.orphan)
         locks[id]!.wantsBlockingCallbacks = wantsBlockingCallbacks
         var completion = ModelCompletion(
