@@ -147,7 +147,8 @@ import Testing
         let n = 20_000
         for _ in 0..<n {
             _ = try engine.lock(
-                LockRequest(lockspace: ls, owner: OwnerID(1), name: Array("shared".utf8), mode: .pr, flags: .persistent),
+                LockRequest(
+                    lockspace: ls, owner: OwnerID(1), name: Array("shared".utf8), mode: .pr, flags: .persistent),
                 into: &effects)
         }
         engine.ownerExited(OwnerID(1), into: &effects)
