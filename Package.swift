@@ -46,6 +46,15 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // One node's lock manager as a pure state machine (LockService): client frames, views and commits in, one
+        // batch of frames, store changes and closes out. No I/O, no clock.
+        .target(
+            name: "DLMCluster",
+            dependencies: [
+                "DLMCore", "DLMWire", "GroupServices",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
         // The client protocol of Protocol/CLIENT.md: messages and their codec.
         .target(
             name: "DLMWire",
@@ -68,7 +77,7 @@ let package = Package(
         .target(
             name: "DLMNode",
             dependencies: [
-                "DLMCore", "DLMWire", "DLMStore", "GroupNode", "GroupServices", "CDLMSystem",
+                "DLMCore", "DLMCluster", "DLMWire", "DLMStore", "GroupNode", "GroupServices", "CDLMSystem",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -119,6 +128,9 @@ let package = Package(
         .target(name: "DLMTestSupport"),
         .testTarget(name: "DLMCoreTests", dependencies: ["DLMCore", "DLMTestSupport"]),
         .testTarget(name: "GroupServicesTests", dependencies: ["GroupServices", "DLMTestSupport"]),
+        .testTarget(
+            name: "DLMClusterTests",
+            dependencies: ["DLMCluster", "DLMCore", "DLMWire", "GroupServices", "DLMTestSupport"]),
         .testTarget(
             name: "GroupNodeTests",
             dependencies: [

@@ -76,7 +76,7 @@ extension LockEngine {
     }
 
     /// Runs one slice of the bulk jobs (at most `config.bulkSlice` steps), appending its effects.
-    public mutating func continueBulkWork(into effects: inout [Effect]) {
+    mutating func continueBulkWork(into effects: inout [Effect]) {
         var budget = config.bulkSlice
         while budget > 0, var job = bulkJobs.popFirst() {
             if runSlice(&job, budget: &budget, into: &effects) {
@@ -97,7 +97,7 @@ extension LockEngine {
     }
 
     /// Runs every bulk job to its end (for callers that want the whole effect at once, like the tests).
-    public mutating func finishBulkWork(into effects: inout [Effect]) {
+    mutating func finishBulkWork(into effects: inout [Effect]) {
         while hasBulkWork { continueBulkWork(into: &effects) }
     }
 

@@ -26,9 +26,13 @@ extension LockEngine {
     /// Who waits or blocks through this lock; nil for an orphan, which never waits.
     func participant(_ lock: Int32) -> DeadlockParticipant? {
         let record = locks[Int(lock)]
-        if record.transaction != 0 { return .transaction(record.transaction) }
         if record.owner == orphanOwner { return nil }
-        return .owner(owners[Int(record.owner)].id)
+        let owner = owners[Int(record.owner)].id
+        if record.transaction != 0 {
+            return .transaction(
+                TransactionID(node: owner.node, incarnation: owner.incarnation, xid: record.transaction))
+        }
+        return .owner(owner)
     }
 
     /// The locks a waiting lock waits for, each once.
@@ -107,7 +111,7 @@ extension LockEngine {
 
     /// Refuses a waiting request or conversion with EDEADLK, as a cluster-wide search decides (libdlm's
     /// `dlm_ls_deadlock_cancel`). ENOENT for an unknown lock, EBUSY if nothing is pending.
-    public mutating func cancelForDeadlock(_ id: LockID, into effects: inout [Effect]) throws(DLMError) {
+    mutating func cancelForDeadlock(_ id: LockID, into effects: inout [Effect]) throws(DLMError) {
         let slot = id.slot
         guard slot >= 0, slot < locks.count, !locks[slot].isFree else { throw .noEntry("no lock \(id)") }
         guard locks[slot].queue != QueueKind.grant.rawValue else { throw .busy("lock \(id) is not waiting") }

@@ -60,17 +60,18 @@ public struct Finished: Sendable, Hashable {
     }
 }
 
-/// What the engine asks its shell to do, in the order it must be done.
+/// What came of an input, and what the engine asks its shell to do, in the order it must be done.
 public enum Effect: Sendable, Hashable {
+    /// The input was refused and changed nothing (EINVAL, ENOENT, EBUSY, EAGAIN, ...); the first effect.
+    case refused(DLMError)
+    /// A new request was taken as this lock; its completion follows, now or later.
+    case accepted(LockID)
+    /// A lockspace was opened (`created`: by this input).
+    case lockspace(LockspaceInfo, created: Bool)
     case completion(Completion)
     case blockingCallback(BlockingCallback)
+    /// The end of a release or purge (done in slices when large), for its requester.
     case finished(Finished)
-
-    public var owner: OwnerID {
-        switch self {
-        case .completion(let c): c.owner
-        case .blockingCallback(let b): b.owner
-        case .finished(let f): f.owner
-        }
-    }
+    /// A change for the store, after the effects of the input that made it (Journal.swift).
+    case persist(JournalEntry)
 }

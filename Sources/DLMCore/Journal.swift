@@ -24,6 +24,15 @@ public enum JournalEntry: Sendable, Hashable {
     case delete(lockspace: [UInt8], path: [[UInt8]])
 }
 
+/// One change of a node's store: the engine's journal, the lockspaces, the last membership view.
+public enum StoreChange: Sendable, Hashable {
+    case journal(JournalEntry)
+    case putLockspace(name: [UInt8], valueBlockLength: Int)
+    case deleteLockspace(name: [UInt8])
+    /// The last installed membership view (for the group services).
+    case view([UInt8])
+}
+
 /// The persistent state of a resource: what a crash must not lose.
 public struct StoredResource: Sendable, Hashable, Codable {
     /// The lockspace's name (ids are not stable across restarts).
@@ -64,7 +73,7 @@ extension LockEngine {
     public var hasJournal: Bool { !dirtyResources.isEmpty || !journal.isEmpty }
 
     /// Appends the changes since the last drain, in the order they must be applied.
-    public mutating func drainJournal(into entries: inout [JournalEntry]) {
+    mutating func drainJournal(into entries: inout [JournalEntry]) {
         entries.append(contentsOf: journal)
         journal.removeAll(keepingCapacity: true)
         for slot in dirtyResources {
@@ -101,7 +110,7 @@ extension LockEngine {
     /// locks restored. Locks whose parent was not kept are dropped. The resource is journaled again, so that the
     /// store learns that the volatile holders are gone.
     @discardableResult
-    public mutating func restoreStored(_ stored: StoredResource) throws(DLMError) -> Int {
+    mutating func restoreStored(_ stored: StoredResource) throws(DLMError) -> Int {
         guard let lockspace = lockspace(named: stored.lockspace) else {
             throw .noEntry("lockspace \(stored.lockspace) does not exist")
         }

@@ -69,7 +69,7 @@ public struct LockEngine {
     /// Creates a lockspace, or returns the existing one of that name (as `dlm_create_lockspace` does).
     /// EINVAL for a name of 0 or more than 64 bytes, or a value block length that is not a multiple of 8
     /// between 8 and 64; EEXIST if the name exists with another value block length.
-    public mutating func createLockspace(name: [UInt8], valueBlockLength: Int? = nil) throws(DLMError) -> LockspaceID {
+    mutating func createLockspace(name: [UInt8], valueBlockLength: Int? = nil) throws(DLMError) -> LockspaceID {
         guard !name.isEmpty, name.count <= EngineConfig.maxNameLength else {
             throw .invalid("a lockspace name has 1 to 64 bytes, this one has \(name.count)")
         }
@@ -125,7 +125,7 @@ public struct LockEngine {
     /// `context`, how many locks were dropped, and the name is free again (creating it meanwhile is EBUSY). A
     /// release that drops nothing is finished at once, without that effect. Returns whether it is finished.
     @discardableResult
-    public mutating func releaseLockspace(
+    mutating func releaseLockspace(
         _ id: LockspaceID, force: Bool = false, requester: OwnerID = OwnerID(UInt64.max), context: UInt64 = 0,
         into effects: inout [Effect]
     ) throws(DLMError) -> Bool {
@@ -146,7 +146,7 @@ public struct LockEngine {
     }
 
     /// `releaseLockspace` run to its end at once.
-    public mutating func releaseLockspace(_ id: LockspaceID, force: Bool = false) throws(DLMError) {
+    mutating func releaseLockspace(_ id: LockspaceID, force: Bool = false) throws(DLMError) {
         var effects: [Effect] = []
         if try !releaseLockspace(id, force: force, into: &effects) { finishBulkWork(into: &effects) }
     }
@@ -156,7 +156,7 @@ public struct LockEngine {
     /// A new lock request. Errors in the request itself are thrown (EINVAL, ENOENT, and for ORPHAN also
     /// EAGAIN); otherwise the lock's id is returned and its completion is among the effects, now (granted,
     /// EAGAIN) or later (granted, EDEADLK, ETIMEDOUT, ECANCEL).
-    public mutating func lock(_ request: LockRequest, into effects: inout [Effect]) throws(DLMError) -> LockID {
+    mutating func lock(_ request: LockRequest, into effects: inout [Effect]) throws(DLMError) -> LockID {
         try LockEngine.validate(request)
         let ls = request.lockspace.rawValue
         guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
@@ -197,7 +197,7 @@ public struct LockEngine {
     /// Converts a granted lock to another mode. Errors in the request are thrown: EINVAL (bad flags, QUECVT
     /// that is not an up-conversion), ENOENT (unknown lock, or another owner's), EBUSY (a request or
     /// conversion is already pending). The outcome is a completion among the effects.
-    public mutating func convert(_ request: ConvertRequest, into effects: inout [Effect]) throws(DLMError) {
+    mutating func convert(_ request: ConvertRequest, into effects: inout [Effect]) throws(DLMError) {
         try LockEngine.validate(request)
         let lock = try ownedLock(request.lock, request.owner, "lock")
         let record = locks[Int(lock)]
@@ -230,7 +230,7 @@ public struct LockEngine {
     /// flags), ENOENT (unknown lock), EBUSY (a plain unlock while a request or conversion is pending or
     /// while sub-locks exist; a CANCEL with nothing to cancel). The completion (EUNLOCK or ECANCEL) is
     /// among the effects, followed by whatever the release lets through.
-    public mutating func unlock(_ request: UnlockRequest, into effects: inout [Effect]) throws(DLMError) {
+    mutating func unlock(_ request: UnlockRequest, into effects: inout [Effect]) throws(DLMError) {
         guard request.flags.isSubset(of: LockFlags.unlockFlags) else {
             throw .invalid("an unlock takes only CANCEL, FORCEUNLOCK, VALBLK and IVVALBLK, not \(request.flags)")
         }
@@ -344,35 +344,67 @@ public struct LockEngine {
     }
 
     /// Runs the timeouts and deadlock searches that are due at `now`.
-    public mutating func tick(now: Instant, into effects: inout [Effect]) {
+    mutating func tick(now: Instant, into effects: inout [Effect]) {
         if now > self.now { self.now = now }
         expireTimeouts(into: &effects)
         searchDueDeadlocks(into: &effects)
     }
 
-    /// Handles one input, appending its effects. The result is the lock id of a new request, or the
-    /// synchronous error of a refused one.
-    @discardableResult
-    public mutating func handle(_ input: Input, into effects: inout [Effect]) -> Result<LockID?, DLMError> {
+    /// Handles one input, appending what came of it (see `Input`). The engine's one way in and out.
+    public mutating func handle(_ input: Input, into effects: inout [Effect]) {
         do throws(DLMError) {
             switch input {
-            case .lock(let request): return .success(try lock(request, into: &effects))
+            case .lock(let request):
+                // The acceptance goes first: the completion of a request granted at once follows it. A refused request
+                // appends nothing before it throws, so the placeholder is the last effect then.
+                let mark = effects.count
+                effects.append(.accepted(LockID(rawValue: 0)))
+                do throws(DLMError) {
+                    effects[mark] = .accepted(try lock(request, into: &effects))
+                } catch {
+                    effects.removeLast()
+                    throw error
+                }
             case .convert(let request): try convert(request, into: &effects)
             case .unlock(let request): try unlock(request, into: &effects)
             case .ownerExited(let owner): ownerExited(owner, into: &effects)
             case .tick(let now): tick(now: now, into: &effects)
+            case .openLockspace(let name, let length, let create):
+                let existing = lockspace(named: name)
+                if existing == nil && !create { throw .noEntry("no lockspace \(name.displayName)") }
+                let id: LockspaceID
+                if let existing, length == nil {
+                    id = existing
+                } else {
+                    id = try createLockspace(name: name, valueBlockLength: length)
+                }
+                effects.append(.lockspace(lockspaceInfo(id)!, created: existing == nil))
+            case .releaseLockspace(let id, let force, let requester, let context):
+                let finished = try releaseLockspace(
+                    id, force: force, requester: requester, context: context, into: &effects)
+                if finished { effects.append(.finished(Finished(owner: requester, context: context, count: 0))) }
+            case .purge(let lockspace, let pid, let requester, let context):
+                try beginPurge(lockspace: lockspace, pid: pid, requester: requester, context: context, into: &effects)
+            case .cancelForDeadlock(let lock): try cancelForDeadlock(lock, into: &effects)
+            case .setProcessID(let pid, let owner): setProcessID(pid, of: owner)
+            case .continueBulkWork: continueBulkWork(into: &effects)
+            case .restore(let stored): try restoreStored(stored)
             }
-            return .success(nil)
         } catch {
-            return .failure(error)
+            effects.append(.refused(error))
+        }
+        if hasJournal {
+            var entries: [JournalEntry] = []
+            drainJournal(into: &entries)
+            for entry in entries { effects.append(.persist(entry)) }
         }
     }
 
     /// Handles one input and returns its effects.
-    public mutating func handle(_ input: Input) -> (result: Result<LockID?, DLMError>, effects: [Effect]) {
+    public mutating func handle(_ input: Input) -> [Effect] {
         var effects: [Effect] = []
-        let result = handle(input, into: &effects)
-        return (result, effects)
+        handle(input, into: &effects)
+        return effects
     }
 
     // MARK: Queries

@@ -31,7 +31,7 @@ extension LockEngine {
 
     /// Records the process id of an owner (a client's HELLO): its locks carry it, and keep it when they become
     /// orphans, for `purgeOrphans`.
-    public mutating func setProcessID(_ pid: UInt32, of owner: OwnerID) {
+    mutating func setProcessID(_ pid: UInt32, of owner: OwnerID) {
         owners[Int(ownerSlot(owner))].pid = pid
     }
 
@@ -73,7 +73,7 @@ extension LockEngine {
     /// orphans that a request with ORPHAN can adopt. A persistent lock is orphaned only if its parent is too. No
     /// completion goes to the departed owner; others may be granted. An owner with more locks than one slice
     /// (`EngineConfig.bulkSlice`) is done in slices (`continueBulkWork`, BulkWork.swift).
-    public mutating func ownerExited(_ owner: OwnerID, into effects: inout [Effect]) {
+    mutating func ownerExited(_ owner: OwnerID, into effects: inout [Effect]) {
         guard let slot = ownerIndex.removeValue(forKey: owner) else { return }
         // From here on the owner is told nothing, and its slot is freed when its last lock goes
         // (`unlinkFromOwner`).
@@ -177,7 +177,7 @@ extension LockEngine {
     /// completion, and what the release lets through is granted. Orphans of other pids stay. Done in slices
     /// (BulkWork.swift): when it is over, `Effect.finished` tells `requester`, with `context`, how many locks were
     /// removed, sub-locks included. ENOENT for an unknown lockspace (`dlm_ls_purge`).
-    public mutating func beginPurge(
+    mutating func beginPurge(
         lockspace: LockspaceID, pid: UInt32, requester: OwnerID, context: UInt64, into effects: inout [Effect]
     ) throws(DLMError) {
         let ls = lockspace.rawValue
@@ -187,7 +187,7 @@ extension LockEngine {
     }
 
     /// `beginPurge` run to its end at once; returns how many locks were removed.
-    public mutating func purgeOrphans(
+    mutating func purgeOrphans(
         lockspace: LockspaceID, pid: UInt32, into effects: inout [Effect]
     ) throws(DLMError) -> Int {
         var all: [Effect] = []

@@ -81,7 +81,9 @@ public struct UnlockRequest: Sendable, Hashable {
     }
 }
 
-/// Everything that can happen to a lock engine.
+/// Everything that can happen to a lock engine: the one way in (`LockEngine.handle`). What came of it comes out as
+/// effects, in order: the input's own outcome first (`refused`, `accepted`, `lockspace`, a completion), then what
+/// it let through, then the changes for the store (`persist`).
 public enum Input: Sendable, Hashable {
     case lock(LockRequest)
     case convert(ConvertRequest)
@@ -90,4 +92,19 @@ public enum Input: Sendable, Hashable {
     case ownerExited(OwnerID)
     /// Time passed: run timeouts and deadlock searches that are due.
     case tick(now: Instant)
+    /// Opens a lockspace, creating it if it does not exist and `create` says so. A length of nil opens it whatever
+    /// its length, and creates it with the default.
+    case openLockspace(name: [UInt8], valueBlockLength: Int?, create: Bool)
+    /// Releases a lockspace (with `force`, with its locks); ends with `finished` for `requester` and `context`.
+    case releaseLockspace(LockspaceID, force: Bool, requester: OwnerID, context: UInt64)
+    /// Removes the orphans of a lockspace whose former owner had `pid`; ends with `finished`.
+    case purge(lockspace: LockspaceID, pid: UInt32, requester: OwnerID, context: UInt64)
+    /// Refuses a waiting request or conversion with EDEADLK (a cluster-wide search's decision).
+    case cancelForDeadlock(LockID)
+    /// The owner's process id, given to the locks it takes and kept by its orphans.
+    case setProcessID(UInt32, owner: OwnerID)
+    /// Runs a slice of the work done in slices (`hasBulkWork`).
+    case continueBulkWork
+    /// Gives back what a store kept after a restart (`restoreStored`).
+    case restore(StoredResource)
 }

@@ -193,7 +193,7 @@ extension LockEngine {
     /// Rebuilds a resource and its locks from a snapshot, with the same lock ids. EEXIST if the resource
     /// already has locks or a lock id is taken; ENOENT if the lockspace, the parent resource or a parent lock
     /// is missing. Nothing is granted: call `grantPendingAfterRecovery` when recovery is done.
-    public mutating func restore(_ snapshot: ResourceSnapshot) throws(DLMError) {
+    mutating func restore(_ snapshot: ResourceSnapshot) throws(DLMError) {
         let ls = snapshot.lockspace.rawValue
         guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
         guard let name = snapshot.path.last, !name.isEmpty, name.count <= EngineConfig.maxNameLength else {
@@ -270,7 +270,7 @@ extension LockEngine {
 
     /// Rule 4: when recovery is done, every resource of the lockspace grants what it can, conversions
     /// regardless of their order, and sends the blocking callbacks that follow.
-    public mutating func grantPendingAfterRecovery(_ lockspace: LockspaceID, into effects: inout [Effect]) {
+    mutating func grantPendingAfterRecovery(_ lockspace: LockspaceID, into effects: inout [Effect]) {
         for slot in resources.indices where resources[slot].lockspace == lockspace.rawValue {
             grantPending(Int32(slot), recovering: true, into: &effects)
         }

@@ -1,49 +1,23 @@
+import DLMCluster
 import DLMCore
 import DLMWire
-import DequeModule
 import NIOCore
 
-/// One client connection: one owner of locks. Touched only on the node's event loop.
+/// One client connection's channel, for the shell: the service's id for it and the frames being written. Touched
+/// only on the node's event loop.
 final class ClientConnection {
-    enum State {
-        case awaitingHello
-        case ready
-        case closing
-    }
-
-    let owner: OwnerID
+    let id: ConnectionID
     let channel: Channel
-    var state = State.awaitingHello
-    var pid: UInt32 = 0
-    var clientName = ""
-    /// Frames written since the last flush.
+    /// Frames encoded since the last write.
     var outbound: ByteBuffer
-    /// Frames waiting for a store commit (`--durability`), by the generation they wait for, oldest first.
-    var held: [(generation: UInt64, frames: ByteBuffer)] = []
     var isDirty = false
-    /// Requests of this connection held while the node is stopped (LockNode+Gate.swift).
-    var heldRequests = 0
-    /// A request of this connection is done in slices (a purge, a forced release, a FORCEUNLOCK of a parent with
-    /// many sub-locks): its reply comes at the end, and the requests after it wait here, so that replies keep
-    /// the order of the requests (Protocol/CLIENT.md §5).
-    var awaitingReply = false
-    var deferredRequests: Deque<ClientMessage> = []
+    /// Closed (by the service, or the channel went): nothing more is written.
+    var isClosed = false
 
-    init(owner: OwnerID, channel: Channel) {
-        self.owner = owner
+    init(id: ConnectionID, channel: Channel) {
+        self.id = id
         self.channel = channel
         self.outbound = channel.allocator.buffer(capacity: 256)
-    }
-
-    func send(_ message: ServerMessage) {
-        message.encode(into: &outbound)
-    }
-
-    func hold(_ message: ServerMessage, generation: UInt64) {
-        if held.last?.generation != generation {
-            held.append((generation, channel.allocator.buffer(capacity: 128)))
-        }
-        message.encode(into: &held[held.count - 1].frames)
     }
 }
 
@@ -84,7 +58,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func refuse(_ connection: ClientConnection, _ error: WireError) {
         refused = true
-        node.refuse(connection, status: error.status, message: error.message)
+        node.handle(.malformed(connection.id, error.status, error.message))
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -101,7 +75,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         } else if error is ChannelError || error is IOError {
             context.close(promise: nil)
         } else {
-            node.refuse(connection, status: .protocolError, message: "\(error)")
+            node.handle(.malformed(connection.id, .protocolError, "\(error)"))
         }
     }
 
@@ -116,8 +90,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
                         .protocolError, "the stream ended inside a frame (\(frames.bufferedBytes) bytes left)"))
                 return
             }
-            node.flush()
-            if let connection { node.close(connection) } else { context.close(promise: nil) }
+            if let connection { node.handle(.inputEnded(connection.id)) } else { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)

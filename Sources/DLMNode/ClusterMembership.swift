@@ -91,7 +91,6 @@ extension LockNode {
             config: config, nodeID: nodeID, key: key, node: self, store: persistence.store,
             persisted: persistence.groupState, logger: logger, announce: announce)
         cluster = membership
-        stop(waitingFor: ["view agreement"])
         return membership.group.start()
     }
 
@@ -106,11 +105,7 @@ extension LockNode {
                     + (primary ? "primary" : "not primary (no quorum)"))
             logger.notice(
                 "view installed", metadata: ["view": "\(view)", "primary": "\(primary)"])
-            if primary {
-                resume()
-            } else {
-                stop(waitingFor: ["quorum"])
-            }
+            handle(.viewInstalled(view, primary: primary))
         case .fenced(let node):
             cluster.announce("\(me) fenced node \(node)")
         case .fenceFailed(let node, let reason):

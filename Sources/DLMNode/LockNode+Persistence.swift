@@ -1,20 +1,15 @@
+import DLMCluster
 import DLMCore
 import DLMStore
 import DLMWire
 import Foundation
 import NIOCore
 
-/// What the node writes to its store and when it acknowledges it (`--durability`).
+/// The node's store and the thread that writes it (`--durability`); the service decides what waits for which
+/// commit (LockService+Durability.swift).
 final class NodePersistence {
     let store: NodeStore
     var writer: StoreWriter?
-    /// Changes of the inputs since the last submission.
-    var pending: [NodeStore.Change] = []
-    /// The generation the current inputs' changes belong to.
-    var openGeneration: UInt64 = 1
-    /// The highest generation known to be in the store.
-    var committedGeneration: UInt64 = 0
-    var journal: [JournalEntry] = []
     /// What group services persisted at the last start (their `PersistentState`, JSON), if anything.
     var groupState: [UInt8]?
 
@@ -30,41 +25,32 @@ extension LockNode {
         let store = try NodeStore(
             directory: configuration.dataDirectory, nodeID: configuration.nodeID, durability: configuration.durability,
             mapSize: configuration.mapSize)
-        var engineConfig = configuration.engine
-        // Fencing tokens after this start are above any issued before it: the incarnation is in the high bits.
-        engineConfig.fencingTokenBase = store.incarnation << 40
-        engine = LockEngine(config: engineConfig)
+        service = LockService(
+            configuration: Self.serviceConfiguration(configuration, incarnation: store.incarnation, store: true))
         let contents = try store.load()
-        var restored = 0
-        for lockspace in contents.lockspaces {
-            _ = try engine.createLockspace(name: lockspace.name, valueBlockLength: lockspace.valueBlockLength)
-        }
-        for resource in contents.resources {
-            do {
-                restored += try engine.restoreStored(resource)
-            } catch {
-                throw NodeError("cannot restore resource \(resource.resource.path) of the store: \(error)")
-            }
+        let restored: (locks: Int, changes: [StoreChange])
+        do throws(DLMError) {
+            restored = try service.restore(lockspaces: contents.lockspaces, resources: contents.resources)
+        } catch {
+            throw NodeError(error.message)
         }
         let persistence = NodePersistence(store: store)
         self.persistence = persistence
         persistence.groupState = contents.lastView
         // The restored resources are written again (their volatile holders are gone).
-        engine.drainJournal(into: &persistence.journal)
-        try store.commit(persistence.journal.map { .journal($0) })
+        try store.commit(restored.changes)
         try store.sync()
-        persistence.journal.removeAll()
         logger.info(
             "store opened",
             metadata: [
                 "path": "\(store.directory)", "incarnation": "\(store.incarnation)",
                 "durability": "\(store.durability)", "lockspaces": "\(contents.lockspaces.count)",
-                "persistent_locks": "\(restored)",
+                "persistent_locks": "\(restored.locks)",
             ])
         let loop = eventLoop
         let writer = StoreWriter(
             store: store, logger: logger,
-            onCommitted: { [self] generation in loop.execute { self.committed(upTo: generation) } },
+            onCommitted: { [self] generation in loop.execute { self.handle(.committed(generation: generation)) } },
             onFailure: { error in
                 // A store that cannot be written cannot keep the promises made to clients: stop, as a database
                 // does when its disk fails, rather than acknowledge what would be lost.
@@ -75,73 +61,12 @@ extension LockNode {
         writer.start()
     }
 
-    /// Takes the engine's journal into the current generation. Returns whether this input's frames must wait
-    /// for that generation's commit.
-    @discardableResult
-    func collectJournal() -> Bool {
-        guard let persistence, engine.hasJournal else { return false }
-        persistence.journal.removeAll(keepingCapacity: true)
-        engine.drainJournal(into: &persistence.journal)
-        for entry in persistence.journal { persistence.pending.append(.journal(entry)) }
-        return holdForDurability()
-    }
-
-    /// Records a store change made by the node itself (lockspaces).
-    func record(_ change: NodeStore.Change) {
-        guard let persistence else { return }
-        persistence.pending.append(change)
-        _ = holdForDurability()
-    }
-
-    /// Marks the current input's frames as waiting for the commit, unless the durability mode says not to.
-    func holdForDurability() -> Bool {
-        guard let persistence, persistence.store.durability != .none else { return false }
-        holdingGeneration = persistence.openGeneration
-        return true
-    }
-
-    /// Hands the changes of this loop turn to the store's thread.
-    func submitChanges() {
-        guard let persistence, !persistence.pending.isEmpty else { return }
-        persistence.writer?.submit(generation: persistence.openGeneration, changes: persistence.pending)
-        persistence.pending = []
-        persistence.openGeneration += 1
-    }
-
-    /// A generation is in the store: the frames that waited for it go out, in order.
-    func committed(upTo generation: UInt64) {
-        guard let persistence else { return }
-        persistence.committedGeneration = max(persistence.committedGeneration, generation)
-        for connection in connections.values where !connection.held.isEmpty {
-            while let first = connection.held.first, first.generation <= generation {
-                var frames = first.frames
-                connection.outbound.writeBuffer(&frames)
-                connection.held.removeFirst()
-                markDirty(connection)
-            }
-        }
-        for connection in lingering.values {
-            while let first = connection.held.first, first.generation <= generation {
-                var frames = first.frames
-                connection.outbound.writeBuffer(&frames)
-                connection.held.removeFirst()
-            }
-            if connection.held.isEmpty {
-                lingering[connection.owner] = nil
-                close(connection)
-            }
-        }
-        flush()
-    }
-
-    /// The last commits on a clean shutdown: the writer finishes its queue, then the rest is written here.
+    /// The last commits on a clean shutdown: the writer finishes its queue (the shutdown's own changes included),
+    /// then the store is synced and its log applied.
     func closeStore() throws {
         guard let persistence else { return }
-        collectJournal()
         persistence.writer?.stop()
         persistence.writer = nil
-        if !persistence.pending.isEmpty { try persistence.store.commit(persistence.pending) }
-        persistence.pending = []
         try persistence.store.sync()
         try persistence.store.applyLog()
     }

@@ -133,29 +133,13 @@ func isListening(unixSocket path: String) -> Bool {
 }
 
 extension LockNode {
-    /// A clean shutdown: every client is told and closed, its persistent locks become orphans, and the
-    /// state is saved so that the next start gives them back.
+    /// A clean shutdown: every client is told and closed, its persistent locks become orphans, and the state is
+    /// saved so that the next start gives them back.
     func shutdown() throws {
-        isShuttingDown = true
         ticker?.cancel()
         busyPoll?.stop()
-        // Connections that closed while the node was stopped: their owners are gone too.
-        for case .exited(let connection) in heldInputs {
-            effects.removeAll(keepingCapacity: true)
-            engine.ownerExited(connection.owner, into: &effects)
-        }
-        heldInputs.removeAll()
-        for connection in connections.values.sorted(by: { $0.owner < $1.owner }) {
-            connection.send(.goodbye(reason: "dlmd is shutting down"))
-            close(connection)
-            connections[connection.owner] = nil
-            effects.removeAll(keepingCapacity: true)
-            engine.ownerExited(connection.owner, into: &effects)
-        }
-        // Exits, purges and releases still in slices end now: their changes go to the store below.
-        effects.removeAll(keepingCapacity: true)
-        engine.finishBulkWork(into: &effects)
+        handle(.shutdown)
         try closeStore()
-        logger.info("store closed; shut down", metadata: ["orphans": "\(engine.lockCount)"])
+        logger.info("store closed; shut down", metadata: ["orphans": "\(service.engine.lockCount)"])
     }
 }

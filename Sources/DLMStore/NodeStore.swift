@@ -171,13 +171,7 @@ public final class NodeStore: @unchecked Sendable {
     // MARK: Writing
 
     /// One change of a commit.
-    public enum Change: Sendable {
-        case journal(JournalEntry)
-        case putLockspace(name: [UInt8], valueBlockLength: Int)
-        case deleteLockspace(name: [UInt8])
-        /// The last installed membership view (for the group services).
-        case view([UInt8])
-    }
+    public typealias Change = StoreChange
 
     /// The puts and deletes that make `changes`, in order.
     public static func operations(_ changes: [Change]) -> [StoreOperation] {

@@ -193,10 +193,12 @@ import Testing
         #expect(
             h.engine.waitForEdges() == [
                 WaitForEdge(
-                    waiter: .transaction(100), waitingLock: h.id("c"), blocker: .transaction(200),
+                    waiter: .transaction(TransactionID(xid: 100)), waitingLock: h.id("c"),
+                    blocker: .transaction(TransactionID(xid: 200)),
                     blockingLock: h.id("b"), lockspace: h.ls, resource: bytes("r2"), priority: 0, waitingSince: 0),
                 WaitForEdge(
-                    waiter: .transaction(200), waitingLock: h.id("d"), blocker: .transaction(100),
+                    waiter: .transaction(TransactionID(xid: 200)), waitingLock: h.id("d"),
+                    blocker: .transaction(TransactionID(xid: 100)),
                     blockingLock: h.id("a"), lockspace: h.ls, resource: bytes("r1"), priority: 0, waitingSince: 0),
             ])
         #expect(h.tick(second) == ["d EDEADLK"])

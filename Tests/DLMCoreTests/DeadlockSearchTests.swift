@@ -55,7 +55,7 @@ import Testing
                     for (i, lock) in found.enumerated() {
                         let next = engine.lockState(found[(i + 1) % found.count])!
                         let blocker: DeadlockParticipant =
-                            next.transaction.map { .transaction($0) } ?? .owner(next.owner!)
+                            next.transaction.map { .transaction(TransactionID(xid: $0)) } ?? .owner(next.owner!)
                         #expect(
                             edges.contains { $0.waitingLock == lock && $0.blocker == blocker },
                             "seed \(seed): \(found) is not a cycle of \(edges)")

@@ -1,7 +1,8 @@
-import DLMCore
 import DLMTestSupport
 import Foundation
 import Testing
+
+@testable import DLMCore
 
 // The randomized model test of issue #2: many seeded runs of random operations (lock, convert, unlock, cancel,
 // force unlock, orphan adoption, owner exit, tick; random modes, flags, values, and some invalid requests) against
@@ -708,6 +709,8 @@ struct ModelRun {
             return "blocking callback lock \(b.lock.rawValue) owner \(b.owner.rawValue) mode \(b.mode)"
         case .finished(let f):
             return "finished owner \(f.owner.rawValue) count \(f.count)"
+        default:
+            return "\(effect)"
         }
     }
 
@@ -958,7 +961,7 @@ struct ModelRun {
                 if !waiting.contains(callback.mode) {
                     return "blocking callback for \(callback.mode) to lock \(id), but no request waits for it"
                 }
-            case .finished:
+            default:
                 break
             }
         }

@@ -1,4 +1,4 @@
-import DLMCore
+@testable import DLMCore
 
 // The reference model of the randomized model test (issue #2): one lockspace of the lock engine, written again
 // from REFERENCE.md §1-4 (and the conversion deadlock of §5) as plainly as possible. Plain arrays of lock ids for

@@ -1,5 +1,6 @@
-import DLMCore
 import Testing
+
+@testable import DLMCore
 
 @Test func grantsAnUncontendedLock() throws {
     var engine = LockEngine()

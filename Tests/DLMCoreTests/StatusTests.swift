@@ -196,35 +196,52 @@ import Testing
 
     // MARK: The single entry point
 
-    @Test func handleReportsResultsAndEffectsLikeTheDirectCalls() {
+    /// `handle` is the engine's one way in and out: the outcome of each input is an effect, first (`accepted`
+    /// with a new lock's id, `refused` with the error, `lockspace`), then what it let through, then the changes for
+    /// the store (`persist`).
+    @Test func handleReportsEveryOutcomeAsEffects() {
         var h = Harness()
         let a = LockRequest(lockspace: h.ls, owner: OwnerID(1), name: bytes("r"), mode: .ex)
         let first = h.engine.handle(.lock(a))
-        guard case .success(let id?) = first.result else {
-            Issue.record("no lock id: \(first.result)")
+        guard case .accepted(let id) = first.first else {
+            Issue.record("no lock id: \(first)")
             return
         }
-        #expect(h.render(first.effects) == ["#\(id.rawValue) granted EX token=1 owner=1"])
+        #expect(h.render(Array(first.dropFirst())) == ["#\(id.rawValue) granted EX token=1 owner=1"])
         let b = LockRequest(lockspace: h.ls, owner: OwnerID(2), name: bytes("r"), mode: .ex, flags: .noQueue)
-        guard case .success(let refused?) = h.engine.handle(.lock(b)).result else {
+        let queued = h.engine.handle(.lock(b))
+        guard case .accepted(let refused) = queued.first else {
             Issue.record("no lock id")
             return
         }
-        #expect(refused != id)
+        #expect(refused != id && h.render(Array(queued.dropFirst())) == ["#\(refused.rawValue) EAGAIN owner=2"])
         let bad = h.engine.handle(.convert(ConvertRequest(lock: id, owner: OwnerID(1), mode: .nl, flags: .orphan)))
-        guard case .failure(let error) = bad.result else {
+        guard case .refused(let error) = bad.first else {
             Issue.record("an ORPHAN conversion was accepted")
             return
         }
-        #expect(error.status == .invalid && bad.effects.isEmpty)
+        #expect(error.status == .invalid && bad.count == 1)
         let unlock = h.engine.handle(.unlock(UnlockRequest(lock: id, owner: OwnerID(1))))
-        guard case .success(nil) = unlock.result else {
-            Issue.record("unlock failed: \(unlock.result)")
+        #expect(unlock == [.completion(Completion(lock: id, owner: OwnerID(1), status: .unlocked, mode: nil))])
+        #expect(h.engine.handle(.tick(now: second)).isEmpty)
+        #expect(h.engine.handle(.ownerExited(OwnerID(1))).isEmpty)
+        #expect(h.engine.lockCount == 0)
+        let opened = h.engine.handle(.openLockspace(name: bytes("other"), valueBlockLength: 16, create: true))
+        guard case .lockspace(let info, created: true) = opened.first else {
+            Issue.record("no lockspace: \(opened)")
             return
         }
-        #expect(unlock.effects == [.completion(Completion(lock: id, owner: OwnerID(1), status: .unlocked, mode: nil))])
-        #expect(h.engine.handle(.tick(now: second)).effects.isEmpty)
-        #expect(h.engine.handle(.ownerExited(OwnerID(1))).effects.isEmpty)
-        #expect(h.engine.lockCount == 0)
+        #expect(info.valueBlockLength == 16)
+        #expect(
+            h.engine.handle(.openLockspace(name: bytes("none"), valueBlockLength: nil, create: false)).first
+                == .refused(DLMError(.noEntry, "no lockspace none")))
+        // A persistent lock: the store's change comes last.
+        let kept = h.engine.handle(
+            .lock(LockRequest(lockspace: h.ls, owner: OwnerID(3), name: bytes("p"), mode: .pr, flags: .persistent)))
+        guard case .persist(.put(let stored)) = kept.last else {
+            Issue.record("no change for the store: \(kept)")
+            return
+        }
+        #expect(stored.resource.name == bytes("p") && stored.resource.locks.count == 1)
     }
 }

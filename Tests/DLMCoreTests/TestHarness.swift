@@ -208,6 +208,14 @@ struct Harness {
             return line
         case .finished(let f):
             return "finished \(f.count) owner=\(f.owner.rawValue)"
+        case .refused(let error):
+            return "error \(error.status.name)"
+        case .accepted(let id):
+            return "accepted #\(id.rawValue)"
+        case .lockspace(let info, let created):
+            return "lockspace \(info.name.displayName)" + (created ? " created" : "")
+        case .persist:
+            return "persist"
         }
     }
 

@@ -36,7 +36,7 @@ enum BulkScenarios {
         var engine = LockEngine(config: EngineConfig(deadlockWait: 0))
         let ls = must { () throws(DLMError) in try engine.createLockspace(name: Array("bench".utf8)) }
         var effects: [Effect] = []
-        engine.setProcessID(42, of: OwnerID(1))
+        engine.handle(.setProcessID(42, owner: OwnerID(1)), into: &effects)
         let flags: LockFlags = kind == "exit" ? [] : .persistent
         for i in 0..<count {
             _ = must { () throws(DLMError) in
@@ -46,13 +46,10 @@ enum BulkScenarios {
                     into: &effects)
             }
         }
-        var journal: [JournalEntry] = []
         if kind == "purge" {
             engine.ownerExited(OwnerID(1), into: &effects)
-            engine.finishBulkWork(into: &effects)
+            while engine.hasBulkWork { engine.handle(.continueBulkWork, into: &effects) }
         }
-        engine.drainJournal(into: &journal)
-        journal.removeAll(keepingCapacity: true)
         effects.removeAll(keepingCapacity: true)
         var slices: [Double] = []
         let total = timed {
@@ -62,26 +59,20 @@ enum BulkScenarios {
                         switch kind {
                         case "exit": engine.ownerExited(OwnerID(1), into: &effects)
                         case "purge":
-                            try engine.beginPurge(
-                                lockspace: ls, pid: 42, requester: OwnerID(9), context: 0, into: &effects)
+                            try engine.call(
+                                .purge(lockspace: ls, pid: 42, requester: OwnerID(9), context: 0), into: &effects)
                         default:
-                            try engine.releaseLockspace(
-                                ls, force: true, requester: OwnerID(9), context: 0, into: &effects)
+                            try engine.call(
+                                .releaseLockspace(ls, force: true, requester: OwnerID(9), context: 0), into: &effects)
                         }
                     } catch {
                         fail("\(kind): \(error)")
                     }
-                    // dlmd drains the journal (the store's changes) after each slice.
-                    engine.drainJournal(into: &journal)
                 })
+            // The store's changes of each slice come as `persist` effects, as dlmd gets them.
             while engine.hasBulkWork {
-                slices.append(
-                    timed {
-                        engine.continueBulkWork(into: &effects)
-                        engine.drainJournal(into: &journal)
-                    })
+                slices.append(timed { engine.handle(.continueBulkWork, into: &effects) })
                 effects.removeAll(keepingCapacity: true)
-                journal.removeAll(keepingCapacity: true)
             }
         }
         guard engine.lockCount == 0 else { fail("\(kind): \(engine.lockCount) locks left") }

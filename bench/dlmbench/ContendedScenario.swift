@@ -37,7 +37,7 @@ enum ContendedScenario {
                     completions += 1
                     if c.status == .granted { grants += 1 }
                 case .blockingCallback: blockingCallbacks += 1
-                case .finished: break
+                default: break
                 }
             }
         }

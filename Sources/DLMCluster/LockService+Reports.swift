@@ -1,17 +1,46 @@
 import DLMCore
 import DLMWire
 import Foundation
-import NIOCore
+
+/// What only the shell knows, for a QUERY's report: the process, its sockets, the store's file, the cluster's
+/// view as group services see it, the event loop's polling.
+public struct ReportEnvironment: Sendable {
+    public var pid: Int32 = 0
+    public var uptimeSeconds: Double = 0
+    public var socket: String?
+    public var listen: String?
+    public var dataDirectory: String?
+    public var store: StatusReport.Store?
+    /// For a cluster member: the view, what a view change waits for, and the cluster's nodes.
+    public var cluster: (view: StatusReport.View?, waitingFor: [String], cluster: StatusReport.Cluster)?
+    public var busyPoll: StatusReport.BusyPollStatus?
+
+    public init(
+        pid: Int32 = 0, uptimeSeconds: Double = 0, socket: String? = nil, listen: String? = nil,
+        dataDirectory: String? = nil, store: StatusReport.Store? = nil,
+        cluster: (view: StatusReport.View?, waitingFor: [String], cluster: StatusReport.Cluster)? = nil,
+        busyPoll: StatusReport.BusyPollStatus? = nil
+    ) {
+        self.pid = pid
+        self.uptimeSeconds = uptimeSeconds
+        self.socket = socket
+        self.listen = listen
+        self.dataDirectory = dataDirectory
+        self.store = store
+        self.cluster = cluster
+        self.busyPoll = busyPoll
+    }
+}
 
 /// The answers to QUERY (Protocol/CLIENT.md §8).
-extension LockNode {
-    func report(_ kind: QueryKind, argument: [UInt8]) throws(DLMError) -> [UInt8] {
+extension LockService {
+    func report(_ kind: QueryKind, argument: [UInt8], environment: ReportEnvironment) throws(DLMError) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         do {
             switch kind {
             case .status:
-                return Array(try encoder.encode(statusReport()))
+                return Array(try encoder.encode(statusReport(environment)))
             case .lockspaces:
                 return Array(try encoder.encode(lockspacesReport()))
             case .lockdebug, .lockdump, .lockdebugPage, .lockdumpPage:
@@ -37,23 +66,18 @@ extension LockNode {
         }
     }
 
-    func statusReport() -> StatusReport {
-        let lockspaces = engine.allLockspaces
-        let cluster = self.cluster?.report()
+    func statusReport(_ environment: ReportEnvironment) -> StatusReport {
+        let cluster = environment.cluster
         return StatusReport(
-            nodeID: configuration.nodeID, version: dlmVersion, pid: getpid(),
-            uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
-            socket: configuration.socketPath, listen: configuration.listenAddress,
-            dataDirectory: configuration.dataDirectory, lockspaces: lockspaces.count,
-            resources: engine.resourceCount, locks: engine.lockCount, connections: connections.count,
-            store: storeReport, incarnation: persistence?.store.incarnation ?? 0, quorate: !isStopped,
+            nodeID: configuration.nodeID, version: LockService.version, pid: environment.pid,
+            uptimeSeconds: environment.uptimeSeconds, socket: environment.socket, listen: environment.listen,
+            dataDirectory: environment.dataDirectory, lockspaces: engine.allLockspaces.count,
+            resources: engine.resourceCount, locks: engine.lockCount, connections: connectionCount,
+            store: environment.store, incarnation: configuration.incarnation, quorate: !isStopped,
             view: cluster?.view,
             recovery: .init(
                 waitingFor: isStopped ? (cluster?.waitingFor ?? stopReasons) : [], heldRequests: heldInputs.count),
-            cluster: cluster?.cluster,
-            busyPoll: busyPoll.map {
-                .init(windowMicroseconds: $0.window.nanoseconds / 1000, polls: $0.polls)
-            },
+            cluster: cluster?.cluster, busyPoll: environment.busyPoll,
             work: .init(
                 bulkJobs: engine.bulkJobCount, deadlockPasses: engine.probe.deadlockPasses,
                 deadlockPassRunning: engine.isSearchingDeadlocks))
@@ -74,7 +98,7 @@ extension LockNode {
         let resources = page.resources.map { snapshot in
             func entry(_ lock: LockSnapshot) -> LockDebugReport.Lock {
                 // An orphan shows the pid of the process that held it.
-                return LockDebugReport.Lock(
+                LockDebugReport.Lock(
                     id: lock.id.description, grantedMode: lock.grantedMode?.description,
                     requestedMode: lock.requestedMode?.description,
                     owner: lock.owner.map { String($0.rawValue) } ?? "orphan",

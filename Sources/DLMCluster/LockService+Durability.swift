@@ -1,0 +1,75 @@
+import DLMCore
+import DLMWire
+
+/// Frames and the store (`--durability`). The changes of the inputs between two `takeOutput` calls make one
+/// generation, written by the shell on the store's thread. A frame that depends on a generation waits in its
+/// connection's `held` list until `committed` says that generation is in the store (`batch`: in LMDB; `sync`: on
+/// disk), and every later frame of that connection queues behind it, so nothing is reordered. With `none`, or
+/// without a store, nothing waits.
+extension LockService {
+    /// A change made by this input: it goes into the open generation, and this input's frames wait for it.
+    mutating func record(_ change: StoreChange) {
+        guard configuration.hasStore else { return }
+        pendingChanges.append(change)
+        lastChangedGeneration = openGeneration
+        if configuration.repliesWaitForCommits { holdingGeneration = openGeneration }
+    }
+
+    /// The reply of work done in slices waits for every generation that holds one of its changes: the last one
+    /// with any change, if it is not in the store yet (generations are committed in order).
+    mutating func holdForEarlierSlices() {
+        guard configuration.repliesWaitForCommits, lastChangedGeneration > committedGeneration else { return }
+        holdingGeneration = max(holdingGeneration ?? 0, lastChangedGeneration)
+    }
+
+    /// Ends the open generation: its changes go out for the store (`ServiceOutput.commit`).
+    mutating func closeGeneration() {
+        guard !pendingChanges.isEmpty else { return }
+        output.commit = (openGeneration, pendingChanges)
+        pendingChanges = []
+        openGeneration += 1
+    }
+
+    /// Sends a frame now, or, while this input's changes or earlier frames of this connection wait for a commit,
+    /// after that commit (frames to one connection never overtake each other).
+    mutating func deliver(_ id: ConnectionID, _ message: ServerMessage) {
+        let slot = Int(id.slot)
+        let last = clients[slot].lastHeldGeneration
+        guard let generation = holdingGeneration ?? (last == 0 ? nil : last) else {
+            output.frames.append((id, message))
+            return
+        }
+        if last == generation {
+            queues[slot].held[queues[slot].held.count - 1].messages.append(message)
+        } else {
+            queues[slot].held.append((generation, [message]))
+            clients[slot].lastHeldGeneration = generation
+        }
+    }
+
+    /// The store holds every generation up to `generation`: the frames that waited for them go out, in order; a
+    /// connection that was closing closes once nothing waits.
+    mutating func committed(upTo generation: UInt64) {
+        committedGeneration = max(committedGeneration, generation)
+        for slot in clients.indices {
+            let client = clients[slot]
+            guard client.lastHeldGeneration != 0, queues[slot].held[0].generation <= generation else { continue }
+            var held = queues[slot].held
+            queues[slot].held = []  // taken out while changed, so that the array is not copied
+            while let first = held.first, first.generation <= generation {
+                if !client.isGone {
+                    for message in first.messages { output.frames.append((client.id, message)) }
+                }
+                held.removeFirst()
+            }
+            clients[slot].lastHeldGeneration = held.last?.generation ?? 0
+            queues[slot].held = held
+            guard held.isEmpty else { continue }
+            if client.isGone {
+                forget(client.id)
+            } else if client.closeWhenSent {
+                output.closes.append(client.id)
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+import DLMCore
+import DLMWire
+
+/// Client frames (Protocol/CLIENT.md §4-§7): HELLO first, then requests, each turned into one engine input whose
+/// effects become the reply and the frames for others.
+extension LockService {
+    /// The version dlmd reports in HELLO_REPLY and the status report.
+    public static let version = "0.1.0"
+
+    mutating func receive(
+        _ message: ClientMessage, from id: ConnectionID, now: Instant?, environment: ReportEnvironment?
+    ) {
+        guard isLive(id) else { return }
+        switch clients[Int(id.slot)].state {
+        case .closing:
+            return
+        case .awaitingHello:
+            guard case .hello(let hello) = message else {
+                refuse(id, status: .protocolError, message: "the first frame must be HELLO")
+                return
+            }
+            guard hello.minVersion <= ProtocolVersion.current, hello.maxVersion >= ProtocolVersion.current else {
+                refuse(
+                    id, status: .protocolError,
+                    message: "no common protocol version: client speaks \(hello.minVersion)-\(hello.maxVersion), "
+                        + "server speaks \(ProtocolVersion.current)")
+                return
+            }
+            clients[Int(id.slot)].pid = hello.pid
+            queues[Int(id.slot)].name = hello.clientName
+            clients[Int(id.slot)].state = .ready
+            run(.setProcessID(hello.pid, owner: owner(id)), reply: nil)
+            deliver(
+                id, .helloReply(HelloReply(nodeID: configuration.nodeID, server: "dlmd \(LockService.version)")))
+        case .ready:
+            if clients[Int(id.slot)].awaitingReply {
+                queues[Int(id.slot)].deferredRequests.append((message, environment))
+            } else if mustHold(message, from: id) {
+                hold(message, from: id, environment: environment)
+            } else {
+                handleRequest(message, from: id, now: now, environment: environment)
+            }
+        }
+    }
+
+    mutating func handleRequest(
+        _ message: ClientMessage, from id: ConnectionID, now: Instant?, environment: ReportEnvironment?
+    ) {
+        if let now, now > engine.now &+ configuration.tickInterval { advanceClock(to: now) }
+        let owner = owner(id)
+        switch message {
+        case .hello:
+            refuse(id, status: .protocolError, message: "a second HELLO")
+        case .ping(let tag):
+            deliver(id, .pong(tag: tag))
+        case .bye(let tag):
+            deliver(id, .ok(tag: tag, lock: 0))
+            close(id)
+        case .openLockspace(let tag, let name, let length, let create):
+            run(
+                .openLockspace(name: name, valueBlockLength: length == 0 ? nil : Int(length), create: create),
+                reply: Reply(connection: id, tag: tag, kind: .lockspace))
+        case .releaseLockspace(let tag, let lockspace, let force):
+            // The reply comes with the end (`finished`), in slices when there are many locks.
+            let context = nextBulkContext
+            let name = engine.lockspaceInfo(LockspaceID(rawValue: lockspace))?.name ?? []
+            bulkReplies[context] = .released(tag: tag, lockspace: name)
+            clients[Int(id.slot)].awaitingReply = true
+            nextBulkContext += 1
+            run(
+                .releaseLockspace(LockspaceID(rawValue: lockspace), force: force, requester: owner, context: context),
+                reply: Reply(connection: id, tag: tag, kind: .finished(context)))
+        case .purge(let tag, let lockspace, let nodeID, let pid):
+            if nodeID == 0 || nodeID == configuration.nodeID {
+                // Done in slices; PURGED comes with the end (`finished`), after the sub-locks' completions and the
+                // grants the purge let through, and waits for the commit.
+                let context = nextBulkContext
+                bulkReplies[context] = .purged(tag: tag)
+                clients[Int(id.slot)].awaitingReply = true
+                nextBulkContext += 1
+                run(
+                    .purge(lockspace: LockspaceID(rawValue: lockspace), pid: pid, requester: owner, context: context),
+                    reply: Reply(connection: id, tag: tag, kind: .finished(context)))
+            } else if engine.lockspaceInfo(LockspaceID(rawValue: lockspace)) == nil {
+                deliver(id, .error(tag: tag, status: .noEntry, message: "no such lockspace"))
+            } else {
+                deliver(id, .purged(tag: tag, count: 0))
+            }
+        case .lock(let m):
+            let request = LockRequest(
+                lockspace: LockspaceID(rawValue: m.lockspace), owner: owner, name: m.name, mode: m.mode,
+                flags: m.flags, parent: m.parent == 0 ? nil : LockID(rawValue: m.parent),
+                timeout: m.timeoutNanoseconds == 0 ? nil : m.timeoutNanoseconds,
+                transaction: m.transaction == 0 ? nil : m.transaction, priority: m.priority,
+                wantsBlockingCallbacks: m.options.contains(.blockingCallbacks),
+                alwaysFencingToken: m.options.contains(.alwaysFencingToken))
+            run(.lock(request), reply: Reply(connection: id, tag: m.tag, kind: .lock))
+        case .convert(let m):
+            let request = ConvertRequest(
+                lock: LockID(rawValue: m.lock), owner: owner, mode: m.mode, flags: m.flags,
+                valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil,
+                timeout: m.timeoutNanoseconds == 0 ? nil : m.timeoutNanoseconds,
+                priority: m.priority == 255 ? nil : m.priority)
+            run(.convert(request), reply: Reply(connection: id, tag: m.tag, kind: .operation(request.lock)))
+        case .unlock(let m):
+            let request = UnlockRequest(
+                lock: LockID(rawValue: m.lock), owner: owner, flags: m.flags,
+                valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil)
+            run(.unlock(request), reply: Reply(connection: id, tag: m.tag, kind: .operation(request.lock)))
+        case .deadlockCancel(let tag, let lock):
+            run(.cancelForDeadlock(LockID(rawValue: lock)), reply: Reply(connection: id, tag: tag, kind: .ok(lock)))
+        case .query(let tag, let kind, let argument):
+            do throws(DLMError) {
+                let json = try report(kind, argument: argument, environment: environment ?? ReportEnvironment())
+                deliver(id, .queryReply(tag: tag, json: json))
+            } catch {
+                deliver(id, .error(tag: tag, status: error.status, message: error.message))
+            }
+        }
+    }
+
+    /// The reply an engine input owes its request.
+    struct Reply {
+        enum Kind {
+            /// LOCK: the completion of the new lock if it came at once, else OK with its id.
+            case lock
+            /// CONVERT, UNLOCK: the completion of `lock` if it came at once, else OK with it.
+            case operation(LockID)
+            /// LOCKSPACE_OPEN: LOCKSPACE.
+            case lockspace
+            /// DEADLOCK_CANCEL: OK with the lock.
+            case ok(UInt32)
+            /// PURGE, LOCKSPACE_RELEASE: answered by `finished` (see `bulkReplies`).
+            case finished(UInt64)
+        }
+
+        var connection: ConnectionID
+        var tag: UInt32
+        var kind: Kind
+    }
+
+    /// Runs one engine input and sends what came of it: the store's changes first (the frames of this input wait
+    /// for their commit), then the reply, then the frames for others, in the engine's order. The completion of the
+    /// request's own lock that came at once carries the request's tag and is its reply; without one, the reply is
+    /// OK (with the lock), before everything else.
+    mutating func run(_ input: Input, reply: Reply?) {
+        // Only this input's frames wait for this input's changes.
+        holdingGeneration = nil
+        defer { holdingGeneration = nil }
+        effects.removeAll(keepingCapacity: true)
+        engine.handle(input, into: &effects)
+        // The changes for the store come last among the effects; they decide whether this input's frames wait.
+        var end = effects.count
+        while end > 0, case .persist = effects[end - 1] { end -= 1 }
+        if end < effects.count {
+            for case .persist(let entry) in effects[end...] { record(.journal(entry)) }
+        }
+        var replyLock: LockID?
+        var replied = false
+        if let reply {
+            if case .refused(let error) = effects.first {
+                if case .finished(let context) = reply.kind {
+                    bulkReplies[context] = nil
+                    clients[Int(reply.connection.slot)].awaitingReply = false
+                }
+                deliver(reply.connection, .error(tag: reply.tag, status: error.status, message: error.message))
+                return
+            }
+            let requester = owner(reply.connection)
+            switch reply.kind {
+            case .lock, .operation:
+                if case .lock = reply.kind, case .accepted(let id) = effects.first { replyLock = id }
+                if case .operation(let lock) = reply.kind { replyLock = lock }
+                let answered = effects[..<end].contains {
+                    if case .completion(let c) = $0 { return c.lock == replyLock && c.owner == requester }
+                    return false
+                }
+                if !answered, let lock = replyLock {
+                    if case .unlock = input, engine.isUnlockingInSlices(lock) {
+                        // FORCEUNLOCK of a parent with many sub-locks: the lock's completion, tagged, comes at the
+                        // end, and the connection's later requests wait for it.
+                        forceUnlockReplies[lock] = (requester, reply.tag)
+                        clients[Int(reply.connection.slot)].awaitingReply = true
+                    } else {
+                        deliver(reply.connection, .ok(tag: reply.tag, lock: lock.rawValue))
+                    }
+                    replied = true
+                }
+            case .ok(let lock):
+                deliver(reply.connection, .ok(tag: reply.tag, lock: lock))
+                replied = true
+            case .lockspace, .finished:
+                break
+            }
+        }
+        for index in 0..<end {
+            switch effects[index] {
+            case .refused, .accepted, .persist:
+                break
+            case .lockspace(let info, let created):
+                if created { record(.putLockspace(name: info.name, valueBlockLength: info.valueBlockLength)) }
+                if let reply {
+                    deliver(
+                        reply.connection,
+                        .lockspace(
+                            tag: reply.tag, lockspace: info.id.rawValue, valueBlockLength: UInt8(info.valueBlockLength),
+                            created: created))
+                }
+            case .completion(let completion):
+                // Most effects go to the requester: no lookup for those.
+                let connection: ConnectionID
+                if let reply, completion.owner == owner(reply.connection) {
+                    connection = reply.connection
+                } else if let found = self.connection(of: completion.owner) {
+                    connection = found
+                } else {
+                    continue
+                }
+                guard clients[Int(connection.slot)].state == .ready else { continue }
+                var tag: UInt32 = 0
+                if !replied, let reply, completion.lock == replyLock, connection == reply.connection {
+                    tag = reply.tag
+                    replied = true
+                } else if !forceUnlockReplies.isEmpty, completion.status == .unlocked,
+                    let pending = forceUnlockReplies[completion.lock], pending.owner == completion.owner
+                {
+                    forceUnlockReplies[completion.lock] = nil
+                    holdForEarlierSlices()
+                    deliver(connection, .completion(CompletionMessage(tag: pending.tag, completion)))
+                    replyDelivered(connection)
+                    continue
+                }
+                deliver(connection, .completion(CompletionMessage(tag: tag, completion)))
+            case .blockingCallback(let callback):
+                guard let connection = self.connection(of: callback.owner),
+                    clients[Int(connection.slot)].state == .ready
+                else { continue }
+                deliver(connection, .blocking(lock: callback.lock.rawValue, mode: callback.mode))
+            case .finished(let finished):
+                finishBulk(finished)
+            }
+        }
+    }
+
+    /// The live connection of an owner of this node, if there is one.
+    func connection(of owner: OwnerID) -> ConnectionID? {
+        guard owner.node == configuration.nodeID, owner.incarnation == configuration.incarnation,
+            let slot = slotsByOwner[owner.rawValue]
+        else { return nil }
+        return clients[Int(slot)].id
+    }
+}

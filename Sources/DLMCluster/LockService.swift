@@ -1,0 +1,399 @@
+import DLMCore
+import DLMWire
+import DequeModule
+import GroupServices
+
+/// A client connection, as the service numbers it: a slot of its table of clients, and the owner number that the
+/// connection's locks carry (never used twice on this node).
+public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
+    public var slot: UInt32
+    public var owner: UInt64
+
+    public var description: String { "connection \(owner)" }
+}
+
+/// What happens to a node's lock service: a client connects, sends a frame, stops sending or goes; time passes; the
+/// store commits; group services change the view; work in slices goes on; the node shuts down.
+public enum ServiceInput: Sendable {
+    /// A frame of a client, at `now` (the shell's monotonic clock, in nanoseconds).
+    case frame(ConnectionID, ClientMessage, now: Instant)
+    /// A QUERY frame, with what only the shell knows (uptime, sockets, store, cluster) for its report.
+    case query(ConnectionID, ClientMessage, ReportEnvironment)
+    /// A frame that could not be decoded: ERROR (tag 0) with this status and message, then the connection closes.
+    case malformed(ConnectionID, DLMStatus, String)
+    /// The client will send nothing more (a half-close): its answers go out, then the connection closes.
+    case inputEnded(ConnectionID)
+    /// The connection is gone: its owner's locks are released or orphaned.
+    case closed(ConnectionID)
+    case tick(now: Instant)
+    /// The store holds everything up to this generation (`ServiceOutput.commit`).
+    case committed(generation: UInt64)
+    /// Group services installed a view: a primary view serves requests, any other holds them.
+    case viewInstalled(View, primary: Bool)
+    /// A slice of the work done in slices (`ServiceOutput.wantsBulkSlice`).
+    case bulkSlice
+    /// A clean shutdown: every client is told (GOODBYE) and closed, its persistent locks become orphans.
+    case shutdown
+}
+
+/// What the shell must do after some inputs, in this order: write the store's changes (the frames that wait for
+/// them are held by the service until `committed`), write the frames to their connections (in order per
+/// connection), close connections (after their frames), and schedule a bulk slice if asked.
+public struct ServiceOutput: Sendable {
+    /// Store changes to write as one generation.
+    public var commit: (generation: UInt64, changes: [StoreChange])?
+    /// Frames to send, in order.
+    public var frames: [(connection: ConnectionID, message: ServerMessage)] = []
+    /// Connections to close once their frames are written.
+    public var closes: [ConnectionID] = []
+    /// Work in slices waits: send `.bulkSlice` a little later (after the loop has polled its sockets).
+    public var wantsBulkSlice = false
+    /// Events for the log: (level notice, message, metadata).
+    public var notices: [(message: String, metadata: [String: String])] = []
+
+    public init() {}
+
+    /// Empties the output, keeping the arrays' capacity.
+    public mutating func removeAll() {
+        frames.removeAll(keepingCapacity: true)
+        closes.removeAll(keepingCapacity: true)
+        commit = nil
+        wantsBulkSlice = false
+        if !notices.isEmpty { notices.removeAll() }
+    }
+
+    public var isEmpty: Bool {
+        commit == nil && frames.isEmpty && closes.isEmpty && !wantsBulkSlice && notices.isEmpty
+    }
+}
+
+/// How a node's lock service is set up.
+public struct ServiceConfiguration: Sendable {
+    public var nodeID: UInt32
+    /// This life of the node (its store's start count); 0 without a store.
+    public var incarnation: UInt64
+    public var engine: EngineConfig
+    /// How often the shell ticks the service, in nanoseconds; a frame that comes later than this after the last
+    /// tick ticks the engine first.
+    public var tickInterval: UInt64
+    /// Whether replies that change persistent state wait for the store's commit (a store with `batch` or `sync`
+    /// durability); with `none`, or without a store, nothing waits.
+    public var repliesWaitForCommits: Bool
+    /// Whether the node has a store at all (else no changes are collected).
+    public var hasStore: Bool
+    /// A cluster member holds requests until group services agree on a primary view.
+    public var isClusterMember: Bool
+
+    public init(
+        nodeID: UInt32, incarnation: UInt64 = 0, engine: EngineConfig = EngineConfig(),
+        tickInterval: UInt64 = 10_000_000, repliesWaitForCommits: Bool = false, hasStore: Bool = false,
+        isClusterMember: Bool = false
+    ) {
+        self.nodeID = nodeID
+        self.incarnation = incarnation
+        self.engine = engine
+        self.tickInterval = tickInterval
+        self.repliesWaitForCommits = repliesWaitForCommits
+        self.hasStore = hasStore
+        self.isClusterMember = isClusterMember
+    }
+}
+
+/// One node's lock manager as a deterministic state machine: client frames, closed connections, ticks, commits
+/// and views go in (`handle`); what the shell must do comes out in one batch (`takeOutput`), as raft's `Ready`.
+/// It owns the engine, every client's protocol state, the frames that wait for a commit, the gate that holds
+/// requests while the node is outside a primary view, and the replies of work done in slices. It does no I/O and
+/// reads no clock; `LockNode` is its shell (docs/ARCHITECTURE.md).
+///
+/// Ordering rules it keeps:
+/// - replies to one connection leave in the order of its requests, each after the commit of what it changed
+///   (durability), and later frames of that connection wait behind it;
+/// - while stopped, requests that change lock state, and disconnections, wait in arrival order and run on
+///   `resume`; PING, QUERY and BYE are answered at once unless earlier requests of the connection wait;
+/// - a request done in slices (purge, forced release, FORCEUNLOCK of many sub-locks) answers at its end, and the
+///   requests its connection sent after it wait until then.
+public struct LockService {
+    public let configuration: ServiceConfiguration
+    public internal(set) var engine: LockEngine
+    /// The clients, by slot (a free slot's owner is 0), and what each holds that is not a plain value: apart, so
+    /// that the hot path reads a client's state without retaining its arrays.
+    var clients: ContiguousArray<Client> = []
+    var queues: ContiguousArray<ClientQueues> = []
+    var freeSlots: [UInt32] = []
+    /// The slot of each connection, by its owner number (effects name owners).
+    var slotsByOwner: [UInt64: UInt32] = [:]
+    var clientCount = 0
+    var nextOwner: UInt64 = 1
+    /// Reused for every input, so that the hot path allocates no array.
+    var effects: [Effect] = []
+    var output = ServiceOutput()
+    var isShuttingDown = false
+
+    // Durability (LockService+Durability.swift).
+    /// Changes of the inputs since the last `takeOutput`.
+    var pendingChanges: [StoreChange] = []
+    /// The generation the current inputs' changes belong to.
+    var openGeneration: UInt64 = 1
+    /// The highest generation known to be in the store.
+    var committedGeneration: UInt64 = 0
+    /// While handling an input whose changes must be committed first: the generation its frames wait for.
+    var holdingGeneration: UInt64?
+    /// The generation of the last change recorded.
+    var lastChangedGeneration: UInt64 = 0
+
+    // The gate (LockService+Gate.swift).
+    /// Non-empty while the node is stopped (a cluster member outside a primary view): what it waits for.
+    var stopReasons: [String] = []
+    /// What arrived while stopped, in order.
+    var heldInputs: Deque<HeldInput> = []
+
+    // Work in slices (LockService+Bulk.swift).
+    var bulkReplies: [UInt64: BulkReply] = [:]
+    var nextBulkContext: UInt64 = 1
+    var forceUnlockReplies: [LockID: (owner: OwnerID, tag: UInt32)] = [:]
+    /// Connections whose requests waited behind a reply that has now gone out (`drainDeferred`).
+    var connectionsWithDeferredRequests: [ConnectionID] = []
+
+    public init(configuration: ServiceConfiguration, engine: LockEngine? = nil) {
+        self.configuration = configuration
+        self.engine = engine ?? LockEngine(config: configuration.engine)
+        effects.reserveCapacity(64)
+        output.frames.reserveCapacity(64)
+        if configuration.isClusterMember { stopReasons = ["view agreement"] }
+    }
+
+    /// The owner identity of a connection's locks: this node, this life, the connection's number.
+    func owner(_ id: ConnectionID) -> OwnerID {
+        OwnerID(node: configuration.nodeID, incarnation: configuration.incarnation, local: id.owner)
+    }
+
+    // MARK: Clients
+
+    /// A new connection: its id. A node that is shutting down refuses it (ERROR ESHUTDOWN, then close).
+    public mutating func connect() -> ConnectionID {
+        let slot: UInt32
+        if let free = freeSlots.popLast() {
+            slot = free
+        } else {
+            slot = UInt32(clients.count)
+            clients.append(Client(id: ConnectionID(slot: slot, owner: 0)))
+            queues.append(ClientQueues())
+        }
+        let id = ConnectionID(slot: slot, owner: nextOwner)
+        nextOwner += 1
+        clients[Int(slot)] = Client(id: id)
+        queues[Int(slot)] = ClientQueues()
+        slotsByOwner[id.owner] = slot
+        clientCount += 1
+        if isShuttingDown { refuse(id, status: .shuttingDown, message: "dlmd is shutting down") }
+        return id
+    }
+
+    /// The client of a live connection id.
+    func isLive(_ id: ConnectionID) -> Bool {
+        Int(id.slot) < clients.count && clients[Int(id.slot)].id == id
+    }
+
+    /// Forgets a connection for good (its frames and owner are done with).
+    mutating func forget(_ id: ConnectionID) {
+        guard isLive(id) else { return }
+        clients[Int(id.slot)] = Client(id: ConnectionID(slot: id.slot, owner: 0))
+        queues[Int(id.slot)] = ClientQueues()
+        slotsByOwner[id.owner] = nil
+        freeSlots.append(id.slot)
+        clientCount -= 1
+    }
+
+    /// The number of connections the service knows (for the status report).
+    public var connectionCount: Int { clientCount }
+
+    // MARK: Inputs
+
+    /// Handles one input; what the shell must do accumulates until `takeOutput`.
+    public mutating func handle(_ input: ServiceInput) {
+        switch input {
+        case .frame(let id, let message, let now):
+            receive(message, from: id, now: now, environment: nil)
+        case .query(let id, let message, let environment):
+            receive(message, from: id, now: nil, environment: environment)
+        case .malformed(let id, let status, let message):
+            refuse(id, status: status, message: message)
+        case .inputEnded(let id):
+            close(id)
+        case .closed(let id):
+            disconnected(id)
+        case .tick(let now):
+            advanceClock(to: now)
+        case .committed(let generation):
+            committed(upTo: generation)
+        case .viewInstalled(_, let primary):
+            if primary { resume() } else { stop(waitingFor: ["quorum"]) }
+        case .bulkSlice:
+            guard !isStopped else { return }
+            run(.continueBulkWork, reply: nil)
+        case .shutdown:
+            shutdown()
+        }
+        if !connectionsWithDeferredRequests.isEmpty { drainDeferred() }
+    }
+
+    /// A clean shutdown: every client is told (GOODBYE) and closed, the owners that left while the node was
+    /// stopped and those still connected exit (their persistent locks become orphans), and work in slices ends, so
+    /// that the last commit holds it all.
+    mutating func shutdown() {
+        isShuttingDown = true
+        for case .exited(let id) in heldInputs where isLive(id) { run(.ownerExited(owner(id)), reply: nil) }
+        heldInputs.removeAll()
+        for slot in clients.indices {
+            let client = clients[slot]
+            guard client.id.owner != 0, !client.isGone else { continue }
+            if client.state != .closing {
+                deliver(client.id, .goodbye(reason: "dlmd is shutting down"))
+                close(client.id)
+            }
+            run(.ownerExited(owner(client.id)), reply: nil)
+        }
+        while engine.hasBulkWork { run(.continueBulkWork, reply: nil) }
+    }
+
+    /// What the shell must do now (see `ServiceOutput`): swapped with `spare`, which the shell emptied after the
+    /// last batch (`ServiceOutput.removeAll`), so that no array is allocated per batch. The service then starts a
+    /// new batch.
+    public mutating func swapOutput(_ spare: inout ServiceOutput) {
+        closeGeneration()
+        output.wantsBulkSlice = engine.hasBulkWork && !isStopped
+        swap(&output, &spare)
+        output.removeAll()
+    }
+
+    /// What the shell must do now, as a value (for tests).
+    public mutating func takeOutput() -> ServiceOutput {
+        var taken = ServiceOutput()
+        swapOutput(&taken)
+        return taken
+    }
+
+    /// How many frames wait in the current batch (the shell takes the output early past a bound).
+    public var pendingFrames: Int { output.frames.count }
+
+    /// Passes the time to the engine, which runs due timeouts and deadlock searches.
+    mutating func advanceClock(to now: Instant) {
+        guard !isStopped else { return }
+        run(.tick(now: now), reply: nil)
+    }
+
+    /// A malformed or out-of-order frame: ERROR with tag 0, then this connection closes.
+    mutating func refuse(_ id: ConnectionID, status: DLMStatus, message: String) {
+        guard isLive(id), clients[Int(id.slot)].state != .closing else { return }
+        output.notices.append(
+            (
+                "closing a client after a bad frame",
+                ["owner": "\(id.owner)", "pid": "\(clients[Int(id.slot)].pid)", "error": message]
+            ))
+        deliver(id, .error(tag: 0, status: status, message: message))
+        close(id)
+    }
+
+    /// Closes a connection once its frames are out: frames that wait for a commit go first, so a client that
+    /// half-closes (or says BYE) still gets every answer, in order (Protocol/CLIENT.md §9).
+    mutating func close(_ id: ConnectionID) {
+        guard isLive(id) else { return }
+        clients[Int(id.slot)].state = .closing
+        if clients[Int(id.slot)].lastHeldGeneration == 0 {
+            output.closes.append(id)
+        } else {
+            clients[Int(id.slot)].closeWhenSent = true
+        }
+    }
+
+    /// The connection is gone: its owner's locks are released or orphaned (held while stopped).
+    mutating func disconnected(_ id: ConnectionID) {
+        guard isLive(id), !clients[Int(id.slot)].isGone else { return }
+        clients[Int(id.slot)].isGone = true
+        clients[Int(id.slot)].state = .closing
+        if clients[Int(id.slot)].awaitingReply {
+            let gone = owner(id)
+            forceUnlockReplies = forceUnlockReplies.filter { $0.value.owner != gone }
+        }
+        if isStopped {
+            heldInputs.append(.exited(id))
+        } else {
+            ownerExited(id)
+        }
+    }
+
+    /// The owner's locks are released or orphaned; the connection is forgotten once nothing waits for it.
+    mutating func ownerExited(_ id: ConnectionID) {
+        run(.ownerExited(owner(id)), reply: nil)
+        if clients[Int(id.slot)].lastHeldGeneration == 0 { forget(id) }
+    }
+}
+
+/// A client connection's protocol state: plain values only.
+struct Client {
+    enum State {
+        case awaitingHello
+        case ready
+        case closing
+    }
+
+    /// Owner 0: a free slot.
+    let id: ConnectionID
+    var state = State.awaitingHello
+    var pid: UInt32 = 0
+    /// The generation the last of its held frames waits for; 0 when none wait.
+    var lastHeldGeneration: UInt64 = 0
+    /// Close once no frame waits.
+    var closeWhenSent = false
+    /// The shell reported the connection gone.
+    var isGone = false
+    /// Requests of this connection held while the node is stopped (LockService+Gate.swift).
+    var heldRequests = 0
+    /// A request of this connection is done in slices: its reply comes at the end, and the requests after it wait
+    /// (`ClientQueues.deferredRequests`).
+    var awaitingReply = false
+
+    init(id: ConnectionID) { self.id = id }
+}
+
+/// What a client connection holds that is not a plain value.
+struct ClientQueues {
+    /// Frames waiting for a store commit, by the generation they wait for, oldest first.
+    var held: [(generation: UInt64, messages: [ServerMessage])] = []
+    /// Requests that wait behind a reply done in slices, with what a QUERY among them needs for its report.
+    var deferredRequests: Deque<(message: ClientMessage, environment: ReportEnvironment?)> = []
+    var name = ""
+}
+
+extension LockService {
+    /// Gives back what the store kept, before the node serves: the lockspaces, then every persistent lock as an
+    /// orphan with its value block. Returns how many locks came back and the changes to write before serving
+    /// (the restored resources again: their volatile holders are gone).
+    public mutating func restore(
+        lockspaces: [(name: [UInt8], valueBlockLength: Int)], resources: [StoredResource]
+    ) throws(DLMError) -> (locks: Int, changes: [StoreChange]) {
+        var changes: [StoreChange] = []
+        func apply(_ input: Input) throws(DLMError) {
+            effects.removeAll(keepingCapacity: true)
+            engine.handle(input, into: &effects)
+            for effect in effects {
+                switch effect {
+                case .refused(let error): throw error
+                case .persist(let entry): changes.append(.journal(entry))
+                default: break
+                }
+            }
+        }
+        for lockspace in lockspaces {
+            try apply(.openLockspace(name: lockspace.name, valueBlockLength: lockspace.valueBlockLength, create: true))
+        }
+        for resource in resources {
+            do throws(DLMError) {
+                try apply(.restore(resource))
+            } catch {
+                throw DLMError(error.status, "cannot restore resource \(resource.resource.path) of the store: \(error)")
+            }
+        }
+        return (engine.lockCount, changes)
+    }
+}

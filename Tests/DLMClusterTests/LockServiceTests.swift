@@ -1,0 +1,146 @@
+import DLMCluster
+import DLMCore
+import DLMWire
+import GroupServices
+import Testing
+
+/// The node's lock service in-process: the ordering rules that the shell used to carry (replies held for the
+/// store, the stop gate, replies of work in slices), as transcripts of frames in and out.
+@Suite struct LockServiceTests {
+    typealias H = ServiceHarness
+
+    /// A grant, a queued request with its blocking callback, an unlock that grants the waiter.
+    @Test func requestsRepliesAndFramesForOthers() {
+        var h = H()
+        let a = h.connect("a")
+        let b = h.connect("b")
+        h.send(a, H.open(1))
+        #expect(h.out() == ["a: LOCKSPACE tag 1 id 0 created"])
+        h.send(a, H.lock(2, "r", .ex))
+        #expect(h.out() == ["a: COMPLETION tag 2 lock 1 granted EX"])
+        h.send(b, H.lock(3, "r", .pr))
+        // The reply (OK: the request waits) goes before the callback it caused.
+        #expect(h.out() == ["b: OK tag 3 lock 2", "a: BAST lock 1 PR"])
+        h.send(a, H.unlock(4, 1))
+        #expect(h.out() == ["a: COMPLETION tag 4 lock 1 EUNLOCK", "b: COMPLETION tag 0 lock 2 granted PR"])
+        h.send(b, .lock(LockMessage(tag: 5, lockspace: 9, mode: .ex, name: Array("x".utf8))))
+        #expect(h.out() == ["b: ERROR tag 5 ENOENT"])
+    }
+
+    /// With a store that makes replies wait (`batch`, `sync`): the reply of a change to persistent state, and every
+    /// later frame of that connection, wait for the commit; other connections are not held up.
+    @Test func repliesWaitForTheCommitOfWhatTheyChanged() {
+        var h = H(configuration: ServiceConfiguration(nodeID: 1, repliesWaitForCommits: true, hasStore: true))
+        let a = h.connect("a")
+        let b = h.connect("b")
+        h.send(a, H.open(1))
+        #expect(h.out() == [])
+        #expect(h.commit() == ["a: LOCKSPACE tag 1 id 0 created"])
+        h.send(a, H.lock(2, "p", .ex, .persistent))
+        h.send(a, .ping(tag: 3))
+        h.send(b, .ping(tag: 4))
+        #expect(h.out() == ["b: PONG tag 4"])
+        #expect(h.commit() == ["a: COMPLETION tag 2 lock 1 granted EX", "a: PONG tag 3"])
+        // Nothing persistent: nothing waits.
+        h.send(a, H.lock(5, "q", .ex))
+        #expect(h.out() == ["a: COMPLETION tag 5 lock 2 granted EX"])
+    }
+
+    /// A client that half-closes gets every answer, the held ones after their commit, then the connection closes.
+    @Test func aHalfClosedConnectionGetsItsHeldRepliesThenCloses() {
+        var h = H(configuration: ServiceConfiguration(nodeID: 1, repliesWaitForCommits: true, hasStore: true))
+        let a = h.connect("a")
+        h.send(a, H.open(1))
+        _ = h.commit()
+        h.send(a, H.lock(2, "p", .pr, .persistent))
+        h.handle(.inputEnded(a))
+        #expect(h.out() == [] && h.closed.isEmpty)
+        #expect(h.commit() == ["a: COMPLETION tag 2 lock 1 granted PR"])
+        #expect(h.closed == ["a"])
+    }
+
+    /// A cluster member outside a primary view: lock requests and disconnections wait, in order; PING and QUERY
+    /// are answered at once, unless earlier requests of their connection wait; a primary view runs them all.
+    @Test func theGateHoldsRequestsUntilAPrimaryView() {
+        var h = H(configuration: ServiceConfiguration(nodeID: 1, isClusterMember: true))
+        #expect(h.service.waitingFor == ["view agreement"])
+        let a = h.connect("a")
+        let b = h.connect("b")
+        h.send(a, .ping(tag: 1))
+        #expect(h.out() == ["a: PONG tag 1"])
+        h.send(a, H.open(2))
+        h.send(a, H.lock(3, "r", .ex))
+        h.send(a, .ping(tag: 4))
+        h.send(b, .query(tag: 5, kind: .status, argument: []))
+        #expect(h.out() == ["b: QUERY_REPLY tag 5"])
+        h.handle(.closed(b))
+        #expect(h.service.heldInputCount == 4)
+        let view = View(
+            id: ViewID(number: 1, coordinator: NodeID(1)), members: [Member(node: NodeID(1), incarnation: 1)])
+        h.handle(.viewInstalled(view, primary: false))
+        #expect(h.out() == [])
+        h.handle(.viewInstalled(view, primary: true))
+        #expect(
+            h.out() == [
+                "a: LOCKSPACE tag 2 id 0 created", "a: COMPLETION tag 3 lock 1 granted EX", "a: PONG tag 4",
+            ])
+        #expect(h.service.heldInputCount == 0 && h.service.waitingFor.isEmpty)
+    }
+
+    /// FORCEUNLOCK of a parent with more sub-locks than a slice: every sub-lock's completion, then the parent's,
+    /// tagged (the reply), and only then the PING sent after it.
+    @Test func aForceUnlockInSlicesAnswersBeforeTheRequestsAfterIt() {
+        var h = H(configuration: ServiceConfiguration(nodeID: 1, engine: EngineConfig(bulkSlice: 4)))
+        let a = h.connect("a")
+        h.send(a, H.open(1))
+        h.send(a, H.lock(2, "parent", .ex))
+        for i in 0..<10 { h.send(a, H.lock(UInt32(10 + i), "c\(i)", .ex, parent: 1)) }
+        #expect(h.out().count == 12)
+        h.send(a, H.unlock(30, 1, .forceUnlock))
+        h.send(a, .ping(tag: 31))
+        let lines = h.out() + h.slices()
+        #expect(lines.count == 12)
+        #expect(lines.prefix(10).allSatisfy { $0.hasPrefix("a: COMPLETION tag 0 lock ") && $0.hasSuffix("EUNLOCK") })
+        #expect(Array(lines.suffix(2)) == ["a: COMPLETION tag 30 lock 1 EUNLOCK", "a: PONG tag 31"])
+    }
+
+    /// A purge in slices answers PURGED at its end; the requests after it wait.
+    @Test func aPurgeInSlicesAnswersBeforeTheRequestsAfterIt() {
+        var h = H(configuration: ServiceConfiguration(nodeID: 1, engine: EngineConfig(bulkSlice: 4)))
+        h.orphan(20, pid: 77)
+        let a = h.connect("a")
+        h.send(a, .purge(tag: 1, lockspace: 0, nodeID: 0, pid: 77))
+        h.send(a, .ping(tag: 2))
+        #expect(h.out() + h.slices() == ["a: PURGED tag 1 count 20", "a: PONG tag 2"])
+        #expect(h.service.engine.lockCount == 0)
+    }
+
+    /// With a store: a purge in slices answers after the commit of its last slice, the PING after it follows, and
+    /// frames of later inputs of others do not wait for changes that are not theirs.
+    @Test func aPurgeInSlicesWithAStoreWaitsForItsCommitOnly() {
+        var h = H(
+            configuration: ServiceConfiguration(
+                nodeID: 1, engine: EngineConfig(bulkSlice: 4), repliesWaitForCommits: true, hasStore: true))
+        h.orphan(20, pid: 77)
+        let a = h.connect("a")
+        let b = h.connect("b")
+        h.send(a, .purge(tag: 1, lockspace: 0, nodeID: 0, pid: 77))
+        h.send(a, .ping(tag: 2))
+        #expect(h.slices() == [])
+        h.send(b, .ping(tag: 3))
+        #expect(h.out() == ["b: PONG tag 3"])
+        #expect(h.commit() == ["a: PURGED tag 1 count 20", "a: PONG tag 2"])
+    }
+
+    /// A malformed frame: ERROR with tag 0, and that connection closes; a node shutting down says GOODBYE.
+    @Test func aBadFrameClosesItsConnectionAndShutdownSaysGoodbye() {
+        var h = H()
+        let a = h.connect("a")
+        let b = h.connect("b")
+        h.handle(.malformed(a, .protocolError, "bad"))
+        #expect(h.out() == ["a: ERROR tag 0 EPROTO"] && h.closed == ["a"])
+        h.handle(.shutdown)
+        #expect(h.out() == ["b: GOODBYE"] && h.closed == ["a", "b"])
+        _ = b
+    }
+}
