@@ -93,7 +93,13 @@ final class TestCluster: @unchecked Sendable {
     let fenceLogAtView = NIOLockedValueBox<[NodeID: [ViewID: String]]>([:])
     var rejected: [NodeID: Recorder<PeerFrameError>] = [:]
 
+    /// The fences that succeeded, a line each: the node, then the pid of the fence script's run.
     var fenceLog: String { (try? String(contentsOfFile: directory.path("fenced"), encoding: .utf8)) ?? "" }
+    /// The fence script's runs so far, by pid (a run is recorded when it starts).
+    var fenceRunsStarted: Set<Substring> {
+        let started = (try? String(contentsOfFile: directory.path("fence-started"), encoding: .utf8)) ?? ""
+        return Set(started.split(separator: "\n").compactMap { $0.split(separator: " ").last })
+    }
 
     init(nodes count: Int = 3, fenceFailures: Int = 0) throws {
         directory = try TemporaryDirectory()
@@ -101,11 +107,12 @@ final class TestCluster: @unchecked Sendable {
         let script = directory.path("fence.sh")
         try """
         #!/bin/sh
+        echo "$1 $$" >> '\(directory.path("fence-started"))'
         n=$(cat '\(directory.path("count"))' 2>/dev/null || echo 0)
         n=$((n + 1))
         echo $n > '\(directory.path("count"))'
         if [ $n -le \(fenceFailures) ]; then echo "fence device unreachable (attempt $n)" >&2; exit 1; fi
-        echo "$1" >> '\(directory.path("fenced"))'
+        echo "$1 $$" >> '\(directory.path("fenced"))'
         """.write(toFile: script, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
         config = ClusterConfig(
@@ -173,10 +180,13 @@ final class TestCluster: @unchecked Sendable {
     }
 }
 
-/// Whether a fence log (a node id a line) names `node` at least once and nothing else.
-func fencedOnly(_ node: Int, _ log: String?) -> Bool {
-    let lines = (log ?? "").split(separator: "\n")
-    return !lines.isEmpty && lines.allSatisfy { $0 == "\(node)" }
+/// Whether a fence log ("NODE PID" a line) names `node` at least once and nothing else, leaving out the runs of
+/// the fence script in `excluding` (by pid).
+func fencedOnly(_ node: Int, _ log: String?, excluding: Set<Substring> = []) -> Bool {
+    let nodes = (log ?? "").split(separator: "\n").map { $0.split(separator: " ") }.filter {
+        !excluding.contains($0.last ?? "")
+    }.map(\.first)
+    return !nodes.isEmpty && nodes.allSatisfy { $0 == "\(node)" }
 }
 
 @Suite(.serialized) struct ClusterTests {
@@ -192,9 +202,12 @@ func fencedOnly(_ node: Int, _ log: String?) -> Bool {
         #expect(status.highestViewNumber >= first.number)
 
         // A crash: node 3's channels close, without a word. (Under load, forming the first view may already
-        // have fenced a slow node that a failed proposal named; only what comes after the crash is looked at.)
-        let fencedBefore = cluster.fenceLog.count
-        func sinceCrash(_ log: String?) -> String? { log.map { String($0.dropFirst(fencedBefore)) } }
+        // have started a fence of a slow node that a failed proposal named, and that run may end after the crash;
+        // only the fence script's runs that start after the crash are looked at.)
+        let runsBefore = cluster.fenceRunsStarted
+        func fencedOnly(_ node: Int, _ log: String?) -> Bool {
+            GroupNodeTests.fencedOnly(node, log, excluding: runsBefore)
+        }
         let crashed = ContinuousClock.now
         try await cluster.nodes[3]!.stop().get()
         let second = try await cluster.waitForPrimaryView(of: [1, 2], after: first)
@@ -205,9 +218,9 @@ func fencedOnly(_ node: Int, _ log: String?) -> Bool {
         #expect(elapsed < .seconds(10), "the new view took \(elapsed)")
         // Node 3 alone was fenced, before each survivor reported the view (on a loaded machine a view change may
         // be proposed again, and fence again: fencing is idempotent).
-        #expect(fencedOnly(3, sinceCrash(cluster.fenceLog)))
-        #expect(fencedOnly(3, sinceCrash(cluster.fenceLogAtView.withLockedValue { $0[1]?[second] })))
-        #expect(fencedOnly(3, sinceCrash(cluster.fenceLogAtView.withLockedValue { $0[2]?[second] })))
+        #expect(fencedOnly(3, cluster.fenceLog), "fences: \(cluster.fenceLog), runs before the crash: \(runsBefore)")
+        #expect(fencedOnly(3, cluster.fenceLogAtView.withLockedValue { $0[1]?[second] }))
+        #expect(fencedOnly(3, cluster.fenceLogAtView.withLockedValue { $0[2]?[second] }))
         #expect(cluster.logs[1]!.events.contains(.fenced(3)))
         let after = try await cluster.status(1)
         #expect(after.nodes.map(\.state) == ["self", "member", "fenced"])
