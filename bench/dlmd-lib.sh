@@ -1,5 +1,6 @@
 # Sourced by the benchmark scripts: one release dlmd at a time, on a private socket and data directory in $dir.
 #   start_dlmd [taskset cpu list] [dlmd options...]   start it and wait for its "listening" line; $dlmd is its pid
+#                                                     (at most START_WAIT tenths of a second, default 100)
 #   stop_dlmd                                         SIGTERM, wait, and print its exit status
 # Needs BIN (where dlmd is) and dir (a temporary directory); the socket is $dir/dlmd.sock.
 dlmd=
@@ -21,7 +22,7 @@ start_dlmd() {
     "${pin[@]}" "$BIN/dlmd" --socket "$dir/dlmd.sock" --data-dir "$dir" --log-level warning "$@" \
         >"$dir/dlmd.log" 2>&1 &
     dlmd=$!
-    for _ in $(seq 100); do
+    for _ in $(seq "${START_WAIT:-100}"); do
         grep -q "listening" "$dir/dlmd.log" 2>/dev/null && break
         sleep 0.1
     done

@@ -6,7 +6,10 @@
 #   stall-exit      a client with N locks exits; N persistent locks orphaned then purged; a lockspace of N
 #                   locks released with force: the time until they are gone, the longest pause another client saw;
 #   stall-deadlock  N waiters (each its own transaction) on 1 and 1,000 resources with deadlock passes due:
-#                   dlmd's CPU spent searching, the longest pause, and the time to a cycle's victim.
+#                   dlmd's CPU spent searching, the longest pause, and the time to a cycle's victim;
+#   restart         a client leaves N persistent locks orphaned, dlmd stops (SIGTERM) and starts again on the
+#                   same data directory: the time from its start to its "listening" line (the store loaded, every
+#                   lock restored and written back), before it serves anyone.
 # dlmd is stopped with SIGTERM. One JSON object per measurement.
 #
 # Environment: BIN (the directory of dlmd and dlmbench, default .build/release), LOCKS, WAITERS, DURATION.
@@ -27,3 +30,20 @@ start_dlmd ""
 echo "# dlmd (deadlock wait 1 s, durability batch), neither side pinned; $(uptime)"
 "$BIN/dlmbench" stall-exit --socket "$dir/dlmd.sock" --locks "$LOCKS"
 "$BIN/dlmbench" stall-deadlock --socket "$dir/dlmd.sock" --waiters "$WAITERS" --resources 1,1000 --duration "$DURATION"
+stop_dlmd
+
+base=$dir
+for count in ${LOCKS//,/ }; do
+    dir=$base/restart-$count
+    mkdir -p "$dir"
+    start_dlmd ""
+    "$BIN/dlmbench" stall-exit --socket "$dir/dlmd.sock" --locks "$count" --cases orphan
+    stop_dlmd
+    started=$(date +%s%N)
+    START_WAIT=600 start_dlmd ""
+    ready=$(date +%s%N)
+    echo "{\"scenario\": \"restart\", \"locks\": $count, \"start_to_listening_ms\": $(((ready - started) / 1000000)), \"what\": \"dlmd start on a store of N orphaned persistent locks until it listens (polled every 0.1 s)\"}"
+    stop_dlmd
+    rm -rf "$dir"
+done
+dir=$base

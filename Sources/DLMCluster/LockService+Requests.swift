@@ -87,15 +87,16 @@ extension LockService {
                 deliver(id, .purged(tag: tag, count: 0))
             }
         case .lock(let m):
-            let request = LockRequest(
-                lockspace: LockspaceID(rawValue: m.lockspace), owner: owner, name: m.name, mode: m.mode,
-                flags: m.flags, parent: m.parent == 0 ? nil : LockID(rawValue: m.parent),
-                timeout: m.timeoutNanoseconds == 0 ? nil : m.timeoutNanoseconds,
-                transaction: m.transaction == 0 ? nil : m.transaction, priority: m.priority,
-                wantsBlockingCallbacks: m.options.contains(.blockingCallbacks),
-                alwaysFencingToken: m.options.contains(.alwaysFencingToken))
+            if mastersAcrossNodes, routeLock(m, from: id) { return }
+            let request = Self.lockRequest(
+                m, owner: owner, lockspace: LockspaceID(rawValue: m.lockspace),
+                parent: m.parent == 0 ? nil : LockID(rawValue: m.parent))
             run(.lock(request), reply: Reply(connection: id, tag: m.tag, kind: .lock))
         case .convert(let m):
+            if mastersAcrossNodes, ProcessCopies.isCopy(m.lock) {
+                forwardToMaster(message, from: id)
+                return
+            }
             let request = ConvertRequest(
                 lock: LockID(rawValue: m.lock), owner: owner, mode: m.mode, flags: m.flags,
                 valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil,
@@ -103,6 +104,10 @@ extension LockService {
                 priority: m.priority == 255 ? nil : m.priority)
             run(.convert(request), reply: Reply(connection: id, tag: m.tag, kind: .operation(request.lock)))
         case .unlock(let m):
+            if mastersAcrossNodes, ProcessCopies.isCopy(m.lock) {
+                forwardToMaster(message, from: id)
+                return
+            }
             let request = UnlockRequest(
                 lock: LockID(rawValue: m.lock), owner: owner, flags: m.flags,
                 valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil)
@@ -117,6 +122,16 @@ extension LockService {
                 deliver(id, .error(tag: tag, status: error.status, message: error.message))
             }
         }
+    }
+
+    /// The engine's request for a LOCK frame.
+    static func lockRequest(_ m: LockMessage, owner: OwnerID, lockspace: LockspaceID, parent: LockID?) -> LockRequest {
+        LockRequest(
+            lockspace: lockspace, owner: owner, name: m.name, mode: m.mode, flags: m.flags, parent: parent,
+            timeout: m.timeoutNanoseconds == 0 ? nil : m.timeoutNanoseconds,
+            transaction: m.transaction == 0 ? nil : m.transaction, priority: m.priority,
+            wantsBlockingCallbacks: m.options.contains(.blockingCallbacks),
+            alwaysFencingToken: m.options.contains(.alwaysFencingToken))
     }
 
     /// The reply an engine input owes its request.
@@ -143,7 +158,7 @@ extension LockService {
     /// for their commit), then the reply, then the frames for others, in the engine's order. The completion of the
     /// request's own lock that came at once carries the request's tag and is its reply; without one, the reply is
     /// OK (with the lock), before everything else.
-    mutating func run(_ input: Input, reply: Reply?) {
+    mutating func run(_ input: Input, reply: Reply?, peer: PeerReplyTarget? = nil) {
         // Only this input's frames wait for this input's changes.
         holdingGeneration = nil
         defer { holdingGeneration = nil }
@@ -157,6 +172,25 @@ extension LockService {
         }
         var replyLock: LockID?
         var replied = false
+        // For another node's operation: its answer first (with its own completion if that came at once).
+        var answeredAt = -1
+        if let peer {
+            if case .refused(let error) = effects.first {
+                send(.reply(ref: peer.reference, .refused(error)), to: peer.node)
+                return
+            }
+            var lock = peer.lock
+            if case .accepted(let id) = effects.first { lock = id }
+            var own: Completion?
+            for index in 0..<end {
+                if case .completion(let c) = effects[index], c.lock == lock, c.owner == peer.owner {
+                    own = c
+                    answeredAt = index
+                    break
+                }
+            }
+            send(.reply(ref: peer.reference, .taken(lock: lock ?? LockID(rawValue: 0), completion: own)), to: peer.node)
+        }
         if let reply {
             if case .refused(let error) = effects.first {
                 if case .finished(let context) = reply.kind {
@@ -193,7 +227,7 @@ extension LockService {
                 break
             }
         }
-        for index in 0..<end {
+        for index in 0..<end where index != answeredAt {
             switch effects[index] {
             case .refused, .accepted, .persist:
                 break
@@ -214,6 +248,9 @@ extension LockService {
                 } else if let found = self.connection(of: completion.owner) {
                     connection = found
                 } else {
+                    if completion.owner.node != configuration.nodeID {
+                        send(.completion(completion), to: completion.owner.node)
+                    }
                     continue
                 }
                 guard clients[Int(connection.slot)].state == .ready else { continue }
@@ -232,6 +269,10 @@ extension LockService {
                 }
                 deliver(connection, .completion(CompletionMessage(tag: tag, completion)))
             case .blockingCallback(let callback):
+                if callback.owner.node != configuration.nodeID {
+                    send(.blockingCallback(callback), to: callback.owner.node)
+                    continue
+                }
                 guard let connection = self.connection(of: callback.owner),
                     clients[Int(connection.slot)].state == .ready
                 else { continue }

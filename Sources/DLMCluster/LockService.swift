@@ -34,6 +34,8 @@ public enum ServiceInput: Sendable {
     case bulkSlice
     /// A clean shutdown: every client is told (GOODBYE) and closed, its persistent locks become orphans.
     case shutdown
+    /// A message of another node's lock service (in order per sending node).
+    case peer(from: UInt32, PeerMessage)
 }
 
 /// What the shell must do after some inputs, in this order: write the store's changes (the frames that wait for
@@ -50,6 +52,8 @@ public struct ServiceOutput: Sendable {
     public var wantsBulkSlice = false
     /// Events for the log: (level notice, message, metadata).
     public var notices: [(message: String, metadata: [String: String])] = []
+    /// Messages for other nodes' lock services, in order (per node, they must arrive in this order).
+    public var peerMessages: [(to: UInt32, message: PeerMessage)] = []
 
     public init() {}
 
@@ -60,10 +64,12 @@ public struct ServiceOutput: Sendable {
         commit = nil
         wantsBulkSlice = false
         if !notices.isEmpty { notices.removeAll() }
+        if !peerMessages.isEmpty { peerMessages.removeAll(keepingCapacity: true) }
     }
 
     public var isEmpty: Bool {
         commit == nil && frames.isEmpty && closes.isEmpty && !wantsBulkSlice && notices.isEmpty
+            && peerMessages.isEmpty
     }
 }
 
@@ -83,11 +89,14 @@ public struct ServiceConfiguration: Sendable {
     public var hasStore: Bool
     /// A cluster member holds requests until group services agree on a primary view.
     public var isClusterMember: Bool
+    /// Resources are mastered across the members of the view (LockService+Mastering.swift); else every resource
+    /// is mastered by the node its client talks to.
+    public var mastersAcrossNodes: Bool
 
     public init(
         nodeID: UInt32, incarnation: UInt64 = 0, engine: EngineConfig = EngineConfig(),
         tickInterval: UInt64 = 10_000_000, repliesWaitForCommits: Bool = false, hasStore: Bool = false,
-        isClusterMember: Bool = false
+        isClusterMember: Bool = false, mastersAcrossNodes: Bool = false
     ) {
         self.nodeID = nodeID
         self.incarnation = incarnation
@@ -96,6 +105,7 @@ public struct ServiceConfiguration: Sendable {
         self.repliesWaitForCommits = repliesWaitForCommits
         self.hasStore = hasStore
         self.isClusterMember = isClusterMember
+        self.mastersAcrossNodes = mastersAcrossNodes
     }
 }
 
@@ -154,12 +164,16 @@ public struct LockService {
     /// Connections whose requests waited behind a reply that has now gone out (`drainDeferred`).
     var connectionsWithDeferredRequests: [ConnectionID] = []
 
+    /// Resource mastering across nodes (LockService+Mastering.swift).
+    var mastering = Mastering()
+
     public init(configuration: ServiceConfiguration, engine: LockEngine? = nil) {
         self.configuration = configuration
         self.engine = engine ?? LockEngine(config: configuration.engine)
         effects.reserveCapacity(64)
         output.frames.reserveCapacity(64)
         if configuration.isClusterMember { stopReasons = ["view agreement"] }
+        mastering.members = [configuration.nodeID]
     }
 
     /// The owner identity of a connection's locks: this node, this life, the connection's number.
@@ -226,13 +240,16 @@ public struct LockService {
             advanceClock(to: now)
         case .committed(let generation):
             committed(upTo: generation)
-        case .viewInstalled(_, let primary):
+        case .viewInstalled(let view, let primary):
+            setMembers(view)
             if primary { resume() } else { stop(waitingFor: ["quorum"]) }
         case .bulkSlice:
             guard !isStopped else { return }
             run(.continueBulkWork, reply: nil)
         case .shutdown:
             shutdown()
+        case .peer(let node, let message):
+            receive(message, from: node)
         }
         if !connectionsWithDeferredRequests.isEmpty { drainDeferred() }
     }
@@ -325,6 +342,7 @@ public struct LockService {
     /// The owner's locks are released or orphaned; the connection is forgotten once nothing waits for it.
     mutating func ownerExited(_ id: ConnectionID) {
         run(.ownerExited(owner(id)), reply: nil)
+        remoteOwnerExited(id)
         if clients[Int(id.slot)].lastHeldGeneration == 0 { forget(id) }
     }
 }

@@ -127,6 +127,8 @@ public final class LockNode: @unchecked Sendable {
 
     func carryOut(_ output: ServiceOutput) {
         guard !output.isEmpty else { return }
+        // `output.peerMessages` stays empty: dlmd does not master resources across nodes yet
+        // (ServiceConfiguration.mastersAcrossNodes is off; docs/ARCHITECTURE.md, "Mastering across nodes").
         if let commit = output.commit {
             persistence?.writer?.submit(generation: commit.generation, changes: commit.changes)
         }

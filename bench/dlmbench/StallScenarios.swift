@@ -10,7 +10,9 @@ import Synchronization
 /// - `dlmbench stall-exit --locks N[,N...] [--cases exit,purge,release]`: a client takes N EX locks and exits
 ///   (its locks released; a waiter on its first lock, which is released last, times it); or takes N PERSISTENT
 ///   locks and exits, and another client purges the orphans (timed from PURGE to PURGED); or a client takes N
-///   locks in a lockspace that another client then releases with force (from LOCKSPACE_RELEASE to its OK).
+///   locks in a lockspace that another client then releases with force (from LOCKSPACE_RELEASE to its OK);
+///   `--cases orphan`: takes N PERSISTENT locks and exits, leaving them orphaned (for a restart that restores
+///   them, timed by bench/stall-bench.sh).
 /// - `dlmbench stall-deadlock --waiters N[,N...] [--resources N[,N...]] [--duration S]`: N requests wait, each its
 ///   own transaction, on one resource or spread over several, while deadlock passes are due (dlmd's
 ///   `--deadlock-wait`, 1 s by default); dlmd's CPU over the window against the same window without the waiters,
@@ -38,7 +40,7 @@ enum StallScenarios {
         let lockspace = "stall-\(kind)-\(count)"
         let names = (0..<count).map { resourceName($0, length: 24) }
         let holder = RawClient(socket: socket, lockspace: lockspace)
-        let taken = holder.lockMany(names, flags: kind == "purge" ? .persistent : [])
+        let taken = holder.lockMany(names, flags: kind == "purge" || kind == "orphan" ? .persistent : [])
         // A waiter on the first lock taken, which an exit releases last.
         let waiter = RawClient(socket: socket, lockspace: lockspace)
         if kind == "exit" {
@@ -58,6 +60,12 @@ enum StallScenarios {
             guard case .completion(let completion) = answer, completion.status == .granted else {
                 fail("the waiter was not granted: \(answer)")
             }
+            elapsed = nowNanoseconds() - started
+        case "orphan":
+            // For a restart that restores them (bench/stall-bench.sh): the exit that orphans the locks, timed.
+            let connections = waiter.status().connections
+            holder.disconnect()
+            waiter.waitUntil { $0.connections < connections && ($0.work?.bulkJobs ?? 0) == 0 }
             elapsed = nowNanoseconds() - started
         case "purge":
             let connections = waiter.status().connections
@@ -88,6 +96,7 @@ enum StallScenarios {
         switch kind {
         case "exit": what = "close of a connection holding the locks to the grant of a waiter on the last one released"
         case "purge": what = "PURGE of the orphans to PURGED (after the exit that orphaned them, reported apart)"
+        case "orphan": what = "close of a connection holding persistent locks until they are all orphans"
         default: what = "forced LOCKSPACE_RELEASE to its OK"
         }
         var fields: [(String, JSON)] = [

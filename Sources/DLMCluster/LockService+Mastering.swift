@@ -1,0 +1,306 @@
+import DLMCore
+import DLMWire
+import GroupServices
+
+/// Resource mastering across nodes: the resource directory, spread over the members by a hash of the name; the
+/// master cache; the requests of this node's clients on resources mastered elsewhere (process copies); and the
+/// requests other nodes send to the resources this node masters.
+///
+/// A resource's master is the first node that asked the directory for it. A request on a resource mastered here
+/// (known from the cache, or because this node is its directory and the first to ask) runs in the local engine
+/// with no message at all. A request on a resource mastered elsewhere goes to the master; its connection's later
+/// requests wait until the master has answered, so replies keep request order as on one node. Sub-locks go to
+/// their parent's master.
+///
+/// Not yet here (docs/ARCHITECTURE.md, "Mastering"): a membership change (the directory and masters are rebuilt by
+/// recovery; until then `ServiceConfiguration.mastersAcrossNodes` is off in dlmd), dropping idle resources, frames
+/// to remote holders that wait for the master's commit, and reports, purges and deadlock cancels across nodes.
+struct Mastering {
+    /// The members that share the directory, in node order (this node alone when not mastering across nodes).
+    var members: [UInt32] = []
+    /// As directory node: the master of each resource whose directory this node is.
+    var directory: [DirectoryKey: UInt32] = [:]
+    /// The known masters (this node's own resources too).
+    var masters: [DirectoryKey: UInt32] = [:]
+    /// Requests of this node's clients that wait for a lookup, by resource.
+    var awaitingLookup: [DirectoryKey: [(connection: ConnectionID, message: ClientMessage)]] = [:]
+    var copies = ProcessCopies()
+    /// Operations sent to a master and not answered yet, by their reference.
+    var pending: [UInt64: PendingOperation] = [:]
+    var nextReference: UInt64 = 1
+    /// The lockspaces this node opened as master for other nodes, by name.
+    var lockspaces: [[UInt8]: LockspaceID] = [:]
+
+    struct PendingOperation {
+        var connection: ConnectionID
+        var tag: UInt32
+        var copy: Int
+        /// The client's frame, for a new lock (sent again after a stale master's "not master").
+        var newLock: ClientMessage?
+    }
+
+    /// The directory node of a resource.
+    func directoryNode(of key: DirectoryKey) -> UInt32 {
+        members[Int(key.directoryHash % UInt64(members.count))]
+    }
+}
+
+/// Where the master's answer to an operation of another node goes (`run`).
+struct PeerReplyTarget {
+    var node: UInt32
+    var reference: UInt64
+    var owner: OwnerID
+    /// The lock the operation is on (nil for a new lock: the engine's `accepted` names it).
+    var lock: LockID?
+}
+
+extension LockService {
+    var mastersAcrossNodes: Bool { mastering.members.count > 1 }
+
+    mutating func send(_ message: PeerMessage, to node: UInt32) {
+        output.peerMessages.append((node, message))
+    }
+
+    /// Group services' view: its members share the directory. (No recovery yet: see `Mastering`.)
+    mutating func setMembers(_ view: View) {
+        guard configuration.mastersAcrossNodes else { return }
+        mastering.members = view.members.map(\.node.rawValue).sorted()
+    }
+
+    // MARK: This node's clients
+
+    /// A LOCK of a client: false if it runs in the local engine (a resource mastered here, a sub-lock of a local
+    /// parent, no lockspace), true if it went to another node or waits for the directory.
+    mutating func routeLock(_ m: LockMessage, from id: ConnectionID) -> Bool {
+        guard let info = engine.lockspaceInfo(LockspaceID(rawValue: m.lockspace)) else { return false }
+        let master: UInt32
+        var parent: LockID?
+        if m.parent != 0 {
+            guard ProcessCopies.isCopy(m.parent) else { return false }
+            guard let index = mastering.copies.index(of: m.parent, owner: id.owner),
+                let parentLock = mastering.copies.copies[index].masterLock
+            else {
+                deliver(id, .error(tag: m.tag, status: .noEntry, message: "no parent lock \(m.parent)"))
+                return true
+            }
+            master = mastering.copies.copies[index].master
+            parent = parentLock
+        } else {
+            let key = DirectoryKey(lockspace: info.name, name: m.name)
+            if let known = mastering.masters[key] {
+                master = known
+            } else {
+                let directory = mastering.directoryNode(of: key)
+                if directory == configuration.nodeID {
+                    master = mastering.directory[key] ?? configuration.nodeID
+                    mastering.directory[key] = master
+                    mastering.masters[key] = master
+                } else {
+                    // Asked once per resource, however many requests wait for the answer.
+                    if mastering.awaitingLookup[key] == nil { send(.lookup(key), to: directory) }
+                    mastering.awaitingLookup[key, default: []].append((id, .lock(m)))
+                    clients[Int(id.slot)].awaitingReply = true
+                    return true
+                }
+            }
+            if master == configuration.nodeID { return false }
+        }
+        let copy = mastering.copies.add(owner: id.owner, master: master)
+        let request = Self.lockRequest(m, owner: owner(id), lockspace: LockspaceID(rawValue: 0), parent: parent)
+        let reference = startOperation(id, tag: m.tag, copy: copy, newLock: .lock(m))
+        send(
+            .request(
+                ref: reference,
+                RemoteLockRequest(
+                    lockspace: info.name, valueBlockLength: info.valueBlockLength, pid: clients[Int(id.slot)].pid,
+                    request: request)),
+            to: master)
+        return true
+    }
+
+    /// A CONVERT or UNLOCK (CANCEL) of a lock mastered elsewhere goes to its master.
+    mutating func forwardToMaster(_ message: ClientMessage, from id: ConnectionID) {
+        let tag: UInt32
+        let lock: UInt32
+        switch message {
+        case .convert(let m): (tag, lock) = (m.tag, m.lock)
+        case .unlock(let m): (tag, lock) = (m.tag, m.lock)
+        default: return
+        }
+        guard let copy = mastering.copies.index(of: lock, owner: id.owner),
+            let masterLock = mastering.copies.copies[copy].masterLock
+        else {
+            deliver(id, .error(tag: tag, status: .noEntry, message: "no lock \(lock) of \(owner(id))"))
+            return
+        }
+        let reference = startOperation(id, tag: tag, copy: copy, newLock: nil)
+        let master = mastering.copies.copies[copy].master
+        switch message {
+        case .convert(let m):
+            send(
+                .convert(
+                    ref: reference,
+                    ConvertRequest(
+                        lock: masterLock, owner: owner(id), mode: m.mode, flags: m.flags,
+                        valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil,
+                        timeout: m.timeoutNanoseconds == 0 ? nil : m.timeoutNanoseconds,
+                        priority: m.priority == 255 ? nil : m.priority)),
+                to: master)
+        case .unlock(let m):
+            send(
+                .unlock(
+                    ref: reference,
+                    UnlockRequest(
+                        lock: masterLock, owner: owner(id), flags: m.flags,
+                        valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil)),
+                to: master)
+        default:
+            break
+        }
+    }
+
+    /// An operation goes to a master: the connection's later requests wait for its answer.
+    mutating func startOperation(_ id: ConnectionID, tag: UInt32, copy: Int, newLock: ClientMessage?) -> UInt64 {
+        let reference = mastering.nextReference
+        mastering.nextReference += 1
+        mastering.pending[reference] = Mastering.PendingOperation(
+            connection: id, tag: tag, copy: copy, newLock: newLock)
+        clients[Int(id.slot)].awaitingReply = true
+        return reference
+    }
+
+    /// A client went: its copies are forgotten, and every master that held one of them is told.
+    mutating func remoteOwnerExited(_ id: ConnectionID) {
+        guard mastersAcrossNodes else { return }
+        mastering.pending = mastering.pending.filter { $0.value.connection != id }
+        for master in mastering.copies.removeAll(of: id.owner) { send(.ownerExited(owner(id)), to: master) }
+    }
+
+    // MARK: Messages of other nodes
+
+    mutating func receive(_ message: PeerMessage, from node: UInt32) {
+        switch message {
+        case .lookup(let key):
+            let master = mastering.directory[key] ?? node
+            mastering.directory[key] = master
+            if master == configuration.nodeID { mastering.masters[key] = master }
+            send(.lookupReply(key, master: master), to: node)
+        case .lookupReply(let key, let master):
+            mastering.masters[key] = master
+            for (connection, request) in mastering.awaitingLookup.removeValue(forKey: key) ?? [] {
+                retry(request, from: connection)
+            }
+        case .request(let reference, let remote):
+            let key = DirectoryKey(lockspace: remote.lockspace, name: remote.request.name)
+            if remote.request.parent == nil, mastering.masters[key] != configuration.nodeID {
+                send(.reply(ref: reference, .notMaster), to: node)
+                return
+            }
+            guard let lockspace = openForPeer(remote.lockspace, valueBlockLength: remote.valueBlockLength) else {
+                send(
+                    .reply(
+                        ref: reference,
+                        .refused(
+                            DLMError(
+                                .invalid,
+                                "lockspace \(remote.lockspace.displayName) has another value block length here"))),
+                    to: node)
+                return
+            }
+            var request = remote.request
+            request.lockspace = lockspace
+            effects.removeAll(keepingCapacity: true)
+            engine.handle(.setProcessID(remote.pid, owner: request.owner), into: &effects)
+            run(
+                .lock(request), reply: nil,
+                peer: PeerReplyTarget(node: node, reference: reference, owner: request.owner))
+        case .convert(let reference, let request):
+            run(
+                .convert(request), reply: nil,
+                peer: PeerReplyTarget(node: node, reference: reference, owner: request.owner, lock: request.lock))
+        case .unlock(let reference, let request):
+            run(
+                .unlock(request), reply: nil,
+                peer: PeerReplyTarget(node: node, reference: reference, owner: request.owner, lock: request.lock))
+        case .reply(let reference, let reply):
+            answered(reference, reply, from: node)
+        case .completion(let completion):
+            guard let copy = mastering.copies.index(master: node, lock: completion.lock),
+                let connection = connection(of: completion.owner)
+            else { return }
+            if completion.mode == nil { mastering.copies.remove(copy) }
+            guard clients[Int(connection.slot)].state == .ready else { return }
+            var local = completion
+            local.lock = ProcessCopies.lockID(copy)
+            deliver(connection, .completion(CompletionMessage(tag: 0, local)))
+        case .blockingCallback(let callback):
+            guard let copy = mastering.copies.index(master: node, lock: callback.lock),
+                let connection = connection(of: callback.owner), clients[Int(connection.slot)].state == .ready
+            else { return }
+            deliver(connection, .blocking(lock: ProcessCopies.lockID(copy).rawValue, mode: callback.mode))
+        case .ownerExited(let owner):
+            run(.ownerExited(owner), reply: nil)
+        }
+    }
+
+    /// The master answered an operation of a client of this node: the reply, as on one node.
+    mutating func answered(_ reference: UInt64, _ reply: PeerReply, from node: UInt32) {
+        guard let pending = mastering.pending.removeValue(forKey: reference) else { return }
+        let id = pending.connection
+        guard isLive(id), clients[Int(id.slot)].state == .ready else { return }
+        let lock = ProcessCopies.lockID(pending.copy)
+        switch reply {
+        case .refused(let error):
+            if pending.newLock != nil { mastering.copies.remove(pending.copy) }
+            deliver(id, .error(tag: pending.tag, status: error.status, message: error.message))
+        case .notMaster:
+            // A stale cached master: forget it and ask the directory again.
+            mastering.copies.remove(pending.copy)
+            guard let message = pending.newLock, case .lock(let m) = message,
+                let info = engine.lockspaceInfo(LockspaceID(rawValue: m.lockspace))
+            else {
+                deliver(id, .error(tag: pending.tag, status: .noEntry, message: "the lock's master lost it"))
+                break
+            }
+            mastering.masters[DirectoryKey(lockspace: info.name, name: m.name)] = nil
+            retry(message, from: id)
+            return
+        case .taken(let masterLock, let completion):
+            if pending.newLock != nil { mastering.copies.bind(pending.copy, masterLock: masterLock) }
+            if var completion {
+                if completion.mode == nil { mastering.copies.remove(pending.copy) }
+                completion.lock = lock
+                deliver(id, .completion(CompletionMessage(tag: pending.tag, completion)))
+            } else {
+                deliver(id, .ok(tag: pending.tag, lock: lock.rawValue))
+            }
+        }
+        replyDelivered(id)
+    }
+
+    /// A request that waited for the directory (or met a stale master) runs again; the requests its connection sent
+    /// after it run once it is answered.
+    mutating func retry(_ message: ClientMessage, from id: ConnectionID) {
+        guard isLive(id), clients[Int(id.slot)].state == .ready else { return }
+        clients[Int(id.slot)].awaitingReply = false
+        handleRequest(message, from: id, now: nil, environment: nil)
+        if !clients[Int(id.slot)].awaitingReply { replyDelivered(id) }
+    }
+
+    /// The lockspace of a request from another node, opened (created if need be) with its value block length.
+    mutating func openForPeer(_ name: [UInt8], valueBlockLength: Int) -> LockspaceID? {
+        if let known = mastering.lockspaces[name], let info = engine.lockspaceInfo(known), info.name == name {
+            return info.valueBlockLength == valueBlockLength ? known : nil
+        }
+        effects.removeAll(keepingCapacity: true)
+        engine.handle(.openLockspace(name: name, valueBlockLength: valueBlockLength, create: true), into: &effects)
+        for effect in effects {
+            if case .lockspace(let info, let created) = effect {
+                if created { record(.putLockspace(name: info.name, valueBlockLength: info.valueBlockLength)) }
+                mastering.lockspaces[name] = info.id
+                return info.id
+            }
+        }
+        return nil
+    }
+}

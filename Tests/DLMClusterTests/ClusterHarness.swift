@@ -1,0 +1,82 @@
+import DLMCluster
+import DLMCore
+import DLMWire
+import GroupServices
+
+/// Several nodes' `LockService`s in one process, mastering across nodes, with the peer messages carried in order
+/// per pair of nodes. Clients are named "1a" (client a of node 1); `run()` carries every message until none is
+/// left and returns the frames that clients got meanwhile, one line each, as ServiceHarness writes them.
+struct ClusterHarness {
+    var nodes: [UInt32: ServiceHarness] = [:]
+    /// Messages in flight, per (from, to), oldest first.
+    var links: [Link: [PeerMessage]] = [:]
+    /// How many peer messages were carried.
+    var carried = 0
+    /// Every completion a client got, by client name.
+    var completions: [String: [CompletionMessage]] = [:]
+
+    struct Link: Hashable, Comparable {
+        var from: UInt32
+        var to: UInt32
+        static func < (a: Link, b: Link) -> Bool { (a.from, a.to) < (b.from, b.to) }
+    }
+
+    init(nodes count: UInt32) {
+        let members = (1...count).map { Member(node: NodeID($0), incarnation: 1) }
+        let view = View(id: ViewID(number: 1, coordinator: 1), members: members)
+        for node in 1...count {
+            var harness = ServiceHarness(
+                configuration: ServiceConfiguration(nodeID: node, incarnation: 1, mastersAcrossNodes: true))
+            harness.handle(.viewInstalled(view, primary: true))
+            nodes[node] = harness
+        }
+    }
+
+    /// A client of `node` that has said HELLO and opened lockspace "ls" (its replies dropped).
+    mutating func client(_ node: UInt32, _ name: String) -> (node: UInt32, id: ConnectionID) {
+        let id = nodes[node]!.connect("\(node)\(name)")
+        nodes[node]!.send(id, ServiceHarness.open(1))
+        _ = run()
+        return (node, id)
+    }
+
+    mutating func send(_ client: (node: UInt32, id: ConnectionID), _ message: ClientMessage) {
+        nodes[client.node]!.send(client.id, message)
+    }
+
+    mutating func close(_ client: (node: UInt32, id: ConnectionID)) {
+        nodes[client.node]!.handle(.closed(client.id))
+    }
+
+    /// Carries every message (the lowest link first, each link in order) until there is none; the client frames.
+    mutating func run() -> [String] {
+        var lines: [String] = []
+        while true {
+            for node in nodes.keys.sorted() {
+                let output = nodes[node]!.service.takeOutput()
+                for (connection, message) in output.frames {
+                    let name = nodes[node]!.names[connection] ?? "?"
+                    if case .completion(let c) = message { completions[name, default: []].append(c) }
+                    lines.append("\(name): \(ServiceHarness.line(message))")
+                }
+                for (to, message) in output.peerMessages {
+                    links[Link(from: node, to: to), default: []].append(message)
+                }
+            }
+            guard let link = links.keys.filter({ !(links[$0]?.isEmpty ?? true) }).min() else { return lines }
+            let message = links[link]!.removeFirst()
+            carried += 1
+            nodes[link.to]!.handle(.peer(from: link.from, message))
+        }
+    }
+
+    /// A resource name whose directory node is `node` among `count` members.
+    static func name(directedTo node: UInt32, of count: UInt32, prefix: String = "r") -> String {
+        for i in 0... {
+            let name = "\(prefix)\(i)"
+            let key = DirectoryKey(lockspace: Array("ls".utf8), name: Array(name.utf8))
+            if UInt32(key.directoryHash % UInt64(count)) + 1 == node { return name }
+        }
+        fatalError("unreachable")
+    }
+}

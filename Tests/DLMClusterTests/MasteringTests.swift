@@ -1,0 +1,119 @@
+import DLMCluster
+import DLMCore
+import DLMWire
+import Testing
+
+/// Resource mastering across nodes (LockService+Mastering.swift), in-process: several nodes' lock services, the
+/// peer messages carried in order per pair of nodes. The first node to ask the directory masters a resource;
+/// every other node's requests go to it, so one lock space spans the nodes.
+@Suite struct MasteringTests {
+    typealias H = ServiceHarness
+    static let remote: UInt32 = 0x8000_0001
+
+    /// EX on one name from two nodes: one holder at a time, the other waits, gets a blocking callback sent across,
+    /// and is granted when the first unlocks.
+    @Test func exclusiveLockIsExclusiveAcrossNodes() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 3, of: 3)
+        let a = c.client(1, "a")
+        let b = c.client(2, "b")
+        c.send(a, H.lock(2, name, .ex))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock 1 granted EX"])
+        c.send(b, H.lock(2, name, .ex))
+        let queued = c.run()
+        #expect(Set(queued) == ["2b: OK tag 2 lock \(Self.remote)", "1a: BAST lock 1 EX"])
+        c.send(a, H.unlock(3, 1))
+        #expect(
+            Set(c.run()) == [
+                "1a: COMPLETION tag 3 lock 1 EUNLOCK", "2b: COMPLETION tag 0 lock \(Self.remote) granted EX",
+            ])
+        // And back: node 1's new request waits for node 2's holder, which is told across.
+        c.send(a, H.lock(4, name, .pr))
+        #expect(Set(c.run()) == ["1a: OK tag 4 lock 1", "2b: BAST lock \(Self.remote) PR"])
+        c.send(b, H.unlock(3, Self.remote))
+        #expect(
+            Set(c.run()) == [
+                "2b: COMPLETION tag 3 lock \(Self.remote) EUNLOCK", "1a: COMPLETION tag 0 lock 1 granted PR",
+            ])
+    }
+
+    /// The directory assigns the first asker; after one lookup, a resource mastered here costs no message, and
+    /// a resource whose directory is this node costs none at all.
+    @Test func aLocallyMasteredResourceTakesNoHop() {
+        var c = ClusterHarness(nodes: 3)
+        let elsewhere = ClusterHarness.name(directedTo: 2, of: 3)
+        let here = ClusterHarness.name(directedTo: 1, of: 3)
+        let a = c.client(1, "a")
+        c.send(a, H.lock(2, elsewhere, .ex))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock 1 granted EX"])
+        #expect(c.carried == 2)  // a lookup and its answer
+        c.send(a, H.unlock(3, 1))
+        c.send(a, H.lock(4, elsewhere, .pr))
+        c.send(a, H.lock(5, here, .ex))
+        #expect(c.run().count == 3)
+        #expect(c.carried == 2)
+    }
+
+    /// NOQUEUE, a conversion and a cancel on a remotely mastered resource answer as on one node.
+    @Test func noQueueConversionAndCancelAcrossNodes() {
+        var c = ClusterHarness(nodes: 2)
+        let name = ClusterHarness.name(directedTo: 2, of: 2)
+        let a = c.client(1, "a")
+        let b = c.client(2, "b")
+        c.send(b, H.lock(2, name, .pr))
+        #expect(c.run() == ["2b: COMPLETION tag 2 lock 1 granted PR"])
+        c.send(a, H.lock(2, name, .ex, .noQueue))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) EAGAIN"])
+        c.send(a, H.lock(3, name, .pr))
+        #expect(c.run() == ["1a: COMPLETION tag 3 lock \(Self.remote) granted PR"])
+        // Up to EX waits for b's PR; a cancel gives back the PR it held.
+        c.send(a, .convert(ConvertMessage(tag: 4, lock: Self.remote, mode: .ex)))
+        #expect(Set(c.run()) == ["1a: OK tag 4 lock \(Self.remote)", "2b: BAST lock 1 EX"])
+        c.send(a, H.unlock(5, Self.remote, .cancel))
+        let cancelled = c.run()
+        #expect(cancelled.contains("1a: COMPLETION tag 5 lock \(Self.remote) ECANCEL PR"), "\(cancelled)")
+        // A lock that this client does not hold: ENOENT, nothing sent.
+        let before = c.carried
+        c.send(a, H.unlock(6, Self.remote + 7))
+        #expect(c.run() == ["1a: ERROR tag 6 ENOENT"])
+        #expect(c.carried == before)
+    }
+
+    /// A value block written by an EX holder on one node is read by a holder on another.
+    @Test func valueBlocksTravelThroughTheMaster() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 1, of: 3)
+        let a = c.client(2, "a")
+        let b = c.client(3, "b")
+        // Node 2 asks first, so it masters the resource (node 1 is only its directory); node 3's PR goes to it.
+        c.send(a, H.lock(2, name, .ex, .valueBlock))
+        _ = c.run()
+        let value = Array(repeating: UInt8(7), count: 32)
+        c.send(
+            a, .convert(ConvertMessage(tag: 3, lock: 1, flags: [.convert, .valueBlock], mode: .nl, valueBlock: value)))
+        _ = c.run()
+        c.send(b, H.lock(2, name, .pr, .valueBlock))
+        #expect(c.run() == ["3b: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        #expect(c.completions["3b"]?.last?.valueBlock == value)
+    }
+
+    /// A client that goes releases its locks on every master; a sub-lock goes to its parent's master.
+    @Test func anExitReleasesRemoteLocksAndSubLocksFollowTheirParent() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 3, of: 3)
+        let a = c.client(1, "a")
+        let b = c.client(2, "b")
+        c.send(a, H.lock(2, name, .nl))
+        _ = c.run()
+        c.send(b, H.lock(2, name, .ex))
+        #expect(c.run() == ["2b: COMPLETION tag 2 lock \(Self.remote) granted EX"])
+        c.send(b, H.lock(3, "child", .ex, parent: Self.remote))
+        #expect(c.run() == ["2b: COMPLETION tag 3 lock \(Self.remote + 1) granted EX"])
+        let a2 = c.client(1, "c")
+        c.send(a2, H.lock(2, name, .ex))
+        #expect(Set(c.run()) == ["1c: OK tag 2 lock 4", "2b: BAST lock \(Self.remote) EX"])
+        c.close(b)
+        #expect(c.run() == ["1c: COMPLETION tag 0 lock 4 granted EX"])
+        #expect(c.nodes[1]!.service.engine.lockCount == 2)
+    }
+}
