@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # make test: builds every test target once, in release with testing enabled, and runs the tests in three phases
 # so that no test waits on a CPU that another test holds:
-#   1. the randomized tests (the reference model, the group services simulation, the decoder fuzzing): CPU-bound
-#      and deterministic by seed, in parallel;
+#   1. the randomized tests (the reference model, the group services simulation, the decoder fuzzing, random
+#      lock traffic across several nodes' lock services): CPU-bound and deterministic by seed, in parallel;
 #   2. every other Swift test, one at a time: real dlmd processes, clusters and their timeouts get the machine
 #      to themselves, and each test's time is its own;
 #   3. the C library's tests (Tests/CDLMTests/run.sh) against the same dlmd.
 # Then a summary: Swift tests passed / failed / skipped, C checks passed / failed, the ten slowest tests.
 #
-# Environment: DLM_MODEL_OPS (default 4 million), DLM_SIM_SEEDS (default 3000), SWIFT, and TEST_SCRATCH (the
+# Environment: DLM_MODEL_OPS (default 4 million), DLM_SIM_SEEDS (default 3000), DLM_MASTERING_SEEDS (default
+# 2000), SWIFT, and TEST_SCRATCH (the
 # build folder, default .build-test: a release build of its own, so that `make bench`'s .build/release is not
 # rebuilt with other flags).
 set -uo pipefail
@@ -19,7 +20,8 @@ FLAGS=(-c release -Xswiftc -enable-testing --scratch-path "$SCRATCH")
 RESULTS=$SCRATCH/test-results
 export DLM_MODEL_OPS=${DLM_MODEL_OPS:-4000000}
 export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-3000}
-RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|DLMWireTests\.DecoderFuzzTests'
+export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-2000}
+RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests'
 started=$SECONDS
 
 mkdir -p "$SCRATCH"
@@ -36,7 +38,8 @@ fi
 BIN=$("$SWIFT" build "${FLAGS[@]}" --show-bin-path)
 
 status=0
-echo "== phase 1: randomized tests, in parallel (DLM_MODEL_OPS=$DLM_MODEL_OPS DLM_SIM_SEEDS=$DLM_SIM_SEEDS)"
+echo "== phase 1: randomized tests, in parallel (DLM_MODEL_OPS=$DLM_MODEL_OPS DLM_SIM_SEEDS=$DLM_SIM_SEEDS" \
+  "DLM_MASTERING_SEEDS=$DLM_MASTERING_SEEDS)"
 "$SWIFT" test --skip-build "${FLAGS[@]}" --filter "$RANDOMIZED" --xunit-output "$RESULTS/randomized.xml" \
   2>&1 | tee "$RESULTS/randomized.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

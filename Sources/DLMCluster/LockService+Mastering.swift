@@ -24,6 +24,9 @@ struct Mastering {
     var masters: [DirectoryKey: UInt32] = [:]
     /// Requests of this node's clients that wait for a lookup, by resource.
     var awaitingLookup: [DirectoryKey: [(connection: ConnectionID, message: ClientMessage)]] = [:]
+    /// Requests of other nodes for a resource whose lookup this node is waiting for: the directory named this node
+    /// master before its own answer arrived. They run when it does.
+    var peerRequestsAwaitingLookup: [DirectoryKey: [(node: UInt32, message: PeerMessage)]] = [:]
     var copies = ProcessCopies()
     /// Operations sent to a master and not answered yet, by their reference.
     var pending: [UInt64: PendingOperation] = [:]
@@ -190,10 +193,17 @@ extension LockService {
             for (connection, request) in mastering.awaitingLookup.removeValue(forKey: key) ?? [] {
                 retry(request, from: connection)
             }
+            for (node, request) in mastering.peerRequestsAwaitingLookup.removeValue(forKey: key) ?? [] {
+                receive(request, from: node)
+            }
         case .request(let reference, let remote):
             let key = DirectoryKey(lockspace: remote.lockspace, name: remote.request.name)
             if remote.request.parent == nil, mastering.masters[key] != configuration.nodeID {
-                send(.reply(ref: reference, .notMaster), to: node)
+                if mastering.awaitingLookup[key] != nil {
+                    mastering.peerRequestsAwaitingLookup[key, default: []].append((node, message))
+                } else {
+                    send(.reply(ref: reference, .notMaster), to: node)
+                }
                 return
             }
             guard let lockspace = openForPeer(remote.lockspace, valueBlockLength: remote.valueBlockLength) else {

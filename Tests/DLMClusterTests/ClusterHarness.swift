@@ -1,6 +1,7 @@
 import DLMCluster
 import DLMCore
 import DLMWire
+import Foundation
 import GroupServices
 
 /// Several nodes' `LockService`s in one process, mastering across nodes, with the peer messages carried in order
@@ -14,6 +15,8 @@ struct ClusterHarness {
     var carried = 0
     /// Every completion a client got, by client name.
     var completions: [String: [CompletionMessage]] = [:]
+    /// The frames `run` saw, for a caller that models the clients.
+    var framesSeen: [(client: String, message: ServerMessage)] = []
 
     struct Link: Hashable, Comparable {
         var from: UInt32
@@ -34,7 +37,10 @@ struct ClusterHarness {
 
     /// A client of `node` that has said HELLO and opened lockspace "ls" (its replies dropped).
     mutating func client(_ node: UInt32, _ name: String) -> (node: UInt32, id: ConnectionID) {
-        let id = nodes[node]!.connect("\(node)\(name)")
+        // Not ServiceHarness.connect, which drops every frame waiting: the frames for others stay in `framesSeen`.
+        let id = nodes[node]!.service.connect()
+        nodes[node]!.names[id] = "\(node)\(name)"
+        nodes[node]!.send(id, .hello(Hello(pid: 100, clientName: name)))
         nodes[node]!.send(id, ServiceHarness.open(1))
         _ = run()
         return (node, id)
@@ -48,15 +54,30 @@ struct ClusterHarness {
         nodes[client.node]!.handle(.closed(client.id))
     }
 
+    /// Set when a `run` carried more than `messageLimit` messages without the traffic ending (a livelock).
+    var endless = false
+    var messageLimit = 200_000
+    let trace = ProcessInfo.processInfo.environment["DLM_MASTERING_TRACE"] != nil
+
     /// Carries every message (the lowest link first, each link in order) until there is none; the client frames.
     mutating func run() -> [String] {
         var lines: [String] = []
+        let start = carried
         while true {
+            if carried - start > messageLimit {
+                endless = true
+                return lines
+            }
             for node in nodes.keys.sorted() {
                 let output = nodes[node]!.service.takeOutput()
+                for (to, message) in nodes[node]!.peerMessages {
+                    links[Link(from: node, to: to), default: []].append(message)
+                }
+                nodes[node]!.peerMessages = []
                 for (connection, message) in output.frames {
                     let name = nodes[node]!.names[connection] ?? "?"
                     if case .completion(let c) = message { completions[name, default: []].append(c) }
+                    framesSeen.append((name, message))
                     lines.append("\(name): \(ServiceHarness.line(message))")
                 }
                 for (to, message) in output.peerMessages {
@@ -66,6 +87,7 @@ struct ClusterHarness {
             guard let link = links.keys.filter({ !(links[$0]?.isEmpty ?? true) }).min() else { return lines }
             let message = links[link]!.removeFirst()
             carried += 1
+            if trace && carried - start < 40 { print("run: \(link.from) -> \(link.to): \(message)") }
             nodes[link.to]!.handle(.peer(from: link.from, message))
         }
     }

@@ -16,6 +16,8 @@ struct ServiceHarness {
     /// Store generations written and not yet reported committed.
     var uncommitted: [UInt64] = []
     var closed: [String] = []
+    /// Messages for other nodes that `out` took (a ClusterHarness carries them).
+    var peerMessages: [(to: UInt32, message: PeerMessage)] = []
     var now: Instant = 1_000_000
 
     init(configuration: ServiceConfiguration = ServiceConfiguration(nodeID: 1)) {
@@ -47,6 +49,7 @@ struct ServiceHarness {
         let output = service.takeOutput()
         if let commit = output.commit { uncommitted.append(commit.generation) }
         closed += output.closes.map { names[$0] ?? "?" }
+        peerMessages += output.peerMessages
         return output.frames.map { "\(names[$0.connection] ?? "?"): \(Self.line($0.message))" }
     }
 

@@ -1,0 +1,305 @@
+import DLMTestSupport
+import DLMWire
+import Foundation
+import Testing
+
+@testable import DLMCluster
+@testable import DLMCore
+
+/// Random lock traffic from clients on 2 to 5 nodes over a few shared names, with the peer messages carried in a
+/// random interleaving (in order per pair of nodes). After every step: no two clients believe they hold
+/// incompatible modes of one resource (a client stops relying on a lock when it sends its unlock, and, when it
+/// sends a conversion, relies only on what both modes promise until the conversion's completion). At the end, with every message carried, every request has
+/// been answered, and once every client went, no lock is left on any node.
+///
+/// DLM_MASTERING_SEEDS sets how many seeds (default 300; `make test` runs 2,000, `make sim` SEEDS); DLM_MASTERING_SEED
+/// replays one (DLM_MASTERING_FIRST_SEED starts the run elsewhere), and DLM_MASTERING_TRACE=1 prints every message, frame and, at a failure, each node's locks.
+@Suite struct MasteringRandomTests {
+    static var seeds: [UInt64] {
+        let environment = ProcessInfo.processInfo.environment
+        if let one = environment["DLM_MASTERING_SEED"].flatMap(UInt64.init) { return [one] }
+        let first = environment["DLM_MASTERING_FIRST_SEED"].flatMap(UInt64.init) ?? 1
+        let count = UInt64(environment["DLM_MASTERING_SEEDS"].flatMap(Int.init) ?? 300)
+        return (first..<(first + count)).map { $0 }
+    }
+
+    @Test func randomTrafficKeepsExclusionAndCompletes() {
+        for seed in Self.seeds {
+            var run = MasteringRun(seed: seed)
+            do {
+                try run.go()
+            } catch {
+                let replay =
+                    "replay: DLM_MASTERING_SEED=\(seed) DLM_MASTERING_TRACE=1 swift test --filter "
+                    + "DLMClusterTests.MasteringRandomTests"
+                Issue.record("\(error)\n\(replay)")
+                return
+            }
+        }
+    }
+}
+
+struct MasteringRun {
+    var random: SplitMix64
+    let seed: UInt64
+    var cluster: ClusterHarness
+    var clients: [ClientModel] = []
+    let names: [String]
+    var step = 0
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// What a client believes of its locks, from what it sent and what it got.
+    struct ClientModel {
+        var node: UInt32
+        var id: ConnectionID
+        var name: String
+        var gone = false
+        var nextTag: UInt32 = 10
+        var outstanding: [UInt32: Operation] = [:]
+        var locks: [UInt32: Lock] = [:]
+
+        enum Operation {
+            case lock(String, LockMode)
+            case convert(UInt32, LockMode)
+            case unlock(UInt32)
+        }
+
+        struct Lock {
+            var resource: String
+            /// The mode held as the master last said (nil: not granted yet).
+            var granted: LockMode?
+            /// The mode this client relies on: none once it sent an unlock, the weaker mode once it asked for one.
+            var relied: LockMode?
+            var converting = false
+            var releasing = false
+        }
+    }
+
+    init(seed: UInt64) {
+        self.seed = seed
+        random = SplitMix64(seed: seed)
+        let nodeCount = UInt32(2 + random.below(4))
+        cluster = ClusterHarness(nodes: nodeCount)
+        names = (0..<(1 + random.below(4))).map { "n\($0)" }
+        for node in 1...nodeCount {
+            for letter in ["a", "b"] { connect(node, letter) }
+        }
+    }
+
+    mutating func connect(_ node: UInt32, _ letter: String) {
+        let client = cluster.client(node, letter + "\(clients.count)")
+        clients.append(ClientModel(node: node, id: client.id, name: "\(node)\(letter)\(clients.count)"))
+        absorb()
+    }
+
+    mutating func go() throws {
+        for _ in 0..<400 {
+            step += 1
+            if random.percent(45) || !carryOne() { clientStep() }
+            absorb()
+            try check()
+        }
+        // The end: every message carried, every waiting request cancelled, every lock unlocked.
+        absorb(cluster.run())
+        try check()
+        for index in clients.indices where !clients[index].gone {
+            for (lock, state) in clients[index].locks.sorted(by: { $0.key < $1.key }) where !state.releasing {
+                send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: [])))
+                clients[index].locks[lock]?.releasing = true
+                clients[index].locks[lock]?.relied = nil
+                if state.granted == nil || state.converting {
+                    // A waiting request or conversion is cancelled first (an unlock of it is EBUSY).
+                    send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: .cancel)))
+                }
+            }
+            absorb(cluster.run())
+        }
+        absorb(cluster.run())
+        for client in clients where !client.gone && !client.outstanding.isEmpty {
+            throw Failure(description: "seed \(seed): \(client.name) has unanswered requests \(client.outstanding)")
+        }
+        for index in clients.indices where !clients[index].gone { close(index) }
+        absorb(cluster.run())
+        for (node, harness) in cluster.nodes where harness.service.engine.lockCount != 0 {
+            let engine = harness.service.engine
+            let left = engine.locks.indices.filter { !engine.locks[$0].isFree }.map {
+                "\(engine.owners[Int(engine.locks[$0].owner)].id) mode \(engine.locks[$0].grantedMode)"
+            }
+            throw Failure(
+                description: "seed \(seed): node \(node) keeps \(engine.lockCount) locks: \(left)")
+        }
+    }
+
+    /// Carries one message of a random link; false if none is in flight.
+    mutating func carryOne() -> Bool {
+        for node in cluster.nodes.keys.sorted() {
+            let output = cluster.nodes[node]!.service.takeOutput()
+            collect(node, output)
+        }
+        let links = cluster.links.keys.filter { !(cluster.links[$0]?.isEmpty ?? true) }.sorted()
+        guard !links.isEmpty else { return false }
+        let link = random.element(links)
+        let message = cluster.links[link]!.removeFirst()
+        if trace { print("step \(step): \(link.from) -> \(link.to): \(message)") }
+        cluster.nodes[link.to]!.handle(.peer(from: link.from, message))
+        return true
+    }
+
+    var pendingFrames: [(client: String, message: ServerMessage)] = []
+    let trace = ProcessInfo.processInfo.environment["DLM_MASTERING_TRACE"] != nil
+
+    mutating func collect(_ node: UInt32, _ output: ServiceOutput) {
+        for (to, message) in cluster.nodes[node]!.peerMessages {
+            cluster.links[ClusterHarness.Link(from: node, to: to), default: []].append(message)
+        }
+        cluster.nodes[node]!.peerMessages = []
+        for (connection, message) in output.frames {
+            pendingFrames.append((cluster.nodes[node]!.names[connection] ?? "?", message))
+        }
+        for (to, message) in output.peerMessages {
+            cluster.links[ClusterHarness.Link(from: node, to: to), default: []].append(message)
+        }
+    }
+
+    /// Takes every node's output and applies the frames to the clients' beliefs.
+    mutating func absorb(_ lines: [String] = []) {
+        for node in cluster.nodes.keys.sorted() { collect(node, cluster.nodes[node]!.service.takeOutput()) }
+        let frames = pendingFrames + cluster.framesSeen
+        pendingFrames = []
+        cluster.framesSeen = []
+        for (name, message) in frames {
+            guard let index = clients.firstIndex(where: { $0.name == name }) else { continue }
+            if trace { print("step \(step): \(name) gets \(ServiceHarness.line(message))") }
+            apply(message, to: index)
+        }
+    }
+
+    mutating func apply(_ message: ServerMessage, to index: Int) {
+        switch message {
+        case .ok(let tag, let lock):
+            if case .lock(let resource, _) = clients[index].outstanding.removeValue(forKey: tag) {
+                clients[index].locks[lock] = ClientModel.Lock(resource: resource)
+            }
+        case .completion(let c):
+            if c.tag != 0, case .lock(let resource, _) = clients[index].outstanding.removeValue(forKey: c.tag) {
+                clients[index].locks[c.lock] = ClientModel.Lock(resource: resource)
+            } else if c.tag != 0 {
+                clients[index].outstanding[c.tag] = nil
+            }
+            guard var lock = clients[index].locks[c.lock] else { return }
+            if let mode = c.mode {
+                lock.granted = mode
+                lock.converting = false
+                if !lock.releasing { lock.relied = mode }
+                clients[index].locks[c.lock] = lock
+            } else {
+                clients[index].locks[c.lock] = nil
+            }
+        case .error(let tag, _, _):
+            clients[index].outstanding[tag] = nil
+        default:
+            break
+        }
+    }
+
+    mutating func tag(_ index: Int, _ operation: ClientModel.Operation) -> UInt32 {
+        let tag = clients[index].nextTag
+        clients[index].nextTag += 1
+        clients[index].outstanding[tag] = operation
+        return tag
+    }
+
+    mutating func send(_ index: Int, _ message: ClientMessage) {
+        if trace { print("step \(step): \(clients[index].name) sends \(message)") }
+        cluster.send((clients[index].node, clients[index].id), message)
+    }
+
+    mutating func close(_ index: Int) {
+        if trace { print("step \(step): \(clients[index].name) closes") }
+        cluster.close((clients[index].node, clients[index].id))
+        clients[index].gone = true
+        clients[index].locks = [:]
+        clients[index].outstanding = [:]
+    }
+
+    mutating func clientStep() {
+        let live = clients.indices.filter { !clients[$0].gone }
+        let index = random.element(live)
+        let held = clients[index].locks.filter { !$0.value.releasing }.sorted { $0.key < $1.key }
+        let mode = random.element(LockMode.allCases)
+        switch random.below(100) {
+        case 0..<40:
+            let resource = random.element(names)
+            let flags: LockFlags = random.percent(20) ? .noQueue : []
+            send(
+                index,
+                .lock(
+                    LockMessage(
+                        tag: tag(index, .lock(resource, mode)), lockspace: 0, flags: flags, mode: mode,
+                        name: Array(resource.utf8))))
+        case 40..<60:
+            guard let (lock, state) = held.filter({ $0.value.granted != nil && !$0.value.converting }).first else {
+                return
+            }
+            send(index, .convert(ConvertMessage(tag: tag(index, .convert(lock, mode)), lock: lock, mode: mode)))
+            clients[index].locks[lock]?.converting = true
+            // The conversion may be granted at any moment: until its completion, only what both modes promise holds.
+            if let granted = state.granted { clients[index].locks[lock]?.relied = Self.meet(granted, mode) }
+        case 60..<85:
+            guard let (lock, state) = held.first else { return }
+            if state.granted == nil || state.converting {
+                send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: .cancel)))
+            } else {
+                send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: [])))
+                clients[index].locks[lock]?.releasing = true
+                clients[index].locks[lock]?.relied = nil
+            }
+        case 85..<90:
+            close(index)
+            connect(clients[index].node, "r")
+        default:
+            break
+        }
+    }
+
+    /// The strongest mode weaker than both (CR for PR and CW).
+    static func meet(_ a: LockMode, _ b: LockMode) -> LockMode {
+        let both = LockMode.allCases.filter { weaker($0, than: a) && weaker($0, than: b) }
+        return both.first { m in both.allSatisfy { weaker($0, than: m) } }!
+    }
+
+    /// Whether `a` allows everything `b` allows (every mode compatible with `b` is compatible with `a`).
+    static func weaker(_ a: LockMode, than b: LockMode) -> Bool {
+        LockMode.allCases.allSatisfy { !$0.isCompatible(with: b) || $0.isCompatible(with: a) }
+    }
+
+    func check() throws {
+        if cluster.endless { throw Failure(description: "seed \(seed) step \(step): the messages never stop") }
+        var holders: [String: [(String, LockMode)]] = [:]
+        for client in clients where !client.gone {
+            for lock in client.locks.values {
+                if let mode = lock.relied { holders[lock.resource, default: []].append((client.name, mode)) }
+            }
+        }
+        for (resource, held) in holders {
+            for i in held.indices {
+                for j in held.indices where j > i && !held[i].1.isCompatible(with: held[j].1) {
+                    if trace {
+                        for (node, h) in cluster.nodes.sorted(by: { $0.key < $1.key }) {
+                            let json = try? h.service.report(
+                                .lockdebug, argument: Array("ls".utf8), environment: ReportEnvironment())
+                            print("node \(node): \(String(decoding: json ?? [], as: UTF8.self))")
+                        }
+                    }
+                    throw Failure(
+                        description:
+                            "seed \(seed) step \(step): \(held[i].0) holds \(held[i].1) and \(held[j].0) holds "
+                            + "\(held[j].1) of \(resource)")
+                }
+            }
+        }
+    }
+}
