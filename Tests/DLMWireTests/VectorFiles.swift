@@ -7,8 +7,16 @@ import Testing
 enum Direction: String, Sendable {
     case client
     case server
+    /// Protocol/PEER.md: between nodes' lock services.
+    case peer
 
-    var maxLength: Int { self == .client ? WireLimits.maxClientFrame : WireLimits.maxServerFrame }
+    var maxLength: Int {
+        switch self {
+        case .client: WireLimits.maxClientFrame
+        case .server: WireLimits.maxServerFrame
+        case .peer: PeerMessage.maxFrame
+        }
+    }
 }
 
 /// One file of Protocol/vectors, in the format of Protocol/vectors/README.md.
@@ -28,8 +36,16 @@ struct Vector: Sendable, CustomTestStringConvertible {
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Protocol/vectors")
 
+    /// Protocol/peer-vectors (PEER.md).
+    static let peerFolder = folder.deletingLastPathComponent().appendingPathComponent("peer-vectors")
+
     /// Every vector, sorted by name. A file that does not parse stops the tests: the vectors are the spec.
-    static let all: [Vector] = {
+    static let all: [Vector] = load(folder)
+
+    /// Every vector of the peer protocol.
+    static let peer: [Vector] = load(peerFolder)
+
+    static func load(_ folder: URL) -> [Vector] {
         let names: [String]
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: folder.path)
@@ -48,7 +64,7 @@ struct Vector: Sendable, CustomTestStringConvertible {
                 fatalError("\(file): \(error)")
             }
         }
-    }()
+    }
 
     static var good: [Vector] { all.filter { !$0.isBad } }
     static var bad: [Vector] { all.filter(\.isBad) }

@@ -131,6 +131,7 @@ func decode(_ direction: Direction, type: UInt8, body: ByteBuffer) throws(WireEr
     switch direction {
     case .client: return .client(try ClientMessage.decode(type: type, body: &body))
     case .server: return .server(try ServerMessage.decode(type: type, body: &body))
+    case .peer: throw WireError(.protocolError, "a peer frame (PeerVectorTests reads those)")
     }
 }
 

@@ -1,6 +1,6 @@
 import DLMCore
 
-/// What one node's lock service says to another's about locks (point to point, in order per pair of nodes): the
+/// What one node's lock service says to another's about locks (Protocol/PEER.md) (point to point, in order per pair of nodes): the
 /// resource directory (`lookup`), requests of a holder node to a resource's master, and what the master answers
 /// and sends later. Lock ids in these messages are the master's; owners are cluster-wide (`OwnerID`).
 public enum PeerMessage: Sendable, Hashable {

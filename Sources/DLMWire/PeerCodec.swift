@@ -1,0 +1,253 @@
+import DLMCore
+import NIOCore
+
+/// The peer lock protocol's frames (Protocol/PEER.md): `PeerMessage` to bytes and back.
+extension PeerMessage {
+    /// PEER.md §3.
+    public enum Kind: UInt8, CaseIterable, Sendable {
+        case lookup = 1
+        case lookupReply = 2
+        case request = 3
+        case convert = 4
+        case unlock = 5
+        case reply = 6
+        case completion = 7
+        case blocking = 8
+        case ownerExited = 9
+    }
+
+    /// The largest frame (after its length field).
+    public static let maxFrame = 16 * 1024 * 1024
+
+    public var kind: Kind {
+        switch self {
+        case .lookup: .lookup
+        case .lookupReply: .lookupReply
+        case .request: .request
+        case .convert: .convert
+        case .unlock: .unlock
+        case .reply: .reply
+        case .completion: .completion
+        case .blockingCallback: .blocking
+        case .ownerExited: .ownerExited
+        }
+    }
+
+    /// Appends the message as one frame.
+    public func encode(into buffer: inout ByteBuffer) {
+        writeFrame(into: &buffer, type: kind.rawValue) { body in
+            switch self {
+            case .lookup(let key):
+                body.writeBytes8(key.lockspace)
+                body.writeBytes8(key.name)
+            case .lookupReply(let key, let master):
+                body.writeBytes8(key.lockspace)
+                body.writeBytes8(key.name)
+                body.writeInteger(master)
+            case .request(let reference, let remote):
+                let r = remote.request
+                body.writeInteger(reference)
+                body.writeBytes8(remote.lockspace)
+                body.writeInteger(UInt8(truncatingIfNeeded: remote.valueBlockLength))
+                body.writeInteger(remote.pid)
+                body.writeOwner(r.owner)
+                body.writeBytes8(r.name)
+                body.writeInteger(r.mode.rawValue)
+                body.writeInteger(r.flags.rawValue)
+                body.writeInteger(r.parent?.rawValue ?? 0)
+                body.writeInteger(r.timeout ?? 0)
+                body.writeInteger(r.transaction ?? 0)
+                body.writeInteger(r.priority)
+                body.writeInteger(UInt8((r.wantsBlockingCallbacks ? 1 : 0) | (r.alwaysFencingToken ? 2 : 0)))
+            case .convert(let reference, let r):
+                body.writeInteger(reference)
+                body.writeInteger(r.lock.rawValue)
+                body.writeOwner(r.owner)
+                body.writeInteger(r.mode.rawValue)
+                body.writeInteger(r.flags.rawValue)
+                body.writeOptionalBytes8(r.valueBlock)
+                body.writeInteger(r.timeout ?? 0)
+                body.writeInteger(r.priority ?? 255)
+            case .unlock(let reference, let r):
+                body.writeInteger(reference)
+                body.writeInteger(r.lock.rawValue)
+                body.writeOwner(r.owner)
+                body.writeInteger(r.flags.rawValue)
+                body.writeOptionalBytes8(r.valueBlock)
+            case .reply(let reference, let reply):
+                body.writeInteger(reference)
+                switch reply {
+                case .refused(let error):
+                    body.writeInteger(UInt8(0))
+                    body.writeInteger(error.status.rawValue)
+                    body.writeString16(error.message)
+                case .notMaster:
+                    body.writeInteger(UInt8(1))
+                case .taken(let lock, let completion):
+                    body.writeInteger(UInt8(2))
+                    body.writeInteger(lock.rawValue)
+                    body.writeInteger(UInt8(completion == nil ? 0 : 1))
+                    if let completion { body.writeCompletion(completion) }
+                }
+            case .completion(let completion):
+                body.writeCompletion(completion)
+            case .blockingCallback(let callback):
+                body.writeInteger(callback.lock.rawValue)
+                body.writeOwner(callback.owner)
+                body.writeInteger(callback.mode.rawValue)
+            case .ownerExited(let owner):
+                body.writeOwner(owner)
+            }
+        }
+    }
+
+    /// Decodes one frame's body (`nextFrame` splits the stream).
+    public static func decode(type: UInt8, body: inout ByteBuffer) throws(WireError) -> PeerMessage {
+        guard let kind = Kind(rawValue: type) else {
+            throw .malformed("unknown peer message type 0x\(String(type, radix: 16))")
+        }
+        let message: PeerMessage
+        switch kind {
+        case .lookup:
+            message = .lookup(try body.readDirectoryKey())
+        case .lookupReply:
+            message = .lookupReply(try body.readDirectoryKey(), master: try body.read(UInt32.self, "master"))
+        case .request:
+            let reference = try body.read(UInt64.self, "ref")
+            let lockspace = try body.readName("lockspace")
+            let valueBlockLength = Int(try body.read(UInt8.self, "value_block_length"))
+            guard valueBlockLength <= WireLimits.maxValueBlock else {
+                throw .malformed("value_block_length \(valueBlockLength) is above \(WireLimits.maxValueBlock)")
+            }
+            let pid = try body.read(UInt32.self, "pid")
+            let owner = try body.readOwner()
+            let name = try body.readName("name")
+            let mode = try body.readMode("mode")
+            let flags = LockFlags(rawValue: try body.read(UInt32.self, "flags"))
+            let parent = try body.read(UInt32.self, "parent")
+            let timeout = try body.read(UInt64.self, "timeout")
+            let transaction = try body.read(UInt64.self, "transaction")
+            let priority = try body.read(UInt8.self, "priority")
+            let options = try body.read(UInt8.self, "options")
+            guard options & ~3 == 0 else {
+                throw .malformed("options 0x\(String(options, radix: 16)) has unknown bits")
+            }
+            let request = LockRequest(
+                lockspace: LockspaceID(rawValue: 0), owner: owner, name: name, mode: mode, flags: flags,
+                parent: parent == 0 ? nil : LockID(rawValue: parent), timeout: timeout == 0 ? nil : timeout,
+                transaction: transaction == 0 ? nil : transaction, priority: priority,
+                wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0)
+            message = .request(
+                ref: reference,
+                RemoteLockRequest(lockspace: lockspace, valueBlockLength: valueBlockLength, pid: pid, request: request))
+        case .convert:
+            let reference = try body.read(UInt64.self, "ref")
+            let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+            let owner = try body.readOwner()
+            let mode = try body.readMode("mode")
+            let flags = LockFlags(rawValue: try body.read(UInt32.self, "flags"))
+            let valueBlock = try body.readOptionalBytes8("value_block")
+            let timeout = try body.read(UInt64.self, "timeout")
+            let priority = try body.read(UInt8.self, "priority")
+            message = .convert(
+                ref: reference,
+                ConvertRequest(
+                    lock: lock, owner: owner, mode: mode, flags: flags, valueBlock: valueBlock,
+                    timeout: timeout == 0 ? nil : timeout, priority: priority == 255 ? nil : priority))
+        case .unlock:
+            let reference = try body.read(UInt64.self, "ref")
+            let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+            let owner = try body.readOwner()
+            let flags = LockFlags(rawValue: try body.read(UInt32.self, "flags"))
+            let valueBlock = try body.readOptionalBytes8("value_block")
+            message = .unlock(
+                ref: reference, UnlockRequest(lock: lock, owner: owner, flags: flags, valueBlock: valueBlock))
+        case .reply:
+            let reference = try body.read(UInt64.self, "ref")
+            let replyKind = try body.read(UInt8.self, "kind")
+            switch replyKind {
+            case 0:
+                let status = DLMStatus(rawValue: try body.read(Int32.self, "status"))
+                message = .reply(ref: reference, .refused(DLMError(status, try body.readString16("message"))))
+            case 1:
+                message = .reply(ref: reference, .notMaster)
+            case 2:
+                let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+                let present = try body.read(UInt8.self, "has_completion")
+                guard present <= 1 else { throw .malformed("has_completion \(present) is not 0 or 1") }
+                message = .reply(
+                    ref: reference, .taken(lock: lock, completion: present == 1 ? try body.readCompletion() : nil))
+            default:
+                throw .malformed("reply kind \(replyKind) is not 0, 1 or 2")
+            }
+        case .completion:
+            message = .completion(try body.readCompletion())
+        case .blocking:
+            let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+            let owner = try body.readOwner()
+            message = .blockingCallback(BlockingCallback(lock: lock, owner: owner, mode: try body.readMode("mode")))
+        case .ownerExited:
+            message = .ownerExited(try body.readOwner())
+        }
+        try body.requireConsumed(type: type)
+        return message
+    }
+}
+
+extension ByteBuffer {
+    mutating func writeOwner(_ owner: OwnerID) {
+        writeInteger(owner.node)
+        writeInteger(owner.incarnation)
+        writeInteger(owner.rawValue)
+    }
+
+    mutating func readOwner() throws(WireError) -> OwnerID {
+        let node = try read(UInt32.self, "owner.node")
+        let incarnation = try read(UInt64.self, "owner.incarnation")
+        return OwnerID(node: node, incarnation: incarnation, local: try read(UInt64.self, "owner.local"))
+    }
+
+    mutating func writeOptionalBytes8(_ bytes: [UInt8]?) {
+        writeInteger(UInt8(bytes == nil ? 0 : 1))
+        if let bytes { writeBytes8(bytes) }
+    }
+
+    mutating func readOptionalBytes8(_ field: StaticString) throws(WireError) -> [UInt8]? {
+        let present = try read(UInt8.self, field)
+        guard present <= 1 else { throw .malformed("\(field) presence \(present) is not 0 or 1") }
+        return present == 1 ? try readBytes8(field, max: WireLimits.maxValueBlock) : nil
+    }
+
+    mutating func readDirectoryKey() throws(WireError) -> DirectoryKey {
+        DirectoryKey(lockspace: try readName("lockspace"), name: try readName("name"))
+    }
+
+    mutating func writeCompletion(_ c: Completion) {
+        writeInteger(c.lock.rawValue)
+        writeOwner(c.owner)
+        writeInteger(c.status.rawValue)
+        writeInteger(c.flags.rawValue)
+        writeInteger(c.mode?.rawValue ?? 255)
+        writeOptionalBytes8(c.valueBlock)
+        writeInteger(c.valueBlockSequence)
+        writeInteger(c.fencingToken)
+    }
+
+    mutating func readCompletion() throws(WireError) -> Completion {
+        let lock = LockID(rawValue: try read(UInt32.self, "lock"))
+        let owner = try readOwner()
+        let status = DLMStatus(rawValue: try read(Int32.self, "status"))
+        let flags = CompletionFlags(rawValue: try read(UInt8.self, "flags"))
+        let rawMode = try read(UInt8.self, "mode")
+        var mode: LockMode?
+        if rawMode != 255 {
+            guard let known = LockMode(rawValue: rawMode) else { throw .malformed("mode \(rawMode) is not a mode") }
+            mode = known
+        }
+        let valueBlock = try readOptionalBytes8("value_block")
+        let sequence = try read(UInt64.self, "value_block_sequence")
+        return Completion(
+            lock: lock, owner: owner, status: status, flags: flags, mode: mode, valueBlock: valueBlock,
+            valueBlockSequence: sequence, fencingToken: try read(UInt64.self, "fencing_token"))
+    }
+}

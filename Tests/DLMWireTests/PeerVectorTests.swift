@@ -1,0 +1,92 @@
+import DLMCore
+import DLMWire
+import NIOCore
+import Testing
+
+/// Protocol/peer-vectors: every good vector decodes to the message of its header and encodes to the same bytes;
+/// every bad one is refused with its status; every message of PEER.md §3 has a vector.
+@Suite("Protocol/peer-vectors")
+struct PeerVectorTests {
+    static let owner = OwnerID(node: 1, incarnation: 3, local: 5)
+    static let key = DirectoryKey(lockspace: Array("ls".utf8), name: Array("backup".utf8))
+
+    /// The message each good vector holds, written from the vector's header.
+    static let messages: [String: PeerMessage] = [
+        "peer-lookup": .lookup(key),
+        "peer-lookup-reply": .lookupReply(key, master: 2),
+        "peer-request": .request(
+            ref: 7,
+            RemoteLockRequest(
+                lockspace: Array("ls".utf8), valueBlockLength: 32, pid: 4242,
+                request: LockRequest(
+                    lockspace: LockspaceID(rawValue: 0), owner: owner, name: Array("backup".utf8), mode: .ex))),
+        "peer-request-all-fields": .request(
+            ref: 8,
+            RemoteLockRequest(
+                lockspace: Array("ls".utf8), valueBlockLength: 64, pid: 1,
+                request: LockRequest(
+                    lockspace: LockspaceID(rawValue: 0), owner: OwnerID(node: 2, incarnation: 1, local: 9),
+                    name: Array("child".utf8), mode: .pr, flags: [.noQueue, .valueBlock], parent: LockID(rawValue: 12),
+                    timeout: 5_000_000_000, transaction: 99, priority: 3, wantsBlockingCallbacks: true,
+                    alwaysFencingToken: true))),
+        "peer-convert": .convert(
+            ref: 9,
+            ConvertRequest(
+                lock: LockID(rawValue: 12), owner: owner, mode: .nl, flags: [.convert, .valueBlock],
+                valueBlock: [1, 2, 3, 4])),
+        "peer-unlock-cancel": .unlock(ref: 10, UnlockRequest(lock: LockID(rawValue: 12), owner: owner, flags: .cancel)),
+        "peer-reply-refused": .reply(ref: 7, .refused(DLMError(.invalid, "bad flags"))),
+        "peer-reply-not-master": .reply(ref: 7, .notMaster),
+        "peer-reply-taken-queued": .reply(ref: 7, .taken(lock: LockID(rawValue: 12), completion: nil)),
+        "peer-reply-taken-granted": .reply(
+            ref: 7,
+            .taken(
+                lock: LockID(rawValue: 12),
+                completion: Completion(
+                    lock: LockID(rawValue: 12), owner: owner, status: .granted, mode: .ex, fencingToken: 17))),
+        "peer-completion-lvb": .completion(
+            Completion(
+                lock: LockID(rawValue: 12), owner: owner, status: .granted, mode: .pr, valueBlock: [9, 8, 7, 6],
+                valueBlockSequence: 42)),
+        "peer-completion-unlocked": .completion(
+            Completion(lock: LockID(rawValue: 12), owner: owner, status: .unlocked, mode: nil)),
+        "peer-blocking": .blockingCallback(BlockingCallback(lock: LockID(rawValue: 12), owner: owner, mode: .ex)),
+        "peer-owner-exited": .ownerExited(owner),
+    ]
+
+    @Test func everyGoodVectorHasAnExpectedMessageAndEveryKindAVector() {
+        let good = Vector.peer.filter { !$0.isBad }
+        #expect(Set(good.map(\.name)) == Set(Self.messages.keys), "looked in \(Vector.peerFolder.path)")
+        #expect(Set(Self.messages.values.map(\.kind)) == Set(PeerMessage.Kind.allCases))
+        #expect(Vector.peer.filter(\.isBad).count >= 7)
+    }
+
+    @Test(arguments: Vector.peer.filter { !$0.isBad })
+    func goodVectorDecodesAndReencodes(_ vector: Vector) throws {
+        let expected = try #require(Self.messages[vector.name])
+        var buffer = ByteBuffer(bytes: vector.bytes)
+        var (type, body) = try #require(try nextFrame(from: &buffer, maxLength: vector.direction.maxLength))
+        #expect(buffer.readableBytes == 0, "bytes after the frame")
+        #expect(try PeerMessage.decode(type: type, body: &body) == expected)
+        var out = ByteBuffer()
+        expected.encode(into: &out)
+        #expect(Array(out.readableBytesView).hexString == vector.bytes.hexString)
+    }
+
+    @Test(arguments: Vector.peer.filter(\.isBad))
+    func badVectorIsRefused(_ vector: Vector) throws {
+        let expect = try #require(vector.expect)
+        var buffer = ByteBuffer(bytes: vector.bytes)
+        do throws(WireError) {
+            guard let (type, frame) = try nextFrame(from: &buffer, maxLength: vector.direction.maxLength) else {
+                Issue.record("the splitter waits for more bytes instead of refusing the frame")
+                return
+            }
+            var body = frame
+            let decoded = try PeerMessage.decode(type: type, body: &body)
+            Issue.record("decoded \(decoded) from a malformed frame")
+        } catch {
+            #expect(error.status.rawValue == expect.value, "\(error)")
+        }
+    }
+}
