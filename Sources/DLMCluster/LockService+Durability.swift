@@ -51,6 +51,7 @@ extension LockService {
     /// connection that was closing closes once nothing waits.
     mutating func committed(upTo generation: UInt64) {
         committedGeneration = max(committedGeneration, generation)
+        releasePeerMessages(upTo: generation)
         for slot in clients.indices {
             let client = clients[slot]
             guard client.lastHeldGeneration != 0, queues[slot].held[0].generation <= generation else { continue }
@@ -69,6 +70,35 @@ extension LockService {
                 forget(client.id)
             } else if client.closeWhenSent {
                 output.closes.append(client.id)
+            }
+        }
+    }
+
+    /// A message for another node: sent now, or, while this input's changes (or earlier messages to that node) wait
+    /// for a commit, after that commit. A master thus acknowledges a persistent lock or a value block write to a
+    /// holder on another node only once it is in its store, as it does for its own clients; messages to one node
+    /// never overtake each other.
+    mutating func send(_ message: PeerMessage, to node: UInt32) {
+        let earlier = mastering.heldGeneration[node]
+        guard let generation = holdingGeneration ?? earlier else {
+            output.peerMessages.append((node, message))
+            return
+        }
+        let wait = max(generation, earlier ?? 0)
+        mastering.heldMessages.append((wait, node, message))
+        mastering.heldGeneration[node] = wait
+        mastering.heldCount[node, default: 0] += 1
+    }
+
+    /// Sends the messages whose commit came, in order; one that still waits keeps those behind it waiting.
+    mutating func releasePeerMessages(upTo generation: UInt64) {
+        while let first = mastering.heldMessages.first, first.generation <= generation {
+            mastering.heldMessages.removeFirst()
+            output.peerMessages.append((first.node, first.message))
+            mastering.heldCount[first.node, default: 1] -= 1
+            if mastering.heldCount[first.node] == 0 {
+                mastering.heldCount[first.node] = nil
+                mastering.heldGeneration[first.node] = nil
             }
         }
     }

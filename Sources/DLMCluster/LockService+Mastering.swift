@@ -1,5 +1,6 @@
 import DLMCore
 import DLMWire
+import DequeModule
 import GroupServices
 
 /// Resource mastering across nodes: the resource directory, spread over the members by a hash of the name; the
@@ -13,8 +14,8 @@ import GroupServices
 /// their parent's master.
 ///
 /// Not yet here (docs/ARCHITECTURE.md, "Mastering"): a membership change (the directory and masters are rebuilt by
-/// recovery; until then `ServiceConfiguration.mastersAcrossNodes` is off in dlmd), dropping idle resources, frames
-/// to remote holders that wait for the master's commit, and reports, purges and deadlock cancels across nodes.
+/// recovery; until then `ServiceConfiguration.mastersAcrossNodes` is off in dlmd), dropping idle resources, and
+/// reports, purges and deadlock cancels across nodes.
 struct Mastering {
     /// The members that share the directory, in node order (this node alone when not mastering across nodes).
     var members: [UInt32] = []
@@ -33,6 +34,11 @@ struct Mastering {
     var nextReference: UInt64 = 1
     /// The lockspaces this node opened as master for other nodes, by name.
     var lockspaces: [[UInt8]: LockspaceID] = [:]
+    /// Messages for other nodes that wait for a store commit, oldest first (LockService+Durability.swift).
+    var heldMessages: Deque<(generation: UInt64, node: UInt32, message: PeerMessage)> = []
+    /// Per node with held messages: the generation its last one waits for, and how many wait.
+    var heldGeneration: [UInt32: UInt64] = [:]
+    var heldCount: [UInt32: Int] = [:]
 
     struct PendingOperation {
         var connection: ConnectionID
@@ -59,10 +65,6 @@ struct PeerReplyTarget {
 
 extension LockService {
     var mastersAcrossNodes: Bool { mastering.members.count > 1 }
-
-    mutating func send(_ message: PeerMessage, to node: UInt32) {
-        output.peerMessages.append((node, message))
-    }
 
     /// Group services' view: its members share the directory. (No recovery yet: see `Mastering`.)
     mutating func setMembers(_ view: View) {
@@ -249,6 +251,15 @@ extension LockService {
             else { return }
             deliver(connection, .blocking(lock: ProcessCopies.lockID(copy).rawValue, mode: callback.mode))
         case .ownerExited(let owner):
+            // Its requests that wait for this node's own lookup are dropped: they came before the exit.
+            if !mastering.peerRequestsAwaitingLookup.isEmpty {
+                for key in Array(mastering.peerRequestsAwaitingLookup.keys) {
+                    mastering.peerRequestsAwaitingLookup[key]!.removeAll {
+                        if case .request(_, let remote) = $0.message { return remote.request.owner == owner }
+                        return false
+                    }
+                }
+            }
             run(.ownerExited(owner), reply: nil)
         }
     }

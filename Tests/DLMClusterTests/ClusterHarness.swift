@@ -15,6 +15,8 @@ struct ClusterHarness {
     var carried = 0
     /// Every completion a client got, by client name.
     var completions: [String: [CompletionMessage]] = [:]
+    /// The last store generation each node wrote (its output's `commit`).
+    var written: [UInt32: UInt64] = [:]
     /// The frames `run` saw, for a caller that models the clients.
     var framesSeen: [(client: String, message: ServerMessage)] = []
 
@@ -24,12 +26,16 @@ struct ClusterHarness {
         static func < (a: Link, b: Link) -> Bool { (a.from, a.to) < (b.from, b.to) }
     }
 
-    init(nodes count: UInt32) {
+    /// `stores`: whether each node has a store whose commits replies wait for (the shell reports commits:
+    /// `commit`).
+    init(nodes count: UInt32, stores: Bool = false) {
         let members = (1...count).map { Member(node: NodeID($0), incarnation: 1) }
         let view = View(id: ViewID(number: 1, coordinator: 1), members: members)
         for node in 1...count {
             var harness = ServiceHarness(
-                configuration: ServiceConfiguration(nodeID: node, incarnation: 1, mastersAcrossNodes: true))
+                configuration: ServiceConfiguration(
+                    nodeID: node, incarnation: 1, repliesWaitForCommits: stores, hasStore: stores,
+                    mastersAcrossNodes: true))
             harness.handle(.viewInstalled(view, primary: true))
             nodes[node] = harness
         }
@@ -44,6 +50,13 @@ struct ClusterHarness {
         nodes[node]!.send(id, ServiceHarness.open(1))
         _ = run()
         return (node, id)
+    }
+
+    /// `node`'s store commits everything written so far; then every message is carried.
+    mutating func commit(_ node: UInt32) -> [String] {
+        let lines = run()
+        if let generation = written[node] { nodes[node]!.handle(.committed(generation: generation)) }
+        return lines + run()
     }
 
     mutating func send(_ client: (node: UInt32, id: ConnectionID), _ message: ClientMessage) {
@@ -70,6 +83,7 @@ struct ClusterHarness {
             }
             for node in nodes.keys.sorted() {
                 let output = nodes[node]!.service.takeOutput()
+                if let commit = output.commit { written[node] = commit.generation }
                 for (to, message) in nodes[node]!.peerMessages {
                     links[Link(from: node, to: to), default: []].append(message)
                 }

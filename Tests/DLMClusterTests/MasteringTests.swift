@@ -116,4 +116,21 @@ import Testing
         #expect(c.run() == ["1c: COMPLETION tag 0 lock 4 granted EX"])
         #expect(c.nodes[1]!.service.engine.lockCount == 2)
     }
+
+    /// A persistent lock on a resource mastered on another node is acknowledged once the master's store holds
+    /// it, as a single node acknowledges its own clients' (durability `batch` or `sync`); other nodes' traffic
+    /// does not wait for it.
+    @Test func aRemotePersistentLockIsAnsweredAfterTheMastersCommit() {
+        var c = ClusterHarness(nodes: 2, stores: true)
+        let name = ClusterHarness.name(directedTo: 2, of: 2)
+        let b = c.client(2, "b")
+        let a = c.client(1, "a")
+        _ = c.commit(1)
+        _ = c.commit(2)
+        c.send(b, H.lock(2, name, .nl))
+        _ = c.commit(2)
+        c.send(a, H.lock(2, name, .ex, .persistent))
+        #expect(c.run() == [])
+        #expect(c.commit(2) == ["1a: COMPLETION tag 2 lock \(Self.remote) granted EX"])
+    }
 }
