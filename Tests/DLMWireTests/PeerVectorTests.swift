@@ -4,7 +4,7 @@ import NIOCore
 import Testing
 
 /// Protocol/peer-vectors: every good vector decodes to the message of its header and encodes to the same bytes;
-/// every bad one is refused with its status; every message of PEER.md §3 has a vector.
+/// every bad one is refused with its status (VectorTests.badVectorIsRefused); every message of PEER.md §3 has a vector.
 @Suite("Protocol/peer-vectors")
 struct PeerVectorTests {
     static let owner = OwnerID(node: 1, incarnation: 3, local: 5)
@@ -73,20 +73,5 @@ struct PeerVectorTests {
         #expect(Array(out.readableBytesView).hexString == vector.bytes.hexString)
     }
 
-    @Test(arguments: Vector.peer.filter(\.isBad))
-    func badVectorIsRefused(_ vector: Vector) throws {
-        let expect = try #require(vector.expect)
-        var buffer = ByteBuffer(bytes: vector.bytes)
-        do throws(WireError) {
-            guard let (type, frame) = try nextFrame(from: &buffer, maxLength: vector.direction.maxLength) else {
-                Issue.record("the splitter waits for more bytes instead of refusing the frame")
-                return
-            }
-            var body = frame
-            let decoded = try PeerMessage.decode(type: type, body: &body)
-            Issue.record("decoded \(decoded) from a malformed frame")
-        } catch {
-            #expect(error.status.rawValue == expect.value, "\(error)")
-        }
-    }
+    // The bad peer vectors are refused in VectorTests.badVectorIsRefused, with the client protocol's.
 }

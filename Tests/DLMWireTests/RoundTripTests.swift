@@ -84,6 +84,7 @@ struct RoundTripTests {
                 switch (got, want) {
                 case (.client(let a), .client(let b)): #expect(a == b, replay(seed))
                 case (.server(let a), .server(let b)): #expect(a == b, replay(seed))
+                case (.peer(let a), .peer(let b)): #expect(a == b, replay(seed))
                 default: Issue.record("a message of the wrong direction; \(replay(seed))")
                 }
             }

@@ -8,6 +8,8 @@ import Testing
 enum Golden: Sendable {
     case client(ClientMessage)
     case server(ServerMessage)
+    /// Protocol/PEER.md (its vectors' table is PeerVectorTests.messages).
+    case peer(PeerMessage)
 
     /// 1, 2, ... 32.
     static let lvb32: [UInt8] = Array(1...32)
@@ -131,7 +133,7 @@ func decode(_ direction: Direction, type: UInt8, body: ByteBuffer) throws(WireEr
     switch direction {
     case .client: return .client(try ClientMessage.decode(type: type, body: &body))
     case .server: return .server(try ServerMessage.decode(type: type, body: &body))
-    case .peer: throw WireError(.protocolError, "a peer frame (PeerVectorTests reads those)")
+    case .peer: return .peer(try PeerMessage.decode(type: type, body: &body))
     }
 }
 
@@ -166,6 +168,7 @@ struct VectorTests {
         var serverTypes = Set<UInt8>()
         for golden in Golden.messages.values {
             switch golden {
+            case .peer: continue
             case .client(let m): clientTypes.insert(m.typeCode)
             case .server(let m): serverTypes.insert(m.typeCode)
             }
@@ -201,7 +204,8 @@ struct VectorTests {
         #expect(throws: WireError.self) { try decode(other, type: type, body: body) }
     }
 
-    @Test(arguments: Vector.bad)
+    /// The bad vectors of both protocols (Protocol/vectors, Protocol/peer-vectors).
+    @Test(arguments: Vector.bad + Vector.peer.filter(\.isBad))
     func badVectorIsRefused(_ vector: Vector) throws {
         let expect = try #require(vector.expect)
         var buffer = ByteBuffer(bytes: vector.bytes)
