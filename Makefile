@@ -42,8 +42,9 @@ test-c: libdlm
 ## nodes' lock services (Tests/DLMClusterTests/MasteringRandomTests.swift) over N seeds each, in a release build
 ## with testing enabled. A failing seed prints the command that replays it.
 sim:
-	DLM_SIM_SEEDS=$(SEEDS) DLM_MASTERING_SEEDS=$(SEEDS) $(SWIFT) test -c release -Xswiftc -enable-testing \
-		--scratch-path .build-test --filter 'GroupServicesTests.SimulationTests|DLMClusterTests.MasteringRandomTests'
+	DLM_SIM_SEEDS=$(SEEDS) DLM_MASTERING_SEEDS=$(SEEDS) DLM_RECOVERY_SEEDS=$(SEEDS) $(SWIFT) test -c release \
+		-Xswiftc -enable-testing --scratch-path .build-test \
+		--filter 'GroupServicesTests.SimulationTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests'
 
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Tools bench

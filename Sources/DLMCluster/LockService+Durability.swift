@@ -67,7 +67,7 @@ extension LockService {
             queues[slot].held = held
             guard held.isEmpty else { continue }
             if client.isGone {
-                forget(client.id)
+                if clients[slot].hasExited { forget(client.id) }
             } else if client.closeWhenSent {
                 output.closes.append(client.id)
             }
@@ -79,6 +79,12 @@ extension LockService {
     /// holder on another node only once it is in its store, as it does for its own clients; messages to one node
     /// never overtake each other.
     mutating func send(_ message: PeerMessage, to node: UInt32) {
+        if node == configuration.nodeID {
+            // To a copy mastered here (rebuilt by recovery): handled after this input. What it answers waits, like
+            // any frame, for the commit of the changes it depends on.
+            mastering.loopback.append(message)
+            return
+        }
         let earlier = mastering.heldGeneration[node]
         guard let generation = holdingGeneration ?? earlier else {
             output.peerMessages.append((node, message))

@@ -39,11 +39,31 @@ struct Mastering {
     /// Per node with held messages: the generation its last one waits for, and how many wait.
     var heldGeneration: [UInt32: UInt64] = [:]
     var heldCount: [UInt32: Int] = [:]
+    /// Messages to this node itself (to a copy's master that is this node, after recovery rebuilt it here), handled
+    /// after the input that sent them, in order.
+    var loopback: Deque<PeerMessage> = []
+
+    // Recovery (LockService+Recovery.swift).
+    /// The members (node: incarnation) of the last completed recovery, and of the view being recovered.
+    var memberIncarnations: [UInt32: UInt64] = [:]
+    var viewMembers: [UInt32: UInt64] = [:]
+    var recovery: Recovery?
+    /// The view of the last completed recovery.
+    var recoveredView: UInt64 = 0
+    /// Recovery messages of a view this node has not installed yet.
+    var futureRecovery: [(node: UInt32, message: PeerMessage)] = []
+    /// As a new master during a recovery: the ids given to holders' locks.
+    var rebuilt: [RebuiltCopy: LockID] = [:]
+    var rebuiltLockspaces: Set<LockspaceID> = []
 
     struct PendingOperation {
         var connection: ConnectionID
         var tag: UInt32
         var copy: Int
+        /// The node the operation went to.
+        var master: UInt32
+        /// The client's frame (sent again if the master leaves before answering).
+        var message: ClientMessage
         /// The client's frame, for a new lock (sent again after a stale master's "not master").
         var newLock: ClientMessage?
     }
@@ -64,13 +84,7 @@ struct PeerReplyTarget {
 }
 
 extension LockService {
-    var mastersAcrossNodes: Bool { mastering.members.count > 1 }
-
-    /// Group services' view: its members share the directory. (No recovery yet: see `Mastering`.)
-    mutating func setMembers(_ view: View) {
-        guard configuration.mastersAcrossNodes else { return }
-        mastering.members = view.members.map(\.node.rawValue).sorted()
-    }
+    var mastersAcrossNodes: Bool { configuration.mastersAcrossNodes }
 
     // MARK: This node's clients
 
@@ -110,9 +124,19 @@ extension LockService {
             }
             if master == configuration.nodeID { return false }
         }
-        let copy = mastering.copies.add(owner: id.owner, master: master)
         let request = Self.lockRequest(m, owner: owner(id), lockspace: LockspaceID(rawValue: 0), parent: parent)
-        let reference = startOperation(id, tag: m.tag, copy: copy, newLock: .lock(m))
+        // What recovery resends if the master leaves (sub-locks are not rebuilt yet).
+        let record =
+            parent != nil
+            ? nil
+            : RecoveredLock(
+                lockspace: info.name, valueBlockLength: info.valueBlockLength, name: m.name, copy: 0,
+                owner: request.owner, pid: clients[Int(id.slot)].pid, grantedMode: nil, requestedMode: m.mode,
+                flags: m.flags, priority: m.priority, wantsBlockingCallbacks: request.wantsBlockingCallbacks,
+                alwaysFencingToken: request.alwaysFencingToken, transaction: request.transaction, valueBlock: nil,
+                valueBlockSequence: 0, fencingToken: 0)
+        let copy = mastering.copies.add(owner: id.owner, master: master, record: record)
+        let reference = startOperation(id, tag: m.tag, copy: copy, message: .lock(m), newLock: .lock(m))
         send(
             .request(
                 ref: reference,
@@ -138,7 +162,7 @@ extension LockService {
             deliver(id, .error(tag: tag, status: .noEntry, message: "no lock \(lock) of \(owner(id))"))
             return
         }
-        let reference = startOperation(id, tag: tag, copy: copy, newLock: nil)
+        let reference = startOperation(id, tag: tag, copy: copy, message: message, newLock: nil)
         let master = mastering.copies.copies[copy].master
         switch message {
         case .convert(let m):
@@ -165,11 +189,14 @@ extension LockService {
     }
 
     /// An operation goes to a master: the connection's later requests wait for its answer.
-    mutating func startOperation(_ id: ConnectionID, tag: UInt32, copy: Int, newLock: ClientMessage?) -> UInt64 {
+    mutating func startOperation(
+        _ id: ConnectionID, tag: UInt32, copy: Int, message: ClientMessage, newLock: ClientMessage?
+    ) -> UInt64 {
         let reference = mastering.nextReference
         mastering.nextReference += 1
         mastering.pending[reference] = Mastering.PendingOperation(
-            connection: id, tag: tag, copy: copy, newLock: newLock)
+            connection: id, tag: tag, copy: copy, master: mastering.copies.copies[copy].master, message: message,
+            newLock: newLock)
         clients[Int(id.slot)].awaitingReply = true
         return reference
     }
@@ -185,7 +212,32 @@ extension LockService {
 
     mutating func receive(_ message: PeerMessage, from node: UInt32) {
         switch message {
+        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone:
+            receiveRecovery(message, from: node)
+            return
+        default:
+            break
+        }
+        // A node outside the view is not heard (the transport drops what an old life of a member sent; what one
+        // sent and this node held when its recovery started is dropped there).
+        guard node == configuration.nodeID || mastering.viewMembers[node] != nil else { return }
+        if isRecovering {
+            switch message {
+            case .lookup, .request, .convert, .unlock, .ownerExited:
+                // Run once the directory and the masters are rebuilt.
+                mastering.recovery!.heldTraffic.append((node, message))
+                return
+            case .lookupReply:
+                return  // the old directory's answer: asked again when recovery is done
+            default:
+                break
+            }
+        }
+        switch message {
         case .lookup(let key):
+            // Sent under an older view by a node that has not recovered yet: it asks the new directory node when
+            // its recovery is done, and an answer from here could name a second master.
+            guard mastering.directoryNode(of: key) == configuration.nodeID else { return }
             let master = mastering.directory[key] ?? node
             mastering.directory[key] = master
             if master == configuration.nodeID { mastering.masters[key] = master }
@@ -237,17 +289,11 @@ extension LockService {
         case .reply(let reference, let reply):
             answered(reference, reply, from: node)
         case .completion(let completion):
-            guard let copy = mastering.copies.index(master: node, lock: completion.lock),
-                let connection = connection(of: completion.owner)
-            else { return }
-            if completion.mode == nil { mastering.copies.remove(copy) }
-            guard clients[Int(connection.slot)].state == .ready else { return }
-            var local = completion
-            local.lock = ProcessCopies.lockID(copy)
-            deliver(connection, .completion(CompletionMessage(tag: 0, local)))
+            completed(completion, from: node)
         case .blockingCallback(let callback):
             guard let copy = mastering.copies.index(master: node, lock: callback.lock),
-                let connection = connection(of: callback.owner), clients[Int(connection.slot)].state == .ready
+                let connection = connection(of: callback.owner), clients[Int(connection.slot)].state == .ready,
+                mastering.copies.blockingIsNew(copy, mode: callback.mode)
             else { return }
             deliver(connection, .blocking(lock: ProcessCopies.lockID(copy).rawValue, mode: callback.mode))
         case .ownerExited(let owner):
@@ -261,7 +307,25 @@ extension LockService {
                 }
             }
             run(.ownerExited(owner), reply: nil)
+        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone:
+            break
         }
+    }
+
+    /// A completion of a master for a lock of this node's client: its copy learns the mode, the client gets it.
+    mutating func completed(_ completion: Completion, from node: UInt32, tag: UInt32 = 0) {
+        guard let copy = mastering.copies.index(master: node, lock: completion.lock),
+            let connection = connection(of: completion.owner)
+        else { return }
+        if completion.mode == nil {
+            mastering.copies.remove(copy)
+        } else {
+            mastering.copies.apply(completion, to: copy)
+        }
+        guard clients[Int(connection.slot)].state == .ready else { return }
+        var local = completion
+        local.lock = ProcessCopies.lockID(copy)
+        deliver(connection, .completion(CompletionMessage(tag: tag, local)))
     }
 
     /// The master answered an operation of a client of this node: the reply, as on one node.
@@ -288,6 +352,7 @@ extension LockService {
             return
         case .taken(let masterLock, let completion):
             if pending.newLock != nil { mastering.copies.bind(pending.copy, masterLock: masterLock) }
+            noteTaken(pending, completion: completion)
             if var completion {
                 if completion.mode == nil { mastering.copies.remove(pending.copy) }
                 completion.lock = lock
@@ -297,6 +362,28 @@ extension LockService {
             }
         }
         replyDelivered(id)
+    }
+
+    /// What the copy learns from the master's answer: a mode granted at once, or a request or conversion queued;
+    /// a value block written.
+    mutating func noteTaken(_ pending: Mastering.PendingOperation, completion: Completion?) {
+        let copy = pending.copy
+        guard mastering.copies.copies[copy].record != nil else { return }
+        var written: [UInt8]?
+        switch pending.message {
+        case .convert(let m):
+            if completion == nil { mastering.copies.copies[copy].record!.requestedMode = m.mode }
+            if m.flags.contains(.valueBlock) { written = m.valueBlock }
+        case .unlock(let m):
+            if m.flags.contains(.valueBlock) { written = m.valueBlock }
+        default:
+            break
+        }
+        if let written, let mode = mastering.copies.copies[copy].record!.grantedMode, mode >= .pw {
+            mastering.copies.copies[copy].record!.valueBlock = written
+            mastering.copies.copies[copy].record!.valueBlockSequence += 1
+        }
+        if let completion { mastering.copies.apply(completion, to: copy) }
     }
 
     /// A request that waited for the directory (or met a stale master) runs again; the requests its connection sent

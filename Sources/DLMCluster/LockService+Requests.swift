@@ -241,6 +241,13 @@ extension LockService {
                             created: created))
                 }
             case .completion(let completion):
+                if mastering.copies.masteredHere > 0, completion.owner.node == configuration.nodeID,
+                    mastering.copies.index(master: configuration.nodeID, lock: completion.lock) != nil
+                {
+                    // A lock of this node's client that recovery rebuilt here: the client knows its copy's id.
+                    completed(completion, from: configuration.nodeID)
+                    continue
+                }
                 // Most effects go to the requester: no lookup for those.
                 let connection: ConnectionID
                 if let reply, completion.owner == owner(reply.connection) {
@@ -276,6 +283,13 @@ extension LockService {
                 guard let connection = self.connection(of: callback.owner),
                     clients[Int(connection.slot)].state == .ready
                 else { continue }
+                if mastering.copies.masteredHere > 0,
+                    let copy = mastering.copies.index(master: configuration.nodeID, lock: callback.lock)
+                {
+                    guard mastering.copies.blockingIsNew(copy, mode: callback.mode) else { continue }
+                    deliver(connection, .blocking(lock: ProcessCopies.lockID(copy).rawValue, mode: callback.mode))
+                    continue
+                }
                 deliver(connection, .blocking(lock: callback.lock.rawValue, mode: callback.mode))
             case .finished(let finished):
                 finishBulk(finished)

@@ -174,6 +174,9 @@ public struct LockService {
         output.frames.reserveCapacity(64)
         if configuration.isClusterMember { stopReasons = ["view agreement"] }
         mastering.members = [configuration.nodeID]
+        mastering.memberIncarnations = [configuration.nodeID: configuration.incarnation]
+        mastering.viewMembers = mastering.memberIncarnations
+        mastering.copies.localNode = configuration.nodeID
     }
 
     /// The owner identity of a connection's locks: this node, this life, the connection's number.
@@ -241,8 +244,7 @@ public struct LockService {
         case .committed(let generation):
             committed(upTo: generation)
         case .viewInstalled(let view, let primary):
-            setMembers(view)
-            if primary { resume() } else { stop(waitingFor: ["quorum"]) }
+            viewInstalled(view, primary: primary)
         case .bulkSlice:
             guard !isStopped else { return }
             run(.continueBulkWork, reply: nil)
@@ -251,6 +253,7 @@ public struct LockService {
         case .peer(let node, let message):
             receive(message, from: node)
         }
+        while let message = mastering.loopback.popFirst() { receive(message, from: configuration.nodeID) }
         if !connectionsWithDeferredRequests.isEmpty { drainDeferred() }
     }
 
@@ -341,6 +344,7 @@ public struct LockService {
 
     /// The owner's locks are released or orphaned; the connection is forgotten once nothing waits for it.
     mutating func ownerExited(_ id: ConnectionID) {
+        clients[Int(id.slot)].hasExited = true
         run(.ownerExited(owner(id)), reply: nil)
         remoteOwnerExited(id)
         if clients[Int(id.slot)].lastHeldGeneration == 0 { forget(id) }
@@ -365,6 +369,9 @@ struct Client {
     var closeWhenSent = false
     /// The shell reported the connection gone.
     var isGone = false
+    /// Its owner's locks were released (`ownerExited`): once no frame waits, the connection is forgotten. (An exit
+    /// held while the node is stopped has not run yet.)
+    var hasExited = false
     /// Requests of this connection held while the node is stopped (LockService+Gate.swift).
     var heldRequests = 0
     /// A request of this connection is done in slices: its reply comes at the end, and the requests after it wait

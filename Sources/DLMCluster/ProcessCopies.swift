@@ -1,4 +1,5 @@
 import DLMCore
+import DLMWire
 
 /// The locks that this node's clients hold on resources mastered by other nodes: a process copy each (Linux's
 /// lkid on the holder, remid on the master). The id a client sees for such a lock is this node's, with the high
@@ -12,6 +13,13 @@ struct ProcessCopies {
         var master: UInt32 = 0
         /// The master's id, once it answered.
         var masterLock: LockID?
+        /// What recovery resends if the master leaves (nil for a sub-lock: not rebuilt yet).
+        var record: RecoveredLock?
+        /// Resent to `master` by a recovery whose new id has not come yet (`recoverBindings`).
+        var rebinding = false
+        /// The mode of the last blocking callback the client got since the lock's last completion: a rebuilt
+        /// master sends it again, and the client gets it once.
+        var blocked: LockMode?
     }
 
     /// A lock as its master knows it.
@@ -40,7 +48,20 @@ struct ProcessCopies {
         return index
     }
 
-    mutating func add(owner: UInt64, master: UInt32) -> Int {
+    /// How many copies are mastered by this node itself (rebuilt here by recovery): their completions come from
+    /// the local engine and are translated to the copy's id.
+    var masteredHere = 0
+    var localNode: UInt32 = 0
+
+    /// The live copy of a client-visible id, whoever owns it.
+    func index(ofCopy id: UInt32) -> Int? {
+        guard Self.isCopy(id) else { return nil }
+        let index = Int(id & ~Self.idBit) - 1
+        guard index >= 0, index < copies.count, copies[index].owner != 0 else { return nil }
+        return index
+    }
+
+    mutating func add(owner: UInt64, master: UInt32, record: RecoveredLock? = nil) -> Int {
         let index: Int
         if let reused = free.popLast() {
             index = reused
@@ -48,14 +69,48 @@ struct ProcessCopies {
             index = copies.count
             copies.append(Copy())
         }
-        copies[index] = Copy(owner: owner, master: master, masterLock: nil)
+        copies[index] = Copy(owner: owner, master: master, masterLock: nil, record: record)
         byOwner[owner, default: []].insert(index)
         return index
     }
 
     mutating func bind(_ index: Int, masterLock: LockID) {
         copies[index].masterLock = masterLock
+        copies[index].rebinding = false
         byMaster[MasterLock(node: copies[index].master, lock: masterLock.rawValue)] = index
+        if copies[index].master == localNode { masteredHere += 1 }
+    }
+
+    /// Whether a blocking callback for `mode` is news to the client (and notes it).
+    mutating func blockingIsNew(_ index: Int, mode: LockMode) -> Bool {
+        guard copies[index].blocked != mode else { return false }
+        copies[index].blocked = mode
+        return true
+    }
+
+    /// Forgets the copy's master (recovery sends it to `master` now).
+    mutating func unbind(_ index: Int, newMaster master: UInt32) {
+        let copy = copies[index]
+        if let lock = copy.masterLock {
+            byMaster[MasterLock(node: copy.master, lock: lock.rawValue)] = nil
+            if copy.master == localNode { masteredHere -= 1 }
+        }
+        copies[index].masterLock = nil
+        copies[index].master = master
+        copies[index].rebinding = true
+    }
+
+    /// What a completion from the master says of the lock: its mode, the value block it read, its token.
+    mutating func apply(_ completion: Completion, to index: Int) {
+        copies[index].blocked = nil
+        guard copies[index].record != nil else { return }
+        copies[index].record!.grantedMode = completion.mode
+        copies[index].record!.requestedMode = nil
+        if let block = completion.valueBlock {
+            copies[index].record!.valueBlock = block
+            copies[index].record!.valueBlockSequence = completion.valueBlockSequence
+        }
+        if completion.fencingToken != 0 { copies[index].record!.fencingToken = completion.fencingToken }
     }
 
     func index(master: UInt32, lock: LockID) -> Int? { byMaster[MasterLock(node: master, lock: lock.rawValue)] }
@@ -63,7 +118,10 @@ struct ProcessCopies {
     mutating func remove(_ index: Int) {
         let copy = copies[index]
         guard copy.owner != 0 else { return }
-        if let lock = copy.masterLock { byMaster[MasterLock(node: copy.master, lock: lock.rawValue)] = nil }
+        if let lock = copy.masterLock {
+            byMaster[MasterLock(node: copy.master, lock: lock.rawValue)] = nil
+            if copy.master == localNode { masteredHere -= 1 }
+        }
         byOwner[copy.owner]?.remove(index)
         if byOwner[copy.owner]?.isEmpty == true { byOwner[copy.owner] = nil }
         copies[index] = Copy()

@@ -389,6 +389,9 @@ public struct LockEngine {
             case .setProcessID(let pid, let owner): setProcessID(pid, of: owner)
             case .continueBulkWork: continueBulkWork(into: &effects)
             case .restore(let stored): try restoreStored(stored)
+            case .recover(let snapshot):
+                for id in try recoverResource(snapshot) { effects.append(.accepted(id)) }
+            case .grantAfterRecovery(let lockspace): grantPendingAfterRecovery(lockspace, into: &effects)
             }
         } catch {
             effects.append(.refused(error))

@@ -107,4 +107,10 @@ public enum Input: Sendable, Hashable {
     case continueBulkWork
     /// Gives back what a store kept after a restart (`restoreStored`).
     case restore(StoredResource)
+    /// Rebuilds a resource whose master died from its survivors' locks (`recoverResource`): an `accepted` effect
+    /// per lock, in the snapshot's order, with its new id.
+    case recover(ResourceSnapshot)
+    /// Recovery is over: every resource of the lockspace grants what it can, conversions regardless of their
+    /// order (rule 4).
+    case grantAfterRecovery(LockspaceID)
 }

@@ -14,6 +14,10 @@ extension PeerMessage {
         case completion = 7
         case blocking = 8
         case ownerExited = 9
+        case recoverMasters = 10
+        case recoverLocks = 11
+        case recoverBindings = 12
+        case recoveryDone = 13
     }
 
     /// The largest frame (after its length field).
@@ -30,6 +34,10 @@ extension PeerMessage {
         case .completion: .completion
         case .blockingCallback: .blocking
         case .ownerExited: .ownerExited
+        case .recoverMasters: .recoverMasters
+        case .recoverLocks: .recoverLocks
+        case .recoverBindings: .recoverBindings
+        case .recoveryDone: .recoveryDone
         }
     }
 
@@ -97,6 +105,27 @@ extension PeerMessage {
                 body.writeInteger(callback.mode.rawValue)
             case .ownerExited(let owner):
                 body.writeOwner(owner)
+            case .recoverMasters(let view, let keys):
+                body.writeInteger(view)
+                body.writeInteger(UInt32(keys.count))
+                for key in keys {
+                    body.writeBytes8(key.lockspace)
+                    body.writeBytes8(key.name)
+                }
+            case .recoverLocks(let view, let locks):
+                body.writeInteger(view)
+                body.writeInteger(UInt32(locks.count))
+                for lock in locks { body.writeRecoveredLock(lock) }
+            case .recoverBindings(let view, let bindings):
+                body.writeInteger(view)
+                body.writeInteger(UInt32(bindings.count))
+                for binding in bindings {
+                    body.writeInteger(binding.copy)
+                    body.writeInteger(binding.lock.rawValue)
+                }
+            case .recoveryDone(let view, let phase):
+                body.writeInteger(view)
+                body.writeInteger(phase)
             }
         }
     }
@@ -188,6 +217,34 @@ extension PeerMessage {
             message = .blockingCallback(BlockingCallback(lock: lock, owner: owner, mode: try body.readMode("mode")))
         case .ownerExited:
             message = .ownerExited(try body.readOwner())
+        case .recoverMasters:
+            let view = try body.read(UInt64.self, "view")
+            let count = try body.readCount("count", least: 4)
+            var keys: [DirectoryKey] = []
+            keys.reserveCapacity(count)
+            for _ in 0..<count { keys.append(try body.readDirectoryKey()) }
+            message = .recoverMasters(view: view, keys)
+        case .recoverLocks:
+            let view = try body.read(UInt64.self, "view")
+            let count = try body.readCount("count", least: RecoveredLock.leastEncodedLength)
+            var locks: [RecoveredLock] = []
+            locks.reserveCapacity(count)
+            for _ in 0..<count { locks.append(try body.readRecoveredLock()) }
+            message = .recoverLocks(view: view, locks)
+        case .recoverBindings:
+            let view = try body.read(UInt64.self, "view")
+            let count = try body.readCount("count", least: 8)
+            var bindings: [RecoveredBinding] = []
+            bindings.reserveCapacity(count)
+            for _ in 0..<count {
+                let copy = try body.read(UInt32.self, "copy")
+                bindings.append(
+                    RecoveredBinding(copy: copy, lock: LockID(rawValue: try body.read(UInt32.self, "lock"))))
+            }
+            message = .recoverBindings(view: view, bindings)
+        case .recoveryDone:
+            let view = try body.read(UInt64.self, "view")
+            message = .recoveryDone(view: view, phase: try body.read(UInt8.self, "phase"))
         }
         try body.requireConsumed(type: type)
         return message
@@ -220,6 +277,71 @@ extension ByteBuffer {
 
     mutating func readDirectoryKey() throws(WireError) -> DirectoryKey {
         DirectoryKey(lockspace: try readName("lockspace"), name: try readName("name"))
+    }
+
+    /// A count of items of at least `least` bytes each: refused when the body cannot hold that many (so that a
+    /// forged count allocates nothing).
+    mutating func readCount(_ field: StaticString, least: Int) throws(WireError) -> Int {
+        let count = Int(try read(UInt32.self, field))
+        guard count <= readableBytes / least else {
+            throw .malformed("\(field) \(count) is more than the frame can hold")
+        }
+        return count
+    }
+
+    mutating func writeRecoveredLock(_ lock: RecoveredLock) {
+        writeBytes8(lock.lockspace)
+        writeInteger(UInt8(truncatingIfNeeded: lock.valueBlockLength))
+        writeBytes8(lock.name)
+        writeInteger(lock.copy)
+        writeOwner(lock.owner)
+        writeInteger(lock.pid)
+        writeInteger(lock.grantedMode?.rawValue ?? 255)
+        writeInteger(lock.requestedMode?.rawValue ?? 255)
+        writeInteger(lock.flags.rawValue)
+        writeInteger(lock.priority)
+        writeInteger(UInt8((lock.wantsBlockingCallbacks ? 1 : 0) | (lock.alwaysFencingToken ? 2 : 0)))
+        writeInteger(lock.transaction ?? 0)
+        writeOptionalBytes8(lock.valueBlock)
+        writeInteger(lock.valueBlockSequence)
+        writeInteger(lock.fencingToken)
+    }
+
+    mutating func readOptionalMode(_ field: StaticString) throws(WireError) -> LockMode? {
+        let raw = try read(UInt8.self, field)
+        if raw == 255 { return nil }
+        guard let mode = LockMode(rawValue: raw) else { throw .malformed("\(field) \(raw) is not a mode") }
+        return mode
+    }
+
+    mutating func readRecoveredLock() throws(WireError) -> RecoveredLock {
+        let lockspace = try readName("lockspace")
+        let valueBlockLength = Int(try read(UInt8.self, "value_block_length"))
+        guard valueBlockLength <= WireLimits.maxValueBlock else {
+            throw .malformed("value_block_length \(valueBlockLength) is above \(WireLimits.maxValueBlock)")
+        }
+        let name = try readName("name")
+        let copy = try read(UInt32.self, "copy")
+        let owner = try readOwner()
+        let pid = try read(UInt32.self, "pid")
+        let granted = try readOptionalMode("granted_mode")
+        let requested = try readOptionalMode("requested_mode")
+        guard granted != nil || requested != nil else {
+            throw .malformed("a recovered lock with neither a granted nor a requested mode")
+        }
+        let flags = LockFlags(rawValue: try read(UInt32.self, "flags"))
+        let priority = try read(UInt8.self, "priority")
+        let options = try read(UInt8.self, "options")
+        guard options & ~3 == 0 else { throw .malformed("options 0x\(String(options, radix: 16)) has unknown bits") }
+        let transaction = try read(UInt64.self, "transaction")
+        let valueBlock = try readOptionalBytes8("value_block")
+        let sequence = try read(UInt64.self, "value_block_sequence")
+        return RecoveredLock(
+            lockspace: lockspace, valueBlockLength: valueBlockLength, name: name, copy: copy, owner: owner, pid: pid,
+            grantedMode: granted, requestedMode: requested, flags: flags, priority: priority,
+            wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0,
+            transaction: transaction == 0 ? nil : transaction, valueBlock: valueBlock, valueBlockSequence: sequence,
+            fencingToken: try read(UInt64.self, "fencing_token"))
     }
 
     mutating func writeCompletion(_ c: Completion) {

@@ -23,6 +23,78 @@ public enum PeerMessage: Sendable, Hashable {
     case blockingCallback(BlockingCallback)
     /// The owner went away: the master releases its locks (and orphans its persistent ones).
     case ownerExited(OwnerID)
+    /// Recovery for `view`, to a resource's new directory node: the sender masters these resources.
+    case recoverMasters(view: UInt64, [DirectoryKey])
+    /// Recovery for `view`, to the new master of resources whose master left: the sender's locks on them.
+    case recoverLocks(view: UInt64, [RecoveredLock])
+    /// Recovery for `view`, the new master's answer to `recoverLocks`: the id it gave each of the holder's locks.
+    case recoverBindings(view: UInt64, [RecoveredBinding])
+    /// Recovery for `view`: the sender has sent everything of `phase` (in order before this message).
+    case recoveryDone(view: UInt64, phase: UInt8)
+}
+
+/// A lock of a surviving holder on a resource whose master left, as its holder knows it (recovery's resend).
+public struct RecoveredLock: Sendable, Hashable {
+    public var lockspace: [UInt8]
+    public var valueBlockLength: Int
+    public var name: [UInt8]
+    /// The holder's id for the lock (its process copy).
+    public var copy: UInt32
+    public var owner: OwnerID
+    public var pid: UInt32
+    /// nil for a request that waits; else the granted mode.
+    public var grantedMode: LockMode?
+    /// A conversion's or waiting request's mode; nil when granted and not converting.
+    public var requestedMode: LockMode?
+    public var flags: LockFlags
+    public var priority: UInt8
+    public var wantsBlockingCallbacks: Bool
+    public var alwaysFencingToken: Bool
+    public var transaction: UInt64?
+    /// The value block the holder last read or wrote, and its sequence number.
+    public var valueBlock: [UInt8]?
+    public var valueBlockSequence: UInt64
+    public var fencingToken: UInt64
+
+    public init(
+        lockspace: [UInt8], valueBlockLength: Int, name: [UInt8], copy: UInt32, owner: OwnerID, pid: UInt32,
+        grantedMode: LockMode?, requestedMode: LockMode?, flags: LockFlags, priority: UInt8,
+        wantsBlockingCallbacks: Bool, alwaysFencingToken: Bool, transaction: UInt64?, valueBlock: [UInt8]?,
+        valueBlockSequence: UInt64, fencingToken: UInt64
+    ) {
+        self.lockspace = lockspace
+        self.valueBlockLength = valueBlockLength
+        self.name = name
+        self.copy = copy
+        self.owner = owner
+        self.pid = pid
+        self.grantedMode = grantedMode
+        self.requestedMode = requestedMode
+        self.flags = flags
+        self.priority = priority
+        self.wantsBlockingCallbacks = wantsBlockingCallbacks
+        self.alwaysFencingToken = alwaysFencingToken
+        self.transaction = transaction
+        self.valueBlock = valueBlock
+        self.valueBlockSequence = valueBlockSequence
+        self.fencingToken = fencingToken
+    }
+}
+
+extension RecoveredLock {
+    /// The fewest bytes a recovered lock takes on the wire (one-byte names, no value block).
+    static let leastEncodedLength = 2 + 1 + 2 + 4 + 20 + 4 + 1 + 1 + 4 + 1 + 1 + 8 + 1 + 8 + 8
+}
+
+/// The new master's id for a holder's recovered lock.
+public struct RecoveredBinding: Sendable, Hashable {
+    public var copy: UInt32
+    public var lock: LockID
+
+    public init(copy: UInt32, lock: LockID) {
+        self.copy = copy
+        self.lock = lock
+    }
 }
 
 /// A master's answer to a request, conversion or unlock of another node.

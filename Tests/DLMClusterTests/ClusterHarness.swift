@@ -26,18 +26,44 @@ struct ClusterHarness {
         static func < (a: Link, b: Link) -> Bool { (a.from, a.to) < (b.from, b.to) }
     }
 
+    /// Each node's life (a restart is a new one).
+    var incarnations: [UInt32: UInt64] = [:]
+    var viewNumber: UInt64 = 0
+    let stores: Bool
+
     /// `stores`: whether each node has a store whose commits replies wait for (the shell reports commits:
     /// `commit`).
     init(nodes count: UInt32, stores: Bool = false) {
-        let members = (1...count).map { Member(node: NodeID($0), incarnation: 1) }
-        let view = View(id: ViewID(number: 1, coordinator: 1), members: members)
-        for node in 1...count {
-            var harness = ServiceHarness(
-                configuration: ServiceConfiguration(
-                    nodeID: node, incarnation: 1, repliesWaitForCommits: stores, hasStore: stores,
-                    mastersAcrossNodes: true))
-            harness.handle(.viewInstalled(view, primary: true))
-            nodes[node] = harness
+        self.stores = stores
+        for node in 1...count { start(node) }
+        installView()
+    }
+
+    /// Starts a node's new life (no view yet).
+    mutating func start(_ node: UInt32) {
+        let incarnation = (incarnations[node] ?? 0) + 1
+        incarnations[node] = incarnation
+        nodes[node] = ServiceHarness(
+            configuration: ServiceConfiguration(
+                nodeID: node, incarnation: incarnation, repliesWaitForCommits: stores, hasStore: stores,
+                mastersAcrossNodes: true))
+        written[node] = nil
+    }
+
+    /// The node stops at once: what it sent and was sent is lost, its clients with it.
+    mutating func crash(_ node: UInt32) {
+        nodes[node] = nil
+        written[node] = nil
+        for link in links.keys where link.from == node || link.to == node { links[link] = nil }
+    }
+
+    /// Group services agree on a view of the live nodes: each gets it (in `order`, if given).
+    mutating func installView(order: [UInt32]? = nil) {
+        viewNumber += 1
+        let members = nodes.keys.sorted().map { Member(node: NodeID($0), incarnation: incarnations[$0]!) }
+        let view = View(id: ViewID(number: viewNumber, coordinator: NodeID(members[0].node.rawValue)), members: members)
+        for node in order ?? nodes.keys.sorted() where nodes[node] != nil {
+            nodes[node]!.handle(.viewInstalled(view, primary: true))
         }
     }
 
@@ -83,8 +109,9 @@ struct ClusterHarness {
             }
             for node in nodes.keys.sorted() {
                 let output = nodes[node]!.service.takeOutput()
+                if trace { for n in output.notices { print("node \(node) notice: \(n)") } }
                 if let commit = output.commit { written[node] = commit.generation }
-                for (to, message) in nodes[node]!.peerMessages {
+                for (to, message) in nodes[node]!.peerMessages where nodes[to] != nil {
                     links[Link(from: node, to: to), default: []].append(message)
                 }
                 nodes[node]!.peerMessages = []
@@ -94,7 +121,8 @@ struct ClusterHarness {
                     framesSeen.append((name, message))
                     lines.append("\(name): \(ServiceHarness.line(message))")
                 }
-                for (to, message) in output.peerMessages {
+                // A message to a node that is down is lost.
+                for (to, message) in output.peerMessages where nodes[to] != nil {
                     links[Link(from: node, to: to), default: []].append(message)
                 }
             }

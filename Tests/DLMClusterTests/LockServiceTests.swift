@@ -59,6 +59,32 @@ import Testing
         #expect(h.closed == ["a"])
     }
 
+    /// A client that goes while the node is stopped and while its replies wait for a commit: the commit sends
+    /// nothing to it, and its exit still runs when the node serves again (its EX is released for the waiter). The
+    /// connection used to be forgotten at the commit, and its locks were never released.
+    @Test func anExitHeldByTheGateRunsEvenIfItsRepliesWereCommittedMeanwhile() {
+        var h = H(
+            configuration: ServiceConfiguration(
+                nodeID: 1, repliesWaitForCommits: true, hasStore: true, isClusterMember: true))
+        let view = View(
+            id: ViewID(number: 1, coordinator: NodeID(1)), members: [Member(node: NodeID(1), incarnation: 1)])
+        h.handle(.viewInstalled(view, primary: true))
+        let a = h.connect("a")
+        let b = h.connect("b")
+        h.send(a, H.open(1))
+        h.send(b, H.open(1))
+        _ = h.commit()
+        h.send(a, H.lock(2, "p", .nl, .persistent))
+        h.send(a, H.lock(3, "r", .ex))
+        h.send(b, H.lock(2, "r", .ex))
+        #expect(h.out() == ["b: OK tag 2 lock 3"])  // a's replies wait for the commit
+        h.handle(.viewInstalled(view, primary: false))
+        h.handle(.closed(a))
+        #expect(h.commit() == [])
+        h.handle(.viewInstalled(view, primary: true))
+        #expect(h.out() == ["b: COMPLETION tag 0 lock 3 granted EX"])
+    }
+
     /// A cluster member outside a primary view: lock requests and disconnections wait, in order; PING and QUERY
     /// are answered at once, unless earlier requests of their connection wait; a primary view runs them all.
     @Test func theGateHoldsRequestsUntilAPrimaryView() {

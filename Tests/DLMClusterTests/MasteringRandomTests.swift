@@ -1,6 +1,7 @@
 import DLMTestSupport
 import DLMWire
 import Foundation
+import GroupServices
 import Testing
 
 @testable import DLMCluster
@@ -25,7 +26,7 @@ import Testing
 
     @Test func randomTrafficKeepsExclusionAndCompletes() {
         for seed in Self.seeds {
-            var run = MasteringRun(seed: seed)
+            var run = MasteringRun(seed: seed, faults: false)
             do {
                 try run.go()
             } catch {
@@ -39,9 +40,47 @@ import Testing
     }
 }
 
+/// The same traffic while nodes crash and restart and views change (delivered to each node at a random moment):
+/// recovery keeps exclusion, and no survivor loses a lock it was granted (an unlock or conversion of a lock its
+/// client believes it holds never meets ENOENT). DLM_RECOVERY_SEEDS sets how many seeds; the replay variables are
+/// those above.
+///
+/// Not yet in `make test`: seeds 1 to 51 pass, seed 52 still finds two incompatible holds after a crash (recovery is
+/// not enabled in dlmd until it passes). `make sim` runs it.
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["DLM_RECOVERY_SEEDS"] != nil))
+struct RecoveryRandomTests {
+    static var seeds: [UInt64] {
+        let environment = ProcessInfo.processInfo.environment
+        if let one = environment["DLM_MASTERING_SEED"].flatMap(UInt64.init) { return [one] }
+        let first = environment["DLM_MASTERING_FIRST_SEED"].flatMap(UInt64.init) ?? 1
+        let count = UInt64(environment["DLM_RECOVERY_SEEDS"].flatMap(Int.init) ?? 0)
+        return (first..<(first + count)).map { $0 }
+    }
+
+    @Test func crashesAndRestartsKeepExclusionAndLoseNoLock() {
+        for seed in Self.seeds {
+            var run = MasteringRun(seed: seed, faults: true)
+            do {
+                try run.go()
+            } catch {
+                let replay =
+                    "replay: DLM_MASTERING_SEED=\(seed) DLM_MASTERING_TRACE=1 swift test --filter "
+                    + "DLMClusterTests.RecoveryRandomTests"
+                Issue.record("\(error)\n\(replay)")
+                return
+            }
+        }
+    }
+}
+
 struct MasteringRun {
     var random: SplitMix64
     let seed: UInt64
+    /// Nodes crash and restart, and views change.
+    let faults: Bool
+    /// Each node's newest view that it has not been given yet.
+    var undelivered: [UInt32: View] = [:]
+    var crashes = 0
     var cluster: ClusterHarness
     var clients: [ClientModel] = []
     let names: [String]
@@ -78,10 +117,11 @@ struct MasteringRun {
         }
     }
 
-    init(seed: UInt64) {
+    init(seed: UInt64, faults: Bool) {
         self.seed = seed
+        self.faults = faults
         random = SplitMix64(seed: seed)
-        let nodeCount = UInt32(2 + random.below(4))
+        let nodeCount = UInt32((faults ? 3 : 2) + random.below(faults ? 3 : 4))
         // Half the seeds with stores: replies and messages that follow a persistent change wait for its commit.
         cluster = ClusterHarness(nodes: nodeCount, stores: random.bool())
         names = (0..<(1 + random.below(4))).map { "n\($0)" }
@@ -99,7 +139,11 @@ struct MasteringRun {
     mutating func go() throws {
         for _ in 0..<400 {
             step += 1
-            if random.percent(5) {
+            if faults && random.percent(2) {
+                faultStep()
+            } else if !undelivered.isEmpty && random.percent(10) {
+                deliverView(random.element(undelivered.keys.sorted()))
+            } else if random.percent(5) {
                 commitStep()
             } else if random.percent(45) || !carryOne() {
                 clientStep()
@@ -143,6 +187,48 @@ struct MasteringRun {
         }
     }
 
+    /// A random node crashes (while at least two others live), or a crashed one restarts; either way group
+    /// services agree on a new view, which each node gets at its own moment.
+    mutating func faultStep() {
+        let live = cluster.nodes.keys.sorted()
+        let all = Array(cluster.incarnations.keys).sorted()
+        let down = all.filter { cluster.nodes[$0] == nil }
+        if live.count > 2 && (down.isEmpty || random.bool()) && crashes < 3 {
+            let node = random.element(live)
+            crashes += 1
+            if trace { print("step \(step): node \(node) crashes") }
+            cluster.crash(node)
+            undelivered[node] = nil
+            for index in clients.indices where clients[index].node == node && !clients[index].gone {
+                clients[index].gone = true
+                clients[index].locks = [:]
+                clients[index].outstanding = [:]
+            }
+        } else if let node = down.first {
+            if trace { print("step \(step): node \(node) restarts") }
+            cluster.start(node)
+        } else {
+            return
+        }
+        cluster.viewNumber += 1
+        let members = cluster.nodes.keys.sorted().map {
+            Member(node: NodeID($0), incarnation: cluster.incarnations[$0]!)
+        }
+        let view = View(
+            id: ViewID(number: cluster.viewNumber, coordinator: members[0].node), members: members)
+        for node in cluster.nodes.keys { undelivered[node] = view }
+    }
+
+    mutating func deliverView(_ node: UInt32) {
+        guard let view = undelivered.removeValue(forKey: node), cluster.nodes[node] != nil else { return }
+        if trace { print("step \(step): node \(node) installs view \(view.id.number)") }
+        cluster.nodes[node]!.handle(.viewInstalled(view, primary: true))
+        if cluster.nodes[node]!.service.connectionCount == 0 {
+            // A restarted node gets clients again.
+            for letter in ["a", "b"] { connect(node, letter) }
+        }
+    }
+
     /// Carries one message of a random link; false if none is in flight.
     mutating func carryOne() -> Bool {
         for node in cluster.nodes.keys.sorted() {
@@ -159,6 +245,8 @@ struct MasteringRun {
     }
 
     var pendingFrames: [(client: String, message: ServerMessage)] = []
+    /// Locks a client believed it held that its node's lock service no longer knew.
+    var lostLocks: [String] = []
     let trace = ProcessInfo.processInfo.environment["DLM_MASTERING_TRACE"] != nil
 
     /// A random node's store commits what it was given.
@@ -170,6 +258,7 @@ struct MasteringRun {
 
     /// Carries every message and commits every store until nothing is left to do.
     mutating func commitAll() {
+        for node in undelivered.keys.sorted() { deliverView(node) }
         for _ in 0..<100 {
             absorb(cluster.run())
             let before = cluster.written
@@ -185,14 +274,14 @@ struct MasteringRun {
 
     mutating func collect(_ node: UInt32, _ output: ServiceOutput) {
         if let commit = output.commit { cluster.written[node] = commit.generation }
-        for (to, message) in cluster.nodes[node]!.peerMessages {
+        for (to, message) in cluster.nodes[node]!.peerMessages where cluster.nodes[to] != nil {
             cluster.links[ClusterHarness.Link(from: node, to: to), default: []].append(message)
         }
         cluster.nodes[node]!.peerMessages = []
         for (connection, message) in output.frames {
             pendingFrames.append((cluster.nodes[node]!.names[connection] ?? "?", message))
         }
-        for (to, message) in output.peerMessages {
+        for (to, message) in output.peerMessages where cluster.nodes[to] != nil {
             cluster.links[ClusterHarness.Link(from: node, to: to), default: []].append(message)
         }
     }
@@ -231,8 +320,18 @@ struct MasteringRun {
             } else {
                 clients[index].locks[c.lock] = nil
             }
-        case .error(let tag, _, _):
-            clients[index].outstanding[tag] = nil
+        case .error(let tag, let status, let message):
+            let operation = clients[index].outstanding.removeValue(forKey: tag)
+            if status == .noEntry {
+                switch operation {
+                case .convert(let lock, _), .unlock(let lock):
+                    if clients[index].locks[lock] != nil {
+                        lostLocks.append("\(clients[index].name) lock \(lock): \(message)")
+                    }
+                default:
+                    break
+                }
+            }
         default:
             break
         }
@@ -259,7 +358,8 @@ struct MasteringRun {
     }
 
     mutating func clientStep() {
-        let live = clients.indices.filter { !clients[$0].gone }
+        let live = clients.indices.filter { !clients[$0].gone && cluster.nodes[clients[$0].node] != nil }
+        guard !live.isEmpty else { return }
         let index = random.element(live)
         let held = clients[index].locks.filter { !$0.value.releasing }.sorted { $0.key < $1.key }
         let mode = random.element(LockMode.allCases)
@@ -311,6 +411,7 @@ struct MasteringRun {
     }
 
     func check() throws {
+        if !lostLocks.isEmpty { throw Failure(description: "seed \(seed) step \(step): lost \(lostLocks)") }
         if cluster.endless { throw Failure(description: "seed \(seed) step \(step): the messages never stop") }
         var holders: [String: [(String, LockMode)]] = [:]
         for client in clients where !client.gone {

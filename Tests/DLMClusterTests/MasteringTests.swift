@@ -44,14 +44,15 @@ import Testing
         let elsewhere = ClusterHarness.name(directedTo: 2, of: 3)
         let here = ClusterHarness.name(directedTo: 1, of: 3)
         let a = c.client(1, "a")
+        let start = c.carried  // the first view's recovery
         c.send(a, H.lock(2, elsewhere, .ex))
         #expect(c.run() == ["1a: COMPLETION tag 2 lock 1 granted EX"])
-        #expect(c.carried == 2)  // a lookup and its answer
+        #expect(c.carried - start == 2)  // a lookup and its answer
         c.send(a, H.unlock(3, 1))
         c.send(a, H.lock(4, elsewhere, .pr))
         c.send(a, H.lock(5, here, .ex))
         #expect(c.run().count == 3)
-        #expect(c.carried == 2)
+        #expect(c.carried - start == 2)
     }
 
     /// NOQUEUE, a conversion and a cancel on a remotely mastered resource answer as on one node.

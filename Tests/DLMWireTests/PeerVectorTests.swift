@@ -52,6 +52,23 @@ struct PeerVectorTests {
             Completion(lock: LockID(rawValue: 12), owner: owner, status: .unlocked, mode: nil)),
         "peer-blocking": .blockingCallback(BlockingCallback(lock: LockID(rawValue: 12), owner: owner, mode: .ex)),
         "peer-owner-exited": .ownerExited(owner),
+        "peer-recover-masters": .recoverMasters(view: 7, [key]),
+        "peer-recover-locks": .recoverLocks(
+            view: 7,
+            [
+                RecoveredLock(
+                    lockspace: Array("ls".utf8), valueBlockLength: 32, name: Array("backup".utf8), copy: 0x8000_0001,
+                    owner: owner, pid: 4242, grantedMode: .pr, requestedMode: .ex, flags: [], priority: 7,
+                    wantsBlockingCallbacks: true, alwaysFencingToken: false, transaction: nil,
+                    valueBlock: [0xde, 0xad, 0xbe, 0xef], valueBlockSequence: 2, fencingToken: 9)
+            ]),
+        "peer-recover-bindings": .recoverBindings(
+            view: 7,
+            [
+                RecoveredBinding(copy: 0x8000_0001, lock: LockID(rawValue: 4)),
+                RecoveredBinding(copy: 0x8000_0002, lock: LockID(rawValue: 9)),
+            ]),
+        "peer-recovery-done": .recoveryDone(view: 7, phase: 2),
     ]
 
     @Test func everyGoodVectorHasAnExpectedMessageAndEveryKindAVector() {

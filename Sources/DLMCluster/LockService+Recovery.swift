@@ -1,0 +1,379 @@
+import DLMCore
+import DLMWire
+import DequeModule
+import GroupServices
+
+/// Barrier-driven recovery of the lock space when the view's members change (docs/RECOVERY.md). Every member runs
+/// the same two phases for the new view, each ended by an in-band barrier: a member sends `recoveryDone(view,
+/// phase)` to every other member after everything it sends in that phase, and the phase ends on a node once every
+/// member's `recoveryDone` has come. Peer messages are in order per pair of nodes, so when a phase ends everything
+/// sent in it has arrived (group services' barriers ride another channel and could overtake them).
+///
+/// 1. *Rebuild.* The directory is rebuilt: every node tells each resource's new directory node which resources it
+///    masters. Each holder sends its locks on resources whose master left (granted modes, conversions and waiting
+///    requests, value blocks and fencing tokens as it last saw them) to the new master: the resource's new
+///    directory node, or the node an aborted recovery already sent them to if it is still a member.
+/// 2. *Purge and grant.* New masters rebuild those resources (the value block survives when a survivor holds PR
+///    or above and read or wrote it since its grant; else it is marked not valid), give the holders their new
+///    lock ids and register with the directory; every master drops the locks of departed nodes; fencing-token
+///    floors rise above every token issued before. When the phase ends everywhere, held requests run, and
+///    operations and lookups that were addressed to departed nodes are sent again.
+///
+/// The whole node stops (requests held, not refused) while it recovers; a new view aborts the run and starts it
+/// over from the members of the last completed recovery. Not recovered yet: sub-locks whose master left, and the
+/// persistent locks and orphans of a departed node (they were on its master only).
+struct Recovery {
+    var view: UInt64
+    /// Members of the last completed recovery (node: incarnation) that are not in the view.
+    var departed: Set<UInt32>
+    var phase: UInt8 = 1
+    /// Members whose `recoveryDone` came, per phase.
+    var done: [UInt8: Set<UInt32>] = [:]
+    /// As a new master: the locks holders sent, by resource, in arrival order.
+    var received: [DirectoryKey: [(node: UInt32, lock: RecoveredLock)]] = [:]
+    /// Lock traffic that arrived while recovering (requests, lookups, owner exits), to run when it is done.
+    var heldTraffic: Deque<(node: UInt32, message: PeerMessage)> = []
+}
+
+extension LockService {
+    /// The members of a view, with their incarnations.
+    static func members(of view: View) -> [UInt32: UInt64] {
+        var members: [UInt32: UInt64] = [:]
+        for member in view.members { members[member.node.rawValue] = member.incarnation }
+        return members
+    }
+
+    /// Group services installed a view. A primary view whose members differ from the last recovered ones starts a
+    /// recovery (aborting one under way); otherwise a primary view serves and any other holds requests.
+    mutating func viewInstalled(_ view: View, primary: Bool) {
+        guard configuration.mastersAcrossNodes else {
+            if primary { resume() } else { stop(waitingFor: ["quorum"]) }
+            return
+        }
+        guard primary else {
+            stop(waitingFor: ["quorum"])
+            return
+        }
+        let members = Self.members(of: view)
+        if mastering.recovery == nil && members == mastering.memberIncarnations {
+            resume()
+            return
+        }
+        startRecovery(view.id.number, members: members)
+    }
+
+    var isRecovering: Bool { mastering.recovery != nil }
+
+    // MARK: Phase 1
+
+    mutating func startRecovery(_ view: UInt64, members: [UInt32: UInt64]) {
+        let me = configuration.nodeID
+        var departed = mastering.recovery?.departed ?? []
+        var held = mastering.recovery?.heldTraffic ?? []
+        for (node, incarnation) in mastering.memberIncarnations where members[node] != incarnation {
+            departed.insert(node)
+        }
+        // A node of the last view that is back under the same incarnation was never gone.
+        departed = departed.filter { members[$0] == nil || members[$0] != mastering.memberIncarnations[$0] }
+        // Traffic from nodes that left is dropped.
+        held = Deque(held.filter { members[$0.node] != nil && !departed.contains($0.node) })
+        mastering.recovery = Recovery(view: view, departed: departed, heldTraffic: held)
+        mastering.members = members.keys.sorted()
+        mastering.viewMembers = members
+        stop(waitingFor: ["recovery of view \(view)"])
+        output.notices.append(
+            (
+                "recovery started",
+                [
+                    "view": "\(view)", "members": mastering.members.map(String.init).joined(separator: ","),
+                    "departed": departed.sorted().map(String.init).joined(separator: ","),
+                ]
+            ))
+        // What was cached of departed masters, and every answer of the old directory, is forgotten.
+        mastering.masters = mastering.masters.filter { !departed.contains($0.value) }
+        mastering.directory = [:]
+        // The directory: this node's resources, registered with their new directory nodes.
+        var registrations: [UInt32: [DirectoryKey]] = [:]
+        var mine = Set(mastering.masters.filter { $0.value == me }.keys)
+        for resource in engine.topLevelResources() {
+            mine.insert(DirectoryKey(lockspace: resource.lockspace, name: resource.name))
+        }
+        for key in mine.sorted(by: Self.keyOrder) { registerAsMaster(key, into: &registrations) }
+        for (node, keys) in registrations.sorted(by: { $0.key < $1.key }) {
+            send(.recoverMasters(view: view, keys), to: node)
+        }
+        // The locks of this node's clients whose master left: to the new master.
+        var resends: [UInt32: [RecoveredLock]] = [:]
+        for index in mastering.copies.copies.indices {
+            let copy = mastering.copies.copies[index]
+            guard copy.owner != 0 else { continue }
+            let masterGone = departed.contains(copy.master) || members[copy.master] == nil
+            guard masterGone || copy.rebinding else { continue }
+            guard copy.masterLock != nil || copy.rebinding, var record = copy.record else {
+                if copy.masterLock != nil || copy.rebinding {
+                    // A sub-lock whose master left: not rebuilt yet (see above).
+                    output.notices.append(("a sub-lock was lost with its master", ["master": "\(copy.master)"]))
+                    mastering.copies.remove(index)
+                }
+                continue  // a new lock not answered yet: sent again when recovery is done
+            }
+            if record.grantedMode == nil && record.requestedMode == nil { continue }
+            let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
+            let target = masterGone ? mastering.directoryNode(of: key) : copy.master
+            mastering.copies.unbind(index, newMaster: target)
+            mastering.masters[key] = target
+            record.copy = ProcessCopies.lockID(index).rawValue
+            resends[target, default: []].append(record)
+        }
+        for (node, locks) in resends.sorted(by: { $0.key < $1.key }) {
+            sendRecovery(.recoverLocks(view: view, locks), to: node)
+        }
+        finishPhase(1)
+        // Messages of this view that came before this node installed it.
+        let early = mastering.futureRecovery
+        mastering.futureRecovery = []
+        for (node, message) in early { receiveRecovery(message, from: node) }
+    }
+
+    /// This node masters `key`: its directory entry is here, or goes into a `recoverMasters` to its directory node.
+    mutating func registerAsMaster(_ key: DirectoryKey, into registrations: inout [UInt32: [DirectoryKey]]) {
+        let me = configuration.nodeID
+        mastering.masters[key] = me
+        let directory = mastering.directoryNode(of: key)
+        if directory == me {
+            mastering.directory[key] = me
+        } else {
+            registrations[directory, default: []].append(key)
+        }
+    }
+
+    static func keyOrder(_ a: DirectoryKey, _ b: DirectoryKey) -> Bool {
+        a.lockspace == b.lockspace
+            ? a.name.lexicographicallyPrecedes(b.name) : a.lockspace.lexicographicallyPrecedes(b.lockspace)
+    }
+
+    /// A recovery message; one to this node itself is handled at once (before the phase can end).
+    mutating func sendRecovery(_ message: PeerMessage, to node: UInt32) {
+        if node == configuration.nodeID {
+            receiveRecovery(message, from: node)
+        } else {
+            send(message, to: node)
+        }
+    }
+
+    /// This node sent everything of `phase`: it says so to every other member.
+    mutating func finishPhase(_ phase: UInt8) {
+        guard let view = mastering.recovery?.view else { return }
+        for node in mastering.members where node != configuration.nodeID {
+            send(.recoveryDone(view: view, phase: phase), to: node)
+        }
+        mastering.recovery!.done[phase, default: []].insert(configuration.nodeID)
+        advanceRecovery()
+    }
+
+    /// A recovery message: for the current run, handled; for a later view, kept until this node installs it; for
+    /// an earlier one, dropped.
+    mutating func receiveRecovery(_ message: PeerMessage, from node: UInt32) {
+        let view: UInt64
+        switch message {
+        case .recoverMasters(let v, _), .recoverLocks(let v, _), .recoverBindings(let v, _), .recoveryDone(let v, _):
+            view = v
+        default:
+            return
+        }
+        guard let recovery = mastering.recovery, recovery.view == view else {
+            if view > (mastering.recovery?.view ?? mastering.recoveredView) {
+                mastering.futureRecovery.append((node, message))
+            } else if case .recoverBindings(_, let bindings) = message {
+                bind(bindings, from: node)  // the answer of an aborted run: still true if its master is
+            }
+            return
+        }
+        switch message {
+        case .recoverMasters(_, let keys):
+            for key in keys { mastering.directory[key] = node }
+        case .recoverLocks(_, let locks):
+            for lock in locks {
+                mastering.recovery!.received[DirectoryKey(lockspace: lock.lockspace, name: lock.name), default: []]
+                    .append((node, lock))
+            }
+        case .recoverBindings(_, let bindings):
+            bind(bindings, from: node)
+        case .recoveryDone(_, let phase):
+            mastering.recovery!.done[phase, default: []].insert(node)
+            advanceRecovery()
+        default:
+            break
+        }
+    }
+
+    /// The new master's ids for this node's resent locks.
+    mutating func bind(_ bindings: [RecoveredBinding], from node: UInt32) {
+        for binding in bindings {
+            guard let index = mastering.copies.index(ofCopy: binding.copy),
+                mastering.copies.copies[index].master == node, mastering.copies.copies[index].rebinding
+            else { continue }
+            mastering.copies.bind(index, masterLock: binding.lock)
+        }
+    }
+
+    /// Ends the phase once every member said it is done with it.
+    mutating func advanceRecovery() {
+        guard let recovery = mastering.recovery,
+            Set(mastering.members).isSubset(of: recovery.done[recovery.phase] ?? [])
+        else { return }
+        if recovery.phase == 1 {
+            mastering.recovery!.phase = 2
+            rebuildAndPurge()
+            finishPhase(2)
+        } else {
+            endRecovery()
+        }
+    }
+
+    // MARK: Phase 2
+
+    /// Rebuilds the resources whose master left from what their holders sent, answers the holders, registers the
+    /// resources with their directory nodes, drops the departed nodes' locks, and raises the fencing-token floors.
+    mutating func rebuildAndPurge() {
+        let me = configuration.nodeID
+        guard let recovery = mastering.recovery else { return }
+        let floor = recovery.view << 40
+        engine.raiseFencingTokenFloors(to: floor)
+        var bindings: [UInt32: [RecoveredBinding]] = [:]
+        var registrations: [UInt32: [DirectoryKey]] = [:]
+        for (key, holders) in recovery.received.sorted(by: { Self.keyOrder($0.key, $1.key) }) {
+            let first = holders[0].lock
+            guard let lockspace = openForPeer(key.lockspace, valueBlockLength: first.valueBlockLength) else { continue }
+            // A lock sent again by a holder whose answer was lost in an aborted run is answered with its id.
+            var fresh: [(node: UInt32, lock: RecoveredLock)] = []
+            for holder in holders {
+                if let known = mastering.rebuilt[RebuiltCopy(node: holder.node, copy: holder.lock.copy)] {
+                    bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: known))
+                } else {
+                    fresh.append(holder)
+                }
+            }
+            guard !fresh.isEmpty else { continue }
+            let (snapshot, order) = Self.rebuiltResource(
+                key, lockspace: lockspace, from: fresh, floor: floor, now: engine.now)
+            effects.removeAll(keepingCapacity: true)
+            engine.handle(.recover(snapshot), into: &effects)
+            var ids: [LockID] = []
+            for effect in effects {
+                switch effect {
+                case .accepted(let id): ids.append(id)
+                case .persist(let entry): record(.journal(entry))
+                case .refused(let error):
+                    output.notices.append(
+                        ("a resource could not be rebuilt", ["resource": key.name.displayName, "error": error.message]))
+                default: break
+                }
+            }
+            guard ids.count == fresh.count else { continue }
+            for (index, id) in zip(order, ids) {
+                let holder = fresh[index]
+                mastering.rebuilt[RebuiltCopy(node: holder.node, copy: holder.lock.copy)] = id
+                bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: id))
+            }
+            registerAsMaster(key, into: &registrations)
+            mastering.rebuiltLockspaces.insert(lockspace)
+        }
+        mastering.recovery!.received = [:]
+        for (node, list) in bindings.sorted(by: { $0.key < $1.key }) {
+            sendRecovery(.recoverBindings(view: recovery.view, list), to: node)
+        }
+        for (node, keys) in registrations.sorted(by: { $0.key < $1.key }) {
+            send(.recoverMasters(view: recovery.view, keys), to: node)
+        }
+        // The departed nodes' locks and requests go (their persistent locks become orphans here).
+        let members = mastering.viewMembers
+        for owner in engine.owners(matching: { $0.node != me && members[$0.node] != $0.incarnation }) {
+            run(.ownerExited(owner), reply: nil)
+        }
+    }
+
+    /// A resource rebuilt from its survivors' locks: granted locks first, then conversions, then waiting requests
+    /// (each in the order they came); the value block as the strongest reader saw it.
+    static func rebuiltResource(
+        _ key: DirectoryKey, lockspace: LockspaceID, from holders: [(node: UInt32, lock: RecoveredLock)],
+        floor: UInt64, now: Instant
+    ) -> (ResourceSnapshot, order: [Int]) {
+        var locks: [LockSnapshot] = []
+        var order: [Int] = []
+        var token = floor
+        var sequence: UInt64 = 0
+        var block: [UInt8]?
+        var valid = false
+        for queue in [QueueKind.grant, .convert, .wait] {
+            for (index, (_, lock)) in holders.enumerated() {
+                let kind: QueueKind =
+                    lock.grantedMode == nil ? .wait : (lock.requestedMode == nil ? .grant : .convert)
+                guard kind == queue else { continue }
+                order.append(index)
+                locks.append(
+                    LockSnapshot(
+                        id: LockID(rawValue: UInt32(locks.count + 1)), owner: lock.owner, queue: kind,
+                        grantedMode: lock.grantedMode, requestedMode: lock.requestedMode, flags: lock.flags,
+                        parent: nil, transaction: lock.transaction, priority: lock.priority,
+                        wantsBlockingCallbacks: lock.wantsBlockingCallbacks,
+                        alwaysFencingToken: lock.alwaysFencingToken, blockingSent: 0, pendingFlags: [],
+                        waitingSince: now, waitSequence: 0, deadline: 0, fencingToken: lock.fencingToken,
+                        pid: lock.pid))
+                token = max(token, lock.fencingToken)
+                if lock.valueBlockSequence >= sequence, let value = lock.valueBlock {
+                    sequence = lock.valueBlockSequence
+                    block = value
+                }
+            }
+        }
+        // Trusted only if a survivor holds PR or above (no departed node can have held PW or EX beside it) and
+        // read or wrote the newest value: a departed writer's last value may be lost otherwise.
+        for (_, lock) in holders {
+            if let mode = lock.grantedMode, mode >= .pr, lock.valueBlock != nil, lock.valueBlockSequence == sequence {
+                valid = true
+            }
+        }
+        let snapshot = ResourceSnapshot(
+            lockspace: lockspace, path: [key.name], valueBlock: block, valueBlockSequence: sequence,
+            valueBlockInvalid: !valid, fencingToken: token, locks: locks)
+        return (snapshot, order)
+    }
+
+    // MARK: The end
+
+    mutating func endRecovery() {
+        guard let recovery = mastering.recovery else { return }
+        let departed = recovery.departed
+        mastering.recovery = nil
+        mastering.recoveredView = recovery.view
+        mastering.memberIncarnations = mastering.viewMembers
+        mastering.rebuilt = [:]
+        output.notices.append(("recovery done", ["view": "\(recovery.view)"]))
+        for lockspace in mastering.rebuiltLockspaces.sorted(by: { $0.rawValue < $1.rawValue }) {
+            run(.grantAfterRecovery(lockspace), reply: nil)
+        }
+        mastering.rebuiltLockspaces = []
+        // What other nodes sent meanwhile, in order.
+        for (node, message) in recovery.heldTraffic { receive(message, from: node) }
+        // Operations whose master left are sent again; lookups the old directory may have answered are asked again.
+        let lost = mastering.pending.filter { departed.contains($0.value.master) }.sorted { $0.key < $1.key }
+        for (reference, operation) in lost {
+            mastering.pending[reference] = nil
+            let id = operation.connection
+            guard isLive(id), clients[Int(id.slot)].state == .ready else { continue }
+            if operation.newLock != nil { mastering.copies.remove(operation.copy) }
+            retry(operation.message, from: id)
+        }
+        for key in mastering.awaitingLookup.keys.sorted(by: Self.keyOrder) {
+            send(.lookup(key), to: mastering.directoryNode(of: key))
+        }
+        resume()
+    }
+}
+
+/// A holder's lock that this node rebuilt, by the holder's node and id.
+struct RebuiltCopy: Hashable {
+    var node: UInt32
+    var copy: UInt32
+}

@@ -1,0 +1,57 @@
+/// What a lock service needs of the engine when resources move between nodes (a master died and another node
+/// rebuilds its resources from the holders' copies; docs/RECOVERY.md).
+extension LockEngine {
+    /// Rebuilds a top-level resource from the locks its surviving holders sent: each lock gets a fresh id (the
+    /// snapshot's ids are ignored and must be distinct), in the snapshot's order; the ids come back in that order.
+    /// Nothing is granted here (`grantAfterRecovery`). A resource with persistent locks is journaled.
+    mutating func recoverResource(_ snapshot: ResourceSnapshot) throws(DLMError) -> [LockID] {
+        guard snapshot.path.count == 1 else { throw .invalid("only top-level resources are rebuilt") }
+        guard snapshot.locks.allSatisfy({ $0.parent == nil }) else {
+            throw .invalid("a rebuilt resource's locks have no parent")
+        }
+        var fresh = snapshot
+        var ids: [LockID] = []
+        ids.reserveCapacity(snapshot.locks.count)
+        for index in fresh.locks.indices {
+            // Taken from the free list now and filled by `restore` (which accepts a slot that is still on it).
+            let slot = allocateLock()
+            liveLocks -= 1  // `restore` counts it
+            fresh.locks[index].id = LockID(slot: slot)
+            ids.append(fresh.locks[index].id)
+        }
+        do throws(DLMError) {
+            try restore(fresh)
+        } catch {
+            for id in ids { freeLocks.append(Int32(id.slot)) }
+            throw error
+        }
+        if fresh.locks.contains(where: { $0.flags.contains(.persistent) }),
+            let slot = resourceSlot(snapshot.lockspace, path: snapshot.path)
+        {
+            track(slot)
+        }
+        return ids
+    }
+
+    /// The top-level resources of every lockspace, by lockspace name and resource name (the resources this node
+    /// masters, when it masters across nodes).
+    public func topLevelResources() -> [(lockspace: [UInt8], name: [UInt8])] {
+        var found: [(lockspace: [UInt8], name: [UInt8])] = []
+        for record in resources where !record.isFree && record.parent == none {
+            found.append((lockspaces[Int(record.lockspace)].name, record.name))
+        }
+        return found
+    }
+
+    /// The owners with locks or requests here that `matching` selects (a departed node's, when recovery purges).
+    public func owners(matching: (OwnerID) -> Bool) -> [OwnerID] {
+        ownerIndex.keys.filter(matching).sorted()
+    }
+
+    /// Raises every lockspace's fencing-token floor: resources created or rebuilt later issue tokens above it.
+    public mutating func raiseFencingTokenFloors(to floor: UInt64) {
+        for index in lockspaces.indices where lockspaces[index].isLive && lockspaces[index].fencingTokenFloor < floor {
+            lockspaces[index].fencingTokenFloor = floor
+        }
+    }
+}
