@@ -110,6 +110,9 @@ extension LockNode {
             cluster.announce("\(me) fenced node \(node)")
         case .fenceFailed(let node, let reason):
             cluster.announce("\(me) fencing node \(node) failed: \(reason); retrying")
+        case .lockTraffic:
+            // Mastering across nodes is not turned on in dlmd yet (docs/RECOVERY.md): no node sends any.
+            break
         case .delivered, .barrierCompleted, .barrierAborted, .groupEvent:
             // The lock manager does not use ordered messages yet: resource mastering across nodes comes next.
             break

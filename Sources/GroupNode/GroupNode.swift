@@ -16,6 +16,9 @@ public enum GroupNodeEvent: Sendable, Hashable {
     case fenced(NodeID)
     /// A fence the coordinator waits on failed; it is tried again.
     case fenceFailed(NodeID, reason: String)
+    /// A payload that `from` sent with `sendLockTraffic`: each exactly once, in the order sent, for as long as that
+    /// life of the sender and this node's live (docs/GROUPS.md, "Lock traffic").
+    case lockTraffic([UInt8], from: Member)
 }
 
 /// A node's view of the cluster, for `dlmtool members` and monitors (JSON through Codable).
@@ -84,6 +87,15 @@ public final class GroupNode: @unchecked Sendable {
     var fenced: [NodeID: UInt64] = [:]
     var fenceFailures: [NodeID: String] = [:]
 
+    /// Lock traffic with each peer (GroupNode+LockTraffic.swift).
+    var lockPeers: [NodeID: LockPeer] = [:]
+    /// Peers with payloads queued since the last `flushLockTraffic`.
+    var lockTrafficToFlush: Set<NodeID> = []
+    var lockTrafficFlushScheduled = false
+    /// The most lock traffic bytes that may wait for one peer (queued, or sent and not acknowledged); past it, lock
+    /// traffic to that life of the peer fails. Only tests change it.
+    var lockTrafficQueueLimit = GroupNode.lockTrafficQueueLimit
+
     /// How often the member is ticked.
     public static let tickInterval = TimeAmount.milliseconds(10)
 
@@ -128,6 +140,7 @@ public final class GroupNode: @unchecked Sendable {
                 [weak self] envelope in self?.received(envelope)
             }
             transport.onRejected = onFrameRejected
+            transport.onReady = { [weak self] node in self?.lockTrafficConnectionReady(node) }
             self.transport = transport
             state = .running
             return transport.start().flatMapError { error in
@@ -143,6 +156,7 @@ public final class GroupNode: @unchecked Sendable {
                 ticker = eventLoop.scheduleRepeatedTask(initialDelay: Self.tickInterval, delay: Self.tickInterval) {
                     [weak self] _ in
                     self?.apply(.tick(now: Self.now()))
+                    self?.tickLockTraffic()
                 }
             }
         }
@@ -158,6 +172,8 @@ public final class GroupNode: @unchecked Sendable {
         ticker?.cancel()
         ticker = nil
         pending = []
+        lockPeers = [:]
+        lockTrafficToFlush = []
         return transport?.stop() ?? eventLoop.makeSucceededVoidFuture()
     }
 
@@ -202,7 +218,8 @@ public final class GroupNode: @unchecked Sendable {
     /// Called on the loop for each refused frame (for diagnostics and tests); set it before `start`.
     public var onFrameRejected: ((PeerFrameError) -> Void)?
 
-    /// Frames dropped because their peer was not connected or was backlogged. On the loop.
+    /// Group services frames dropped because their peer was not connected or was backlogged (lock traffic is never
+    /// dropped so: `lockTrafficStatus`). On the loop.
     public var framesDropped: Int { transport?.framesDropped ?? 0 }
 
     // MARK: Driving the member
@@ -217,7 +234,13 @@ public final class GroupNode: @unchecked Sendable {
                 fenced[sender.node] = nil
             }
         }
-        apply(.received(envelope.message, from: sender))
+        lockTrafficHeard(sender)
+        switch envelope.body {
+        case .group(let message):
+            apply(.received(message, from: sender))
+        case .lockTraffic(let frame):
+            receivedLockTraffic(frame, from: sender)
+        }
     }
 
     /// Hands an input to the member and carries out its effects in order. An input that arrives while effects are
@@ -263,6 +286,7 @@ public final class GroupNode: @unchecked Sendable {
             }
         case .viewInstalled(let view, let primary):
             logger.info("installed \(view)\(primary ? " (primary)" : " (not primary: no quorum)")")
+            lockTrafficViewInstalled(view, primary: primary)
             onEvent(.viewInstalled(view, primary: primary))
         case .deliver(let delivery):
             onEvent(.delivered(delivery))

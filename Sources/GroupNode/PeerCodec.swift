@@ -27,6 +27,11 @@ public struct PeerDecodingError: Error, CustomStringConvertible, Hashable, Senda
 /// ViewID is number then coordinator; Member is node then incarnation; Submission is localSeq then Body;
 /// OrderedMessage is seq, sender Member, localSeq, Body; Body is a tag byte (0 data: group String?, payload bytes;
 /// 1 barrier, 2 join, 3 leave: name String). Nothing may follow the message.
+///
+/// A frame's body (`PeerBody`) is a kind byte, then: 1, the message as above; 2, lock traffic (`LockTrafficFrame`):
+/// receiverIncarnation (at least 1), first, acknowledged, a count, then that many payloads (byte strings); `first`
+/// is at least 1 when there are payloads, and the last payload's number, `first + count - 1`, fits in 64 bits.
+/// Nothing may follow the body.
 public enum PeerCodec {
     public static func encode(_ message: GroupMessage) -> [UInt8] {
         var writer = ByteWriter()
@@ -39,6 +44,31 @@ public enum PeerCodec {
         bytes = []
         writer.message(message)
         bytes = writer.bytes
+    }
+
+    /// A frame's body: a kind byte, then the message or the lock traffic.
+    public static func encode(_ body: PeerBody, into bytes: inout [UInt8]) {
+        var writer = ByteWriter(bytes: bytes)
+        bytes = []
+        writer.peerBody(body)
+        bytes = writer.bytes
+    }
+
+    public static func encode(_ body: PeerBody) -> [UInt8] {
+        var writer = ByteWriter()
+        writer.peerBody(body)
+        return writer.bytes
+    }
+
+    public static func decodeBody(_ bytes: [UInt8]) throws -> PeerBody {
+        try bytes.withUnsafeBufferPointer { try decodeBody($0) }
+    }
+
+    public static func decodeBody(_ bytes: UnsafeBufferPointer<UInt8>) throws -> PeerBody {
+        var reader = ByteReader(bytes)
+        let body = try reader.peerBody()
+        guard reader.isAtEnd else { throw PeerDecodingError("\(reader.remaining) bytes after the body") }
+        return body
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> GroupMessage {
@@ -137,6 +167,21 @@ struct ByteWriter {
         for name in groups.keys.sorted() {
             string(name)
             members(groups[name]!)
+        }
+    }
+
+    mutating func peerBody(_ body: PeerBody) {
+        switch body {
+        case .group(let message):
+            byte(1)
+            self.message(message)
+        case .lockTraffic(let frame):
+            byte(2)
+            varint(frame.receiverIncarnation)
+            varint(frame.first)
+            varint(frame.acknowledged)
+            varint(UInt64(frame.payloads.count))
+            for payload in frame.payloads { data(payload) }
         }
     }
 
@@ -323,6 +368,34 @@ struct ByteReader {
             groups[name] = try members()
         }
         return groups
+    }
+
+    mutating func peerBody() throws -> PeerBody {
+        switch try byte() {
+        case 1:
+            return .group(try message())
+        case 2:
+            let receiverIncarnation = try varint()
+            guard receiverIncarnation > 0 else { throw PeerDecodingError("lock traffic for incarnation 0") }
+            let first = try varint()
+            let acknowledged = try varint()
+            let count = try count()
+            if count > 0 {
+                guard first > 0 else { throw PeerDecodingError("lock traffic numbered from 0") }
+                guard !first.addingReportingOverflow(UInt64(count - 1)).overflow else {
+                    throw PeerDecodingError("lock traffic numbered past 64 bits")
+                }
+            }
+            var payloads: [[UInt8]] = []
+            payloads.reserveCapacity(count)
+            for _ in 0..<count { payloads.append(try data()) }
+            return .lockTraffic(
+                LockTrafficFrame(
+                    receiverIncarnation: receiverIncarnation, first: first, acknowledged: acknowledged,
+                    payloads: payloads))
+        case let kind:
+            throw PeerDecodingError("unknown body kind \(kind)")
+        }
     }
 
     mutating func message() throws -> GroupMessage {

@@ -7,20 +7,25 @@ import GroupServices
 /// ```
 /// length   u32   the bytes after this field (at most PeerEnvelope.maximumLength)
 /// magic    4     "DLMG"
-/// version  u8    3
+/// version  u8    4
 /// cluster  8     the first 8 bytes of SHA-256(cluster name)
 /// sender   u32   node id
 ///          u64   incarnation
 ///          u64   frame counter: one more for every frame the sender seals in this incarnation
 /// dest     u32   node id
-/// body     ...   the GroupMessage (PeerCodec)
+/// body     ...   a kind byte, then (PeerCodec, varints):
+///                  1  a GroupMessage
+///                  2  lock traffic (LockTrafficFrame): the destination's incarnation the stream is with, the
+///                     sequence number of the first payload, the cumulative acknowledgement of the stream the other
+///                     way, a count, then the payloads, each a length and its bytes
 /// hmac     32    HMAC-SHA256 with the cluster key over the connection's challenge, then magic ... body
 /// ```
 ///
 /// The challenge is 16 random bytes that the receiving end of a connection sends first, in a challenge frame
-/// (`length` u32 = 29, "DLMC", version u8 3, cluster 8, challenge 16); the sender seals every frame of that
+/// (`length` u32 = 29, "DLMC", version u8 4, cluster 8, challenge 16); the sender seals every frame of that
 /// connection with it. A frame recorded on one connection therefore fails its HMAC on any other, also after the
-/// receiver restarts; within a connection, the counter refuses it (`PeerReplayGuard`).
+/// receiver restarts; within a connection, the counter refuses it (`PeerReplayGuard`). Both kinds of body are
+/// sealed, checked and guarded against replays alike. (Version 3 had no kind byte: its body was the GroupMessage.)
 public struct PeerEnvelope: Hashable, Sendable {
     public var sender: Member
     /// The sender's frame counter: it seals its frames (to every destination, over every connection) with 1, 2, 3,
@@ -28,18 +33,29 @@ public struct PeerEnvelope: Hashable, Sendable {
     /// (`PeerReplayGuard`).
     public var counter: UInt64
     public var destination: NodeID
-    public var message: GroupMessage
+    public var body: PeerBody
 
-    public init(sender: Member, counter: UInt64, destination: NodeID, message: GroupMessage) {
+    public init(sender: Member, counter: UInt64, destination: NodeID, body: PeerBody) {
         self.sender = sender
         self.counter = counter
         self.destination = destination
-        self.message = message
+        self.body = body
+    }
+
+    /// An envelope of a group services message.
+    public init(sender: Member, counter: UInt64, destination: NodeID, message: GroupMessage) {
+        self.init(sender: sender, counter: counter, destination: destination, body: .group(message))
+    }
+
+    /// The group services message, if the body is one.
+    public var message: GroupMessage? {
+        if case .group(let message) = body { return message }
+        return nil
     }
 
     public static let magic: [UInt8] = Array("DLMG".utf8)
     public static let challengeMagic: [UInt8] = Array("DLMC".utf8)
-    public static let version: UInt8 = 3
+    public static let version: UInt8 = 4
     /// The random bytes a receiver challenges a connection with.
     public static let challengeLength = 16
     /// A challenge frame after its length field: magic, version, cluster, challenge.
@@ -48,10 +64,47 @@ public struct PeerEnvelope: Hashable, Sendable {
     public static let maximumLength = 16 << 20
     static let headerLength = 4 + 1 + 8 + 4 + 8 + 8 + 4
     static let macLength = 32
-    /// The shortest frame after the length field: a header, a one-byte body and the MAC.
-    static let minimumLength = headerLength + 1 + macLength
+    /// The shortest frame after the length field: a header, a two-byte body (a kind, a message tag) and the MAC.
+    static let minimumLength = headerLength + 2 + macLength
 
     public static func clusterHash(_ name: String) -> [UInt8] { Array(SHA256.hash(data: Array(name.utf8)).prefix(8)) }
+}
+
+/// What a peer frame carries: a group services message, or lock traffic.
+public enum PeerBody: Hashable, Sendable {
+    /// Kind 1: a message of the group services core.
+    case group(GroupMessage)
+    /// Kind 2: payloads of the reliable point-to-point channel (`GroupNode.sendLockTraffic`).
+    case lockTraffic(LockTrafficFrame)
+}
+
+/// A frame of lock traffic (docs/GROUPS.md, "Lock traffic"): from the sender's life (the envelope's sender and
+/// incarnation) to one life of the destination, `receiverIncarnation`. The payloads of such a stream are numbered
+/// 1, 2, 3, ...; this frame carries those from `first` on, and acknowledges the stream the other way (from that
+/// life of the destination to the sender's) up to `acknowledged`. A frame without payloads only acknowledges.
+public struct LockTrafficFrame: Hashable, Sendable {
+    /// The destination's incarnation the stream is with; a node drops the frames for another life of itself.
+    public var receiverIncarnation: UInt64
+    /// The sequence number of the first payload (at least 1 when there are payloads).
+    public var first: UInt64
+    /// Every payload of the stream the other way up to this number was delivered (0: none yet).
+    public var acknowledged: UInt64
+    public var payloads: [[UInt8]]
+
+    public init(receiverIncarnation: UInt64, first: UInt64, acknowledged: UInt64, payloads: [[UInt8]]) {
+        self.receiverIncarnation = receiverIncarnation
+        self.first = first
+        self.acknowledged = acknowledged
+        self.payloads = payloads
+    }
+
+    /// What a lock-traffic frame takes besides its payloads, at most: the length field, the header, the kind, four
+    /// varints and the MAC.
+    public static let overhead = 4 + PeerEnvelope.headerLength + 1 + 4 * 10 + PeerEnvelope.macLength
+    /// What a payload takes in a frame besides its bytes, at most: its length varint.
+    public static let payloadOverhead = 10
+    /// The largest payload: one that fills a frame of `PeerEnvelope.maximumLength` alone.
+    public static let maximumPayloadLength = PeerEnvelope.maximumLength + 4 - overhead - payloadOverhead
 }
 
 /// Why a frame was refused.
@@ -128,7 +181,13 @@ public struct PeerFrameCodec: @unchecked Sendable {
     /// A frame without its HMAC and length: what waits for a connection's challenge (`sign`).
     public func unsigned(_ envelope: PeerEnvelope) -> [UInt8] {
         var frame: [UInt8] = [0, 0, 0, 0]
-        frame.reserveCapacity(64)
+        if case .lockTraffic(let lock) = envelope.body {
+            frame.reserveCapacity(
+                LockTrafficFrame.overhead + lock.payloads.reduce(0) { $0 + $1.count + LockTrafficFrame.payloadOverhead }
+            )
+        } else {
+            frame.reserveCapacity(64)
+        }
         frame += PeerEnvelope.magic
         frame.append(PeerEnvelope.version)
         frame += clusterHash
@@ -136,7 +195,7 @@ public struct PeerFrameCodec: @unchecked Sendable {
         append(envelope.sender.incarnation, to: &frame)
         append(envelope.counter, to: &frame)
         append(envelope.destination.rawValue, to: &frame)
-        PeerCodec.encode(envelope.message, into: &frame)
+        PeerCodec.encode(envelope.body, into: &frame)
         return frame
     }
 
@@ -207,10 +266,10 @@ public struct PeerFrameCodec: @unchecked Sendable {
         guard destination == localNode else { throw .wrongDestination(destination) }
         let body = UnsafeRawBufferPointer(rebasing: signed[PeerEnvelope.headerLength...])
         do {
-            let message = try PeerCodec.decode(body.assumingMemoryBound(to: UInt8.self))
+            let body = try PeerCodec.decodeBody(body.assumingMemoryBound(to: UInt8.self))
             return PeerEnvelope(
                 sender: Member(node: sender, incarnation: incarnation), counter: counter, destination: destination,
-                message: message)
+                body: body)
         } catch {
             throw .malformed("\(error)")
         }

@@ -15,7 +15,9 @@ public struct GroupNodeError: Error, CustomStringConvertible, Hashable, Sendable
 /// its frames must be sealed with; it sends to node X over an outbound connection of its own, opened at the first
 /// send and reopened after a failure with a backoff, and seals its frames once X's challenge has come. A message to
 /// a peer that is not connected (beyond a small queue while connecting) or whose connection is backlogged is
-/// dropped: the core repairs losses. Every method runs on `eventLoop`.
+/// dropped: the core repairs losses. Lock traffic is not sent through that path: `GroupNode` writes its frames
+/// (`write`) only on a usable connection (`readyConnection`), paces them itself, and sends again what a closed
+/// connection may have lost (docs/GROUPS.md, "Lock traffic"). Every method runs on `eventLoop`.
 final class PeerTransport: @unchecked Sendable {
     let eventLoop: EventLoop
     let codec: PeerFrameCodec
@@ -24,7 +26,7 @@ final class PeerTransport: @unchecked Sendable {
     let onEnvelope: (PeerEnvelope) -> Void
     let rejections: RateLimitedLog
 
-    /// Outbound channels become unwritable past this many pending bytes; messages to them are then dropped.
+    /// Outbound channels become unwritable past this many pending bytes; group messages to them are then dropped.
     static let highWaterMark = 4 << 20
     /// What may queue for a peer while its connection opens.
     static let connectingQueueLimit = 1 << 20
@@ -44,6 +46,8 @@ final class PeerTransport: @unchecked Sendable {
         var nextAttempt = NIODeadline.uptimeNanoseconds(0)
         var backoff = PeerTransport.initialBackoff
         var needsFlush = false
+        /// The number of `channel` once its challenge has come (`readyConnection`); 0 before.
+        var connection: UInt64 = 0
     }
 
     var outbound: [NodeID: Outbound] = [:]
@@ -61,6 +65,10 @@ final class PeerTransport: @unchecked Sendable {
     private(set) var framesDropped = 0
     private(set) var framesRejected = 0
     var onRejected: ((PeerFrameError) -> Void)?
+    /// Called when a connection to a peer becomes usable (its challenge came), after the frames queued for it left.
+    var onReady: ((NodeID) -> Void)?
+    /// The usable outbound connections so far: each gets the next number.
+    var connectionsReady: UInt64 = 0
 
     init(
         eventLoop: EventLoop, codec: PeerFrameCodec, config: ClusterConfig, logger: Logger,
@@ -127,7 +135,7 @@ final class PeerTransport: @unchecked Sendable {
         guard !stopped, node != codec.localNode, let address = config.node(node) else { return }
         framesSealed += 1
         let frame = codec.unsigned(
-            PeerEnvelope(sender: sender, counter: framesSealed, destination: node, message: message))
+            PeerEnvelope(sender: sender, counter: framesSealed, destination: node, body: .group(message)))
         var peer = outbound[node] ?? Outbound()
         if let channel = peer.channel, let challenge = peer.challenge {
             if channel.isWritable {
@@ -151,10 +159,58 @@ final class PeerTransport: @unchecked Sendable {
         outbound[node] = peer
     }
 
+    /// The number of the usable connection to `node` (connected, its challenge come), or nil: a new number means a
+    /// new connection, and what was written on the one before may have been lost.
+    func readyConnection(to node: NodeID) -> UInt64? {
+        guard !stopped, let peer = outbound[node], peer.channel != nil, peer.challenge != nil else { return nil }
+        return peer.connection
+    }
+
+    /// Seals `body` and writes it on the usable connection to `node` (to be flushed with `flush`), whatever its
+    /// backlog: the caller paces itself. Returns the frame's size and the write's outcome, or nil if there is no
+    /// usable connection.
+    func write(_ body: PeerBody, from sender: Member, to node: NodeID) -> (bytes: Int, written: EventLoopFuture<Void>)?
+    {
+        eventLoop.assertInEventLoop()
+        guard !stopped, let channel = outbound[node]?.channel, let challenge = outbound[node]?.challenge else {
+            return nil
+        }
+        framesSealed += 1
+        let frame = codec.seal(
+            PeerEnvelope(sender: sender, counter: framesSealed, destination: node, body: body), challenge: challenge)
+        let promise = eventLoop.makePromise(of: Void.self)
+        channel.write(channel.allocator.buffer(bytes: frame), promise: promise)
+        toFlush.insert(node)
+        return (frame.count, promise.futureResult)
+    }
+
+    /// Opens a connection to `node` unless one is open or opening, or the backoff after a failure runs.
+    func connectIfNeeded(_ node: NodeID) {
+        eventLoop.assertInEventLoop()
+        guard !stopped, node != codec.localNode, let address = config.node(node) else { return }
+        var peer = outbound[node] ?? Outbound()
+        guard peer.channel == nil && !peer.connecting && NIODeadline.now() >= peer.nextAttempt else {
+            outbound[node] = peer
+            return
+        }
+        peer.connecting = true
+        outbound[node] = peer
+        connect(node, address)
+    }
+
+    /// Closes the outbound connection to `node`, as a network failure would (for tests).
+    func closeConnection(to node: NodeID) {
+        outbound[node]?.channel?.close(promise: nil)
+    }
+
     /// Flushes every connection written to since the last flush.
     func flush() {
-        for node in toFlush { outbound[node]?.channel?.flush() }
-        toFlush = []
+        // A flush can complete writes whose callbacks write again (lock traffic): those are flushed too.
+        while !toFlush.isEmpty {
+            let nodes = toFlush
+            toFlush = []
+            for node in nodes { outbound[node]?.channel?.flush() }
+        }
     }
 
     func connect(_ node: NodeID, _ address: ClusterConfig.Node) {
@@ -192,6 +248,7 @@ final class PeerTransport: @unchecked Sendable {
             logger.debug("connected to node \(node); waiting for its challenge")
             peer.channel = channel
             peer.challenge = nil
+            peer.connection = 0
             peer.connecting = false
             outbound[node] = peer
             if let challenge = earlyChallenges.removeValue(forKey: ObjectIdentifier(channel)) {
@@ -227,6 +284,8 @@ final class PeerTransport: @unchecked Sendable {
         guard peer.challenge == nil else { return }
         peer.challenge = challenge
         peer.backoff = Self.initialBackoff
+        connectionsReady += 1
+        peer.connection = connectionsReady
         let queued = peer.queued
         peer.queued = []
         for frame in queued {
@@ -235,6 +294,7 @@ final class PeerTransport: @unchecked Sendable {
         if !queued.isEmpty { channel.flush() }
         peer.queuedBytes = 0
         outbound[node] = peer
+        onReady?(node)
     }
 
     func outboundClosed(_ node: NodeID, _ channel: Channel) {
@@ -253,6 +313,7 @@ final class PeerTransport: @unchecked Sendable {
         }
         peer.channel = nil
         peer.challenge = nil
+        peer.connection = 0
         outbound[node] = peer
     }
 
@@ -332,8 +393,19 @@ final class PeerInboundHandler: ChannelInboundHandler {
                 fail(error, context: context)
             }
         }
-        if let readable = buffer?.readableBytes, readable == 0 { buffer = nil }
+        if let readable = buffer?.readableBytes {
+            if readable == 0 {
+                buffer = nil
+            } else if buffer!.readerIndex >= Self.compactionThreshold && buffer!.readerIndex >= readable {
+                // A steady stream (lock traffic) may never leave the buffer empty: drop what was read, once it is
+                // at least as much as what is left to move.
+                buffer!.discardReadBytes()
+            }
+        }
     }
+
+    /// Read bytes kept in the buffer before it is compacted.
+    static let compactionThreshold = 1 << 20
 
     func fail(_ error: PeerFrameError, context: ChannelHandlerContext) {
         failed = true

@@ -92,6 +92,8 @@ final class TestCluster: @unchecked Sendable {
     /// The fence log's content when each node reported each view: the fence ran before.
     let fenceLogAtView = NIOLockedValueBox<[NodeID: [ViewID: String]]>([:])
     var rejected: [NodeID: Recorder<PeerFrameError>] = [:]
+    /// The lock traffic each node received (kept out of `logs`: there can be many).
+    var lockTraffic: [NodeID: Recorder<LockDelivery>] = [:]
 
     /// The fences that succeeded, a line each: the node, then the pid of the fence script's run.
     var fenceLog: String { (try? String(contentsOfFile: directory.path("fenced"), encoding: .utf8)) ?? "" }
@@ -101,7 +103,9 @@ final class TestCluster: @unchecked Sendable {
         return Set(started.split(separator: "\n").compactMap { $0.split(separator: " ").last })
     }
 
-    init(nodes count: Int = 3, fenceFailures: Int = 0) throws {
+    /// `waitForAll`: the first primary view has every node (no view of part of the nodes, fencing the others, while
+    /// they start).
+    init(nodes count: Int = 3, fenceFailures: Int = 0, waitForAll: Bool = false, suspectTimeout: Int = 1000) throws {
         directory = try TemporaryDirectory()
         let ports = try freePorts(count)
         let script = directory.path("fence.sh")
@@ -118,7 +122,8 @@ final class TestCluster: @unchecked Sendable {
         config = ClusterConfig(
             name: "test", keyFile: directory.path("authkey"),
             nodes: (1...count).map { .init(id: NodeID(UInt32($0)), host: "127.0.0.1", port: ports[$0 - 1]) },
-            fenceCommand: script, fenceTimeout: 20, heartbeatInterval: 50, suspectTimeout: 1000, viewChangeTime: 500,
+            waitForAll: waitForAll, fenceCommand: script, fenceTimeout: 20, heartbeatInterval: 50,
+            suspectTimeout: suspectTimeout, viewChangeTime: 500,
             flushTimeout: 250, retransmitInterval: 20, fenceRetryInterval: 100)
         try config.validate(file: "test")
     }
@@ -130,6 +135,8 @@ final class TestCluster: @unchecked Sendable {
     ) async throws -> GroupNode {
         let log = EventLog()
         logs[id] = log
+        let lockLog = Recorder<LockDelivery>()
+        lockTraffic[id] = lockLog
         var logger = Logger(label: "test")
         logger.logLevel = ProcessInfo.processInfo.environment["DLM_TEST_LOG"] != nil ? .debug : .critical
         let node = GroupNode(
@@ -139,6 +146,10 @@ final class TestCluster: @unchecked Sendable {
             if case .viewInstalled(let view, _) = event {
                 let fenced = fenceLog
                 fenceLogAtView.withLockedValue { $0[id, default: [:]][view.id] = fenced }
+            }
+            if case .lockTraffic(let payload, let sender) = event {
+                lockLog.append(LockDelivery(payload: payload, from: sender))
+                return
             }
             log.append(event)
         }
@@ -178,6 +189,12 @@ final class TestCluster: @unchecked Sendable {
         for node in nodes.values { try await node.stop().get() }
         try await group.shutdownGracefully()
     }
+}
+
+/// A `GroupNodeEvent.lockTraffic`.
+struct LockDelivery: Sendable, Hashable {
+    var payload: [UInt8]
+    var from: Member
 }
 
 /// Whether a fence log ("NODE PID" a line) names `node` at least once and nothing else, leaving out the runs of

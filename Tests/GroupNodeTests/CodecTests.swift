@@ -196,8 +196,10 @@ struct MessageGenerator {
         frame = codec(1).seal(envelope, challenge: challenge)
         frame[8] = 2  // the version before challenges
         #expect(rejection(frame, by: codec(2)) == .badVersion(2))
-        frame[8] = 4
-        #expect(rejection(frame, by: codec(2)) == .badVersion(4))
+        frame[8] = 3  // the version before lock traffic (no body kind)
+        #expect(rejection(frame, by: codec(2)) == .badVersion(3))
+        frame[8] = 5
+        #expect(rejection(frame, by: codec(2)) == .badVersion(5))
         frame = codec(1).seal(envelope, challenge: challenge)
         frame[frame.count - 40] ^= 0x10  // inside the body: the HMAC no longer matches
         #expect(rejection(frame, by: codec(2)) == .badMAC)
@@ -211,7 +213,7 @@ struct MessageGenerator {
             PeerEnvelope(sender: Member(node: 1, incarnation: 1), counter: 1, destination: 2, message: message),
             challenge: challenge)
         frame.removeLast(32)
-        frame[41] = 0x63  // the message tag
+        frame[42] = 0x63  // the message tag (after the body's kind)
         let length = UInt32(frame.count - 4 + 32)
         frame.replaceSubrange(0..<4, with: withUnsafeBytes(of: length.bigEndian, Array.init))
         frame += receiver.mac(challenge, frame[4...])
@@ -222,7 +224,7 @@ struct MessageGenerator {
     }
 
     @Test func aKnownFrame() throws {
-        // Golden bytes of a version-3 frame: node 1 incarnation 2, counter 3, to node 2, `installed(7@1)`, on a
+        // Golden bytes of a version-4 frame: node 1 incarnation 2, counter 3, to node 2, `installed(7@1)`, on a
         // connection whose challenge is 00 01 ... 0f.
         let key = try ClusterKey(bytes: Array(repeating: 0x42, count: 32))
         let challenge = Array(0..<16 as Range<UInt8>)
@@ -232,17 +234,17 @@ struct MessageGenerator {
         let frame = sender.seal(envelope, challenge: challenge)
         // Computed independently (Python's hashlib and hmac: HMAC over the challenge, then magic ... body).
         let expected = hex(
-            "00000048" + "444c4d47" + "03" + "2a97516c354b6884"  // length, magic, version, cluster
+            "00000049" + "444c4d47" + "04" + "2a97516c354b6884"  // length, magic, version, cluster
                 + "00000001" + "0000000000000002"  // sender: node, incarnation
-                + "0000000000000003" + "00000002" + "090701"  // counter, destination, body
-                + "25f03be589b325850dbdafba72fa85082e7e79f245069a2281dbccc5cf56106a")  // HMAC
+                + "0000000000000003" + "00000002" + "01" + "090701"  // counter, destination, body: kind, message
+                + "1183a3bad627a66c376918f4f55afe2bee9f88fe265c2dcb09493ccf87fb5da6")  // HMAC
         #expect(frame == expected)
         let receiver = PeerFrameCodec(key: key, clusterName: "demo", localNode: 2, knownNodes: [1, 2])
         #expect(try receiver.open(frame: frame, challenge: challenge) == envelope)
         // The challenge frame the receiver sent first.
         #expect(
             receiver.challengeFrame(challenge)
-                == hex("0000001d" + "444c4d43" + "03" + "2a97516c354b6884" + "000102030405060708090a0b0c0d0e0f"))
+                == hex("0000001d" + "444c4d43" + "04" + "2a97516c354b6884" + "000102030405060708090a0b0c0d0e0f"))
     }
 
     @Test func aFrameOpensOnlyWithItsConnectionsChallenge() throws {
