@@ -9,7 +9,7 @@
 # Then a summary: Swift tests passed / failed / skipped, C checks passed / failed, the ten slowest tests.
 #
 # Environment: DLM_MODEL_OPS (default 4 million), DLM_SIM_SEEDS (default 3000), DLM_MASTERING_SEEDS (default
-# 2000), SWIFT, and TEST_SCRATCH (the
+# 2000), DLM_RECOVERY_SEEDS (default 2000), SWIFT, and TEST_SCRATCH (the
 # build folder, default .build-test: a release build of its own, so that `make bench`'s .build/release is not
 # rebuilt with other flags).
 set -uo pipefail
@@ -21,7 +21,8 @@ RESULTS=$SCRATCH/test-results
 export DLM_MODEL_OPS=${DLM_MODEL_OPS:-4000000}
 export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-3000}
 export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-2000}
-RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests'
+export DLM_RECOVERY_SEEDS=${DLM_RECOVERY_SEEDS:-2000}
+RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests'
 started=$SECONDS
 
 mkdir -p "$SCRATCH"
@@ -39,7 +40,7 @@ BIN=$("$SWIFT" build "${FLAGS[@]}" --show-bin-path)
 
 status=0
 echo "== phase 1: randomized tests, in parallel (DLM_MODEL_OPS=$DLM_MODEL_OPS DLM_SIM_SEEDS=$DLM_SIM_SEEDS" \
-  "DLM_MASTERING_SEEDS=$DLM_MASTERING_SEEDS)"
+  "DLM_MASTERING_SEEDS=$DLM_MASTERING_SEEDS DLM_RECOVERY_SEEDS=$DLM_RECOVERY_SEEDS)"
 "$SWIFT" test --skip-build "${FLAGS[@]}" --filter "$RANDOMIZED" --xunit-output "$RESULTS/randomized.xml" \
   2>&1 | tee "$RESULTS/randomized.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

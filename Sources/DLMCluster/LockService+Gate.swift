@@ -41,6 +41,12 @@ extension LockService {
                 guard isLive(id) else { continue }
                 clients[Int(id.slot)].heldRequests -= 1
                 guard clients[Int(id.slot)].state == .ready else { continue }
+                if clients[Int(id.slot)].awaitingReply {
+                    // An earlier held request of the connection went to another node: this one waits for its
+                    // answer, as it would have without the stop.
+                    queues[Int(id.slot)].deferredRequests.append((message, environment))
+                    continue
+                }
                 handleRequest(message, from: id, now: nil, environment: environment)
             case .exited(let id):
                 if isLive(id) { ownerExited(id) }

@@ -52,8 +52,12 @@ struct Mastering {
     var recoveredView: UInt64 = 0
     /// Recovery messages of a view this node has not installed yet.
     var futureRecovery: [(node: UInt32, message: PeerMessage)] = []
-    /// As a new master during a recovery: the ids given to holders' locks.
-    var rebuilt: [RebuiltCopy: LockID] = [:]
+    /// The locks recovery rebuilt here, by their holder's id (Linux's remid), for as long as they live: a holder
+    /// that resends one (its answer was lost in an aborted run) is told its id again.
+    var rebuilt = RebuiltLocks()
+    /// The nodes that ran a recovery with this life of this node (a recovery message of theirs came): only their
+    /// requests are taken. A request that came from a node before that was meant for an earlier life of this node.
+    var recoveredWith: Set<UInt32> = []
     var rebuiltLockspaces: Set<LockspaceID> = []
 
     struct PendingOperation {
@@ -221,11 +225,19 @@ extension LockService {
         // A node outside the view is not heard (the transport drops what an old life of a member sent; what one
         // sent and this node held when its recovery started is dropped there).
         guard node == configuration.nodeID || mastering.viewMembers[node] != nil else { return }
+        switch message {
+        case .lookup, .request, .convert, .unlock, .ownerExited:
+            // Sent before its sender recovered with this life of this node (to an earlier life, which it takes for
+            // gone and sends again to whoever masters the resource now).
+            guard node == configuration.nodeID || mastering.recoveredWith.contains(node) else { return }
+        default:
+            break
+        }
         if isRecovering {
             switch message {
             case .lookup, .request, .convert, .unlock, .ownerExited:
                 // Run once the directory and the masters are rebuilt.
-                mastering.recovery!.heldTraffic.append((node, message))
+                mastering.recovery!.heldTraffic.append((node, mastering.viewMembers[node] ?? 0, message))
                 return
             case .lookupReply:
                 return  // the old directory's answer: asked again when recovery is done
@@ -307,6 +319,7 @@ extension LockService {
                 }
             }
             run(.ownerExited(owner), reply: nil)
+            mastering.rebuilt.forget(owner: owner)
         case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone:
             break
         }

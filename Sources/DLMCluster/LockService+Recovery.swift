@@ -11,8 +11,9 @@ import GroupServices
 ///
 /// 1. *Rebuild.* The directory is rebuilt: every node tells each resource's new directory node which resources it
 ///    masters. Each holder sends its locks on resources whose master left (granted modes, conversions and waiting
-///    requests, value blocks and fencing tokens as it last saw them) to the new master: the resource's new
-///    directory node, or the node an aborted recovery already sent them to if it is still a member.
+///    requests, value blocks and fencing tokens as it last saw them) to the new master: the resource's directory
+///    node in this view (unless an aborted run rebuilt it on a member, which registers it and binds the holders'
+///    locks again).
 /// 2. *Purge and grant.* New masters rebuild those resources (the value block survives when a survivor holds PR
 ///    or above and read or wrote it since its grant; else it is marked not valid), give the holders their new
 ///    lock ids and register with the directory; every master drops the locks of departed nodes; fencing-token
@@ -32,7 +33,8 @@ struct Recovery {
     /// As a new master: the locks holders sent, by resource, in arrival order.
     var received: [DirectoryKey: [(node: UInt32, lock: RecoveredLock)]] = [:]
     /// Lock traffic that arrived while recovering (requests, lookups, owner exits), to run when it is done.
-    var heldTraffic: Deque<(node: UInt32, message: PeerMessage)> = []
+    /// (With the life of its sender: the one in the view when it came.)
+    var heldTraffic: Deque<(node: UInt32, incarnation: UInt64, message: PeerMessage)> = []
 }
 
 extension LockService {
@@ -43,8 +45,8 @@ extension LockService {
         return members
     }
 
-    /// Group services installed a view. A primary view whose members differ from the last recovered ones starts a
-    /// recovery (aborting one under way); otherwise a primary view serves and any other holds requests.
+    /// Group services installed a view. A new primary view starts a recovery (aborting one under way); any other
+    /// view holds requests.
     mutating func viewInstalled(_ view: View, primary: Bool) {
         guard configuration.mastersAcrossNodes else {
             if primary { resume() } else { stop(waitingFor: ["quorum"]) }
@@ -54,12 +56,13 @@ extension LockService {
             stop(waitingFor: ["quorum"])
             return
         }
-        let members = Self.members(of: view)
-        if mastering.recovery == nil && members == mastering.memberIncarnations {
-            resume()
+        // Every member runs recovery for every primary view, even one with the members of the last: a member that
+        // got an earlier view this node skipped may be recovering, and waits for every member's barrier.
+        guard view.id.number > max(mastering.recoveredView, mastering.recovery?.view ?? 0) else {
+            if !isRecovering { resume() }
             return
         }
-        startRecovery(view.id.number, members: members)
+        startRecovery(view.id.number, members: Self.members(of: view))
     }
 
     var isRecovering: Bool { mastering.recovery != nil }
@@ -76,7 +79,7 @@ extension LockService {
         // A node of the last view that is back under the same incarnation was never gone.
         departed = departed.filter { members[$0] == nil || members[$0] != mastering.memberIncarnations[$0] }
         // Traffic from nodes that left is dropped.
-        held = Deque(held.filter { members[$0.node] != nil && !departed.contains($0.node) })
+        held = Deque(held.filter { members[$0.node] == $0.incarnation })
         mastering.recovery = Recovery(view: view, departed: departed, heldTraffic: held)
         mastering.members = members.keys.sorted()
         mastering.viewMembers = members
@@ -119,20 +122,35 @@ extension LockService {
             }
             if record.grantedMode == nil && record.requestedMode == nil { continue }
             let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
-            let target = masterGone ? mastering.directoryNode(of: key) : copy.master
+            // Every holder sends to the same node, the directory node of this view, whatever an aborted run chose:
+            // if that run's new master rebuilt the resource, it registers it with the directory node, which then
+            // rebuilds nothing, and it binds the holders' locks again itself (below).
+            let target = mastering.directoryNode(of: key)
             mastering.copies.unbind(index, newMaster: target)
-            mastering.masters[key] = target
+            mastering.masters[key] = nil
             record.copy = ProcessCopies.lockID(index).rawValue
             resends[target, default: []].append(record)
         }
         for (node, locks) in resends.sorted(by: { $0.key < $1.key }) {
             sendRecovery(.recoverLocks(view: view, locks), to: node)
         }
+        // Locks an earlier run rebuilt here: their holders learn their ids again (the answer may not have reached
+        // them before they started this run; a holder takes it only for a lock that still waits for one).
+        var rebound: [UInt32: [RecoveredBinding]] = [:]
+        for (copy, lock) in mastering.rebuilt.byCopy where members[copy.node] == copy.incarnation {
+            rebound[copy.node, default: []].append(RecoveredBinding(copy: copy.copy, lock: lock))
+        }
+        for (node, list) in rebound.sorted(by: { $0.key < $1.key }) {
+            sendRecovery(.recoverBindings(view: view, list.sorted { $0.copy < $1.copy }), to: node)
+        }
         finishPhase(1)
         // Messages of this view that came before this node installed it.
         let early = mastering.futureRecovery
         mastering.futureRecovery = []
-        for (node, message) in early { receiveRecovery(message, from: node) }
+        // (From members only: a restarted member's messages are its new life's, the only one in this view.)
+        for (node, message) in early where members[node] != nil {
+            receiveRecovery(message, from: node)
+        }
     }
 
     /// This node masters `key`: its directory entry is here, or goes into a `recoverMasters` to its directory node.
@@ -184,11 +202,11 @@ extension LockService {
         guard let recovery = mastering.recovery, recovery.view == view else {
             if view > (mastering.recovery?.view ?? mastering.recoveredView) {
                 mastering.futureRecovery.append((node, message))
-            } else if case .recoverBindings(_, let bindings) = message {
-                bind(bindings, from: node)  // the answer of an aborted run: still true if its master is
             }
+            // An earlier run's answers are not needed: the next run's start sends them again.
             return
         }
+        mastering.recoveredWith.insert(node)
         switch message {
         case .recoverMasters(_, let keys):
             for key in keys { mastering.directory[key] = node }
@@ -210,10 +228,14 @@ extension LockService {
     /// The new master's ids for this node's resent locks.
     mutating func bind(_ bindings: [RecoveredBinding], from node: UInt32) {
         for binding in bindings {
-            guard let index = mastering.copies.index(ofCopy: binding.copy),
-                mastering.copies.copies[index].master == node, mastering.copies.copies[index].rebinding
+            guard let index = mastering.copies.index(ofCopy: binding.copy), mastering.copies.copies[index].rebinding
             else { continue }
+            // From the node that rebuilt the lock: the new master, whichever node this one resent it to.
+            mastering.copies.copies[index].master = node
             mastering.copies.bind(index, masterLock: binding.lock)
+            if let record = mastering.copies.copies[index].record {
+                mastering.masters[DirectoryKey(lockspace: record.lockspace, name: record.name)] = node
+            }
         }
     }
 
@@ -243,12 +265,17 @@ extension LockService {
         var bindings: [UInt32: [RecoveredBinding]] = [:]
         var registrations: [UInt32: [DirectoryKey]] = [:]
         for (key, holders) in recovery.received.sorted(by: { Self.keyOrder($0.key, $1.key) }) {
+            if let master = mastering.directory[key], master != me {
+                // An aborted run rebuilt it there (it registered it): that node answers the holders.
+                continue
+            }
             let first = holders[0].lock
             guard let lockspace = openForPeer(key.lockspace, valueBlockLength: first.valueBlockLength) else { continue }
             // A lock sent again by a holder whose answer was lost in an aborted run is answered with its id.
             var fresh: [(node: UInt32, lock: RecoveredLock)] = []
             for holder in holders {
-                if let known = mastering.rebuilt[RebuiltCopy(node: holder.node, copy: holder.lock.copy)] {
+                let rebuiltCopy = RebuiltCopy(holder.lock)
+                if let known = mastering.rebuilt.byCopy[rebuiltCopy] {
                     bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: known))
                 } else {
                     fresh.append(holder)
@@ -273,7 +300,7 @@ extension LockService {
             guard ids.count == fresh.count else { continue }
             for (index, id) in zip(order, ids) {
                 let holder = fresh[index]
-                mastering.rebuilt[RebuiltCopy(node: holder.node, copy: holder.lock.copy)] = id
+                mastering.rebuilt.add(RebuiltCopy(holder.lock), lock: id)
                 bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: id))
             }
             registerAsMaster(key, into: &registrations)
@@ -291,6 +318,7 @@ extension LockService {
         for owner in engine.owners(matching: { $0.node != me && members[$0.node] != $0.incarnation }) {
             run(.ownerExited(owner), reply: nil)
         }
+        mastering.rebuilt.forget { members[$0.node] != $0.incarnation }
     }
 
     /// A resource rebuilt from its survivors' locks: granted locks first, then conversions, then waiting requests
@@ -348,14 +376,13 @@ extension LockService {
         mastering.recovery = nil
         mastering.recoveredView = recovery.view
         mastering.memberIncarnations = mastering.viewMembers
-        mastering.rebuilt = [:]
         output.notices.append(("recovery done", ["view": "\(recovery.view)"]))
         for lockspace in mastering.rebuiltLockspaces.sorted(by: { $0.rawValue < $1.rawValue }) {
             run(.grantAfterRecovery(lockspace), reply: nil)
         }
         mastering.rebuiltLockspaces = []
         // What other nodes sent meanwhile, in order.
-        for (node, message) in recovery.heldTraffic { receive(message, from: node) }
+        for (node, _, message) in recovery.heldTraffic { receive(message, from: node) }
         // Operations whose master left are sent again; lookups the old directory may have answered are asked again.
         let lost = mastering.pending.filter { departed.contains($0.value.master) }.sorted { $0.key < $1.key }
         for (reference, operation) in lost {
@@ -372,8 +399,48 @@ extension LockService {
     }
 }
 
-/// A holder's lock that this node rebuilt, by the holder's node and id.
+/// The locks recovery rebuilt on this node, by their holders' ids and back.
+struct RebuiltLocks {
+    var byCopy: [RebuiltCopy: LockID] = [:]
+    var byLock: [LockID: RebuiltCopy] = [:]
+
+    var isEmpty: Bool { byLock.isEmpty }
+
+    mutating func add(_ copy: RebuiltCopy, lock: LockID) {
+        byCopy[copy] = lock
+        byLock[lock] = copy
+    }
+
+    /// The lock is gone.
+    mutating func forget(lock: LockID) {
+        if let copy = byLock.removeValue(forKey: lock) { byCopy[copy] = nil }
+    }
+
+    /// The owner went: its locks are gone.
+    mutating func forget(owner: OwnerID) {
+        forget { $0.node == owner.node && $0.incarnation == owner.incarnation && $0.owner == owner.rawValue }
+    }
+
+    mutating func forget(where gone: (RebuiltCopy) -> Bool) {
+        guard !isEmpty else { return }
+        for (copy, lock) in byCopy where gone(copy) {
+            byCopy[copy] = nil
+            byLock[lock] = nil
+        }
+    }
+}
+
+/// A holder's lock that this node rebuilt, by the holder's node, its life, owner and its id for the lock.
 struct RebuiltCopy: Hashable {
     var node: UInt32
+    var incarnation: UInt64
+    var owner: UInt64
     var copy: UInt32
+
+    init(_ lock: RecoveredLock) {
+        node = lock.owner.node
+        incarnation = lock.owner.incarnation
+        owner = lock.owner.rawValue
+        copy = lock.copy
+    }
 }

@@ -186,6 +186,7 @@ extension LockService {
                 if case .completion(let c) = effects[index], c.lock == lock, c.owner == peer.owner {
                     own = c
                     answeredAt = index
+                    if c.mode == nil, !mastering.rebuilt.isEmpty { mastering.rebuilt.forget(lock: c.lock) }
                     break
                 }
             }
@@ -241,6 +242,9 @@ extension LockService {
                             created: created))
                 }
             case .completion(let completion):
+                if completion.mode == nil, !mastering.rebuilt.isEmpty {
+                    mastering.rebuilt.forget(lock: completion.lock)
+                }
                 if mastering.copies.masteredHere > 0, completion.owner.node == configuration.nodeID,
                     mastering.copies.index(master: configuration.nodeID, lock: completion.lock) != nil
                 {

@@ -253,8 +253,11 @@ public struct LockService {
         case .peer(let node, let message):
             receive(message, from: node)
         }
-        while let message = mastering.loopback.popFirst() { receive(message, from: configuration.nodeID) }
-        if !connectionsWithDeferredRequests.isEmpty { drainDeferred() }
+        // Messages to this node itself and requests that waited behind an answer: each may cause the other.
+        while !mastering.loopback.isEmpty || !connectionsWithDeferredRequests.isEmpty {
+            while let message = mastering.loopback.popFirst() { receive(message, from: configuration.nodeID) }
+            if !connectionsWithDeferredRequests.isEmpty { drainDeferred() }
+        }
     }
 
     /// A clean shutdown: every client is told (GOODBYE) and closed, the owners that left while the node was
@@ -346,6 +349,7 @@ public struct LockService {
     mutating func ownerExited(_ id: ConnectionID) {
         clients[Int(id.slot)].hasExited = true
         run(.ownerExited(owner(id)), reply: nil)
+        mastering.rebuilt.forget(owner: owner(id))
         remoteOwnerExited(id)
         if clients[Int(id.slot)].lastHeldGeneration == 0 { forget(id) }
     }
