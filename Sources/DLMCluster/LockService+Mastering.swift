@@ -13,9 +13,9 @@ import GroupServices
 /// requests wait until the master has answered, so replies keep request order as on one node. Sub-locks go to
 /// their parent's master.
 ///
-/// Not yet here (docs/ARCHITECTURE.md, "Mastering"): a membership change (the directory and masters are rebuilt by
-/// recovery; until then `ServiceConfiguration.mastersAcrossNodes` is off in dlmd), dropping idle resources, and
-/// reports, purges and deadlock cancels across nodes.
+/// A membership change rebuilds the directory and the masters (LockService+Recovery.swift). Not yet here
+/// (docs/ARCHITECTURE.md, "Mastering across nodes"): dropping idle resources, and reports, purges and deadlock
+/// cancels across nodes.
 struct Mastering {
     /// The members that share the directory, in node order (this node alone when not mastering across nodes).
     var members: [UInt32] = []

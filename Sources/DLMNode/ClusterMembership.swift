@@ -110,9 +110,17 @@ extension LockNode {
             cluster.announce("\(me) fenced node \(node)")
         case .fenceFailed(let node, let reason):
             cluster.announce("\(me) fencing node \(node) failed: \(reason); retrying")
-        case .lockTraffic:
-            // Mastering across nodes is not turned on in dlmd yet (docs/RECOVERY.md): no node sends any.
-            break
+        case .lockTraffic(let bytes, let sender):
+            let message: PeerMessage
+            do {
+                message = try PeerMessage.decode(frame: bytes)
+            } catch {
+                // From an authenticated peer of the same build: a bug, not an attack. Dropped and logged.
+                logger.error(
+                    "a lock message of node \(sender) cannot be read: \(error)", metadata: ["bytes": "\(bytes.count)"])
+                return
+            }
+            handle(.peer(from: sender.node.rawValue, message))
         case .delivered, .barrierCompleted, .barrierAborted, .groupEvent:
             // The lock manager does not use ordered messages yet: resource mastering across nodes comes next.
             break

@@ -28,11 +28,24 @@ extension LockNode {
         service = LockService(
             configuration: Self.serviceConfiguration(configuration, incarnation: store.incarnation, store: true))
         let contents = try store.load()
+        // A cluster member's locks come back only through recovery, never from its own store: while it was down,
+        // the others rebuilt its resources from their holders (docs/RECOVERY.md). Its stored persistent locks and
+        // orphans are dropped (not yet kept as cluster state).
+        let cluster = configuration.cluster != nil
         let restored: (locks: Int, changes: [StoreChange])
         do throws(DLMError) {
-            restored = try service.restore(lockspaces: contents.lockspaces, resources: contents.resources)
+            restored = try service.restore(
+                lockspaces: contents.lockspaces, resources: cluster ? [] : contents.resources)
         } catch {
             throw NodeError(error.message)
+        }
+        if cluster && !contents.resources.isEmpty {
+            let dropped = contents.resources.reduce(0) { $0 + $1.resource.locks.count }
+            logger.warning(
+                "a cluster member does not restore the persistent locks of its previous life (docs/RECOVERY.md)",
+                metadata: ["persistent_locks": "\(dropped)"])
+            try store.commit(
+                contents.resources.map { .journal(.delete(lockspace: $0.lockspace, path: $0.resource.path)) })
         }
         let persistence = NodePersistence(store: store)
         self.persistence = persistence

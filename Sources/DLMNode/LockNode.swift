@@ -2,6 +2,7 @@ import DLMCluster
 import DLMCore
 import DLMWire
 import Foundation
+import GroupServices
 import Logging
 import NIOCore
 
@@ -47,13 +48,16 @@ public final class LockNode: @unchecked Sendable {
         -> ServiceConfiguration
     {
         var engine = configuration.engine
-        // Fencing tokens after this start are above any issued before it: the incarnation is in the high bits.
-        if store { engine.fencingTokenBase = incarnation << 40 }
+        let cluster = configuration.cluster != nil
+        // Fencing tokens after this start are above any issued before it: the incarnation is in the high bits. In a
+        // cluster, whose resources move between nodes, the view number is (each recovery raises the floors to it;
+        // view numbers only grow, across restarts too).
+        if store && !cluster { engine.fencingTokenBase = incarnation << 40 }
         return ServiceConfiguration(
             nodeID: configuration.nodeID, incarnation: incarnation, engine: engine,
             tickInterval: configuration.tickInterval,
             repliesWaitForCommits: store && configuration.durability != .none, hasStore: store,
-            isClusterMember: configuration.cluster != nil)
+            isClusterMember: cluster, mastersAcrossNodes: cluster)
     }
 
     /// Starts the service's timers.
@@ -127,8 +131,10 @@ public final class LockNode: @unchecked Sendable {
 
     func carryOut(_ output: ServiceOutput) {
         guard !output.isEmpty else { return }
-        // `output.peerMessages` stays empty: dlmd does not master resources across nodes yet
-        // (ServiceConfiguration.mastersAcrossNodes is off; docs/ARCHITECTURE.md, "Mastering across nodes").
+        if !output.peerMessages.isEmpty, let group = cluster?.group {
+            // In order per node; the group node sends what one turn of the loop queued for a node together.
+            for (node, message) in output.peerMessages { group.sendLockTraffic(message.frameBytes, to: NodeID(node)) }
+        }
         if let commit = output.commit {
             persistence?.writer?.submit(generation: commit.generation, changes: commit.changes)
         }

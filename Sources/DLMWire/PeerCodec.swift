@@ -373,3 +373,23 @@ extension ByteBuffer {
             valueBlockSequence: sequence, fencingToken: try read(UInt64.self, "fencing_token"))
     }
 }
+
+extension PeerMessage {
+    /// The message as the bytes of one frame (a payload of the peer transport's lock traffic).
+    public var frameBytes: [UInt8] {
+        var buffer = ByteBufferAllocator().buffer(capacity: 64)
+        encode(into: &buffer)
+        return Array(buffer.readableBytesView)
+    }
+
+    /// The message in `bytes`, which must hold exactly one frame.
+    public static func decode(frame bytes: [UInt8]) throws(WireError) -> PeerMessage {
+        var buffer = ByteBufferAllocator().buffer(bytes: bytes)
+        guard let (type, body) = try nextFrame(from: &buffer, maxLength: maxFrame) else {
+            throw .malformed("a peer frame cut short (\(bytes.count) bytes)")
+        }
+        guard buffer.readableBytes == 0 else { throw .malformed("\(buffer.readableBytes) bytes after a peer frame") }
+        var rest = body
+        return try decode(type: type, body: &rest)
+    }
+}

@@ -1,0 +1,82 @@
+import DLMClient
+import DLMCore
+import DLMTestSupport
+import DLMWire
+import Foundation
+import Testing
+
+/// Real `dlmd` processes of one cluster are one lock manager: a name locked on one node is locked on every node,
+/// and a node's death (`kill -9`) loses no granted lock of a survivor (docs/RECOVERY.md).
+@Suite(.serialized) struct DistributedLockTests {
+    /// Takes `mode` with NOQUEUE: nil if granted (the lock is unlocked again), else the refusal's status.
+    static func tryLock(_ ls: DLMLockspace, _ name: String, _ mode: LockMode) async throws -> DLMStatus? {
+        do {
+            let lock = try await ls.lock(name, mode: mode, flags: .noQueue)
+            try await lock.unlock()
+            return nil
+        } catch let error as DLMError {
+            return error.status
+        }
+    }
+
+    /// EX on one name from clients of three nodes: one holder at a time; the others' NOQUEUE requests are refused
+    /// with EAGAIN, and a queued request on another node is granted, with a higher fencing token, when the
+    /// holder unlocks.
+    @Test func aNameIsExclusiveAcrossNodes() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        var spaces: [DLMLockspace] = []
+        var connections: [DLMConnection] = []
+        for node in 1...3 {
+            let connection = try await DLMConnection.connect(socketPath: cluster.socket(node))
+            connections.append(connection)
+            spaces.append(try await connection.openLockspace("shared"))
+        }
+        for name in ["backup", "volume-1", "volume-2", "journal"] {
+            let held = try await spaces[0].lock(name, mode: .ex)
+            #expect(try await Self.tryLock(spaces[1], name, .ex) == .tryAgain, "\(name) granted twice")
+            #expect(try await Self.tryLock(spaces[2], name, .pr) == .tryAgain, "\(name) granted PR beside EX")
+            let second = spaces[1]
+            let waiter = Task { try await second.lock(name, mode: .ex) }
+            // The waiter is queued once its node's lock service knows of it; then the holder lets go.
+            try await held.unlock()
+            let next = try await waiter.value
+            #expect(next.mode == .ex)
+            #expect(next.fencingToken > held.fencingToken)
+            #expect(try await Self.tryLock(spaces[2], name, .ex) == .tryAgain)
+            try await next.unlock()
+            #expect(try await Self.tryLock(spaces[2], name, .ex) == nil)
+        }
+        for connection in connections { await connection.close() }
+    }
+
+    /// The node that masters a name dies (`kill -9`): a survivor's EX on it stays held (another survivor's
+    /// NOQUEUE request is refused), a queued request of a third survivor is granted once the holder unlocks, and
+    /// the grant's fencing token is above every token issued before the death.
+    @Test func aGrantedLockSurvivesTheDeathOfItsMaster() async throws {
+        let cluster = try TestCluster(nodes: 4)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...4 { try cluster.waitForView(at: node, members: "1,2,3,4", primary: true) }
+        var spaces: [Int: DLMLockspace] = [:]
+        for node in 1...4 {
+            let connection = try await DLMConnection.connect(socketPath: cluster.socket(node))
+            spaces[node] = try await connection.openLockspace("shared")
+        }
+        // Node 4 asks first, so it masters the name.
+        let first = try await spaces[4]!.lock("backup", mode: .nl)
+        let held = try await spaces[1]!.lock("backup", mode: .ex)
+        _ = first
+        _ = cluster.kill(4)
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        #expect(try await Self.tryLock(spaces[2]!, "backup", .ex) == .tryAgain, "granted twice after the death")
+        let third = spaces[3]!
+        let waiter = Task { try await third.lock("backup", mode: .ex) }
+        try await held.unlock()
+        let next = try await waiter.value
+        #expect(next.mode == .ex)
+        #expect(next.fencingToken > held.fencingToken)
+    }
+}
