@@ -66,10 +66,14 @@ struct Mastering {
         var copy: Int
         /// The node the operation went to.
         var master: UInt32
-        /// The client's frame (sent again if the master leaves before answering).
+        /// The client's frame (sent again if the master leaves before answering, or, for a new lock, after a stale
+        /// master's "not master").
         var message: ClientMessage
-        /// The client's frame, for a new lock (sent again after a stale master's "not master").
-        var newLock: ClientMessage?
+
+        var isNewLock: Bool {
+            if case .lock = message { return true }
+            return false
+        }
     }
 
     /// The directory node of a resource.
@@ -140,7 +144,7 @@ extension LockService {
                 alwaysFencingToken: request.alwaysFencingToken, transaction: request.transaction, valueBlock: nil,
                 valueBlockSequence: 0, fencingToken: 0)
         let copy = mastering.copies.add(owner: id.owner, master: master, record: record)
-        let reference = startOperation(id, tag: m.tag, copy: copy, message: .lock(m), newLock: .lock(m))
+        let reference = startOperation(id, tag: m.tag, copy: copy, message: .lock(m))
         send(
             .request(
                 ref: reference,
@@ -166,7 +170,7 @@ extension LockService {
             deliver(id, .error(tag: tag, status: .noEntry, message: "no lock \(lock) of \(owner(id))"))
             return
         }
-        let reference = startOperation(id, tag: tag, copy: copy, message: message, newLock: nil)
+        let reference = startOperation(id, tag: tag, copy: copy, message: message)
         let master = mastering.copies.copies[copy].master
         switch message {
         case .convert(let m):
@@ -194,13 +198,12 @@ extension LockService {
 
     /// An operation goes to a master: the connection's later requests wait for its answer.
     mutating func startOperation(
-        _ id: ConnectionID, tag: UInt32, copy: Int, message: ClientMessage, newLock: ClientMessage?
+        _ id: ConnectionID, tag: UInt32, copy: Int, message: ClientMessage
     ) -> UInt64 {
         let reference = mastering.nextReference
         mastering.nextReference += 1
         mastering.pending[reference] = Mastering.PendingOperation(
-            connection: id, tag: tag, copy: copy, master: mastering.copies.copies[copy].master, message: message,
-            newLock: newLock)
+            connection: id, tag: tag, copy: copy, master: mastering.copies.copies[copy].master, message: message)
         clients[Int(id.slot)].awaitingReply = true
         return reference
     }
@@ -230,20 +233,15 @@ extension LockService {
             // Sent before its sender recovered with this life of this node (to an earlier life, which it takes for
             // gone and sends again to whoever masters the resource now).
             guard node == configuration.nodeID || mastering.recoveredWith.contains(node) else { return }
-        default:
-            break
-        }
-        if isRecovering {
-            switch message {
-            case .lookup, .request, .convert, .unlock, .ownerExited:
+            if isRecovering {
                 // Run once the directory and the masters are rebuilt.
                 mastering.recovery!.heldTraffic.append((node, mastering.viewMembers[node] ?? 0, message))
                 return
-            case .lookupReply:
-                return  // the old directory's answer: asked again when recovery is done
-            default:
-                break
             }
+        case .lookupReply:
+            if isRecovering { return }  // the old directory's answer: asked again when recovery is done
+        default:
+            break
         }
         switch message {
         case .lookup(let key):
@@ -349,22 +347,22 @@ extension LockService {
         let lock = ProcessCopies.lockID(pending.copy)
         switch reply {
         case .refused(let error):
-            if pending.newLock != nil { mastering.copies.remove(pending.copy) }
+            if pending.isNewLock { mastering.copies.remove(pending.copy) }
             deliver(id, .error(tag: pending.tag, status: error.status, message: error.message))
         case .notMaster:
             // A stale cached master: forget it and ask the directory again.
             mastering.copies.remove(pending.copy)
-            guard let message = pending.newLock, case .lock(let m) = message,
+            guard case .lock(let m) = pending.message,
                 let info = engine.lockspaceInfo(LockspaceID(rawValue: m.lockspace))
             else {
                 deliver(id, .error(tag: pending.tag, status: .noEntry, message: "the lock's master lost it"))
                 break
             }
             mastering.masters[DirectoryKey(lockspace: info.name, name: m.name)] = nil
-            retry(message, from: id)
+            retry(pending.message, from: id)
             return
         case .taken(let masterLock, let completion):
-            if pending.newLock != nil { mastering.copies.bind(pending.copy, masterLock: masterLock) }
+            if pending.isNewLock { mastering.copies.bind(pending.copy, masterLock: masterLock) }
             noteTaken(pending, completion: completion)
             if var completion {
                 if completion.mode == nil { mastering.copies.remove(pending.copy) }

@@ -112,15 +112,14 @@ extension LockService {
             guard copy.owner != 0 else { continue }
             let masterGone = departed.contains(copy.master) || members[copy.master] == nil
             guard masterGone || copy.rebinding else { continue }
-            guard copy.masterLock != nil || copy.rebinding, var record = copy.record else {
-                if copy.masterLock != nil || copy.rebinding {
-                    // A sub-lock whose master left: not rebuilt yet (see above).
-                    output.notices.append(("a sub-lock was lost with its master", ["master": "\(copy.master)"]))
-                    mastering.copies.remove(index)
-                }
-                continue  // a new lock not answered yet: sent again when recovery is done
+            // A new lock not answered yet is sent again when recovery is done.
+            guard copy.masterLock != nil || copy.rebinding else { continue }
+            guard var record = copy.record else {
+                // A sub-lock whose master left: not rebuilt yet (see above).
+                output.notices.append(("a sub-lock was lost with its master", ["master": "\(copy.master)"]))
+                mastering.copies.remove(index)
+                continue
             }
-            if record.grantedMode == nil && record.requestedMode == nil { continue }
             let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
             // Every holder sends to the same node, the directory node of this view, whatever an aborted run chose:
             // if that run's new master rebuilt the resource, it registers it with the directory node, which then
@@ -389,7 +388,7 @@ extension LockService {
             mastering.pending[reference] = nil
             let id = operation.connection
             guard isLive(id), clients[Int(id.slot)].state == .ready else { continue }
-            if operation.newLock != nil { mastering.copies.remove(operation.copy) }
+            if operation.isNewLock { mastering.copies.remove(operation.copy) }
             retry(operation.message, from: id)
         }
         for key in mastering.awaitingLookup.keys.sorted(by: Self.keyOrder) {

@@ -16,27 +16,10 @@ import Testing
 /// DLM_MASTERING_SEEDS sets how many seeds (default 300; `make test` runs 2,000, `make sim` SEEDS); DLM_MASTERING_SEED
 /// replays one (DLM_MASTERING_FIRST_SEED starts the run elsewhere), and DLM_MASTERING_TRACE=1 prints every message, frame and, at a failure, each node's locks.
 @Suite struct MasteringRandomTests {
-    static var seeds: [UInt64] {
-        let environment = ProcessInfo.processInfo.environment
-        if let one = environment["DLM_MASTERING_SEED"].flatMap(UInt64.init) { return [one] }
-        let first = environment["DLM_MASTERING_FIRST_SEED"].flatMap(UInt64.init) ?? 1
-        let count = UInt64(environment["DLM_MASTERING_SEEDS"].flatMap(Int.init) ?? 300)
-        return (first..<(first + count)).map { $0 }
-    }
+    static var seeds: [UInt64] { randomSeeds(count: "DLM_MASTERING_SEEDS", default: 300) }
 
     @Test func randomTrafficKeepsExclusionAndCompletes() {
-        for seed in Self.seeds {
-            var run = MasteringRun(seed: seed, faults: false)
-            do {
-                try run.go()
-            } catch {
-                let replay =
-                    "replay: DLM_MASTERING_SEED=\(seed) DLM_MASTERING_TRACE=1 swift test --filter "
-                    + "DLMClusterTests.MasteringRandomTests"
-                Issue.record("\(error)\n\(replay)")
-                return
-            }
-        }
+        MasteringRun.runAll(Self.seeds, faults: false, suite: "MasteringRandomTests")
     }
 }
 
@@ -46,31 +29,39 @@ import Testing
 /// many seeds (default 300; `make test` runs 2,000, `make sim` SEEDS); the replay variables are those above.
 @Suite
 struct RecoveryRandomTests {
-    static var seeds: [UInt64] {
-        let environment = ProcessInfo.processInfo.environment
-        if let one = environment["DLM_MASTERING_SEED"].flatMap(UInt64.init) { return [one] }
-        let first = environment["DLM_MASTERING_FIRST_SEED"].flatMap(UInt64.init) ?? 1
-        let count = UInt64(environment["DLM_RECOVERY_SEEDS"].flatMap(Int.init) ?? 300)
-        return (first..<(first + count)).map { $0 }
-    }
+    static var seeds: [UInt64] { randomSeeds(count: "DLM_RECOVERY_SEEDS", default: 300) }
 
     @Test func crashesAndRestartsKeepExclusionAndLoseNoLock() {
-        for seed in Self.seeds {
-            var run = MasteringRun(seed: seed, faults: true)
+        MasteringRun.runAll(Self.seeds, faults: true, suite: "RecoveryRandomTests")
+    }
+}
+
+/// The seeds of a random test: DLM_MASTERING_SEED replays one; else `count` (an environment variable, or
+/// `default`) seeds from DLM_MASTERING_FIRST_SEED (1).
+func randomSeeds(count variable: String, default fallback: Int) -> [UInt64] {
+    let environment = ProcessInfo.processInfo.environment
+    if let one = environment["DLM_MASTERING_SEED"].flatMap(UInt64.init) { return [one] }
+    let first = environment["DLM_MASTERING_FIRST_SEED"].flatMap(UInt64.init) ?? 1
+    let count = UInt64(environment[variable].flatMap(Int.init) ?? fallback)
+    return Array(first..<(first + count))
+}
+
+struct MasteringRun {
+    /// Runs each seed; the first failure is recorded with its replay command.
+    static func runAll(_ seeds: [UInt64], faults: Bool, suite: String) {
+        for seed in seeds {
+            var run = MasteringRun(seed: seed, faults: faults)
             do {
                 try run.go()
             } catch {
                 let replay =
-                    "replay: DLM_MASTERING_SEED=\(seed) DLM_MASTERING_TRACE=1 swift test --filter "
-                    + "DLMClusterTests.RecoveryRandomTests"
+                    "replay: DLM_MASTERING_SEED=\(seed) DLM_MASTERING_TRACE=1 swift test --filter DLMClusterTests.\(suite)"
                 Issue.record("\(error)\n\(replay)")
                 return
             }
         }
     }
-}
 
-struct MasteringRun {
     var random: SplitMix64
     let seed: UInt64
     /// Nodes crash and restart, and views change.

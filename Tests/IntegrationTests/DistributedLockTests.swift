@@ -8,6 +8,32 @@ import Testing
 /// Real `dlmd` processes of one cluster are one lock manager: a name locked on one node is locked on every node,
 /// and a node's death (`kill -9`) loses no granted lock of a survivor (docs/RECOVERY.md).
 @Suite(.serialized) struct DistributedLockTests {
+    /// A blocking callback to await: the sign that another request is queued behind a lock.
+    final class Blocked: @unchecked Sendable {
+        let stream: AsyncStream<LockMode>
+        let continuation: AsyncStream<LockMode>.Continuation
+        init() { (stream, continuation) = AsyncStream.makeStream() }
+        var handler: @Sendable (LockMode) -> Void { { [continuation] in continuation.yield($0) } }
+
+        /// The next blocking callback (a hang detector ends the wait after 60 s).
+        func next() async throws -> LockMode {
+            try await withThrowingTaskGroup(of: LockMode?.self) { group in
+                group.addTask { [stream] in
+                    for await mode in stream { return mode }
+                    return nil
+                }
+                group.addTask {
+                    try await Task.sleep(for: .seconds(60))
+                    return nil
+                }
+                let mode = try await group.next()!
+                group.cancelAll()
+                guard let mode else { throw DLMError(.timedOut, "no blocking callback within 60 s") }
+                return mode
+            }
+        }
+    }
+
     /// Takes `mode` with NOQUEUE: nil if granted (the lock is unlocked again), else the refusal's status.
     static func tryLock(_ ls: DLMLockspace, _ name: String, _ mode: LockMode) async throws -> DLMStatus? {
         do {
@@ -35,12 +61,14 @@ import Testing
             spaces.append(try await connection.openLockspace("shared"))
         }
         for name in ["backup", "volume-1", "volume-2", "journal"] {
-            let held = try await spaces[0].lock(name, mode: .ex)
+            let blocked = Blocked()
+            let held = try await spaces[0].lock(name, mode: .ex, onBlocking: blocked.handler)
             #expect(try await Self.tryLock(spaces[1], name, .ex) == .tryAgain, "\(name) granted twice")
             #expect(try await Self.tryLock(spaces[2], name, .pr) == .tryAgain, "\(name) granted PR beside EX")
             let second = spaces[1]
             let waiter = Task { try await second.lock(name, mode: .ex) }
-            // The waiter is queued once its node's lock service knows of it; then the holder lets go.
+            // The waiter is queued (its master tells the holder's node, which calls back), then the holder lets go.
+            #expect(try await blocked.next() == .ex)
             try await held.unlock()
             let next = try await waiter.value
             #expect(next.mode == .ex)
@@ -67,13 +95,16 @@ import Testing
         }
         // Node 4 asks first, so it masters the name.
         let first = try await spaces[4]!.lock("backup", mode: .nl)
-        let held = try await spaces[1]!.lock("backup", mode: .ex)
-        _ = first
+        let blocked = Blocked()
+        let held = try await spaces[1]!.lock("backup", mode: .ex, onBlocking: blocked.handler)
+        #expect(first.mode == .nl)
         _ = cluster.kill(4)
         for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
         #expect(try await Self.tryLock(spaces[2]!, "backup", .ex) == .tryAgain, "granted twice after the death")
         let third = spaces[3]!
         let waiter = Task { try await third.lock("backup", mode: .ex) }
+        // Queued on the new master: the holder is called back from there.
+        #expect(try await blocked.next() == .ex)
         try await held.unlock()
         let next = try await waiter.value
         #expect(next.mode == .ex)
