@@ -20,8 +20,8 @@ public struct PeerDecodingError: Error, CustomStringConvertible, Hashable, Senda
 /// | 4 | nak | view ViewID, [seq] |
 /// | 5 | propose | id ViewID, [Member] |
 /// | 6 | reject | id ViewID, highestViewNumber |
-/// | 7 | report | proposal ViewID, from ViewID?, delivered, groups {String: [Member]}, [OrderedMessage], fenceCandidates [node], wasQuorate Bool |
-/// | 8 | install | view (ViewID, [Member]), primary Bool, tails [(ViewID, [OrderedMessage])], groups {String: [Member]} |
+/// | 7 | report | proposal ViewID, from ViewID?, delivered, groups {String: [Member]}, [OrderedMessage], fenceCandidates [node], wasQuorate Bool, lastPrimary [Member], fenced [Member] |
+/// | 8 | install | view (ViewID, [Member]), primary Bool, tails [(ViewID, [OrderedMessage])], groups {String: [Member]}, fenced [Member] |
 /// | 9 | installed | ViewID |
 ///
 /// ViewID is number then coordinator; Member is node then incarnation; Submission is localSeq then Body;
@@ -228,6 +228,8 @@ struct ByteWriter {
             varint(UInt64(report.fenceCandidates.count))
             for node in report.fenceCandidates { varint(UInt64(node.rawValue)) }
             bool(report.wasQuorate)
+            members(report.lastPrimary)
+            members(report.fenced)
         case .install(let installation):
             byte(8)
             viewID(installation.view.id)
@@ -239,6 +241,7 @@ struct ByteWriter {
                 ordered(tail.messages)
             }
             groups(installation.groups)
+            members(installation.fenced)
         case .installed(let id):
             byte(9)
             viewID(id)
@@ -445,7 +448,8 @@ struct ByteReader {
             return .report(
                 FlushReport(
                     proposal: proposal, from: from, delivered: delivered, groups: groups, messages: messages,
-                    fenceCandidates: fenceCandidates, wasQuorate: try bool()))
+                    fenceCandidates: fenceCandidates, wasQuorate: try bool(), lastPrimary: try members(),
+                    fenced: try members()))
         case 8:
             let id = try viewID()
             let members = try members()
@@ -459,7 +463,8 @@ struct ByteReader {
             }
             return .install(
                 Installation(
-                    view: View(id: id, members: members), primary: primary, tails: tails, groups: try groups()))
+                    view: View(id: id, members: members), primary: primary, tails: tails, groups: try groups(),
+                    fenced: try self.members()))
         case 9:
             return .installed(try viewID())
         case let tag:

@@ -326,7 +326,21 @@ final class PeerTransport: @unchecked Sendable {
     /// like that of any refused frame, since a replay is an attack or a bug).
     func accept(_ envelope: PeerEnvelope) throws(PeerFrameError) {
         try replayGuard.admit(envelope)
+        heardFrom(envelope.sender.node)
         onEnvelope(envelope)
+    }
+
+    /// A node we cannot reach but that reaches us is up again (a restart): the backoff of our connection to it is
+    /// over, so that it hears from us as soon as we hear from it (else a restarted node could wait up to
+    /// `maximumBackoff` for our heartbeats and propose a view without us).
+    func heardFrom(_ node: NodeID) {
+        guard var peer = outbound[node], peer.channel == nil, !peer.connecting,
+            peer.backoff > Self.initialBackoff || NIODeadline.now() < peer.nextAttempt
+        else { return }
+        peer.backoff = Self.initialBackoff
+        peer.nextAttempt = .now()
+        outbound[node] = peer
+        connectIfNeeded(node)
     }
 
     func rejected(_ error: PeerFrameError, from channel: Channel) {

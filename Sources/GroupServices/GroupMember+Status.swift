@@ -5,6 +5,7 @@ extension GroupMember {
     /// `barrier NAME` for each barrier this member entered that has not completed. Empty when settled.
     public var waitingFor: [String] {
         guard isStarted else { return ["start"] }
+        guard !wasFenced else { return ["restart (this life was fenced)"] }
         var waits: [String] = []
         if let proposal, proposal.members.first == me {
             if let fencing = proposal.fencing {

@@ -62,6 +62,9 @@ public struct GroupMember: Sendable {
     /// The proposal this member reported to: until it installs that view (or reports to a newer proposal) it is
     /// blocked.
     public private(set) var promised: ViewID?
+    /// This life learned that a primary view left it out (its fence did not stop it): it takes part in nothing more
+    /// and must be restarted, as a new incarnation, to come back.
+    public private(set) var wasFenced = false
 
     public var me: Member { Member(node: id, incarnation: incarnation) }
     public var isBlocked: Bool { promised != nil }
@@ -428,6 +431,7 @@ public struct GroupMember: Sendable {
     /// The coordinator's duties, on every tick: start a view change when the view is not what it should be, and
     /// drive the one under way.
     mutating func coordinate(into effects: inout [GroupEffect]) {
+        guard !wasFenced else { return }
         let alive = aliveMembers
         guard alive.first == me else {
             if proposal != nil { proposal = nil }
@@ -458,6 +462,9 @@ public struct GroupMember: Sendable {
             return
         }
         guard now >= startedAt + settings.joinDelay else { return }
+        // A life without a view yet has not had the time to hear from every node that is up: it leaves none out
+        // before the suspect timeout (which would fence a live node for nothing) unless it hears from all of them.
+        if view == nil && alive.count < settings.nodes.count && now < startedAt + settings.suspectTimeout { return }
         var change = view == nil || view!.members != alive
         if promised != nil, now >= promisedAt + 2 * settings.flushTimeout {
             change = true  // the proposal we wait on went nowhere
@@ -503,11 +510,17 @@ public struct GroupMember: Sendable {
             proposal: proposal, from: view?.id, delivered: delivered,
             groups: groups.mapValues { $0.sorted() },
             messages: log.values.sorted { $0.seq < $1.seq },
-            fenceCandidates: persistent.fenceCandidates.map(NodeID.init(rawValue:)), wasQuorate: wasQuorate)
+            fenceCandidates: persistent.fenceCandidates.map(NodeID.init(rawValue:)), wasQuorate: wasQuorate,
+            lastPrimary: lastPrimaryMembers, fenced: fencedLives)
+    }
+
+    /// The latest fenced life of each node, as this member recorded them.
+    var fencedLives: [Member] {
+        persistent.fencedIncarnations.map { Member(node: NodeID($0.key), incarnation: $0.value) }.sorted()
     }
 
     mutating func onPropose(_ id: ViewID, members: [Member], from: Member, into effects: inout [GroupEffect]) {
-        guard members.contains(me), from.node == id.coordinator else { return }
+        guard !wasFenced, members.contains(me), from.node == id.coordinator else { return }
         if promised == id {
             effects.append(.send(.report(report(for: id)), to: from.node))
         } else if id.number > persistent.highestViewNumber {
@@ -525,6 +538,21 @@ public struct GroupMember: Sendable {
     /// Every member reported: decide whether the view is primary, and fence before a primary view is installed.
     mutating func decide(into effects: inout [GroupEffect]) {
         guard var proposal else { return }
+        // A member may know of lives that a primary view left out which this coordinator never saw (it restarted
+        // since, or was not in that view): none of them may be taken back.
+        let known = proposal.reports.values.flatMap(\.fenced).filter { !isFenced($0) }
+        if !known.isEmpty {
+            for life in known { recordFenced(life) }
+            if isFenced(me) {
+                wasFenced = true
+                self.proposal = nil
+                return
+            }
+            if proposal.members.contains(where: isFenced) {
+                propose(into: &effects)
+                return
+            }
+        }
         let votes = proposal.members.reduce(0) { $0 + (settings.votes[$1.node] ?? 0) }
         let everyNode = Set(proposal.members.map(\.node)) == Set(settings.nodes)
         proposal.primary =
@@ -581,10 +609,17 @@ public struct GroupMember: Sendable {
                 if !staying.isEmpty { groups[name, default: []].formUnion(staying) }
             }
         }
+        // The lives this view ends: those of its members' last primary views that it leaves out (they were fenced
+        // before it is installed), with every life already known to be over.
+        var fenced = fencedLives
+        if proposal.primary {
+            let lastPrimary = proposal.reports.values.flatMap(\.lastPrimary) + lastPrimaryMembers
+            fenced += lastPrimary.filter { !members.contains($0) }
+        }
         let installation = Installation(
             view: View(id: proposal.id, members: proposal.members), primary: proposal.primary,
             tails: tails.keys.sorted().map { Tail(view: $0, messages: tails[$0]!.values.sorted { $0.seq < $1.seq }) },
-            groups: groups.mapValues { $0.sorted() })
+            groups: groups.mapValues { $0.sorted() }, fenced: Array(Set(fenced)).sorted())
         for member in proposal.members where member != me {
             effects.append(.send(.install(installation), to: member.node))
         }
@@ -622,6 +657,8 @@ public struct GroupMember: Sendable {
         // Heartbeats that disagreed with the old view say nothing about the new one.
         for node in peers.keys { peers[node]!.disagreeingSince = nil }
         persistent.highestViewNumber = max(persistent.highestViewNumber, newView.id.number)
+        // The lives the coordinator knows to be over (a primary view left them out); none is a member of this view.
+        for life in installation.fenced where !newView.contains(life) { recordFenced(life) }
         if installation.primary {
             // The members of this member's last primary view that this one leaves out were fenced before it was
             // installed: those lives are over.

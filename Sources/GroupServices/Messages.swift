@@ -62,9 +62,13 @@ public struct FlushReport: Hashable, Sendable {
     public var fenceCandidates: [NodeID]
     /// Whether the member has been in a primary view since it started (`wait_for_all`).
     public var wasQuorate: Bool
+    /// The lives of the member's last primary view, and the lives it knows a primary view left out (so fenced): a
+    /// coordinator that never saw those views (a node just restarted) learns from them which lives are over.
+    public var lastPrimary: [Member]
+    public var fenced: [Member]
     public init(
         proposal: ViewID, from: ViewID?, delivered: UInt64, groups: [String: [Member]], messages: [OrderedMessage],
-        fenceCandidates: [NodeID], wasQuorate: Bool
+        fenceCandidates: [NodeID], wasQuorate: Bool, lastPrimary: [Member] = [], fenced: [Member] = []
     ) {
         self.proposal = proposal
         self.from = from
@@ -73,6 +77,8 @@ public struct FlushReport: Hashable, Sendable {
         self.messages = messages
         self.fenceCandidates = fenceCandidates
         self.wasQuorate = wasQuorate
+        self.lastPrimary = lastPrimary
+        self.fenced = fenced
     }
 }
 
@@ -86,18 +92,21 @@ public struct Tail: Hashable, Sendable {
     }
 }
 
-/// The coordinator's decision: the new view, whether it is primary, the tails of the old views, and the process
-/// groups in the new view.
+/// The coordinator's decision: the new view, whether it is primary, the tails of the old views, the process
+/// groups in the new view, and (for a primary view) every life known to be over because a primary view left it out:
+/// each member records them, so that none of them is taken back by any member, whatever views it saw.
 public struct Installation: Hashable, Sendable {
     public var view: View
     public var primary: Bool
     public var tails: [Tail]
     public var groups: [String: [Member]]
-    public init(view: View, primary: Bool, tails: [Tail], groups: [String: [Member]]) {
+    public var fenced: [Member]
+    public init(view: View, primary: Bool, tails: [Tail], groups: [String: [Member]], fenced: [Member] = []) {
         self.view = view
         self.primary = primary
         self.tails = tails
         self.groups = groups
+        self.fenced = fenced
     }
 }
 

@@ -66,12 +66,14 @@ struct MessageGenerator {
             .report(
                 FlushReport(
                     proposal: viewID(), from: optionalViewID(), delivered: number(), groups: groups(),
-                    messages: list { $0.ordered() }, fenceCandidates: list { $0.node() }, wasQuorate: bool()))
+                    messages: list { $0.ordered() }, fenceCandidates: list { $0.node() }, wasQuorate: bool(),
+                    lastPrimary: members(), fenced: members()))
         case 7:
             .install(
                 Installation(
                     view: View(id: viewID(), members: members()), primary: bool(),
-                    tails: list { Tail(view: $0.viewID(), messages: $0.list { $0.ordered() }) }, groups: groups()))
+                    tails: list { Tail(view: $0.viewID(), messages: $0.list { $0.ordered() }) }, groups: groups(),
+                    fenced: members()))
         default: .installed(viewID())
         }
     }

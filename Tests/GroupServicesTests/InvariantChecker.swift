@@ -27,8 +27,16 @@ struct InvariantChecker {
     var lastViewNumber: [NodeID: UInt64] = [:]
     var views: [ViewID: (View, Bool)] = [:]
     /// Lives a primary view left out of the primary view before it (so fenced), with that view's number: none of
-    /// them is in a later primary view, even if its fence left it running.
+    /// them is in a later primary view, even if its fence left it running. A view counts here once members with a
+    /// quorum of votes installed it: a later primary view then has one of them, which knows (with a lying fence
+    /// and a view that only its coordinator installed, no member of the next view may know: that case rests on
+    /// the fence).
     var leftOut: [Member: UInt64] = [:]
+    /// The members that installed each primary view, until they have a quorum of votes.
+    var installers: [ViewID: Set<Member>] = [:]
+    var settled: Set<ViewID> = []
+    /// Lives a primary view left out of the primary view before it, from its first install on (they were fenced).
+    var fenced: Set<Member> = []
     /// (view, seq) -> the message delivered there.
     var order: [ViewID: [UInt64: String]] = [:]
     /// (old view, new view) -> the events in the old view of the first member that moved, and its install events.
@@ -65,16 +73,31 @@ struct InvariantChecker {
         if let view = life.view { entries[member, default: [:]][view.id, default: [:]][name, default: 0] += 1 }
     }
 
-    /// A new primary view: it takes back no life that an earlier primary view left out, and the lives it leaves
-    /// out of the primary view before it are out for good.
-    mutating func checkLeftOut(_ view: View) {
+    /// A new primary view: it takes back no life that an earlier primary view left out.
+    mutating func checkTakesNoneBack(_ view: View) {
         for member in view.members {
             if let number = leftOut[member], number < view.id.number {
                 fail("\(member), left out of primary view number \(number), is back in primary \(view)")
             }
         }
-        let before = views.values.filter { $0.1 && $0.0.id.number < view.id.number }.max { $0.0.id < $1.0.id }
-        if let (previous, _) = before {
+        if let previous = primaryBefore(view) { fenced.formUnion(previous.members.filter { !view.contains($0) }) }
+    }
+
+    /// The primary view with the highest number below `view`'s.
+    func primaryBefore(_ view: View) -> View? {
+        views.values.filter { $0.1 && $0.0.id.number < view.id.number }.max { $0.0.id < $1.0.id }?.0
+    }
+
+    /// `member` installed primary `view`: once members with a quorum of votes did, the lives it leaves out of the
+    /// primary view before it are out for good.
+    mutating func installedPrimary(_ view: View, by member: Member) {
+        guard !settled.contains(view.id) else { return }
+        installers[view.id, default: []].insert(member)
+        let votes = installers[view.id]!.reduce(0) { $0 + (settings.votes[$1.node] ?? 0) }
+        guard votes >= settings.quorumVotes else { return }
+        installers[view.id] = nil
+        settled.insert(view.id)
+        if let previous = primaryBefore(view) {
             for member in previous.members where !view.contains(member) && leftOut[member] == nil {
                 leftOut[member] = view.id.number
             }
@@ -101,9 +124,10 @@ struct InvariantChecker {
                     fail("\(member) installed \(view) primary \(primary), another \(known) primary \(knownPrimary)")
                 }
             } else {
-                if primary { checkLeftOut(view) }
+                if primary { checkTakesNoneBack(view) }
                 views[view.id] = (view, primary)
             }
+            if primary { installedPrimary(view, by: member) }
             if !life.pendingBarriers.isEmpty {
                 fail(
                     "\(member) installed \(view) with barriers \(life.pendingBarriers.sorted()) neither done nor aborted"
@@ -202,7 +226,9 @@ struct InvariantChecker {
             lives[member] = life
         }
         var primaries: [(Member, View)] = []
-        for (_, node) in nodes where node.alive && node.machine.isStarted {
+        // A life that a primary view left out was fenced: if the fence left it running (a lying fence), what it
+        // still believes is outside the guarantees, which rest on fencing.
+        for (_, node) in nodes where node.alive && node.machine.isStarted && !fenced.contains(node.machine.me) {
             if let view = node.machine.view, node.machine.isPrimary { primaries.append((node.machine.me, view)) }
         }
         for (a, va) in primaries {
