@@ -243,6 +243,13 @@ extension LockService {
         default:
             break
         }
+        // An operation of an owner whose life is not the view's member of its node (it ended, and recovery purged
+        // or will purge its locks) is dropped, however long it waited here (for a lookup, or held by recovery).
+        if let owner = message.operationOwner, owner.node != configuration.nodeID,
+            mastering.viewMembers[owner.node] != owner.incarnation
+        {
+            return
+        }
         switch message {
         case .lookup(let key):
             // Sent under an older view by a node that has not recovered yet: it asks the new directory node when
@@ -421,5 +428,18 @@ extension LockService {
             }
         }
         return nil
+    }
+}
+
+extension PeerMessage {
+    /// The owner on whose behalf a request, conversion, unlock or owner exit is made.
+    var operationOwner: OwnerID? {
+        switch self {
+        case .request(_, let remote): remote.request.owner
+        case .convert(_, let request): request.owner
+        case .unlock(_, let request): request.owner
+        case .ownerExited(let owner): owner
+        default: nil
+        }
     }
 }

@@ -28,6 +28,9 @@ struct Recovery {
     /// Members of the last completed recovery (node: incarnation) that are not in the view.
     var departed: Set<UInt32>
     var phase: UInt8 = 1
+    /// A view without quorum came: this run's view is over, so the run ends nothing and serves nothing; the next
+    /// primary view starts a new one (with what this one knew of departed nodes and held traffic).
+    var abandoned = false
     /// Members whose `recoveryDone` came, per phase.
     var done: [UInt8: Set<UInt32>] = [:]
     /// As a new master: the locks holders sent, by resource, in arrival order.
@@ -53,6 +56,9 @@ extension LockService {
             return
         }
         guard primary else {
+            // A run under way is abandoned: its late messages must not end it and serve requests outside a primary
+            // view.
+            mastering.recovery?.abandoned = true
             stop(waitingFor: ["quorum"])
             return
         }
@@ -198,7 +204,7 @@ extension LockService {
         default:
             return
         }
-        guard let recovery = mastering.recovery, recovery.view == view else {
+        guard let recovery = mastering.recovery, recovery.view == view, !recovery.abandoned else {
             if view > (mastering.recovery?.view ?? mastering.recoveredView) {
                 mastering.futureRecovery.append((node, message))
             }
@@ -240,7 +246,7 @@ extension LockService {
 
     /// Ends the phase once every member said it is done with it.
     mutating func advanceRecovery() {
-        guard let recovery = mastering.recovery,
+        guard let recovery = mastering.recovery, !recovery.abandoned,
             Set(mastering.members).isSubset(of: recovery.done[recovery.phase] ?? [])
         else { return }
         if recovery.phase == 1 {

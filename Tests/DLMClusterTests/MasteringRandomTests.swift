@@ -69,6 +69,10 @@ struct MasteringRun {
     /// Each node's newest view that it has not been given yet.
     var undelivered: [UInt32: View] = [:]
     var crashes = 0
+    /// A node cut off from the others: it installed a view of itself alone, without quorum, while the others went on
+    /// without it (and fenced it, with a fence that left it running: what was in flight to it still arrives). It
+    /// must serve nothing until the fence catches up with it (it crashes at the next fault step).
+    var isolated: UInt32?
     var cluster: ClusterHarness
     var clients: [ClientModel] = []
     let names: [String]
@@ -140,9 +144,13 @@ struct MasteringRun {
             try check()
         }
         // The end: every store committed and every message carried, every waiting request cancelled, every lock
-        // unlocked.
+        // unlocked. (A node still cut off is checked with what was in flight to it, then its fence stops it.)
         commitAll()
         try check()
+        if let node = isolated {
+            isolated = nil
+            cluster.crash(node)
+        }
         for index in clients.indices where !clients[index].gone {
             for (lock, state) in clients[index].locks.sorted(by: { $0.key < $1.key }) where !state.releasing {
                 send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: [])))
@@ -178,15 +186,32 @@ struct MasteringRun {
     /// A random node crashes (while at least two others live), or a crashed one restarts; either way group
     /// services agree on a new view, which each node gets at its own moment.
     mutating func faultStep() {
+        if let node = isolated {
+            isolated = nil
+            if trace { print("step \(step): node \(node) is stopped by its fence") }
+            cluster.crash(node)
+            return
+        }
         let live = cluster.nodes.keys.sorted()
         let all = Array(cluster.incarnations.keys).sorted()
         let down = all.filter { cluster.nodes[$0] == nil }
         if live.count > 2 && (down.isEmpty || random.bool()) && crashes < 3 {
             let node = random.element(live)
             crashes += 1
-            if trace { print("step \(step): node \(node) crashes") }
-            cluster.crash(node)
-            undelivered[node] = nil
+            let cutOff = random.percent(30)
+            if trace { print("step \(step): node \(node) \(cutOff ? "is cut off" : "crashes")") }
+            if cutOff {
+                // Its clients' locks are void for the others once it is fenced; it keeps running for now.
+                isolated = node
+                undelivered[node] = nil
+                let alone = View(
+                    id: ViewID(number: cluster.viewNumber + 1, coordinator: NodeID(node)),
+                    members: [Member(node: NodeID(node), incarnation: cluster.incarnations[node]!)])
+                cluster.nodes[node]!.handle(.viewInstalled(alone, primary: false))
+            } else {
+                cluster.crash(node)
+                undelivered[node] = nil
+            }
             for index in clients.indices where clients[index].node == node && !clients[index].gone {
                 clients[index].gone = true
                 clients[index].locks = [:]
@@ -199,12 +224,13 @@ struct MasteringRun {
             return
         }
         cluster.viewNumber += 1
-        let members = cluster.nodes.keys.sorted().map {
+        if isolated != nil { cluster.viewNumber += 1 }  // the cut-off node's own view took a number
+        let members = cluster.nodes.keys.sorted().filter { $0 != isolated }.map {
             Member(node: NodeID($0), incarnation: cluster.incarnations[$0]!)
         }
         let view = View(
             id: ViewID(number: cluster.viewNumber, coordinator: members[0].node), members: members)
-        for node in cluster.nodes.keys { undelivered[node] = view }
+        for node in cluster.nodes.keys where node != isolated { undelivered[node] = view }
     }
 
     mutating func deliverView(_ node: UInt32) {
@@ -399,6 +425,9 @@ struct MasteringRun {
     }
 
     func check() throws {
+        if let node = isolated, let service = cluster.nodes[node]?.service, !service.isStopped {
+            throw Failure(description: "seed \(seed) step \(step): node \(node), alone without quorum, serves requests")
+        }
         if !lostLocks.isEmpty { throw Failure(description: "seed \(seed) step \(step): lost \(lostLocks)") }
         if cluster.endless { throw Failure(description: "seed \(seed) step \(step): the messages never stop") }
         var holders: [String: [(String, LockMode)]] = [:]

@@ -66,9 +66,22 @@ final class TestCluster: @unchecked Sendable {
 
     /// Starts node `node` (again, on the same data directory) and returns once it listens for clients.
     func start(_ node: Int) throws {
+        if let earlier = daemons[node] { earlierLogs[node, default: []] += earlier.log.all + ["-- restarted --"] }
         daemons[node] = try Daemon(
             directory: directory + "/node\(node)", arguments: ["--config", configPath, "--node-id", "\(node)"],
-            launcher: launcher(node))
+            launcher: launcher(node),
+            logLevel: ProcessInfo.processInfo.environment["DLM_TEST_LOG_LEVEL"] ?? "warning")
+    }
+
+    /// What earlier lives of each restarted node printed.
+    private var earlierLogs: [Int: [String]] = [:]
+
+    /// Writes what every life of every node printed to `prefix`N.log, for a failure's post-mortem.
+    func saveLogs(to prefix: String) {
+        for (node, daemon) in daemons {
+            let lines = earlierLogs[node, default: []] + daemon.log.all
+            try? lines.joined(separator: "\n").write(toFile: "\(prefix)\(node).log", atomically: true, encoding: .utf8)
+        }
     }
 
     func startAll() throws {
