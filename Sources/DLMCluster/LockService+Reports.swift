@@ -42,7 +42,7 @@ extension LockService {
             case .status:
                 return Array(try encoder.encode(statusReport(environment)))
             case .lockspaces:
-                return Array(try encoder.encode(lockspacesReport()))
+                return Array(try encoder.encode(lockspacesReport(groupWaits: environment.cluster?.waitingFor)))
             case .lockdebug, .lockdump, .lockdebugPage, .lockdumpPage:
                 // A page at a time (at most 2,048 locks): a report of a million locks would hold the loop and
                 // overflow a frame. The reply's `next` asks for the next page.
@@ -75,25 +75,68 @@ extension LockService {
             resources: engine.resourceCount, locks: engine.lockCount, connections: connectionCount,
             store: environment.store, incarnation: configuration.incarnation, quorate: !isStopped,
             view: cluster?.view,
-            recovery: .init(
-                waitingFor: isStopped ? (cluster?.waitingFor ?? stopReasons) : [], heldRequests: heldInputs.count),
+            recovery: recoveryReport(groupWaits: cluster?.waitingFor),
             cluster: cluster?.cluster, busyPoll: environment.busyPoll,
             work: .init(
                 bulkJobs: engine.bulkJobCount, deadlockPasses: engine.probe.deadlockPasses,
                 deadlockPassRunning: engine.isSearchingDeadlocks))
     }
 
-    func lockspacesReport() -> LockspacesReport {
-        LockspacesReport(
+    /// What the node waits for while it is stopped (group services' reasons first, else the lock service's own,
+    /// such as recovery), and, in a cluster, the recovery run under way.
+    func recoveryReport(groupWaits: [String]?) -> StatusReport.Recovery {
+        var waits: [String] = []
+        if isStopped { waits = (groupWaits ?? []).isEmpty ? stopReasons : groupWaits! }
+        guard configuration.mastersAcrossNodes else {
+            return .init(waitingFor: waits, heldRequests: heldInputs.count)
+        }
+        let run = mastering.recovery
+        let waitingForNodes = run.map { run in
+            mastering.members.filter { !(run.done[run.phase] ?? []).contains($0) }
+        }
+        if let run, let nodes = waitingForNodes, !nodes.isEmpty {
+            waits.append(
+                "recovery phase \(run.phase) of view \(run.view) from node"
+                    + (nodes.count == 1 ? " " : "s ") + nodes.map(String.init).joined(separator: ","))
+        }
+        return .init(
+            waitingFor: waits, heldRequests: heldInputs.count, view: run?.view, phase: run.map { Int($0.phase) },
+            waitingForNodes: waitingForNodes, recoveredView: mastering.recoveredView)
+    }
+
+    func lockspacesReport(groupWaits: [String]? = nil) -> LockspacesReport {
+        let cluster = configuration.mastersAcrossNodes
+        return LockspacesReport(
             lockspaces: engine.allLockspaces.map {
                 .init(
                     name: $0.name.displayName, id: $0.id.rawValue, lvbLength: $0.valueBlockLength,
-                    resources: $0.resourceCount, locks: $0.lockCount)
-            })
+                    resources: $0.resourceCount, locks: $0.lockCount, members: cluster ? mastering.members : nil)
+            },
+            recovery: cluster ? recoveryReport(groupWaits: groupWaits) : nil)
+    }
+
+    /// This node's clients' locks on resources of `lockspace` that other nodes master (at most `limit`).
+    func remoteLocks(_ lockspace: LockspaceID, limit: Int = 2048) -> (locks: [LockDebugReport.RemoteLock], more: Bool) {
+        guard let name = engine.lockspaceInfo(lockspace)?.name else { return ([], false) }
+        var locks: [LockDebugReport.RemoteLock] = []
+        for (index, copy) in mastering.copies.copies.enumerated() where copy.owner != 0 {
+            guard copy.master != configuration.nodeID, let record = copy.record, record.lockspace == name else {
+                continue
+            }
+            if locks.count == limit { return (locks, true) }
+            locks.append(
+                .init(
+                    name: record.name.displayName, nameHex: record.name.hexString, master: copy.master,
+                    id: ProcessCopies.lockID(index).description, grantedMode: record.grantedMode?.description,
+                    requestedMode: record.requestedMode?.description, owner: String(copy.owner)))
+        }
+        return (locks, false)
     }
 
     func lockDebugReport(_ lockspace: LockspaceID, from cursor: UInt64) -> LockDebugReport {
         let now = engine.now
+        let cluster = configuration.mastersAcrossNodes && !mastering.members.isEmpty
+        let lockspaceName = engine.lockspaceInfo(lockspace)?.name ?? []
         let page = engine.snapshotLockspacePage(lockspace, from: cursor)
         let resources = page.resources.map { snapshot in
             func entry(_ lock: LockSnapshot) -> LockDebugReport.Lock {
@@ -106,7 +149,8 @@ extension LockService {
                     flags: lock.flags.description,
                     waitingMilliseconds: lock.queue == .grant
                         ? nil : Double(now > lock.waitingSince ? now - lock.waitingSince : 0) / 1e6,
-                    parent: lock.parent?.description, fencingToken: lock.fencingToken)
+                    parent: lock.parent?.description, fencingToken: lock.fencingToken,
+                    node: cluster ? lock.owner?.node : nil)
             }
             let lvb =
                 snapshot.valueBlock
@@ -118,9 +162,13 @@ extension LockService {
                 fencingToken: snapshot.fencingToken,
                 granted: snapshot.locks.filter { $0.queue == .grant }.map(entry),
                 converting: snapshot.locks.filter { $0.queue == .convert }.map(entry),
-                waiting: snapshot.locks.filter { $0.queue == .wait }.map(entry))
+                waiting: snapshot.locks.filter { $0.queue == .wait }.map(entry),
+                directory: cluster && snapshot.path.count == 1
+                    ? mastering.directoryNode(of: DirectoryKey(lockspace: lockspaceName, name: snapshot.name)) : nil)
         }
+        let remote = cluster && cursor == 0 ? remoteLocks(lockspace) : nil
         return LockDebugReport(
-            lockspace: engine.lockspaceInfo(lockspace)?.name.displayName ?? "", resources: resources, next: page.next)
+            lockspace: lockspaceName.displayName, resources: resources, next: page.next, remote: remote?.locks,
+            remoteTruncated: remote.map { $0.more ? true : nil } ?? nil)
     }
 }

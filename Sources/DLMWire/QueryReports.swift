@@ -92,15 +92,32 @@ public struct StatusReport: Codable, Sendable, Hashable {
         public var waitingFor: [String]
         /// Requests (and disconnections) received while stopped, handled in order once the node is quorate.
         public var heldRequests: Int
+        /// A cluster member's lock recovery (docs/RECOVERY.md): the view of the run under way, its phase (1
+        /// rebuild, 2 purge and grant) and the members whose end of that phase has not come yet; nil when none
+        /// runs. `recoveredView`: the view of the last completed run.
+        public var view: UInt64?
+        public var phase: Int?
+        public var waitingForNodes: [UInt32]?
+        public var recoveredView: UInt64?
 
         enum CodingKeys: String, CodingKey {
             case waitingFor = "waiting_for"
             case heldRequests = "held_requests"
+            case view, phase
+            case waitingForNodes = "waiting_for_nodes"
+            case recoveredView = "recovered_view"
         }
 
-        public init(waitingFor: [String], heldRequests: Int) {
+        public init(
+            waitingFor: [String], heldRequests: Int, view: UInt64? = nil, phase: Int? = nil,
+            waitingForNodes: [UInt32]? = nil, recoveredView: UInt64? = nil
+        ) {
             self.waitingFor = waitingFor
             self.heldRequests = heldRequests
+            self.view = view
+            self.phase = phase
+            self.waitingForNodes = waitingForNodes
+            self.recoveredView = recoveredView
         }
     }
 
@@ -244,25 +261,35 @@ public struct LockspacesReport: Codable, Sendable, Hashable {
         public var lvbLength: Int
         public var resources: Int
         public var locks: Int
+        /// In a cluster: the nodes the lockspace spans (the view's members: a lockspace spans the cluster).
+        public var members: [UInt32]?
 
         enum CodingKeys: String, CodingKey {
             case name, id
             case lvbLength = "lvb_length"
-            case resources, locks
+            case resources, locks, members
         }
 
-        public init(name: String, id: UInt32, lvbLength: Int, resources: Int, locks: Int) {
+        public init(
+            name: String, id: UInt32, lvbLength: Int, resources: Int, locks: Int, members: [UInt32]? = nil
+        ) {
             self.name = name
             self.id = id
             self.lvbLength = lvbLength
             self.resources = resources
             self.locks = locks
+            self.members = members
         }
     }
 
     public var lockspaces: [Entry]
+    /// In a cluster: the recovery state the lockspaces share (the node recovers as a whole).
+    public var recovery: StatusReport.Recovery?
 
-    public init(lockspaces: [Entry]) { self.lockspaces = lockspaces }
+    public init(lockspaces: [Entry], recovery: StatusReport.Recovery? = nil) {
+        self.lockspaces = lockspaces
+        self.recovery = recovery
+    }
 }
 
 public struct LockDebugReport: Codable, Sendable, Hashable {
@@ -276,6 +303,8 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
         public var waitingMilliseconds: Double?
         public var parent: String?
         public var fencingToken: UInt64
+        /// In a cluster: the node of the lock's holder (nil for an orphan).
+        public var node: UInt32?
 
         enum CodingKeys: String, CodingKey {
             case id
@@ -285,12 +314,14 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
             case waitingMilliseconds = "waiting_ms"
             case parent
             case fencingToken = "fencing_token"
+            case node
         }
 
         public init(
             id: String, grantedMode: String?, requestedMode: String?, owner: String, pid: Int32, flags: String,
-            waitingMilliseconds: Double?, parent: String?, fencingToken: UInt64
+            waitingMilliseconds: Double?, parent: String?, fencingToken: UInt64, node: UInt32? = nil
         ) {
+            self.node = node
             self.id = id
             self.grantedMode = grantedMode
             self.requestedMode = requestedMode
@@ -315,11 +346,13 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
         public var granted: [Lock]
         public var converting: [Lock]
         public var waiting: [Lock]
+        /// In a cluster: the resource's directory node in the current view.
+        public var directory: UInt32?
 
         enum CodingKeys: String, CodingKey {
             case name
             case nameHex = "name_hex"
-            case path, master
+            case path, master, directory
             case lvbHex = "lvb_hex"
             case lvbSequence = "lvb_sequence"
             case lvbValid = "lvb_valid"
@@ -329,8 +362,10 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
 
         public init(
             name: String, nameHex: String, path: [String], master: UInt32, lvbHex: String, lvbSequence: UInt64,
-            lvbValid: Bool, fencingToken: UInt64, granted: [Lock], converting: [Lock], waiting: [Lock]
+            lvbValid: Bool, fencingToken: UInt64, granted: [Lock], converting: [Lock], waiting: [Lock],
+            directory: UInt32? = nil
         ) {
+            self.directory = directory
             self.name = name
             self.nameHex = nameHex
             self.path = path
@@ -345,15 +380,63 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
         }
     }
 
+    /// In a cluster: a lock of this node's clients on a resource mastered by another node (its process copy).
+    public struct RemoteLock: Codable, Sendable, Hashable {
+        public var name: String
+        public var nameHex: String
+        public var master: UInt32
+        /// The lock id the client sees (its process copy's).
+        public var id: String
+        public var grantedMode: String?
+        public var requestedMode: String?
+        public var owner: String
+
+        enum CodingKeys: String, CodingKey {
+            case name
+            case nameHex = "name_hex"
+            case master, id
+            case grantedMode = "granted_mode"
+            case requestedMode = "requested_mode"
+            case owner
+        }
+
+        public init(
+            name: String, nameHex: String, master: UInt32, id: String, grantedMode: String?, requestedMode: String?,
+            owner: String
+        ) {
+            self.name = name
+            self.nameHex = nameHex
+            self.master = master
+            self.id = id
+            self.grantedMode = grantedMode
+            self.requestedMode = requestedMode
+            self.owner = owner
+        }
+    }
+
     public var lockspace: String
     public var resources: [Resource]
     /// The cursor of the next page (QUERY kinds 5 and 6); nil on the last page. A resource with more locks than a
     /// page continues on the next page, under the same name.
     public var next: UInt64?
+    /// In a cluster, on the first page: this node's clients' locks on resources that other nodes master (at most
+    /// 2,048; `remoteTruncated` says when there were more).
+    public var remote: [RemoteLock]?
+    public var remoteTruncated: Bool?
 
-    public init(lockspace: String, resources: [Resource], next: UInt64? = nil) {
+    enum CodingKeys: String, CodingKey {
+        case lockspace, resources, next, remote
+        case remoteTruncated = "remote_truncated"
+    }
+
+    public init(
+        lockspace: String, resources: [Resource], next: UInt64? = nil, remote: [RemoteLock]? = nil,
+        remoteTruncated: Bool? = nil
+    ) {
         self.next = next
         self.lockspace = lockspace
         self.resources = resources
+        self.remote = remote
+        self.remoteTruncated = remoteTruncated
     }
 }

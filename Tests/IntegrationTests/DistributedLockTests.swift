@@ -111,3 +111,71 @@ import Testing
         #expect(next.fencingToken > held.fencingToken)
     }
 }
+
+/// What an operator sees of a cluster's lock space: each resource's master and directory node, each lock's holder
+/// node, the locks held on resources other nodes master, the lockspace's members and the recovery state.
+@Suite(.serialized) struct ClusterReportTests {
+    static func report<T: Decodable>(
+        _ type: T.Type, _ connection: DLMConnection, _ kind: QueryKind, _ argument: String = ""
+    ) async throws -> T {
+        try JSONDecoder().decode(type, from: Data(try await connection.query(kind, argument: Array(argument.utf8))))
+    }
+
+    @Test func lockdebugLsAndStatusShowMastersHoldersAndRecovery() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        var connections: [Int: DLMConnection] = [:]
+        var spaces: [Int: DLMLockspace] = [:]
+        for node in 1...3 {
+            connections[node] = try await DLMConnection.connect(socketPath: cluster.socket(node))
+            spaces[node] = try await connections[node]!.openLockspace("shared")
+        }
+        // Node 1 asks first, so it masters "backup"; node 2's PR waits behind node 1's EX.
+        let blocked = DistributedLockTests.Blocked()
+        let held = try await spaces[1]!.lock("backup", mode: .ex, onBlocking: blocked.handler)
+        let second = spaces[2]!
+        let waiter = Task { try await second.lock("backup", mode: .pr) }
+        #expect(try await blocked.next() == .pr)
+
+        let debug = try await Self.report(LockDebugReport.self, connections[1]!, .lockdebug, "shared")
+        let resource = try #require(debug.resources.first { $0.name == "backup" })
+        #expect(resource.master == 1)
+        let directory = try #require(resource.directory)
+        #expect((1...3).contains(directory))
+        #expect(resource.granted.map(\.node) == [1])
+        #expect(resource.waiting.map(\.node) == [2])
+        #expect(debug.remote == [])
+        // On node 2: no resource of its own, its waiting request as a lock mastered on node 1.
+        let remote = try await Self.report(LockDebugReport.self, connections[2]!, .lockdebug, "shared")
+        #expect(remote.resources.isEmpty)
+        let copy = try #require(remote.remote?.first)
+        #expect(copy.name == "backup" && copy.master == 1 && copy.grantedMode == nil && copy.requestedMode == "PR")
+        // dlmtool prints the same.
+        let text = try await ToolRun.run(arguments: ["lockdebug", "--socket", cluster.socket(1), "shared"]).stdout
+        #expect(text.contains("Master: node 1  Directory: node \(directory)"))
+        #expect(text.contains("node 2"))
+        let held2 = try await ToolRun.run(arguments: ["lockdebug", "--socket", cluster.socket(2), "shared"]).stdout
+        #expect(held2.contains("Held here, mastered elsewhere") && held2.contains("master node 1"))
+
+        let spacesReport = try await Self.report(LockspacesReport.self, connections[3]!, .lockspaces)
+        #expect(spacesReport.lockspaces.first?.members == [1, 2, 3])
+        let status = try await Self.report(StatusReport.self, connections[3]!, .status)
+        let view = try #require(status.view?.id)
+        #expect(status.recovery.recoveredView == view && status.recovery.phase == nil)
+
+        // Node 3 dies: the survivors recover the next view.
+        cluster.kill(3)
+        for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+        try await held.unlock()
+        _ = try await waiter.value
+        let after = try await Self.report(StatusReport.self, connections[1]!, .status)
+        #expect(after.recovery.recoveredView ?? 0 > view && after.recovery.phase == nil)
+        #expect(
+            try await Self.report(LockspacesReport.self, connections[1]!, .lockspaces).lockspaces.first?.members == [
+                1, 2,
+            ])
+        for connection in connections.values { await connection.close() }
+    }
+}

@@ -28,7 +28,21 @@ enum ClusterText {
             report.recovery.waitingFor.isEmpty ? "nothing" : report.recovery.waitingFor.joined(separator: ", "),
         ])
         rows.append(["held requests", "\(report.recovery.heldRequests)"])
+        rows.append(["lock recovery", recoveryText(report.recovery)])
         return rows
+    }
+
+    /// "phase 2 of view 7, waiting for nodes 3" while a run is under way, else "view 7 done".
+    static func recoveryText(_ recovery: StatusReport.Recovery) -> String {
+        if let view = recovery.view, let phase = recovery.phase {
+            let nodes = recovery.waitingForNodes ?? []
+            return "phase \(phase) of view \(view)"
+                + (nodes.isEmpty
+                    ? ""
+                    : ", waiting for node\(nodes.count == 1 ? "" : "s") "
+                        + nodes.map(String.init).joined(separator: ","))
+        }
+        return recovery.recoveredView.map { $0 == 0 ? "none yet" : "view \($0) done" } ?? "-"
     }
 }
 

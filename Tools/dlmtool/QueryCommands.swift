@@ -75,10 +75,15 @@ struct Ls: AsyncParsableCommand {
             if options.json { return printJSONBytes(json) }
             let report = try decodeReport(LockspacesReport.self, json)
             guard !report.lockspaces.isEmpty else { return print("no lockspaces") }
+            let clustered = report.lockspaces.contains { $0.members != nil }
             let rows = report.lockspaces.map {
                 [Text.name($0.name), "\($0.id)", "\($0.lvbLength)", "\($0.resources)", "\($0.locks)"]
+                    + (clustered ? [($0.members ?? []).map(String.init).joined(separator: ",")] : [])
             }
-            print(Text.table([["NAME", "ID", "LVB", "RESOURCES", "LOCKS"]] + rows))
+            print(Text.table([["NAME", "ID", "LVB", "RESOURCES", "LOCKS"] + (clustered ? ["MEMBERS"] : [])] + rows))
+            if let recovery = report.recovery {
+                print("recovery: \(ClusterText.recoveryText(recovery))")
+            }
         }
     }
 }
@@ -129,9 +134,11 @@ struct LockDebug: AsyncParsableCommand {
         commandName: "lockdebug",
         abstract: "Show every resource of a lockspace with its queues.",
         discussion: """
-            Per resource: its name, master node, value block (hex), sequence and validity, fencing token, then \
-            the Granted, Convert and Waiting queues, one lock a line: lock id, granted mode and (requested \
-            mode), owner (a connection number, or "orphan"), pid, flags and how long it has waited. With \
+            Per resource: its name, master node (and directory node, in a cluster), value block (hex), \
+            sequence and validity, fencing token, then the Granted, Convert and Waiting queues, one lock a \
+            line: lock id, granted mode and (requested mode), owner (a connection number on its node, or \
+            "orphan"), pid, the holder's node in a cluster, flags and how long it has waited. In a cluster, \
+            then the locks this node's clients hold on resources other nodes master. With \
             --json, prints dlmd's lockdebug report (Protocol/CLIENT.md §8) as it is.
             """)
 
@@ -147,14 +154,30 @@ struct LockDebug: AsyncParsableCommand {
     }
 
     static func render(_ report: LockDebugReport) -> String {
-        guard !report.resources.isEmpty else { return "no resources in lockspace \(Text.name(report.lockspace))" }
-        return report.resources.map(render).joined(separator: "\n\n")
+        var parts = report.resources.map(render)
+        if let remote = report.remote, !remote.isEmpty {
+            // Locks of this node's clients on resources other nodes master (their queues are there).
+            let rows = remote.map { lock -> [String] in
+                var modes = lock.grantedMode ?? "--"
+                if let requested = lock.requestedMode, requested != lock.grantedMode { modes += " (\(requested))" }
+                return [
+                    Text.lockID(lock.id), modes, "owner \(lock.owner)", "master node \(lock.master)",
+                    Text.name(lock.name),
+                ]
+            }
+            parts.append(
+                "Held here, mastered elsewhere" + (report.remoteTruncated == true ? " (first 2,048)" : "") + "\n"
+                    + Text.table(rows, indent: "  "))
+        }
+        guard !parts.isEmpty else { return "no resources in lockspace \(Text.name(report.lockspace))" }
+        return parts.joined(separator: "\n\n")
     }
 
     static func render(_ resource: LockDebugReport.Resource) -> String {
         var lines = [
             "Resource \(Text.resourceName(resource)) (len \(resource.nameHex.count / 2), hex \(resource.nameHex))",
-            "Master: node \(resource.master)  Fencing token: \(resource.fencingToken)",
+            "Master: node \(resource.master)" + (resource.directory.map { "  Directory: node \($0)" } ?? "")
+                + "  Fencing token: \(resource.fencingToken)",
             "LVB: \(Text.groupedHex(resource.lvbHex))  sequence \(resource.lvbSequence)  "
                 + (resource.lvbValid ? "valid" : "INVALID"),
         ]
@@ -172,6 +195,7 @@ struct LockDebug: AsyncParsableCommand {
         var modes = lock.grantedMode ?? "--"
         if let requested = lock.requestedMode, requested != lock.grantedMode { modes += " (\(requested))" }
         var row = [Text.lockID(lock.id), modes, "owner \(lock.owner)", "pid \(lock.pid)"]
+        if let node = lock.node { row.append("node \(node)") }
         if !lock.flags.isEmpty { row.append("flags \(lock.flags)") }
         if let waited = lock.waitingMilliseconds { row.append("waiting \(Text.waited(waited))") }
         if let parent = lock.parent { row.append("parent \(Text.lockID(parent))") }
