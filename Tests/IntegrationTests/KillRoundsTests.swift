@@ -4,10 +4,12 @@ import DLMTestSupport
 import Foundation
 import Testing
 
-/// Clients on every node of a real 3-node cluster lock shared names while one node at a time is killed with
+/// Clients on every node of a real 3-node cluster (two through the Swift client, one C program through the
+/// libdlm-compatible library, Tests/CDLMTests/holds.c) lock shared names while one node at a time is killed with
 /// `kill -9` and restarted, several rounds; an independent checker over every hold the clients recorded finds no
 /// two incompatible holds at once (the exclusion a holder relies on, across deaths and recoveries), and every
-/// client keeps getting its locks (none is lost or left waiting for ever).
+/// client keeps getting its locks (none is lost or left waiting for ever). Every hold is timed with
+/// CLOCK_MONOTONIC, the one clock the Swift and the C clients share.
 @Suite(.serialized) struct KillRoundsTests {
     /// One hold as its client saw it: from the grant's reply to just before the unlock was sent.
     struct Hold: Sendable {
@@ -15,8 +17,9 @@ import Testing
         var mode: LockMode
         var client: Int
         var node: Int
-        var start: ContinuousClock.Instant
-        var end: ContinuousClock.Instant
+        /// CLOCK_MONOTONIC nanoseconds.
+        var start: UInt64
+        var end: UInt64
     }
 
     /// Every hold, and waiters for the clients' progress.
@@ -73,11 +76,17 @@ import Testing
     }
 
     static let names = ["alpha", "beta", "gamma", "delta"]
-    static let origin = ContinuousClock.now
 
-    static func milliseconds(_ instant: ContinuousClock.Instant) -> Int {
-        Int((instant - origin) / .milliseconds(1))
+    /// CLOCK_MONOTONIC in nanoseconds (what holds.c reads too).
+    static func monotonic() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
     }
+
+    static let origin = monotonic()
+
+    static func milliseconds(_ nanoseconds: UInt64) -> Int { Int((Int64(nanoseconds) - Int64(origin)) / 1_000_000) }
 
     static func describe(_ hold: Hold) -> String {
         "client \(hold.client) on node \(hold.node) \(hold.mode) \(milliseconds(hold.start))-\(milliseconds(hold.end)) ms"
@@ -98,14 +107,90 @@ import Testing
             let mode: LockMode = random.percent(60) ? .ex : .pr
             let lock: DLMLock
             do { lock = try await space.lock(name, mode: mode) } catch { return }
-            let start = ContinuousClock.now
+            let start = monotonic()
             try? await Task.sleep(for: .milliseconds(random.below(4)))  // the work done under the lock
             // The holder lets go when it asks for the unlock (it relies on the lock no longer): if its node dies
             // meanwhile, the unlock may have reached the master or not; either way the hold ended here.
-            let end = ContinuousClock.now
+            let end = monotonic()
             let unlocked = (try? await lock.unlock()) != nil
             await ledger.record(Hold(name: name, mode: mode, client: id, node: node, start: start, end: end))
             if !unlocked { return }
+        }
+    }
+
+    /// The C client, Tests/CDLMTests/holds.c, compiled once with the C library's sources (Sources/CDLM) into one
+    /// program: no installed or prebuilt libdlm needed, only `cc` and Debian's libdlm.h (`make deps`).
+    static let cProgram: Result<String, SupportError> = {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().path
+        let output = Daemon.temporaryDirectory("dlm-holds") + "-holds"
+        let compile = Process()
+        compile.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        compile.arguments = [
+            ProcessInfo.processInfo.environment["CC"] ?? "cc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-Werror",
+            "-pthread",
+            "-DDLM_THREADED=1", "-o", output, root + "/Tests/CDLMTests/holds.c", root + "/Sources/CDLM/libdlm.c",
+            root + "/Sources/CDLM/wire.c",
+        ]
+        let errors = Pipe()
+        compile.standardError = errors
+        do { try compile.run() } catch { return .failure(SupportError("cannot run cc: \(error)")) }
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        compile.waitUntilExit()
+        guard compile.terminationStatus == 0 else {
+            return .failure(
+                SupportError("cannot compile Tests/CDLMTests/holds.c (make deps installs cc and libdlm.h): \(message)"))
+        }
+        return .success(output)
+    }()
+
+    /// A running holds.c on `socket`: its "hold" lines go to the ledger as client `id`; `stop()` asks it to end
+    /// (a line on its standard input) and waits; it ends by itself when its dlmd dies.
+    final class CClient: @unchecked Sendable {
+        let process = Process()
+        private let input = Pipe()
+
+        init(_ id: Int, node: Int, socket: String, seed: UInt64, ledger: Ledger) throws {
+            process.executableURL = URL(fileURLWithPath: try cProgram.get())
+            process.arguments = [String(seed)]
+            process.environment = ["DLM_SOCKET": socket]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardInput = input
+            try process.run()
+            let handle = output.fileHandleForReading
+            Thread.detachNewThread {
+                var pending = Data()
+                while true {
+                    let chunk = handle.availableData
+                    if chunk.isEmpty { break }
+                    pending.append(chunk)
+                    while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                        let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
+                        pending = Data(pending[pending.index(after: newline)...])
+                        let fields = line.split(separator: " ")
+                        guard fields.count == 5, fields[0] == "hold", let start = UInt64(fields[3]),
+                            let end = UInt64(fields[4])
+                        else { continue }
+                        let hold = Hold(
+                            name: String(fields[1]), mode: fields[2] == "EX" ? .ex : .pr, client: id, node: node,
+                            start: start, end: end)
+                        // Recorded in the order read: one task per line would let them overtake each other.
+                        let semaphore = DispatchSemaphore(value: 0)
+                        Task {
+                            await ledger.record(hold)
+                            semaphore.signal()
+                        }
+                        semaphore.wait()
+                    }
+                }
+            }
+        }
+
+        func stop() {
+            signal(SIGPIPE, SIG_IGN)  // it may end between the check and the write
+            if process.isRunning { try? input.fileHandleForWriting.write(contentsOf: Data("stop\n".utf8)) }
+            process.waitUntilExit()
         }
     }
 
@@ -171,9 +256,18 @@ import Testing
         let stop = Flag()
         var clientsOf: [Int: [Int]] = [:]
         var tasks: [Task<Void, Never>] = []
+        var cClients: [CClient] = []
+        var cClientIDs: Set<Int> = []
+        defer { for client in cClients where client.process.isRunning { client.process.terminate() } }
         var nextClient = 0
-        func startClients(on node: Int) {
+        func startClients(on node: Int) throws {
             clientsOf[node] = []
+            nextClient += 1
+            clientsOf[node]!.append(nextClient)
+            cClientIDs.insert(nextClient)
+            cClients.append(
+                try CClient(
+                    nextClient, node: node, socket: cluster.socket(node), seed: UInt64(nextClient), ledger: ledger))
             for _ in 0..<2 {
                 nextClient += 1
                 let id = nextClient
@@ -186,33 +280,37 @@ import Testing
                     })
             }
         }
-        for node in 1...3 { startClients(on: node) }
+        for node in 1...3 { try startClients(on: node) }
         try await Self.waitForProgress(ledger, clients: clientsOf.values.flatMap { $0 }, more: 5, what: "at start")
         var random = SplitMix64(seed: 2026)
         for round in 1...10 {
             let victim = 1 + random.below(3)
-            events.append("node \(victim) killed at \(milliseconds(cluster.kill(victim))) ms")
+            _ = cluster.kill(victim)
+            events.append("node \(victim) killed at \(milliseconds(monotonic())) ms")
             let survivors = (1...3).filter { $0 != victim }
             for node in survivors { try await Self.waitForPrimaryView(cluster, at: node, members: 2) }
             try await Self.waitForProgress(
                 ledger, clients: survivors.flatMap { clientsOf[$0]! }, more: 5,
                 what: "after killing node \(victim) in round \(round)")
             try cluster.start(victim)
-            events.append("node \(victim) restarted at \(milliseconds(.now)) ms")
+            events.append("node \(victim) restarted at \(milliseconds(monotonic())) ms")
             for node in 1...3 { try await Self.waitForPrimaryView(cluster, at: node, members: 3) }
-            startClients(on: victim)
+            try startClients(on: victim)
             try await Self.waitForProgress(
                 ledger, clients: clientsOf.values.flatMap { $0 }, more: 5,
                 what: "after restarting node \(victim) in round \(round)")
         }
         stop.set()
         for task in tasks { await task.value }
+        for client in cClients { client.stop() }
         let overlaps = await ledger.overlaps()
         for (first, second) in overlaps.prefix(5) {
             Issue.record("\(first.name): \(describe(first)) overlaps \(describe(second)); \(events)")
         }
-        let holds = await ledger.holds.count
-        print("kill rounds: \(holds) holds, \(overlaps.count) overlaps")
-        #expect(holds > 100, "only \(holds) holds recorded")
+        let holds = await ledger.holds
+        let cHolds = holds.filter { cClientIDs.contains($0.client) }
+        print("kill rounds: \(holds.count) holds (\(cHolds.count) by C clients), \(overlaps.count) overlaps")
+        #expect(holds.count > 100, "only \(holds.count) holds recorded")
+        #expect(cHolds.count > 20, "only \(cHolds.count) holds recorded by the C clients")
     }
 }
