@@ -115,6 +115,15 @@ struct ProcessCopies {
 
     func index(master: UInt32, lock: LockID) -> Int? { byMaster[MasterLock(node: master, lock: lock.rawValue)] }
 
+    /// The copy of `owner`'s lock `lock` of `master`. (A lock id of a master may name another owner's lock while
+    /// the answer that ends this copy is still on its way: on this node itself, the engine reuses an id at once.)
+    func index(master: UInt32, lock: LockID, owner: OwnerID) -> Int? {
+        guard owner.node == localNode, let index = byMaster[MasterLock(node: master, lock: lock.rawValue)],
+            copies[index].owner == owner.rawValue
+        else { return nil }
+        return index
+    }
+
     mutating func remove(_ index: Int) {
         let copy = copies[index]
         guard copy.owner != 0 else { return }
