@@ -1,11 +1,13 @@
 import DLMCore
 import DLMWire
 
-/// Frames and the store (`--durability`). The changes of the inputs between two `takeOutput` calls make one
-/// generation, written by the shell on the store's thread. A frame that depends on a generation waits in its
-/// connection's `held` list until `committed` says that generation is in the store (`batch`: in LMDB; `sync`: on
-/// disk), and every later frame of that connection queues behind it, so nothing is reordered. With `none`, or
-/// without a store, nothing waits.
+/// Frames and the store (`--durability`), and value replicas. The changes of the inputs between two `takeOutput`
+/// calls make one generation, written by the shell on the store's thread; the value replicas of those inputs go to
+/// their backup nodes with the generation's number (LockService+Replicas.swift). A frame that depends on a
+/// generation waits in its connection's `held` list until the generation is *released*: `committed` said it is in
+/// the store (`batch`: in LMDB; `sync`: on disk) and every backup node acknowledged its replicas; every later frame
+/// of that connection queues behind it, so nothing is reordered. Generations are released in order. With `none`,
+/// or without a store, and with no value block in use across nodes, nothing waits.
 extension LockService {
     /// A change made by this input: it goes into the open generation, and this input's frames wait for it.
     mutating func record(_ change: StoreChange) {
@@ -18,16 +20,44 @@ extension LockService {
     /// The reply of work done in slices waits for every generation that holds one of its changes: the last one
     /// with any change, if it is not in the store yet (generations are committed in order).
     mutating func holdForEarlierSlices() {
-        guard configuration.repliesWaitForCommits, lastChangedGeneration > committedGeneration else { return }
+        guard configuration.repliesWaitForCommits || configuration.mastersAcrossNodes,
+            lastChangedGeneration > releasedGeneration
+        else { return }
         holdingGeneration = max(holdingGeneration ?? 0, lastChangedGeneration)
     }
 
-    /// Ends the open generation: its changes go out for the store (`ServiceOutput.commit`).
+    /// Ends the open generation: its changes go out for the store (`ServiceOutput.commit`); it waits for them and
+    /// for its replicas' acknowledgements.
     mutating func closeGeneration() {
-        guard !pendingChanges.isEmpty else { return }
-        output.commit = (openGeneration, pendingChanges)
-        pendingChanges = []
+        let stored = !pendingChanges.isEmpty
+        guard stored || !openReplicaBackups.isEmpty else { return }
+        if stored {
+            output.commit = (openGeneration, pendingChanges)
+            pendingChanges = []
+        }
+        var waits: [UInt32: UInt64] = [:]
+        for node in openReplicaBackups { waits[node] = openGeneration }
+        openReplicaBackups = []
+        unreleased.append(GenerationWait(generation: openGeneration, stored: stored, acknowledgements: waits))
         openGeneration += 1
+    }
+
+    /// The store holds every generation up to `generation`.
+    mutating func committed(upTo generation: UInt64) {
+        storeCommittedGeneration = max(storeCommittedGeneration, generation)
+        advanceRelease()
+    }
+
+    /// Releases the oldest generations whose commit and acknowledgements all came.
+    mutating func advanceRelease() {
+        var released = releasedGeneration
+        while let first = unreleased.first,
+            first.isDone(committed: storeCommittedGeneration, acknowledged: mastering.replicaAcknowledged)
+        {
+            unreleased.removeFirst()
+            released = first.generation
+        }
+        if released > releasedGeneration { release(upTo: released) }
     }
 
     /// Sends a frame now, or, while this input's changes or earlier frames of this connection wait for a commit,
@@ -47,10 +77,10 @@ extension LockService {
         }
     }
 
-    /// The store holds every generation up to `generation`: the frames that waited for them go out, in order; a
+    /// Every generation up to `generation` is released: the frames that waited for them go out, in order; a
     /// connection that was closing closes once nothing waits.
-    mutating func committed(upTo generation: UInt64) {
-        committedGeneration = max(committedGeneration, generation)
+    mutating func release(upTo generation: UInt64) {
+        releasedGeneration = generation
         releasePeerMessages(upTo: generation)
         for slot in clients.indices {
             let client = clients[slot]
@@ -96,7 +126,8 @@ extension LockService {
         mastering.heldCount[node, default: 0] += 1
     }
 
-    /// Sends the messages whose commit came, in order; one that still waits keeps those behind it waiting.
+    /// Sends the messages whose generation is released, in order; one that still waits keeps those behind it
+    /// waiting.
     mutating func releasePeerMessages(upTo generation: UInt64) {
         while let first = mastering.heldMessages.first, first.generation <= generation {
             mastering.heldMessages.removeFirst()
@@ -107,5 +138,19 @@ extension LockService {
                 mastering.heldGeneration[first.node] = nil
             }
         }
+    }
+}
+
+/// A closed generation that waits: for the store's commit (if it wrote anything), and for each backup node's
+/// acknowledgement of the replicas up to a generation (acknowledgements are cumulative per node: a node answers in
+/// the order it was sent to).
+struct GenerationWait {
+    var generation: UInt64
+    var stored: Bool
+    var acknowledgements: [UInt32: UInt64]
+
+    func isDone(committed: UInt64, acknowledged: [UInt32: UInt64]) -> Bool {
+        (!stored || generation <= committed)
+            && acknowledgements.allSatisfy { acknowledged[$0.key, default: 0] >= $0.value }
     }
 }

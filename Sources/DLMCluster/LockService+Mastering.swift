@@ -60,6 +60,12 @@ struct Mastering {
     var recoveredWith: Set<UInt32> = []
     var rebuiltLockspaces: Set<LockspaceID> = []
 
+    // Value replicas (LockService+Replicas.swift).
+    /// As a backup node: the replicas other masters sent, by resource.
+    var replicas: [DirectoryKey: StoredReplica] = [:]
+    /// Per backup node: the generation up to which it acknowledged this node's replicas.
+    var replicaAcknowledged: [UInt32: UInt64] = [:]
+
     struct PendingOperation {
         var connection: ConnectionID
         var tag: UInt32
@@ -219,7 +225,7 @@ extension LockService {
 
     mutating func receive(_ message: PeerMessage, from node: UInt32) {
         switch message {
-        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone:
+        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone, .recoverValues:
             receiveRecovery(message, from: node)
             return
         default:
@@ -229,6 +235,12 @@ extension LockService {
         // sent and this node held when its recovery started is dropped there).
         guard node == configuration.nodeID || mastering.viewMembers[node] != nil else { return }
         switch message {
+        case .valueReplicas(let generation, let replicas):
+            storeReplicas(replicas, generation: generation, from: node)
+            return
+        case .valueReplicasStored(let generation):
+            replicasStored(upTo: generation, by: node)
+            return
         case .lookup, .request, .convert, .unlock, .ownerExited:
             // Sent before its sender recovered with this life of this node (to an earlier life, which it takes for
             // gone and sends again to whoever masters the resource now).
@@ -308,7 +320,7 @@ extension LockService {
         case .completion(let completion):
             completed(completion, from: node)
         case .blockingCallback(let callback):
-            guard let copy = mastering.copies.index(master: node, lock: callback.lock),
+            guard let copy = mastering.copies.index(master: node, lock: callback.lock, owner: callback.owner),
                 let connection = connection(of: callback.owner), clients[Int(connection.slot)].state == .ready,
                 mastering.copies.blockingIsNew(copy, mode: callback.mode)
             else { return }
@@ -325,14 +337,15 @@ extension LockService {
             }
             run(.ownerExited(owner), reply: nil)
             mastering.rebuilt.forget(owner: owner)
-        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone:
+        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone, .recoverValues, .valueReplicas,
+            .valueReplicasStored:
             break
         }
     }
 
     /// A completion of a master for a lock of this node's client: its copy learns the mode, the client gets it.
     mutating func completed(_ completion: Completion, from node: UInt32, tag: UInt32 = 0) {
-        guard let copy = mastering.copies.index(master: node, lock: completion.lock),
+        guard let copy = mastering.copies.index(master: node, lock: completion.lock, owner: completion.owner),
             let connection = connection(of: completion.owner)
         else { return }
         if completion.mode == nil {

@@ -35,6 +35,8 @@ struct Recovery {
     var done: [UInt8: Set<UInt32>] = [:]
     /// As a new master: the locks holders sent, by resource, in arrival order.
     var received: [DirectoryKey: [(node: UInt32, lock: RecoveredLock)]] = [:]
+    /// As a new master: the value replicas backup nodes kept of those resources.
+    var receivedValues: [DirectoryKey: [ValueReplica]] = [:]
     /// Lock traffic that arrived while recovering (requests, lookups, owner exits), to run when it is done.
     /// (With the life of its sender: the one in the view when it came.)
     var heldTraffic: Deque<(node: UInt32, incarnation: UInt64, message: PeerMessage)> = []
@@ -77,6 +79,7 @@ extension LockService {
 
     mutating func startRecovery(_ view: UInt64, members: [UInt32: UInt64]) {
         let me = configuration.nodeID
+        let previous = mastering.viewMembers
         var departed = mastering.recovery?.departed ?? []
         var held = mastering.recovery?.heldTraffic ?? []
         for (node, incarnation) in mastering.memberIncarnations where members[node] != incarnation {
@@ -148,6 +151,7 @@ extension LockService {
         for (node, list) in rebound.sorted(by: { $0.key < $1.key }) {
             sendRecovery(.recoverBindings(view: view, list.sorted { $0.copy < $1.copy }), to: node)
         }
+        recoverReplicas(view: view, members: members, previous: previous, departed: departed)
         finishPhase(1)
         // Messages of this view that came before this node installed it.
         let early = mastering.futureRecovery
@@ -199,7 +203,8 @@ extension LockService {
     mutating func receiveRecovery(_ message: PeerMessage, from node: UInt32) {
         let view: UInt64
         switch message {
-        case .recoverMasters(let v, _), .recoverLocks(let v, _), .recoverBindings(let v, _), .recoveryDone(let v, _):
+        case .recoverMasters(let v, _), .recoverLocks(let v, _), .recoverBindings(let v, _), .recoveryDone(let v, _),
+            .recoverValues(let v, _):
             view = v
         default:
             return
@@ -222,6 +227,8 @@ extension LockService {
             }
         case .recoverBindings(_, let bindings):
             bind(bindings, from: node)
+        case .recoverValues(_, let replicas):
+            for replica in replicas { mastering.recovery!.receivedValues[replica.key, default: []].append(replica) }
         case .recoveryDone(_, let phase):
             mastering.recovery!.done[phase, default: []].insert(node)
             advanceRecovery()
@@ -252,7 +259,10 @@ extension LockService {
         if recovery.phase == 1 {
             mastering.recovery!.phase = 2
             rebuildAndPurge()
+            // The barrier waits for the acknowledgements of the replicas sent again (`replicateAgain`): when the
+            // phase ends everywhere, every backup node has them.
             finishPhase(2)
+            holdingGeneration = nil
         } else {
             endRecovery()
         }
@@ -288,7 +298,8 @@ extension LockService {
             }
             guard !fresh.isEmpty else { continue }
             let (snapshot, order) = Self.rebuiltResource(
-                key, lockspace: lockspace, from: fresh, floor: floor, now: engine.now)
+                key, lockspace: lockspace, from: fresh, values: recovery.receivedValues[key] ?? [],
+                alone: recovery.departed.count == 1, members: mastering.viewMembers, floor: floor, now: engine.now)
             effects.removeAll(keepingCapacity: true)
             engine.handle(.recover(snapshot), into: &effects)
             var ids: [LockID] = []
@@ -312,6 +323,7 @@ extension LockService {
             mastering.rebuiltLockspaces.insert(lockspace)
         }
         mastering.recovery!.received = [:]
+        mastering.recovery!.receivedValues = [:]
         for (node, list) in bindings.sorted(by: { $0.key < $1.key }) {
             sendRecovery(.recoverBindings(view: recovery.view, list), to: node)
         }
@@ -324,13 +336,17 @@ extension LockService {
             run(.ownerExited(owner), reply: nil)
         }
         mastering.rebuilt.forget { members[$0.node] != $0.incarnation }
+        replicateAgain()
     }
 
     /// A resource rebuilt from its survivors' locks: granted locks first, then conversions, then waiting requests
-    /// (each in the order they came); the value block as the strongest reader saw it.
+    /// (each in the order they came); the value block the newest that a holder or the backup node kept
+    /// (LockService+Replicas.swift). `alone`: the master was the only node to leave (so its backup node survived,
+    /// and no replica means the value block was never in use); `members`: the view's (for the writer's fate).
     static func rebuiltResource(
         _ key: DirectoryKey, lockspace: LockspaceID, from holders: [(node: UInt32, lock: RecoveredLock)],
-        floor: UInt64, now: Instant
+        values: [ValueReplica] = [], alone: Bool = false, members: [UInt32: UInt64] = [:], floor: UInt64,
+        now: Instant
     ) -> (ResourceSnapshot, order: [Int]) {
         var locks: [LockSnapshot] = []
         var order: [Int] = []
@@ -367,6 +383,19 @@ extension LockService {
                 valid = true
             }
         }
+        if let replica = values.max(by: { $0.valueBlockSequence < $1.valueBlockSequence }),
+            replica.valueBlockSequence >= sequence
+        {
+            // The backup node has every write that was acknowledged: the value is the last one unless it was marked
+            // invalid, or its PW or EX holder left (it may have written without telling anyone).
+            sequence = replica.valueBlockSequence
+            block = replica.valueBlock
+            let writerLeft = replica.writer.map { members[$0.node] != $0.incarnation } ?? false
+            valid = !replica.invalid && !writerLeft
+        } else if values.isEmpty && alone {
+            // Never replicated: never written, never invalid, never held in PW or EX with VALBLK.
+            valid = true
+        }
         let snapshot = ResourceSnapshot(
             lockspace: lockspace, path: [key.name], valueBlock: block, valueBlockSequence: sequence,
             valueBlockInvalid: !valid, fencingToken: token, locks: locks)
@@ -381,6 +410,7 @@ extension LockService {
         mastering.recovery = nil
         mastering.recoveredView = recovery.view
         mastering.memberIncarnations = mastering.viewMembers
+        dropStaleReplicas(view: recovery.view)
         output.notices.append(("recovery done", ["view": "\(recovery.view)"]))
         for lockspace in mastering.rebuiltLockspaces.sorted(by: { $0.rawValue < $1.rawValue }) {
             run(.grantAfterRecovery(lockspace), reply: nil)

@@ -164,11 +164,27 @@ extension LockService {
         defer { holdingGeneration = nil }
         effects.removeAll(keepingCapacity: true)
         engine.handle(input, into: &effects)
-        // The changes for the store come last among the effects; they decide whether this input's frames wait.
+        // The value replicas and the changes for the store come last among the effects; they decide whether this
+        // input's frames wait.
         var end = effects.count
-        while end > 0, case .persist = effects[end - 1] { end -= 1 }
+        var replicas = false
+        while end > 0 {
+            if case .persist = effects[end - 1] {
+                end -= 1
+            } else if case .replicate = effects[end - 1] {
+                end -= 1
+                replicas = true
+            } else {
+                break
+            }
+        }
         if end < effects.count {
             for case .persist(let entry) in effects[end...] { record(.journal(entry)) }
+            if replicas {
+                var list: [ValueReplica] = []
+                for case .replicate(let replica) in effects[end...] { list.append(replica) }
+                sendReplicas(list)
+            }
         }
         var replyLock: LockID?
         var replied = false
@@ -230,7 +246,7 @@ extension LockService {
         }
         for index in 0..<end where index != answeredAt {
             switch effects[index] {
-            case .refused, .accepted, .persist:
+            case .refused, .accepted, .persist, .replicate:
                 break
             case .lockspace(let info, let created):
                 if created { record(.putLockspace(name: info.name, valueBlockLength: info.valueBlockLength)) }
@@ -246,7 +262,8 @@ extension LockService {
                     mastering.rebuilt.forget(lock: completion.lock)
                 }
                 if mastering.copies.masteredHere > 0, completion.owner.node == configuration.nodeID,
-                    mastering.copies.index(master: configuration.nodeID, lock: completion.lock) != nil
+                    mastering.copies.index(master: configuration.nodeID, lock: completion.lock, owner: completion.owner)
+                        != nil
                 {
                     // A lock of this node's client that recovery rebuilt here: the client knows its copy's id.
                     completed(completion, from: configuration.nodeID)
@@ -288,7 +305,8 @@ extension LockService {
                     clients[Int(connection.slot)].state == .ready
                 else { continue }
                 if mastering.copies.masteredHere > 0,
-                    let copy = mastering.copies.index(master: configuration.nodeID, lock: callback.lock)
+                    let copy = mastering.copies.index(
+                        master: configuration.nodeID, lock: callback.lock, owner: callback.owner)
                 {
                     guard mastering.copies.blockingIsNew(copy, mode: callback.mode) else { continue }
                     deliver(connection, .blocking(lock: ProcessCopies.lockID(copy).rawValue, mode: callback.mode))

@@ -145,7 +145,13 @@ public struct LockService {
     /// The generation the current inputs' changes belong to.
     var openGeneration: UInt64 = 1
     /// The highest generation known to be in the store.
-    var committedGeneration: UInt64 = 0
+    var storeCommittedGeneration: UInt64 = 0
+    /// Every generation up to this one is in the store and on its replicas' nodes: what waited for it went out.
+    var releasedGeneration: UInt64 = 0
+    /// The closed generations that still wait for the store or for replica acknowledgements, oldest first.
+    var unreleased: Deque<GenerationWait> = []
+    /// The nodes this generation's value replicas went to (LockService+Replicas.swift).
+    var openReplicaBackups: Set<UInt32> = []
     /// While handling an input whose changes must be committed first: the generation its frames wait for.
     var holdingGeneration: UInt64?
     /// The generation of the last change recorded.
@@ -168,6 +174,9 @@ public struct LockService {
     var mastering = Mastering()
 
     public init(configuration: ServiceConfiguration, engine: LockEngine? = nil) {
+        var configuration = configuration
+        // Value blocks in use survive their master (LockService+Replicas.swift).
+        if configuration.mastersAcrossNodes { configuration.engine.replicatesValueBlocks = true }
         self.configuration = configuration
         self.engine = engine ?? LockEngine(config: configuration.engine)
         effects.reserveCapacity(64)

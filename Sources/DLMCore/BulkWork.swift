@@ -215,6 +215,7 @@ extension LockEngine {
         }
         if locks[Int(lock)].grantedMode >= LockMode.pw.rawValue, locks[Int(lock)].isGranted {
             resources[Int(resource)].valueBlockInvalid = true
+            replicate(resource)
             touch(resource)
         }
         if locks[Int(lock)].children > 0 { return -1 }

@@ -72,6 +72,9 @@ public enum Effect: Sendable, Hashable {
     case blockingCallback(BlockingCallback)
     /// The end of a release or purge (done in slices when large), for its requester.
     case finished(Finished)
+    /// The value-block state of a replicated resource, for a second node, after the effects of the input that
+    /// changed it and before its `persist` effects (ValueReplicas.swift).
+    case replicate(ValueReplica)
     /// A change for the store, after the effects of the input that made it (Journal.swift).
     case persist(JournalEntry)
 }

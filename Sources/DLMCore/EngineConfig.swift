@@ -20,6 +20,9 @@ public struct EngineConfig: Sendable, Hashable, Codable {
     public var deadlockSlice: Int
     /// How many requests a tick gives up with ETIMEDOUT at most (the others at the next ticks).
     public var timeoutSlice: Int
+    /// Value blocks in use are replicated (`.replicate` effects, ValueReplicas.swift): set by a node that masters
+    /// resources across a cluster.
+    public var replicatesValueBlocks = false
 
     public static let maxNameLength = 64
     public static let maxValueBlockLength = 64

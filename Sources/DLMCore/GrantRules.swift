@@ -255,8 +255,11 @@ extension LockEngine {
             // IVVALBLK invalidates wherever the value block would be written, with or without VALBLK, as on
             // unlock (and as Linux `set_lvb_lock` does).
             resources[Int(resource)].valueBlockInvalid = true
+            replicate(resource)
             touch(resource)
         } else if record.flags.contains(.valueBlock) {
+            // A holder that may write the value block: it is replicated from now on.
+            if record.grantedMode >= LockMode.pw.rawValue { replicate(resource) }
             switch operation {
             case .read:
                 completion.valueBlock = readValueBlock(resource: resource)

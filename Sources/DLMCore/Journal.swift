@@ -2,7 +2,7 @@
 /// drained by the shell after each input (the engine does no I/O itself).
 ///
 /// Only resources that hold persistent locks are journaled ("tracked"); any change to one of them (a queue,
-/// a granted mode, the value block, an owner) makes it dirty, and `drainJournal` turns each dirty resource into
+/// a granted mode, the value block, an owner) makes it dirty (and a replicated one's replica, ValueReplicas.swift), and `drainJournal` turns each dirty resource into
 /// one entry: its persistent granted locks and value block, or a deletion when none is left. A workload
 /// without persistent locks costs one bit test per change.
 
@@ -14,6 +14,10 @@ enum ResourceMark {
     static let dirty: UInt8 = 2
     /// On a bulk job's list of resources to grant from (BulkWork.swift).
     static let inBulkJob: UInt8 = 4
+    /// Its value block is replicated to a second node (ValueReplicas.swift).
+    static let replicated: UInt8 = 8
+    /// Replicated, and changed since the last `drainReplicas`.
+    static let replicaDirty: UInt8 = 16
 }
 
 /// One change for the store.
@@ -58,6 +62,9 @@ extension LockEngine {
         if bits & ResourceMark.tracked != 0 && bits & ResourceMark.dirty == 0 {
             resources[Int(resource)].marks = bits | ResourceMark.dirty
             dirtyResources.append(resource)
+        }
+        if bits & (ResourceMark.replicated | ResourceMark.replicaDirty) == ResourceMark.replicated {
+            markReplicaDirty(resource)
         }
     }
 

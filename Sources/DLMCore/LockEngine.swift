@@ -50,6 +50,10 @@ public struct LockEngine {
     var dirtyResources: [Int32] = []
     /// Journal entries waiting for `drainJournal`.
     var journal: [JournalEntry] = []
+    /// Replicated resources changed since the last `drainReplicas`, and the removals of freed ones
+    /// (ValueReplicas.swift).
+    var dirtyReplicas: [Int32] = []
+    var replicaRemovals: [ValueReplica] = []
     /// The sub-locks of each lock that has some (`LockRecord.children` counts them), so that FORCEUNLOCK and purge
     /// find them without a walk. Sub-locks are rare: a table beside the slab costs the other locks nothing.
     var subLocks: [Int32: Set<Int32>] = [:]
@@ -277,6 +281,7 @@ public struct LockEngine {
         if writes {
             if request.flags.contains(.invalidateValueBlock) {
                 resources[Int(resource)].valueBlockInvalid = true
+                replicate(resource)
                 touch(resource)
             } else if request.flags.contains(.valueBlock) {
                 writeValueBlock(request.valueBlock!, resource: resource)
@@ -396,6 +401,7 @@ public struct LockEngine {
         } catch {
             effects.append(.refused(error))
         }
+        if hasReplicas { drainReplicas(into: &effects) }
         if hasJournal {
             var entries: [JournalEntry] = []
             drainJournal(into: &entries)
@@ -461,6 +467,7 @@ public struct LockEngine {
             journal.append(.delete(lockspace: lockspaces[Int(record.lockspace)].name, path: path(of: slot)))
             resources[Int(slot)].marks &= ~(ResourceMark.tracked | ResourceMark.dirty)
         }
+        if record.marks & ResourceMark.replicated != 0 { replicaFreed(slot) }
         removeFromResourceIndex(slot)
         let ls = Int(record.lockspace)
         if record.fencingToken > lockspaces[ls].fencingTokenFloor {

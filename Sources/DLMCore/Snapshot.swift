@@ -227,6 +227,11 @@ extension LockEngine {
         resources[Int(resource)].valueBlockSequence = snapshot.valueBlockSequence
         resources[Int(resource)].valueBlockInvalid = snapshot.valueBlockInvalid
         resources[Int(resource)].fencingToken = max(resources[Int(resource)].fencingToken, snapshot.fencingToken)
+        if snapshot.valueBlock != nil || snapshot.valueBlockInvalid
+            || snapshot.locks.contains(where: { $0.flags.contains(.valueBlock) && ($0.grantedMode ?? .nl) >= .pw })
+        {
+            replicate(resource)
+        }
         for lock in snapshot.locks {
             let slot = Int32(lock.id.slot)
             while locks.count <= Int(slot) {

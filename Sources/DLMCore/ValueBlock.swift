@@ -35,6 +35,7 @@ extension LockEngine {
         resources[Int(resource)].valueBlock = stored
         resources[Int(resource)].valueBlockSequence &+= 1
         resources[Int(resource)].valueBlockInvalid = false
+        replicate(resource)
         touch(resource)
     }
 

@@ -18,6 +18,9 @@ extension PeerMessage {
         case recoverLocks = 11
         case recoverBindings = 12
         case recoveryDone = 13
+        case valueReplicas = 14
+        case valueReplicasStored = 15
+        case recoverValues = 16
     }
 
     /// The largest frame (after its length field).
@@ -38,6 +41,9 @@ extension PeerMessage {
         case .recoverLocks: .recoverLocks
         case .recoverBindings: .recoverBindings
         case .recoveryDone: .recoveryDone
+        case .valueReplicas: .valueReplicas
+        case .valueReplicasStored: .valueReplicasStored
+        case .recoverValues: .recoverValues
         }
     }
 
@@ -126,6 +132,12 @@ extension PeerMessage {
             case .recoveryDone(let view, let phase):
                 body.writeInteger(view)
                 body.writeInteger(phase)
+            case .valueReplicas(let generation, let replicas), .recoverValues(let generation, let replicas):
+                body.writeInteger(generation)
+                body.writeInteger(UInt32(replicas.count))
+                for replica in replicas { body.writeValueReplica(replica) }
+            case .valueReplicasStored(let generation):
+                body.writeInteger(generation)
             }
         }
     }
@@ -245,6 +257,17 @@ extension PeerMessage {
         case .recoveryDone:
             let view = try body.read(UInt64.self, "view")
             message = .recoveryDone(view: view, phase: try body.read(UInt8.self, "phase"))
+        case .valueReplicas, .recoverValues:
+            let number = try body.read(UInt64.self, kind == .valueReplicas ? "generation" : "view")
+            let count = try body.readCount("count", least: ValueReplica.leastEncodedLength)
+            var replicas: [ValueReplica] = []
+            replicas.reserveCapacity(count)
+            for _ in 0..<count { replicas.append(try body.readValueReplica()) }
+            message =
+                kind == .valueReplicas
+                ? .valueReplicas(generation: number, replicas) : .recoverValues(view: number, replicas)
+        case .valueReplicasStored:
+            message = .valueReplicasStored(generation: try body.read(UInt64.self, "generation"))
         }
         try body.requireConsumed(type: type)
         return message
@@ -344,6 +367,30 @@ extension ByteBuffer {
             fencingToken: try read(UInt64.self, "fencing_token"))
     }
 
+    /// PEER.md §4.6: names, flags (1 removed, 2 invalid, 4 has a writer), the value block, its sequence number,
+    /// the writer.
+    mutating func writeValueReplica(_ replica: ValueReplica) {
+        writeBytes8(replica.lockspace)
+        writeBytes8(replica.name)
+        let flags = (replica.removed ? 1 : 0) | (replica.invalid ? 2 : 0) | (replica.writer != nil ? 4 : 0)
+        writeInteger(UInt8(flags))
+        writeOptionalBytes8(replica.valueBlock)
+        writeInteger(replica.valueBlockSequence)
+        if let writer = replica.writer { writeOwner(writer) }
+    }
+
+    mutating func readValueReplica() throws(WireError) -> ValueReplica {
+        let lockspace = try readName("lockspace")
+        let name = try readName("name")
+        let flags = try read(UInt8.self, "replica_flags")
+        guard flags & ~7 == 0 else { throw .malformed("replica flags 0x\(String(flags, radix: 16)) has unknown bits") }
+        let valueBlock = try readOptionalBytes8("value_block")
+        let sequence = try read(UInt64.self, "value_block_sequence")
+        return ValueReplica(
+            lockspace: lockspace, name: name, removed: flags & 1 != 0, valueBlock: valueBlock,
+            valueBlockSequence: sequence, invalid: flags & 2 != 0, writer: flags & 4 != 0 ? try readOwner() : nil)
+    }
+
     mutating func writeCompletion(_ c: Completion) {
         writeInteger(c.lock.rawValue)
         writeOwner(c.owner)
@@ -372,6 +419,11 @@ extension ByteBuffer {
             lock: lock, owner: owner, status: status, flags: flags, mode: mode, valueBlock: valueBlock,
             valueBlockSequence: sequence, fencingToken: try read(UInt64.self, "fencing_token"))
     }
+}
+
+extension ValueReplica {
+    /// The fewest bytes a replica takes on the wire (one-byte names, no value block, no writer).
+    static let leastEncodedLength = 2 + 2 + 1 + 1 + 8
 }
 
 extension PeerMessage {

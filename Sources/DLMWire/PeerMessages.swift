@@ -31,6 +31,14 @@ public enum PeerMessage: Sendable, Hashable {
     case recoverBindings(view: UInt64, [RecoveredBinding])
     /// Recovery for `view`: the sender has sent everything of `phase` (in order before this message).
     case recoveryDone(view: UInt64, phase: UInt8)
+    /// To a resource's backup node: the value-block state of resources the sender masters, as of its generation
+    /// `generation` (a removal when a resource was freed). Sent ahead of messages held for a commit.
+    case valueReplicas(generation: UInt64, [ValueReplica])
+    /// The backup node keeps every replica the receiver sent it up to `generation`.
+    case valueReplicasStored(generation: UInt64)
+    /// Recovery for `view`, to the new master of resources whose master left: the replicas the sender kept of
+    /// them.
+    case recoverValues(view: UInt64, [ValueReplica])
 }
 
 /// A lock of a surviving holder on a resource whose master left, as its holder knows it (recovery's resend).

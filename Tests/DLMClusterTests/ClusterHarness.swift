@@ -19,6 +19,22 @@ struct ClusterHarness {
     var written: [UInt32: UInt64] = [:]
     /// The frames `run` saw, for a caller that models the clients.
     var framesSeen: [(client: String, message: ServerMessage)] = []
+    /// Links whose messages `run` does not carry for now (they stay in flight, in order).
+    var paused: Set<Link> = []
+    /// The client name under which `framesSeen` notes, in order with the frames, that a master freed a resource
+    /// with its value block (its replica's removal went out): "!freed NAME".
+    static let freedMark = "!freed "
+
+    /// The removals among a node's outgoing messages, as marks in a stream of frames.
+    static func removals(_ messages: [(to: UInt32, message: PeerMessage)]) -> [(String, ServerMessage)] {
+        var marks: [(String, ServerMessage)] = []
+        for case (_, .valueReplicas(_, let replicas)) in messages {
+            for replica in replicas where replica.removed {
+                marks.append((freedMark + replica.name.displayName, .pong(tag: 0)))
+            }
+        }
+        return marks
+    }
 
     struct Link: Hashable, Comparable {
         var from: UInt32
@@ -115,6 +131,9 @@ struct ClusterHarness {
                     links[Link(from: node, to: to), default: []].append(message)
                 }
                 nodes[node]!.peerMessages = []
+                // (A removal is noted before the batch's frames: a frame of the same batch may come from a new
+                // resource of that name.)
+                framesSeen.append(contentsOf: Self.removals(output.peerMessages))
                 for (connection, message) in output.frames {
                     let name = nodes[node]!.names[connection] ?? "?"
                     if case .completion(let c) = message { completions[name, default: []].append(c) }
@@ -126,7 +145,8 @@ struct ClusterHarness {
                     links[Link(from: node, to: to), default: []].append(message)
                 }
             }
-            guard let link = links.keys.filter({ !(links[$0]?.isEmpty ?? true) }).min() else { return lines }
+            guard let link = links.keys.filter({ !(links[$0]?.isEmpty ?? true) && !paused.contains($0) }).min()
+            else { return lines }
             let message = links[link]!.removeFirst()
             carried += 1
             if trace && carried - start < 40 { print("run: \(link.from) -> \(link.to): \(message)") }

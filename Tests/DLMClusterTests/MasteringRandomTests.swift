@@ -25,7 +25,9 @@ import Testing
 
 /// The same traffic while nodes crash and restart and views change (delivered to each node at a random moment):
 /// recovery keeps exclusion, and no survivor loses a lock it was granted (an unlock or conversion of a lock its
-/// client believes it holds never meets ENOENT); at the end every request was answered. DLM_RECOVERY_SEEDS sets how
+/// client believes it holds never meets ENOENT); every value block read is the last acknowledged PW or EX write
+/// (or a later one), or is flagged VALNOTVALID, and only when a PW or EX holder died since the last acknowledged
+/// write (or two nodes left at once); at the end every request was answered. DLM_RECOVERY_SEEDS sets how
 /// many seeds (default 300; `make test` runs 2,000, `make sim` SEEDS); the replay variables are those above.
 @Suite
 struct RecoveryRandomTests {
@@ -49,8 +51,14 @@ func randomSeeds(count variable: String, default fallback: Int) -> [UInt64] {
 struct MasteringRun {
     /// Runs each seed; the first failure is recorded with its replay command.
     static func runAll(_ seeds: [UInt64], faults: Bool, suite: String) {
+        var reads = 0
+        var readsAfterRecovery = 0
         for seed in seeds {
             var run = MasteringRun(seed: seed, faults: faults)
+            defer {
+                reads += run.readsOfWrittenValues
+                readsAfterRecovery += run.readsAfterMasterLeft
+            }
             do {
                 try run.go()
             } catch {
@@ -59,6 +67,12 @@ struct MasteringRun {
                 Issue.record("\(error)\n\(replay)")
                 return
             }
+        }
+        // The value-block checks saw something: reads of acknowledged writes, and, with faults, some after the
+        // master of the value left.
+        if seeds.count >= 200 {
+            #expect(reads > 0, "no value block read checked")
+            if faults { #expect(readsAfterRecovery > 0, "no value block read checked after its master left") }
         }
     }
 
@@ -96,6 +110,8 @@ struct MasteringRun {
             case lock(String, LockMode)
             case convert(UInt32, LockMode)
             case unlock(UInt32)
+            /// A conversion or unlock that writes this value (its number) to the value block.
+            case write(UInt32, String, UInt64)
         }
 
         struct Lock {
@@ -106,6 +122,10 @@ struct MasteringRun {
             var relied: LockMode?
             var converting = false
             var releasing = false
+            /// Taken with VALBLK: reads and writes the value block.
+            var valueBlock = false
+            /// The mode it may hold at the master (the strongest of its granted mode and one asked for).
+            var mayHold: LockMode?
         }
     }
 
@@ -165,6 +185,13 @@ struct MasteringRun {
         }
         commitAll()
         for client in clients where !client.gone && !client.outstanding.isEmpty {
+            if trace {
+                for (node, h) in cluster.nodes.sorted(by: { $0.key < $1.key }) {
+                    print(
+                        "node \(node): unreleased \(h.service.unreleased) released \(h.service.releasedGeneration) open \(h.service.openGeneration) acked \(h.service.mastering.replicaAcknowledged) recovery \(String(describing: h.service.mastering.recovery?.view)) stopped \(h.service.isStopped)"
+                    )
+                }
+            }
             throw Failure(description: "seed \(seed): \(client.name) has unanswered requests \(client.outstanding)")
         }
         for index in clients.indices where !clients[index].gone { close(index) }
@@ -198,6 +225,7 @@ struct MasteringRun {
         if live.count > 2 && (down.isEmpty || random.bool()) && crashes < 3 {
             let node = random.element(live)
             crashes += 1
+            masterDeparts(node)
             let cutOff = random.percent(30)
             if trace { print("step \(step): node \(node) \(cutOff ? "is cut off" : "crashes")") }
             if cutOff {
@@ -212,7 +240,24 @@ struct MasteringRun {
                 cluster.crash(node)
                 undelivered[node] = nil
             }
+            if departureUnrecovered {
+                // Two nodes gone before the recovery of the first ended: a value block's master and its backup
+                // node may both be gone.
+                for resource in names {
+                    writerDeaths[resource, default: 0] += 1
+                    mayBeInvalid.insert(resource)
+                }
+            }
+            departureUnrecovered = true
+            for resource in names where acknowledged[resource] != nil {
+                let master = cluster.nodes.values.first {
+                    guard let ls = $0.service.engine.lockspace(named: Array("ls".utf8)) else { return false }
+                    return $0.service.engine.resourceSlot(ls, path: [Array(resource.utf8)]) != nil
+                }
+                if master == nil { masterLeftSinceWrite.insert(resource) }
+            }
             for index in clients.indices where clients[index].node == node && !clients[index].gone {
+                clientDied(index)
                 clients[index].gone = true
                 clients[index].locks = [:]
                 clients[index].outstanding = [:]
@@ -259,6 +304,37 @@ struct MasteringRun {
     }
 
     var pendingFrames: [(client: String, message: ServerMessage)] = []
+
+    // The value blocks: every value written is a new number (its first 8 bytes).
+    var nextValue: UInt64 = 1
+    /// Per resource: the newest value whose write was acknowledged (0: none, or the resource may have been freed
+    /// since, its value block with it).
+    var acknowledged: [String: UInt64] = [:]
+    /// Per resource: PW or EX holders that died, counted, and whether one died since the last acknowledged write.
+    var writerDeaths: [String: Int] = [:]
+    var mayBeInvalid: Set<String> = []
+    /// Per resource: owners that went while they held, or asked for, PW or EX, for as long as any node may still
+    /// grant them (a master grants a departed owner's waiting request until it learns of the departure): a write
+    /// meanwhile does not make the value block trustworthy again.
+    var lingering: [String: Set<OwnerID>] = [:]
+    /// Resources whose master left, until every node recovered (`masterDeparts`), with the departed masters.
+    var masterless: [String: Set<UInt32>] = [:]
+    /// The count of writer deaths when each write was sent, by client and tag.
+    var deathsAtWrite: [String: Int] = [:]
+    /// Per resource: how many times it may have been freed (no engine had it and no client held it); and that count
+    /// when each write was sent (a write whose resource was freed meanwhile went with it).
+    var frees: [String: Int] = [:]
+    var freesAtWrite: [String: Int] = [:]
+    /// A node left while the recovery of an earlier departure had not ended everywhere: two at once.
+    var departureUnrecovered = false
+    var valueFailures: [String] = []
+    /// Reads checked against an acknowledged write; of those, after the resource's master left.
+    var readsOfWrittenValues = 0
+    var readsAfterMasterLeft = 0
+    /// Resources whose value was acknowledged and whose master then left.
+    var masterLeftSinceWrite: Set<String> = []
+    /// Lock requests sent with VALBLK, by client and tag.
+    var valueBlockRequests: Set<String> = []
     /// Locks a client believed it held that its node's lock service no longer knew.
     var lostLocks: [String] = []
     let trace = ProcessInfo.processInfo.environment["DLM_MASTERING_TRACE"] != nil
@@ -292,6 +368,7 @@ struct MasteringRun {
             cluster.links[ClusterHarness.Link(from: node, to: to), default: []].append(message)
         }
         cluster.nodes[node]!.peerMessages = []
+        pendingFrames.append(contentsOf: ClusterHarness.removals(output.peerMessages))
         for (connection, message) in output.frames {
             pendingFrames.append((cluster.nodes[node]!.names[connection] ?? "?", message))
         }
@@ -307,6 +384,12 @@ struct MasteringRun {
         pendingFrames = []
         cluster.framesSeen = []
         for (name, message) in frames {
+            if name.hasPrefix(ClusterHarness.freedMark) {
+                let resource = String(name.dropFirst(ClusterHarness.freedMark.count))
+                acknowledged[resource] = nil
+                frees[resource, default: 0] += 1
+                continue
+            }
             guard let index = clients.firstIndex(where: { $0.name == name }) else { continue }
             if trace { print("step \(step): \(name) gets \(ServiceHarness.line(message))") }
             apply(message, to: index)
@@ -316,18 +399,32 @@ struct MasteringRun {
     mutating func apply(_ message: ServerMessage, to index: Int) {
         switch message {
         case .ok(let tag, let lock):
-            if case .lock(let resource, _) = clients[index].outstanding.removeValue(forKey: tag) {
-                clients[index].locks[lock] = ClientModel.Lock(resource: resource)
+            if case .lock(let resource, let mode) = clients[index].outstanding.removeValue(forKey: tag) {
+                clients[index].locks[lock] = ClientModel.Lock(
+                    resource: resource, valueBlock: valueBlockRequests.remove(key(index, tag)) != nil, mayHold: mode)
             }
         case .completion(let c):
-            if c.tag != 0, case .lock(let resource, _) = clients[index].outstanding.removeValue(forKey: c.tag) {
-                clients[index].locks[c.lock] = ClientModel.Lock(resource: resource)
-            } else if c.tag != 0 {
-                clients[index].outstanding[c.tag] = nil
+            if c.tag != 0, let operation = clients[index].outstanding.removeValue(forKey: c.tag) {
+                switch operation {
+                case .lock(let resource, let mode):
+                    clients[index].locks[c.lock] = ClientModel.Lock(
+                        resource: resource, valueBlock: valueBlockRequests.remove(key(index, c.tag)) != nil,
+                        mayHold: mode)
+                case .write(_, let resource, let value):
+                    writeAcknowledged(resource, value: value, key: key(index, c.tag))
+                case .convert, .unlock:
+                    break
+                }
             }
             guard var lock = clients[index].locks[c.lock] else { return }
+            // A read in NL or CR may be older than a write a PW holder made meanwhile (they are compatible); a read
+            // in any other mode excludes every writer from its grant on.
+            if lock.valueBlock, !c.valueBlock.isEmpty, let mode = c.mode, mode != .nl, mode != .cr {
+                checkRead(c.valueBlock, flags: c.flags, resource: lock.resource, by: index)
+            }
             if let mode = c.mode {
                 lock.granted = mode
+                lock.mayHold = mode
                 lock.converting = false
                 if !lock.releasing { lock.relied = mode }
                 clients[index].locks[c.lock] = lock
@@ -338,7 +435,7 @@ struct MasteringRun {
             let operation = clients[index].outstanding.removeValue(forKey: tag)
             if status == .noEntry {
                 switch operation {
-                case .convert(let lock, _), .unlock(let lock):
+                case .convert(let lock, _), .unlock(let lock), .write(let lock, _, _):
                     if clients[index].locks[lock] != nil {
                         lostLocks.append("\(clients[index].name) lock \(lock): \(message)")
                     }
@@ -348,6 +445,119 @@ struct MasteringRun {
             }
         default:
             break
+        }
+    }
+
+    func key(_ index: Int, _ tag: UInt32) -> String { "\(clients[index].name)/\(tag)" }
+
+    /// A value block read: not older than the last acknowledged write, and flagged not valid only when allowed.
+    mutating func checkRead(_ value: [UInt8], flags: CompletionFlags, resource: String, by index: Int) {
+        let number = value.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * $1.offset) }
+        let last = acknowledged[resource, default: 0]
+        if last > 0 { readsOfWrittenValues += 1 }
+        if last > 0 && masterLeftSinceWrite.contains(resource) { readsAfterMasterLeft += 1 }
+        if flags.contains(.valueNotValid) {
+            if !mayBeInvalid.contains(resource) && !departureUnrecovered {
+                valueFailures.append(
+                    "\(clients[index].name) read value \(number) of \(resource) flagged not valid, but no PW or EX "
+                        + "holder died since the last acknowledged write (\(last))")
+            }
+        } else if number < last || number >= nextValue {
+            valueFailures.append(
+                "\(clients[index].name) read value \(number) of \(resource), but \(last) was acknowledged")
+        }
+    }
+
+    mutating func writeAcknowledged(_ resource: String, value: UInt64, key: String) {
+        if !(lingering[resource]?.isEmpty ?? true) { deathsAtWrite[key] = nil }
+        if freesAtWrite.removeValue(forKey: key) == frees[resource, default: 0] {
+            acknowledged[resource] = max(acknowledged[resource, default: 0], value)
+        }
+        if deathsAtWrite.removeValue(forKey: key) == writerDeaths[resource, default: 0] {
+            mayBeInvalid.remove(resource)
+        }
+    }
+
+    /// A client's locks are gone with it (its node died, or it closed): a PW or EX it may have held may have
+    /// written without telling.
+    mutating func clientDied(_ index: Int) {
+        let client = clients[index]
+        let owner = OwnerID(node: client.node, incarnation: cluster.incarnations[client.node]!, local: client.id.owner)
+        var resources: [String] = []
+        for lock in client.locks.values {
+            let modes = [lock.granted, lock.mayHold].compactMap { $0 }
+            if modes.contains(where: { $0 >= .pw }) { resources.append(lock.resource) }
+        }
+        for case .lock(let resource, let mode) in client.outstanding.values where mode >= .pw {
+            resources.append(resource)
+        }
+        for resource in resources {
+            writerDeaths[resource, default: 0] += 1
+            mayBeInvalid.insert(resource)
+            lingering[resource, default: []].insert(owner)
+        }
+    }
+
+    /// A node leaves: the resources it masters are rebuilt only if another node's client still has a lock on them
+    /// when its recovery comes (it sends the lock to the new master); else their value blocks go.
+    mutating func masterDeparts(_ node: UInt32) {
+        guard let engine = cluster.nodes[node]?.service.engine,
+            let lockspace = engine.lockspace(named: Array("ls".utf8))
+        else { return }
+        for resource in names where engine.resourceSlot(lockspace, path: [Array(resource.utf8)]) != nil {
+            masterless[resource, default: []].insert(node)
+        }
+    }
+
+    /// Whether a node may still grant something to `owner`: a node's engine knows it, or an operation of it is in
+    /// flight, held by a recovery or waits for a lookup.
+    func mayStillBeGranted(_ owner: OwnerID) -> Bool {
+        if cluster.links.values.contains(where: { $0.contains { $0.operationOwner == owner } }) { return true }
+        return cluster.nodes.values.contains { harness in
+            let service = harness.service
+            if !service.engine.owners(matching: { $0 == owner }).isEmpty { return true }
+            if let held = service.mastering.recovery?.heldTraffic,
+                held.contains(where: { $0.message.operationOwner == owner })
+            {
+                return true
+            }
+            return service.mastering.peerRequestsAwaitingLookup.values.contains {
+                $0.contains { $0.message.operationOwner == owner }
+            }
+        }
+    }
+
+    /// A resource whose master freed it (its replica's removal went out), or that no live node's engine has and on
+    /// which no client holds a lock it does not release, may have been freed with its value block: what was
+    /// acknowledged no longer binds.
+    mutating func forgetFreedValues() {
+        for (resource, masters) in masterless {
+            let held = clients.contains { client in
+                !client.gone && !masters.contains(client.node)
+                    && client.locks.values.contains { $0.resource == resource }
+            }
+            if !held {
+                acknowledged[resource] = nil
+                frees[resource, default: 0] += 1
+            }
+        }
+        for resource in lingering.keys.sorted() {
+            lingering[resource] = lingering[resource]!.filter(mayStillBeGranted)
+            if lingering[resource]!.isEmpty { lingering[resource] = nil }
+        }
+        for resource in names {
+            let held = clients.contains { client in
+                !client.gone && client.locks.values.contains { $0.resource == resource && !$0.releasing }
+            }
+            let exists = cluster.nodes.values.contains { harness in
+                let engine = harness.service.engine
+                guard let lockspace = engine.lockspace(named: Array("ls".utf8)) else { return false }
+                return engine.resourceSlot(lockspace, path: [Array(resource.utf8)]) != nil
+            }
+            if !held && !exists {
+                acknowledged[resource] = nil
+                frees[resource, default: 0] += 1
+            }
         }
     }
 
@@ -366,6 +576,7 @@ struct MasteringRun {
     mutating func close(_ index: Int) {
         if trace { print("step \(step): \(clients[index].name) closes") }
         cluster.close((clients[index].node, clients[index].id))
+        clientDied(index)
         clients[index].gone = true
         clients[index].locks = [:]
         clients[index].outstanding = [:]
@@ -382,24 +593,49 @@ struct MasteringRun {
             let resource = random.element(names)
             var flags: LockFlags = random.percent(20) ? .noQueue : []
             if random.percent(20) { flags.insert(.persistent) }
+            if random.percent(50) { flags.insert(.valueBlock) }
+            let tag = tag(index, .lock(resource, mode))
+            if flags.contains(.valueBlock) { valueBlockRequests.insert(key(index, tag)) }
             send(
                 index,
-                .lock(
-                    LockMessage(
-                        tag: tag(index, .lock(resource, mode)), lockspace: 0, flags: flags, mode: mode,
-                        name: Array(resource.utf8))))
+                .lock(LockMessage(tag: tag, lockspace: 0, flags: flags, mode: mode, name: Array(resource.utf8))))
         case 40..<60:
             guard let (lock, state) = held.filter({ $0.value.granted != nil && !$0.value.converting }).first else {
                 return
             }
-            send(index, .convert(ConvertMessage(tag: tag(index, .convert(lock, mode)), lock: lock, mode: mode)))
+            if state.valueBlock, let granted = state.granted, granted >= .pw, !(granted == .pw && mode == .ex) {
+                let value = newValue(for: state.resource, index)
+                let tag = tag(index, .write(lock, state.resource, value.number))
+                deathsAtWrite[key(index, tag)] = writerDeaths[state.resource, default: 0]
+                freesAtWrite[key(index, tag)] = frees[state.resource, default: 0]
+                send(
+                    index,
+                    .convert(
+                        ConvertMessage(
+                            tag: tag, lock: lock, flags: [.convert, .valueBlock], mode: mode, valueBlock: value.bytes)))
+            } else {
+                let flags: LockFlags = state.valueBlock ? [.convert, .valueBlock] : .convert
+                send(
+                    index,
+                    .convert(
+                        ConvertMessage(tag: tag(index, .convert(lock, mode)), lock: lock, flags: flags, mode: mode)))
+            }
             clients[index].locks[lock]?.converting = true
+            if let granted = state.granted, mode > granted { clients[index].locks[lock]?.mayHold = mode }
             // The conversion may be granted at any moment: until its completion, only what both modes promise holds.
             if let granted = state.granted { clients[index].locks[lock]?.relied = Self.meet(granted, mode) }
         case 60..<85:
             guard let (lock, state) = held.first else { return }
             if state.granted == nil || state.converting {
                 send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: .cancel)))
+            } else if state.valueBlock, let granted = state.granted, granted >= .pw {
+                let value = newValue(for: state.resource, index)
+                let tag = tag(index, .write(lock, state.resource, value.number))
+                deathsAtWrite[key(index, tag)] = writerDeaths[state.resource, default: 0]
+                freesAtWrite[key(index, tag)] = frees[state.resource, default: 0]
+                send(index, .unlock(UnlockMessage(tag: tag, lock: lock, flags: .valueBlock, valueBlock: value.bytes)))
+                clients[index].locks[lock]?.releasing = true
+                clients[index].locks[lock]?.relied = nil
             } else {
                 send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: [])))
                 clients[index].locks[lock]?.releasing = true
@@ -413,6 +649,15 @@ struct MasteringRun {
         }
     }
 
+    /// A value never written before: its number in the first 8 bytes.
+    mutating func newValue(for resource: String, _ index: Int) -> (number: UInt64, bytes: [UInt8]) {
+        let number = nextValue
+        nextValue += 1
+        var bytes = [UInt8](repeating: 0, count: 32)
+        for i in 0..<8 { bytes[i] = UInt8(truncatingIfNeeded: number >> (8 * UInt64(i))) }
+        return (number, bytes)
+    }
+
     /// The strongest mode weaker than both (CR for PR and CW).
     static func meet(_ a: LockMode, _ b: LockMode) -> LockMode {
         let both = LockMode.allCases.filter { weaker($0, than: a) && weaker($0, than: b) }
@@ -424,7 +669,19 @@ struct MasteringRun {
         LockMode.allCases.allSatisfy { !$0.isCompatible(with: b) || $0.isCompatible(with: a) }
     }
 
-    func check() throws {
+    mutating func check() throws {
+        forgetFreedValues()
+        if departureUnrecovered, undelivered.isEmpty, isolated == nil,
+            cluster.nodes.values.allSatisfy({
+                !$0.service.isRecovering && $0.service.mastering.recoveredView == cluster.viewNumber
+            })
+        {
+            departureUnrecovered = false
+            masterless = [:]
+        }
+        if !valueFailures.isEmpty {
+            throw Failure(description: "seed \(seed) step \(step): \(valueFailures.joined(separator: "; "))")
+        }
         if let node = isolated, let service = cluster.nodes[node]?.service, !service.isStopped {
             throw Failure(description: "seed \(seed) step \(step): node \(node), alone without quorum, serves requests")
         }

@@ -216,6 +216,8 @@ struct Harness {
             return "lockspace \(info.name.displayName)" + (created ? " created" : "")
         case .persist:
             return "persist"
+        case .replicate(let replica):
+            return "replicate \(replica.name.displayName)" + (replica.removed ? " removed" : "")
         }
     }
 

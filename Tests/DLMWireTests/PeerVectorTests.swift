@@ -69,6 +69,22 @@ struct PeerVectorTests {
                 RecoveredBinding(copy: 0x8000_0002, lock: LockID(rawValue: 9)),
             ]),
         "peer-recovery-done": .recoveryDone(view: 7, phase: 2),
+        "peer-value-replicas": .valueReplicas(
+            generation: 12,
+            [
+                ValueReplica(
+                    lockspace: Array("ls".utf8), name: Array("backup".utf8), valueBlock: [1, 2, 3, 4],
+                    valueBlockSequence: 3, writer: owner),
+                ValueReplica(lockspace: Array("ls".utf8), name: Array("old".utf8), removed: true),
+            ]),
+        "peer-value-replicas-stored": .valueReplicasStored(generation: 12),
+        "peer-recover-values": .recoverValues(
+            view: 7,
+            [
+                ValueReplica(
+                    lockspace: Array("ls".utf8), name: Array("backup".utf8), valueBlock: Array(repeating: 9, count: 8),
+                    valueBlockSequence: 7, invalid: true)
+            ]),
     ]
 
     @Test func everyGoodVectorHasAnExpectedMessageAndEveryKindAVector() {

@@ -110,6 +110,32 @@ import Testing
         #expect(next.mode == .ex)
         #expect(next.fencingToken > held.fencingToken)
     }
+
+    /// A value block written through one node survives `kill -9` of the node that masters it: the writer on node
+    /// 1 unlocks EX with a value (answered once the master's backup node has it), the master (node 3) dies, and a
+    /// reader on node 2 that kept an NL lock converts to PR and reads the value, valid.
+    @Test func aWrittenValueBlockSurvivesTheDeathOfItsMaster() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        var spaces: [Int: DLMLockspace] = [:]
+        for node in 1...3 {
+            let connection = try await DLMConnection.connect(socketPath: cluster.socket(node))
+            spaces[node] = try await connection.openLockspace("shared")
+        }
+        // Node 3 asks first, so it masters the name.
+        _ = try await spaces[3]!.lock("config", mode: .nl)
+        let reader = try await spaces[2]!.lock("config", mode: .nl, flags: .valueBlock)
+        let value = Array("generation 42".utf8) + Array(repeating: 0, count: 32 - 13)
+        let writer = try await spaces[1]!.lock("config", mode: .ex, flags: .valueBlock)
+        try await writer.unlock(valueBlock: value)
+        _ = cluster.kill(3)
+        for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+        let read = try await reader.convert(to: .pr, flags: .valueBlock)
+        #expect(read.valueBlock == value)
+        #expect(!read.flags.contains(.valueNotValid))
+    }
 }
 
 /// What an operator sees of a cluster's lock space: each resource's master and directory node, each lock's holder

@@ -1,0 +1,129 @@
+import DLMCore
+import DLMWire
+
+/// Value blocks that survive the death of their master (docs/RECOVERY.md, "Value blocks"). A master replicates the
+/// value-block state of each resource whose value block is in use (the engine's `.replicate` effects,
+/// ValueReplicas.swift: the value, its sequence number, the invalid mark, the PW or EX holder) to the resource's
+/// *backup node*, and no frame or message that the change caused goes out until that node acknowledged it
+/// (LockService+Durability.swift): a written value is on two nodes before its writer hears that it was written,
+/// and a holder learns it was granted PW or EX only once the backup knows it holds it.
+///
+/// When a master leaves, the backup node sends what it kept to the resource's new master (`recoverValues`, in the
+/// first phase of recovery). The new master takes the newest value, the holders' included, and trusts it unless
+/// the replica was marked invalid or its PW or EX holder left with the master (it may have written without
+/// telling): then the value block is marked not valid, as on one node when a PW or EX holder dies. In the second
+/// phase every master replicates all its resources again to their backup nodes of the new view.
+///
+/// Replicas and their acknowledgements go out at once, ahead of messages that wait for a commit (those may wait for
+/// these acknowledgements).
+struct StoredReplica {
+    /// The master that sent it.
+    var master: UInt32
+    /// The view in which it came: when a recovery ends, only those of its view whose backup is still this node stay.
+    var view: UInt64
+    var replica: ValueReplica
+}
+
+extension LockService {
+    /// The backup node of a resource that `master` masters: its directory node, or, when that is the master, the
+    /// next member after it; nil on a node alone.
+    func backupNode(of key: DirectoryKey, master: UInt32) -> UInt32? {
+        let members = mastering.members
+        guard members.count > 1 else { return nil }
+        let directory = mastering.directoryNode(of: key)
+        if directory != master { return directory }
+        let index = members.firstIndex(of: master) ?? 0
+        return members[(index + 1) % members.count]
+    }
+
+    /// The engine's replicas of this input go to their backup nodes, and this input's frames and messages wait for
+    /// their acknowledgements.
+    mutating func sendReplicas(_ replicas: [ValueReplica]) {
+        guard mastersAcrossNodes, !replicas.isEmpty else { return }
+        var byBackup: [UInt32: [ValueReplica]] = [:]
+        for replica in replicas {
+            let key = DirectoryKey(lockspace: replica.lockspace, name: replica.name)
+            guard let backup = backupNode(of: key, master: configuration.nodeID) else { continue }
+            byBackup[backup, default: []].append(replica)
+        }
+        guard !byBackup.isEmpty else { return }
+        for (node, list) in byBackup.sorted(by: { $0.key < $1.key }) {
+            output.peerMessages.append((node, .valueReplicas(generation: openGeneration, list)))
+            openReplicaBackups.insert(node)
+        }
+        holdingGeneration = openGeneration
+        lastChangedGeneration = openGeneration
+    }
+
+    /// As a backup node: a master's replicas, kept, and acknowledged.
+    mutating func storeReplicas(_ replicas: [ValueReplica], generation: UInt64, from node: UInt32) {
+        let view = mastering.recovery?.view ?? mastering.recoveredView
+        for replica in replicas {
+            let key = DirectoryKey(lockspace: replica.lockspace, name: replica.name)
+            if replica.removed {
+                if mastering.replicas[key]?.master == node { mastering.replicas[key] = nil }
+            } else {
+                mastering.replicas[key] = StoredReplica(master: node, view: view, replica: replica)
+            }
+        }
+        output.peerMessages.append((node, .valueReplicasStored(generation: generation)))
+    }
+
+    /// A backup node has everything this node sent it up to `generation`.
+    mutating func replicasStored(upTo generation: UInt64, by node: UInt32) {
+        mastering.replicaAcknowledged[node] = max(mastering.replicaAcknowledged[node, default: 0], generation)
+        advanceRelease()
+    }
+
+    // MARK: Recovery
+
+    /// At the start of a recovery: nothing waits any longer for a backup node whose life is not the one of the
+    /// last view (`previous`: that life may be gone, and a new life drops what was meant for the old one;
+    /// recovery's messages queue behind what waits, and only the second phase replicates again: a change that
+    /// such a node did not acknowledge is on this node alone until then, and lost if this node dies too); the
+    /// replicas this node kept of departed masters' resources go to their new masters.
+    mutating func recoverReplicas(
+        view: UInt64, members: [UInt32: UInt64], previous: [UInt32: UInt64], departed: Set<UInt32>
+    ) {
+        for index in unreleased.indices {
+            for node in unreleased[index].acknowledgements.keys
+            where members[node] == nil || members[node] != previous[node] {
+                unreleased[index].acknowledgements[node] = nil
+            }
+        }
+        advanceRelease()
+        var resends: [UInt32: [ValueReplica]] = [:]
+        for (key, stored) in mastering.replicas where departed.contains(stored.master) || members[stored.master] == nil
+        {
+            resends[mastering.directoryNode(of: key), default: []].append(stored.replica)
+        }
+        for (node, list) in resends.sorted(by: { $0.key < $1.key }) {
+            sendRecovery(.recoverValues(view: view, list.sorted { Self.keyOrder($0.key, $1.key) }), to: node)
+        }
+    }
+
+    /// In the second phase (every member is in this view's recovery, so every backup node takes what it is sent),
+    /// once this node's resources are rebuilt and purged: every replicated resource goes to its backup node of the
+    /// new view; what this node sends after it (its barrier) waits for their acknowledgements.
+    mutating func replicateAgain() {
+        effects.removeAll(keepingCapacity: true)
+        engine.replicateAll(into: &effects)
+        var replicas: [ValueReplica] = []
+        for case .replicate(let replica) in effects { replicas.append(replica) }
+        sendReplicas(replicas)
+    }
+
+    /// When a recovery ends: only the replicas that came in its view and whose backup this node still is stay (every
+    /// master sent its resources again in the second phase, before its barrier).
+    mutating func dropStaleReplicas(view: UInt64) {
+        guard !mastering.replicas.isEmpty else { return }
+        let me = configuration.nodeID
+        mastering.replicas = mastering.replicas.filter { key, stored in
+            stored.view == view && backupNode(of: key, master: stored.master) == me
+        }
+    }
+}
+
+extension ValueReplica {
+    var key: DirectoryKey { DirectoryKey(lockspace: lockspace, name: name) }
+}

@@ -1,0 +1,109 @@
+/// Value blocks that outlive their master. With `EngineConfig.replicatesValueBlocks` (a node that masters resources
+/// across a cluster), a top-level resource is *replicated* from the moment its value block is written or marked
+/// invalid, or PW or EX is granted on it to a holder with VALBLK: after every input that changed it (its value
+/// block, its invalid mark, its PW or EX holder), the engine gives its state as a `.replicate` effect, and when it
+/// is freed, its removal. The lock service sends these to a second node and lets no frame of that input go out
+/// until that node has them (DLMCluster's LockService+Replicas.swift), so that an acknowledged write survives the
+/// death of the master. A resource nobody uses value blocks on costs one bit test per change.
+
+/// The value-block state of a resource as its master replicates it.
+public struct ValueReplica: Sendable, Hashable {
+    public var lockspace: [UInt8]
+    public var name: [UInt8]
+    /// The resource was freed (its value block with it): the replica is forgotten.
+    public var removed: Bool
+    /// nil while all zeros.
+    public var valueBlock: [UInt8]?
+    public var valueBlockSequence: UInt64
+    public var invalid: Bool
+    /// The holder of PW or EX, if any (at most one holds either): if it dies with the master, the value can no
+    /// longer be trusted.
+    public var writer: OwnerID?
+
+    public init(
+        lockspace: [UInt8], name: [UInt8], removed: Bool = false, valueBlock: [UInt8]? = nil,
+        valueBlockSequence: UInt64 = 0, invalid: Bool = false, writer: OwnerID? = nil
+    ) {
+        self.lockspace = lockspace
+        self.name = name
+        self.removed = removed
+        self.valueBlock = valueBlock
+        self.valueBlockSequence = valueBlockSequence
+        self.invalid = invalid
+        self.writer = writer
+    }
+}
+
+extension LockEngine {
+    /// Starts replicating a top-level resource (its value block is in use).
+    @inline(__always)
+    mutating func replicate(_ resource: Int32) {
+        guard config.replicatesValueBlocks, resources[Int(resource)].parent == none else { return }
+        let bits = resources[Int(resource)].marks
+        if bits & ResourceMark.replicated == 0 {
+            resources[Int(resource)].marks = bits | ResourceMark.replicated
+            markReplicaDirty(resource)
+        }
+    }
+
+    mutating func markReplicaDirty(_ resource: Int32) {
+        if resources[Int(resource)].marks & ResourceMark.replicaDirty == 0 {
+            resources[Int(resource)].marks |= ResourceMark.replicaDirty
+            dirtyReplicas.append(resource)
+        }
+    }
+
+    /// Whether replicas wait for `drainReplicas`.
+    var hasReplicas: Bool { !dirtyReplicas.isEmpty || !replicaRemovals.isEmpty }
+
+    /// The state of every replicated resource changed since the last drain, and the removals.
+    mutating func drainReplicas(into effects: inout [Effect]) {
+        for removal in replicaRemovals { effects.append(.replicate(removal)) }
+        replicaRemovals.removeAll(keepingCapacity: true)
+        for slot in dirtyReplicas {
+            let record = resources[Int(slot)]
+            guard !record.isFree, record.marks & ResourceMark.replicaDirty != 0 else { continue }
+            resources[Int(slot)].marks &= ~ResourceMark.replicaDirty
+            effects.append(.replicate(replica(of: slot)))
+        }
+        dirtyReplicas.removeAll(keepingCapacity: true)
+    }
+
+    func replica(of slot: Int32) -> ValueReplica {
+        let record = resources[Int(slot)]
+        var writer: OwnerID?
+        let writerModes: UInt8 = 1 << LockMode.pw.rawValue | 1 << LockMode.ex.rawValue
+        if record.granted.present & writerModes != 0 {
+            for queue in [QueueKind.grant, .convert] {
+                var cursor = queueEnds(slot, queue).head
+                while cursor != none, writer == nil {
+                    if locks[Int(cursor)].grantedMode >= LockMode.pw.rawValue {
+                        // An orphan's "owner" is node 0, which is never a member: it is gone with the master.
+                        let owner = locks[Int(cursor)].owner
+                        writer = owner == orphanOwner ? OwnerID(rawValue: 0) : owners[Int(owner)].id
+                    }
+                    cursor = locks[Int(cursor)].next
+                }
+            }
+        }
+        return ValueReplica(
+            lockspace: lockspaces[Int(record.lockspace)].name, name: record.name, valueBlock: record.valueBlock,
+            valueBlockSequence: record.valueBlockSequence, invalid: record.valueBlockInvalid, writer: writer)
+    }
+
+    /// A freed resource that was replicated: its removal goes out with the next drain.
+    mutating func replicaFreed(_ slot: Int32) {
+        let record = resources[Int(slot)]
+        resources[Int(slot)].marks &= ~(ResourceMark.replicated | ResourceMark.replicaDirty)
+        replicaRemovals.append(
+            ValueReplica(lockspace: lockspaces[Int(record.lockspace)].name, name: record.name, removed: true))
+    }
+
+    /// Every replicated resource, as if it had just changed (a new view moved the replicas to other nodes).
+    public mutating func replicateAll(into effects: inout [Effect]) {
+        for slot in resources.indices where !resources[slot].isFree {
+            if resources[slot].marks & ResourceMark.replicated != 0 { markReplicaDirty(Int32(slot)) }
+        }
+        drainReplicas(into: &effects)
+    }
+}

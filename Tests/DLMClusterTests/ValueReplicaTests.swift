@@ -1,0 +1,115 @@
+import DLMCluster
+import DLMCore
+import DLMWire
+import Testing
+
+/// Value blocks that survive the death of their master (LockService+Replicas.swift), in-process: a write is
+/// acknowledged only once the resource's backup node has it, and after the master dies the new master rebuilds the
+/// value from the backup's copy; the value is marked not valid only when a PW or EX holder died with the master.
+@Suite struct ValueReplicaTests {
+    typealias H = ServiceHarness
+    static let remote: UInt32 = 0x8000_0001
+
+    /// A name mastered by node 3 (its directory node, and the first to ask): its backup node is node 1.
+    static let name = ClusterHarness.name(directedTo: 3, of: 3)
+
+    static func value(_ byte: UInt8) -> [UInt8] { Array(repeating: byte, count: 32) }
+
+    static func write(_ tag: UInt32, lock: UInt32, to mode: LockMode, _ value: [UInt8]) -> ClientMessage {
+        .convert(ConvertMessage(tag: tag, lock: lock, flags: [.convert, .valueBlock], mode: mode, valueBlock: value))
+    }
+
+    static func read(_ tag: UInt32, lock: UInt32, to mode: LockMode) -> ClientMessage {
+        .convert(ConvertMessage(tag: tag, lock: lock, flags: [.convert, .valueBlock], mode: mode))
+    }
+
+    /// Node 3's client "3w" holds EX with VALBLK (node 3 masters the name); node 2's "2r" holds NL with VALBLK.
+    static func writerOnTheMasterAndReaderElsewhere() -> (
+        ClusterHarness, writer: (node: UInt32, id: ConnectionID), reader: (node: UInt32, id: ConnectionID)
+    ) {
+        var c = ClusterHarness(nodes: 3)
+        let writer = c.client(3, "w")
+        let reader = c.client(2, "r")
+        c.send(writer, H.lock(2, Self.name, .ex, .valueBlock))
+        _ = c.run()
+        c.send(reader, H.lock(2, Self.name, .nl, .valueBlock))
+        _ = c.run()
+        return (c, writer, reader)
+    }
+
+    /// Node 3's client writes the value block; its answer waits until the backup node (1) acknowledged the replica.
+    @Test func aWriteIsAnsweredOnlyOnceTheBackupNodeHasIt() {
+        var c = ClusterHarness(nodes: 3)
+        let writer = c.client(3, "w")
+        c.send(writer, H.lock(2, Self.name, .ex, .valueBlock))
+        #expect(c.run() == ["3w: COMPLETION tag 2 lock 1 granted EX"])
+        c.paused = [ClusterHarness.Link(from: 3, to: 1)]
+        c.send(writer, Self.write(3, lock: 1, to: .nl, Self.value(7)))
+        #expect(c.run() == [])
+        #expect(c.links[ClusterHarness.Link(from: 3, to: 1)]?.count == 1)
+        c.paused = []
+        #expect(c.run() == ["3w: COMPLETION tag 3 lock 1 granted NL"])
+    }
+
+    /// Node 3 masters a name; its client writes the value block (acknowledged) and keeps NL; node 3 dies. Node 2's
+    /// client, which held NL, converts to PR and reads the value, trusted: no PW or EX holder died.
+    @Test func anAcknowledgedWriteSurvivesTheDeathOfItsMasterAndWriter() {
+        var (c, writer, reader) = Self.writerOnTheMasterAndReaderElsewhere()
+        c.send(writer, Self.write(3, lock: 1, to: .nl, Self.value(7)))
+        #expect(c.run() == ["3w: COMPLETION tag 3 lock 1 granted NL"])
+        c.crash(3)
+        c.installView()
+        _ = c.run()
+        c.send(reader, Self.read(3, lock: Self.remote, to: .pr))
+        #expect(c.run() == ["2r: COMPLETION tag 3 lock \(Self.remote) granted PR"])
+        let read = c.completions["2r"]!.last!
+        #expect(read.valueBlock == Self.value(7))
+        #expect(!read.flags.contains(.valueNotValid))
+    }
+
+    /// The same with the writer on another node (2), which unlocks after writing: only the master and its backup
+    /// had the value, and the master dies. Node 1's reader gets it.
+    @Test func aRemoteWritersValueSurvivesTheDeathOfTheMaster() {
+        var c = ClusterHarness(nodes: 3)
+        let master = c.client(3, "m")
+        let writer = c.client(2, "w")
+        let reader = c.client(1, "r")
+        c.send(master, H.lock(2, Self.name, .nl))
+        _ = c.run()
+        c.send(reader, H.lock(2, Self.name, .nl, .valueBlock))
+        _ = c.run()
+        c.send(writer, H.lock(2, Self.name, .ex, .valueBlock))
+        #expect(c.run() == ["2w: COMPLETION tag 2 lock \(Self.remote) granted EX"])
+        c.send(writer, .unlock(UnlockMessage(tag: 3, lock: Self.remote, flags: .valueBlock, valueBlock: Self.value(9))))
+        #expect(c.run() == ["2w: COMPLETION tag 3 lock \(Self.remote) EUNLOCK"])
+        c.crash(3)
+        c.installView()
+        _ = c.run()
+        c.send(reader, Self.read(3, lock: Self.remote, to: .pr))
+        #expect(c.run() == ["1r: COMPLETION tag 3 lock \(Self.remote) granted PR"])
+        let read = c.completions["1r"]!.last!
+        #expect(read.valueBlock == Self.value(9))
+        #expect(!read.flags.contains(.valueNotValid))
+    }
+
+    /// A PW holder that dies with its master may have written without telling anyone: the value block is marked
+    /// not valid (as on one node when a PW or EX holder dies), and a later write clears the mark.
+    @Test func aWriterThatDiesWithTheMasterLeavesTheValueNotValid() {
+        var (c, writer, reader) = Self.writerOnTheMasterAndReaderElsewhere()
+        c.send(writer, Self.write(3, lock: 1, to: .pw, Self.value(7)))
+        #expect(c.run() == ["3w: COMPLETION tag 3 lock 1 granted PW"])
+        c.crash(3)
+        c.installView()
+        _ = c.run()
+        c.send(reader, Self.read(3, lock: Self.remote, to: .ex))
+        #expect(c.run() == ["2r: COMPLETION tag 3 lock \(Self.remote) granted EX"])
+        #expect(c.completions["2r"]!.last!.flags.contains(.valueNotValid))
+        c.send(reader, Self.write(4, lock: Self.remote, to: .nl, Self.value(8)))
+        _ = c.run()
+        c.send(reader, Self.read(5, lock: Self.remote, to: .pr))
+        _ = c.run()
+        let read = c.completions["2r"]!.last!
+        #expect(read.valueBlock == Self.value(8))
+        #expect(!read.flags.contains(.valueNotValid))
+    }
+}
