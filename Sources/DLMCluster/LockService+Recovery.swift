@@ -262,7 +262,6 @@ extension LockService {
             // The barrier waits for the acknowledgements of the replicas sent again (`replicateAgain`): when the
             // phase ends everywhere, every backup node has them.
             finishPhase(2)
-            holdingGeneration = nil
         } else {
             endRecovery()
         }
@@ -345,8 +344,7 @@ extension LockService {
     /// and no replica means the value block was never in use); `members`: the view's (for the writer's fate).
     static func rebuiltResource(
         _ key: DirectoryKey, lockspace: LockspaceID, from holders: [(node: UInt32, lock: RecoveredLock)],
-        values: [ValueReplica] = [], alone: Bool = false, members: [UInt32: UInt64] = [:], floor: UInt64,
-        now: Instant
+        values: [ValueReplica], alone: Bool, members: [UInt32: UInt64], floor: UInt64, now: Instant
     ) -> (ResourceSnapshot, order: [Int]) {
         var locks: [LockSnapshot] = []
         var order: [Int] = []

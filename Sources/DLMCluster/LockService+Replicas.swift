@@ -42,8 +42,7 @@ extension LockService {
         guard mastersAcrossNodes, !replicas.isEmpty else { return }
         var byBackup: [UInt32: [ValueReplica]] = [:]
         for replica in replicas {
-            let key = DirectoryKey(lockspace: replica.lockspace, name: replica.name)
-            guard let backup = backupNode(of: key, master: configuration.nodeID) else { continue }
+            guard let backup = backupNode(of: replica.key, master: configuration.nodeID) else { continue }
             byBackup[backup, default: []].append(replica)
         }
         guard !byBackup.isEmpty else { return }
@@ -59,11 +58,10 @@ extension LockService {
     mutating func storeReplicas(_ replicas: [ValueReplica], generation: UInt64, from node: UInt32) {
         let view = mastering.recovery?.view ?? mastering.recoveredView
         for replica in replicas {
-            let key = DirectoryKey(lockspace: replica.lockspace, name: replica.name)
             if replica.removed {
-                if mastering.replicas[key]?.master == node { mastering.replicas[key] = nil }
+                if mastering.replicas[replica.key]?.master == node { mastering.replicas[replica.key] = nil }
             } else {
-                mastering.replicas[key] = StoredReplica(master: node, view: view, replica: replica)
+                mastering.replicas[replica.key] = StoredReplica(master: node, view: view, replica: replica)
             }
         }
         output.peerMessages.append((node, .valueReplicasStored(generation: generation)))

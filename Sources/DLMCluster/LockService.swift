@@ -267,6 +267,9 @@ public struct LockService {
             while let message = mastering.loopback.popFirst() { receive(message, from: configuration.nodeID) }
             if !connectionsWithDeferredRequests.isEmpty { drainDeferred() }
         }
+        // Only this input's frames and messages wait for its changes (a hold set outside `run`, e.g. by recovery's
+        // replication, ends here too).
+        holdingGeneration = nil
     }
 
     /// A clean shutdown: every client is told (GOODBYE) and closed, the owners that left while the node was

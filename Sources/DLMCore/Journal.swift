@@ -2,9 +2,10 @@
 /// drained by the shell after each input (the engine does no I/O itself).
 ///
 /// Only resources that hold persistent locks are journaled ("tracked"); any change to one of them (a queue,
-/// a granted mode, the value block, an owner) makes it dirty (and a replicated one's replica, ValueReplicas.swift), and `drainJournal` turns each dirty resource into
+/// a granted mode, the value block, an owner) makes it dirty, and `drainJournal` turns each dirty resource into
 /// one entry: its persistent granted locks and value block, or a deletion when none is left. A workload
-/// without persistent locks costs one bit test per change.
+/// without persistent locks costs one bit test per change. (`touch` marks a replicated resource's replica dirty
+/// too: ValueReplicas.swift.)
 
 /// The marks of a resource record (`ResourceRecord.marks`).
 enum ResourceMark {

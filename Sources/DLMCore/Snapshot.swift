@@ -227,8 +227,10 @@ extension LockEngine {
         resources[Int(resource)].valueBlockSequence = snapshot.valueBlockSequence
         resources[Int(resource)].valueBlockInvalid = snapshot.valueBlockInvalid
         resources[Int(resource)].fencingToken = max(resources[Int(resource)].fencingToken, snapshot.fencingToken)
-        if snapshot.valueBlock != nil || snapshot.valueBlockInvalid
-            || snapshot.locks.contains(where: { $0.flags.contains(.valueBlock) && ($0.grantedMode ?? .nl) >= .pw })
+        // (A store's restore at start does not replicate: no walk of its locks.)
+        if config.replicatesValueBlocks,
+            snapshot.valueBlock != nil || snapshot.valueBlockInvalid
+                || snapshot.locks.contains(where: { $0.flags.contains(.valueBlock) && ($0.grantedMode ?? .nl) >= .pw })
         {
             replicate(resource)
         }

@@ -149,6 +149,7 @@ import Testing
     final class CClient: @unchecked Sendable {
         let process = Process()
         private let input = Pipe()
+        private let exited = DispatchSemaphore(value: 0)
 
         init(_ id: Int, node: Int, socket: String, seed: UInt64, ledger: Ledger) throws {
             process.executableURL = URL(fileURLWithPath: try cProgram.get())
@@ -157,6 +158,7 @@ import Testing
             let output = Pipe()
             process.standardOutput = output
             process.standardInput = input
+            process.terminationHandler = { [exited] _ in exited.signal() }
             try process.run()
             let handle = output.fileHandleForReading
             Thread.detachNewThread {
@@ -187,10 +189,15 @@ import Testing
             }
         }
 
-        func stop() {
+        /// Asks it to end and waits for its exit (a hang detector kills it after 60 s: a client that never gets
+        /// the lock it waits for).
+        func stop() throws {
             signal(SIGPIPE, SIG_IGN)  // it may end between the check and the write
             if process.isRunning { try? input.fileHandleForWriting.write(contentsOf: Data("stop\n".utf8)) }
-            process.waitUntilExit()
+            guard exited.wait(timeout: .now() + 60) == .success else {
+                process.terminate()
+                throw SupportError("a C client did not end within 60 s of being asked to (a lock it waits for?)")
+            }
         }
     }
 
@@ -302,7 +309,7 @@ import Testing
         }
         stop.set()
         for task in tasks { await task.value }
-        for client in cClients { client.stop() }
+        for client in cClients { try client.stop() }
         let overlaps = await ledger.overlaps()
         for (first, second) in overlaps.prefix(5) {
             Issue.record("\(first.name): \(describe(first)) overlaps \(describe(second)); \(events)")
