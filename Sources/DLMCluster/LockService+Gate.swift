@@ -4,7 +4,8 @@ import DLMWire
 /// While a cluster member is outside a primary view it grants nothing new: like the kernel DLM's stopped
 /// lockspaces during recovery, requests that change lock state are held (not refused), and so are disconnections
 /// (whose released locks could grant waiters) and the engine's timers. Once the node is in a primary view again,
-/// everything held runs in the order it arrived. A standalone node is never stopped.
+/// everything held runs in the order it arrived. A standalone node is never stopped. While it recovers from a
+/// membership change, only what the failure touched waits (LockService+Recovery.swift, `runsDuringRecovery`).
 extension LockService {
     /// An input received while the node was stopped.
     enum HeldInput {
@@ -62,6 +63,7 @@ extension LockService {
         if heldRequests > 0 { return true }
         switch message {
         case .ping, .query, .bye, .hello: return false
+        case .lock, .convert, .unlock: return !runsDuringRecovery(message, from: id)
         default: return true
         }
     }

@@ -32,6 +32,8 @@ struct Mastering {
     /// Operations sent to a master and not answered yet, by their reference.
     var pending: [UInt64: PendingOperation] = [:]
     var nextReference: UInt64 = 1
+    /// The resources recovery rebuilt here since the last completed recovery: they wait for its end.
+    var rebuiltKeys: Set<DirectoryKey> = []
     /// The lockspaces this node opened as master for other nodes, by name.
     var lockspaces: [[UInt8]: LockspaceID] = [:]
     /// Messages for other nodes that wait for a store commit, oldest first (LockService+Durability.swift).
@@ -70,8 +72,10 @@ struct Mastering {
         var connection: ConnectionID
         var tag: UInt32
         var copy: Int
-        /// The node the operation went to.
+        /// The node the operation went to, and its life then (an operation sent during recovery may go to a new life
+        /// of a node whose old life left: it is not lost with the old one).
         var master: UInt32
+        var masterIncarnation: UInt64?
         /// The client's frame (sent again if the master leaves before answering, or, for a new lock, after a stale
         /// master's "not master").
         var message: ClientMessage
@@ -124,6 +128,12 @@ extension LockService {
                 master = known
             } else {
                 let directory = mastering.directoryNode(of: key)
+                if isRecovering {
+                    // The directory is being rebuilt: asked once recovery is done (`endRecovery`).
+                    mastering.awaitingLookup[key, default: []].append((id, .lock(m)))
+                    clients[Int(id.slot)].awaitingReply = true
+                    return true
+                }
                 if directory == configuration.nodeID {
                     master = mastering.directory[key] ?? configuration.nodeID
                     mastering.directory[key] = master
@@ -208,8 +218,10 @@ extension LockService {
     ) -> UInt64 {
         let reference = mastering.nextReference
         mastering.nextReference += 1
+        let master = mastering.copies.copies[copy].master
         mastering.pending[reference] = Mastering.PendingOperation(
-            connection: id, tag: tag, copy: copy, master: mastering.copies.copies[copy].master, message: message)
+            connection: id, tag: tag, copy: copy, master: master, masterIncarnation: mastering.viewMembers[master],
+            message: message)
         clients[Int(id.slot)].awaitingReply = true
         return reference
     }
@@ -228,6 +240,12 @@ extension LockService {
         case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone, .recoverValues:
             receiveRecovery(message, from: node)
             return
+        case .valueReplicas(let generation, let replicas):
+            // Taken from any live node, even one outside this node's view: a master that serves a resource during
+            // recovery replicates its changes to the new view's backup node, which may not have installed that view
+            // yet (a restarted node); the transport drops what a life that ended sent.
+            storeReplicas(replicas, generation: generation, from: node)
+            return
         default:
             break
         }
@@ -235,9 +253,6 @@ extension LockService {
         // sent and this node held when its recovery started is dropped there).
         guard node == configuration.nodeID || mastering.viewMembers[node] != nil else { return }
         switch message {
-        case .valueReplicas(let generation, let replicas):
-            storeReplicas(replicas, generation: generation, from: node)
-            return
         case .valueReplicasStored(let generation):
             replicasStored(upTo: generation, by: node)
             return
@@ -245,7 +260,7 @@ extension LockService {
             // Sent before its sender recovered with this life of this node (to an earlier life, which it takes for
             // gone and sends again to whoever masters the resource now).
             guard node == configuration.nodeID || mastering.recoveredWith.contains(node) else { return }
-            if isRecovering {
+            if isRecovering && !runsDuringRecovery(message) {
                 // Run once the directory and the masters are rebuilt.
                 mastering.recovery!.heldTraffic.append((node, mastering.viewMembers[node] ?? 0, message))
                 return

@@ -20,8 +20,10 @@ import GroupServices
 ///    floors rise above every token issued before. When the phase ends everywhere, held requests run, and
 ///    operations and lookups that were addressed to departed nodes are sent again.
 ///
-/// The whole node stops (requests held, not refused) while it recovers; a new view aborts the run and starts it
-/// over from the members of the last completed recovery. Not recovered yet: sub-locks whose master left, and the
+/// Only what the failure touched waits (`runsDuringRecovery`): requests on resources whose master survived run
+/// during recovery as before it; requests on resources whose master left, requests that need the directory,
+/// lockspace operations, purges, exits and the engine's timers are held (not refused) until the run ends. A new
+/// view aborts the run and starts it over from the members of the last completed recovery. Not recovered yet: sub-locks whose master left, and the
 /// persistent locks and orphans of a departed node (they were on its master only).
 struct Recovery {
     var view: UInt64
@@ -31,6 +33,10 @@ struct Recovery {
     /// A view without quorum came: this run's view is over, so the run ends nothing and serves nothing; the next
     /// primary view starts a new one (with what this one knew of departed nodes and held traffic).
     var abandoned = false
+    /// Every node that a member counts as departed (its own `departed`, in its `recoveryDone` of phase 1): when the
+    /// second phase starts, every node that left since any member's last completed recovery. (A new life knows
+    /// no earlier view: its own count would be empty.)
+    var reportedDeparted: Set<UInt32> = []
     /// Members whose `recoveryDone` came, per phase.
     var done: [UInt8: Set<UInt32>] = [:]
     /// As a new master: the locks holders sent, by resource, in arrival order.
@@ -89,7 +95,7 @@ extension LockService {
         departed = departed.filter { members[$0] == nil || members[$0] != mastering.memberIncarnations[$0] }
         // Traffic from nodes that left is dropped.
         held = Deque(held.filter { members[$0.node] == $0.incarnation })
-        mastering.recovery = Recovery(view: view, departed: departed, heldTraffic: held)
+        mastering.recovery = Recovery(view: view, departed: departed, reportedDeparted: departed, heldTraffic: held)
         mastering.members = members.keys.sorted()
         mastering.viewMembers = members
         stop(waitingFor: ["recovery of view \(view)"])
@@ -192,7 +198,11 @@ extension LockService {
     mutating func finishPhase(_ phase: UInt8) {
         guard let view = mastering.recovery?.view else { return }
         for node in mastering.members where node != configuration.nodeID {
-            send(.recoveryDone(view: view, phase: phase), to: node)
+            send(
+                .recoveryDone(
+                    view: view, phase: phase,
+                    departed: phase == 1 ? mastering.recovery!.departed.sorted() : []),
+                to: node)
         }
         mastering.recovery!.done[phase, default: []].insert(configuration.nodeID)
         advanceRecovery()
@@ -203,7 +213,7 @@ extension LockService {
     mutating func receiveRecovery(_ message: PeerMessage, from node: UInt32) {
         let view: UInt64
         switch message {
-        case .recoverMasters(let v, _), .recoverLocks(let v, _), .recoverBindings(let v, _), .recoveryDone(let v, _),
+        case .recoverMasters(let v, _), .recoverLocks(let v, _), .recoverBindings(let v, _), .recoveryDone(let v, _, _),
             .recoverValues(let v, _):
             view = v
         default:
@@ -229,7 +239,8 @@ extension LockService {
             bind(bindings, from: node)
         case .recoverValues(_, let replicas):
             for replica in replicas { mastering.recovery!.receivedValues[replica.key, default: []].append(replica) }
-        case .recoveryDone(_, let phase):
+        case .recoveryDone(_, let phase, let departed):
+            mastering.recovery!.reportedDeparted.formUnion(departed)
             mastering.recovery!.done[phase, default: []].insert(node)
             advanceRecovery()
         default:
@@ -298,7 +309,8 @@ extension LockService {
             guard !fresh.isEmpty else { continue }
             let (snapshot, order) = Self.rebuiltResource(
                 key, lockspace: lockspace, from: fresh, values: recovery.receivedValues[key] ?? [],
-                alone: recovery.departed.count == 1, members: mastering.viewMembers, floor: floor, now: engine.now)
+                alone: recovery.reportedDeparted.count == 1, members: mastering.viewMembers, floor: floor,
+                now: engine.now)
             effects.removeAll(keepingCapacity: true)
             engine.handle(.recover(snapshot), into: &effects)
             var ids: [LockID] = []
@@ -319,6 +331,7 @@ extension LockService {
                 bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: id))
             }
             registerAsMaster(key, into: &registrations)
+            mastering.rebuiltKeys.insert(key)
             mastering.rebuiltLockspaces.insert(lockspace)
         }
         mastering.recovery!.received = [:]
@@ -414,10 +427,15 @@ extension LockService {
             run(.grantAfterRecovery(lockspace), reply: nil)
         }
         mastering.rebuiltLockspaces = []
+        mastering.rebuiltKeys = []
         // What other nodes sent meanwhile, in order.
         for (node, _, message) in recovery.heldTraffic { receive(message, from: node) }
-        // Operations whose master left are sent again; lookups the old directory may have answered are asked again.
-        let lost = mastering.pending.filter { departed.contains($0.value.master) }.sorted { $0.key < $1.key }
+        // Operations whose master left are sent again (not those sent during recovery to a new life of its node);
+        // lookups the old directory may have answered are asked again.
+        let members = mastering.viewMembers
+        let lost = mastering.pending.filter {
+            departed.contains($0.value.master) && members[$0.value.master] != $0.value.masterIncarnation
+        }.sorted { $0.key < $1.key }
         for (reference, operation) in lost {
             mastering.pending[reference] = nil
             let id = operation.connection
@@ -429,6 +447,71 @@ extension LockService {
             send(.lookup(key), to: mastering.directoryNode(of: key))
         }
         resume()
+    }
+}
+
+// MARK: Only what the failure touched waits
+
+extension LockService {
+    /// Whether a client's LOCK, CONVERT or UNLOCK runs while the node recovers: only on a resource whose master
+    /// survived and that recovery does not rebuild here. Such a resource is in the same state during recovery as
+    /// in the time between the failure and the new view, when requests ran anyway: its master holds every lock on
+    /// it (a departed node's locks still block until phase 2 purges them, so nothing is granted that could not
+    /// be granted before). A request that needs the directory (its master is not known), a lock whose master left
+    /// (its copy waits to be bound to the new master) and a resource rebuilt here wait for the end of the run.
+    /// A request for another master goes to it, which runs it or holds it by the same rule (`runsDuringRecovery`
+    /// for peer messages). Nothing runs in a run that a view without quorum abandoned, nor in a life's first
+    /// recovery (it masters nothing yet that it may serve).
+    func runsDuringRecovery(_ message: ClientMessage, from id: ConnectionID) -> Bool {
+        guard let recovery = mastering.recovery, !recovery.abandoned, mastering.recoveredView > 0 else { return false }
+        let lock: UInt32
+        switch message {
+        case .lock(let m):
+            if m.parent != 0 {
+                lock = m.parent
+            } else {
+                guard let info = engine.lockspaceInfo(LockspaceID(rawValue: m.lockspace)) else { return true }
+                let key = DirectoryKey(lockspace: info.name, name: m.name)
+                guard let master = mastering.masters[key] else { return false }
+                return master != configuration.nodeID || !mastering.rebuiltKeys.contains(key)
+            }
+        case .convert(let m): lock = m.lock
+        case .unlock(let m): lock = m.lock
+        default: return false
+        }
+        guard ProcessCopies.isCopy(lock) else {
+            // A lock of the local engine: its resource was mastered here all along (a client's lock on a resource
+            // that moved here is a copy); no such lock: refused at once.
+            guard let top = engine.topLevelResource(of: LockID(rawValue: lock)) else { return true }
+            return !mastering.rebuiltKeys.contains(DirectoryKey(lockspace: top.lockspace, name: top.name))
+        }
+        guard let index = mastering.copies.index(of: lock, owner: id.owner) else { return true }
+        // Bound to a master that survived (an unbound copy waits for the new master's id).
+        let copy = mastering.copies.copies[index]
+        return copy.masterLock != nil && !copy.rebinding
+    }
+
+    /// Whether another node's operation runs while this node recovers: on a resource mastered here all along (by
+    /// the same rule as `runsDuringRecovery` for clients). Operations on the resources rebuilt here, lookups and
+    /// owner exits wait for the end of the run. (A node sends at most one operation per connection at a time, so
+    /// running one ahead of held ones keeps each client's order.)
+    func runsDuringRecovery(_ message: PeerMessage) -> Bool {
+        guard let recovery = mastering.recovery, !recovery.abandoned, mastering.recoveredView > 0 else { return false }
+        let lock: LockID
+        switch message {
+        case .request(_, let remote):
+            if let parent = remote.request.parent {
+                lock = parent
+            } else {
+                let key = DirectoryKey(lockspace: remote.lockspace, name: remote.request.name)
+                return mastering.masters[key] == configuration.nodeID && !mastering.rebuiltKeys.contains(key)
+            }
+        case .convert(_, let request): lock = request.lock
+        case .unlock(_, let request): lock = request.lock
+        default: return false
+        }
+        guard let top = engine.topLevelResource(of: lock) else { return false }
+        return !mastering.rebuiltKeys.contains(DirectoryKey(lockspace: top.lockspace, name: top.name))
     }
 }
 

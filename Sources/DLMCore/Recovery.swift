@@ -43,6 +43,16 @@ extension LockEngine {
         return found
     }
 
+    /// The top-level resource (lockspace name, resource name) of a live lock (the lock's own resource, or the
+    /// top of its parents' chain for a sub-lock); nil if there is no such lock.
+    public func topLevelResource(of id: LockID) -> (lockspace: [UInt8], name: [UInt8])? {
+        let slot = id.slot
+        guard slot >= 0, slot < locks.count, !locks[slot].isFree else { return nil }
+        var resource = locks[slot].resource
+        while resources[Int(resource)].parent != none { resource = resources[Int(resource)].parent }
+        return (lockspaces[Int(resources[Int(resource)].lockspace)].name, resources[Int(resource)].name)
+    }
+
     /// The owners with locks or requests here that `matching` selects (a departed node's, when recovery purges).
     public func owners(matching: (OwnerID) -> Bool) -> [OwnerID] {
         ownerIndex.keys.filter(matching).sorted()

@@ -129,9 +129,11 @@ extension PeerMessage {
                     body.writeInteger(binding.copy)
                     body.writeInteger(binding.lock.rawValue)
                 }
-            case .recoveryDone(let view, let phase):
+            case .recoveryDone(let view, let phase, let departed):
                 body.writeInteger(view)
                 body.writeInteger(phase)
+                body.writeInteger(UInt32(departed.count))
+                for node in departed { body.writeInteger(node) }
             case .valueReplicas(let generation, let replicas), .recoverValues(let generation, let replicas):
                 body.writeInteger(generation)
                 body.writeInteger(UInt32(replicas.count))
@@ -256,7 +258,12 @@ extension PeerMessage {
             message = .recoverBindings(view: view, bindings)
         case .recoveryDone:
             let view = try body.read(UInt64.self, "view")
-            message = .recoveryDone(view: view, phase: try body.read(UInt8.self, "phase"))
+            let phase = try body.read(UInt8.self, "phase")
+            let count = try body.readCount("count", least: 4)
+            var departed: [UInt32] = []
+            departed.reserveCapacity(count)
+            for _ in 0..<count { departed.append(try body.read(UInt32.self, "node")) }
+            message = .recoveryDone(view: view, phase: phase, departed: departed)
         case .valueReplicas, .recoverValues:
             let number = try body.read(UInt64.self, kind == .valueReplicas ? "generation" : "view")
             let count = try body.readCount("count", least: ValueReplica.leastEncodedLength)

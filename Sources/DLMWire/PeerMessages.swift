@@ -29,8 +29,9 @@ public enum PeerMessage: Sendable, Hashable {
     case recoverLocks(view: UInt64, [RecoveredLock])
     /// Recovery for `view`, the new master's answer to `recoverLocks`: the id it gave each of the holder's locks.
     case recoverBindings(view: UInt64, [RecoveredBinding])
-    /// Recovery for `view`: the sender has sent everything of `phase` (in order before this message).
-    case recoveryDone(view: UInt64, phase: UInt8)
+    /// Recovery for `view`: the sender has sent everything of `phase` (in order before this message). `departed`:
+    /// the nodes that left, as the sender counts them since its last completed recovery (phase 1; empty in phase 2).
+    case recoveryDone(view: UInt64, phase: UInt8, departed: [UInt32])
     /// To a resource's backup node: the value-block state of resources the sender masters, as of its generation
     /// `generation` (a removal when a resource was freed). Sent ahead of messages held for a commit.
     case valueReplicas(generation: UInt64, [ValueReplica])

@@ -103,6 +103,66 @@ import Testing
             ])
     }
 
+    /// Only what the failure touched waits. Node 3 dies while node 4 is slow to recover, so the run cannot end;
+    /// meanwhile a client of node 1 locks a resource node 1 masters (granted at once), a client of node 2 asks for it
+    /// too (node 1 queues it during its own recovery), and node 1's unlock on a resource node 2 masters is answered.
+    /// A request on the resource whose master died, and the unlock of a lock on it, wait for the end of the run.
+    @Test func onlyWhatTheFailureTouchedWaits() {
+        var c = ClusterHarness(nodes: 4)
+        let own = ClusterHarness.name(directedTo: 1, of: 4, prefix: "own")
+        let far = ClusterHarness.name(directedTo: 2, of: 4, prefix: "far")
+        let lost = ClusterHarness.name(directedTo: 3, of: 4, prefix: "lost")
+        let a = c.client(1, "a")
+        let d = c.client(1, "d")
+        let b = c.client(2, "b")
+        let m = c.client(3, "m")
+        c.send(a, H.lock(2, own, .nl))
+        c.send(b, H.lock(2, far, .nl))
+        c.send(m, H.lock(2, lost, .nl))
+        #expect(c.run().count == 3)
+        c.send(b, H.lock(3, own, .nl))
+        c.send(a, H.lock(3, far, .pr))
+        _ = c.run()
+        c.send(a, H.lock(4, lost, .pr))
+        #expect(c.run() == ["1a: COMPLETION tag 4 lock \(Self.secondRemote) granted PR"])
+
+        // Node 4 is slow: nothing it sends arrives for now, so no survivor's recovery can end.
+        for node: UInt32 in [1, 2] { c.paused.insert(ClusterHarness.Link(from: 4, to: node)) }
+        c.crash(3)
+        c.installView()
+        #expect(c.run() == [])
+        for node: UInt32 in [1, 2] { #expect(c.nodes[node]!.service.isStopped) }
+
+        // Resources whose master survived: served during recovery, locally and across nodes.
+        c.send(a, H.lock(5, own, .ex))
+        let granted = c.run()
+        #expect(
+            granted.count == 1 && granted[0].hasPrefix("1a: COMPLETION tag 5 lock ")
+                && granted[0].hasSuffix("granted EX"))
+        c.send(b, H.lock(4, own, .pr))
+        #expect(c.run().contains { $0.hasPrefix("2b: OK tag 4 lock ") })
+        c.send(a, H.unlock(6, Self.remote))
+        #expect(c.run() == ["1a: COMPLETION tag 6 lock \(Self.remote) EUNLOCK"])
+        // The resource whose master died: its requests wait, and so does the unlock of the lock rebuilt on it.
+        c.send(d, H.lock(2, lost, .ex))
+        c.send(a, H.unlock(7, Self.secondRemote))
+        #expect(c.run() == [])
+        for node: UInt32 in [1, 2] { #expect(c.nodes[node]!.service.isStopped) }
+
+        c.paused = []
+        let after = c.run()
+        for node: UInt32 in [1, 2, 4] { #expect(!c.nodes[node]!.service.isStopped) }
+        // In the order they came: d's request queues behind a's PR (a is told), then a's unlock lets it through.
+        let queued = after.first ?? ""
+        #expect(queued.hasPrefix("1d: OK tag 2 lock "))
+        let lock = queued.split(separator: " ").last.map(String.init) ?? "?"
+        #expect(
+            after == [
+                queued, "1a: BAST lock \(Self.secondRemote) EX", "1d: COMPLETION tag 0 lock \(lock) granted EX",
+                "1a: COMPLETION tag 7 lock \(Self.secondRemote) EUNLOCK",
+            ])
+    }
+
     /// A request sent to a master that dies before answering is sent again to the new master when recovery is
     /// done: the client gets its answer once.
     @Test func aRequestInFlightToADyingMasterIsSentAgain() {

@@ -68,7 +68,7 @@ struct PeerVectorTests {
                 RecoveredBinding(copy: 0x8000_0001, lock: LockID(rawValue: 4)),
                 RecoveredBinding(copy: 0x8000_0002, lock: LockID(rawValue: 9)),
             ]),
-        "peer-recovery-done": .recoveryDone(view: 7, phase: 2),
+        "peer-recovery-done": .recoveryDone(view: 7, phase: 1, departed: [3, 5]),
         "peer-value-replicas": .valueReplicas(
             generation: 12,
             [
