@@ -7,7 +7,7 @@ SWIFT ?= swift
 RELEASE ?= -c release -Xswiftc -cross-module-optimization
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership sim clean libdlm install test-c bench-c
+.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-cluster sim clean libdlm install test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -94,6 +94,18 @@ bench-membership:
 	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmbench
 	BIN=$$($(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --show-bin-path); \
 	  $$BIN/dlmbench membership && $$BIN/dlmbench membership-kill --dlmd $$BIN/dlmd --rounds 20
+
+## make bench-cluster: the lock space across 3 real dlmd nodes on loopback (bench/dlmbench/ClusterScenarios.swift):
+## lock+unlock on a remote master against a local one and the raw TCP round trip, a 3-node cluster's throughput
+## against one node's, and recovery after kill -9 of the master of 10k, 100k and 1M locks held by survivors, with
+## the longest pause of a client on untouched resources (figures in bench/RESULTS.md). CLUSTER_ARGS are passed on
+## (e.g. CLUSTER_ARGS="--scenarios recovery --locks 10000").
+CLUSTER_ARGS ?=
+bench-cluster:
+	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmd
+	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmbench
+	BIN=$$($(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --show-bin-path); \
+	  $$BIN/dlmbench cluster --dlmd $$BIN/dlmd $(CLUSTER_ARGS)
 
 ## make libdlm: the libdlm-compatible C library (Sources/CDLM), threaded and _lt, with the upstream sonames,
 ## into .build/release. Plain C11 and pthreads, built by $(CC) alone (no SwiftPM, no Swift runtime).

@@ -8,9 +8,11 @@ import Glibc
 /// switches between address spaces, as a round trip to dlmd does. With `--busy-poll US` both sides poll
 /// before each read as DLMClient's and dlmd's `BusyPoll` does: `ppoll` with a 1 µs timeout, until the
 /// message is there or US microseconds have passed since the last message, then a blocking read. That is the
-/// raw round trip to compare with dlmd and a client that both poll.
+/// raw round trip to compare with dlmd and a client that both poll. With `--transport tcp` the socket is a TCP
+/// connection over loopback (TCP_NODELAY on both ends, as dlmd's peer links): the reference for a lock
+/// request whose master is another node.
 enum RTTScenario {
-    static let optionNames = ["duration", "warmup", "size", "echo-cpu", "echo", "busy-poll"]
+    static let optionNames = ["duration", "warmup", "size", "echo-cpu", "echo", "busy-poll", "transport"]
 
     static func run(_ options: Options) -> JSON {
         let duration = options.seconds("duration", 3)
@@ -19,9 +21,21 @@ enum RTTScenario {
         let echoCPU = options.values["echo-cpu"].map { _ in options.int("echo-cpu", 0, minimum: 0) }
         let pollWindow = UInt64(options.int("busy-poll", 0, minimum: 0)) * 1000
         let path = "/tmp/dlmbench-rtt-\(getpid()).sock"
-        unlink(path)
-        let listener = unixSocket()
-        guard bindUnix(listener, path), listen(listener, 1) == 0 else { fail("cannot listen on \(path)") }
+        let tcp: Bool
+        switch options.string("transport", "unix") {
+        case "unix": tcp = false
+        case "tcp": tcp = true
+        default: fail("--transport is unix or tcp")
+        }
+        let listener: Int32
+        var port: UInt16 = 0
+        if tcp {
+            (listener, port) = tcpListener()
+        } else {
+            unlink(path)
+            listener = unixSocket()
+            guard bindUnix(listener, path), listen(listener, 1) == 0 else { fail("cannot listen on \(path)") }
+        }
         let inProcess: Bool
         switch options.string("echo", "thread") {
         case "thread": inProcess = true
@@ -42,8 +56,13 @@ enum RTTScenario {
             if let echoCPU { arguments += ["--echo-cpu", "\(echoCPU)"] }
             child = spawnSelf(arguments)
         }
-        let client = unixSocket()
-        guard connectUnix(client, path) else { fail("cannot connect to \(path)") }
+        let client: Int32
+        if tcp {
+            client = tcpConnect(port: port)
+        } else {
+            client = unixSocket()
+            guard connectUnix(client, path) else { fail("cannot connect to \(path)") }
+        }
         if let echo {
             echoCPUs = echo.waitUntilRunning()
         } else {
@@ -52,7 +71,7 @@ enum RTTScenario {
             guard readAll(client, &cpus) else { fail("the echo process did not answer") }
             echoCPUs = String(decoding: cpus.prefix { $0 != 0 }, as: UTF8.self)
         }
-        unlink(path)
+        if !tcp { unlink(path) }
 
         var message = [UInt8](repeating: 0x5A, count: size)
         var samples = Samples(capacity: 1 << 20)
@@ -81,7 +100,9 @@ enum RTTScenario {
                 (
                     "operation",
                     .string(
-                        "one round trip of a \(size)-byte message over a Unix stream socket to an echo thread "
+                        "one round trip of a \(size)-byte message over "
+                            + (tcp ? "TCP loopback (TCP_NODELAY)" : "a Unix stream socket")
+                            + (inProcess ? " to an echo thread " : " to an echo process ")
                             + (pollWindow > 0
                                 ? "(both sides poll for \(pollWindow / 1000) µs before a blocking read)"
                                 : "(blocking sockets)"))
@@ -92,6 +113,7 @@ enum RTTScenario {
                 ("clients", .int(1)),
                 ("in_flight", .int(1)),
                 ("message_bytes", .int(size)),
+                ("transport", .string(tcp ? "tcp loopback" : "unix")),
                 ("busy_poll_us", .int(Int(pollWindow / 1000))),
                 ("echo", .string(inProcess ? "thread of this process" : "child process")),
                 ("duration_s", .number2(duration)),
@@ -146,6 +168,7 @@ final class EchoServer {
         pthread_mutex_unlock(&mutex)
         let connection = accept(listener, nil, nil)
         guard connection >= 0 else { fail("accept failed") }
+        setNoDelay(connection)
         echo(connection, size: size, pollWindow: pollWindow)
     }
 
@@ -173,6 +196,7 @@ enum EchoProcess {
         if options.values["echo-cpu"] != nil { pinCurrentThread(to: options.int("echo-cpu", 0, minimum: 0)) }
         let connection = accept(listener, nil, nil)
         guard connection >= 0 else { fail("accept failed") }
+        setNoDelay(connection)
         var buffer = [UInt8](repeating: 0, count: size)
         let cpus = Array(allowedCPUs().utf8.prefix(size - 1))
         buffer.replaceSubrange(0..<cpus.count, with: cpus)
@@ -240,6 +264,47 @@ func spawnSelf(_ arguments: [String]) -> pid_t {
     defer { for pointer in argv { free(pointer) } }
     guard posix_spawn(&pid, path, nil, nil, &argv, environ) == 0 else { fail("cannot start \(path)") }
     return pid
+}
+
+/// A TCP socket listening on 127.0.0.1 at a port the kernel chose, and that port.
+func tcpListener() -> (Int32, UInt16) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { fail("cannot create a TCP socket") }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(fd, pointer, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, pointer, &length) == 0
+        }
+    }
+    guard bound else { fail("cannot listen on 127.0.0.1") }
+    return (fd, UInt16(bigEndian: address.sin_port))
+}
+
+/// A TCP connection to 127.0.0.1:`port`, with TCP_NODELAY.
+func tcpConnect(port: UInt16) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { fail("cannot create a TCP socket") }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = port.bigEndian
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+        }
+    }
+    guard connected else { fail("cannot connect to 127.0.0.1:\(port)") }
+    setNoDelay(fd)
+    return fd
+}
+
+/// TCP_NODELAY on a TCP socket; nothing on a Unix one.
+func setNoDelay(_ fd: Int32) {
+    var one: Int32 = 1
+    _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
 }
 
 func unixSocket() -> Int32 {

@@ -90,6 +90,52 @@ final class RawClient {
         }
     }
 
+    /// Locks every name in `mode` with up to `depth` requests in flight; the lock ids, in the order of `names`.
+    /// Every lock must be granted at once.
+    func lockAll(_ names: [[UInt8]], mode: LockMode, depth: Int = 256) -> [UInt32] {
+        var ids = [UInt32](repeating: 0, count: names.count)
+        var index: [UInt32: Int] = [:]
+        var sent = 0
+        var done = 0
+        while done < names.count {
+            outbound.clear()
+            while sent < names.count && sent - done < depth {
+                let tag = tag()
+                index[tag] = sent
+                ClientMessage.lock(
+                    LockMessage(tag: tag, lockspace: lockspace, mode: mode, options: [], name: names[sent])
+                )
+                .encode(into: &outbound)
+                sent += 1
+            }
+            if outbound.readableBytes > 0 { writeOutbound() }
+            guard case .completion(let completion) = receive(), completion.status == .granted,
+                let slot = index.removeValue(forKey: completion.tag)
+            else { fail("a lock was not granted at once") }
+            ids[slot] = completion.lock
+            done += 1
+        }
+        return ids
+    }
+
+    /// Unlocks every lock of `ids` with up to `depth` requests in flight.
+    func unlockAll(_ ids: [UInt32], depth: Int = 256) {
+        var sent = 0
+        var done = 0
+        while done < ids.count {
+            outbound.clear()
+            while sent < ids.count && sent - done < depth {
+                ClientMessage.unlock(UnlockMessage(tag: tag(), lock: ids[sent])).encode(into: &outbound)
+                sent += 1
+            }
+            if outbound.readableBytes > 0 { writeOutbound() }
+            guard case .completion(let completion) = receive(), completion.status == .unlocked else {
+                fail("an unlock failed")
+            }
+            done += 1
+        }
+    }
+
     /// Lock+unlock pairs until the window ends.
     func pairs(names: [[UInt8]], window: Window) -> ClientResult {
         var result = ClientResult()

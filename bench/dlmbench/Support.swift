@@ -84,6 +84,16 @@ indirect enum JSON {
     /// A rate or a size, rounded to one decimal.
     static func number(_ value: Double) -> JSON { .double((value * 10).rounded() / 10) }
 
+    /// The number of an object's field `name`.
+    func field(_ name: String) -> Double? {
+        guard case .object(let fields) = self, let value = fields.first(where: { $0.0 == name })?.1 else { return nil }
+        switch value {
+        case .int(let number): return Double(number)
+        case .double(let number): return number
+        default: return nil
+        }
+    }
+
     var text: String {
         switch self {
         case .int(let value): return String(value)

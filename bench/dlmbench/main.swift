@@ -32,6 +32,11 @@ import Glibc
 //   dlmbench membership   view formation and failover times for 3, 5, 9 nodes; ordered messages per second
 //   dlmbench membership-kill  kill -9 of a real dlmd member to the survivors' new view (median of rounds)
 //
+// The lock space across real dlmd nodes on loopback (`make bench-cluster`):
+//
+//   dlmbench cluster      remote vs local pairs beside the raw TCP round trip, a 3-node cluster's throughput
+//                         against one node's, and recovery after kill -9 of a master of N locks
+//
 // Run the core scenario on one CPU: `taskset -c 0 .build/release/dlmbench core` (see bench/RESULTS.md).
 
 let usage = """
@@ -42,6 +47,7 @@ let usage = """
                            [--shared-resources N]
            dlmbench engine-bulk [--locks N[,N...]] [--waiters N[,N...]]
            dlmbench rtt [--duration S] [--warmup S] [--size BYTES] [--echo-cpu N] [--echo thread|process]
+                        [--transport unix|tcp]
            dlmbench uncontended [COMMON] [--clients N[,N...]] [--connections N] [--working-set N]
            dlmbench pipelined [COMMON] [--depth N] [--working-set N]
            dlmbench handoff [COMMON] [--clients N[,N...]]
@@ -51,6 +57,8 @@ let usage = """
            dlmbench stall-deadlock [--socket PATH] [--waiters N[,N...]] [--resources N[,N...]] [--duration S]
            dlmbench membership [--scenario views|ordered|all] [--nodes N[,N...]] [--rounds N] ... (--help)
            dlmbench membership-kill --dlmd PATH [--nodes N] [--rounds N]
+           dlmbench cluster --dlmd PATH [--scenarios remote,throughput,recovery] [--duration S] [--warmup S]
+                            [--working-set N] [--clients N] [--locks N[,N...]] [--connections N]
     COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
             [--busy-poll US] (the client's event loop polls that long after each read; DLMConnection's busyPoll)
     """
@@ -115,6 +123,8 @@ case "engine-bulk":
     }
 case "membership":
     MembershipScenarios.run(arguments.dropFirst())
+case "cluster":
+    ClusterScenarios.run(Options(arguments.dropFirst(), allowed: ClusterScenarios.optionNames))
 case "membership-kill":
     print(MembershipDaemons.run(Options(arguments.dropFirst(), allowed: MembershipDaemons.optionNames)))
 case "-h", "--help", "help":

@@ -1,0 +1,118 @@
+import DLMTestSupport
+import Foundation
+import GroupNode
+
+/// Real `dlmd` cluster members on loopback for the benchmarks, each a process of its own with its own store and
+/// socket: one config (default timeouts, fence command /bin/true), nodes 1...N started and waited for until every
+/// one installed the first primary view. Node numbers are 1-based.
+final class BenchCluster {
+    let dlmd: String
+    let directory: String
+    let count: Int
+    private(set) var members: [Daemon] = []
+    /// Each node's name in a view line: "3", then "3#2" once restarted.
+    private(set) var names: [String]
+
+    init(dlmd: String, nodes count: Int, logLevel: String = "error") {
+        guard !dlmd.isEmpty else { fail("--dlmd PATH: the dlmd to run") }
+        self.dlmd = dlmd
+        self.count = count
+        names = (1...count).map(String.init)
+        directory = NSTemporaryDirectory() + "dlmbench-cluster-\(getpid())"
+        try? FileManager.default.removeItem(atPath: directory)
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        do {
+            try ClusterKey.generate().write(to: directory + "/authkey")
+        } catch {
+            fail("cannot write the key: \(error)")
+        }
+        var config = """
+            [cluster]
+            name = "bench"
+            key_file = "authkey"
+            [quorum]
+            expected_votes = \(count)
+            [fencing]
+            command = "/bin/true"
+
+            """
+        for node in 1...count {
+            let port: Int
+            do { port = try freePort() } catch { fail("\(error)") }
+            config += "[[node]]\nid = \(node)\naddress = \"127.0.0.1:\(port)\"\n"
+        }
+        do {
+            try config.write(toFile: directory + "/cluster.toml", atomically: true, encoding: .utf8)
+        } catch {
+            fail("cannot write the config: \(error)")
+        }
+        members = (1...count).map { start($0, logLevel: logLevel) }
+        for node in 1...count { waitForView(at: node, of: names) }
+    }
+
+    deinit {
+        for member in members { member.kill() }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private func start(_ node: Int, logLevel: String) -> Daemon {
+        do {
+            return try Daemon(
+                executable: dlmd, directory: directory + "/node\(node)",
+                arguments: ["--config", directory + "/cluster.toml", "--node-id", "\(node)"], logLevel: logLevel)
+        } catch {
+            fail("cannot start node \(node): \(error)")
+        }
+    }
+
+    func member(_ node: Int) -> Daemon { members[node - 1] }
+    func socket(_ node: Int) -> String { members[node - 1].socketPath }
+
+    /// SIGKILL of `node`, waiting for its end; the time of the kill.
+    @discardableResult
+    func kill(_ node: Int) -> ContinuousClock.Instant {
+        let killed = ContinuousClock.now
+        members[node - 1].kill()
+        return killed
+    }
+
+    /// Starts `node` again, as its next incarnation `round` (2, 3, ...).
+    func restart(_ node: Int, incarnation: Int, logLevel: String = "error") {
+        members[node - 1] = start(node, logLevel: logLevel)
+        names[node - 1] = "\(node)#\(incarnation)"
+    }
+
+    /// The time `node` printed the first line after the last one matched that satisfies `predicate`, waiting for it
+    /// (at most `timeout` seconds: a hang detector).
+    @discardableResult
+    func wait(
+        _ node: Int, _ what: String, timeout: TimeInterval = 600, _ predicate: (String) -> Bool
+    ) -> ContinuousClock.Instant {
+        do { return try members[node - 1].log.wait(for: what, timeout: timeout, predicate).at } catch {
+            fail("\(error)")
+        }
+    }
+
+    /// Waits until `node` prints a primary view of exactly `members` (view-line names); its time.
+    @discardableResult
+    func waitForView(at node: Int, of members: [String]) -> ContinuousClock.Instant {
+        let suffix = " members \(members.joined(separator: ",")) primary"
+        return wait(node, "a view of \(members) at node \(node)") { $0.hasSuffix(suffix) }
+    }
+
+    /// Waits until `node` prints the end of a recovery ("recovery done view V"); its time and V.
+    func waitForRecoveryDone(at node: Int) -> (at: ContinuousClock.Instant, view: String) {
+        var view = ""
+        let at = wait(node, "the end of a recovery at node \(node)") { line in
+            guard let range = line.range(of: " recovery done view ") else { return false }
+            view = String(line[range.upperBound...])
+            return true
+        }
+        return (at, view)
+    }
+
+    /// Skips what every node printed so far.
+    func skipLogs() {
+        for member in members { member.log.skipToEnd() }
+    }
+}
