@@ -118,7 +118,7 @@ extension LockService {
         }
         for key in mine.sorted(by: Self.keyOrder) { registerAsMaster(key, into: &registrations) }
         for (node, keys) in registrations.sorted(by: { $0.key < $1.key }) {
-            send(.recoverMasters(view: view, keys), to: node)
+            sendRecovery(keys, to: node) { .recoverMasters(view: view, $0) }
         }
         // The locks of this node's clients whose master left: to the new master.
         var resends: [UInt32: [RecoveredLock]] = [:]
@@ -146,7 +146,7 @@ extension LockService {
             resends[target, default: []].append(record)
         }
         for (node, locks) in resends.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(.recoverLocks(view: view, locks), to: node)
+            sendRecovery(locks, to: node) { .recoverLocks(view: view, $0) }
         }
         // Locks an earlier run rebuilt here: their holders learn their ids again (the answer may not have reached
         // them before they started this run; a holder takes it only for a lock that still waits for one).
@@ -155,7 +155,7 @@ extension LockService {
             rebound[copy.node, default: []].append(RecoveredBinding(copy: copy.copy, lock: lock))
         }
         for (node, list) in rebound.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(.recoverBindings(view: view, list.sorted { $0.copy < $1.copy }), to: node)
+            sendRecovery(list.sorted { $0.copy < $1.copy }, to: node) { .recoverBindings(view: view, $0) }
         }
         recoverReplicas(view: view, members: members, previous: previous, departed: departed)
         finishPhase(1)
@@ -192,6 +192,20 @@ extension LockService {
         } else {
             send(message, to: node)
         }
+    }
+
+    /// The most entries of a list in one recovery message: a message stays far below the largest payload of lock
+    /// traffic (16 MiB) however many locks recover, and each is a short step for its receiver.
+    static let recoveryChunk = 4096
+
+    /// A recovery list, in order, in messages of at most `recoveryChunk` entries.
+    mutating func sendRecovery<Entry>(_ list: [Entry], to node: UInt32, _ message: ([Entry]) -> PeerMessage) {
+        var start = 0
+        repeat {
+            let end = min(list.count, start + Self.recoveryChunk)
+            sendRecovery(message(Array(list[start..<end])), to: node)
+            start = end
+        } while start < list.count
     }
 
     /// This node sent everything of `phase`: it says so to every other member.
@@ -337,10 +351,10 @@ extension LockService {
         mastering.recovery!.received = [:]
         mastering.recovery!.receivedValues = [:]
         for (node, list) in bindings.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(.recoverBindings(view: recovery.view, list), to: node)
+            sendRecovery(list, to: node) { .recoverBindings(view: recovery.view, $0) }
         }
         for (node, keys) in registrations.sorted(by: { $0.key < $1.key }) {
-            send(.recoverMasters(view: recovery.view, keys), to: node)
+            sendRecovery(keys, to: node) { .recoverMasters(view: recovery.view, $0) }
         }
         // The departed nodes' locks and requests go (their persistent locks become orphans here).
         let members = mastering.viewMembers
@@ -434,7 +448,8 @@ extension LockService {
         // lookups the old directory may have answered are asked again.
         let members = mastering.viewMembers
         let lost = mastering.pending.filter {
-            departed.contains($0.value.master) && members[$0.value.master] != $0.value.masterIncarnation
+            departed.contains($0.value.master)
+                && ($0.value.masterIncarnation == nil || members[$0.value.master] != $0.value.masterIncarnation)
         }.sorted { $0.key < $1.key }
         for (reference, operation) in lost {
             mastering.pending[reference] = nil
@@ -488,7 +503,8 @@ extension LockService {
         guard let index = mastering.copies.index(of: lock, owner: id.owner) else { return true }
         // Bound to a master that survived (an unbound copy waits for the new master's id).
         let copy = mastering.copies.copies[index]
-        return copy.masterLock != nil && !copy.rebinding
+        let masterLeft = recovery.departed.contains(copy.master) || mastering.viewMembers[copy.master] == nil
+        return copy.masterLock != nil && !copy.rebinding && !masterLeft
     }
 
     /// Whether another node's operation runs while this node recovers: on a resource mastered here all along (by

@@ -97,6 +97,10 @@ extension LockService {
                 forwardToMaster(message, from: id)
                 return
             }
+            if isRebuiltHere(m.lock, owner: owner) {
+                deliver(id, .error(tag: m.tag, status: .noEntry, message: "no lock \(m.lock)"))
+                return
+            }
             let request = ConvertRequest(
                 lock: LockID(rawValue: m.lock), owner: owner, mode: m.mode, flags: m.flags,
                 valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil,
@@ -106,6 +110,10 @@ extension LockService {
         case .unlock(let m):
             if mastersAcrossNodes, ProcessCopies.isCopy(m.lock) {
                 forwardToMaster(message, from: id)
+                return
+            }
+            if isRebuiltHere(m.lock, owner: owner) {
+                deliver(id, .error(tag: m.tag, status: .noEntry, message: "no lock \(m.lock)"))
                 return
             }
             let request = UnlockRequest(
@@ -122,6 +130,14 @@ extension LockService {
                 deliver(id, .error(tag: tag, status: error.status, message: error.message))
             }
         }
+    }
+
+    /// Whether an engine lock id that a client names is the lock recovery rebuilt here for one of its copies: the
+    /// client knows that lock by its copy's id only, and the engine id may have been its own lock's before (the
+    /// engine reuses ids at once), so a late unlock or conversion of that old lock must not reach the new one.
+    func isRebuiltHere(_ lock: UInt32, owner: OwnerID) -> Bool {
+        mastersAcrossNodes && mastering.copies.masteredHere > 0
+            && mastering.copies.index(master: configuration.nodeID, lock: LockID(rawValue: lock), owner: owner) != nil
     }
 
     /// The engine's request for a LOCK frame.

@@ -21,6 +21,8 @@ struct ClusterHarness {
     var framesSeen: [(client: String, message: ServerMessage)] = []
     /// Links whose messages `run` does not carry for now (they stay in flight, in order).
     var paused: Set<Link> = []
+    /// The longest list a recovery message that `run` carried held.
+    var longestRecoveryList = 0
     /// The client name under which `framesSeen` notes, in order with the frames, that a master freed a resource
     /// with its value block (its replica's removal went out): "!freed NAME".
     static let freedMark = "!freed "
@@ -149,6 +151,12 @@ struct ClusterHarness {
             else { return lines }
             let message = links[link]!.removeFirst()
             carried += 1
+            switch message {
+            case .recoverLocks(_, let list): longestRecoveryList = max(longestRecoveryList, list.count)
+            case .recoverBindings(_, let list): longestRecoveryList = max(longestRecoveryList, list.count)
+            case .recoverMasters(_, let list): longestRecoveryList = max(longestRecoveryList, list.count)
+            default: break
+            }
             if trace && carried - start < 40 { print("run: \(link.from) -> \(link.to): \(message)") }
             nodes[link.to]!.handle(.peer(from: link.from, message))
         }
