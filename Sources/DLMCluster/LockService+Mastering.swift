@@ -67,6 +67,10 @@ struct Mastering {
     var replicas: [DirectoryKey: StoredReplica] = [:]
     /// Per backup node: the generation up to which it acknowledged this node's replicas.
     var replicaAcknowledged: [UInt32: UInt64] = [:]
+    /// Per backup node: the generation of each replica message sent to it and not acknowledged yet, oldest first
+    /// (a generation may take several messages: several inputs of one batch, or a long list in pieces; it is
+    /// acknowledged once the last of them is).
+    var replicaMessagesInFlight: [UInt32: Deque<UInt64>] = [:]
 
     struct PendingOperation {
         var connection: ConnectionID

@@ -47,7 +47,14 @@ extension LockService {
         }
         guard !byBackup.isEmpty else { return }
         for (node, list) in byBackup.sorted(by: { $0.key < $1.key }) {
-            output.peerMessages.append((node, .valueReplicas(generation: openGeneration, list)))
+            // In pieces of at most `recoveryChunk` (phase 2 replicates every resource again).
+            var start = 0
+            while start < list.count {
+                let end = min(list.count, start + Self.recoveryChunk)
+                output.peerMessages.append((node, .valueReplicas(generation: openGeneration, Array(list[start..<end]))))
+                mastering.replicaMessagesInFlight[node, default: []].append(openGeneration)
+                start = end
+            }
             openReplicaBackups.insert(node)
         }
         holdingGeneration = openGeneration
@@ -69,7 +76,12 @@ extension LockService {
 
     /// A backup node has everything this node sent it up to `generation`.
     mutating func replicasStored(upTo generation: UInt64, by node: UInt32) {
-        mastering.replicaAcknowledged[node] = max(mastering.replicaAcknowledged[node, default: 0], generation)
+        // One acknowledgement per message, in order: the generation is done once its last message is.
+        _ = mastering.replicaMessagesInFlight[node]?.popFirst()
+        var done = generation
+        if mastering.replicaMessagesInFlight[node]?.first == generation { done = generation - 1 }
+        if mastering.replicaMessagesInFlight[node]?.isEmpty == true { mastering.replicaMessagesInFlight[node] = nil }
+        mastering.replicaAcknowledged[node] = max(mastering.replicaAcknowledged[node, default: 0], done)
         advanceRelease()
     }
 
@@ -88,6 +100,10 @@ extension LockService {
             where members[node] == nil || members[node] != previous[node] {
                 unreleased[index].acknowledgements[node] = nil
             }
+        }
+        for node in Array(mastering.replicaMessagesInFlight.keys)
+        where members[node] == nil || members[node] != previous[node] {
+            mastering.replicaMessagesInFlight[node] = nil
         }
         advanceRelease()
         var resends: [UInt32: [ValueReplica]] = [:]

@@ -51,6 +51,29 @@ import Testing
         #expect(c.run() == ["3w: COMPLETION tag 3 lock 1 granted NL"])
     }
 
+    /// Two writes in one batch of the master make two replica messages of one generation to the same backup node:
+    /// neither writer is answered until the backup acknowledged both (the first acknowledgement alone is not enough).
+    @Test func aGenerationOfSeveralReplicaMessagesWaitsForTheLastAcknowledgement() {
+        var c = ClusterHarness(nodes: 3)
+        let names = ["a", "b"].map { ClusterHarness.name(directedTo: 3, of: 3, prefix: $0) }
+        let one = c.client(3, "1")
+        let two = c.client(3, "2")
+        c.send(one, H.lock(2, names[0], .ex, .valueBlock))
+        c.send(two, H.lock(2, names[1], .ex, .valueBlock))
+        #expect(c.run().count == 2)
+        let acknowledgements = ClusterHarness.Link(from: 1, to: 3)
+        c.paused = [acknowledgements]
+        c.send(one, Self.write(3, lock: 1, to: .nl, Self.value(7)))
+        c.send(two, Self.write(3, lock: 2, to: .nl, Self.value(8)))
+        #expect(c.run() == [])
+        #expect(c.links[acknowledgements]?.count == 2)
+        let first = c.links[acknowledgements]!.removeFirst()
+        c.nodes[3]!.handle(.peer(from: 1, first))
+        #expect(c.run() == [])
+        c.paused = []
+        #expect(Set(c.run()) == ["31: COMPLETION tag 3 lock 1 granted NL", "32: COMPLETION tag 3 lock 2 granted NL"])
+    }
+
     /// Node 3 masters a name; its client writes the value block (acknowledged) and keeps NL; node 3 dies. Node 2's
     /// client, which held NL, converts to PR and reads the value, trusted: no PW or EX holder died.
     @Test func anAcknowledgedWriteSurvivesTheDeathOfItsMasterAndWriter() {
