@@ -194,18 +194,22 @@ extension LockService {
         }
     }
 
-    /// The most entries of a list in one recovery message: a message stays far below the largest payload of lock
-    /// traffic (16 MiB) however many locks recover, and each is a short step for its receiver.
-    static let recoveryChunk = 4096
+    /// The most entries of a list in one peer message (recovery's lists, value replicas): a message stays far below
+    /// the largest payload of lock traffic (16 MiB) however many locks recover, and each is a short step for its
+    /// receiver.
+    static let messageListLimit = 4096
 
-    /// A recovery list, in order, in messages of at most `recoveryChunk` entries.
+    /// `list` in order, in pieces of at most `messageListLimit` entries (one empty piece for an empty list).
+    static func pieces<Entry>(_ list: [Entry]) -> [[Entry]] {
+        guard list.count > messageListLimit else { return [list] }
+        return stride(from: 0, to: list.count, by: messageListLimit).map {
+            Array(list[$0..<min(list.count, $0 + messageListLimit)])
+        }
+    }
+
+    /// A recovery list, in order, in messages of at most `messageListLimit` entries.
     mutating func sendRecovery<Entry>(_ list: [Entry], to node: UInt32, _ message: ([Entry]) -> PeerMessage) {
-        var start = 0
-        repeat {
-            let end = min(list.count, start + Self.recoveryChunk)
-            sendRecovery(message(Array(list[start..<end])), to: node)
-            start = end
-        } while start < list.count
+        for piece in Self.pieces(list) { sendRecovery(message(piece), to: node) }
     }
 
     /// This node sent everything of `phase`: it says so to every other member.

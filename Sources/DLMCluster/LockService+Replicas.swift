@@ -47,13 +47,10 @@ extension LockService {
         }
         guard !byBackup.isEmpty else { return }
         for (node, list) in byBackup.sorted(by: { $0.key < $1.key }) {
-            // In pieces of at most `recoveryChunk` (phase 2 replicates every resource again).
-            var start = 0
-            while start < list.count {
-                let end = min(list.count, start + Self.recoveryChunk)
-                output.peerMessages.append((node, .valueReplicas(generation: openGeneration, Array(list[start..<end]))))
+            // (In pieces: phase 2 replicates every resource again.)
+            for piece in Self.pieces(list) {
+                output.peerMessages.append((node, .valueReplicas(generation: openGeneration, piece)))
                 mastering.replicaMessagesInFlight[node, default: []].append(openGeneration)
-                start = end
             }
             openReplicaBackups.insert(node)
         }

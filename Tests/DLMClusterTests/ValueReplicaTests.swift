@@ -24,6 +24,19 @@ import Testing
     }
 
     /// Node 3's client "3w" holds EX with VALBLK (node 3 masters the name); node 2's "2r" holds NL with VALBLK.
+    /// Node 3 (the master) dies; once the survivors recovered, `reader` (named `name`) converts its remote lock to
+    /// PR and reads: the completion.
+    static func readAfterTheMasterDies(
+        _ c: inout ClusterHarness, _ reader: (node: UInt32, id: ConnectionID), _ name: String
+    ) -> CompletionMessage {
+        c.crash(3)
+        c.installView()
+        _ = c.run()
+        c.send(reader, Self.read(3, lock: Self.remote, to: .pr))
+        #expect(c.run() == ["\(name): COMPLETION tag 3 lock \(Self.remote) granted PR"])
+        return c.completions[name]!.last!
+    }
+
     static func writerOnTheMasterAndReaderElsewhere() -> (
         ClusterHarness, writer: (node: UInt32, id: ConnectionID), reader: (node: UInt32, id: ConnectionID)
     ) {
@@ -80,12 +93,7 @@ import Testing
         var (c, writer, reader) = Self.writerOnTheMasterAndReaderElsewhere()
         c.send(writer, Self.write(3, lock: 1, to: .nl, Self.value(7)))
         #expect(c.run() == ["3w: COMPLETION tag 3 lock 1 granted NL"])
-        c.crash(3)
-        c.installView()
-        _ = c.run()
-        c.send(reader, Self.read(3, lock: Self.remote, to: .pr))
-        #expect(c.run() == ["2r: COMPLETION tag 3 lock \(Self.remote) granted PR"])
-        let read = c.completions["2r"]!.last!
+        let read = Self.readAfterTheMasterDies(&c, reader, "2r")
         #expect(read.valueBlock == Self.value(7))
         #expect(!read.flags.contains(.valueNotValid))
     }
@@ -105,12 +113,7 @@ import Testing
         #expect(c.run() == ["2w: COMPLETION tag 2 lock \(Self.remote) granted EX"])
         c.send(writer, .unlock(UnlockMessage(tag: 3, lock: Self.remote, flags: .valueBlock, valueBlock: Self.value(9))))
         #expect(c.run() == ["2w: COMPLETION tag 3 lock \(Self.remote) EUNLOCK"])
-        c.crash(3)
-        c.installView()
-        _ = c.run()
-        c.send(reader, Self.read(3, lock: Self.remote, to: .pr))
-        #expect(c.run() == ["1r: COMPLETION tag 3 lock \(Self.remote) granted PR"])
-        let read = c.completions["1r"]!.last!
+        let read = Self.readAfterTheMasterDies(&c, reader, "1r")
         #expect(read.valueBlock == Self.value(9))
         #expect(!read.flags.contains(.valueNotValid))
     }

@@ -1,7 +1,6 @@
 import DLMCore
 import Foundation
 import Glibc
-import Synchronization
 
 /// `dlmbench cluster --dlmd PATH`: the lock space across real `dlmd` nodes on loopback (BenchCluster: 3 nodes,
 /// default timeouts), clients of `RawClient` (blocking sockets, one request at a time unless said otherwise), one
@@ -236,13 +235,12 @@ enum ClusterScenarios {
         let setup = MembershipScenarios.seconds(ContinuousClock.now - setupStart)
 
         // Node 1's client of untouched resources runs until told to stop; each pair's end and latency.
-        let stop = StopFlag()
-        let worker = UntouchedWorker(socket: cluster.socket(1), lockspace: lockspace, names: untouched, stop: stop)
+        let worker = UntouchedWorker(socket: cluster.socket(1), lockspace: lockspace, names: untouched)
         worker.start()
         let probe = RawClient(socket: cluster.socket(2), lockspace: lockspace)
         cluster.skipLogs()
-        // Let the worker run a little before the kill, so that its pairs before the failure are in the figures.
-        usleep(300_000)
+        // The worker's pairs before the failure are in the figures too.
+        worker.wait(forPairs: 1000)
         let killed = cluster.kill(victim)
         let killedNanoseconds = nowNanoseconds()
         // A request on a resource the dead node mastered, of a survivor's client: granted once rebuilt.
@@ -251,10 +249,9 @@ enum ClusterScenarios {
         let survivors = Array(cluster.names.prefix(victim - 1))
         let views = (1..<victim).map { cluster.waitForView(at: $0, of: survivors) }
         let done = (1..<victim).map { cluster.waitForRecoveryDone(at: $0).at }
-        // A little more of untouched work after the end, then stop.
-        usleep(300_000)
-        stop.set()
-        let pairs = worker.join()
+        // Some more untouched work after the end, then stop.
+        worker.wait(forPairs: worker.completedPairs + 1000)
+        let pairs = worker.stop()
         let view = views.min()!
         let end = done.max()!
         // The worker's pairs that ended after the kill; the longest, and the longest during recovery.
@@ -284,44 +281,66 @@ enum ClusterScenarios {
     }
 }
 
-/// A flag one thread sets and others read.
-final class StopFlag: Sendable {
-    private let value = Atomic<Bool>(false)
-    func set() { value.store(true, ordering: .releasing) }
-    var isSet: Bool { value.load(ordering: .acquiring) }
-}
-
 /// A client doing lock+unlock pairs on its resources on a thread of its own until stopped: each pair's end
-/// (monotonic nanoseconds) and latency.
+/// (monotonic nanoseconds) and latency. Another thread can wait until it has done a number of pairs.
 final class UntouchedWorker: @unchecked Sendable {
     let client: RawClient
     let names: [[UInt8]]
-    let stop: StopFlag
     var pairs: [(end: UInt64, latency: UInt64)] = []
     var thread: BenchThread?
+    /// Guards `done`, `stopping` and `awaited`.
+    let condition = NSCondition()
+    var done = 0
+    var stopping = false
+    var awaited = Int.max
 
-    init(socket: String, lockspace: String, names: [[UInt8]], stop: StopFlag) {
+    init(socket: String, lockspace: String, names: [[UInt8]]) {
         client = RawClient(socket: socket, lockspace: lockspace)
         self.names = names
-        self.stop = stop
         pairs.reserveCapacity(1 << 18)
     }
 
     func start() {
         thread = BenchThread { [self] in
             var index = 0
-            while !stop.isSet {
+            while true {
                 let start = nowNanoseconds()
                 client.unlock(client.lock(names[index]))
                 let end = nowNanoseconds()
                 pairs.append((end, end - start))
                 index = index + 1 == names.count ? 0 : index + 1
+                condition.lock()
+                done += 1
+                if done >= awaited { condition.broadcast() }
+                let stop = stopping
+                condition.unlock()
+                if stop { break }
             }
             return ClientResult()
         }.start()
     }
 
-    func join() -> [(end: UInt64, latency: UInt64)] {
+    /// The pairs done so far.
+    var completedPairs: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return done
+    }
+
+    /// Waits until the worker has done `count` pairs.
+    func wait(forPairs count: Int) {
+        condition.lock()
+        awaited = count
+        while done < count { condition.wait() }
+        awaited = Int.max
+        condition.unlock()
+    }
+
+    /// Stops the worker after its current pair; every pair it did.
+    func stop() -> [(end: UInt64, latency: UInt64)] {
+        condition.lock()
+        stopping = true
+        condition.unlock()
         _ = thread?.join()
         return pairs
     }
