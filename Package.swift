@@ -149,7 +149,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "DLMStoreTests", dependencies: ["DLMStore"]),
+        .testTarget(name: "DLMStoreTests", dependencies: ["DLMStore", "DLMTestSupport"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [

@@ -75,4 +75,11 @@ struct LockOptions: OptionSet {
     /// A FORCEUNLOCK of this lock (or of a parent) is releasing its sub-locks in slices: no new sub-lock under
     /// it, no other operation on it.
     static let unlocking = LockOptions(rawValue: 4)
+    /// The store holds a record of this lock (Journal.swift), and with PW or EX.
+    static let stored = LockOptions(rawValue: 8)
+    static let storedWriter = LockOptions(rawValue: 16)
+    /// Changed since the last drain of the journal, on a tracked resource.
+    static let journalDirty = LockOptions(rawValue: 32)
+    /// The journal's bits, which a request's options never replace.
+    static let journalState: LockOptions = [.stored, .storedWriter, .journalDirty]
 }

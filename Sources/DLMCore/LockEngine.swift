@@ -48,6 +48,10 @@ public struct LockEngine {
     var pendingValueBlocks: [Int32: [UInt8]] = [:]
     /// Resources whose persistent state changed since the last `drainJournal` (`Journal.swift`).
     var dirtyResources: [Int32] = []
+    /// Locks of tracked resources changed since the last `drainJournal`.
+    var dirtyLocks: [Int32] = []
+    /// For each resource with stored locks, how many (`Journal.swift`).
+    var storedLockCounts: [Int32: StoredLockCount] = [:]
     /// Journal entries waiting for `drainJournal`.
     var journal: [JournalEntry] = []
     /// Replicated resources changed since the last `drainReplicas`, and the removals of freed ones
@@ -190,7 +194,7 @@ public struct LockEngine {
             priority: request.priority, options: LockEngine.options(of: request),
             transaction: request.transaction ?? 0)
         if parentLock != none { addSubLock(lock, to: parentLock) }
-        if request.flags.contains(.persistent) { track(resource) }
+        if request.flags.contains(.persistent) { track(resource, lock: lock) }
         linkToOwner(lock, owner)
         resources[Int(resource)].lockCount += 1
         lockspaces[Int(ls)].lockCount += 1
@@ -224,7 +228,7 @@ public struct LockEngine {
             try checkValueBlock(request.valueBlock, resource: record.resource, required: false)
         }
         locks[Int(lock)].flags = request.flags.union(record.flags.intersection(.persistent))
-        if request.flags.contains(.persistent) { track(record.resource) }
+        if request.flags.contains(.persistent) { track(record.resource, lock: lock) }
         locks[Int(lock)].requestedMode = request.mode.rawValue
         if let priority = request.priority { locks[Int(lock)].priority = priority }
         requestConversion(lock, valueBlock: request.valueBlock, timeout: request.timeout, into: &effects)
@@ -463,9 +467,12 @@ public struct LockEngine {
     mutating func freeResourceIfUnused(_ slot: Int32) {
         let record = resources[Int(slot)]
         guard !record.isFree, record.lockCount == 0, record.childResources == 0 else { return }
-        if record.marks & ResourceMark.tracked != 0 {
+        if record.marks & ResourceMark.stored != 0 {
             journal.append(.delete(lockspace: lockspaces[Int(record.lockspace)].name, path: path(of: slot)))
-            resources[Int(slot)].marks &= ~(ResourceMark.tracked | ResourceMark.dirty)
+        }
+        if record.marks & ResourceMark.tracked != 0 {
+            resources[Int(slot)].marks &= ~(ResourceMark.tracked | ResourceMark.dirty | ResourceMark.stored)
+            storedLockCounts[slot] = nil
         }
         if record.marks & ResourceMark.replicated != 0 { replicaFreed(slot) }
         removeFromResourceIndex(slot)
@@ -490,6 +497,7 @@ public struct LockEngine {
         let record = locks[Int(lock)]
         if record.queue == QueueKind.convert.rawValue { pendingValueBlocks[lock] = nil }
         if let queue = record.queueKind { unlinkFromQueue(lock, queue) }
+        if record.options.contains(.stored) { forgetStoredLock(lock) }
         unlinkFromOwner(lock)
         if record.parent != none { removeSubLock(lock, from: record.parent) }
         let resource = record.resource

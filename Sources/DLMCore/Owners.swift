@@ -50,7 +50,7 @@ extension LockEngine {
         if head != none { locks[Int(head)].ownerPrev = lock }
         owners[Int(owner)].head = lock
         owners[Int(owner)].lockCount += 1
-        if touching { touch(locks[Int(lock)].resource) }
+        if touching { touch(locks[Int(lock)].resource, lock: lock) }
     }
 
     mutating func unlinkFromOwner(_ lock: Int32) {
@@ -149,7 +149,8 @@ extension LockEngine {
                     unlinkFromQueue(cursor, .grant)
                     linkToQueue(cursor, .grant)
                     locks[Int(cursor)].flags = request.flags.union(.persistent).subtracting(.orphan)
-                    locks[Int(cursor)].options = LockEngine.options(of: request)
+                    locks[Int(cursor)].options = LockEngine.options(of: request).union(
+                        locks[Int(cursor)].options.intersection(.journalState))
                     locks[Int(cursor)].transaction = request.transaction ?? 0
                     locks[Int(cursor)].priority = request.priority
                     locks[Int(cursor)].blockingSent = 0

@@ -40,7 +40,7 @@ extension LockEngine {
         setQueueEnds(resource, queue, ends)
         locks[Int(lock)].queue = queue.rawValue
         queueVersion &+= 1
-        touch(resource)
+        touch(resource, lock: lock)
         if queue != .wait { resources[Int(resource)].granted.add(locks[Int(lock)].grantedMode) }
         if queue != .grant { linkToWaiting(lock) }
     }
@@ -57,7 +57,7 @@ extension LockEngine {
         locks[Int(lock)].next = none
         locks[Int(lock)].queue = 0
         queueVersion &+= 1
-        touch(resource)
+        touch(resource, lock: lock)
         if queue != .wait { resources[Int(resource)].granted.remove(locks[Int(lock)].grantedMode) }
         if queue != .grant { unlinkFromWaiting(lock) }
     }
@@ -69,7 +69,7 @@ extension LockEngine {
         resources[Int(resource)].granted.add(mode)
         locks[Int(lock)].grantedMode = mode
         queueVersion &+= 1
-        touch(resource)
+        touch(resource, lock: lock)
     }
 
     /// The locks of one queue, head first.

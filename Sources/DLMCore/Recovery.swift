@@ -29,6 +29,7 @@ extension LockEngine {
             let slot = resourceSlot(snapshot.lockspace, path: snapshot.path)
         {
             track(slot)
+            for id in ids { touch(slot, lock: Int32(id.slot)) }
         }
         return ids
     }

@@ -210,7 +210,9 @@ extension LockEngine {
         if let existing = findResource(key), resources[Int(existing)].lockCount > 0 {
             throw DLMError(.exists, "the resource already has locks")
         }
-        let restoredHere = Set(snapshot.locks.map(\.id))
+        // (Most resources restored have no sub-locks: no set to build for them.)
+        let hasSubLocks = snapshot.locks.contains { $0.parent != nil }
+        let restoredHere = hasSubLocks ? Set(snapshot.locks.map(\.id)) : []
         for lock in snapshot.locks {
             let slot = lock.id.slot
             guard lock.id.rawValue != 0 else { throw .invalid("lock id 0 is not a lock") }
@@ -270,7 +272,7 @@ extension LockEngine {
                 }
             }
         }
-        for lock in snapshot.locks {
+        for lock in snapshot.locks where hasSubLocks {
             if let parentLock = lock.parent { addSubLock(Int32(lock.id.slot), to: Int32(parentLock.slot)) }
         }
     }

@@ -216,6 +216,31 @@ public final class Transaction {
         }
     }
 
+    /// Deletes every key that starts with `prefix`; returns how many.
+    @discardableResult
+    public func deletePrefix(_ database: Database, _ prefix: [UInt8]) throws -> Int {
+        var cursor: OpaquePointer?
+        try check(mdb_cursor_open(txn, database.dbi, &cursor), "opening a cursor on \(database.name)")
+        defer { mdb_cursor_close(cursor) }
+        var start = prefix
+        return try start.withUnsafeMutableBytes { prefixBytes -> Int in
+            var k = MDB_val(mv_size: prefixBytes.count, mv_data: prefixBytes.baseAddress)
+            var v = MDB_val()
+            var deleted = 0
+            var code = mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE)
+            while code == 0, k.mv_size >= prefix.count,
+                UnsafeRawBufferPointer(start: k.mv_data, count: prefix.count).elementsEqual(prefix)
+            {
+                try check(mdb_cursor_del(cursor, 0), "deleting from \(database.name)")
+                deleted += 1
+                // After a delete the cursor stands on the next entry, which MDB_NEXT returns.
+                code = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+            }
+            if code != 0 && code != MDB_NOTFOUND { try check(code, "reading \(database.name)") }
+            return deleted
+        }
+    }
+
     /// Every key and value of a database, in key order, through a cursor.
     public func forEach(_ database: Database, _ body: ([UInt8], [UInt8]) throws -> Void) throws {
         var cursor: OpaquePointer?

@@ -21,12 +21,14 @@ public enum Durability: String, Sendable, CaseIterable, CustomStringConvertible 
 /// The node's recoverable state in one LMDB environment (the data directory): its identity and incarnation,
 /// its lockspaces, and the persistent locks, value blocks and fencing-token marks of its resources.
 public final class NodeStore: @unchecked Sendable {
-    /// The layout this code writes. Schema 2 records each persistent lock's pid (for `dlm_ls_purge`).
-    public static let schemaVersion: UInt32 = 2
-    /// The layouts this code reads. A directory of schema 1 is upgraded to 2 when a node opens it (its records
-    /// are read with pid 0, unknown, and rewritten in the new format as they change): a dlmd of schema 1 then
-    /// refuses it. A directory of any other schema is refused, untouched.
-    public static let readableSchemas: ClosedRange<UInt32> = 1...2
+    /// The layout this code writes. Schema 2 records each persistent lock's pid (for `dlm_ls_purge`); schema 3
+    /// keeps each persistent lock in a record of its own, so that a change to one lock of a resource holding
+    /// many writes one small record, not the whole resource.
+    public static let schemaVersion: UInt32 = 3
+    /// The layouts this code reads. A directory of schema 1 or 2 is upgraded to 3 when a node opens it (every
+    /// resource rewritten in the new layout in one transaction, schema 1's locks with pid 0, unknown): a dlmd of
+    /// an older schema then refuses it. A directory of any other schema is refused, untouched.
+    public static let readableSchemas: ClosedRange<UInt32> = 1...3
 
     public let directory: String
     public let environment: LMDBEnvironment
@@ -52,8 +54,9 @@ public final class NodeStore: @unchecked Sendable {
     ) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let dataFile = directory + "/data.mdb"
+        var previousSchema = NodeStore.schemaVersion
         if FileManager.default.fileExists(atPath: dataFile) {
-            try NodeStore.checkSchema(directory: directory, mapSize: mapSize, nodeID: nodeID)
+            previousSchema = try NodeStore.checkSchema(directory: directory, mapSize: mapSize, nodeID: nodeID)
         }
         self.directory = directory
         self.durability = durability
@@ -79,11 +82,12 @@ public final class NodeStore: @unchecked Sendable {
             }
             try environment.sync()
         }
+        if previousSchema < 3 { try NodeStore.upgradeToOwnLockRecords(environment, tables) }
         incarnation = try environment.write { txn in
             if try txn.get(meta, Array("schema".utf8)) == nil {
                 try txn.put(meta, Array("node_id".utf8), bigEndian(nodeID))
             }
-            // New, or upgraded from schema 1 (checked by `checkSchema`).
+            // New, or upgraded from schema 1 or 2 (checked by `checkSchema`).
             try txn.put(meta, Array("schema".utf8), bigEndian(NodeStore.schemaVersion))
             let previous = try txn.get(meta, Array("incarnation".utf8)).map { decodeUInt64($0) } ?? 0
             try txn.put(meta, Array("incarnation".utf8), bigEndian(previous + 1))
@@ -108,6 +112,22 @@ public final class NodeStore: @unchecked Sendable {
     }
 
     static let appliedKey = Array("wal_applied".utf8)
+
+    /// Schema 1 or 2 to 3: every resource record, which holds its locks, is written again as a resource record
+    /// and one record per lock, in one transaction (after the write-ahead log's replay, whose records are of the
+    /// old schema).
+    static func upgradeToOwnLockRecords(_ environment: LMDBEnvironment, _ tables: Tables) throws {
+        try environment.write { txn in
+            var old: [StoredResource] = []
+            try txn.forEach(tables.resources) { key, value in
+                let (lockspace, path, lock) = try RecordCoding.decodeKey(key)
+                guard lock == nil else { throw StoreError("a store of schema 2 or older holds a lock record") }
+                old.append(try RecordCoding.decodeResource(lockspace: lockspace, path: path, value: value))
+            }
+            try tables.apply(operations(old.map { .journal(.put($0)) }), txn)
+        }
+        try environment.sync()
+    }
 
     /// The sequence number of the last write-ahead record whose changes are in LMDB.
     static func appliedMark(_ txn: Transaction, _ meta: Database) throws -> UInt64 {
@@ -160,8 +180,19 @@ public final class NodeStore: @unchecked Sendable {
             try txn.forEach(lockspaces) { key, value in
                 contents.lockspaces.append((key, try RecordCoding.decodeLockspace(value, name: key)))
             }
+            // A resource's record comes first, then its locks' (their keys extend its key), then its children.
             try txn.forEach(resources) { key, value in
-                contents.resources.append(try RecordCoding.decodeResource(key: key, value: value))
+                switch try RecordCoding.decodeRecord(key: key, value: value) {
+                case .resource(let stored):
+                    contents.resources.append(stored)
+                case .lock(let lockspace, let path, let lock):
+                    guard let last = contents.resources.indices.last,
+                        contents.resources[last].lockspace == lockspace, contents.resources[last].resource.path == path
+                    else {
+                        throw StoreError("lock \(lock.id) is stored without its resource \(path) (corrupt store)")
+                    }
+                    contents.resources[last].resource.locks.append(lock)
+                }
             }
             contents.lastView = try txn.get(meta, Array("view".utf8))
             return contents
@@ -182,10 +213,22 @@ public final class NodeStore: @unchecked Sendable {
             case .journal(.put(let stored)):
                 let (key, value) = RecordCoding.encode(stored)
                 operations.append(.init(table: .resources, key: key, value: value))
+                for lock in stored.resource.locks {
+                    let (key, value) = RecordCoding.encode(
+                        lock: lock, lockspace: stored.lockspace, path: stored.resource.path)
+                    operations.append(.init(table: .resources, key: key, value: value))
+                }
+            case .journal(.deleteLock(let lockspace, let path, let lock)):
+                operations.append(
+                    .init(
+                        table: .resources, key: RecordCoding.lockKey(lockspace: lockspace, path: path, lock: lock),
+                        value: nil))
             case .journal(.delete(let lockspace, let path)):
                 operations.append(
                     .init(
                         table: .resources, key: RecordCoding.resourceKey(lockspace: lockspace, path: path), value: nil))
+                operations.append(
+                    .deleting(.resources, prefix: RecordCoding.lockKeyPrefix(lockspace: lockspace, path: path)))
             case .putLockspace(let name, let length):
                 operations.append(
                     .init(table: .lockspaces, key: name, value: RecordCoding.encodeLockspace(valueBlockLength: length)))
@@ -273,7 +316,7 @@ public final class NodeStore: @unchecked Sendable {
         for record in pending.records {
             for operation in record.operations {
                 switch (operation.table, operation.value) {
-                case (.resources, let value?): _ = try RecordCoding.decodeResource(key: operation.key, value: value)
+                case (.resources, let value?): _ = try RecordCoding.decodeRecord(key: operation.key, value: value)
                 case (.lockspaces, let value?): _ = try RecordCoding.decodeLockspace(value, name: operation.key)
                 default: break
                 }
@@ -294,15 +337,20 @@ public final class NodeStore: @unchecked Sendable {
             }
             var ids = Set<LockID>()
             try txn.forEach(resources) { key, value in
-                let stored = try RecordCoding.decodeResource(key: key, value: value)
-                guard names.contains(stored.lockspace) else {
-                    throw StoreError("resource \(stored.resource.path) belongs to a lockspace that is not stored")
+                let (lockspace, path, locks): ([UInt8], [[UInt8]], [LockSnapshot])
+                switch try RecordCoding.decodeRecord(key: key, value: value) {
+                case .resource(let stored):
+                    (lockspace, path, locks) = (stored.lockspace, stored.resource.path, stored.resource.locks)
+                    report.resources += 1
+                case .lock(let ls, let lockPath, let lock): (lockspace, path, locks) = (ls, lockPath, [lock])
                 }
-                for lock in stored.resource.locks {
+                guard names.contains(lockspace) else {
+                    throw StoreError("resource \(path) belongs to a lockspace that is not stored")
+                }
+                for lock in locks {
                     guard ids.insert(lock.id).inserted else { throw StoreError("lock id \(lock.id) is stored twice") }
                 }
-                report.resources += 1
-                report.persistentLocks += stored.resource.locks.count
+                report.persistentLocks += locks.count
             }
             return report
         }
@@ -333,6 +381,8 @@ struct Tables: Sendable {
             }
             if let value = operation.value {
                 try txn.put(database, operation.key, value)
+            } else if operation.deletesPrefix {
+                try txn.deletePrefix(database, operation.key)
             } else {
                 try txn.delete(database, operation.key)
             }

@@ -18,11 +18,21 @@ public struct StoreOperation: Sendable, Hashable {
     public var key: [UInt8]
     /// The new value; nil deletes the key.
     public var value: [UInt8]?
+    /// With no value: delete every key that starts with `key` (a resource's lock records) instead of `key`.
+    public var deletesPrefix: Bool
 
     public init(table: Table, key: [UInt8], value: [UInt8]?) {
         self.table = table
         self.key = key
         self.value = value
+        self.deletesPrefix = false
+    }
+
+    /// Deletes every key of `table` that starts with `prefix`.
+    public static func deleting(_ table: Table, prefix: [UInt8]) -> StoreOperation {
+        var operation = StoreOperation(table: table, key: prefix, value: nil)
+        operation.deletesPrefix = true
+        return operation
     }
 }
 
@@ -147,7 +157,7 @@ public final class WriteAheadLog {
         writer.u32(UInt32(operations.count))
         for operation in operations {
             writer.u8(operation.table.rawValue)
-            writer.u8(operation.value == nil ? 1 : 0)
+            writer.u8(operation.value != nil ? 0 : operation.deletesPrefix ? 2 : 1)
             writer.u32(UInt32(operation.key.count))
             writer.bytes.append(contentsOf: operation.key)
             if let value = operation.value {
@@ -159,7 +169,7 @@ public final class WriteAheadLog {
     }
 
     static func decodePayload(_ payload: [UInt8], sequence: UInt64) throws -> [StoreOperation] {
-        var reader = RecordReader(payload, what: "write-ahead record \(sequence)")
+        var reader = RecordReader(payload, .logRecord(sequence: sequence))
         let count = Int(try reader.u32())
         var operations: [StoreOperation] = []
         operations.reserveCapacity(min(count, payload.count / 6))
@@ -173,6 +183,7 @@ public final class WriteAheadLog {
             case 0:
                 operations.append(.init(table: table, key: key, value: Array(try reader.take(Int(try reader.u32())))))
             case 1: operations.append(.init(table: table, key: key, value: nil))
+            case 2: operations.append(.deleting(table, prefix: key))
             default: throw StoreError("write-ahead record \(sequence) has an unknown operation (corrupt record)")
             }
         }

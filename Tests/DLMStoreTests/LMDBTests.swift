@@ -11,6 +11,28 @@ func temporaryDirectory(_ label: String) -> String {
 }
 
 @Suite struct LMDBTests {
+    @Test func aPrefixDeleteRemovesExactlyTheKeysThatStartWithIt() throws {
+        let env = try LMDBEnvironment(path: temporaryDirectory("prefix"))
+        let db = try env.database("t", create: true)
+        // Enough keys under the prefix to span several pages, with neighbours on both sides.
+        try env.write { (txn) throws in
+            try txn.put(db, [1, 9], [0])
+            for i in 0..<2_000 {
+                try txn.put(db, [2, 0, UInt8(i >> 8), UInt8(i & 255)], [UInt8](repeating: 7, count: 40))
+            }
+            try txn.put(db, [2], [1])
+            try txn.put(db, [2, 1], [2])
+            try txn.put(db, [3], [3])
+        }
+        let deleted = try env.write { (txn) throws in try txn.deletePrefix(db, [2, 0]) }
+        #expect(deleted == 2_000)
+        try env.read { (txn) throws in
+            var left: [[UInt8]] = []
+            try txn.forEach(db) { key, _ in left.append(key) }
+            #expect(left == [[1, 9], [2], [2, 1], [3]])
+        }
+    }
+
     @Test func committedWritesAreReadBackAndAbortedOnesAreNot() throws {
         let path = temporaryDirectory("lmdb")
         let env = try LMDBEnvironment(path: path)

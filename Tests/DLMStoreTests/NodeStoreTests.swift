@@ -108,9 +108,9 @@ import Testing
             try store.commit([.journal(.put(rewritten))])
             #expect(try store.load().resources.first?.resource.locks.first?.pid == 77)
         }
-        // Opened once, the directory is of schema 2: a dlmd of schema 1 refuses it, untouched.
+        // Opened once, the directory is of schema 3 (the lock in a record of its own): an older dlmd refuses it.
         let report = try NodeStore.check(directory: path, mapSize: 1 << 24)
-        #expect(report.schema == 2 && report.persistentLocks == 1)
+        #expect(report.schema == 3 && report.resources == 1 && report.persistentLocks == 1)
     }
 
     @Test func anotherNodesDirectoryIsRefused() throws {
