@@ -99,6 +99,7 @@ extension LockService {
         mastering.members = members.keys.sorted()
         mastering.viewMembers = members
         stop(waitingFor: ["recovery of view \(view)"])
+        output.recoveries.append(.started(view: view))
         output.notices.append(
             (
                 "recovery started",
@@ -441,6 +442,7 @@ extension LockService {
         mastering.memberIncarnations = mastering.viewMembers
         dropStaleReplicas(view: recovery.view)
         output.notices.append(("recovery done", ["view": "\(recovery.view)"]))
+        output.recoveries.append(.done(view: recovery.view))
         for lockspace in mastering.rebuiltLockspaces.sorted(by: { $0.rawValue < $1.rawValue }) {
             run(.grantAfterRecovery(lockspace), reply: nil)
         }

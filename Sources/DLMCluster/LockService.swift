@@ -52,6 +52,8 @@ public struct ServiceOutput: Sendable {
     public var wantsBulkSlice = false
     /// Events for the log: (level notice, message, metadata).
     public var notices: [(message: String, metadata: [String: String])] = []
+    /// Recoveries that started or ended (also in `notices`), for the shell to announce as it announces views.
+    public var recoveries: [RecoveryEvent] = []
     /// Messages for other nodes' lock services, in order (per node, they must arrive in this order).
     public var peerMessages: [(to: UInt32, message: PeerMessage)] = []
 
@@ -64,13 +66,20 @@ public struct ServiceOutput: Sendable {
         commit = nil
         wantsBulkSlice = false
         if !notices.isEmpty { notices.removeAll() }
+        if !recoveries.isEmpty { recoveries.removeAll() }
         if !peerMessages.isEmpty { peerMessages.removeAll(keepingCapacity: true) }
     }
 
     public var isEmpty: Bool {
         commit == nil && frames.isEmpty && closes.isEmpty && !wantsBulkSlice && notices.isEmpty
-            && peerMessages.isEmpty
+            && peerMessages.isEmpty && recoveries.isEmpty
     }
+}
+
+/// A recovery of the lock space started or ended on this node, for the view it recovers.
+public enum RecoveryEvent: Sendable, Hashable {
+    case started(view: UInt64)
+    case done(view: UInt64)
 }
 
 /// How a node's lock service is set up.

@@ -170,10 +170,13 @@ public final class LockNode: @unchecked Sendable {
         for notice in output.notices {
             logger.notice(
                 "\(notice.message)", metadata: notice.metadata.mapValues { Logger.MetadataValue.string($0) })
-            // The start and end of a recovery are printed as view changes are (docs/OPERATIONS.md).
-            if let cluster, notice.message == "recovery started" || notice.message == "recovery done" {
-                cluster.announce(
-                    "dlmd: node \(configuration.nodeID) \(notice.message) view \(notice.metadata["view"] ?? "?")")
+        }
+        // The start and end of a recovery are printed as view changes are (docs/OPERATIONS.md).
+        for event in output.recoveries {
+            switch event {
+            case .started(let view):
+                cluster?.announce("dlmd: node \(configuration.nodeID) recovery started view \(view)")
+            case .done(let view): cluster?.announce("dlmd: node \(configuration.nodeID) recovery done view \(view)")
             }
         }
         if output.wantsBulkSlice { scheduleBulkSlice() }

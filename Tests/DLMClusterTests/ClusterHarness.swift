@@ -23,6 +23,8 @@ struct ClusterHarness {
     var paused: Set<Link> = []
     /// The longest list a recovery message that `run` carried held.
     var longestRecoveryList = 0
+    /// The recoveries each node's output announced, in order.
+    var recoveries: [UInt32: [RecoveryEvent]] = [:]
     /// The client name under which `framesSeen` notes, in order with the frames, that a master freed a resource
     /// with its value block (its replica's removal went out): "!freed NAME".
     static let freedMark = "!freed "
@@ -128,6 +130,7 @@ struct ClusterHarness {
             for node in nodes.keys.sorted() {
                 let output = nodes[node]!.service.takeOutput()
                 if trace { for n in output.notices { print("node \(node) notice: \(n)") } }
+                recoveries[node, default: []].append(contentsOf: output.recoveries)
                 if let commit = output.commit { written[node] = commit.generation }
                 for (to, message) in nodes[node]!.peerMessages where nodes[to] != nil {
                     links[Link(from: node, to: to), default: []].append(message)
