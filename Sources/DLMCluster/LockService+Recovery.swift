@@ -91,6 +91,9 @@ extension LockService {
         for (node, incarnation) in mastering.memberIncarnations where members[node] != incarnation {
             departed.insert(node)
         }
+        // And a life that joined a view whose recovery never completed here, gone again: operations and copies of
+        // this node may have gone to it meanwhile (it served resources whose master survived).
+        for (node, incarnation) in previous where members[node] != incarnation { departed.insert(node) }
         // A node of the last view that is back under the same incarnation was never gone.
         departed = departed.filter { members[$0] == nil || members[$0] != mastering.memberIncarnations[$0] }
         // Traffic from nodes that left is dropped.

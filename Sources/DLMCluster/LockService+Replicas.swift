@@ -17,8 +17,10 @@ import DLMWire
 /// Replicas and their acknowledgements go out at once, ahead of messages that wait for a commit (those may wait for
 /// these acknowledgements).
 struct StoredReplica {
-    /// The master that sent it.
+    /// The master that sent it, and its life as this node's view had it then (a node whose first recovery did not
+    /// complete knows no earlier view to tell that the master left since).
     var master: UInt32
+    var masterIncarnation: UInt64?
     /// The view in which it came: when a recovery ends, only those of its view whose backup is still this node stay.
     var view: UInt64
     var replica: ValueReplica
@@ -65,7 +67,8 @@ extension LockService {
             if replica.removed {
                 if mastering.replicas[replica.key]?.master == node { mastering.replicas[replica.key] = nil }
             } else {
-                mastering.replicas[replica.key] = StoredReplica(master: node, view: view, replica: replica)
+                mastering.replicas[replica.key] = StoredReplica(
+                    master: node, masterIncarnation: mastering.viewMembers[node], view: view, replica: replica)
             }
         }
         output.peerMessages.append((node, .valueReplicasStored(generation: generation)))
@@ -104,7 +107,9 @@ extension LockService {
         }
         advanceRelease()
         var resends: [UInt32: [ValueReplica]] = [:]
-        for (key, stored) in mastering.replicas where departed.contains(stored.master) || members[stored.master] == nil
+        for (key, stored) in mastering.replicas
+        where departed.contains(stored.master) || members[stored.master] == nil
+            || (stored.masterIncarnation != nil && members[stored.master] != stored.masterIncarnation)
         {
             resends[mastering.directoryNode(of: key), default: []].append(stored.replica)
         }
