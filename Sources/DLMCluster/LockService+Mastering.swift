@@ -13,9 +13,12 @@ import GroupServices
 /// requests wait until the master has answered, so replies keep request order as on one node. Sub-locks go to
 /// their parent's master.
 ///
+/// A resource that has had no lock for `tossDelay` is dropped (`tossIdle`): its master asks the directory node to
+/// forget it (REMOVE) and holds the requests for it until the answer (REMOVED), after which a request that still
+/// comes finds no master and makes a new one; a holder forgets a cached master none of its locks uses.
+///
 /// A membership change rebuilds the directory and the masters (LockService+Recovery.swift). Not yet here
-/// (docs/ARCHITECTURE.md, "Mastering across nodes"): dropping idle resources, and reports, purges and deadlock
-/// cancels across nodes.
+/// (docs/ARCHITECTURE.md, "Mastering across nodes"): reports, purges and deadlock cancels across nodes.
 struct Mastering {
     /// The members that share the directory, in node order (this node alone when not mastering across nodes).
     var members: [UInt32] = []
@@ -29,6 +32,12 @@ struct Mastering {
     /// master before its own answer arrived. They run when it does.
     var peerRequestsAwaitingLookup: [DirectoryKey: [(node: UInt32, message: PeerMessage)]] = [:]
     var copies = ProcessCopies()
+    /// Resources that became idle here (freed by the engine, or no copy left on them), oldest first: dropped once
+    /// idle for `tossDelay` (`tossIdle`).
+    var tossQueue: Deque<(key: DirectoryKey, since: Instant)> = []
+    /// Resources whose master this node was, waiting for the directory's REMOVED (their requests wait in
+    /// `awaitingLookup` and `peerRequestsAwaitingLookup`).
+    var removing: Set<DirectoryKey> = []
     /// Operations sent to a master and not answered yet, by their reference.
     var pending: [UInt64: PendingOperation] = [:]
     var nextReference: UInt64 = 1
@@ -260,7 +269,7 @@ extension LockService {
         case .valueReplicasStored(let generation):
             replicasStored(upTo: generation, by: node)
             return
-        case .lookup, .request, .convert, .unlock, .ownerExited:
+        case .lookup, .remove, .request, .convert, .unlock, .ownerExited:
             // Sent before its sender recovered with this life of this node (to an earlier life, which it takes for
             // gone and sends again to whoever masters the resource now).
             guard node == configuration.nodeID || mastering.recoveredWith.contains(node) else { return }
@@ -269,7 +278,7 @@ extension LockService {
                 mastering.recovery!.heldTraffic.append((node, mastering.viewMembers[node] ?? 0, message))
                 return
             }
-        case .lookupReply:
+        case .lookupReply, .removed:
             if isRecovering { return }  // the old directory's answer: asked again when recovery is done
         default:
             break
@@ -291,8 +300,14 @@ extension LockService {
             if master == configuration.nodeID { mastering.masters[key] = master }
             send(.lookupReply(key, master: master), to: node)
         case .lookupReply(let key, let master):
+            // An answer to a lookup sent before this node dropped the resource (the REMOVE follows it): stale once
+            // the directory has the REMOVE, and REMOVED comes after it.
+            if mastering.removing.contains(key) { return }
             mastering.masters[key] = master
-            for (connection, request) in mastering.awaitingLookup.removeValue(forKey: key) ?? [] {
+            let waiting = mastering.awaitingLookup.removeValue(forKey: key) ?? []
+            // (Asked again after a recovery for a resource it was dropping: idle, so dropped again later.)
+            if waiting.isEmpty { mastering.tossQueue.append((key, engine.now)) }
+            for (connection, request) in waiting {
                 retry(request, from: connection)
             }
             for (node, request) in mastering.peerRequestsAwaitingLookup.removeValue(forKey: key) ?? [] {
@@ -356,9 +371,75 @@ extension LockService {
             }
             run(.ownerExited(owner), reply: nil)
             mastering.rebuilt.forget(owner: owner)
+        case .remove(let key):
+            // The master of a resource drops it: forgotten here if this node still names it (a node that asked
+            // before this message was answered with it, and is told "not master" by it now).
+            if mastering.directory[key] == node { mastering.directory[key] = nil }
+            if mastering.masters[key] == node { mastering.masters[key] = nil }
+            send(.removed(key), to: node)
+        case .removed(let key):
+            removed(key)
         case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone, .recoverValues, .valueReplicas,
             .valueReplicasStored:
             break
+        }
+    }
+
+    // MARK: Dropping idle resources
+
+    /// How many idle resources a tick drops at most (the others at the next ticks).
+    static let tossSlice = 4_096
+
+    /// Drops what has been idle for `tossDelay`: resources this node masters and whose engine resource is gone,
+    /// and cached masters of resources none of its clients' locks uses. Not during recovery, which rebuilds both.
+    mutating func tossIdle(now: Instant) {
+        for freed in engine.takeFreedResources() {
+            mastering.tossQueue.append((DirectoryKey(lockspace: freed.lockspace, name: freed.name), freed.at))
+        }
+        for key in mastering.copies.takeUnusedKeys() { mastering.tossQueue.append((key, now)) }
+        guard !isRecovering, !isStopped else { return }
+        var budget = Self.tossSlice
+        while budget > 0, let first = mastering.tossQueue.first, first.since &+ configuration.tossDelay <= now {
+            mastering.tossQueue.removeFirst()
+            budget -= 1
+            toss(first.key)
+        }
+    }
+
+    mutating func toss(_ key: DirectoryKey) {
+        guard let master = mastering.masters[key], mastering.awaitingLookup[key] == nil else { return }
+        if master != configuration.nodeID {
+            if mastering.copies.usesKey(key) == false { mastering.masters[key] = nil }
+            return
+        }
+        guard !engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name),
+            !mastering.rebuiltKeys.contains(key)
+        else { return }
+        mastering.masters[key] = nil
+        let directory = mastering.directoryNode(of: key)
+        if directory == configuration.nodeID {
+            mastering.directory[key] = nil
+        } else {
+            // Until the directory has forgotten it, requests for it wait here: a node that the directory names
+            // this one to meanwhile is answered "not master" only once asking again finds no master.
+            mastering.removing.insert(key)
+            mastering.awaitingLookup[key] = []
+            send(.remove(key), to: directory)
+        }
+    }
+
+    /// The directory forgot the master of a resource this node dropped. Requests of this node's clients that came
+    /// meanwhile look it up again (this node may master it again); other nodes' requests are answered "not
+    /// master" and look it up again.
+    mutating func removed(_ key: DirectoryKey) {
+        guard mastering.removing.remove(key) != nil else { return }
+        if let waiting = mastering.awaitingLookup[key], !waiting.isEmpty {
+            send(.lookup(key), to: mastering.directoryNode(of: key))
+            return
+        }
+        mastering.awaitingLookup[key] = nil
+        for (node, request) in mastering.peerRequestsAwaitingLookup.removeValue(forKey: key) ?? [] {
+            receive(request, from: node)
         }
     }
 

@@ -99,6 +99,9 @@ extension LockService {
         // Traffic from nodes that left is dropped.
         held = Deque(held.filter { members[$0.node] == $0.incarnation })
         mastering.recovery = Recovery(view: view, departed: departed, reportedDeparted: departed, heldTraffic: held)
+        // A REMOVED still to come is of the old directory: the resources being dropped are looked up again at the
+        // end (their waiting requests with them).
+        mastering.removing = []
         mastering.members = members.keys.sorted()
         mastering.viewMembers = members
         stop(waitingFor: ["recovery of view \(view)"])

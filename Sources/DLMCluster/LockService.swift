@@ -101,12 +101,17 @@ public struct ServiceConfiguration: Sendable {
     /// Resources are mastered across the members of the view (LockService+Mastering.swift); else every resource
     /// is mastered by the node its client talks to.
     public var mastersAcrossNodes: Bool
+    /// How long, in nanoseconds, a resource mastered across nodes stays known after its last lock went before
+    /// its master drops it from the directory (Linux's `toss_secs`), and a holder forgets a cached master it no
+    /// longer uses.
+    public var tossDelay: UInt64
 
     public init(
         nodeID: UInt32, incarnation: UInt64 = 0, engine: EngineConfig = EngineConfig(),
         tickInterval: UInt64 = 10_000_000, repliesWaitForCommits: Bool = false, hasStore: Bool = false,
-        isClusterMember: Bool = false, mastersAcrossNodes: Bool = false
+        isClusterMember: Bool = false, mastersAcrossNodes: Bool = false, tossDelay: UInt64 = 10_000_000_000
     ) {
+        self.tossDelay = tossDelay
         self.nodeID = nodeID
         self.incarnation = incarnation
         self.engine = engine
@@ -185,7 +190,10 @@ public struct LockService {
     public init(configuration: ServiceConfiguration, engine: LockEngine? = nil) {
         var configuration = configuration
         // Value blocks in use survive their master (LockService+Replicas.swift).
-        if configuration.mastersAcrossNodes { configuration.engine.replicatesValueBlocks = true }
+        if configuration.mastersAcrossNodes {
+            configuration.engine.replicatesValueBlocks = true
+            configuration.engine.reportsFreedResources = true
+        }
         self.configuration = configuration
         self.engine = engine ?? LockEngine(config: configuration.engine)
         effects.reserveCapacity(64)
@@ -259,6 +267,7 @@ public struct LockService {
             disconnected(id)
         case .tick(let now):
             advanceClock(to: now)
+            if mastersAcrossNodes { tossIdle(now: now) }
         case .committed(let generation):
             committed(upTo: generation)
         case .viewInstalled(let view, let primary):

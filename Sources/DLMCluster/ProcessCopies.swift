@@ -61,6 +61,18 @@ struct ProcessCopies {
         return index
     }
 
+    /// How many copies there are of locks on each top-level resource (those with a record), and the resources
+    /// whose last copy went since `takeUnusedKeys`.
+    var perKey: [DirectoryKey: Int] = [:]
+    var unusedKeys: [DirectoryKey] = []
+
+    func usesKey(_ key: DirectoryKey) -> Bool { perKey[key] != nil }
+
+    mutating func takeUnusedKeys() -> [DirectoryKey] {
+        defer { unusedKeys.removeAll(keepingCapacity: true) }
+        return unusedKeys
+    }
+
     mutating func add(owner: UInt64, master: UInt32, record: RecoveredLock? = nil) -> Int {
         let index: Int
         if let reused = free.popLast() {
@@ -71,6 +83,7 @@ struct ProcessCopies {
         }
         copies[index] = Copy(owner: owner, master: master, masterLock: nil, record: record)
         byOwner[owner, default: []].insert(index)
+        if let record { perKey[DirectoryKey(lockspace: record.lockspace, name: record.name), default: 0] += 1 }
         return index
     }
 
@@ -133,6 +146,15 @@ struct ProcessCopies {
         }
         byOwner[copy.owner]?.remove(index)
         if byOwner[copy.owner]?.isEmpty == true { byOwner[copy.owner] = nil }
+        if let record = copy.record {
+            let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
+            if let count = perKey[key], count > 1 {
+                perKey[key] = count - 1
+            } else {
+                perKey[key] = nil
+                unusedKeys.append(key)
+            }
+        }
         copies[index] = Copy()
         free.append(index)
     }

@@ -23,6 +23,9 @@ public struct EngineConfig: Sendable, Hashable, Codable {
     /// Value blocks in use are replicated (`.replicate` effects, ValueReplicas.swift): set by a node that masters
     /// resources across a cluster.
     public var replicatesValueBlocks = false
+    /// Top-level resources that are freed are listed with the time (`takeFreedResources`), for a node that masters
+    /// resources across a cluster to drop them from the directory once idle long enough.
+    public var reportsFreedResources = false
 
     public static let maxNameLength = 64
     public static let maxValueBlockLength = 64

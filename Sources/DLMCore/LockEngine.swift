@@ -48,6 +48,8 @@ public struct LockEngine {
     var pendingValueBlocks: [Int32: [UInt8]] = [:]
     /// Resources whose persistent state changed since the last `drainJournal` (`Journal.swift`).
     var dirtyResources: [Int32] = []
+    /// Top-level resources freed since the last `takeFreedResources` (with `reportsFreedResources`).
+    var freedResources: [(lockspace: [UInt8], name: [UInt8], at: Instant)] = []
     /// Locks of tracked resources changed since the last `drainJournal`.
     var dirtyLocks: [Int32] = []
     /// For each resource with stored locks, how many (`Journal.swift`).
@@ -475,6 +477,9 @@ public struct LockEngine {
             storedLockCounts[slot] = nil
         }
         if record.marks & ResourceMark.replicated != 0 { replicaFreed(slot) }
+        if config.reportsFreedResources && record.parent == none {
+            freedResources.append((lockspaces[Int(record.lockspace)].name, record.name, now))
+        }
         removeFromResourceIndex(slot)
         let ls = Int(record.lockspace)
         if record.fencingToken > lockspaces[ls].fencingTokenFloor {

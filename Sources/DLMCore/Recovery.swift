@@ -36,6 +36,19 @@ extension LockEngine {
 
     /// The top-level resources of every lockspace, by lockspace name and resource name (the resources this node
     /// masters, when it masters across nodes).
+    /// Whether a top-level resource of that name exists (has locks) in the lockspace of that name.
+    public func hasTopLevelResource(lockspace: [UInt8], name: [UInt8]) -> Bool {
+        guard let id = self.lockspace(named: lockspace) else { return false }
+        return resourceSlot(id, path: [name]) != nil
+    }
+
+    /// The top-level resources freed since the last call, oldest first, each with the time it was freed
+    /// (`EngineConfig.reportsFreedResources`).
+    public mutating func takeFreedResources() -> [(lockspace: [UInt8], name: [UInt8], at: Instant)] {
+        defer { freedResources.removeAll(keepingCapacity: true) }
+        return freedResources
+    }
+
     public func topLevelResources() -> [(lockspace: [UInt8], name: [UInt8])] {
         var found: [(lockspace: [UInt8], name: [UInt8])] = []
         for record in resources where !record.isFree && record.parent == none {

@@ -21,6 +21,8 @@ extension PeerMessage {
         case valueReplicas = 14
         case valueReplicasStored = 15
         case recoverValues = 16
+        case remove = 17
+        case removed = 18
     }
 
     /// The largest frame (after its length field).
@@ -44,6 +46,8 @@ extension PeerMessage {
         case .valueReplicas: .valueReplicas
         case .valueReplicasStored: .valueReplicasStored
         case .recoverValues: .recoverValues
+        case .remove: .remove
+        case .removed: .removed
         }
     }
 
@@ -51,7 +55,7 @@ extension PeerMessage {
     public func encode(into buffer: inout ByteBuffer) {
         writeFrame(into: &buffer, type: kind.rawValue) { body in
             switch self {
-            case .lookup(let key):
+            case .lookup(let key), .remove(let key), .removed(let key):
                 body.writeBytes8(key.lockspace)
                 body.writeBytes8(key.name)
             case .lookupReply(let key, let master):
@@ -153,6 +157,10 @@ extension PeerMessage {
         switch kind {
         case .lookup:
             message = .lookup(try body.readDirectoryKey())
+        case .remove:
+            message = .remove(try body.readDirectoryKey())
+        case .removed:
+            message = .removed(try body.readDirectoryKey())
         case .lookupReply:
             message = .lookupReply(try body.readDirectoryKey(), master: try body.read(UInt32.self, "master"))
         case .request:

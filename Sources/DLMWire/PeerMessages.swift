@@ -40,6 +40,13 @@ public enum PeerMessage: Sendable, Hashable {
     /// Recovery for `view`, to the new master of resources whose master left: the replicas the sender kept of
     /// them.
     case recoverValues(view: UInt64, [ValueReplica])
+    /// To a resource's directory node, from its master: the resource has been idle for the toss delay and the
+    /// sender no longer wants to master it. The directory forgets it (if it names the sender) and answers
+    /// `removed`; until then the sender holds the requests for it.
+    case remove(DirectoryKey)
+    /// The directory's answer to `remove`: it names no master for the resource now (unless another node asked
+    /// first).
+    case removed(DirectoryKey)
 }
 
 /// A lock of a surviving holder on a resource whose master left, as its holder knows it (recovery's resend).

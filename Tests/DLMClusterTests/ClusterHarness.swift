@@ -50,11 +50,15 @@ struct ClusterHarness {
     var incarnations: [UInt32: UInt64] = [:]
     var viewNumber: UInt64 = 0
     let stores: Bool
+    /// The simulated clock, and how long an idle resource stays known (ServiceConfiguration.tossDelay).
+    var now: Instant = 0
+    let tossDelay: UInt64
 
     /// `stores`: whether each node has a store whose commits replies wait for (the shell reports commits:
     /// `commit`).
-    init(nodes count: UInt32, stores: Bool = false) {
+    init(nodes count: UInt32, stores: Bool = false, tossDelay: UInt64 = 10_000_000_000) {
         self.stores = stores
+        self.tossDelay = tossDelay
         for node in 1...count { start(node) }
         installView()
     }
@@ -66,11 +70,17 @@ struct ClusterHarness {
         nodes[node] = ServiceHarness(
             configuration: ServiceConfiguration(
                 nodeID: node, incarnation: incarnation, repliesWaitForCommits: stores, hasStore: stores,
-                mastersAcrossNodes: true))
+                mastersAcrossNodes: true, tossDelay: tossDelay))
         written[node] = nil
     }
 
     /// The node stops at once: what it sent and was sent is lost, its clients with it.
+    /// Time passes by `nanoseconds`: every node ticks.
+    mutating func tick(by nanoseconds: UInt64) {
+        now += nanoseconds
+        for node in nodes.keys.sorted() { nodes[node]!.handle(.tick(now: now)) }
+    }
+
     mutating func crash(_ node: UInt32) {
         nodes[node] = nil
         written[node] = nil

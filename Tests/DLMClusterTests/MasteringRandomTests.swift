@@ -135,7 +135,9 @@ struct MasteringRun {
         random = SplitMix64(seed: seed)
         let nodeCount = UInt32((faults ? 3 : 2) + random.below(faults ? 3 : 4))
         // Half the seeds with stores: replies and messages that follow a persistent change wait for its commit.
-        cluster = ClusterHarness(nodes: nodeCount, stores: random.bool())
+        // Idle resources are dropped after 1 µs of simulated time (`tickStep`), so that dropping and mastering
+        // anew meet the traffic.
+        cluster = ClusterHarness(nodes: nodeCount, stores: random.bool(), tossDelay: 1_000)
         names = (0..<(1 + random.below(4))).map { "n\($0)" }
         for node in 1...nodeCount {
             for letter in ["a", "b"] { connect(node, letter) }
@@ -157,6 +159,8 @@ struct MasteringRun {
                 deliverView(random.element(undelivered.keys.sorted()))
             } else if random.percent(5) {
                 commitStep()
+            } else if random.percent(3) {
+                cluster.tick(by: 1_500)
             } else if random.percent(45) || !carryOne() {
                 clientStep()
             }

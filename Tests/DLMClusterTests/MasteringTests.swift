@@ -1,7 +1,8 @@
-import DLMCluster
 import DLMCore
 import DLMWire
 import Testing
+
+@testable import DLMCluster
 
 /// Resource mastering across nodes (LockService+Mastering.swift), in-process: several nodes' lock services, the
 /// peer messages carried in order per pair of nodes. The first node to ask the directory masters a resource;
@@ -133,5 +134,75 @@ import Testing
         c.send(a, H.lock(2, name, .ex, .persistent))
         #expect(c.run() == [])
         #expect(c.commit(2) == ["1a: COMPLETION tag 2 lock \(Self.remote) granted EX"])
+    }
+
+    /// Three nodes dropping idle resources after 1 µs; a resource whose directory is node 2, mastered by node 3,
+    /// was held by a client of node 3 and one of node 1 (so node 1 caches its master), and is idle now.
+    static func idleResource() -> (
+        ClusterHarness, name: String, key: DirectoryKey, master: (node: UInt32, id: ConnectionID),
+        holder: (node: UInt32, id: ConnectionID)
+    ) {
+        var c = ClusterHarness(nodes: 3, tossDelay: 1_000)
+        let name = ClusterHarness.name(directedTo: 2, of: 3)
+        let key = DirectoryKey(lockspace: Array("ls".utf8), name: Array(name.utf8))
+        let master = c.client(3, "m")
+        let holder = c.client(1, "h")
+        c.send(master, H.lock(2, name, .pr))
+        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted PR"])
+        c.send(holder, H.lock(2, name, .pr))
+        #expect(c.run() == ["1h: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        c.send(master, H.unlock(3, 1))
+        c.send(holder, H.unlock(3, Self.remote))
+        _ = c.run()
+        return (c, name, key, master, holder)
+    }
+
+    /// A resource with no lock for the toss delay is dropped by its master, from the directory, and from the caches
+    /// of holders that no longer use it; the next node to ask masters it anew (with no message, as its directory).
+    @Test func anIdleResourceIsDroppedEverywhereAndMasteredAnew() {
+        let idle = Self.idleResource()
+        var c = idle.0
+        let (name, key) = (idle.name, idle.key)
+        #expect(c.nodes[3]!.service.mastering.masters[key] == 3 && c.nodes[2]!.service.mastering.directory[key] == 3)
+        // Not before the delay.
+        c.tick(by: 999)
+        _ = c.run()
+        #expect(c.nodes[3]!.service.mastering.masters[key] == 3)
+        c.tick(by: 1_000)
+        _ = c.run()
+        #expect(c.nodes[3]!.service.mastering.masters[key] == nil)
+        #expect(c.nodes[2]!.service.mastering.directory[key] == nil)
+        #expect(c.nodes[3]!.service.mastering.removing.isEmpty)
+        c.tick(by: 1_000)  // the holder's cache: a delay after its last copy went
+        #expect(c.nodes[1]!.service.mastering.masters[key] == nil)
+        // Node 2 asks next: its own directory names it, no message at all.
+        let asker = c.client(2, "a")
+        let start = c.carried
+        c.send(asker, H.lock(2, name, .ex))
+        #expect(c.run() == ["2a: COMPLETION tag 2 lock 1 granted EX"])
+        #expect(c.carried == start && c.nodes[2]!.service.mastering.masters[key] == 2)
+    }
+
+    /// A request that reaches a master while it drops the resource waits until the directory has forgotten it,
+    /// then is told "not master" and looks again: the asker becomes the one master, never two.
+    @Test func aRequestMeetingAMasterThatDropsTheResourceFindsTheNewMaster() {
+        let idle = Self.idleResource()
+        var c = idle.0
+        let (name, key, master, holder) = (idle.name, idle.key, idle.master, idle.holder)
+        // The master drops it, its REMOVE held on the way; the holder still has the master in its cache.
+        c.paused.insert(ClusterHarness.Link(from: 3, to: 2))
+        c.tick(by: 1_500)
+        _ = c.run()
+        #expect(c.nodes[3]!.service.mastering.removing == [key])
+        #expect(c.nodes[1]!.service.mastering.masters[key] == 3)
+        c.send(holder, H.lock(4, name, .ex))
+        #expect(c.run() == [])  // held by node 3 until the directory answers
+        c.paused = []
+        #expect(c.run() == ["1h: COMPLETION tag 4 lock 1 granted EX"])  // mastered by its own node now
+        #expect(c.nodes[1]!.service.mastering.masters[key] == 1 && c.nodes[2]!.service.mastering.directory[key] == 1)
+        #expect(c.nodes[3]!.service.mastering.masters[key] == nil)
+        // Node 3's next request goes to the new master and waits behind the EX.
+        c.send(master, H.lock(5, name, .pr))
+        #expect(Set(c.run()) == ["3m: OK tag 5 lock \(Self.remote)", "1h: BAST lock 1 PR"])
     }
 }

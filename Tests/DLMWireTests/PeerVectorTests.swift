@@ -14,6 +14,8 @@ struct PeerVectorTests {
     static let messages: [String: PeerMessage] = [
         "peer-lookup": .lookup(key),
         "peer-lookup-reply": .lookupReply(key, master: 2),
+        "peer-remove": .remove(key),
+        "peer-removed": .removed(key),
         "peer-request": .request(
             ref: 7,
             RemoteLockRequest(
