@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The store's benchmark (issue: recoverable lock state): the raw LMDB commit rate on this disk, then the
-# durable-grant scenario against a release dlmd in each durability mode, same placement for all (dlmd on
+# durable-grant scenario (and, with `batch`, lock+unlock pairs on a resource held by many persistent locks)
+# against a release dlmd in each durability mode, same placement for all (dlmd on
 # CPU 0, clients on CPU 1). Prints one JSON object a line. Usage: [BIN=DIR] bench/durability-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,10 @@ for mode in none batch sync; do
   echo "{\"durability\": \"$mode\"}"
   taskset -c 1 "$bin/dlmbench" durable --socket "$dir/s.sock" --clients 1,50,64 --seconds 3
   taskset -c 1 "$bin/dlmbench" durable --socket "$dir/s.sock" --clients 64 --seconds 3 --release no
+  # A change to one of many persistent locks on a resource writes one lock record (store schema 3).
+  if [ "$mode" = batch ]; then
+    taskset -c 1 "$bin/dlmbench" durable-shared --socket "$dir/s.sock" --holders 0,1000,10000,100000 --seconds 3
+  fi
   kill -TERM "$pid"
   wait "$pid" || true
 done

@@ -1,6 +1,7 @@
 import DLMClient
 import DLMCore
 import DLMStore
+import DLMWire
 import Foundation
 
 /// The store's benchmarks (bench/RESULTS.md, `make bench-durability`).
@@ -59,6 +60,40 @@ enum DurabilityScenarios {
         runBlocking {
             try await measure(socket: socket, clients: clients, seconds: seconds, warmup: warmup, release: release)
         }
+    }
+
+    /// Persistent CR lock+unlock pairs of one client on a resource that `holders` other persistent CR locks hold
+    /// (taken first by a second connection, pipelined): the cost of a change to one lock of a resource holding
+    /// many, which the store must not write whole (issue 16).
+    static func shared(socket: String, holders: Int, seconds: Double) -> String {
+        let name = Array("durable-shared-\(holders)".utf8)
+        let holder = RawClient(socket: socket, lockspace: "bench-durable")
+        let held = holder.lockAll(Array(repeating: name, count: holders), mode: .cr, flags: .persistent)
+        let client = RawClient(socket: socket, lockspace: "bench-durable")
+        let clock = ContinuousClock()
+        var latencies: [Int64] = []
+        let end = clock.now + .milliseconds(Int(seconds * 1000))
+        while clock.now < end {
+            let start = clock.now
+            client.send(
+                .lock(
+                    LockMessage(
+                        tag: client.tag(), lockspace: client.lockspace, flags: .persistent, mode: .cr, options: [],
+                        name: name)))
+            guard case .completion(let completion) = client.receive(), completion.status == .granted else {
+                fail("the shared lock was not granted at once")
+            }
+            client.unlock(completion.lock)
+            latencies.append((clock.now - start).nanoseconds)
+        }
+        holder.unlockAll(held)
+        latencies.sort()
+        let p50 = latencies.isEmpty ? 0 : Double(latencies[latencies.count / 2]) / 1000
+        return """
+            {"scenario": "durable-shared", "operation": "PERSISTENT CR lock+unlock on a resource held by N other \
+            PERSISTENT CR locks", "holders": \(holders), "seconds": \(seconds), \
+            "pairs_per_sec": \(Int(Double(latencies.count) / seconds)), "p50_us": \(p50)}
+            """
     }
 
     static func measure(

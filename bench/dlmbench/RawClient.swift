@@ -92,7 +92,7 @@ final class RawClient {
 
     /// Locks every name in `mode` with up to `depth` requests in flight; the lock ids, in the order of `names`.
     /// Every lock must be granted at once.
-    func lockAll(_ names: [[UInt8]], mode: LockMode, depth: Int = 256) -> [UInt32] {
+    func lockAll(_ names: [[UInt8]], mode: LockMode, flags: LockFlags = [], depth: Int = 256) -> [UInt32] {
         var ids = [UInt32](repeating: 0, count: names.count)
         var index: [UInt32: Int] = [:]
         var sent = 0
@@ -103,7 +103,8 @@ final class RawClient {
                 let tag = tag()
                 index[tag] = sent
                 ClientMessage.lock(
-                    LockMessage(tag: tag, lockspace: lockspace, mode: mode, options: [], name: names[sent])
+                    LockMessage(
+                        tag: tag, lockspace: lockspace, flags: flags, mode: mode, options: [], name: names[sent])
                 )
                 .encode(into: &outbound)
                 sent += 1

@@ -26,6 +26,7 @@ import Glibc
 //
 //   dlmbench lmdb         the raw LMDB commit rate in a directory (synced, synced batches, unsynced)
 //   dlmbench durable      N clients taking and releasing PERSISTENT EX locks against a running dlmd
+//   dlmbench durable-shared  PERSISTENT CR lock+unlock pairs on a resource held by N other PERSISTENT locks
 //
 // Group services over loopback TCP, nodes in this process (GroupNode):
 //
@@ -86,6 +87,14 @@ case "durable":
                 clients: clients, seconds: Double(options.string("seconds", "3")) ?? 3,
                 warmup: Double(options.string("warmup", "0.5")) ?? 0.5,
                 release: options.string("release", "yes") != "no"))
+    }
+case "durable-shared":
+    let options = Options(arguments.dropFirst(), allowed: ["socket", "holders", "seconds"])
+    for holders in options.string("holders", "0,1000,10000,100000").split(separator: ",").compactMap({ Int($0) }) {
+        print(
+            DurabilityScenarios.shared(
+                socket: options.string("socket", ProcessInfo.processInfo.environment["DLM_SOCKET"] ?? ""),
+                holders: holders, seconds: Double(options.string("seconds", "3")) ?? 3))
     }
 case "rtt":
     print(RTTScenario.run(Options(arguments.dropFirst(), allowed: RTTScenario.optionNames)).text)
