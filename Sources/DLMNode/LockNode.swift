@@ -2,6 +2,7 @@ import DLMCluster
 import DLMCore
 import DLMWire
 import Foundation
+import GroupNode
 import GroupServices
 import Logging
 import NIOCore
@@ -57,7 +58,8 @@ public final class LockNode: @unchecked Sendable {
             nodeID: configuration.nodeID, incarnation: incarnation, engine: engine,
             tickInterval: configuration.tickInterval,
             repliesWaitForCommits: store && configuration.durability != .none, hasStore: store,
-            isClusterMember: cluster, mastersAcrossNodes: cluster)
+            isClusterMember: cluster, mastersAcrossNodes: cluster,
+            tossDelay: UInt64(configuration.cluster?.tossDelay ?? ClusterConfig.defaultTimeouts.toss) * 1_000_000)
     }
 
     /// Starts the service's timers.

@@ -51,10 +51,13 @@ public struct ClusterConfig: Sendable, Hashable {
     public var retransmitInterval: Int
     public var fenceRetryInterval: Int
     public var joinDelay: Int
+    /// How long a resource mastered across nodes stays known after its last lock went, in milliseconds (the lock
+    /// service's `tossDelay`, Linux's `toss_secs`).
+    public var tossDelay: Int
 
     /// The defaults of `Settings`, in milliseconds.
     public static let defaultTimeouts = (
-        heartbeat: 200, suspect: 1000, viewChange: 500, flush: 300, retransmit: 50, fenceRetry: 250
+        heartbeat: 200, suspect: 1000, viewChange: 500, flush: 300, retransmit: 50, fenceRetry: 250, toss: 10_000
     )
 
     /// A configuration built in code; `validate` checks it as `parse` would.
@@ -66,8 +69,10 @@ public struct ClusterConfig: Sendable, Hashable {
         viewChangeTime: Int = ClusterConfig.defaultTimeouts.viewChange,
         flushTimeout: Int = ClusterConfig.defaultTimeouts.flush,
         retransmitInterval: Int = ClusterConfig.defaultTimeouts.retransmit,
-        fenceRetryInterval: Int = ClusterConfig.defaultTimeouts.fenceRetry, joinDelay: Int? = nil
+        fenceRetryInterval: Int = ClusterConfig.defaultTimeouts.fenceRetry, joinDelay: Int? = nil,
+        tossDelay: Int = ClusterConfig.defaultTimeouts.toss
     ) {
+        self.tossDelay = tossDelay
         self.name = name
         self.keyFile = keyFile
         self.nodes = nodes
@@ -148,7 +153,7 @@ public struct ClusterConfig: Sendable, Hashable {
             ("heartbeat_ms", heartbeatInterval, 1), ("suspect_ms", suspectTimeout, 1),
             ("view_change_ms", viewChangeTime, 1), ("flush_ms", flushTimeout, 1),
             ("retransmit_ms", retransmitInterval, 1), ("fence_retry_ms", fenceRetryInterval, 1),
-            ("join_delay_ms", joinDelay, 0),
+            ("join_delay_ms", joinDelay, 0), ("toss_ms", tossDelay, 1),
         ]
         for (key, value, minimum) in timeouts where value < minimum || value > Self.maximumTimeout {
             throw fail("timeouts.\(key): must be an integer from \(minimum) to \(Self.maximumTimeout)")
@@ -250,7 +255,7 @@ public struct ClusterConfig: Sendable, Hashable {
         if let timeouts = try reader.table(root, "timeouts") {
             let keys = [
                 "heartbeat_ms", "suspect_ms", "view_change_ms", "flush_ms", "retransmit_ms", "fence_retry_ms",
-                "join_delay_ms",
+                "join_delay_ms", "toss_ms",
             ]
             try reader.allow(timeouts, keys: Set(keys), path: "timeouts")
             for key in keys { times[key] = try reader.int(timeouts, key, path: "timeouts", required: false) }
@@ -262,7 +267,8 @@ public struct ClusterConfig: Sendable, Hashable {
             heartbeatInterval: heartbeat, suspectTimeout: times["suspect_ms"] ?? d.suspect,
             viewChangeTime: times["view_change_ms"] ?? d.viewChange, flushTimeout: times["flush_ms"] ?? d.flush,
             retransmitInterval: times["retransmit_ms"] ?? d.retransmit,
-            fenceRetryInterval: times["fence_retry_ms"] ?? d.fenceRetry, joinDelay: times["join_delay_ms"])
+            fenceRetryInterval: times["fence_retry_ms"] ?? d.fenceRetry, joinDelay: times["join_delay_ms"],
+            tossDelay: times["toss_ms"] ?? d.toss)
         try config.validate(file: file)
         return config
     }

@@ -84,6 +84,7 @@ let exampleConfig = """
                 retransmit_ms = 20
                 fence_retry_ms = 100
                 join_delay_ms = 0
+                toss_ms = 2500
                 """
         let config = try ClusterConfig.parse(
             text.replacingOccurrences(of: "[fencing]", with: "[fencing]\ntimeout = 2.5"), file: file)
@@ -98,6 +99,7 @@ let exampleConfig = """
                     votes: [1: 1, 2: 1, 3: 2], expectedVotes: 5, waitForAll: true, heartbeatInterval: 50 * ms,
                     suspectTimeout: 300 * ms, viewChangeTime: 250 * ms, flushTimeout: 150 * ms,
                     retransmitInterval: 20 * ms, fenceRetryInterval: 100 * ms, joinDelay: 0))
+        #expect(config.tossDelay == 2500)
     }
 
     @Test func aDlmdTableIsIgnored() throws {
