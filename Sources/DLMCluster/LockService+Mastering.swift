@@ -171,7 +171,7 @@ extension LockService {
                 owner: request.owner, pid: clients[Int(id.slot)].pid, grantedMode: nil, requestedMode: m.mode,
                 flags: m.flags, priority: m.priority, wantsBlockingCallbacks: request.wantsBlockingCallbacks,
                 alwaysFencingToken: request.alwaysFencingToken, transaction: request.transaction, valueBlock: nil,
-                valueBlockSequence: 0, fencingToken: 0)
+                valueBlockSequence: 0, fencingToken: 0, timeout: request.timeout)
         let copy = mastering.copies.add(owner: id.owner, master: master, record: record)
         let reference = startOperation(id, tag: m.tag, copy: copy, message: .lock(m))
         send(
@@ -503,7 +503,10 @@ extension LockService {
         var written: [UInt8]?
         switch pending.message {
         case .convert(let m):
-            if completion == nil { mastering.copies.copies[copy].record!.requestedMode = m.mode }
+            if completion == nil {
+                mastering.copies.copies[copy].record!.requestedMode = m.mode
+                mastering.copies.copies[copy].record!.timeout = m.timeoutNanoseconds == 0 ? nil : m.timeoutNanoseconds
+            }
             if m.flags.contains(.valueBlock) { written = m.valueBlock }
         case .unlock(let m):
             if m.flags.contains(.valueBlock) { written = m.valueBlock }

@@ -403,7 +403,9 @@ extension LockService {
                         parent: nil, transaction: lock.transaction, priority: lock.priority,
                         wantsBlockingCallbacks: lock.wantsBlockingCallbacks,
                         alwaysFencingToken: lock.alwaysFencingToken, blockingSent: 0, pendingFlags: [],
-                        waitingSince: now, waitSequence: 0, deadline: 0, fencingToken: lock.fencingToken,
+                        waitingSince: now, waitSequence: 0,
+                        deadline: kind == .grant ? 0 : lock.timeout.map { now &+ $0 } ?? 0,
+                        fencingToken: lock.fencingToken,
                         pid: lock.pid))
                 token = max(token, lock.fencingToken)
                 if lock.valueBlockSequence >= sequence, let value = lock.valueBlock {

@@ -343,6 +343,7 @@ extension ByteBuffer {
         writeOptionalBytes8(lock.valueBlock)
         writeInteger(lock.valueBlockSequence)
         writeInteger(lock.fencingToken)
+        writeInteger(lock.timeout ?? 0)
     }
 
     mutating func readOptionalMode(_ field: StaticString) throws(WireError) -> LockMode? {
@@ -374,12 +375,14 @@ extension ByteBuffer {
         let transaction = try read(UInt64.self, "transaction")
         let valueBlock = try readOptionalBytes8("value_block")
         let sequence = try read(UInt64.self, "value_block_sequence")
+        let token = try read(UInt64.self, "fencing_token")
+        let timeout = try read(UInt64.self, "timeout")
         return RecoveredLock(
             lockspace: lockspace, valueBlockLength: valueBlockLength, name: name, copy: copy, owner: owner, pid: pid,
             grantedMode: granted, requestedMode: requested, flags: flags, priority: priority,
             wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0,
             transaction: transaction == 0 ? nil : transaction, valueBlock: valueBlock, valueBlockSequence: sequence,
-            fencingToken: try read(UInt64.self, "fencing_token"))
+            fencingToken: token, timeout: timeout == 0 ? nil : timeout)
     }
 
     /// PEER.md §4.6: names, flags (1 removed, 2 invalid, 4 has a writer), the value block, its sequence number,

@@ -71,13 +71,17 @@ public struct RecoveredLock: Sendable, Hashable {
     public var valueBlock: [UInt8]?
     public var valueBlockSequence: UInt64
     public var fencingToken: UInt64
+    /// The TIMEOUT of a waiting request or conversion, in nanoseconds (nil: none): it gives up that long after the
+    /// new master rebuilt it (how long it had waited is not known across nodes).
+    public var timeout: UInt64?
 
     public init(
         lockspace: [UInt8], valueBlockLength: Int, name: [UInt8], copy: UInt32, owner: OwnerID, pid: UInt32,
         grantedMode: LockMode?, requestedMode: LockMode?, flags: LockFlags, priority: UInt8,
         wantsBlockingCallbacks: Bool, alwaysFencingToken: Bool, transaction: UInt64?, valueBlock: [UInt8]?,
-        valueBlockSequence: UInt64, fencingToken: UInt64
+        valueBlockSequence: UInt64, fencingToken: UInt64, timeout: UInt64? = nil
     ) {
+        self.timeout = timeout
         self.lockspace = lockspace
         self.valueBlockLength = valueBlockLength
         self.name = name

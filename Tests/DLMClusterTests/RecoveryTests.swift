@@ -56,6 +56,36 @@ import Testing
         #expect(token > before)
     }
 
+    /// A waiting request with TIMEOUT whose master died still gives up: its holder resends the timeout with the
+    /// lock, and the new master starts it again when it rebuilds the request (before, it waited for ever).
+    @Test func aRebuiltWaitingRequestStillTimesOut() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 3, of: 3)
+        let master = c.client(3, "m")
+        let holder = c.client(1, "h")
+        let waiter = c.client(2, "w")
+        c.send(master, H.lock(2, name, .nl))
+        _ = c.run()
+        c.send(holder, H.lock(2, name, .ex))
+        #expect(c.run() == ["1h: COMPLETION tag 2 lock \(Self.remote) granted EX"])
+        c.send(
+            waiter,
+            .lock(
+                LockMessage(
+                    tag: 2, lockspace: 0, flags: .timeout, mode: .pr, timeoutNanoseconds: 5_000_000_000,
+                    name: Array(name.utf8))))
+        #expect(Set(c.run()) == ["2w: OK tag 2 lock \(Self.remote)", "1h: BAST lock \(Self.remote) PR"])
+        c.crash(3)
+        c.installView()
+        _ = c.run()
+        c.tick(by: 4_000_000_000)
+        #expect(c.run().isEmpty)  // not before its timeout
+        c.tick(by: 2_000_000_000)
+        #expect(c.run() == ["2w: COMPLETION tag 0 lock \(Self.remote) ETIMEDOUT"])
+        // The holder's EX is untouched.
+        #expect(c.completions["1h"]?.last?.status == .granted)
+    }
+
     /// A resource whose master survives keeps its master and its locks; the departed node's locks on it go, which
     /// lets a waiting request of a survivor through.
     @Test func theDepartedNodesLocksAreDroppedWhereTheMasterSurvives() {

@@ -62,7 +62,8 @@ struct PeerVectorTests {
                     lockspace: Array("ls".utf8), valueBlockLength: 32, name: Array("backup".utf8), copy: 0x8000_0001,
                     owner: owner, pid: 4242, grantedMode: .pr, requestedMode: .ex, flags: [], priority: 7,
                     wantsBlockingCallbacks: true, alwaysFencingToken: false, transaction: nil,
-                    valueBlock: [0xde, 0xad, 0xbe, 0xef], valueBlockSequence: 2, fencingToken: 9)
+                    valueBlock: [0xde, 0xad, 0xbe, 0xef], valueBlockSequence: 2, fencingToken: 9,
+                    timeout: 5_000_000_000)
             ]),
         "peer-recover-bindings": .recoverBindings(
             view: 7,
