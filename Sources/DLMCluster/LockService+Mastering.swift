@@ -34,7 +34,10 @@ struct Mastering {
     var copies = ProcessCopies()
     /// Resources that became idle here (freed by the engine, or no copy left on them), oldest first: dropped once
     /// idle for `tossDelay` (`tossIdle`).
-    var tossQueue: Deque<(key: DirectoryKey, since: Instant)> = []
+    var tossQueue: Deque<(key: DirectoryKey, since: Instant, floor: UInt64)> = []
+    /// As directory node: per lockspace, the highest last fencing token of the resources dropped (REMOVE); a new
+    /// master starts above it (LOOKUP_REPLY). Cleared by recovery, which raises every floor above it.
+    var tossFloors: [[UInt8]: UInt64] = [:]
     /// Resources whose master this node was, waiting for the directory's REMOVED (their requests wait in
     /// `awaitingLookup` and `peerRequestsAwaitingLookup`).
     var removing: Set<DirectoryKey> = []
@@ -151,6 +154,9 @@ extension LockService {
                     master = mastering.directory[key] ?? configuration.nodeID
                     mastering.directory[key] = master
                     mastering.masters[key] = master
+                    if master == configuration.nodeID, let floor = mastering.tossFloors[key.lockspace] {
+                        raiseTokenFloor(key.lockspace, to: floor)
+                    }
                 } else {
                     // Asked once per resource, however many requests wait for the answer.
                     if mastering.awaitingLookup[key] == nil { send(.lookup(key), to: directory) }
@@ -298,15 +304,16 @@ extension LockService {
             let master = mastering.directory[key] ?? node
             mastering.directory[key] = master
             if master == configuration.nodeID { mastering.masters[key] = master }
-            send(.lookupReply(key, master: master), to: node)
-        case .lookupReply(let key, let master):
+            send(.lookupReply(key, master: master, floor: mastering.tossFloors[key.lockspace] ?? 0), to: node)
+        case .lookupReply(let key, let master, let floor):
             // An answer to a lookup sent before this node dropped the resource (the REMOVE follows it): stale once
             // the directory has the REMOVE, and REMOVED comes after it.
             if mastering.removing.contains(key) { return }
             mastering.masters[key] = master
+            if master == configuration.nodeID { raiseTokenFloor(key.lockspace, to: floor) }
             let waiting = mastering.awaitingLookup.removeValue(forKey: key) ?? []
             // (Asked again after a recovery for a resource it was dropping: idle, so dropped again later.)
-            if waiting.isEmpty { mastering.tossQueue.append((key, engine.now)) }
+            if waiting.isEmpty { mastering.tossQueue.append((key, engine.now, 0)) }
             for (connection, request) in waiting {
                 retry(request, from: connection)
             }
@@ -371,9 +378,10 @@ extension LockService {
             }
             run(.ownerExited(owner), reply: nil)
             mastering.rebuilt.forget(owner: owner)
-        case .remove(let key):
+        case .remove(let key, let floor):
             // The master of a resource drops it: forgotten here if this node still names it (a node that asked
             // before this message was answered with it, and is told "not master" by it now).
+            mastering.tossFloors[key.lockspace] = max(mastering.tossFloors[key.lockspace] ?? 0, floor)
             if mastering.directory[key] == node { mastering.directory[key] = nil }
             if mastering.masters[key] == node { mastering.masters[key] = nil }
             send(.removed(key), to: node)
@@ -394,19 +402,26 @@ extension LockService {
     /// and cached masters of resources none of its clients' locks uses. Not during recovery, which rebuilds both.
     mutating func tossIdle(now: Instant) {
         for freed in engine.takeFreedResources() {
-            mastering.tossQueue.append((DirectoryKey(lockspace: freed.lockspace, name: freed.name), freed.at))
+            mastering.tossQueue.append(
+                (DirectoryKey(lockspace: freed.lockspace, name: freed.name), freed.at, freed.fencingToken))
         }
-        for key in mastering.copies.takeUnusedKeys() { mastering.tossQueue.append((key, now)) }
+        for key in mastering.copies.takeUnusedKeys() { mastering.tossQueue.append((key, now, 0)) }
         guard !isRecovering, !isStopped else { return }
         var budget = Self.tossSlice
         while budget > 0, let first = mastering.tossQueue.first, first.since &+ configuration.tossDelay <= now {
             mastering.tossQueue.removeFirst()
             budget -= 1
-            toss(first.key)
+            toss(first.key, floor: first.floor)
         }
     }
 
-    mutating func toss(_ key: DirectoryKey) {
+    /// A new resource of the lockspace will start above `floor` (the tokens of a master that dropped one).
+    mutating func raiseTokenFloor(_ lockspace: [UInt8], to floor: UInt64) {
+        guard floor > 0, let id = engine.lockspace(named: lockspace) else { return }
+        engine.raiseFencingTokenFloor(id, to: floor)
+    }
+
+    mutating func toss(_ key: DirectoryKey, floor: UInt64) {
         guard let master = mastering.masters[key], mastering.awaitingLookup[key] == nil else { return }
         if master != configuration.nodeID {
             if mastering.copies.usesKey(key) == false { mastering.masters[key] = nil }
@@ -416,15 +431,19 @@ extension LockService {
             !mastering.rebuiltKeys.contains(key)
         else { return }
         mastering.masters[key] = nil
+        // (The lockspace's floor is at least the last token of every resource of it that was freed: this one's
+        // last life included, which a queue entry of an earlier life does not know.)
+        let floor = max(floor, engine.lockspace(named: key.lockspace).flatMap { engine.fencingTokenFloor($0) } ?? 0)
         let directory = mastering.directoryNode(of: key)
         if directory == configuration.nodeID {
             mastering.directory[key] = nil
+            mastering.tossFloors[key.lockspace] = max(mastering.tossFloors[key.lockspace] ?? 0, floor)
         } else {
             // Until the directory has forgotten it, requests for it wait here: a node that the directory names
             // this one to meanwhile is answered "not master" only once asking again finds no master.
             mastering.removing.insert(key)
             mastering.awaitingLookup[key] = []
-            send(.remove(key), to: directory)
+            send(.remove(key, floor: floor), to: directory)
         }
     }
 

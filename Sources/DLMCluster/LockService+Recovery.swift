@@ -449,6 +449,7 @@ extension LockService {
         mastering.recoveredView = recovery.view
         mastering.memberIncarnations = mastering.viewMembers
         dropStaleReplicas(view: recovery.view)
+        mastering.tossFloors = [:]  // every floor is above the tokens of earlier views now
         output.notices.append(("recovery done", ["view": "\(recovery.view)"]))
         output.recoveries.append(.done(view: recovery.view))
         for lockspace in mastering.rebuiltLockspaces.sorted(by: { $0.rawValue < $1.rawValue }) {

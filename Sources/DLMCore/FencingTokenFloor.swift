@@ -11,6 +11,12 @@ extension LockEngine {
         return highest
     }
 
+    /// The lockspace's fencing-token floor: at least the last token of every resource of it that was freed.
+    public func fencingTokenFloor(_ lockspace: LockspaceID) -> UInt64? {
+        guard Int(lockspace.rawValue) < lockspaces.count, lockspaces[Int(lockspace.rawValue)].isLive else { return nil }
+        return lockspaces[Int(lockspace.rawValue)].fencingTokenFloor
+    }
+
     /// Raises the lockspace's fencing-token floor (never lowers it); resources created later start above it.
     public mutating func raiseFencingTokenFloor(_ lockspace: LockspaceID, to floor: UInt64) {
         guard Int(lockspace.rawValue) < lockspaces.count, lockspaces[Int(lockspace.rawValue)].isLive else { return }

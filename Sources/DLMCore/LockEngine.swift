@@ -49,7 +49,10 @@ public struct LockEngine {
     /// Resources whose persistent state changed since the last `drainJournal` (`Journal.swift`).
     var dirtyResources: [Int32] = []
     /// Top-level resources freed since the last `takeFreedResources` (with `reportsFreedResources`).
-    var freedResources: [(lockspace: [UInt8], name: [UInt8], at: Instant)] = []
+    var freedResources: [(lockspace: [UInt8], name: [UInt8], at: Instant, fencingToken: UInt64)] = []
+    /// The fencing-token floor a lockspace created now starts at: the configured base, or the floor recovery last
+    /// raised every lockspace to (`raiseFencingTokenFloors`), whichever is higher.
+    var newLockspaceFloor: UInt64 = 0
     /// Locks of tracked resources changed since the last `drainJournal`.
     var dirtyLocks: [Int32] = []
     /// For each resource with stored locks, how many (`Journal.swift`).
@@ -101,11 +104,14 @@ public struct LockEngine {
         if let reusable = lockspaces.firstIndex(where: { !$0.isLive && !$0.isDraining }) {
             id = UInt32(reusable)
             lockspaces[reusable] = LockspaceRecord(
-                name: name, valueBlockLength: length, fencingTokenFloor: config.fencingTokenBase)
+                name: name, valueBlockLength: length, fencingTokenFloor: max(config.fencingTokenBase, newLockspaceFloor)
+            )
         } else {
             id = UInt32(lockspaces.count)
             lockspaces.append(
-                LockspaceRecord(name: name, valueBlockLength: length, fencingTokenFloor: config.fencingTokenBase))
+                LockspaceRecord(
+                    name: name, valueBlockLength: length,
+                    fencingTokenFloor: max(config.fencingTokenBase, newLockspaceFloor)))
         }
         lockspaceIndex[name] = id
         return LockspaceID(rawValue: id)
@@ -478,7 +484,7 @@ public struct LockEngine {
         }
         if record.marks & ResourceMark.replicated != 0 { replicaFreed(slot) }
         if config.reportsFreedResources && record.parent == none {
-            freedResources.append((lockspaces[Int(record.lockspace)].name, record.name, now))
+            freedResources.append((lockspaces[Int(record.lockspace)].name, record.name, now, record.fencingToken))
         }
         removeFromResourceIndex(slot)
         let ls = Int(record.lockspace)

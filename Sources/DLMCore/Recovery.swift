@@ -42,9 +42,11 @@ extension LockEngine {
         return resourceSlot(id, path: [name]) != nil
     }
 
-    /// The top-level resources freed since the last call, oldest first, each with the time it was freed
-    /// (`EngineConfig.reportsFreedResources`).
-    public mutating func takeFreedResources() -> [(lockspace: [UInt8], name: [UInt8], at: Instant)] {
+    /// The top-level resources freed since the last call, oldest first, each with the time it was freed and the
+    /// last fencing token it issued (`EngineConfig.reportsFreedResources`).
+    public mutating func takeFreedResources() -> [(
+        lockspace: [UInt8], name: [UInt8], at: Instant, fencingToken: UInt64
+    )] {
         defer { freedResources.removeAll(keepingCapacity: true) }
         return freedResources
     }
@@ -72,8 +74,10 @@ extension LockEngine {
         ownerIndex.keys.filter(matching).sorted()
     }
 
-    /// Raises every lockspace's fencing-token floor: resources created or rebuilt later issue tokens above it.
+    /// Raises every lockspace's fencing-token floor, and that of lockspaces created later: resources created or
+    /// rebuilt later issue tokens above it.
     public mutating func raiseFencingTokenFloors(to floor: UInt64) {
+        newLockspaceFloor = max(newLockspaceFloor, floor)
         for index in lockspaces.indices where lockspaces[index].isLive && lockspaces[index].fencingTokenFloor < floor {
             lockspaces[index].fencingTokenFloor = floor
         }

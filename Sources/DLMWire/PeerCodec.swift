@@ -55,13 +55,18 @@ extension PeerMessage {
     public func encode(into buffer: inout ByteBuffer) {
         writeFrame(into: &buffer, type: kind.rawValue) { body in
             switch self {
-            case .lookup(let key), .remove(let key), .removed(let key):
+            case .lookup(let key), .removed(let key):
                 body.writeBytes8(key.lockspace)
                 body.writeBytes8(key.name)
-            case .lookupReply(let key, let master):
+            case .remove(let key, let floor):
+                body.writeBytes8(key.lockspace)
+                body.writeBytes8(key.name)
+                body.writeInteger(floor)
+            case .lookupReply(let key, let master, let floor):
                 body.writeBytes8(key.lockspace)
                 body.writeBytes8(key.name)
                 body.writeInteger(master)
+                body.writeInteger(floor)
             case .request(let reference, let remote):
                 let r = remote.request
                 body.writeInteger(reference)
@@ -158,11 +163,14 @@ extension PeerMessage {
         case .lookup:
             message = .lookup(try body.readDirectoryKey())
         case .remove:
-            message = .remove(try body.readDirectoryKey())
+            let key = try body.readDirectoryKey()
+            message = .remove(key, floor: try body.read(UInt64.self, "floor"))
         case .removed:
             message = .removed(try body.readDirectoryKey())
         case .lookupReply:
-            message = .lookupReply(try body.readDirectoryKey(), master: try body.read(UInt32.self, "master"))
+            let key = try body.readDirectoryKey()
+            let master = try body.read(UInt32.self, "master")
+            message = .lookupReply(key, master: master, floor: try body.read(UInt64.self, "floor"))
         case .request:
             let reference = try body.read(UInt64.self, "ref")
             let lockspace = try body.readName("lockspace")

@@ -6,8 +6,9 @@ import DLMCore
 public enum PeerMessage: Sendable, Hashable {
     /// To the directory node of a resource: who masters it? The first node to ask becomes its master.
     case lookup(DirectoryKey)
-    /// The directory's answer.
-    case lookupReply(DirectoryKey, master: UInt32)
+    /// The directory's answer. `floor`: the highest fencing token that masters which dropped resources of the
+    /// lockspace told the directory of (`remove`); a new master's resource starts above it.
+    case lookupReply(DirectoryKey, master: UInt32, floor: UInt64)
     /// A new lock, to the resource's master (or, for a sub-lock, to its parent's master).
     case request(ref: UInt64, RemoteLockRequest)
     /// A conversion of a lock the master holds for the sender.
@@ -42,8 +43,9 @@ public enum PeerMessage: Sendable, Hashable {
     case recoverValues(view: UInt64, [ValueReplica])
     /// To a resource's directory node, from its master: the resource has been idle for the toss delay and the
     /// sender no longer wants to master it. The directory forgets it (if it names the sender) and answers
-    /// `removed`; until then the sender holds the requests for it.
-    case remove(DirectoryKey)
+    /// `removed`; until then the sender holds the requests for it. `floor`: the last fencing token the resource
+    /// issued, so that its next master, wherever it is, issues larger ones.
+    case remove(DirectoryKey, floor: UInt64)
     /// The directory's answer to `remove`: it names no master for the resource now (unless another node asked
     /// first).
     case removed(DirectoryKey)

@@ -332,6 +332,8 @@ struct MasteringRun {
     /// A node left while the recovery of an earlier departure had not ended everywhere: two at once.
     var departureUnrecovered = false
     var valueFailures: [String] = []
+    /// The fencing tokens of PW and EX grants, by resource.
+    var tokensGranted: [String: Set<UInt64>] = [:]
     /// Reads checked against an acknowledged write; of those, after the resource's master left.
     var readsOfWrittenValues = 0
     var readsAfterMasterLeft = 0
@@ -421,6 +423,13 @@ struct MasteringRun {
                 }
             }
             guard var lock = clients[index].locks[c.lock] else { return }
+            // A fencing token of a PW or EX grant is never issued twice for a resource, whichever node masters it
+            // (each is above every earlier one; completions of different clients may arrive in another order).
+            if c.status == .granted, let mode = c.mode, mode >= .pw, c.fencingToken != 0,
+                !tokensGranted[lock.resource, default: []].insert(c.fencingToken).inserted
+            {
+                valueFailures.append("fencing token \(c.fencingToken) of \(lock.resource) granted twice")
+            }
             // A read in NL or CR may be older than a write a PW holder made meanwhile (they are compatible); a read
             // in any other mode excludes every writer from its grant on.
             if lock.valueBlock, !c.valueBlock.isEmpty, let mode = c.mode, mode != .nl, mode != .cr {

@@ -205,4 +205,33 @@ import Testing
         c.send(master, H.lock(5, name, .pr))
         #expect(Set(c.run()) == ["3m: OK tag 5 lock \(Self.remote)", "1h: BAST lock 1 PR"])
     }
+
+    /// A resource's fencing tokens keep growing when, idle, it is dropped by its master and mastered anew by
+    /// another node: the REMOVE carries its last token to the directory, whose answer raises the new master's floor.
+    @Test func fencingTokensKeepGrowingWhenAnIdleResourceMovesToAnotherMaster() {
+        var c = ClusterHarness(nodes: 3, tossDelay: 1_000)
+        let name = ClusterHarness.name(directedTo: 2, of: 3)
+        let first = c.client(3, "f")
+        let next = c.client(1, "n")
+        // Node 1 issues tokens of its own first, on another resource of the lockspace it masters.
+        c.send(next, H.lock(2, ClusterHarness.name(directedTo: 1, of: 3), .ex))
+        _ = c.run()
+        for tag in UInt32(2)...6 {
+            c.send(first, H.lock(tag * 2, name, .ex))
+            _ = c.run()
+            c.send(first, H.unlock(tag * 2 + 1, 1))
+            _ = c.run()
+        }
+        let last = c.completions["3f"]!.compactMap { $0.fencingToken == 0 ? nil : $0.fencingToken }.max()!
+        c.tick(by: 1_500)
+        _ = c.run()
+        c.tick(by: 1_500)
+        _ = c.run()
+        #expect(
+            c.nodes[3]!.service.mastering.masters[DirectoryKey(lockspace: Array("ls".utf8), name: Array(name.utf8))]
+                == nil)
+        c.send(next, H.lock(3, name, .ex))
+        #expect(c.run() == ["1n: COMPLETION tag 3 lock 2 granted EX"])  // mastered by node 1 now
+        #expect(c.completions["1n"]!.last!.fencingToken > last)
+    }
 }

@@ -13,8 +13,8 @@ struct PeerVectorTests {
     /// The message each good vector holds, written from the vector's header.
     static let messages: [String: PeerMessage] = [
         "peer-lookup": .lookup(key),
-        "peer-lookup-reply": .lookupReply(key, master: 2),
-        "peer-remove": .remove(key),
+        "peer-lookup-reply": .lookupReply(key, master: 2, floor: 0x500_0000_0009),
+        "peer-remove": .remove(key, floor: 0x500_0000_0009),
         "peer-removed": .removed(key),
         "peer-request": .request(
             ref: 7,
