@@ -124,7 +124,7 @@ extension LockEngine {
         case .forcedRelease(let lockspace):
             guard dropLocks(&job, of: lockspace, budget: &budget) else { return false }
             lockspaces[Int(lockspace)].isDraining = false
-            lockspaceIndex[lockspaces[Int(lockspace)].name] = nil
+            forgetLockspaceName(Int(lockspace))
             return true
         }
         guard walked else { return false }

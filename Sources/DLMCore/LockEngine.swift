@@ -53,6 +53,9 @@ public struct LockEngine {
     /// The fencing-token floor a lockspace created now starts at: the configured base, or the floor recovery last
     /// raised every lockspace to (`raiseFencingTokenFloors`), whichever is higher.
     var newLockspaceFloor: UInt64 = 0
+    /// The fencing-token floor each released lockspace had when its last resource went, by name: a lockspace
+    /// created again under that name starts above it, so its tokens never go back (one entry per name).
+    var releasedLockspaceFloors: [[UInt8]: UInt64] = [:]
     /// Locks of tracked resources changed since the last `drainJournal`.
     var dirtyLocks: [Int32] = []
     /// For each resource with stored locks, how many (`Journal.swift`).
@@ -104,14 +107,11 @@ public struct LockEngine {
         if let reusable = lockspaces.firstIndex(where: { !$0.isLive && !$0.isDraining }) {
             id = UInt32(reusable)
             lockspaces[reusable] = LockspaceRecord(
-                name: name, valueBlockLength: length, fencingTokenFloor: max(config.fencingTokenBase, newLockspaceFloor)
-            )
+                name: name, valueBlockLength: length, fencingTokenFloor: initialFloor(of: name))
         } else {
             id = UInt32(lockspaces.count)
             lockspaces.append(
-                LockspaceRecord(
-                    name: name, valueBlockLength: length,
-                    fencingTokenFloor: max(config.fencingTokenBase, newLockspaceFloor)))
+                LockspaceRecord(name: name, valueBlockLength: length, fencingTokenFloor: initialFloor(of: name)))
         }
         lockspaceIndex[name] = id
         return LockspaceID(rawValue: id)
@@ -151,7 +151,7 @@ public struct LockEngine {
         if held > 0 && !force { throw .busy("the lockspace still holds \(held) locks") }
         lockspaces[index].isLive = false
         guard held > 0 else {
-            lockspaceIndex[lockspaces[index].name] = nil
+            forgetLockspaceName(index)
             return true
         }
         // The name and the slot are not reused before its locks are gone.
@@ -159,6 +159,19 @@ public struct LockEngine {
         startBulkJob(
             BulkJob(kind: .forcedRelease(lockspace: id.rawValue), requester: (requester, context)), into: &effects)
         return false
+    }
+
+    /// A released lockspace's name is free again once its last resource went: its floor is kept for that name.
+    mutating func forgetLockspaceName(_ index: Int) {
+        let name = lockspaces[index].name
+        releasedLockspaceFloors[name] = max(releasedLockspaceFloors[name] ?? 0, lockspaces[index].fencingTokenFloor)
+        lockspaceIndex[name] = nil
+    }
+
+    /// The fencing-token floor of a lockspace created now: above the tokens of every earlier lockspace of that
+    /// name, of earlier lives (`fencingTokenBase`) and earlier views (`raiseFencingTokenFloors`).
+    func initialFloor(of name: [UInt8]) -> UInt64 {
+        max(config.fencingTokenBase, newLockspaceFloor, releasedLockspaceFloors[name] ?? 0)
     }
 
     /// `releaseLockspace` run to its end at once.

@@ -17,6 +17,26 @@ import Testing
         #expect(h.state("c")?.fencingToken == 3)
     }
 
+    /// A lockspace released and created again under the same name (forced or not) issues tokens above those of
+    /// its earlier life: a client that fenced with a token of the first never sees a smaller one.
+    @Test(arguments: [false, true])
+    func tokensIncreaseAcrossTheLockspaceBeingReleasedAndCreatedAgain(force: Bool) throws {
+        var h = Harness()
+        let name = Array("again".utf8)
+        var ls = try h.engine.createLockspace(name: name)
+        for round in 0..<3 {
+            let (a, b) = ("a\(round)", "b\(round)")
+            // (Forced, both resources are live at once and start at the same floor; else q starts above r's token.)
+            let (first, second) = force ? (round + 1, round + 1) : (round * 2 + 1, round * 2 + 2)
+            #expect(h.lock(a, by: 1, on: "r", .ex, in: ls) == ["\(a) granted EX token=\(first)"])
+            if !force { _ = h.unlock(a) }
+            #expect(h.lock(b, by: 2, on: "q", .ex, in: ls) == ["\(b) granted EX token=\(second)"])
+            if !force { _ = h.unlock(b) }
+            try h.engine.releaseLockspace(ls, force: force)
+            ls = try h.engine.createLockspace(name: name)
+        }
+    }
+
     @Test(arguments: [LockMode.nl, .cr, .cw, .pr])
     func noTokenForAGrantBelowPW(mode: LockMode) {
         var h = Harness()
