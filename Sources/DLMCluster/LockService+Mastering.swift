@@ -424,7 +424,7 @@ extension LockService {
     mutating func toss(_ key: DirectoryKey, floor: UInt64) {
         guard let master = mastering.masters[key], mastering.awaitingLookup[key] == nil else { return }
         if master != configuration.nodeID {
-            if mastering.copies.usesKey(key) == false { mastering.masters[key] = nil }
+            if !mastering.copies.usesKey(key) { mastering.masters[key] = nil }
             return
         }
         guard !engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name),

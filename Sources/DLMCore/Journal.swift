@@ -130,6 +130,26 @@ extension LockEngine {
         touch(resource)
     }
 
+    /// The store holds `lock` now, as it is: its marks and its resource's counts follow (a lock that was stored
+    /// keeps counting once; one that stopped or started holding PW or EX moves between the writers).
+    mutating func noteStored(_ lock: Int32, in count: inout StoredLockCount) {
+        let options = locks[Int(lock)].options
+        if !options.contains(.stored) {
+            locks[Int(lock)].options.insert(.stored)
+            count.locks += 1
+        }
+        let writer = locks[Int(lock)].grantedMode >= LockMode.pw.rawValue
+        if writer != options.contains(.storedWriter) {
+            if writer {
+                locks[Int(lock)].options.insert(.storedWriter)
+                count.writers += 1
+            } else {
+                locks[Int(lock)].options.remove(.storedWriter)
+                count.writers -= 1
+            }
+        }
+    }
+
     /// Appends the changes since the last drain, in the order they must be applied: removals first (they
     /// happened before the state that the puts write).
     mutating func drainJournal(into entries: inout [JournalEntry]) {
@@ -141,21 +161,8 @@ extension LockEngine {
             locks[Int(lock)].options.remove(.journalDirty)
             let record = locks[Int(lock)]
             guard record.flags.contains(.persistent), record.isGranted else { continue }
-            let writer = record.grantedMode >= LockMode.pw.rawValue
             var count = storedLockCounts[record.resource, default: StoredLockCount()]
-            if !record.options.contains(.stored) {
-                locks[Int(lock)].options.insert(.stored)
-                count.locks += 1
-            }
-            if writer != record.options.contains(.storedWriter) {
-                if writer {
-                    locks[Int(lock)].options.insert(.storedWriter)
-                    count.writers += 1
-                } else {
-                    locks[Int(lock)].options.remove(.storedWriter)
-                    count.writers -= 1
-                }
-            }
+            noteStored(lock, in: &count)
             storedLockCounts[record.resource] = count
             changedLocks[record.resource, default: []].append(storedSnapshot(lock: lock))
         }
@@ -164,16 +171,9 @@ extension LockEngine {
             let record = resources[Int(slot)]
             guard !record.isFree, record.marks & ResourceMark.dirty != 0 else { continue }
             resources[Int(slot)].marks &= ~ResourceMark.dirty
-            let count = storedLockCounts[slot, default: StoredLockCount()]
+            // (No stored lock: nothing to write. One whose last stored lock went was deleted then.)
+            guard let count = storedLockCounts[slot], count.locks > 0 else { continue }
             let name = lockspaces[Int(record.lockspace)].name
-            if count.locks == 0 {
-                storedLockCounts[slot] = nil
-                if record.marks & ResourceMark.stored != 0 {
-                    resources[Int(slot)].marks &= ~ResourceMark.stored
-                    entries.append(.delete(lockspace: name, path: path(of: slot)))
-                }
-                continue
-            }
             resources[Int(slot)].marks |= ResourceMark.stored
             // At most one lock holds PW or EX (they are compatible with no other PW or EX): a volatile writer is
             // one that the store does not hold.
@@ -240,15 +240,7 @@ extension LockEngine {
             // The store holds exactly this.
             resources[Int(slot)].marks |= ResourceMark.stored
             var count = StoredLockCount()
-            for lock in locks {
-                let lockSlot = lock.id.slot
-                self.locks[lockSlot].options.insert(.stored)
-                count.locks += 1
-                if let mode = lock.grantedMode, mode >= .pw {
-                    self.locks[lockSlot].options.insert(.storedWriter)
-                    count.writers += 1
-                }
-            }
+            for lock in locks { noteStored(Int32(lock.id.slot), in: &count) }
             storedLockCounts[slot] = count
         }
         return locks.count
