@@ -106,7 +106,7 @@ extension LockEngine {
         guard let node = pass.graph.participantNode[who] else { return nil }
         guard pass.components!.cyclic[Int(pass.components!.component[Int(node)])] else { return nil }
         var budget = Int.max
-        return shortestCycle(from: node, through: Int32(slot), in: &pass, budget: &budget)?.map(LockID.init(slot:))
+        return pass.shortestCycle(from: node, through: Int32(slot), budget: &budget)?.map(LockID.init(slot:))
     }
 
     /// Refuses a waiting request or conversion with EDEADLK, as a cluster-wide search decides (libdlm's

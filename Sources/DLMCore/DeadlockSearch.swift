@@ -179,6 +179,59 @@ struct DeadlockPass {
     var previous: [Int32] = []
 }
 
+extension DeadlockPass {
+    /// The shortest cycle that leaves participant `from` through its waiting lock `first` and comes back to it
+    /// past another participant, inside its component: the waiting locks behind the participants' edges, `first`
+    /// first. A search over (node, whether another participant was passed), so that a participant waiting for
+    /// its own lock does not count.
+    mutating func shortestCycle(from: Int32, through first: Int32, budget: inout Int) -> [Int32]? {
+        let graph = graph
+        let component = components!.component
+        let home = component[Int(from)]
+        if reachedBy.count < Int(graph.nodeCount) * 2 {
+            reachedBy = [Int32](repeating: -1, count: Int(graph.nodeCount) * 2)
+            previous = [Int32](repeating: -1, count: Int(graph.nodeCount) * 2)
+        }
+        var queue: [Int32] = [from * 2]
+        reachedBy[Int(from) * 2] = Int32.max
+        defer { for state in queue { reachedBy[Int(state)] = -1 } }
+        var head = 0
+        while head < queue.count {
+            let state = queue[head]
+            head += 1
+            budget -= 1
+            let node = state / 2
+            let passed = state % 2
+            if node == from && head > 1 { continue }
+            var edge = graph.firstEdge[Int(node)]
+            while edge >= 0 {
+                defer { edge = graph.nextEdge[Int(edge)] }
+                if head == 1 && graph.label[Int(edge)] != first { continue }
+                let next = graph.target[Int(edge)]
+                guard component[Int(next)] == home else { continue }
+                let nextPassed = passed == 1 || (graph.isParticipant[Int(next)] && next != from) ? 1 : 0
+                let nextState = next * 2 + Int32(nextPassed)
+                guard reachedBy[Int(nextState)] == -1 else { continue }
+                reachedBy[Int(nextState)] = edge
+                previous[Int(nextState)] = state
+                queue.append(nextState)
+                if next == from && nextPassed == 1 {
+                    // Walk back, collecting the waiting locks of the participants' edges.
+                    var locks: [Int32] = []
+                    var cursor = nextState
+                    while cursor != from * 2 {
+                        let lock = graph.label[Int(reachedBy[Int(cursor)])]
+                        if lock != none { locks.append(lock) }
+                        cursor = previous[Int(cursor)]
+                    }
+                    return locks.reversed()
+                }
+            }
+        }
+        return nil
+    }
+}
+
 /// One resource on its way into the graph: the slots of its holders and queued locks as they were when it was
 /// first looked at (each lock is read when its turn comes, and left out if it has gone), and the set nodes made
 /// so far (-1: the empty set).
@@ -312,7 +365,7 @@ extension LockEngine {
             else { continue }
             let component = pass.components!.component[Int(node)]
             guard pass.components!.cyclic[Int(component)], !pass.settled.contains(component) else { continue }
-            guard let cycle = shortestCycle(from: node, through: lock, in: &pass, budget: &budget),
+            guard let cycle = pass.shortestCycle(from: node, through: lock, budget: &budget),
                 isCurrentCycle(cycle)
             else { continue }
             pass.settled.insert(component)
@@ -392,59 +445,6 @@ extension LockEngine {
         return true
     }
 
-    /// The shortest cycle that leaves participant `from` through its waiting lock `first` and comes back to it
-    /// past another participant, inside its component: the waiting locks behind the participants' edges, `first`
-    /// first. A search over (node, whether another participant was passed), so that a participant waiting for
-    /// its own lock does not count.
-    func shortestCycle(from: Int32, through first: Int32, in pass: inout DeadlockPass, budget: inout Int)
-        -> [Int32]?
-    {
-        let graph = pass.graph
-        let component = pass.components!.component
-        let home = component[Int(from)]
-        if pass.reachedBy.count < Int(graph.nodeCount) * 2 {
-            pass.reachedBy = [Int32](repeating: -1, count: Int(graph.nodeCount) * 2)
-            pass.previous = [Int32](repeating: -1, count: Int(graph.nodeCount) * 2)
-        }
-        var queue: [Int32] = [from * 2]
-        pass.reachedBy[Int(from) * 2] = Int32.max
-        defer { for state in queue { pass.reachedBy[Int(state)] = -1 } }
-        var head = 0
-        while head < queue.count {
-            let state = queue[head]
-            head += 1
-            budget -= 1
-            let node = state / 2
-            let passed = state % 2
-            if node == from && head > 1 { continue }
-            var edge = graph.firstEdge[Int(node)]
-            while edge >= 0 {
-                defer { edge = graph.nextEdge[Int(edge)] }
-                if head == 1 && graph.label[Int(edge)] != first { continue }
-                let next = graph.target[Int(edge)]
-                guard component[Int(next)] == home else { continue }
-                let nextPassed = passed == 1 || (graph.isParticipant[Int(next)] && next != from) ? 1 : 0
-                let nextState = next * 2 + Int32(nextPassed)
-                guard pass.reachedBy[Int(nextState)] == -1 else { continue }
-                pass.reachedBy[Int(nextState)] = edge
-                pass.previous[Int(nextState)] = state
-                queue.append(nextState)
-                if next == from && nextPassed == 1 {
-                    // Walk back, collecting the waiting locks of the participants' edges.
-                    var locks: [Int32] = []
-                    var cursor = nextState
-                    while cursor != from * 2 {
-                        let lock = graph.label[Int(pass.reachedBy[Int(cursor)])]
-                        if lock != none { locks.append(lock) }
-                        cursor = pass.previous[Int(cursor)]
-                    }
-                    return locks.reversed()
-                }
-            }
-        }
-        return nil
-    }
-
     /// The victim of a cycle: the lowest priority, then the youngest request.
     func victim(of cycle: [Int32]) -> Int32 {
         cycle.min { a, b in
@@ -507,8 +507,9 @@ extension LockEngine {
         return false
     }
 
-    /// A whole pass's graph and components at once, for `findDeadlock`.
-    func wholeDeadlockPass() -> DeadlockPass {
+    /// A whole pass's graph and (unless told not to) its components at once, for `findDeadlock` and a cluster-wide
+    /// search's part.
+    func wholeDeadlockPass(components withComponents: Bool = true) -> DeadlockPass {
         var pass = DeadlockPass()
         var seen = Set<Int32>()
         var cursor = waiting.head
@@ -521,6 +522,7 @@ extension LockEngine {
             var budget = Int.max
             _ = build(&resourceBuild, &pass.graph, budget: &budget)
         }
+        guard withComponents else { return pass }
         var components = StrongComponents(nodes: Int(pass.graph.nodeCount))
         var budget = Int.max
         _ = components.run(pass.graph, budget: &budget)

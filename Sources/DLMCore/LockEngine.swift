@@ -416,6 +416,8 @@ public struct LockEngine {
             case .purge(let lockspace, let pid, let requester, let context):
                 try beginPurge(lockspace: lockspace, pid: pid, requester: requester, context: context, into: &effects)
             case .cancelForDeadlock(let lock): try cancelForDeadlock(lock, into: &effects)
+            case .deadlockVictim(let lock, let sequence):
+                refuseDeadlockVictim(lock, waitSequence: sequence, into: &effects)
             case .setProcessID(let pid, let owner): setProcessID(pid, of: owner)
             case .continueBulkWork: continueBulkWork(into: &effects)
             case .restore(let stored): try restoreStored(stored)

@@ -101,6 +101,9 @@ public enum Input: Sendable, Hashable {
     case purge(lockspace: LockspaceID, pid: UInt32, requester: OwnerID, context: UInt64)
     /// Refuses a waiting request or conversion with EDEADLK (a cluster-wide search's decision).
     case cancelForDeadlock(LockID)
+    /// A cluster-wide search's victim (ClusterDeadlocks.swift): refused with EDEADLK if it still waits in the wait
+    /// numbered `waitSequence`, else nothing.
+    case deadlockVictim(LockID, waitSequence: UInt32)
     /// The owner's process id, given to the locks it takes and kept by its orphans.
     case setProcessID(UInt32, owner: OwnerID)
     /// Runs a slice of the work done in slices (`hasBulkWork`).
