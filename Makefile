@@ -39,12 +39,13 @@ test-c: libdlm
 	@bash Tests/CDLMTests/run.sh
 
 ## make sim SEEDS=N: the group services simulation (Tests/GroupServicesTests) and the random lock traffic across
-## nodes' lock services (Tests/DLMClusterTests/MasteringRandomTests.swift) over N seeds each, in a release build
-## with testing enabled. A failing seed prints the command that replays it.
+## nodes' lock services (Tests/DLMClusterTests/MasteringRandomTests.swift) and the random deadlock cycles across
+## nodes (DeadlockAcrossNodesTests.swift) over N seeds each, in a release build with testing enabled. A failing seed
+## prints the command that replays it.
 sim:
-	DLM_SIM_SEEDS=$(SEEDS) DLM_MASTERING_SEEDS=$(SEEDS) DLM_RECOVERY_SEEDS=$(SEEDS) $(SWIFT) test -c release \
-		-Xswiftc -enable-testing --scratch-path .build-test \
-		--filter 'GroupServicesTests.SimulationTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests'
+	DLM_SIM_SEEDS=$(SEEDS) DLM_MASTERING_SEEDS=$(SEEDS) DLM_RECOVERY_SEEDS=$(SEEDS) DLM_DEADLOCK_SEEDS=$(SEEDS) \
+		$(SWIFT) test -c release -Xswiftc -enable-testing --scratch-path .build-test \
+		--filter 'GroupServicesTests.SimulationTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests'
 
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Tools bench

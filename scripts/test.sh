@@ -22,7 +22,8 @@ export DLM_MODEL_OPS=${DLM_MODEL_OPS:-4000000}
 export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-3000}
 export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-2000}
 export DLM_RECOVERY_SEEDS=${DLM_RECOVERY_SEEDS:-2000}
-RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests'
+export DLM_DEADLOCK_SEEDS=${DLM_DEADLOCK_SEEDS:-1000}
+RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests|DLMClusterTests\.DeadlockAcrossNodesTests'
 started=$SECONDS
 
 mkdir -p "$SCRATCH"
@@ -40,7 +41,7 @@ BIN=$("$SWIFT" build "${FLAGS[@]}" --show-bin-path)
 
 status=0
 echo "== phase 1: randomized tests, in parallel (DLM_MODEL_OPS=$DLM_MODEL_OPS DLM_SIM_SEEDS=$DLM_SIM_SEEDS" \
-  "DLM_MASTERING_SEEDS=$DLM_MASTERING_SEEDS DLM_RECOVERY_SEEDS=$DLM_RECOVERY_SEEDS)"
+  "DLM_MASTERING_SEEDS=$DLM_MASTERING_SEEDS DLM_RECOVERY_SEEDS=$DLM_RECOVERY_SEEDS DLM_DEADLOCK_SEEDS=$DLM_DEADLOCK_SEEDS)"
 "$SWIFT" test --skip-build "${FLAGS[@]}" --filter "$RANDOMIZED" --xunit-output "$RESULTS/randomized.xml" \
   2>&1 | tee "$RESULTS/randomized.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

@@ -84,6 +84,9 @@ struct Mastering {
     /// acknowledged once the last of them is).
     var replicaMessagesInFlight: [UInt32: Deque<UInt64>] = [:]
 
+    /// Deadlock detection across nodes (LockService+Deadlocks.swift).
+    var deadlocks = ClusterDeadlocks()
+
     struct PendingOperation {
         var connection: ConnectionID
         var tag: UInt32
@@ -297,6 +300,8 @@ extension LockService {
             return
         }
         switch message {
+        case .deadlockSearch, .deadlockGraph, .deadlockCycle, .deadlockCheck, .deadlockChecked, .deadlockVictim:
+            receiveDeadlockMessage(message, from: node)
         case .lookup(let key):
             // Sent under an older view by a node that has not recovered yet: it asks the new directory node when
             // its recovery is done, and an answer from here could name a second master.

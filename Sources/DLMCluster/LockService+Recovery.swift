@@ -85,6 +85,7 @@ extension LockService {
 
     mutating func startRecovery(_ view: UInt64, members: [UInt32: UInt64]) {
         let me = configuration.nodeID
+        mastering.deadlocks.abandon()
         let previous = mastering.viewMembers
         var departed = mastering.recovery?.departed ?? []
         var held = mastering.recovery?.heldTraffic ?? []

@@ -267,7 +267,10 @@ public struct LockService {
             disconnected(id)
         case .tick(let now):
             advanceClock(to: now)
-            if mastersAcrossNodes { tossIdle(now: now) }
+            if mastersAcrossNodes {
+                tossIdle(now: now)
+                searchDeadlocksAcrossNodes(now: now)
+            }
         case .committed(let generation):
             committed(upTo: generation)
         case .viewInstalled(let view, let primary):

@@ -23,6 +23,12 @@ extension PeerMessage {
         case recoverValues = 16
         case remove = 17
         case removed = 18
+        case deadlockSearch = 19
+        case deadlockGraph = 20
+        case deadlockCycle = 21
+        case deadlockCheck = 22
+        case deadlockChecked = 23
+        case deadlockVictim = 24
     }
 
     /// The largest frame (after its length field).
@@ -48,6 +54,12 @@ extension PeerMessage {
         case .recoverValues: .recoverValues
         case .remove: .remove
         case .removed: .removed
+        case .deadlockSearch: .deadlockSearch
+        case .deadlockGraph: .deadlockGraph
+        case .deadlockCycle: .deadlockCycle
+        case .deadlockCheck: .deadlockCheck
+        case .deadlockChecked: .deadlockChecked
+        case .deadlockVictim: .deadlockVictim
         }
     }
 
@@ -149,6 +161,55 @@ extension PeerMessage {
                 for replica in replicas { body.writeValueReplica(replica) }
             case .valueReplicasStored(let generation):
                 body.writeInteger(generation)
+            case .deadlockSearch(let search, let view):
+                body.writeInteger(search)
+                body.writeInteger(view)
+            case .deadlockGraph(let search, let view, let last, let refused, let part):
+                body.writeInteger(search)
+                body.writeInteger(view)
+                body.writeInteger(UInt8((last ? 1 : 0) | (refused ? 2 : 0)))
+                body.writeInteger(UInt32(part.participants.count))
+                for entry in part.participants {
+                    body.writeInteger(entry.index)
+                    body.writeParticipant(entry.participant)
+                }
+                body.writeInteger(UInt32(part.edges.count))
+                for edge in part.edges {
+                    body.writeInteger(edge.from)
+                    body.writeInteger(edge.to)
+                    body.writeInteger(edge.lock.rawValue)
+                    body.writeInteger(edge.waitSequence)
+                }
+            case .deadlockCycle(let view, let steps):
+                body.writeInteger(view)
+                body.writeInteger(UInt32(steps.count))
+                for step in steps {
+                    body.writeInteger(step.master)
+                    body.writeInteger(step.lock.rawValue)
+                    body.writeInteger(step.waitSequence)
+                    body.writeParticipant(step.waiter)
+                }
+            case .deadlockCheck(let check, let view, let items):
+                body.writeInteger(check)
+                body.writeInteger(view)
+                body.writeInteger(UInt32(items.count))
+                for item in items {
+                    body.writeInteger(item.lock.rawValue)
+                    body.writeInteger(item.waitSequence)
+                    body.writeParticipant(item.blocker)
+                }
+            case .deadlockChecked(let check, let states):
+                body.writeInteger(check)
+                body.writeInteger(UInt32(states.count))
+                for state in states {
+                    body.writeInteger(UInt8(state.waits ? 1 : 0))
+                    body.writeInteger(state.priority)
+                    body.writeInteger(state.waited)
+                }
+            case .deadlockVictim(let view, let lock, let sequence):
+                body.writeInteger(view)
+                body.writeInteger(lock.rawValue)
+                body.writeInteger(sequence)
             }
         }
     }
@@ -291,6 +352,77 @@ extension PeerMessage {
                 ? .valueReplicas(generation: number, replicas) : .recoverValues(view: number, replicas)
         case .valueReplicasStored:
             message = .valueReplicasStored(generation: try body.read(UInt64.self, "generation"))
+        case .deadlockSearch:
+            let search = try body.read(UInt64.self, "search")
+            message = .deadlockSearch(search: search, view: try body.read(UInt64.self, "view"))
+        case .deadlockGraph:
+            let search = try body.read(UInt64.self, "search")
+            let view = try body.read(UInt64.self, "view")
+            let flags = try body.read(UInt8.self, "graph_flags")
+            guard flags & ~3 == 0 else {
+                throw .malformed("graph flags 0x\(String(flags, radix: 16)) has unknown bits")
+            }
+            var part = WaitForGraphPart()
+            let participants = try body.readCount("participants", least: 4 + ByteBuffer.participantLength)
+            part.participants.reserveCapacity(participants)
+            for _ in 0..<participants {
+                let index = try body.read(UInt32.self, "index")
+                part.participants.append(GraphParticipant(index: index, participant: try body.readParticipant()))
+            }
+            let edges = try body.readCount("edges", least: 16)
+            part.edges.reserveCapacity(edges)
+            for _ in 0..<edges {
+                let from = try body.read(UInt32.self, "from")
+                let to = try body.read(UInt32.self, "to")
+                let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+                part.edges.append(
+                    GraphEdge(from: from, to: to, lock: lock, waitSequence: try body.read(UInt32.self, "wait")))
+            }
+            message = .deadlockGraph(search: search, view: view, last: flags & 1 != 0, refused: flags & 2 != 0, part)
+        case .deadlockCycle:
+            let view = try body.read(UInt64.self, "view")
+            let count = try body.readCount("count", least: 12 + ByteBuffer.participantLength)
+            var steps: [DeadlockStep] = []
+            steps.reserveCapacity(count)
+            for _ in 0..<count {
+                let master = try body.read(UInt32.self, "master")
+                let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+                let sequence = try body.read(UInt32.self, "wait")
+                steps.append(
+                    DeadlockStep(master: master, lock: lock, waitSequence: sequence, waiter: try body.readParticipant())
+                )
+            }
+            message = .deadlockCycle(view: view, steps)
+        case .deadlockCheck:
+            let check = try body.read(UInt64.self, "check")
+            let view = try body.read(UInt64.self, "view")
+            let count = try body.readCount("count", least: 8 + ByteBuffer.participantLength)
+            var items: [DeadlockCheckItem] = []
+            items.reserveCapacity(count)
+            for _ in 0..<count {
+                let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+                let sequence = try body.read(UInt32.self, "wait")
+                items.append(DeadlockCheckItem(lock: lock, waitSequence: sequence, blocker: try body.readParticipant()))
+            }
+            message = .deadlockCheck(check: check, view: view, items)
+        case .deadlockChecked:
+            let check = try body.read(UInt64.self, "check")
+            let count = try body.readCount("count", least: 10)
+            var states: [DeadlockStepState] = []
+            states.reserveCapacity(count)
+            for _ in 0..<count {
+                let waits = try body.read(UInt8.self, "waits")
+                guard waits <= 1 else { throw .malformed("waits \(waits) is not 0 or 1") }
+                let priority = try body.read(UInt8.self, "priority")
+                states.append(
+                    DeadlockStepState(
+                        waits: waits == 1, priority: priority, waited: try body.read(UInt64.self, "waited")))
+            }
+            message = .deadlockChecked(check: check, states)
+        case .deadlockVictim:
+            let view = try body.read(UInt64.self, "view")
+            let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+            message = .deadlockVictim(view: view, lock: lock, waitSequence: try body.read(UInt32.self, "wait"))
         }
         try body.requireConsumed(type: type)
         return message
@@ -298,6 +430,35 @@ extension PeerMessage {
 }
 
 extension ByteBuffer {
+    /// A deadlock participant's bytes: kind (0 owner, 1 transaction), node, life, number.
+    static let participantLength = 1 + 4 + 8 + 8
+
+    mutating func writeParticipant(_ participant: DeadlockParticipant) {
+        switch participant {
+        case .owner(let owner):
+            writeInteger(UInt8(0))
+            writeOwner(owner)
+        case .transaction(let transaction):
+            writeInteger(UInt8(1))
+            writeInteger(transaction.node)
+            writeInteger(transaction.incarnation)
+            writeInteger(transaction.xid)
+        }
+    }
+
+    mutating func readParticipant() throws(WireError) -> DeadlockParticipant {
+        let kind = try read(UInt8.self, "participant_kind")
+        switch kind {
+        case 0: return .owner(try readOwner())
+        case 1:
+            let node = try read(UInt32.self, "transaction.node")
+            let incarnation = try read(UInt64.self, "transaction.incarnation")
+            return .transaction(
+                TransactionID(node: node, incarnation: incarnation, xid: try read(UInt64.self, "transaction.xid")))
+        default: throw .malformed("participant kind \(kind) is not 0 or 1")
+        }
+    }
+
     mutating func writeOwner(_ owner: OwnerID) {
         writeInteger(owner.node)
         writeInteger(owner.incarnation)

@@ -49,6 +49,33 @@ public enum PeerMessage: Sendable, Hashable {
     /// The directory's answer to `remove`: it names no master for the resource now (unless another node asked
     /// first).
     case removed(DirectoryKey)
+    /// Deadlock detection across nodes (docs/SEMANTICS.md, "Deadlocks across nodes"), to every other member: send
+    /// your part of the wait-for graph for search `search` of the sender, made in the view of recovery `view`.
+    case deadlockSearch(search: UInt64, view: UInt64)
+    /// The answer to `deadlockSearch`, in one or more pieces (`last` on the last). `refused`: the sender is not in
+    /// that view (recovering, or in another one): the search is given up.
+    case deadlockGraph(search: UInt64, view: UInt64, last: Bool, refused: Bool, WaitForGraphPart)
+    /// A cycle across masters that a search found, to the master of its lowest step, which alone decides it.
+    case deadlockCycle(view: UInt64, [DeadlockStep])
+    /// To the master of some steps of a cycle: does each still wait, in the same wait, for its blocker?
+    case deadlockCheck(check: UInt64, view: UInt64, [DeadlockCheckItem])
+    /// The answer to `deadlockCheck`: one state per item, in order.
+    case deadlockChecked(check: UInt64, [DeadlockStepState])
+    /// The victim of a cycle, to its master: refuse it with EDEADLK if it still waits in that wait.
+    case deadlockVictim(view: UInt64, lock: LockID, waitSequence: UInt32)
+}
+
+/// One step of a cycle for its master to check: the lock, its wait, and the participant it should wait for.
+public struct DeadlockCheckItem: Sendable, Hashable {
+    public var lock: LockID
+    public var waitSequence: UInt32
+    public var blocker: DeadlockParticipant
+
+    public init(lock: LockID, waitSequence: UInt32, blocker: DeadlockParticipant) {
+        self.lock = lock
+        self.waitSequence = waitSequence
+        self.blocker = blocker
+    }
 }
 
 /// A lock of a surviving holder on a resource whose master left, as its holder knows it (recovery's resend).

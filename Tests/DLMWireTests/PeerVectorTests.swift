@@ -9,6 +9,7 @@ import Testing
 struct PeerVectorTests {
     static let owner = OwnerID(node: 1, incarnation: 3, local: 5)
     static let key = DirectoryKey(lockspace: Array("ls".utf8), name: Array("backup".utf8))
+    static let transaction = DeadlockParticipant.transaction(TransactionID(node: 2, incarnation: 1, xid: 9))
 
     /// The message each good vector holds, written from the vector's header.
     static let messages: [String: PeerMessage] = [
@@ -16,6 +17,28 @@ struct PeerVectorTests {
         "peer-lookup-reply": .lookupReply(key, master: 2, floor: 0x500_0000_0009),
         "peer-remove": .remove(key, floor: 0x500_0000_0009),
         "peer-removed": .removed(key),
+        "peer-deadlock-search": .deadlockSearch(search: 3, view: 7),
+        "peer-deadlock-graph": .deadlockGraph(
+            search: 3, view: 7, last: true, refused: false,
+            WaitForGraphPart(
+                participants: [
+                    GraphParticipant(index: 0, participant: .owner(owner)),
+                    GraphParticipant(index: 2, participant: transaction),
+                ],
+                edges: [
+                    GraphEdge(from: 0, to: 1, lock: LockID(rawValue: 12), waitSequence: 4), GraphEdge(from: 1, to: 2),
+                ])),
+        "peer-deadlock-cycle": .deadlockCycle(
+            view: 7,
+            [
+                DeadlockStep(master: 1, lock: LockID(rawValue: 12), waitSequence: 4, waiter: .owner(owner)),
+                DeadlockStep(master: 2, lock: LockID(rawValue: 3), waitSequence: 9, waiter: transaction),
+            ]),
+        "peer-deadlock-check": .deadlockCheck(
+            check: 5, view: 7, [DeadlockCheckItem(lock: LockID(rawValue: 12), waitSequence: 4, blocker: transaction)]),
+        "peer-deadlock-checked": .deadlockChecked(
+            check: 5, [DeadlockStepState(waits: true, priority: 0, waited: 1_500_000_000)]),
+        "peer-deadlock-victim": .deadlockVictim(view: 7, lock: LockID(rawValue: 12), waitSequence: 4),
         "peer-request": .request(
             ref: 7,
             RemoteLockRequest(

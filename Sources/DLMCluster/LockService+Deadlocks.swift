@@ -1,0 +1,201 @@
+import DLMCore
+import DLMWire
+
+/// Deadlock detection across nodes (docs/SEMANTICS.md, "Deadlocks across nodes"). Each engine finds the cycles
+/// among its own resources (DeadlockSearch.swift); a cycle that passes through resources of several masters is
+/// found here, in three steps:
+///
+/// 1. **Search.** A master with a request that has waited `deadlockWait` (and whose queues changed since its last
+///    search found nothing, or whose last search found a cycle) asks every other member for its part of the
+///    wait-for graph (DEADLOCK_SEARCH, answered by DEADLOCK_GRAPH), joins the parts at their participants and
+///    looks for the shortest cycle through each of its due requests that spans more than one master: at most
+///    every `deadlockWait / 4`, one search at a time.
+/// 2. **Decision.** A cycle found goes to the master of its lowest step (DEADLOCK_CYCLE), which alone decides
+///    it, so that searches started on several nodes at once choose one victim: it asks each master of the
+///    cycle whether each step still waits, in the same wait, for the next step's participant (DEADLOCK_CHECK,
+///    DEADLOCK_CHECKED), and drops a cycle whose steps are being decided already.
+/// 3. **Victim.** If every step still waits, the victim (lowest priority, then the shortest wait) gets EDEADLK
+///    from its master (DEADLOCK_VICTIM) if it still waits in that wait, and keeps what it holds; if any step
+///    stopped waiting (an unlock, a cancel, a timeout broke the cycle) no one is refused.
+///
+/// Every message carries the view of the last completed recovery; a view change abandons the searches and
+/// decisions in progress (the next search starts after the recovery), and a node in another view refuses.
+struct ClusterDeadlocks {
+    var search: Search?
+    var nextSearchID: UInt64 = 1
+    /// No search starts before this time.
+    var nextSearchAt: Instant = 0
+    /// The engine's queue version at the last search, and whether that search found a cycle.
+    var searchedVersion: UInt64?
+    var lastSearchFoundCycle = false
+    /// Decisions in progress here (as a cycle's decider), by check number, and the steps they hold.
+    var decisions: [UInt64: Decision] = [:]
+    var deciding: Set<DeadlockStep> = []
+    var nextCheck: UInt64 = 1
+    /// Counts for the status report and tests.
+    var searches = 0
+    var cyclesFound = 0
+    var victims = 0
+
+    struct Search {
+        var id: UInt64
+        var view: UInt64
+        var version: UInt64
+        var due: [(lock: LockID, waitSequence: UInt32)]
+        var waitingFor: Set<UInt32>
+        var graph = ClusterWaitForGraph()
+    }
+
+    struct Decision {
+        var view: UInt64
+        var steps: [DeadlockStep]
+        /// The state of each step, as its master answered.
+        var states: [DeadlockStepState?]
+        /// The masters that have not answered yet.
+        var waitingFor: Set<UInt32>
+    }
+
+    /// A view change: everything in progress is given up.
+    mutating func abandon() {
+        search = nil
+        decisions = [:]
+        deciding = []
+        searchedVersion = nil
+    }
+}
+
+extension LockService {
+    /// The view that deadlock messages are made in: the last completed recovery's.
+    var deadlockView: UInt64 { mastering.recoveredView }
+
+    /// On a tick: starts a search across nodes when one is due.
+    mutating func searchDeadlocksAcrossNodes(now: Instant) {
+        let wait = configuration.engine.deadlockWait
+        guard wait > 0, !isStopped, !isRecovering, mastering.members.count > 1, mastering.deadlocks.search == nil,
+            now >= mastering.deadlocks.nextSearchAt, engine.hasDueDeadlockWaiter
+        else { return }
+        let version = engine.waitForVersion
+        if mastering.deadlocks.searchedVersion == version && !mastering.deadlocks.lastSearchFoundCycle { return }
+        let due = engine.dueDeadlockWaiters()
+        guard !due.isEmpty else { return }
+        let me = configuration.nodeID
+        let id = mastering.deadlocks.nextSearchID
+        mastering.deadlocks.nextSearchID += 1
+        mastering.deadlocks.searches += 1
+        var search = ClusterDeadlocks.Search(
+            id: id, view: deadlockView, version: version, due: due,
+            waitingFor: Set(mastering.members.filter { $0 != me }))
+        search.graph.add(engine.waitForGraphPart(), of: me)
+        mastering.deadlocks.search = search
+        for node in search.waitingFor { send(.deadlockSearch(search: id, view: deadlockView), to: node) }
+    }
+
+    mutating func receiveDeadlockMessage(_ message: PeerMessage, from node: UInt32) {
+        let inView = !isRecovering
+        switch message {
+        case .deadlockSearch(let search, let view):
+            guard inView, view == deadlockView else {
+                send(
+                    .deadlockGraph(search: search, view: view, last: true, refused: true, WaitForGraphPart()), to: node)
+                return
+            }
+            let part = engine.waitForGraphPart()
+            let limit = Self.messageListLimit
+            var pieces: [WaitForGraphPart] = []
+            for start in stride(from: 0, to: part.participants.count, by: limit) {
+                pieces.append(
+                    WaitForGraphPart(
+                        participants: Array(part.participants[start..<min(start + limit, part.participants.count)])))
+            }
+            for start in stride(from: 0, to: part.edges.count, by: limit) {
+                pieces.append(WaitForGraphPart(edges: Array(part.edges[start..<min(start + limit, part.edges.count)])))
+            }
+            if pieces.isEmpty { pieces.append(WaitForGraphPart()) }
+            for (i, piece) in pieces.enumerated() {
+                send(
+                    .deadlockGraph(search: search, view: view, last: i == pieces.count - 1, refused: false, piece),
+                    to: node)
+            }
+        case .deadlockGraph(let id, let view, let last, let refused, let part):
+            guard var search = mastering.deadlocks.search, search.id == id, search.view == view else { return }
+            mastering.deadlocks.search = nil
+            guard inView, view == deadlockView, !refused else {
+                deadlockSearchEnded(foundCycle: false, version: nil)
+                return
+            }
+            search.graph.add(part, of: node)
+            if last { search.waitingFor.remove(node) }
+            guard search.waitingFor.isEmpty else {
+                mastering.deadlocks.search = search
+                return
+            }
+            let cycles = search.graph.cyclesAcrossMasters(through: search.due, of: configuration.nodeID)
+            mastering.deadlocks.cyclesFound += cycles.count
+            deadlockSearchEnded(foundCycle: !cycles.isEmpty, version: search.version)
+            for cycle in cycles {
+                send(.deadlockCycle(view: view, cycle), to: cycle.min()!.master)
+            }
+        case .deadlockCycle(let view, let steps):
+            guard inView, view == deadlockView, !steps.isEmpty, steps.min()!.master == configuration.nodeID,
+                mastering.deadlocks.deciding.isDisjoint(with: steps)
+            else { return }
+            let check = mastering.deadlocks.nextCheck
+            mastering.deadlocks.nextCheck += 1
+            var byMaster: [UInt32: [DeadlockCheckItem]] = [:]
+            for (i, step) in steps.enumerated() {
+                let blocker = steps[(i + 1) % steps.count].waiter
+                byMaster[step.master, default: []].append(
+                    DeadlockCheckItem(lock: step.lock, waitSequence: step.waitSequence, blocker: blocker))
+            }
+            mastering.deadlocks.decisions[check] = ClusterDeadlocks.Decision(
+                view: view, steps: steps, states: Array(repeating: nil, count: steps.count),
+                waitingFor: Set(byMaster.keys))
+            mastering.deadlocks.deciding.formUnion(steps)
+            for master in byMaster.keys.sorted() {
+                send(.deadlockCheck(check: check, view: view, byMaster[master]!), to: master)
+            }
+        case .deadlockCheck(let check, let view, let items):
+            let fresh = inView && view == deadlockView
+            let states = items.map { item in
+                fresh
+                    ? engine.checkDeadlockStep(item.lock, waitSequence: item.waitSequence, blocker: item.blocker)
+                    : DeadlockStepState(waits: false, priority: 0, waited: 0)
+            }
+            send(.deadlockChecked(check: check, states), to: node)
+        case .deadlockChecked(let check, let states):
+            guard var decision = mastering.deadlocks.decisions.removeValue(forKey: check) else { return }
+            var answered = states.makeIterator()
+            for (i, step) in decision.steps.enumerated() where step.master == node {
+                decision.states[i] = answered.next() ?? DeadlockStepState(waits: false, priority: 0, waited: 0)
+            }
+            decision.waitingFor.remove(node)
+            guard decision.waitingFor.isEmpty else {
+                mastering.deadlocks.decisions[check] = decision
+                return
+            }
+            mastering.deadlocks.deciding.subtract(decision.steps)
+            let checked = zip(decision.steps, decision.states).map {
+                (step: $0, state: $1 ?? DeadlockStepState(waits: false, priority: 0, waited: 0))
+            }
+            guard inView, decision.view == deadlockView, let victim = DeadlockStepState.victim(of: checked) else {
+                return
+            }
+            mastering.deadlocks.victims += 1
+            send(
+                .deadlockVictim(view: decision.view, lock: victim.lock, waitSequence: victim.waitSequence),
+                to: victim.master)
+        case .deadlockVictim(let view, let lock, let sequence):
+            guard inView, view == deadlockView else { return }
+            run(.deadlockVictim(lock, waitSequence: sequence), reply: nil)
+        default:
+            break
+        }
+    }
+
+    /// The search is over (or given up): the next starts a quarter of `deadlockWait` later.
+    mutating func deadlockSearchEnded(foundCycle: Bool, version: UInt64?) {
+        mastering.deadlocks.searchedVersion = version
+        mastering.deadlocks.lastSearchFoundCycle = foundCycle
+        mastering.deadlocks.nextSearchAt = engine.now &+ max(configuration.engine.deadlockWait / 4, 1)
+    }
+}
