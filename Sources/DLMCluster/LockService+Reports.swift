@@ -79,7 +79,9 @@ extension LockService {
             cluster: cluster?.cluster, busyPoll: environment.busyPoll,
             work: .init(
                 bulkJobs: engine.bulkJobCount, deadlockPasses: engine.probe.deadlockPasses,
-                deadlockPassRunning: engine.isSearchingDeadlocks))
+                deadlockPassRunning: engine.isSearchingDeadlocks,
+                clusterDeadlockSearches: mastersAcrossNodes ? mastering.deadlocks.searches : nil,
+                clusterDeadlockVictims: mastersAcrossNodes ? mastering.deadlocks.victims : nil))
     }
 
     /// What the node waits for while it is stopped (group services' reasons first, else the lock service's own,

@@ -37,17 +37,28 @@ public struct StatusReport: Codable, Sendable, Hashable {
         /// Deadlock passes run since the start, and whether one is in progress.
         public var deadlockPasses: Int
         public var deadlockPassRunning: Bool
+        /// In a cluster mastering across nodes: the searches for deadlocks across nodes this node started, and the
+        /// victims it decided (nil outside one).
+        public var clusterDeadlockSearches: Int?
+        public var clusterDeadlockVictims: Int?
 
         enum CodingKeys: String, CodingKey {
             case bulkJobs = "bulk_jobs"
             case deadlockPasses = "deadlock_passes"
             case deadlockPassRunning = "deadlock_pass_running"
+            case clusterDeadlockSearches = "cluster_deadlock_searches"
+            case clusterDeadlockVictims = "cluster_deadlock_victims"
         }
 
-        public init(bulkJobs: Int, deadlockPasses: Int, deadlockPassRunning: Bool) {
+        public init(
+            bulkJobs: Int, deadlockPasses: Int, deadlockPassRunning: Bool, clusterDeadlockSearches: Int? = nil,
+            clusterDeadlockVictims: Int? = nil
+        ) {
             self.bulkJobs = bulkJobs
             self.deadlockPasses = deadlockPasses
             self.deadlockPassRunning = deadlockPassRunning
+            self.clusterDeadlockSearches = clusterDeadlockSearches
+            self.clusterDeadlockVictims = clusterDeadlockVictims
         }
     }
 

@@ -118,31 +118,8 @@ import Testing
         }
     }
 
-    /// The C client, Tests/CDLMTests/holds.c, compiled once with the C library's sources (Sources/CDLM) into one
-    /// program: no installed or prebuilt libdlm needed, only `cc` and Debian's libdlm.h (`make deps`).
-    static let cProgram: Result<String, SupportError> = {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().path
-        let output = Daemon.temporaryDirectory("dlm-holds") + "-holds"
-        let compile = Process()
-        compile.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        compile.arguments = [
-            ProcessInfo.processInfo.environment["CC"] ?? "cc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-Werror",
-            "-pthread",
-            "-DDLM_THREADED=1", "-o", output, root + "/Tests/CDLMTests/holds.c", root + "/Sources/CDLM/libdlm.c",
-            root + "/Sources/CDLM/wire.c",
-        ]
-        let errors = Pipe()
-        compile.standardError = errors
-        do { try compile.run() } catch { return .failure(SupportError("cannot run cc: \(error)")) }
-        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        compile.waitUntilExit()
-        guard compile.terminationStatus == 0 else {
-            return .failure(
-                SupportError("cannot compile Tests/CDLMTests/holds.c (make deps installs cc and libdlm.h): \(message)"))
-        }
-        return .success(output)
-    }()
+    /// The C client, Tests/CDLMTests/holds.c, compiled once.
+    static let cProgram = CPrograms.compile("holds")
 
     /// A running holds.c on `socket`: its "hold" lines go to the ledger as client `id`; `stop()` asks it to end
     /// (a line on its standard input) and waits; it ends by itself when its dlmd dies.

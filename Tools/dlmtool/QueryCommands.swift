@@ -54,7 +54,9 @@ struct Status: AsyncParsableCommand {
                                 [
                                     "work in slices",
                                     "\($0.bulkJobs) bulk jobs, \($0.deadlockPasses) deadlock passes"
-                                        + ($0.deadlockPassRunning ? " (one running)" : ""),
+                                        + ($0.deadlockPassRunning ? " (one running)" : "")
+                                        + ($0.clusterDeadlockSearches.map { ", \($0) searches across nodes" } ?? "")
+                                        + ($0.clusterDeadlockVictims.map { ", \($0) victims decided" } ?? ""),
                                 ]
                             ]
                         } ?? [])))
