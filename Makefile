@@ -99,7 +99,8 @@ bench-membership:
 ## make bench-cluster: the lock space across 3 real dlmd nodes on loopback (bench/dlmbench/ClusterScenarios.swift):
 ## lock+unlock on a remote master against a local one and the raw TCP round trip, a 3-node cluster's throughput
 ## against one node's, and recovery after kill -9 of the master of 10k, 100k and 1M locks held by survivors, with
-## the longest pause of a client on untouched resources (figures in bench/RESULTS.md). CLUSTER_ARGS are passed on
+## the longest pause of a client on untouched resources, and with --scenarios deadlock what deadlock detection across
+## nodes costs and how soon a cycle's victim comes (figures in bench/RESULTS.md). CLUSTER_ARGS are passed on
 ## (e.g. CLUSTER_ARGS="--scenarios recovery --locks 10000").
 CLUSTER_ARGS ?=
 bench-cluster:

@@ -13,7 +13,11 @@ final class BenchCluster {
     /// Each node's name in a view line: "3", then "3#2" once restarted.
     private(set) var names: [String]
 
-    init(dlmd: String, nodes count: Int, logLevel: String = "error") {
+    /// `arguments`: more for every dlmd (e.g. `--deadlock-wait 0`).
+    let extraArguments: [String]
+
+    init(dlmd: String, nodes count: Int, logLevel: String = "error", arguments: [String] = []) {
+        extraArguments = arguments
         guard !dlmd.isEmpty else { fail("--dlmd PATH: the dlmd to run") }
         self.dlmd = dlmd
         self.count = count
@@ -59,7 +63,8 @@ final class BenchCluster {
         do {
             return try Daemon(
                 executable: dlmd, directory: directory + "/node\(node)",
-                arguments: ["--config", directory + "/cluster.toml", "--node-id", "\(node)"], logLevel: logLevel)
+                arguments: ["--config", directory + "/cluster.toml", "--node-id", "\(node)"] + extraArguments,
+                logLevel: logLevel)
         } catch {
             fail("cannot start node \(node): \(error)")
         }

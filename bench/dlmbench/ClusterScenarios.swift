@@ -18,6 +18,8 @@ import Glibc
 ///               grant on a rebuilt resource (a request of node 2 sent right after the kill); and the longest
 ///               pause of a client of node 1 doing lock+unlock pairs on resources node 1 masters (untouched by
 ///               the failure) meanwhile.
+///   deadlock    deadlock detection across nodes (ClusterDeadlockScenarios.swift): its cost to throughput when
+///               nothing deadlocks, and the time to a cycle's victim
 enum ClusterScenarios {
     static let optionNames = [
         "dlmd", "scenarios", "duration", "warmup", "clients", "locks", "connections", "working-set",
@@ -52,8 +54,15 @@ enum ClusterScenarios {
                     print(recovery(cluster, locks: locks, connections: options.int("connections", 16)).text)
                     fflush(nil)
                 }
+            case "deadlock":
+                for result in ClusterDeadlockScenarios.run(
+                    dlmd: dlmd, clients: options.int("clients", 8), duration: duration, warmup: warmup)
+                {
+                    print(result.text)
+                    fflush(nil)
+                }
             default:
-                fail("--scenarios: remote, throughput, recovery")
+                fail("--scenarios: remote, throughput, recovery, deadlock")
             }
         }
     }
