@@ -8,6 +8,9 @@ extension LockService {
     enum BulkReply {
         case purged(tag: UInt32)
         case released(tag: UInt32, lockspace: [UInt8])
+        /// This node's part of a purge across nodes (LockService+Purges.swift), and a part done for another member.
+        case clusterPurge(UInt64)
+        case peerPurge(node: UInt32, reference: UInt64)
     }
 
     /// A release or purge ended: its reply (after what it let through), and for a release, the store forgets the
@@ -23,6 +26,12 @@ extension LockService {
         case .released(let tag, let lockspace):
             record(.deleteLockspace(name: lockspace))
             if ready { deliver(connection!, .ok(tag: tag, lock: 0)) }
+        case .clusterPurge(let reference):
+            purgePartDone(reference, count: finished.count, from: nil)
+            return
+        case .peerPurge(let node, let reference):
+            send(.purged(ref: reference, count: UInt32(finished.count)), to: node)
+            return
         }
         if let connection { replyDelivered(connection) }
     }

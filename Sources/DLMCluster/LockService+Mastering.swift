@@ -87,6 +87,10 @@ struct Mastering {
     /// Deadlock detection across nodes (LockService+Deadlocks.swift).
     var deadlocks = ClusterDeadlocks()
 
+    /// Purges across nodes that this node's clients asked for, by reference (LockService+Purges.swift).
+    var purges: [UInt64: ClusterPurge] = [:]
+    var nextPurge: UInt64 = 1
+
     struct PendingOperation {
         var connection: ConnectionID
         var tag: UInt32
@@ -278,7 +282,7 @@ extension LockService {
         case .valueReplicasStored(let generation):
             replicasStored(upTo: generation, by: node)
             return
-        case .lookup, .remove, .request, .convert, .unlock, .ownerExited:
+        case .lookup, .remove, .request, .convert, .unlock, .ownerExited, .purge:
             // Sent before its sender recovered with this life of this node (to an earlier life, which it takes for
             // gone and sends again to whoever masters the resource now).
             guard node == configuration.nodeID || mastering.recoveredWith.contains(node) else { return }
@@ -302,6 +306,10 @@ extension LockService {
         switch message {
         case .deadlockSearch, .deadlockGraph, .deadlockCycle, .deadlockCheck, .deadlockChecked, .deadlockVictim:
             receiveDeadlockMessage(message, from: node)
+        case .purge(let reference, let lockspace, let purgedNode, let pid):
+            purgeForPeer(reference: reference, lockspace: lockspace, node: purgedNode, pid: pid, from: node)
+        case .purged(let reference, let count):
+            purgePartDone(reference, count: Int(count), from: node)
         case .lookup(let key):
             // Sent under an older view by a node that has not recovered yet: it asks the new directory node when
             // its recovery is done, and an answer from here could name a second master.

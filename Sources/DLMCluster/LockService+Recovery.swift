@@ -86,6 +86,7 @@ extension LockService {
     mutating func startRecovery(_ view: UInt64, members: [UInt32: UInt64]) {
         let me = configuration.nodeID
         mastering.deadlocks.abandon()
+        purgesLoseDepartedMembers(members)
         let previous = mastering.viewMembers
         var departed = mastering.recovery?.departed ?? []
         var held = mastering.recovery?.heldTraffic ?? []

@@ -71,7 +71,9 @@ extension LockService {
                 .releaseLockspace(LockspaceID(rawValue: lockspace), force: force, requester: owner, context: context),
                 reply: Reply(connection: id, tag: tag, kind: .finished(context)))
         case .purge(let tag, let lockspace, let nodeID, let pid):
-            if nodeID == 0 || nodeID == configuration.nodeID {
+            if mastersAcrossNodes {
+                purgeAcrossNodes(id, tag: tag, lockspace: lockspace, nodeID: nodeID, pid: pid)
+            } else if nodeID == 0 || nodeID == configuration.nodeID {
                 // Done in slices; PURGED comes with the end (`finished`), after the sub-locks' completions and the
                 // grants the purge let through, and waits for the commit.
                 let context = nextBulkContext

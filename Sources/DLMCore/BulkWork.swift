@@ -15,7 +15,8 @@ struct BulkJob {
         /// The locks of an owner that went away: released, or orphaned when persistent.
         case ownerExit(owner: Int32)
         /// The orphans of a lockspace whose former owner had a process id, with their sub-locks.
-        case purge(lockspace: UInt32, pid: UInt32)
+        /// The orphans of a process (`pid`) of `node` (nil: of any node).
+        case purge(lockspace: UInt32, pid: UInt32, node: UInt32?)
         /// Every lock of a lockspace that a forced release dropped, without completions.
         case forcedRelease(lockspace: UInt32)
         /// The sub-locks of a lock that FORCEUNLOCK releases, deepest first, then the lock itself.
@@ -109,11 +110,11 @@ extension LockEngine {
             walked = walkList(&job, of: owner, budget: &budget, effects: &effects) {
                 engine, lock, touched, _ in engine.exitOne(lock, owner: owner, touched: &touched)
             }
-        case .purge(let lockspace, let pid):
+        case .purge(let lockspace, let pid, let node):
             walked = walkList(&job, of: orphanOwner, budget: &budget, effects: &effects) {
                 engine, lock, touched, effects in
                 guard engine.resources[Int(engine.locks[Int(lock)].resource)].lockspace == lockspace,
-                    engine.processID(of: lock) == pid
+                    engine.processID(of: lock) == pid, node == nil || engine.orphanNodes[Int(lock)] == node
                 else { return 0 }
                 // With sub-locks, after the walk: they may be the next locks of the list.
                 if engine.locks[Int(lock)].children > 0 { return -1 }
@@ -211,6 +212,7 @@ extension LockEngine {
             // the pid it keeps. Writing a million orphaned locks again would only load the disk.
             linkToOwner(lock, orphanOwner, touching: false)
             orphanProcessIDs[Int(lock)] = owners[Int(owner)].pid
+            orphanNodes[Int(lock)] = owners[Int(owner)].id.node
             return 0
         }
         if locks[Int(lock)].grantedMode >= LockMode.pw.rawValue, locks[Int(lock)].isGranted {

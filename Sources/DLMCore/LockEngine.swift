@@ -29,6 +29,8 @@ public struct LockEngine {
     /// would grow by 8 bytes with padding; a dictionary grew (and rehashed a million entries in one go) when an
     /// owner with a million persistent locks exited.
     var orphanProcessIDs: ContiguousArray<UInt32> = []
+    /// For each orphan, by slot: the node of the owner it had (0 if unknown: restored from the store).
+    var orphanNodes: ContiguousArray<UInt32> = []
     /// All waiting and converting locks, oldest first.
     var waiting = QueueEnds()
     var waitSequence: UInt32 = 0
@@ -413,8 +415,9 @@ public struct LockEngine {
                 let finished = try releaseLockspace(
                     id, force: force, requester: requester, context: context, into: &effects)
                 if finished { effects.append(.finished(Finished(owner: requester, context: context, count: 0))) }
-            case .purge(let lockspace, let pid, let requester, let context):
-                try beginPurge(lockspace: lockspace, pid: pid, requester: requester, context: context, into: &effects)
+            case .purge(let lockspace, let pid, let node, let requester, let context):
+                try beginPurge(
+                    lockspace: lockspace, pid: pid, node: node, requester: requester, context: context, into: &effects)
             case .cancelForDeadlock(let lock): try cancelForDeadlock(lock, into: &effects)
             case .deadlockVictim(let lock, let sequence):
                 refuseDeadlockVictim(lock, waitSequence: sequence, into: &effects)
@@ -482,6 +485,7 @@ public struct LockEngine {
         }
         locks.append(LockRecord())
         orphanProcessIDs.append(0)
+        orphanNodes.append(0)
         return Int32(locks.count - 1)
     }
 

@@ -57,7 +57,10 @@ extension LockEngine {
         let owner = locks[Int(lock)].owner
         let prev = locks[Int(lock)].ownerPrev
         let next = locks[Int(lock)].ownerNext
-        if owner == orphanOwner { orphanProcessIDs[Int(lock)] = 0 }
+        if owner == orphanOwner {
+            orphanProcessIDs[Int(lock)] = 0
+            orphanNodes[Int(lock)] = 0
+        }
         if prev != none { locks[Int(prev)].ownerNext = next } else { owners[Int(owner)].head = next }
         if next != none { locks[Int(next)].ownerPrev = prev }
         locks[Int(lock)].ownerPrev = none
@@ -174,17 +177,19 @@ extension LockEngine {
 
 extension LockEngine {
     /// Removes every orphan of `lockspace` whose former owner had process id `pid` (0: the orphans of unknown
-    /// pid), each with its sub-locks, as FORCEUNLOCK would: a sub-lock that has an owner gets an EUNLOCK
-    /// completion, and what the release lets through is granted. Orphans of other pids stay. Done in slices
+    /// pid) and, unless `node` is nil, was a client of node `node` (across nodes, a master holds orphans of every
+    /// node's clients), each with its sub-locks, as FORCEUNLOCK would: a sub-lock that has an owner gets an EUNLOCK
+    /// completion, and what the release lets through is granted. Orphans of other pids (or nodes) stay. Done in slices
     /// (BulkWork.swift): when it is over, `Effect.finished` tells `requester`, with `context`, how many locks were
     /// removed, sub-locks included. ENOENT for an unknown lockspace (`dlm_ls_purge`).
     mutating func beginPurge(
-        lockspace: LockspaceID, pid: UInt32, requester: OwnerID, context: UInt64, into effects: inout [Effect]
+        lockspace: LockspaceID, pid: UInt32, node: UInt32? = nil, requester: OwnerID, context: UInt64,
+        into effects: inout [Effect]
     ) throws(DLMError) {
         let ls = lockspace.rawValue
         guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
         startBulkJob(
-            BulkJob(kind: .purge(lockspace: ls, pid: pid), requester: (requester, context)), into: &effects)
+            BulkJob(kind: .purge(lockspace: ls, pid: pid, node: node), requester: (requester, context)), into: &effects)
     }
 
     /// `beginPurge` run to its end at once; returns how many locks were removed.

@@ -97,8 +97,9 @@ public enum Input: Sendable, Hashable {
     case openLockspace(name: [UInt8], valueBlockLength: Int?, create: Bool)
     /// Releases a lockspace (with `force`, with its locks); ends with `finished` for `requester` and `context`.
     case releaseLockspace(LockspaceID, force: Bool, requester: OwnerID, context: UInt64)
-    /// Removes the orphans of a lockspace whose former owner had `pid`; ends with `finished`.
-    case purge(lockspace: LockspaceID, pid: UInt32, requester: OwnerID, context: UInt64)
+    /// Removes the orphans of a lockspace whose former owner had `pid` (and, unless `node` is nil, was of that node);
+    /// ends with `finished`.
+    case purge(lockspace: LockspaceID, pid: UInt32, node: UInt32? = nil, requester: OwnerID, context: UInt64)
     /// Refuses a waiting request or conversion with EDEADLK (a cluster-wide search's decision).
     case cancelForDeadlock(LockID)
     /// A cluster-wide search's victim (ClusterDeadlocks.swift): refused with EDEADLK if it still waits in the wait

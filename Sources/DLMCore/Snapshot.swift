@@ -241,6 +241,7 @@ extension LockEngine {
             while locks.count <= Int(slot) {
                 locks.append(LockRecord())
                 orphanProcessIDs.append(0)
+                orphanNodes.append(0)
                 freeLocks.append(Int32(locks.count - 1))
             }
             var options: LockOptions = []

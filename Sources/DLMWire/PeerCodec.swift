@@ -29,6 +29,8 @@ extension PeerMessage {
         case deadlockCheck = 22
         case deadlockChecked = 23
         case deadlockVictim = 24
+        case purge = 25
+        case purged = 26
     }
 
     /// The largest frame (after its length field).
@@ -60,6 +62,8 @@ extension PeerMessage {
         case .deadlockCheck: .deadlockCheck
         case .deadlockChecked: .deadlockChecked
         case .deadlockVictim: .deadlockVictim
+        case .purge: .purge
+        case .purged: .purged
         }
     }
 
@@ -210,6 +214,14 @@ extension PeerMessage {
                 body.writeInteger(view)
                 body.writeInteger(lock.rawValue)
                 body.writeInteger(sequence)
+            case .purge(let reference, let lockspace, let node, let pid):
+                body.writeInteger(reference)
+                body.writeBytes8(lockspace)
+                body.writeInteger(node)
+                body.writeInteger(pid)
+            case .purged(let reference, let count):
+                body.writeInteger(reference)
+                body.writeInteger(count)
             }
         }
     }
@@ -423,6 +435,14 @@ extension PeerMessage {
             let view = try body.read(UInt64.self, "view")
             let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
             message = .deadlockVictim(view: view, lock: lock, waitSequence: try body.read(UInt32.self, "wait"))
+        case .purge:
+            let reference = try body.read(UInt64.self, "ref")
+            let lockspace = try body.readName("lockspace")
+            let node = try body.read(UInt32.self, "node")
+            message = .purge(ref: reference, lockspace: lockspace, node: node, pid: try body.read(UInt32.self, "pid"))
+        case .purged:
+            let reference = try body.read(UInt64.self, "ref")
+            message = .purged(ref: reference, count: try body.read(UInt32.self, "count"))
         }
         try body.requireConsumed(type: type)
         return message

@@ -63,6 +63,11 @@ public enum PeerMessage: Sendable, Hashable {
     case deadlockChecked(check: UInt64, [DeadlockStepState])
     /// The victim of a cycle, to its master: refuse it with EDEADLK if it still waits in that wait.
     case deadlockVictim(view: UInt64, lock: LockID, waitSequence: UInt32)
+    /// A client's PURGE across nodes (`dlm_ls_purge`), to every other member: remove the orphans of `lockspace`
+    /// that a process `pid` of node `node` left; answered by `purged` with the same `ref`.
+    case purge(ref: UInt64, lockspace: [UInt8], node: UInt32, pid: UInt32)
+    /// The answer to `purge`: how many locks the receiver removed (sub-locks included).
+    case purged(ref: UInt64, count: UInt32)
 }
 
 /// One step of a cycle for its master to check: the lock, its wait, and the participant it should wait for.

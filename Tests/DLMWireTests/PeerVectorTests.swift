@@ -39,6 +39,8 @@ struct PeerVectorTests {
         "peer-deadlock-checked": .deadlockChecked(
             check: 5, [DeadlockStepState(waits: true, priority: 0, waited: 1_500_000_000)]),
         "peer-deadlock-victim": .deadlockVictim(view: 7, lock: LockID(rawValue: 12), waitSequence: 4),
+        "peer-purge": .purge(ref: 11, lockspace: Array("ls".utf8), node: 2, pid: 4242),
+        "peer-purged": .purged(ref: 11, count: 3),
         "peer-request": .request(
             ref: 7,
             RemoteLockRequest(

@@ -45,21 +45,30 @@ import Testing
         }
     }
 
+    /// Starts the cluster's nodes, waits for their first view, and opens `lockspace` with a client of each.
+    static func clientOnEveryNode(_ cluster: TestCluster, lockspace: String) async throws -> (
+        connections: [DLMConnection], spaces: [DLMLockspace]
+    ) {
+        try cluster.startAll()
+        let members = (1...cluster.addresses.count).map(String.init).joined(separator: ",")
+        for node in 1...cluster.addresses.count { try cluster.waitForView(at: node, members: members, primary: true) }
+        var spaces: [DLMLockspace] = []
+        var connections: [DLMConnection] = []
+        for node in 1...cluster.addresses.count {
+            let connection = try await DLMConnection.connect(socketPath: cluster.socket(node))
+            connections.append(connection)
+            spaces.append(try await connection.openLockspace(lockspace))
+        }
+        return (connections, spaces)
+    }
+
     /// EX on one name from clients of three nodes: one holder at a time; the others' NOQUEUE requests are refused
     /// with EAGAIN, and a queued request on another node is granted, with a higher fencing token, when the
     /// holder unlocks.
     @Test func aNameIsExclusiveAcrossNodes() async throws {
         let cluster = try TestCluster(nodes: 3)
         defer { cluster.stopAll() }
-        try cluster.startAll()
-        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
-        var spaces: [DLMLockspace] = []
-        var connections: [DLMConnection] = []
-        for node in 1...3 {
-            let connection = try await DLMConnection.connect(socketPath: cluster.socket(node))
-            connections.append(connection)
-            spaces.append(try await connection.openLockspace("shared"))
-        }
+        let (connections, spaces) = try await Self.clientOnEveryNode(cluster, lockspace: "shared")
         for name in ["backup", "volume-1", "volume-2", "journal"] {
             let blocked = Blocked()
             let held = try await spaces[0].lock(name, mode: .ex, onBlocking: blocked.handler)
@@ -135,6 +144,28 @@ import Testing
         let read = try await reader.convert(to: .pr, flags: .valueBlock)
         #expect(read.valueBlock == value)
         #expect(!read.flags.contains(.valueNotValid))
+    }
+
+    /// A client of node 2 leaves persistent locks on names mastered by nodes 3 and 1 and goes: they stay as
+    /// orphans there. `purge` from a client of node 1, naming node 2 and that process, removes both (count 2) and
+    /// frees the names.
+    @Test func aPurgeReachesTheOrphansOnEveryNode() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        let (connections, spaces) = try await Self.clientOnEveryNode(cluster, lockspace: "purged")
+        // The first node to ask masters a name, and an idle name keeps its master for a while.
+        try await spaces[2].lock("on-3", mode: .nl).unlock()
+        try await spaces[0].lock("on-1", mode: .nl).unlock()
+        _ = try await spaces[1].lock("on-3", mode: .ex, flags: .persistent)
+        _ = try await spaces[1].lock("on-1", mode: .ex, flags: .persistent)
+        await connections[1].close()
+        #expect(try await Self.tryLock(spaces[0], "on-3", .ex) == .tryAgain)
+        let pid = UInt32(getpid())
+        #expect(try await spaces[0].purge(nodeID: 2, pid: pid &+ 1) == 0)
+        #expect(try await spaces[0].purge(nodeID: 2, pid: pid) == 2)
+        #expect(try await Self.tryLock(spaces[0], "on-3", .ex) == nil)
+        #expect(try await Self.tryLock(spaces[2], "on-1", .ex) == nil)
+        for connection in [connections[0], connections[2]] { await connection.close() }
     }
 }
 

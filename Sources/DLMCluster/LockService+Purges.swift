@@ -1,0 +1,90 @@
+import DLMCore
+import DLMWire
+
+/// PURGE across nodes (`dlm_ls_purge`, `dlmtool purge LS NODE PID`): when resources are mastered across nodes, the
+/// orphans a process left are on the masters of their resources, anywhere. The node of the client that asks sends
+/// PURGE to every other member of the view and purges its own engine; each member removes the orphans of that
+/// lockspace whose former owner was process `pid` of node `node` (a done in slices, as on one node) and answers
+/// PURGED with how many locks it removed; the client gets the sum once every member answered. A member that
+/// leaves the view meanwhile is not waited for (what it mastered is rebuilt elsewhere without orphans, which do not
+/// survive their master yet: docs/RECOVERY.md).
+struct ClusterPurge {
+    var connection: ConnectionID
+    var tag: UInt32
+    /// The members not answered yet, with the life each had when asked.
+    var waitingFor: [UInt32: UInt64]
+    var localDone = false
+    var count = 0
+}
+
+extension LockService {
+    /// A client's PURGE on a node mastering across nodes: `nodeID` 0 is this node.
+    mutating func purgeAcrossNodes(_ id: ConnectionID, tag: UInt32, lockspace: UInt32, nodeID: UInt32, pid: UInt32) {
+        guard let info = engine.lockspaceInfo(LockspaceID(rawValue: lockspace)) else {
+            deliver(id, .error(tag: tag, status: .noEntry, message: "no such lockspace"))
+            return
+        }
+        let node = nodeID == 0 ? configuration.nodeID : nodeID
+        let reference = mastering.nextPurge
+        mastering.nextPurge += 1
+        var waitingFor: [UInt32: UInt64] = [:]
+        for member in mastering.members where member != configuration.nodeID {
+            waitingFor[member] = mastering.viewMembers[member] ?? 0
+        }
+        mastering.purges[reference] = ClusterPurge(connection: id, tag: tag, waitingFor: waitingFor)
+        clients[Int(id.slot)].awaitingReply = true
+        for member in waitingFor.keys.sorted() {
+            send(.purge(ref: reference, lockspace: info.name, node: node, pid: pid), to: member)
+        }
+        let context = nextBulkContext
+        nextBulkContext += 1
+        bulkReplies[context] = .clusterPurge(reference)
+        run(
+            .purge(lockspace: info.id, pid: pid, node: node, requester: owner(id), context: context), reply: nil)
+    }
+
+    /// Another member's PURGE: this node's part, answered at its end (`finishBulk`).
+    mutating func purgeForPeer(reference: UInt64, lockspace name: [UInt8], node: UInt32, pid: UInt32, from: UInt32) {
+        guard let lockspace = engine.lockspace(named: name) else {
+            send(.purged(ref: reference, count: 0), to: from)
+            return
+        }
+        let context = nextBulkContext
+        nextBulkContext += 1
+        bulkReplies[context] = .peerPurge(node: from, reference: reference)
+        let requester = OwnerID(node: configuration.nodeID, incarnation: configuration.incarnation, local: 0)
+        run(.purge(lockspace: lockspace, pid: pid, node: node, requester: requester, context: context), reply: nil)
+    }
+
+    /// A part of a purge is done: this node's (`from` nil) or a member's.
+    mutating func purgePartDone(_ reference: UInt64, count: Int, from: UInt32?) {
+        guard var purge = mastering.purges[reference] else { return }
+        purge.count += count
+        if let from {
+            guard purge.waitingFor.removeValue(forKey: from) != nil else { return }
+        } else {
+            purge.localDone = true
+        }
+        mastering.purges[reference] = purge
+        finishPurgeIfDone(reference)
+    }
+
+    mutating func finishPurgeIfDone(_ reference: UInt64) {
+        guard let purge = mastering.purges[reference], purge.localDone, purge.waitingFor.isEmpty else { return }
+        mastering.purges[reference] = nil
+        let id = purge.connection
+        guard isLive(id) else { return }
+        if clients[Int(id.slot)].state == .ready { deliver(id, .purged(tag: purge.tag, count: UInt32(purge.count))) }
+        replyDelivered(id)
+    }
+
+    /// A new view: members that left (or came back as a new life) are not waited for.
+    mutating func purgesLoseDepartedMembers(_ members: [UInt32: UInt64]) {
+        for reference in mastering.purges.keys.sorted() {
+            mastering.purges[reference]!.waitingFor = mastering.purges[reference]!.waitingFor.filter {
+                members[$0.key] == $0.value
+            }
+            finishPurgeIfDone(reference)
+        }
+    }
+}
