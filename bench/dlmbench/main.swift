@@ -58,7 +58,7 @@ let usage = """
            dlmbench stall-deadlock [--socket PATH] [--waiters N[,N...]] [--resources N[,N...]] [--duration S]
            dlmbench membership [--scenario views|ordered|all] [--nodes N[,N...]] [--rounds N] ... (--help)
            dlmbench membership-kill --dlmd PATH [--nodes N] [--rounds N]
-           dlmbench cluster --dlmd PATH [--scenarios remote,throughput,recovery] [--duration S] [--warmup S]
+           dlmbench cluster --dlmd PATH [--scenarios remote,throughput,recovery,deadlock] [--duration S] [--warmup S]
                             [--working-set N] [--clients N] [--locks N[,N...]] [--connections N]
     COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
             [--busy-poll US] (the client's event loop polls that long after each read; DLMConnection's busyPoll)
