@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages swift-dlm needs to build and test, when they are missing (Debian / Ubuntu):
 # liblmdb-dev (the store), libdlm-dev (the C library's header and the upstream library its tests compare with),
-# iproute2 (network namespaces for the partition test).
+# iproute2 (network namespaces for the partition test), prometheus (promtool, for the metrics test).
 set -euo pipefail
 need=()
 pkg-config --exists lmdb 2>/dev/null || need+=(liblmdb-dev)
@@ -13,6 +13,8 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v make >/dev/null || need+=(make)
 # ip netns and veth links for the partition test (Tests/IntegrationTests/PartitionTests.swift).
 command -v ip >/dev/null || need+=(iproute2)
+# promtool, which checks the text of `dlmd --metrics` (Tests/IntegrationTests/MetricsTests.swift).
+command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "swift-dlm needs: ${need[*]} (run: sudo apt-get install -y ${need[*]})" >&2

@@ -65,6 +65,10 @@ struct ClusterDeadlocks {
 }
 
 extension LockService {
+    /// The deadlock searches across nodes this node started, and the victims it decided (status, metrics).
+    public var clusterDeadlockSearches: Int { mastering.deadlocks.searches }
+    public var clusterDeadlockVictims: Int { mastering.deadlocks.victims }
+
     /// The view that deadlock messages are made in: the last completed recovery's.
     var deadlockView: UInt64 { mastering.recoveredView }
 

@@ -80,6 +80,8 @@ extension LockService {
     }
 
     var isRecovering: Bool { mastering.recovery != nil }
+    /// Whether a recovery of the lock space runs on this node now (status, metrics).
+    public var isRunningRecovery: Bool { isRecovering }
 
     // MARK: Phase 1
 

@@ -34,6 +34,8 @@ public final class LockNode: @unchecked Sendable {
     var spare = ServiceOutput()
     var applying = false
     var applyAgain = false
+    /// What the node counts for Prometheus, when it serves metrics (NodeMetrics.swift).
+    var metrics: NodeMetrics?
 
     public init(configuration: NodeConfiguration, eventLoop: EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -91,6 +93,7 @@ public final class LockNode: @unchecked Sendable {
     /// A frame of a client. Frames are written once a read batch is handled (`flush`), or as soon as many wait: a
     /// client with hundreds of requests in flight then gets the first answers while the node works on the rest.
     func receive(_ message: ClientMessage, from connection: ClientConnection) {
+        metrics?.received(message)
         if case .query = message {
             service.handle(.query(connection.id, message, reportEnvironment()))
         } else {
@@ -140,7 +143,9 @@ public final class LockNode: @unchecked Sendable {
         if let commit = output.commit {
             persistence?.writer?.submit(generation: commit.generation, changes: commit.changes)
         }
+        let metrics = self.metrics
         for (id, message) in output.frames {
+            metrics?.sent(message)
             guard let connection = connections[Int(id.slot)], connection.id == id, !connection.isClosed else {
                 continue
             }
@@ -175,6 +180,10 @@ public final class LockNode: @unchecked Sendable {
         }
         // The start and end of a recovery are printed as view changes are (docs/OPERATIONS.md).
         for event in output.recoveries {
+            switch event {
+            case .started: metrics?.recoveriesStartedCount += 1
+            case .done: metrics?.recoveriesDoneCount += 1
+            }
             switch event {
             case .started(let view):
                 cluster?.announce("dlmd: node \(configuration.nodeID) recovery started view \(view)")

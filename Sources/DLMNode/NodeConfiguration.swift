@@ -23,6 +23,8 @@ public struct NodeConfiguration: Sendable {
     public var cluster: ClusterConfig?
     /// How long the event loop keeps polling after its last I/O before it sleeps (`BusyPoll`); zero for never.
     public var busyPoll: TimeAmount
+    /// Where Prometheus scrapes the node's metrics ("HOST:PORT", `GET /metrics`); nil for nowhere.
+    public var metricsAddress: String?
 
     public static let defaultSocketPath = "/run/dlm/dlmd.sock"
     public static let defaultDataDirectory = "/var/lib/dlm"
@@ -33,8 +35,10 @@ public struct NodeConfiguration: Sendable {
         socketPath: String? = NodeConfiguration.defaultSocketPath, listenAddress: String? = nil,
         dataDirectory: String = NodeConfiguration.defaultDataDirectory, nodeID: UInt32 = 1,
         engine: EngineConfig = EngineConfig(), tickInterval: UInt64 = 10_000_000, durability: Durability = .batch,
-        mapSize: Int = NodeConfiguration.defaultMapSize, cluster: ClusterConfig? = nil, busyPoll: TimeAmount = .zero
+        mapSize: Int = NodeConfiguration.defaultMapSize, cluster: ClusterConfig? = nil, busyPoll: TimeAmount = .zero,
+        metricsAddress: String? = nil
     ) {
+        self.metricsAddress = metricsAddress
         self.busyPoll = busyPoll
         self.cluster = cluster
         self.durability = durability

@@ -3,6 +3,7 @@ import DLMWire
 import Foundation
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 
@@ -31,6 +32,8 @@ public final class NodeServer: Service, @unchecked Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let node = LockNode(configuration: configuration, eventLoop: loop, logger: logger)
+        let metrics = configuration.metricsAddress.map { _ in NodeMetrics() }
+        node.metrics = metrics
         do {
             try FileManager.default.createDirectory(
                 atPath: configuration.dataDirectory, withIntermediateDirectories: true)
@@ -48,10 +51,15 @@ public final class NodeServer: Service, @unchecked Sendable {
                     }
                 }.get()
             }
-            let channels = try await bind(node: node, group: group)
+            var bound = try await bind(node: node, group: group)
+            if let address = configuration.metricsAddress, let metrics {
+                bound.append(try await bindMetrics(address, node: node, metrics: metrics, group: group))
+            }
+            let channels = bound
             var places: [String] = []
             if let path = configuration.socketPath { places.append("unix:\(path)") }
             if let listen = configuration.listenAddress { places.append("tcp:\(listen)") }
+            if let address = configuration.metricsAddress { places.append("metrics:http://\(address)/metrics") }
             logger.info("listening", metadata: ["on": "\(places.joined(separator: " "))"])
             onListening("dlmd: node \(configuration.nodeID) listening on \(places.joined(separator: " "))")
             try await withGracefulShutdownHandler {
@@ -99,15 +107,39 @@ public final class NodeServer: Service, @unchecked Sendable {
                 try await bootstrap(tcp: false).bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get())
         }
         if let listen = configuration.listenAddress {
-            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
-                throw NodeError("--listen takes HOST:PORT, not \(listen)")
-            }
-            var host = String(listen[..<colon])
-            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            let (host, port) = try Self.hostAndPort(listen, option: "--listen")
             channels.append(try await bootstrap(tcp: true).bind(host: host, port: port).get())
         }
         guard !channels.isEmpty else { throw NodeError("nothing to listen on: give --socket or --listen") }
         return channels
+    }
+}
+
+extension NodeServer {
+    /// "HOST:PORT" (an IPv6 host in brackets) taken apart.
+    static func hostAndPort(_ address: String, option: String) throws -> (String, Int) {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            throw NodeError("\(option) takes HOST:PORT, not \(address)")
+        }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host, port)
+    }
+
+    /// The HTTP listener of `--metrics` (`GET /metrics`, NodeMetrics.swift).
+    func bindMetrics(_ address: String, node: LockNode, metrics: NodeMetrics, group: EventLoopGroup) async throws
+        -> Channel
+    {
+        let (host, port) = try Self.hostAndPort(address, option: "--metrics")
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 16)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.pipeline.configureHTTPServerPipeline().flatMap {
+                    channel.pipeline.addHandler(MetricsHTTPHandler(node: node, metrics: metrics))
+                }
+            }
+            .bind(host: host, port: port).get()
     }
 }
 

@@ -20,7 +20,7 @@ struct DLMD: AsyncParsableCommand {
 
             Settings come from the command line, then the config file (--config), then the defaults. The \
             config file is TOML with a [dlmd] table holding the same names: socket, listen, data_dir, \
-            node_id, deadlock_wait, log_level, durability, map_size, busy_poll.
+            node_id, deadlock_wait, log_level, durability, map_size, busy_poll, metrics.
 
             A config file with a [cluster] table makes this node a cluster member: it also holds the node list \
             ([[node]] id, address, votes), [quorum], [fencing] and the cluster key file (docs/GROUPS.md). Start \
@@ -37,6 +37,9 @@ struct DLMD: AsyncParsableCommand {
 
     @Option(name: .long, help: "Also accept TCP clients on HOST:PORT, e.g. 127.0.0.1:7100.")
     var listen: String?
+
+    @Option(name: .long, help: "Serve Prometheus metrics on HOST:PORT (GET /metrics), e.g. 127.0.0.1:9464.")
+    var metrics: String?
 
     @Option(name: .long, help: "Where state that must survive a restart is kept (default: /var/lib/dlm).")
     var dataDir: String?
@@ -93,6 +96,7 @@ struct DLMD: AsyncParsableCommand {
         var durability: String?
         var map_size: Int?
         var busy_poll: Int?
+        var metrics: String?
     }
 
     func fileSettings() throws -> FileSettings {
@@ -109,7 +113,7 @@ struct DLMD: AsyncParsableCommand {
             guard let dlmd = section.table else { throw ValidationError("\(config): [dlmd] must be a table") }
             let known: Set<String> = [
                 "socket", "listen", "data_dir", "node_id", "deadlock_wait", "log_level", "durability", "map_size",
-                "busy_poll",
+                "busy_poll", "metrics",
             ]
             for key in dlmd.keys where !known.contains(key) {
                 throw ValidationError(
@@ -196,7 +200,7 @@ struct DLMD: AsyncParsableCommand {
             listenAddress: listen ?? file.listen,
             dataDirectory: dataDirectory, nodeID: nodeID ?? file.node_id ?? 1,
             engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)), durability: durabilityMode, mapSize: mapMiB << 20,
-            cluster: cluster, busyPoll: .microseconds(Int64(pollMicroseconds)))
+            cluster: cluster, busyPoll: .microseconds(Int64(pollMicroseconds)), metricsAddress: metrics ?? file.metrics)
         let logger = Logger(label: "dlmd")
         let server = NodeServer(configuration: configuration, logger: logger) { line in
             FileHandle.standardOutput.write(Data((line + "\n").utf8))

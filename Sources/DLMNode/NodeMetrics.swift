@@ -1,0 +1,227 @@
+import DLMCluster
+import DLMCore
+import DLMWire
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Prometheus
+
+/// What a node counts for Prometheus (`--metrics HOST:PORT`, docs/OPERATIONS.md "Metrics"), on swift-prometheus's
+/// registry. The shell counts requests and frames in plain integers on the node's event loop (no atomic, no lookup
+/// on the hot path); a scrape, on the same loop, moves what was counted since the last one into the registry's
+/// counters and reads the gauges from the service.
+final class NodeMetrics: @unchecked Sendable {
+    let registry = PrometheusCollectorRegistry()
+
+    // Counted on the node's loop, in memory of their own (no copy-on-write or exclusivity check per count).
+    /// Requests by the type byte of their frame (Protocol/CLIENT.md §3).
+    let requestCounts = NodeMetrics.zeroed(64)
+    /// Completions and errors by status (`statusSlot`).
+    let completionCounts = NodeMetrics.zeroed(statusSlots)
+    let errorCounts = NodeMetrics.zeroed(statusSlots)
+    var blockingCount: UInt64 = 0
+    var recoveriesStartedCount: UInt64 = 0
+    var recoveriesDoneCount: UInt64 = 0
+
+    // Moved into the registry at each scrape.
+    var reported: [String: UInt64] = [:]
+    var counters: [String: Counter] = [:]
+    let locks: Gauge
+    let resources: Gauge
+    let lockspaces: Gauge
+    let connections: Gauge
+    let quorate: Gauge
+    let recovering: Gauge
+    let clusterDeadlockSearches: Gauge
+    let clusterDeadlockVictims: Gauge
+    let deadlockPasses: Gauge
+
+    static let requestTypes: [(UInt8, String)] = [
+        (0x01, "hello"), (0x02, "ping"), (0x03, "bye"), (0x10, "open_lockspace"), (0x11, "release_lockspace"),
+        (0x12, "purge"), (0x20, "lock"), (0x21, "convert"), (0x22, "unlock"), (0x23, "deadlock_cancel"),
+        (0x30, "query"),
+    ]
+
+    /// Statuses are errno values below 250, or the few of 0x10000 and up (ECANCEL, EUNLOCK): one slot each.
+    static let statusSlots = 256
+    static func statusSlot(_ status: DLMStatus) -> Int {
+        let raw = status.rawValue
+        if raw >= 0 && raw < 250 { return Int(raw) }
+        if raw >= 0x10000 && raw < 0x10005 { return 250 + Int(raw - 0x10000) }
+        return 255
+    }
+
+    static func status(ofSlot slot: Int) -> DLMStatus {
+        slot < 250 ? DLMStatus(rawValue: Int32(slot)) : DLMStatus(rawValue: 0x10000 + Int32(slot - 250))
+    }
+
+    static func zeroed(_ count: Int) -> UnsafeMutablePointer<UInt64> {
+        let memory = UnsafeMutablePointer<UInt64>.allocate(capacity: count)
+        memory.initialize(repeating: 0, count: count)
+        return memory
+    }
+
+    deinit {
+        requestCounts.deallocate()
+        completionCounts.deallocate()
+        errorCounts.deallocate()
+    }
+
+    init() {
+        locks = Self.gauge(registry, "locks", help: "Locks this node's engine holds (granted and queued).")
+        resources = Self.gauge(registry, "resources", help: "Resources in this node's engine.")
+        lockspaces = Self.gauge(registry, "lockspaces", help: "Lockspaces open on this node.")
+        connections = Self.gauge(registry, "connections", help: "Client connections.")
+        quorate = Self.gauge(
+            registry, "quorate", help: "1 while the node serves (a primary view, or standalone), else 0.")
+        recovering = Self.gauge(
+            registry, "recovering", help: "1 while a recovery of the lock space runs on this node, else 0.")
+        deadlockPasses = Self.gauge(
+            registry, "deadlock_passes", help: "Deadlock passes this node's engine ran since it started.")
+        clusterDeadlockSearches = Self.gauge(
+            registry, "cluster_deadlock_searches", help: "Deadlock searches across nodes this node started.")
+        clusterDeadlockVictims = Self.gauge(
+            registry, "cluster_deadlock_victims", help: "Victims of deadlocks across nodes this node decided.")
+        // Every request type and the counters without labels show from the start, at 0.
+        for (_, name) in Self.requestTypes { _ = counter("requests", label: ("type", name), help: Self.requestsHelp) }
+        _ = counter("blocking_callbacks", help: Self.blockingHelp)
+        _ = counter("recoveries_started", help: Self.startedHelp)
+        _ = counter("recoveries_done", help: Self.doneHelp)
+    }
+
+    static let requestsHelp = "Client requests received, by type."
+    static let completionsHelp = "Completions sent to clients, by status."
+    static let errorsHelp = "Requests refused with ERROR, by status."
+    static let blockingHelp = "Blocking callbacks sent to clients."
+    static let startedHelp = "Recoveries of the lock space started (new views)."
+    static let doneHelp = "Recoveries of the lock space finished."
+
+    /// dlm_NAME_total (with one label, or none), made once.
+    func counter(_ name: String, label: (String, String)? = nil, help: String) -> Counter {
+        let key = label.map { "\(name){\($0.0)=\($0.1)}" } ?? name
+        if let known = counters[key] { return known }
+        let made = registry.makeCounter(
+            descriptor: MetricNameDescriptor(namespace: "dlm", metricName: name, unitName: "total", helpText: help),
+            labels: label.map { [$0] } ?? [])
+        counters[key] = made
+        return made
+    }
+
+    /// dlm_NAME.
+    static func gauge(_ registry: PrometheusCollectorRegistry, _ name: String, help: String) -> Gauge {
+        registry.makeGauge(
+            descriptor: MetricNameDescriptor(namespace: "dlm", metricName: name, unitName: "", helpText: help))
+    }
+
+    @inline(__always)
+    func received(_ message: ClientMessage) {
+        requestCounts[Int(message.typeCode & 63)] &+= 1
+    }
+
+    @inline(__always)
+    func sent(_ message: ServerMessage) {
+        switch message {
+        case .completion(let completion): completionCounts[Self.statusSlot(completion.status)] &+= 1
+        case .error(_, let status, _): errorCounts[Self.statusSlot(status)] &+= 1
+        case .blocking: blockingCount &+= 1
+        default: break
+        }
+    }
+
+    /// What was counted since the last scrape goes into the registry's counters, and the gauges are read from the
+    /// service (on the node's loop).
+    func sample(_ service: LockService) {
+        func report(_ key: String, _ value: UInt64, _ counter: @autoclosure () -> Counter) {
+            let before = reported[key] ?? 0
+            guard value > before else { return }
+            counter().increment(by: Int64(value - before))
+            reported[key] = value
+        }
+        for (code, name) in Self.requestTypes {
+            report(
+                "requests \(code)", requestCounts[Int(code & 63)],
+                counter("requests", label: ("type", name), help: Self.requestsHelp))
+        }
+        for slot in 0..<Self.statusSlots {
+            let name = Self.status(ofSlot: slot).name
+            if completionCounts[slot] > 0 {
+                report(
+                    "completions \(slot)", completionCounts[slot],
+                    counter("completions", label: ("status", name), help: Self.completionsHelp))
+            }
+            if errorCounts[slot] > 0 {
+                report(
+                    "errors \(slot)", errorCounts[slot],
+                    counter("errors", label: ("status", name), help: Self.errorsHelp))
+            }
+        }
+        report("blocking", blockingCount, counter("blocking_callbacks", help: Self.blockingHelp))
+        report("started", recoveriesStartedCount, counter("recoveries_started", help: Self.startedHelp))
+        report("done", recoveriesDoneCount, counter("recoveries_done", help: Self.doneHelp))
+        locks.set(Double(service.engine.lockCount))
+        resources.set(Double(service.engine.resourceCount))
+        lockspaces.set(Double(service.engine.allLockspaces.count))
+        connections.set(Double(service.connectionCount))
+        quorate.set(Double(service.isStopped ? 0 : 1))
+        recovering.set(Double(service.isRunningRecovery ? 1 : 0))
+        deadlockPasses.set(Double(service.engine.probe.deadlockPasses))
+        clusterDeadlockSearches.set(Double(service.clusterDeadlockSearches))
+        clusterDeadlockVictims.set(Double(service.clusterDeadlockVictims))
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text format 0.0.4); anything else is 404.
+final class MetricsHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let node: LockNode
+    let metrics: NodeMetrics
+    var path: String?
+
+    init(node: LockNode, metrics: NodeMetrics) {
+        self.node = node
+        self.metrics = metrics
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            path = head.method == .GET ? head.uri : nil
+        case .body:
+            break
+        case .end:
+            let found = path == "/metrics"
+            let loop = context.eventLoop
+            let context = NIOLoopBound(context, eventLoop: loop)
+            let handler = NIOLoopBound(self, eventLoop: loop)
+            let body: EventLoopFuture<[UInt8]> =
+                found
+                ? node.eventLoop.submit { [node, metrics] in
+                    metrics.sample(node.service)
+                    return metrics.registry.emitToBuffer()
+                } : loop.makeSucceededFuture(Array("not found: GET /metrics\n".utf8))
+            body.hop(to: loop).whenComplete { result in
+                let bytes = (try? result.get()) ?? Array("cannot read the metrics\n".utf8)
+                handler.value.respond(context.value, status: found ? .ok : .notFound, body: bytes)
+            }
+        }
+    }
+
+    func respond(_ context: ChannelHandlerContext, status: HTTPResponseStatus, body: [UInt8]) {
+        var headers = HTTPHeaders()
+        headers.add(
+            name: "Content-Type",
+            value: status == .ok ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: "\(body.count)")
+        headers.add(name: "Connection", value: "close")
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        var buffer = context.channel.allocator.buffer(capacity: body.count)
+        buffer.writeBytes(body)
+        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        // One response a connection: a scraper connects again next time (scrapes are seconds apart).
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+    }
+}
