@@ -22,7 +22,7 @@ export DLM_MODEL_OPS=${DLM_MODEL_OPS:-4000000}
 export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-3000}
 export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-2000}
 export DLM_RECOVERY_SEEDS=${DLM_RECOVERY_SEEDS:-2000}
-export DLM_DEADLOCK_SEEDS=${DLM_DEADLOCK_SEEDS:-1000}
+export DLM_DEADLOCK_SEEDS=${DLM_DEADLOCK_SEEDS:-300}
 RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests|DLMClusterTests\.DeadlockAcrossNodesTests'
 started=$SECONDS
 

@@ -74,6 +74,9 @@ extension LockService {
         mastering.purges[reference] = nil
         let id = purge.connection
         guard isLive(id) else { return }
+        // As on one node, PURGED goes out once the removal is stored (this node's part may be in a generation not
+        // committed yet; the other members' answers waited for their own stores).
+        holdForEarlierSlices()
         if clients[Int(id.slot)].state == .ready { deliver(id, .purged(tag: purge.tag, count: UInt32(purge.count))) }
         replyDelivered(id)
     }
