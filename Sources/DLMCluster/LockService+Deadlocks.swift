@@ -32,9 +32,8 @@ struct ClusterDeadlocks {
     var decisions: [UInt64: Decision] = [:]
     var deciding: Set<DeadlockStep> = []
     var nextCheck: UInt64 = 1
-    /// Counts for the status report and tests.
+    /// Counts for the status report and metrics.
     var searches = 0
-    var cyclesFound = 0
     var victims = 0
 
     struct Search {
@@ -103,18 +102,15 @@ extension LockService {
                     .deadlockGraph(search: search, view: view, last: true, refused: true, WaitForGraphPart()), to: node)
                 return
             }
+            // Participants first, then edges, in messages of at most `messageListLimit` entries each.
             let part = engine.waitForGraphPart()
-            let limit = Self.messageListLimit
-            var pieces: [WaitForGraphPart] = []
-            for start in stride(from: 0, to: part.participants.count, by: limit) {
-                pieces.append(
-                    WaitForGraphPart(
-                        participants: Array(part.participants[start..<min(start + limit, part.participants.count)])))
-            }
-            for start in stride(from: 0, to: part.edges.count, by: limit) {
-                pieces.append(WaitForGraphPart(edges: Array(part.edges[start..<min(start + limit, part.edges.count)])))
-            }
-            if pieces.isEmpty { pieces.append(WaitForGraphPart()) }
+            var pieces =
+                part.participants.isEmpty
+                ? []
+                : Self.pieces(part.participants).map {
+                    WaitForGraphPart(participants: $0)
+                }
+            pieces += Self.pieces(part.edges).map { WaitForGraphPart(edges: $0) }
             for (i, piece) in pieces.enumerated() {
                 send(
                     .deadlockGraph(search: search, view: view, last: i == pieces.count - 1, refused: false, piece),
@@ -134,7 +130,6 @@ extension LockService {
                 return
             }
             let cycles = search.graph.cyclesAcrossMasters(through: search.due, of: configuration.nodeID)
-            mastering.deadlocks.cyclesFound += cycles.count
             deadlockSearchEnded(foundCycle: !cycles.isEmpty, version: search.version)
             for cycle in cycles {
                 send(.deadlockCycle(view: view, cycle), to: cycle.min()!.master)
@@ -163,14 +158,14 @@ extension LockService {
             let states = items.map { item in
                 fresh
                     ? engine.checkDeadlockStep(item.lock, waitSequence: item.waitSequence, blocker: item.blocker)
-                    : DeadlockStepState(waits: false, priority: 0, waited: 0)
+                    : .notWaiting
             }
             send(.deadlockChecked(check: check, states), to: node)
         case .deadlockChecked(let check, let states):
             guard var decision = mastering.deadlocks.decisions.removeValue(forKey: check) else { return }
             var answered = states.makeIterator()
             for (i, step) in decision.steps.enumerated() where step.master == node {
-                decision.states[i] = answered.next() ?? DeadlockStepState(waits: false, priority: 0, waited: 0)
+                decision.states[i] = answered.next() ?? .notWaiting
             }
             decision.waitingFor.remove(node)
             guard decision.waitingFor.isEmpty else {
@@ -179,7 +174,7 @@ extension LockService {
             }
             mastering.deadlocks.deciding.subtract(decision.steps)
             let checked = zip(decision.steps, decision.states).map {
-                (step: $0, state: $1 ?? DeadlockStepState(waits: false, priority: 0, waited: 0))
+                (step: $0, state: $1 ?? .notWaiting)
             }
             guard inView, decision.view == deadlockView, let victim = DeadlockStepState.victim(of: checked) else {
                 return

@@ -18,7 +18,7 @@ import GroupServices
 /// comes finds no master and makes a new one; a holder forgets a cached master none of its locks uses.
 ///
 /// A membership change rebuilds the directory and the masters (LockService+Recovery.swift). Not yet here
-/// (docs/ARCHITECTURE.md, "Mastering across nodes"): reports, purges and deadlock cancels across nodes.
+/// (docs/ARCHITECTURE.md, "Mastering across nodes"): reports and deadlock cancels across nodes.
 struct Mastering {
     /// The members that share the directory, in node order (this node alone when not mastering across nodes).
     var members: [UInt32] = []

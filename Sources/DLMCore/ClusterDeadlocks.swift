@@ -74,6 +74,9 @@ public struct DeadlockStepState: Sendable, Hashable {
     public var priority: UInt8
     public var waited: UInt64
 
+    /// A step that does not wait (unknown lock, another wait, or a node in another view).
+    public static let notWaiting = DeadlockStepState(waits: false, priority: 0, waited: 0)
+
     public init(waits: Bool, priority: UInt8, waited: UInt64) {
         self.waits = waits
         self.priority = priority
@@ -136,9 +139,7 @@ extension LockEngine {
         var cursor = waiting.head
         while cursor != none {
             let record = locks[Int(cursor)]
-            if record.waitingSince &+ config.deadlockWait <= now, !record.flags.contains(.noDeadlockWait),
-                record.owner != orphanOwner
-            {
+            if isDueForDeadlockSearch(record) {
                 due.append((LockID(slot: cursor), record.waitSequence))
             }
             cursor = record.waitNext
@@ -155,7 +156,7 @@ extension LockEngine {
         -> DeadlockStepState
     {
         let slot = lock.slot
-        guard slot >= 0, slot < locks.count else { return DeadlockStepState(waits: false, priority: 0, waited: 0) }
+        guard slot >= 0, slot < locks.count else { return .notWaiting }
         let record = locks[slot]
         guard !record.isFree, record.queue != QueueKind.grant.rawValue, record.waitSequence == waitSequence,
             !record.flags.contains(.noDeadlockWait), let waiter = participant(Int32(slot)), waiter != blocker

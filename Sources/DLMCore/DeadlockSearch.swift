@@ -295,6 +295,13 @@ extension LockEngine {
         if continueDeadlockPass(budget: &budget, into: &effects) { endDeadlockPass() }
     }
 
+    /// Whether a queued lock's request has waited `deadlockWait` and takes part in deadlock detection (not NODLCKWT,
+    /// not an orphan): a search, here or across nodes, starts from it.
+    func isDueForDeadlockSearch(_ record: LockRecord) -> Bool {
+        record.waitingSince &+ config.deadlockWait <= now && !record.flags.contains(.noDeadlockWait)
+            && record.owner != orphanOwner
+    }
+
     /// The due requests and the resources with queued locks; nil when no request is due.
     mutating func startDeadlockPass() -> DeadlockPass? {
         var pass = DeadlockPass()
@@ -302,9 +309,7 @@ extension LockEngine {
         var cursor = waiting.head
         while cursor != none {
             let record = locks[Int(cursor)]
-            if record.waitingSince &+ config.deadlockWait <= now, !record.flags.contains(.noDeadlockWait),
-                record.owner != orphanOwner
-            {
+            if isDueForDeadlockSearch(record) {
                 pass.due.append(cursor)
             }
             if seen.insert(record.resource).inserted { pass.resources.append(record.resource) }
