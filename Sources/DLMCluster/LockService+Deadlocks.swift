@@ -90,7 +90,7 @@ extension LockService {
             waitingFor: Set(mastering.members.filter { $0 != me }))
         search.graph.add(engine.waitForGraphPart(), of: me)
         mastering.deadlocks.search = search
-        for node in search.waitingFor { send(.deadlockSearch(search: id, view: deadlockView), to: node) }
+        for node in search.waitingFor.sorted() { send(.deadlockSearch(search: id, view: deadlockView), to: node) }
     }
 
     mutating func receiveDeadlockMessage(_ message: PeerMessage, from node: UInt32) {

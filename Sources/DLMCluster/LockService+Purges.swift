@@ -4,7 +4,7 @@ import DLMWire
 /// PURGE across nodes (`dlm_ls_purge`, `dlmtool purge LS NODE PID`): when resources are mastered across nodes, the
 /// orphans a process left are on the masters of their resources, anywhere. The node of the client that asks sends
 /// PURGE to every other member of the view and purges its own engine; each member removes the orphans of that
-/// lockspace whose former owner was process `pid` of node `node` (a done in slices, as on one node) and answers
+/// lockspace whose former owner was process `pid` of node `node` (done in slices, as on one node) and answers
 /// PURGED with how many locks it removed; the client gets the sum once every member answered. A member that
 /// leaves the view meanwhile is not waited for (what it mastered is rebuilt elsewhere without orphans, which do not
 /// survive their master yet: docs/RECOVERY.md).
