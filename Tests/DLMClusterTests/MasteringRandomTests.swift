@@ -481,6 +481,15 @@ struct MasteringRun {
         }
     }
 
+    /// A write is sent. An owner that went while it had or waited for PW or EX may still be granted after this
+    /// write reaches the master (the master learns of the departure later), and the departure then rightly marks the
+    /// value not valid: a write sent, or acknowledged, while such an owner lingers does not make the value block
+    /// trustworthy again (the owner may be gone from every node by the time the write is acknowledged).
+    mutating func writeSent(_ resource: String, key: String) {
+        if lingering[resource]?.isEmpty ?? true { deathsAtWrite[key] = writerDeaths[resource, default: 0] }
+        freesAtWrite[key] = frees[resource, default: 0]
+    }
+
     mutating func writeAcknowledged(_ resource: String, value: UInt64, key: String) {
         if !(lingering[resource]?.isEmpty ?? true) { deathsAtWrite[key] = nil }
         if freesAtWrite.removeValue(forKey: key) == frees[resource, default: 0] {
@@ -619,8 +628,7 @@ struct MasteringRun {
             if state.valueBlock, let granted = state.granted, granted >= .pw, !(granted == .pw && mode == .ex) {
                 let value = newValue(for: state.resource, index)
                 let tag = tag(index, .write(lock, state.resource, value.number))
-                deathsAtWrite[key(index, tag)] = writerDeaths[state.resource, default: 0]
-                freesAtWrite[key(index, tag)] = frees[state.resource, default: 0]
+                writeSent(state.resource, key: key(index, tag))
                 send(
                     index,
                     .convert(
@@ -644,8 +652,7 @@ struct MasteringRun {
             } else if state.valueBlock, let granted = state.granted, granted >= .pw {
                 let value = newValue(for: state.resource, index)
                 let tag = tag(index, .write(lock, state.resource, value.number))
-                deathsAtWrite[key(index, tag)] = writerDeaths[state.resource, default: 0]
-                freesAtWrite[key(index, tag)] = frees[state.resource, default: 0]
+                writeSent(state.resource, key: key(index, tag))
                 send(index, .unlock(UnlockMessage(tag: tag, lock: lock, flags: .valueBlock, valueBlock: value.bytes)))
                 clients[index].locks[lock]?.releasing = true
                 clients[index].locks[lock]?.relied = nil
