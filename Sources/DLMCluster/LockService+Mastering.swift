@@ -391,7 +391,10 @@ extension LockService {
             }
             run(.ownerExited(owner), reply: nil)
             mastering.rebuilt.forget(owner: owner)
-        case .remove(let key, let floor):
+        case .remove(let key, let floor, let view):
+            // Sent before a recovery that rebuilt the directory (held here through it, or slow): stale. Its sender
+            // forgot it at that recovery's start and may master the resource again by now.
+            guard view == mastering.recoveredView else { return }
             // The master of a resource drops it: forgotten here if this node still names it (a node that asked
             // before this message was answered with it, and is told "not master" by it now).
             mastering.tossFloors[key.lockspace] = max(mastering.tossFloors[key.lockspace] ?? 0, floor)
@@ -456,7 +459,7 @@ extension LockService {
             // this one to meanwhile is answered "not master" only once asking again finds no master.
             mastering.removing.insert(key)
             mastering.awaitingLookup[key] = []
-            send(.remove(key, floor: floor), to: directory)
+            send(.remove(key, floor: floor, view: mastering.recoveredView), to: directory)
         }
     }
 

@@ -74,10 +74,11 @@ extension PeerMessage {
             case .lookup(let key), .removed(let key):
                 body.writeBytes8(key.lockspace)
                 body.writeBytes8(key.name)
-            case .remove(let key, let floor):
+            case .remove(let key, let floor, let view):
                 body.writeBytes8(key.lockspace)
                 body.writeBytes8(key.name)
                 body.writeInteger(floor)
+                body.writeInteger(view)
             case .lookupReply(let key, let master, let floor):
                 body.writeBytes8(key.lockspace)
                 body.writeBytes8(key.name)
@@ -237,7 +238,8 @@ extension PeerMessage {
             message = .lookup(try body.readDirectoryKey())
         case .remove:
             let key = try body.readDirectoryKey()
-            message = .remove(key, floor: try body.read(UInt64.self, "floor"))
+            let floor = try body.read(UInt64.self, "floor")
+            message = .remove(key, floor: floor, view: try body.read(UInt64.self, "view"))
         case .removed:
             message = .removed(try body.readDirectoryKey())
         case .lookupReply:

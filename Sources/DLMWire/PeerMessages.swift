@@ -44,8 +44,10 @@ public enum PeerMessage: Sendable, Hashable {
     /// To a resource's directory node, from its master: the resource has been idle for the toss delay and the
     /// sender no longer wants to master it. The directory forgets it (if it names the sender) and answers
     /// `removed`; until then the sender holds the requests for it. `floor`: the last fencing token the resource
-    /// issued, so that its next master, wherever it is, issues larger ones.
-    case remove(DirectoryKey, floor: UInt64)
+    /// issued, so that its next master, wherever it is, issues larger ones. `view`: the view of the sender's last
+    /// recovery; a REMOVE of an earlier view than the receiver's is stale (a recovery rebuilt the directory since,
+    /// from the masters' own lists) and changes nothing.
+    case remove(DirectoryKey, floor: UInt64, view: UInt64)
     /// The directory's answer to `remove`: it names no master for the resource now (unless another node asked
     /// first).
     case removed(DirectoryKey)

@@ -36,6 +36,13 @@ struct RecoveryRandomTests {
     @Test func crashesAndRestartsKeepExclusionAndLoseNoLock() {
         MasteringRun.runAll(Self.seeds, faults: true, suite: "RecoveryRandomTests")
     }
+
+    /// Seeds that once failed, run every time. 42730: a REMOVE that a directory node held through two recoveries
+    /// made it forget the master that had asked for the resource again meanwhile, and a second node mastered it
+    /// (two holders of incompatible modes).
+    @Test func seedsThatOnceFailed() {
+        MasteringRun.runAll([42730], faults: true, suite: "RecoveryRandomTests")
+    }
 }
 
 /// The seeds of a random test: DLM_MASTERING_SEED replays one; else `count` (an environment variable, or

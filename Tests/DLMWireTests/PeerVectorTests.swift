@@ -15,7 +15,7 @@ struct PeerVectorTests {
     static let messages: [String: PeerMessage] = [
         "peer-lookup": .lookup(key),
         "peer-lookup-reply": .lookupReply(key, master: 2, floor: 0x500_0000_0009),
-        "peer-remove": .remove(key, floor: 0x500_0000_0009),
+        "peer-remove": .remove(key, floor: 0x500_0000_0009, view: 7),
         "peer-removed": .removed(key),
         "peer-deadlock-search": .deadlockSearch(search: 3, view: 7),
         "peer-deadlock-graph": .deadlockGraph(
