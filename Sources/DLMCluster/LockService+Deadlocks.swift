@@ -13,10 +13,14 @@ import DLMWire
 /// 2. **Decision.** A cycle found goes to the master of its lowest step (DEADLOCK_CYCLE), which alone decides
 ///    it, so that searches started on several nodes at once choose one victim: it asks each master of the
 ///    cycle whether each step still waits, in the same wait, for the next step's participant (DEADLOCK_CHECK,
-///    DEADLOCK_CHECKED), and drops a cycle whose steps are being decided already.
+///    DEADLOCK_CHECKED), and drops a cycle whose steps are being decided already. A master that confirms its
+///    steps holds their resources until the decision is over (LockService+DeadlockHolds.swift), so that nothing
+///    breaks the cycle between the check and the victim.
 /// 3. **Victim.** If every step still waits, the victim (lowest priority, then the shortest wait) gets EDEADLK
-///    from its master (DEADLOCK_VICTIM) if it still waits in that wait, and keeps what it holds; if any step
-///    stopped waiting (an unlock, a cancel, a timeout broke the cycle) no one is refused.
+///    from its master (DEADLOCK_VICTIM), and keeps what it holds; if any step stopped waiting (an unlock, a
+///    cancel, a timeout broke the cycle) no one is refused. Once the victim is refused (its master ends its own
+///    hold and answers DEADLOCK_REFUSED), or at once without a victim, every master asked is told the decision is
+///    over (DEADLOCK_RELEASE): what its hold kept waiting runs.
 ///
 /// Every message carries the view of the last completed recovery; a view change abandons the searches and
 /// decisions in progress (the next search starts after the recovery), and a node in another view refuses.
@@ -30,11 +34,15 @@ struct ClusterDeadlocks {
     var lastSearchFoundCycle = false
     /// Decisions in progress here (as a cycle's decider), by check number, and the steps they hold.
     var decisions: [UInt64: Decision] = [:]
+    /// Decisions whose victim's master has not answered yet, with the masters to release then.
+    var refusing: [UInt64: [UInt32]] = [:]
     var deciding: Set<DeadlockStep> = []
     var nextCheck: UInt64 = 1
     /// Counts for the status report and metrics.
     var searches = 0
     var victims = 0
+    /// The resources this node holds for decisions (as a master of their steps), and what waits for them.
+    var holds = DeadlockHolds()
 
     struct Search {
         var id: UInt64
@@ -52,12 +60,15 @@ struct ClusterDeadlocks {
         var states: [DeadlockStepState?]
         /// The masters that have not answered yet.
         var waitingFor: Set<UInt32>
+        /// Every master asked (each is told when the decision is over).
+        var asked: [UInt32]
     }
 
     /// A view change: everything in progress is given up.
     mutating func abandon() {
         search = nil
         decisions = [:]
+        refusing = [:]
         deciding = []
         searchedVersion = nil
     }
@@ -148,17 +159,22 @@ extension LockService {
             }
             mastering.deadlocks.decisions[check] = ClusterDeadlocks.Decision(
                 view: view, steps: steps, states: Array(repeating: nil, count: steps.count),
-                waitingFor: Set(byMaster.keys))
+                waitingFor: Set(byMaster.keys), asked: byMaster.keys.sorted())
             mastering.deadlocks.deciding.formUnion(steps)
             for master in byMaster.keys.sorted() {
                 send(.deadlockCheck(check: check, view: view, byMaster[master]!), to: master)
             }
         case .deadlockCheck(let check, let view, let items):
             let fresh = inView && view == deadlockView
-            let states = items.map { item in
-                fresh
-                    ? engine.checkDeadlockStep(item.lock, waitSequence: item.waitSequence, blocker: item.blocker)
-                    : .notWaiting
+            let decision = DeadlockHolds.Decision(decider: node, check: check)
+            let states = items.map { item -> DeadlockStepState in
+                guard fresh else { return .notWaiting }
+                if isHeldByAnotherDecision(item.lock, than: decision) { return .busy }
+                return engine.checkDeadlockStep(item.lock, waitSequence: item.waitSequence, blocker: item.blocker)
+            }
+            // Confirmed: held as they are until the decider says it is done.
+            if fresh, !states.isEmpty, states.allSatisfy(\.waits) {
+                holdForDeadlockDecision(decision, locks: items.map(\.lock))
             }
             send(.deadlockChecked(check: check, states), to: node)
         case .deadlockChecked(let check, let states):
@@ -176,16 +192,35 @@ extension LockService {
             let checked = zip(decision.steps, decision.states).map {
                 (step: $0, state: $1 ?? .notWaiting)
             }
-            guard inView, decision.view == deadlockView, let victim = DeadlockStepState.victim(of: checked) else {
-                return
+            if inView, decision.view == deadlockView, let victim = DeadlockStepState.victim(of: checked) {
+                // The holds end once the victim is refused (DEADLOCK_REFUSED): a step released before could let
+                // the cycle go while the victim is still to be refused.
+                mastering.deadlocks.victims += 1
+                mastering.deadlocks.refusing[check] = decision.asked
+                send(
+                    .deadlockVictim(
+                        view: decision.view, check: check, lock: victim.lock, waitSequence: victim.waitSequence),
+                    to: victim.master)
+            } else {
+                for master in decision.asked { send(.deadlockRelease(check: check), to: master) }
             }
-            mastering.deadlocks.victims += 1
-            send(
-                .deadlockVictim(view: decision.view, lock: victim.lock, waitSequence: victim.waitSequence),
-                to: victim.master)
-        case .deadlockVictim(let view, let lock, let sequence):
+            if checked.contains(where: \.state.busy) {
+                // Another decision held a step: searched again later, by how much depending on this node's id, so
+                // that two deciders that met do not meet again.
+                let wait = max(configuration.engine.deadlockWait / 4, 1)
+                mastering.deadlocks.nextSearchAt = max(
+                    mastering.deadlocks.nextSearchAt, engine.now &+ wait &* UInt64(1 + configuration.nodeID % 4))
+            }
+        case .deadlockVictim(let view, let check, let lock, let sequence):
             guard inView, view == deadlockView else { return }
             run(.deadlockVictim(lock, waitSequence: sequence), reply: nil)
+            send(.deadlockRefused(check: check), to: node)
+            releaseDeadlockDecision(DeadlockHolds.Decision(decider: node, check: check))
+        case .deadlockRefused(let check):
+            guard let masters = mastering.deadlocks.refusing.removeValue(forKey: check) else { return }
+            for master in masters { send(.deadlockRelease(check: check), to: master) }
+        case .deadlockRelease(let check):
+            releaseDeadlockDecision(DeadlockHolds.Decision(decider: node, check: check))
         default:
             break
         }

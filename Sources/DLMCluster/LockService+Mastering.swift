@@ -291,6 +291,10 @@ extension LockService {
                 mastering.recovery!.heldTraffic.append((node, mastering.viewMembers[node] ?? 0, message))
                 return
             }
+            if isHoldingForDeadlock, waitsForDeadlockDecision(message, from: node) {
+                waitForDeadlockDecision(.peer(message, from: node))
+                return
+            }
         case .lookupReply, .removed:
             if isRecovering { return }  // the old directory's answer: asked again when recovery is done
         default:
@@ -304,7 +308,8 @@ extension LockService {
             return
         }
         switch message {
-        case .deadlockSearch, .deadlockGraph, .deadlockCycle, .deadlockCheck, .deadlockChecked, .deadlockVictim:
+        case .deadlockSearch, .deadlockGraph, .deadlockCycle, .deadlockCheck, .deadlockChecked, .deadlockVictim,
+            .deadlockRelease, .deadlockRefused:
             receiveDeadlockMessage(message, from: node)
         case .purge(let reference, let lockspace, let purgedNode, let pid):
             purgeForPeer(reference: reference, lockspace: lockspace, node: purgedNode, pid: pid, from: node)

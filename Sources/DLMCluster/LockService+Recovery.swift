@@ -88,6 +88,8 @@ extension LockService {
     mutating func startRecovery(_ view: UInt64, members: [UInt32: UInt64]) {
         let me = configuration.nodeID
         mastering.deadlocks.abandon()
+        // What waited for a deadlock decision's hold runs once this run's own holds are set up (below).
+        let endsDeadlockHolds = isHoldingForDeadlock || !mastering.deadlocks.holds.waiting.isEmpty
         purgesLoseDepartedMembers(members)
         let previous = mastering.viewMembers
         var departed = mastering.recovery?.departed ?? []
@@ -109,6 +111,7 @@ extension LockService {
         mastering.members = members.keys.sorted()
         mastering.viewMembers = members
         stop(waitingFor: ["recovery of view \(view)"])
+        if endsDeadlockHolds { endDeadlockHolds() }
         output.recoveries.append(.started(view: view))
         output.notices.append(
             (

@@ -33,7 +33,9 @@ extension LockService {
             deliver(
                 id, .helloReply(HelloReply(nodeID: configuration.nodeID, server: "dlmd \(LockService.version)")))
         case .ready:
-            if clients[Int(id.slot)].awaitingReply {
+            if isHoldingForDeadlock, waitsForDeadlockDecision(message, from: id) {
+                waitForDeadlockDecision(.frame(message, id, now, environment))
+            } else if clients[Int(id.slot)].awaitingReply {
                 queues[Int(id.slot)].deferredRequests.append((message, environment))
             } else if mustHold(message, from: id) {
                 hold(message, from: id, environment: environment)

@@ -276,7 +276,7 @@ public struct LockService {
         case .viewInstalled(let view, let primary):
             viewInstalled(view, primary: primary)
         case .bulkSlice:
-            guard !isStopped else { return }
+            guard !isStopped, !isHoldingForDeadlock else { return }
             run(.continueBulkWork, reply: nil)
         case .shutdown:
             shutdown()
@@ -317,7 +317,7 @@ public struct LockService {
     /// new batch.
     public mutating func swapOutput(_ spare: inout ServiceOutput) {
         closeGeneration()
-        output.wantsBulkSlice = engine.hasBulkWork && !isStopped
+        output.wantsBulkSlice = engine.hasBulkWork && !isStopped && !isHoldingForDeadlock
         swap(&output, &spare)
         output.removeAll()
     }
@@ -335,6 +335,11 @@ public struct LockService {
     /// Passes the time to the engine, which runs due timeouts and deadlock searches.
     mutating func advanceClock(to now: Instant) {
         guard !isStopped else { return }
+        if isHoldingForDeadlock {
+            // A timeout or a local deadlock pass could end a wait of the cycle being decided.
+            mastering.deadlocks.holds.clockBehind = max(mastering.deadlocks.holds.clockBehind ?? 0, now)
+            return
+        }
         run(.tick(now: now), reply: nil)
     }
 
@@ -373,6 +378,8 @@ public struct LockService {
         }
         if isStopped {
             heldInputs.append(.exited(id))
+        } else if isHoldingForDeadlock {
+            waitForDeadlockDecision(.exited(id))
         } else {
             ownerExited(id)
         }

@@ -73,14 +73,20 @@ public struct DeadlockStepState: Sendable, Hashable {
     public var waits: Bool
     public var priority: UInt8
     public var waited: UInt64
+    /// The step's resource is held for another decision now: this one cannot be made (it does not wait, for the
+    /// rule; the decider searches again later).
+    public var busy: Bool
 
     /// A step that does not wait (unknown lock, another wait, or a node in another view).
     public static let notWaiting = DeadlockStepState(waits: false, priority: 0, waited: 0)
+    /// A step whose resource another decision holds.
+    public static let busy = DeadlockStepState(waits: false, priority: 0, waited: 0, busy: true)
 
-    public init(waits: Bool, priority: UInt8, waited: UInt64) {
+    public init(waits: Bool, priority: UInt8, waited: UInt64, busy: Bool = false) {
         self.waits = waits
         self.priority = priority
         self.waited = waited
+        self.busy = busy
     }
 
     /// The victim of a checked cycle, by the rule of one node (DeadlockSearch.swift): the lowest priority, then the

@@ -31,6 +31,8 @@ extension PeerMessage {
         case deadlockVictim = 24
         case purge = 25
         case purged = 26
+        case deadlockRelease = 27
+        case deadlockRefused = 28
     }
 
     /// The largest frame (after its length field).
@@ -64,6 +66,8 @@ extension PeerMessage {
         case .deadlockVictim: .deadlockVictim
         case .purge: .purge
         case .purged: .purged
+        case .deadlockRelease: .deadlockRelease
+        case .deadlockRefused: .deadlockRefused
         }
     }
 
@@ -207,12 +211,13 @@ extension PeerMessage {
                 body.writeInteger(check)
                 body.writeInteger(UInt32(states.count))
                 for state in states {
-                    body.writeInteger(UInt8(state.waits ? 1 : 0))
+                    body.writeInteger(UInt8(state.busy ? 2 : state.waits ? 1 : 0))
                     body.writeInteger(state.priority)
                     body.writeInteger(state.waited)
                 }
-            case .deadlockVictim(let view, let lock, let sequence):
+            case .deadlockVictim(let view, let check, let lock, let sequence):
                 body.writeInteger(view)
+                body.writeInteger(check)
                 body.writeInteger(lock.rawValue)
                 body.writeInteger(sequence)
             case .purge(let reference, let lockspace, let node, let pid):
@@ -223,6 +228,8 @@ extension PeerMessage {
             case .purged(let reference, let count):
                 body.writeInteger(reference)
                 body.writeInteger(count)
+            case .deadlockRelease(let check), .deadlockRefused(let check):
+                body.writeInteger(check)
             }
         }
     }
@@ -426,17 +433,20 @@ extension PeerMessage {
             states.reserveCapacity(count)
             for _ in 0..<count {
                 let waits = try body.read(UInt8.self, "waits")
-                guard waits <= 1 else { throw .malformed("waits \(waits) is not 0 or 1") }
+                guard waits <= 2 else { throw .malformed("waits \(waits) is not 0, 1 or 2") }
                 let priority = try body.read(UInt8.self, "priority")
                 states.append(
                     DeadlockStepState(
-                        waits: waits == 1, priority: priority, waited: try body.read(UInt64.self, "waited")))
+                        waits: waits == 1, priority: priority, waited: try body.read(UInt64.self, "waited"),
+                        busy: waits == 2))
             }
             message = .deadlockChecked(check: check, states)
         case .deadlockVictim:
             let view = try body.read(UInt64.self, "view")
+            let check = try body.read(UInt64.self, "check")
             let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
-            message = .deadlockVictim(view: view, lock: lock, waitSequence: try body.read(UInt32.self, "wait"))
+            message = .deadlockVictim(
+                view: view, check: check, lock: lock, waitSequence: try body.read(UInt32.self, "wait"))
         case .purge:
             let reference = try body.read(UInt64.self, "ref")
             let lockspace = try body.readName("lockspace")
@@ -445,6 +455,10 @@ extension PeerMessage {
         case .purged:
             let reference = try body.read(UInt64.self, "ref")
             message = .purged(ref: reference, count: try body.read(UInt32.self, "count"))
+        case .deadlockRelease:
+            message = .deadlockRelease(check: try body.read(UInt64.self, "check"))
+        case .deadlockRefused:
+            message = .deadlockRefused(check: try body.read(UInt64.self, "check"))
         }
         try body.requireConsumed(type: type)
         return message

@@ -63,8 +63,14 @@ public enum PeerMessage: Sendable, Hashable {
     case deadlockCheck(check: UInt64, view: UInt64, [DeadlockCheckItem])
     /// The answer to `deadlockCheck`: one state per item, in order.
     case deadlockChecked(check: UInt64, [DeadlockStepState])
-    /// The victim of a cycle, to its master: refuse it with EDEADLK if it still waits in that wait.
-    case deadlockVictim(view: UInt64, lock: LockID, waitSequence: UInt32)
+    /// The victim of check `check` of the sender, to its master: refuse it with EDEADLK if it still waits in that
+    /// wait; then answer `deadlockRefused`.
+    case deadlockVictim(view: UInt64, check: UInt64, lock: LockID, waitSequence: UInt32)
+    /// The decision of check `check` of the sender is over: what its `deadlockCheck` held here runs again.
+    case deadlockRelease(check: UInt64)
+    /// The answer to `deadlockVictim`: the victim of the receiver's check `check` was refused (or no longer
+    /// waited); the receiver ends the holds of the other masters.
+    case deadlockRefused(check: UInt64)
     /// A client's PURGE across nodes (`dlm_ls_purge`), to every other member: remove the orphans of `lockspace`
     /// that a process `pid` of node `node` left; answered by `purged` with the same `ref`.
     case purge(ref: UInt64, lockspace: [UInt8], node: UInt32, pid: UInt32)

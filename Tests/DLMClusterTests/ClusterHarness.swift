@@ -128,8 +128,9 @@ struct ClusterHarness {
     var messageLimit = 200_000
     let trace = ProcessInfo.processInfo.environment["DLM_MASTERING_TRACE"] != nil
 
-    /// Carries every message (the lowest link first, each link in order) until there is none; the client frames.
-    mutating func run() -> [String] {
+    /// Carries every message (the lowest link first, each link in order) until there is none, or until the next
+    /// message to carry is one `stop` names (it stays in flight); the client frames.
+    mutating func run(until stop: ((Link, PeerMessage) -> Bool)? = nil, limit: Int? = nil) -> [String] {
         var lines: [String] = []
         let start = carried
         while true {
@@ -162,6 +163,8 @@ struct ClusterHarness {
             }
             guard let link = links.keys.filter({ !(links[$0]?.isEmpty ?? true) && !paused.contains($0) }).min()
             else { return lines }
+            if let stop, stop(link, links[link]![0]) { return lines }
+            if let limit, carried - start >= limit { return lines }
             let message = links[link]!.removeFirst()
             carried += 1
             switch message {

@@ -38,7 +38,12 @@ struct PeerVectorTests {
             check: 5, view: 7, [DeadlockCheckItem(lock: LockID(rawValue: 12), waitSequence: 4, blocker: transaction)]),
         "peer-deadlock-checked": .deadlockChecked(
             check: 5, [DeadlockStepState(waits: true, priority: 0, waited: 1_500_000_000)]),
-        "peer-deadlock-victim": .deadlockVictim(view: 7, lock: LockID(rawValue: 12), waitSequence: 4),
+        "peer-deadlock-checked-busy": .deadlockChecked(
+            check: 6,
+            [DeadlockStepState(waits: true, priority: 3, waited: 2_000_000_000), .busy]),
+        "peer-deadlock-victim": .deadlockVictim(view: 7, check: 5, lock: LockID(rawValue: 12), waitSequence: 4),
+        "peer-deadlock-release": .deadlockRelease(check: 5),
+        "peer-deadlock-refused": .deadlockRefused(check: 5),
         "peer-purge": .purge(ref: 11, lockspace: Array("ls".utf8), node: 2, pid: 4242),
         "peer-purged": .purged(ref: 11, count: 3),
         "peer-request": .request(
