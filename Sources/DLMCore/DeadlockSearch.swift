@@ -49,6 +49,20 @@ struct WaitForGraph {
         for array in [\Self.nextEdge, \.target, \.label] { self[keyPath: array].reserveCapacity(8 * waiting + 1024) }
     }
 
+    /// Room for `edges` more edges and about `nodes` more nodes (a part of another master being joined, perhaps
+    /// in many pieces: the room at least doubles when it grows, so that joining stays linear).
+    mutating func reserve(edges: Int, nodes: Int) {
+        func room<T>(_ array: inout [T], _ more: Int) {
+            let needed = array.count + more
+            if array.capacity < needed { array.reserveCapacity(max(needed, array.capacity * 2)) }
+        }
+        room(&target, edges)
+        room(&label, edges)
+        room(&nextEdge, edges)
+        room(&isParticipant, nodes)
+        room(&firstEdge, nodes)
+    }
+
     mutating func newNode(participant: Bool = false) -> Int32 {
         isParticipant.append(participant)
         firstEdge.append(-1)

@@ -126,6 +126,16 @@ enum BulkScenarios {
                 LockRequest(lockspace: ls, owner: OwnerID(3), name: Array("elsewhere".utf8), mode: .ex), into: &effects)
         }
         let changed = pass(at: 5 * second)
+        // A search across nodes (ClusterDeadlocks.swift), each in one step of the loop: this engine's part of the
+        // graph, its join into a cluster graph, and the cycle search through every due request.
+        var part = WaitForGraphPart()
+        let partTime = timed { part = engine.waitForGraphPart() }
+        var graph = ClusterWaitForGraph()
+        let joinTime = timed { graph.add(part, of: 1) }
+        let due = engine.dueDeadlockWaiters()
+        var cycles: [[DeadlockStep]] = []
+        let cycleTime = timed { cycles = graph.cyclesAcrossMasters(through: due, of: 1) }
+        guard cycles.isEmpty else { fail("a cycle across masters on one engine") }
         guard !effects.contains(where: { if case .completion(let c) = $0 { c.status == .deadlock } else { false } })
         else {
             fail("a deadlock pass refused a request without a cycle")
@@ -137,6 +147,10 @@ enum BulkScenarios {
             ("unchanged_ms", .double((unchanged.total * 1e5).rounded() / 100)),
             ("changed_ms", .number(changed.total * 1000)), ("passes", .int(engine.probe.deadlockPasses)),
             ("steps", .int(engine.probe.deadlockSteps)),
+            ("cluster_part_ms", .double((partTime * 1e5).rounded() / 100)),
+            ("cluster_join_ms", .double((joinTime * 1e5).rounded() / 100)),
+            ("cluster_cycles_ms", .double((cycleTime * 1e5).rounded() / 100)),
+            ("cluster_due", .int(due.count)), ("cluster_edges", .int(part.edges.count)),
         ])
     }
 }
