@@ -9,7 +9,10 @@ import DLMWire
 ///    search found nothing, or whose last search found a cycle) asks every other member for its part of the
 ///    wait-for graph (DEADLOCK_SEARCH, answered by DEADLOCK_GRAPH), joins the parts at their participants and
 ///    looks for the shortest cycle through each of its due requests that spans more than one master: at most
-///    every `deadlockWait / 4`, one search at a time.
+///    every `deadlockWait / 4`, one search at a time. Each node builds its part, and the searcher looks for the
+///    cycles, in slices of `deadlockSlice` steps, one a tick, as a local pass does: a million waiting requests
+///    never stop the loop for long. One part in progress serves every search that asked before it was handed
+///    out; the searches that ask later get the next one.
 /// 2. **Decision.** A cycle found goes to the master of its lowest step (DEADLOCK_CYCLE), which alone decides
 ///    it, so that searches started on several nodes at once choose one victim: it asks each master of the
 ///    cycle whether each step still waits, in the same wait, for the next step's participant (DEADLOCK_CHECK,
@@ -43,6 +46,22 @@ struct ClusterDeadlocks {
     var victims = 0
     /// The resources this node holds for decisions (as a master of their steps), and what waits for them.
     var holds = DeadlockHolds()
+    /// This node's part of the graph being built and handed out, for the searches that asked for it, and the
+    /// searches that asked once it was being handed out (they get the next one).
+    var part: Part?
+    var laterAskers: [Asker] = []
+
+    /// A search that asked for this node's part: its node, number and view.
+    struct Asker {
+        var node: UInt32
+        var search: UInt64
+        var view: UInt64
+    }
+
+    struct Part {
+        var builder: GraphPartBuilder
+        var askers: [Asker]
+    }
 
     struct Search {
         var id: UInt64
@@ -51,6 +70,8 @@ struct ClusterDeadlocks {
         var due: [(lock: LockID, waitSequence: UInt32)]
         var waitingFor: Set<UInt32>
         var graph = ClusterWaitForGraph()
+        /// Once every part is in: the cycle search, in slices.
+        var cycles: CycleSearch?
     }
 
     struct Decision {
@@ -67,6 +88,8 @@ struct ClusterDeadlocks {
     /// A view change: everything in progress is given up.
     mutating func abandon() {
         search = nil
+        part = nil
+        laterAskers = []
         decisions = [:]
         refusing = [:]
         deciding = []
@@ -82,8 +105,10 @@ extension LockService {
     /// The view that deadlock messages are made in: the last completed recovery's.
     var deadlockView: UInt64 { mastering.recoveredView }
 
-    /// On a tick: starts a search across nodes when one is due.
+    /// On a tick: goes on with this node's part and its search's cycles, and starts a search when one is due.
     mutating func searchDeadlocksAcrossNodes(now: Instant) {
+        if mastering.deadlocks.part != nil { continueDeadlockPart() }
+        if mastering.deadlocks.search?.cycles != nil { continueCycleSearch() }
         let wait = configuration.engine.deadlockWait
         guard wait > 0, !isStopped, !isRecovering, mastering.members.count > 1, mastering.deadlocks.search == nil,
             now >= mastering.deadlocks.nextSearchAt, engine.hasDueDeadlockWaiter
@@ -96,12 +121,72 @@ extension LockService {
         let id = mastering.deadlocks.nextSearchID
         mastering.deadlocks.nextSearchID += 1
         mastering.deadlocks.searches += 1
-        var search = ClusterDeadlocks.Search(
-            id: id, view: deadlockView, version: version, due: due,
-            waitingFor: Set(mastering.members.filter { $0 != me }))
-        search.graph.add(engine.waitForGraphPart(), of: me)
+        let search = ClusterDeadlocks.Search(
+            id: id, view: deadlockView, version: version, due: due, waitingFor: Set(mastering.members))
         mastering.deadlocks.search = search
-        for node in search.waitingFor.sorted() { send(.deadlockSearch(search: id, view: deadlockView), to: node) }
+        for node in mastering.members where node != me {
+            send(.deadlockSearch(search: id, view: deadlockView), to: node)
+        }
+        // This node's own part comes like the others' (to itself).
+        askForDeadlockPart(ClusterDeadlocks.Asker(node: me, search: id, view: deadlockView))
+    }
+
+    /// A search asks for this node's part: it joins the part being built, or waits for the next one.
+    mutating func askForDeadlockPart(_ asker: ClusterDeadlocks.Asker) {
+        if mastering.deadlocks.part == nil {
+            mastering.deadlocks.part = ClusterDeadlocks.Part(builder: engine.startGraphPart(), askers: [asker])
+            continueDeadlockPart()
+        } else if !mastering.deadlocks.part!.builder.isHandingOut {
+            mastering.deadlocks.part!.askers.append(asker)
+        } else {
+            mastering.deadlocks.laterAskers.append(asker)
+        }
+    }
+
+    /// One slice of this node's part: what it hands out goes to every search that asked, participants first
+    /// (in messages of at most `messageListLimit` entries), the last message flagged.
+    mutating func continueDeadlockPart() {
+        guard var part = mastering.deadlocks.part else { return }
+        mastering.deadlocks.part = nil
+        let piece = engine.continueGraphPart(&part.builder, budget: configuration.engine.deadlockSlice)
+        var pieces = Self.pieces(piece.participants).filter { !$0.isEmpty }.map { WaitForGraphPart(participants: $0) }
+        pieces += Self.pieces(piece.edges).filter { !$0.isEmpty }.map { WaitForGraphPart(edges: $0) }
+        if part.builder.isDone && pieces.isEmpty { pieces = [WaitForGraphPart()] }
+        for asker in part.askers {
+            for (i, message) in pieces.enumerated() {
+                let last = part.builder.isDone && i == pieces.count - 1
+                send(
+                    .deadlockGraph(search: asker.search, view: asker.view, last: last, refused: false, message),
+                    to: asker.node)
+            }
+        }
+        if !part.builder.isDone {
+            mastering.deadlocks.part = part
+        } else if !mastering.deadlocks.laterAskers.isEmpty {
+            // The searches that asked meanwhile: a part of the queues as they are now, from the next tick.
+            mastering.deadlocks.part = ClusterDeadlocks.Part(
+                builder: engine.startGraphPart(), askers: mastering.deadlocks.laterAskers)
+            mastering.deadlocks.laterAskers = []
+        }
+    }
+
+    /// One slice of the search's cycle search, once every part is in; at its end the cycles go to their deciders.
+    mutating func continueCycleSearch() {
+        guard var search = mastering.deadlocks.search, var cycleSearch = search.cycles else { return }
+        mastering.deadlocks.search = nil
+        guard
+            let cycles = search.graph.findCycles(
+                &cycleSearch, through: search.due, of: configuration.nodeID,
+                budget: configuration.engine.deadlockSlice)
+        else {
+            search.cycles = cycleSearch
+            mastering.deadlocks.search = search
+            return
+        }
+        deadlockSearchEnded(foundCycle: !cycles.isEmpty, version: search.version)
+        for cycle in cycles {
+            send(.deadlockCycle(view: search.view, cycle), to: cycle.min()!.master)
+        }
     }
 
     mutating func receiveDeadlockMessage(_ message: PeerMessage, from node: UInt32) {
@@ -113,20 +198,7 @@ extension LockService {
                     .deadlockGraph(search: search, view: view, last: true, refused: true, WaitForGraphPart()), to: node)
                 return
             }
-            // Participants first, then edges, in messages of at most `messageListLimit` entries each.
-            let part = engine.waitForGraphPart()
-            var pieces =
-                part.participants.isEmpty
-                ? []
-                : Self.pieces(part.participants).map {
-                    WaitForGraphPart(participants: $0)
-                }
-            pieces += Self.pieces(part.edges).map { WaitForGraphPart(edges: $0) }
-            for (i, piece) in pieces.enumerated() {
-                send(
-                    .deadlockGraph(search: search, view: view, last: i == pieces.count - 1, refused: false, piece),
-                    to: node)
-            }
+            askForDeadlockPart(ClusterDeadlocks.Asker(node: node, search: search, view: view))
         case .deadlockGraph(let id, let view, let last, let refused, let part):
             guard var search = mastering.deadlocks.search, search.id == id, search.view == view else { return }
             mastering.deadlocks.search = nil
@@ -136,15 +208,9 @@ extension LockService {
             }
             search.graph.add(part, of: node)
             if last { search.waitingFor.remove(node) }
-            guard search.waitingFor.isEmpty else {
-                mastering.deadlocks.search = search
-                return
-            }
-            let cycles = search.graph.cyclesAcrossMasters(through: search.due, of: configuration.nodeID)
-            deadlockSearchEnded(foundCycle: !cycles.isEmpty, version: search.version)
-            for cycle in cycles {
-                send(.deadlockCycle(view: view, cycle), to: cycle.min()!.master)
-            }
+            if search.waitingFor.isEmpty { search.cycles = CycleSearch() }
+            mastering.deadlocks.search = search
+            if search.waitingFor.isEmpty { continueCycleSearch() }
         case .deadlockCycle(let view, let steps):
             guard inView, view == deadlockView, !steps.isEmpty, steps.min()!.master == configuration.nodeID,
                 mastering.deadlocks.deciding.isDisjoint(with: steps)

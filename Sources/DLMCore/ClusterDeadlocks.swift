@@ -102,30 +102,96 @@ public struct DeadlockStepState: Sendable, Hashable {
     }
 }
 
+/// This engine's part of the cluster-wide wait-for graph, built and handed out in slices of the loop's ticks, as a
+/// local deadlock pass is (`LockEngine.continueGraphPart`): first the graph, a resource at a time, then its
+/// participants, then its edges by node. The queues may change between slices, so a part may mix moments: a
+/// cycle it shows that is not there is caught by the decider's checks (a step that does not wait chooses no
+/// victim), and one it misses is found by a later search.
+public struct GraphPartBuilder {
+    var pass = DeadlockPass()
+    var nextParticipant = 0
+    var nextNode = 0
+    /// Whether the graph is built and being handed out (what is handed out cannot be handed again).
+    public internal(set) var isHandingOut = false
+    /// Whether everything was handed out.
+    public internal(set) var isDone = false
+}
+
 extension LockEngine {
-    /// This engine's part of the cluster-wide wait-for graph: every queued lock of every resource, as the queues
-    /// are now (one step: its cost is linear in the queued locks).
-    public func waitForGraphPart() -> WaitForGraphPart {
-        let pass = wholeDeadlockPass(components: false)
-        let graph = pass.graph
-        var part = WaitForGraphPart()
-        part.participants.reserveCapacity(graph.participantNode.count)
-        for (participant, node) in graph.participantNode {
-            part.participants.append(GraphParticipant(index: UInt32(node), participant: participant))
+    /// A part to build: the resources with queued locks now (a walk over the waiting requests).
+    public func startGraphPart() -> GraphPartBuilder {
+        var builder = GraphPartBuilder()
+        var seen = Set<Int32>()
+        var cursor = waiting.head
+        while cursor != none {
+            if seen.insert(locks[Int(cursor)].resource).inserted {
+                builder.pass.resources.append(locks[Int(cursor)].resource)
+            }
+            cursor = locks[Int(cursor)].waitNext
         }
-        part.participants.sort { $0.index < $1.index }
-        part.edges.reserveCapacity(graph.target.count)
-        for from in 0..<Int(graph.nodeCount) {
-            var edge = graph.firstEdge[from]
+        builder.pass.graph.recordsParticipants = true
+        builder.pass.graph.reserve(waiting: waitingCount)
+        return builder
+    }
+
+    /// Goes on with a part for about `budget` steps: what this slice hands out (participants before the edges
+    /// that use them, possibly nothing while the graph is built).
+    public func continueGraphPart(_ builder: inout GraphPartBuilder, budget: Int) -> WaitForGraphPart {
+        var budget = budget
+        var piece = WaitForGraphPart()
+        while !builder.isHandingOut {
+            if builder.pass.building == nil {
+                guard builder.pass.nextResource < builder.pass.resources.count else {
+                    builder.isHandingOut = true
+                    break
+                }
+                let resource = builder.pass.resources[builder.pass.nextResource]
+                builder.pass.nextResource += 1
+                guard !resources[Int(resource)].isFree else { continue }
+                builder.pass.building = slotsForGraph(resource)
+                budget -= builder.pass.building!.holderSlots.count + builder.pass.building!.queuedSlots.count
+                if budget <= 0 { return piece }
+            }
+            guard build(&builder.pass.building!, &builder.pass.graph, budget: &budget) else { return piece }
+            builder.pass.building = nil
+        }
+        let count = builder.pass.graph.participantsInOrder.count
+        while builder.nextParticipant < count {
+            guard budget > 0 else { return piece }
+            let (node, who) = builder.pass.graph.participantsInOrder[builder.nextParticipant]
+            piece.participants.append(GraphParticipant(index: UInt32(node), participant: who))
+            builder.nextParticipant += 1
+            budget -= 1
+        }
+        let nodes = Int(builder.pass.graph.nodeCount)
+        while builder.nextNode < nodes {
+            guard budget > 0 else { return piece }
+            let from = builder.nextNode
+            var edge = builder.pass.graph.firstEdge[from]
             while edge >= 0 {
-                let label = graph.label[Int(edge)]
-                part.edges.append(
+                let label = builder.pass.graph.label[Int(edge)]
+                piece.edges.append(
                     GraphEdge(
-                        from: UInt32(from), to: UInt32(graph.target[Int(edge)]),
+                        from: UInt32(from), to: UInt32(builder.pass.graph.target[Int(edge)]),
                         lock: label == none ? LockID(rawValue: 0) : LockID(slot: label),
                         waitSequence: label == none ? 0 : locks[Int(label)].waitSequence))
-                edge = graph.nextEdge[Int(edge)]
+                edge = builder.pass.graph.nextEdge[Int(edge)]
+                budget -= 1
             }
+            builder.nextNode += 1
+        }
+        builder.isDone = true
+        return piece
+    }
+
+    /// This engine's whole part at once (tests, and small graphs).
+    public func waitForGraphPart() -> WaitForGraphPart {
+        var builder = startGraphPart()
+        var part = WaitForGraphPart()
+        while !builder.isDone {
+            let piece = continueGraphPart(&builder, budget: Int.max)
+            part.participants += piece.participants
+            part.edges += piece.edges
         }
         return part
     }
@@ -244,30 +310,61 @@ public struct ClusterWaitForGraph {
     public mutating func cyclesAcrossMasters(through due: [(lock: LockID, waitSequence: UInt32)], of master: UInt32)
         -> [[DeadlockStep]]
     {
-        var components = StrongComponents(nodes: Int(pass.graph.nodeCount))
-        var budget = Int.max
-        _ = components.run(pass.graph, budget: &budget)
-        pass.components = components
-        guard components.cyclic.contains(true) else { return [] }
-        var cycles: [[DeadlockStep]] = []
-        var settled = Set<Int32>()
-        // The label of each of this master's steps, by lock (once, not per edge).
-        var labels: [UInt32: Int32] = [:]
-        for (label, step) in steps.enumerated() where step.master == master {
-            labels[step.lock.rawValue] = Int32(label)
+        var search = CycleSearch()
+        var found: [[DeadlockStep]]?
+        while found == nil { found = findCycles(&search, through: due, of: master, budget: Int.max) }
+        return found!
+    }
+
+    /// The cycle search of `cyclesAcrossMasters` in slices of about `budget` steps: nil until it is over.
+    public mutating func findCycles(
+        _ search: inout CycleSearch, through due: [(lock: LockID, waitSequence: UInt32)], of master: UInt32,
+        budget: Int
+    ) -> [[DeadlockStep]]? {
+        var budget = budget
+        if pass.components == nil { pass.components = StrongComponents(nodes: Int(pass.graph.nodeCount)) }
+        guard pass.components!.run(pass.graph, budget: &budget) else { return nil }
+        guard pass.components!.cyclic.contains(true) else { return [] }
+        // The label of each of this master's steps, by lock.
+        while search.nextLabel < steps.count {
+            guard budget > 0 else { return nil }
+            let step = steps[search.nextLabel]
+            if step.master == master { search.labels[step.lock.rawValue] = Int32(search.nextLabel) }
+            search.nextLabel += 1
+            budget -= 1
         }
-        for request in due {
-            guard let label = labels[request.lock.rawValue], steps[Int(label)].waitSequence == request.waitSequence,
+        while search.nextDue < due.count {
+            guard budget > 0 else { return nil }
+            let request = due[search.nextDue]
+            search.nextDue += 1
+            budget -= 1
+            guard let label = search.labels[request.lock.rawValue],
+                steps[Int(label)].waitSequence == request.waitSequence,
                 let node = pass.graph.participantNode[steps[Int(label)].waiter]
             else { continue }
-            let component = components.component[Int(node)]
-            guard components.cyclic[Int(component)], !settled.contains(component) else { continue }
-            guard let cycle = pass.shortestCycle(from: node, through: label, budget: &budget) else { continue }
+            let component = pass.components!.component[Int(node)]
+            guard pass.components!.cyclic[Int(component)], !search.settled.contains(component) else { continue }
+            // A search within one component is not cut (it would be lost): its steps count against this slice.
+            var unlimited = Int.max
+            let cycle = pass.shortestCycle(from: node, through: label, budget: &unlimited)
+            budget -= Int.max - unlimited
+            guard let cycle else { continue }
             let cycleSteps = cycle.map { steps[Int($0)] }
             guard Set(cycleSteps.map(\.master)).count > 1 else { continue }
-            settled.insert(component)
-            cycles.append(cycleSteps)
+            search.settled.insert(component)
+            search.cycles.append(cycleSteps)
         }
-        return cycles
+        return search.cycles
     }
+}
+
+/// Where a cycle search of a cluster-wide graph is (`ClusterWaitForGraph.findCycles`).
+public struct CycleSearch {
+    var nextLabel = 0
+    var labels: [UInt32: Int32] = [:]
+    var nextDue = 0
+    var settled = Set<Int32>()
+    var cycles: [[DeadlockStep]] = []
+
+    public init() {}
 }

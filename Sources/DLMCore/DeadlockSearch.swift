@@ -73,8 +73,13 @@ struct WaitForGraph {
         if let node = participantNode[who] { return node }
         let node = newNode(participant: true)
         participantNode[who] = node
+        if recordsParticipants { participantsInOrder.append((node, who)) }
         return node
     }
+
+    /// For a part of the cluster-wide graph handed out in slices: the participants in the order of their nodes.
+    var recordsParticipants = false
+    var participantsInOrder: [(node: Int32, who: DeadlockParticipant)] = []
 
     mutating func edge(_ from: Int32, _ to: Int32, lock: Int32 = none) {
         nextEdge.append(firstEdge[Int(from)])

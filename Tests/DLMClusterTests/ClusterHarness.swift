@@ -53,12 +53,15 @@ struct ClusterHarness {
     /// The simulated clock, and how long an idle resource stays known (ServiceConfiguration.tossDelay).
     var now: Instant = 0
     let tossDelay: UInt64
+    let engine: EngineConfig
 
     /// `stores`: whether each node has a store whose commits replies wait for (the shell reports commits:
     /// `commit`).
-    init(nodes count: UInt32, stores: Bool = false, tossDelay: UInt64 = 10_000_000_000) {
+    init(nodes count: UInt32, stores: Bool = false, tossDelay: UInt64 = 10_000_000_000, engine: EngineConfig = .init())
+    {
         self.stores = stores
         self.tossDelay = tossDelay
+        self.engine = engine
         for node in 1...count { start(node) }
         installView()
     }
@@ -69,7 +72,7 @@ struct ClusterHarness {
         incarnations[node] = incarnation
         nodes[node] = ServiceHarness(
             configuration: ServiceConfiguration(
-                nodeID: node, incarnation: incarnation, repliesWaitForCommits: stores, hasStore: stores,
+                nodeID: node, incarnation: incarnation, engine: engine, repliesWaitForCommits: stores, hasStore: stores,
                 mastersAcrossNodes: true, tossDelay: tossDelay))
         written[node] = nil
     }

@@ -80,6 +80,44 @@ import Testing
         #expect(!c.nodes[1]!.service.isHoldingForDeadlock && !c.nodes[2]!.service.isHoldingForDeadlock)
     }
 
+    /// A part of the graph too large for one slice is built and handed out over several ticks (a node with a
+    /// million waiting requests must not stop its loop for seconds), and the cycle is still found, once: node 2
+    /// has 300 requests waiting behind a holder besides the cycle, and a slice is 40 steps.
+    @Test func aLargePartIsBuiltInSlicesAndTheCycleFound() {
+        var c = ClusterHarness(nodes: 3, engine: EngineConfig(deadlockSlice: 40))
+        let x = ClusterHarness.name(directedTo: 3, of: 3, prefix: "x")
+        let y = ClusterHarness.name(directedTo: 3, of: 3, prefix: "y")
+        let a = c.client(1, "a")
+        let b = c.client(2, "b")
+        let holder = c.client(2, "h")
+        let crowd = c.client(2, "w")
+        c.send(a, H.lock(2, x, .ex))
+        c.send(b, H.lock(2, y, .ex))
+        c.send(holder, H.lock(2, "q", .ex))
+        _ = c.run()
+        for tag in UInt32(10)..<310 { c.send(crowd, H.lock(tag, "q", .ex)) }
+        _ = c.run()
+        c.send(a, H.lock(3, y, .ex))
+        _ = c.run()
+        c.tick(by: 10_000_000)
+        c.send(b, H.lock(3, x, .ex))
+        _ = c.run()
+        c.tick(by: Self.deadlockWait)
+        var victims = c.run().filter { $0.contains("EDEADLK") }
+        #expect(victims.isEmpty, "the whole part came in one slice")
+        #expect(c.nodes[2]!.service.mastering.deadlocks.part != nil)
+        var ticks = 1
+        while victims.isEmpty && ticks < 400 {
+            c.tick(by: 10_000_000)
+            victims += c.run().filter { $0.contains("EDEADLK") }
+            ticks += 1
+        }
+        #expect(victims == ["2b: COMPLETION tag 0 lock \(Self.remote) EDEADLK"])
+        #expect(ticks > 5, "found after \(ticks) ticks")
+        for _ in 0..<100 { c.tick(by: 10_000_000) }
+        #expect(c.run().filter { $0.contains("EDEADLK") }.isEmpty)
+    }
+
     /// A cycle that an unlock broke before `deadlockWait` chooses no one.
     @Test func aBrokenCycleChoosesNoOne() {
         var c = ClusterHarness(nodes: 2)
