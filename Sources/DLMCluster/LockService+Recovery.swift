@@ -301,6 +301,7 @@ extension LockService {
         else { return }
         if recovery.phase == 1 {
             mastering.recovery!.phase = 2
+            output.recoveries.append(.rebuilt(view: recovery.view))
             rebuildAndPurge()
             // The barrier waits for the acknowledgements of the replicas sent again (`replicateAgain`): when the
             // phase ends everywhere, every backup node has them.

@@ -79,6 +79,8 @@ public struct ServiceOutput: Sendable {
 /// A recovery of the lock space started or ended on this node, for the view it recovers.
 public enum RecoveryEvent: Sendable, Hashable {
     case started(view: UInt64)
+    /// Every member ended phase 1 (masters and locks rebuilt): phase 2 (purge, replicas, grants) begins.
+    case rebuilt(view: UInt64)
     case done(view: UInt64)
 }
 

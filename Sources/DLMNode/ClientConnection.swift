@@ -13,10 +13,13 @@ final class ClientConnection {
     var isDirty = false
     /// Closed (by the service, or the channel went): nothing more is written.
     var isClosed = false
+    /// When its requests in flight arrived, for the latency histograms (only with `--metrics`).
+    let requestTimes: RequestTimes?
 
-    init(id: ConnectionID, channel: Channel) {
+    init(id: ConnectionID, channel: Channel, timed: Bool = false) {
         self.id = id
         self.channel = channel
+        self.requestTimes = timed ? RequestTimes() : nil
         self.outbound = channel.allocator.buffer(capacity: 256)
     }
 }

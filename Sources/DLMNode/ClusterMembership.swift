@@ -105,11 +105,14 @@ extension LockNode {
                     + (primary ? "primary" : "not primary (no quorum)"))
             logger.notice(
                 "view installed", metadata: ["view": "\(view)", "primary": "\(primary)"])
+            metrics?.viewsInstalledCount += 1
             handle(.viewInstalled(view, primary: primary))
         case .fenced(let node):
             cluster.announce("\(me) fenced node \(node)")
+            metrics?.fencesCount += 1
         case .fenceFailed(let node, let reason):
             cluster.announce("\(me) fencing node \(node) failed: \(reason); retrying")
+            metrics?.fenceFailuresCount += 1
         case .lockTraffic(let bytes, let sender):
             let message: PeerMessage
             do {
@@ -120,6 +123,7 @@ extension LockNode {
                     "a lock message of node \(sender) cannot be read: \(error)", metadata: ["bytes": "\(bytes.count)"])
                 return
             }
+            metrics?.peerReceivedCounts[Int(message.kind.rawValue)] &+= 1
             handle(.peer(from: sender.node.rawValue, message))
         case .delivered, .barrierCompleted, .barrierAborted, .groupEvent:
             // The lock manager does not use ordered messages yet: resource mastering across nodes comes next.

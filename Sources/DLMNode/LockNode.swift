@@ -83,7 +83,7 @@ public final class LockNode: @unchecked Sendable {
 
     func connected(_ channel: Channel) -> ClientConnection {
         let id = service.connect()
-        let connection = ClientConnection(id: id, channel: channel)
+        let connection = ClientConnection(id: id, channel: channel, timed: metrics != nil)
         while connections.count <= Int(id.slot) { connections.append(nil) }
         connections[Int(id.slot)] = connection
         apply()
@@ -93,11 +93,12 @@ public final class LockNode: @unchecked Sendable {
     /// A frame of a client. Frames are written once a read batch is handled (`flush`), or as soon as many wait: a
     /// client with hundreds of requests in flight then gets the first answers while the node works on the rest.
     func receive(_ message: ClientMessage, from connection: ClientConnection) {
-        metrics?.received(message)
+        let now = NIODeadline.now().uptimeNanoseconds
+        metrics?.received(message, on: connection, at: now)
         if case .query = message {
             service.handle(.query(connection.id, message, reportEnvironment()))
         } else {
-            service.handle(.frame(connection.id, message, now: NIODeadline.now().uptimeNanoseconds))
+            service.handle(.frame(connection.id, message, now: now))
         }
         if service.pendingFrames >= LockNode.eagerWriteFrames { apply() }
     }
@@ -139,16 +140,22 @@ public final class LockNode: @unchecked Sendable {
         if !output.peerMessages.isEmpty, let group = cluster?.group {
             // In order per node; the group node sends what one turn of the loop queued for a node together.
             for (node, message) in output.peerMessages { group.sendLockTraffic(message.frameBytes, to: NodeID(node)) }
+            if let metrics {
+                for (_, message) in output.peerMessages { metrics.peerSentCounts[Int(message.kind.rawValue)] &+= 1 }
+            }
         }
         if let commit = output.commit {
             persistence?.writer?.submit(generation: commit.generation, changes: commit.changes)
         }
         let metrics = self.metrics
+        // One reading of the clock for the frames of this batch, when they are timed.
+        let now = metrics == nil || output.frames.isEmpty ? 0 : NIODeadline.now().uptimeNanoseconds
         for (id, message) in output.frames {
-            metrics?.sent(message)
             guard let connection = connections[Int(id.slot)], connection.id == id, !connection.isClosed else {
+                metrics?.sent(message, on: nil, at: now)
                 continue
             }
+            metrics?.sent(message, on: connection, at: now)
             message.encode(into: &connection.outbound)
             if !connection.isDirty {
                 connection.isDirty = true
@@ -180,13 +187,12 @@ public final class LockNode: @unchecked Sendable {
         }
         // The start and end of a recovery are printed as view changes are (docs/OPERATIONS.md).
         for event in output.recoveries {
-            switch event {
-            case .started: metrics?.recoveriesStartedCount += 1
-            case .done: metrics?.recoveriesDoneCount += 1
-            }
+            metrics?.recovery(event, at: NIODeadline.now().uptimeNanoseconds)
             switch event {
             case .started(let view):
                 cluster?.announce("dlmd: node \(configuration.nodeID) recovery started view \(view)")
+            case .rebuilt:
+                break
             case .done(let view): cluster?.announce("dlmd: node \(configuration.nodeID) recovery done view \(view)")
             }
         }

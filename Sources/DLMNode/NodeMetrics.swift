@@ -22,6 +22,27 @@ final class NodeMetrics: @unchecked Sendable {
     var blockingCount: UInt64 = 0
     var recoveriesStartedCount: UInt64 = 0
     var recoveriesDoneCount: UInt64 = 0
+    var viewsInstalledCount: UInt64 = 0
+    var fencesCount: UInt64 = 0
+    var fenceFailuresCount: UInt64 = 0
+    /// Peer lock messages by kind (Protocol/PEER.md §3), sent and received.
+    let peerSentCounts = NodeMetrics.zeroed(32)
+    let peerReceivedCounts = NodeMetrics.zeroed(32)
+
+    // Histograms, counted on the node's loop (LatencyHistogram.swift).
+    /// From a LOCK, CONVERT or UNLOCK's arrival to its reply (COMPLETION, OK or ERROR), by `RequestTimes.Kind`.
+    let lockLatency = LatencyHistogram()
+    let convertLatency = LatencyHistogram()
+    let unlockLatency = LatencyHistogram()
+    /// From a LOCK or CONVERT's arrival to its grant, at once or after waiting.
+    let grantLatency = LatencyHistogram()
+    /// From a waiting request's OK to the COMPLETION that ends its wait (granted, or not).
+    let waitTime = LatencyHistogram()
+    /// Recoveries of the lock space: whole, and phase 1 (rebuild) and 2 (purge and grants).
+    let recoveryTime = LatencyHistogram()
+    let recoveryPhaseTime = [LatencyHistogram(), LatencyHistogram()]
+    var recoveryStartedAt: UInt64?
+    var recoveryRebuiltAt: UInt64?
 
     // Moved into the registry at each scrape.
     var reported: [String: UInt64] = [:]
@@ -35,6 +56,10 @@ final class NodeMetrics: @unchecked Sendable {
     let clusterDeadlockSearches: Gauge
     let clusterDeadlockVictims: Gauge
     let deadlockPasses: Gauge
+    let view: Gauge
+    let storeUsedBytes: Gauge
+    let storeMapBytes: Gauge
+    let storeLogBytes: Gauge
 
     static let requestTypes: [(UInt8, String)] = [
         (0x01, "hello"), (0x02, "ping"), (0x03, "bye"), (0x10, "open_lockspace"), (0x11, "release_lockspace"),
@@ -65,6 +90,8 @@ final class NodeMetrics: @unchecked Sendable {
         requestCounts.deallocate()
         completionCounts.deallocate()
         errorCounts.deallocate()
+        peerSentCounts.deallocate()
+        peerReceivedCounts.deallocate()
     }
 
     init() {
@@ -82,11 +109,21 @@ final class NodeMetrics: @unchecked Sendable {
             registry, "cluster_deadlock_searches", help: "Deadlock searches across nodes this node started.")
         clusterDeadlockVictims = Self.gauge(
             registry, "cluster_deadlock_victims", help: "Victims of deadlocks across nodes this node decided.")
+        view = Self.gauge(registry, "view", help: "The number of the view this node installed last (0: none).")
+        storeUsedBytes = Self.gauge(registry, "store_used_bytes", help: "Bytes of the store's map in use.")
+        storeMapBytes = Self.gauge(
+            registry, "store_map_bytes", help: "The most bytes the store may grow to (--store-map-size).")
+        storeLogBytes = Self.gauge(
+            registry, "store_log_bytes",
+            help: "Bytes of the write-ahead log written since it last started again (sync durability).")
         // Every request type and the counters without labels show from the start, at 0.
         for (_, name) in Self.requestTypes { _ = counter("requests", label: ("type", name), help: Self.requestsHelp) }
         _ = counter("blocking_callbacks", help: Self.blockingHelp)
         _ = counter("recoveries_started", help: Self.startedHelp)
         _ = counter("recoveries_done", help: Self.doneHelp)
+        _ = counter("views_installed", help: Self.viewsHelp)
+        _ = counter("fences", help: Self.fencesHelp)
+        _ = counter("fence_failures", help: Self.fenceFailuresHelp)
     }
 
     static let requestsHelp = "Client requests received, by type."
@@ -95,6 +132,20 @@ final class NodeMetrics: @unchecked Sendable {
     static let blockingHelp = "Blocking callbacks sent to clients."
     static let startedHelp = "Recoveries of the lock space started (new views)."
     static let doneHelp = "Recoveries of the lock space finished."
+    static let viewsHelp = "Membership views installed (group services)."
+    static let fencesHelp = "Nodes this node fenced (the fence command succeeded)."
+    static let fenceFailuresHelp = "Fence commands that failed (each is retried)."
+    static let peerSentHelp = "Lock messages sent to other nodes, by kind (Protocol/PEER.md)."
+    static let peerReceivedHelp = "Lock messages received from other nodes, by kind (Protocol/PEER.md)."
+
+    /// The label of each peer message kind: its name in snake case (`lookup_reply`).
+    static let peerKindNames: [UInt8: String] = Dictionary(
+        uniqueKeysWithValues: PeerMessage.Kind.allCases.map { kind in
+            let name = String(describing: kind).reduce(into: "") { name, character in
+                if character.isUppercase { name += "_" + character.lowercased() } else { name.append(character) }
+            }
+            return (kind.rawValue, name)
+        })
 
     /// dlm_NAME_total (with one label, or none), made once.
     func counter(_ name: String, label: (String, String)? = nil, help: String) -> Counter {
@@ -114,18 +165,125 @@ final class NodeMetrics: @unchecked Sendable {
     }
 
     @inline(__always)
-    func received(_ message: ClientMessage) {
+    func received(_ message: ClientMessage, on connection: ClientConnection, at now: UInt64) {
         requestCounts[Int(message.typeCode & 63)] &+= 1
+        guard let times = connection.requestTimes else { return }
+        switch message {
+        case .lock(let lock): times.received(lock.tag, .lock, at: now)
+        case .convert(let convert): times.received(convert.tag, .convert, at: now)
+        case .unlock(let unlock): times.received(unlock.tag, .unlock, at: now)
+        default: break
+        }
+    }
+
+    /// A frame leaves: counted by kind and status, and, for a live connection (else nil), the latency of the
+    /// request it answers or ends, at `now`. One pattern match per frame.
+    @inline(__always)
+    func sent(_ message: ServerMessage, on connection: ClientConnection?, at now: UInt64) {
+        switch message {
+        case .completion(let completion):
+            completionCounts[Self.statusSlot(completion.status)] &+= 1
+            guard let times = connection?.requestTimes else { return }
+            if completion.tag != 0, let request = times.answer(completion.tag) {
+                let took = now &- request.at
+                latency(request.kind).observe(took)
+                if completion.status == .granted && request.kind != .unlock { grantLatency.observe(took) }
+            }
+            // A COMPLETION ends the pending operation of its lock: a wait, if there was one.
+            if times.hasWaits, let wait = times.endWait(completion.lock) {
+                waitTime.observe(now &- wait.queued)
+                if completion.status == .granted { grantLatency.observe(now &- wait.received) }
+            }
+        case .ok(let tag, let lock):
+            guard let times = connection?.requestTimes, let request = times.answer(tag) else { return }
+            latency(request.kind).observe(now &- request.at)
+            if request.kind != .unlock { times.waits(lock, received: request.at, queued: now) }
+        case .error(let tag, let status, _):
+            errorCounts[Self.statusSlot(status)] &+= 1
+            guard let times = connection?.requestTimes, let request = times.answer(tag) else { return }
+            latency(request.kind).observe(now &- request.at)
+        case .blocking:
+            blockingCount &+= 1
+        default:
+            break
+        }
     }
 
     @inline(__always)
-    func sent(_ message: ServerMessage) {
-        switch message {
-        case .completion(let completion): completionCounts[Self.statusSlot(completion.status)] &+= 1
-        case .error(_, let status, _): errorCounts[Self.statusSlot(status)] &+= 1
-        case .blocking: blockingCount &+= 1
-        default: break
+    func latency(_ kind: RequestTimes.Kind) -> LatencyHistogram {
+        switch kind {
+        case .lock: lockLatency
+        case .convert: convertLatency
+        case .unlock: unlockLatency
         }
+    }
+
+    /// A recovery event at `now`: the phases are timed from one event to the next.
+    func recovery(_ event: RecoveryEvent, at now: UInt64) {
+        switch event {
+        case .started:
+            recoveriesStartedCount += 1
+            recoveryStartedAt = now
+            recoveryRebuiltAt = nil
+        case .rebuilt:
+            if let started = recoveryStartedAt { recoveryPhaseTime[0].observe(now &- started) }
+            recoveryRebuiltAt = now
+        case .done:
+            recoveriesDoneCount += 1
+            if let rebuilt = recoveryRebuiltAt { recoveryPhaseTime[1].observe(now &- rebuilt) }
+            if let started = recoveryStartedAt { recoveryTime.observe(now &- started) }
+            recoveryStartedAt = nil
+            recoveryRebuiltAt = nil
+        }
+    }
+
+    /// The text of a scrape (on the node's loop): what was counted since the last one goes into the registry's
+    /// counters, the gauges are read from the node, and the histograms' text follows the registry's.
+    func scrape(_ node: LockNode) -> [UInt8] {
+        sample(node.service)
+        view.set(Double(node.cluster?.group.status().view?.id ?? 0))
+        if let store = node.storeReport {
+            storeUsedBytes.set(Double(store.usedBytes))
+            storeMapBytes.set(Double(store.mapSize))
+        }
+        storeLogBytes.set(Double(node.persistence?.store.logBytes ?? 0))
+        var text = ""
+        LatencyHistogram.header(
+            "dlm_request_duration_seconds",
+            help: "From a LOCK, CONVERT or UNLOCK's arrival to its reply (COMPLETION, OK or ERROR), by type.",
+            into: &text)
+        for (kind, name) in [(RequestTimes.Kind.lock, "lock"), (.convert, "convert"), (.unlock, "unlock")] {
+            latency(kind).emit("dlm_request_duration_seconds", labels: "type=\"\(name)\"", into: &text)
+        }
+        let histograms: [(String, String, LatencyHistogram)] = [
+            (
+                "dlm_grant_latency_seconds", "From a LOCK or CONVERT's arrival to its grant, at once or after waiting.",
+                grantLatency
+            ),
+            (
+                "dlm_wait_seconds",
+                "How long requests and conversions that waited did (from OK to the COMPLETION that ended the wait).",
+                waitTime
+            ),
+            (
+                "dlm_store_commit_seconds", "How long each commit of the store took (a group of changes).",
+                node.persistence?.writer?.commitTimes ?? LatencyHistogram()
+            ),
+            ("dlm_recovery_seconds", "Recoveries of the lock space, from start to done.", recoveryTime),
+        ]
+        for (name, help, histogram) in histograms {
+            LatencyHistogram.header(name, help: help, into: &text)
+            histogram.emit(name, into: &text)
+        }
+        LatencyHistogram.header(
+            "dlm_recovery_phase_seconds",
+            help:
+                "Phases of recoveries of the lock space: 1 rebuild (masters and locks), 2 purge, replicas and grants.",
+            into: &text)
+        for phase in 0..<2 {
+            recoveryPhaseTime[phase].emit("dlm_recovery_phase_seconds", labels: "phase=\"\(phase + 1)\"", into: &text)
+        }
+        return registry.emitToBuffer() + Array(text.utf8)
     }
 
     /// What was counted since the last scrape goes into the registry's counters, and the gauges are read from the
@@ -158,6 +316,21 @@ final class NodeMetrics: @unchecked Sendable {
         report("blocking", blockingCount, counter("blocking_callbacks", help: Self.blockingHelp))
         report("started", recoveriesStartedCount, counter("recoveries_started", help: Self.startedHelp))
         report("done", recoveriesDoneCount, counter("recoveries_done", help: Self.doneHelp))
+        report("views", viewsInstalledCount, counter("views_installed", help: Self.viewsHelp))
+        report("fences", fencesCount, counter("fences", help: Self.fencesHelp))
+        report("fence failures", fenceFailuresCount, counter("fence_failures", help: Self.fenceFailuresHelp))
+        for (code, name) in Self.peerKindNames.sorted(by: { $0.key < $1.key }) {
+            if peerSentCounts[Int(code)] > 0 {
+                report(
+                    "peer sent \(code)", peerSentCounts[Int(code)],
+                    counter("peer_messages_sent", label: ("kind", name), help: Self.peerSentHelp))
+            }
+            if peerReceivedCounts[Int(code)] > 0 {
+                report(
+                    "peer received \(code)", peerReceivedCounts[Int(code)],
+                    counter("peer_messages_received", label: ("kind", name), help: Self.peerReceivedHelp))
+            }
+        }
         locks.set(Double(service.engine.lockCount))
         resources.set(Double(service.engine.resourceCount))
         lockspaces.set(Double(service.engine.allLockspaces.count))
@@ -197,10 +370,8 @@ final class MetricsHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
             let handler = NIOLoopBound(self, eventLoop: loop)
             let body: EventLoopFuture<[UInt8]> =
                 found
-                ? node.eventLoop.submit { [node, metrics] in
-                    metrics.sample(node.service)
-                    return metrics.registry.emitToBuffer()
-                } : loop.makeSucceededFuture(Array("not found: GET /metrics\n".utf8))
+                ? node.eventLoop.submit { [node, metrics] in metrics.scrape(node) }
+                : loop.makeSucceededFuture(Array("not found: GET /metrics\n".utf8))
             body.hop(to: loop).whenComplete { result in
                 let bytes = (try? result.get()) ?? Array("cannot read the metrics\n".utf8)
                 handler.value.respond(context.value, status: found ? .ok : .notFound, body: bytes)

@@ -17,6 +17,8 @@ final class StoreWriter: @unchecked Sendable {
     /// With `batch` durability, how often committed data is flushed to disk.
     let syncInterval: TimeInterval = 1
     private(set) var lastCommit: Date?
+    /// How long each commit took (under `condition`), for `--metrics`.
+    private let commitDurations = LatencyHistogram()
 
     init(
         store: NodeStore, logger: Logger, onCommitted: @escaping @Sendable (UInt64) -> Void,
@@ -51,6 +53,12 @@ final class StoreWriter: @unchecked Sendable {
         condition.unlock()
     }
 
+    var commitTimes: LatencyHistogram {
+        condition.lock()
+        defer { condition.unlock() }
+        return commitDurations.copy()
+    }
+
     var lastCommitDate: Date? {
         condition.lock()
         defer { condition.unlock() }
@@ -76,9 +84,12 @@ final class StoreWriter: @unchecked Sendable {
             condition.unlock()
             if let generation = batches.last?.generation {
                 do {
+                    let started = DispatchTime.now().uptimeNanoseconds
                     try store.commit(batches.flatMap(\.changes))
+                    let took = DispatchTime.now().uptimeNanoseconds &- started
                     condition.lock()
                     lastCommit = Date()
+                    commitDurations.observe(took)
                     condition.unlock()
                     // With `sync` durability the commit is on disk (in the write-ahead log); otherwise it is in
                     // LMDB and the disk is synced within `syncInterval`.

@@ -269,6 +269,15 @@ public final class NodeStore: @unchecked Sendable {
         applier.enqueue(sequence: log.lastSequence, operations: operations, bytes: record.count)
     }
 
+    /// Bytes of the write-ahead log written since it last started again; nil without one (durability other than
+    /// `sync`).
+    public var logBytes: Int? {
+        guard let log else { return nil }
+        logLock.lock()
+        defer { logLock.unlock() }
+        return log.offset
+    }
+
     /// Makes every commit so far durable. With `sync` durability they already are (in the write-ahead log).
     public func sync() throws {
         if log == nil { try environment.sync() }

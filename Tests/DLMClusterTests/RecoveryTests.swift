@@ -32,15 +32,16 @@ import Testing
         c.installView()
         #expect(c.run() == [])
         for node in [UInt32(1), 2] { #expect(!c.nodes[node]!.service.isStopped) }
-        // Each survivor announces the run's start and end for the new view (dlmd prints them).
+        // Each survivor announces the run's start, the end of its first phase and its end for the new view (dlmd
+        // prints the start and end; metrics time the phases).
         let events = c.recoveries[1] ?? []
         guard case .started(let view)? = events.last(where: { if case .started = $0 { true } else { false } })
         else {
             Issue.record("no recovery started: \(events)")
             return
         }
-        #expect(events.suffix(2) == [.started(view: view), .done(view: view)])
-        #expect(c.recoveries[2]?.suffix(2) == events.suffix(2))
+        #expect(events.suffix(3) == [.started(view: view), .rebuilt(view: view), .done(view: view)])
+        #expect(c.recoveries[2]?.suffix(3) == events.suffix(3))
         // A third request on the name waits too: node 1's EX is still held. (Node 2 masters the name now: the
         // directory node among the survivors.)
         let d = c.client(2, "d")

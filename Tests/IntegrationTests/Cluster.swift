@@ -12,6 +12,8 @@ final class TestCluster: @unchecked Sendable {
     /// Prefix of every dlmd command line for node i (e.g. `ip netns exec NS`).
     let launcher: (Int) -> [String]
     private(set) var daemons: [Int: Daemon] = [:]
+    /// More arguments of node i's dlmd (e.g. `--metrics`).
+    var arguments: (Int) -> [String] = { _ in [] }
 
     /// Short timeouts make the tests quick; `nil` keeps the defaults (detection within 1.5 s).
     static let quickTimeouts =
@@ -68,7 +70,8 @@ final class TestCluster: @unchecked Sendable {
     func start(_ node: Int) throws {
         if let earlier = daemons[node] { earlierLogs[node, default: []] += earlier.log.all + ["-- restarted --"] }
         daemons[node] = try Daemon(
-            directory: directory + "/node\(node)", arguments: ["--config", configPath, "--node-id", "\(node)"],
+            directory: directory + "/node\(node)",
+            arguments: ["--config", configPath, "--node-id", "\(node)"] + arguments(node),
             launcher: launcher(node),
             logLevel: ProcessInfo.processInfo.environment["DLM_TEST_LOG_LEVEL"] ?? "warning")
     }
