@@ -15,13 +15,28 @@ public final class NodeServer: Service, @unchecked Sendable {
     /// Called with the lines dlmd prints: where it listens, once the sockets listen, and a cluster member's view
     /// changes and fences.
     let onListening: @Sendable (String) -> Void
+    /// The service manager to tell when the node is ready and when it begins to stop (`$NOTIFY_SOCKET`, for a
+    /// systemd unit of `Type=notify`); nil: nobody is told.
+    let notifier: SystemdNotifier?
 
     public init(
-        configuration: NodeConfiguration, logger: Logger, onListening: @escaping @Sendable (String) -> Void = { _ in }
+        configuration: NodeConfiguration, logger: Logger, notifier: SystemdNotifier? = nil,
+        onListening: @escaping @Sendable (String) -> Void = { _ in }
     ) {
         self.configuration = configuration
         self.logger = logger
+        self.notifier = notifier
         self.onListening = onListening
+    }
+
+    /// Tells the service manager, if any; a failure is logged (the node serves on whether or not it was heard).
+    func notify(_ fields: [String]) {
+        guard let notifier else { return }
+        do {
+            try notifier.notify(fields)
+        } catch {
+            logger.warning("cannot notify the service manager", metadata: ["error": "\(error)"])
+        }
     }
 
     public func run() async throws {
@@ -62,9 +77,12 @@ public final class NodeServer: Service, @unchecked Sendable {
             if let address = configuration.metricsAddress { places.append("metrics:http://\(address)/metrics") }
             logger.info("listening", metadata: ["on": "\(places.joined(separator: " "))"])
             onListening("dlmd: node \(configuration.nodeID) listening on \(places.joined(separator: " "))")
+            // The store is open and the sockets accept connections: a client that connects now is served.
+            notify(["READY=1", "STATUS=node \(configuration.nodeID) serving on \(places.joined(separator: " "))"])
             try await withGracefulShutdownHandler {
                 for channel in channels { try await channel.closeFuture.get() }
-            } onGracefulShutdown: {
+            } onGracefulShutdown: { [self] in
+                notify(["STOPPING=1", "STATUS=stopping: telling clients, keeping persistent locks as orphans"])
                 for channel in channels { channel.close(promise: nil) }
             }
             try await loop.flatSubmit { node.cluster?.group.stop() ?? loop.makeSucceededVoidFuture() }.get()

@@ -16,7 +16,8 @@ struct DLMD: AsyncParsableCommand {
         discussion: """
             Serves the lock manager to clients over a Unix socket (and optionally TCP), as described in \
             Protocol/CLIENT.md. SIGTERM or SIGINT shut it down cleanly: clients are told, and persistent \
-            locks are kept for the next start.
+            locks are kept for the next start. Started by systemd (Type=notify, $NOTIFY_SOCKET set), it sends \
+            READY=1 once its socket accepts clients and its store is open, and STOPPING=1 when a clean stop begins.
 
             Settings come from the command line, then the config file (--config), then the defaults. The \
             config file is TOML with a [dlmd] table holding the same names: socket, listen, data_dir, \
@@ -202,7 +203,9 @@ struct DLMD: AsyncParsableCommand {
             engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)), durability: durabilityMode, mapSize: mapMiB << 20,
             cluster: cluster, busyPoll: .microseconds(Int64(pollMicroseconds)), metricsAddress: metrics ?? file.metrics)
         let logger = Logger(label: "dlmd")
-        let server = NodeServer(configuration: configuration, logger: logger) { line in
+        let server = NodeServer(
+            configuration: configuration, logger: logger, notifier: SystemdNotifier.fromEnvironment()
+        ) { line in
             FileHandle.standardOutput.write(Data((line + "\n").utf8))
         }
         let group = ServiceGroup(
