@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages swift-dlm needs to build and test, when they are missing (Debian / Ubuntu):
 # liblmdb-dev (the store), libdlm-dev (the C library's header and the upstream library its tests compare with),
-# iproute2 (network namespaces for the partition test), prometheus (promtool, for the metrics test).
+# iproute2 (network namespaces for the partition test), prometheus (promtool, for the metrics test),
+# resource-agents (ocf-tester, for the OCF agent's test) and systemd (systemd-analyze, systemd-tmpfiles).
 set -euo pipefail
 need=()
 pkg-config --exists lmdb 2>/dev/null || need+=(liblmdb-dev)
@@ -15,6 +16,12 @@ command -v make >/dev/null || need+=(make)
 command -v ip >/dev/null || need+=(iproute2)
 # promtool, which checks the text of `dlmd --metrics` (Tests/IntegrationTests/MetricsTests.swift).
 command -v promtool >/dev/null || need+=(prometheus)
+# ocf-tester, which runs the OCF resource agent dist/ocf/dlmd against a real dlmd, and systemd-analyze and
+# systemd-tmpfiles, which check the unit and the tmpfiles entry in dist/systemd (Tests/IntegrationTests/DistTests.swift).
+command -v ocf-tester >/dev/null || need+=(resource-agents)
+# xmllint, with which ocf-tester checks the agent's meta-data (only recommended by resource-agents).
+command -v xmllint >/dev/null || need+=(libxml2-utils)
+command -v systemd-analyze >/dev/null && command -v systemd-tmpfiles >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "swift-dlm needs: ${need[*]} (run: sudo apt-get install -y ${need[*]})" >&2
