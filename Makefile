@@ -7,7 +7,7 @@ SWIFT ?= swift
 RELEASE ?= -c release -Xswiftc -cross-module-optimization
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-cluster sim clean libdlm install test-c bench-c
+.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-cluster sim clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -137,13 +137,28 @@ $(CDLM_OUT)/libdlm_lt.so.3: $(CDLM_DEPS) $(CDLM_DIR)/libdlm_lt.map | $(CDLM_OUT)
 $(CDLM_OUT)/%.so: $(CDLM_OUT)/%.so.3
 	ln -sfn $(notdir $<) $@
 
-## make install PREFIX=/usr/local: the C libraries and their pkg-config files (libdlm.pc, libdlm_lt.pc). The
-## header is Debian's libdlm.h (package libdlm-dev).
+## make install PREFIX=/usr/local [DESTDIR=...]: the C libraries and their pkg-config files (libdlm.pc, libdlm_lt.pc;
+## the header is Debian's libdlm.h, package libdlm-dev), then dlmd and dlmtool built in release ($(RELEASE)): dlmd
+## in $(SBINDIR), dlmtool in $(BINDIR) (as dlm_controld and dlm_tool are packaged), the systemd unit in
+## $(SYSTEMDUNITDIR) with ExecStart naming the installed dlmd, the tmpfiles entry for /run/dlm and /var/lib/dlm in
+## $(TMPFILESDIR), and the OCF resource agent as $(OCFDIR)/swift-dlm/dlmd (ocf:swift-dlm:dlmd). Each directory can
+## be overridden, e.g. SYSTEMDUNITDIR=/etc/systemd/system OCFDIR=/usr/lib/ocf/resource.d. docs/OPERATIONS.md,
+## "Running under systemd and Pacemaker". make install-daemon installs the daemon's part from binaries already built
+## in DAEMON_BIN (default: the release build's folder), with no build.
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 INCLUDEDIR ?= /usr/include
-install: libdlm
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+OCFDIR ?= $(PREFIX)/lib/ocf/resource.d
+DAEMON_BIN ?= .build/release
+install: install-libdlm release-daemon
+	$(MAKE) --no-print-directory install-daemon
+
+install-libdlm: libdlm
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
 	for lib in libdlm libdlm_lt; do \
 		install -m 0755 $(CDLM_OUT)/$$lib.so.3 $(DESTDIR)$(LIBDIR)/$$lib.so.3 && \
@@ -151,6 +166,26 @@ install: libdlm
 		sed -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' $(CDLM_DIR)/$$lib.pc.in \
 			> $(DESTDIR)$(PKGCONFIGDIR)/$$lib.pc || exit 1; \
 	done
+
+release-daemon: deps
+	$(SWIFT) build $(RELEASE) --product dlmd
+	$(SWIFT) build $(RELEASE) --product dlmtool
+
+# The unit names /usr/sbin/dlmd and the agent /usr/sbin/dlmd and /usr/bin/dlmtool by default: both are rewritten to
+# the installed paths.
+install-daemon:
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(TMPFILESDIR) \
+		$(DESTDIR)$(OCFDIR)/swift-dlm
+	install -m 0755 $(DAEMON_BIN)/dlmd $(DESTDIR)$(SBINDIR)/dlmd
+	install -m 0755 $(DAEMON_BIN)/dlmtool $(DESTDIR)$(BINDIR)/dlmtool
+	sed -e 's|^ExecStart=/usr/sbin/dlmd |ExecStart=$(SBINDIR)/dlmd |' dist/systemd/dlmd.service \
+		> $(DESTDIR)$(SYSTEMDUNITDIR)/dlmd.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/dlmd.service
+	install -m 0644 dist/systemd/dlmd.tmpfiles.conf $(DESTDIR)$(TMPFILESDIR)/dlmd.conf
+	sed -e 's|^OCF_RESKEY_binary_default=/usr/sbin/dlmd$$|OCF_RESKEY_binary_default=$(SBINDIR)/dlmd|' \
+		-e 's|^OCF_RESKEY_dlmtool_default=/usr/bin/dlmtool$$|OCF_RESKEY_dlmtool_default=$(BINDIR)/dlmtool|' \
+		dist/ocf/dlmd > $(DESTDIR)$(OCFDIR)/swift-dlm/dlmd
+	chmod 0755 $(DESTDIR)$(OCFDIR)/swift-dlm/dlmd
 
 ## make bench-c: the C library's flood benchmark (bench/cflood.c) against a fresh release dlmd; prints JSON.
 bench-c: libdlm
