@@ -452,6 +452,8 @@ public struct LockEngine {
     public var lockCount: Int { liveLocks }
     /// How many resources exist.
     public var resourceCount: Int { resourceIndex.count }
+    /// How many locks wait on a convert or wait queue (requests and conversions not granted yet).
+    public var waiterCount: Int { waitingCount }
 
     /// What a lock looks like now, or nil if it does not exist.
     public func lockState(_ id: LockID) -> LockSnapshot? {

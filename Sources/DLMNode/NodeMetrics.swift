@@ -48,6 +48,7 @@ final class NodeMetrics: @unchecked Sendable {
     var reported: [String: UInt64] = [:]
     var counters: [String: Counter] = [:]
     let locks: Gauge
+    let waiters: Gauge
     let resources: Gauge
     let lockspaces: Gauge
     let connections: Gauge
@@ -96,6 +97,8 @@ final class NodeMetrics: @unchecked Sendable {
 
     init() {
         locks = Self.gauge(registry, "locks", help: "Locks this node's engine holds (granted and queued).")
+        waiters = Self.gauge(
+            registry, "waiters", help: "Requests and conversions waiting in this node's engine (not granted yet).")
         resources = Self.gauge(registry, "resources", help: "Resources in this node's engine.")
         lockspaces = Self.gauge(registry, "lockspaces", help: "Lockspaces open on this node.")
         connections = Self.gauge(registry, "connections", help: "Client connections.")
@@ -332,6 +335,7 @@ final class NodeMetrics: @unchecked Sendable {
             }
         }
         locks.set(Double(service.engine.lockCount))
+        waiters.set(Double(service.engine.waiterCount))
         resources.set(Double(service.engine.resourceCount))
         lockspaces.set(Double(service.engine.allLockspaces.count))
         connections.set(Double(service.connectionCount))

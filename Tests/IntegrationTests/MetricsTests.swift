@@ -64,6 +64,9 @@ import Testing
         async let waited = otherLs.lock("held", mode: .ex)
         var callbacks = blocked.makeAsyncIterator()
         #expect(await callbacks.next() == .ex)
+        let waiting = try Self.get("/metrics", port: port).body
+        #expect(Self.value("dlm_waiters", in: waiting) == 1)
+        #expect(Self.value("dlm_locks", in: waiting) == 2)
         try await held.unlock()
         try await waited.unlock()
         // A persistent lock is stored before it is granted: a commit of the store.
@@ -89,6 +92,7 @@ import Testing
         #expect((Self.value("dlm_store_map_bytes", in: body) ?? 0) >= Self.value("dlm_store_used_bytes", in: body)!)
         #expect(Self.value("dlm_recovery_seconds_count", in: body) == 0)
         #expect(Self.value("dlm_locks", in: body) == 0)
+        #expect(Self.value("dlm_waiters", in: body) == 0)
         #expect(Self.value("dlm_lockspaces", in: body) == 1)
         #expect(Self.value("dlm_connections", in: body) == 2)
         #expect(Self.value("dlm_quorate", in: body) == 1)
