@@ -173,12 +173,18 @@ public struct ClusterConfig: Sendable, Hashable {
 
     // MARK: Parsing
 
+    /// Reads and parses a cluster config. It names the fence command, which dlmd runs: the file must be owned by
+    /// root or by dlmd's user and not writable by its group or others (`TrustedFile`), and is read from the
+    /// descriptor that was checked.
     public static func load(path: String) throws -> ClusterConfig {
-        let text: String
+        let bytes: [UInt8]
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            bytes = try TrustedFile.read(path, what: "the cluster config", secret: false, limit: 1 << 20)
         } catch {
-            throw ClusterConfigError(file: path, "cannot read the file: \(error.localizedDescription)")
+            throw ClusterConfigError(file: path, "cannot read the file: \(error.message)")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ClusterConfigError(file: path, "the file is not UTF-8 text")
         }
         return try parse(text, file: path)
     }

@@ -17,8 +17,9 @@ public struct ClusterKeyError: Error, CustomStringConvertible, Hashable, Sendabl
 
 /// The cluster key (corosync's authkey): random bytes shared by every node, with which each peer frame is
 /// authenticated (HMAC-SHA256). The file holds the raw bytes: `ClusterKey.generate()` makes 64, and 32 to 4096 are
-/// accepted. `read` refuses a file that others (not the owner, not the group) may read or write: the key is a
-/// secret, like ssh's private keys. `write` creates the file with mode 0400 and never overwrites one.
+/// accepted. `read` refuses a file that others (not the owner, not the group) may read, or that anyone but its owner
+/// may change, or that is owned by another user than root or dlmd's (`TrustedFile`): the key is a secret, like
+/// ssh's private keys. `write` creates the file with mode 0400 and never overwrites one.
 public struct ClusterKey: Sendable {
     public static let generatedLength = 64
     public static let minimumLength = 32
@@ -70,36 +71,23 @@ public struct ClusterKey: Sendable {
         }
     }
 
-    /// Reads a key file: it must exist, be a regular file not readable or writable by others, and hold 32 to 4096
-    /// bytes.
+    /// Reads a key file: it must be a regular file owned by root or by dlmd's user, not writable by its group or
+    /// others and not readable by others (`TrustedFile`), and hold 32 to 4096 bytes. It is read from the descriptor
+    /// that was checked.
     public static func read(from path: String) throws -> ClusterKey {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            let code = errno
-            if code == ENOENT {
+        let bytes: [UInt8]
+        do {
+            bytes = try TrustedFile.read(path, what: "the cluster key", secret: true, limit: maximumLength)
+        } catch {
+            if error.message == "missing" {
                 throw ClusterKeyError(
                     "\(path): the cluster key file is missing (make one with `dlmtool keygen`, then copy it to "
                         + "every node)")
             }
-            throw ClusterKeyError("\(path): \(String(cString: strerror(code)))")
-        }
-        guard info.st_mode & S_IFMT == S_IFREG else {
-            throw ClusterKeyError("\(path): the cluster key is not a regular file")
-        }
-        guard info.st_mode & 0o007 == 0 else {
-            throw ClusterKeyError(
-                "\(path): the cluster key is accessible to every user (mode \(String(info.st_mode & 0o777, radix: 8))); "
-                    + "chmod 0400 it")
-        }
-        guard info.st_size <= maximumLength else {
-            throw ClusterKeyError(
-                "\(path): the cluster key has \(info.st_size) bytes; at most \(maximumLength) are accepted")
-        }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ClusterKeyError("\(path): cannot read the cluster key")
+            throw ClusterKeyError("\(path): \(error.message)")
         }
         do {
-            return try ClusterKey(bytes: Array(data))
+            return try ClusterKey(bytes: bytes)
         } catch let error as ClusterKeyError {
             throw ClusterKeyError("\(path): \(error.message)")
         }

@@ -125,6 +125,34 @@ let exampleConfig = """
         #expect(throws: ClusterConfigError.self) { try ClusterConfig.load(path: path + ".missing") }
     }
 
+    /// The config names the fence command, which dlmd runs: a file that its group or every user may change, or
+    /// that another user owns, is refused (owner root or dlmd's user, no group or other write bit).
+    @Test func aConfigOthersMayChangeIsRefused() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("cluster.toml").path
+        try exampleConfig.write(toFile: path, atomically: true, encoding: .utf8)
+        func refusal() -> String? {
+            do {
+                _ = try ClusterConfig.load(path: path)
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        for mode in [0o666, 0o664, 0o646] as [mode_t] {
+            chmod(path, mode)
+            #expect(refusal()?.contains("may be changed by its group or by every user") == true, "mode \(mode)")
+        }
+        chmod(path, 0o644)
+        #expect(refusal() == nil)
+        if geteuid() == 0 {
+            chown(path, 65534, 65534)
+            #expect(refusal()?.contains("is owned by user 65534") == true)
+        }
+    }
+
     @Test func errorsNameTheKey() {
         let cases: [(String, String)] = [
             (variant("127.0.0.1:7103", "127.0.0.1"), "node[2].address: \"127.0.0.1\" is not HOST:PORT"),

@@ -67,6 +67,23 @@ final class TemporaryDirectory {
                 atPath: group, contents: Data(repeating: 7, count: 64), attributes: [.posixPermissions: 0o440]))
         #expect(try ClusterKey.read(from: group).bytes == [UInt8](repeating: 7, count: 64))
 
+        // Its group may read it, not change it; only root or dlmd's own user may own it.
+        let groupWritable = directory.path("group-writable")
+        #expect(
+            FileManager.default.createFile(
+                atPath: groupWritable, contents: Data(repeating: 7, count: 64),
+                attributes: [.posixPermissions: 0o460]))
+        #expect(
+            message { _ = try ClusterKey.read(from: groupWritable) }?.contains("may be changed by its group") == true)
+        if geteuid() == 0 {
+            let foreign = directory.path("foreign")
+            #expect(
+                FileManager.default.createFile(
+                    atPath: foreign, contents: Data(repeating: 7, count: 64), attributes: [.posixPermissions: 0o400]))
+            chown(foreign, 65534, 65534)
+            #expect(message { _ = try ClusterKey.read(from: foreign) }?.contains("owned by user 65534") == true)
+        }
+
         let huge = directory.path("huge")
         #expect(
             FileManager.default.createFile(
