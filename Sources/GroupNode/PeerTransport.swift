@@ -34,6 +34,12 @@ final class PeerTransport: @unchecked Sendable {
     static let maximumBackoff = TimeAmount.seconds(1)
     /// How long a new outbound connection may wait for the peer's challenge before it is closed.
     static let challengeTimeout = TimeAmount.seconds(1)
+    /// Inbound connections from one address that have not sent an authenticated frame yet: more are closed at once
+    /// (a peer opens one connection to each node; a few allow for reconnections racing the old one's close).
+    static let unauthenticatedPerAddress = 4
+    /// How long an inbound connection may stay without an authenticated frame: a member sends a heartbeat every
+    /// heartbeat interval, so the suspect timeout (and at least a second) is plenty.
+    var authenticationTimeout: TimeAmount { .milliseconds(Int64(max(config.suspectTimeout, 1000))) }
 
     struct Outbound {
         var channel: Channel?
@@ -52,6 +58,10 @@ final class PeerTransport: @unchecked Sendable {
 
     var outbound: [NodeID: Outbound] = [:]
     var inbound: [ObjectIdentifier: Channel] = [:]
+    /// Inbound connections not authenticated yet, by remote address (without the port), and each one's address.
+    var unauthenticated: [String: Set<ObjectIdentifier>] = [:]
+    var unauthenticatedAddress: [ObjectIdentifier: String] = [:]
+    private(set) var unauthenticatedClosed = 0
     var serverChannel: Channel?
     var stopped = false
     /// Frames written to a channel since the last flush.
@@ -319,8 +329,48 @@ final class PeerTransport: @unchecked Sendable {
 
     // MARK: Receiving
 
-    func inboundOpened(_ channel: Channel) { inbound[ObjectIdentifier(channel)] = channel }
-    func inboundClosed(_ channel: Channel) { inbound[ObjectIdentifier(channel)] = nil }
+    /// A new inbound connection: refused (false, and closed) if its address already has
+    /// `unauthenticatedPerAddress` connections that have not authenticated; else it must authenticate within
+    /// `authenticationTimeout`.
+    func inboundOpened(_ channel: Channel) -> Bool {
+        let id = ObjectIdentifier(channel)
+        let address = Self.host(of: channel)
+        guard unauthenticated[address, default: []].count < Self.unauthenticatedPerAddress else {
+            unauthenticatedClosed += 1
+            rejections.log(
+                kind: "unauthenticated",
+                "closing a connection from \(address): \(Self.unauthenticatedPerAddress) from there have not "
+                    + "authenticated yet")
+            channel.close(promise: nil)
+            return false
+        }
+        inbound[id] = channel
+        unauthenticated[address, default: []].insert(id)
+        unauthenticatedAddress[id] = address
+        eventLoop.scheduleTask(in: authenticationTimeout) { [self] in
+            guard unauthenticated[address]?.contains(id) == true else { return }
+            unauthenticatedClosed += 1
+            rejections.log(kind: "unauthenticated", "closing a connection from \(address): no authenticated frame")
+            channel.close(promise: nil)
+        }
+        return true
+    }
+
+    /// The connection's first authenticated frame came.
+    func inboundAuthenticated(_ channel: Channel) { forgetUnauthenticated(channel) }
+
+    func inboundClosed(_ channel: Channel) {
+        inbound[ObjectIdentifier(channel)] = nil
+        forgetUnauthenticated(channel)
+    }
+
+    func forgetUnauthenticated(_ channel: Channel) {
+        guard let address = unauthenticatedAddress.removeValue(forKey: ObjectIdentifier(channel)) else { return }
+        unauthenticated[address]?.remove(ObjectIdentifier(channel))
+        if unauthenticated[address]?.isEmpty == true { unauthenticated[address] = nil }
+    }
+
+    static func host(of channel: Channel) -> String { channel.remoteAddress?.ipAddress ?? "?" }
 
     /// Hands an authenticated frame to the node unless it is a replay (which throws: its connection is then closed
     /// like that of any refused frame, since a replay is an attack or a bug).
@@ -360,13 +410,17 @@ final class PeerInboundHandler: ChannelInboundHandler {
     let transport: PeerTransport
     var buffer: ByteBuffer?
     var failed = false
+    var authenticated = false
     /// Sent first on the connection; the peer seals its frames with it.
     let challenge = PeerFrameCodec.makeChallenge()
 
     init(transport: PeerTransport) { self.transport = transport }
 
     func channelActive(context: ChannelHandlerContext) {
-        transport.inboundOpened(context.channel)
+        guard transport.inboundOpened(context.channel) else {
+            failed = true
+            return
+        }
         context.writeAndFlush(
             wrapOutboundOut(context.channel.allocator.buffer(bytes: transport.codec.challengeFrame(challenge))),
             promise: nil)
@@ -403,6 +457,10 @@ final class PeerInboundHandler: ChannelInboundHandler {
             }
             do throws(PeerFrameError) {
                 try transport.accept(try result.get())
+                if !authenticated {
+                    authenticated = true
+                    transport.inboundAuthenticated(context.channel)
+                }
             } catch {
                 fail(error, context: context)
             }

@@ -340,31 +340,11 @@ func fencedOnly(_ node: Int, _ log: String?, excluding: Set<Substring> = []) -> 
         let cluster = try TestCluster()
         try await cluster.start(1)
         // Frames as node 2 would seal them, written over connections of our own (a recording attacker's view).
-        let node2 = PeerFrameCodec(
-            key: cluster.key, clusterName: cluster.config.name, localNode: 2, knownNodes: [1, 2, 3])
+        let node2 = Impersonator(cluster, as: 2)
         func frame(incarnation: UInt64, counter: UInt64, challenge: [UInt8]) -> [UInt8] {
-            node2.seal(
-                PeerEnvelope(
-                    sender: Member(node: 2, incarnation: incarnation), counter: counter, destination: 1,
-                    message: .heartbeat(Heartbeat(view: nil, promised: nil, highestViewNumber: 0, sequenced: 0))),
-                challenge: challenge)
+            node2.frame(incarnation: incarnation, counter: counter, challenge: challenge)
         }
-        /// A connection to node 1, and the challenge node 1 sent first on it.
-        func connect() async throws -> (Channel, [UInt8]) {
-            let reader = ChallengeReader(promise: cluster.group.next().makePromise())
-            let channel = try await ClientBootstrap(group: cluster.group)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) }
-                }
-                .connect(host: "127.0.0.1", port: cluster.config.node(1)!.port).get()
-            let challenge = try await reader.promise.futureResult.get()
-            return (
-                channel,
-                try challenge.withUnsafeBytes { raw throws(PeerFrameError) in
-                    try node2.openChallenge(UnsafeRawBufferPointer(rebasing: raw[4...]))
-                }
-            )
-        }
+        func connect() async throws -> (Channel, [UInt8]) { try await node2.connect(to: 1) }
         func heardIncarnation() async throws -> UInt64? { try await cluster.status(1).nodes[1].incarnation }
         func waitUntilHeard(_ incarnation: UInt64) async throws {
             let deadline = ContinuousClock.now + .seconds(30)
@@ -404,6 +384,30 @@ func fencedOnly(_ node: Int, _ log: String?, excluding: Set<Substring> = []) -> 
         try await waitUntilHeard(2)
         #expect(cluster.rejected[1]!.events.count == 2)
         try? await restarted.close().get()
+        try await cluster.shutdown()
+    }
+
+    /// The peer port: a connection that sends no authenticated frame is closed after the authentication deadline
+    /// (the suspect timeout, at least a second), and an address may have at most four such connections at once:
+    /// a fifth is closed at once. A connection that authenticated no longer counts and stays open.
+    @Test(.timeLimit(.minutes(1))) func unauthenticatedPeerConnectionsAreLimitedAndClosed() async throws {
+        let cluster = try TestCluster()
+        try await cluster.start(1)
+        let node2 = Impersonator(cluster, as: 2)
+        let (member, challenge) = try await node2.connect(to: 1)
+        try await member.writeAndFlush(ByteBuffer(bytes: node2.frame(incarnation: 1, counter: 1, challenge: challenge)))
+            .get()
+        var silent: [Channel] = []
+        for _ in 0..<4 { silent.append(try await node2.connect(to: 1).0) }
+        // The fifth from this address is closed before it gets a challenge.
+        await #expect(throws: (any Error).self) { _ = try await node2.connect(to: 1) }
+        // The silent ones are closed by the deadline; the member's connection, older, is still open.
+        for channel in silent { try await channel.closeFuture.get() }
+        #expect(member.isActive)
+        // Room again: a new connection gets its challenge.
+        let (again, _) = try await node2.connect(to: 1)
+        try? await again.close().get()
+        try? await member.close().get()
         try await cluster.shutdown()
     }
 
@@ -454,6 +458,47 @@ func fencedOnly(_ node: Int, _ log: String?, excluding: Set<Substring> = []) -> 
             "\(error)".contains("node 7 is not in the cluster config")
         }
         try await cluster.shutdown()
+    }
+}
+
+/// A test's stand-in for a member: frames sealed with the cluster key as `node` would seal them, over connections of
+/// the test's own (what a member, or an attacker who recorded one, sends).
+struct Impersonator {
+    let cluster: TestCluster
+    let codec: PeerFrameCodec
+    let node: NodeID
+
+    init(_ cluster: TestCluster, as node: NodeID) {
+        self.cluster = cluster
+        self.node = node
+        codec = PeerFrameCodec(
+            key: cluster.key, clusterName: cluster.config.name, localNode: node, knownNodes: [1, 2, 3])
+    }
+
+    /// A heartbeat of life `incarnation` with frame counter `counter`, sealed for a connection's challenge.
+    func frame(incarnation: UInt64, counter: UInt64, challenge: [UInt8]) -> [UInt8] {
+        codec.seal(
+            PeerEnvelope(
+                sender: Member(node: node, incarnation: incarnation), counter: counter, destination: 1,
+                message: .heartbeat(Heartbeat(view: nil, promised: nil, highestViewNumber: 0, sequenced: 0))),
+            challenge: challenge)
+    }
+
+    /// A connection to `target`, and the challenge it sent first on it (throws if it closes before).
+    func connect(to target: NodeID) async throws -> (Channel, [UInt8]) {
+        let reader = ChallengeReader(promise: cluster.group.next().makePromise())
+        let channel = try await ClientBootstrap(group: cluster.group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) }
+            }
+            .connect(host: "127.0.0.1", port: cluster.config.node(target)!.port).get()
+        let challenge = try await reader.promise.futureResult.get()
+        return (
+            channel,
+            try challenge.withUnsafeBytes { raw throws(PeerFrameError) in
+                try codec.openChallenge(UnsafeRawBufferPointer(rebasing: raw[4...]))
+            }
+        )
     }
 }
 
