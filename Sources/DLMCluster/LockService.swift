@@ -107,6 +107,9 @@ public struct ServiceConfiguration: Sendable {
     /// its master drops it from the directory (Linux's `toss_secs`), and a holder forgets a cached master it no
     /// longer uses.
     public var tossDelay: UInt64
+    /// How long, in nanoseconds, a new connection may go without its HELLO before it is refused (ETIMEDOUT) and
+    /// closed: a client that connects and says nothing does not hold a connection for ever.
+    public var helloTimeout: UInt64 = 10_000_000_000
 
     public init(
         nodeID: UInt32, incarnation: UInt64 = 0, engine: EngineConfig = EngineConfig(),
@@ -150,6 +153,10 @@ public struct LockService {
     var slotsByOwner: [UInt64: UInt32] = [:]
     var clientCount = 0
     var nextOwner: UInt64 = 1
+    /// Connections that have not said HELLO yet, oldest first, with the time of the tick before they came.
+    var helloDeadlines: Deque<(id: ConnectionID, since: Instant)> = []
+    /// The time of the last tick.
+    var lastTick: Instant = 0
     /// Reused for every input, so that the hot path allocates no array.
     var effects: [Effect] = []
     var output = ServiceOutput()
@@ -231,6 +238,7 @@ public struct LockService {
         slotsByOwner[id.owner] = slot
         clientCount += 1
         if isShuttingDown { refuse(id, status: .shuttingDown, message: "dlmd is shutting down") }
+        helloDeadlines.append((id, lastTick))
         return id
     }
 
@@ -268,6 +276,8 @@ public struct LockService {
         case .closed(let id):
             disconnected(id)
         case .tick(let now):
+            lastTick = now
+            refuseSilentConnections(now: now)
             advanceClock(to: now)
             if mastersAcrossNodes {
                 tossIdle(now: now)
@@ -343,6 +353,16 @@ public struct LockService {
             return
         }
         run(.tick(now: now), reply: nil)
+    }
+
+    /// Connections that have not said HELLO within `helloTimeout` are refused (ETIMEDOUT) and closed.
+    mutating func refuseSilentConnections(now: Instant) {
+        while let first = helloDeadlines.first, first.since &+ configuration.helloTimeout <= now {
+            helloDeadlines.removeFirst()
+            guard isLive(first.id), clients[Int(first.id.slot)].state == .awaitingHello else { continue }
+            let seconds = Double(configuration.helloTimeout) / 1e9
+            refuse(first.id, status: .timedOut, message: "no HELLO within \(seconds) s of connecting")
+        }
     }
 
     /// A malformed or out-of-order frame: ERROR with tag 0, then this connection closes.

@@ -107,8 +107,19 @@ public final class NodeServer: Service, @unchecked Sendable {
                     }
                 }
             if tcp {
+                // Keepalive probes after 30 s of silence, every 10 s, 3 times: a client host that vanished (power
+                // loss, a cut network) is noticed within about a minute, and its locks go as a closed client's do.
                 bootstrap = bootstrap.serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .childChannelOption(.socketOption(.so_keepalive), value: 1)
+                    .childChannelOption(
+                        ChannelOptions.Types.SocketOption(level: IPPROTO_TCP, name: TCP_KEEPIDLE), value: 30
+                    )
+                    .childChannelOption(
+                        ChannelOptions.Types.SocketOption(level: IPPROTO_TCP, name: TCP_KEEPINTVL), value: 10
+                    )
+                    .childChannelOption(
+                        ChannelOptions.Types.SocketOption(level: IPPROTO_TCP, name: TCP_KEEPCNT), value: 3)
             }
             return bootstrap
         }
@@ -125,7 +136,7 @@ public final class NodeServer: Service, @unchecked Sendable {
                 try await bootstrap(tcp: false).bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get())
         }
         if let listen = configuration.listenAddress {
-            let (host, port) = try Self.hostAndPort(listen, option: "--listen")
+            let (host, port) = try Self.checkListenAddress(listen)
             channels.append(try await bootstrap(tcp: true).bind(host: host, port: port).get())
         }
         guard !channels.isEmpty else { throw NodeError("nothing to listen on: give --socket or --listen") }
@@ -135,6 +146,26 @@ public final class NodeServer: Service, @unchecked Sendable {
 
 extension NodeServer {
     /// "HOST:PORT" (an IPv6 host in brackets) taken apart.
+    /// `--listen HOST:PORT`, checked: TCP clients on a loopback address only, since dlmd has no TLS or client
+    /// authentication yet (anyone who reaches the port could take, release or purge any lock).
+    public static func checkListenAddress(_ listen: String) throws -> (host: String, port: Int) {
+        let (host, port) = try hostAndPort(listen, option: "--listen")
+        guard isLoopback(host) else {
+            throw NodeError(
+                "--listen \(listen): dlmd takes TCP clients on a loopback address only (127.0.0.1, ::1, "
+                    + "localhost): it has no TLS or client authentication yet, and anyone who reaches the port "
+                    + "could take, release or purge any lock; reach it from other hosts through a tunnel")
+        }
+        return (host, port)
+    }
+
+    /// Whether `host` names this machine only: 127.0.0.0/8, ::1 or localhost.
+    static func isLoopback(_ host: String) -> Bool {
+        if host == "localhost" || host == "::1" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+
     static func hostAndPort(_ address: String, option: String) throws -> (String, Int) {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
             throw NodeError("\(option) takes HOST:PORT, not \(address)")

@@ -195,6 +195,14 @@ struct DLMD: AsyncParsableCommand {
             }
         }
         let environmentSocket = ProcessInfo.processInfo.environment["DLM_SOCKET"]
+        if let listen = listen ?? file.listen {
+            // Before anything is opened or created.
+            do {
+                _ = try NodeServer.checkListenAddress(listen)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
         let configuration = NodeConfiguration(
             socketPath: noSocket
                 ? nil : (socket ?? file.socket ?? environmentSocket ?? NodeConfiguration.defaultSocketPath),

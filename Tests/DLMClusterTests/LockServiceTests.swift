@@ -29,6 +29,23 @@ import Testing
 
     /// With a store that makes replies wait (`batch`, `sync`): the reply of a change to persistent state, and every
     /// later frame of that connection, wait for the commit; other connections are not held up.
+    /// A connection that says nothing is refused (ERROR ETIMEDOUT, tag 0) and closed once `helloTimeout` has
+    /// passed since the tick before it came; one that said HELLO is not.
+    @Test func aConnectionWithoutHelloIsClosedAfterTheDeadline() {
+        var h = ServiceHarness()
+        h.handle(.tick(now: 1_000_000_000))
+        let silent = h.service.connect()
+        h.names[silent] = "silent"
+        let talker = h.connect("talker")
+        h.handle(.tick(now: 10_000_000_000))
+        #expect(h.out().isEmpty && h.closed.isEmpty)
+        h.handle(.tick(now: 11_000_000_000))
+        #expect(h.out() == ["silent: ERROR tag 0 ETIMEDOUT"])
+        #expect(h.closed == ["silent"])
+        h.send(talker, .ping(tag: 7))
+        #expect(h.out() == ["talker: PONG tag 7"])
+    }
+
     @Test func repliesWaitForTheCommitOfWhatTheyChanged() {
         var h = H(configuration: ServiceConfiguration(nodeID: 1, repliesWaitForCommits: true, hasStore: true))
         let a = h.connect("a")

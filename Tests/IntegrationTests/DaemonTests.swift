@@ -192,6 +192,38 @@ import Testing
         await good.close()
     }
 
+    /// `--listen`: a TCP client on loopback is served as a Unix-socket one is; a non-loopback address is refused
+    /// at start (no TLS or client authentication yet), saying why.
+    @Test func tcpClientsOnLoopbackOnly() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dlmd-tcp-\(UUID())").path
+        let refused = try Daemon.runToEnd([
+            "--no-socket", "--listen", "0.0.0.0:\(try freePort())", "--data-dir", directory,
+        ])
+        #expect(refused.status != 0)
+        #expect(refused.error.contains("loopback address only"), "\(refused.error)")
+        // Refused before anything was created.
+        #expect(!FileManager.default.fileExists(atPath: directory))
+        let port = try freePort()
+        let daemon = try Daemon(arguments: ["--listen", "127.0.0.1:\(port)"])
+        defer { daemon.stop() }
+        let socket = try RawSocket(tcpPort: port)
+        var request = ByteBuffer()
+        ClientMessage.hello(Hello(pid: 1, clientName: "tcp")).encode(into: &request)
+        ClientMessage.bye(tag: 9).encode(into: &request)
+        socket.send(Array(request.readableBytesView))
+        var buffer = ByteBuffer(bytes: socket.readToEnd())
+        var replies: [ServerMessage] = []
+        while let (type, body) = try nextFrame(from: &buffer, maxLength: WireLimits.maxServerFrame) {
+            var body = body
+            replies.append(try ServerMessage.decode(type: type, body: &body))
+        }
+        guard case .helloReply = replies.first else {
+            Issue.record("no HELLO_REPLY: \(replies)")
+            return
+        }
+        #expect(replies.dropFirst().first == .ok(tag: 9, lock: 0))
+    }
+
     @Test func aCleanShutdownTellsClientsAndKeepsPersistentLocks() async throws {
         let daemon = try Daemon()
         let client = try await DLMConnection.connect(socketPath: daemon.socketPath)

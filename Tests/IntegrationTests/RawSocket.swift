@@ -1,9 +1,28 @@
 import DLMTestSupport
 import Foundation
 
-/// A blocking Unix-socket client with no protocol of its own, to send arbitrary bytes to dlmd.
+/// A blocking Unix-socket (or loopback TCP) client with no protocol of its own, to send arbitrary bytes to dlmd.
 final class RawSocket {
     let fd: Int32
+
+    /// A TCP connection to 127.0.0.1:`port`.
+    init(tcpPort port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw SupportError("socket: \(errno)") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard result == 0 else {
+            close()
+            throw SupportError("connect 127.0.0.1:\(port): errno \(errno)")
+        }
+    }
 
     init(path: String) throws {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
