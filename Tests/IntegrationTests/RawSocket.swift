@@ -68,6 +68,7 @@ final class RawSocket {
         var buffer = [UInt8](repeating: 0, count: 4096)
         while result.count < limit {
             let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
             if count <= 0 { break }
             result.append(contentsOf: buffer[0..<count])
         }
