@@ -272,7 +272,11 @@ public struct LockService {
         case .malformed(let id, let status, let message):
             refuse(id, status: status, message: message)
         case .inputEnded(let id):
-            close(id)
+            if isHoldingForDeadlock, mastering.deadlocks.holds.waitingConnections.contains(id) {
+                waitForDeadlockDecision(.inputEnded(id))
+            } else {
+                close(id)
+            }
         case .closed(let id):
             disconnected(id)
         case .tick(let now):

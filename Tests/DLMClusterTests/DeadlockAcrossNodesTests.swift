@@ -47,7 +47,8 @@ import Testing
     /// No false victim: a's unlock of x, which breaks the cycle, comes after the decider (node 1, x's master)
     /// checked the steps and before the victim (a's younger request, on node 2) is refused. Node 1 holds x for the
     /// decision, so the unlock runs after the refusal: the victim was refused while the cycle was whole, and b gets
-    /// x only then. (Without the hold, the unlock would let b have x, and the victim would still be refused.)
+    /// x only then. (Without the hold, the unlock would let b have x, and the victim would still be refused.) a
+    /// half-closes right after its unlock, and still gets its answer.
     @Test func anUnlockDuringTheDecisionWaitsForTheVictim() {
         var c = ClusterHarness(nodes: 3)
         let x = ClusterHarness.name(directedTo: 3, of: 3, prefix: "x")
@@ -71,6 +72,8 @@ import Testing
         #expect(lines.filter { $0.contains("EDEADLK") }.isEmpty)
         #expect(c.nodes[1]!.service.isHoldingForDeadlock && c.nodes[2]!.service.isHoldingForDeadlock)
         c.send(a, H.unlock(4, 1))
+        // a half-closes at once: it still gets the answer to what it sent.
+        c.nodes[1]!.handle(.inputEnded(a.id))
         lines = c.run()
         #expect(
             lines.filter { $0.hasPrefix("1a:") || $0.hasPrefix("2b:") } == [
