@@ -280,6 +280,10 @@ public struct LockService {
         case .closed(let id):
             disconnected(id)
         case .tick(let now):
+            if lastTick == 0 {
+                // The first tick: connections made before it count from now (there was no time before).
+                for index in helloDeadlines.indices { helloDeadlines[index].since = now }
+            }
             lastTick = now
             refuseSilentConnections(now: now)
             advanceClock(to: now)
