@@ -165,14 +165,7 @@ extension LockService {
                     close(id)
                 }
             case .exited(let id):
-                guard isLive(id) else { continue }
-                if isStopped {
-                    heldInputs.append(.exited(id))
-                } else if isHoldingForDeadlock {
-                    waitForDeadlockDecision(.exited(id))
-                } else {
-                    ownerExited(id)
-                }
+                if isLive(id) { exitOrWait(id) }
             case .peer(let message, let node):
                 receive(message, from: node)
             }

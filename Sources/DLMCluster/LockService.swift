@@ -406,6 +406,11 @@ public struct LockService {
             let gone = owner(id)
             forceUnlockReplies = forceUnlockReplies.filter { $0.value.owner != gone }
         }
+        exitOrWait(id)
+    }
+
+    /// The owner exits now, or once the gate or a deadlock decision's hold lets it.
+    mutating func exitOrWait(_ id: ConnectionID) {
         if isStopped {
             heldInputs.append(.exited(id))
         } else if isHoldingForDeadlock {
