@@ -30,8 +30,6 @@ struct DeadlockHolds {
     /// What waits for the holds to end, in arrival order.
     enum Waiting {
         case frame(ClientMessage, ConnectionID, Instant?, ReportEnvironment?)
-        /// The client half-closed after frames that wait: it still gets their answers, then the close.
-        case inputEnded(ConnectionID)
         case exited(ConnectionID)
         case peer(PeerMessage, from: UInt32)
     }
@@ -100,7 +98,7 @@ extension LockService {
 
     mutating func waitForDeadlockDecision(_ input: DeadlockHolds.Waiting) {
         switch input {
-        case .frame(_, let id, _, _), .inputEnded(let id), .exited(let id):
+        case .frame(_, let id, _, _), .exited(let id):
             mastering.deadlocks.holds.waitingConnections.insert(id)
         case .peer(_, let node): mastering.deadlocks.holds.waitingNodes.insert(node)
         }
@@ -158,12 +156,6 @@ extension LockService {
             switch input {
             case .frame(let message, let id, let now, let environment):
                 receive(message, from: id, now: now, environment: environment)
-            case .inputEnded(let id):
-                if isHoldingForDeadlock {
-                    waitForDeadlockDecision(.inputEnded(id))
-                } else {
-                    close(id)
-                }
             case .exited(let id):
                 if isLive(id) { exitOrWait(id) }
             case .peer(let message, let node):

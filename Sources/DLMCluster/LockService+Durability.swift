@@ -64,6 +64,8 @@ extension LockService {
     /// after that commit (frames to one connection never overtake each other).
     mutating func deliver(_ id: ConnectionID, _ message: ServerMessage) {
         let slot = Int(id.slot)
+        // The answers to frames of a connection that is gone, run after it went (LockService+Endings.swift).
+        guard !clients[slot].isGone else { return }
         let last = clients[slot].lastHeldGeneration
         guard let generation = holdingGeneration ?? (last == 0 ? nil : last) else {
             output.frames.append((id, message))

@@ -192,6 +192,9 @@ public struct LockService {
     var forceUnlockReplies: [LockID: (owner: OwnerID, tag: UInt32)] = [:]
     /// Connections whose requests waited behind a reply that has now gone out (`drainDeferred`).
     var connectionsWithDeferredRequests: [ConnectionID] = []
+    /// Connections whose input ended (half-closed or gone) while frames they sent still waited
+    /// (LockService+Endings.swift).
+    var endedConnections: [ConnectionID] = []
 
     /// Resource mastering across nodes (LockService+Mastering.swift).
     var mastering = Mastering()
@@ -272,11 +275,7 @@ public struct LockService {
         case .malformed(let id, let status, let message):
             refuse(id, status: status, message: message)
         case .inputEnded(let id):
-            if isHoldingForDeadlock, mastering.deadlocks.holds.waitingConnections.contains(id) {
-                waitForDeadlockDecision(.inputEnded(id))
-            } else {
-                close(id)
-            }
+            inputEnded(id)
         case .closed(let id):
             disconnected(id)
         case .tick(let now):
@@ -303,11 +302,14 @@ public struct LockService {
         case .peer(let node, let message):
             receive(message, from: node)
         }
-        // Messages to this node itself and requests that waited behind an answer: each may cause the other.
-        while !mastering.loopback.isEmpty || !connectionsWithDeferredRequests.isEmpty {
-            while let message = mastering.loopback.popFirst() { receive(message, from: configuration.nodeID) }
-            if !connectionsWithDeferredRequests.isEmpty { drainDeferred() }
-        }
+        // Messages to this node itself, requests that waited behind an answer and the ends of connections whose
+        // frames have all run: each may cause the others.
+        repeat {
+            while !mastering.loopback.isEmpty || !connectionsWithDeferredRequests.isEmpty {
+                while let message = mastering.loopback.popFirst() { receive(message, from: configuration.nodeID) }
+                if !connectionsWithDeferredRequests.isEmpty { drainDeferred() }
+            }
+        } while !endedConnections.isEmpty && finishEndedConnections()
         // Only this input's frames and messages wait for its changes (a hold set outside `run`, e.g. by recovery's
         // replication, ends here too).
         holdingGeneration = nil
@@ -318,15 +320,16 @@ public struct LockService {
     /// that the last commit holds it all.
     mutating func shutdown() {
         isShuttingDown = true
-        for case .exited(let id) in heldInputs where isLive(id) { run(.ownerExited(owner(id)), reply: nil) }
         heldInputs.removeAll()
         for slot in clients.indices {
             let client = clients[slot]
-            guard client.id.owner != 0, !client.isGone else { continue }
-            if client.state != .closing {
+            // Owners whose exit waited (for the gate, or behind frames they sent) exit too.
+            guard client.id.owner != 0, !client.hasExited else { continue }
+            if !client.isGone, client.state != .closing {
                 deliver(client.id, .goodbye(reason: "dlmd is shutting down"))
                 close(client.id)
             }
+            clients[slot].hasExited = true
             run(.ownerExited(owner(client.id)), reply: nil)
         }
         while engine.hasBulkWork { run(.continueBulkWork, reply: nil) }
@@ -397,15 +400,16 @@ public struct LockService {
         }
     }
 
-    /// The connection is gone: its owner's locks are released or orphaned (held while stopped).
+    /// The connection is gone: its owner's locks are released or orphaned, once the frames it sent before have run
+    /// (LockService+Endings.swift) and the gate lets it.
     mutating func disconnected(_ id: ConnectionID) {
         guard isLive(id), !clients[Int(id.slot)].isGone else { return }
         clients[Int(id.slot)].isGone = true
-        clients[Int(id.slot)].state = .closing
-        if clients[Int(id.slot)].awaitingReply {
-            let gone = owner(id)
-            forceUnlockReplies = forceUnlockReplies.filter { $0.value.owner != gone }
+        if clients[Int(id.slot)].state == .ready, hasWaitingFrames(id) {
+            waitForFramesBeforeEnd(id)
+            return
         }
+        clients[Int(id.slot)].state = .closing
         exitOrWait(id)
     }
 
@@ -446,6 +450,8 @@ struct Client {
     var lastHeldGeneration: UInt64 = 0
     /// Close once no frame waits.
     var closeWhenSent = false
+    /// Its input ended while frames it sent still waited: it closes (or its owner exits) once they have run.
+    var endsAfterWaitingFrames = false
     /// The shell reported the connection gone.
     var isGone = false
     /// Its owner's locks were released (`ownerExited`): once no frame waits, the connection is forgotten. (An exit

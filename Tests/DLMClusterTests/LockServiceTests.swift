@@ -91,8 +91,7 @@ import Testing
         var h = H(
             configuration: ServiceConfiguration(
                 nodeID: 1, repliesWaitForCommits: true, hasStore: true, isClusterMember: true))
-        let view = View(
-            id: ViewID(number: 1, coordinator: NodeID(1)), members: [Member(node: NodeID(1), incarnation: 1)])
+        let view = H.soloView
         h.handle(.viewInstalled(view, primary: true))
         let a = h.connect("a")
         let b = h.connect("b")
@@ -126,8 +125,7 @@ import Testing
         #expect(h.out() == ["b: QUERY_REPLY tag 5"])
         h.handle(.closed(b))
         #expect(h.service.heldInputCount == 4)
-        let view = View(
-            id: ViewID(number: 1, coordinator: NodeID(1)), members: [Member(node: NodeID(1), incarnation: 1)])
+        let view = H.soloView
         h.handle(.viewInstalled(view, primary: false))
         #expect(h.out() == [])
         h.handle(.viewInstalled(view, primary: true))
@@ -136,6 +134,64 @@ import Testing
                 "a: LOCKSPACE tag 2 id 0 created", "a: COMPLETION tag 3 lock 1 granted EX", "a: PONG tag 4",
             ])
         #expect(h.service.heldInputCount == 0 && h.service.waitingFor.isEmpty)
+    }
+
+    /// A client unlocks its persistent lock and goes while the node is stopped: when the node serves again the
+    /// unlock runs before the exit, so no orphan is left (the held frames of a gone connection used to be dropped,
+    /// and its exit made the lock an orphan).
+    @Test func framesHeldByTheGateRunBeforeTheExitOfTheirGoneClient() {
+        var h = H(configuration: ServiceConfiguration(nodeID: 1, isClusterMember: true))
+        h.handle(.viewInstalled(H.soloView, primary: true))
+        let a = h.connect("a")
+        h.send(a, H.open(1))
+        h.send(a, H.lock(2, "p", .ex, .persistent))
+        #expect(h.out().contains("a: COMPLETION tag 2 lock 1 granted EX"))
+        let b = h.connect("b")
+        h.send(b, H.open(1))
+        #expect(h.out() == ["b: LOCKSPACE tag 1 id 0"])
+        let view = H.soloView
+        h.handle(.viewInstalled(view, primary: false))
+        h.send(a, H.unlock(3, 1))
+        h.handle(.closed(a))
+        h.handle(.viewInstalled(view, primary: true))
+        #expect(h.out() == [])
+        #expect(h.service.engine.lockCount == 0)
+        h.send(b, H.lock(2, "p", .ex, .noQueue))
+        #expect(h.out() == ["b: COMPLETION tag 2 lock 1 granted EX"])
+    }
+
+    /// A client half-closes while its request is held by the gate: it gets the answer when the node serves again,
+    /// then the close (it used to be closed at once, unanswered, and the request never ran).
+    @Test func aHalfClosedConnectionGetsTheAnswersOfFramesHeldByTheGate() {
+        var h = H(configuration: ServiceConfiguration(nodeID: 1, isClusterMember: true))
+        let view = H.soloView
+        let a = h.connect("a")
+        h.send(a, H.open(1))
+        h.send(a, H.lock(2, "r", .ex))
+        h.handle(.inputEnded(a))
+        #expect(h.out() == [] && h.closed.isEmpty)
+        h.handle(.viewInstalled(view, primary: true))
+        #expect(h.out() == ["a: LOCKSPACE tag 1 id 0 created", "a: COMPLETION tag 2 lock 1 granted EX"])
+        #expect(h.closed == ["a"])
+        h.handle(.closed(a))
+        #expect(h.service.engine.lockCount == 0)
+    }
+
+    /// A client's UNLOCK of its persistent lock waits behind its FORCEUNLOCK done in slices, and the client goes
+    /// meanwhile: the unlock still runs, then the owner exits; no orphan is left.
+    @Test func framesBehindWorkInSlicesRunBeforeTheExitOfTheirGoneClient() {
+        var h = H(configuration: ServiceConfiguration(nodeID: 1, engine: EngineConfig(bulkSlice: 4)))
+        let a = h.connect("a")
+        h.send(a, H.open(1))
+        h.send(a, H.lock(2, "p", .ex, .persistent))
+        h.send(a, H.lock(3, "parent", .ex))
+        for i in 0..<10 { h.send(a, H.lock(UInt32(10 + i), "c\(i)", .ex, parent: 2)) }
+        #expect(h.out().count == 13)
+        h.send(a, H.unlock(30, 2, .forceUnlock))
+        h.send(a, H.unlock(31, 1))
+        h.handle(.closed(a))
+        _ = h.slices()
+        #expect(h.service.engine.lockCount == 0)
     }
 
     /// FORCEUNLOCK of a parent with more sub-locks than a slice: every sub-lock's completion, then the parent's,

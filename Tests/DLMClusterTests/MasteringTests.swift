@@ -119,6 +119,22 @@ import Testing
         #expect(c.nodes[1]!.service.engine.lockCount == 2)
     }
 
+    /// A client's UNLOCK of its persistent lock waits behind its request to another node's master, and the client
+    /// goes before the answer comes: the unlock still runs, then the owner exits on every master; no orphan is
+    /// left (the frames behind the answer used to be dropped with the connection).
+    @Test func framesBehindARemoteAnswerRunBeforeTheExitOfTheirGoneClient() {
+        var c = ClusterHarness(nodes: 3)
+        let a = c.client(1, "a")
+        c.send(a, H.lock(2, ClusterHarness.name(directedTo: 1, of: 3), .ex, .persistent))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock 1 granted EX"])
+        c.send(a, H.lock(3, ClusterHarness.name(directedTo: 3, of: 3), .ex))
+        c.send(a, H.unlock(4, 1))
+        c.close(a)
+        _ = c.run()
+        #expect(c.nodes[1]!.service.engine.lockCount == 0)
+        #expect(c.nodes[3]!.service.engine.lockCount == 0)
+    }
+
     /// A persistent lock on a resource mastered on another node is acknowledged once the master's store holds
     /// it, as a single node acknowledges its own clients' (durability `batch` or `sync`); other nodes' traffic
     /// does not wait for it.

@@ -116,6 +116,10 @@ struct ServiceHarness {
         .unlock(UnlockMessage(tag: tag, lock: lock, flags: flags))
     }
 
+    /// The view of a cluster of node 1 alone.
+    static let soloView = View(
+        id: ViewID(number: 1, coordinator: NodeID(1)), members: [Member(node: NodeID(1), incarnation: 1)])
+
     static func open(_ tag: UInt32, _ name: String = "ls") -> ClientMessage {
         .openLockspace(tag: tag, name: Array(name.utf8), valueBlockLength: 0, create: true)
     }
