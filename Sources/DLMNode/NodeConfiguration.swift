@@ -7,6 +7,9 @@ import NIOCore
 public struct NodeConfiguration: Sendable {
     /// The Unix socket clients connect to; nil for none.
     public var socketPath: String?
+    /// The Unix socket's permission bits and group (SocketPermissions.swift); nil: dlmd's group.
+    public var socketMode: UInt16
+    public var socketGroup: String?
     /// A TCP address clients connect to ("HOST:PORT"); nil for none.
     public var listenAddress: String?
     /// Where the node keeps what must survive a restart.
@@ -36,8 +39,10 @@ public struct NodeConfiguration: Sendable {
         dataDirectory: String = NodeConfiguration.defaultDataDirectory, nodeID: UInt32 = 1,
         engine: EngineConfig = EngineConfig(), tickInterval: UInt64 = 10_000_000, durability: Durability = .batch,
         mapSize: Int = NodeConfiguration.defaultMapSize, cluster: ClusterConfig? = nil, busyPoll: TimeAmount = .zero,
-        metricsAddress: String? = nil
+        metricsAddress: String? = nil, socketMode: UInt16 = SocketPermissions.defaultMode, socketGroup: String? = nil
     ) {
+        self.socketMode = socketMode
+        self.socketGroup = socketGroup
         self.metricsAddress = metricsAddress
         self.busyPoll = busyPoll
         self.cluster = cluster

@@ -125,15 +125,19 @@ public final class NodeServer: Service, @unchecked Sendable {
         }
         var channels: [Channel] = []
         if let path = configuration.socketPath {
-            let directory = (path as NSString).deletingLastPathComponent
-            if !directory.isEmpty {
-                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            }
+            let group = try configuration.socketGroup.map(SocketPermissions.groupID)
+            var directory = (path as NSString).deletingLastPathComponent
+            if directory.isEmpty { directory = "." }
+            try FileManager.default.createDirectory(
+                atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+            try SocketPermissions.checkDirectory(directory)
             if isListening(unixSocket: path) {
                 throw NodeError("another dlmd already listens on \(path)")
             }
-            channels.append(
-                try await bootstrap(tcp: false).bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get())
+            let channel = try await SocketPermissions.bind(path, mode: configuration.socketMode, group: group) {
+                try await bootstrap(tcp: false).bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            }
+            channels.append(channel)
         }
         if let listen = configuration.listenAddress {
             let (host, port) = try Self.checkListenAddress(listen)

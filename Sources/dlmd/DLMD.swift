@@ -20,8 +20,9 @@ struct DLMD: AsyncParsableCommand {
             READY=1 once its socket accepts clients and its store is open, and STOPPING=1 when a clean stop begins.
 
             Settings come from the command line, then the config file (--config), then the defaults. The \
-            config file is TOML with a [dlmd] table holding the same names: socket, listen, data_dir, \
-            node_id, deadlock_wait, log_level, durability, map_size, busy_poll, metrics.
+            config file is TOML with a [dlmd] table holding the same names: socket, socket_mode ("0660"), \
+            socket_group, listen, data_dir, node_id, deadlock_wait, log_level, durability, map_size, busy_poll, \
+            metrics.
 
             A config file with a [cluster] table makes this node a cluster member: it also holds the node list \
             ([[node]] id, address, votes), [quorum], [fencing] and the cluster key file (docs/GROUPS.md). Start \
@@ -32,6 +33,14 @@ struct DLMD: AsyncParsableCommand {
 
     @Option(name: .long, help: "The Unix socket clients connect to (default: $DLM_SOCKET or /run/dlm/dlmd.sock).")
     var socket: String?
+
+    @Option(
+        name: .long,
+        help: "The Unix socket's permission bits, octal: who may connect (default: 0660, dlmd's user and group).")
+    var socketMode: String?
+
+    @Option(name: .long, help: "The Unix socket's group, a name or number (default: dlmd's group).")
+    var socketGroup: String?
 
     @Flag(name: .long, help: "Do not listen on a Unix socket (use --listen).")
     var noSocket = false
@@ -89,6 +98,8 @@ struct DLMD: AsyncParsableCommand {
     /// The [dlmd] table of the config file.
     struct FileSettings: Codable {
         var socket: String?
+        var socket_mode: String?
+        var socket_group: String?
         var listen: String?
         var data_dir: String?
         var node_id: UInt32?
@@ -113,8 +124,8 @@ struct DLMD: AsyncParsableCommand {
             guard let section = table["dlmd"] else { return FileSettings() }
             guard let dlmd = section.table else { throw ValidationError("\(config): [dlmd] must be a table") }
             let known: Set<String> = [
-                "socket", "listen", "data_dir", "node_id", "deadlock_wait", "log_level", "durability", "map_size",
-                "busy_poll", "metrics",
+                "socket", "socket_mode", "socket_group", "listen", "data_dir", "node_id", "deadlock_wait", "log_level",
+                "durability", "map_size", "busy_poll", "metrics",
             ]
             for key in dlmd.keys where !known.contains(key) {
                 throw ValidationError(
@@ -203,13 +214,23 @@ struct DLMD: AsyncParsableCommand {
                 throw ValidationError("\(error)")
             }
         }
+        let socketPermissions: UInt16
+        do {
+            socketPermissions =
+                try (socketMode ?? file.socket_mode).map(SocketPermissions.mode)
+                ?? SocketPermissions.defaultMode
+            if let group = socketGroup ?? file.socket_group { _ = try SocketPermissions.groupID(group) }
+        } catch {
+            throw ValidationError("\(error)")
+        }
         let configuration = NodeConfiguration(
             socketPath: noSocket
                 ? nil : (socket ?? file.socket ?? environmentSocket ?? NodeConfiguration.defaultSocketPath),
             listenAddress: listen ?? file.listen,
             dataDirectory: dataDirectory, nodeID: nodeID ?? file.node_id ?? 1,
             engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)), durability: durabilityMode, mapSize: mapMiB << 20,
-            cluster: cluster, busyPoll: .microseconds(Int64(pollMicroseconds)), metricsAddress: metrics ?? file.metrics)
+            cluster: cluster, busyPoll: .microseconds(Int64(pollMicroseconds)), metricsAddress: metrics ?? file.metrics,
+            socketMode: socketPermissions, socketGroup: socketGroup ?? file.socket_group)
         let logger = Logger(label: "dlmd")
         let server = NodeServer(
             configuration: configuration, logger: logger, notifier: SystemdNotifier.fromEnvironment()

@@ -1,0 +1,70 @@
+import DLMTestSupport
+import Foundation
+import Testing
+
+/// Who may connect to dlmd's Unix socket: its mode and group (`--socket-mode`, `--socket-group`), and a directory
+/// in which another user could replace the socket is refused.
+@Suite struct SocketPermissionTests {
+    /// `dlmtool status` as the user and group nobody (setpriv), against `socket`: its exit status and error.
+    static func statusAsNobody(_ socket: String) throws -> (status: Int32, error: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        process.arguments = [
+            "--reuid=65534", "--regid=65534", "--clear-groups", ToolRun.executable, "status", "--socket", socket,
+        ]
+        let error = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = error
+        try process.run()
+        let text = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    static func modeAndGroup(_ path: String) -> (mode: UInt32, group: UInt32) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return (0, 0) }
+        return (UInt32(info.st_mode & 0o7777), UInt32(info.st_gid))
+    }
+
+    /// By default the socket is 0660 with dlmd's group: another user (nobody) cannot connect. Given 0666 and a
+    /// group, the socket has them, and that user is served.
+    @Test(.enabled(if: geteuid() == 0, "runs dlmtool as another user (setpriv): needs root"))
+    func theSocketsModeAndGroupDecideWhoConnects() throws {
+        let closed = try Daemon()
+        defer { closed.stop() }
+        #expect(Self.modeAndGroup(closed.socketPath) == (0o660, UInt32(getegid())))
+        let refused = try Self.statusAsNobody(closed.socketPath)
+        #expect(refused.status != 0)
+        #expect(refused.error.contains("Permission denied") || refused.error.contains("EACCES"), "\(refused.error)")
+
+        let open = try Daemon(arguments: ["--socket-mode", "0666", "--socket-group", "daemon"])
+        defer { open.stop() }
+        #expect(Self.modeAndGroup(open.socketPath) == (0o666, 1))
+        let served = try Self.statusAsNobody(open.socketPath)
+        #expect(served.status == 0, "\(served.error)")
+    }
+
+    /// A socket directory that every user may write (without the sticky bit) is refused before dlmd serves, saying
+    /// why; so is a mode that is not octal permission bits, or a group that does not exist.
+    @Test func anUnsafeDirectoryOrBadSettingIsRefused() throws {
+        let directory = Daemon.temporaryDirectory("dlmd-socket-dir")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        chmod(directory, 0o777)
+        let socket = directory + "/dlmd.sock"
+        let unsafe = try Daemon.runToEnd(["--socket", socket, "--data-dir", directory + "/data"])
+        #expect(unsafe.status != 0)
+        #expect(unsafe.error.contains("another user could replace the socket"), "\(unsafe.error)")
+        #expect(!FileManager.default.fileExists(atPath: socket))
+        chmod(directory, 0o755)
+        for (option, value, message) in [
+            ("--socket-mode", "0999", "octal permission bits"), ("--socket-group", "no-such-group-x", "no such group"),
+        ] {
+            let bad = try Daemon.runToEnd(["--socket", socket, "--data-dir", directory + "/data", option, value])
+            #expect(bad.status != 0)
+            #expect(bad.error.contains(message), "\(bad.error)")
+            #expect(!FileManager.default.fileExists(atPath: socket))
+        }
+    }
+}
