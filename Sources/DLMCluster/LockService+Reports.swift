@@ -130,7 +130,8 @@ extension LockService {
                 .init(
                     name: record.name.displayName, nameHex: record.name.hexString, master: copy.master,
                     id: ProcessCopies.lockID(index).description, grantedMode: record.grantedMode?.description,
-                    requestedMode: record.requestedMode?.description, owner: String(copy.owner)))
+                    requestedMode: record.requestedMode?.description, owner: String(copy.owner),
+                    uid: slotsByOwner[copy.owner].flatMap { clients[Int($0)].credentials?.uid }))
         }
         return (locks, false)
     }
@@ -152,7 +153,7 @@ extension LockService {
                     waitingMilliseconds: lock.queue == .grant
                         ? nil : Double(now > lock.waitingSince ? now - lock.waitingSince : 0) / 1e6,
                     parent: lock.parent?.description, fencingToken: lock.fencingToken,
-                    node: cluster ? lock.owner?.node : nil)
+                    node: cluster ? lock.owner?.node : nil, uid: lock.owner.flatMap(userID(of:)))
             }
             let lvb =
                 snapshot.valueBlock

@@ -26,10 +26,10 @@ extension LockService {
                         + "server speaks \(ProtocolVersion.current)")
                 return
             }
-            clients[Int(id.slot)].pid = hello.pid
+            clients[Int(id.slot)].pid = Self.processID(claimed: hello.pid, kernel: clients[Int(id.slot)].credentials)
             queues[Int(id.slot)].name = hello.clientName
             clients[Int(id.slot)].state = .ready
-            run(.setProcessID(hello.pid, owner: owner(id)), reply: nil)
+            run(.setProcessID(clients[Int(id.slot)].pid, owner: owner(id)), reply: nil)
             deliver(
                 id, .helloReply(HelloReply(nodeID: configuration.nodeID, server: "dlmd \(LockService.version)")))
         case .ready:

@@ -225,7 +225,8 @@ public struct LockService {
     // MARK: Clients
 
     /// A new connection: its id. A node that is shutting down refuses it (ERROR ESHUTDOWN, then close).
-    public mutating func connect() -> ConnectionID {
+    /// `credentials`: who the kernel says the client is (a Unix socket's `SO_PEERCRED`); nil when unknown (TCP).
+    public mutating func connect(credentials: ClientCredentials? = nil) -> ConnectionID {
         let slot: UInt32
         if let free = freeSlots.popLast() {
             slot = free
@@ -237,6 +238,7 @@ public struct LockService {
         let id = ConnectionID(slot: slot, owner: nextOwner)
         nextOwner += 1
         clients[Int(slot)] = Client(id: id)
+        clients[Int(slot)].credentials = credentials
         queues[Int(slot)] = ClientQueues()
         slotsByOwner[id.owner] = slot
         clientCount += 1
@@ -445,7 +447,9 @@ struct Client {
     /// Owner 0: a free slot.
     let id: ConnectionID
     var state = State.awaitingHello
+    /// The pid its locks carry (ClientCredentials.swift, `processID`).
     var pid: UInt32 = 0
+    var credentials: ClientCredentials?
     /// The generation the last of its held frames waits for; 0 when none wait.
     var lastHeldGeneration: UInt64 = 0
     /// Close once no frame waits.

@@ -3,6 +3,10 @@ import DLMCore
 import DLMWire
 import NIOCore
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// One client connection's channel, for the shell: the service's id for it and the frames being written. Touched
 /// only on the node's event loop.
 final class ClientConnection {
@@ -22,6 +26,27 @@ final class ClientConnection {
         self.requestTimes = timed ? RequestTimes() : nil
         self.outbound = channel.allocator.buffer(capacity: 256)
     }
+}
+
+/// Who the kernel says the process at the other end of a Unix-socket channel is (`SO_PEERCRED`, as it was when
+/// it connected); nil for TCP. Called on the channel's event loop, where the option is read at once.
+func peerCredentials(of channel: Channel) -> ClientCredentials? {
+    guard case .unixDomainSocket = channel.localAddress, let provider = channel as? SocketOptionProvider else {
+        return nil
+    }
+    /// `struct ucred` of <sys/socket.h>.
+    struct UCred: Sendable {
+        var pid: Int32 = 0
+        var uid: UInt32 = 0
+        var gid: UInt32 = 0
+    }
+    var credentials: ClientCredentials?
+    let option: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(
+        level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+    option.assumeIsolated().whenSuccess {
+        credentials = ClientCredentials(pid: UInt32(bitPattern: $0.pid), uid: $0.uid, gid: $0.gid)
+    }
+    return credentials
 }
 
 /// The pipeline's only handler: splits the byte stream into frames, decodes each and hands it to the node

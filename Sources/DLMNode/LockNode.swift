@@ -82,7 +82,7 @@ public final class LockNode: @unchecked Sendable {
     // MARK: Connections
 
     func connected(_ channel: Channel) -> ClientConnection {
-        let id = service.connect()
+        let id = service.connect(credentials: peerCredentials(of: channel))
         let connection = ClientConnection(id: id, channel: channel, timed: metrics != nil)
         while connections.count <= Int(id.slot) { connections.append(nil) }
         connections[Int(id.slot)] = connection

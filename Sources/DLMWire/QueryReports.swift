@@ -310,6 +310,9 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
         public var requestedMode: String?
         public var owner: String
         public var pid: Int32
+        /// The uid of the owner's process, when that is a live client of the reporting node that the kernel
+        /// named (a Unix-socket client); nil otherwise.
+        public var uid: UInt32?
         public var flags: String
         public var waitingMilliseconds: Double?
         public var parent: String?
@@ -321,7 +324,7 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
             case id
             case grantedMode = "granted_mode"
             case requestedMode = "requested_mode"
-            case owner, pid, flags
+            case owner, pid, uid, flags
             case waitingMilliseconds = "waiting_ms"
             case parent
             case fencingToken = "fencing_token"
@@ -330,9 +333,10 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
 
         public init(
             id: String, grantedMode: String?, requestedMode: String?, owner: String, pid: Int32, flags: String,
-            waitingMilliseconds: Double?, parent: String?, fencingToken: UInt64, node: UInt32? = nil
+            waitingMilliseconds: Double?, parent: String?, fencingToken: UInt64, node: UInt32? = nil, uid: UInt32? = nil
         ) {
             self.node = node
+            self.uid = uid
             self.id = id
             self.grantedMode = grantedMode
             self.requestedMode = requestedMode
@@ -401,6 +405,8 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
         public var grantedMode: String?
         public var requestedMode: String?
         public var owner: String
+        /// The uid of the owner's process, as for `Lock.uid`.
+        public var uid: UInt32?
 
         enum CodingKeys: String, CodingKey {
             case name
@@ -408,13 +414,14 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
             case master, id
             case grantedMode = "granted_mode"
             case requestedMode = "requested_mode"
-            case owner
+            case owner, uid
         }
 
         public init(
             name: String, nameHex: String, master: UInt32, id: String, grantedMode: String?, requestedMode: String?,
-            owner: String
+            owner: String, uid: UInt32? = nil
         ) {
+            self.uid = uid
             self.name = name
             self.nameHex = nameHex
             self.master = master

@@ -147,6 +147,8 @@ struct DlmtoolTests {
         #expect(r1.master == 1 && r1.nameHex == "7231")
         #expect(r1.granted.map(\.id) == [held.id.description])
         #expect(r1.granted.first?.grantedMode == "PR" && r1.granted.first?.pid == pid)
+        // The kernel says who the client is (SO_PEERCRED): this test's process.
+        #expect(r1.granted.first?.uid == getuid())
         #expect(r1.converting.map(\.id) == [null.id.description])
         #expect(r1.converting.first?.grantedMode == "NL" && r1.converting.first?.requestedMode == "EX")
         #expect(r1.converting.first?.pid == pid)
@@ -166,7 +168,7 @@ struct DlmtoolTests {
         #expect(lines.contains { $0.hasPrefix("LVB: 01020304 05060708 00000000") && $0.contains("sequence 1  valid") })
         #expect(lines.contains("Granted") && lines.contains("Convert") && lines.contains("Waiting"))
         let heldLine = try #require(lines.first { $0.contains(Self.paddedID(held.id)) })
-        #expect(heldLine.contains(" PR ") && heldLine.contains("pid \(pid)"))
+        #expect(heldLine.contains(" PR ") && heldLine.contains("pid \(pid)") && heldLine.contains("uid \(getuid())"))
         let convertLine = try #require(lines.first { $0.contains(Self.paddedID(null.id)) })
         #expect(convertLine.contains("NL (EX)") && convertLine.contains("waiting "))
         let waitLine = try #require(lines.first { $0.contains(Self.paddedID(queued.id)) })
@@ -180,12 +182,12 @@ struct DlmtoolTests {
         let dump = try await ToolRun.run(daemon, "lockdump", "demo")
         #expect(dump.status == 0, "\(dump.stderr)")
         let rows = dump.lines.map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
-        #expect(rows.first == ["RESOURCE", "ID", "GRANTED", "REQUESTED", "QUEUE", "OWNER", "PID", "FLAGS"])
+        #expect(rows.first == ["RESOURCE", "ID", "GRANTED", "REQUESTED", "QUEUE", "OWNER", "PID", "UID", "FLAGS"])
         #expect(rows.contains { $0.prefix(5) == ["r1", Self.paddedID(held.id), "PR", "-", "granted"] })
         #expect(rows.contains { $0.prefix(5) == ["r1", Self.paddedID(null.id), "NL", "EX", "convert"] })
         #expect(rows.contains { $0.prefix(5) == ["r1", Self.paddedID(queued.id), "-", "PW", "waiting"] })
         #expect(rows.contains { $0.prefix(5) == ["lvb", Self.paddedID(keeper.id), "NL", "-", "granted"] })
-        #expect(rows.filter { $0.count > 6 && $0[6] == "\(pid)" }.count == 4)
+        #expect(rows.filter { $0.count > 7 && $0[6] == "\(pid)" && $0[7] == "\(getuid())" }.count == 4)
 
         let dumpJSON = try await ToolRun.run(daemon, "lockdump", "demo", "--json")
         #expect(dumpJSON.status == 0, "\(dumpJSON.stderr)")
@@ -331,7 +333,8 @@ struct DlmtoolTests {
 
         let refused = try await ToolRun.run(daemon, "lock", "--nonblock", "busy", "--", "echo", "ran")
         #expect(refused.status == 1 && refused.stdout.isEmpty)
-        #expect(refused.stderr.contains("(EAGAIN)") && refused.stderr.contains("held in EX by pid \(pid)"))
+        #expect(
+            refused.stderr.contains("(EAGAIN)") && refused.stderr.contains("held in EX by pid \(pid), uid \(getuid())"))
 
         let code = try await ToolRun.run(daemon, "lock", "-n", "-E", "75", "busy", "--", "echo", "ran")
         #expect(code.status == 75 && code.stdout.isEmpty)

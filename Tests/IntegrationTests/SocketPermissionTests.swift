@@ -1,10 +1,15 @@
+import DLMClient
 import DLMTestSupport
+import DLMWire
 import Foundation
 import Testing
 
 /// Who may connect to dlmd's Unix socket: its mode and group (`--socket-mode`, `--socket-group`), and a directory
 /// in which another user could replace the socket is refused.
 @Suite struct SocketPermissionTests {
+    /// Tests/CDLMTests/claim_pid.c, compiled once.
+    static let claimPID = CPrograms.compile("claim_pid")
+
     /// `dlmtool status` as the user and group nobody (setpriv), against `socket`: its exit status and error.
     static func statusAsNobody(_ socket: String) throws -> (status: Int32, error: String) {
         let process = Process()
@@ -43,6 +48,47 @@ import Testing
         #expect(Self.modeAndGroup(open.socketPath) == (0o666, 1))
         let served = try Self.statusAsNobody(open.socketPath)
         #expect(served.status == 0, "\(served.error)")
+    }
+
+    /// The kernel says who a client is (SO_PEERCRED): a client running as nobody that claims pid 4242 in HELLO
+    /// has its lock carry its own pid and uid 65534; root may name another process's pid (as in SCM_CREDENTIALS),
+    /// and its lock shows uid 0.
+    @Test(.enabled(if: geteuid() == 0, "runs a client as another user (setpriv): needs root"))
+    func thePidAndUidOfALockComeFromTheKernel() async throws {
+        let daemon = try Daemon(arguments: ["--socket-mode", "0666"])
+        defer { daemon.stop() }
+        func run(asNobody: Bool) throws -> (Process, Pipe, LineLog) {
+            let process = Process()
+            let program = try Self.claimPID.get()
+            process.executableURL = URL(fileURLWithPath: asNobody ? "/usr/bin/setpriv" : program)
+            process.arguments =
+                (asNobody ? ["--reuid=65534", "--regid=65534", "--clear-groups", program] : [])
+                + [daemon.socketPath, "4242"]
+            let input = Pipe()
+            let output = Pipe()
+            let log = LineLog()
+            process.standardInput = input
+            process.standardOutput = output
+            try process.run()
+            log.read(output.fileHandleForReading)
+            try log.wait(for: "held") { $0 == "held" }
+            return (process, input, log)
+        }
+        let (nobody, nobodyInput, _) = try run(asNobody: true)
+        let (root, rootInput, _) = try run(asNobody: false)
+        defer {
+            for (process, input) in [(nobody, nobodyInput), (root, rootInput)] {
+                try? input.fileHandleForWriting.close()
+                process.waitUntilExit()
+            }
+        }
+        let client = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let json = try await client.query(.lockdebug, argument: Array("ids".utf8))
+        let report = try JSONDecoder().decode(LockDebugReport.self, from: Data(json))
+        let holders = try #require(report.resources.first { $0.name == "who" }).granted
+        let seen = Set(holders.map { "pid \($0.pid) uid \($0.uid.map(String.init) ?? "-")" })
+        #expect(seen == ["pid \(nobody.processIdentifier) uid 65534", "pid 4242 uid 0"])
+        await client.close()
     }
 
     /// A socket directory that every user may write (without the sticky bit) is refused before dlmd serves, saying

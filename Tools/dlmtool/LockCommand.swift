@@ -179,7 +179,7 @@ struct Lock: AsyncParsableCommand {
         throw ToolError(message, exitCode: conflictExitCode)
     }
 
-    /// Who holds the lock: "EX by pid 1234 (owner 7)", from dlmd's lockdebug report; nil if unknown.
+    /// Who holds the lock: "EX by pid 1234, uid 1000 (owner 7)", from dlmd's lockdebug report; nil if unknown.
     func holders(on connection: DLMConnection) async -> String? {
         guard let json = try? await connection.query(.lockdebug, argument: Array(lockspace.utf8)),
             let report = try? JSONDecoder().decode(LockDebugReport.self, from: Data(json))
@@ -190,7 +190,8 @@ struct Lock: AsyncParsableCommand {
         }
         let holders = (resource.granted + resource.converting).compactMap { lock -> String? in
             guard let mode = lock.grantedMode else { return nil }
-            let owner = lock.owner == "orphan" ? "an orphan" : "pid \(lock.pid) (owner \(lock.owner))"
+            let uid = lock.uid.map { ", uid \($0)" } ?? ""
+            let owner = lock.owner == "orphan" ? "an orphan" : "pid \(lock.pid)\(uid) (owner \(lock.owner))"
             return "in \(mode) by \(owner)"
         }
         return holders.isEmpty ? nil : holders.joined(separator: ", ")

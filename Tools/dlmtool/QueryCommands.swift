@@ -139,7 +139,7 @@ struct LockDebug: AsyncParsableCommand {
             Per resource: its name, master node (and directory node, in a cluster), value block (hex), \
             sequence and validity, fencing token, then the Granted, Convert and Waiting queues, one lock a \
             line: lock id, granted mode and (requested mode), owner (a connection number on its node, or \
-            "orphan"), pid, the holder's node in a cluster, flags and how long it has waited. In a cluster, \
+            "orphan"), pid, uid (for a client of this node that the kernel named), the holder's node in a cluster, flags and how long it has waited. In a cluster, \
             then the locks this node's clients hold on resources other nodes master. With \
             --json, prints dlmd's lockdebug report (Protocol/CLIENT.md §8) as it is.
             """)
@@ -163,8 +163,8 @@ struct LockDebug: AsyncParsableCommand {
                 var modes = lock.grantedMode ?? "--"
                 if let requested = lock.requestedMode, requested != lock.grantedMode { modes += " (\(requested))" }
                 return [
-                    Text.lockID(lock.id), modes, "owner \(lock.owner)", "master node \(lock.master)",
-                    Text.name(lock.name),
+                    Text.lockID(lock.id), modes, "owner \(lock.owner)", lock.uid.map { "uid \($0)" } ?? "",
+                    "master node \(lock.master)", Text.name(lock.name),
                 ]
             }
             parts.append(
@@ -192,11 +192,12 @@ struct LockDebug: AsyncParsableCommand {
         return lines.joined(separator: "\n")
     }
 
-    /// `00000003 NL (EX)  owner 4  pid 1234  flags NOQUEUE  waiting 12 ms  parent 00000001`.
+    /// `00000003 NL (EX)  owner 4  pid 1234  uid 1000  flags NOQUEUE  waiting 12 ms  parent 00000001`.
     static func row(_ lock: LockDebugReport.Lock) -> [String] {
         var modes = lock.grantedMode ?? "--"
         if let requested = lock.requestedMode, requested != lock.grantedMode { modes += " (\(requested))" }
         var row = [Text.lockID(lock.id), modes, "owner \(lock.owner)", "pid \(lock.pid)"]
+        if let uid = lock.uid { row.append("uid \(uid)") }
         if let node = lock.node { row.append("node \(node)") }
         if !lock.flags.isEmpty { row.append("flags \(lock.flags)") }
         if let waited = lock.waitingMilliseconds { row.append("waiting \(Text.waited(waited))") }
@@ -212,7 +213,8 @@ struct LockDump: AsyncParsableCommand {
         abstract: "List every lock of a lockspace, one a line.",
         discussion: """
             Columns: resource, lock id, granted and requested mode ("-" for none), queue (granted, convert, \
-            waiting), owner, pid and flags. With --json, prints dlmd's lockdump report (Protocol/CLIENT.md \
+            waiting), owner, pid, uid ("-" when unknown: an orphan, a TCP client, or a client of another node) \
+            and flags. With --json, prints dlmd's lockdump report (Protocol/CLIENT.md \
             §8) as it is.
             """)
 
@@ -231,13 +233,17 @@ struct LockDump: AsyncParsableCommand {
                     for lock in locks {
                         rows.append([
                             Text.resourceName(resource), Text.lockID(lock.id), lock.grantedMode ?? "-",
-                            lock.requestedMode ?? "-", queue, lock.owner, "\(lock.pid)", lock.flags,
+                            lock.requestedMode ?? "-", queue, lock.owner, "\(lock.pid)",
+                            lock.uid.map(String.init) ?? "-",
+                            lock.flags,
                         ])
                     }
                 }
             }
             guard !rows.isEmpty else { return print("no locks in lockspace \(Text.name(report.lockspace))") }
-            print(Text.table([["RESOURCE", "ID", "GRANTED", "REQUESTED", "QUEUE", "OWNER", "PID", "FLAGS"]] + rows))
+            print(
+                Text.table(
+                    [["RESOURCE", "ID", "GRANTED", "REQUESTED", "QUEUE", "OWNER", "PID", "UID", "FLAGS"]] + rows))
         }
     }
 }
