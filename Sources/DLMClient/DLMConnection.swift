@@ -79,6 +79,10 @@ public final class DLMConnection: Sendable {
             }
         let channel = try await open(bootstrap)
         let hello = try await channel.eventLoop.flatSubmit {
+            // dlmd may refuse the connection before HELLO (too many connections: ERROR EAGAIN, then a close).
+            if let refused = handler.closedError {
+                return channel.eventLoop.makeFailedFuture(refused) as EventLoopFuture<ServerMessage>
+            }
             let promise = channel.eventLoop.makePromise(of: ServerMessage.self)
             handler.helloPromise = promise
             handler.write(.hello(Hello(pid: UInt32(getpid()), clientName: clientName)))

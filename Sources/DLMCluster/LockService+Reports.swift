@@ -14,13 +14,17 @@ public struct ReportEnvironment: Sendable {
     /// For a cluster member: the view, what a view change waits for, and the cluster's nodes.
     public var cluster: (view: StatusReport.View?, waitingFor: [String], cluster: StatusReport.Cluster)?
     public var busyPoll: StatusReport.BusyPollStatus?
+    /// The output limits of client connections, and how many are paused or were closed for them.
+    public var output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)?
 
     public init(
         pid: Int32 = 0, uptimeSeconds: Double = 0, socket: String? = nil, listen: String? = nil,
         dataDirectory: String? = nil, store: StatusReport.Store? = nil,
         cluster: (view: StatusReport.View?, waitingFor: [String], cluster: StatusReport.Cluster)? = nil,
-        busyPoll: StatusReport.BusyPollStatus? = nil
+        busyPoll: StatusReport.BusyPollStatus? = nil,
+        output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)? = nil
     ) {
+        self.output = output
         self.pid = pid
         self.uptimeSeconds = uptimeSeconds
         self.socket = socket
@@ -81,7 +85,12 @@ extension LockService {
                 bulkJobs: engine.bulkJobCount, deadlockPasses: engine.probe.deadlockPasses,
                 deadlockPassRunning: engine.isSearchingDeadlocks,
                 clusterDeadlockSearches: mastersAcrossNodes ? mastering.deadlocks.searches : nil,
-                clusterDeadlockVictims: mastersAcrossNodes ? mastering.deadlocks.victims : nil))
+                clusterDeadlockVictims: mastersAcrossNodes ? mastering.deadlocks.victims : nil),
+            limits: .init(
+                maxConnections: configuration.maxConnections, maxLockspaces: configuration.maxLockspaces,
+                connectionsRefused: limitRefusals.connections, lockspacesRefused: limitRefusals.lockspaces,
+                outputPauseBytes: environment.output?.pauseBytes, outputLimitBytes: environment.output?.limitBytes,
+                readsPaused: environment.output?.paused, closedForOutput: environment.output?.closed))
     }
 
     /// What the node waits for while it is stopped (group services' reasons first, else the lock service's own,

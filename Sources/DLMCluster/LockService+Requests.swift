@@ -59,6 +59,15 @@ extension LockService {
             deliver(id, .ok(tag: tag, lock: 0))
             close(id)
         case .openLockspace(let tag, let name, let length, let create):
+            if create, engine.lockspaceCount >= configuration.maxLockspaces, engine.lockspace(named: name) == nil {
+                limitRefusals.lockspaces += 1
+                let max = configuration.maxLockspaces
+                deliver(
+                    id,
+                    .error(
+                        tag: tag, status: .tryAgain, message: "dlmd holds at most \(max) lockspaces (max_lockspaces)"))
+                return
+            }
             run(
                 .openLockspace(name: name, valueBlockLength: length == 0 ? nil : Int(length), create: create),
                 reply: Reply(connection: id, tag: tag, kind: .lockspace))

@@ -110,6 +110,13 @@ public struct ServiceConfiguration: Sendable {
     /// How long, in nanoseconds, a new connection may go without its HELLO before it is refused (ETIMEDOUT) and
     /// closed: a client that connects and says nothing does not hold a connection for ever.
     public var helloTimeout: UInt64 = 10_000_000_000
+    /// The most client connections at once (`max_connections`); one more is refused with ERROR EAGAIN and closed.
+    public var maxConnections = ServiceConfiguration.defaultMaxConnections
+    /// The most lockspaces (`max_lockspaces`, those being released included); creating one more is EAGAIN.
+    public var maxLockspaces = ServiceConfiguration.defaultMaxLockspaces
+
+    public static let defaultMaxConnections = 10_000
+    public static let defaultMaxLockspaces = 4_096
 
     public init(
         nodeID: UInt32, incarnation: UInt64 = 0, engine: EngineConfig = EngineConfig(),
@@ -192,6 +199,8 @@ public struct LockService {
     var forceUnlockReplies: [LockID: (owner: OwnerID, tag: UInt32)] = [:]
     /// Connections whose requests waited behind a reply that has now gone out (`drainDeferred`).
     var connectionsWithDeferredRequests: [ConnectionID] = []
+    /// How often a limit refused (the status report's `limits`).
+    var limitRefusals = (connections: 0, lockspaces: 0)
     /// Connections whose input ended (half-closed or gone) while frames they sent still waited
     /// (LockService+Endings.swift).
     var endedConnections: [ConnectionID] = []
@@ -242,7 +251,18 @@ public struct LockService {
         queues[Int(slot)] = ClientQueues()
         slotsByOwner[id.owner] = slot
         clientCount += 1
-        if isShuttingDown { refuse(id, status: .shuttingDown, message: "dlmd is shutting down") }
+        if isShuttingDown {
+            refuse(id, status: .shuttingDown, message: "dlmd is shutting down")
+        } else if clientCount > configuration.maxConnections {
+            // Not logged one by one: a flood of connections must not flood the log too (the status counts them).
+            limitRefusals.connections += 1
+            deliver(
+                id,
+                .error(
+                    tag: 0, status: .tryAgain,
+                    message: "dlmd serves at most \(configuration.maxConnections) connections (max_connections)"))
+            close(id)
+        }
         helloDeadlines.append((id, lastTick))
         return id
     }

@@ -133,6 +133,9 @@ public struct LockEngine {
             resourceCount: record.resourceCount, lockCount: record.lockCount)
     }
 
+    /// Lockspaces that exist, and those still being released.
+    public var lockspaceCount: Int { lockspaceIndex.count }
+
     public var allLockspaces: [LockspaceInfo] {
         lockspaces.indices.compactMap { lockspaceInfo(LockspaceID(rawValue: UInt32($0))) }
     }

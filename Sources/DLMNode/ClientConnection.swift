@@ -60,6 +60,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var frames = FrameAccumulator()
     /// A malformed frame was refused: the rest of the stream is dropped.
     var refused = false
+    /// Not read from while its unread output is past the pause mark (`channelWritabilityChanged`).
+    var readsPaused = false
 
     init(node: LockNode) {
         self.node = node
@@ -67,6 +69,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         connection = node.connected(context.channel)
+        node.flush()
         context.fireChannelActive()
     }
 
@@ -91,6 +94,18 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         node.flush()
+    }
+
+    /// Back-pressure: while the client's unread output is past the pause mark, nothing more is read from it (its
+    /// requests wait in its socket, and it blocks in its writes), so a client that sends without reading cannot
+    /// grow dlmd's memory; reading resumes once it has read down to half the mark.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        guard writable == readsPaused else { return context.fireChannelWritabilityChanged() }
+        readsPaused = !writable
+        node.readsPaused += writable ? -1 : 1
+        context.channel.setOption(.autoRead, value: writable).whenFailure { _ in }
+        context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -125,6 +140,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if readsPaused {
+            readsPaused = false
+            node.readsPaused -= 1
+        }
         if let connection { node.disconnected(connection) }
         connection = nil
         context.fireChannelInactive()

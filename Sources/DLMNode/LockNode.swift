@@ -36,6 +36,10 @@ public final class LockNode: @unchecked Sendable {
     var applyAgain = false
     /// What the node counts for Prometheus, when it serves metrics (NodeMetrics.swift).
     var metrics: NodeMetrics?
+    /// Connections not read from now (their unread output is past the pause mark), and those closed for output
+    /// past the limit.
+    var readsPaused = 0
+    var closedForOutput = 0
 
     public init(configuration: NodeConfiguration, eventLoop: EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -56,12 +60,15 @@ public final class LockNode: @unchecked Sendable {
         // cluster, whose resources move between nodes, the view number is (each recovery raises the floors to it;
         // view numbers only grow, across restarts too).
         if store && !cluster { engine.fencingTokenBase = incarnation << 40 }
-        return ServiceConfiguration(
+        var service = ServiceConfiguration(
             nodeID: configuration.nodeID, incarnation: incarnation, engine: engine,
             tickInterval: configuration.tickInterval,
             repliesWaitForCommits: store && configuration.durability != .none, hasStore: store,
             isClusterMember: cluster, mastersAcrossNodes: cluster,
             tossDelay: UInt64(configuration.cluster?.tossDelay ?? ClusterConfig.defaultTimeouts.toss) * 1_000_000)
+        service.maxConnections = configuration.maxConnections
+        service.maxLockspaces = configuration.maxLockspaces
+        return service
     }
 
     /// Starts the service's timers.
@@ -86,7 +93,8 @@ public final class LockNode: @unchecked Sendable {
         let connection = ClientConnection(id: id, channel: channel, timed: metrics != nil)
         while connections.count <= Int(id.slot) { connections.append(nil) }
         connections[Int(id.slot)] = connection
-        apply()
+        // Not carried out here: a refusal (too many connections, shutting down) would close the channel before its
+        // handler knows the connection, and its close would be lost. The handler flushes once it does.
         return connection
     }
 
@@ -168,6 +176,7 @@ public final class LockNode: @unchecked Sendable {
             connection.channel.writeAndFlush(connection.outbound, promise: nil)
             // Usually written at once, so the buffer is ours again and is reused; else this copies on write.
             connection.outbound.clear()
+            if !connection.channel.isWritable { checkUnreadOutput(connection) }
         }
         dirty.removeAll(keepingCapacity: true)
         for id in output.closes {
@@ -199,6 +208,21 @@ public final class LockNode: @unchecked Sendable {
         if output.wantsBulkSlice { scheduleBulkSlice() }
     }
 
+    /// A client that does not read its output while others' requests keep adding to it (grants, blocking
+    /// callbacks) is closed past the limit, as Redis does past `client-output-buffer-limit`: its locks go as a
+    /// closed client's do, and dlmd's memory stays bounded. (Its own requests stopped being read at the pause mark.)
+    func checkUnreadOutput(_ connection: ClientConnection) {
+        guard let options = connection.channel.syncOptions,
+            let unread = try? options.getOption(.bufferedWritableBytes), unread > configuration.outputLimitBytes
+        else { return }
+        connection.isClosed = true
+        closedForOutput += 1
+        logger.notice(
+            "closing a client that does not read its output",
+            metadata: ["unread bytes": "\(unread)", "limit": "\(configuration.outputLimitBytes)"])
+        connection.channel.close(promise: nil)
+    }
+
     /// Work in slices (exits, purges, releases with many locks): the next slice a little later, not at once, since
     /// NIO runs every task that is due before it polls its sockets again.
     func scheduleBulkSlice() {
@@ -218,6 +242,7 @@ public final class LockNode: @unchecked Sendable {
             pid: getpid(), uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
             socket: configuration.socketPath, listen: configuration.listenAddress,
             dataDirectory: configuration.dataDirectory, store: storeReport, cluster: cluster?.report(),
-            busyPoll: busyPoll.map { .init(windowMicroseconds: $0.window.nanoseconds / 1000, polls: $0.polls) })
+            busyPoll: busyPoll.map { .init(windowMicroseconds: $0.window.nanoseconds / 1000, polls: $0.polls) },
+            output: (configuration.outputPauseBytes, configuration.outputLimitBytes, readsPaused, closedForOutput))
     }
 }

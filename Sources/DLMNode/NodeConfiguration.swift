@@ -1,3 +1,4 @@
+import DLMCluster
 import DLMCore
 import DLMStore
 import GroupNode
@@ -29,6 +30,18 @@ public struct NodeConfiguration: Sendable {
     /// Where Prometheus scrapes the node's metrics ("HOST:PORT", `GET /metrics`); nil for nowhere.
     public var metricsAddress: String?
 
+    /// Limits (docs/SECURITY.md): client connections at once, lockspaces, and a client's output it has not read:
+    /// past `outputPauseBytes` dlmd stops reading from it until it has read half of that; past `outputLimitBytes`
+    /// (output that other clients' requests cause keeps coming) it is closed.
+    public var maxConnections = NodeConfiguration.defaultMaxConnections
+    public var maxLockspaces = NodeConfiguration.defaultMaxLockspaces
+    public var outputPauseBytes = NodeConfiguration.defaultOutputPauseBytes
+    public var outputLimitBytes = NodeConfiguration.defaultOutputLimitBytes
+
+    public static let defaultMaxConnections = ServiceConfiguration.defaultMaxConnections
+    public static let defaultMaxLockspaces = ServiceConfiguration.defaultMaxLockspaces
+    public static let defaultOutputPauseBytes = 1 << 20
+    public static let defaultOutputLimitBytes = 64 << 20
     public static let defaultSocketPath = "/run/dlm/dlmd.sock"
     public static let defaultDataDirectory = "/var/lib/dlm"
     /// 1 GiB: room for millions of persistent locks; the file grows only as far as it is used.

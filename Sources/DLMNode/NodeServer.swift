@@ -101,6 +101,11 @@ public final class NodeServer: Service, @unchecked Sendable {
                 .serverChannelOption(.backlog, value: 256)
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(
+                    .writeBufferWaterMark,
+                    value: .init(
+                        low: configuration.outputPauseBytes / 2, high: configuration.outputPauseBytes)
+                )
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(node: node))

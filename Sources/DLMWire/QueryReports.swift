@@ -29,6 +29,49 @@ public struct StatusReport: Codable, Sendable, Hashable {
     public var busyPoll: BusyPollStatus?
     /// Work the engine does in slices between requests; nil from a server that does not report it.
     public var work: Work?
+    /// The node's limits and how often they refused or closed (docs/SECURITY.md); nil from an older server.
+    public var limits: Limits?
+
+    /// The limits a client can meet: connections and lockspaces (refused with EAGAIN), and output a client has not
+    /// read (reading from it pauses past `outputPauseBytes`; it is closed past `outputLimitBytes`).
+    public struct Limits: Codable, Sendable, Hashable {
+        public var maxConnections: Int
+        public var maxLockspaces: Int
+        public var connectionsRefused: Int
+        public var lockspacesRefused: Int
+        /// From the shell, which holds the sockets; nil in-process.
+        public var outputPauseBytes: Int?
+        public var outputLimitBytes: Int?
+        /// Connections not read from now, because their unread output is past the pause mark.
+        public var readsPaused: Int?
+        public var closedForOutput: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case maxConnections = "max_connections"
+            case maxLockspaces = "max_lockspaces"
+            case connectionsRefused = "connections_refused"
+            case lockspacesRefused = "lockspaces_refused"
+            case outputPauseBytes = "output_pause_bytes"
+            case outputLimitBytes = "output_limit_bytes"
+            case readsPaused = "reads_paused"
+            case closedForOutput = "closed_for_output"
+        }
+
+        public init(
+            maxConnections: Int, maxLockspaces: Int, connectionsRefused: Int, lockspacesRefused: Int,
+            outputPauseBytes: Int? = nil, outputLimitBytes: Int? = nil, readsPaused: Int? = nil,
+            closedForOutput: Int? = nil
+        ) {
+            self.maxConnections = maxConnections
+            self.maxLockspaces = maxLockspaces
+            self.connectionsRefused = connectionsRefused
+            self.lockspacesRefused = lockspacesRefused
+            self.outputPauseBytes = outputPauseBytes
+            self.outputLimitBytes = outputLimitBytes
+            self.readsPaused = readsPaused
+            self.closedForOutput = closedForOutput
+        }
+    }
 
     /// Work done in slices (exits, purges and forced releases with many locks; deadlock passes).
     public struct Work: Codable, Sendable, Hashable {
@@ -233,7 +276,7 @@ public struct StatusReport: Codable, Sendable, Hashable {
         case lockspaces, resources, locks, connections
         case incarnation, quorate, view, recovery, cluster
         case busyPoll = "busy_poll"
-        case work
+        case work, limits
     }
 
     public init(
@@ -241,8 +284,9 @@ public struct StatusReport: Codable, Sendable, Hashable {
         dataDirectory: String?, lockspaces: Int, resources: Int, locks: Int, connections: Int, store: Store? = nil,
         incarnation: UInt64 = 0, quorate: Bool = true, view: View? = nil,
         recovery: Recovery = Recovery(waitingFor: [], heldRequests: 0), cluster: Cluster? = nil,
-        busyPoll: BusyPollStatus? = nil, work: Work? = nil
+        busyPoll: BusyPollStatus? = nil, work: Work? = nil, limits: Limits? = nil
     ) {
+        self.limits = limits
         self.busyPoll = busyPoll
         self.work = work
         self.store = store

@@ -92,6 +92,22 @@ struct DLMD: AsyncParsableCommand {
             """)
     var busyPoll: Int?
 
+    @Option(name: .long, help: "The most client connections at once; one more is refused (default: 10000).")
+    var maxConnections: Int?
+
+    @Option(name: .long, help: "The most lockspaces; creating one more is refused with EAGAIN (default: 4096).")
+    var maxLockspaces: Int?
+
+    @Option(
+        name: .long,
+        help: "KiB of output a client has not read past which dlmd stops reading its requests (default: 1024).")
+    var outputPauseKib: Int?
+
+    @Option(
+        name: .long,
+        help: "KiB of output a client has not read past which it is closed, its locks released (default: 65536).")
+    var outputLimitKib: Int?
+
     @Flag(name: .long, help: "Check the data directory (every record decoded) and exit: 0 if sound, 1 if not.")
     var check = false
 
@@ -108,6 +124,10 @@ struct DLMD: AsyncParsableCommand {
         var durability: String?
         var map_size: Int?
         var busy_poll: Int?
+        var max_connections: Int?
+        var max_lockspaces: Int?
+        var output_pause_kib: Int?
+        var output_limit_kib: Int?
         var metrics: String?
     }
 
@@ -125,7 +145,8 @@ struct DLMD: AsyncParsableCommand {
             guard let dlmd = section.table else { throw ValidationError("\(config): [dlmd] must be a table") }
             let known: Set<String> = [
                 "socket", "socket_mode", "socket_group", "listen", "data_dir", "node_id", "deadlock_wait", "log_level",
-                "durability", "map_size", "busy_poll", "metrics",
+                "durability", "map_size", "busy_poll", "metrics", "max_connections", "max_lockspaces",
+                "output_pause_kib", "output_limit_kib",
             ]
             for key in dlmd.keys where !known.contains(key) {
                 throw ValidationError(
@@ -214,6 +235,16 @@ struct DLMD: AsyncParsableCommand {
                 throw ValidationError("\(error)")
             }
         }
+        let connectionLimit = maxConnections ?? file.max_connections ?? NodeConfiguration.defaultMaxConnections
+        let lockspaceLimit = maxLockspaces ?? file.max_lockspaces ?? NodeConfiguration.defaultMaxLockspaces
+        let pauseKiB = outputPauseKib ?? file.output_pause_kib ?? NodeConfiguration.defaultOutputPauseBytes >> 10
+        let limitKiB = outputLimitKib ?? file.output_limit_kib ?? NodeConfiguration.defaultOutputLimitBytes >> 10
+        guard connectionLimit >= 1, lockspaceLimit >= 1 else {
+            throw ValidationError("--max-connections and --max-lockspaces are numbers from 1")
+        }
+        guard pauseKiB >= 1, limitKiB >= pauseKiB, limitKiB <= 1 << 30 else {
+            throw ValidationError("--output-pause-kib is from 1, and --output-limit-kib from it")
+        }
         let socketPermissions: UInt16
         do {
             socketPermissions =
@@ -223,7 +254,7 @@ struct DLMD: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
-        let configuration = NodeConfiguration(
+        var configuration = NodeConfiguration(
             socketPath: noSocket
                 ? nil : (socket ?? file.socket ?? environmentSocket ?? NodeConfiguration.defaultSocketPath),
             listenAddress: listen ?? file.listen,
@@ -231,6 +262,11 @@ struct DLMD: AsyncParsableCommand {
             engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)), durability: durabilityMode, mapSize: mapMiB << 20,
             cluster: cluster, busyPoll: .microseconds(Int64(pollMicroseconds)), metricsAddress: metrics ?? file.metrics,
             socketMode: socketPermissions, socketGroup: socketGroup ?? file.socket_group)
+        configuration.maxConnections = connectionLimit
+        configuration.maxLockspaces = lockspaceLimit
+        configuration.outputPauseBytes = pauseKiB << 10
+        configuration.outputLimitBytes = limitKiB << 10
+        raiseOpenFileLimit(for: connectionLimit)
         let logger = Logger(label: "dlmd")
         let server = NodeServer(
             configuration: configuration, logger: logger, notifier: SystemdNotifier.fromEnvironment()
@@ -256,4 +292,16 @@ struct DLMD: AsyncParsableCommand {
             throw ExitCode(1)
         }
     }
+}
+
+/// Each client holds a file descriptor: the soft limit on open files is raised toward the hard one (as far as
+/// `max_connections` and dlmd's own files need), so that the connection limit, not the descriptor limit, is met
+/// first.
+func raiseOpenFileLimit(for connections: Int) {
+    var limit = rlimit()
+    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    let wanted = rlim_t(connections + 256)
+    guard limit.rlim_cur < wanted else { return }
+    limit.rlim_cur = min(wanted, limit.rlim_max)
+    _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
 }

@@ -1,6 +1,7 @@
 import DLMCluster
 import DLMCore
 import DLMWire
+import Foundation
 import GroupServices
 import Testing
 
@@ -192,6 +193,40 @@ import Testing
         h.handle(.closed(a))
         _ = h.slices()
         #expect(h.service.engine.lockCount == 0)
+    }
+
+    /// `max_connections` and `max_lockspaces`: one connection too many gets ERROR EAGAIN (tag 0) and is closed;
+    /// creating one lockspace too many is EAGAIN while opening an existing one still works; the status report
+    /// counts both refusals. A connection that goes makes room.
+    @Test func connectionAndLockspaceLimitsRefuseWithEAGAIN() throws {
+        var configuration = ServiceConfiguration(nodeID: 1)
+        configuration.maxConnections = 2
+        configuration.maxLockspaces = 1
+        var h = H(configuration: configuration)
+        let a = h.connect("a")
+        let b = h.connect("b")
+        let c = h.service.connect()
+        h.names[c] = "c"
+        #expect(h.out() == ["c: ERROR tag 0 EAGAIN"])
+        #expect(h.closed == ["c"])
+        h.handle(.closed(c))
+        h.send(a, H.open(1))
+        h.send(b, H.open(1, "other"))
+        h.send(b, H.open(2))
+        #expect(h.out() == ["a: LOCKSPACE tag 1 id 0 created", "b: ERROR tag 1 EAGAIN", "b: LOCKSPACE tag 2 id 0"])
+        h.send(a, .query(tag: 3, kind: .status, argument: []))
+        let output = h.service.takeOutput()
+        guard case .queryReply(_, let json) = output.frames.first?.message else {
+            Issue.record("no status report: \(output.frames)")
+            return
+        }
+        let limits = try #require(try JSONDecoder().decode(StatusReport.self, from: Data(json)).limits)
+        #expect(limits.maxConnections == 2 && limits.maxLockspaces == 1)
+        #expect(limits.connectionsRefused == 1 && limits.lockspacesRefused == 1)
+        h.handle(.closed(b))
+        let d = h.service.connect()
+        h.names[d] = "d"
+        #expect(h.out() == [])
     }
 
     /// FORCEUNLOCK of a parent with more sub-locks than a slice: every sub-lock's completion, then the parent's,

@@ -26,6 +26,9 @@ struct DlmtoolTests {
         #expect(fields["data dir"] == daemon.directory)
         #expect(fields["lockspaces"] == "1" && fields["resources"] == "1" && fields["locks"] == "1")
         #expect(fields["uptime"] != nil && fields["version"] != nil)
+        #expect(fields["limits"] == "10000 connections (0 refused), 4096 lockspaces (0 refused)")
+        #expect(
+            fields["output limits"] == "pause reading at 1024 KiB unread, close at 65536 KiB; 0 paused now, 0 closed")
 
         let json = try await ToolRun.run(daemon, "status", "--json")
         #expect(json.status == 0, "\(json.stderr)")

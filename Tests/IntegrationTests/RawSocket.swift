@@ -2,7 +2,8 @@ import DLMTestSupport
 import Foundation
 
 /// A blocking Unix-socket (or loopback TCP) client with no protocol of its own, to send arbitrary bytes to dlmd.
-final class RawSocket {
+/// One thread may read while another writes (the two directions of a socket are independent).
+final class RawSocket: @unchecked Sendable {
     let fd: Int32
 
     /// A TCP connection to 127.0.0.1:`port`.
@@ -55,6 +56,21 @@ final class RawSocket {
             offset += written
         }
         return true
+    }
+
+    /// Writes as much of `bytes` as the socket takes without blocking: how many bytes it took.
+    func sendWithoutBlocking(_ bytes: [UInt8]) -> Int {
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        defer { _ = fcntl(fd, F_SETFL, flags) }
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if written < 0 && errno == EINTR { continue }
+            if written <= 0 { break }
+            offset += written
+        }
+        return offset
     }
 
     /// Tells the peer nothing more will be sent.

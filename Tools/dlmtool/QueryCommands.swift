@@ -44,7 +44,7 @@ struct Status: AsyncParsableCommand {
                         ["resources", "\(report.resources)"],
                         ["locks", "\(report.locks)"],
                         ["connections", "\(report.connections)"],
-                    ] + store + ClusterText.statusRows(report)
+                    ] + store + ClusterText.statusRows(report) + Self.limitRows(report)
                         + (report.busyPoll.map {
                             [["busy poll", "\($0.windowMicroseconds) us window, \($0.polls) polls"]]
                         }
@@ -61,6 +61,29 @@ struct Status: AsyncParsableCommand {
                             ]
                         } ?? [])))
         }
+    }
+}
+
+extension Status {
+    /// `limits  10000 connections (2 refused), 4096 lockspaces (0 refused)` and `output limits  pause reading at
+    /// 1024 KiB unread, close at 65536 KiB; 0 paused now, 0 closed`.
+    static func limitRows(_ report: StatusReport) -> [[String]] {
+        guard let limits = report.limits else { return [] }
+        var rows = [
+            [
+                "limits",
+                "\(limits.maxConnections) connections (\(limits.connectionsRefused) refused), "
+                    + "\(limits.maxLockspaces) lockspaces (\(limits.lockspacesRefused) refused)",
+            ]
+        ]
+        if let pause = limits.outputPauseBytes, let limit = limits.outputLimitBytes {
+            rows.append([
+                "output limits",
+                "pause reading at \(pause >> 10) KiB unread, close at \(limit >> 10) KiB; "
+                    + "\(limits.readsPaused ?? 0) paused now, \(limits.closedForOutput ?? 0) closed",
+            ])
+        }
+        return rows
     }
 }
 
