@@ -109,7 +109,7 @@ let package = Package(
         .executableTarget(
             name: "dlmtool",
             dependencies: [
-                "DLMClient", "DLMWire", "GroupNode",
+                "CDLMSystem", "DLMClient", "DLMWire", "GroupNode",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Tools/dlmtool"

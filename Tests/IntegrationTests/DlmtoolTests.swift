@@ -384,6 +384,56 @@ struct DlmtoolTests {
         #expect(again.status == 0, "\(again.stderr)")
     }
 
+    /// dlmd dies while the command runs: the lock is gone, so the command is sent SIGTERM and dlmtool exits 75;
+    /// with --on-loss warn the command runs on and its status is dlmtool's.
+    @Test func aLostLockStopsTheCommandByDefault() async throws {
+        let daemon = try Daemon()
+        let running = try ToolRun.start(
+            daemon, "lock", "guarded", "--", "sh", "-c",
+            "trap 'echo stopped; exit 9' TERM; echo ready; while :; do sleep 0.02; done")
+        try running.waitForOutput(line: "ready")
+        daemon.kill()
+        let result = await running.finish()
+        #expect(result.status == 75, "\(result.stderr)")
+        #expect(result.stdout == "ready\nstopped\n")
+        #expect(result.stderr.contains("the lock guarded is no longer held; stopping the command (--on-loss TERM)"))
+
+        let second = try Daemon()
+        defer { second.stop() }
+        let flag = second.directory + "/go-on"
+        let warned = try ToolRun.start(
+            second, "lock", "--on-loss", "warn", "guarded", "--", "sh", "-c",
+            "echo ready; while [ ! -e \(flag) ]; do sleep 0.02; done; echo finished; exit 3")
+        try warned.waitForOutput(line: "ready")
+        second.kill()
+        try warned.waitForError(containing: "is no longer held")
+        _ = FileManager.default.createFile(atPath: flag, contents: nil)
+        let finished = await warned.finish()
+        #expect(finished.status == 3 && finished.stdout == "ready\nfinished\n", "\(finished.stderr)")
+    }
+
+    /// dlmtool is killed (SIGKILL) while the command runs: dlmd releases the lock, and the command dies too
+    /// (PR_SET_PDEATHSIG), so it never runs without its lock.
+    @Test func theCommandDiesWithDlmtool() async throws {
+        let daemon = try Daemon()
+        defer { daemon.stop() }
+        let running = try ToolRun.start(daemon, "lock", "guarded", "--", "sh", "-c", "echo $$; exec sleep 600")
+        let line = try running.readLine()
+        let pid = try #require(Int32(line))
+        kill(running.process.processIdentifier, SIGKILL)
+        _ = await running.finish()
+        // A hang detector bounds the wait: the command is gone (or a zombie waiting for init to reap it).
+        let deadline = ContinuousClock.now + .seconds(30)
+        func isRunning() -> Bool {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+            return !stat.contains(") Z ")
+        }
+        while isRunning() && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!isRunning(), "the command (pid \(pid)) outlived dlmtool")
+        let again = try await ToolRun.run(daemon, "lock", "--timeout", "20", "guarded", "--", "true")
+        #expect(again.status == 0, "\(again.stderr)")
+    }
+
     @Test func noDaemon() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("dlmtool-none-\(getpid()).sock").path
         for command in [["status"], ["ls"], ["lockdebug", "x"], ["join", "x"], ["lock", "x", "--", "true"]] {
@@ -431,8 +481,9 @@ final class ToolRun: @unchecked Sendable {
     let process = Process()
     let stdout = Pipe()
     let stderr = Pipe()
-    /// Standard output read so far by `waitForOutput`.
+    /// Standard output read so far by `waitForOutput` and `readLine`, standard error by `waitForError`.
     private var early = Data()
+    private var earlyError = Data()
 
     init(arguments: [String], environment: [String: String] = [:]) throws {
         process.executableURL = URL(fileURLWithPath: ToolRun.executable)
@@ -468,6 +519,27 @@ final class ToolRun: @unchecked Sendable {
         }
     }
 
+    /// Reads standard output until its first whole line, and returns it.
+    func readLine() throws -> String {
+        let handle = stdout.fileHandleForReading
+        while !early.contains(UInt8(ascii: "\n")) {
+            let chunk = handle.availableData
+            if chunk.isEmpty { throw SupportError("dlmtool ended before printing a line") }
+            early.append(chunk)
+        }
+        return String(decoding: early.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+    }
+
+    /// Reads standard error until it contains `text`.
+    func waitForError(containing text: String) throws {
+        let handle = stderr.fileHandleForReading
+        while !String(decoding: earlyError, as: UTF8.self).contains(text) {
+            let chunk = handle.availableData
+            if chunk.isEmpty { throw SupportError("dlmtool ended before saying \(text)") }
+            earlyError.append(chunk)
+        }
+    }
+
     /// Reads both outputs to their end and waits for the exit, on threads of their own.
     func finish() async -> Result {
         await withCheckedContinuation { continuation in
@@ -481,7 +553,7 @@ final class ToolRun: @unchecked Sendable {
                 continuation.resume(
                     returning: Result(
                         status: process.terminationStatus, output: output,
-                        stderr: String(decoding: errors.data, as: UTF8.self)))
+                        stderr: String(decoding: self.earlyError + errors.data, as: UTF8.self)))
             }
         }
     }

@@ -1,10 +1,18 @@
+import CDLMSystem
 import Foundation
 import Synchronization
 
-/// The command `dlmtool lock` runs: spawned with posix_spawnp, inheriting standard input, output and error,
-/// and sent the SIGTERM, SIGINT and SIGHUP that dlmtool receives.
-struct ChildProcess {
+/// The command `dlmtool lock` runs: inheriting standard input, output and error, sent the SIGTERM, SIGINT and
+/// SIGHUP that dlmtool receives, and killed if dlmtool dies.
+final class ChildProcess {
     let pid: pid_t
+    /// The thread that started the child reports its exit here.
+    private var events: AsyncStream<Int32>.AsyncIterator
+
+    private init(pid: pid_t, events: AsyncStream<Int32>.AsyncIterator) {
+        self.pid = pid
+        self.events = events
+    }
 
     /// Signals passed on to the child.
     static let forwardedSignals = [SIGTERM, SIGINT, SIGHUP]
@@ -37,66 +45,67 @@ struct ChildProcess {
     /// Starts `arguments` (the program is looked up in $PATH) with `environment`. The child inherits the
     /// descriptors in `inherited` (those dlmtool was started with) and none that dlmtool opened since (the
     /// connection to dlmd, NIO's epoll and event descriptors). Installs the signal forwarding first, so that
-    /// a signal that arrives while the child starts is passed on too.
+    /// a signal that arrives while the child starts is passed on too. The child dies with dlmtool
+    /// (PR_SET_PDEATHSIG, SIGKILL): a command must not run on once the process that holds its lock is gone. That
+    /// signal comes when the *thread* that started the child ends, so one thread of its own starts it and waits
+    /// for it.
     static func spawn(
         _ arguments: [String], environment: [String: String], inherited: Set<Int32>
-    ) throws(SpawnError) -> ChildProcess {
+    ) async throws(SpawnError) -> ChildProcess {
         for descriptor in openDescriptors().subtracting(inherited) where descriptor > 2 {
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
         }
         installForwarding()
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // The child starts with no blocked signals and with SIGPIPE at its default (NIO ignores SIGPIPE in
-        // this process; `dlmtool lock x -- yes | head` must still end).
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        posix_spawnattr_setsigmask(&attributes, &mask)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        sigaddset(&defaults, SIGPIPE)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
+        // First the child's pid (or minus the errno of a failed start), then its exit status.
+        let (events, continuation) = AsyncStream<Int32>.makeStream()
+        let thread = Thread {
+            let argv = arguments.map { strdup($0) } + [nil]
+            let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+            var childErrno: Int32 = 0
+            let pid = dlm_spawn_dying_with_parent(arguments[0], argv, envp, &childErrno)
+            let spawnErrno = errno
             for pointer in argv { free(pointer) }
             for pointer in envp { free(pointer) }
-        }
-        var pid: pid_t = 0
-        let result = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp)
-        guard result == 0 else {
+            guard pid > 0, childErrno == 0 else {
+                if pid > 0 {
+                    var status: Int32 = 0
+                    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                }
+                continuation.yield(-(pid > 0 ? childErrno : spawnErrno))
+                continuation.finish()
+                return
+            }
+            forwardTarget.store(pid, ordering: .sequentiallyConsistent)
+            let pending = pendingSignal.exchange(0, ordering: .sequentiallyConsistent)
+            if pending != 0 { kill(pid, pending) }
+            continuation.yield(pid)
+            // Wait without reaping, stop forwarding, then reap: a signal is never sent to a recycled pid.
+            var info = siginfo_t()
+            while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
             forwardTarget.store(0, ordering: .sequentiallyConsistent)
-            throw SpawnError(errno: result)
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            let signal = status & 0x7f
+            continuation.yield(signal == 0 ? (status >> 8) & 0xff : 128 + signal)
+            continuation.finish()
         }
-        forwardTarget.store(pid, ordering: .sequentiallyConsistent)
-        let pending = pendingSignal.exchange(0, ordering: .sequentiallyConsistent)
-        if pending != 0 { kill(pid, pending) }
-        return ChildProcess(pid: pid)
+        thread.start()
+        var iterator = events.makeAsyncIterator()
+        let first = await iterator.next() ?? -ECHILD
+        guard first > 0 else { throw SpawnError(errno: -first) }
+        return ChildProcess(pid: first, events: iterator)
     }
 
-    /// Waits (on a thread of its own) for the child to exit and returns its exit status as a shell reports
-    /// it: the status it exited with, or 128 + the signal that killed it.
+    /// Waits for the child to exit and returns its exit status as a shell reports it: the status it exited with,
+    /// or 128 + the signal that killed it.
     func wait() async -> Int32 {
-        let pid = self.pid
-        return await withCheckedContinuation { continuation in
-            let thread = Thread {
-                // Wait without reaping, stop forwarding, then reap: a signal is never sent to a recycled pid.
-                var info = siginfo_t()
-                while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
-                forwardTarget.store(0, ordering: .sequentiallyConsistent)
-                var status: Int32 = 0
-                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-                let signal = status & 0x7f
-                continuation.resume(returning: signal == 0 ? (status >> 8) & 0xff : 128 + signal)
-            }
-            thread.start()
-        }
+        await events.next() ?? 128 + SIGKILL
+    }
+
+    /// Sends `signal` to the child, if it runs.
+    static func signal(_ signal: Int32) {
+        let pid = forwardTarget.load(ordering: .sequentiallyConsistent)
+        if pid > 0 { kill(pid, signal) }
     }
 
     /// Installs the forwarding handler for every signal of `forwardedSignals` that is not ignored (a

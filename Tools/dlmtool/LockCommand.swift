@@ -19,11 +19,15 @@ struct Lock: AsyncParsableCommand {
 
             Exit status: COMMAND's; 1 (or --conflict-exit-code) when the lock is not granted: --nonblock and \
             it is held (EAGAIN), --timeout passed (ETIMEDOUT), or the request was chosen as a deadlock victim \
-            (EDEADLK); 1 when dlmd cannot be reached or refuses the request; 126 when COMMAND cannot be run, \
-            127 when it is not found; 64 for a usage error.
+            (EDEADLK); 1 when dlmd cannot be reached or refuses the request; 75 (--lost-exit-code) when the \
+            lock was lost while COMMAND ran; 126 when COMMAND cannot be run, 127 when it is not found; 64 for a \
+            usage error.
 
-            If the connection to dlmd is lost while COMMAND runs, the lock is no longer held (a --persistent \
-            one is kept as an orphan): dlmtool says so on standard error and lets COMMAND finish.
+            If the connection to dlmd is lost while COMMAND runs (dlmd stopped or died), the lock is no longer \
+            held (a --persistent one is kept as an orphan) and another process may take it: dlmtool says so on \
+            standard error and, by default, sends COMMAND SIGTERM (--on-loss: another signal, or warn to let it \
+            finish), then exits with status 75 (--lost-exit-code) once COMMAND has ended. COMMAND is killed \
+            (SIGKILL) if dlmtool itself dies, since its lock then goes too.
 
             With --json, one JSON object describing the grant ({"fencing_token", "lock_id", "lockspace", \
             "mode", "name"}) is written to standard error before COMMAND starts; standard output is COMMAND's.
@@ -54,6 +58,20 @@ struct Lock: AsyncParsableCommand {
         help: "The exit status when the lock is not granted (timeout, conflict, deadlock).")
     var conflictExitCode: Int32 = 1
 
+    @Option(
+        help: ArgumentHelp(
+            "What to do to COMMAND when the lock is lost while it runs: a signal (TERM, INT, HUP, KILL, USR1, USR2) "
+                + "or warn (let it run on).", valueName: "signal|warn"))
+    var onLoss = "TERM"
+
+    @Option(help: "The exit status when the lock was lost while COMMAND ran (with a signal --on-loss).")
+    var lostExitCode: Int32 = 75
+
+    /// The signals --on-loss names.
+    static let lossSignals: [String: Int32] = [
+        "TERM": SIGTERM, "INT": SIGINT, "HUP": SIGHUP, "KILL": SIGKILL, "USR1": SIGUSR1, "USR2": SIGUSR2,
+    ]
+
     @Argument(help: "The lock's (resource's) name, 1 to 64 bytes.")
     var name: String
 
@@ -72,6 +90,10 @@ struct Lock: AsyncParsableCommand {
             guard timeout >= 0, timeout < 1e9 else { throw ValidationError("--timeout must be a number of seconds") }
             if nonblock { throw ValidationError("--nonblock and --timeout exclude each other") }
         }
+        guard onLoss == "warn" || Self.lossSignals[onLoss.uppercased()] != nil else {
+            throw ValidationError("--on-loss is warn or one of TERM, INT, HUP, KILL, USR1, USR2")
+        }
+        guard (0...255).contains(lostExitCode) else { throw ValidationError("--lost-exit-code must be from 0 to 255") }
         guard (0...255).contains(conflictExitCode) else {
             throw ValidationError("--conflict-exit-code must be from 0 to 255")
         }
@@ -103,14 +125,18 @@ struct Lock: AsyncParsableCommand {
             throw ToolError.exit(for: error)
         }
 
-        // Watch the connection: if it closes while the command runs, the lock is gone.
+        // Watch the connection: if it closes while the command runs, the lock is gone, and the command is told.
         let finished = OnceFlag()
+        let lost = OnceFlag()
+        let lossSignal = Self.lossSignals[onLoss.uppercased()]
         let watcher = Task { [name] in
             for await _ in connection.blockingCallbacks {}
             if !finished.isSet {
+                lost.set()
                 ToolError.report(
                     "lost the connection to dlmd while the command runs: the lock \(Text.name(name)) is no "
-                        + "longer held")
+                        + "longer held" + (lossSignal == nil ? "" : "; stopping the command (--on-loss \(onLoss))"))
+                if let lossSignal { ChildProcess.signal(lossSignal) }
             }
         }
 
@@ -132,7 +158,9 @@ struct Lock: AsyncParsableCommand {
 
         let status: Int32
         do {
-            let child = try ChildProcess.spawn(command, environment: environment, inherited: inherited)
+            let child = try await ChildProcess.spawn(command, environment: environment, inherited: inherited)
+            // Lost before the command started: the watcher had no one to signal.
+            if lost.isSet, let lossSignal { ChildProcess.signal(lossSignal) }
             status = await child.wait()
         } catch {
             ToolError.report("cannot run \(command[0]): \(String(cString: strerror(error.errno)))")
@@ -149,6 +177,7 @@ struct Lock: AsyncParsableCommand {
         }
         await connection.close()
         await watcher.value
+        if lost.isSet, lossSignal != nil { throw ExitCode(lostExitCode) }
         if status != 0 { throw ExitCode(status) }
     }
 
