@@ -86,7 +86,7 @@ extension LockEngine {
                     edges.append(
                         WaitForEdge(
                             waiter: waiter, waitingLock: LockID(slot: cursor), blocker: holder,
-                            blockingLock: LockID(slot: blocker), lockspace: LockspaceID(rawValue: resource.lockspace),
+                            blockingLock: LockID(slot: blocker), lockspace: lockspaceID(slot: resource.lockspace),
                             resource: resource.name, priority: record.priority, waitingSince: record.waitingSince))
                 }
             }

@@ -3,9 +3,9 @@ extension LockEngine {
     /// token any resource of it has issued, live or freed. A node persists it so that tokens issued after a
     /// restart are strictly greater than any issued before.
     public func fencingTokenHighWater(_ lockspace: LockspaceID) -> UInt64? {
-        guard Int(lockspace.rawValue) < lockspaces.count, lockspaces[Int(lockspace.rawValue)].isLive else { return nil }
-        var highest = lockspaces[Int(lockspace.rawValue)].fencingTokenFloor
-        for resource in resources where resource.lockspace == lockspace.rawValue && resource.fencingToken > highest {
+        guard let ls = liveSlot(lockspace) else { return nil }
+        var highest = lockspaces[Int(ls)].fencingTokenFloor
+        for resource in resources where resource.lockspace == ls && resource.fencingToken > highest {
             highest = resource.fencingToken
         }
         return highest
@@ -13,15 +13,15 @@ extension LockEngine {
 
     /// The lockspace's fencing-token floor: at least the last token of every resource of it that was freed.
     public func fencingTokenFloor(_ lockspace: LockspaceID) -> UInt64? {
-        guard Int(lockspace.rawValue) < lockspaces.count, lockspaces[Int(lockspace.rawValue)].isLive else { return nil }
-        return lockspaces[Int(lockspace.rawValue)].fencingTokenFloor
+        guard let ls = liveSlot(lockspace) else { return nil }
+        return lockspaces[Int(ls)].fencingTokenFloor
     }
 
     /// Raises the lockspace's fencing-token floor (never lowers it); resources created later start above it.
     public mutating func raiseFencingTokenFloor(_ lockspace: LockspaceID, to floor: UInt64) {
-        guard Int(lockspace.rawValue) < lockspaces.count, lockspaces[Int(lockspace.rawValue)].isLive else { return }
-        if floor > lockspaces[Int(lockspace.rawValue)].fencingTokenFloor {
-            lockspaces[Int(lockspace.rawValue)].fencingTokenFloor = floor
+        guard let ls = liveSlot(lockspace) else { return }
+        if floor > lockspaces[Int(ls)].fencingTokenFloor {
+            lockspaces[Int(ls)].fencingTokenFloor = floor
         }
     }
 }

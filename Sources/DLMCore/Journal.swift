@@ -179,7 +179,7 @@ extension LockEngine {
             // one that the store does not hold.
             let writers = record.granted[LockMode.pw.rawValue] + record.granted[LockMode.ex.rawValue]
             let resource = ResourceSnapshot(
-                lockspace: LockspaceID(rawValue: record.lockspace), path: path(of: slot),
+                lockspace: lockspaceID(slot: record.lockspace), path: path(of: slot),
                 valueBlock: record.valueBlock, valueBlockSequence: record.valueBlockSequence,
                 valueBlockInvalid: record.valueBlockInvalid, fencingToken: record.fencingToken,
                 locks: changedLocks[slot] ?? [])

@@ -103,31 +103,56 @@ public struct LockEngine {
                 throw DLMError(
                     .exists, "the lockspace exists with value block length \(lockspaces[Int(id)].valueBlockLength)")
             }
-            return LockspaceID(rawValue: id)
+            return lockspaceID(slot: id)
         }
         let id: UInt32
         if let reusable = lockspaces.firstIndex(where: { !$0.isLive && !$0.isDraining }) {
             id = UInt32(reusable)
-            lockspaces[reusable] = LockspaceRecord(
+            var record = LockspaceRecord(
                 name: name, valueBlockLength: length, fencingTokenFloor: initialFloor(of: name))
+            record.generation = (lockspaces[reusable].generation &+ 1) & LockEngine.lockspaceSlotMask
+            lockspaces[reusable] = record
         } else {
+            guard lockspaces.count <= Int(LockEngine.lockspaceSlotMask) else {
+                throw DLMError(.tryAgain, "the engine holds at most \(LockEngine.lockspaceSlotMask + 1) lockspaces")
+            }
             id = UInt32(lockspaces.count)
             lockspaces.append(
                 LockspaceRecord(name: name, valueBlockLength: length, fencingTokenFloor: initialFloor(of: name)))
         }
         lockspaceIndex[name] = id
-        return LockspaceID(rawValue: id)
+        return lockspaceID(slot: id)
+    }
+
+    /// A lockspace's id is its slot (low 16 bits) and that slot's generation (high 16 bits): a handle on a
+    /// released lockspace names no later lockspace created in the same slot, until that slot has been used
+    /// 65,536 times more.
+    static let lockspaceSlotMask: UInt32 = 0xFFFF
+
+    /// The id of the lockspace in `slot`.
+    func lockspaceID(slot: UInt32) -> LockspaceID {
+        LockspaceID(rawValue: slot | lockspaces[Int(slot)].generation << 16)
+    }
+
+    /// The slot of a live lockspace; nil for an unknown id, a released lockspace, or an id of an earlier
+    /// lockspace of the same slot.
+    func liveSlot(_ id: LockspaceID) -> UInt32? {
+        let slot = id.rawValue & LockEngine.lockspaceSlotMask
+        guard Int(slot) < lockspaces.count, lockspaces[Int(slot)].isLive,
+            lockspaces[Int(slot)].generation == id.rawValue >> 16
+        else { return nil }
+        return slot
     }
 
     /// The lockspace of that name, if it exists.
     public func lockspace(named name: [UInt8]) -> LockspaceID? {
         guard let id = lockspaceIndex[name], lockspaces[Int(id)].isLive else { return nil }
-        return LockspaceID(rawValue: id)
+        return lockspaceID(slot: id)
     }
 
     public func lockspaceInfo(_ id: LockspaceID) -> LockspaceInfo? {
-        guard Int(id.rawValue) < lockspaces.count, lockspaces[Int(id.rawValue)].isLive else { return nil }
-        let record = lockspaces[Int(id.rawValue)]
+        guard let slot = liveSlot(id) else { return nil }
+        let record = lockspaces[Int(slot)]
         return LockspaceInfo(
             id: id, name: record.name, valueBlockLength: record.valueBlockLength,
             resourceCount: record.resourceCount, lockCount: record.lockCount)
@@ -137,7 +162,7 @@ public struct LockEngine {
     public var lockspaceCount: Int { lockspaceIndex.count }
 
     public var allLockspaces: [LockspaceInfo] {
-        lockspaces.indices.compactMap { lockspaceInfo(LockspaceID(rawValue: UInt32($0))) }
+        lockspaces.indices.compactMap { lockspaces[$0].isLive ? lockspaceInfo(lockspaceID(slot: UInt32($0))) : nil }
     }
 
     /// Releases a lockspace. EBUSY while it holds locks, unless forced; a forced release drops every lock
@@ -150,8 +175,8 @@ public struct LockEngine {
         _ id: LockspaceID, force: Bool = false, requester: OwnerID = OwnerID(UInt64.max), context: UInt64 = 0,
         into effects: inout [Effect]
     ) throws(DLMError) -> Bool {
-        let index = Int(id.rawValue)
-        guard index < lockspaces.count, lockspaces[index].isLive else { throw .noEntry("no such lockspace") }
+        guard let slot = liveSlot(id) else { throw .noEntry("no such lockspace") }
+        let index = Int(slot)
         let held = lockspaces[index].lockCount
         if held > 0 && !force { throw .busy("the lockspace still holds \(held) locks") }
         lockspaces[index].isLive = false
@@ -162,7 +187,7 @@ public struct LockEngine {
         // The name and the slot are not reused before its locks are gone.
         lockspaces[index].isDraining = true
         startBulkJob(
-            BulkJob(kind: .forcedRelease(lockspace: id.rawValue), requester: (requester, context)), into: &effects)
+            BulkJob(kind: .forcedRelease(lockspace: slot), requester: (requester, context)), into: &effects)
         return false
     }
 
@@ -192,8 +217,7 @@ public struct LockEngine {
     /// EAGAIN) or later (granted, EDEADLK, ETIMEDOUT, ECANCEL).
     mutating func lock(_ request: LockRequest, into effects: inout [Effect]) throws(DLMError) -> LockID {
         try LockEngine.validate(request)
-        let ls = request.lockspace.rawValue
-        guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
+        guard let ls = liveSlot(request.lockspace) else { throw .noEntry("no such lockspace") }
         var parentResource = none
         var parentLock = none
         if let parent = request.parent {

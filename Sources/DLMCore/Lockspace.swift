@@ -10,6 +10,9 @@ struct LockspaceRecord {
     var isLive = true
     /// Released, with locks still being dropped (a forced release in slices): not reused until they are gone.
     var isDraining = false
+    /// How many lockspaces held this slot before: part of the lockspace's id, so that an id of a released
+    /// lockspace never names a later one in the same slot (`LockEngine.liveSlot`).
+    var generation: UInt32 = 0
 }
 
 /// What an operator sees of a lockspace.

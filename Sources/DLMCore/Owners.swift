@@ -186,8 +186,7 @@ extension LockEngine {
         lockspace: LockspaceID, pid: UInt32, node: UInt32? = nil, requester: OwnerID, context: UInt64,
         into effects: inout [Effect]
     ) throws(DLMError) {
-        let ls = lockspace.rawValue
-        guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
+        guard let ls = liveSlot(lockspace) else { throw .noEntry("no such lockspace") }
         startBulkJob(
             BulkJob(kind: .purge(lockspace: ls, pid: pid, node: node), requester: (requester, context)), into: &effects)
     }

@@ -122,16 +122,17 @@ extension LockEngine {
             }
         }
         return ResourceSnapshot(
-            lockspace: LockspaceID(rawValue: record.lockspace), path: path(of: slot), valueBlock: record.valueBlock,
+            lockspace: lockspaceID(slot: record.lockspace), path: path(of: slot), valueBlock: record.valueBlock,
             valueBlockSequence: record.valueBlockSequence, valueBlockInvalid: record.valueBlockInvalid,
             fencingToken: record.fencingToken, locks: all.map { snapshot(lock: $0) })
     }
 
     /// The resource at `path` (top-level name first), if it exists.
     func resourceSlot(_ lockspace: LockspaceID, path: [[UInt8]]) -> Int32? {
+        guard let ls = liveSlot(lockspace) else { return nil }
         var parent = none
         for name in path {
-            guard let slot = findResource(ResourceKey(lockspace: lockspace.rawValue, parent: parent, name: name))
+            guard let slot = findResource(ResourceKey(lockspace: ls, parent: parent, name: name))
             else { return nil }
             parent = slot
         }
@@ -146,7 +147,8 @@ extension LockEngine {
     /// The state of every resource of a lockspace, parents before their sub-resources, in a fixed order.
     public func snapshotLockspace(_ lockspace: LockspaceID) -> [ResourceSnapshot] {
         var result: [ResourceSnapshot] = []
-        for slot in resources.indices where resources[slot].lockspace == lockspace.rawValue {
+        guard let ls = liveSlot(lockspace) else { return result }
+        for slot in resources.indices where resources[slot].lockspace == ls {
             result.append(snapshot(resource: Int32(slot)))
         }
         result.sort { a, b in
@@ -164,6 +166,7 @@ extension LockEngine {
     public func snapshotLockspacePage(
         _ lockspace: LockspaceID, from cursor: UInt64, maxLocks: Int = 2048, maxSlots: Int = 65_536
     ) -> (resources: [ResourceSnapshot], next: UInt64?) {
+        guard let ls = liveSlot(lockspace) else { return ([], nil) }
         var slot = Int(cursor >> 32)
         var skip = Int(cursor & 0xFFFF_FFFF)
         var page: [ResourceSnapshot] = []
@@ -172,7 +175,7 @@ extension LockEngine {
         while slot < resources.count {
             guard slotsLeft > 0, locksLeft > 0 else { return (page, UInt64(slot) << 32) }
             slotsLeft -= 1
-            guard resources[slot].lockspace == lockspace.rawValue else {
+            guard resources[slot].lockspace == ls else {
                 slot += 1
                 skip = 0
                 continue
@@ -194,8 +197,7 @@ extension LockEngine {
     /// already has locks or a lock id is taken; ENOENT if the lockspace, the parent resource or a parent lock
     /// is missing. Nothing is granted: call `grantPendingAfterRecovery` when recovery is done.
     mutating func restore(_ snapshot: ResourceSnapshot) throws(DLMError) {
-        let ls = snapshot.lockspace.rawValue
-        guard Int(ls) < lockspaces.count, lockspaces[Int(ls)].isLive else { throw .noEntry("no such lockspace") }
+        guard let ls = liveSlot(snapshot.lockspace) else { throw .noEntry("no such lockspace") }
         guard let name = snapshot.path.last, !name.isEmpty, name.count <= EngineConfig.maxNameLength else {
             throw .invalid("a resource snapshot needs a name of 1 to 64 bytes")
         }
@@ -281,7 +283,8 @@ extension LockEngine {
     /// Rule 4: when recovery is done, every resource of the lockspace grants what it can, conversions
     /// regardless of their order, and sends the blocking callbacks that follow.
     mutating func grantPendingAfterRecovery(_ lockspace: LockspaceID, into effects: inout [Effect]) {
-        for slot in resources.indices where resources[slot].lockspace == lockspace.rawValue {
+        guard let ls = liveSlot(lockspace) else { return }
+        for slot in resources.indices where resources[slot].lockspace == ls {
             grantPending(Int32(slot), recovering: true, into: &effects)
         }
     }

@@ -52,6 +52,26 @@ import Testing
         #expect(engine.lockspace(named: bytes("other")) == nil)
     }
 
+    /// A lockspace's id carries its slot's generation: after "a" is released and "b" takes its slot, a handle
+    /// still holding a's id reaches nothing (ENOENT), rather than b.
+    @Test func anIdOfAReleasedLockspaceNeverNamesALaterOne() throws {
+        var engine = LockEngine()
+        let a = try engine.createLockspace(name: bytes("a"))
+        try engine.releaseLockspace(a)
+        let b = try engine.createLockspace(name: bytes("b"))
+        #expect(a != b)
+        #expect(a.rawValue & 0xFFFF == b.rawValue & 0xFFFF)  // the same slot, reused
+        #expect(engine.lockspaceInfo(a) == nil && engine.lockspaceInfo(b)?.name == bytes("b"))
+        var effects: [Effect] = []
+        let stale = #expect(throws: DLMError.self) {
+            try engine.lock(LockRequest(lockspace: a, owner: OwnerID(1), name: bytes("r"), mode: .ex), into: &effects)
+        }
+        #expect(stale?.status == .noEntry)
+        #expect(throws: DLMError.self) { try engine.releaseLockspace(a) }
+        #expect(engine.snapshotLockspace(a).isEmpty)
+        #expect(engine.lockspaceInfo(b) != nil)
+    }
+
     @Test func sameResourceNameInTwoLockspacesIsTwoResources() throws {
         var h = Harness()
         let other = try h.engine.createLockspace(name: bytes("other"))
