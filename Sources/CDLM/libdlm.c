@@ -1181,12 +1181,17 @@ static struct dlm_ls *ls_connect(void)
 	m.u.hello.name_len = (uint16_t)strlen(name);
 	size = dlmw_encode(&m, hello);
 	err = send_all(ls->fd, hello, size);
-	if (!err)
+	if (!err || err == -EPIPE || err == -ECONNRESET) {
+		/* dlmd may refuse the connection before it reads HELLO (too many connections): its ERROR says why. */
+		int sent = err;
 		err = read_frame_blocking(ls, &m, &frame_len);
-	if (!err && m.type == DLMW_ERROR)
-		err = -status_errno(m.u.error.status);
-	else if (!err && (m.type != DLMW_HELLO_REPLY || m.u.hello_reply.version != DLMW_VERSION))
-		err = -EPROTO;
+		if (!err && m.type == DLMW_ERROR)
+			err = -status_errno(m.u.error.status);
+		else if (!err && sent)
+			err = sent;
+		else if (!err && (m.type != DLMW_HELLO_REPLY || m.u.hello_reply.version != DLMW_VERSION))
+			err = -EPROTO;
+	}
 	if (err) {
 		errno = -err;
 		goto fail;

@@ -102,7 +102,8 @@ struct LimitTests {
         await observer.close()
     }
 
-    /// `--max-connections 2`: a third client is refused (EAGAIN), and served once another has gone.
+    /// `--max-connections 2`: a third client is refused (EAGAIN), and served once another has gone; a C client
+    /// past the limit gets EAGAIN from the library.
     @Test func connectionsPastTheMaximumAreRefused() async throws {
         let daemon = try Daemon(arguments: ["--max-connections", "2"])
         defer { daemon.stop() }
@@ -116,6 +117,19 @@ struct LimitTests {
         let report = try await Self.waitForStatus(a, "one connection") { $0.connections == 1 }
         #expect(report.limits?.connectionsRefused == 1 && report.limits?.maxConnections == 2)
         let c = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        // The C library says EAGAIN too (dlm_create_lockspace fails with errno 11), whether or not its HELLO was
+        // sent before dlmd closed.
+        let program = try ClusterDeadlockTests.deadlocker.get()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: program)
+        process.arguments = ["limits", "r1", "r2"]
+        process.environment = ["DLM_SOCKET": daemon.socketPath]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(printed == "error create \(EAGAIN)\n")
         await c.close()
         await a.close()
     }
