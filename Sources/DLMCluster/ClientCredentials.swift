@@ -1,7 +1,7 @@
 import DLMCore
 
 /// Who a client is, as the kernel says (`SO_PEERCRED` on a Unix socket, taken when it connected): the pid its
-/// locks and orphans carry (purges name it), and the uid and gid that reports show. The pid a client states in
+/// locks and orphans carry (purges name it), and the uid that reports show. The pid a client states in
 /// HELLO is not trusted: the kernel's is used, except that root may name another process (as root may in
 /// `SCM_CREDENTIALS`: a supervisor acting for a process). A pid different from the kernel's is not refused, since
 /// a client in another pid namespace legitimately sees itself under another number. A TCP client has no kernel
@@ -9,12 +9,10 @@ import DLMCore
 public struct ClientCredentials: Sendable, Hashable {
     public var pid: UInt32
     public var uid: UInt32
-    public var gid: UInt32
 
-    public init(pid: UInt32, uid: UInt32, gid: UInt32) {
+    public init(pid: UInt32, uid: UInt32) {
         self.pid = pid
         self.uid = uid
-        self.gid = gid
     }
 }
 

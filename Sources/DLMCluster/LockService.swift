@@ -256,12 +256,10 @@ public struct LockService {
         } else if clientCount > configuration.maxConnections {
             // Not logged one by one: a flood of connections must not flood the log too (the status counts them).
             limitRefusals.connections += 1
-            deliver(
-                id,
-                .error(
-                    tag: 0, status: .tryAgain,
-                    message: "dlmd serves at most \(configuration.maxConnections) connections (max_connections)"))
-            close(id)
+            refuse(
+                id, status: .tryAgain,
+                message: "dlmd serves at most \(configuration.maxConnections) connections (max_connections)",
+                logged: false)
         }
         helloDeadlines.append((id, lastTick))
         return id
@@ -398,14 +396,17 @@ public struct LockService {
         }
     }
 
-    /// A malformed or out-of-order frame: ERROR with tag 0, then this connection closes.
-    mutating func refuse(_ id: ConnectionID, status: DLMStatus, message: String) {
+    /// A malformed or out-of-order frame, or a connection past a limit: ERROR with tag 0, then this connection
+    /// closes; `logged`: a notice says so.
+    mutating func refuse(_ id: ConnectionID, status: DLMStatus, message: String, logged: Bool = true) {
         guard isLive(id), clients[Int(id.slot)].state != .closing else { return }
-        output.notices.append(
-            (
-                "closing a client after a bad frame",
-                ["owner": "\(id.owner)", "pid": "\(clients[Int(id.slot)].pid)", "error": message]
-            ))
+        if logged {
+            output.notices.append(
+                (
+                    "closing a client after a bad frame",
+                    ["owner": "\(id.owner)", "pid": "\(clients[Int(id.slot)].pid)", "error": message]
+                ))
+        }
         deliver(id, .error(tag: 0, status: status, message: message))
         close(id)
     }

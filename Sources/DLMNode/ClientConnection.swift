@@ -44,7 +44,7 @@ func peerCredentials(of channel: Channel) -> ClientCredentials? {
     let option: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(
         level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
     option.assumeIsolated().whenSuccess {
-        credentials = ClientCredentials(pid: UInt32(bitPattern: $0.pid), uid: $0.uid, gid: $0.gid)
+        credentials = ClientCredentials(pid: UInt32(bitPattern: $0.pid), uid: $0.uid)
     }
     return credentials
 }

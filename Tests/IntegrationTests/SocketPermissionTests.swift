@@ -10,13 +10,18 @@ import Testing
     /// Tests/CDLMTests/claim_pid.c, compiled once.
     static let claimPID = CPrograms.compile("claim_pid")
 
-    /// `dlmtool status` as the user and group nobody (setpriv), against `socket`: its exit status and error.
-    static func statusAsNobody(_ socket: String) throws -> (status: Int32, error: String) {
+    /// A process that runs `command` as the user and group nobody (setpriv), or as this test's user; not started.
+    static func process(_ command: [String], asNobody: Bool = true) -> Process {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        process.arguments = [
-            "--reuid=65534", "--regid=65534", "--clear-groups", ToolRun.executable, "status", "--socket", socket,
-        ]
+        let line = (asNobody ? ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : []) + command
+        process.executableURL = URL(fileURLWithPath: line[0])
+        process.arguments = Array(line.dropFirst())
+        return process
+    }
+
+    /// `dlmtool status` as nobody, against `socket`: its exit status and error.
+    static func statusAsNobody(_ socket: String) throws -> (status: Int32, error: String) {
+        let process = Self.process([ToolRun.executable, "status", "--socket", socket])
         let error = Pipe()
         process.standardOutput = FileHandle.nullDevice
         process.standardError = error
@@ -58,12 +63,7 @@ import Testing
         let daemon = try Daemon(arguments: ["--socket-mode", "0666"])
         defer { daemon.stop() }
         func run(asNobody: Bool) throws -> (Process, Pipe, LineLog) {
-            let process = Process()
-            let program = try Self.claimPID.get()
-            process.executableURL = URL(fileURLWithPath: asNobody ? "/usr/bin/setpriv" : program)
-            process.arguments =
-                (asNobody ? ["--reuid=65534", "--regid=65534", "--clear-groups", program] : [])
-                + [daemon.socketPath, "4242"]
+            let process = Self.process([try Self.claimPID.get(), daemon.socketPath, "4242"], asNobody: asNobody)
             let input = Pipe()
             let output = Pipe()
             let log = LineLog()
