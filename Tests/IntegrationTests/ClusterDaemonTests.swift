@@ -90,6 +90,13 @@ struct ClusterDaemonTests {
         for node in 1...3 { cluster.log(node).skipToEnd() }
 
         await holder.close()
+        // A hang detector: if the grant never comes (a node was suspected and the view changed under the release),
+        // closing `other` ends the waiter with an error; the time limit alone cannot end an await of a task.
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(150))
+            await other.close()
+        }
+        defer { watchdog.cancel() }
         let granted = try await waiter.value
         #expect(granted.mode == .ex)
         let after = try await Self.status(cluster, 2)
