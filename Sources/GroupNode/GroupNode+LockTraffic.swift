@@ -359,6 +359,8 @@ extension GroupNode {
             lockPeer(sender.node).framesDropped += 1
             return
         }
+        // Heartbeats come on this connection behind lock traffic: a frame of it shows the sender alive as well.
+        apply(.heard(from: sender))
         let peer = lockPeers[sender.node]!
         peer.acknowledge(upTo: frame.acknowledged)
         var deliveries: [[UInt8]] = []

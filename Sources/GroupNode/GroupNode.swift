@@ -81,6 +81,9 @@ public final class GroupNode: @unchecked Sendable {
     var effects: [GroupEffect] = []
 
     var lastHeard: [NodeID: NIODeadline] = [:]
+    /// When the member was ticked last (`ticked`), and how many times the loop was late by half the suspect timeout.
+    var lastTick: UInt64?
+    public internal(set) var loopStalls = 0
     var incarnations: [NodeID: UInt64] = [:]
     var fencesRunning: Set<NodeID> = []
     /// Fenced nodes, with the incarnation last heard from when the fence succeeded.
@@ -155,8 +158,7 @@ public final class GroupNode: @unchecked Sendable {
                 apply(.start(incarnation: incarnation, persisted: initialState, now: Self.now()))
                 ticker = eventLoop.scheduleRepeatedTask(initialDelay: Self.tickInterval, delay: Self.tickInterval) {
                     [weak self] _ in
-                    self?.apply(.tick(now: Self.now()))
-                    self?.tickLockTraffic()
+                    self?.ticked()
                 }
             }
         }
@@ -178,6 +180,22 @@ public final class GroupNode: @unchecked Sendable {
     }
 
     static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
+
+    /// A tick: the member's clock, lock traffic's retransmissions, and a warning when the loop was busy for half
+    /// the suspect timeout or more since the tick before (peers may suspect this node; corosync warns alike when
+    /// its main process was not scheduled).
+    func ticked() {
+        let now = Self.now()
+        if let lastTick, now - lastTick >= config.settings.suspectTimeout / 2 {
+            loopStalls += 1
+            logger.warning(
+                "the event loop was busy for \((now - lastTick) / 1_000_000) ms: peers suspect a node silent for \(config.settings.suspectTimeout / 1_000_000) ms"
+            )
+        }
+        lastTick = now
+        apply(.tick(now: now))
+        tickLockTraffic()
+    }
 
     // MARK: The application's requests (from any thread; carried out on the loop)
 

@@ -5,6 +5,11 @@ public enum GroupInput: Hashable, Sendable {
     case start(incarnation: UInt64, persisted: PersistentState, now: UInt64)
     case tick(now: UInt64)
     case received(GroupMessage, from: Member)
+    /// Something other than group services' messages came from that life of a node (a frame of lock traffic, on
+    /// the same connection as its heartbeats): it is alive as a heartbeat would show, so a node busy with a
+    /// backlog of its lock traffic is not suspected because its heartbeats queue behind it. Only a life already
+    /// known and not dropped from a proposal counts; nothing else of the member changes.
+    case heard(from: Member)
     /// Multicast to every member of the view (`group` nil) or to the members of a process group.
     case multicast(payload: [UInt8], group: String?)
     case enterBarrier(String)
@@ -165,6 +170,12 @@ public struct GroupMember: Sendable {
         case .received(let message, let from):
             guard isStarted else { return }
             onReceive(message, from: from, into: &effects)
+        case .heard(let from):
+            guard isStarted, var peer = peers[from.node], peer.incarnation == from.incarnation, !peer.excluded else {
+                return
+            }
+            peer.lastHeard = max(peer.lastHeard, now)
+            peers[from.node] = peer
         case .multicast(let payload, let group):
             submit(.data(group: group, payload: payload), into: &effects)
         case .enterBarrier(let name):

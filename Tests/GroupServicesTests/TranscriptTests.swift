@@ -60,6 +60,36 @@ import Testing
             ])
     }
 
+    /// Lock traffic shows a node alive as its heartbeats do (they travel behind it on one connection): nodes
+    /// whose group messages are held up while their frames of lock traffic keep arriving suspect nobody. Frames
+    /// from a life that is not the one known do not count: once only those come, the silent node is fenced.
+    @Test func lockTrafficKeepsANodeAlive() {
+        let cluster = cluster(Settings(nodes: 3))
+        for node in cluster.settings.nodes { cluster.start(node) }
+        cluster.run(for: 300 * ms)
+        _ = take(cluster)
+        cluster.partition([[1, 2], [3]])
+        let lives = [1, 2, 3].map { cluster.nodes[$0]!.machine.me }
+        func lockTraffic(from third: Member) {
+            cluster.input(1, .heard(from: third))
+            cluster.input(2, .heard(from: third))
+            cluster.input(3, .heard(from: lives[0]))
+            cluster.input(3, .heard(from: lives[1]))
+        }
+        for _ in 0..<30 {
+            lockTraffic(from: lives[2])
+            cluster.run(for: 100 * ms)
+        }
+        #expect(take(cluster).isEmpty, "no suspicion in 3 s of lock traffic alone")
+
+        for _ in 0..<15 {
+            lockTraffic(from: Member(node: 3, incarnation: lives[2].incarnation + 1))
+            cluster.run(for: 100 * ms)
+        }
+        let lines = take(cluster)
+        #expect(lines.contains("1: fence 3") && lines.contains("1: view 2@1 {1,2} primary"), "\(lines)")
+    }
+
     @Test func aMinorityKnowsItIsNotPrimaryAndIsFenced() {
         let cluster = cluster(Settings(nodes: 3))
         for node in cluster.settings.nodes { cluster.start(node) }
