@@ -39,17 +39,29 @@ if grep -E '^/.*/(Sources|Tests|bench|Tools)/.*: warning:' "$RESULTS/build.log";
 fi
 BIN=$("$SWIFT" build "${FLAGS[@]}" --show-bin-path)
 
+# A test that ran past its time limit cannot stop the dlmd processes it started: they are killed after each phase
+# (and named), so that they load neither the phases after it nor the machine.
+stop_leftover_daemons() {
+  local left
+  left=$(pgrep -f "^$BIN/dlmd " || true)
+  [ -z "$left" ] && return
+  echo "warning: dlmd processes left running by the tests above (killed): $(echo $left)"
+  kill -KILL $left 2>/dev/null || true
+}
+
 status=0
 echo "== phase 1: randomized tests, in parallel (DLM_MODEL_OPS=$DLM_MODEL_OPS DLM_SIM_SEEDS=$DLM_SIM_SEEDS" \
   "DLM_MASTERING_SEEDS=$DLM_MASTERING_SEEDS DLM_RECOVERY_SEEDS=$DLM_RECOVERY_SEEDS DLM_DEADLOCK_SEEDS=$DLM_DEADLOCK_SEEDS)"
 "$SWIFT" test --skip-build "${FLAGS[@]}" --filter "$RANDOMIZED" --xunit-output "$RESULTS/randomized.xml" \
   2>&1 | tee "$RESULTS/randomized.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+stop_leftover_daemons
 
 echo "== phase 2: every other Swift test, one at a time"
 "$SWIFT" test --skip-build "${FLAGS[@]}" --skip "$RANDOMIZED" --no-parallel --xunit-output "$RESULTS/serial.xml" \
   2>&1 | tee "$RESULTS/serial.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+stop_leftover_daemons
 
 echo "== phase 3: the C library's tests"
 make --no-print-directory libdlm || status=1
