@@ -30,6 +30,8 @@ public final class LockNode: @unchecked Sendable {
     let busyPoll: BusyPoll?
     /// A bulk slice is scheduled.
     var bulkScheduled = false
+    /// The turns of the node's event loop (LoopTurns.swift); nil: slices only wait `bulkSliceDelay`.
+    var loopTurns: LoopTurns?
     /// The output being carried out, and its arrays kept for the next batch.
     var spare = ServiceOutput()
     var applying = false
@@ -223,15 +225,24 @@ public final class LockNode: @unchecked Sendable {
         connection.channel.close(promise: nil)
     }
 
-    /// Work in slices (exits, purges, releases with many locks): the next slice a little later, not at once, since
-    /// NIO runs every task that is due before it polls its sockets again.
+    /// Work in slices (exits, purges, releases with many locks): the next slice a little later, not at once, and
+    /// only once the loop polled its sockets since this one, since NIO runs every task that is due before it polls
+    /// them again (and the tasks a slice causes, such as writing its lock traffic, may outlast the delay).
     func scheduleBulkSlice() {
         guard !bulkScheduled else { return }
         bulkScheduled = true
-        eventLoop.scheduleTask(in: LockNode.bulkSliceDelay) { [self] in
-            bulkScheduled = false
-            handle(.bulkSlice)
+        let turn = loopTurns?.count
+        eventLoop.scheduleTask(in: LockNode.bulkSliceDelay) { [self] in runBulkSlice(after: turn) }
+    }
+
+    func runBulkSlice(after turn: UInt64?) {
+        if let turn, loopTurns?.count == turn {
+            // Nothing else is done until it is due again: the loop finds no task due, ends its turn and polls.
+            eventLoop.scheduleTask(in: LockNode.bulkSliceDelay) { [self] in runBulkSlice(after: turn) }
+            return
         }
+        bulkScheduled = false
+        handle(.bulkSlice)
     }
 
     static let bulkSliceDelay = TimeAmount.microseconds(20)

@@ -44,9 +44,13 @@ public final class NodeServer: Service, @unchecked Sendable {
         // consolidates them, stalling the loop for tens of milliseconds (bench/RESULTS.md). Off, as some
         // allocators are by default.
         _ = dlm_disable_malloc_fastbins()
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        // Half the suspect timeout, as the group node's warning of a late tick (500 ms for a node alone).
+        let suspectTimeout = configuration.cluster?.settings.suspectTimeout ?? 1_000_000_000
+        let turns = LoopTurns(warnAfter: .nanoseconds(Int64(suspectTimeout / 2)), logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1, metricsDelegate: turns)
         let loop = group.next()
         let node = LockNode(configuration: configuration, eventLoop: loop, logger: logger)
+        node.loopTurns = turns
         let metrics = configuration.metricsAddress.map { _ in NodeMetrics() }
         node.metrics = metrics
         do {
