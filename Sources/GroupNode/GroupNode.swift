@@ -81,9 +81,8 @@ public final class GroupNode: @unchecked Sendable {
     var effects: [GroupEffect] = []
 
     var lastHeard: [NodeID: NIODeadline] = [:]
-    /// When the member was ticked last (`ticked`), and how many times the loop was late by half the suspect timeout.
+    /// When the member was ticked last (`ticked`).
     var lastTick: UInt64?
-    public internal(set) var loopStalls = 0
     var incarnations: [NodeID: UInt64] = [:]
     var fencesRunning: Set<NodeID> = []
     /// Fenced nodes, with the incarnation last heard from when the fence succeeded.
@@ -187,7 +186,6 @@ public final class GroupNode: @unchecked Sendable {
     func ticked() {
         let now = Self.now()
         if let lastTick, now - lastTick >= config.settings.suspectTimeout / 2 {
-            loopStalls += 1
             logger.warning(
                 "the event loop was busy for \((now - lastTick) / 1_000_000) ms: peers suspect a node silent for \(config.settings.suspectTimeout / 1_000_000) ms"
             )
