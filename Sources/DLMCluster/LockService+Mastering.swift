@@ -135,6 +135,7 @@ extension LockService {
         guard let info = engine.lockspaceInfo(LockspaceID(rawValue: m.lockspace)) else { return false }
         let master: UInt32
         var parent: LockID?
+        var parentRecord: RecoveredLock?
         if m.parent != 0 {
             guard ProcessCopies.isCopy(m.parent) else { return false }
             guard let index = mastering.copies.index(of: m.parent, owner: id.owner),
@@ -145,6 +146,7 @@ extension LockService {
             }
             master = mastering.copies.copies[index].master
             parent = parentLock
+            parentRecord = mastering.copies.copies[index].record
         } else {
             let key = DirectoryKey(lockspace: info.name, name: m.name)
             if let known = mastering.masters[key] {
@@ -175,16 +177,15 @@ extension LockService {
             if master == configuration.nodeID { return false }
         }
         let request = Self.lockRequest(m, owner: owner(id), lockspace: LockspaceID(rawValue: 0), parent: parent)
-        // What recovery resends if the master leaves (sub-locks are not rebuilt yet).
-        let record =
-            parent != nil
-            ? nil
-            : RecoveredLock(
-                lockspace: info.name, valueBlockLength: info.valueBlockLength, name: m.name, copy: 0,
-                owner: request.owner, pid: clients[Int(id.slot)].pid, grantedMode: nil, requestedMode: m.mode,
-                flags: m.flags, priority: m.priority, wantsBlockingCallbacks: request.wantsBlockingCallbacks,
-                alwaysFencingToken: request.alwaysFencingToken, transaction: request.transaction, valueBlock: nil,
-                valueBlockSequence: 0, fencingToken: 0, timeout: request.timeout)
+        // What recovery resends if the master leaves: a sub-lock under the top-level resource of its parent.
+        let record = RecoveredLock(
+            lockspace: info.name, valueBlockLength: info.valueBlockLength, name: parentRecord?.name ?? m.name,
+            copy: 0, owner: request.owner, pid: clients[Int(id.slot)].pid, grantedMode: nil, requestedMode: m.mode,
+            flags: m.flags, priority: m.priority, wantsBlockingCallbacks: request.wantsBlockingCallbacks,
+            alwaysFencingToken: request.alwaysFencingToken, transaction: request.transaction, valueBlock: nil,
+            valueBlockSequence: 0, fencingToken: 0, timeout: request.timeout,
+            subPath: parentRecord.map { $0.subPath + [m.name] } ?? [],
+            parentCopy: parent == nil ? 0 : m.parent)
         let copy = mastering.copies.add(owner: id.owner, master: master, record: record)
         let reference = startOperation(id, tag: m.tag, copy: copy, message: .lock(m))
         send(

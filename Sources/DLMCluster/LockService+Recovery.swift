@@ -23,7 +23,9 @@ import GroupServices
 /// Only what the failure touched waits (`runsDuringRecovery`): requests on resources whose master survived run
 /// during recovery as before it; requests on resources whose master left, requests that need the directory,
 /// lockspace operations, purges, exits and the engine's timers are held (not refused) until the run ends. A new
-/// view aborts the run and starts it over from the members of the last completed recovery. Not recovered yet: sub-locks whose master left, and the
+/// view aborts the run and starts it over from the members of the last completed recovery. Sub-locks are rebuilt
+/// with their tree (a sub-lock's resource has the master of its top-level resource): the holder sends the path and
+/// its id of the parent lock, and the new master rebuilds each tree from the top down. Not recovered yet: the
 /// persistent locks and orphans of a departed node (they were on its master only).
 struct Recovery {
     var view: UInt64
@@ -143,12 +145,8 @@ extension LockService {
             guard masterGone || copy.rebinding else { continue }
             // A new lock not answered yet is sent again when recovery is done.
             guard copy.masterLock != nil || copy.rebinding else { continue }
-            guard var record = copy.record else {
-                // A sub-lock whose master left: not rebuilt yet (see above).
-                output.notices.append(("a sub-lock was lost with its master", ["master": "\(copy.master)"]))
-                mastering.copies.remove(index)
-                continue
-            }
+            // (Every live copy has its record.)
+            guard var record = copy.record else { continue }
             let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
             // Every holder sends to the same node, the directory node of this view, whatever an aborted run chose:
             // if that run's new master rebuilt the resource, it registers it with the directory node, which then
@@ -329,40 +327,26 @@ extension LockService {
             }
             let first = holders[0].lock
             guard let lockspace = openForPeer(key.lockspace, valueBlockLength: first.valueBlockLength) else { continue }
-            // A lock sent again by a holder whose answer was lost in an aborted run is answered with its id.
-            var fresh: [(node: UInt32, lock: RecoveredLock)] = []
+            // The tree of the resource, parents before children: by depth, then in order of arrival.
+            var byPath: [[[UInt8]]: [(node: UInt32, lock: RecoveredLock)]] = [:]
+            var paths: [[[UInt8]]] = []
             for holder in holders {
-                let rebuiltCopy = RebuiltCopy(holder.lock)
-                if let known = mastering.rebuilt.byCopy[rebuiltCopy] {
-                    bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: known))
-                } else {
-                    fresh.append(holder)
+                let path = holder.lock.path
+                if byPath[path] == nil { paths.append(path) }
+                byPath[path, default: []].append(holder)
+            }
+            paths = paths.enumerated().sorted { ($0.element.count, $0.offset) < ($1.element.count, $1.offset) }.map(
+                \.element)
+            var rebuiltHere = false
+            for path in paths {
+                if rebuildResource(
+                    key, path: path, lockspace: lockspace, holders: byPath[path]!, values: recovery.receivedValues[key],
+                    alone: recovery.reportedDeparted.count == 1, floor: floor, bindings: &bindings)
+                {
+                    rebuiltHere = true
                 }
             }
-            guard !fresh.isEmpty else { continue }
-            let (snapshot, order) = Self.rebuiltResource(
-                key, lockspace: lockspace, from: fresh, values: recovery.receivedValues[key] ?? [],
-                alone: recovery.reportedDeparted.count == 1, members: mastering.viewMembers, floor: floor,
-                now: engine.now)
-            effects.removeAll(keepingCapacity: true)
-            engine.handle(.recover(snapshot), into: &effects)
-            var ids: [LockID] = []
-            for effect in effects {
-                switch effect {
-                case .accepted(let id): ids.append(id)
-                case .persist(let entry): record(.journal(entry))
-                case .refused(let error):
-                    output.notices.append(
-                        ("a resource could not be rebuilt", ["resource": key.name.displayName, "error": error.message]))
-                default: break
-                }
-            }
-            guard ids.count == fresh.count else { continue }
-            for (index, id) in zip(order, ids) {
-                let holder = fresh[index]
-                mastering.rebuilt.add(RebuiltCopy(holder.lock), lock: id)
-                bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: id))
-            }
+            guard rebuiltHere else { continue }
             registerAsMaster(key, into: &registrations)
             mastering.rebuiltKeys.insert(key)
             mastering.rebuiltLockspaces.insert(lockspace)
@@ -384,13 +368,79 @@ extension LockService {
         replicateAgain()
     }
 
+    /// Rebuilds one resource of a tree whose master left (`path`: names from the top-level resource down) from the
+    /// holders' locks; returns whether it rebuilt any. A lock sent again by a holder whose answer was lost in an
+    /// aborted run is answered with its id. A sub-lock names its parent lock by the holder's id, which this node
+    /// rebuilt just before (parents come first). Value replicas are kept of top-level resources only: a
+    /// sub-resource's value block is valid after recovery only if a surviving holder of PR or above read or wrote
+    /// its newest value.
+    mutating func rebuildResource(
+        _ key: DirectoryKey, path: [[UInt8]], lockspace: LockspaceID, holders: [(node: UInt32, lock: RecoveredLock)],
+        values: [ValueReplica]?, alone: Bool, floor: UInt64, bindings: inout [UInt32: [RecoveredBinding]]
+    ) -> Bool {
+        var fresh: [(node: UInt32, lock: RecoveredLock)] = []
+        var parents: [LockID?] = []
+        for holder in holders {
+            if let known = mastering.rebuilt.byCopy[RebuiltCopy(holder.lock)] {
+                bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: known))
+                continue
+            }
+            var parent: LockID?
+            if holder.lock.parentCopy != 0 {
+                var parentCopy = RebuiltCopy(holder.lock)
+                parentCopy.copy = holder.lock.parentCopy
+                guard let id = mastering.rebuilt.byCopy[parentCopy] else {
+                    output.notices.append(
+                        (
+                            "a sub-lock could not be rebuilt: its parent lock was not",
+                            ["resource": path.map(\.displayName).joined(separator: "/"), "node": "\(holder.node)"]
+                        ))
+                    continue
+                }
+                parent = id
+            }
+            fresh.append(holder)
+            parents.append(parent)
+        }
+        guard !fresh.isEmpty else { return false }
+        let topLevel = path.count == 1
+        let (snapshot, order) = Self.rebuiltResource(
+            key, path: path, lockspace: lockspace, from: fresh, parents: parents,
+            values: topLevel ? values ?? [] : [], alone: topLevel && alone, members: mastering.viewMembers,
+            floor: floor, now: engine.now)
+        effects.removeAll(keepingCapacity: true)
+        engine.handle(.recover(snapshot), into: &effects)
+        var ids: [LockID] = []
+        for effect in effects {
+            switch effect {
+            case .accepted(let id): ids.append(id)
+            case .persist(let entry): record(.journal(entry))
+            case .refused(let error):
+                output.notices.append(
+                    (
+                        "a resource could not be rebuilt",
+                        ["resource": path.map(\.displayName).joined(separator: "/"), "error": error.message]
+                    ))
+            default: break
+            }
+        }
+        guard ids.count == fresh.count else { return false }
+        for (index, id) in zip(order, ids) {
+            let holder = fresh[index]
+            mastering.rebuilt.add(RebuiltCopy(holder.lock), lock: id)
+            bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: id))
+        }
+        return true
+    }
+
     /// A resource rebuilt from its survivors' locks: granted locks first, then conversions, then waiting requests
     /// (each in the order they came); the value block the newest that a holder or the backup node kept
     /// (LockService+Replicas.swift). `alone`: the master was the only node to leave (so its backup node survived,
     /// and no replica means the value block was never in use); `members`: the view's (for the writer's fate).
     static func rebuiltResource(
-        _ key: DirectoryKey, lockspace: LockspaceID, from holders: [(node: UInt32, lock: RecoveredLock)],
-        values: [ValueReplica], alone: Bool, members: [UInt32: UInt64], floor: UInt64, now: Instant
+        _ key: DirectoryKey, path: [[UInt8]], lockspace: LockspaceID,
+        from holders: [(node: UInt32, lock: RecoveredLock)], parents: [LockID?], values: [ValueReplica],
+        alone: Bool, members: [UInt32: UInt64], floor: UInt64, now: Instant
     ) -> (ResourceSnapshot, order: [Int]) {
         var locks: [LockSnapshot] = []
         var order: [Int] = []
@@ -408,7 +458,7 @@ extension LockService {
                     LockSnapshot(
                         id: LockID(rawValue: UInt32(locks.count + 1)), owner: lock.owner, queue: kind,
                         grantedMode: lock.grantedMode, requestedMode: lock.requestedMode, flags: lock.flags,
-                        parent: nil, transaction: lock.transaction, priority: lock.priority,
+                        parent: parents[index], transaction: lock.transaction, priority: lock.priority,
                         wantsBlockingCallbacks: lock.wantsBlockingCallbacks,
                         alwaysFencingToken: lock.alwaysFencingToken, blockingSent: 0, pendingFlags: [],
                         waitingSince: now, waitSequence: 0,
@@ -443,7 +493,7 @@ extension LockService {
             valid = true
         }
         let snapshot = ResourceSnapshot(
-            lockspace: lockspace, path: [key.name], valueBlock: block, valueBlockSequence: sequence,
+            lockspace: lockspace, path: path, valueBlock: block, valueBlockSequence: sequence,
             valueBlockInvalid: !valid, fencingToken: token, locks: locks)
         return (snapshot, order)
     }

@@ -135,12 +135,14 @@ extension LockService {
                 continue
             }
             if locks.count == limit { return (locks, true) }
+            let own = record.subPath.last ?? record.name
             locks.append(
                 .init(
-                    name: record.name.displayName, nameHex: record.name.hexString, master: copy.master,
+                    name: own.displayName, nameHex: own.hexString, master: copy.master,
                     id: ProcessCopies.lockID(index).description, grantedMode: record.grantedMode?.description,
                     requestedMode: record.requestedMode?.description, owner: String(copy.owner),
-                    uid: slotsByOwner[copy.owner].flatMap { clients[Int($0)].credentials?.uid }))
+                    uid: slotsByOwner[copy.owner].flatMap { clients[Int($0)].credentials?.uid },
+                    path: record.subPath.isEmpty ? nil : record.path.map(\.displayName)))
         }
         return (locks, false)
     }

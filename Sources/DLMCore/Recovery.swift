@@ -1,13 +1,30 @@
 /// What a lock service needs of the engine when resources move between nodes (a master died and another node
 /// rebuilds its resources from the holders' copies; docs/RECOVERY.md).
 extension LockEngine {
-    /// Rebuilds a top-level resource from the locks its surviving holders sent: each lock gets a fresh id (the
-    /// snapshot's ids are ignored and must be distinct), in the snapshot's order; the ids come back in that order.
-    /// Nothing is granted here (`grantAfterRecovery`). A resource with persistent locks is journaled.
+    /// Rebuilds a resource from the locks its surviving holders sent: each lock gets a fresh id (the snapshot's ids
+    /// are ignored and must be distinct), in the snapshot's order; the ids come back in that order. Nothing is
+    /// granted here (`grantAfterRecovery`). A resource with persistent locks is journaled.
+    ///
+    /// A sub-resource (a path of more than one name) is rebuilt after its parent resource: each of its locks names
+    /// its parent lock by the id this engine gave it, a granted lock of the same owner on the parent resource.
     mutating func recoverResource(_ snapshot: ResourceSnapshot) throws(DLMError) -> [LockID] {
-        guard snapshot.path.count == 1 else { throw .invalid("only top-level resources are rebuilt") }
-        guard snapshot.locks.allSatisfy({ $0.parent == nil }) else {
-            throw .invalid("a rebuilt resource's locks have no parent")
+        if snapshot.path.count == 1 {
+            guard snapshot.locks.allSatisfy({ $0.parent == nil }) else {
+                throw .invalid("a lock on a top-level resource has no parent lock")
+            }
+        } else {
+            guard let parentResource = resourceSlot(snapshot.lockspace, path: Array(snapshot.path.dropLast())) else {
+                throw .noEntry("the parent resource is not rebuilt")
+            }
+            for lock in snapshot.locks {
+                guard let parent = lock.parent else { throw .invalid("a lock on a sub-resource needs a parent lock") }
+                let slot = parent.slot
+                guard slot >= 0, slot < locks.count, !locks[slot].isFree, locks[slot].resource == parentResource,
+                    locks[slot].isGranted, lock.owner != nil, owners[Int(locks[slot].owner)].id == lock.owner
+                else {
+                    throw .invalid("parent lock \(parent) is not a granted lock of the owner on the parent resource")
+                }
+            }
         }
         var fresh = snapshot
         var ids: [LockID] = []

@@ -549,6 +549,9 @@ extension ByteBuffer {
         writeInteger(lock.valueBlockSequence)
         writeInteger(lock.fencingToken)
         writeInteger(lock.timeout ?? 0)
+        writeInteger(lock.parentCopy)
+        writeInteger(UInt16(truncatingIfNeeded: lock.subPath.count))
+        for name in lock.subPath { writeBytes8(name) }
     }
 
     mutating func readOptionalMode(_ field: StaticString) throws(WireError) -> LockMode? {
@@ -582,12 +585,22 @@ extension ByteBuffer {
         let sequence = try read(UInt64.self, "value_block_sequence")
         let token = try read(UInt64.self, "fencing_token")
         let timeout = try read(UInt64.self, "timeout")
+        let parentCopy = try read(UInt32.self, "parent_copy")
+        let depth = Int(try read(UInt16.self, "sub_path_count"))
+        guard (depth == 0) == (parentCopy == 0) else {
+            throw .malformed("a recovered sub-lock needs both a parent_copy and a sub-path")
+        }
+        guard depth <= readableBytes / 2 else {
+            throw .malformed("sub_path_count \(depth) is more than the frame can hold")
+        }
+        var subPath: [[UInt8]] = []
+        for _ in 0..<depth { subPath.append(try readName("sub_path name")) }
         return RecoveredLock(
             lockspace: lockspace, valueBlockLength: valueBlockLength, name: name, copy: copy, owner: owner, pid: pid,
             grantedMode: granted, requestedMode: requested, flags: flags, priority: priority,
             wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0,
             transaction: transaction == 0 ? nil : transaction, valueBlock: valueBlock, valueBlockSequence: sequence,
-            fencingToken: token, timeout: timeout == 0 ? nil : timeout)
+            fencingToken: token, timeout: timeout == 0 ? nil : timeout, subPath: subPath, parentCopy: parentCopy)
     }
 
     /// PEER.md §4.6: names, flags (1 removed, 2 invalid, 4 has a writer), the value block, its sequence number,

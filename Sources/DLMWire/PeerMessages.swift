@@ -95,7 +95,13 @@ public struct DeadlockCheckItem: Sendable, Hashable {
 public struct RecoveredLock: Sendable, Hashable {
     public var lockspace: [UInt8]
     public var valueBlockLength: Int
+    /// The name of the top-level resource (of the lock's own resource, or of the top of its parents' chain).
     public var name: [UInt8]
+    /// For a sub-lock, the names of the resources below the top-level one, down to the lock's own (empty for a
+    /// lock on a top-level resource).
+    public var subPath: [[UInt8]]
+    /// For a sub-lock, the holder's id of its parent lock (0: none).
+    public var parentCopy: UInt32
     /// The holder's id for the lock (its process copy).
     public var copy: UInt32
     public var owner: OwnerID
@@ -121,8 +127,11 @@ public struct RecoveredLock: Sendable, Hashable {
         lockspace: [UInt8], valueBlockLength: Int, name: [UInt8], copy: UInt32, owner: OwnerID, pid: UInt32,
         grantedMode: LockMode?, requestedMode: LockMode?, flags: LockFlags, priority: UInt8,
         wantsBlockingCallbacks: Bool, alwaysFencingToken: Bool, transaction: UInt64?, valueBlock: [UInt8]?,
-        valueBlockSequence: UInt64, fencingToken: UInt64, timeout: UInt64? = nil
+        valueBlockSequence: UInt64, fencingToken: UInt64, timeout: UInt64? = nil, subPath: [[UInt8]] = [],
+        parentCopy: UInt32 = 0
     ) {
+        self.subPath = subPath
+        self.parentCopy = parentCopy
         self.timeout = timeout
         self.lockspace = lockspace
         self.valueBlockLength = valueBlockLength
@@ -144,8 +153,11 @@ public struct RecoveredLock: Sendable, Hashable {
 }
 
 extension RecoveredLock {
-    /// The fewest bytes a recovered lock takes on the wire (one-byte names, no value block).
-    static let leastEncodedLength = 2 + 1 + 2 + 4 + 20 + 4 + 1 + 1 + 4 + 1 + 1 + 8 + 1 + 8 + 8
+    /// The fewest bytes a recovered lock takes on the wire (one-byte names, no value block, no sub-path).
+    static let leastEncodedLength = 2 + 1 + 2 + 4 + 20 + 4 + 1 + 1 + 4 + 1 + 1 + 8 + 1 + 8 + 8 + 8 + 4 + 2
+
+    /// The names from the top-level resource down to the lock's own.
+    public var path: [[UInt8]] { [name] + subPath }
 }
 
 /// The new master's id for a holder's recovered lock.

@@ -441,8 +441,11 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
 
     /// In a cluster: a lock of this node's clients on a resource mastered by another node (its process copy).
     public struct RemoteLock: Codable, Sendable, Hashable {
+        /// The name of the lock's resource (for a sub-lock, of its sub-resource), and its hex.
         public var name: String
         public var nameHex: String
+        /// For a sub-lock, the names from the top-level resource down to its own (nil for a top-level one).
+        public var path: [String]?
         public var master: UInt32
         /// The lock id the client sees (its process copy's).
         public var id: String
@@ -455,7 +458,7 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
         enum CodingKeys: String, CodingKey {
             case name
             case nameHex = "name_hex"
-            case master, id
+            case path, master, id
             case grantedMode = "granted_mode"
             case requestedMode = "requested_mode"
             case owner, uid
@@ -463,8 +466,9 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
 
         public init(
             name: String, nameHex: String, master: UInt32, id: String, grantedMode: String?, requestedMode: String?,
-            owner: String, uid: UInt32? = nil
+            owner: String, uid: UInt32? = nil, path: [String]? = nil
         ) {
+            self.path = path
             self.uid = uid
             self.name = name
             self.nameHex = nameHex

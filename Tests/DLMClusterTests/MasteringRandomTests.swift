@@ -133,6 +133,9 @@ struct MasteringRun {
             var valueBlock = false
             /// The mode it may hold at the master (the strongest of its granted mode and one asked for).
             var mayHold: LockMode?
+            /// A sub-lock's parent lock, and how deep it is (0: a lock on a top-level resource).
+            var parent: UInt32?
+            var depth = 0
         }
     }
 
@@ -183,7 +186,9 @@ struct MasteringRun {
             cluster.crash(node)
         }
         for index in clients.indices where !clients[index].gone {
-            for (lock, state) in clients[index].locks.sorted(by: { $0.key < $1.key }) where !state.releasing {
+            // Sub-locks before their parents.
+            let locks = clients[index].locks.sorted { ($0.value.depth, $1.key) > ($1.value.depth, $0.key) }
+            for (lock, state) in locks where !state.releasing {
                 send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: [])))
                 clients[index].locks[lock]?.releasing = true
                 clients[index].locks[lock]?.relied = nil
@@ -348,6 +353,11 @@ struct MasteringRun {
     var masterLeftSinceWrite: Set<String> = []
     /// Lock requests sent with VALBLK, by client and tag.
     var valueBlockRequests: Set<String> = []
+    /// The parent lock of each sub-lock request not answered yet, by client and tag.
+    var subLockParents: [String: UInt32] = [:]
+    /// The unlocks (not cancels) not answered yet, by client and tag: an unlock of a parent refused with EBUSY
+    /// leaves it held.
+    var releases: [String: UInt32] = [:]
     /// Locks a client believed it held that its node's lock service no longer knew.
     var lostLocks: [String] = []
     let trace = ProcessInfo.processInfo.environment["DLM_MASTERING_TRACE"] != nil
@@ -413,16 +423,14 @@ struct MasteringRun {
         switch message {
         case .ok(let tag, let lock):
             if case .lock(let resource, let mode) = clients[index].outstanding.removeValue(forKey: tag) {
-                clients[index].locks[lock] = ClientModel.Lock(
-                    resource: resource, valueBlock: valueBlockRequests.remove(key(index, tag)) != nil, mayHold: mode)
+                clients[index].locks[lock] = newLock(resource, mode, index, tag)
             }
         case .completion(let c):
+            if c.tag != 0 { releases[key(index, c.tag)] = nil }
             if c.tag != 0, let operation = clients[index].outstanding.removeValue(forKey: c.tag) {
                 switch operation {
                 case .lock(let resource, let mode):
-                    clients[index].locks[c.lock] = ClientModel.Lock(
-                        resource: resource, valueBlock: valueBlockRequests.remove(key(index, c.tag)) != nil,
-                        mayHold: mode)
+                    clients[index].locks[c.lock] = newLock(resource, mode, index, c.tag)
                 case .write(_, let resource, let value):
                     writeAcknowledged(resource, value: value, key: key(index, c.tag))
                 case .convert, .unlock:
@@ -453,6 +461,14 @@ struct MasteringRun {
             }
         case .error(let tag, let status, let message):
             let operation = clients[index].outstanding.removeValue(forKey: tag)
+            subLockParents[key(index, tag)] = nil
+            if status == .busy, let lock = releases.removeValue(forKey: key(index, tag)),
+                let granted = clients[index].locks[lock]?.granted
+            {
+                // The unlock of a parent whose sub-lock was granted before its cancel came: still held.
+                clients[index].locks[lock]?.releasing = false
+                clients[index].locks[lock]?.relied = granted
+            }
             if status == .noEntry {
                 switch operation {
                 case .convert(let lock, _), .unlock(let lock), .write(let lock, _, _):
@@ -469,6 +485,17 @@ struct MasteringRun {
     }
 
     func key(_ index: Int, _ tag: UInt32) -> String { "\(clients[index].name)/\(tag)" }
+
+    /// A lock the master answered (a sub-lock with its parent).
+    mutating func newLock(_ resource: String, _ mode: LockMode, _ index: Int, _ tag: UInt32) -> ClientModel.Lock {
+        var lock = ClientModel.Lock(
+            resource: resource, valueBlock: valueBlockRequests.remove(key(index, tag)) != nil, mayHold: mode)
+        if let parent = subLockParents.removeValue(forKey: key(index, tag)) {
+            lock.parent = parent
+            lock.depth = (clients[index].locks[parent]?.depth ?? 0) + 1
+        }
+        return lock
+    }
 
     /// A value block read: not older than the last acknowledged write, and flagged not valid only when allowed.
     mutating func checkRead(_ value: [UInt8], flags: CompletionFlags, resource: String, by index: Int) {
@@ -653,7 +680,9 @@ struct MasteringRun {
             // The conversion may be granted at any moment: until its completion, only what both modes promise holds.
             if let granted = state.granted { clients[index].locks[lock]?.relied = Self.meet(granted, mode) }
         case 60..<85:
-            guard let (lock, state) = held.first else { return }
+            // (A parent goes after its sub-locks.)
+            let parents = Set(clients[index].locks.values.filter { !$0.releasing }.compactMap(\.parent))
+            guard let (lock, state) = held.first(where: { !parents.contains($0.key) }) else { return }
             if state.granted == nil || state.converting {
                 send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: .cancel)))
             } else if state.valueBlock, let granted = state.granted, granted >= .pw {
@@ -661,16 +690,34 @@ struct MasteringRun {
                 let tag = tag(index, .write(lock, state.resource, value.number))
                 writeSent(state.resource, key: key(index, tag))
                 send(index, .unlock(UnlockMessage(tag: tag, lock: lock, flags: .valueBlock, valueBlock: value.bytes)))
+                releases[key(index, tag)] = lock
                 clients[index].locks[lock]?.releasing = true
                 clients[index].locks[lock]?.relied = nil
             } else {
-                send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: [])))
+                let tag = tag(index, .unlock(lock))
+                send(index, .unlock(UnlockMessage(tag: tag, lock: lock, flags: [])))
+                releases[key(index, tag)] = lock
                 clients[index].locks[lock]?.releasing = true
                 clients[index].locks[lock]?.relied = nil
             }
         case 85..<90:
             close(index)
             connect(clients[index].node, "r")
+        case 90..<96:
+            // A sub-lock, up to two levels below a top-level resource, under a lock granted and kept.
+            let parents = held.filter { $0.value.granted != nil && $0.value.depth < 2 }
+            guard !parents.isEmpty else { return }
+            let (parent, state) = random.element(parents)
+            let resource = state.resource + "/c\(random.below(2))"
+            let flags: LockFlags = random.percent(20) ? .noQueue : []
+            let tag = tag(index, .lock(resource, mode))
+            subLockParents[key(index, tag)] = parent
+            send(
+                index,
+                .lock(
+                    LockMessage(
+                        tag: tag, lockspace: 0, flags: flags, mode: mode, parent: parent,
+                        name: Array(resource.split(separator: "/").last!.utf8))))
         default:
             break
         }

@@ -1,7 +1,9 @@
-import DLMCluster
 import DLMCore
 import DLMWire
+import Foundation
 import Testing
+
+@testable import DLMCluster
 
 /// Recovery when a node leaves (LockService+Recovery.swift), in-process: the survivors rebuild the directory and
 /// the resources whose master left from their own locks, drop the departed node's locks, and go on with one lock
@@ -10,6 +12,7 @@ import Testing
     typealias H = ServiceHarness
     static let remote: UInt32 = 0x8000_0001
     static let secondRemote: UInt32 = 0x8000_0002
+    static let thirdRemote: UInt32 = 0x8000_0003
 
     /// Node 3 masters a resource on which node 1 holds EX and node 2 waits for EX; node 3 dies. Node 1 keeps its
     /// EX (a new request of another node waits for it, and gets no grant during recovery), node 2's request still
@@ -55,6 +58,64 @@ import Testing
         #expect(!after.contains { $0.hasPrefix("2d: COMPLETION") })
         let token = c.completions["2b"]!.last!.fencingToken
         #expect(token > before)
+    }
+
+    /// Sub-locks survive the death of their master with their tree: node 1 holds PR on a resource of node 3, EX
+    /// on a sub-resource under it and PW one level further down; node 2 shares the PR and waits for PR on the
+    /// sub-resource. Node 3 dies: node 1 keeps both sub-locks (a third client's EX NOQUEUE on the sub-resource is
+    /// refused, node 1's ids still work), node 2's sub-lock still waits, and is granted once node 1 lets go.
+    @Test func subLocksSurviveTheDeathOfTheirMaster() throws {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 3, of: 3)
+        let master = c.client(3, "m")
+        let a = c.client(1, "a")
+        let b = c.client(2, "b")
+        c.send(master, H.lock(2, name, .nl))
+        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted NL"])
+        c.send(a, H.lock(2, name, .pr))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        c.send(a, H.lock(3, "child", .ex, parent: Self.remote))
+        #expect(c.run() == ["1a: COMPLETION tag 3 lock \(Self.secondRemote) granted EX"])
+        c.send(a, H.lock(4, "grandchild", .pw, parent: Self.secondRemote))
+        #expect(c.run() == ["1a: COMPLETION tag 4 lock \(Self.thirdRemote) granted PW"])
+        c.send(b, H.lock(2, name, .pr))
+        #expect(c.run() == ["2b: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        c.send(b, H.lock(3, "child", .pr, parent: Self.remote))
+        #expect(Set(c.run()) == ["2b: OK tag 3 lock \(Self.secondRemote)", "1a: BAST lock \(Self.secondRemote) PR"])
+
+        c.crash(3)
+        c.installView()
+        #expect(c.run() == [])
+        // The sub-resource is still held in EX: another owner's EX NOQUEUE under its own parent lock is refused.
+        let d = c.client(2, "d")
+        c.send(d, H.lock(2, name, .nl))
+        #expect(c.run().count == 1)
+        let top = c.completions["2d"]?.last?.lock ?? 0
+        c.send(d, H.lock(3, "child", .ex, .noQueue, parent: top))
+        let refused = c.run()
+        #expect(
+            refused.count == 1 && refused.allSatisfy { $0.hasPrefix("2d: COMPLETION tag 3") && $0.hasSuffix("EAGAIN") })
+        // lockdebug on node 1 names the sub-locks by their path, with their new master.
+        let json = try c.nodes[1]!.service.report(
+            .lockdebug, argument: Array("ls".utf8), environment: ReportEnvironment())
+        let report = try JSONDecoder().decode(LockDebugReport.self, from: Data(json))
+        let remote = report.remote ?? []
+        #expect(
+            remote.first { $0.id == LockID(rawValue: Self.thirdRemote).description }?.path == [
+                name, "child", "grandchild",
+            ])
+        #expect(remote.allSatisfy { $0.master == 2 })
+        // Node 1's ids are bound to the new master: a conversion and the unlocks work, bottom up.
+        c.send(a, H.convert(5, Self.thirdRemote, .nl))
+        #expect(c.run() == ["1a: COMPLETION tag 5 lock \(Self.thirdRemote) granted NL"])
+        c.send(a, H.unlock(6, Self.thirdRemote))
+        #expect(c.run() == ["1a: COMPLETION tag 6 lock \(Self.thirdRemote) EUNLOCK"])
+        c.send(a, H.unlock(7, Self.secondRemote))
+        #expect(
+            Set(c.run()) == [
+                "1a: COMPLETION tag 7 lock \(Self.secondRemote) EUNLOCK",
+                "2b: COMPLETION tag 0 lock \(Self.secondRemote) granted PR",
+            ])
     }
 
     /// A waiting request with TIMEOUT whose master died still gives up: its holder resends the timeout with the

@@ -112,6 +112,11 @@ struct ServiceHarness {
         .lock(LockMessage(tag: tag, lockspace: 0, flags: flags, mode: mode, parent: parent, name: Array(name.utf8)))
     }
 
+    static func convert(_ tag: UInt32, _ lock: UInt32, _ mode: LockMode, _ flags: LockFlags = .convert) -> ClientMessage
+    {
+        .convert(ConvertMessage(tag: tag, lock: lock, flags: flags, mode: mode))
+    }
+
     static func unlock(_ tag: UInt32, _ lock: UInt32, _ flags: LockFlags = []) -> ClientMessage {
         .unlock(UnlockMessage(tag: tag, lock: lock, flags: flags))
     }

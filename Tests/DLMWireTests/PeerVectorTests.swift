@@ -93,7 +93,12 @@ struct PeerVectorTests {
                     owner: owner, pid: 4242, grantedMode: .pr, requestedMode: .ex, flags: [], priority: 7,
                     wantsBlockingCallbacks: true, alwaysFencingToken: false, transaction: nil,
                     valueBlock: [0xde, 0xad, 0xbe, 0xef], valueBlockSequence: 2, fencingToken: 9,
-                    timeout: 5_000_000_000)
+                    timeout: 5_000_000_000),
+                RecoveredLock(
+                    lockspace: Array("ls".utf8), valueBlockLength: 32, name: Array("backup".utf8), copy: 0x8000_0002,
+                    owner: owner, pid: 4242, grantedMode: .ex, requestedMode: nil, flags: [], priority: 0,
+                    wantsBlockingCallbacks: false, alwaysFencingToken: false, transaction: nil, valueBlock: nil,
+                    valueBlockSequence: 0, fencingToken: 10, subPath: [Array("child".utf8)], parentCopy: 0x8000_0001),
             ]),
         "peer-recover-bindings": .recoverBindings(
             view: 7,

@@ -120,6 +120,37 @@ import Testing
         #expect(next.fencingToken > held.fencingToken)
     }
 
+    /// Sub-locks survive `kill -9` of their master with their tree (Linux refuses them): node 1 holds PR on a
+    /// resource that node 3 masters and EX on a sub-resource under it, node 2 shares the PR. Node 3 dies: node 2's
+    /// EX NOQUEUE on the sub-resource under its own PR is refused, node 1's sub-lock still converts and unlocks
+    /// through the new master, and node 2's sub-lock is granted afterwards.
+    @Test func aSubLockSurvivesTheDeathOfItsMaster() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        let (_, spaces) = try await Self.clientOnEveryNode(cluster, lockspace: "shared")
+        // Node 3 asks first, so it masters the name.
+        _ = try await spaces[2].lock("volume", mode: .nl)
+        let parent = try await spaces[0].lock("volume", mode: .pr)
+        let extent = try await spaces[0].lock("extent", mode: .ex, parent: parent)
+        let sharing = try await spaces[1].lock("volume", mode: .pr)
+        _ = cluster.kill(3)
+        for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+        do {
+            let lock = try await spaces[1].lock("extent", mode: .ex, flags: .noQueue, parent: sharing)
+            try await lock.unlock()
+            Issue.record("the sub-resource was granted EX twice after its master's death")
+        } catch let error as DLMError {
+            #expect(error.status == .tryAgain)
+        }
+        let converted = try await extent.convert(to: .pw)
+        #expect(converted.mode == .pw)
+        try await converted.unlock()
+        let after = try await spaces[1].lock("extent", mode: .ex, flags: .noQueue, parent: sharing)
+        #expect(after.mode == .ex)
+        try await after.unlock()
+        try await parent.unlock()
+    }
+
     /// A value block written through one node survives `kill -9` of the node that masters it: the writer on node
     /// 1 unlocks EX with a value (answered once the master's backup node has it), the master (node 3) dies, and a
     /// reader on node 2 that kept an NL lock converts to PR and reads the value, valid.

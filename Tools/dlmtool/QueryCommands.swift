@@ -187,7 +187,8 @@ struct LockDebug: AsyncParsableCommand {
                 if let requested = lock.requestedMode, requested != lock.grantedMode { modes += " (\(requested))" }
                 return [
                     Text.lockID(lock.id), modes, "owner \(lock.owner)", lock.uid.map { "uid \($0)" } ?? "",
-                    "master node \(lock.master)", Text.name(lock.name),
+                    "master node \(lock.master)",
+                    lock.path.map { $0.map(Text.name).joined(separator: "/") } ?? Text.name(lock.name),
                 ]
             }
             parts.append(
