@@ -25,8 +25,8 @@ import GroupServices
 /// lockspace operations, purges, exits and the engine's timers are held (not refused) until the run ends. A new
 /// view aborts the run and starts it over from the members of the last completed recovery. Sub-locks are rebuilt
 /// with their tree (a sub-lock's resource has the master of its top-level resource): the holder sends the path and
-/// its id of the parent lock, and the new master rebuilds each tree from the top down. Not recovered yet: the
-/// persistent locks and orphans of a departed node (they were on its master only).
+/// its id of the parent lock, and the new master rebuilds each tree from the top down. Persistent locks and orphans
+/// that no survivor sends come from the resource's backup node (`orphans(of:holders:members:)`).
 struct Recovery {
     var view: UInt64
     /// Members of the last completed recovery (node: incarnation) that are not in the view.
@@ -320,16 +320,28 @@ extension LockService {
         engine.raiseFencingTokenFloors(to: floor)
         var bindings: [UInt32: [RecoveredBinding]] = [:]
         var registrations: [UInt32: [DirectoryKey]] = [:]
-        for (key, holders) in recovery.received.sorted(by: { Self.keyOrder($0.key, $1.key) }) {
+        // The resources holders sent locks of, and those with persistent locks on their backup nodes only.
+        var keys = Set(recovery.received.keys)
+        for (key, replicas) in recovery.receivedValues where replicas.contains(where: { !$0.persistentLocks.isEmpty }) {
+            keys.insert(key)
+        }
+        for key in keys.sorted(by: Self.keyOrder) {
             if let master = mastering.directory[key], master != me {
                 // An aborted run rebuilt it there (it registered it): that node answers the holders.
                 continue
             }
-            let first = holders[0].lock
-            guard let lockspace = openForPeer(key.lockspace, valueBlockLength: first.valueBlockLength) else { continue }
+            let holders = recovery.received[key] ?? []
+            let replica = recovery.receivedValues[key]?.max { $0.valueBlockSequence < $1.valueBlockSequence }
+            // (Orphans an aborted run rebuilt here are here already.)
+            let orphans =
+                engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name)
+                ? [] : Self.orphans(of: replica, holders: holders, members: mastering.viewMembers)
+            guard !holders.isEmpty || !orphans.isEmpty else { continue }
+            let valueBlockLength = holders.first?.lock.valueBlockLength ?? replica?.valueBlockLength ?? 0
+            guard let lockspace = openForPeer(key.lockspace, valueBlockLength: valueBlockLength) else { continue }
             // The tree of the resource, parents before children: by depth, then in order of arrival.
             var byPath: [[[UInt8]]: [(node: UInt32, lock: RecoveredLock)]] = [:]
-            var paths: [[[UInt8]]] = []
+            var paths: [[[UInt8]]] = orphans.isEmpty ? [] : [[key.name]]
             for holder in holders {
                 let path = holder.lock.path
                 if byPath[path] == nil { paths.append(path) }
@@ -340,7 +352,8 @@ extension LockService {
             var rebuiltHere = false
             for path in paths {
                 if rebuildResource(
-                    key, path: path, lockspace: lockspace, holders: byPath[path]!, values: recovery.receivedValues[key],
+                    key, path: path, lockspace: lockspace, holders: byPath[path] ?? [],
+                    orphans: path.count == 1 ? orphans : [], values: recovery.receivedValues[key],
                     alone: recovery.reportedDeparted.count == 1, floor: floor, bindings: &bindings)
                 {
                     rebuiltHere = true
@@ -376,7 +389,8 @@ extension LockService {
     /// its newest value.
     mutating func rebuildResource(
         _ key: DirectoryKey, path: [[UInt8]], lockspace: LockspaceID, holders: [(node: UInt32, lock: RecoveredLock)],
-        values: [ValueReplica]?, alone: Bool, floor: UInt64, bindings: inout [UInt32: [RecoveredBinding]]
+        orphans: [ReplicatedLock], values: [ValueReplica]?, alone: Bool, floor: UInt64,
+        bindings: inout [UInt32: [RecoveredBinding]]
     ) -> Bool {
         var fresh: [(node: UInt32, lock: RecoveredLock)] = []
         var parents: [LockID?] = []
@@ -402,10 +416,10 @@ extension LockService {
             fresh.append(holder)
             parents.append(parent)
         }
-        guard !fresh.isEmpty else { return false }
+        guard !fresh.isEmpty || !orphans.isEmpty else { return false }
         let topLevel = path.count == 1
         let (snapshot, order) = Self.rebuiltResource(
-            key, path: path, lockspace: lockspace, from: fresh, parents: parents,
+            key, path: path, lockspace: lockspace, from: fresh, parents: parents, orphans: orphans,
             values: topLevel ? values ?? [] : [], alone: topLevel && alone, members: mastering.viewMembers,
             floor: floor, now: engine.now)
         effects.removeAll(keepingCapacity: true)
@@ -424,13 +438,33 @@ extension LockService {
             default: break
             }
         }
-        guard ids.count == fresh.count else { return false }
-        for (index, id) in zip(order, ids) {
+        guard ids.count == orphans.count + fresh.count else { return false }
+        for (index, id) in zip(order, ids.dropFirst(orphans.count)) {
             let holder = fresh[index]
             mastering.rebuilt.add(RebuiltCopy(holder.lock), lock: id)
             bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: id))
         }
         return true
+    }
+
+    /// The persistent locks of a resource whose master left that its backup node kept and that no survivor sends:
+    /// orphans, and the locks of owners that left (with their node, or by exiting while the master died: a live
+    /// owner that still holds locks on the resource sends them all itself). They are rebuilt as orphans.
+    static func orphans(
+        of replica: ValueReplica?, holders: [(node: UInt32, lock: RecoveredLock)], members: [UInt32: UInt64]
+    ) -> [ReplicatedLock] {
+        guard let replica, !replica.persistentLocks.isEmpty else { return [] }
+        let sending = Set(holders.map(\.lock.owner))
+        var orphans: [ReplicatedLock] = []
+        for var lock in replica.persistentLocks {
+            if let owner = lock.owner {
+                guard members[owner.node] != owner.incarnation || !sending.contains(owner) else { continue }
+                lock.owner = nil
+                lock.orphanNode = owner.node
+            }
+            orphans.append(lock)
+        }
+        return orphans
     }
 
     /// A resource rebuilt from its survivors' locks: granted locks first, then conversions, then waiting requests
@@ -439,12 +473,23 @@ extension LockService {
     /// and no replica means the value block was never in use); `members`: the view's (for the writer's fate).
     static func rebuiltResource(
         _ key: DirectoryKey, path: [[UInt8]], lockspace: LockspaceID,
-        from holders: [(node: UInt32, lock: RecoveredLock)], parents: [LockID?], values: [ValueReplica],
-        alone: Bool, members: [UInt32: UInt64], floor: UInt64, now: Instant
+        from holders: [(node: UInt32, lock: RecoveredLock)], parents: [LockID?], orphans: [ReplicatedLock] = [],
+        values: [ValueReplica], alone: Bool, members: [UInt32: UInt64], floor: UInt64, now: Instant
     ) -> (ResourceSnapshot, order: [Int]) {
         var locks: [LockSnapshot] = []
         var order: [Int] = []
         var token = floor
+        // The orphans first (granted before anything a survivor holds was).
+        for orphan in orphans {
+            locks.append(
+                LockSnapshot(
+                    id: LockID(rawValue: UInt32(locks.count + 1)), owner: nil, queue: .grant, grantedMode: orphan.mode,
+                    requestedMode: nil, flags: orphan.flags, parent: nil, transaction: nil, priority: 0,
+                    wantsBlockingCallbacks: false, alwaysFencingToken: false, blockingSent: 0, pendingFlags: [],
+                    waitingSince: now, waitSequence: 0, deadline: 0, fencingToken: orphan.fencingToken,
+                    pid: orphan.pid, orphanNode: orphan.orphanNode))
+            token = max(token, orphan.fencingToken)
+        }
         var sequence: UInt64 = 0
         var block: [UInt8]?
         var valid = false
@@ -486,7 +531,9 @@ extension LockService {
             // invalid, or its PW or EX holder left (it may have written without telling anyone).
             sequence = replica.valueBlockSequence
             block = replica.valueBlock
-            let writerLeft = replica.writer.map { members[$0.node] != $0.incarnation } ?? false
+            // (An orphan writes no more, and it is rebuilt from the replica.)
+            let orphan = OwnerID(rawValue: 0)
+            let writerLeft = replica.writer.map { $0 != orphan && members[$0.node] != $0.incarnation } ?? false
             valid = !replica.invalid && !writerLeft
         } else if values.isEmpty && alone {
             // Never replicated: never written, never invalid, never held in PW or EX with VALBLK.

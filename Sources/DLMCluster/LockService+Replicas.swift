@@ -1,9 +1,10 @@
 import DLMCore
 import DLMWire
 
-/// Value blocks that survive the death of their master (docs/RECOVERY.md, "Value blocks"). A master replicates the
-/// value-block state of each resource whose value block is in use (the engine's `.replicate` effects,
-/// ValueReplicas.swift: the value, its sequence number, the invalid mark, the PW or EX holder) to the resource's
+/// Value blocks and persistent locks that survive the death of their master (docs/RECOVERY.md, "Value blocks",
+/// "Persistent locks and orphans"). A master replicates the value-block state of each resource whose value block
+/// or a persistent lock is in use (the engine's `.replicate` effects, ValueReplicas.swift: the value, its sequence
+/// number, the invalid mark, the PW or EX holder, the granted persistent locks and orphans) to the resource's
 /// *backup node*, and no frame or message that the change caused goes out until that node acknowledged it
 /// (LockService+Durability.swift): a written value is on two nodes before its writer hears that it was written,
 /// and a holder learns it was granted PW or EX only once the backup knows it holds it.

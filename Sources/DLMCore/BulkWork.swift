@@ -213,6 +213,8 @@ extension LockEngine {
             linkToOwner(lock, orphanOwner, touching: false)
             orphanProcessIDs[Int(lock)] = owners[Int(owner)].pid
             orphanNodes[Int(lock)] = owners[Int(owner)].id.node
+            // Its replica must say it is an orphan now (its holder no longer resends it if the master dies).
+            replicaChanged(resource)
             return 0
         }
         if locks[Int(lock)].grantedMode >= LockMode.pw.rawValue, locks[Int(lock)].isGranted {

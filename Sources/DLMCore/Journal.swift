@@ -91,9 +91,12 @@ extension LockEngine {
         }
     }
 
-    /// Starts journaling a resource (a persistent lock is being taken on it, or converted to).
+    /// Starts journaling a resource (a persistent lock is being taken on it, or converted to); a node that masters
+    /// across a cluster replicates it from now on (its persistent locks must outlive their master:
+    /// ValueReplicas.swift).
     mutating func track(_ resource: Int32, lock: Int32 = none) {
         resources[Int(resource)].marks |= ResourceMark.tracked
+        replicate(resource)
         touch(resource, lock: lock)
     }
 

@@ -22,13 +22,16 @@ public struct LockSnapshot: Sendable, Hashable, Codable {
     public var fencingToken: UInt64
     /// The process id of the lock's owner, or of the owner an orphan had (`setProcessID`); 0 if unknown.
     public var pid: UInt32
+    /// An orphan's former owner's node (PURGE names it; 0 if unknown).
+    public var orphanNode: UInt32 = 0
 
     public init(
         id: LockID, owner: OwnerID?, queue: QueueKind, grantedMode: LockMode?, requestedMode: LockMode?,
         flags: LockFlags, parent: LockID?, transaction: UInt64?, priority: UInt8, wantsBlockingCallbacks: Bool,
         alwaysFencingToken: Bool, blockingSent: UInt8, pendingFlags: CompletionFlags, waitingSince: Instant,
-        waitSequence: UInt32, deadline: Instant, fencingToken: UInt64, pid: UInt32 = 0
+        waitSequence: UInt32, deadline: Instant, fencingToken: UInt64, pid: UInt32 = 0, orphanNode: UInt32 = 0
     ) {
+        self.orphanNode = orphanNode
         self.id = id
         self.owner = owner
         self.queue = queue
@@ -263,6 +266,7 @@ extension LockEngine {
             } else {
                 linkToOwner(slot, orphanOwner)
                 orphanProcessIDs[Int(slot)] = lock.pid
+                orphanNodes[Int(slot)] = lock.orphanNode
             }
             linkToQueue(slot, lock.queue)
             resources[Int(resource)].lockCount += 1

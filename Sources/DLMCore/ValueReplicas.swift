@@ -1,10 +1,12 @@
-/// Value blocks that outlive their master. With `EngineConfig.replicatesValueBlocks` (a node that masters resources
-/// across a cluster), a top-level resource is *replicated* from the moment its value block is written or marked
-/// invalid, or PW or EX is granted on it to a holder with VALBLK: after every input that changed it (its value
-/// block, its invalid mark, its PW or EX holder), the engine gives its state as a `.replicate` effect, and when it
-/// is freed, its removal. The lock service sends these to a second node and lets no frame of that input go out
-/// until that node has them (DLMCluster's LockService+Replicas.swift), so that an acknowledged write survives the
-/// death of the master. A resource nobody uses value blocks on costs one bit test per change.
+/// Value blocks and persistent locks that outlive their master. With `EngineConfig.replicatesValueBlocks` (a node
+/// that masters resources across a cluster), a top-level resource is *replicated* from the moment its value block
+/// is written or marked invalid, PW or EX is granted on it to a holder with VALBLK, or a persistent lock is taken
+/// on it: after every input that changed it (its value block, its invalid mark, its PW or EX holder, its locks),
+/// the engine gives its state as a `.replicate` effect, and when it is freed, its removal. The lock service sends
+/// these to a second node and lets no frame of that input go out until that node has them (DLMCluster's
+/// LockService+Replicas.swift), so that an acknowledged write, and a granted persistent lock or an orphan, survive
+/// the death of the master. A resource nobody uses value blocks or persistent locks on costs one bit test per
+/// change.
 
 /// The value-block state of a resource as its master replicates it.
 public struct ValueReplica: Sendable, Hashable {
@@ -17,13 +19,20 @@ public struct ValueReplica: Sendable, Hashable {
     public var valueBlockSequence: UInt64
     public var invalid: Bool
     /// The holder of PW or EX, if any (at most one holds either): if it dies with the master, the value can no
-    /// longer be trusted.
+    /// longer be trusted. (An orphan is `OwnerID(rawValue: 0)`: it writes no more.)
     public var writer: OwnerID?
+    /// The resource's granted persistent locks, orphans included, in grant-queue order.
+    public var persistentLocks: [ReplicatedLock]
+    /// The lockspace's value-block length (with persistent locks only: a new master may have to create it).
+    public var valueBlockLength: Int
 
     public init(
         lockspace: [UInt8], name: [UInt8], removed: Bool = false, valueBlock: [UInt8]? = nil,
-        valueBlockSequence: UInt64 = 0, invalid: Bool = false, writer: OwnerID? = nil
+        valueBlockSequence: UInt64 = 0, invalid: Bool = false, writer: OwnerID? = nil,
+        persistentLocks: [ReplicatedLock] = [], valueBlockLength: Int = 0
     ) {
+        self.persistentLocks = persistentLocks
+        self.valueBlockLength = persistentLocks.isEmpty ? 0 : valueBlockLength
         self.lockspace = lockspace
         self.name = name
         self.removed = removed
@@ -34,8 +43,42 @@ public struct ValueReplica: Sendable, Hashable {
     }
 }
 
+/// A granted persistent lock as its master replicates it: if the master dies, the new master rebuilds it as an
+/// orphan when its owner is gone too (a live owner's node sends the lock itself).
+public struct ReplicatedLock: Sendable, Hashable {
+    /// nil for an orphan.
+    public var owner: OwnerID?
+    /// An orphan's former owner's node (0 if unknown).
+    public var orphanNode: UInt32
+    public var pid: UInt32
+    public var mode: LockMode
+    public var flags: LockFlags
+    public var fencingToken: UInt64
+
+    public init(
+        owner: OwnerID?, orphanNode: UInt32 = 0, pid: UInt32, mode: LockMode, flags: LockFlags, fencingToken: UInt64
+    ) {
+        self.owner = owner
+        self.orphanNode = orphanNode
+        self.pid = pid
+        self.mode = mode
+        self.flags = flags
+        self.fencingToken = fencingToken
+    }
+}
+
 extension LockEngine {
-    /// Starts replicating a top-level resource (its value block is in use).
+    /// A replicated resource changed in a way `touch` does not see (an owner's lock became an orphan).
+    @inline(__always)
+    mutating func replicaChanged(_ resource: Int32) {
+        if resources[Int(resource)].marks & (ResourceMark.replicated | ResourceMark.replicaDirty)
+            == ResourceMark.replicated
+        {
+            markReplicaDirty(resource)
+        }
+    }
+
+    /// Starts replicating a top-level resource (its value block or a persistent lock is in use).
     @inline(__always)
     mutating func replicate(_ resource: Int32) {
         guard config.replicatesValueBlocks, resources[Int(resource)].parent == none else { return }
@@ -86,9 +129,28 @@ extension LockEngine {
                 }
             }
         }
+        var persistent: [ReplicatedLock] = []
+        if record.marks & ResourceMark.tracked != 0 {
+            for queue in [QueueKind.grant, .convert] {
+                var cursor = queueEnds(slot, queue).head
+                while cursor != none {
+                    let lock = locks[Int(cursor)]
+                    if lock.flags.contains(.persistent), let mode = LockMode(rawValue: lock.grantedMode) {
+                        let orphan = lock.owner == orphanOwner
+                        persistent.append(
+                            ReplicatedLock(
+                                owner: orphan ? nil : owners[Int(lock.owner)].id,
+                                orphanNode: orphan ? orphanNodes[Int(cursor)] : 0, pid: processID(of: cursor),
+                                mode: mode, flags: lock.flags, fencingToken: lock.fencingToken))
+                    }
+                    cursor = lock.next
+                }
+            }
+        }
         return ValueReplica(
             lockspace: lockspaces[Int(record.lockspace)].name, name: record.name, valueBlock: record.valueBlock,
-            valueBlockSequence: record.valueBlockSequence, invalid: record.valueBlockInvalid, writer: writer)
+            valueBlockSequence: record.valueBlockSequence, invalid: record.valueBlockInvalid, writer: writer,
+            persistentLocks: persistent, valueBlockLength: lockspaces[Int(record.lockspace)].valueBlockLength)
     }
 
     /// A freed resource that was replicated: its removal goes out with the next drain.

@@ -608,23 +608,71 @@ extension ByteBuffer {
     mutating func writeValueReplica(_ replica: ValueReplica) {
         writeBytes8(replica.lockspace)
         writeBytes8(replica.name)
-        let flags = (replica.removed ? 1 : 0) | (replica.invalid ? 2 : 0) | (replica.writer != nil ? 4 : 0)
+        let flags =
+            (replica.removed ? 1 : 0) | (replica.invalid ? 2 : 0) | (replica.writer != nil ? 4 : 0)
+            | (replica.persistentLocks.isEmpty ? 0 : 8)
         writeInteger(UInt8(flags))
         writeOptionalBytes8(replica.valueBlock)
         writeInteger(replica.valueBlockSequence)
         if let writer = replica.writer { writeOwner(writer) }
+        guard !replica.persistentLocks.isEmpty else { return }
+        writeInteger(UInt8(truncatingIfNeeded: replica.valueBlockLength))
+        writeInteger(UInt32(replica.persistentLocks.count))
+        for lock in replica.persistentLocks {
+            writeInteger(UInt8(lock.owner == nil ? 1 : 0))
+            writeOwner(lock.owner ?? OwnerID(node: lock.orphanNode, incarnation: 0, local: 0))
+            writeInteger(lock.pid)
+            writeInteger(lock.mode.rawValue)
+            writeInteger(lock.flags.rawValue)
+            writeInteger(lock.fencingToken)
+        }
     }
+
+    /// The bytes of one persistent lock of a value replica (flags, owner, pid, mode, lock flags, fencing token).
+    static let replicatedLockLength = 1 + (4 + 8 + 8) + 4 + 1 + 4 + 8
 
     mutating func readValueReplica() throws(WireError) -> ValueReplica {
         let lockspace = try readName("lockspace")
         let name = try readName("name")
         let flags = try read(UInt8.self, "replica_flags")
-        guard flags & ~7 == 0 else { throw .malformed("replica flags 0x\(String(flags, radix: 16)) has unknown bits") }
+        guard flags & ~15 == 0 else {
+            throw .malformed("replica flags 0x\(String(flags, radix: 16)) has unknown bits")
+        }
         let valueBlock = try readOptionalBytes8("value_block")
         let sequence = try read(UInt64.self, "value_block_sequence")
+        let writer = flags & 4 != 0 ? try readOwner() : nil
+        var persistent: [ReplicatedLock] = []
+        var valueBlockLength = 0
+        if flags & 8 != 0 {
+            valueBlockLength = Int(try read(UInt8.self, "value_block_length"))
+            guard valueBlockLength <= WireLimits.maxValueBlock else {
+                throw .malformed("value_block_length \(valueBlockLength) is above \(WireLimits.maxValueBlock)")
+            }
+            let count = try readCount("persistent_count", least: Self.replicatedLockLength)
+            guard count > 0 else { throw .malformed("a replica flagged with persistent locks has none") }
+            persistent.reserveCapacity(count)
+            for _ in 0..<count {
+                let lockFlags = try read(UInt8.self, "persistent_flags")
+                guard lockFlags & ~1 == 0 else {
+                    throw .malformed("persistent lock flags 0x\(String(lockFlags, radix: 16)) has unknown bits")
+                }
+                let owner = try readOwner()
+                let pid = try read(UInt32.self, "pid")
+                let rawMode = try read(UInt8.self, "mode")
+                guard let mode = LockMode(rawValue: rawMode) else { throw .malformed("mode \(rawMode) is not a mode") }
+                let flags = LockFlags(rawValue: try read(UInt32.self, "lock_flags"))
+                let token = try read(UInt64.self, "fencing_token")
+                let orphan = lockFlags & 1 != 0
+                persistent.append(
+                    ReplicatedLock(
+                        owner: orphan ? nil : owner, orphanNode: orphan ? owner.node : 0, pid: pid, mode: mode,
+                        flags: flags, fencingToken: token))
+            }
+        }
         return ValueReplica(
             lockspace: lockspace, name: name, removed: flags & 1 != 0, valueBlock: valueBlock,
-            valueBlockSequence: sequence, invalid: flags & 2 != 0, writer: flags & 4 != 0 ? try readOwner() : nil)
+            valueBlockSequence: sequence, invalid: flags & 2 != 0, writer: writer, persistentLocks: persistent,
+            valueBlockLength: valueBlockLength)
     }
 
     mutating func writeCompletion(_ c: Completion) {

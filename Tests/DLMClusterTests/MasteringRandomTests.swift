@@ -767,6 +767,17 @@ struct MasteringRun {
                 if let mode = lock.relied { holders[lock.resource, default: []].append((client.name, mode)) }
             }
         }
+        // Orphans hold their mode as a client would (a node cut off serves nothing: its engine is stale).
+        for (node, harness) in cluster.nodes where node != isolated {
+            let engine = harness.service.engine
+            for slot in engine.locks.indices where !engine.locks[slot].isFree && engine.locks[slot].owner == orphanOwner
+            {
+                guard let mode = LockMode(rawValue: engine.locks[slot].grantedMode) else { continue }
+                let path = engine.path(of: engine.locks[slot].resource)
+                let resource = path.map { String(decoding: $0, as: UTF8.self) }.joined(separator: "/")
+                holders[resource, default: []].append(("an orphan on node \(node)", mode))
+            }
+        }
         for (resource, held) in holders {
             for i in held.indices {
                 for j in held.indices where j > i && !held[i].1.isCompatible(with: held[j].1) {

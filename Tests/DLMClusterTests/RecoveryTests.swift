@@ -118,6 +118,43 @@ import Testing
             ])
     }
 
+    /// Persistent locks outlive their master on its backup node: node 3 masters three resources; an orphan on the
+    /// first (its owner on node 1 exited before), a persistent EX of node 3's own client on the second, and a
+    /// persistent EX on the third whose owner on node 1 exits while node 3 dies (its exit never arrives). Node 3
+    /// dies: each is an orphan on the new master (EX NOQUEUE refused), which a client can adopt there.
+    @Test func persistentLocksAndOrphansSurviveTheDeathOfTheirMaster() {
+        var c = ClusterHarness(nodes: 3)
+        let names = (0..<3).map { ClusterHarness.name(directedTo: 3, of: 3, prefix: "p\($0)-") }
+        let master = c.client(3, "m")
+        let early = c.client(1, "e")
+        let late = c.client(1, "l")
+        for (index, name) in names.enumerated() { c.send(master, H.lock(UInt32(2 + index), name, .nl)) }
+        #expect(c.run().count == 3)
+        c.send(early, H.lock(2, names[0], .ex, .persistent))
+        c.send(late, H.lock(2, names[2], .ex, .persistent))
+        #expect(c.run().count == 2)
+        let own = c.client(3, "p")
+        c.send(own, H.lock(2, names[1], .ex, .persistent))
+        #expect(c.run().first?.hasSuffix("granted EX") == true)
+        c.close(early)
+        _ = c.run()
+        c.close(late)
+        c.crash(3)  // before node 1's exit of `late` reaches it
+        c.installView()
+        #expect(c.run() == [])
+        let other = c.client(2, "o")
+        for (index, name) in names.enumerated() {
+            c.send(other, H.lock(UInt32(10 + index), name, .ex, .noQueue))
+            let refused = c.run()
+            #expect(refused.count == 1 && refused[0].hasSuffix("EAGAIN"), "\(name): \(refused)")
+        }
+        // An orphan is adopted on its new master, whichever node asks.
+        let adopter = c.client(1, "a")
+        c.send(adopter, H.lock(2, names[0], .ex, .orphan))
+        let adopted = c.run()
+        #expect(adopted.count == 1 && adopted[0].hasSuffix("granted EX"), "\(adopted)")
+    }
+
     /// A waiting request with TIMEOUT whose master died still gives up: its holder resends the timeout with the
     /// lock, and the new master starts it again when it rebuilds the request (before, it waited for ever).
     @Test func aRebuiltWaitingRequestStillTimesOut() {

@@ -121,7 +121,14 @@ struct PeerVectorTests {
             [
                 ValueReplica(
                     lockspace: Array("ls".utf8), name: Array("backup".utf8), valueBlock: Array(repeating: 9, count: 8),
-                    valueBlockSequence: 7, invalid: true)
+                    valueBlockSequence: 7, invalid: true),
+                ValueReplica(
+                    lockspace: Array("ls".utf8), name: Array("vault".utf8),
+                    persistentLocks: [
+                        ReplicatedLock(owner: owner, pid: 4242, mode: .pr, flags: .persistent, fencingToken: 9),
+                        ReplicatedLock(
+                            owner: nil, orphanNode: 2, pid: 77, mode: .pr, flags: .persistent, fencingToken: 4),
+                    ], valueBlockLength: 32),
             ]),
     ]
 

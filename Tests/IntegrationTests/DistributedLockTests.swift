@@ -151,6 +151,33 @@ import Testing
         try await parent.unlock()
     }
 
+    /// Orphans survive `kill -9` of their master (its backup node kept them): a client of node 1 exits holding
+    /// persistent EX locks on two names that node 3 masters. Node 3 dies: a client of node 2 is refused EX on both,
+    /// adopts the first on its new master, and a purge of node 1's process (its pid and node kept with the orphan)
+    /// removes the second.
+    @Test func orphansSurviveTheDeathOfTheirMaster() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        let (connections, spaces) = try await Self.clientOnEveryNode(cluster, lockspace: "kept")
+        // Node 3 asks first, so it masters the names (an idle name keeps its master for a while).
+        for name in ["vault", "safe"] {
+            try await spaces[2].lock(name, mode: .nl).unlock()
+            _ = try await spaces[0].lock(name, mode: .ex, flags: .persistent)
+        }
+        await connections[0].close()
+        _ = cluster.kill(3)
+        for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+        for name in ["vault", "safe"] {
+            #expect(try await Self.tryLock(spaces[1], name, .ex) == .tryAgain, "\(name) was lost with its master")
+        }
+        let adopted = try await spaces[1].lock("vault", mode: .ex, flags: .orphan)
+        #expect(adopted.mode == .ex)
+        #expect(try await spaces[1].purge(nodeID: 1, pid: UInt32(getpid())) == 1)
+        #expect(try await Self.tryLock(spaces[1], "safe", .ex) == nil)
+        #expect(try await Self.tryLock(spaces[1], "vault", .pr) == .tryAgain)
+        try await adopted.unlock()
+    }
+
     /// A value block written through one node survives `kill -9` of the node that masters it: the writer on node
     /// 1 unlocks EX with a value (answered once the master's backup node has it), the master (node 3) dies, and a
     /// reader on node 2 that kept an NL lock converts to PR and reads the value, valid.
