@@ -67,7 +67,7 @@ extension LockNode {
             onFailure: { error in
                 // A store that cannot be written cannot keep the promises made to clients: stop, as a database
                 // does when its disk fails, rather than acknowledge what would be lost.
-                FileHandle.standardError.write(Data("dlmd: the store failed: \(error); stopping\n".utf8))
+                FileHandle.standardError.writeIgnoringErrors("dlmd: the store failed: \(error); stopping\n")
                 exit(70)
             })
         persistence.writer = writer

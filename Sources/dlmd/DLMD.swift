@@ -211,7 +211,7 @@ struct DLMD: AsyncParsableCommand {
                         + "\(report.logRecordsToReplay) write-ahead records to replay at the next start")
                 return
             } catch {
-                FileHandle.standardError.write(Data("dlmd: \(dataDirectory) is damaged or foreign: \(error)\n".utf8))
+                FileHandle.standardError.writeIgnoringErrors("dlmd: \(dataDirectory) is damaged or foreign: \(error)\n")
                 throw ExitCode(1)
             }
         }
@@ -271,7 +271,7 @@ struct DLMD: AsyncParsableCommand {
         let server = NodeServer(
             configuration: configuration, logger: logger, notifier: SystemdNotifier.fromEnvironment()
         ) { line in
-            FileHandle.standardOutput.write(Data((line + "\n").utf8))
+            FileHandle.standardOutput.writeIgnoringErrors(line + "\n")
         }
         let group = ServiceGroup(
             configuration: .init(
@@ -279,16 +279,16 @@ struct DLMD: AsyncParsableCommand {
         do {
             try await group.run()
         } catch let error as NodeError {
-            FileHandle.standardError.write(Data("dlmd: \(error.description)\n".utf8))
+            FileHandle.standardError.writeIgnoringErrors("dlmd: \(error.description)\n")
             throw ExitCode(1)
         } catch let error as StoreError {
-            FileHandle.standardError.write(Data("dlmd: \(error.description)\n".utf8))
+            FileHandle.standardError.writeIgnoringErrors("dlmd: \(error.description)\n")
             throw ExitCode(1)
         } catch let error as ClusterConfigError {
-            FileHandle.standardError.write(Data("dlmd: \(error.description)\n".utf8))
+            FileHandle.standardError.writeIgnoringErrors("dlmd: \(error.description)\n")
             throw ExitCode(1)
         } catch let error as LMDBError {
-            FileHandle.standardError.write(Data("dlmd: the store in \(dataDirectory): \(error.description)\n".utf8))
+            FileHandle.standardError.writeIgnoringErrors("dlmd: the store in \(dataDirectory): \(error.description)\n")
             throw ExitCode(1)
         }
     }

@@ -67,6 +67,26 @@ struct ClusterDaemonTests {
         #expect(lock.status == 0, "\(lock.stderr)")
     }
 
+    /// dlmd announces views and recoveries on standard output; a reader that goes away (a closed pipe) stops
+    /// nothing: node 1's standard output is closed after its first line, and it goes on serving through the view
+    /// changes it announces (before, the first write after the close killed it).
+    @Test func aClosedStandardOutputStopsNothing() async throws {
+        let cluster = try TestCluster(nodes: 3) { node in
+            node == 1 ? ["/bin/bash", "-c", "exec > >(head -n 1); exec \"$@\"", "bash"] : []
+        }
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        try cluster.waitForView(at: 2, members: "1,2,3", primary: true)
+        _ = cluster.kill(3)
+        try cluster.waitForView(at: 2, members: "1,2", primary: true)
+        let connection = try await DLMConnection.connect(socketPath: cluster.socket(1))
+        let space = try await connection.openLockspace("announced")
+        let lock = try await space.lock("still-serving", mode: .ex)
+        #expect(lock.mode == .ex)
+        try await lock.unlock()
+        await connection.close()
+    }
+
     /// A client on node 2 exits holding 200,000 locks: dlmd releases them in slices between its heartbeats, so
     /// with the default timeouts (suspect after 1 s) no node is suspected, the view stays and nobody is fenced.
     /// A waiter on the lock released last times the release. No node may run its tasks for half the suspect timeout
