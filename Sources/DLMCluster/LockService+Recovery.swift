@@ -41,40 +41,13 @@ struct Recovery {
     var reportedDeparted: Set<UInt32> = []
     /// Members whose `recoveryDone` came, per phase.
     var done: [UInt8: Set<UInt32>] = [:]
-    /// As a new master: the locks holders sent, by resource, in arrival order; the resources in the order their
-    /// first lock came.
+    /// As a new master: the locks holders sent, by resource, in arrival order.
     var received: [DirectoryKey: [(node: UInt32, lock: RecoveredLock)]] = [:]
-    var receivedOrder: [DirectoryKey] = []
     /// As a new master: the value replicas backup nodes kept of those resources.
     var receivedValues: [DirectoryKey: [ValueReplica]] = [:]
     /// Lock traffic that arrived while recovering (requests, lookups, owner exits), to run when it is done.
     /// (With the life of its sender: the one in the view when it came.)
     var heldTraffic: Deque<(node: UInt32, incarnation: UInt64, message: PeerMessage)> = []
-    /// This node's part of the current phase that is still to do, in slices.
-    var work: RecoveryWork?
-}
-
-/// This node's part of a recovery phase, done in slices (`LockService.continueRecovery`) between which the node
-/// reads its sockets: registrations and resent locks in phase 1, rebuilds in phase 2. The lists for each node go
-/// out as they fill a message, the rest with the last slice, then the phase's barrier.
-struct RecoveryWork {
-    var phase: UInt8
-    /// Phase 1: the next engine resource slot to register; the resources the master cache names this node for
-    /// (then those of them the engine does not have, and those in name order, and the next of those); the next
-    /// process copy to look at.
-    var nextSlot = 0
-    var cached: [DirectoryKey]?
-    var nextCached = 0
-    var cachedOnly: [DirectoryKey] = []
-    var orderedCachedOnly: [DirectoryKey]?
-    var nextCachedOnly = 0
-    var nextCopy = 0
-    /// Phase 2: the resources to rebuild, and the next one.
-    var keys: [DirectoryKey] = []
-    var nextKey = 0
-    var registrations: [UInt32: [DirectoryKey]] = [:]
-    var resends: [UInt32: [RecoveredLock]] = [:]
-    var bindings: [UInt32: [RecoveredBinding]] = [:]
 }
 
 extension LockService {
@@ -115,6 +88,7 @@ extension LockService {
     // MARK: Phase 1
 
     mutating func startRecovery(_ view: UInt64, members: [UInt32: UInt64]) {
+        let me = configuration.nodeID
         mastering.deadlocks.abandon()
         // What waited for a deadlock decision's hold runs once this run's own holds are set up (below).
         let endsDeadlockHolds = isHoldingForDeadlock || !mastering.deadlocks.holds.waiting.isEmpty
@@ -152,92 +126,19 @@ extension LockService {
         // What was cached of departed masters, and every answer of the old directory, is forgotten.
         mastering.masters = mastering.masters.filter { !departed.contains($0.value) }
         mastering.directory = [:]
-        // The replicas this node kept of departed masters' resources go to their new masters; nothing waits any
-        // longer for a departed backup node.
-        recoverReplicas(view: view, members: members, previous: previous, departed: departed)
-        // Messages of this view that came before this node installed it (after the old directory was forgotten).
-        let early = mastering.futureRecovery
-        mastering.futureRecovery = []
-        // (From members only: a restarted member's messages are its new life's, the only one in this view.)
-        for (node, message) in early where members[node] != nil {
-            receiveRecovery(message, from: node)
+        // The directory: this node's resources, registered with their new directory nodes.
+        var registrations: [UInt32: [DirectoryKey]] = [:]
+        var mine = Set(mastering.masters.filter { $0.value == me }.keys)
+        for resource in engine.topLevelResources() {
+            mine.insert(DirectoryKey(lockspace: resource.lockspace, name: resource.name))
         }
-        // The rest of this node's part of the phase, in slices (`continueRecovery`): its resources registered
-        // with their new directory nodes, its clients' locks whose master left sent to their new masters.
-        mastering.recovery?.work = RecoveryWork(phase: 1)
-        continueRecovery()
-    }
-
-    /// How much of a recovery phase a slice does (entries looked at): a node with a million locks reads its
-    /// sockets between slices, as it does between the slices of an owner's exit.
-    var recoverySlice: Int { configuration.recoverySlice }
-
-    /// Whether this node's part of the current phase waits for slices (`ServiceOutput.wantsBulkSlice`).
-    var hasRecoveryWork: Bool {
-        guard let recovery = mastering.recovery else { return false }
-        return recovery.work != nil && !recovery.abandoned
-    }
-
-    /// One slice of this node's part of the current recovery phase; the phase's end (its barrier) after the last.
-    mutating func continueRecovery() {
-        guard var work = mastering.recovery?.work, mastering.recovery?.abandoned == false else { return }
-        mastering.recovery!.work = nil
-        var budget = recoverySlice
-        let done = work.phase == 1 ? registerAndResend(&work, budget: &budget) : rebuild(&work, budget: &budget)
-        flushRecoveryLists(&work, all: done)
-        guard done else {
-            mastering.recovery!.work = work
-            return
+        for key in mine.sorted(by: Self.keyOrder) { registerAsMaster(key, into: &registrations) }
+        for (node, keys) in registrations.sorted(by: { $0.key < $1.key }) {
+            sendRecovery(keys, to: node) { .recoverMasters(view: view, $0) }
         }
-        if work.phase == 1 {
-            finishResends()
-        } else {
-            finishRebuilds()
-        }
-    }
-
-    /// Phase 1 in slices: the engine's top-level resources (in slot order), then the other resources this node's
-    /// cache says it masters (freed but not dropped yet: in name order), registered with their directory nodes;
-    /// then every process copy whose master left, sent to its new master. Returns true when all is done.
-    mutating func registerAndResend(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
-        let me = configuration.nodeID
-        while budget > 0, work.nextSlot < engine.resourceSlotCount {
-            let slots = work.nextSlot..<min(engine.resourceSlotCount, work.nextSlot + budget)
-            for resource in engine.topLevelResources(slots: slots) {
-                registerAsMaster(
-                    DirectoryKey(lockspace: resource.lockspace, name: resource.name), into: &work.registrations)
-            }
-            budget -= slots.count
-            work.nextSlot = slots.upperBound
-        }
-        if work.cached == nil {
-            guard budget > 0 else { return false }
-            work.cached = mastering.masters.compactMap { $0.value == me ? $0.key : nil }
-        }
-        while budget > 0, work.nextCached < work.cached!.count {
-            let key = work.cached![work.nextCached]
-            work.nextCached += 1
-            budget -= 1
-            if !engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name) { work.cachedOnly.append(key) }
-        }
-        if work.nextCached == work.cached!.count, work.orderedCachedOnly == nil {
-            guard budget > 0 else { return false }
-            work.orderedCachedOnly = Self.ordered(work.cachedOnly)
-            work.cached = []
-            work.cachedOnly = []
-        }
-        while budget > 0, let keys = work.orderedCachedOnly, work.nextCachedOnly < keys.count {
-            registerAsMaster(keys[work.nextCachedOnly], into: &work.registrations)
-            work.nextCachedOnly += 1
-            budget -= 1
-        }
-        guard let keys = work.orderedCachedOnly, work.nextCachedOnly == keys.count else { return false }
-        let members = mastering.viewMembers
-        let departed = mastering.recovery!.departed
-        while budget > 0, work.nextCopy < mastering.copies.copies.count {
-            let index = work.nextCopy
-            work.nextCopy += 1
-            budget -= 1
+        // The locks of this node's clients whose master left: to the new master.
+        var resends: [UInt32: [RecoveredLock]] = [:]
+        for index in mastering.copies.copies.indices {
             let copy = mastering.copies.copies[index]
             guard copy.owner != 0 else { continue }
             let masterGone = departed.contains(copy.master) || members[copy.master] == nil
@@ -249,37 +150,18 @@ extension LockService {
             let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
             // Every holder sends to the same node, the directory node of this view, whatever an aborted run chose:
             // if that run's new master rebuilt the resource, it registers it with the directory node, which then
-            // rebuilds nothing, and it binds the holders' locks again itself (`finishResends`).
+            // rebuilds nothing, and it binds the holders' locks again itself (below).
             let target = mastering.directoryNode(of: key)
             mastering.copies.unbind(index, newMaster: target)
             mastering.masters[key] = nil
             record.copy = ProcessCopies.lockID(index).rawValue
-            work.resends[target, default: []].append(record)
+            resends[target, default: []].append(record)
         }
-        return work.nextCopy >= mastering.copies.copies.count
-    }
-
-    /// The recovery lists that filled a message go out (all of them at the end of a phase's work).
-    mutating func flushRecoveryLists(_ work: inout RecoveryWork, all: Bool) {
-        guard let view = mastering.recovery?.view else { return }
-        let limit = all ? 1 : Self.messageListLimit
-        for node in work.registrations.keys.sorted() where work.registrations[node]!.count >= limit {
-            sendRecovery(work.registrations.removeValue(forKey: node)!, to: node) { .recoverMasters(view: view, $0) }
+        for (node, locks) in resends.sorted(by: { $0.key < $1.key }) {
+            sendRecovery(locks, to: node) { .recoverLocks(view: view, $0) }
         }
-        for node in work.resends.keys.sorted() where work.resends[node]!.count >= limit {
-            sendRecovery(work.resends.removeValue(forKey: node)!, to: node) { .recoverLocks(view: view, $0) }
-        }
-        for node in work.bindings.keys.sorted() where work.bindings[node]!.count >= limit {
-            sendRecovery(work.bindings.removeValue(forKey: node)!, to: node) { .recoverBindings(view: view, $0) }
-        }
-    }
-
-    /// The end of this node's part of phase 1: the holders of locks an earlier run rebuilt here learn their ids
-    /// again (the answer may not have reached them before they started this run; a holder takes it only for a lock
-    /// that still waits for one), and the phase's barrier.
-    mutating func finishResends() {
-        guard let view = mastering.recovery?.view else { return }
-        let members = mastering.viewMembers
+        // Locks an earlier run rebuilt here: their holders learn their ids again (the answer may not have reached
+        // them before they started this run; a holder takes it only for a lock that still waits for one).
         var rebound: [UInt32: [RecoveredBinding]] = [:]
         for (copy, lock) in mastering.rebuilt.byCopy where members[copy.node] == copy.incarnation {
             rebound[copy.node, default: []].append(RecoveredBinding(copy: copy.copy, lock: lock))
@@ -287,7 +169,15 @@ extension LockService {
         for (node, list) in rebound.sorted(by: { $0.key < $1.key }) {
             sendRecovery(list.sorted { $0.copy < $1.copy }, to: node) { .recoverBindings(view: view, $0) }
         }
+        recoverReplicas(view: view, members: members, previous: previous, departed: departed)
         finishPhase(1)
+        // Messages of this view that came before this node installed it.
+        let early = mastering.futureRecovery
+        mastering.futureRecovery = []
+        // (From members only: a restarted member's messages are its new life's, the only one in this view.)
+        for (node, message) in early where members[node] != nil {
+            receiveRecovery(message, from: node)
+        }
     }
 
     /// This node masters `key`: its directory entry is here, or goes into a `recoverMasters` to its directory node.
@@ -305,23 +195,6 @@ extension LockService {
     static func keyOrder(_ a: DirectoryKey, _ b: DirectoryKey) -> Bool {
         a.lockspace == b.lockspace
             ? a.name.lexicographicallyPrecedes(b.name) : a.lockspace.lexicographicallyPrecedes(b.lockspace)
-    }
-
-    /// Keys in an order that every run gives alike (a set's or a dictionary's order changes from process to
-    /// process): by directory hash, then by name. The sort moves pairs of integers only: sorting the keys
-    /// themselves by name retained and released their arrays at every step, and was most of the cost of a
-    /// recovery with many resources.
-    static func ordered<Keys: Sequence>(_ keys: Keys) -> [DirectoryKey] where Keys.Element == DirectoryKey {
-        ordered(Array(keys)) { $0 }
-    }
-
-    /// `items` in the order of their keys (`ordered`).
-    static func ordered<Item>(_ items: [Item], by key: (Item) -> DirectoryKey) -> [Item] {
-        var order = items.indices.map { (hash: key(items[$0]).directoryHash, index: $0) }
-        order.sort { a, b in
-            a.hash != b.hash ? a.hash < b.hash : keyOrder(key(items[a.index]), key(items[b.index]))
-        }
-        return order.map { items[$0.index] }
     }
 
     /// A recovery message; one to this node itself is handled at once (before the phase can end).
@@ -389,9 +262,8 @@ extension LockService {
             for key in keys { mastering.directory[key] = node }
         case .recoverLocks(_, let locks):
             for lock in locks {
-                let key = DirectoryKey(lockspace: lock.lockspace, name: lock.name)
-                if mastering.recovery!.received[key] == nil { mastering.recovery!.receivedOrder.append(key) }
-                mastering.recovery!.received[key, default: []].append((node, lock))
+                mastering.recovery!.received[DirectoryKey(lockspace: lock.lockspace, name: lock.name), default: []]
+                    .append((node, lock))
             }
         case .recoverBindings(_, let bindings):
             bind(bindings, from: node)
@@ -428,7 +300,10 @@ extension LockService {
         if recovery.phase == 1 {
             mastering.recovery!.phase = 2
             output.recoveries.append(.rebuilt(view: recovery.view))
-            startRebuilds()
+            rebuildAndPurge()
+            // The barrier waits for the acknowledgements of the replicas sent again (`replicateAgain`): when the
+            // phase ends everywhere, every backup node has them.
+            finishPhase(2)
         } else {
             endRecovery()
         }
@@ -436,98 +311,74 @@ extension LockService {
 
     // MARK: Phase 2
 
-    /// Phase 2 begins: the fencing-token floors rise above every token issued before; then, in slices, the
-    /// resources whose master left are rebuilt: those holders sent locks of, in the order they came, then those
-    /// whose persistent locks only a backup node kept, in name order (`finishRebuilds` ends the phase).
-    mutating func startRebuilds() {
-        guard let recovery = mastering.recovery else { return }
-        engine.raiseFencingTokenFloors(to: recovery.view << 40)
-        var work = RecoveryWork(phase: 2)
-        let fromReplicas = recovery.receivedValues.compactMap { key, replicas in
-            recovery.received[key] == nil && replicas.contains { !$0.persistentLocks.isEmpty } ? key : nil
-        }
-        work.keys = recovery.receivedOrder + Self.ordered(fromReplicas)
-        mastering.recovery!.work = work
-        continueRecovery()
-    }
-
-    /// Phase 2 in slices (a resource counts as many entries as locks came for it). Returns true when all is done.
-    mutating func rebuild(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
-        while budget > 0, work.nextKey < work.keys.count {
-            let key = work.keys[work.nextKey]
-            work.nextKey += 1
-            budget -= max(1, mastering.recovery!.received[key]?.count ?? 1)
-            rebuild(key, into: &work)
-        }
-        return work.nextKey == work.keys.count
-    }
-
-    /// Rebuilds a resource whose master left, with its tree, from what its holders sent and what its backup node
-    /// kept; answers the holders, and registers it with its directory node.
-    mutating func rebuild(_ key: DirectoryKey, into work: inout RecoveryWork) {
+    /// Rebuilds the resources whose master left from what their holders sent, answers the holders, registers the
+    /// resources with their directory nodes, drops the departed nodes' locks, and raises the fencing-token floors.
+    mutating func rebuildAndPurge() {
         let me = configuration.nodeID
         guard let recovery = mastering.recovery else { return }
-        if let master = mastering.directory[key], master != me {
-            // An aborted run rebuilt it there (it registered it): that node answers the holders.
-            return
+        let floor = recovery.view << 40
+        engine.raiseFencingTokenFloors(to: floor)
+        var bindings: [UInt32: [RecoveredBinding]] = [:]
+        var registrations: [UInt32: [DirectoryKey]] = [:]
+        // The resources holders sent locks of, and those with persistent locks on their backup nodes only.
+        var keys = Set(recovery.received.keys)
+        for (key, replicas) in recovery.receivedValues where replicas.contains(where: { !$0.persistentLocks.isEmpty }) {
+            keys.insert(key)
         }
-        let holders = recovery.received[key] ?? []
-        let replica = recovery.receivedValues[key]?.max { $0.valueBlockSequence < $1.valueBlockSequence }
-        // (Orphans an aborted run rebuilt here are here already.)
-        let orphans =
-            engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name)
-            ? [] : Self.orphans(of: replica, holders: holders, members: mastering.viewMembers)
-        guard !holders.isEmpty || !orphans.isEmpty else { return }
-        let valueBlockLength = holders.first?.lock.valueBlockLength ?? replica?.valueBlockLength ?? 0
-        guard let lockspace = openForPeer(key.lockspace, valueBlockLength: valueBlockLength) else { return }
-        // The tree of the resource, parents before children: the top-level resource, then the sub-resources by
-        // depth, each in order of arrival. (Most resources have no sub-locks: no grouping for them.)
-        let top = [key.name]
-        var paths = [top]
-        var byPath: [[[UInt8]]: [(node: UInt32, lock: RecoveredLock)]] = [:]
-        if holders.allSatisfy({ $0.lock.subPath.isEmpty }) {
-            byPath[top] = holders
-        } else {
+        for key in keys.sorted(by: Self.keyOrder) {
+            if let master = mastering.directory[key], master != me {
+                // An aborted run rebuilt it there (it registered it): that node answers the holders.
+                continue
+            }
+            let holders = recovery.received[key] ?? []
+            let replica = recovery.receivedValues[key]?.max { $0.valueBlockSequence < $1.valueBlockSequence }
+            // (Orphans an aborted run rebuilt here are here already.)
+            let orphans =
+                engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name)
+                ? [] : Self.orphans(of: replica, holders: holders, members: mastering.viewMembers)
+            guard !holders.isEmpty || !orphans.isEmpty else { continue }
+            let valueBlockLength = holders.first?.lock.valueBlockLength ?? replica?.valueBlockLength ?? 0
+            guard let lockspace = openForPeer(key.lockspace, valueBlockLength: valueBlockLength) else { continue }
+            // The tree of the resource, parents before children: by depth, then in order of arrival.
+            var byPath: [[[UInt8]]: [(node: UInt32, lock: RecoveredLock)]] = [:]
+            var paths: [[[UInt8]]] = orphans.isEmpty ? [] : [[key.name]]
             for holder in holders {
                 let path = holder.lock.path
-                if byPath[path] == nil, path != top { paths.append(path) }
+                if byPath[path] == nil { paths.append(path) }
                 byPath[path, default: []].append(holder)
             }
-            paths = paths.enumerated().sorted { ($0.element.count, $0.offset) < ($1.element.count, $1.offset) }
-                .map(\.element)
-        }
-        var rebuiltHere = false
-        for path in paths {
-            if rebuildResource(
-                key, path: path, lockspace: lockspace, holders: byPath[path] ?? [],
-                orphans: path.count == 1 ? orphans : [], values: recovery.receivedValues[key],
-                alone: recovery.reportedDeparted.count == 1, floor: recovery.view << 40, bindings: &work.bindings)
-            {
-                rebuiltHere = true
+            paths = paths.enumerated().sorted { ($0.element.count, $0.offset) < ($1.element.count, $1.offset) }.map(
+                \.element)
+            var rebuiltHere = false
+            for path in paths {
+                if rebuildResource(
+                    key, path: path, lockspace: lockspace, holders: byPath[path] ?? [],
+                    orphans: path.count == 1 ? orphans : [], values: recovery.receivedValues[key],
+                    alone: recovery.reportedDeparted.count == 1, floor: floor, bindings: &bindings)
+                {
+                    rebuiltHere = true
+                }
             }
+            guard rebuiltHere else { continue }
+            registerAsMaster(key, into: &registrations)
+            mastering.rebuiltKeys.insert(key)
+            mastering.rebuiltLockspaces.insert(lockspace)
         }
-        guard rebuiltHere else { return }
-        registerAsMaster(key, into: &work.registrations)
-        mastering.rebuiltKeys.insert(key)
-        mastering.rebuiltLockspaces.insert(lockspace)
-    }
-
-    /// The end of this node's part of phase 2 (its answers went out with the last slice): the departed nodes'
-    /// locks and requests go (their persistent locks become orphans here), every replicated resource goes to its
-    /// backup node of the new view, and the phase's barrier, which waits for their acknowledgements: when the
-    /// phase ends everywhere, every backup node has them.
-    mutating func finishRebuilds() {
-        let me = configuration.nodeID
         mastering.recovery!.received = [:]
-        mastering.recovery!.receivedOrder = []
         mastering.recovery!.receivedValues = [:]
+        for (node, list) in bindings.sorted(by: { $0.key < $1.key }) {
+            sendRecovery(list, to: node) { .recoverBindings(view: recovery.view, $0) }
+        }
+        for (node, keys) in registrations.sorted(by: { $0.key < $1.key }) {
+            sendRecovery(keys, to: node) { .recoverMasters(view: recovery.view, $0) }
+        }
+        // The departed nodes' locks and requests go (their persistent locks become orphans here).
         let members = mastering.viewMembers
         for owner in engine.owners(matching: { $0.node != me && members[$0.node] != $0.incarnation }) {
             run(.ownerExited(owner), reply: nil)
         }
         mastering.rebuilt.forget { members[$0.node] != $0.incarnation }
         replicateAgain()
-        finishPhase(2)
     }
 
     /// Rebuilds one resource of a tree whose master left (`path`: names from the top-level resource down) from the
@@ -727,7 +578,7 @@ extension LockService {
             if operation.isNewLock { mastering.copies.remove(operation.copy) }
             retry(operation.message, from: id)
         }
-        for key in Self.ordered(mastering.awaitingLookup.keys) {
+        for key in mastering.awaitingLookup.keys.sorted(by: Self.keyOrder) {
             send(.lookup(key), to: mastering.directoryNode(of: key))
         }
         resume()
