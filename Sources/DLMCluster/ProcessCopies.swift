@@ -13,7 +13,7 @@ struct ProcessCopies {
         var master: UInt32 = 0
         /// The master's id, once it answered.
         var masterLock: LockID?
-        /// What recovery resends if the master leaves (nil for a sub-lock: not rebuilt yet).
+        /// What recovery resends if the master leaves (every live copy has one; nil for a free entry).
         var record: RecoveredLock?
         /// Resent to `master` by a recovery whose new id has not come yet (`recoverBindings`).
         var rebinding = false
