@@ -110,6 +110,11 @@ extension LockEngine {
             walked = walkList(&job, of: owner, budget: &budget, effects: &effects) {
                 engine, lock, touched, _ in engine.exitOne(lock, owner: owner, touched: &touched)
             }
+            if walked, owners[Int(owner)].isExiting {
+                // The walk took every lock of the owner: its slot may serve a new owner.
+                owners[Int(owner)].isExiting = false
+                if owners[Int(owner)].lockCount == 0 { freeOwners.append(owner) }
+            }
         case .purge(let lockspace, let pid, let node):
             walked = walkList(&job, of: orphanOwner, budget: &budget, effects: &effects) {
                 engine, lock, touched, effects in

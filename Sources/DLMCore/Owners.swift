@@ -6,6 +6,8 @@ struct OwnerRecord {
     /// How many of its locks wait on a convert or wait queue.
     var pendingCount: Int32 = 0
     var isLive = true
+    /// An exit's bulk job walks its list: its slot is not freed (and given to a new owner) before the walk ends.
+    var isExiting = false
     /// The owner's process id, given to each lock it takes or adopts (`setProcessID`); 0 if unknown.
     var pid: UInt32 = 0
 }
@@ -66,7 +68,9 @@ extension LockEngine {
         locks[Int(lock)].ownerPrev = none
         locks[Int(lock)].ownerNext = none
         owners[Int(owner)].lockCount -= 1
-        if owner != orphanOwner, owners[Int(owner)].lockCount == 0, !owners[Int(owner)].isLive {
+        if owner != orphanOwner, owners[Int(owner)].lockCount == 0, !owners[Int(owner)].isLive,
+            !owners[Int(owner)].isExiting
+        {
             freeOwners.append(owner)
         }
     }
@@ -85,6 +89,10 @@ extension LockEngine {
             freeOwners.append(slot)
             return
         }
+        // (A job may wait behind others, and its walk takes slices: if the slot were freed when dropping the
+        // pending requests, or anything else, took its last lock, a new owner given the slot meanwhile would have
+        // its locks released by this job.)
+        owners[Int(slot)].isExiting = true
         var job = BulkJob(kind: .ownerExit(owner: slot))
         // The resources of its pending requests grant what they can with the others, after the walk.
         if owners[Int(slot)].pendingCount > 0 { dropPending(of: slot, touched: &job.touched) }

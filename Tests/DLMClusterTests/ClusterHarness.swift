@@ -21,6 +21,9 @@ struct ClusterHarness {
     var framesSeen: [(client: String, message: ServerMessage)] = []
     /// Links whose messages `run` does not carry for now (they stay in flight, in order).
     var paused: Set<Link> = []
+    /// Nodes whose output asked for a slice of work done in slices (an owner's exit, a purge): `run` gives it
+    /// between two messages, as the shell does between two turns of its event loop.
+    var wantsSlice: Set<UInt32> = []
     /// The longest list a recovery message that `run` carried held.
     var longestRecoveryList = 0
     /// The recoveries each node's output announced, in order.
@@ -86,6 +89,7 @@ struct ClusterHarness {
 
     mutating func crash(_ node: UInt32) {
         nodes[node] = nil
+        wantsSlice.remove(node)
         written[node] = nil
         for link in links.keys where link.from == node || link.to == node { links[link] = nil }
     }
@@ -136,14 +140,17 @@ struct ClusterHarness {
     mutating func run(until stop: ((Link, PeerMessage) -> Bool)? = nil, limit: Int? = nil) -> [String] {
         var lines: [String] = []
         let start = carried
+        var steps = 0
+        var slices = 0
         while true {
-            if carried - start > messageLimit {
+            if carried - start + slices > messageLimit {
                 endless = true
                 return lines
             }
             for node in nodes.keys.sorted() {
                 let output = nodes[node]!.service.takeOutput()
                 if trace { for n in output.notices { print("node \(node) notice: \(n)") } }
+                if output.wantsBulkSlice { wantsSlice.insert(node) }
                 recoveries[node, default: []].append(contentsOf: output.recoveries)
                 if let commit = output.commit { written[node] = commit.generation }
                 for (to, message) in nodes[node]!.peerMessages where nodes[to] != nil {
@@ -164,12 +171,22 @@ struct ClusterHarness {
                     links[Link(from: node, to: to), default: []].append(message)
                 }
             }
-            guard let link = links.keys.filter({ !(links[$0]?.isEmpty ?? true) && !paused.contains($0) }).min()
-            else { return lines }
+            let link = links.keys.filter({ !(links[$0]?.isEmpty ?? true) && !paused.contains($0) }).min()
+            // A slice when no message is left to carry, and every other step otherwise (slices meet messages).
+            if let node = wantsSlice.min(), link == nil || steps % 2 == 0 {
+                wantsSlice.remove(node)
+                if trace { print("run: slice of node \(node)") }
+                nodes[node]!.handle(.bulkSlice)
+                steps += 1
+                slices += 1
+                continue
+            }
+            guard let link else { return lines }
             if let stop, stop(link, links[link]![0]) { return lines }
             if let limit, carried - start >= limit { return lines }
             let message = links[link]!.removeFirst()
             carried += 1
+            steps += 1
             switch message {
             case .recoverLocks(_, let list): longestRecoveryList = max(longestRecoveryList, list.count)
             case .recoverBindings(_, let list): longestRecoveryList = max(longestRecoveryList, list.count)

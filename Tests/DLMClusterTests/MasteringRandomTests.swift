@@ -147,7 +147,10 @@ struct MasteringRun {
         // Half the seeds with stores: replies and messages that follow a persistent change wait for its commit.
         // Idle resources are dropped after 1 µs of simulated time (`tickStep`), so that dropping and mastering
         // anew meet the traffic.
-        cluster = ClusterHarness(nodes: nodeCount, stores: random.bool(), tossDelay: 1_000)
+        // An owner's exit and a purge in slices of 1 to 4 locks, so that their slices meet every other step.
+        cluster = ClusterHarness(
+            nodes: nodeCount, stores: random.bool(), tossDelay: 1_000,
+            engine: EngineConfig(bulkSlice: 1 + random.below(4)))
         names = (0..<(1 + random.below(4))).map { "n\($0)" }
         for node in 1...nodeCount {
             for letter in ["a", "b"] { connect(node, letter) }
@@ -167,6 +170,12 @@ struct MasteringRun {
                 faultStep()
             } else if !undelivered.isEmpty && random.percent(10) {
                 deliverView(random.element(undelivered.keys.sorted()))
+            } else if !cluster.wantsSlice.isEmpty && random.percent(20) {
+                // A slice of a node's work in slices (an exit, a purge), between other steps.
+                let node = random.element(cluster.wantsSlice.sorted())
+                cluster.wantsSlice.remove(node)
+                if trace { print("step \(step): slice of node \(node)") }
+                cluster.nodes[node]!.handle(.bulkSlice)
             } else if random.percent(5) {
                 commitStep()
             } else if random.percent(3) {
@@ -381,12 +390,15 @@ struct MasteringRun {
                 }
             }
             absorb(cluster.run())
-            if cluster.written == before && cluster.links.values.allSatisfy(\.isEmpty) { return }
+            if cluster.written == before && cluster.links.values.allSatisfy(\.isEmpty) && cluster.wantsSlice.isEmpty {
+                return
+            }
         }
     }
 
     mutating func collect(_ node: UInt32, _ output: ServiceOutput) {
         if let commit = output.commit { cluster.written[node] = commit.generation }
+        if output.wantsBulkSlice { cluster.wantsSlice.insert(node) }
         for (to, message) in cluster.nodes[node]!.peerMessages where cluster.nodes[to] != nil {
             cluster.links[ClusterHarness.Link(from: node, to: to), default: []].append(message)
         }

@@ -49,6 +49,26 @@ import Testing
         #expect(h.engine.lockCount == 0)
     }
 
+    /// An exit waiting behind another in the queue of bulk jobs keeps its owner's slot until its walk: here the
+    /// exiting owner had only a pending request, which goes at once; the next owner to come must not get that
+    /// slot while the job waits, or the job would walk the newcomer's list and release its lock (found by the
+    /// random recovery traffic with slices of one lock: a survivor lost a granted lock after recovery).
+    @Test func aQueuedExitDoesNotReleaseTheLocksOfTheNextOwner() {
+        var h = Harness(config: EngineConfig(bulkSlice: 1))
+        for i in 0..<3 { _ = h.lock("a\(i)", by: 1, on: "r\(i)", .ex) }
+        _ = h.lock("b", by: 2, on: "q", .ex)
+        #expect(h.lock("p", by: 3, on: "q", .ex) == ["b bast EX"])
+        #expect(h.exit(1) == [])
+        #expect(h.exit(3) == [])
+        #expect(h.engine.bulkJobCount == 2)
+        #expect(h.lock("n", by: 4, on: "s", .ex) == ["n granted EX token=1"])
+        var effects: [String] = []
+        while h.engine.hasBulkWork { effects += h.slice() }
+        #expect(effects == [])
+        #expect(h.state("n")?.queue == .grant)
+        #expect(h.lock("x", by: 5, on: "s", .ex, .noQueue) == ["x EAGAIN"])
+    }
+
     /// Within a resource the outcome is that of an exit done at once: a waiter blocked by two locks of the exiting
     /// owner is granted once both are gone, in the mode it asked (not an alternate one), and a PW holder's value
     /// block is invalid when it reads it.
