@@ -132,7 +132,7 @@ extension LockService {
         for resource in engine.topLevelResources() {
             mine.insert(DirectoryKey(lockspace: resource.lockspace, name: resource.name))
         }
-        for key in mine.sorted(by: Self.keyOrder) { registerAsMaster(key, into: &registrations) }
+        for key in Self.ordered(mine) { registerAsMaster(key, into: &registrations) }
         for (node, keys) in registrations.sorted(by: { $0.key < $1.key }) {
             sendRecovery(keys, to: node) { .recoverMasters(view: view, $0) }
         }
@@ -195,6 +195,23 @@ extension LockService {
     static func keyOrder(_ a: DirectoryKey, _ b: DirectoryKey) -> Bool {
         a.lockspace == b.lockspace
             ? a.name.lexicographicallyPrecedes(b.name) : a.lockspace.lexicographicallyPrecedes(b.lockspace)
+    }
+
+    /// Keys in an order that every run gives alike (a set's or a dictionary's order changes from process to
+    /// process): by directory hash, then by name. The sort moves pairs of integers only: sorting the keys
+    /// themselves by name retained and released their arrays at every step, and was most of the cost of a
+    /// recovery with many resources.
+    static func ordered<Keys: Sequence>(_ keys: Keys) -> [DirectoryKey] where Keys.Element == DirectoryKey {
+        ordered(Array(keys)) { $0 }
+    }
+
+    /// `items` in the order of their keys (`ordered`).
+    static func ordered<Item>(_ items: [Item], by key: (Item) -> DirectoryKey) -> [Item] {
+        var order = items.indices.map { (hash: key(items[$0]).directoryHash, index: $0) }
+        order.sort { a, b in
+            a.hash != b.hash ? a.hash < b.hash : keyOrder(key(items[a.index]), key(items[b.index]))
+        }
+        return order.map { items[$0.index] }
     }
 
     /// A recovery message; one to this node itself is handled at once (before the phase can end).
@@ -325,7 +342,7 @@ extension LockService {
         for (key, replicas) in recovery.receivedValues where replicas.contains(where: { !$0.persistentLocks.isEmpty }) {
             keys.insert(key)
         }
-        for key in keys.sorted(by: Self.keyOrder) {
+        for key in Self.ordered(keys) {
             if let master = mastering.directory[key], master != me {
                 // An aborted run rebuilt it there (it registered it): that node answers the holders.
                 continue
@@ -339,16 +356,22 @@ extension LockService {
             guard !holders.isEmpty || !orphans.isEmpty else { continue }
             let valueBlockLength = holders.first?.lock.valueBlockLength ?? replica?.valueBlockLength ?? 0
             guard let lockspace = openForPeer(key.lockspace, valueBlockLength: valueBlockLength) else { continue }
-            // The tree of the resource, parents before children: by depth, then in order of arrival.
+            // The tree of the resource, parents before children: the top-level resource, then the sub-resources
+            // by depth, each in order of arrival. (Most resources have no sub-locks: no grouping for them.)
+            let top = [key.name]
+            var paths = [top]
             var byPath: [[[UInt8]]: [(node: UInt32, lock: RecoveredLock)]] = [:]
-            var paths: [[[UInt8]]] = orphans.isEmpty ? [] : [[key.name]]
-            for holder in holders {
-                let path = holder.lock.path
-                if byPath[path] == nil { paths.append(path) }
-                byPath[path, default: []].append(holder)
+            if holders.allSatisfy({ $0.lock.subPath.isEmpty }) {
+                byPath[top] = holders
+            } else {
+                for holder in holders {
+                    let path = holder.lock.path
+                    if byPath[path] == nil, path != top { paths.append(path) }
+                    byPath[path, default: []].append(holder)
+                }
+                paths = paths.enumerated().sorted { ($0.element.count, $0.offset) < ($1.element.count, $1.offset) }
+                    .map(\.element)
             }
-            paths = paths.enumerated().sorted { ($0.element.count, $0.offset) < ($1.element.count, $1.offset) }.map(
-                \.element)
             var rebuiltHere = false
             for path in paths {
                 if rebuildResource(
@@ -578,7 +601,7 @@ extension LockService {
             if operation.isNewLock { mastering.copies.remove(operation.copy) }
             retry(operation.message, from: id)
         }
-        for key in mastering.awaitingLookup.keys.sorted(by: Self.keyOrder) {
+        for key in Self.ordered(mastering.awaitingLookup.keys) {
             send(.lookup(key), to: mastering.directoryNode(of: key))
         }
         resume()

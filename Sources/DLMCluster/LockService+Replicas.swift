@@ -115,7 +115,7 @@ extension LockService {
             resends[mastering.directoryNode(of: key), default: []].append(stored.replica)
         }
         for (node, list) in resends.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(list.sorted { Self.keyOrder($0.key, $1.key) }, to: node) { .recoverValues(view: view, $0) }
+            sendRecovery(Self.ordered(list) { $0.key }, to: node) { .recoverValues(view: view, $0) }
         }
     }
 

@@ -28,6 +28,8 @@ struct ClusterHarness {
     var longestRecoveryList = 0
     /// The recoveries each node's output announced, in order.
     var recoveries: [UInt32: [RecoveryEvent]] = [:]
+    /// Every notice a node gave (its log lines), in order.
+    var notices: [(node: UInt32, message: String)] = []
     /// The client name under which `framesSeen` notes, in order with the frames, that a master freed a resource
     /// with its value block (its replica's removal went out): "!freed NAME".
     static let freedMark = "!freed "
@@ -150,6 +152,7 @@ struct ClusterHarness {
             for node in nodes.keys.sorted() {
                 let output = nodes[node]!.service.takeOutput()
                 if trace { for n in output.notices { print("node \(node) notice: \(n)") } }
+                notices.append(contentsOf: output.notices.map { (node, $0.message) })
                 if output.wantsBulkSlice { wantsSlice.insert(node) }
                 recoveries[node, default: []].append(contentsOf: output.recoveries)
                 if let commit = output.commit { written[node] = commit.generation }

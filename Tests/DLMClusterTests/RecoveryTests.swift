@@ -155,6 +155,39 @@ import Testing
         #expect(adopted.count == 1 && adopted[0].hasSuffix("granted EX"), "\(adopted)")
     }
 
+    /// A resource with an orphan and a survivor's lock is rebuilt once: the survivor's lock is bound once and no
+    /// rebuild is refused (before, the top-level resource was rebuilt a second time, which the engine refused with
+    /// EEXIST, and the survivor got its binding twice).
+    @Test func aResourceWithAnOrphanAndASurvivorsLockIsRebuiltOnce() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 3, of: 3)
+        let master = c.client(3, "m")
+        c.send(master, H.lock(2, name, .nl))
+        _ = c.run()
+        let doomed = c.client(1, "d")
+        c.send(doomed, H.lock(2, name, .pr, .persistent))
+        #expect(c.run() == ["1d: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        c.close(doomed)
+        _ = c.run()
+        let survivor = c.client(2, "s")
+        c.send(survivor, H.lock(2, name, .cr))
+        #expect(c.run() == ["2s: COMPLETION tag 2 lock \(Self.remote) granted CR"])
+        c.crash(3)
+        c.installView()
+        #expect(c.run() == [])
+        let refusals = c.notices.filter { $0.message.contains("could not be rebuilt") }
+        #expect(refusals.isEmpty, "\(refusals)")
+        // The orphan is there (EX is refused) beside the survivor's CR (which is still held: PW waits for it too).
+        let other = c.client(1, "o")
+        c.send(other, H.lock(3, name, .ex, .noQueue))
+        #expect(c.run() == ["1o: COMPLETION tag 3 lock \(Self.remote) EAGAIN"])
+        c.send(survivor, H.unlock(4, Self.remote))
+        _ = c.run()
+        c.send(other, H.lock(5, name, .pr, .orphan))
+        let adopted = c.run()
+        #expect(adopted.count == 1 && adopted[0].hasSuffix("granted PR"), "\(adopted)")
+    }
+
     /// A waiting request with TIMEOUT whose master died still gives up: its holder resends the timeout with the
     /// lock, and the new master starts it again when it rebuilds the request (before, it waited for ever).
     @Test func aRebuiltWaitingRequestStillTimesOut() {
