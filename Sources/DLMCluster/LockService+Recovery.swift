@@ -41,13 +41,47 @@ struct Recovery {
     var reportedDeparted: Set<UInt32> = []
     /// Members whose `recoveryDone` came, per phase.
     var done: [UInt8: Set<UInt32>] = [:]
-    /// As a new master: the locks holders sent, by resource, in arrival order.
+    /// As a new master: the locks holders sent, by resource, in arrival order; the resources in the order their
+    /// first lock came.
     var received: [DirectoryKey: [(node: UInt32, lock: RecoveredLock)]] = [:]
+    var receivedOrder: [DirectoryKey] = []
     /// As a new master: the value replicas backup nodes kept of those resources.
     var receivedValues: [DirectoryKey: [ValueReplica]] = [:]
     /// Lock traffic that arrived while recovering (requests, lookups, owner exits), to run when it is done.
     /// (With the life of its sender: the one in the view when it came.)
     var heldTraffic: Deque<(node: UInt32, incarnation: UInt64, message: PeerMessage)> = []
+    /// This node's part of the current phase that is still to do, in slices.
+    var work: RecoveryWork?
+    /// Whether this node has yet to resend its locks whose master left (its part of phase 1), and the bindings
+    /// that came meanwhile, with their senders, in order. A binding is for a lock its holder resent, so it is
+    /// applied only once the holder has unbound the locks it resends: a binding an earlier run's master sends
+    /// again at the start of this run (`finishResends`) may come before the holder's walk reaches the lock (from
+    /// a node that installed the view first, or between two slices), and taken then it would be undone by the
+    /// walk, leaving the lock waiting for a binding that never comes.
+    var resending = true
+    var deferredBindings: [(node: UInt32, bindings: [RecoveredBinding])] = []
+}
+
+/// This node's part of a recovery phase, done in slices (`LockService.continueRecovery`) between which the node
+/// reads its sockets: registrations and resent locks in phase 1, rebuilds in phase 2. The lists for each node go
+/// out as they fill a message, the rest with the last slice, then the phase's barrier.
+struct RecoveryWork {
+    var phase: UInt8
+    /// Phase 1: the next engine resource slot to register; the resources the master cache named this node for
+    /// when the phase began, registered from this list whether the engine has them or not, and the next of them;
+    /// the next process copy to look at. (A request during recovery may create one of them in the engine, in a
+    /// slot the walk has passed: a list taken later, or of those the engine lacks, would miss it, and two nodes
+    /// would master it.)
+    var nextSlot = 0
+    var cached: [DirectoryKey] = []
+    var nextCached = 0
+    var nextCopy = 0
+    /// Phase 2: the resources to rebuild, and the next one.
+    var keys: [DirectoryKey] = []
+    var nextKey = 0
+    var registrations: [UInt32: [DirectoryKey]] = [:]
+    var resends: [UInt32: [RecoveredLock]] = [:]
+    var bindings: [UInt32: [RecoveredBinding]] = [:]
 }
 
 extension LockService {
@@ -88,7 +122,6 @@ extension LockService {
     // MARK: Phase 1
 
     mutating func startRecovery(_ view: UInt64, members: [UInt32: UInt64]) {
-        let me = configuration.nodeID
         mastering.deadlocks.abandon()
         // What waited for a deadlock decision's hold runs once this run's own holds are set up (below).
         let endsDeadlockHolds = isHoldingForDeadlock || !mastering.deadlocks.holds.waiting.isEmpty
@@ -126,19 +159,82 @@ extension LockService {
         // What was cached of departed masters, and every answer of the old directory, is forgotten.
         mastering.masters = mastering.masters.filter { !departed.contains($0.value) }
         mastering.directory = [:]
-        // The directory: this node's resources, registered with their new directory nodes.
-        var registrations: [UInt32: [DirectoryKey]] = [:]
-        var mine = Set(mastering.masters.filter { $0.value == me }.keys)
-        for resource in engine.topLevelResources() {
-            mine.insert(DirectoryKey(lockspace: resource.lockspace, name: resource.name))
+        // The replicas this node kept of departed masters' resources go to their new masters; nothing waits any
+        // longer for a departed backup node.
+        recoverReplicas(view: view, members: members, previous: previous, departed: departed)
+        // Messages of this view that came before this node installed it (after the old directory was forgotten).
+        let early = mastering.futureRecovery
+        mastering.futureRecovery = []
+        // (From members only: a restarted member's messages are its new life's, the only one in this view.)
+        for (node, message) in early where members[node] != nil {
+            receiveRecovery(message, from: node)
         }
-        for key in Self.ordered(mine) { registerAsMaster(key, into: &registrations) }
-        for (node, keys) in registrations.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(keys, to: node) { .recoverMasters(view: view, $0) }
+        // The rest of this node's part of the phase, in slices (`continueRecovery`): its resources registered
+        // with their new directory nodes, its clients' locks whose master left sent to their new masters.
+        var work = RecoveryWork(phase: 1)
+        // (In the cache's order: the order of registrations changes nothing, and sorting a node's hundreds of
+        // thousands of resources here was most of this step.)
+        work.cached = mastering.masters.compactMap { $0.value == configuration.nodeID ? $0.key : nil }
+        mastering.recovery?.work = work
+        continueRecovery()
+    }
+
+    /// How much of a recovery phase a slice does (entries looked at): a node with a million locks reads its
+    /// sockets between slices, as it does between the slices of an owner's exit.
+    var recoverySlice: Int { configuration.recoverySlice }
+
+    /// Whether this node's part of the current phase waits for slices (`ServiceOutput.wantsBulkSlice`).
+    var hasRecoveryWork: Bool {
+        guard let recovery = mastering.recovery else { return false }
+        return recovery.work != nil && !recovery.abandoned
+    }
+
+    /// One slice of this node's part of the current recovery phase; the phase's end (its barrier) after the last.
+    mutating func continueRecovery() {
+        guard var work = mastering.recovery?.work, mastering.recovery?.abandoned == false else { return }
+        mastering.recovery!.work = nil
+        var budget = recoverySlice
+        let done = work.phase == 1 ? registerAndResend(&work, budget: &budget) : rebuild(&work, budget: &budget)
+        flushRecoveryLists(&work, all: done)
+        guard done else {
+            mastering.recovery!.work = work
+            return
         }
-        // The locks of this node's clients whose master left: to the new master.
-        var resends: [UInt32: [RecoveredLock]] = [:]
-        for index in mastering.copies.copies.indices {
+        if work.phase == 1 {
+            finishResends()
+        } else {
+            finishRebuilds()
+        }
+    }
+
+    /// Phase 1 in slices: the engine's top-level resources (in slot order) and the resources this node's cache
+    /// said it masters when the phase began, registered with their directory nodes; then every
+    /// process copy whose master left, sent to its new master. Returns true when all is done.
+    mutating func registerAndResend(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
+        while budget > 0, work.nextSlot < engine.resourceSlotCount {
+            let slots = work.nextSlot..<min(engine.resourceSlotCount, work.nextSlot + budget)
+            for resource in engine.topLevelResources(slots: slots) {
+                let key = DirectoryKey(lockspace: resource.lockspace, name: resource.name)
+                // (Those the cache names are registered from its list, below, or were already.)
+                if mastering.masters[key] != configuration.nodeID {
+                    registerAsMaster(key, into: &work.registrations)
+                }
+            }
+            budget -= slots.count
+            work.nextSlot = slots.upperBound
+        }
+        while budget > 0, work.nextCached < work.cached.count {
+            registerAsMaster(work.cached[work.nextCached], into: &work.registrations)
+            work.nextCached += 1
+            budget -= 1
+        }
+        guard work.nextSlot >= engine.resourceSlotCount, work.nextCached == work.cached.count else { return false }
+        let members = mastering.viewMembers
+        let departed = mastering.recovery!.departed
+        while budget > 0, work.nextCopy < mastering.copies.copies.count {
+            let index = work.nextCopy
+            work.nextCopy += 1
+            budget -= 1
             let copy = mastering.copies.copies[index]
             guard copy.owner != 0 else { continue }
             let masterGone = departed.contains(copy.master) || members[copy.master] == nil
@@ -150,18 +246,42 @@ extension LockService {
             let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
             // Every holder sends to the same node, the directory node of this view, whatever an aborted run chose:
             // if that run's new master rebuilt the resource, it registers it with the directory node, which then
-            // rebuilds nothing, and it binds the holders' locks again itself (below).
+            // rebuilds nothing, and it binds the holders' locks again itself (`finishResends`).
             let target = mastering.directoryNode(of: key)
             mastering.copies.unbind(index, newMaster: target)
             mastering.masters[key] = nil
             record.copy = ProcessCopies.lockID(index).rawValue
-            resends[target, default: []].append(record)
+            work.resends[target, default: []].append(record)
         }
-        for (node, locks) in resends.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(locks, to: node) { .recoverLocks(view: view, $0) }
+        return work.nextCopy >= mastering.copies.copies.count
+    }
+
+    /// The recovery lists that filled a message go out (all of them at the end of a phase's work).
+    mutating func flushRecoveryLists(_ work: inout RecoveryWork, all: Bool) {
+        guard let view = mastering.recovery?.view else { return }
+        let limit = all ? 1 : Self.messageListLimit
+        for node in work.registrations.keys.sorted() where work.registrations[node]!.count >= limit {
+            sendRecovery(work.registrations.removeValue(forKey: node)!, to: node) { .recoverMasters(view: view, $0) }
         }
-        // Locks an earlier run rebuilt here: their holders learn their ids again (the answer may not have reached
-        // them before they started this run; a holder takes it only for a lock that still waits for one).
+        for node in work.resends.keys.sorted() where work.resends[node]!.count >= limit {
+            sendRecovery(work.resends.removeValue(forKey: node)!, to: node) { .recoverLocks(view: view, $0) }
+        }
+        for node in work.bindings.keys.sorted() where work.bindings[node]!.count >= limit {
+            sendRecovery(work.bindings.removeValue(forKey: node)!, to: node) { .recoverBindings(view: view, $0) }
+        }
+    }
+
+    /// The end of this node's part of phase 1: the bindings that came while it resent its locks are applied; the
+    /// holders of locks an earlier run rebuilt here learn their ids again (the answer may not have reached them
+    /// before they started this run; a holder takes it only for a lock that still waits for one); and the phase's
+    /// barrier.
+    mutating func finishResends() {
+        guard let view = mastering.recovery?.view else { return }
+        mastering.recovery!.resending = false
+        let deferred = mastering.recovery!.deferredBindings
+        mastering.recovery!.deferredBindings = []
+        for (node, bindings) in deferred { bind(bindings, from: node) }
+        let members = mastering.viewMembers
         var rebound: [UInt32: [RecoveredBinding]] = [:]
         for (copy, lock) in mastering.rebuilt.byCopy where members[copy.node] == copy.incarnation {
             rebound[copy.node, default: []].append(RecoveredBinding(copy: copy.copy, lock: lock))
@@ -169,15 +289,7 @@ extension LockService {
         for (node, list) in rebound.sorted(by: { $0.key < $1.key }) {
             sendRecovery(list.sorted { $0.copy < $1.copy }, to: node) { .recoverBindings(view: view, $0) }
         }
-        recoverReplicas(view: view, members: members, previous: previous, departed: departed)
         finishPhase(1)
-        // Messages of this view that came before this node installed it.
-        let early = mastering.futureRecovery
-        mastering.futureRecovery = []
-        // (From members only: a restarted member's messages are its new life's, the only one in this view.)
-        for (node, message) in early where members[node] != nil {
-            receiveRecovery(message, from: node)
-        }
     }
 
     /// This node masters `key`: its directory entry is here, or goes into a `recoverMasters` to its directory node.
@@ -279,11 +391,16 @@ extension LockService {
             for key in keys { mastering.directory[key] = node }
         case .recoverLocks(_, let locks):
             for lock in locks {
-                mastering.recovery!.received[DirectoryKey(lockspace: lock.lockspace, name: lock.name), default: []]
-                    .append((node, lock))
+                let key = DirectoryKey(lockspace: lock.lockspace, name: lock.name)
+                if mastering.recovery!.received[key] == nil { mastering.recovery!.receivedOrder.append(key) }
+                mastering.recovery!.received[key, default: []].append((node, lock))
             }
         case .recoverBindings(_, let bindings):
-            bind(bindings, from: node)
+            if mastering.recovery!.resending {
+                mastering.recovery!.deferredBindings.append((node, bindings))
+            } else {
+                bind(bindings, from: node)
+            }
         case .recoverValues(_, let replicas):
             for replica in replicas { mastering.recovery!.receivedValues[replica.key, default: []].append(replica) }
         case .recoveryDone(_, let phase, let departed):
@@ -317,10 +434,7 @@ extension LockService {
         if recovery.phase == 1 {
             mastering.recovery!.phase = 2
             output.recoveries.append(.rebuilt(view: recovery.view))
-            rebuildAndPurge()
-            // The barrier waits for the acknowledgements of the replicas sent again (`replicateAgain`): when the
-            // phase ends everywhere, every backup node has them.
-            finishPhase(2)
+            startRebuilds()
         } else {
             endRecovery()
         }
@@ -328,80 +442,98 @@ extension LockService {
 
     // MARK: Phase 2
 
-    /// Rebuilds the resources whose master left from what their holders sent, answers the holders, registers the
-    /// resources with their directory nodes, drops the departed nodes' locks, and raises the fencing-token floors.
-    mutating func rebuildAndPurge() {
+    /// Phase 2 begins: the fencing-token floors rise above every token issued before; then, in slices, the
+    /// resources whose master left are rebuilt: those holders sent locks of, in the order they came, then those
+    /// whose persistent locks only a backup node kept, in name order (`finishRebuilds` ends the phase).
+    mutating func startRebuilds() {
+        guard let recovery = mastering.recovery else { return }
+        engine.raiseFencingTokenFloors(to: recovery.view << 40)
+        var work = RecoveryWork(phase: 2)
+        let fromReplicas = recovery.receivedValues.compactMap { key, replicas in
+            recovery.received[key] == nil && replicas.contains { !$0.persistentLocks.isEmpty } ? key : nil
+        }
+        work.keys = recovery.receivedOrder + Self.ordered(fromReplicas)
+        mastering.recovery!.work = work
+        continueRecovery()
+    }
+
+    /// Phase 2 in slices (a resource counts as many entries as locks came for it). Returns true when all is done.
+    mutating func rebuild(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
+        while budget > 0, work.nextKey < work.keys.count {
+            let key = work.keys[work.nextKey]
+            work.nextKey += 1
+            budget -= max(1, mastering.recovery!.received[key]?.count ?? 1)
+            rebuild(key, into: &work)
+        }
+        return work.nextKey == work.keys.count
+    }
+
+    /// Rebuilds a resource whose master left, with its tree, from what its holders sent and what its backup node
+    /// kept; answers the holders, and registers it with its directory node.
+    mutating func rebuild(_ key: DirectoryKey, into work: inout RecoveryWork) {
         let me = configuration.nodeID
         guard let recovery = mastering.recovery else { return }
-        let floor = recovery.view << 40
-        engine.raiseFencingTokenFloors(to: floor)
-        var bindings: [UInt32: [RecoveredBinding]] = [:]
-        var registrations: [UInt32: [DirectoryKey]] = [:]
-        // The resources holders sent locks of, and those with persistent locks on their backup nodes only.
-        var keys = Set(recovery.received.keys)
-        for (key, replicas) in recovery.receivedValues where replicas.contains(where: { !$0.persistentLocks.isEmpty }) {
-            keys.insert(key)
+        if let master = mastering.directory[key], master != me {
+            // An aborted run rebuilt it there (it registered it): that node answers the holders.
+            return
         }
-        for key in Self.ordered(keys) {
-            if let master = mastering.directory[key], master != me {
-                // An aborted run rebuilt it there (it registered it): that node answers the holders.
-                continue
+        let holders = recovery.received[key] ?? []
+        let replica = recovery.receivedValues[key]?.max { $0.valueBlockSequence < $1.valueBlockSequence }
+        // (Orphans an aborted run rebuilt here are here already.)
+        let orphans =
+            engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name)
+            ? [] : Self.orphans(of: replica, holders: holders, members: mastering.viewMembers)
+        guard !holders.isEmpty || !orphans.isEmpty else { return }
+        let valueBlockLength = holders.first?.lock.valueBlockLength ?? replica?.valueBlockLength ?? 0
+        guard let lockspace = openForPeer(key.lockspace, valueBlockLength: valueBlockLength) else { return }
+        // The tree of the resource, parents before children: the top-level resource, then the sub-resources by
+        // depth, each in order of arrival. (Most resources have no sub-locks: no grouping for them.)
+        let top = [key.name]
+        var paths = [top]
+        var byPath: [[[UInt8]]: [(node: UInt32, lock: RecoveredLock)]] = [:]
+        if holders.allSatisfy({ $0.lock.subPath.isEmpty }) {
+            byPath[top] = holders
+        } else {
+            for holder in holders {
+                let path = holder.lock.path
+                if byPath[path] == nil, path != top { paths.append(path) }
+                byPath[path, default: []].append(holder)
             }
-            let holders = recovery.received[key] ?? []
-            let replica = recovery.receivedValues[key]?.max { $0.valueBlockSequence < $1.valueBlockSequence }
-            // (Orphans an aborted run rebuilt here are here already.)
-            let orphans =
-                engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name)
-                ? [] : Self.orphans(of: replica, holders: holders, members: mastering.viewMembers)
-            guard !holders.isEmpty || !orphans.isEmpty else { continue }
-            let valueBlockLength = holders.first?.lock.valueBlockLength ?? replica?.valueBlockLength ?? 0
-            guard let lockspace = openForPeer(key.lockspace, valueBlockLength: valueBlockLength) else { continue }
-            // The tree of the resource, parents before children: the top-level resource, then the sub-resources
-            // by depth, each in order of arrival. (Most resources have no sub-locks: no grouping for them.)
-            let top = [key.name]
-            var paths = [top]
-            var byPath: [[[UInt8]]: [(node: UInt32, lock: RecoveredLock)]] = [:]
-            if holders.allSatisfy({ $0.lock.subPath.isEmpty }) {
-                byPath[top] = holders
-            } else {
-                for holder in holders {
-                    let path = holder.lock.path
-                    if byPath[path] == nil, path != top { paths.append(path) }
-                    byPath[path, default: []].append(holder)
-                }
-                paths = paths.enumerated().sorted { ($0.element.count, $0.offset) < ($1.element.count, $1.offset) }
-                    .map(\.element)
-            }
-            var rebuiltHere = false
-            for path in paths {
-                if rebuildResource(
-                    key, path: path, lockspace: lockspace, holders: byPath[path] ?? [],
-                    orphans: path.count == 1 ? orphans : [], values: recovery.receivedValues[key],
-                    alone: recovery.reportedDeparted.count == 1, floor: floor, bindings: &bindings)
-                {
-                    rebuiltHere = true
-                }
-            }
-            guard rebuiltHere else { continue }
-            registerAsMaster(key, into: &registrations)
-            mastering.rebuiltKeys.insert(key)
-            mastering.rebuiltLockspaces.insert(lockspace)
+            paths = paths.enumerated().sorted { ($0.element.count, $0.offset) < ($1.element.count, $1.offset) }
+                .map(\.element)
         }
+        var rebuiltHere = false
+        for path in paths {
+            if rebuildResource(
+                key, path: path, lockspace: lockspace, holders: byPath[path] ?? [],
+                orphans: path.count == 1 ? orphans : [], values: recovery.receivedValues[key],
+                alone: recovery.reportedDeparted.count == 1, floor: recovery.view << 40, bindings: &work.bindings)
+            {
+                rebuiltHere = true
+            }
+        }
+        guard rebuiltHere else { return }
+        registerAsMaster(key, into: &work.registrations)
+        mastering.rebuiltKeys.insert(key)
+        mastering.rebuiltLockspaces.insert(lockspace)
+    }
+
+    /// The end of this node's part of phase 2 (its answers went out with the last slice): the departed nodes'
+    /// locks and requests go (their persistent locks become orphans here), every replicated resource goes to its
+    /// backup node of the new view, and the phase's barrier, which waits for their acknowledgements: when the
+    /// phase ends everywhere, every backup node has them.
+    mutating func finishRebuilds() {
+        let me = configuration.nodeID
         mastering.recovery!.received = [:]
+        mastering.recovery!.receivedOrder = []
         mastering.recovery!.receivedValues = [:]
-        for (node, list) in bindings.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(list, to: node) { .recoverBindings(view: recovery.view, $0) }
-        }
-        for (node, keys) in registrations.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(keys, to: node) { .recoverMasters(view: recovery.view, $0) }
-        }
-        // The departed nodes' locks and requests go (their persistent locks become orphans here).
         let members = mastering.viewMembers
         for owner in engine.owners(matching: { $0.node != me && members[$0.node] != $0.incarnation }) {
             run(.ownerExited(owner), reply: nil)
         }
         mastering.rebuilt.forget { members[$0.node] != $0.incarnation }
         replicateAgain()
+        finishPhase(2)
     }
 
     /// Rebuilds one resource of a tree whose master left (`path`: names from the top-level resource down) from the

@@ -114,6 +114,9 @@ public struct ServiceConfiguration: Sendable {
     public var maxConnections = ServiceConfiguration.defaultMaxConnections
     /// The most lockspaces (`max_lockspaces`, those being released included); creating one more is EAGAIN.
     public var maxLockspaces = ServiceConfiguration.defaultMaxLockspaces
+    /// How many entries (resources, locks, process copies) a slice of a recovery phase looks at
+    /// (LockService+Recovery.swift, `continueRecovery`).
+    public var recoverySlice = 4_096
 
     public static let defaultMaxConnections = 10_000
     public static let defaultMaxLockspaces = 4_096
@@ -315,8 +318,12 @@ public struct LockService {
         case .viewInstalled(let view, let primary):
             viewInstalled(view, primary: primary)
         case .bulkSlice:
-            guard !isStopped, !isHoldingForDeadlock else { return }
-            run(.continueBulkWork, reply: nil)
+            // (Recovery first: the node is stopped while it recovers, and the engine's work waits for its end.)
+            if hasRecoveryWork {
+                continueRecovery()
+            } else if !isStopped, !isHoldingForDeadlock {
+                run(.continueBulkWork, reply: nil)
+            }
         case .shutdown:
             shutdown()
         case .peer(let node, let message):
@@ -360,7 +367,7 @@ public struct LockService {
     /// new batch.
     public mutating func swapOutput(_ spare: inout ServiceOutput) {
         closeGeneration()
-        output.wantsBulkSlice = engine.hasBulkWork && !isStopped && !isHoldingForDeadlock
+        output.wantsBulkSlice = (engine.hasBulkWork && !isStopped && !isHoldingForDeadlock) || hasRecoveryWork
         swap(&output, &spare)
         output.removeAll()
     }

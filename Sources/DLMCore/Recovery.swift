@@ -69,8 +69,18 @@ extension LockEngine {
     }
 
     public func topLevelResources() -> [(lockspace: [UInt8], name: [UInt8])] {
+        topLevelResources(slots: 0..<resources.count)
+    }
+
+    /// How many resource slots there are (`topLevelResources(slots:)` walks them in slices).
+    public var resourceSlotCount: Int { resources.count }
+
+    /// The top-level resources in `slots` (clamped to the slots there are), in slot order.
+    public func topLevelResources(slots: Range<Int>) -> [(lockspace: [UInt8], name: [UInt8])] {
         var found: [(lockspace: [UInt8], name: [UInt8])] = []
-        for record in resources where !record.isFree && record.parent == none {
+        for slot in slots.clamped(to: 0..<resources.count) {
+            let record = resources[slot]
+            guard !record.isFree, record.parent == none else { continue }
             found.append((lockspaces[Int(record.lockspace)].name, record.name))
         }
         return found

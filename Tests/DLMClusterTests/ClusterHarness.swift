@@ -21,7 +21,7 @@ struct ClusterHarness {
     var framesSeen: [(client: String, message: ServerMessage)] = []
     /// Links whose messages `run` does not carry for now (they stay in flight, in order).
     var paused: Set<Link> = []
-    /// Nodes whose output asked for a slice of work done in slices (an owner's exit, a purge): `run` gives it
+    /// Nodes whose output asked for a slice of work done in slices (recovery, an exit, a purge): `run` gives it
     /// between two messages, as the shell does between two turns of its event loop.
     var wantsSlice: Set<UInt32> = []
     /// The longest list a recovery message that `run` carried held.
@@ -59,14 +59,19 @@ struct ClusterHarness {
     var now: Instant = 0
     let tossDelay: UInt64
     let engine: EngineConfig
+    /// How much of a recovery phase a node does per slice (ServiceConfiguration.recoverySlice).
+    let recoverySlice: Int
 
     /// `stores`: whether each node has a store whose commits replies wait for (the shell reports commits:
     /// `commit`).
-    init(nodes count: UInt32, stores: Bool = false, tossDelay: UInt64 = 10_000_000_000, engine: EngineConfig = .init())
-    {
+    init(
+        nodes count: UInt32, stores: Bool = false, tossDelay: UInt64 = 10_000_000_000, engine: EngineConfig = .init(),
+        recoverySlice: Int = 4_096
+    ) {
         self.stores = stores
         self.tossDelay = tossDelay
         self.engine = engine
+        self.recoverySlice = recoverySlice
         for node in 1...count { start(node) }
         installView()
     }
@@ -75,10 +80,11 @@ struct ClusterHarness {
     mutating func start(_ node: UInt32) {
         let incarnation = (incarnations[node] ?? 0) + 1
         incarnations[node] = incarnation
-        nodes[node] = ServiceHarness(
-            configuration: ServiceConfiguration(
-                nodeID: node, incarnation: incarnation, engine: engine, repliesWaitForCommits: stores, hasStore: stores,
-                mastersAcrossNodes: true, tossDelay: tossDelay))
+        var configuration = ServiceConfiguration(
+            nodeID: node, incarnation: incarnation, engine: engine, repliesWaitForCommits: stores, hasStore: stores,
+            mastersAcrossNodes: true, tossDelay: tossDelay)
+        configuration.recoverySlice = recoverySlice
+        nodes[node] = ServiceHarness(configuration: configuration)
         written[node] = nil
     }
 

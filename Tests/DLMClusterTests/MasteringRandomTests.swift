@@ -147,10 +147,11 @@ struct MasteringRun {
         // Half the seeds with stores: replies and messages that follow a persistent change wait for its commit.
         // Idle resources are dropped after 1 µs of simulated time (`tickStep`), so that dropping and mastering
         // anew meet the traffic.
-        // An owner's exit and a purge in slices of 1 to 4 locks, so that their slices meet every other step.
+        // Recovery in slices of 1 to 4 entries, an owner's exit and a purge in slices of 1 to 4 locks, so that
+        // their slices meet every other step.
         cluster = ClusterHarness(
             nodes: nodeCount, stores: random.bool(), tossDelay: 1_000,
-            engine: EngineConfig(bulkSlice: 1 + random.below(4)))
+            engine: EngineConfig(bulkSlice: 1 + random.below(4)), recoverySlice: 1 + random.below(4))
         names = (0..<(1 + random.below(4))).map { "n\($0)" }
         for node in 1...nodeCount {
             for letter in ["a", "b"] { connect(node, letter) }
@@ -171,7 +172,7 @@ struct MasteringRun {
             } else if !undelivered.isEmpty && random.percent(10) {
                 deliverView(random.element(undelivered.keys.sorted()))
             } else if !cluster.wantsSlice.isEmpty && random.percent(20) {
-                // A slice of a node's work in slices (an exit, a purge), between other steps.
+                // A slice of a node's work in slices (recovery, an exit, a purge), between other steps.
                 let node = random.element(cluster.wantsSlice.sorted())
                 cluster.wantsSlice.remove(node)
                 if trace { print("step \(step): slice of node \(node)") }
