@@ -52,14 +52,13 @@ struct Recovery {
     var heldTraffic: Deque<(node: UInt32, incarnation: UInt64, message: PeerMessage)> = []
     /// This node's part of the current phase that is still to do, in slices.
     var work: RecoveryWork?
-    /// Whether this node has yet to resend its locks whose master left (its part of phase 1), and the bindings
-    /// that came meanwhile, with their senders, in order. A binding is for a lock its holder resent, so it is
+    /// While this node has yet to resend its locks whose master left (its part of phase 1): the bindings that
+    /// came meanwhile, with their senders, in order (nil once it has). A binding is for a lock its holder resent, so it is
     /// applied only once the holder has unbound the locks it resends: a binding an earlier run's master sends
     /// again at the start of this run (`finishResends`) may come before the holder's walk reaches the lock (from
     /// a node that installed the view first, or between two slices), and taken then it would be undone by the
     /// walk, leaving the lock waiting for a binding that never comes.
-    var resending = true
-    var deferredBindings: [(node: UInt32, bindings: [RecoveredBinding])] = []
+    var deferredBindings: [(node: UInt32, bindings: [RecoveredBinding])]? = []
 }
 
 /// This node's part of a recovery phase, done in slices (`LockService.continueRecovery`) between which the node
@@ -277,9 +276,8 @@ extension LockService {
     /// barrier.
     mutating func finishResends() {
         guard let view = mastering.recovery?.view else { return }
-        mastering.recovery!.resending = false
-        let deferred = mastering.recovery!.deferredBindings
-        mastering.recovery!.deferredBindings = []
+        let deferred = mastering.recovery!.deferredBindings ?? []
+        mastering.recovery!.deferredBindings = nil
         for (node, bindings) in deferred { bind(bindings, from: node) }
         let members = mastering.viewMembers
         var rebound: [UInt32: [RecoveredBinding]] = [:]
@@ -396,8 +394,8 @@ extension LockService {
                 mastering.recovery!.received[key, default: []].append((node, lock))
             }
         case .recoverBindings(_, let bindings):
-            if mastering.recovery!.resending {
-                mastering.recovery!.deferredBindings.append((node, bindings))
+            if mastering.recovery!.deferredBindings != nil {
+                mastering.recovery!.deferredBindings!.append((node, bindings))
             } else {
                 bind(bindings, from: node)
             }

@@ -177,7 +177,7 @@ import Testing
         #expect(c.run() == [])
         let refusals = c.notices.filter { $0.message.contains("could not be rebuilt") }
         #expect(refusals.isEmpty, "\(refusals)")
-        // The orphan is there (EX is refused) beside the survivor's CR (which is still held: PW waits for it too).
+        // The orphan is there beside the survivor's CR: EX is refused; once the CR goes, the orphan is adopted.
         let other = c.client(1, "o")
         c.send(other, H.lock(3, name, .ex, .noQueue))
         #expect(c.run() == ["1o: COMPLETION tag 3 lock \(Self.remote) EAGAIN"])
