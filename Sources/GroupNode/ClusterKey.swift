@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 
 #if canImport(Glibc)
@@ -40,8 +39,9 @@ public struct ClusterKey: Sendable {
     }
 
     public static func generate() -> ClusterKey {
-        let key = SymmetricKey(size: SymmetricKeySize(bitCount: generatedLength * 8))
-        let bytes = key.withUnsafeBytes { Array($0) }
+        // (The system's generator: getrandom(2), a cryptographically secure source.)
+        var random = SystemRandomNumberGenerator()
+        let bytes = (0..<generatedLength).map { _ in UInt8.random(in: .min ... .max, using: &random) }
         return try! ClusterKey(bytes: bytes)
     }
 

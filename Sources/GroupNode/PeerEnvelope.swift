@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import GroupServices
 
@@ -67,7 +66,7 @@ public struct PeerEnvelope: Hashable, Sendable {
     /// The shortest frame after the length field: a header, a two-byte body (a kind, a message tag) and the MAC.
     static let minimumLength = headerLength + 2 + macLength
 
-    public static func clusterHash(_ name: String) -> [UInt8] { Array(SHA256.hash(data: Array(name.utf8)).prefix(8)) }
+    public static func clusterHash(_ name: String) -> [UInt8] { Array(HMACSHA256.sha256(Array(name.utf8)).prefix(8)) }
 }
 
 /// What a peer frame carries: a group services message, or lock traffic.
@@ -156,18 +155,17 @@ public enum PeerFrameError: Error, Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Seals and opens peer frames of one cluster for one node. (`@unchecked`: swift-crypto's `SymmetricKey` is an
-/// immutable value that is not marked `Sendable`.)
-public struct PeerFrameCodec: @unchecked Sendable {
+/// Seals and opens peer frames of one cluster for one node.
+public struct PeerFrameCodec: Sendable {
     public let key: ClusterKey
-    let symmetric: SymmetricKey
+    let hmac: HMACSHA256
     public let clusterHash: [UInt8]
     public let localNode: NodeID
     public let knownNodes: Set<NodeID>
 
     public init(key: ClusterKey, clusterName: String, localNode: NodeID, knownNodes: Set<NodeID>) {
         self.key = key
-        self.symmetric = SymmetricKey(data: key.bytes)
+        self.hmac = HMACSHA256(key: key.bytes)
         self.clusterHash = PeerEnvelope.clusterHash(clusterName)
         self.localNode = localNode
         self.knownNodes = knownNodes
@@ -210,11 +208,8 @@ public struct PeerFrameCodec: @unchecked Sendable {
 
     /// HMAC-SHA256 with the cluster key of a connection's `challenge` followed by `data`: a frame's MAC (of
     /// magic ... body).
-    public func mac<D: DataProtocol>(_ challenge: [UInt8], _ data: D) -> HashedAuthenticationCode<SHA256> {
-        var hmac = HMAC<SHA256>(key: symmetric)
-        hmac.update(data: challenge)
-        hmac.update(data: data)
-        return hmac.finalize()
+    public func mac<D: Collection<UInt8>>(_ challenge: [UInt8], _ data: D) -> [UInt8] {
+        hmac.mac(challenge, data)
     }
 
     /// The challenge frame a receiver sends first on a connection, length field included.
@@ -256,8 +251,7 @@ public struct PeerFrameCodec: @unchecked Sendable {
         guard frame[5..<13].elementsEqual(clusterHash) else { throw .wrongCluster }
         let signed = UnsafeRawBufferPointer(rebasing: frame[..<(frame.count - PeerEnvelope.macLength)])
         let mac = UnsafeRawBufferPointer(rebasing: frame[(frame.count - PeerEnvelope.macLength)...])
-        // HashedAuthenticationCode's == compares in constant time.
-        guard self.mac(challenge, signed) == mac else { throw .badMAC }
+        guard HMACSHA256.equal(self.mac(challenge, signed), mac) else { throw .badMAC }
         let sender = NodeID(read(UInt32.self, frame, at: 13))
         let incarnation = read(UInt64.self, frame, at: 17)
         let counter = read(UInt64.self, frame, at: 25)

@@ -249,6 +249,29 @@ struct MessageGenerator {
                 == hex("0000001d" + "444c4d43" + "04" + "2a97516c354b6884" + "000102030405060708090a0b0c0d0e0f"))
     }
 
+    @Test func theDigestsAgreeWithRFC4231AndFIPS180() {
+        // RFC 4231 test cases 2 (a key shorter than the block) and 6 (a key longer than the block, hashed first;
+        // cluster keys may have up to 4096 bytes), the data split anywhere between the MAC's two parts.
+        let jefe = HMACSHA256(key: Array("Jefe".utf8))
+        let question = Array("what do ya want for nothing?".utf8)
+        for split in [0, 5, question.count] {
+            #expect(
+                jefe.mac(question[..<split], question[split...])
+                    == hex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"))
+        }
+        let long = HMACSHA256(key: Array(repeating: 0xaa, count: 131))
+        #expect(
+            long.mac([], Array("Test Using Larger Than Block-Size Key - Hash Key First".utf8))
+                == hex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"))
+        // FIPS 180-2's "abc".
+        #expect(
+            HMACSHA256.sha256(Array("abc".utf8))
+                == hex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"))
+        #expect(HMACSHA256.equal([1, 2, 3], [1, 2, 3]))
+        #expect(!HMACSHA256.equal([1, 2, 3], [1, 2, 4]))
+        #expect(!HMACSHA256.equal([1, 2, 3], [1, 2]))
+    }
+
     @Test func aFrameOpensOnlyWithItsConnectionsChallenge() throws {
         let envelope = PeerEnvelope(
             sender: Member(node: 1, incarnation: 1), counter: 1, destination: 2, message: message)
