@@ -25,7 +25,7 @@ struct Mastering {
     /// As directory node: the master of each resource whose directory this node is.
     var directory: [DirectoryKey: UInt32] = [:]
     /// The known masters (this node's own resources too).
-    var masters: [DirectoryKey: UInt32] = [:]
+    var masters = MasterCache()
     /// Requests of this node's clients that wait for a lookup, by resource.
     var awaitingLookup: [DirectoryKey: [(connection: ConnectionID, message: ClientMessage)]] = [:]
     /// Requests of other nodes for a resource whose lookup this node is waiting for: the directory named this node
@@ -444,6 +444,7 @@ extension LockService {
     }
 
     mutating func toss(_ key: DirectoryKey, floor: UInt64) {
+        mastering.masters.dropIfStale(key)
         guard let master = mastering.masters[key], mastering.awaitingLookup[key] == nil else { return }
         if master != configuration.nodeID {
             if !mastering.copies.usesKey(key) { mastering.masters[key] = nil }

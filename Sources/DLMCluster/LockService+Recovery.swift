@@ -156,7 +156,8 @@ extension LockService {
                 ]
             ))
         // What was cached of departed masters, and every answer of the old directory, is forgotten.
-        mastering.masters = mastering.masters.filter { !departed.contains($0.value) }
+        // (At once: the departed masters' entries read as absent from now on; see MasterCache.)
+        mastering.masters.forget(departed)
         mastering.directory = [:]
         // The replicas this node kept of departed masters' resources go to their new masters; nothing waits any
         // longer for a departed backup node.
@@ -173,7 +174,7 @@ extension LockService {
         var work = RecoveryWork(phase: 1)
         // (In the cache's order: the order of registrations changes nothing, and sorting a node's hundreds of
         // thousands of resources here was most of this step.)
-        work.cached = mastering.masters.compactMap { $0.value == configuration.nodeID ? $0.key : nil }
+        work.cached = mastering.masters.keys(masteredBy: configuration.nodeID)
         mastering.recovery?.work = work
         continueRecovery()
     }
