@@ -29,7 +29,7 @@ release:
 
 ## make test: lint, then scripts/test.sh: one release build of every test target with testing enabled (in
 ## .build-test, warnings are errors for our own code), the randomized tests in parallel (DLM_MODEL_OPS operations of
-## the reference model test, default 4 million; DLM_SIM_SEEDS seeds of the group services simulation, default 3000),
+## the reference model test, default 2.5 million; DLM_SIM_SEEDS seeds of the group services simulation, default 2000),
 ## every other Swift test one at a time (real dlmd processes), the C library's tests, and a summary.
 test: deps lint
 	@bash scripts/test.sh
@@ -38,14 +38,16 @@ test: deps lint
 test-c: libdlm
 	@bash Tests/CDLMTests/run.sh
 
-## make sim SEEDS=N: the group services simulation (Tests/GroupServicesTests) and the random lock traffic across
-## nodes' lock services (Tests/DLMClusterTests/MasteringRandomTests.swift) and the random deadlock cycles across
-## nodes (DeadlockAcrossNodesTests.swift) over N seeds each, in a release build with testing enabled. A failing seed
-## prints the command that replays it.
+## make sim SEEDS=N MODEL_OPS=M: the group services simulation (Tests/GroupServicesTests) and the random lock traffic
+## across nodes' lock services (Tests/DLMClusterTests/MasteringRandomTests.swift, RecoveryRandomTests.swift) and the
+## random deadlock cycles across nodes (DeadlockAcrossNodesTests.swift) over N seeds each, and M random operations
+## of the engine against its reference model (Tests/DLMCoreTests/ModelTests.swift, default 20 million), in a release
+## build with testing enabled. A failing seed prints the command that replays it.
+MODEL_OPS ?= 20000000
 sim:
 	DLM_SIM_SEEDS=$(SEEDS) DLM_MASTERING_SEEDS=$(SEEDS) DLM_RECOVERY_SEEDS=$(SEEDS) DLM_DEADLOCK_SEEDS=$(SEEDS) \
-		$(SWIFT) test -c release -Xswiftc -enable-testing --scratch-path .build-test \
-		--filter 'GroupServicesTests.SimulationTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests'
+		DLM_MODEL_OPS=$(MODEL_OPS) $(SWIFT) test -c release -Xswiftc -enable-testing --scratch-path .build-test \
+		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests'
 
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Tools bench

@@ -8,7 +8,7 @@
 #   3. the C library's tests (Tests/CDLMTests/run.sh) against the same dlmd.
 # Then a summary: Swift tests passed / failed / skipped, C checks passed / failed, the ten slowest tests.
 #
-# Environment: DLM_MODEL_OPS (default 4 million), DLM_SIM_SEEDS (default 3000), DLM_MASTERING_SEEDS (default
+# Environment: DLM_MODEL_OPS (default 2.5 million), DLM_SIM_SEEDS (default 2000), DLM_MASTERING_SEEDS (default
 # 2000), DLM_RECOVERY_SEEDS (default 2000), SWIFT, and TEST_SCRATCH (the
 # build folder, default .build-test: a release build of its own, so that `make bench`'s .build/release is not
 # rebuilt with other flags).
@@ -18,8 +18,8 @@ SWIFT=${SWIFT:-swift}
 SCRATCH=${TEST_SCRATCH:-.build-test}
 FLAGS=(-c release -Xswiftc -enable-testing --scratch-path "$SCRATCH")
 RESULTS=$SCRATCH/test-results
-export DLM_MODEL_OPS=${DLM_MODEL_OPS:-4000000}
-export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-3000}
+export DLM_MODEL_OPS=${DLM_MODEL_OPS:-2500000}
+export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-2000}
 export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-2000}
 export DLM_RECOVERY_SEEDS=${DLM_RECOVERY_SEEDS:-2000}
 export DLM_DEADLOCK_SEEDS=${DLM_DEADLOCK_SEEDS:-300}
