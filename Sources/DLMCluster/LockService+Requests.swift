@@ -68,6 +68,14 @@ extension LockService {
                         tag: tag, status: .tryAgain, message: "dlmd holds at most \(max) lockspaces (max_lockspaces)"))
                 return
             }
+            if create, storeIsFull, engine.lockspace(named: name) == nil {
+                deliver(
+                    id,
+                    .error(
+                        tag: tag, status: .noSpace,
+                        message: "the node's store is full: no new lockspace until it has room (store alarm)"))
+                return
+            }
             run(
                 .openLockspace(name: name, valueBlockLength: length == 0 ? nil : Int(length), create: create),
                 reply: Reply(connection: id, tag: tag, kind: .lockspace))

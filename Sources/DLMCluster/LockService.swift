@@ -286,6 +286,13 @@ public struct LockService {
     /// The number of connections the service knows (for the status report).
     public var connectionCount: Int { clientCount }
 
+    /// The store alarm, as the shell reads it from its store: while it is on, a new persistent lock (in the
+    /// engine, whichever node asks) and a new lockspace are refused with ENOSPC; everything else goes on.
+    public var storeIsFull: Bool {
+        get { engine.refusesNewPersistentLocks }
+        set { engine.refusesNewPersistentLocks = newValue }
+    }
+
     // MARK: Inputs
 
     /// Handles one input; what the shell must do accumulates until `takeOutput`.

@@ -237,6 +237,9 @@ public struct LockEngine {
             return try adoptOrphan(request, resource: findResource(key), owner: owner, into: &effects)
         }
         guard lockCount < config.maxLocks else { throw DLMError(.tryAgain, "the engine holds its maximum of locks") }
+        if refusesNewPersistentLocks, request.flags.contains(.persistent) {
+            throw DLMError(.noSpace, "the node's store is full: no new persistent lock until it has room (store alarm)")
+        }
         let resource = findOrCreateResource(key)
         let lock = allocateLock()
         locks[Int(lock)] = LockRecord(
@@ -477,6 +480,10 @@ public struct LockEngine {
 
     /// How many locks the engine holds, in any state.
     public var lockCount: Int { liveLocks }
+
+    /// Set while the node's store is full (its alarm): a new persistent lock is refused with ENOSPC, since it
+    /// would be stored. Adopting an orphan, conversions and unlocks go on (they add nothing).
+    public var refusesNewPersistentLocks = false
     /// How many resources exist.
     public var resourceCount: Int { resourceIndex.count }
     /// How many locks wait on a convert or wait queue (requests and conversions not granted yet).

@@ -10,6 +10,8 @@ public struct DLMStatus: RawRepresentable, Sendable, Hashable, Codable, CustomSt
     public static let busy = DLMStatus(rawValue: 16)  // EBUSY
     public static let exists = DLMStatus(rawValue: 17)  // EEXIST
     public static let invalid = DLMStatus(rawValue: 22)  // EINVAL
+    /// The node's store is full: no new persistent lock or lockspace (the store alarm).
+    public static let noSpace = DLMStatus(rawValue: 28)  // ENOSPC
     public static let deadlock = DLMStatus(rawValue: 35)  // EDEADLK
     public static let timedOut = DLMStatus(rawValue: 110)  // ETIMEDOUT
     /// A malformed or out-of-order frame (client protocol).
@@ -31,6 +33,7 @@ public struct DLMStatus: RawRepresentable, Sendable, Hashable, Codable, CustomSt
         case .busy: "EBUSY"
         case .exists: "EEXIST"
         case .invalid: "EINVAL"
+        case .noSpace: "ENOSPC"
         case .deadlock: "EDEADLK"
         case .timedOut: "ETIMEDOUT"
         case .protocolError: "EPROTO"

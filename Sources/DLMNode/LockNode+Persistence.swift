@@ -3,6 +3,7 @@ import DLMCore
 import DLMStore
 import DLMWire
 import Foundation
+import Logging
 import NIOCore
 
 /// The node's store and the thread that writes it (`--durability`); the service decides what waits for which
@@ -12,6 +13,12 @@ final class NodePersistence {
     var writer: StoreWriter?
     /// What group services persisted at the last start (their `PersistentState`, JSON), if anything.
     var groupState: [UInt8]?
+    /// The store alarm (on the event loop): the store is full, or a commit failed (why).
+    var isFull = false
+    var failure: String?
+
+    /// The alarm as the status report names it.
+    var alarm: String? { failure != nil ? "failed" : isFull ? "full" : nil }
 
     init(store: NodeStore) {
         self.store = store
@@ -60,16 +67,15 @@ extension LockNode {
                 "durability": "\(store.durability)", "lockspaces": "\(contents.lockspaces.count)",
                 "persistent_locks": "\(restored.locks)",
             ])
+        // A store restarted full (its data at --map-size) starts with its alarm on.
+        let full = try store.isFull(wasFull: false)
+        if full { storeFilled(true) }
         let loop = eventLoop
         let writer = StoreWriter(
-            store: store, logger: logger,
+            store: store, logger: logger, isFull: full,
             onCommitted: { [self] generation in loop.execute { self.handle(.committed(generation: generation)) } },
-            onFailure: { error in
-                // A store that cannot be written cannot keep the promises made to clients: stop, as a database
-                // does when its disk fails, rather than acknowledge what would be lost.
-                FileHandle.standardError.writeIgnoringErrors("dlmd: the store failed: \(error); stopping\n")
-                exit(70)
-            })
+            onFull: { [self] full in loop.execute { self.storeFilled(full) } },
+            onFailure: { [self] error in loop.execute { self.storeFailed(error) } })
         persistence.writer = writer
         writer.start()
     }
@@ -84,13 +90,48 @@ extension LockNode {
         try persistence.store.applyLog()
     }
 
+    /// The store became full, or has room again (a sixteenth below its limit): new persistent locks and
+    /// lockspaces are refused with ENOSPC meanwhile, and the alarm shows in the status and the log.
+    func storeFilled(_ full: Bool) {
+        guard let persistence, persistence.isFull != full else { return }
+        persistence.isFull = full
+        service.storeIsFull = full || persistence.failure != nil
+        let size: Logger.Metadata = [
+            "used_bytes": "\((try? persistence.store.dataBytes()) ?? -1)", "limit_bytes": "\(persistence.store.limit)",
+        ]
+        if full {
+            logger.warning(
+                """
+                the store is full: new persistent locks and lockspaces are refused (ENOSPC) until unlocks make \
+                room; raise --map-size (map_size) to give it more
+                """, metadata: size)
+        } else {
+            logger.notice("the store has room again: persistent locks and lockspaces are accepted", metadata: size)
+        }
+    }
+
+    /// A commit or sync of the store failed: what waits for a commit is never acknowledged (the disk may not
+    /// hold it), new persistent state is refused, and everything else goes on. dlmd does not exit: its clients'
+    /// locks that need no store stay served. Restart it once the disk is mended.
+    func storeFailed(_ error: Error) {
+        guard let persistence, persistence.failure == nil else { return }
+        persistence.failure = "\(error)"
+        service.storeIsFull = true
+        logger.critical(
+            """
+            the store failed: changes to persistent locks are no longer acknowledged and new persistent locks and \
+            lockspaces are refused (ENOSPC); restart dlmd once the disk is mended
+            """, metadata: ["error": "\(error)"])
+    }
+
     var storeReport: StatusReport.Store? {
         guard let persistence else { return nil }
         let info = persistence.store.environment.info()
         return StatusReport.Store(
             path: persistence.store.directory, durability: persistence.store.durability.rawValue,
-            incarnation: persistence.store.incarnation, mapSize: info.mapSize, usedBytes: info.usedBytes,
-            lastTransaction: info.lastTransaction,
-            lastCommit: persistence.writer?.lastCommitDate.map { $0.timeIntervalSince1970 })
+            incarnation: persistence.store.incarnation, mapSize: persistence.store.limit,
+            usedBytes: (try? persistence.store.dataBytes()) ?? info.usedBytes, lastTransaction: info.lastTransaction,
+            lastCommit: persistence.writer?.lastCommitDate.map { $0.timeIntervalSince1970 }, alarm: persistence.alarm,
+            failure: persistence.failure)
     }
 }

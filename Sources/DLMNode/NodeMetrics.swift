@@ -59,6 +59,7 @@ final class NodeMetrics: @unchecked Sendable {
     let deadlockPasses: Gauge
     let view: Gauge
     let storeUsedBytes: Gauge
+    let storeAlarm: Gauge
     let storeMapBytes: Gauge
     let storeLogBytes: Gauge
 
@@ -113,9 +114,14 @@ final class NodeMetrics: @unchecked Sendable {
         clusterDeadlockVictims = Self.gauge(
             registry, "cluster_deadlock_victims", help: "Victims of deadlocks across nodes this node decided.")
         view = Self.gauge(registry, "view", help: "The number of the view this node installed last (0: none).")
-        storeUsedBytes = Self.gauge(registry, "store_used_bytes", help: "Bytes of the store's map in use.")
+        storeUsedBytes = Self.gauge(
+            registry, "store_used_bytes", help: "Bytes the store's data takes (LMDB's pages less its free list).")
         storeMapBytes = Self.gauge(
-            registry, "store_map_bytes", help: "The most bytes the store may grow to (--store-map-size).")
+            registry, "store_map_bytes",
+            help: "The store's limit (--map-size): at it, new persistent locks and lockspaces are refused.")
+        storeAlarm = Self.gauge(
+            registry, "store_alarm",
+            help: "The store alarm: 0 none, 1 full (new persistent state refused), 2 failed (commits stopped).")
         storeLogBytes = Self.gauge(
             registry, "store_log_bytes",
             help: "Bytes of the write-ahead log written since it last started again (sync durability).")
@@ -248,6 +254,7 @@ final class NodeMetrics: @unchecked Sendable {
         if let store = node.storeReport {
             storeUsedBytes.set(Double(store.usedBytes))
             storeMapBytes.set(Double(store.mapSize))
+            storeAlarm.set(Double(store.alarm == "failed" ? 2 : store.alarm == "full" ? 1 : 0))
         }
         storeLogBytes.set(Double(node.persistence?.store.logBytes ?? 0))
         var text = ""

@@ -4,7 +4,9 @@ import Logging
 
 /// The thread that writes to the store, so that the node's event loop never waits for a commit or an fsync.
 /// Batches submitted while a commit runs are merged into the next one (group commit); after each commit it
-/// reports the highest generation now in the store.
+/// reports the highest generation now in the store, and whether the store became full or has room again
+/// (`NodeStore.isFull`). A commit or sync that fails is reported once, and nothing is committed after it: what
+/// waits for a commit is never acknowledged (the disk may not hold it), and dlmd stays up for everything else.
 final class StoreWriter: @unchecked Sendable {
     let store: NodeStore
     let logger: Logger
@@ -13,7 +15,12 @@ final class StoreWriter: @unchecked Sendable {
     private var stopping = false
     private var thread: Thread?
     private let onCommitted: @Sendable (UInt64) -> Void
+    private let onFull: @Sendable (Bool) -> Void
     private let onFailure: @Sendable (Error) -> Void
+    /// The store is full (read after each commit, on this thread only).
+    private var isFull: Bool
+    /// A commit or sync failed: nothing more is written (on this thread only).
+    private var hasFailed = false
     /// With `batch` durability, how often committed data is flushed to disk.
     let syncInterval: TimeInterval = 1
     private(set) var lastCommit: Date?
@@ -21,12 +28,14 @@ final class StoreWriter: @unchecked Sendable {
     private let commitDurations = LatencyHistogram()
 
     init(
-        store: NodeStore, logger: Logger, onCommitted: @escaping @Sendable (UInt64) -> Void,
-        onFailure: @escaping @Sendable (Error) -> Void
+        store: NodeStore, logger: Logger, isFull: Bool, onCommitted: @escaping @Sendable (UInt64) -> Void,
+        onFull: @escaping @Sendable (Bool) -> Void, onFailure: @escaping @Sendable (Error) -> Void
     ) {
         self.store = store
         self.logger = logger
+        self.isFull = isFull
         self.onCommitted = onCommitted
+        self.onFull = onFull
         self.onFailure = onFailure
     }
 
@@ -65,6 +74,19 @@ final class StoreWriter: @unchecked Sendable {
         return lastCommit
     }
 
+    /// Reports a change of the store's fullness.
+    private func noteFullness() {
+        do {
+            let full = try store.isFull(wasFull: isFull)
+            if full != isFull {
+                isFull = full
+                onFull(full)
+            }
+        } catch {
+            logger.error("cannot read the store's size", metadata: ["error": "\(error)"])
+        }
+    }
+
     private func run() {
         var unsynced = false
         var lastSync = Date()
@@ -82,7 +104,7 @@ final class StoreWriter: @unchecked Sendable {
             queue.removeAll()
             let finished = stopping && batches.isEmpty
             condition.unlock()
-            if let generation = batches.last?.generation {
+            if let generation = batches.last?.generation, !hasFailed {
                 do {
                     let started = DispatchTime.now().uptimeNanoseconds
                     try store.commit(batches.flatMap(\.changes))
@@ -95,16 +117,21 @@ final class StoreWriter: @unchecked Sendable {
                     // LMDB and the disk is synced within `syncInterval`.
                     if store.durability != .sync { unsynced = true }
                     onCommitted(generation)
+                    noteFullness()
                 } catch {
                     logger.critical("cannot write the store", metadata: ["error": "\(error)"])
+                    hasFailed = true
                     onFailure(error)
                 }
             }
-            if unsynced && (finished || Date().timeIntervalSince(lastSync) >= syncInterval) {
+            if unsynced && !hasFailed && (finished || Date().timeIntervalSince(lastSync) >= syncInterval) {
                 do {
                     try store.sync()
                 } catch {
+                    // With `batch` durability, commits were acknowledged before this sync: stop acknowledging.
                     logger.critical("cannot sync the store", metadata: ["error": "\(error)"])
+                    hasFailed = true
+                    onFailure(error)
                 }
                 unsynced = false
                 lastSync = Date()

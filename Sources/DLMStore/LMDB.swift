@@ -97,6 +97,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
         /// Bytes in use: pages up to the last one written.
         public var usedBytes: Int
         public var lastTransaction: Int
+        public var pageSize: Int
     }
 
     public func info() -> Info {
@@ -106,7 +107,30 @@ public final class LMDBEnvironment: @unchecked Sendable {
         mdb_env_stat(env, &stat)
         return Info(
             mapSize: info.me_mapsize, usedBytes: (info.me_last_pgno + 1) * Int(stat.ms_psize),
-            lastTransaction: info.me_last_txnid)
+            lastTransaction: info.me_last_txnid, pageSize: Int(stat.ms_psize))
+    }
+
+    /// How many pages are on LMDB's free list: freed by earlier transactions, to be reused by later ones. The
+    /// pages up to the last one written, less these, are what the data takes (the file never shrinks).
+    public func freePages() throws(LMDBError) -> Int {
+        let transaction = try Transaction(env: env, readOnly: true)
+        defer { transaction.abort() }
+        var cursor: OpaquePointer?
+        // Database 0 is LMDB's free list: each value is a list of page numbers, its count first.
+        try check(mdb_cursor_open(transaction.txn, 0, &cursor), "opening a cursor on the free list")
+        defer { mdb_cursor_close(cursor) }
+        var k = MDB_val()
+        var v = MDB_val()
+        var pages = 0
+        var code = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
+        while code == 0 {
+            if v.mv_size >= MemoryLayout<Int>.size, let data = v.mv_data {
+                pages += data.loadUnaligned(as: Int.self)
+            }
+            code = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+        }
+        if code != MDB_NOTFOUND { try check(code, "reading the free list") }
+        return pages
     }
 
     /// Runs `body` in a write transaction and commits it; aborts it if `body` throws.

@@ -36,6 +36,12 @@ public final class NodeStore: @unchecked Sendable {
     /// This start's incarnation: one more than the last start's.
     public let incarnation: UInt64
     public let nodeID: UInt32
+    /// The store's limit (`--map-size`): once its data reaches it, the node refuses new persistent locks and
+    /// lockspaces (ENOSPC, the store alarm) until unlocks bring it back below. LMDB's map is larger by
+    /// `headroom(limit:)`, room for what was promised before the alarm: the commits already queued, the
+    /// replicas other nodes send, the replay of the write-ahead log at the next start. So a full store neither
+    /// stops dlmd nor keeps it from starting again.
+    public let limit: Int
     let meta: Database
     let lockspaces: Database
     let resources: Database
@@ -61,9 +67,12 @@ public final class NodeStore: @unchecked Sendable {
         self.directory = directory
         self.durability = durability
         self.nodeID = nodeID
+        limit = mapSize
         let environment = try LMDBEnvironment(
             path: directory,
-            options: .init(mapSize: mapSize, noSync: durability != .sync, noMetaSync: durability == .sync))
+            options: .init(
+                mapSize: NodeStore.mapSize(limit: mapSize), noSync: durability != .sync,
+                noMetaSync: durability == .sync))
         let meta = try environment.database("meta", create: true)
         let tables = Tables(
             meta: meta, lockspaces: try environment.database("lockspaces", create: true),
@@ -138,7 +147,8 @@ public final class NodeStore: @unchecked Sendable {
     /// Returns the directory's schema.
     @discardableResult
     static func checkSchema(directory: String, mapSize: Int, nodeID: UInt32?) throws -> UInt32 {
-        let probe = try LMDBEnvironment(path: directory, options: .init(mapSize: mapSize, readOnly: true))
+        let probe = try LMDBEnvironment(
+            path: directory, options: .init(mapSize: NodeStore.mapSize(limit: mapSize), readOnly: true))
         return try probe.read { txn in
             var dbi = MDB_dbi()
             guard mdb_dbi_open(txn.txn, "meta", 0, &dbi) == 0 else {
@@ -293,6 +303,30 @@ public final class NodeStore: @unchecked Sendable {
         try applier.wait(for: last)
     }
 
+    // MARK: Size
+
+    /// The room LMDB's map has beyond the limit: a quarter of it, at least 1 MiB.
+    public static func headroom(limit: Int) -> Int { max(limit / 4, 1 << 20) }
+
+    static func mapSize(limit: Int) -> Int { limit + headroom(limit: limit) }
+
+    /// The bytes the data takes: LMDB's pages up to the last one written, less those on its free list.
+    public func dataBytes() throws -> Int { try NodeStore.dataBytes(environment) }
+
+    static func dataBytes(_ environment: LMDBEnvironment) throws -> Int {
+        let info = environment.info()
+        return info.usedBytes - (try environment.freePages()) * info.pageSize
+    }
+
+    /// Whether the store is full: its data at the limit, or, once it was (`wasFull`), not yet a sixteenth below
+    /// it (so that the alarm does not flap at the mark). Cheap while the file is below the mark: the free list is
+    /// read only once the file has reached it.
+    public func isFull(wasFull: Bool) throws -> Bool {
+        let mark = wasFull ? limit - limit / 16 : limit
+        guard environment.info().usedBytes >= mark else { return false }
+        return try dataBytes() >= mark
+    }
+
     // MARK: Operators
 
     public struct Report: Sendable, Codable, Hashable {
@@ -315,7 +349,8 @@ public final class NodeStore: @unchecked Sendable {
             throw StoreError("\(directory) has no data.mdb: not a dlmd data directory")
         }
         let schema = try checkSchema(directory: directory, mapSize: mapSize, nodeID: nil)
-        let environment = try LMDBEnvironment(path: directory, options: .init(mapSize: mapSize, readOnly: true))
+        let environment = try LMDBEnvironment(
+            path: directory, options: .init(mapSize: NodeStore.mapSize(limit: mapSize), readOnly: true))
         let meta = try environment.database("meta", create: false)
         let lockspaces = try environment.database("lockspaces", create: false)
         let resources = try environment.database("resources", create: false)
@@ -336,7 +371,7 @@ public final class NodeStore: @unchecked Sendable {
                 path: directory, schema: schema,
                 nodeID: UInt32(try txn.get(meta, Array("node_id".utf8)).map { decodeUInt64($0) } ?? 0),
                 incarnation: try txn.get(meta, Array("incarnation".utf8)).map { decodeUInt64($0) } ?? 0,
-                mapSize: environment.info().mapSize, usedBytes: environment.info().usedBytes, lockspaces: 0,
+                mapSize: mapSize, usedBytes: try NodeStore.dataBytes(environment), lockspaces: 0,
                 resources: 0, persistentLocks: 0, logRecordsToReplay: pending.records.count)
             var names = Set<[UInt8]>()
             try txn.forEach(lockspaces) { key, value in

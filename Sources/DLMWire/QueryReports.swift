@@ -243,9 +243,15 @@ public struct StatusReport: Codable, Sendable, Hashable {
         public var lastTransaction: Int
         /// Seconds since 1970 of the last commit by the store's thread.
         public var lastCommit: Double?
+        /// The store alarm: "full" (its data reached `map_size`: new persistent locks and lockspaces are refused
+        /// with ENOSPC until unlocks make room) or "failed" (a commit or sync failed: changes to persistent state
+        /// are no longer acknowledged); absent when neither.
+        public var alarm: String?
+        /// Why the store failed.
+        public var failure: String?
 
         enum CodingKeys: String, CodingKey {
-            case path, durability, incarnation
+            case path, durability, incarnation, alarm, failure
             case mapSize = "map_size"
             case usedBytes = "used_bytes"
             case lastTransaction = "last_transaction"
@@ -254,7 +260,7 @@ public struct StatusReport: Codable, Sendable, Hashable {
 
         public init(
             path: String, durability: String, incarnation: UInt64, mapSize: Int, usedBytes: Int, lastTransaction: Int,
-            lastCommit: Double?
+            lastCommit: Double?, alarm: String? = nil, failure: String? = nil
         ) {
             self.path = path
             self.durability = durability
@@ -263,6 +269,8 @@ public struct StatusReport: Codable, Sendable, Hashable {
             self.usedBytes = usedBytes
             self.lastTransaction = lastTransaction
             self.lastCommit = lastCommit
+            self.alarm = alarm
+            self.failure = failure
         }
     }
 

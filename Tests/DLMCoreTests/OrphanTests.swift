@@ -45,6 +45,27 @@ import Testing
         #expect(h.lock("c", by: 3, on: "r", .ex) == [])
     }
 
+    /// While the node's store is full, a new persistent lock is refused with ENOSPC (it would be stored), and
+    /// nothing else is: a lock that is not persistent, a conversion and an unlock of a persistent lock, and the
+    /// adoption of an orphan (which stores nothing new). Once the store has room, persistent locks are taken again.
+    @Test func aFullStoreRefusesNewPersistentLocksOnly() {
+        var h = Harness()
+        #expect(h.lock("a", by: 1, on: "r", .ex, .persistent) == ["a granted EX token=1"])
+        #expect(h.lock("p", by: 1, on: "q", .pr, .persistent) == ["p granted PR"])
+        #expect(h.exit(1) == [])
+        h.engine.refusesNewPersistentLocks = true
+        #expect(h.lock("b", by: 2, on: "s", .ex, .persistent) == ["error ENOSPC"])
+        #expect(h.state("b") == nil)
+        #expect(h.lock("c", by: 2, on: "s", .ex) == ["c granted EX token=1"])
+        #expect(h.lock("d", by: 3, on: "r", .ex, .orphan) == ["d granted EX token=2"])
+        #expect(h.convert("d", to: .pr) == ["d granted PR"])
+        #expect(h.unlock("d") == ["d EUNLOCK"])
+        #expect(h.engine.lockCount == 2)
+        h.engine.refusesNewPersistentLocks = false
+        #expect(h.lock("b", by: 2, on: "s", .pr, .persistent) == ["c bast PR"])
+        #expect(h.state("b")?.queue == .wait)
+    }
+
     @Test func persistentPendingRequestIsDropped() {
         var h = Harness()
         _ = h.lock("a", by: 2, on: "r", .ex)

@@ -70,6 +70,92 @@ import Testing
         await second.close()
     }
 
+    /// Takes persistent EX locks on new names, 64 at a time, until dlmd refuses one with ENOSPC (the store is
+    /// full); returns those granted. Any other failure, or no refusal within 200,000 locks, fails the test.
+    static func fillStore(_ ls: DLMLockspace, prefix: String) async throws -> [DLMLock] {
+        let padding = String(repeating: "x", count: 40)
+        var granted: [DLMLock] = []
+        var refused = false
+        var next = 0
+        while !refused {
+            guard next < 200_000 else { throw SupportError("200000 persistent locks and no ENOSPC") }
+            let first = next
+            next += 64
+            let wave = try await withThrowingTaskGroup(of: DLMLock?.self) { group in
+                for index in first..<next {
+                    group.addTask {
+                        do {
+                            return try await ls.lock("\(prefix)-\(index)-\(padding)", mode: .ex, flags: .persistent)
+                        } catch let error as DLMError where error.status == .noSpace {
+                            return nil
+                        }
+                    }
+                }
+                var wave: [DLMLock?] = []
+                for try await lock in group { wave.append(lock) }
+                return wave
+            }
+            granted += wave.compactMap { $0 }
+            refused = wave.contains { $0 == nil }
+        }
+        return granted
+    }
+
+    /// `--map-size 1`: a client takes persistent locks until the store is full. Then new persistent locks and
+    /// new lockspaces are refused with ENOSPC and the alarm shows in the status, while dlmd stays up and serves
+    /// everything else; unlocks make room and the alarm goes off; and dlmd restarts on a full store with its
+    /// alarm on and the persistent locks there to adopt.
+    @Test(.timeLimit(.minutes(2)))
+    func aFullStoreRefusesNewPersistentStateAndDlmdStaysUp() async throws {
+        let directory = Daemon.temporaryDirectory("dlmd-full")
+        var daemon = try Daemon(directory: directory, arguments: ["--map-size", "1"])
+        let client = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let ls = try await client.openLockspace("fill")
+        let locks = try await Self.fillStore(ls, prefix: "a")
+        #expect(locks.count > 1000, "only \(locks.count) persistent locks fit in 1 MiB")
+        var report = try await LimitTests.waitForStatus(client, "the store alarm") { $0.store?.alarm == "full" }
+        #expect(report.store.map { $0.usedBytes >= $0.mapSize } == true, "\(String(describing: report.store))")
+        let refused = await #expect(throws: DLMError.self) {
+            _ = try await ls.lock("one-more", mode: .ex, flags: .persistent)
+        }
+        #expect(refused?.status == .noSpace)
+        let refusedLockspace = await #expect(throws: DLMError.self) { try await client.openLockspace("another") }
+        #expect(refusedLockspace?.status == .noSpace)
+        // Everything else goes on: locks that are not persistent, conversions, opening a lockspace that exists.
+        let plain = try await ls.lock("plain", mode: .ex)
+        let converted = try await locks[0].convert(to: .pr)
+        #expect(converted.mode == .pr)
+        _ = try await client.openLockspace("fill")
+
+        // Unlocks make room: the alarm goes off and persistent locks are taken again.
+        for lock in locks.dropFirst() { try await lock.unlock() }
+        report = try await LimitTests.waitForStatus(client, "no store alarm") { $0.store?.alarm == nil }
+        #expect(report.store.map { $0.usedBytes < $0.mapSize } == true, "\(String(describing: report.store))")
+        _ = try await ls.lock("again", mode: .ex, flags: .persistent)
+        try await plain.unlock()
+
+        // Full again, then dlmd stops and starts on the full store: its alarm is on from the start, and its
+        // persistent locks are there as orphans, to adopt.
+        let second = try await Self.fillStore(ls, prefix: "b")
+        await client.close()
+        #expect(daemon.stop() == 0)
+        daemon = try Daemon(directory: directory, arguments: ["--map-size", "1"])
+        defer { daemon.stop() }
+        let after = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        report = try await LimitTests.status(after)
+        #expect(report.store?.alarm == "full", "\(String(describing: report.store))")
+        #expect(report.locks == second.count + 2)
+        let again = try await after.openLockspace("fill")
+        let adopted = try await again.lock(
+            "b-0-\(String(repeating: "x", count: 40))", mode: .ex, flags: [.persistent, .orphan])
+        #expect(adopted.mode == .ex)
+        let refusedAfter = await #expect(throws: DLMError.self) {
+            _ = try await again.lock("c-0", mode: .ex, flags: .persistent)
+        }
+        #expect(refusedAfter?.status == .noSpace)
+        await after.close()
+    }
+
     @Test func aDamagedDataDirectoryIsRefusedWithAClearError() throws {
         let daemon = try Daemon()
         #expect(daemon.stop() == 0)

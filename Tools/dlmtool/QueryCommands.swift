@@ -29,6 +29,19 @@ struct Status: AsyncParsableCommand {
                     ],
                     ["last transaction", "\(s.lastTransaction)"],
                 ]
+                switch s.alarm {
+                case "full"?:
+                    store.append([
+                        "store alarm", "FULL: new persistent locks and lockspaces are refused (ENOSPC); raise map_size",
+                    ])
+                case "failed"?:
+                    store.append([
+                        "store alarm",
+                        "FAILED: changes to persistent locks are not acknowledged (\(s.failure ?? "?")); restart dlmd",
+                    ])
+                default:
+                    break
+                }
             }
             print(
                 Text.table(
