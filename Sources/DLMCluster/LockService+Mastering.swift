@@ -186,7 +186,8 @@ extension LockService {
             valueBlockSequence: 0, fencingToken: 0, timeout: request.timeout,
             subPath: parentRecord.map { $0.subPath + [m.name] } ?? [],
             parentCopy: parent == nil ? 0 : m.parent)
-        let copy = mastering.copies.add(owner: id.owner, master: master, record: record)
+        let copy = mastering.copies.add(
+            owner: id.owner, master: master, record: record, account: clients[Int(id.slot)].account)
         let reference = startOperation(id, tag: m.tag, copy: copy, message: .lock(m))
         send(
             .request(

@@ -89,6 +89,8 @@ extension LockService {
             limits: .init(
                 maxConnections: configuration.maxConnections, maxLockspaces: configuration.maxLockspaces,
                 connectionsRefused: limitRefusals.connections, lockspacesRefused: limitRefusals.lockspaces,
+                maxLocksPerConnection: configuration.maxLocksPerConnection,
+                maxLocksPerUser: configuration.maxLocksPerUser, locksRefused: limitRefusals.locks,
                 outputPauseBytes: environment.output?.pauseBytes, outputLimitBytes: environment.output?.limitBytes,
                 readsPaused: environment.output?.paused, closedForOutput: environment.output?.closed))
     }

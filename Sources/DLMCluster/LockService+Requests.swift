@@ -30,6 +30,12 @@ extension LockService {
             queues[Int(id.slot)].name = hello.clientName
             clients[Int(id.slot)].state = .ready
             run(.setProcessID(clients[Int(id.slot)].pid, owner: owner(id)), reply: nil)
+            if let uid = clients[Int(id.slot)].credentials?.uid {
+                let account = accounts[uid] ?? Int32(accounts.count)
+                accounts[uid] = account
+                clients[Int(id.slot)].account = account
+                engine.setAccount(account, of: owner(id))
+            }
             deliver(
                 id, .helloReply(HelloReply(nodeID: configuration.nodeID, server: "dlmd \(LockService.version)")))
         case .ready:
@@ -108,6 +114,11 @@ extension LockService {
                 deliver(id, .purged(tag: tag, count: 0))
             }
         case .lock(let m):
+            if let refusal = lockLimitRefusal(id, owner: owner) {
+                limitRefusals.locks += 1
+                deliver(id, .error(tag: m.tag, status: .tryAgain, message: refusal))
+                return
+            }
             if mastersAcrossNodes, routeLock(m, from: id) { return }
             let request = Self.lockRequest(
                 m, owner: owner, lockspace: LockspaceID(rawValue: m.lockspace),
@@ -151,6 +162,22 @@ extension LockService {
                 deliver(id, .error(tag: tag, status: error.status, message: error.message))
             }
         }
+    }
+
+    /// Why a new lock of this connection would pass a limit (`maxLocksPerConnection`, `maxLocksPerUser`), if it
+    /// would. Its locks are those of its owner in this node's engine and its process copies (locks on resources
+    /// mastered elsewhere); a lock that recovery rebuilt here for one of its copies counts twice.
+    func lockLimitRefusal(_ id: ConnectionID, owner: OwnerID) -> String? {
+        let held = engine.lockCount(of: owner) + mastering.copies.count(of: id.owner)
+        if held >= configuration.maxLocksPerConnection {
+            return "this connection holds \(held) locks, the most it may (max_locks_per_connection)"
+        }
+        let account = clients[Int(id.slot)].account
+        guard account >= 0 else { return nil }
+        let total = engine.lockCount(ofAccount: account) + mastering.copies.count(ofAccount: account)
+        guard total >= configuration.maxLocksPerUser else { return nil }
+        let uid = clients[Int(id.slot)].credentials?.uid ?? 0
+        return "the connections of uid \(uid) hold \(total) locks on this node, the most they may (max_locks_per_user)"
     }
 
     /// Whether an engine lock id that a client names is the lock recovery rebuilt here for one of its copies: the

@@ -114,12 +114,20 @@ public struct ServiceConfiguration: Sendable {
     public var maxConnections = ServiceConfiguration.defaultMaxConnections
     /// The most lockspaces (`max_lockspaces`, those being released included); creating one more is EAGAIN.
     public var maxLockspaces = ServiceConfiguration.defaultMaxLockspaces
+    /// The most locks (granted, converting or waiting) one connection holds (`max_locks_per_connection`); a LOCK
+    /// past it is EAGAIN. It bounds the requests a connection has waiting too: each is a lock.
+    public var maxLocksPerConnection = ServiceConfiguration.defaultMaxLocksPerConnection
+    /// The most locks the connections of one user (kernel uid) hold together on this node
+    /// (`max_locks_per_user`); a LOCK past it is EAGAIN. Clients without a kernel uid (TCP) are not counted.
+    public var maxLocksPerUser = ServiceConfiguration.defaultMaxLocksPerUser
     /// How many entries (resources, locks, process copies) a slice of a recovery phase looks at
     /// (LockService+Recovery.swift, `continueRecovery`).
     public var recoverySlice = 4_096
 
     public static let defaultMaxConnections = 10_000
     public static let defaultMaxLockspaces = 4_096
+    public static let defaultMaxLocksPerConnection = 1 << 22
+    public static let defaultMaxLocksPerUser = 1 << 24
 
     public init(
         nodeID: UInt32, incarnation: UInt64 = 0, engine: EngineConfig = EngineConfig(),
@@ -203,7 +211,10 @@ public struct LockService {
     /// Connections whose requests waited behind a reply that has now gone out (`drainDeferred`).
     var connectionsWithDeferredRequests: [ConnectionID] = []
     /// How often a limit refused (the status report's `limits`).
-    var limitRefusals = (connections: 0, lockspaces: 0)
+    var limitRefusals = (connections: 0, lockspaces: 0, locks: 0)
+    /// A small number per user (kernel uid) whose connections have taken locks: their locks count against it,
+    /// in the engine and among the process copies (`maxLocksPerUser`).
+    var accounts: [UInt32: Int32] = [:]
     /// Connections whose input ended (half-closed or gone) while frames they sent still waited
     /// (LockService+Endings.swift).
     var endedConnections: [ConnectionID] = []
@@ -485,6 +496,8 @@ struct Client {
     /// The pid its locks carry (ClientCredentials.swift, `processID`).
     var pid: UInt32 = 0
     var credentials: ClientCredentials?
+    /// The account of its user (`LockService.accounts`), or -1 (no kernel uid).
+    var account: Int32 = -1
     /// The generation the last of its held frames waits for; 0 when none wait.
     var lastHeldGeneration: UInt64 = 0
     /// Close once no frame waits.

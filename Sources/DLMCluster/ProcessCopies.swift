@@ -20,6 +20,8 @@ struct ProcessCopies {
         /// The mode of the last blocking callback the client got since the lock's last completion: a rebuilt
         /// master sends it again, and the client gets it once.
         var blocked: LockMode?
+        /// The account of its owner's user (`LockService.account(of:)`), or -1.
+        var account: Int32 = -1
     }
 
     /// A lock as its master knows it.
@@ -33,6 +35,16 @@ struct ProcessCopies {
     var byMaster: [MasterLock: Int] = [:]
     /// The copies of each owner of this node.
     var byOwner: [UInt64: Set<Int>] = [:]
+    /// The copies of each account's owners (for the per-user quota).
+    var accountCounts: [Int] = []
+
+    /// How many copies an owner has.
+    func count(of owner: UInt64) -> Int { byOwner[owner]?.count ?? 0 }
+
+    /// How many copies the owners of an account have.
+    func count(ofAccount account: Int32) -> Int {
+        account >= 0 && Int(account) < accountCounts.count ? accountCounts[Int(account)] : 0
+    }
 
     static func isCopy(_ id: UInt32) -> Bool { id & idBit != 0 }
 
@@ -73,7 +85,7 @@ struct ProcessCopies {
         return unusedKeys
     }
 
-    mutating func add(owner: UInt64, master: UInt32, record: RecoveredLock? = nil) -> Int {
+    mutating func add(owner: UInt64, master: UInt32, record: RecoveredLock? = nil, account: Int32 = -1) -> Int {
         let index: Int
         if let reused = free.popLast() {
             index = reused
@@ -81,8 +93,12 @@ struct ProcessCopies {
             index = copies.count
             copies.append(Copy())
         }
-        copies[index] = Copy(owner: owner, master: master, masterLock: nil, record: record)
+        copies[index] = Copy(owner: owner, master: master, masterLock: nil, record: record, account: account)
         byOwner[owner, default: []].insert(index)
+        if account >= 0 {
+            while accountCounts.count <= Int(account) { accountCounts.append(0) }
+            accountCounts[Int(account)] += 1
+        }
         if let record { perKey[DirectoryKey(lockspace: record.lockspace, name: record.name), default: 0] += 1 }
         return index
     }
@@ -146,6 +162,7 @@ struct ProcessCopies {
         }
         byOwner[copy.owner]?.remove(index)
         if byOwner[copy.owner]?.isEmpty == true { byOwner[copy.owner] = nil }
+        if copy.account >= 0 { accountCounts[Int(copy.account)] -= 1 }
         if let record = copy.record {
             let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
             if let count = perKey[key], count > 1 {

@@ -10,6 +10,8 @@ struct OwnerRecord {
     var isExiting = false
     /// The owner's process id, given to each lock it takes or adopts (`setProcessID`); 0 if unknown.
     var pid: UInt32 = 0
+    /// The account its locks count against (`setAccount`: the shell's number for a user), or -1: none.
+    var account: Int32 = -1
 }
 
 /// Slot 0 of the owner table holds the orphans: persistent locks whose owner went away.
@@ -37,6 +39,28 @@ extension LockEngine {
         owners[Int(ownerSlot(owner))].pid = pid
     }
 
+    /// Makes an owner's locks count against `account` (a small number the shell gives each user, for its
+    /// quota); the locks it holds already move to it.
+    public mutating func setAccount(_ account: Int32, of owner: OwnerID) {
+        let slot = Int(ownerSlot(owner))
+        let count = owners[slot].lockCount
+        if owners[slot].account >= 0 { accountLockCounts[Int(owners[slot].account)] -= count }
+        owners[slot].account = account
+        guard account >= 0 else { return }
+        while accountLockCounts.count <= Int(account) { accountLockCounts.append(0) }
+        accountLockCounts[Int(account)] += count
+    }
+
+    /// The locks (granted, converting or waiting) an owner holds in this engine.
+    public func lockCount(of owner: OwnerID) -> Int {
+        ownerIndex[owner].map { owners[Int($0)].lockCount } ?? 0
+    }
+
+    /// The locks of the owners of an account (`setAccount`) in this engine.
+    public func lockCount(ofAccount account: Int32) -> Int {
+        account >= 0 && Int(account) < accountLockCounts.count ? accountLockCounts[Int(account)] : 0
+    }
+
     /// The process id of a lock's owner, or of the owner an orphan had; 0 if unknown.
     func processID(of lock: Int32) -> UInt32 {
         let owner = locks[Int(lock)].owner
@@ -52,6 +76,7 @@ extension LockEngine {
         if head != none { locks[Int(head)].ownerPrev = lock }
         owners[Int(owner)].head = lock
         owners[Int(owner)].lockCount += 1
+        if owners[Int(owner)].account >= 0 { accountLockCounts[Int(owners[Int(owner)].account)] += 1 }
         if touching { touch(locks[Int(lock)].resource, lock: lock) }
     }
 
@@ -68,6 +93,7 @@ extension LockEngine {
         locks[Int(lock)].ownerPrev = none
         locks[Int(lock)].ownerNext = none
         owners[Int(owner)].lockCount -= 1
+        if owners[Int(owner)].account >= 0 { accountLockCounts[Int(owners[Int(owner)].account)] -= 1 }
         if owner != orphanOwner, owners[Int(owner)].lockCount == 0, !owners[Int(owner)].isLive,
             !owners[Int(owner)].isExiting
         {

@@ -70,6 +70,8 @@ public final class LockNode: @unchecked Sendable {
             tossDelay: UInt64(configuration.cluster?.tossDelay ?? ClusterConfig.defaultTimeouts.toss) * 1_000_000)
         service.maxConnections = configuration.maxConnections
         service.maxLockspaces = configuration.maxLockspaces
+        service.maxLocksPerConnection = configuration.maxLocksPerConnection
+        service.maxLocksPerUser = configuration.maxLocksPerUser
         return service
     }
 

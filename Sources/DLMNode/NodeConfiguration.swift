@@ -35,11 +35,16 @@ public struct NodeConfiguration: Sendable {
     /// (output that other clients' requests cause keeps coming) it is closed.
     public var maxConnections = NodeConfiguration.defaultMaxConnections
     public var maxLockspaces = NodeConfiguration.defaultMaxLockspaces
+    /// The most locks of one connection, and of one user's connections together (ServiceConfiguration).
+    public var maxLocksPerConnection = NodeConfiguration.defaultMaxLocksPerConnection
+    public var maxLocksPerUser = NodeConfiguration.defaultMaxLocksPerUser
     public var outputPauseBytes = NodeConfiguration.defaultOutputPauseBytes
     public var outputLimitBytes = NodeConfiguration.defaultOutputLimitBytes
 
     public static let defaultMaxConnections = ServiceConfiguration.defaultMaxConnections
     public static let defaultMaxLockspaces = ServiceConfiguration.defaultMaxLockspaces
+    public static let defaultMaxLocksPerConnection = ServiceConfiguration.defaultMaxLocksPerConnection
+    public static let defaultMaxLocksPerUser = ServiceConfiguration.defaultMaxLocksPerUser
     public static let defaultOutputPauseBytes = 1 << 20
     public static let defaultOutputLimitBytes = 64 << 20
     public static let defaultSocketPath = "/run/dlm/dlmd.sock"

@@ -39,6 +39,11 @@ public struct StatusReport: Codable, Sendable, Hashable {
         public var maxLockspaces: Int
         public var connectionsRefused: Int
         public var lockspacesRefused: Int
+        /// The most locks of one connection, and of one user's connections (nil from an older dlmd).
+        public var maxLocksPerConnection: Int?
+        public var maxLocksPerUser: Int?
+        /// LOCK requests refused for passing either.
+        public var locksRefused: Int?
         /// From the shell, which holds the sockets; nil in-process.
         public var outputPauseBytes: Int?
         public var outputLimitBytes: Int?
@@ -51,6 +56,9 @@ public struct StatusReport: Codable, Sendable, Hashable {
             case maxLockspaces = "max_lockspaces"
             case connectionsRefused = "connections_refused"
             case lockspacesRefused = "lockspaces_refused"
+            case maxLocksPerConnection = "max_locks_per_connection"
+            case maxLocksPerUser = "max_locks_per_user"
+            case locksRefused = "locks_refused"
             case outputPauseBytes = "output_pause_bytes"
             case outputLimitBytes = "output_limit_bytes"
             case readsPaused = "reads_paused"
@@ -59,6 +67,7 @@ public struct StatusReport: Codable, Sendable, Hashable {
 
         public init(
             maxConnections: Int, maxLockspaces: Int, connectionsRefused: Int, lockspacesRefused: Int,
+            maxLocksPerConnection: Int? = nil, maxLocksPerUser: Int? = nil, locksRefused: Int? = nil,
             outputPauseBytes: Int? = nil, outputLimitBytes: Int? = nil, readsPaused: Int? = nil,
             closedForOutput: Int? = nil
         ) {
@@ -66,6 +75,9 @@ public struct StatusReport: Codable, Sendable, Hashable {
             self.maxLockspaces = maxLockspaces
             self.connectionsRefused = connectionsRefused
             self.lockspacesRefused = lockspacesRefused
+            self.maxLocksPerConnection = maxLocksPerConnection
+            self.maxLocksPerUser = maxLocksPerUser
+            self.locksRefused = locksRefused
             self.outputPauseBytes = outputPauseBytes
             self.outputLimitBytes = outputLimitBytes
             self.readsPaused = readsPaused

@@ -99,6 +99,18 @@ struct DLMD: AsyncParsableCommand {
     var maxLockspaces: Int?
 
     @Option(
+        name: .long, help: "The most locks one connection holds; one more is refused with EAGAIN (default: 4194304).")
+    var maxLocksPerConnection: Int?
+
+    @Option(
+        name: .long,
+        help: """
+            The most locks one user's connections hold together; one more is refused with EAGAIN (default: \
+            16777216).
+            """)
+    var maxLocksPerUser: Int?
+
+    @Option(
         name: .long,
         help: "KiB of output a client has not read past which dlmd stops reading its requests (default: 1024).")
     var outputPauseKib: Int?
@@ -126,6 +138,8 @@ struct DLMD: AsyncParsableCommand {
         var busy_poll: Int?
         var max_connections: Int?
         var max_lockspaces: Int?
+        var max_locks_per_connection: Int?
+        var max_locks_per_user: Int?
         var output_pause_kib: Int?
         var output_limit_kib: Int?
         var metrics: String?
@@ -146,7 +160,7 @@ struct DLMD: AsyncParsableCommand {
             let known: Set<String> = [
                 "socket", "socket_mode", "socket_group", "listen", "data_dir", "node_id", "deadlock_wait", "log_level",
                 "durability", "map_size", "busy_poll", "metrics", "max_connections", "max_lockspaces",
-                "output_pause_kib", "output_limit_kib",
+                "max_locks_per_connection", "max_locks_per_user", "output_pause_kib", "output_limit_kib",
             ]
             for key in dlmd.keys where !known.contains(key) {
                 throw ValidationError(
@@ -239,8 +253,13 @@ struct DLMD: AsyncParsableCommand {
         let lockspaceLimit = maxLockspaces ?? file.max_lockspaces ?? NodeConfiguration.defaultMaxLockspaces
         let pauseKiB = outputPauseKib ?? file.output_pause_kib ?? NodeConfiguration.defaultOutputPauseBytes >> 10
         let limitKiB = outputLimitKib ?? file.output_limit_kib ?? NodeConfiguration.defaultOutputLimitBytes >> 10
-        guard connectionLimit >= 1, lockspaceLimit >= 1 else {
-            throw ValidationError("--max-connections and --max-lockspaces are numbers from 1")
+        let perConnection =
+            maxLocksPerConnection ?? file.max_locks_per_connection ?? NodeConfiguration.defaultMaxLocksPerConnection
+        let perUser = maxLocksPerUser ?? file.max_locks_per_user ?? NodeConfiguration.defaultMaxLocksPerUser
+        guard connectionLimit >= 1, lockspaceLimit >= 1, perConnection >= 1, perUser >= 1 else {
+            throw ValidationError(
+                "--max-connections, --max-lockspaces, --max-locks-per-connection and --max-locks-per-user are "
+                    + "numbers from 1")
         }
         guard pauseKiB >= 1, limitKiB >= pauseKiB, limitKiB <= 1 << 30 else {
             throw ValidationError("--output-pause-kib is from 1, and --output-limit-kib from it")
@@ -264,6 +283,8 @@ struct DLMD: AsyncParsableCommand {
             socketMode: socketPermissions, socketGroup: socketGroup ?? file.socket_group)
         configuration.maxConnections = connectionLimit
         configuration.maxLockspaces = lockspaceLimit
+        configuration.maxLocksPerConnection = perConnection
+        configuration.maxLocksPerUser = perUser
         configuration.outputPauseBytes = pauseKiB << 10
         configuration.outputLimitBytes = limitKiB << 10
         raiseOpenFileLimit(for: connectionLimit)

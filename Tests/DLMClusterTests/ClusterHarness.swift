@@ -61,13 +61,19 @@ struct ClusterHarness {
     let engine: EngineConfig
     /// How much of a recovery phase a node does per slice (ServiceConfiguration.recoverySlice).
     let recoverySlice: Int
+    /// `maxLocksPerConnection` and `maxLocksPerUser` of every node.
+    let lockLimits: (perConnection: Int, perUser: Int)
 
     /// `stores`: whether each node has a store whose commits replies wait for (the shell reports commits:
     /// `commit`).
     init(
         nodes count: UInt32, stores: Bool = false, tossDelay: UInt64 = 10_000_000_000, engine: EngineConfig = .init(),
-        recoverySlice: Int = 4_096
+        recoverySlice: Int = 4_096,
+        lockLimits: (perConnection: Int, perUser: Int) = (
+            ServiceConfiguration.defaultMaxLocksPerConnection, ServiceConfiguration.defaultMaxLocksPerUser
+        )
     ) {
+        self.lockLimits = lockLimits
         self.stores = stores
         self.tossDelay = tossDelay
         self.engine = engine
@@ -84,6 +90,8 @@ struct ClusterHarness {
             nodeID: node, incarnation: incarnation, engine: engine, repliesWaitForCommits: stores, hasStore: stores,
             mastersAcrossNodes: true, tossDelay: tossDelay)
         configuration.recoverySlice = recoverySlice
+        configuration.maxLocksPerConnection = lockLimits.perConnection
+        configuration.maxLocksPerUser = lockLimits.perUser
         nodes[node] = ServiceHarness(configuration: configuration)
         written[node] = nil
     }
@@ -113,9 +121,11 @@ struct ClusterHarness {
     }
 
     /// A client of `node` that has said HELLO and opened lockspace "ls" (its replies dropped).
-    mutating func client(_ node: UInt32, _ name: String) -> (node: UInt32, id: ConnectionID) {
+    mutating func client(_ node: UInt32, _ name: String, credentials: ClientCredentials? = nil) -> (
+        node: UInt32, id: ConnectionID
+    ) {
         // Not ServiceHarness.connect, which drops every frame waiting: the frames for others stay in `framesSeen`.
-        let id = nodes[node]!.service.connect()
+        let id = nodes[node]!.service.connect(credentials: credentials)
         nodes[node]!.names[id] = "\(node)\(name)"
         nodes[node]!.send(id, .hello(Hello(pid: 100, clientName: name)))
         nodes[node]!.send(id, ServiceHarness.open(1))

@@ -28,6 +28,57 @@ import Testing
         #expect(h.out() == ["b: ERROR tag 5 ENOENT"])
     }
 
+    /// `maxLocksPerConnection` and `maxLocksPerUser`: a LOCK past either is refused with EAGAIN (and counted in
+    /// the status), waiting requests and adopted orphans count, an unlock makes room, another user is not held
+    /// back, and a client without a kernel uid counts for its connection only.
+    @Test func locksPastTheConnectionOrTheUserLimitAreRefused() {
+        var configuration = ServiceConfiguration(nodeID: 1)
+        configuration.maxLocksPerConnection = 3
+        configuration.maxLocksPerUser = 4
+        var h = H(configuration: configuration)
+        let a = h.connect("a", credentials: ClientCredentials(pid: 10, uid: 1000))
+        let b = h.connect("b", credentials: ClientCredentials(pid: 11, uid: 1000))
+        let c = h.connect("c", credentials: ClientCredentials(pid: 12, uid: 1001))
+        let t = h.connect("t")
+        for client in [a, b, c, t] { h.send(client, H.open(1)) }
+        _ = h.out()
+        h.send(a, H.lock(2, "r1", .ex))
+        h.send(a, H.lock(3, "r2", .ex))
+        h.send(b, H.lock(2, "r1", .ex))  // waits: a waiting request is a lock too
+        h.send(a, H.lock(4, "r3", .ex))
+        h.send(a, H.lock(5, "r4", .ex))
+        #expect(
+            h.out() == [
+                "a: COMPLETION tag 2 lock 1 granted EX", "a: COMPLETION tag 3 lock 2 granted EX", "b: OK tag 2 lock 3",
+                "a: BAST lock 1 EX", "a: COMPLETION tag 4 lock 4 granted EX", "a: ERROR tag 5 EAGAIN",
+            ])
+        // Connection b holds one (waiting): the user's fifth is refused, another user's is not.
+        h.send(b, H.lock(3, "s1", .ex))
+        h.send(c, H.lock(2, "s1", .ex))
+        #expect(h.out() == ["b: ERROR tag 3 EAGAIN", "c: COMPLETION tag 2 lock 5 granted EX"])
+        // An unlock makes room.
+        h.send(a, H.unlock(6, 4))
+        h.send(b, H.lock(4, "s2", .ex))
+        #expect(h.out() == ["a: COMPLETION tag 6 lock 4 EUNLOCK", "b: COMPLETION tag 4 lock 4 granted EX"])
+        // A client without a kernel uid: its connection's limit only.
+        for tag in UInt32(2)...5 { h.send(t, H.lock(tag, "t\(tag)", .nl)) }
+        #expect(
+            h.out() == [
+                "t: COMPLETION tag 2 lock 6 granted NL", "t: COMPLETION tag 3 lock 7 granted NL",
+                "t: COMPLETION tag 4 lock 8 granted NL", "t: ERROR tag 5 EAGAIN",
+            ])
+        h.send(t, .query(tag: 9, kind: .status, argument: []))
+        let output = h.service.takeOutput()
+        guard case .queryReply(_, let json)? = output.frames.last?.message,
+            let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json))
+        else {
+            Issue.record("no status report: \(output.frames)")
+            return
+        }
+        #expect(report.limits?.locksRefused == 3)
+        #expect(report.limits?.maxLocksPerConnection == 3 && report.limits?.maxLocksPerUser == 4)
+    }
+
     /// With a store that makes replies wait (`batch`, `sync`): the reply of a change to persistent state, and every
     /// later frame of that connection, wait for the commit; other connections are not held up.
     /// A connection that says nothing is refused (ERROR ETIMEDOUT, tag 0) and closed once `helloTimeout` has

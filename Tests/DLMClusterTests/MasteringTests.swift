@@ -38,6 +38,37 @@ import Testing
             ])
     }
 
+    /// The lock limits count a connection's locks on resources mastered elsewhere (its process copies) too: with
+    /// at most 2 locks per connection and 3 per user, node 1's client gets EAGAIN for a third lock on node 2's
+    /// resources, and a second connection of the same user for the user's fourth; an unlock makes room.
+    @Test func lockLimitsCountLocksMasteredElsewhere() {
+        var c = ClusterHarness(nodes: 2, lockLimits: (perConnection: 2, perUser: 3))
+        let names = (0..<4).map { ClusterHarness.name(directedTo: 2, of: 2, prefix: "r\($0)-") }
+        // Node 2 masters the names: two of its clients lock them first (two each, the limit).
+        let b = c.client(2, "b")
+        let e = c.client(2, "e")
+        for (index, name) in names.enumerated() { c.send(index < 2 ? b : e, H.lock(UInt32(2 + index), name, .nl)) }
+        #expect(c.run().allSatisfy { $0.contains("granted NL") })
+        let a = c.client(1, "a", credentials: ClientCredentials(pid: 10, uid: 1000))
+        let d = c.client(1, "d", credentials: ClientCredentials(pid: 11, uid: 1000))
+        c.send(a, H.lock(2, names[0], .pr))
+        c.send(a, H.lock(3, names[1], .pr))
+        c.send(a, H.lock(4, names[2], .pr))
+        #expect(
+            Set(c.run()) == [
+                "1a: COMPLETION tag 2 lock \(Self.remote) granted PR",
+                "1a: COMPLETION tag 3 lock \(Self.remote + 1) granted PR", "1a: ERROR tag 4 EAGAIN",
+            ])
+        c.send(d, H.lock(2, names[2], .pr))
+        c.send(d, H.lock(3, names[3], .pr))
+        #expect(
+            Set(c.run()) == ["1d: COMPLETION tag 2 lock \(Self.remote + 2) granted PR", "1d: ERROR tag 3 EAGAIN"])
+        c.send(a, H.unlock(5, Self.remote))
+        _ = c.run()
+        c.send(d, H.lock(4, names[3], .pr))
+        #expect(c.run() == ["1d: COMPLETION tag 4 lock \(Self.remote) granted PR"])
+    }
+
     /// The directory assigns the first asker; after one lookup, a resource mastered here costs no message, and
     /// a resource whose directory is this node costs none at all.
     @Test func aLocallyMasteredResourceTakesNoHop() {

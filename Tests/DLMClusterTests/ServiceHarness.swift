@@ -25,8 +25,8 @@ struct ServiceHarness {
     }
 
     /// A client that has said HELLO (its reply dropped).
-    mutating func connect(_ name: String, pid: UInt32 = 100) -> ConnectionID {
-        let id = service.connect()
+    mutating func connect(_ name: String, pid: UInt32 = 100, credentials: ClientCredentials? = nil) -> ConnectionID {
+        let id = service.connect(credentials: credentials)
         names[id] = name
         send(id, .hello(Hello(pid: pid, clientName: name)))
         _ = out()

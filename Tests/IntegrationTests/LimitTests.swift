@@ -102,6 +102,33 @@ struct LimitTests {
         await observer.close()
     }
 
+    /// `--max-locks-per-connection 2 --max-locks-per-user 3`: a connection's third lock and its user's fourth are
+    /// refused with EAGAIN (the uid is the kernel's), counted in the status; an unlock makes room.
+    @Test func locksPastTheConnectionOrUserLimitAreRefused() async throws {
+        let daemon = try Daemon(arguments: ["--max-locks-per-connection", "2", "--max-locks-per-user", "3"])
+        defer { daemon.stop() }
+        let a = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let b = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let lsA = try await a.openLockspace("limits")
+        let lsB = try await b.openLockspace("limits")
+        let first = try await lsA.lock("r1", mode: .ex)
+        _ = try await lsA.lock("r2", mode: .ex)
+        let perConnection = await #expect(throws: DLMError.self) { try await lsA.lock("r3", mode: .ex) }
+        #expect(perConnection?.status == .tryAgain)
+        #expect(perConnection?.message.contains("max_locks_per_connection") == true)
+        _ = try await lsB.lock("s1", mode: .ex)
+        let perUser = await #expect(throws: DLMError.self) { try await lsB.lock("s2", mode: .ex) }
+        #expect(perUser?.status == .tryAgain)
+        #expect(perUser?.message.contains("max_locks_per_user") == true)
+        try await first.unlock()
+        _ = try await lsB.lock("s2", mode: .ex)
+        let report = try await Self.status(a)
+        #expect(report.limits?.locksRefused == 2)
+        #expect(report.limits?.maxLocksPerConnection == 2 && report.limits?.maxLocksPerUser == 3)
+        await a.close()
+        await b.close()
+    }
+
     /// `--max-connections 2`: a third client is refused (EAGAIN), and served once another has gone; a C client
     /// past the limit gets EAGAIN from the library.
     @Test func connectionsPastTheMaximumAreRefused() async throws {

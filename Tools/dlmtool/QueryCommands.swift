@@ -78,8 +78,9 @@ struct Status: AsyncParsableCommand {
 }
 
 extension Status {
-    /// `limits  10000 connections (2 refused), 4096 lockspaces (0 refused)` and `output limits  pause reading at
-    /// 1024 KiB unread, close at 65536 KiB; 0 paused now, 0 closed`.
+    /// `limits  10000 connections (2 refused), 4096 lockspaces (0 refused)`, `lock limits  4194304 per
+    /// connection, 16777216 per user (0 refused)` and `output limits  pause reading at 1024 KiB unread, close at
+    /// 65536 KiB; 0 paused now, 0 closed`.
     static func limitRows(_ report: StatusReport) -> [[String]] {
         guard let limits = report.limits else { return [] }
         var rows = [
@@ -89,6 +90,12 @@ extension Status {
                     + "\(limits.maxLockspaces) lockspaces (\(limits.lockspacesRefused) refused)",
             ]
         ]
+        if let perConnection = limits.maxLocksPerConnection, let perUser = limits.maxLocksPerUser {
+            rows.append([
+                "lock limits",
+                "\(perConnection) per connection, \(perUser) per user (\(limits.locksRefused ?? 0) refused)",
+            ])
+        }
         if let pause = limits.outputPauseBytes, let limit = limits.outputLimitBytes {
             rows.append([
                 "output limits",
