@@ -138,9 +138,10 @@ public final class GroupNode: @unchecked Sendable {
             }
             let codec = PeerFrameCodec(
                 key: key, clusterName: config.name, localNode: nodeID, knownNodes: Set(config.nodes.map(\.id)))
-            let transport = PeerTransport(eventLoop: eventLoop, codec: codec, config: config, logger: logger) {
-                [weak self] envelope in self?.received(envelope)
-            }
+            let transport = PeerTransport(
+                eventLoop: eventLoop, codec: codec, config: config, logger: logger,
+                local: Member(node: nodeID, incarnation: incarnation)
+            ) { [weak self] envelope in self?.received(envelope) }
             transport.onRejected = onFrameRejected
             transport.onReady = { [weak self] node in self?.lockTrafficConnectionReady(node) }
             self.transport = transport
@@ -256,6 +257,8 @@ public final class GroupNode: @unchecked Sendable {
             apply(.received(message, from: sender))
         case .lockTraffic(let frame):
             receivedLockTraffic(frame, from: sender)
+        case .opening:
+            break
         }
     }
 

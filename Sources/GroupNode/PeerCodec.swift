@@ -30,8 +30,8 @@ public struct PeerDecodingError: Error, CustomStringConvertible, Hashable, Senda
 ///
 /// A frame's body (`PeerBody`) is a kind byte, then: 1, the message as above; 2, lock traffic (`LockTrafficFrame`):
 /// receiverIncarnation (at least 1), first, acknowledged, a count, then that many payloads (byte strings); `first`
-/// is at least 1 when there are payloads, and the last payload's number, `first + count - 1`, fits in 64 bits.
-/// Nothing may follow the body.
+/// is at least 1 when there are payloads, and the last payload's number, `first + count - 1`, fits in 64 bits; 3, the
+/// opening of a connection, a zero byte. Nothing may follow the body.
 public enum PeerCodec {
     public static func encode(_ message: GroupMessage) -> [UInt8] {
         var writer = ByteWriter()
@@ -46,7 +46,7 @@ public enum PeerCodec {
         bytes = writer.bytes
     }
 
-    /// A frame's body: a kind byte, then the message or the lock traffic.
+    /// A frame's body: a kind byte, then the message, the lock traffic, or the opening's zero byte.
     public static func encode(_ body: PeerBody, into bytes: inout [UInt8]) {
         var writer = ByteWriter(bytes: bytes)
         bytes = []
@@ -182,6 +182,9 @@ struct ByteWriter {
             varint(frame.acknowledged)
             varint(UInt64(frame.payloads.count))
             for payload in frame.payloads { data(payload) }
+        case .opening:
+            byte(3)
+            byte(0)
         }
     }
 
@@ -377,6 +380,9 @@ struct ByteReader {
         switch try byte() {
         case 1:
             return .group(try message())
+        case 3:
+            guard try byte() == 0 else { throw PeerDecodingError("an opening frame with content") }
+            return .opening
         case 2:
             let receiverIncarnation = try varint()
             guard receiverIncarnation > 0 else { throw PeerDecodingError("lock traffic for incarnation 0") }

@@ -6,7 +6,7 @@ import GroupServices
 /// ```
 /// length   u32   the bytes after this field (at most PeerEnvelope.maximumLength)
 /// magic    4     "DLMG"
-/// version  u8    4
+/// version  u8    5
 /// cluster  8     the first 8 bytes of SHA-256(cluster name)
 /// sender   u32   node id
 ///          u64   incarnation
@@ -17,14 +17,18 @@ import GroupServices
 ///                  2  lock traffic (LockTrafficFrame): the destination's incarnation the stream is with, the
 ///                     sequence number of the first payload, the cumulative acknowledgement of the stream the other
 ///                     way, a count, then the payloads, each a length and its bytes
+///                  3  the opening of a connection: a zero byte. The first frame a sender writes on each
+///                     connection, so that the receiver, which takes at most `maximumFirstLength` bytes for a
+///                     frame until one has authenticated the connection, never buffers more for a stranger
 /// hmac     32    HMAC-SHA256 with the cluster key over the connection's challenge, then magic ... body
 /// ```
 ///
 /// The challenge is 16 random bytes that the receiving end of a connection sends first, in a challenge frame
-/// (`length` u32 = 29, "DLMC", version u8 4, cluster 8, challenge 16); the sender seals every frame of that
+/// (`length` u32 = 29, "DLMC", version u8 5, cluster 8, challenge 16); the sender seals every frame of that
 /// connection with it. A frame recorded on one connection therefore fails its HMAC on any other, also after the
 /// receiver restarts; within a connection, the counter refuses it (`PeerReplayGuard`). Both kinds of body are
-/// sealed, checked and guarded against replays alike. (Version 3 had no kind byte: its body was the GroupMessage.)
+/// sealed, checked and guarded against replays alike. (Version 3 had no kind byte: its body was the GroupMessage;
+/// version 4 had no opening frame.)
 public struct PeerEnvelope: Hashable, Sendable {
     public var sender: Member
     /// The sender's frame counter: it seals its frames (to every destination, over every connection) with 1, 2, 3,
@@ -54,13 +58,16 @@ public struct PeerEnvelope: Hashable, Sendable {
 
     public static let magic: [UInt8] = Array("DLMG".utf8)
     public static let challengeMagic: [UInt8] = Array("DLMC".utf8)
-    public static let version: UInt8 = 4
+    public static let version: UInt8 = 5
     /// The random bytes a receiver challenges a connection with.
     public static let challengeLength = 16
     /// A challenge frame after its length field: magic, version, cluster, challenge.
     public static let challengeFrameLength = 4 + 1 + 8 + challengeLength
     /// The largest frame accepted (after the length field): 16 MiB.
     public static let maximumLength = 16 << 20
+    /// The largest frame accepted on an inbound connection before a frame has authenticated it: the opening frame
+    /// takes `minimumLength`. A stranger cannot make a node buffer more than this per connection.
+    public static let maximumFirstLength = 256
     static let headerLength = 4 + 1 + 8 + 4 + 8 + 8 + 4
     static let macLength = 32
     /// The shortest frame after the length field: a header, a two-byte body (a kind, a message tag) and the MAC.
@@ -75,6 +82,9 @@ public enum PeerBody: Hashable, Sendable {
     case group(GroupMessage)
     /// Kind 2: payloads of the reliable point-to-point channel (`GroupNode.sendLockTraffic`).
     case lockTraffic(LockTrafficFrame)
+    /// Kind 3: the first frame on every connection, small (see `PeerEnvelope.maximumFirstLength`). It carries
+    /// nothing.
+    case opening
 }
 
 /// A frame of lock traffic (docs/GROUPS.md, "Lock traffic"): from the sender's life (the envelope's sender and
@@ -109,6 +119,8 @@ public struct LockTrafficFrame: Hashable, Sendable {
 /// Why a frame was refused.
 public enum PeerFrameError: Error, Hashable, Sendable, CustomStringConvertible {
     case oversized(Int)
+    /// Longer than `PeerEnvelope.maximumFirstLength` before a frame authenticated the connection.
+    case oversizedFirst(Int)
     case tooShort(Int)
     case badMagic
     case badVersion(UInt8)
@@ -124,6 +136,8 @@ public enum PeerFrameError: Error, Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .oversized(let length): "a frame of \(length) bytes (at most \(PeerEnvelope.maximumLength))"
+        case .oversizedFirst(let length):
+            "a first frame of \(length) bytes (at most \(PeerEnvelope.maximumFirstLength) before one authenticated)"
         case .tooShort(let length): "a frame of \(length) bytes is too short"
         case .badMagic: "not a peer frame (bad magic)"
         case .badVersion(let version): "peer protocol version \(version) (this node speaks \(PeerEnvelope.version))"
@@ -141,7 +155,7 @@ public enum PeerFrameError: Error, Hashable, Sendable, CustomStringConvertible {
     /// A short name per kind, for rate-limited logging.
     var kind: String {
         switch self {
-        case .oversized: "oversized"
+        case .oversized, .oversizedFirst: "oversized"
         case .tooShort: "too short"
         case .badMagic: "bad magic"
         case .badVersion: "bad version"

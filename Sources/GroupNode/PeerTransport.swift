@@ -25,6 +25,8 @@ final class PeerTransport: @unchecked Sendable {
     let logger: Logger
     let onEnvelope: (PeerEnvelope) -> Void
     let rejections: RateLimitedLog
+    /// This node's life: the sender of the opening frames.
+    let local: Member
 
     /// Outbound channels become unwritable past this many pending bytes; group messages to them are then dropped.
     static let highWaterMark = 4 << 20
@@ -81,9 +83,10 @@ final class PeerTransport: @unchecked Sendable {
     var connectionsReady: UInt64 = 0
 
     init(
-        eventLoop: EventLoop, codec: PeerFrameCodec, config: ClusterConfig, logger: Logger,
+        eventLoop: EventLoop, codec: PeerFrameCodec, config: ClusterConfig, logger: Logger, local: Member,
         onEnvelope: @escaping (PeerEnvelope) -> Void
     ) {
+        self.local = local
         self.eventLoop = eventLoop
         self.codec = codec
         self.config = config
@@ -143,19 +146,30 @@ final class PeerTransport: @unchecked Sendable {
     func send(_ message: GroupMessage, from sender: Member, to node: NodeID) {
         eventLoop.assertInEventLoop()
         guard !stopped, node != codec.localNode, let address = config.node(node) else { return }
-        framesSealed += 1
-        let frame = codec.unsigned(
-            PeerEnvelope(sender: sender, counter: framesSealed, destination: node, body: .group(message)))
         var peer = outbound[node] ?? Outbound()
         if let channel = peer.channel, let challenge = peer.challenge {
+            framesSealed += 1
             if channel.isWritable {
-                channel.write(channel.allocator.buffer(bytes: codec.sign(frame, challenge: challenge)), promise: nil)
+                let envelope = PeerEnvelope(
+                    sender: sender, counter: framesSealed, destination: node, body: .group(message))
+                channel.write(channel.allocator.buffer(bytes: codec.seal(envelope, challenge: challenge)), promise: nil)
                 toFlush.insert(node)
             } else {
                 framesDropped += 1
             }
             return
         }
+        if peer.queued.isEmpty {
+            // What waits for the connection starts with its opening frame (numbered before what follows it).
+            framesSealed += 1
+            let opening = codec.unsigned(
+                PeerEnvelope(sender: local, counter: framesSealed, destination: node, body: .opening))
+            peer.queued.append(opening)
+            peer.queuedBytes += opening.count
+        }
+        framesSealed += 1
+        let frame = codec.unsigned(
+            PeerEnvelope(sender: sender, counter: framesSealed, destination: node, body: .group(message)))
         if peer.queuedBytes + frame.count <= Self.connectingQueueLimit {
             peer.queued.append(frame)
             peer.queuedBytes += frame.count
@@ -298,10 +312,19 @@ final class PeerTransport: @unchecked Sendable {
         peer.connection = connectionsReady
         let queued = peer.queued
         peer.queued = []
+        // The opening frame first (the queue starts with one): the receiver takes nothing larger until a frame has
+        // authenticated the connection.
+        if queued.isEmpty {
+            framesSealed += 1
+            let opening = codec.seal(
+                PeerEnvelope(sender: local, counter: framesSealed, destination: node, body: .opening),
+                challenge: challenge)
+            channel.write(channel.allocator.buffer(bytes: opening), promise: nil)
+        }
         for frame in queued {
             channel.write(channel.allocator.buffer(bytes: codec.sign(frame, challenge: challenge)), promise: nil)
         }
-        if !queued.isEmpty { channel.flush() }
+        channel.flush()
         peer.queuedBytes = 0
         outbound[node] = peer
         onReady?(node)
@@ -312,8 +335,9 @@ final class PeerTransport: @unchecked Sendable {
         guard var peer = outbound[node], peer.channel === channel else { return }
         logger.debug("the connection to node \(node) closed")
         if peer.challenge == nil {
-            // Closed before the challenge came: like a failed connection, what waited for it is dropped.
-            framesDropped += peer.queued.count
+            // Closed before the challenge came: like a failed connection, what waited for it is dropped (the
+            // opening frame that starts the queue is not counted).
+            framesDropped += max(0, peer.queued.count - 1)
             peer.queued = []
             peer.queuedBytes = 0
             peer.nextAttempt = .now() + peer.backoff
@@ -443,6 +467,10 @@ final class PeerInboundHandler: ChannelInboundHandler {
         while !failed, let length = buffer!.getInteger(at: buffer!.readerIndex, as: UInt32.self) {
             guard Int(length) <= PeerEnvelope.maximumLength else {
                 fail(.oversized(Int(length)), context: context)
+                return
+            }
+            guard authenticated || Int(length) <= PeerEnvelope.maximumFirstLength else {
+                fail(.oversizedFirst(Int(length)), context: context)
                 return
             }
             guard buffer!.readableBytes >= 4 + Int(length) else { break }

@@ -411,6 +411,31 @@ func fencedOnly(_ node: Int, _ log: String?, excluding: Set<Substring> = []) -> 
         try await cluster.shutdown()
     }
 
+    /// Until a frame has authenticated a connection, a node takes no frame longer than 256 bytes: a stranger that
+    /// announces a longer one is refused as soon as the length field comes, and its connection closed. After an
+    /// authenticated frame, a frame of that length is read as any other (this one is not a frame: bad magic).
+    @Test(.timeLimit(.minutes(1))) func aLongFirstFrameIsRefusedBeforeAuthentication() async throws {
+        let cluster = try TestCluster()
+        try await cluster.start(1)
+        let node2 = Impersonator(cluster, as: 2)
+        let (stranger, _) = try await node2.connect(to: 1)
+        var header = ByteBuffer()
+        header.writeInteger(UInt32(300))
+        try await stranger.writeAndFlush(header).get()
+        try await cluster.rejected[1]!.wait("the long first frame refused") { $0.count == 1 }
+        #expect(cluster.rejected[1]!.events == [.oversizedFirst(300)])
+        try await stranger.closeFuture.get()
+        let (member, challenge) = try await node2.connect(to: 1)
+        var frames = ByteBuffer(bytes: node2.frame(incarnation: 1, counter: 1, challenge: challenge))
+        frames.writeInteger(UInt32(300))
+        frames.writeBytes([UInt8](repeating: 0, count: 300))
+        try await member.writeAndFlush(frames).get()
+        try await cluster.rejected[1]!.wait("the second frame refused") { $0.count == 2 }
+        #expect(cluster.rejected[1]!.events.last == .badMagic)
+        try await member.closeFuture.get()
+        try await cluster.shutdown()
+    }
+
     @Test func aFailedPersistStopsTheNode() async throws {
         struct DiskFull: Error {}
         let cluster = try TestCluster()

@@ -65,6 +65,9 @@ func hexBytes(_ string: String) -> [UInt8] {
         let message = GroupMessage.installed(ViewID(number: 7, coordinator: 1))
         #expect(PeerCodec.encode(PeerBody.group(message)) == [1] + PeerCodec.encode(message))
         #expect(try PeerCodec.decodeBody([1] + PeerCodec.encode(message)) == .group(message))
+        // The opening of a connection: kind 3 and a zero byte.
+        #expect(PeerCodec.encode(PeerBody.opening) == [3, 0])
+        #expect(try PeerCodec.decodeBody([3, 0]) == .opening)
     }
 
     @Test func aKnownLockTrafficFrame() throws {
@@ -80,11 +83,11 @@ func hexBytes(_ string: String) -> [UInt8] {
                     receiverIncarnation: 3, first: 300, acknowledged: 5, payloads: [Array("lock".utf8), [], [0xff]])))
         let sender = PeerFrameCodec(key: key, clusterName: "demo", localNode: 1, knownNodes: [1, 2])
         let expected = hexBytes(
-            "00000053" + "444c4d47" + "04" + "2a97516c354b6884"  // length, magic, version, cluster
+            "00000053" + "444c4d47" + "05" + "2a97516c354b6884"  // length, magic, version, cluster
                 + "00000001" + "0000000000000002" + "0000000000000004" + "00000002"  // sender, counter, destination
                 + "02" + "03" + "ac02" + "05" + "03"  // kind, receiver incarnation, first, acknowledged, count
                 + "04" + "6c6f636b" + "00" + "01ff"  // the payloads
-                + "61b5a704b01360c7af8956da3c46af856cd97acf3ef63fa59dc10b4d0e71f4a1")  // HMAC
+                + "5441b2cf776e350345286590b8c278101e779d662dd49172724d470e89d028c8")  // HMAC
         #expect(sender.seal(envelope, challenge: challenge) == expected)
         let receiver = PeerFrameCodec(key: key, clusterName: "demo", localNode: 2, knownNodes: [1, 2])
         #expect(try receiver.open(frame: expected, challenge: challenge) == envelope)
@@ -92,7 +95,8 @@ func hexBytes(_ string: String) -> [UInt8] {
 
     @Test func malformedLockTrafficIsRefused() {
         let cases: [[UInt8]] = [
-            [], [0], [3], [0xff],  // no body, unknown kinds
+            [], [0], [4], [0xff],  // no body, unknown kinds
+            [3], [3, 1],  // an opening without its zero byte, or with content
             [1], [1, 10],  // a group body without a message, or with an unknown one
             [2], [2, 1, 1],  // truncated
             [2, 0, 1, 0, 0],  // for incarnation 0
