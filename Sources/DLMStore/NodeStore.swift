@@ -38,9 +38,9 @@ public final class NodeStore: @unchecked Sendable {
     public let nodeID: UInt32
     /// The store's limit (`--map-size`): once its data reaches it, the node refuses new persistent locks and
     /// lockspaces (ENOSPC, the store alarm) until unlocks bring it back below. LMDB's map is larger by
-    /// `headroom(limit:)`, room for what was promised before the alarm: the commits already queued, the
-    /// replicas other nodes send, the replay of the write-ahead log at the next start. So a full store neither
-    /// stops dlmd nor keeps it from starting again.
+    /// `headroom(limit:)`, room for what was promised before the alarm: the commits already queued and the
+    /// requests granted while it was being raised, the replay of the write-ahead log and the rewrite of the
+    /// restored resources at the next start. So a full store neither stops dlmd nor keeps it from starting again.
     public let limit: Int
     let meta: Database
     let lockspaces: Database
