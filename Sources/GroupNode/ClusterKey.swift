@@ -39,10 +39,7 @@ public struct ClusterKey: Sendable {
     }
 
     public static func generate() -> ClusterKey {
-        // (The system's generator: getrandom(2), a cryptographically secure source.)
-        var random = SystemRandomNumberGenerator()
-        let bytes = (0..<generatedLength).map { _ in UInt8.random(in: .min ... .max, using: &random) }
-        return try! ClusterKey(bytes: bytes)
+        try! ClusterKey(bytes: secureRandomBytes(generatedLength))
     }
 
     /// Creates `path` with mode 0400 and writes the key; fails if the file exists.

@@ -59,3 +59,9 @@ private func contiguous<C: Collection<UInt8>, R>(_ data: C, _ body: (UnsafeBuffe
     if let result = data.withContiguousStorageIfAvailable(body) { return result }
     return Array(data).withUnsafeBufferPointer(body)
 }
+
+/// `count` bytes from the system's secure generator (getrandom(2)): cluster keys and connection challenges.
+func secureRandomBytes(_ count: Int) -> [UInt8] {
+    var generator = SystemRandomNumberGenerator()
+    return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+}

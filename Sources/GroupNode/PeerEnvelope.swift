@@ -249,10 +249,7 @@ public struct PeerFrameCodec: Sendable {
     }
 
     /// A random challenge.
-    public static func makeChallenge() -> [UInt8] {
-        var generator = SystemRandomNumberGenerator()
-        return (0..<PeerEnvelope.challengeLength).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
-    }
+    public static func makeChallenge() -> [UInt8] { secureRandomBytes(PeerEnvelope.challengeLength) }
 
     /// Opens a frame without its length field, of a connection with `challenge`; checks, in order: length, magic,
     /// version, cluster, HMAC, sender, destination, body. Pure: whether the frame is a replay is
