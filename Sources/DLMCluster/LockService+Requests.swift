@@ -30,6 +30,7 @@ extension LockService {
             queues[Int(id.slot)].name = hello.clientName
             clients[Int(id.slot)].state = .ready
             run(.setProcessID(clients[Int(id.slot)].pid, owner: owner(id)), reply: nil)
+            clients[Int(id.slot)].engineSlot = engine.ownerSlotNumber(of: owner(id))
             if let uid = clients[Int(id.slot)].credentials?.uid {
                 let account = accounts[uid] ?? Int32(accounts.count)
                 accounts[uid] = account
@@ -167,8 +168,11 @@ extension LockService {
     /// Why a new lock of this connection would pass a limit (`maxLocksPerConnection`, `maxLocksPerUser`), if it
     /// would. Its locks are those of its owner in this node's engine and its process copies (locks on resources
     /// mastered elsewhere); a lock that recovery rebuilt here for one of its copies counts twice.
-    func lockLimitRefusal(_ id: ConnectionID, owner: OwnerID) -> String? {
-        let held = engine.lockCount(of: owner) + mastering.copies.count(of: id.owner)
+    mutating func lockLimitRefusal(_ id: ConnectionID, owner: OwnerID) -> String? {
+        // On the path of every LOCK: no lookup unless the connection may have copies.
+        let slot = clients[Int(id.slot)].engineSlot
+        var held = slot >= 0 ? engine.lockCount(ofOwnerSlot: slot) : engine.lockCount(of: owner)
+        if !mastering.copies.byOwner.isEmpty { held += mastering.copies.count(of: id.owner) }
         if held >= configuration.maxLocksPerConnection {
             return "this connection holds \(held) locks, the most it may (max_locks_per_connection)"
         }

@@ -498,6 +498,8 @@ struct Client {
     var credentials: ClientCredentials?
     /// The account of its user (`LockService.accounts`), or -1 (no kernel uid).
     var account: Int32 = -1
+    /// Its owner's slot in the engine (`LockEngine.ownerSlotNumber`), from its HELLO on; -1 before.
+    var engineSlot: Int32 = -1
     /// The generation the last of its held frames waits for; 0 when none wait.
     var lastHeldGeneration: UInt64 = 0
     /// Close once no frame waits.

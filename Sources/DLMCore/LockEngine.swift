@@ -21,11 +21,11 @@ public struct LockEngine {
     var resources: ContiguousArray<ResourceRecord> = []
     var freeResources: [Int32] = []
     var resourceIndex = ResourceIndex()
-    var owners: [OwnerRecord] = [OwnerRecord(id: OwnerID(UInt64.max))]
+    @usableFromInline var owners: [OwnerRecord] = [OwnerRecord(id: OwnerID(UInt64.max))]
     var ownerIndex: [OwnerID: Int32] = [:]
     var freeOwners: [Int32] = []
     /// The locks of each account's owners (Owners.swift, `setAccount`).
-    var accountLockCounts: [Int] = []
+    @usableFromInline var accountLockCounts: [Int] = []
     /// The process id each orphan's owner had (`setProcessID`), by lock slot, 0 if unknown (and for a lock that is
     /// not an orphan): an array beside the lock slab, one entry per slot. Kept apart from `LockRecord`, which it
     /// would grow by 8 bytes with padding; a dictionary grew (and rehashed a million entries in one go) when an
