@@ -169,7 +169,8 @@ extension LockService {
     /// would. Its locks are those of its owner in this node's engine and its process copies (locks on resources
     /// mastered elsewhere); a lock that recovery rebuilt here for one of its copies counts twice.
     mutating func lockLimitRefusal(_ id: ConnectionID, owner: OwnerID) -> String? {
-        // On the path of every LOCK: no lookup unless the connection may have copies.
+        // On the path of every LOCK: no lookup unless the connection may have copies, and no copy of the engine
+        // (its counts are read inline; `mutating` passes the service by reference too).
         let slot = clients[Int(id.slot)].engineSlot
         var held = slot >= 0 ? engine.lockCount(ofOwnerSlot: slot) : engine.lockCount(of: owner)
         if !mastering.copies.byOwner.isEmpty { held += mastering.copies.count(of: id.owner) }
