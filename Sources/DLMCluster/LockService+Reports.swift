@@ -3,19 +3,21 @@ import DLMWire
 import Foundation
 
 /// What only the shell knows, for a QUERY's report: the process, its sockets, the store's file, the cluster's
-/// view as group services see it, the event loop's polling.
-public struct ReportEnvironment: Sendable {
-    public var pid: Int32 = 0
-    public var uptimeSeconds: Double = 0
-    public var socket: String?
-    public var listen: String?
-    public var dataDirectory: String?
-    public var store: StatusReport.Store?
+/// view as group services see it, the event loop's polling. A class: it rides in every input and held request,
+/// and as a struct (over 300 bytes) it was copied with each of them (`memmove` was about 5 % of a pipelined dlmd's
+/// time in `LockService.handle`).
+public final class ReportEnvironment: Sendable {
+    public let pid: Int32
+    public let uptimeSeconds: Double
+    public let socket: String?
+    public let listen: String?
+    public let dataDirectory: String?
+    public let store: StatusReport.Store?
     /// For a cluster member: the view, what a view change waits for, and the cluster's nodes.
-    public var cluster: (view: StatusReport.View?, waitingFor: [String], cluster: StatusReport.Cluster)?
-    public var busyPoll: StatusReport.BusyPollStatus?
+    public let cluster: (view: StatusReport.View?, waitingFor: [String], cluster: StatusReport.Cluster)?
+    public let busyPoll: StatusReport.BusyPollStatus?
     /// The output limits of client connections, and how many are paused or were closed for them.
-    public var output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)?
+    public let output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)?
 
     public init(
         pid: Int32 = 0, uptimeSeconds: Double = 0, socket: String? = nil, listen: String? = nil,
