@@ -313,8 +313,8 @@ public final class NodeStore: @unchecked Sendable {
     /// The bytes the data takes: LMDB's pages up to the last one written, less those on its free list.
     public func dataBytes() throws -> Int { try NodeStore.dataBytes(environment) }
 
-    static func dataBytes(_ environment: LMDBEnvironment) throws -> Int {
-        let info = environment.info()
+    static func dataBytes(_ environment: LMDBEnvironment, info: LMDBEnvironment.Info? = nil) throws -> Int {
+        let info = info ?? environment.info()
         return info.usedBytes - (try environment.freePages()) * info.pageSize
     }
 
@@ -323,8 +323,9 @@ public final class NodeStore: @unchecked Sendable {
     /// read only once the file has reached it.
     public func isFull(wasFull: Bool) throws -> Bool {
         let mark = wasFull ? limit - limit / 16 : limit
-        guard environment.info().usedBytes >= mark else { return false }
-        return try dataBytes() >= mark
+        let info = environment.info()
+        guard info.usedBytes >= mark else { return false }
+        return try NodeStore.dataBytes(environment, info: info) >= mark
     }
 
     // MARK: Operators

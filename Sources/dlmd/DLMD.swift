@@ -79,7 +79,12 @@ struct DLMD: AsyncParsableCommand {
             """)
     var durability: String?
 
-    @Option(name: .long, help: "The most MiB the store may grow to (default: 1024).")
+    @Option(
+        name: .long,
+        help: """
+            The store's limit in MiB: at it, new persistent locks and lockspaces are refused with ENOSPC \
+            (default: 1024).
+            """)
     var mapSize: Int?
 
     @Option(

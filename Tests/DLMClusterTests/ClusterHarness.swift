@@ -61,17 +61,15 @@ struct ClusterHarness {
     let engine: EngineConfig
     /// How much of a recovery phase a node does per slice (ServiceConfiguration.recoverySlice).
     let recoverySlice: Int
-    /// `maxLocksPerConnection` and `maxLocksPerUser` of every node.
-    let lockLimits: (perConnection: Int, perUser: Int)
+    /// `maxLocksPerConnection` and `maxLocksPerUser` of every node; nil: the defaults.
+    let lockLimits: (perConnection: Int, perUser: Int)?
 
     /// `stores`: whether each node has a store whose commits replies wait for (the shell reports commits:
     /// `commit`).
     init(
         nodes count: UInt32, stores: Bool = false, tossDelay: UInt64 = 10_000_000_000, engine: EngineConfig = .init(),
         recoverySlice: Int = 4_096,
-        lockLimits: (perConnection: Int, perUser: Int) = (
-            ServiceConfiguration.defaultMaxLocksPerConnection, ServiceConfiguration.defaultMaxLocksPerUser
-        )
+        lockLimits: (perConnection: Int, perUser: Int)? = nil
     ) {
         self.lockLimits = lockLimits
         self.stores = stores
@@ -90,8 +88,10 @@ struct ClusterHarness {
             nodeID: node, incarnation: incarnation, engine: engine, repliesWaitForCommits: stores, hasStore: stores,
             mastersAcrossNodes: true, tossDelay: tossDelay)
         configuration.recoverySlice = recoverySlice
-        configuration.maxLocksPerConnection = lockLimits.perConnection
-        configuration.maxLocksPerUser = lockLimits.perUser
+        if let lockLimits {
+            configuration.maxLocksPerConnection = lockLimits.perConnection
+            configuration.maxLocksPerUser = lockLimits.perUser
+        }
         nodes[node] = ServiceHarness(configuration: configuration)
         written[node] = nil
     }
