@@ -1238,7 +1238,8 @@ static int check_ls_name(const char *name)
 }
 
 /* Opens (creating it if `create`) the lockspace `name` on a connection of its own. */
-static struct dlm_ls *ls_open(const char *name, bool create, bool exclusive)
+/* Opens a lockspace, creating it (with permission bits `mode`, for this process's uid and gid) if `create`. */
+static struct dlm_ls *ls_open(const char *name, bool create, bool exclusive, mode_t mode)
 {
 	struct dlm_ls *ls;
 	struct dlmw_msg m;
@@ -1256,6 +1257,7 @@ static struct dlm_ls *ls_open(const char *name, bool create, bool exclusive)
 	m.type = DLMW_LOCKSPACE_OPEN;
 	m.u.ls_open.flags = create ? 1 : 0;
 	m.u.ls_open.lvb_length = 0;
+	m.u.ls_open.mode = (uint16_t)(mode & 0777);
 	m.u.ls_open.name = (const uint8_t *)name;
 	m.u.ls_open.name_len = (uint8_t)strlen(name);
 	err = submit_wait(ls, &m, &w);
@@ -1676,7 +1678,7 @@ static struct dlm_ls *open_default(void)
 	struct dlm_ls *ls;
 	pthread_mutex_lock(&default_mu);
 	if (!default_ls)
-		default_ls = ls_open(DEFAULT_LOCKSPACE, true, false);
+		default_ls = ls_open(DEFAULT_LOCKSPACE, true, false, 0600);
 	ls = default_ls;
 	pthread_mutex_unlock(&default_mu);
 	return ls;
@@ -1948,19 +1950,17 @@ int dlm_dispatch(int fd)
 
 dlm_lshandle_t dlm_create_lockspace(const char *name, mode_t mode)
 {
-	(void)mode;
-	return ls_open(name, true, false);
+	return ls_open(name, true, false, mode);
 }
 
 dlm_lshandle_t dlm_new_lockspace(const char *name, mode_t mode, uint32_t flags)
 {
-	(void)mode;
-	return ls_open(name, true, (flags & DLM_LSFL_NEWEXCL) != 0);
+	return ls_open(name, true, (flags & DLM_LSFL_NEWEXCL) != 0, mode);
 }
 
 dlm_lshandle_t dlm_open_lockspace(const char *name)
 {
-	return ls_open(name, false, false);
+	return ls_open(name, false, false, 0);
 }
 
 int dlm_close_lockspace(dlm_lshandle_t lockspace)

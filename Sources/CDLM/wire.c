@@ -148,6 +148,9 @@ static void decode_client(uint8_t type, struct rd *r, struct dlmw_msg *m)
 		if (m->u.ls_open.flags & ~1u)
 			r->bad = 1;
 		m->u.ls_open.lvb_length = rd_u8(r);
+		m->u.ls_open.mode = rd_u16(r);
+		if (m->u.ls_open.mode & ~0777u)
+			r->bad = 1;
 		m->u.ls_open.name = rd_bytes8(r, &m->u.ls_open.name_len, 1, DLMW_MAX_NAME);
 		break;
 	case DLMW_LOCKSPACE_RELEASE:
@@ -363,6 +366,7 @@ static void encode_body(const struct dlmw_msg *m, struct wr *w)
 		wr_u32(w, m->tag);
 		wr_u8(w, m->u.ls_open.flags);
 		wr_u8(w, m->u.ls_open.lvb_length);
+		wr_u16(w, m->u.ls_open.mode);
 		wr_bytes8(w, m->u.ls_open.name, m->u.ls_open.name_len);
 		break;
 	case DLMW_LOCKSPACE_RELEASE:

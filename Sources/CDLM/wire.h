@@ -39,7 +39,7 @@ enum {
 enum dlmw_direction { DLMW_FROM_CLIENT = 0, DLMW_FROM_SERVER = 1 };
 
 #define DLMW_MAGIC 0x444C4D50u /* "DLMP" */
-#define DLMW_VERSION 1
+#define DLMW_VERSION 2
 #define DLMW_MAX_CLIENT_FRAME 1024u
 #define DLMW_MAX_SERVER_FRAME (16u * 1024u * 1024u)
 #define DLMW_MAX_NAME 64
@@ -78,6 +78,7 @@ struct dlmw_msg {
 		struct {
 			uint8_t flags; /* bit 0: create */
 			uint8_t lvb_length;
+			uint16_t mode; /* permission bits if it creates the lockspace */
 			const uint8_t *name;
 			uint8_t name_len;
 		} ls_open;

@@ -252,8 +252,8 @@ extension ClientMessage {
             return .ping(tag: tag)
         case .bye:
             return .bye(tag: tag)
-        case .openLockspace(_, let name, let length, let create):
-            return .openLockspace(tag: tag, name: name, valueBlockLength: length, create: create)
+        case .openLockspace(_, let name, let length, let create, let mode):
+            return .openLockspace(tag: tag, name: name, valueBlockLength: length, create: create, mode: mode)
         case .releaseLockspace(_, let lockspace, let force):
             return .releaseLockspace(tag: tag, lockspace: lockspace, force: force)
         case .purge(_, let lockspace, let nodeID, let pid):

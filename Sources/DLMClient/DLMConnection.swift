@@ -163,16 +163,22 @@ public final class DLMConnection: Sendable {
         _ = try await request(.ping(tag: 0))
     }
 
-    /// Opens a lockspace, creating it (with `valueBlockLength`, default 32) unless `create` is false.
-    public func openLockspace(_ name: String, create: Bool = true, valueBlockLength: Int? = nil) async throws
-        -> DLMLockspace
-    {
-        try await openLockspace(Array(name.utf8), create: create, valueBlockLength: valueBlockLength)
+    /// Opens a lockspace, creating it (with `valueBlockLength`, default 32) unless `create` is false. A lockspace
+    /// this call creates gets `mode` (permission bits, default 0600: this user only) and this process's uid and
+    /// gid; opening one needs read and write permission on it (EACCES otherwise).
+    public func openLockspace(
+        _ name: String, create: Bool = true, valueBlockLength: Int? = nil, mode: UInt16 = LockspaceAccess.defaultMode
+    ) async throws -> DLMLockspace {
+        try await openLockspace(Array(name.utf8), create: create, valueBlockLength: valueBlockLength, mode: mode)
     }
 
-    public func openLockspace(_ name: [UInt8], create: Bool = true, valueBlockLength: Int? = nil) async throws
-        -> DLMLockspace
-    {
+    public func openLockspace(
+        _ name: [UInt8], create: Bool = true, valueBlockLength: Int? = nil, mode: UInt16 = LockspaceAccess.defaultMode
+    ) async throws -> DLMLockspace {
+        guard mode & ~0o777 == 0 else {
+            throw DLMError(
+                .invalid, "a lockspace mode has permission bits only (0 to 0777), not 0\(String(mode, radix: 8))")
+        }
         guard !name.isEmpty, name.count <= WireLimits.maxName else {
             throw DLMError(.invalid, "a lockspace name has 1 to 64 bytes")
         }
@@ -180,7 +186,8 @@ public final class DLMConnection: Sendable {
             throw DLMError(.invalid, "a value block length is a multiple of 8 from 8 to 64, not \(length)")
         }
         let length = UInt8(valueBlockLength ?? 0)
-        let reply = try await request(.openLockspace(tag: 0, name: name, valueBlockLength: length, create: create))
+        let reply = try await request(
+            .openLockspace(tag: 0, name: name, valueBlockLength: length, create: create, mode: mode))
         guard case .lockspace(_, let id, let lvbLength, let created) = reply else {
             throw DLMError(.protocolError, "unexpected reply \(reply)")
         }

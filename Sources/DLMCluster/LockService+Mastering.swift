@@ -581,7 +581,10 @@ extension LockService {
         engine.handle(.openLockspace(name: name, valueBlockLength: valueBlockLength, create: true), into: &effects)
         for effect in effects {
             if case .lockspace(let info, let created) = effect {
-                if created { record(.putLockspace(name: info.name, valueBlockLength: info.valueBlockLength)) }
+                if created {
+                    record(
+                        .putLockspace(name: info.name, valueBlockLength: info.valueBlockLength, access: info.access))
+                }
                 mastering.lockspaces[name] = info.id
                 return info.id
             }

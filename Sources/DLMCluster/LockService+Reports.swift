@@ -40,7 +40,11 @@ public final class ReportEnvironment: Sendable {
 
 /// The answers to QUERY (Protocol/CLIENT.md §8).
 extension LockService {
-    func report(_ kind: QueryKind, argument: [UInt8], environment: ReportEnvironment) throws(DLMError) -> [UInt8] {
+    /// The report of `kind` as `who` may see it: the lockspaces it may open, and the locks of a lockspace it may
+    /// read (EACCES otherwise).
+    func report(
+        _ kind: QueryKind, argument: [UInt8], for who: ClientCredentials, environment: ReportEnvironment
+    ) throws(DLMError) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         do {
@@ -48,7 +52,8 @@ extension LockService {
             case .status:
                 return Array(try encoder.encode(statusReport(environment)))
             case .lockspaces:
-                return Array(try encoder.encode(lockspacesReport(groupWaits: environment.cluster?.waitingFor)))
+                return Array(
+                    try encoder.encode(lockspacesReport(for: who, groupWaits: environment.cluster?.waitingFor)))
             case .lockdebug, .lockdump, .lockdebugPage, .lockdumpPage:
                 // A page at a time (at most 2,048 locks): a report of a million locks would hold the loop and
                 // overflow a frame. The reply's `next` asks for the next page.
@@ -62,6 +67,10 @@ extension LockService {
                 }
                 guard let id = engine.lockspace(named: name) else {
                     throw DLMError(.noEntry, "no lockspace \(name.displayName)")
+                }
+                let access = engine.lockspaceInfo(id)?.access
+                guard who.permits(LockspaceAccess.read, on: access) else {
+                    throw DLMError(.permissionDenied, Self.denial(of: "read", name, access, who))
                 }
                 return Array(try encoder.encode(lockDebugReport(id, from: cursor)))
             }
@@ -119,13 +128,17 @@ extension LockService {
             waitingForNodes: waitingForNodes, recoveredView: mastering.recoveredView)
     }
 
-    func lockspacesReport(groupWaits: [String]? = nil) -> LockspacesReport {
+    /// The lockspaces `who` may open (read and write permission).
+    func lockspacesReport(for who: ClientCredentials, groupWaits: [String]? = nil) -> LockspacesReport {
         let cluster = configuration.mastersAcrossNodes
+        let rw = LockspaceAccess.read | LockspaceAccess.write
         return LockspacesReport(
-            lockspaces: engine.allLockspaces.map {
+            lockspaces: engine.allLockspaces.filter { who.permits(rw, on: $0.access) }.map {
                 .init(
                     name: $0.name.displayName, id: $0.id.rawValue, lvbLength: $0.valueBlockLength,
-                    resources: $0.resourceCount, locks: $0.lockCount, members: cluster ? mastering.members : nil)
+                    resources: $0.resourceCount, locks: $0.lockCount, members: cluster ? mastering.members : nil,
+                    mode: $0.access.map { "0" + String($0.mode, radix: 8) }, uid: $0.access?.uid,
+                    gid: $0.access?.gid)
             },
             recovery: cluster ? recoveryReport(groupWaits: groupWaits) : nil)
     }

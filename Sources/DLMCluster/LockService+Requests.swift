@@ -65,7 +65,11 @@ extension LockService {
         case .bye(let tag):
             deliver(id, .ok(tag: tag, lock: 0))
             close(id)
-        case .openLockspace(let tag, let name, let length, let create):
+        case .openLockspace(let tag, let name, let length, let create, let mode):
+            if let refusal = openRefusal(id, name: name, create: create) {
+                deliver(id, .error(tag: tag, status: .permissionDenied, message: refusal))
+                return
+            }
             if create, engine.lockspaceCount >= configuration.maxLockspaces, engine.lockspace(named: name) == nil {
                 limitRefusals.lockspaces += 1
                 let max = configuration.maxLockspaces
@@ -84,9 +88,15 @@ extension LockService {
                 return
             }
             run(
-                .openLockspace(name: name, valueBlockLength: length == 0 ? nil : Int(length), create: create),
+                .openLockspace(
+                    name: name, valueBlockLength: length == 0 ? nil : Int(length), create: create,
+                    creator: create ? creator(id, mode: mode) : nil),
                 reply: Reply(connection: id, tag: tag, kind: .lockspace))
         case .releaseLockspace(let tag, let lockspace, let force):
+            if let refusal = releaseRefusal(id, lockspace: LockspaceID(rawValue: lockspace)) {
+                deliver(id, .error(tag: tag, status: .notPermitted, message: refusal))
+                return
+            }
             // The reply comes with the end (`finished`), in slices when there are many locks.
             let context = nextBulkContext
             let name = engine.lockspaceInfo(LockspaceID(rawValue: lockspace))?.name ?? []
@@ -115,6 +125,10 @@ extension LockService {
                 deliver(id, .purged(tag: tag, count: 0))
             }
         case .lock(let m):
+            if clients[Int(id.slot)].credentials?.uid != 0, let refusal = lockRefusal(id, lockspace: m.lockspace) {
+                deliver(id, .error(tag: m.tag, status: .permissionDenied, message: refusal))
+                return
+            }
             if let refusal = lockLimitRefusal(id, owner: owner) {
                 limitRefusals.locks += 1
                 deliver(id, .error(tag: m.tag, status: .tryAgain, message: refusal))
@@ -154,10 +168,15 @@ extension LockService {
                 valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil)
             run(.unlock(request), reply: Reply(connection: id, tag: m.tag, kind: .operation(request.lock)))
         case .deadlockCancel(let tag, let lock):
+            if let refusal = deadlockCancelRefusal(id, lock: LockID(rawValue: lock)) {
+                deliver(id, .error(tag: tag, status: .notPermitted, message: refusal))
+                return
+            }
             run(.cancelForDeadlock(LockID(rawValue: lock)), reply: Reply(connection: id, tag: tag, kind: .ok(lock)))
         case .query(let tag, let kind, let argument):
             do throws(DLMError) {
-                let json = try report(kind, argument: argument, environment: environment ?? ReportEnvironment())
+                let json = try report(
+                    kind, argument: argument, for: identity(id), environment: environment ?? ReportEnvironment())
                 deliver(id, .queryReply(tag: tag, json: json))
             } catch {
                 deliver(id, .error(tag: tag, status: error.status, message: error.message))
@@ -318,8 +337,15 @@ extension LockService {
             case .refused, .accepted, .persist, .replicate:
                 break
             case .lockspace(let info, let created):
-                if created { record(.putLockspace(name: info.name, valueBlockLength: info.valueBlockLength)) }
+                if created {
+                    record(
+                        .putLockspace(name: info.name, valueBlockLength: info.valueBlockLength, access: info.access))
+                }
                 if let reply {
+                    if identity(reply.connection).permits(LockspaceAccess.read | LockspaceAccess.write, on: info.access)
+                    {
+                        admit(reply.connection, to: info.id.rawValue)
+                    }
                     deliver(
                         reply.connection,
                         .lockspace(

@@ -496,6 +496,9 @@ struct Client {
     /// The pid its locks carry (ClientCredentials.swift, `processID`).
     var pid: UInt32 = 0
     var credentials: ClientCredentials?
+    /// Lockspaces (ids) it was found to have read and write permission on: checked once per lockspace, on open or
+    /// on its first LOCK there (LockService+Access.swift).
+    var lockspaces: [UInt32] = []
     /// The account of its user (`LockService.accounts`), or -1 (no kernel uid).
     var account: Int32 = -1
     /// Its owner's slot in the engine (`LockEngine.ownerSlotNumber`), from its HELLO on; -1 before.
@@ -534,7 +537,7 @@ extension LockService {
     /// orphan with its value block. Returns how many locks came back and the changes to write before serving
     /// (the restored resources again: their volatile holders are gone).
     public mutating func restore(
-        lockspaces: [(name: [UInt8], valueBlockLength: Int)], resources: [StoredResource]
+        lockspaces: [(name: [UInt8], valueBlockLength: Int, access: LockspaceAccess?)], resources: [StoredResource]
     ) throws(DLMError) -> (locks: Int, changes: [StoreChange]) {
         var changes: [StoreChange] = []
         func apply(_ input: Input) throws(DLMError) {
@@ -549,7 +552,10 @@ extension LockService {
             }
         }
         for lockspace in lockspaces {
-            try apply(.openLockspace(name: lockspace.name, valueBlockLength: lockspace.valueBlockLength, create: true))
+            try apply(
+                .openLockspace(
+                    name: lockspace.name, valueBlockLength: lockspace.valueBlockLength, create: true,
+                    creator: lockspace.access))
         }
         for resource in resources {
             do throws(DLMError) {

@@ -41,7 +41,8 @@ public enum JournalEntry: Sendable, Hashable {
 /// One change of a node's store: the engine's journal, the lockspaces, the last membership view.
 public enum StoreChange: Sendable, Hashable {
     case journal(JournalEntry)
-    case putLockspace(name: [UInt8], valueBlockLength: Int)
+    /// A lockspace and, once a client of this node created it, who did (`LockspaceAccess`).
+    case putLockspace(name: [UInt8], valueBlockLength: Int, access: LockspaceAccess? = nil)
     case deleteLockspace(name: [UInt8])
     /// The last installed membership view (for the group services).
     case view([UInt8])

@@ -157,7 +157,7 @@ public struct LockEngine {
         let record = lockspaces[Int(slot)]
         return LockspaceInfo(
             id: id, name: record.name, valueBlockLength: record.valueBlockLength,
-            resourceCount: record.resourceCount, lockCount: record.lockCount)
+            resourceCount: record.resourceCount, lockCount: record.lockCount, access: record.access)
     }
 
     /// Lockspaces that exist, and those still being released.
@@ -433,7 +433,7 @@ public struct LockEngine {
             case .unlock(let request): try unlock(request, into: &effects)
             case .ownerExited(let owner): ownerExited(owner, into: &effects)
             case .tick(let now): tick(now: now, into: &effects)
-            case .openLockspace(let name, let length, let create):
+            case .openLockspace(let name, let length, let create, let creator):
                 let existing = lockspace(named: name)
                 if existing == nil && !create { throw .noEntry("no lockspace \(name.displayName)") }
                 let id: LockspaceID
@@ -442,7 +442,10 @@ public struct LockEngine {
                 } else {
                     id = try createLockspace(name: name, valueBlockLength: length)
                 }
-                effects.append(.lockspace(lockspaceInfo(id)!, created: existing == nil))
+                let slot = Int(id.rawValue & LockEngine.lockspaceSlotMask)
+                let claimed = create && creator != nil && lockspaces[slot].access == nil
+                if claimed { lockspaces[slot].access = creator }
+                effects.append(.lockspace(lockspaceInfo(id)!, created: existing == nil || claimed))
             case .releaseLockspace(let id, let force, let requester, let context):
                 let finished = try releaseLockspace(
                     id, force: force, requester: requester, context: context, into: &effects)

@@ -93,8 +93,10 @@ public enum Input: Sendable, Hashable {
     /// Time passed: run timeouts and deadlock searches that are due.
     case tick(now: Instant)
     /// Opens a lockspace, creating it if it does not exist and `create` says so. A length of nil opens it whatever
-    /// its length, and creates it with the default.
-    case openLockspace(name: [UInt8], valueBlockLength: Int?, create: Bool)
+    /// its length, and creates it with the default. A lockspace created, or one that no client of this node had
+    /// created (it existed for other nodes' locks), is given `creator` when `create` says so; its `lockspace` effect
+    /// then says `created`.
+    case openLockspace(name: [UInt8], valueBlockLength: Int?, create: Bool, creator: LockspaceAccess? = nil)
     /// Releases a lockspace (with `force`, with its locks); ends with `finished` for `requester` and `context`.
     case releaseLockspace(LockspaceID, force: Bool, requester: OwnerID, context: UInt64)
     /// Removes the orphans of a lockspace whose former owner had `pid` (and, unless `node` is nil, was of that node);

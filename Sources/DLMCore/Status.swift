@@ -5,8 +5,12 @@ public struct DLMStatus: RawRepresentable, Sendable, Hashable, Codable, CustomSt
 
     /// The request was granted.
     public static let granted = DLMStatus(rawValue: 0)
+    /// Only the lockspace's creator or root may (release it; act on another user's locks).
+    public static let notPermitted = DLMStatus(rawValue: 1)  // EPERM
     public static let noEntry = DLMStatus(rawValue: 2)  // ENOENT
     public static let tryAgain = DLMStatus(rawValue: 11)  // EAGAIN
+    /// The lockspace's mode does not let this client in.
+    public static let permissionDenied = DLMStatus(rawValue: 13)  // EACCES
     public static let busy = DLMStatus(rawValue: 16)  // EBUSY
     public static let exists = DLMStatus(rawValue: 17)  // EEXIST
     public static let invalid = DLMStatus(rawValue: 22)  // EINVAL
@@ -28,7 +32,9 @@ public struct DLMStatus: RawRepresentable, Sendable, Hashable, Codable, CustomSt
     public var name: String {
         switch self {
         case .granted: "0"
+        case .notPermitted: "EPERM"
         case .noEntry: "ENOENT"
+        case .permissionDenied: "EACCES"
         case .tryAgain: "EAGAIN"
         case .busy: "EBUSY"
         case .exists: "EEXIST"

@@ -44,9 +44,37 @@ func peerCredentials(of channel: Channel) -> ClientCredentials? {
     let option: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(
         level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
     option.assumeIsolated().whenSuccess {
-        credentials = ClientCredentials(pid: UInt32(bitPattern: $0.pid), uid: $0.uid)
+        credentials = ClientCredentials(
+            pid: UInt32(bitPattern: $0.pid), uid: $0.uid, gid: $0.gid, groups: peerGroups(provider))
     }
     return credentials
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13) on <sys/socket.h>'s level `SOL_SOCKET`.
+private let peerGroupsOption: CInt = 59
+
+/// The supplementary groups of the peer, as the kernel says (`SO_PEERGROUPS`); empty if it says none or more than
+/// 256 (then only the primary group counts: a refusal, never a wrong grant). NIO's getter gives the value but
+/// not the length the kernel wrote, so: a zero-length read succeeds only when there are no groups; otherwise the
+/// kernel's list is sorted ascending (`groups_sort`), so the groups are the strictly ascending prefix of the
+/// zero-filled buffer.
+private func peerGroups(_ provider: SocketOptionProvider) -> [UInt32] {
+    struct Nothing: Sendable {}
+    var none = false
+    let empty: EventLoopFuture<Nothing> = provider.unsafeGetSocketOption(
+        level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(peerGroupsOption))
+    empty.assumeIsolated().whenSuccess { _ in none = true }
+    if none { return [] }
+    var groups: [UInt32] = []
+    let list: EventLoopFuture<InlineArray<256, UInt32>> = provider.unsafeGetSocketOption(
+        level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(peerGroupsOption))
+    list.assumeIsolated().whenSuccess { buffer in
+        for index in buffer.indices {
+            if let last = groups.last, buffer[index] <= last { break }
+            groups.append(buffer[index])
+        }
+    }
+    return groups
 }
 
 /// The pipeline's only handler: splits the byte stream into frames, decodes each and hands it to the node

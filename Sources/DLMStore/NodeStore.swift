@@ -176,7 +176,7 @@ public final class NodeStore: @unchecked Sendable {
     // MARK: Reading
 
     public struct Contents: Sendable {
-        public var lockspaces: [(name: [UInt8], valueBlockLength: Int)] = []
+        public var lockspaces: [(name: [UInt8], valueBlockLength: Int, access: LockspaceAccess?)] = []
         public var resources: [StoredResource] = []
         public var lastView: [UInt8]?
     }
@@ -188,7 +188,8 @@ public final class NodeStore: @unchecked Sendable {
         return try environment.read { txn in
             var contents = Contents()
             try txn.forEach(lockspaces) { key, value in
-                contents.lockspaces.append((key, try RecordCoding.decodeLockspace(value, name: key)))
+                let (length, access) = try RecordCoding.decodeLockspace(value, name: key)
+                contents.lockspaces.append((key, length, access))
             }
             // A resource's record comes first, then its locks' (their keys extend its key), then its children.
             try txn.forEach(resources) { key, value in
@@ -239,9 +240,11 @@ public final class NodeStore: @unchecked Sendable {
                         table: .resources, key: RecordCoding.resourceKey(lockspace: lockspace, path: path), value: nil))
                 operations.append(
                     .deleting(.resources, prefix: RecordCoding.lockKeyPrefix(lockspace: lockspace, path: path)))
-            case .putLockspace(let name, let length):
+            case .putLockspace(let name, let length, let access):
                 operations.append(
-                    .init(table: .lockspaces, key: name, value: RecordCoding.encodeLockspace(valueBlockLength: length)))
+                    .init(
+                        table: .lockspaces, key: name,
+                        value: RecordCoding.encodeLockspace(valueBlockLength: length, access: access)))
             case .deleteLockspace(let name):
                 operations.append(.init(table: .lockspaces, key: name, value: nil))
             case .view(let view):

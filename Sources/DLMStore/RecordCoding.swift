@@ -82,7 +82,7 @@ enum RecordCoding {
     /// inside the resource's record with its pid; format 1 (schema 1) the same, read with pid 0 (unknown).
     static let resourceFormat: UInt8 = 3
     static let lockFormat: UInt8 = 3
-    static let lockspaceFormat: UInt8 = 1
+    static let lockspaceFormat: UInt8 = 2
     /// Comes after a resource's key in the key of one of its locks: names are never empty, so no key of a
     /// sub-resource has it there, and a resource's locks come right after it in key order, before its children.
     static let lockMarker: UInt8 = 0
@@ -231,25 +231,44 @@ enum RecordCoding {
         return StoredResource(lockspace: lockspace, resource: snapshot, hasVolatileWriter: volatileWriter)
     }
 
-    static func encodeLockspace(valueBlockLength: Int) -> [UInt8] {
+    /// A lockspace: format 2 adds who created it on this node (format 1, which has none, reads as nobody yet).
+    static func encodeLockspace(valueBlockLength: Int, access: LockspaceAccess?) -> [UInt8] {
         var w = RecordWriter()
         w.u8(lockspaceFormat)
         w.u8(UInt8(valueBlockLength))
-        w.u32(0)  // permissions: reserved for the lockspace `mode` of dlm_create_lockspace
+        w.u32(access.map { UInt32($0.mode) } ?? noAccess)  // permission bits, or none: no creator here yet
         w.u32(0)  // flags: reserved
+        w.u32(access?.uid ?? 0)
+        w.u32(access?.gid ?? 0)
         return w.bytes
     }
 
-    static func decodeLockspace(_ value: [UInt8], name: [UInt8]) throws(StoreError) -> Int {
+    /// The permissions field of a lockspace that no client of this node created.
+    static let noAccess: UInt32 = 0xFFFF_FFFF
+
+    static func decodeLockspace(
+        _ value: [UInt8], name: [UInt8]
+    ) throws(StoreError) -> (valueBlockLength: Int, access: LockspaceAccess?) {
         var r = RecordReader(value, .lockspace(name: name))
-        guard try r.u8() == lockspaceFormat else { throw StoreError("a lockspace record has an unknown format") }
+        let format = try r.u8()
+        guard format == 1 || format == lockspaceFormat else {
+            throw StoreError("a lockspace record has an unknown format")
+        }
         let length = Int(try r.u8())
+        let mode = try r.u32()
         _ = try r.u32()
-        _ = try r.u32()
+        var access: LockspaceAccess?
+        if format >= 2 {
+            let (uid, gid) = (try r.u32(), try r.u32())
+            if mode != noAccess {
+                guard mode <= 0o777 else { throw StoreError("a lockspace record has mode \(mode) (corrupt record)") }
+                access = LockspaceAccess(uid: uid, gid: gid, mode: UInt16(mode))
+            }
+        }
         try r.finish()
         guard length > 0, length % 8 == 0, length <= 64 else {
             throw StoreError("a lockspace record has value block length \(length) (corrupt record)")
         }
-        return length
+        return (length, access)
     }
 }

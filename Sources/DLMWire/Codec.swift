@@ -110,10 +110,11 @@ extension ClientMessage {
                 b.writeString16(h.clientName)
             case .ping(let tag), .bye(let tag):
                 b.writeInteger(tag)
-            case .openLockspace(let tag, let name, let length, let create):
+            case .openLockspace(let tag, let name, let length, let create, let mode):
                 b.writeInteger(tag)
                 b.writeInteger(UInt8(create ? 1 : 0))
                 b.writeInteger(length)
+                b.writeInteger(mode)
                 b.writeBytes8(name)
             case .releaseLockspace(let tag, let lockspace, let force):
                 b.writeInteger(tag)
@@ -172,8 +173,11 @@ extension ClientMessage {
             let flags = try body.read(UInt8.self, "flags")
             guard flags & ~1 == 0 else { throw .malformed("LOCKSPACE_OPEN flags 0x\(String(flags, radix: 16))") }
             let length = try body.read(UInt8.self, "lvb_length")
+            let mode = try body.read(UInt16.self, "mode")
+            guard mode & ~0o777 == 0 else { throw .malformed("LOCKSPACE_OPEN mode 0o\(String(mode, radix: 8))") }
             let name = try body.readName("name")
-            message = .openLockspace(tag: tag, name: name, valueBlockLength: length, create: flags & 1 == 1)
+            message = .openLockspace(
+                tag: tag, name: name, valueBlockLength: length, create: flags & 1 == 1, mode: mode)
         case 0x11:
             let tag = try body.read(UInt32.self, "tag")
             let lockspace = try body.read(UInt32.self, "lockspace")

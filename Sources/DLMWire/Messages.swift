@@ -2,7 +2,7 @@ import DLMCore
 
 /// The protocol versions this codec speaks (Protocol/CLIENT.md §3).
 public enum ProtocolVersion {
-    public static let current: UInt16 = 1
+    public static let current: UInt16 = 2
     public static let magic: UInt32 = 0x444C_4D50  // "DLMP"
 }
 
@@ -23,7 +23,10 @@ public struct Hello: Sendable, Hashable {
     public var pid: UInt32
     public var clientName: String
 
-    public init(minVersion: UInt16 = 1, maxVersion: UInt16 = 1, pid: UInt32, clientName: String) {
+    public init(
+        minVersion: UInt16 = ProtocolVersion.current, maxVersion: UInt16 = ProtocolVersion.current, pid: UInt32,
+        clientName: String
+    ) {
         self.minVersion = minVersion
         self.maxVersion = maxVersion
         self.pid = pid
@@ -151,7 +154,9 @@ public enum ClientMessage: Sendable, Hashable {
     case hello(Hello)
     case ping(tag: UInt32)
     case bye(tag: UInt32)
-    case openLockspace(tag: UInt32, name: [UInt8], valueBlockLength: UInt8, create: Bool)
+    /// Opens a lockspace; `mode` (permission bits) is the one it gets if this request creates it.
+    case openLockspace(
+        tag: UInt32, name: [UInt8], valueBlockLength: UInt8, create: Bool, mode: UInt16 = LockspaceAccess.defaultMode)
     case releaseLockspace(tag: UInt32, lockspace: UInt32, force: Bool)
     /// Removes the orphans that process `pid` of node `nodeID` (0: this node) left in the lockspace.
     case purge(tag: UInt32, lockspace: UInt32, nodeID: UInt32, pid: UInt32)
@@ -181,7 +186,7 @@ public enum ClientMessage: Sendable, Hashable {
     public var tag: UInt32 {
         switch self {
         case .hello: 0
-        case .ping(let tag), .bye(let tag), .openLockspace(let tag, _, _, _), .releaseLockspace(let tag, _, _),
+        case .ping(let tag), .bye(let tag), .openLockspace(let tag, _, _, _, _), .releaseLockspace(let tag, _, _),
             .purge(let tag, _, _, _), .deadlockCancel(let tag, _), .query(let tag, _, _):
             tag
         case .lock(let m): m.tag

@@ -338,15 +338,21 @@ public struct LockspacesReport: Codable, Sendable, Hashable {
         public var locks: Int
         /// In a cluster: the nodes the lockspace spans (the view's members: a lockspace spans the cluster).
         public var members: [UInt32]?
+        /// Its permission bits (octal, "0600"), creator's uid and gid on this node; absent while no client of this
+        /// node has created it (it exists here for other nodes' locks).
+        public var mode: String?
+        public var uid: UInt32?
+        public var gid: UInt32?
 
         enum CodingKeys: String, CodingKey {
             case name, id
             case lvbLength = "lvb_length"
-            case resources, locks, members
+            case resources, locks, members, mode, uid, gid
         }
 
         public init(
-            name: String, id: UInt32, lvbLength: Int, resources: Int, locks: Int, members: [UInt32]? = nil
+            name: String, id: UInt32, lvbLength: Int, resources: Int, locks: Int, members: [UInt32]? = nil,
+            mode: String? = nil, uid: UInt32? = nil, gid: UInt32? = nil
         ) {
             self.name = name
             self.id = id
@@ -354,6 +360,9 @@ public struct LockspacesReport: Codable, Sendable, Hashable {
             self.resources = resources
             self.locks = locks
             self.members = members
+            self.mode = mode
+            self.uid = uid
+            self.gid = gid
         }
     }
 

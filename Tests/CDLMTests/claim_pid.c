@@ -90,6 +90,7 @@ int main(int argc, char **argv)
 	m.type = DLMW_LOCKSPACE_OPEN;
 	m.tag = 1;
 	m.u.ls_open.flags = 1;
+	m.u.ls_open.mode = 0666; /* run as nobody and as root: both lock in it */
 	m.u.ls_open.name = (const uint8_t *)"ids";
 	m.u.ls_open.name_len = 3;
 	send_msg(&m);

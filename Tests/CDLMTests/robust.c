@@ -81,7 +81,7 @@ static int srv_handshake(struct conn *c)
 		return -1;
 	memset(&m, 0, sizeof(m));
 	m.type = DLMW_HELLO_REPLY;
-	m.u.hello_reply.version = 1;
+	m.u.hello_reply.version = DLMW_VERSION;
 	m.u.hello_reply.node_id = 1;
 	m.u.hello_reply.max_name = 64;
 	m.u.hello_reply.max_lvb = 64;
@@ -125,7 +125,7 @@ enum bad {
 	BAD_UNKNOWN_LOCK,      /* events for locks that do not exist, then a good answer */
 	BAD_DUPLICATE_LOCK_ID, /* two locks answered with the same daemon id */
 	BAD_HELLO,	       /* a wrong answer to HELLO */
-	BAD_HELLO_VERSION,     /* HELLO_REPLY with version 2 */
+	BAD_HELLO_VERSION,     /* HELLO_REPLY with a version the library does not speak */
 	BAD_FUZZ,	       /* random frames and bytes */
 	BAD_COUNT
 };
@@ -190,7 +190,7 @@ static void *serve(void *argp)
 				m.tag = 1;
 			} else {
 				m.type = DLMW_HELLO_REPLY;
-				m.u.hello_reply.version = 2;
+				m.u.hello_reply.version = DLMW_VERSION + 1;
 			}
 			srv_send(c, &m);
 		}
@@ -379,7 +379,7 @@ BAD_CASE(test_truncated, BAD_TRUNCATED, EPROTO)
 BAD_CASE(test_unknown_lock, BAD_UNKNOWN_LOCK, 0)
 BAD_CASE(test_duplicate_lock_id, BAD_DUPLICATE_LOCK_ID, EPROTO)
 BAD_CASE(test_bad_hello, BAD_HELLO, EPROTO)
-BAD_CASE(test_hello_v2, BAD_HELLO_VERSION, EPROTO)
+BAD_CASE(test_hello_unknown_version, BAD_HELLO_VERSION, EPROTO)
 
 static void ast_nop(void *arg)
 {
@@ -451,7 +451,7 @@ int main(void)
 	RUN(test_unknown_lock);
 	RUN(test_duplicate_lock_id);
 	RUN(test_bad_hello);
-	RUN(test_hello_v2);
+	RUN(test_hello_unknown_version);
 	RUN(test_fuzz);
 	close(listen_fd);
 	unlink(sock_path);

@@ -97,6 +97,7 @@ static int field_value(const struct dlmw_msg *m, size_t frame_len, const char *n
 		F("tag", m->tag);
 		F("flags", m->u.ls_open.flags);
 		F("lvb_length", m->u.ls_open.lvb_length);
+		F("mode", m->u.ls_open.mode);
 		F("name.length", m->u.ls_open.name_len);
 		break;
 	case DLMW_LOCKSPACE_RELEASE:

@@ -40,7 +40,8 @@ import Testing
         let b = h.connect("b", credentials: ClientCredentials(pid: 11, uid: 1000))
         let c = h.connect("c", credentials: ClientCredentials(pid: 12, uid: 1001))
         let t = h.connect("t")
-        for client in [a, b, c, t] { h.send(client, H.open(1)) }
+        h.send(a, H.open(1, mode: 0o666))
+        for client in [b, c, t] { h.send(client, H.open(1)) }
         _ = h.out()
         h.send(a, H.lock(2, "r1", .ex))
         h.send(a, H.lock(3, "r2", .ex))

@@ -797,7 +797,7 @@ struct MasteringRun {
                     if trace {
                         for (node, h) in cluster.nodes.sorted(by: { $0.key < $1.key }) {
                             let json = try? h.service.report(
-                                .lockdebug, argument: Array("ls".utf8), environment: ReportEnvironment())
+                                .lockdebug, argument: Array("ls".utf8), for: .root, environment: ReportEnvironment())
                             print("node \(node): \(String(decoding: json ?? [], as: UTF8.self))")
                         }
                     }

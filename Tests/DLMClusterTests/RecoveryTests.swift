@@ -97,7 +97,7 @@ import Testing
             refused.count == 1 && refused.allSatisfy { $0.hasPrefix("2d: COMPLETION tag 3") && $0.hasSuffix("EAGAIN") })
         // lockdebug on node 1 names the sub-locks by their path, with their new master.
         let json = try c.nodes[1]!.service.report(
-            .lockdebug, argument: Array("ls".utf8), environment: ReportEnvironment())
+            .lockdebug, argument: Array("ls".utf8), for: .root, environment: ReportEnvironment())
         let report = try JSONDecoder().decode(LockDebugReport.self, from: Data(json))
         let remote = report.remote ?? []
         #expect(

@@ -125,7 +125,8 @@ struct ServiceHarness {
     static let soloView = View(
         id: ViewID(number: 1, coordinator: NodeID(1)), members: [Member(node: NodeID(1), incarnation: 1)])
 
-    static func open(_ tag: UInt32, _ name: String = "ls") -> ClientMessage {
-        .openLockspace(tag: tag, name: Array(name.utf8), valueBlockLength: 0, create: true)
+    static func open(_ tag: UInt32, _ name: String = "ls", mode: UInt16 = LockspaceAccess.defaultMode) -> ClientMessage
+    {
+        .openLockspace(tag: tag, name: Array(name.utf8), valueBlockLength: 0, create: true, mode: mode)
     }
 }

@@ -33,6 +33,9 @@ import Testing
             let store = try NodeStore(directory: path, nodeID: 1, durability: .sync, mapSize: 1 << 24)
             try store.commit([
                 .putLockspace(name: Array("ls".utf8), valueBlockLength: 16),
+                .putLockspace(
+                    name: Array("team".utf8), valueBlockLength: 8,
+                    access: LockspaceAccess(uid: 1000, gid: 50, mode: 0o660)),
                 .journal(.put(stored("a", lockID: 1, mode: .ex, lvb: Array(repeating: 5, count: 16)))),
                 .journal(.put(stored("b", lockID: 2, mode: .pr, volatile: true))),
                 .journal(.put(stored("c", lockID: 3, mode: .nl))),
@@ -41,8 +44,11 @@ import Testing
         }
         let store = try NodeStore(directory: path, nodeID: 1, durability: .sync, mapSize: 1 << 24)
         let contents = try store.load()
-        #expect(contents.lockspaces.map(\.name) == [Array("ls".utf8)])
-        #expect(contents.lockspaces.first?.valueBlockLength == 16)
+        #expect(Set(contents.lockspaces.map(\.name)) == [Array("ls".utf8), Array("team".utf8)])
+        let ls = contents.lockspaces.first { $0.name == Array("ls".utf8) }
+        let team = contents.lockspaces.first { $0.name == Array("team".utf8) }
+        #expect(ls?.valueBlockLength == 16 && ls?.access == nil)
+        #expect(team?.valueBlockLength == 8 && team?.access == LockspaceAccess(uid: 1000, gid: 50, mode: 0o660))
         #expect(contents.resources.count == 2)
         #expect(contents.resources[0] == stored("a", lockID: 1, mode: .ex, lvb: Array(repeating: 5, count: 16)))
         #expect(contents.resources[1] == stored("b", lockID: 2, mode: .pr, volatile: true))

@@ -23,16 +23,16 @@ enum Golden: Sendable {
 
     static let messages: [String: Golden] = [
         // Client
-        "client-hello": .client(.hello(Hello(minVersion: 1, maxVersion: 1, pid: 0x1234, clientName: "test"))),
+        "client-hello": .client(.hello(Hello(minVersion: 2, maxVersion: 2, pid: 0x1234, clientName: "test"))),
         "client-hello-versions": .client(
             .hello(Hello(minVersion: 1, maxVersion: 3, pid: 0xFFFF_FFFF, clientName: "w\u{F6}rker-\u{3BB}"))),
         "client-hello-empty-name": .client(.hello(Hello(minVersion: 1, maxVersion: 1, pid: 1, clientName: ""))),
         "client-ping": .client(.ping(tag: 7)),
         "client-bye": .client(.bye(tag: 0xFFFF_FFFE)),
         "client-lockspace-open-create": .client(
-            .openLockspace(tag: 1, name: Array("demo".utf8), valueBlockLength: 0, create: true)),
+            .openLockspace(tag: 1, name: Array("demo".utf8), valueBlockLength: 0, create: true, mode: 0o600)),
         "client-lockspace-open-existing": .client(
-            .openLockspace(tag: 2, name: Array("demo".utf8), valueBlockLength: 64, create: false)),
+            .openLockspace(tag: 2, name: Array("demo".utf8), valueBlockLength: 64, create: false, mode: 0o660)),
         "client-lockspace-release": .client(.releaseLockspace(tag: 4, lockspace: 0, force: false)),
         "client-lockspace-release-force": .client(.releaseLockspace(tag: 5, lockspace: 3, force: true)),
         "client-purge": .client(.purge(tag: 16, lockspace: 2, nodeID: 0, pid: 0x2A3B)),
@@ -87,7 +87,7 @@ enum Golden: Sendable {
                 argument: QueryKind.pageArgument(cursor: 0x0000_0007_0000_0002, lockspace: Array("demo".utf8)))),
         // Server
         "server-hello-reply": .server(
-            .helloReply(HelloReply(version: 1, nodeID: 1, maxName: 64, maxValueBlock: 64, server: "dlmd 0.1.0"))),
+            .helloReply(HelloReply(version: 2, nodeID: 1, maxName: 64, maxValueBlock: 64, server: "dlmd 0.1.0"))),
         "server-pong": .server(.pong(tag: 7)),
         "server-lockspace-created": .server(.lockspace(tag: 1, lockspace: 0, valueBlockLength: 32, created: true)),
         "server-lockspace-existing": .server(.lockspace(tag: 2, lockspace: 2, valueBlockLength: 64, created: false)),

@@ -61,8 +61,8 @@ struct DlmtoolTests {
         let text = try await ToolRun.run(daemon, "ls")
         #expect(text.status == 0, "\(text.stderr)")
         let rows = text.lines.map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
-        #expect(rows.first == ["NAME", "ID", "LVB", "RESOURCES", "LOCKS"])
-        #expect(rows.contains(["alpha", "\(alpha.id)", "32", "2", "3"]))
+        #expect(rows.first == ["NAME", "ID", "LVB", "RESOURCES", "LOCKS", "MODE", "UID:GID"])
+        #expect(rows.contains(["alpha", "\(alpha.id)", "32", "2", "3", "0600", "\(getuid()):\(getgid())"]))
         #expect(rows.contains { $0.first == "beta" && $0[2] == "64" && $0[3] == "0" && $0[4] == "0" })
 
         let json = try await ToolRun.run(daemon, "ls", "--json")
@@ -70,6 +70,7 @@ struct DlmtoolTests {
         let report = try JSONDecoder().decode(LockspacesReport.self, from: json.output)
         let entry = try #require(report.lockspaces.first { $0.name == "alpha" })
         #expect(entry.id == alpha.id && entry.lvbLength == 32 && entry.resources == 2 && entry.locks == 3)
+        #expect(entry.mode == "0600" && entry.uid == getuid() && entry.gid == getgid())
         #expect(report.lockspaces.first { $0.name == "beta" }?.lvbLength == 64)
 
         for lock in [first, second, third] { try await lock.unlock() }

@@ -31,6 +31,59 @@ import Testing
         return (process.terminationStatus, text)
     }
 
+    /// dlmtool run as `uid` with primary group `gid` and supplementary `groups` (setpriv): exit status, output
+    /// and error.
+    static func tool(
+        uid: UInt32, gid: UInt32, groups: [UInt32] = [], _ arguments: [String]
+    ) throws -> (status: Int32, output: String, error: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        process.arguments =
+            ["--reuid=\(uid)", "--regid=\(gid)"]
+            + (groups.isEmpty ? ["--clear-groups"] : ["--groups=" + groups.map(String.init).joined(separator: ",")])
+            + [ToolRun.executable] + arguments
+        let (output, error) = (Pipe(), Pipe())
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let message = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text, message)
+    }
+
+    /// A lockspace's creator and mode decide, for real clients whose identity dlmd takes from the kernel: a
+    /// lockspace created as uid 1000 with mode 0660 may be opened by uid 1001 only while 1001 has group 1000 among
+    /// its supplementary groups (SO_PEERGROUPS); it is listed only for those who may open it; only its creator
+    /// may release it; and creator and mode survive a restart of dlmd.
+    @Test(.enabled(if: geteuid() == 0, "runs dlmtool as other users (setpriv): needs root"))
+    func lockspacePermissionsHoldForRealClientsAndSurviveARestart() throws {
+        var daemon = try Daemon(arguments: ["--socket-mode", "0666"])
+        let directory = daemon.directory
+        defer { daemon.stop() }
+        let socket = ["--socket", daemon.socketPath]
+        let created = try Self.tool(uid: 1000, gid: 1000, ["join", "team", "--mode", "0660"] + socket)
+        #expect(created.status == 0 && created.output.contains("created lockspace"), "\(created)")
+        let member = try Self.tool(uid: 1001, gid: 1001, groups: [1001, 1000], ["join", "team"] + socket)
+        #expect(member.status == 0 && member.output.contains("exists already"), "\(member)")
+        let stranger = try Self.tool(uid: 1001, gid: 1001, ["join", "team"] + socket)
+        #expect(stranger.status == 1 && stranger.error.contains("(EACCES)"), "\(stranger)")
+        let notCreator = try Self.tool(uid: 1001, gid: 1001, groups: [1000], ["leave", "team"] + socket)
+        #expect(notCreator.status == 1 && notCreator.error.contains("(EPERM)"), "\(notCreator)")
+
+        daemon.stop()
+        daemon = try Daemon(directory: directory, arguments: ["--socket-mode", "0666"])
+        let listed = try Self.tool(
+            uid: 1001, gid: 1001, groups: [1000], ["ls", "--json"] + ["--socket", daemon.socketPath])
+        let report = try JSONDecoder().decode(LockspacesReport.self, from: Data(listed.output.utf8))
+        let team = try #require(report.lockspaces.first { $0.name == "team" }, "\(listed)")
+        #expect(team.mode == "0660" && team.uid == 1000 && team.gid == 1000)
+        let hidden = try Self.tool(uid: 1001, gid: 1001, ["ls", "--json"] + ["--socket", daemon.socketPath])
+        #expect(try JSONDecoder().decode(LockspacesReport.self, from: Data(hidden.output.utf8)).lockspaces.isEmpty)
+        let released = try Self.tool(uid: 1000, gid: 1000, ["leave", "team"] + ["--socket", daemon.socketPath])
+        #expect(released.status == 0, "\(released)")
+    }
+
     static func modeAndGroup(_ path: String) -> (mode: UInt32, group: UInt32) {
         var info = stat()
         guard stat(path, &info) == 0 else { return (0, 0) }

@@ -7,7 +7,9 @@ struct Join: AsyncParsableCommand {
         abstract: "Create a lockspace (nothing changes if it exists).",
         discussion: """
             Prints whether the lockspace was created or existed already. An existing lockspace with another \
-            value block length is an error (EEXIST). With --json, prints \
+            value block length is an error (EEXIST). A lockspace created here belongs to this user and group, \
+            with --mode's permission bits: opening it and locking in it need read and write permission, as \
+            for a file (EACCES otherwise); only its creator and root may release it. With --json, prints \
             {"created", "id", "lockspace", "lvb_length"}.
             """)
 
@@ -19,7 +21,21 @@ struct Join: AsyncParsableCommand {
     @Option(name: .long, help: "The value block length in bytes: 8 to 64, a multiple of 8 (default: 32).")
     var lvbLength: Int?
 
+    @Option(
+        name: .shortAndLong,
+        help: "The permission bits, octal, if this creates the lockspace (default: 0600, this user only).")
+    var mode: String = "0600"
+
+    /// `--mode` as permission bits.
+    var permissionBits: UInt16? {
+        guard !mode.isEmpty, mode.count <= 4, let bits = UInt16(mode, radix: 8), bits <= 0o777 else { return nil }
+        return bits
+    }
+
     func validate() throws {
+        guard permissionBits != nil else {
+            throw ValidationError("--mode takes octal permission bits from 0 to 0777, e.g. 0660, not \(mode)")
+        }
         guard (1...64).contains(lockspace.utf8.count) else {
             throw ValidationError("a lockspace name has 1 to 64 bytes")
         }
@@ -43,7 +59,9 @@ struct Join: AsyncParsableCommand {
 
     func run() async throws {
         try await options.withConnection { connection in
-            let ls = try await connection.openLockspace(lockspace, create: true, valueBlockLength: lvbLength)
+            let ls = try await connection.openLockspace(
+                lockspace, create: true, valueBlockLength: lvbLength,
+                mode: permissionBits ?? LockspaceAccess.defaultMode)
             if let lvbLength, ls.valueBlockLength != lvbLength {
                 throw ToolError(
                     "lockspace \(Text.name(lockspace)) exists with value block length \(ls.valueBlockLength), "

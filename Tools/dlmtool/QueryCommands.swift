@@ -110,7 +110,11 @@ extension Status {
 struct Ls: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the lockspaces with their resource and lock counts.",
-        discussion: "With --json, prints dlmd's lockspaces report (Protocol/CLIENT.md §8) as it is.")
+        discussion: """
+            Lists the lockspaces this user may open, each with its mode and its creator's uid and gid on this \
+            node ("-" while no client of this node has created it). With --json, prints dlmd's lockspaces \
+            report (Protocol/CLIENT.md §8) as it is.
+            """)
 
     @OptionGroup var options: CommonOptions
 
@@ -121,11 +125,16 @@ struct Ls: AsyncParsableCommand {
             let report = try decodeReport(LockspacesReport.self, json)
             guard !report.lockspaces.isEmpty else { return print("no lockspaces") }
             let clustered = report.lockspaces.contains { $0.members != nil }
-            let rows = report.lockspaces.map {
-                [Text.name($0.name), "\($0.id)", "\($0.lvbLength)", "\($0.resources)", "\($0.locks)"]
-                    + (clustered ? [($0.members ?? []).map(String.init).joined(separator: ",")] : [])
+            let rows = report.lockspaces.map { ls -> [String] in
+                let creator: String = ls.uid.map { "\($0):\(ls.gid ?? 0)" } ?? "-"
+                var row: [String] = [Text.name(ls.name), String(ls.id), String(ls.lvbLength), String(ls.resources)]
+                row += [String(ls.locks), ls.mode ?? "-", creator]
+                if clustered { row.append((ls.members ?? []).map(String.init).joined(separator: ",")) }
+                return row
             }
-            print(Text.table([["NAME", "ID", "LVB", "RESOURCES", "LOCKS"] + (clustered ? ["MEMBERS"] : [])] + rows))
+            var header = ["NAME", "ID", "LVB", "RESOURCES", "LOCKS", "MODE", "UID:GID"]
+            if clustered { header.append("MEMBERS") }
+            print(Text.table([header] + rows))
             if let recovery = report.recovery {
                 print("recovery: \(ClusterText.recoveryText(recovery))")
             }
