@@ -288,7 +288,7 @@ public final class NodeStore: @unchecked Sendable {
         guard let log else { return nil }
         logLock.lock()
         defer { logLock.unlock() }
-        return log.offset
+        return log.offset - WriteAheadLog.fileHeaderSize
     }
 
     /// Makes every commit so far durable. With `sync` durability they already are (in the write-ahead log).

@@ -41,17 +41,31 @@ public struct StoreOperation: Sendable, Hashable {
 /// larger transactions, and once such a transaction is durable the log may start again from offset 0.
 ///
 /// The file is written with zeros to its capacity when it is made, so that an append overwrites allocated blocks
-/// and `fdatasync` has no size or extent to record. A record is a 24-byte header (magic, payload length,
-/// sequence number, CRC-32 of length, sequence and payload) and its payload, padded to 8 bytes. The records
-/// from offset 0 with consecutive sequence numbers are the log; it ends at the first that is not valid or not
-/// the next number (a torn tail, whose `fdatasync` had not returned, or a record of an earlier round). Every
-/// record of an earlier round has a sequence number at or below the applied mark that LMDB's `meta` table
-/// keeps (`wal_applied`), so a valid record above that mark after the end of the log means damage.
+/// and `fdatasync` has no size or extent to record. It starts with a 32-byte file header (magic, format, and an
+/// epoch: 8 random bytes drawn each time dlmd opens the log). A record is a 24-byte header (magic, payload
+/// length, sequence number, CRC-32 of the epoch, length, sequence and payload) and its payload, padded to 8
+/// bytes. Each append writes, right after its record, an end mark (a record header of its own magic and the next
+/// sequence number, no payload), which the next append overwrites. The records from the file header on with
+/// consecutive sequence numbers are the log; it ends at the end mark, or, if a crash tore the last append, at the
+/// first record that is not valid or not the next number. Every record of an earlier round has a sequence number
+/// at or below the applied mark that LMDB's `meta` table keeps (`wal_applied`), so after a log without its end
+/// mark, a valid record above that mark means damage.
+///
+/// The epoch is inside every checksum so that the log cannot be forged by what clients write: lock names and
+/// value blocks are in the records' payloads, and bytes laid out there as a record (or left in the file from an
+/// earlier round) are not valid without the epoch, which never leaves the file.
 public final class WriteAheadLog {
     public static let fileName = "wal"
     /// The default size of the file: the log starts again from 0 before it would pass it.
     public static let defaultCapacity = 16 << 20
     static let magic: UInt32 = 0x444C_4D57  // "DLMW"
+    /// An end mark's magic.
+    static let endMagic: UInt32 = 0x444C_4D45  // "DLME"
+    /// The file header's magic and format.
+    static let fileMagic: UInt32 = 0x444C_4D46  // "DLMF"
+    static let fileFormat: UInt32 = 2
+    /// The file header's size: records start there.
+    static let fileHeaderSize = 32
     static let headerSize = 24
 
     public let path: String
@@ -61,6 +75,8 @@ public final class WriteAheadLog {
     public private(set) var offset = 0
     /// The sequence number of the last record appended (or replayed, or applied before this start).
     public private(set) var lastSequence: UInt64
+    /// This opening's epoch, in every record's checksum.
+    let epoch: UInt64
 
     /// Opens (or creates, filled with zeros to `capacity`) the log of `directory`; the next record is numbered
     /// `lastSequence + 1` and written at offset 0, so every record in the file must already be in LMDB.
@@ -71,6 +87,8 @@ public final class WriteAheadLog {
         guard fd >= 0 else { throw StoreError("cannot open \(path): \(String(cString: strerror(errno)))") }
         self.lastSequence = lastSequence
         self.capacity = 0
+        self.epoch = UInt64.random(in: 1...UInt64.max)
+        self.offset = WriteAheadLog.fileHeaderSize
         var status = stat()
         guard fstat(fd, &status) == 0 else {
             close(fd)
@@ -79,6 +97,18 @@ public final class WriteAheadLog {
         self.capacity = Int(status.st_size)
         do {
             if self.capacity < capacity { try grow(to: capacity) }
+            // A new epoch and an empty log: what the file held is in LMDB already.
+            var header = RecordWriter()
+            header.u32(WriteAheadLog.fileMagic)
+            header.u32(WriteAheadLog.fileFormat)
+            header.u64(epoch)
+            header.u32(CRC32.checksum(header.bytes))
+            while header.bytes.count < WriteAheadLog.fileHeaderSize { header.u8(0) }
+            let bytes = header.bytes + endMark(sequence: lastSequence + 1)
+            try bytes.withUnsafeBytes { try writeAll($0.baseAddress!, count: bytes.count, at: 0) }
+            guard fdatasync(fd) == 0 else {
+                throw StoreError("cannot sync \(path): \(String(cString: strerror(errno)))")
+            }
             if !existed { try WriteAheadLog.syncDirectory(directory) }
         } catch {
             close(fd)
@@ -124,30 +154,39 @@ public final class WriteAheadLog {
         }
     }
 
-    /// The record of the next sequence number holding `operations`.
+    /// The record of the next sequence number holding `operations`, with the end mark that follows it.
     public func encodeNext(_ operations: [StoreOperation]) -> [UInt8] {
-        WriteAheadLog.encodeRecord(sequence: lastSequence + 1, payload: WriteAheadLog.encodePayload(operations))
+        WriteAheadLog.encodeRecord(
+            sequence: lastSequence + 1, payload: WriteAheadLog.encodePayload(operations), epoch: epoch)
+            + endMark(sequence: lastSequence + 2)
+    }
+
+    /// The end mark that says the log ends before record `sequence`.
+    func endMark(sequence: UInt64) -> [UInt8] {
+        WriteAheadLog.encodeRecord(sequence: sequence, payload: [], epoch: epoch, magic: WriteAheadLog.endMagic)
     }
 
     /// Whether `record` fits after the write offset.
     public func fits(_ record: [UInt8]) -> Bool { offset + record.count <= capacity }
 
-    /// Writes a record made by `encodeNext` at the write offset and makes it durable (`fdatasync`). The caller
-    /// first checks that it fits, or starts the log again with `reset` (once every record is in LMDB).
+    /// Writes a record made by `encodeNext` (and its end mark) at the write offset and makes it durable
+    /// (`fdatasync`). The caller first checks that it fits, or starts the log again with `reset` (once every record
+    /// is in LMDB).
     public func append(_ record: [UInt8]) throws {
-        if record.count > capacity { try grow(to: (record.count * 2 + 4095) & ~4095) }
-        precondition(offset + record.count <= capacity, "a write-ahead record must fit after the write offset")
+        let end = offset + record.count
+        if end > capacity { try grow(to: (end * 2 + 4095) & ~4095) }
         try record.withUnsafeBytes { try writeAll($0.baseAddress!, count: record.count, at: offset) }
         guard fdatasync(fd) == 0 else {
             throw StoreError("cannot sync \(path): \(String(cString: strerror(errno)))")
         }
-        offset += record.count
+        // The next append overwrites the end mark.
+        offset += record.count - WriteAheadLog.headerSize
         lastSequence += 1
     }
 
-    /// Starts the log again from offset 0: only once every record in the file is durably in LMDB.
+    /// Starts the log again after the file header: only once every record in the file is durably in LMDB.
     public func reset() {
-        offset = 0
+        offset = WriteAheadLog.fileHeaderSize
     }
 
     // MARK: Encoding
@@ -191,13 +230,16 @@ public final class WriteAheadLog {
         return operations
     }
 
-    static func encodeRecord(sequence: UInt64, payload: [UInt8]) -> [UInt8] {
+    /// A record (or, with `endMagic`, an end mark) whose checksum covers `epoch` (nil: the first format's, which
+    /// had none).
+    static func encodeRecord(sequence: UInt64, payload: [UInt8], epoch: UInt64?, magic: UInt32 = magic) -> [UInt8] {
         var writer = RecordWriter()
         writer.bytes.reserveCapacity(headerSize + payload.count + 8)
         writer.u32(magic)
         writer.u32(UInt32(payload.count))
         writer.u64(sequence)
-        var crc = CRC32.update(0xFFFF_FFFF, writer.bytes[4..<16])
+        var crc = seed(epoch)
+        crc = CRC32.update(crc, writer.bytes[4..<16])
         crc = CRC32.update(crc, payload[...])
         writer.u32(~crc)
         writer.u32(0)
@@ -206,19 +248,39 @@ public final class WriteAheadLog {
         return writer.bytes
     }
 
-    /// The record at `offset` if it is valid (magic, length within the file, CRC): its sequence number, payload
-    /// and padded size.
-    static func parse(_ bytes: [UInt8], at offset: Int) -> (sequence: UInt64, payload: ArraySlice<UInt8>, size: Int)? {
+    /// The CRC's state after the epoch.
+    static func seed(_ epoch: UInt64?) -> UInt32 {
+        guard let epoch else { return 0xFFFF_FFFF }
+        return CRC32.update(0xFFFF_FFFF, (0..<8).map { UInt8(truncatingIfNeeded: epoch >> (56 - 8 * $0)) }[...])
+    }
+
+    /// The record (or end mark, `isEnd`) at `offset` if it is valid (magic, length within the file, CRC with
+    /// the epoch): its sequence number, payload and padded size.
+    static func parse(
+        _ bytes: [UInt8], at offset: Int, epoch: UInt64?
+    ) -> (sequence: UInt64, payload: ArraySlice<UInt8>, size: Int, isEnd: Bool)? {
         guard offset + headerSize <= bytes.count else { return nil }
         func u32(_ at: Int) -> UInt32 { bytes[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
-        guard u32(offset) == magic else { return nil }
+        let kind = u32(offset)
+        guard kind == magic || (kind == endMagic && epoch != nil) else { return nil }
         let length = Int(u32(offset + 4))
-        guard length <= bytes.count - offset - headerSize else { return nil }
+        guard length <= bytes.count - offset - headerSize, kind == magic || length == 0 else { return nil }
         let sequence = bytes[offset + 8..<offset + 16].reduce(0) { $0 << 8 | UInt64($1) }
         let payload = bytes[offset + headerSize..<offset + headerSize + length]
-        let crc = ~CRC32.update(CRC32.update(0xFFFF_FFFF, bytes[offset + 4..<offset + 16]), payload)
+        let crc = ~CRC32.update(CRC32.update(seed(epoch), bytes[offset + 4..<offset + 16]), payload)
         guard crc == u32(offset + 16) else { return nil }
-        return (sequence, payload, (headerSize + length + 7) & ~7)
+        return (sequence, payload, (headerSize + length + 7) & ~7, kind == endMagic)
+    }
+
+    /// The epoch and the offset of the first record of a log file: its header's, or, for a file of the first
+    /// format (records from offset 0, no epoch), nil and 0.
+    static func start(of bytes: [UInt8], path: String) throws -> (epoch: UInt64?, offset: Int) {
+        func u32(_ at: Int) -> UInt32 { bytes[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
+        guard bytes.count >= fileHeaderSize, u32(0) == fileMagic else { return (nil, 0) }
+        guard u32(4) == fileFormat, CRC32.checksum(Array(bytes[0..<16])) == u32(16) else {
+            throw StoreError("\(path) has a damaged or unknown header. Nothing was changed.")
+        }
+        return (bytes[8..<16].reduce(0) { $0 << 8 | UInt64($1) }, fileHeaderSize)
     }
 
     // MARK: Reading at start
@@ -238,10 +300,15 @@ public final class WriteAheadLog {
         guard FileManager.default.fileExists(atPath: path) else { return Pending(lastSequence: applied) }
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
         var pending = Pending(lastSequence: applied)
-        var offset = 0
+        var (epoch, offset) = try start(of: bytes, path: path)
         var expected: UInt64?
-        while let record = parse(bytes, at: offset) {
+        var ended = false
+        while let record = parse(bytes, at: offset, epoch: epoch) {
             if let expected, record.sequence != expected { break }
+            if record.isEnd {
+                ended = true
+                break
+            }
             if record.sequence > applied {
                 if pending.records.isEmpty && record.sequence != applied + 1 {
                     throw StoreError(
@@ -255,11 +322,13 @@ public final class WriteAheadLog {
             offset += record.size
         }
         pending.lastSequence = max(applied, (expected ?? 1) - 1)
-        // Past the end only records of earlier rounds (at or below the mark) or a torn record may remain.
+        // A log that ends at its end mark is whole. Without it, past the end only records of earlier rounds (at or
+        // below the mark) or a torn record may remain.
+        if ended { return pending }
         let floor = pending.lastSequence + 1
         var probe = offset
         while probe + headerSize <= bytes.count {
-            if let record = parse(bytes, at: probe), record.sequence >= floor {
+            if let record = parse(bytes, at: probe, epoch: epoch), !record.isEnd, record.sequence >= floor {
                 throw StoreError(
                     "\(path) is damaged: the record at offset \(offset) is corrupt but record \(record.sequence) "
                         + "follows at offset \(probe). Nothing was changed.")

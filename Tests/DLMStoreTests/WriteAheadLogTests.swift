@@ -1,7 +1,8 @@
 import DLMCore
-import DLMStore
 import Foundation
 import Testing
+
+@testable import DLMStore
 
 /// The write-ahead log of `sync` durability: records made durable one by one, replayed into LMDB at the next
 /// start above the applied mark, a torn tail ignored, damage in the middle refused.
@@ -24,18 +25,23 @@ import Testing
 
     /// A new data directory (made in `batch` mode, so with no log yet) and the groups below, written to its log
     /// as a dlmd in `sync` mode would have before it was killed, none applied to LMDB. Returns each record's
-    /// offset and size.
+    /// offset and size (without the end mark that followed it), and the log.
     func crashedDirectory(_ label: String, groups: [[NodeStore.Change]]) throws -> (String, [(Int, Int)]) {
+        let (path, placed, _) = try crashedLog(label, groups: groups)
+        return (path, placed)
+    }
+
+    func crashedLog(_ label: String, groups: [[NodeStore.Change]]) throws -> (String, [(Int, Int)], WriteAheadLog) {
         let path = temporaryDirectory(label)
         _ = try NodeStore(directory: path, nodeID: 1, durability: .batch, mapSize: 1 << 24)
         let log = try WriteAheadLog(directory: path, lastSequence: 0, capacity: 1 << 16)
         var placed: [(Int, Int)] = []
         for group in groups {
             let record = log.encodeNext(NodeStore.operations(group))
-            placed.append((log.offset, record.count))
+            placed.append((log.offset, record.count - WriteAheadLog.headerSize))
             try log.append(record)
         }
-        return (path, placed)
+        return (path, placed, log)
     }
 
     var groups: [[NodeStore.Change]] {
@@ -86,7 +92,9 @@ import Testing
 
     @Test func theAppliedMarkKeepsARecordFromBeingAppliedTwice() throws {
         let (path, _) = try crashedDirectory("wal-twice", groups: groups)
-        _ = try NodeStore(directory: path, nodeID: 1, durability: .sync, mapSize: 1 << 24)
+        // Replayed by a store without a log of its own (`batch`), which leaves the file as it was. (A `sync` store
+        // starts its log again under a new epoch, after which the old records are no records at all.)
+        _ = try NodeStore(directory: path, nodeID: 1, durability: .batch, mapSize: 1 << 24)
         // Later changes undo what the replayed records did; the records are still in the file.
         do {
             let store = try NodeStore(directory: path, nodeID: 1, durability: .batch, mapSize: 1 << 24)
@@ -125,6 +133,36 @@ import Testing
         #expect(message.contains("is damaged") && message.contains("record 3"), "\(message)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: path + "/data.mdb")) == before)
         #expect(throws: StoreError.self) { _ = try NodeStore.check(directory: path, mapSize: 1 << 24) }
+    }
+
+    /// Client data is written into the log (lock names, value blocks), so a client can lay out bytes as a record.
+    /// Without the epoch, which never leaves the file, such bytes are no record: not replayed where the log ends
+    /// (as after a torn append), and not taken for damage further on.
+    @Test func aRecordForgedWithoutTheEpochIsNeitherReplayedNorDamage() throws {
+        let (path, placed) = try crashedDirectory("wal-forged", groups: groups)
+        let end = placed[2].0 + placed[2].1
+        let evil = WriteAheadLog.encodePayload(
+            NodeStore.operations([.putLockspace(name: Array("evil".utf8), valueBlockLength: 8)]))
+        // Where the log ends (its end mark overwritten, as by a torn append), and far on with a higher number.
+        try overwrite(path, at: end, with: WriteAheadLog.encodeRecord(sequence: 4, payload: evil, epoch: nil))
+        try overwrite(path, at: end + 4096, with: WriteAheadLog.encodeRecord(sequence: 90, payload: evil, epoch: 0))
+        let pending = try WriteAheadLog.pending(directory: path, applied: 0)
+        #expect(pending.records.map(\.sequence) == [1, 2, 3])
+        let store = try NodeStore(directory: path, nodeID: 1, durability: .sync, mapSize: 1 << 24)
+        #expect(try store.load().lockspaces.map(\.name) == [ls])
+    }
+
+    /// Each append ends the log with an end mark: a log that reaches it is whole, whatever follows; one whose end
+    /// mark is gone (a torn append) is checked for damage: a valid record above the mark after it is refused.
+    @Test func theLogEndsAtItsEndMark() throws {
+        let (path, placed, log) = try crashedLog("wal-end", groups: groups)
+        let end = placed[2].0 + placed[2].1
+        let later = WriteAheadLog.encodeRecord(
+            sequence: 9, payload: WriteAheadLog.encodePayload([]), epoch: log.epoch)
+        try overwrite(path, at: end + 1024, with: later)
+        #expect(try WriteAheadLog.pending(directory: path, applied: 0).records.count == 3)
+        try overwrite(path, at: end, with: [UInt8](repeating: 0, count: WriteAheadLog.headerSize))
+        #expect(throws: StoreError.self) { _ = try WriteAheadLog.pending(directory: path, applied: 0) }
     }
 
     @Test func aSmallLogStartsAgainAndEveryCommitSurvives() throws {
