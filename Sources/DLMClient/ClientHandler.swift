@@ -39,6 +39,9 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
     var helloPromise: EventLoopPromise<ServerMessage>?
     var closedError: DLMError?
     let onBlocking: BlockingHandler
+    /// A lock of this connection that dlmd took away, untold by any request of ours (a forced release of its
+    /// lockspace, a purge of its parent): its id and status.
+    var onRemoved: (LockID, DLMStatus) -> Void = { _, _ in }
     var context: ChannelHandlerContext?
     var frames = FrameAccumulator()
 
@@ -137,6 +140,8 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
         if let waiting = queued.removeValue(forKey: lock) {
             if !cancelWhenQueued.isEmpty { cancelWhenQueued.remove(waiting.tag) }
             waiting.handler(.success(completion))
+        } else if completion.tag == 0, completion.mode == nil {
+            onRemoved(LockID(rawValue: lock), completion.status)
         }
         if completion.tag != 0,
             case .operation(let handler, let blocking)? = pending.removeValue(forKey: completion.tag)

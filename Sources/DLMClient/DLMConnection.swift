@@ -5,6 +5,19 @@ import NIOCore
 import NIOPosix
 
 /// A blocking callback: another request waits for `mode`, which the holder of `lock` blocks.
+/// A lock of the connection that dlmd took away without a request of the connection: a forced release of its
+/// lockspace (EUNLOCK; ECANCEL for a request that still waited) or a purge of the orphan it was a sub-lock of
+/// (EUNLOCK). The lock is gone.
+public struct RemovedLock: Sendable, Hashable {
+    public var lock: LockID
+    public var status: DLMStatus
+
+    public init(lock: LockID, status: DLMStatus) {
+        self.lock = lock
+        self.status = status
+    }
+}
+
 public struct BlockingEvent: Sendable, Hashable {
     public var lock: LockID
     public var mode: LockMode
@@ -27,6 +40,9 @@ public final class DLMConnection: Sendable {
     /// Every blocking callback of this connection's locks, in order.
     public let blockingCallbacks: AsyncStream<BlockingEvent>
     let blockingContinuation: AsyncStream<BlockingEvent>.Continuation
+    /// Every lock of this connection that dlmd took away (`RemovedLock`), in order; it ends when the connection
+    /// closes.
+    public let removedLocks: AsyncStream<RemovedLock>
     let loopExecutor: EventLoopTaskExecutor
 
     /// The socket `dlmd` listens on by default: `$DLM_SOCKET`, else /run/dlm/dlmd.sock.
@@ -70,6 +86,8 @@ public final class DLMConnection: Sendable {
         let handler = ClientHandler(busyPoll: busyPoll) { lock, mode in
             continuation.yield(BlockingEvent(lock: lock, mode: mode))
         }
+        let (removed, removedContinuation) = AsyncStream<RemovedLock>.makeStream()
+        handler.onRemoved = { lock, status in removedContinuation.yield(RemovedLock(lock: lock, status: status)) }
         let bootstrap = ClientBootstrap(group: eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton)
             .channelOption(.maxMessagesPerRead, value: 16)
             .channelInitializer { channel in
@@ -92,14 +110,16 @@ public final class DLMConnection: Sendable {
             channel.close(promise: nil)
             throw DLMError(.protocolError, "dlmd answered HELLO with \(hello)")
         }
+        channel.closeFuture.whenComplete { _ in removedContinuation.finish() }
         return DLMConnection(
             channel: channel, handler: handler, nodeID: reply.nodeID, protocolVersion: reply.version,
-            blockingCallbacks: stream, continuation: continuation)
+            blockingCallbacks: stream, continuation: continuation, removedLocks: removed)
     }
 
     init(
         channel: Channel, handler: ClientHandler, nodeID: UInt32, protocolVersion: UInt16,
-        blockingCallbacks: AsyncStream<BlockingEvent>, continuation: AsyncStream<BlockingEvent>.Continuation
+        blockingCallbacks: AsyncStream<BlockingEvent>, continuation: AsyncStream<BlockingEvent>.Continuation,
+        removedLocks: AsyncStream<RemovedLock>
     ) {
         self.channel = channel
         self.handler = handler
@@ -107,6 +127,7 @@ public final class DLMConnection: Sendable {
         self.protocolVersion = protocolVersion
         self.blockingCallbacks = blockingCallbacks
         self.blockingContinuation = continuation
+        self.removedLocks = removedLocks
         self.loopExecutor = EventLoopTaskExecutor(channel.eventLoop)
         channel.closeFuture.whenComplete { _ in continuation.finish() }
     }

@@ -17,7 +17,7 @@ struct BulkJob {
         /// The orphans of a lockspace whose former owner had a process id, with their sub-locks.
         /// The orphans of a process (`pid`) of `node` (nil: of any node).
         case purge(lockspace: UInt32, pid: UInt32, node: UInt32?)
-        /// Every lock of a lockspace that a forced release dropped, without completions.
+        /// Every lock of a lockspace that a forced release dropped, each owner told (`dropLocks`).
         case forcedRelease(lockspace: UInt32)
         /// The sub-locks of a lock that FORCEUNLOCK releases, deepest first, then the lock itself.
         case forceUnlock(UnlockRequest, root: Int32, writes: Bool)
@@ -128,7 +128,7 @@ extension LockEngine {
         case .forceUnlock(let request, let root, let writes):
             return forceUnlockSlice(&job, request, root: root, writes: writes, budget: &budget, into: &effects)
         case .forcedRelease(let lockspace):
-            guard dropLocks(&job, of: lockspace, budget: &budget) else { return false }
+            guard dropLocks(&job, of: lockspace, budget: &budget, into: &effects) else { return false }
             lockspaces[Int(lockspace)].isDraining = false
             forgetLockspaceName(Int(lockspace))
             return true
@@ -244,10 +244,12 @@ extension LockEngine {
         return true
     }
 
-    /// A forced release: walks the lock slots from the cursor and drops each lock of the lockspace without a
-    /// completion; locks with sub-locks are dropped after the walk, once their sub-locks (all in the same
-    /// lockspace) are gone.
-    mutating func dropLocks(_ job: inout BulkJob, of lockspace: UInt32, budget: inout Int) -> Bool {
+    /// A forced release: walks the lock slots from the cursor and drops each lock of the lockspace; locks with
+    /// sub-locks are dropped after the walk, once their sub-locks (all in the same lockspace) are gone. Each lock's
+    /// owner is told that it was taken away (`dropLock`); nothing else is granted, since the lockspace is gone.
+    mutating func dropLocks(
+        _ job: inout BulkJob, of lockspace: UInt32, budget: inout Int, into effects: inout [Effect]
+    ) -> Bool {
         if !job.started {
             job.started = true
             job.cursor = 0
@@ -271,7 +273,7 @@ extension LockEngine {
                 continue
             }
             budget -= 1
-            dropLock(slot)
+            dropLock(slot, into: &effects)
             job.removed += 1
         }
         // Parents, deepest first: a parent is deferred after its sub-locks (slot order does not say which is
@@ -285,15 +287,26 @@ extension LockEngine {
             probe.bulkSteps += 1
             job.deferred.removeLast()
             if locks[Int(lock)].isFree { continue }
-            dropLock(lock)
+            dropLock(lock, into: &effects)
             job.removed += 1
         }
         return true
     }
 
-    /// Drops a lock of a lockspace that is being released, and its resource if that was the last lock.
-    mutating func dropLock(_ lock: Int32) {
-        let resource = locks[Int(lock)].resource
+    /// Drops a lock of a lockspace that is being released, and its resource if that was the last lock. Its owner
+    /// gets an untagged completion: EUNLOCK for a lock that held a mode (its conversion, if one waited, goes with
+    /// it), ECANCEL for a request never granted; an orphan has no one to tell.
+    mutating func dropLock(_ lock: Int32, into effects: inout [Effect]) {
+        let record = locks[Int(lock)]
+        let resource = record.resource
+        if record.owner != orphanOwner {
+            effects.append(
+                .completion(
+                    Completion(
+                        lock: LockID(slot: lock), owner: owners[Int(record.owner)].id,
+                        status: record.isGranted ? .unlocked : .cancelled, mode: nil,
+                        valueBlockSequence: resources[Int(resource)].valueBlockSequence)))
+        }
         removeLock(lock)
         freeResourceIfUnused(resource)
     }

@@ -86,12 +86,12 @@ import Testing
         #expect(Self.query(&h, mate, .lockdebug, "private").status == .permissionDenied)
         #expect(Self.query(&h, other, .lockdump, "team").status == .permissionDenied)
 
-        // The creator releases, with force.
+        // The creator releases, with force: the holder of a lock in it is told that it was taken away.
         h.send(owner, .releaseLockspace(tag: 7, lockspace: 0, force: true))
         h.send(owner, .releaseLockspace(tag: 8, lockspace: 1, force: false))
         #expect(
             h.out() == [
-                "owner: OK tag 7 lock 0", "owner: OK tag 8 lock 0",
+                "mate: COMPLETION tag 0 lock 1 EUNLOCK", "owner: OK tag 7 lock 0", "owner: OK tag 8 lock 0",
             ])
     }
 
@@ -149,5 +149,32 @@ extension LockspaceAccessTests {
                 "u: LOCKSPACE tag 3 id 0 created", "p: ERROR tag 1 EACCES", "u: COMPLETION tag 4 lock 1 granted EX",
             ])
         #expect(Self.listed(&h, user) == ["ls 0640 1000"])
+    }
+}
+
+/// A forced release drops the locks the node masters for other nodes' clients too, and tells them.
+@Suite struct ForcedReleaseAcrossNodesTests {
+    typealias H = ServiceHarness
+
+    @Test func aForcedReleaseTellsTheHoldersOnOtherNodes() {
+        var c = ClusterHarness(nodes: 2)
+        let name = ClusterHarness.name(directedTo: 2, of: 2)
+        let b = c.client(2, "b")
+        c.send(b, H.lock(2, name, .pr))
+        #expect(c.run() == ["2b: COMPLETION tag 2 lock 1 granted PR"])
+        let a = c.client(1, "a")
+        c.send(a, H.lock(2, name, .pr))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(MasteringTests.remote) granted PR"])
+        c.send(b, .releaseLockspace(tag: 3, lockspace: 0, force: true))
+        #expect(
+            Set(c.run()) == [
+                "2b: COMPLETION tag 0 lock 1 EUNLOCK", "1a: COMPLETION tag 0 lock \(MasteringTests.remote) EUNLOCK",
+                "2b: OK tag 3 lock 0",
+            ])
+        // The lock is gone on both sides: node 1's client may lock the name again.
+        c.send(a, H.lock(4, name, .ex))
+        let again = c.run()
+        #expect(
+            again.count == 1 && again.allSatisfy { $0.hasPrefix("1a: COMPLETION tag 4") && $0.hasSuffix("granted EX") })
     }
 }

@@ -83,7 +83,8 @@ import Testing
     }
 
     /// A forced release of a lockspace bigger than a slice: the lockspace is gone at once for requests, its name
-    /// is busy until the last slice, and the requester learns how many locks were dropped (`finished`).
+    /// is busy until the last slice, each lock's owner is told (EUNLOCK), and the requester learns how many locks
+    /// were dropped (`finished`).
     @Test func aForcedReleaseIsDoneInSlicesAndTheNameIsBusyMeanwhile() throws {
         var h = Harness(config: EngineConfig(bulkSlice: 4))
         let other = try h.engine.createLockspace(name: Array("other".utf8))
@@ -92,7 +93,7 @@ import Testing
         _ = h.lock("o", by: 2, on: "kept", .ex, in: other)
         var effects: [Effect] = []
         #expect(try !h.engine.releaseLockspace(h.ls, force: true, requester: OwnerID(9), context: 77, into: &effects))
-        #expect(effects.isEmpty && h.engine.lockspaceInfo(h.ls) == nil)
+        #expect(h.engine.lockspaceInfo(h.ls) == nil)
         #expect(h.engine.lockspace(named: Array("ls".utf8)) == nil)
         let busy = #expect(throws: DLMError.self) { try h.engine.createLockspace(name: Array("ls".utf8)) }
         #expect(busy?.status == .busy)
@@ -102,7 +103,14 @@ import Testing
             slices += 1
         }
         #expect(slices > 3)
-        #expect(effects == [.finished(Finished(owner: OwnerID(9), context: 77, count: 21))])
+        #expect(effects.last == .finished(Finished(owner: OwnerID(9), context: 77, count: 21)))
+        let told = effects.dropLast().compactMap { effect -> Completion? in
+            if case .completion(let completion) = effect { return completion }
+            return nil
+        }
+        #expect(told.count == 21 && effects.count == 22)
+        #expect(told.allSatisfy { $0.owner == OwnerID(1) && $0.status == .unlocked && $0.mode == nil })
+        #expect(Set(told.map(\.lock)).count == 21)
         #expect(h.engine.lockCount == 1 && h.engine.resourceCount == 1)
         _ = try h.engine.createLockspace(name: Array("ls".utf8))
     }

@@ -114,14 +114,27 @@ import Testing
         #expect(h.lock("b", by: 1, on: "r", .ex) == ["error ENOENT"])
     }
 
-    @Test func forcedReleaseDropsEveryLockWithoutCompletions() throws {
+    /// A forced release drops every lock of the lockspace and tells each owner: EUNLOCK for a lock that held a
+    /// mode, ECANCEL for a request still waiting; no one is granted anything, and other lockspaces are untouched.
+    @Test func forcedReleaseDropsEveryLockAndTellsItsOwners() throws {
         var h = Harness()
         let other = try h.engine.createLockspace(name: bytes("other"))
         _ = h.lock("p", by: 1, on: "p", .ex)
         _ = h.lock("c", by: 1, on: "c", .ex, parent: "p")
         _ = h.lock("w", by: 2, on: "p", .ex)
         _ = h.lock("o", by: 3, on: "r", .ex, in: other)
-        try h.engine.releaseLockspace(h.ls, force: true)
+        var effects: [Effect] = []
+        if try !h.engine.releaseLockspace(h.ls, force: true, into: &effects) {
+            h.engine.finishBulkWork(into: &effects)
+        }
+        let told = effects.compactMap { effect -> String? in
+            guard case .completion(let completion) = effect, completion.mode == nil else { return nil }
+            return "owner \(completion.owner.rawValue) \(completion.status.name)"
+        }
+        #expect(told.sorted() == ["owner 1 EUNLOCK", "owner 1 EUNLOCK", "owner 2 ECANCEL"])
+        // And the end, for the requester; nothing else (no grant).
+        #expect(effects.count == told.count + 1)
+        if case .finished = effects.last {} else { Issue.record("no finished effect: \(effects)") }
         #expect(h.engine.lockCount == 1)
         #expect(h.engine.resourceCount == 1)
         #expect(h.engine.allLockspaces.map(\.id) == [other])

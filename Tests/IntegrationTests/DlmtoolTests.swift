@@ -413,6 +413,27 @@ struct DlmtoolTests {
         #expect(finished.status == 3 && finished.stdout == "ready\nfinished\n", "\(finished.stderr)")
     }
 
+    /// dlmd takes the lock away while the command runs (its lockspace is released with force): dlmd tells the
+    /// holder, so the command is sent SIGTERM and dlmtool exits 75; the lock is free again.
+    @Test func aLockTakenAwayByAForcedReleaseStopsTheCommand() async throws {
+        let daemon = try Daemon()
+        defer { daemon.stop() }
+        let running = try ToolRun.start(
+            daemon, "lock", "guarded", "--", "sh", "-c",
+            "trap 'echo stopped; exit 9' TERM; echo ready; while :; do sleep 0.02; done")
+        try running.waitForOutput(line: "ready")
+        let connection = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let lockspace = try await connection.openLockspace("default", create: false)
+        try await connection.releaseLockspace(lockspace, force: true)
+        await connection.close()
+        let result = await running.finish()
+        #expect(result.status == 75, "\(result.stderr)")
+        #expect(result.stdout == "ready\nstopped\n")
+        #expect(result.stderr.contains("dlmd took the lock away (EUNLOCK"), "\(result.stderr)")
+        let again = try await ToolRun.run(daemon, "lock", "--nonblock", "guarded", "--", "true")
+        #expect(again.status == 0, "\(again.stderr)")
+    }
+
     /// dlmtool is killed (SIGKILL) while the command runs: dlmd releases the lock, and the command dies too
     /// (PR_SET_PDEATHSIG), so it never runs without its lock.
     @Test func theCommandDiesWithDlmtool() async throws {

@@ -23,8 +23,9 @@ struct Lock: AsyncParsableCommand {
             lock was lost while COMMAND ran; 126 when COMMAND cannot be run, 127 when it is not found; 64 for a \
             usage error.
 
-            If the connection to dlmd is lost while COMMAND runs (dlmd stopped or died), the lock is no longer \
-            held (a --persistent one is kept as an orphan) and another process may take it: dlmtool says so on \
+            If the connection to dlmd is lost while COMMAND runs (dlmd stopped or died), or dlmd takes the lock \
+            away (its lockspace released with --force), the lock is no longer held (after a lost connection a \
+            --persistent one is kept as an orphan) and another process may take it: dlmtool says so on \
             standard error and, by default, sends COMMAND SIGTERM (--on-loss: another signal, or warn to let it \
             finish), then exits with status 75 (--lost-exit-code) once COMMAND has ended. COMMAND is killed \
             (SIGKILL) if dlmtool itself dies, since its lock then goes too.
@@ -129,14 +130,21 @@ struct Lock: AsyncParsableCommand {
         let finished = OnceFlag()
         let lost = OnceFlag()
         let lossSignal = Self.lossSignals[onLoss.uppercased()]
-        let watcher = Task { [name] in
+        @Sendable func lose(_ why: String) {
+            guard !finished.isSet, lost.setFirst() else { return }
+            ToolError.report(
+                "\(why) while the command runs: the lock \(Text.name(name)) is no longer held"
+                    + (lossSignal == nil ? "" : "; stopping the command (--on-loss \(onLoss))"))
+            if let lossSignal { ChildProcess.signal(lossSignal) }
+        }
+        let watcher = Task {
             for await _ in connection.blockingCallbacks {}
-            if !finished.isSet {
-                lost.set()
-                ToolError.report(
-                    "lost the connection to dlmd while the command runs: the lock \(Text.name(name)) is no "
-                        + "longer held" + (lossSignal == nil ? "" : "; stopping the command (--on-loss \(onLoss))"))
-                if let lossSignal { ChildProcess.signal(lossSignal) }
+            lose("lost the connection to dlmd")
+        }
+        // dlmd took the lock away (a forced release of its lockspace).
+        let removals = Task { [id = granted.id] in
+            for await removed in connection.removedLocks where removed.lock == id {
+                lose("dlmd took the lock away (\(removed.status.name): its lockspace was released by force)")
             }
         }
 
@@ -169,7 +177,7 @@ struct Lock: AsyncParsableCommand {
 
         finished.set()
         do {
-            try await granted.unlock()
+            if !lost.isSet { try await granted.unlock() }
         } catch let error as DLMError where error.status == .shuttingDown {
             // The connection is gone, and the lock with it; the watcher said so.
         } catch {
@@ -177,6 +185,7 @@ struct Lock: AsyncParsableCommand {
         }
         await connection.close()
         await watcher.value
+        await removals.value
         if lost.isSet, lossSignal != nil { throw ExitCode(lostExitCode) }
         if status != 0 { throw ExitCode(status) }
     }
@@ -232,4 +241,8 @@ final class OnceFlag: Sendable {
     private let value = Atomic<Bool>(false)
     var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
     func set() { value.store(true, ordering: .sequentiallyConsistent) }
+    /// Sets it; whether this call did (it was not set before).
+    func setFirst() -> Bool {
+        value.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
+    }
 }
