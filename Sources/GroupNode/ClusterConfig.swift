@@ -193,7 +193,9 @@ public struct ClusterConfig: Sendable, Hashable {
     public static func parse(_ text: String, file: String) throws -> ClusterConfig {
         let root: TOMLTable
         do {
-            root = try TOMLTable(string: text)
+            root = try ConfigText.parse(text)
+        } catch let error as ConfigText.Malformed {
+            throw ClusterConfigError(file: file, "line \(error.line), column \(error.column): \(error.message)")
         } catch let error as TOMLParseError {
             throw ClusterConfigError(
                 file: file, "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)"

@@ -159,7 +159,7 @@ struct DLMD: AsyncParsableCommand {
             throw ValidationError("cannot read the config file \(config): \(error.localizedDescription)")
         }
         do {
-            let table = try TOMLTable(string: text)
+            let table = try ConfigText.parse(text)
             guard let section = table["dlmd"] else { return FileSettings() }
             guard let dlmd = section.table else { throw ValidationError("\(config): [dlmd] must be a table") }
             let known: Set<String> = [
@@ -172,6 +172,8 @@ struct DLMD: AsyncParsableCommand {
                     "\(config): unknown key dlmd.\(key) (known: \(known.sorted().joined(separator: ", ")))")
             }
             return try TOMLDecoder().decode(FileSettings.self, from: dlmd)
+        } catch let error as ConfigText.Malformed {
+            throw ValidationError("\(config):\(error.line):\(error.column): \(error.message)")
         } catch let error as TOMLParseError {
             throw ValidationError(
                 "\(config):\(error.source.begin.line):\(error.source.begin.column): \(error.description)")
@@ -182,7 +184,7 @@ struct DLMD: AsyncParsableCommand {
 
     /// Whether the config file describes a cluster (has a [cluster] table).
     func isClusterConfig(_ path: String) -> Bool {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let table = try? TOMLTable(string: text)
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let table = try? ConfigText.parse(text)
         else { return false }
         return table["cluster"] != nil
     }

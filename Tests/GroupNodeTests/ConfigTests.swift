@@ -47,6 +47,27 @@ let exampleConfig = """
         return exampleConfig.replacingOccurrences(of: replace, with: with)
     }
 
+    /// A table header whose key starts with a character no key can start with made the TOML parser abort dlmd
+    /// (an assertion in toml++; found by `make fuzz`, input `[/`). It is an error naming the line and column; a `[`
+    /// inside a string, a comment or an array value is no header.
+    @Test func aTableHeaderWithoutAKeyIsAnErrorNotAnAbort() throws {
+        #expect(error("[/") == "\(file): line 1, column 2: a table header must start with a key, not '/'")
+        #expect(error("# a comment\n\n  [[ {x = 1}]]\n")?.contains("line 3, column 6") == true)
+        let valid =
+            exampleConfig + """
+
+                [timeouts]
+                # [/ not a header
+                """
+        #expect(throws: Never.self) { try ConfigText.checkTableHeaders(valid) }
+        for text in [
+            "a = [\n[ {b = 1} ],\n]\n", "s = \"[/\"\n", "m = \"\"\"\n[/\n\"\"\"\n", "l = '''\n[/\n'''\n",
+            "t = { a = [ [ ] ] }\n[x]\n", "[\"q\"]\n[ 'r' ]\n[[s]]\n",
+        ] {
+            #expect(throws: Never.self, "\(text)") { try ConfigText.checkTableHeaders(text) }
+        }
+    }
+
     @Test func theExampleParses() throws {
         let config = try ClusterConfig.parse(exampleConfig, file: file)
         #expect(config.name == "demo")
