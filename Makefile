@@ -7,7 +7,7 @@ SWIFT ?= swift
 RELEASE ?= -c release -Xswiftc -cross-module-optimization
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-cluster sim clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
+.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-cluster sim fuzz clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -49,8 +49,14 @@ sim:
 		DLM_MODEL_OPS=$(MODEL_OPS) $(SWIFT) test -c release -Xswiftc -enable-testing --scratch-path .build-test \
 		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests'
 
+## make fuzz FUZZ_SECONDS=N (or FUZZ_RUNS=N): coverage-guided fuzzers (libFuzzer) of the client frame decoder, the
+## peer port's frames before and after authentication, the cluster config file and the C library's decoder, each for N seconds (default 60)
+## or N inputs; corpora and crashing inputs under .build-fuzz/ (Fuzz/README.md).
+fuzz:
+	@bash Fuzz/run.sh
+
 lint:
-	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Tools bench
+	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Tools bench Fuzz
 
 ## make bench: release build, then the engine benchmarks (see bench/RESULTS.md), pinned to CPU 0 when taskset
 ## exists (the engine is single-threaded). Each prints one JSON object.
