@@ -50,7 +50,8 @@ sim:
 		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests'
 
 ## make fuzz FUZZ_SECONDS=N (or FUZZ_RUNS=N): coverage-guided fuzzers (libFuzzer) of the client frame decoder, the
-## peer port's frames before and after authentication, the cluster config file and the C library's decoder, each for N seconds (default 60)
+## peer port's frames before and after authentication, the cluster config file, the write-ahead log's recovery and
+## the C library's decoder, each for N seconds (default 60)
 ## or N inputs; corpora and crashing inputs under .build-fuzz/ (Fuzz/README.md).
 fuzz:
 	@bash Fuzz/run.sh

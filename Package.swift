@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "DLMClient", targets: ["DLMClient"]),
         .library(name: "GroupServices", targets: ["GroupServices"]),
         .library(name: "GroupNode", targets: ["GroupNode"]),
+        .library(name: "DLMStore", targets: ["DLMStore"]),
         .executable(name: "dlmd", targets: ["dlmd"]),
         .executable(name: "dlmtool", targets: ["dlmtool"]),
         .executable(name: "dlmbench", targets: ["dlmbench"]),

@@ -32,5 +32,8 @@ let package = Package(
         .executableTarget(
             name: "FuzzConfig", dependencies: ["FuzzSupport", .product(name: "GroupNode", package: root)],
             swiftSettings: fuzzerSettings),
+        .executableTarget(
+            name: "FuzzWriteAheadLog", dependencies: ["FuzzSupport", .product(name: "DLMStore", package: root)],
+            swiftSettings: fuzzerSettings),
     ]
 )

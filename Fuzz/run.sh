@@ -7,15 +7,14 @@ cd "$(dirname "$0")/.."
 SWIFT=${SWIFT:-swift}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 RUNS=${FUZZ_RUNS:-}
-FUZZERS=${FUZZERS:-"client-frames peer-frames config c-wire"}
+FUZZERS=${FUZZERS:-"client-frames peer-frames config wal c-wire"}
 OUT=.build-fuzz
 
-"$SWIFT" build -c release --package-path Fuzz --scratch-path "$OUT" -Xswiftc -sanitize=fuzzer \
-	--product FuzzClientFrames
-"$SWIFT" build -c release --package-path Fuzz --scratch-path "$OUT" -Xswiftc -sanitize=fuzzer \
-	--product FuzzPeerFrames
-"$SWIFT" build -c release --package-path Fuzz --scratch-path "$OUT" -Xswiftc -sanitize=fuzzer \
-	--product FuzzConfig
+# -enable-testing: the write-ahead log's fuzzer builds well-formed records with the store's own (internal) coder.
+for product in FuzzClientFrames FuzzPeerFrames FuzzConfig FuzzWriteAheadLog; do
+	"$SWIFT" build -c release --package-path Fuzz --scratch-path "$OUT" -Xswiftc -sanitize=fuzzer \
+		-Xswiftc -enable-testing --product "$product"
+done
 # The C library's decoder, with AddressSanitizer (lld: gold cannot link the sanitizers' runtime here).
 clang -std=c11 -D_GNU_SOURCE -O1 -g -fuse-ld=lld -fsanitize=fuzzer,address -I Sources/CDLM \
 	Fuzz/C/wire_fuzz.c Sources/CDLM/wire.c -o "$OUT/fuzz-c-wire"
@@ -26,6 +25,7 @@ for name in $FUZZERS; do
 	client-frames) binary=$OUT/release/FuzzClientFrames ;;
 	peer-frames) binary=$OUT/release/FuzzPeerFrames ;;
 	config) binary=$OUT/release/FuzzConfig ;;
+	wal) binary=$OUT/release/FuzzWriteAheadLog ;;
 	c-wire) binary=$OUT/fuzz-c-wire ;;
 	*) echo "unknown fuzzer $name" >&2; exit 64 ;;
 	esac

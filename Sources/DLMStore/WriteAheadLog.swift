@@ -98,13 +98,7 @@ public final class WriteAheadLog {
         do {
             if self.capacity < capacity { try grow(to: capacity) }
             // A new epoch and an empty log: what the file held is in LMDB already.
-            var header = RecordWriter()
-            header.u32(WriteAheadLog.fileMagic)
-            header.u32(WriteAheadLog.fileFormat)
-            header.u64(epoch)
-            header.u32(CRC32.checksum(header.bytes))
-            while header.bytes.count < WriteAheadLog.fileHeaderSize { header.u8(0) }
-            let bytes = header.bytes + endMark(sequence: lastSequence + 1)
+            let bytes = WriteAheadLog.fileHeader(epoch: epoch) + endMark(sequence: lastSequence + 1)
             try bytes.withUnsafeBytes { try writeAll($0.baseAddress!, count: bytes.count, at: 0) }
             guard fdatasync(fd) == 0 else {
                 throw StoreError("cannot sync \(path): \(String(cString: strerror(errno)))")
@@ -159,6 +153,17 @@ public final class WriteAheadLog {
         WriteAheadLog.encodeRecord(
             sequence: lastSequence + 1, payload: WriteAheadLog.encodePayload(operations), epoch: epoch)
             + endMark(sequence: lastSequence + 2)
+    }
+
+    /// The file header of a log with `epoch`.
+    static func fileHeader(epoch: UInt64) -> [UInt8] {
+        var header = RecordWriter()
+        header.u32(WriteAheadLog.fileMagic)
+        header.u32(WriteAheadLog.fileFormat)
+        header.u64(epoch)
+        header.u32(CRC32.checksum(header.bytes))
+        while header.bytes.count < WriteAheadLog.fileHeaderSize { header.u8(0) }
+        return header.bytes
     }
 
     /// The end mark that says the log ends before record `sequence`.
@@ -299,6 +304,11 @@ public final class WriteAheadLog {
         let path = directory + "/" + fileName
         guard FileManager.default.fileExists(atPath: path) else { return Pending(lastSequence: applied) }
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        return try pending(bytes: bytes, path: path, applied: applied)
+    }
+
+    /// `pending` of a log file's bytes (`path` names it in errors).
+    public static func pending(bytes: [UInt8], path: String, applied: UInt64) throws -> Pending {
         var pending = Pending(lastSequence: applied)
         var (epoch, offset) = try start(of: bytes, path: path)
         var expected: UInt64?
