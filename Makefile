@@ -7,7 +7,7 @@ SWIFT ?= swift
 RELEASE ?= -c release -Xswiftc -cross-module-optimization
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-cluster sim fuzz clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
+.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-cluster bench-abuse sim fuzz clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -90,6 +90,13 @@ bench-stall:
 	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmd
 	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmbench
 	BIN=$$($(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --show-bin-path) bench/stall-bench.sh
+
+## make bench-abuse: one client abusing a release dlmd (flooding without reading, 10,000 idle connections,
+## lockspaces created in a loop) while another does lock+unlock pairs: its p50 / p99 / max (bench/abuse-bench.sh).
+bench-abuse:
+	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmd
+	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmbench
+	BIN=$$($(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --show-bin-path) bench/abuse-bench.sh
 
 ## make bench-durability: the raw LMDB commit rate, then durable grants against a release dlmd in each
 ## --durability mode (bench/durability-bench.sh; figures in bench/RESULTS.md).

@@ -19,6 +19,8 @@ import Glibc
 //   dlmbench mixed        N clients, Zipf over resources, 90 % PR / 10 % EX
 //   dlmbench stall-exit   a client with N locks exits (or its orphans are purged, or its lockspace released
 //                         with force): how long until they are gone, and the longest pause another client saw
+//   dlmbench stall-abuse  a client flooding without reading, 10,000 idle connections, lockspaces created in a
+//                         loop: the latency p50 / p99 / max another client sees meanwhile
 //   dlmbench stall-deadlock  N waiters with deadlock passes due: dlmd's CPU spent searching, the longest pause
 //                         another client saw, and the time to the victim of a cycle among them
 //
@@ -56,6 +58,7 @@ let usage = """
                           [--ex-percent N] [--seed N]
            dlmbench stall-exit [--socket PATH] [--locks N[,N...]] [--cases exit,purge,release]
            dlmbench stall-deadlock [--socket PATH] [--waiters N[,N...]] [--resources N[,N...]] [--duration S]
+           dlmbench stall-abuse [--socket PATH] [--cases baseline,flood,idle,lockspaces] [--duration S] [--idle N]
            dlmbench membership [--scenario views|ordered|all] [--nodes N[,N...]] [--rounds N] ... (--help)
            dlmbench membership-kill --dlmd PATH [--nodes N] [--rounds N]
            dlmbench cluster --dlmd PATH [--scenarios remote,throughput,recovery,deadlock] [--duration S] [--warmup S]
@@ -120,6 +123,10 @@ case "mixed":
     }
 case "stall-exit":
     for result in StallScenarios.exit(Options(arguments.dropFirst(), allowed: StallScenarios.exitOptions)) {
+        print(result.text)
+    }
+case "stall-abuse":
+    for result in AbuseScenarios.run(Options(arguments.dropFirst(), allowed: AbuseScenarios.options)) {
         print(result.text)
     }
 case "stall-deadlock":
