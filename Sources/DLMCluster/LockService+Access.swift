@@ -1,7 +1,8 @@
 import DLMCore
 
-/// Who may do what with a lockspace (`LockspaceAccess`): opening it and locking in it need read and write
-/// permission, releasing it needs to be its creator or root, cancelling another user's request needs root. A
+/// Who may do what with a lockspace (`LockspaceAccess`): opening it, locking in it and purging its orphans need
+/// read and write permission, releasing it needs to be its creator or root, cancelling another user's request
+/// needs root. A
 /// client's permission on a lockspace is checked once, when it opens it or first locks in it, and remembered on
 /// its connection, so that a LOCK pays a short scan at most (and root nothing).
 extension LockService {

@@ -107,6 +107,11 @@ extension LockService {
                 .releaseLockspace(LockspaceID(rawValue: lockspace), force: force, requester: owner, context: context),
                 reply: Reply(connection: id, tag: tag, kind: .finished(context)))
         case .purge(let tag, let lockspace, let nodeID, let pid):
+            // Purging needs what locking needs: read and write permission on the lockspace.
+            if clients[Int(id.slot)].credentials?.uid != 0, let refusal = lockRefusal(id, lockspace: lockspace) {
+                deliver(id, .error(tag: tag, status: .permissionDenied, message: refusal))
+                return
+            }
             if mastersAcrossNodes {
                 purgeAcrossNodes(id, tag: tag, lockspace: lockspace, nodeID: nodeID, pid: pid)
             } else if nodeID == 0 || nodeID == configuration.nodeID {

@@ -62,6 +62,11 @@ import Testing
                 "root: OK tag 4 lock 2", "mate: BAST lock 1 PR",
             ])
 
+        // Purging a lockspace's orphans needs what locking needs.
+        h.send(other, .purge(tag: 9, lockspace: 0, nodeID: 0, pid: 10))
+        h.send(mate, .purge(tag: 9, lockspace: 0, nodeID: 0, pid: 10))
+        #expect(h.out() == ["other: ERROR tag 9 EACCES", "mate: PURGED tag 9 count 0"])
+
         // Only the creator's uid and root may release; a member of its group may not.
         h.send(mate, .releaseLockspace(tag: 5, lockspace: 0, force: true))
         h.send(other, .releaseLockspace(tag: 5, lockspace: 1, force: false))
