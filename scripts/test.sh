@@ -8,8 +8,8 @@
 #   3. the C library's tests (Tests/CDLMTests/run.sh) against the same dlmd.
 # Then a summary: Swift tests passed / failed / skipped, C checks passed / failed, the ten slowest tests.
 #
-# Environment: DLM_MODEL_OPS (default 2.5 million), DLM_SIM_SEEDS (default 2000), DLM_MASTERING_SEEDS (default
-# 2000), DLM_RECOVERY_SEEDS (default 2000), SWIFT, and TEST_SCRATCH (the
+# Environment: DLM_MODEL_OPS (default 1.6 million), DLM_SIM_SEEDS (default 1300), DLM_MASTERING_SEEDS (default
+# 1300), DLM_RECOVERY_SEEDS (default 1300), DLM_DEADLOCK_SEEDS (default 200), SWIFT, and TEST_SCRATCH (the
 # build folder, default .build-test: a release build of its own, so that `make bench`'s .build/release is not
 # rebuilt with other flags).
 set -uo pipefail
@@ -18,11 +18,11 @@ SWIFT=${SWIFT:-swift}
 SCRATCH=${TEST_SCRATCH:-.build-test}
 FLAGS=(-c release -Xswiftc -enable-testing --scratch-path "$SCRATCH")
 RESULTS=$SCRATCH/test-results
-export DLM_MODEL_OPS=${DLM_MODEL_OPS:-2500000}
-export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-2000}
-export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-2000}
-export DLM_RECOVERY_SEEDS=${DLM_RECOVERY_SEEDS:-2000}
-export DLM_DEADLOCK_SEEDS=${DLM_DEADLOCK_SEEDS:-300}
+export DLM_MODEL_OPS=${DLM_MODEL_OPS:-1600000}
+export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-1300}
+export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-1300}
+export DLM_RECOVERY_SEEDS=${DLM_RECOVERY_SEEDS:-1300}
+export DLM_DEADLOCK_SEEDS=${DLM_DEADLOCK_SEEDS:-200}
 RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests|DLMClusterTests\.DeadlockAcrossNodesTests'
 started=$SECONDS
 
