@@ -108,7 +108,7 @@ extension LockService {
                 reply: Reply(connection: id, tag: tag, kind: .finished(context)))
         case .purge(let tag, let lockspace, let nodeID, let pid):
             // Purging needs what locking needs: read and write permission on the lockspace.
-            if clients[Int(id.slot)].credentials?.uid != 0, let refusal = lockRefusal(id, lockspace: lockspace) {
+            if !clients[Int(id.slot)].isRoot, let refusal = lockRefusal(id, lockspace: lockspace) {
                 deliver(id, .error(tag: tag, status: .permissionDenied, message: refusal))
                 return
             }
@@ -130,7 +130,7 @@ extension LockService {
                 deliver(id, .purged(tag: tag, count: 0))
             }
         case .lock(let m):
-            if clients[Int(id.slot)].credentials?.uid != 0, let refusal = lockRefusal(id, lockspace: m.lockspace) {
+            if !clients[Int(id.slot)].isRoot, let refusal = lockRefusal(id, lockspace: m.lockspace) {
                 deliver(id, .error(tag: m.tag, status: .permissionDenied, message: refusal))
                 return
             }

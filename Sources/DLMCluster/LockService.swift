@@ -262,6 +262,7 @@ public struct LockService {
         nextOwner += 1
         clients[Int(slot)] = Client(id: id)
         clients[Int(slot)].credentials = credentials
+        clients[Int(slot)].isRoot = credentials?.uid == 0
         queues[Int(slot)] = ClientQueues()
         slotsByOwner[id.owner] = slot
         clientCount += 1
@@ -496,6 +497,9 @@ struct Client {
     /// The pid its locks carry (ClientCredentials.swift, `processID`).
     var pid: UInt32 = 0
     var credentials: ClientCredentials?
+    /// The kernel says it is root: no permission check (read on every LOCK without copying `credentials`, whose
+    /// groups array would be retained and released).
+    var isRoot = false
     /// Lockspaces (ids) it was found to have read and write permission on: checked once per lockspace, on open or
     /// on its first LOCK there (LockService+Access.swift).
     var lockspaces: [UInt32] = []
