@@ -59,8 +59,17 @@ extension LockService {
     /// user the requests of its own uid's connections on this node.
     func deadlockCancelRefusal(_ id: ConnectionID, lock: LockID) -> String? {
         let who = identity(id)
-        guard who.uid != 0, let state = engine.lockState(lock) else { return nil }
-        if let owner = state.owner, userID(of: owner) == who.uid { return nil }
+        guard who.uid != 0 else { return nil }
+        let owner: OwnerID?
+        if let copy = mastering.copies.index(ofCopy: lock.rawValue) {
+            // A lock of this node's client on a resource mastered elsewhere.
+            owner = self.owner(local: mastering.copies.copies[copy].owner)
+        } else if let state = engine.lockState(lock) {
+            owner = state.owner
+        } else {
+            return nil
+        }
+        if let owner, userID(of: owner) == who.uid { return nil }
         return "lock \(lock.rawValue) is not a lock of uid \(who.uid) on this node: only root may cancel it"
     }
 

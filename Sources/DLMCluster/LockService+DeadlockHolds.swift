@@ -10,7 +10,7 @@ import DequeModule
 /// here, in arrival order, while any resource is held:
 /// - a client's LOCK on a held resource, its CONVERT, UNLOCK or DEADLOCK_CANCEL of a lock on one, and every PURGE
 ///   and LOCKSPACE_RELEASE; then everything else of that connection (its replies keep their order);
-/// - another node's REQUEST, CONVERT or UNLOCK on a held resource, and every OWNER_EXITED and PURGE; then every
+/// - another node's REQUEST, CONVERT, UNLOCK or DEADLOCK_CANCEL on a held resource, and every OWNER_EXITED and PURGE; then every
 ///   later operation of that node (they arrive in order);
 /// - every disconnection (its owner's exit could release a lock of the cycle), the engine's timers (a timeout or a
 ///   local deadlock pass could end a wait) and work in slices.
@@ -89,6 +89,8 @@ extension LockService {
             return holds.waitingNodes.contains(node) || heldResource(ofLock: request.lock.rawValue)
         case .unlock(_, let request):
             return holds.waitingNodes.contains(node) || heldResource(ofLock: request.lock.rawValue)
+        case .deadlockCancel(_, let lock, _):
+            return holds.waitingNodes.contains(node) || heldResource(ofLock: lock.rawValue)
         case .ownerExited, .purge:
             return true
         default:

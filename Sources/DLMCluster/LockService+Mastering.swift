@@ -122,6 +122,9 @@ struct PeerReplyTarget {
     var owner: OwnerID
     /// The lock the operation is on (nil for a new lock: the engine's `accepted` names it).
     var lock: LockID?
+    /// Whether the lock's completion that came at once goes in the reply (the operation's own answer): not for a
+    /// DEADLOCK_CANCEL, whose requester gets OK and whose lock's owner gets the completion.
+    var answersWithCompletion = true
 }
 
 extension LockService {
@@ -206,11 +209,17 @@ extension LockService {
         switch message {
         case .convert(let m): (tag, lock) = (m.tag, m.lock)
         case .unlock(let m): (tag, lock) = (m.tag, m.lock)
+        case .deadlockCancel(let t, let l): (tag, lock) = (t, l)
         default: return
         }
-        guard let copy = mastering.copies.index(of: lock, owner: id.owner),
-            let masterLock = mastering.copies.copies[copy].masterLock
-        else {
+        // A deadlock cancel may name another owner's lock of this node (its permission was checked).
+        let found =
+            if case .deadlockCancel = message {
+                mastering.copies.index(ofCopy: lock)
+            } else {
+                mastering.copies.index(of: lock, owner: id.owner)
+            }
+        guard let copy = found, let masterLock = mastering.copies.copies[copy].masterLock else {
             deliver(id, .error(tag: tag, status: .noEntry, message: "no lock \(lock) of \(owner(id))"))
             return
         }
@@ -234,6 +243,12 @@ extension LockService {
                     UnlockRequest(
                         lock: masterLock, owner: owner(id), flags: m.flags,
                         valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil)),
+                to: master)
+        case .deadlockCancel:
+            send(
+                .deadlockCancel(
+                    ref: reference, lock: masterLock,
+                    owner: owner(local: mastering.copies.copies[copy].owner)),
                 to: master)
         default:
             break
@@ -284,7 +299,7 @@ extension LockService {
         case .valueReplicasStored(let generation):
             replicasStored(upTo: generation, by: node)
             return
-        case .lookup, .remove, .request, .convert, .unlock, .ownerExited, .purge:
+        case .lookup, .remove, .request, .convert, .unlock, .deadlockCancel, .ownerExited, .purge:
             // Sent before its sender recovered with this life of this node (to an earlier life, which it takes for
             // gone and sends again to whoever masters the resource now).
             guard node == configuration.nodeID || mastering.recoveredWith.contains(node) else { return }
@@ -376,6 +391,19 @@ extension LockService {
             run(
                 .unlock(request), reply: nil,
                 peer: PeerReplyTarget(node: node, reference: reference, owner: request.owner, lock: request.lock))
+        case .deadlockCancel(let reference, let lock, let owner):
+            // The engine reuses lock ids at once: an id that names another owner's lock now is no lock of the sender.
+            guard engine.lockState(lock)?.owner == owner else {
+                send(
+                    .reply(ref: reference, .refused(DLMError(.noEntry, "no lock \(lock.rawValue) of \(owner)"))),
+                    to: node)
+                return
+            }
+            // OK for the requester; the EDEADLK goes to the lock's owner as any completion (CLIENT.md §7).
+            run(
+                .cancelForDeadlock(lock), reply: nil,
+                peer: PeerReplyTarget(
+                    node: node, reference: reference, owner: owner, lock: lock, answersWithCompletion: false))
         case .reply(let reference, let reply):
             answered(reference, reply, from: node)
         case .completion(let completion):
@@ -600,6 +628,7 @@ extension PeerMessage {
         case .request(_, let remote): remote.request.owner
         case .convert(_, let request): request.owner
         case .unlock(_, let request): request.owner
+        case .deadlockCancel(_, _, let owner): owner
         case .ownerExited(let owner): owner
         default: nil
         }

@@ -801,6 +801,7 @@ extension LockService {
             }
         case .convert(_, let request): lock = request.lock
         case .unlock(_, let request): lock = request.lock
+        case .deadlockCancel(_, let cancelled, _): lock = cancelled
         default: return false
         }
         guard let top = engine.topLevelResource(of: lock) else { return false }

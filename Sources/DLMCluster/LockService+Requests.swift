@@ -177,6 +177,10 @@ extension LockService {
                 deliver(id, .error(tag: tag, status: .notPermitted, message: refusal))
                 return
             }
+            if mastersAcrossNodes, ProcessCopies.isCopy(lock) {
+                forwardToMaster(message, from: id)
+                return
+            }
             run(.cancelForDeadlock(LockID(rawValue: lock)), reply: Reply(connection: id, tag: tag, kind: .ok(lock)))
         case .query(let tag, let kind, let argument):
             do throws(DLMError) {
@@ -291,7 +295,7 @@ extension LockService {
             var lock = peer.lock
             if case .accepted(let id) = effects.first { lock = id }
             var own: Completion?
-            for index in 0..<end {
+            for index in 0..<end where peer.answersWithCompletion {
                 if case .completion(let c) = effects[index], c.lock == lock, c.owner == peer.owner {
                     own = c
                     answeredAt = index

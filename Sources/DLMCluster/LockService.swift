@@ -241,8 +241,11 @@ public struct LockService {
     }
 
     /// The owner identity of a connection's locks: this node, this life, the connection's number.
-    func owner(_ id: ConnectionID) -> OwnerID {
-        OwnerID(node: configuration.nodeID, incarnation: configuration.incarnation, local: id.owner)
+    func owner(_ id: ConnectionID) -> OwnerID { owner(local: id.owner) }
+
+    /// The cluster-wide owner of this node's owner number `local` (a connection's, or a process copy's owner).
+    func owner(local: UInt64) -> OwnerID {
+        OwnerID(node: configuration.nodeID, incarnation: configuration.incarnation, local: local)
     }
 
     // MARK: Clients

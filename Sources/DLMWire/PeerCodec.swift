@@ -33,6 +33,7 @@ extension PeerMessage {
         case purged = 26
         case deadlockRelease = 27
         case deadlockRefused = 28
+        case deadlockCancel = 29
     }
 
     /// The largest frame (after its length field).
@@ -68,6 +69,7 @@ extension PeerMessage {
         case .purged: .purged
         case .deadlockRelease: .deadlockRelease
         case .deadlockRefused: .deadlockRefused
+        case .deadlockCancel: .deadlockCancel
         }
     }
 
@@ -230,6 +232,10 @@ extension PeerMessage {
                 body.writeInteger(count)
             case .deadlockRelease(let check), .deadlockRefused(let check):
                 body.writeInteger(check)
+            case .deadlockCancel(let reference, let lock, let owner):
+                body.writeInteger(reference)
+                body.writeInteger(lock.rawValue)
+                body.writeOwner(owner)
             }
         }
     }
@@ -459,6 +465,10 @@ extension PeerMessage {
             message = .deadlockRelease(check: try body.read(UInt64.self, "check"))
         case .deadlockRefused:
             message = .deadlockRefused(check: try body.read(UInt64.self, "check"))
+        case .deadlockCancel:
+            let reference = try body.read(UInt64.self, "ref")
+            let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+            message = .deadlockCancel(ref: reference, lock: lock, owner: try body.readOwner())
         }
         try body.requireConsumed(type: type)
         return message

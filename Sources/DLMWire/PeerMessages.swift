@@ -76,6 +76,11 @@ public enum PeerMessage: Sendable, Hashable {
     case purge(ref: UInt64, lockspace: [UInt8], node: UInt32, pid: UInt32)
     /// The answer to `purge`: how many locks the receiver removed (sub-locks included).
     case purged(ref: UInt64, count: UInt32)
+    /// A client's DEADLOCK_CANCEL (`dlm_ls_deadlock_cancel`) of a lock mastered by the receiver: refuse its
+    /// waiting request or conversion with EDEADLK. `lock` is the master's id, `owner` the lock's owner (the lock
+    /// is not touched if the id now names another owner's lock). Answered by `reply` with the same `ref`: taken
+    /// (never with a completion: the EDEADLK goes to the lock's owner as any completion) or refused.
+    case deadlockCancel(ref: UInt64, lock: LockID, owner: OwnerID)
 }
 
 /// One step of a cycle for its master to check: the lock, its wait, and the participant it should wait for.

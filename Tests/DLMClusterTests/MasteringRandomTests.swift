@@ -697,7 +697,13 @@ struct MasteringRun {
             let parents = Set(clients[index].locks.values.filter { !$0.releasing }.compactMap(\.parent))
             guard let (lock, state) = held.first(where: { !parents.contains($0.key) }) else { return }
             if state.granted == nil || state.converting {
-                send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: .cancel)))
+                // One in four of these is a DEADLOCK_CANCEL (EDEADLK to the owner, OK or EBUSY to the asker),
+                // chosen by the lock's id so that each seed's random draws stay what they were.
+                if lock % 4 == 1 {
+                    send(index, .deadlockCancel(tag: tag(index, .unlock(lock)), lock: lock))
+                } else {
+                    send(index, .unlock(UnlockMessage(tag: tag(index, .unlock(lock)), lock: lock, flags: .cancel)))
+                }
             } else if state.valueBlock, let granted = state.granted, granted >= .pw {
                 let value = newValue(for: state.resource, index)
                 let tag = tag(index, .write(lock, state.resource, value.number))

@@ -38,6 +38,46 @@ import Testing
             ])
     }
 
+    /// DEADLOCK_CANCEL (`dlm_ls_deadlock_cancel`) of a lock mastered on another node goes to its master: the asker
+    /// gets OK and the lock's owner its EDEADLK, as on one node; another user of the owner's node may not cancel
+    /// it, root may; a lock that no longer exists is ENOENT, a granted one EBUSY.
+    @Test func deadlockCancelOfALockMasteredElsewhere() {
+        var c = ClusterHarness(nodes: 2)
+        let name = ClusterHarness.name(directedTo: 2, of: 2)
+        let a = c.client(1, "a")
+        let b = c.client(2, "b", credentials: ClientCredentials(pid: 20, uid: 1000))
+        let other = c.client(2, "o", credentials: ClientCredentials(pid: 21, uid: 1001))
+        let root = c.client(2, "r", credentials: .root)
+        // Node 1 masters the name (its client asked first); node 2's EX waits there.
+        c.send(a, H.lock(2, name, .ex))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock 1 granted EX"])
+        c.send(b, H.lock(2, name, .ex))
+        #expect(Set(c.run()) == ["2b: OK tag 2 lock \(Self.remote)", "1a: BAST lock 1 EX"])
+        c.send(other, .deadlockCancel(tag: 3, lock: Self.remote))
+        #expect(c.run() == ["2o: ERROR tag 3 EPERM"])
+        c.send(b, .deadlockCancel(tag: 3, lock: Self.remote))
+        #expect(c.run() == ["2b: OK tag 3 lock \(Self.remote)", "2b: COMPLETION tag 0 lock \(Self.remote) EDEADLK"])
+        c.send(root, .deadlockCancel(tag: 4, lock: Self.remote))
+        #expect(c.run() == ["2r: ERROR tag 4 ENOENT"])
+
+        // Root cancels another user's waiting request; the owner hears of it, not root.
+        c.send(b, H.lock(5, name, .pr))
+        #expect(c.run() == ["2b: OK tag 5 lock \(Self.remote)"])
+        c.send(root, .deadlockCancel(tag: 6, lock: Self.remote))
+        #expect(c.run() == ["2r: OK tag 6 lock \(Self.remote)", "2b: COMPLETION tag 0 lock \(Self.remote) EDEADLK"])
+
+        // A granted lock has nothing to cancel.
+        c.send(a, H.unlock(3, 1))
+        _ = c.run()
+        c.send(b, H.lock(7, name, .ex))
+        #expect(c.run() == ["2b: COMPLETION tag 7 lock \(Self.remote) granted EX"])
+        c.send(root, .deadlockCancel(tag: 8, lock: Self.remote))
+        #expect(c.run() == ["2r: ERROR tag 8 EBUSY"])
+        // The lock stays granted: its holder unlocks it.
+        c.send(b, H.unlock(9, Self.remote))
+        #expect(c.run() == ["2b: COMPLETION tag 9 lock \(Self.remote) EUNLOCK"])
+    }
+
     /// The lock limits count a connection's locks on resources mastered elsewhere (its process copies) too: with
     /// at most 2 locks per connection and 3 per user, node 1's client gets EAGAIN for a third lock on node 2's
     /// resources, and a second connection of the same user for the user's fourth; an unlock makes room.

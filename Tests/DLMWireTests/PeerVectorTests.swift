@@ -46,6 +46,8 @@ struct PeerVectorTests {
         "peer-deadlock-refused": .deadlockRefused(check: 5),
         "peer-purge": .purge(ref: 11, lockspace: Array("ls".utf8), node: 2, pid: 4242),
         "peer-purged": .purged(ref: 11, count: 3),
+        "peer-deadlock-cancel": .deadlockCancel(
+            ref: 13, lock: LockID(rawValue: 12), owner: OwnerID(node: 2, incarnation: 3, local: 5)),
         "peer-request": .request(
             ref: 7,
             RemoteLockRequest(
