@@ -103,7 +103,9 @@ extension LockService {
                 maxLocksPerConnection: configuration.maxLocksPerConnection,
                 maxLocksPerUser: configuration.maxLocksPerUser, locksRefused: limitRefusals.locks,
                 outputPauseBytes: environment.output?.pauseBytes, outputLimitBytes: environment.output?.limitBytes,
-                readsPaused: environment.output?.paused, closedForOutput: environment.output?.closed))
+                readsPaused: environment.output?.paused, closedForOutput: environment.output?.closed,
+                maxQueuedRequests: configuration.maxQueuedRequests, readsPausedForQueue: queuePausedCount,
+                queuePauses: limitRefusals.readPauses))
     }
 
     /// What the node waits for while it is stopped (group services' reasons first, else the lock service's own,

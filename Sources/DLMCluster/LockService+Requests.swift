@@ -44,8 +44,10 @@ extension LockService {
                 waitForDeadlockDecision(.frame(message, id, now, environment))
             } else if clients[Int(id.slot)].awaitingReply {
                 queues[Int(id.slot)].deferredRequests.append((message, environment))
+                requestQueued(id)
             } else if mustHold(message, from: id) {
                 hold(message, from: id, environment: environment)
+                requestQueued(id)
             } else {
                 handleRequest(message, from: id, now: now, environment: environment)
             }

@@ -56,6 +56,9 @@ public struct ServiceOutput: Sendable {
     public var recoveries: [RecoveryEvent] = []
     /// Messages for other nodes' lock services, in order (per node, they must arrive in this order).
     public var peerMessages: [(to: UInt32, message: PeerMessage)] = []
+    /// Connections to stop reading from (`paused`) because `maxQueuedRequests` of their requests wait, or to read
+    /// from again; in order.
+    public var readPauses: [(connection: ConnectionID, paused: Bool)] = []
 
     public init() {}
 
@@ -68,11 +71,12 @@ public struct ServiceOutput: Sendable {
         if !notices.isEmpty { notices.removeAll() }
         if !recoveries.isEmpty { recoveries.removeAll() }
         if !peerMessages.isEmpty { peerMessages.removeAll(keepingCapacity: true) }
+        if !readPauses.isEmpty { readPauses.removeAll() }
     }
 
     public var isEmpty: Bool {
         commit == nil && frames.isEmpty && closes.isEmpty && !wantsBulkSlice && notices.isEmpty
-            && peerMessages.isEmpty && recoveries.isEmpty
+            && peerMessages.isEmpty && recoveries.isEmpty && readPauses.isEmpty
     }
 }
 
@@ -120,6 +124,11 @@ public struct ServiceConfiguration: Sendable {
     /// The most locks the connections of one user (kernel uid) hold together on this node
     /// (`max_locks_per_user`); a LOCK past it is EAGAIN. Clients without a kernel uid (TCP) are not counted.
     public var maxLocksPerUser = ServiceConfiguration.defaultMaxLocksPerUser
+    /// The most requests of one connection that have been read and wait to run (`max_queued_requests`): behind
+    /// an earlier request's reply (done in slices, or answered by another node), or held while the node is
+    /// stopped. At the cap the shell stops reading from the connection (`ServiceOutput.readPauses`) until half of
+    /// them have run. Requests that run and wait in a lock queue are not queued here: they are locks.
+    public var maxQueuedRequests = ServiceConfiguration.defaultMaxQueuedRequests
     /// How many entries (resources, locks, process copies) a slice of a recovery phase looks at
     /// (LockService+Recovery.swift, `continueRecovery`).
     public var recoverySlice = 4_096
@@ -128,6 +137,7 @@ public struct ServiceConfiguration: Sendable {
     public static let defaultMaxLockspaces = 4_096
     public static let defaultMaxLocksPerConnection = 1 << 22
     public static let defaultMaxLocksPerUser = 1 << 24
+    public static let defaultMaxQueuedRequests = 1_024
 
     public init(
         nodeID: UInt32, incarnation: UInt64 = 0, engine: EngineConfig = EngineConfig(),
@@ -210,8 +220,12 @@ public struct LockService {
     var forceUnlockReplies: [LockID: (owner: OwnerID, tag: UInt32)] = [:]
     /// Connections whose requests waited behind a reply that has now gone out (`drainDeferred`).
     var connectionsWithDeferredRequests: [ConnectionID] = []
-    /// How often a limit refused (the status report's `limits`).
-    var limitRefusals = (connections: 0, lockspaces: 0, locks: 0)
+    /// How often a limit refused (the status report's `limits`); `readPauses`: how often a connection's queued
+    /// requests reached `maxQueuedRequests`.
+    var limitRefusals = (connections: 0, lockspaces: 0, locks: 0, readPauses: 0)
+    /// Connections the shell does not read from because their queued requests reached `maxQueuedRequests`
+    /// (LockService+Backpressure.swift).
+    var queuePausedConnections: [ConnectionID] = []
     /// A small number per user (kernel uid) whose connections have taken locks: their locks count against it,
     /// in the engine and among the process copies (`maxLocksPerUser`).
     var accounts: [UInt32: Int32] = [:]
@@ -359,6 +373,7 @@ public struct LockService {
                 if !connectionsWithDeferredRequests.isEmpty { drainDeferred() }
             }
         } while !endedConnections.isEmpty && finishEndedConnections()
+        if !queuePausedConnections.isEmpty { resumeReadsOfDrainedQueues() }
         // Only this input's frames and messages wait for its changes (a hold set outside `run`, e.g. by recovery's
         // replication, ends here too).
         holdingGeneration = nil
@@ -526,6 +541,8 @@ struct Client {
     /// A request of this connection is done in slices: its reply comes at the end, and the requests after it wait
     /// (`ClientQueues.deferredRequests`).
     var awaitingReply = false
+    /// The shell was told to stop reading from it: `maxQueuedRequests` of its requests waited.
+    var queuePaused = false
 
     init(id: ConnectionID) { self.id = id }
 }

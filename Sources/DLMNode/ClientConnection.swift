@@ -19,6 +19,9 @@ final class ClientConnection {
     var isClosed = false
     /// When its requests in flight arrived, for the latency histograms (only with `--metrics`).
     let requestTimes: RequestTimes?
+    /// The service said that `max_queued_requests` of its requests wait to run: not read from until it says
+    /// otherwise (`ServiceOutput.readPauses`), whatever its output does.
+    var queuePaused = false
 
     init(id: ConnectionID, channel: Channel, timed: Bool = false) {
         self.id = id
@@ -132,7 +135,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         guard writable == readsPaused else { return context.fireChannelWritabilityChanged() }
         readsPaused = !writable
         node.readsPaused += writable ? -1 : 1
-        context.channel.setOption(.autoRead, value: writable).whenFailure { _ in }
+        let read = writable && !(connection?.queuePaused ?? false)
+        context.channel.setOption(.autoRead, value: read).whenFailure { _ in }
         context.fireChannelWritabilityChanged()
     }
 

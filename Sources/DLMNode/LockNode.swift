@@ -72,6 +72,7 @@ public final class LockNode: @unchecked Sendable {
         service.maxLockspaces = configuration.maxLockspaces
         service.maxLocksPerConnection = configuration.maxLocksPerConnection
         service.maxLocksPerUser = configuration.maxLocksPerUser
+        service.maxQueuedRequests = configuration.maxQueuedRequests
         return service
     }
 
@@ -193,6 +194,16 @@ public final class LockNode: @unchecked Sendable {
             channel.writeAndFlush(channel.allocator.buffer(capacity: 0)).whenComplete { _ in
                 channel.close(promise: nil)
             }
+        }
+        for (id, paused) in output.readPauses {
+            // Too many of its requests wait to run (LockService+Backpressure.swift); reading also waits for its
+            // output to drain (ClientChannelHandler.channelWritabilityChanged).
+            guard let connection = connections[Int(id.slot)], connection.id == id, !connection.isClosed else {
+                continue
+            }
+            connection.queuePaused = paused
+            let channel = connection.channel
+            channel.setOption(.autoRead, value: !paused && channel.isWritable).whenFailure { _ in }
         }
         for notice in output.notices {
             logger.notice(

@@ -38,6 +38,8 @@ public struct NodeConfiguration: Sendable {
     /// The most locks of one connection, and of one user's connections together (ServiceConfiguration).
     public var maxLocksPerConnection = NodeConfiguration.defaultMaxLocksPerConnection
     public var maxLocksPerUser = NodeConfiguration.defaultMaxLocksPerUser
+    /// The most requests of one connection that wait to run before dlmd stops reading from it (ServiceConfiguration).
+    public var maxQueuedRequests = NodeConfiguration.defaultMaxQueuedRequests
     public var outputPauseBytes = NodeConfiguration.defaultOutputPauseBytes
     public var outputLimitBytes = NodeConfiguration.defaultOutputLimitBytes
 
@@ -45,6 +47,7 @@ public struct NodeConfiguration: Sendable {
     public static let defaultMaxLockspaces = ServiceConfiguration.defaultMaxLockspaces
     public static let defaultMaxLocksPerConnection = ServiceConfiguration.defaultMaxLocksPerConnection
     public static let defaultMaxLocksPerUser = ServiceConfiguration.defaultMaxLocksPerUser
+    public static let defaultMaxQueuedRequests = ServiceConfiguration.defaultMaxQueuedRequests
     public static let defaultOutputPauseBytes = 1 << 20
     public static let defaultOutputLimitBytes = 64 << 20
     public static let defaultSocketPath = "/run/dlm/dlmd.sock"

@@ -50,6 +50,11 @@ public struct StatusReport: Codable, Sendable, Hashable {
         /// Connections not read from now, because their unread output is past the pause mark.
         public var readsPaused: Int?
         public var closedForOutput: Int?
+        /// The most requests of one connection that wait to run (`max_queued_requests`); connections not read from
+        /// now because that many wait, and how often that happened (nil from an older dlmd).
+        public var maxQueuedRequests: Int?
+        public var readsPausedForQueue: Int?
+        public var queuePauses: Int?
 
         enum CodingKeys: String, CodingKey {
             case maxConnections = "max_connections"
@@ -63,13 +68,17 @@ public struct StatusReport: Codable, Sendable, Hashable {
             case outputLimitBytes = "output_limit_bytes"
             case readsPaused = "reads_paused"
             case closedForOutput = "closed_for_output"
+            case maxQueuedRequests = "max_queued_requests"
+            case readsPausedForQueue = "reads_paused_for_queue"
+            case queuePauses = "queue_pauses"
         }
 
         public init(
             maxConnections: Int, maxLockspaces: Int, connectionsRefused: Int, lockspacesRefused: Int,
             maxLocksPerConnection: Int? = nil, maxLocksPerUser: Int? = nil, locksRefused: Int? = nil,
             outputPauseBytes: Int? = nil, outputLimitBytes: Int? = nil, readsPaused: Int? = nil,
-            closedForOutput: Int? = nil
+            closedForOutput: Int? = nil, maxQueuedRequests: Int? = nil, readsPausedForQueue: Int? = nil,
+            queuePauses: Int? = nil
         ) {
             self.maxConnections = maxConnections
             self.maxLockspaces = maxLockspaces
@@ -82,6 +91,9 @@ public struct StatusReport: Codable, Sendable, Hashable {
             self.outputLimitBytes = outputLimitBytes
             self.readsPaused = readsPaused
             self.closedForOutput = closedForOutput
+            self.maxQueuedRequests = maxQueuedRequests
+            self.readsPausedForQueue = readsPausedForQueue
+            self.queuePauses = queuePauses
         }
     }
 

@@ -117,6 +117,14 @@ struct DLMD: AsyncParsableCommand {
 
     @Option(
         name: .long,
+        help: """
+            The most requests of one connection that wait to run (behind a reply, or while the node is stopped) \
+            before dlmd stops reading from it until half have run (default: 1024).
+            """)
+    var maxQueuedRequests: Int?
+
+    @Option(
+        name: .long,
         help: "KiB of output a client has not read past which dlmd stops reading its requests (default: 1024).")
     var outputPauseKib: Int?
 
@@ -145,6 +153,7 @@ struct DLMD: AsyncParsableCommand {
         var max_lockspaces: Int?
         var max_locks_per_connection: Int?
         var max_locks_per_user: Int?
+        var max_queued_requests: Int?
         var output_pause_kib: Int?
         var output_limit_kib: Int?
         var metrics: String?
@@ -165,7 +174,8 @@ struct DLMD: AsyncParsableCommand {
             let known: Set<String> = [
                 "socket", "socket_mode", "socket_group", "listen", "data_dir", "node_id", "deadlock_wait", "log_level",
                 "durability", "map_size", "busy_poll", "metrics", "max_connections", "max_lockspaces",
-                "max_locks_per_connection", "max_locks_per_user", "output_pause_kib", "output_limit_kib",
+                "max_locks_per_connection", "max_locks_per_user", "max_queued_requests", "output_pause_kib",
+                "output_limit_kib",
             ]
             for key in dlmd.keys where !known.contains(key) {
                 throw ValidationError(
@@ -263,10 +273,11 @@ struct DLMD: AsyncParsableCommand {
         let perConnection =
             maxLocksPerConnection ?? file.max_locks_per_connection ?? NodeConfiguration.defaultMaxLocksPerConnection
         let perUser = maxLocksPerUser ?? file.max_locks_per_user ?? NodeConfiguration.defaultMaxLocksPerUser
-        guard connectionLimit >= 1, lockspaceLimit >= 1, perConnection >= 1, perUser >= 1 else {
+        let queued = maxQueuedRequests ?? file.max_queued_requests ?? NodeConfiguration.defaultMaxQueuedRequests
+        guard connectionLimit >= 1, lockspaceLimit >= 1, perConnection >= 1, perUser >= 1, queued >= 1 else {
             throw ValidationError(
-                "--max-connections, --max-lockspaces, --max-locks-per-connection and --max-locks-per-user are "
-                    + "numbers from 1")
+                "--max-connections, --max-lockspaces, --max-locks-per-connection, --max-locks-per-user and "
+                    + "--max-queued-requests are numbers from 1")
         }
         guard pauseKiB >= 1, limitKiB >= pauseKiB, limitKiB <= 1 << 30 else {
             throw ValidationError("--output-pause-kib is from 1, and --output-limit-kib from it")
@@ -292,6 +303,7 @@ struct DLMD: AsyncParsableCommand {
         configuration.maxLockspaces = lockspaceLimit
         configuration.maxLocksPerConnection = perConnection
         configuration.maxLocksPerUser = perUser
+        configuration.maxQueuedRequests = queued
         configuration.outputPauseBytes = pauseKiB << 10
         configuration.outputLimitBytes = limitKiB << 10
         raiseOpenFileLimit(for: connectionLimit)

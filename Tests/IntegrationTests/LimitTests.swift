@@ -82,6 +82,53 @@ struct LimitTests {
         await observer.close()
     }
 
+    /// A client pipelines requests while its node is stopped (a cluster member without quorum): they wait to run,
+    /// and once 64 of them wait dlmd stops reading from it (its writes stop, and the status says so) while another
+    /// client is served. Once the node has quorum, every request runs in order, reading resumes, and nothing is
+    /// lost.
+    @Test func requestsWaitingToRunPauseReadingAtTheCap() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        cluster.arguments = { _ in ["--max-queued-requests", "64"] }
+        defer { cluster.stopAll() }
+        try cluster.start(1)
+        let observer = try await DLMConnection.connect(socketPath: cluster.socket(1))
+        let flooder = try RawSocket(path: cluster.socket(1))
+        // The open waits for quorum, and every PING after it waits behind it.
+        flooder.send(
+            Self.frames([
+                .hello(Hello(pid: 1, clientName: "flooder")),
+                .openLockspace(tag: 1, name: Array("q".utf8), valueBlockLength: 0, create: true, mode: 0o600),
+            ]))
+        let count = 400_000
+        let pings = Self.frames((0..<count).map { .ping(tag: UInt32(2 + $0)) })
+        let taken = flooder.sendWithoutBlocking(pings)
+        #expect(taken < pings.count, "dlmd read all \(pings.count) bytes without pausing")
+        let paused = try await Self.waitForStatus(observer, "a client paused for its queue") {
+            $0.limits?.readsPausedForQueue == 1
+        }
+        #expect(paused.limits?.maxQueuedRequests == 64 && paused.limits?.queuePauses == 1)
+        #expect(paused.recovery.heldRequests < count && paused.recovery.waitingFor.contains("quorum"))
+
+        try cluster.start(2)
+        let frameSize = pings.count / count
+        let sent = (taken + frameSize - 1) / frameSize
+        let reader = Task.detached { [flooder] in flooder.readToEnd(limit: 1 << 30) }
+        flooder.send(Array(pings[taken..<(sent * frameSize)]) + Self.frames([.bye(tag: 7)]))
+        let replies = try Self.decode(await reader.value)
+        #expect(replies.count == sent + 3)
+        #expect(
+            replies.dropFirst().first.map { if case .lockspace(1, _, _, true) = $0 { true } else { false } } == true)
+        let pongs = replies.dropFirst(2).prefix { if case .pong = $0 { true } else { false } }
+        #expect(pongs.count == sent)
+        #expect(pongs.enumerated().allSatisfy { $0.element == .pong(tag: UInt32(2 + $0.offset)) })
+        #expect(replies.last == .ok(tag: 7, lock: 0))
+        let after = try await Self.waitForStatus(observer, "no client paused") { $0.limits?.readsPausedForQueue == 0 }
+        #expect(after.limits?.queuePauses ?? 0 >= 1)
+        let text = try await ToolRun.run(arguments: ["status", "--socket", cluster.socket(1)])
+        #expect(text.fields["request queue"]?.hasPrefix("pause reading at 64 requests waiting to run") == true)
+        await observer.close()
+    }
+
     /// A client asks for many status reports without reading them: its unread output passes the limit (256 KiB)
     /// before its reads pause, and it is closed; the count says so, and another client is served.
     @Test func aClientWhoseUnreadOutputPassesTheLimitIsClosed() async throws {

@@ -79,8 +79,9 @@ struct Status: AsyncParsableCommand {
 
 extension Status {
     /// `limits  10000 connections (2 refused), 4096 lockspaces (0 refused)`, `lock limits  4194304 per
-    /// connection, 16777216 per user (0 refused)` and `output limits  pause reading at 1024 KiB unread, close at
-    /// 65536 KiB; 0 paused now, 0 closed`.
+    /// connection, 16777216 per user (0 refused)`, `request queue  pause reading at 1024 requests waiting to run; 0
+    /// paused now, 0 times` and `output limits  pause reading at 1024 KiB unread, close at 65536 KiB; 0 paused now,
+    /// 0 closed`.
     static func limitRows(_ report: StatusReport) -> [[String]] {
         guard let limits = report.limits else { return [] }
         var rows = [
@@ -94,6 +95,13 @@ extension Status {
             rows.append([
                 "lock limits",
                 "\(perConnection) per connection, \(perUser) per user (\(limits.locksRefused ?? 0) refused)",
+            ])
+        }
+        if let queued = limits.maxQueuedRequests {
+            rows.append([
+                "request queue",
+                "pause reading at \(queued) requests waiting to run; \(limits.readsPausedForQueue ?? 0) paused now, "
+                    + "\(limits.queuePauses ?? 0) times",
             ])
         }
         if let pause = limits.outputPauseBytes, let limit = limits.outputLimitBytes {
