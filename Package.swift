@@ -42,8 +42,9 @@ let package = Package(
         // Group services (docs/GROUPS.md): liveness, agreed views, quorum, fencing, ordered messaging, barriers,
         // process groups. A pure, deterministic state machine per node, like DLMCore.
         .target(name: "GroupServices"),
-        // The shell of group services: the cluster config (TOML), the cluster key, the authenticated peer transport
-        // over TCP, the fence command, and the driver that runs one GroupMember on an event loop.
+        // The shell of group services: the config file (TOML: the cluster's tables and dlmd's own), the cluster key,
+        // the authenticated peer transport over TCP, the fence command, and the driver that runs one GroupMember on
+        // an event loop.
         .target(
             name: "GroupNode",
             dependencies: [
@@ -110,7 +111,7 @@ let package = Package(
         .executableTarget(
             name: "dlmd",
             dependencies: [
-                "DLMNode", "GroupNode", "TOMLKit",
+                "DLMNode", "GroupNode",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -6,7 +6,6 @@ import Foundation
 import GroupNode
 import Logging
 import ServiceLifecycle
-import TOMLKit
 
 @main
 struct DLMD: AsyncParsableCommand {
@@ -136,59 +135,19 @@ struct DLMD: AsyncParsableCommand {
     @Flag(name: .long, help: "Check the data directory (every record decoded) and exit: 0 if sound, 1 if not.")
     var check = false
 
-    /// The [dlmd] table of the config file.
-    struct FileSettings: Codable {
-        var socket: String?
-        var socket_mode: String?
-        var socket_group: String?
-        var listen: String?
-        var data_dir: String?
-        var node_id: UInt32?
-        var deadlock_wait: Double?
-        var log_level: String?
-        var durability: String?
-        var map_size: Int?
-        var busy_poll: Int?
-        var max_connections: Int?
-        var max_lockspaces: Int?
-        var max_locks_per_connection: Int?
-        var max_locks_per_user: Int?
-        var max_queued_requests: Int?
-        var output_pause_kib: Int?
-        var output_limit_kib: Int?
-        var metrics: String?
-    }
-
-    func fileSettings() throws -> FileSettings {
-        guard let config else { return FileSettings() }
+    /// The [dlmd] table of the config file (none without `--config`).
+    func fileSettings() throws -> DaemonSettings {
+        guard let config else { return DaemonSettings() }
         let text: String
         do {
             text = try String(contentsOfFile: config, encoding: .utf8)
         } catch {
             throw ValidationError("cannot read the config file \(config): \(error.localizedDescription)")
         }
-        do {
-            let table = try ConfigText.parse(text)
-            guard let section = table["dlmd"] else { return FileSettings() }
-            guard let dlmd = section.table else { throw ValidationError("\(config): [dlmd] must be a table") }
-            let known: Set<String> = [
-                "socket", "socket_mode", "socket_group", "listen", "data_dir", "node_id", "deadlock_wait", "log_level",
-                "durability", "map_size", "busy_poll", "metrics", "max_connections", "max_lockspaces",
-                "max_locks_per_connection", "max_locks_per_user", "max_queued_requests", "output_pause_kib",
-                "output_limit_kib",
-            ]
-            for key in dlmd.keys where !known.contains(key) {
-                throw ValidationError(
-                    "\(config): unknown key dlmd.\(key) (known: \(known.sorted().joined(separator: ", ")))")
-            }
-            return try TOMLDecoder().decode(FileSettings.self, from: dlmd)
-        } catch let error as ConfigText.Malformed {
-            throw ValidationError("\(config):\(error.line):\(error.column): \(error.message)")
-        } catch let error as TOMLParseError {
-            throw ValidationError(
-                "\(config):\(error.source.begin.line):\(error.source.begin.column): \(error.description)")
-        } catch let error as DecodingError {
-            throw ValidationError("\(config): \(describe(error))")
+        do throws(DaemonSettings.Invalid) {
+            return try DaemonSettings.parse(text, file: config)
+        } catch {
+            throw ValidationError(error.description)
         }
     }
 
@@ -197,15 +156,6 @@ struct DLMD: AsyncParsableCommand {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8), let table = try? ConfigText.parse(text)
         else { return false }
         return table["cluster"] != nil
-    }
-
-    func describe(_ error: DecodingError) -> String {
-        switch error {
-        case .typeMismatch(let type, let context), .valueNotFound(let type, let context):
-            return "dlmd.\(context.codingPath.map(\.stringValue).joined(separator: ".")) must be a \(type)"
-        default:
-            return "\(error)"
-        }
     }
 
     func run() async throws {

@@ -47,6 +47,31 @@ let exampleConfig = """
         return exampleConfig.replacingOccurrences(of: replace, with: with)
     }
 
+    /// dlmd's own `[dlmd]` table: its keys as given, none without the table; an unknown key, a value of the wrong
+    /// type, a `dlmd` that is not a table and malformed TOML are errors naming the file (and the place).
+    @Test func theDaemonTable() throws {
+        let text = exampleConfig + "\n[dlmd]\nsocket = \"/run/dlm/x.sock\"\nmax_queued_requests = 64\n"
+        var expected = DaemonSettings()
+        expected.socket = "/run/dlm/x.sock"
+        expected.max_queued_requests = 64
+        #expect(try DaemonSettings.parse(text, file: file) == expected)
+        #expect(try DaemonSettings.parse(exampleConfig, file: file) == DaemonSettings())
+        func refusal(_ text: String) -> String? {
+            do throws(DaemonSettings.Invalid) {
+                _ = try DaemonSettings.parse(text, file: file)
+                return nil
+            } catch {
+                return error.description
+            }
+        }
+        #expect(refusal("[dlmd]\nsockt = \"x\"\n")?.hasPrefix("\(file): unknown key dlmd.sockt (known: ") == true)
+        #expect(refusal("[dlmd]\nmax_connections = \"many\"\n") == "\(file): dlmd.max_connections must be an integer")
+        #expect(refusal("[dlmd]\nsocket = 7\n") == "\(file): dlmd.socket must be a string")
+        #expect(refusal("dlmd = 3\n") == "\(file): [dlmd] must be a table")
+        #expect(refusal("[/") == "\(file):1:2: a table header must start with a key, not '/'")
+        #expect(refusal("[dlmd]\nsocket = \n")?.hasPrefix("\(file):2:") == true)
+    }
+
     /// A table header whose key starts with a character no key can start with made the TOML parser abort dlmd
     /// (an assertion in toml++; found by `make fuzz`, input `[/`). It is an error naming the line and column; a `[`
     /// inside a string, a comment or an array value is no header.
