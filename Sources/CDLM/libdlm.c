@@ -1853,7 +1853,8 @@ static int purge_own(struct dlm_ls *ls)
  * Removes the orphans that process `pid` of this node left in the lockspace, with their sub-locks: dlmd
  * records each orphan's pid (CLIENT.md §7, PURGE). Orphans of other processes stay.
  */
-static int purge_orphans(struct dlm_ls *ls, uint32_t pid)
+/* PURGE: dlmd removes the orphans of process `pid` of node `node_id` (0: its own node) on every node's masters. */
+static int purge_orphans(struct dlm_ls *ls, uint32_t node_id, uint32_t pid)
 {
 	struct dlmw_msg m;
 	struct syncw w;
@@ -1861,7 +1862,7 @@ static int purge_orphans(struct dlm_ls *ls, uint32_t pid)
 	memset(&w, 0, sizeof(w));
 	m.type = DLMW_PURGE;
 	m.u.purge.lockspace = ls->ls_id;
-	m.u.purge.node_id = 0;
+	m.u.purge.node_id = node_id;
 	m.u.purge.pid = pid;
 	return submit_wait(ls, &m, &w);
 }
@@ -1872,12 +1873,11 @@ int dlm_ls_purge(dlm_lshandle_t lockspace, int nodeid, int pid)
 	int err;
 	if (!valid_handle(ls))
 		return set_errno(ls ? EINVAL : ENOTCONN);
-	if (nodeid != 0 && (uint32_t)nodeid != ls->node_id)
-		return 0; /* this node holds no orphans of another node */
-	if (pid == getpid())
+	/* The orphans of another node's process are on the masters of their resources, on any node: dlmd finds them. */
+	if (pid == getpid() && (nodeid == 0 || (uint32_t)nodeid == ls->node_id))
 		err = purge_own(ls);
 	else
-		err = purge_orphans(ls, (uint32_t)pid);
+		err = purge_orphans(ls, (uint32_t)nodeid, (uint32_t)pid);
 	return err ? set_errno(-err) : 0;
 }
 

@@ -93,11 +93,12 @@ static H_UNUSED void h_run(const char *name, void (*fn)(void))
 {
 	h_case_failed = 0;
 	fn();
+	const char *where = getenv("DLM_SOCKET_OTHER") ? ", holders on 2 nodes" : "";
 	if (h_case_failed) {
-		printf("not ok - %s%s [%s]\n", h_prefix, name, FLAVOUR);
+		printf("not ok - %s%s [%s%s]\n", h_prefix, name, FLAVOUR, where);
 		h_failures++;
 	} else {
-		printf("ok - %s%s [%s]\n", h_prefix, name, FLAVOUR);
+		printf("ok - %s%s [%s%s]\n", h_prefix, name, FLAVOUR, where);
 	}
 	fflush(stdout);
 }
@@ -121,17 +122,50 @@ static H_UNUSED void h_track(dlm_lshandle_t ls)
 		}
 }
 
+/* The handles h_open opened on the other node ($DLM_SOCKET_OTHER). */
+static H_UNUSED dlm_lshandle_t h_others[H_MAX_HANDLES];
+
 static H_UNUSED void h_untrack(dlm_lshandle_t ls)
 {
-	for (int i = 0; i < H_MAX_HANDLES; i++)
+	for (int i = 0; i < H_MAX_HANDLES; i++) {
 		if (h_handles[i] == ls)
 			h_handles[i] = NULL;
+		if (h_others[i] == ls)
+			h_others[i] = NULL;
+	}
 }
 
-/* Creates (or opens) a lockspace and makes its ASTs run: its own thread, or h_wait's dispatching. */
+static int h_opens;
+
+/* The node id to name, in dlm_ls_purge on `ls`, the node of $DLM_SOCKET (whose processes the cases spawn): 0 (this
+ * node) unless `ls` is on the other node; then $DLM_SOCKET_NODE. */
+static H_UNUSED int h_socket_node(dlm_lshandle_t ls)
+{
+	const char *node = getenv("DLM_SOCKET_NODE");
+	for (int i = 0; i < H_MAX_HANDLES; i++)
+		if (ls && h_others[i] == ls)
+			return node ? atoi(node) : 0;
+	return 0;
+}
+
+/* Creates (or opens) a lockspace and makes its ASTs run: its own thread, or h_wait's dispatching. With
+ * $DLM_SOCKET_OTHER (the socket of another node of the same cluster), every second handle is opened on that node,
+ * so that a case's two handles are holders on different nodes. */
 static H_UNUSED dlm_lshandle_t h_open(const char *name)
 {
+	const char *other = getenv("DLM_SOCKET_OTHER");
+	char *saved = NULL;
+	if (other && other[0] && h_opens++ % 2 == 1) {
+		const char *socket = getenv("DLM_SOCKET");
+		saved = strdup(socket ? socket : "");
+		setenv("DLM_SOCKET", other, 1);
+	}
 	dlm_lshandle_t ls = dlm_create_lockspace(name, 0600);
+	int saved_other = saved != NULL;
+	if (saved) {
+		setenv("DLM_SOCKET", saved, 1);
+		free(saved);
+	}
 	if (!ls)
 		return NULL;
 #ifndef TEST_LT
@@ -141,6 +175,11 @@ static H_UNUSED dlm_lshandle_t h_open(const char *name)
 	}
 #endif
 	h_track(ls);
+	for (int i = 0; saved_other && i < H_MAX_HANDLES; i++)
+		if (!h_others[i]) {
+			h_others[i] = ls;
+			break;
+		}
 	return ls;
 }
 

@@ -198,13 +198,13 @@ static void test_orphan_purge(void)
 	CHECK_OK(dlm_ls_purge(ls, 0x7fff0000, (int)a));
 	CHECK_EQ(is_free(ls, "a1"), 0);
 	/* The first process's orphans go, the second's stay. */
-	CHECK_OK(dlm_ls_purge(ls, 0, (int)a));
+	CHECK_OK(dlm_ls_purge(ls, h_socket_node(ls), (int)a));
 	for (int i = 0; i < 2; i++) {
 		CHECK_EQ(is_free(ls, held_a[i]), 1);
 		CHECK_EQ(is_free(ls, held_b[i]), 0);
 	}
 	/* A purge that finds nothing is no error and removes nothing. */
-	CHECK_OK(dlm_ls_purge(ls, 0, (int)a));
+	CHECK_OK(dlm_ls_purge(ls, h_socket_node(ls), (int)a));
 	CHECK_EQ(is_free(ls, "b1"), 0);
 	/* b1 is still the second process's orphan: adopted with its value block. */
 	rec_init(&r, ls);
@@ -214,7 +214,7 @@ static void test_orphan_purge(void)
 	CHECK_EQ(r.status, 0);
 	CHECK(strncmp(r.lvb, "left by ", 8) == 0 && atoi(r.lvb + 8) == (int)b);
 	/* Purging the second process takes its last orphan, not the lock we adopted from it. */
-	CHECK_OK(dlm_ls_purge(ls, 0, (int)b));
+	CHECK_OK(dlm_ls_purge(ls, h_socket_node(ls), (int)b));
 	CHECK_EQ(is_free(ls, "b2"), 1);
 	CHECK_EQ(is_free(ls, "b1"), 0);
 	CHECK_OK(dlm_ls_unlock_wait(ls, r.lksb.sb_lkid, 0, &r.lksb));

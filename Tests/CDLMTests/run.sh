@@ -143,5 +143,84 @@ if ! kill -0 "$DLMD_PID" 2>/dev/null; then
   cat "$WORK/dlmd.err"
   failed=$((failed + 1))
 fi
+
+# The same cases with holders on two nodes: two dlmd of one cluster (loopback, short timeouts), every second handle
+# a case opens on node 2 ($DLM_SOCKET_OTHER), the processes it spawns on node 1 ($DLM_SOCKET_NODE names it).
+CLUSTER_PIDS=()
+cleanup_cluster() {
+  for pid in "${CLUSTER_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${CLUSTER_PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  CLUSTER_PIDS=()
+}
+trap 'cleanup_cluster; cleanup' EXIT
+port=$((20000 + RANDOM % 20000))
+"$(dirname "$DLMD")/dlmtool" keygen "$WORK/authkey" >/dev/null || fail_setup "dlmtool keygen failed"
+cat >"$WORK/cluster.toml" <<EOF
+[cluster]
+name = "cdlm-tests"
+key_file = "$WORK/authkey"
+
+[quorum]
+expected_votes = 2
+
+[fencing]
+command = "/bin/true"
+
+[timeouts]
+heartbeat_ms = 100
+suspect_ms = 800
+view_change_ms = 600
+flush_ms = 300
+
+[[node]]
+id = 1
+address = "127.0.0.1:$port"
+
+[[node]]
+id = 2
+address = "127.0.0.1:$((port + 1))"
+EOF
+chmod 600 "$WORK/cluster.toml"
+declare -A CLUSTER_OUT CLUSTER_BOTH
+for node in 1 2; do
+  mkdir -p "$WORK/node$node"
+  mkfifo "$WORK/node$node.out"
+  # Opened for reading and writing first (opening a FIFO only to write waits for a reader, and both nodes must
+  # start before either can recover), then for reading; the first is closed once dlmd wrote, so that the
+  # reader ends with dlmd.
+  exec {both}<>"$WORK/node$node.out"
+  CLUSTER_BOTH[$node]=$both
+  "$DLMD" --config "$WORK/cluster.toml" --node-id "$node" --socket "$WORK/node$node/s.sock" \
+    --data-dir "$WORK/node$node" --deadlock-wait 0.2 --log-level warning \
+    >"$WORK/node$node.out" 2>"$WORK/node$node.err" &
+  CLUSTER_PIDS+=($!)
+  exec {out}<"$WORK/node$node.out"
+  CLUSTER_OUT[$node]=$out
+done
+# Each serves once it has recovered the first view of both (its stdout says so).
+for node in 1 2; do
+  out=${CLUSTER_OUT[$node]}
+  recovered=
+  while IFS= read -r line <&$out; do
+    case "$line" in *"recovery done"*) recovered=1 && break ;; esac
+  done
+  [ -n "$recovered" ] || { cat "$WORK/node$node.err"; fail_setup "cluster node $node did not start"; }
+  both=${CLUSTER_BOTH[$node]}
+  exec {both}>&-
+  cat <&$out >/dev/null &
+done
+export DLM_SOCKET=$WORK/node1/s.sock DLM_SOCKET_OTHER=$WORK/node2/s.sock DLM_SOCKET_NODE=1
+for program in lib_tests lib_tests_lt processes processes_lt threads threads_lt; do
+  run "$program-2nodes" "$WORK/$program"
+done
+for node in 1 2; do
+  if ! kill -0 "${CLUSTER_PIDS[$((node - 1))]}" 2>/dev/null; then
+    echo "not ok - cluster node $node died during the tests"
+    cat "$WORK/node$node.err"
+    failed=$((failed + 1))
+  fi
+done
+cleanup_cluster
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -68,6 +68,26 @@ import Testing
         #expect(c.run() == ["2d: PURGED tag 4 count 1"])
     }
 
+    /// The orphans of a client of the master itself (written PW, then down to PR with the value block), purged by
+    /// node and pid from a client of another node.
+    @Test func theOrphansOfAMastersOwnClientArePurgedFromAnotherNode() {
+        var c = ClusterHarness(nodes: 2)
+        let names = (0..<2).map { ClusterHarness.name(directedTo: UInt32(1 + $0), of: 2, prefix: "o\($0)-") }
+        let b = c.client(1, "b", credentials: ClientCredentials(pid: 555, uid: 1000, gid: 1000))
+        for (index, name) in names.enumerated() {
+            c.send(b, H.lock(UInt32(2 + index), name, .pw, .persistent))
+            c.send(b, H.convert(UInt32(4 + index), 1 + UInt32(index), .pr, [.convert, .persistent, .valueBlock]))
+        }
+        #expect(c.run().filter { $0.contains("granted PR") }.count == 2)
+        c.close(b)
+        _ = c.run()
+        let d = c.client(2, "d", credentials: .root)
+        c.send(d, Self.purge(4, node: 1, pid: 555))
+        #expect(c.run() == ["2d: PURGED tag 4 count 2"])
+        for (index, name) in names.enumerated() { c.send(d, H.lock(UInt32(5 + index), name, .ex, .noQueue)) }
+        #expect(c.run().filter { $0.contains("granted EX") }.count == 2)
+    }
+
     /// A member that fails while a purge waits for its answer is not waited for: the client still gets PURGED.
     @Test func aMemberThatFailsIsNotWaitedFor() {
         var c = ClusterHarness(nodes: 3)

@@ -255,6 +255,31 @@ struct DlmtoolTests {
         await connection.close()
     }
 
+    /// `dlmtool purge LS NODE PID` removes the orphans a process left (dlm_ls_purge), and says how many.
+    @Test func purgeRemovesTheOrphansOfAProcess() async throws {
+        let daemon = try Daemon()
+        defer { daemon.stop() }
+        let holder = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let ls = try await holder.openLockspace("jobs")
+        for name in ["a", "b"] { _ = try await ls.lock(name, mode: .pr, flags: .persistent) }
+        await holder.close()
+        let pid = "\(getpid())"
+        let other = try await ToolRun.run(daemon, "purge", "jobs", "0", "1")
+        #expect(
+            other.status == 0 && other.stdout == "purged 0 locks of process 1 of node 0 in jobs\n", "\(other.stderr)")
+        let purged = try await ToolRun.run(daemon, "purge", "jobs", "0", pid)
+        #expect(purged.status == 0 && purged.stdout == "purged 2 locks of process \(pid) of node 0 in jobs\n")
+        let again = try await ToolRun.run(daemon, "purge", "jobs", "0", pid, "--json")
+        let object = try JSONSerialization.jsonObject(with: again.output) as? [String: Any]
+        #expect(again.status == 0 && object?["purged"] as? Int == 0 && object?["pid"] as? Int == Int(getpid()))
+        let checker = try await DLMConnection.connect(socketPath: daemon.socketPath)
+        let free = try await checker.openLockspace("jobs").request(Array("a".utf8), mode: .ex, flags: .noQueue)
+        #expect(free.status == .granted)
+        let unknown = try await ToolRun.run(daemon, "purge", "nothing", "0", pid)
+        #expect(unknown.status == 1 && unknown.stderr == "dlmtool: no lockspace nothing (ENOENT)\n")
+        await checker.close()
+    }
+
     // MARK: lock
 
     @Test func lockPassesTheExitStatusThrough() async throws {

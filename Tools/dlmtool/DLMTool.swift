@@ -20,7 +20,8 @@ struct DLMTool: AsyncParsableCommand {
             with its command's status; see `dlmtool help lock`.
             """,
         subcommands: [
-            Status.self, Ls.self, LockDebug.self, LockDump.self, Join.self, Leave.self, Lock.self, Members.self,
+            Status.self, Ls.self, LockDebug.self, LockDump.self, Join.self, Leave.self, Purge.self, Lock.self,
+            Members.self,
             Keygen.self,
         ])
 }
@@ -152,4 +153,9 @@ func describeConnectionError(_ error: Error, path: String) -> String {
         }
     }
     return result == 0 ? "\(error)" : String(cString: strerror(errno))
+}
+
+/// A lockspace name on the command line: 1 to 64 bytes.
+func checkLockspaceName(_ name: String) throws {
+    guard (1...64).contains(name.utf8.count) else { throw ValidationError("a lockspace name has 1 to 64 bytes") }
 }

@@ -84,9 +84,7 @@ struct Lock: AsyncParsableCommand {
     func validate() throws {
         guard LockMode(name: mode) != nil else { throw ValidationError("--mode must be NL, CR, CW, PR, PW or EX") }
         guard (1...64).contains(name.utf8.count) else { throw ValidationError("a lock name has 1 to 64 bytes") }
-        guard (1...64).contains(lockspace.utf8.count) else {
-            throw ValidationError("a lockspace name has 1 to 64 bytes")
-        }
+        try checkLockspaceName(lockspace)
         if let timeout {
             guard timeout >= 0, timeout < 1e9 else { throw ValidationError("--timeout must be a number of seconds") }
             if nonblock { throw ValidationError("--nonblock and --timeout exclude each other") }

@@ -36,9 +36,7 @@ struct Join: AsyncParsableCommand {
         guard permissionBits != nil else {
             throw ValidationError("--mode takes octal permission bits from 0 to 0777, e.g. 0660, not \(mode)")
         }
-        guard (1...64).contains(lockspace.utf8.count) else {
-            throw ValidationError("a lockspace name has 1 to 64 bytes")
-        }
+        try checkLockspaceName(lockspace)
         if let lvbLength, !(8...64).contains(lvbLength) || lvbLength % 8 != 0 {
             throw ValidationError("--lvb-length must be a multiple of 8 from 8 to 64")
         }
@@ -95,9 +93,7 @@ struct Leave: AsyncParsableCommand {
     var force = false
 
     func validate() throws {
-        guard (1...64).contains(lockspace.utf8.count) else {
-            throw ValidationError("a lockspace name has 1 to 64 bytes")
-        }
+        try checkLockspaceName(lockspace)
     }
 
     struct Result: Encodable {
@@ -116,6 +112,53 @@ struct Leave: AsyncParsableCommand {
             }
             if options.json { return try printJSON(Result(lockspace: lockspace, released: true)) }
             print("released lockspace \(Text.name(lockspace))")
+        }
+    }
+}
+
+struct Purge: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Remove the orphans a process left in a lockspace.",
+        discussion: """
+            Removes the orphans of lockspace LS (persistent locks whose owner went) that process PID of node NODE \
+            left, with their sub-locks, on the masters of every node of the cluster, as dlm_ls_purge does; NODE 0 \
+            is the node dlmtool talks to, and PID 0 names the orphans whose pid is not known. Prints how many \
+            locks went. Needs read and write permission on the lockspace. With --json, prints {"lockspace", \
+            "node", "pid", "purged"}.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    @Argument(help: "The lockspace's name.")
+    var lockspace: String
+
+    @Argument(help: "The node whose process left the orphans (0: the node dlmtool talks to).")
+    var node: UInt32
+
+    @Argument(help: "The process id the orphans keep.")
+    var pid: UInt32
+
+    func validate() throws {
+        try checkLockspaceName(lockspace)
+    }
+
+    struct Result: Encodable {
+        var lockspace: String
+        var node: UInt32
+        var pid: UInt32
+        var purged: Int
+    }
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let ls = try await connection.openAnyLockspace(lockspace, create: false)
+            let count = try await ls.purge(nodeID: node, pid: pid)
+            if options.json {
+                return try printJSON(Result(lockspace: lockspace, node: node, pid: pid, purged: count))
+            }
+            print(
+                "purged \(count) lock\(count == 1 ? "" : "s") of process \(pid) of node \(node) in \(Text.name(lockspace))"
+            )
         }
     }
 }

@@ -185,9 +185,7 @@ struct LockspaceArgument: ParsableArguments {
     var lockspace: String
 
     func validate() throws {
-        guard (1...64).contains(lockspace.utf8.count) else {
-            throw ValidationError("a lockspace name has 1 to 64 bytes")
-        }
+        try checkLockspaceName(lockspace)
     }
 }
 
