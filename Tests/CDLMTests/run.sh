@@ -197,11 +197,12 @@ for node in 1 2; do
   exec {out}<"$WORK/node$node.out"
   CLUSTER_OUT[$node]=$out
 done
-# Each serves once it has recovered the first view of both (its stdout says so).
+# Each serves once it has recovered the first view of both (its stdout says so; a hang detector gives up after
+# 60 s without a line).
 for node in 1 2; do
   out=${CLUSTER_OUT[$node]}
   recovered=
-  while IFS= read -r line <&$out; do
+  while IFS= read -r -t 60 line <&$out; do
     case "$line" in *"recovery done"*) recovered=1 && break ;; esac
   done
   [ -n "$recovered" ] || { cat "$WORK/node$node.err"; fail_setup "cluster node $node did not start"; }
