@@ -92,6 +92,59 @@ import Testing
     /// The node that masters a name dies (`kill -9`): a survivor's EX on it stays held (another survivor's
     /// NOQUEUE request is refused), a queued request of a third survivor is granted once the holder unlocks, and
     /// the grant's fencing token is above every token issued before the death.
+    /// DaemonTests' statuses, blocking callbacks and value blocks with the two clients on different nodes: each
+    /// resource is mastered by the node of the client that asks first, so every case runs once with the waiter
+    /// remote and once with the holder remote.
+    @Test func statusesCallbacksAndValueBlocksWithHoldersOnTwoNodes() async throws {
+        let cluster = try TestCluster(nodes: 2)
+        defer { cluster.stopAll() }
+        let (connections, spaces) = try await Self.clientOnEveryNode(cluster, lockspace: "statuses")
+        for (x, y) in [(0, 1), (1, 0)] {
+            let (a, lsA, lsB) = (connections[x], spaces[x], spaces[y])
+            let tag = "\(x)"
+            // Granted, EAGAIN (NOQUEUE against EX), ETIMEDOUT, EUNLOCK.
+            let held = try await lsA.request(Array("r\(tag)".utf8), mode: .ex)
+            #expect(held.status == .granted && held.mode == .ex)
+            let refused = try await lsB.request(Array("r\(tag)".utf8), mode: .pr, flags: .noQueue)
+            #expect(refused.status == .tryAgain && refused.mode == nil)
+            let timedOut = try await lsB.request(Array("r\(tag)".utf8), mode: .pr, timeout: .milliseconds(30))
+            #expect(timedOut.status == .timedOut)
+            #expect(try await lsA.unlock(held.id) == .unlocked)
+            // EDEADLK: two PR holders converting to EX; EBUSY: an unlock of a converting lock.
+            let p1 = try await lsA.lock("d\(tag)", mode: .pr)
+            let p2 = try await lsB.lock("d\(tag)", mode: .pr)
+            async let first = p1.requestConversion(to: .ex)
+            try await waitUntil { try await waitingCount(a, lockspace: "statuses", resource: "d\(tag)") == 1 }
+            await expectStatus(.busy) { try await p1.unlock() }
+            let second = try await p2.requestConversion(to: .ex)
+            #expect(second.status == .deadlock && second.mode == .pr)
+            try await p2.unlock()
+            let converted = try await first
+            #expect(converted.status == .granted && converted.mode == .ex)
+            try await p1.unlock()
+            // EINVAL and ENOENT, refused at once.
+            await expectStatus(.invalid) { _ = try await lsB.lock("x", mode: .pr, flags: [.expedite]) }
+            await expectStatus(.noEntry) { try await lsB.unlock(LockID(rawValue: 0x8000_7fff)) }
+            // A blocking callback crosses to the holder; the waiter is granted when it unlocks.
+            let (told, teller) = AsyncStream<LockMode>.makeStream()
+            let holder = try await lsA.lock("b\(tag)", mode: .pr, onBlocking: { teller.yield($0) })
+            async let waiter = lsB.lock("b\(tag)", mode: .ex)
+            var modes = told.makeAsyncIterator()
+            #expect(await modes.next() == .ex)
+            try await holder.unlock()
+            let exclusive = try await waiter
+            #expect(exclusive.mode == .ex)
+            // A value block written on one node is read on the other (an NL lock keeps the resource, and its value
+            // block, between them).
+            let keeper = try await lsA.lock("b\(tag)", mode: .nl)
+            try await exclusive.unlock(valueBlock: Array("from \(y)".utf8))
+            let reader = try await keeper.convert(to: .pr, flags: .valueBlock)
+            #expect(reader.valueBlock?.prefix(6) == ArraySlice(Array("from \(y)".utf8)))
+            try await reader.unlock()
+        }
+        for connection in connections { await connection.close() }
+    }
+
     @Test func aGrantedLockSurvivesTheDeathOfItsMaster() async throws {
         let cluster = try TestCluster(nodes: 4)
         defer { cluster.stopAll() }
