@@ -27,7 +27,7 @@ build:
 release:
 	$(SWIFT) build $(RELEASE)
 
-## make test: lint, then scripts/test.sh: one release build of every test target with testing enabled (in
+## make test: lint, then scripts/test.sh: one release build of every test target, dlmd and dlmtool with testing enabled (in
 ## .build-test, warnings are errors for our own code), the randomized tests in parallel (DLM_MODEL_OPS operations of
 ## the reference model test, default 1.6 million; DLM_SIM_SEEDS seeds of the group services simulation, default 1300),
 ## every other Swift test one at a time (real dlmd processes), the C library's tests, and a summary.
