@@ -92,9 +92,9 @@ import Testing
     /// The node that masters a name dies (`kill -9`): a survivor's EX on it stays held (another survivor's
     /// NOQUEUE request is refused), a queued request of a third survivor is granted once the holder unlocks, and
     /// the grant's fencing token is above every token issued before the death.
-    /// DaemonTests' statuses, blocking callbacks and value blocks with the two clients on different nodes: each
-    /// resource is mastered by the node of the client that asks first, so every case runs once with the waiter
-    /// remote and once with the holder remote.
+    /// DaemonTests' statuses (ECANCEL through a cancelled task), blocking callbacks and value blocks with the two
+    /// clients on different nodes: each resource is mastered by the node of the client that asks first, so every
+    /// case runs once with the waiter remote and once with the holder remote.
     @Test func statusesCallbacksAndValueBlocksWithHoldersOnTwoNodes() async throws {
         let cluster = try TestCluster(nodes: 2)
         defer { cluster.stopAll() }
@@ -122,6 +122,13 @@ import Testing
             let converted = try await first
             #expect(converted.status == .granted && converted.mode == .ex)
             try await p1.unlock()
+            // ECANCEL: a waiting request whose task is cancelled is cancelled at its master.
+            let blocker = try await lsA.lock("c\(tag)", mode: .ex)
+            let cancelled = Task { try await lsB.request(Array("c\(tag)".utf8), mode: .ex) }
+            try await waitUntil { try await waitingCount(a, lockspace: "statuses", resource: "c\(tag)") == 1 }
+            cancelled.cancel()
+            #expect(try await cancelled.value.status == .cancelled)
+            try await blocker.unlock()
             // EINVAL and ENOENT, refused at once.
             await expectStatus(.invalid) { _ = try await lsB.lock("x", mode: .pr, flags: [.expedite]) }
             await expectStatus(.noEntry) { try await lsB.unlock(LockID(rawValue: 0x8000_7fff)) }
