@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # make test: builds every test target (and dlmd and dlmtool) once, in release with testing enabled, and runs the
-# tests in three phases
-# so that no test waits on a CPU that another test holds:
+# tests in three phases so that no test waits on a CPU that another test holds:
 #   1. the randomized tests (the reference model, the group services simulation, the decoder fuzzing, random
 #      lock traffic across several nodes' lock services): CPU-bound and deterministic by seed, in parallel;
 #   2. every other Swift test, one at a time: real dlmd processes, clusters and their timeouts get the machine
 #      to themselves, and each test's time is its own;
-#   3. the C library's tests (Tests/CDLMTests/run.sh) against the same dlmd.
+#   3. the C library's tests (Tests/CDLMTests/run.sh) against the same dlmd, then with holders on two nodes.
 # Then a summary: Swift tests passed / failed / skipped, C checks passed / failed, the ten slowest tests.
 #
 # Environment: DLM_MODEL_OPS (default 1.6 million), DLM_SIM_SEEDS (default 1300), DLM_MASTERING_SEEDS (default

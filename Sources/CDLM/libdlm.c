@@ -1850,10 +1850,10 @@ static int purge_own(struct dlm_ls *ls)
 }
 
 /*
- * Removes the orphans that process `pid` of this node left in the lockspace, with their sub-locks: dlmd
- * records each orphan's pid (CLIENT.md §7, PURGE). Orphans of other processes stay.
+ * Removes the orphans that process `pid` of node `node_id` (0: dlmd's own node) left in the lockspace, with their
+ * sub-locks, on the masters of every node: dlmd records each orphan's pid and node (CLIENT.md §7, PURGE). Orphans
+ * of other processes stay.
  */
-/* PURGE: dlmd removes the orphans of process `pid` of node `node_id` (0: its own node) on every node's masters. */
 static int purge_orphans(struct dlm_ls *ls, uint32_t node_id, uint32_t pid)
 {
 	struct dlmw_msg m;

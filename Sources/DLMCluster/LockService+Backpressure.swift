@@ -15,11 +15,11 @@ extension LockService {
 
     /// A request of the connection was queued: at the cap, the shell stops reading from it.
     mutating func requestQueued(_ id: ConnectionID) {
-        let slot = Int(id.slot)
-        guard !clients[slot].queuePaused, queuedRequests(id) >= configuration.maxQueuedRequests else { return }
-        clients[slot].queuePaused = true
+        guard queuedRequests(id) >= configuration.maxQueuedRequests, !queuePausedConnections.contains(id) else {
+            return
+        }
         queuePausedConnections.append(id)
-        limitRefusals.readPauses += 1
+        queuePauses += 1
         output.readPauses.append((id, true))
     }
 
@@ -33,7 +33,6 @@ extension LockService {
             if queuedRequests(id) > resumeAt {
                 stillPaused.append(id)
             } else {
-                clients[Int(id.slot)].queuePaused = false
                 output.readPauses.append((id, false))
             }
         }

@@ -52,7 +52,7 @@ extension LockService {
         let context = nextBulkContext
         nextBulkContext += 1
         bulkReplies[context] = .peerPurge(node: from, reference: reference)
-        let requester = OwnerID(node: configuration.nodeID, incarnation: configuration.incarnation, local: 0)
+        let requester = owner(local: 0)
         run(.purge(lockspace: lockspace, pid: pid, node: node, requester: requester, context: context), reply: nil)
     }
 

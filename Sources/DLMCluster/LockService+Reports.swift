@@ -105,7 +105,7 @@ extension LockService {
                 outputPauseBytes: environment.output?.pauseBytes, outputLimitBytes: environment.output?.limitBytes,
                 readsPaused: environment.output?.paused, closedForOutput: environment.output?.closed,
                 maxQueuedRequests: configuration.maxQueuedRequests, readsPausedForQueue: queuePausedCount,
-                queuePauses: limitRefusals.readPauses))
+                queuePauses: queuePauses))
     }
 
     /// What the node waits for while it is stopped (group services' reasons first, else the lock service's own,

@@ -220,12 +220,12 @@ public struct LockService {
     var forceUnlockReplies: [LockID: (owner: OwnerID, tag: UInt32)] = [:]
     /// Connections whose requests waited behind a reply that has now gone out (`drainDeferred`).
     var connectionsWithDeferredRequests: [ConnectionID] = []
-    /// How often a limit refused (the status report's `limits`); `readPauses`: how often a connection's queued
-    /// requests reached `maxQueuedRequests`.
-    var limitRefusals = (connections: 0, lockspaces: 0, locks: 0, readPauses: 0)
+    /// How often a limit refused (the status report's `limits`).
+    var limitRefusals = (connections: 0, lockspaces: 0, locks: 0)
     /// Connections the shell does not read from because their queued requests reached `maxQueuedRequests`
-    /// (LockService+Backpressure.swift).
+    /// (LockService+Backpressure.swift; few at a time), and how often one was paused.
     var queuePausedConnections: [ConnectionID] = []
+    var queuePauses = 0
     /// A small number per user (kernel uid) whose connections have taken locks: their locks count against it,
     /// in the engine and among the process copies (`maxLocksPerUser`).
     var accounts: [UInt32: Int32] = [:]
@@ -541,8 +541,6 @@ struct Client {
     /// A request of this connection is done in slices: its reply comes at the end, and the requests after it wait
     /// (`ClientQueues.deferredRequests`).
     var awaitingReply = false
-    /// The shell was told to stop reading from it: `maxQueuedRequests` of its requests waited.
-    var queuePaused = false
 
     init(id: ConnectionID) { self.id = id }
 }

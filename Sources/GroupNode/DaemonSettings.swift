@@ -30,16 +30,13 @@ public struct DaemonSettings: Codable, Sendable, Equatable {
         public var description: String
     }
 
-    /// Every key the table may have, with the type of its value.
-    public static let types: [String: String] = [
-        "socket": "string", "socket_mode": "string", "socket_group": "string", "listen": "string",
-        "data_dir": "string", "node_id": "integer", "deadlock_wait": "number", "log_level": "string",
-        "durability": "string", "map_size": "integer", "busy_poll": "integer", "metrics": "string",
-        "max_connections": "integer", "max_lockspaces": "integer", "max_locks_per_connection": "integer",
-        "max_locks_per_user": "integer", "max_queued_requests": "integer", "output_pause_kib": "integer",
-        "output_limit_kib": "integer",
-    ]
-    public static var keys: Set<String> { Set(types.keys) }
+    /// Every key the table may have (the properties above), with the type of its value as TOML names it.
+    public static let types: [String: String] = Dictionary(
+        uniqueKeysWithValues: Mirror(reflecting: DaemonSettings()).children.compactMap { child in
+            guard let key = child.label else { return nil }
+            let type = Swift.type(of: child.value)
+            return (key, type == String?.self ? "string" : type == Double?.self ? "number" : "integer")
+        })
 
     /// The `[dlmd]` table of config text `text` (from `file`, named in errors); no settings when there is no such
     /// table. Refuses malformed TOML, a `dlmd` that is not a table, an unknown key, and a value of the wrong type.
@@ -49,9 +46,10 @@ public struct DaemonSettings: Codable, Sendable, Equatable {
             let table = try ConfigText.parse(text)
             guard let section = table["dlmd"] else { return DaemonSettings() }
             guard let dlmd = section.table else { throw Invalid(description: "\(file): [dlmd] must be a table") }
-            for key in dlmd.keys where !keys.contains(key) {
+            for key in dlmd.keys where types[key] == nil {
                 throw Invalid(
-                    description: "\(file): unknown key dlmd.\(key) (known: \(keys.sorted().joined(separator: ", ")))")
+                    description:
+                        "\(file): unknown key dlmd.\(key) (known: \(types.keys.sorted().joined(separator: ", ")))")
             }
             return try TOMLDecoder().decode(DaemonSettings.self, from: dlmd)
         } catch let error as Invalid {

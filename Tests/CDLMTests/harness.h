@@ -154,15 +154,16 @@ static H_UNUSED int h_socket_node(dlm_lshandle_t ls)
 static H_UNUSED dlm_lshandle_t h_open(const char *name)
 {
 	const char *other = getenv("DLM_SOCKET_OTHER");
+	int on_other = other && other[0] && h_opens++ % 2 == 1;
 	char *saved = NULL;
-	if (other && other[0] && h_opens++ % 2 == 1) {
+	if (on_other) {
+		/* libdlm reads $DLM_SOCKET when it connects a handle. */
 		const char *socket = getenv("DLM_SOCKET");
 		saved = strdup(socket ? socket : "");
 		setenv("DLM_SOCKET", other, 1);
 	}
 	dlm_lshandle_t ls = dlm_create_lockspace(name, 0600);
-	int saved_other = saved != NULL;
-	if (saved) {
+	if (on_other) {
 		setenv("DLM_SOCKET", saved, 1);
 		free(saved);
 	}
@@ -175,7 +176,7 @@ static H_UNUSED dlm_lshandle_t h_open(const char *name)
 	}
 #endif
 	h_track(ls);
-	for (int i = 0; saved_other && i < H_MAX_HANDLES; i++)
+	for (int i = 0; on_other && i < H_MAX_HANDLES; i++)
 		if (!h_others[i]) {
 			h_others[i] = ls;
 			break;

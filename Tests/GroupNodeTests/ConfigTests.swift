@@ -67,6 +67,8 @@ let exampleConfig = """
         #expect(refusal("[dlmd]\nsockt = \"x\"\n")?.hasPrefix("\(file): unknown key dlmd.sockt (known: ") == true)
         #expect(refusal("[dlmd]\nmax_connections = \"many\"\n") == "\(file): dlmd.max_connections must be an integer")
         #expect(refusal("[dlmd]\nsocket = 7\n") == "\(file): dlmd.socket must be a string")
+        #expect(refusal("[dlmd]\ndeadlock_wait = \"soon\"\n") == "\(file): dlmd.deadlock_wait must be a number")
+        #expect(DaemonSettings.types.count == 19 && DaemonSettings.types["node_id"] == "integer")
         #expect(refusal("dlmd = 3\n") == "\(file): [dlmd] must be a table")
         #expect(refusal("[/") == "\(file):1:2: a table header must start with a key, not '/'")
         #expect(refusal("[dlmd]\nsocket = \n")?.hasPrefix("\(file):2:") == true)

@@ -89,9 +89,6 @@ import Testing
         for connection in connections { await connection.close() }
     }
 
-    /// The node that masters a name dies (`kill -9`): a survivor's EX on it stays held (another survivor's
-    /// NOQUEUE request is refused), a queued request of a third survivor is granted once the holder unlocks, and
-    /// the grant's fencing token is above every token issued before the death.
     /// DaemonTests' statuses (ECANCEL through a cancelled task), blocking callbacks and value blocks with the two
     /// clients on different nodes: each resource is mastered by the node of the client that asks first, so every
     /// case runs once with the waiter remote and once with the holder remote.
@@ -152,6 +149,9 @@ import Testing
         for connection in connections { await connection.close() }
     }
 
+    /// The node that masters a name dies (`kill -9`): a survivor's EX on it stays held (another survivor's
+    /// NOQUEUE request is refused), a queued request of a third survivor is granted once the holder unlocks, and
+    /// the grant's fencing token is above every token issued before the death.
     @Test func aGrantedLockSurvivesTheDeathOfItsMaster() async throws {
         let cluster = try TestCluster(nodes: 4)
         defer { cluster.stopAll() }

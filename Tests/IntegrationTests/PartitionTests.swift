@@ -17,6 +17,21 @@ struct PartitionTests {
         return true
     }()
 
+    /// Three dlmd nodes, one in each namespace of `network`, started and agreed on a primary view of all three.
+    static func startCluster(on network: Network) throws -> TestCluster {
+        let cluster = try TestCluster(
+            nodes: 3, addresses: network.addresses.map { "\($0):7100" },
+            launcher: { ["/usr/sbin/ip", "netns", "exec", network.namespace($0)] })
+        do {
+            try cluster.startAll()
+            for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        } catch {
+            cluster.stopAll()
+            throw error
+        }
+        return cluster
+    }
+
     @Test(
         .enabled(
             if: PartitionTests.canMakeNamespaces,
@@ -24,12 +39,8 @@ struct PartitionTests {
     func partitionAndHeal() async throws {
         let network = try Network(nodes: 3)
         defer { network.remove() }
-        let cluster = try TestCluster(
-            nodes: 3, addresses: network.addresses.map { "\($0):7100" },
-            launcher: { ["/usr/sbin/ip", "netns", "exec", network.namespace($0)] })
+        let cluster = try Self.startCluster(on: network)
         defer { cluster.stopAll() }
-        try cluster.startAll()
-        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
 
         // Node 3 is cut off: the majority side goes on without it (after fencing it), node 3 loses quorum.
         try network.cut(3)
@@ -69,12 +80,8 @@ struct PartitionTests {
     func holdersOnBothSidesOfAPartition() async throws {
         let network = try Network(nodes: 3)
         defer { network.remove() }
-        let cluster = try TestCluster(
-            nodes: 3, addresses: network.addresses.map { "\($0):7100" },
-            launcher: { ["/usr/sbin/ip", "netns", "exec", network.namespace($0)] })
+        let cluster = try Self.startCluster(on: network)
         defer { cluster.stopAll() }
-        try cluster.startAll()
-        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
         var spaces: [DLMLockspace] = []
         for node in 1...3 {
             let connection = try await DLMConnection.connect(socketPath: cluster.socket(node))
