@@ -77,19 +77,39 @@ if [ -z "${DLMD:-}" ]; then
   DLMD=$("$SWIFT" build --show-bin-path "${SCRATCH[@]}")/dlmd
 fi
 [ -x "$DLMD" ] || fail_setup "no dlmd at $DLMD"
+
+# Starts dlmd as NAME (its standard output through the FIFO $WORK/NAME.out, its errors in $WORK/NAME.err) and sets
+# STARTED_PID. The FIFO is opened for reading and writing first (opening one only to write waits for a reader, and
+# the nodes of a cluster must all start before any says it recovered), then for reading (OUT_FD[NAME]).
+declare -A OUT_FD BOTH_FD
+launch_dlmd() { # name dlmd-arguments...
+  local name=$1 both out
+  shift
+  mkfifo "$WORK/$name.out"
+  exec {both}<>"$WORK/$name.out"
+  "$DLMD" --deadlock-wait 0.2 --log-level warning "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  STARTED_PID=$!
+  exec {out}<"$WORK/$name.out"
+  OUT_FD[$name]=$out
+  BOTH_FD[$name]=$both
+}
+# Waits until dlmd NAME prints a line containing TEXT (a hang detector gives up after 60 s without a line), then
+# drains the rest of its output, which ends with it.
+await_line() { # name text
+  local name=$1 text=$2 out=${OUT_FD[$1]} both=${BOTH_FD[$1]} line seen=
+  while IFS= read -r -t 60 line <&"$out"; do
+    case "$line" in *"$text"*) seen=1 && break ;; esac
+  done
+  [ -n "$seen" ] || { cat "$WORK/$name.err"; fail_setup "$name did not say \"$text\""; }
+  exec {both}>&-
+  cat <&"$out" >/dev/null &
+}
+
 mkdir -p "$WORK/data"
 export DLM_SOCKET=$WORK/s.sock
-mkfifo "$WORK/dlmd.out"
-"$DLMD" --socket "$DLM_SOCKET" --data-dir "$WORK/data" --deadlock-wait 0.2 --log-level warning \
-  >"$WORK/dlmd.out" 2>"$WORK/dlmd.err" &
-DLMD_PID=$!
-exec 3<"$WORK/dlmd.out"
-listening=
-while IFS= read -r line <&3; do
-  case "$line" in *"listening on"*) listening=1 && break ;; esac
-done
-[ -n "$listening" ] || { cat "$WORK/dlmd.err"; fail_setup "dlmd did not start"; }
-cat <&3 >/dev/null &
+launch_dlmd dlmd --socket "$DLM_SOCKET" --data-dir "$WORK/data"
+DLMD_PID=$STARTED_PID
+await_line dlmd "listening on"
 
 # Runs one program; its "ok" / "not ok" lines count, and a crash or a failing exit status counts once more.
 run() { # label command...
@@ -181,35 +201,14 @@ id = 2
 address = "127.0.0.1:$((port + 1))"
 EOF
 chmod 600 "$WORK/cluster.toml"
-declare -A CLUSTER_OUT CLUSTER_BOTH
 for node in 1 2; do
   mkdir -p "$WORK/node$node"
-  mkfifo "$WORK/node$node.out"
-  # Opened for reading and writing first (opening a FIFO only to write waits for a reader, and both nodes must
-  # start before either can recover), then for reading; the first is closed once dlmd wrote, so that the
-  # reader ends with dlmd.
-  exec {both}<>"$WORK/node$node.out"
-  CLUSTER_BOTH[$node]=$both
-  "$DLMD" --config "$WORK/cluster.toml" --node-id "$node" --socket "$WORK/node$node/s.sock" \
-    --data-dir "$WORK/node$node" --deadlock-wait 0.2 --log-level warning \
-    >"$WORK/node$node.out" 2>"$WORK/node$node.err" &
-  CLUSTER_PIDS+=($!)
-  exec {out}<"$WORK/node$node.out"
-  CLUSTER_OUT[$node]=$out
+  launch_dlmd "node$node" --config "$WORK/cluster.toml" --node-id "$node" --socket "$WORK/node$node/s.sock" \
+    --data-dir "$WORK/node$node"
+  CLUSTER_PIDS+=("$STARTED_PID")
 done
-# Each serves once it has recovered the first view of both (its stdout says so; a hang detector gives up after
-# 60 s without a line).
-for node in 1 2; do
-  out=${CLUSTER_OUT[$node]}
-  recovered=
-  while IFS= read -r -t 60 line <&$out; do
-    case "$line" in *"recovery done"*) recovered=1 && break ;; esac
-  done
-  [ -n "$recovered" ] || { cat "$WORK/node$node.err"; fail_setup "cluster node $node did not start"; }
-  both=${CLUSTER_BOTH[$node]}
-  exec {both}>&-
-  cat <&$out >/dev/null &
-done
+# Each serves once it has recovered the first view of both.
+for node in 1 2; do await_line "node$node" "recovery done"; done
 export DLM_SOCKET=$WORK/node1/s.sock DLM_SOCKET_OTHER=$WORK/node2/s.sock DLM_SOCKET_NODE=1
 for program in lib_tests lib_tests_lt processes processes_lt threads threads_lt; do
   run "$program-2nodes" "$WORK/$program"
