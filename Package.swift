@@ -48,7 +48,7 @@ let package = Package(
         .target(
             name: "GroupNode",
             dependencies: [
-                "GroupServices", "TOMLKit", "CDLMCrypto",
+                "GroupServices", "TOMLKit", "CDLMCrypto", "CDLMCorosync",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -81,6 +81,14 @@ let package = Package(
         // (Not swift-crypto: on Linux it compiles its own copy of BoringSSL, which was 6 of the 14 minutes of
         // make test's build on this 2-vCPU machine.)
         .target(name: "CDLMCrypto", linkerSettings: [.linkedLibrary("crypto")]),
+        // corosync 3's CPG, votequorum and cmap, for the corosync provider of group services (Debian's libcpg-dev,
+        // libvotequorum-dev, libcmap-dev, libcorosync-common-dev).
+        .target(
+            name: "CDLMCorosync",
+            linkerSettings: [
+                .linkedLibrary("cpg"), .linkedLibrary("votequorum"), .linkedLibrary("cmap"),
+                .linkedLibrary("corosync_common"),
+            ]),
         // What the C library has that Swift's Glibc module lacks (malloc tuning).
         .target(name: "CDLMSystem"),
         // The node's recoverable state in LMDB: environment, tables, transactions, the node's schema.

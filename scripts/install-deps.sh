@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages swift-dlm needs to build and test, when they are missing (Debian / Ubuntu):
 # liblmdb-dev (the store), libssl-dev (libcrypto: HMAC-SHA256 of the peer frames), libdlm-dev (the C library's header and the upstream library its tests compare with),
+# corosync's client libraries (the corosync provider) and corosync,
 # iproute2 (network namespaces for the partition test), prometheus (promtool, for the metrics test),
 # resource-agents (ocf-tester, for the OCF agent's test) and systemd (systemd-analyze, systemd-tmpfiles).
 set -euo pipefail
@@ -10,6 +11,13 @@ pkg-config --exists lmdb 2>/dev/null || need+=(liblmdb-dev)
 # libdlm.h, the header the C library (Sources/CDLM) implements and its tests compile against, and the
 # upstream libdlm.so.3 that the compatibility test links an unmodified program with.
 [ -f /usr/include/libdlm.h ] && [ -e /usr/lib/"$(uname -m)"-linux-gnu/libdlm.so ] || need+=(libdlm-dev)
+# corosync 3's client libraries, for the corosync provider of group services (Sources/CDLMCorosync), and corosync
+# itself for its test (Tests/IntegrationTests/CorosyncTests.swift).
+pkg-config --exists libcpg 2>/dev/null || need+=(libcpg-dev)
+pkg-config --exists libvotequorum 2>/dev/null || need+=(libvotequorum-dev)
+pkg-config --exists libcmap 2>/dev/null || need+=(libcmap-dev)
+[ -e /usr/lib/"$(uname -m)"-linux-gnu/libcorosync_common.so ] || need+=(libcorosync-common-dev)
+command -v corosync >/dev/null || need+=(corosync)
 command -v cc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v make >/dev/null || need+=(make)

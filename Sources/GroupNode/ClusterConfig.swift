@@ -32,6 +32,17 @@ public struct ClusterConfig: Sendable, Hashable {
         public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
     }
 
+    /// Where membership, quorum and total order come from (`[cluster] provider`).
+    public enum Provider: Sendable, Hashable {
+        /// Group services' own (`GroupMember`): heartbeats over the peer transport, the node list of this file.
+        case builtIn
+        /// A running corosync 3 (`CorosyncMember`): CPG, votequorum, and the node list from cmap. Lock traffic still
+        /// goes over the peer transport, to `port` on each node's `ring0_addr`.
+        case corosync(port: Int)
+    }
+
+    public var provider: Provider = .builtIn
+    /// The cluster's name; with the corosync provider, corosync's `totem.cluster_name` when the file gives none.
     public var name: String
     /// An absolute path: a relative `key_file` is resolved against the config file's directory.
     public var keyFile: String
@@ -111,9 +122,14 @@ public struct ClusterConfig: Sendable, Hashable {
     /// Checks everything `Settings` would check with a precondition, and more, and throws an error naming the key.
     public func validate(file: String) throws {
         func fail(_ message: String) -> ClusterConfigError { ClusterConfigError(file: file, message) }
-        if name.isEmpty { throw fail("cluster.name: must not be empty") }
+        if case .corosync(let port) = provider {
+            if !(1...65535).contains(port) { throw fail("cluster.port: must be an integer from 1 to 65535") }
+        }
         if keyFile.isEmpty { throw fail("cluster.key_file: must not be empty") }
-        if nodes.isEmpty { throw fail("node: the node list is empty (add [[node]] tables with id and address)") }
+        if provider == .builtIn {
+            if name.isEmpty { throw fail("cluster.name: must not be empty") }
+            if nodes.isEmpty { throw fail("node: the node list is empty (add [[node]] tables with id and address)") }
+        }
         var ids: [NodeID: Int] = [:]
         var addresses: [String: Int] = [:]
         for (index, node) in nodes.enumerated() {
@@ -205,8 +221,22 @@ public struct ClusterConfig: Sendable, Hashable {
         try reader.allow(root, keys: ["cluster", "quorum", "fencing", "node", "timeouts", "dlmd"], path: "")
 
         let cluster = try reader.table(root, "cluster", required: true)!
-        try reader.allow(cluster, keys: ["name", "key_file"], path: "cluster")
-        let name = try reader.string(cluster, "name", path: "cluster")!
+        try reader.allow(cluster, keys: ["name", "key_file", "provider", "port"], path: "cluster")
+        var provider = Provider.builtIn
+        switch cluster["provider"].map({ $0.string }) {
+        case nil, "builtin"?:
+            if cluster["port"] != nil { throw reader.fail("cluster.port: only with provider = \"corosync\"") }
+        case "corosync"?:
+            provider = .corosync(port: try reader.int(cluster, "port", path: "cluster", required: true)!)
+            for table in ["node", "quorum"] where root[table] != nil {
+                throw reader.fail(
+                    "\(table): not with provider = \"corosync\" (the node list and quorum come from corosync)")
+            }
+        default:
+            throw reader.fail("cluster.provider: must be \"builtin\" or \"corosync\"")
+        }
+        let name =
+            provider == .builtIn || cluster["name"] != nil ? try reader.string(cluster, "name", path: "cluster")! : ""
         var keyFile = try reader.string(cluster, "key_file", path: "cluster")!
         if !keyFile.isEmpty, !keyFile.hasPrefix("/") {
             let directory = URL(fileURLWithPath: file).deletingLastPathComponent()
@@ -238,10 +268,13 @@ public struct ClusterConfig: Sendable, Hashable {
         }
 
         var nodes: [Node] = []
-        guard let nodeValue = root["node"] else {
+        let nodeValue = root["node"]
+        guard nodeValue != nil || provider != .builtIn else {
             throw reader.fail("node: the node list is empty (add [[node]] tables with id and address)")
         }
-        guard let nodeArray = nodeValue.array else { throw reader.fail("node: must be an array of tables ([[node]])") }
+        guard let nodeArray = nodeValue.map({ $0.array }) ?? .some(TOMLArray()) else {
+            throw reader.fail("node: must be an array of tables ([[node]])")
+        }
         for index in 0..<nodeArray.count {
             let path = "node[\(index)]"
             guard let table = nodeArray[index].table else { throw reader.fail("\(path): must be a table") }
@@ -269,7 +302,7 @@ public struct ClusterConfig: Sendable, Hashable {
             for key in keys { times[key] = try reader.int(timeouts, key, path: "timeouts", required: false) }
         }
         let heartbeat = times["heartbeat_ms"] ?? d.heartbeat
-        let config = ClusterConfig(
+        var config = ClusterConfig(
             name: name, keyFile: keyFile, nodes: nodes, expectedVotes: expectedVotes, twoNode: twoNode,
             waitForAll: waitForAll, fenceCommand: fenceCommand, fenceTimeout: fenceTimeout,
             heartbeatInterval: heartbeat, suspectTimeout: times["suspect_ms"] ?? d.suspect,
@@ -277,7 +310,27 @@ public struct ClusterConfig: Sendable, Hashable {
             retransmitInterval: times["retransmit_ms"] ?? d.retransmit,
             fenceRetryInterval: times["fence_retry_ms"] ?? d.fenceRetry, joinDelay: times["join_delay_ms"],
             tossDelay: times["toss_ms"] ?? d.toss)
+        config.provider = provider
         try config.validate(file: file)
+        return config
+    }
+
+    /// The config of a corosync provider's node, completed with what corosync's cmap says (`CorosyncLink.nodelist`):
+    /// every node of the nodelist at `ring0_addr` and the provider's port, its `quorum_votes`, and the cluster's name
+    /// when the file gave none.
+    public func completed(with nodelist: CorosyncNodelist, file: String) throws -> ClusterConfig {
+        guard case .corosync(let port) = provider else { return self }
+        var config = self
+        config.nodes = nodelist.nodes.map { Node(id: $0.id, host: $0.address, port: port, votes: $0.votes) }
+        if config.name.isEmpty { config.name = nodelist.clusterName }
+        if config.name.isEmpty {
+            throw ClusterConfigError(file: file, "cluster.name: missing, and corosync has no totem.cluster_name")
+        }
+        do {
+            try config.validate(file: file)
+        } catch let error as ClusterConfigError {
+            throw ClusterConfigError(file: file, "with corosync's nodelist: \(error.message)")
+        }
         return config
     }
 

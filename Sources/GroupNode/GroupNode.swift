@@ -73,8 +73,11 @@ public final class GroupNode: @unchecked Sendable {
 
     enum State { case idle, running, stopped }
     var state = State.idle
-    var member: GroupMember?
+    /// `GroupMember`, or `CorosyncMember` with the corosync provider.
+    var member: (any MembershipCore)?
     var transport: PeerTransport?
+    /// The connection to corosync (the corosync provider only).
+    var corosync: CorosyncLink?
     var ticker: RepeatedTask?
     var processing = false
     var pending: [GroupInput] = []
@@ -149,13 +152,34 @@ public final class GroupNode: @unchecked Sendable {
             return transport.start().flatMapError { error in
                 self.state = .stopped
                 return transport.stop().flatMapThrowing { throw error }
-            }.map { [self] in
+            }.flatMapThrowing { [self] in
                 guard state == .running else { return }
-                member = GroupMember(id: nodeID, settings: config.settings)
-                logger.info(
-                    "group services of node \(nodeID) (incarnation \(incarnation)) listening on \(config.node(nodeID)!.address)"
-                )
-                apply(.start(incarnation: incarnation, persisted: initialState, now: Self.now()))
+                if case .corosync = config.provider {
+                    member = CorosyncMember(id: nodeID, fenceRetryInterval: config.settings.fenceRetryInterval)
+                    apply(.start(incarnation: incarnation, persisted: initialState, now: Self.now()))
+                    let loop = eventLoop
+                    let link = CorosyncLink(group: "dlmd:\(config.name)", logger: logger) { [weak self] event in
+                        guard let node = self else { return }
+                        loop.execute { node.corosyncEvent(event) }
+                    }
+                    do {
+                        try link.start()
+                    } catch {
+                        state = .stopped
+                        _ = transport.stop()
+                        throw error
+                    }
+                    corosync = link
+                    logger.info(
+                        "group services of node \(nodeID) (incarnation \(incarnation)) from corosync (CPG group dlmd:\(config.name)), lock traffic on \(config.node(nodeID)!.address)"
+                    )
+                } else {
+                    member = GroupMember(id: nodeID, settings: config.settings)
+                    logger.info(
+                        "group services of node \(nodeID) (incarnation \(incarnation)) listening on \(config.node(nodeID)!.address)"
+                    )
+                    apply(.start(incarnation: incarnation, persisted: initialState, now: Self.now()))
+                }
                 ticker = eventLoop.scheduleRepeatedTask(initialDelay: Self.tickInterval, delay: Self.tickInterval) {
                     [weak self] _ in
                     self?.ticked()
@@ -176,6 +200,8 @@ public final class GroupNode: @unchecked Sendable {
         pending = []
         lockPeers = [:]
         lockTrafficToFlush = []
+        corosync?.stop()
+        corosync = nil
         return transport?.stop() ?? eventLoop.makeSucceededVoidFuture()
     }
 
@@ -262,6 +288,14 @@ public final class GroupNode: @unchecked Sendable {
         }
     }
 
+    func corosyncEvent(_ event: ProviderEvent) {
+        if case .lost(let reason) = event, state == .running {
+            logger.critical(
+                "the connection to corosync is lost (\(reason)): lock requests are held until dlmd restarts")
+        }
+        apply(.provider(event))
+    }
+
     /// Hands an input to the member and carries out its effects in order. An input that arrives while effects are
     /// carried out (an event handler that multicasts) waits for them, so that events keep their order.
     func apply(_ input: GroupInput) {
@@ -319,6 +353,8 @@ public final class GroupNode: @unchecked Sendable {
             fence(node)
         case .fenceFailed(let node):
             onEvent(.fenceFailed(node, reason: fenceFailures[node] ?? "failed"))
+        case .multicastToProvider(let message):
+            corosync?.multicast(message)
         }
         return state == .running
     }
@@ -357,6 +393,7 @@ public final class GroupNode: @unchecked Sendable {
         let view = member?.view
         let alive = Set((member?.aliveMembers ?? []).map(\.node))
         let fencing = Set(member?.fencing ?? []).union(fencesRunning)
+        let isCorosync = corosync != nil
         let nodes = config.nodes.map { node -> ClusterStatus.NodeStatus in
             let inView = view?.nodes.contains(node.id) ?? false
             let state: String
@@ -371,7 +408,8 @@ public final class GroupNode: @unchecked Sendable {
             } else {
                 state = inView ? "suspected" : "down"
             }
-            let heard = node.id == nodeID ? now : lastHeard[node.id]
+            // With corosync, a node is heard of as long as corosync has its process in the group.
+            let heard = node.id == nodeID || (isCorosync && alive.contains(node.id)) ? now : lastHeard[node.id]
             return ClusterStatus.NodeStatus(
                 id: node.id.rawValue, address: node.address, state: state,
                 lastHeardMillisecondsAgo: heard.map { UInt64(max(0, (now - $0).nanoseconds)) / 1_000_000 },

@@ -17,6 +17,8 @@ public enum GroupInput: Hashable, Sendable {
     case leaveGroup(String)
     /// The result of a `.fence(node)` effect.
     case fenced(NodeID, ok: Bool)
+    /// An event of corosync (`CorosyncMember` only; `GroupMember` ignores it).
+    case provider(ProviderEvent)
 }
 
 /// What group services ask their shell to do, in the order it must be done.
@@ -36,6 +38,9 @@ public enum GroupEffect: Hashable, Sendable {
     case fence(NodeID)
     /// A fence failed; it is tried again after `fenceRetryInterval`.
     case fenceFailed(NodeID)
+    /// Multicast this to the provider's group (`CorosyncMember` only): CPG delivers it to every member, this one
+    /// included, in one total order.
+    case multicastToProvider([UInt8])
 }
 
 /// Group services of one node as a deterministic state machine (REFERENCE.md §6-7, docs/GROUPS.md).
@@ -191,6 +196,8 @@ public struct GroupMember: Sendable {
             submit(.leave(name), into: &effects)
         case .fenced(let node, let ok):
             onFenced(node, ok: ok, into: &effects)
+        case .provider:
+            break
         }
     }
 
@@ -682,20 +689,7 @@ public struct GroupMember: Sendable {
         effects.append(.viewInstalled(newView, primary: installation.primary))
 
         let newGroups = installation.groups.mapValues(Set.init)
-        for name in Set(groups.keys).union(newGroups.keys).sorted() {
-            let before = groups[name] ?? []
-            let after = newGroups[name] ?? []
-            for member in before.subtracting(after).sorted() {
-                effects.append(
-                    .groupEvent(
-                        GroupEvent(group: name, member: member, kind: .left, view: newView.id, byViewChange: true)))
-            }
-            for member in after.subtracting(before).sorted() {
-                effects.append(
-                    .groupEvent(
-                        GroupEvent(group: name, member: member, kind: .joined, view: newView.id, byViewChange: true)))
-            }
-        }
+        GroupEvent.viewChange(from: groups, to: newGroups, in: newView.id, into: &effects)
         groups = newGroups
 
         log = [:]

@@ -169,4 +169,24 @@ public struct GroupEvent: Hashable, Sendable, CustomStringConvertible {
         self.view = view
         self.byViewChange = byViewChange
     }
+
+    /// The events of a view change that takes the process groups from `old` to `new`: per group (by name), the
+    /// members that left, then those that joined, each in member order.
+    static func viewChange(
+        from old: [String: Set<Member>], to new: [String: Set<Member>], in view: ViewID,
+        into effects: inout [GroupEffect]
+    ) {
+        for name in Set(old.keys).union(new.keys).sorted() {
+            let before = old[name] ?? []
+            let after = new[name] ?? []
+            for member in before.subtracting(after).sorted() {
+                effects.append(
+                    .groupEvent(GroupEvent(group: name, member: member, kind: .left, view: view, byViewChange: true)))
+            }
+            for member in after.subtracting(before).sorted() {
+                effects.append(
+                    .groupEvent(GroupEvent(group: name, member: member, kind: .joined, view: view, byViewChange: true)))
+            }
+        }
+    }
 }

@@ -197,13 +197,30 @@ struct DLMD: AsyncParsableCommand {
             }
         }
         var cluster: ClusterConfig?
+        var corosyncNodeID: UInt32?
         if let config, isClusterConfig(config) {
             do {
                 cluster = try ClusterConfig.load(path: config)
             } catch {
                 throw ValidationError("\(error)")
             }
-            guard nodeID ?? file.node_id != nil else {
+            if let loaded = cluster, case .corosync = loaded.provider {
+                // The node list and this node's id come from corosync (cmap), as dlm_controld takes them.
+                do {
+                    let nodelist = try CorosyncNodelist.read()
+                    cluster = try loaded.completed(with: nodelist, file: config)
+                    if let given = nodeID ?? file.node_id, given != nodelist.localNode.rawValue {
+                        throw ValidationError(
+                            "--node-id \(given) (or dlmd.node_id) is not corosync's id of this node, \(nodelist.localNode)"
+                        )
+                    }
+                    corosyncNodeID = nodelist.localNode.rawValue
+                } catch let error as ValidationError {
+                    throw error
+                } catch {
+                    throw ValidationError("\(error) (is corosync running?)")
+                }
+            } else if nodeID ?? file.node_id == nil {
                 throw ValidationError("a cluster member needs --node-id N (or dlmd.node_id): which [[node]] it is")
             }
         }
@@ -245,7 +262,7 @@ struct DLMD: AsyncParsableCommand {
             socketPath: noSocket
                 ? nil : (socket ?? file.socket ?? environmentSocket ?? NodeConfiguration.defaultSocketPath),
             listenAddress: listen ?? file.listen,
-            dataDirectory: dataDirectory, nodeID: nodeID ?? file.node_id ?? 1,
+            dataDirectory: dataDirectory, nodeID: corosyncNodeID ?? nodeID ?? file.node_id ?? 1,
             engine: EngineConfig(deadlockWait: UInt64(wait * 1e9)), durability: durabilityMode, mapSize: mapMiB << 20,
             cluster: cluster, busyPoll: .microseconds(Int64(pollMicroseconds)), metricsAddress: metrics ?? file.metrics,
             socketMode: socketPermissions, socketGroup: socketGroup ?? file.socket_group)

@@ -47,6 +47,62 @@ let exampleConfig = """
         return exampleConfig.replacingOccurrences(of: replace, with: with)
     }
 
+    /// `provider = "corosync"`: no node list or quorum in the file (corosync's), a lock-traffic port; the nodes,
+    /// and the name when the file has none, come from corosync's nodelist (`completed(with:)`).
+    @Test func theCorosyncProvider() throws {
+        let text = """
+            [cluster]
+            provider = "corosync"
+            port = 7400
+            key_file = "authkey"
+
+            [fencing]
+            command = "/usr/local/sbin/dlm-fence"
+            """
+        let config = try ClusterConfig.parse(text, file: file)
+        #expect(config.provider == .corosync(port: 7400) && config.nodes.isEmpty && config.name.isEmpty)
+        #expect(config.keyFile == "/etc/dlm/authkey")
+        let nodelist = CorosyncNodelist(
+            nodes: [
+                .init(id: 1, address: "10.0.0.1", name: "a", votes: 1),
+                .init(id: 7, address: "10.0.0.7", name: "b", votes: 2),
+            ], localNode: 7, clusterName: "prod")
+        let completed = try config.completed(with: nodelist, file: file)
+        #expect(completed.name == "prod")
+        #expect(completed.nodes.map(\.address) == ["10.0.0.1:7400", "10.0.0.7:7400"])
+        #expect(completed.nodes.map(\.votes) == [1, 2] && completed.node(7) != nil)
+        // A name in the file wins; with neither, an error.
+        let named = try ClusterConfig.parse(
+            text.replacingOccurrences(of: "port = 7400", with: "port = 7400\nname = \"x\""), file: file)
+        #expect(try named.completed(with: nodelist, file: file).name == "x")
+        var unnamed = nodelist
+        unnamed.clusterName = ""
+        #expect(throws: ClusterConfigError.self) { try config.completed(with: unnamed, file: file) }
+        // A built-in config is left as it is.
+        let builtIn = try ClusterConfig.parse(exampleConfig, file: file)
+        #expect(try builtIn.completed(with: nodelist, file: file) == builtIn)
+
+        #expect(error(text.replacingOccurrences(of: "port = 7400\n", with: "")) == "\(file): cluster.port: missing")
+        #expect(
+            error(text.replacingOccurrences(of: "port = 7400", with: "port = 70000"))
+                == "\(file): cluster.port: must be an integer from 1 to 65535")
+        #expect(
+            error(text.replacingOccurrences(of: "\"corosync\"", with: "\"heartbeat\""))
+                == "\(file): cluster.provider: must be \"builtin\" or \"corosync\"")
+        #expect(
+            error(text + "\n[[node]]\nid = 1\naddress = \"127.0.0.1:1\"\n")
+                == "\(file): node: not with provider = \"corosync\" (the node list and quorum come from corosync)")
+        #expect(
+            error(text + "\n[quorum]\nexpected_votes = 3\n")
+                == "\(file): quorum: not with provider = \"corosync\" (the node list and quorum come from corosync)")
+        #expect(
+            error(variant("name = \"demo\"", "name = \"demo\"\nport = 7400"))
+                == "\(file): cluster.port: only with provider = \"corosync\"")
+        #expect(
+            try ClusterConfig.parse(variant("name = \"demo\"", "name = \"demo\"\nprovider = \"builtin\""), file: file)
+                == builtIn)
+    }
+
     /// dlmd's own `[dlmd]` table: its keys as given, none without the table; an unknown key, a value of the wrong
     /// type, a `dlmd` that is not a table and malformed TOML are errors naming the file (and the place).
     @Test func theDaemonTable() throws {

@@ -64,8 +64,7 @@ struct InvariantChecker {
 
     mutating func crashed(_ node: NodeID, at now: UInt64) {}
 
-    mutating func entered(_ name: String, by machine: GroupMember) {
-        let member = machine.me
+    mutating func entered(_ name: String, by member: Member) {
         guard var life = lives[member] else { return }
         if life.pendingBarriers.contains(name) { return }  // a second entry is ignored by the machine
         life.pendingBarriers.insert(name)
@@ -108,7 +107,7 @@ struct InvariantChecker {
         guard var life = lives[member] else { return }
         defer { lives[member] = life }
         switch effect {
-        case .send, .persist, .fence:
+        case .send, .persist, .fence, .multicastToProvider:
             break
         case .fenceFailed:
             fenceFailures += 1

@@ -101,7 +101,7 @@ final class SimulatedCluster {
     func input(_ node: NodeID, _ input: GroupInput) {
         guard nodes[node]!.alive else { return }
         var effects: [GroupEffect] = []
-        if case .enterBarrier(let name) = input { checker.entered(name, by: nodes[node]!.machine) }
+        if case .enterBarrier(let name) = input { checker.entered(name, by: nodes[node]!.machine.me) }
         nodes[node]!.machine.handle(input, into: &effects)
         let member = nodes[node]!.machine.me
         for effect in effects { carryOut(effect, by: member) }
@@ -137,6 +137,8 @@ final class SimulatedCluster {
             note("\(node): barrier \(name) aborted in \(view.map(\.description) ?? "no view")")
         case .groupEvent(let event):
             note("\(node): \(event)")
+        case .multicastToProvider:
+            break  // a GroupMember asks for none
         }
     }
 

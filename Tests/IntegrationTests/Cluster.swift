@@ -19,9 +19,11 @@ final class TestCluster: @unchecked Sendable {
     static let quickTimeouts =
         "[timeouts]\nheartbeat_ms = 100\nsuspect_ms = 800\nview_change_ms = 600\nflush_ms = 300\n"
 
+    /// With `corosyncPort`, the nodes take membership, quorum and their node list from a running corosync (`[cluster]
+    /// provider = "corosync"`) and `addresses` only counts them.
     init(
         nodes count: Int, timeouts: String? = TestCluster.quickTimeouts, addresses: [String]? = nil,
-        launcher: @escaping (Int) -> [String] = { _ in [] }
+        corosyncPort: Int? = nil, launcher: @escaping (Int) -> [String] = { _ in [] }
     ) throws {
         directory =
             FileManager.default.temporaryDirectory
@@ -35,21 +37,22 @@ final class TestCluster: @unchecked Sendable {
         let fence = directory + "/fence-node"
         try "#!/bin/sh\necho \"$1\" >> '\(fenceLog)'\nexit 0\n".write(toFile: fence, atomically: true, encoding: .utf8)
         chmod(fence, 0o755)
+        let provider = corosyncPort.map { "provider = \"corosync\"\nport = \($0)\n" } ?? ""
         var config = """
             [cluster]
             name = "test"
             key_file = "\(keyPath)"
-
-            [quorum]
-            expected_votes = \(count)
-
+            \(provider)
             [fencing]
             command = "\(fence)"
 
             """
+        if corosyncPort == nil { config += "\n[quorum]\nexpected_votes = \(count)\n" }
         if let timeouts { config += "\n" + timeouts }
-        for (index, address) in self.addresses.enumerated() {
-            config += "\n[[node]]\nid = \(index + 1)\naddress = \"\(address)\"\n"
+        if corosyncPort == nil {
+            for (index, address) in self.addresses.enumerated() {
+                config += "\n[[node]]\nid = \(index + 1)\naddress = \"\(address)\"\n"
+            }
         }
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         let keygen = Process()

@@ -17,10 +17,12 @@ struct PartitionTests {
         return true
     }()
 
-    /// Three dlmd nodes, one in each namespace of `network`, started and agreed on a primary view of all three.
-    static func startCluster(on network: Network) throws -> TestCluster {
+    /// Three dlmd nodes, one in each namespace of `network`, started and agreed on a primary view of all three; with
+    /// `corosyncPort`, on the corosync running in each namespace.
+    static func startCluster(on network: Network, corosyncPort: Int? = nil) throws -> TestCluster {
         let cluster = try TestCluster(
-            nodes: 3, addresses: network.addresses.map { "\($0):7100" },
+            nodes: 3, timeouts: corosyncPort == nil ? TestCluster.quickTimeouts : nil,
+            addresses: network.addresses.map { "\($0):7100" }, corosyncPort: corosyncPort,
             launcher: { ["/usr/sbin/ip", "netns", "exec", network.namespace($0)] })
         do {
             try cluster.startAll()
@@ -130,15 +132,25 @@ struct PartitionTests {
     }
 }
 
-/// Namespaces dlmN-<tag>, each with a veth into a bridge in the root namespace, on a /24 of their own.
+/// Namespaces dlmN-<tag>, each with a veth into a bridge of its own in the root namespace (two networks of one
+/// process may use the same /24: their bridges keep them apart).
 final class Network: @unchecked Sendable {
     let tag: String
     let subnet: Int
     let count: Int
 
+    /// Networks made by this process so far: suites run side by side, each network needs names of its own.
+    nonisolated(unsafe) private static var made = 0
+    private static let lock = NSLock()
+
     init(nodes count: Int) throws {
         self.count = count
-        tag = String(getpid() % 10_000, radix: 16)
+        let number = Network.lock.withLock {
+            Network.made += 1
+            return Network.made
+        }
+        // Interface names have at most 15 bytes: "dlmo3" + 4 + 2.
+        tag = String(getpid() % 10_000, radix: 16) + String(number % 1296, radix: 36)
         subnet = 100 + Int(getpid() % 100)
         try Network.ip("link", "add", bridge, "type", "bridge")
         try Network.ip("link", "set", bridge, "up")
