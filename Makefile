@@ -7,7 +7,7 @@ SWIFT ?= swift
 RELEASE ?= -c release -Xswiftc -cross-module-optimization
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-cluster bench-abuse sim fuzz clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
+.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-provider bench-cluster bench-abuse sim fuzz clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -111,6 +111,15 @@ bench-membership:
 	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmbench
 	BIN=$$($(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --show-bin-path); \
 	  $$BIN/dlmbench membership && $$BIN/dlmbench membership-kill --dlmd $$BIN/dlmd --rounds 20
+
+## make bench-provider: a node failing to the survivors' primary view and to the end of its recovery, on the built-in
+## provider and on corosync with its default token and a tuned one, three nodes in network namespaces (root, ip
+## netns, corosync; bench/dlmbench/ProviderFailover.swift, figures in bench/RESULTS.md).
+bench-provider:
+	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmd
+	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmbench
+	BIN=$$($(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --show-bin-path); \
+	  $$BIN/dlmbench provider-failover --dlmd $$BIN/dlmd --rounds 5
 
 ## make bench-cluster: the lock space across 3 real dlmd nodes on loopback (bench/dlmbench/ClusterScenarios.swift):
 ## lock+unlock on a remote master against a local one and the raw TCP round trip, a 3-node cluster's throughput

@@ -46,7 +46,8 @@ public final class Daemon: @unchecked Sendable {
         process.standardOutput = output
         try process.run()
         log.read(output.fileHandleForReading)
-        try log.wait(for: "\"listening on\"") { $0.contains("listening on") }
+        // A cluster member may print a view before it listens: that line stays for the caller's waits.
+        try log.wait(for: "\"listening on\"", keepingPlace: true) { $0.contains("listening on") }
     }
 
     public var pid: Int32 { process.processIdentifier }

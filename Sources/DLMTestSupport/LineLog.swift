@@ -37,23 +37,34 @@ public final class LineLog: @unchecked Sendable {
     }
 
     /// Waits for the first line after the last matched one that satisfies `predicate`; fails, with every line
-    /// printed so far, once the process ended or after `timeout` (a bound on a liveness failure, not a pause).
+    /// printed so far, once the process ended or after `timeout` (a bound on a liveness failure, not a pause). With
+    /// `keepingPlace`, the next wait starts where this one did: the lines before the match stay to be matched.
     @discardableResult
     public func wait(
-        for description: String, timeout: TimeInterval = 60, _ predicate: (String) -> Bool
+        for description: String, timeout: TimeInterval = 60, keepingPlace: Bool = false,
+        _ predicate: (String) -> Bool
     ) throws -> (text: String, at: ContinuousClock.Instant) {
         let deadline = Date().addingTimeInterval(timeout)
         condition.lock()
         defer { condition.unlock() }
+        let start = cursor
+        var index = cursor
         while true {
-            while cursor < lines.count {
-                let line = lines[cursor]
-                cursor += 1
-                if predicate(line.text) { return line }
+            while index < lines.count {
+                let line = lines[index]
+                index += 1
+                if predicate(line.text) {
+                    cursor = keepingPlace ? start : index
+                    return line
+                }
             }
-            if ended { throw SupportError("the process ended before \(description); it printed: \(all)") }
+            if !keepingPlace { cursor = index }
+            // (Not `all`: it would take the lock this holds.)
+            if ended {
+                throw SupportError("the process ended before \(description); it printed: \(lines.map(\.text))")
+            }
             if !condition.wait(until: deadline) {
-                throw SupportError("no \(description) within \(Int(timeout)) s; printed: \(all)")
+                throw SupportError("no \(description) within \(Int(timeout)) s; printed: \(lines.map(\.text))")
             }
         }
     }

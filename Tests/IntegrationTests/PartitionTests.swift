@@ -9,21 +9,13 @@ import Testing
 /// reports success without stopping the node.
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct PartitionTests {
-    static let canMakeNamespaces: Bool = {
-        guard getuid() == 0 else { return false }
-        let name = "dlmprobe\(getpid() % 100_000)"
-        guard (try? Network.ip("netns", "add", name)) != nil else { return false }
-        _ = try? Network.ip("netns", "del", name)
-        return true
-    }()
-
     /// Three dlmd nodes, one in each namespace of `network`, started and agreed on a primary view of all three; with
     /// `corosyncPort`, on the corosync running in each namespace.
     static func startCluster(on network: Network, corosyncPort: Int? = nil) throws -> TestCluster {
         let cluster = try TestCluster(
             nodes: 3, timeouts: corosyncPort == nil ? TestCluster.quickTimeouts : nil,
             addresses: network.addresses.map { "\($0):7100" }, corosyncPort: corosyncPort,
-            launcher: { ["/usr/sbin/ip", "netns", "exec", network.namespace($0)] })
+            launcher: network.launcher)
         do {
             try cluster.startAll()
             for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
@@ -36,7 +28,7 @@ struct PartitionTests {
 
     @Test(
         .enabled(
-            if: PartitionTests.canMakeNamespaces,
+            if: Network.canBeMade,
             "skipped: network namespaces cannot be made here (needs root and iproute2's ip netns)"))
     func partitionAndHeal() async throws {
         let network = try Network(nodes: 3)
@@ -77,7 +69,7 @@ struct PartitionTests {
     /// held from the cut-off node on a majority master no longer blocks an EX there.
     @Test(
         .enabled(
-            if: PartitionTests.canMakeNamespaces,
+            if: Network.canBeMade,
             "skipped: network namespaces cannot be made here (needs root and iproute2's ip netns)"))
     func holdersOnBothSidesOfAPartition() async throws {
         let network = try Network(nodes: 3)
@@ -129,76 +121,5 @@ struct PartitionTests {
         await #expect(throws: (any Error).self) { try await held.value }
         try await granted.unlock()
         try await exclusive.unlock()
-    }
-}
-
-/// Namespaces dlmN-<tag>, each with a veth into a bridge of its own in the root namespace (two networks of one
-/// process may use the same /24: their bridges keep them apart).
-final class Network: @unchecked Sendable {
-    let tag: String
-    let subnet: Int
-    let count: Int
-
-    /// Networks made by this process so far: suites run side by side, each network needs names of its own.
-    nonisolated(unsafe) private static var made = 0
-    private static let lock = NSLock()
-
-    init(nodes count: Int) throws {
-        self.count = count
-        let number = Network.lock.withLock {
-            Network.made += 1
-            return Network.made
-        }
-        // Interface names have at most 15 bytes: "dlmo3" + 4 + 2.
-        tag = String(getpid() % 10_000, radix: 16) + String(number % 1296, radix: 36)
-        subnet = 100 + Int(getpid() % 100)
-        try Network.ip("link", "add", bridge, "type", "bridge")
-        try Network.ip("link", "set", bridge, "up")
-        for node in 1...count {
-            let ns = namespace(node)
-            try Network.ip("netns", "add", ns)
-            try Network.ip("link", "add", outside(node), "type", "veth", "peer", "name", inside(node))
-            try Network.ip("link", "set", inside(node), "netns", ns)
-            try Network.ip("link", "set", outside(node), "master", bridge)
-            try Network.ip("link", "set", outside(node), "up")
-            try Network.ip("-n", ns, "addr", "add", "\(addresses[node - 1])/24", "dev", inside(node))
-            try Network.ip("-n", ns, "link", "set", inside(node), "up")
-            try Network.ip("-n", ns, "link", "set", "lo", "up")
-        }
-    }
-
-    var bridge: String { "dlmbr\(tag)" }
-    func namespace(_ node: Int) -> String { "dlm\(node)-\(tag)" }
-    func outside(_ node: Int) -> String { "dlmo\(node)\(tag)" }
-    func inside(_ node: Int) -> String { "dlmi\(node)\(tag)" }
-    var addresses: [String] { (1...count).map { "10.77.\(subnet).\($0)" } }
-
-    func cut(_ node: Int) throws { try Network.ip("link", "set", outside(node), "down") }
-    func heal(_ node: Int) throws { try Network.ip("link", "set", outside(node), "up") }
-
-    func remove() {
-        for node in 1...count {
-            _ = try? Network.ip("netns", "del", namespace(node))
-            _ = try? Network.ip("link", "del", outside(node))
-        }
-        _ = try? Network.ip("link", "del", bridge)
-    }
-
-    @discardableResult
-    static func ip(_ arguments: String...) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw SupportError("ip \(arguments.joined(separator: " ")): \(text)")
-        }
-        return text
     }
 }

@@ -4,7 +4,8 @@ import GroupNode
 
 /// Real `dlmd` cluster members on loopback for the benchmarks, each a process of its own with its own store and
 /// socket: one config (default timeouts, fence command /bin/true), nodes 1...N started and waited for until every
-/// one installed the first primary view. Node numbers are 1-based.
+/// one installed the first primary view. Node numbers are 1-based. With a `network`, node N runs in its namespace
+/// and listens on its address; with `corosyncPort` too, the nodes take membership from the corosync running there.
 final class BenchCluster {
     let dlmd: String
     let directory: String
@@ -15,9 +16,14 @@ final class BenchCluster {
 
     /// `arguments`: more for every dlmd (e.g. `--deadlock-wait 0`).
     let extraArguments: [String]
+    let network: Network?
 
-    init(dlmd: String, nodes count: Int, logLevel: String = "error", arguments: [String] = []) {
+    init(
+        dlmd: String, nodes count: Int, logLevel: String = "error", arguments: [String] = [],
+        network: Network? = nil, corosyncPort: Int? = nil
+    ) {
         extraArguments = arguments
+        self.network = network
         guard !dlmd.isEmpty else { fail("--dlmd PATH: the dlmd to run") }
         self.dlmd = dlmd
         self.count = count
@@ -34,16 +40,22 @@ final class BenchCluster {
             [cluster]
             name = "bench"
             key_file = "authkey"
-            [quorum]
-            expected_votes = \(count)
+            \(corosyncPort.map { "provider = \"corosync\"\nport = \($0)" } ?? "")
             [fencing]
             command = "/bin/true"
 
             """
-        for node in 1...count {
-            let port: Int
-            do { port = try freePort() } catch { fail("\(error)") }
-            config += "[[node]]\nid = \(node)\naddress = \"127.0.0.1:\(port)\"\n"
+        if corosyncPort == nil {
+            config += "[quorum]\nexpected_votes = \(count)\n"
+            for node in 1...count {
+                let address: String
+                if let network {
+                    address = "\(network.addresses[node - 1]):7100"
+                } else {
+                    do { address = "127.0.0.1:\(try freePort())" } catch { fail("\(error)") }
+                }
+                config += "[[node]]\nid = \(node)\naddress = \"\(address)\"\n"
+            }
         }
         do {
             try config.write(toFile: directory + "/cluster.toml", atomically: true, encoding: .utf8)
@@ -64,7 +76,7 @@ final class BenchCluster {
             return try Daemon(
                 executable: dlmd, directory: directory + "/node\(node)",
                 arguments: ["--config", directory + "/cluster.toml", "--node-id", "\(node)"] + extraArguments,
-                logLevel: logLevel)
+                launcher: network?.launcher(node) ?? [], logLevel: logLevel)
         } catch {
             fail("cannot start node \(node): \(error)")
         }

@@ -34,6 +34,7 @@ import Glibc
 //
 //   dlmbench membership   view formation and failover times for 3, 5, 9 nodes; ordered messages per second
 //   dlmbench membership-kill  kill -9 of a real dlmd member to the survivors' new view (median of rounds)
+//   dlmbench provider-failover  a node failing to the survivors' view and recovery: built-in against corosync
 //
 // The lock space across real dlmd nodes on loopback (`make bench-cluster`):
 //
@@ -61,6 +62,7 @@ let usage = """
            dlmbench stall-abuse [--socket PATH] [--cases baseline,flood,idle,lockspaces] [--duration S] [--idle N]
            dlmbench membership [--scenario views|ordered|all] [--nodes N[,N...]] [--rounds N] ... (--help)
            dlmbench membership-kill --dlmd PATH [--nodes N] [--rounds N]
+           dlmbench provider-failover --dlmd PATH [--rounds N]   (root, ip netns, corosync)
            dlmbench cluster --dlmd PATH [--scenarios remote,throughput,recovery,deadlock] [--duration S] [--warmup S]
                             [--working-set N] [--clients N] [--locks N[,N...]] [--connections N]
     COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
@@ -143,6 +145,8 @@ case "cluster":
     ClusterScenarios.run(Options(arguments.dropFirst(), allowed: ClusterScenarios.optionNames))
 case "membership-kill":
     print(MembershipDaemons.run(Options(arguments.dropFirst(), allowed: MembershipDaemons.optionNames)))
+case "provider-failover":
+    print(ProviderFailover.run(Options(arguments.dropFirst(), allowed: ProviderFailover.optionNames)))
 case "-h", "--help", "help":
     print(usage)
 default:

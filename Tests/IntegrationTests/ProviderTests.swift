@@ -1,0 +1,194 @@
+import DLMClient
+import DLMTestSupport
+import Foundation
+import Testing
+
+/// The cluster tests that hold for both membership providers, run against each: three nodes, each in a network
+/// namespace of its own on one bridge; with the corosync provider, a corosync 3 in each namespace too (with its
+/// own /run and /var/lib/corosync, `token: 1000`), and dlmd taking membership, quorum and its node list from it.
+/// Killing a node kills its dlmd and, with corosync, its corosync: a node failure. Needs root and `ip netns`
+/// (and corosync for its runs); skipped otherwise.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct ProviderTests {
+    enum Provider: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        case builtIn = "built-in", corosync
+        var testDescription: String { rawValue }
+    }
+
+    static let canRunCorosync: Bool = {
+        Network.canBeMade && FileManager.default.isExecutableFile(atPath: CorosyncRing.executable)
+    }()
+
+    /// A running cluster of three nodes on `provider`.
+    final class Nodes: @unchecked Sendable {
+        let network: Network
+        let ring: CorosyncRing?
+        let cluster: TestCluster
+
+        init(_ provider: Provider) throws {
+            network = try Network(nodes: 3)
+            do {
+                ring = provider == .corosync ? try CorosyncRing(network: network) : nil
+                do {
+                    cluster = try PartitionTests.startCluster(
+                        on: network, corosyncPort: provider == .corosync ? 7100 : nil)
+                } catch {
+                    ring?.stopAll()
+                    throw error
+                }
+            } catch {
+                network.remove()
+                throw error
+            }
+        }
+
+        /// The node fails: its dlmd and its corosync are killed.
+        func kill(_ node: Int) {
+            cluster.kill(node)
+            ring?.kill(node)
+        }
+
+        /// The node comes back: corosync, then dlmd.
+        func start(_ node: Int) throws {
+            try ring?.start(node)
+            try cluster.start(node)
+        }
+
+        func stop() {
+            cluster.stopAll()
+            ring?.stopAll()
+            network.remove()
+        }
+    }
+
+    static func run(_ provider: Provider, _ body: (Nodes) async throws -> Void) async throws {
+        if provider == .corosync && !canRunCorosync {
+            print("skipped on corosync: needs corosync (\(CorosyncRing.executable))")
+            return
+        }
+        let nodes = try Nodes(provider)
+        defer { nodes.stop() }
+        try await body(nodes)
+    }
+
+    /// A failed node is fenced before the survivors' primary view, and its EX goes to a waiter on another node with
+    /// a higher fencing token; back, it joins as its next incarnation. A dlmd killed alone (its node's corosync
+    /// running on) is a node failure too.
+    @Test(
+        .enabled(if: Network.canBeMade, "skipped: needs root and ip netns"), arguments: Provider.allCases)
+    func aFailedNodeIsFencedAndItsLockGoesToAWaiter(_ provider: Provider) async throws {
+        try await Self.run(provider) { nodes in
+            let cluster = nodes.cluster
+            let status = try await ClusterDaemonTests.status(cluster, 1)
+            #expect(status.cluster?.nodes.map(\.address) == nodes.network.addresses.map { "\($0):7100" })
+            #expect(status.quorate && status.view?.members == [1, 2, 3])
+
+            let one = try await DLMConnection.connect(socketPath: cluster.socket(1)).openLockspace("p")
+            let three = try await DLMConnection.connect(socketPath: cluster.socket(3)).openLockspace("p")
+            let (told, teller) = AsyncStream<Void>.makeStream()
+            let held = try await three.lock(
+                "a", mode: .ex, alwaysFencingToken: true, onBlocking: { _ in teller.yield() })
+            #expect(try await DistributedLockTests.tryLock(one, "a", .ex) == .tryAgain)
+            let waiter = Task { try await one.lock("a", mode: .ex) }
+            for await _ in told { break }  // the holder was told that node 1's request waits
+
+            nodes.kill(3)
+            for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+            #expect(cluster.fenced == [3])
+            let granted = try await waiter.value
+            #expect(granted.mode == .ex && granted.fencingToken > held.fencingToken)
+
+            try nodes.start(3)
+            for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3#2", primary: true) }
+            #expect(cluster.fenced == [3])
+
+            cluster.kill(2)
+            for node in [1, 3] { try cluster.waitForView(at: node, members: "1,3#2", primary: true) }
+            #expect(cluster.fenced == [3, 2])
+            try cluster.start(2)
+            for node in 1...3 { try cluster.waitForView(at: node, members: "1,2#2,3#2", primary: true) }
+            try await granted.unlock()
+        }
+    }
+
+    /// Two of three nodes fail: the survivor has no quorum and holds a request (neither granted nor refused); once a
+    /// node is back, the other is fenced before the primary view, and the request is granted.
+    @Test(
+        .enabled(if: Network.canBeMade, "skipped: needs root and ip netns"), arguments: Provider.allCases)
+    func quorumLostAndRegained(_ provider: Provider) async throws {
+        try await Self.run(provider) { nodes in
+            let cluster = nodes.cluster
+            let one = try await DLMConnection.connect(socketPath: cluster.socket(1)).openLockspace("q")
+            nodes.kill(2)
+            nodes.kill(3)
+            try cluster.waitForView(at: 1, members: "1", primary: false)
+            let held = Task { try await one.lock("r", mode: .ex, flags: .noQueue) }
+            var status = try await ClusterDaemonTests.status(cluster, 1)
+            while status.recovery.heldRequests < 1 { status = try await ClusterDaemonTests.status(cluster, 1) }
+            #expect(!status.quorate && status.recovery.waitingFor == ["quorum"])
+
+            try nodes.start(2)
+            // Node 3 is fenced; node 2's next life in the view says its last one is over.
+            for node in 1...2 { try cluster.waitForView(at: node, members: "1,2#2", primary: true) }
+            #expect(cluster.fenced == [3])
+            let granted = try await held.value
+            #expect(granted.mode == .ex)
+            try await granted.unlock()
+        }
+    }
+}
+
+/// What only the corosync provider has: dlmd's connection to corosync.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct CorosyncTests {
+    static let canRun = ProviderTests.canRunCorosync
+
+    /// corosync itself goes on two nodes: their dlmd lose their connection and hold every request; node 1 loses
+    /// quorum (votequorum's) and holds too. One corosync back gives node 1 quorum again: it fences the two lost
+    /// nodes before its primary view. The lost dlmd restarted joins as its next incarnation.
+    @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
+    func corosyncGoingAwayHoldsItsDaemons() async throws {
+        try await ProviderTests.run(.corosync) { nodes in
+            let (ring, cluster) = (nodes.ring!, nodes.cluster)
+            ring.kill(2)
+            ring.kill(3)
+            try cluster.waitForView(at: 1, members: "1", primary: false)
+            for node in 2...3 { try cluster.waitForView(at: node, members: "\(node)", primary: false) }
+            let lost = try await ClusterDaemonTests.status(cluster, 2)
+            #expect(!lost.quorate && lost.recovery.waitingFor.contains { $0.hasPrefix("corosync (") })
+            #expect(cluster.fenced.isEmpty)
+
+            try ring.start(2)
+            try cluster.waitForView(at: 1, members: "1", primary: true)
+            #expect(Set(cluster.fenced) == [2, 3])
+
+            cluster.kill(2)
+            try cluster.start(2)
+            for node in 1...2 { try cluster.waitForView(at: node, members: "1,2#2", primary: true) }
+        }
+    }
+}
+
+extension CorosyncTests {
+    /// Without a corosync to ask, dlmd refuses to start and says why.
+    @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
+    func withoutCorosyncDlmdSaysSoAndExits() throws {
+        let network = try Network(nodes: 1)
+        defer { network.remove() }
+        let cluster = try TestCluster(nodes: 1, timeouts: nil, corosyncPort: 7100)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        process.arguments = [
+            "netns", "exec", network.namespace(1), Daemon.executable, "--config", cluster.configPath, "--socket",
+            cluster.directory + "/dlmd.sock", "--data-dir", cluster.directory + "/data",
+        ]
+        let error = Pipe()
+        process.standardError = error
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus != 0)
+        #expect(text.contains("reading corosync's nodelist (cmap)") && text.contains("is corosync running?"), "\(text)")
+    }
+}
