@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages swift-dlm needs to build and test, when they are missing (Debian / Ubuntu):
 # liblmdb-dev (the store), libssl-dev (libcrypto: HMAC-SHA256 of the peer frames), libdlm-dev (the C library's header and the upstream library its tests compare with),
-# corosync's client libraries (the corosync provider) and corosync,
+# corosync's client libraries (the corosync provider), corosync and pacemaker (their tests),
 # iproute2 (network namespaces for the partition test), prometheus (promtool, for the metrics test),
 # resource-agents (ocf-tester, for the OCF agent's test) and systemd (systemd-analyze, systemd-tmpfiles).
 set -euo pipefail
@@ -18,6 +18,9 @@ pkg-config --exists libvotequorum 2>/dev/null || need+=(libvotequorum-dev)
 pkg-config --exists libcmap 2>/dev/null || need+=(libcmap-dev)
 [ -e /usr/lib/"$(uname -m)"-linux-gnu/libcorosync_common.so ] || need+=(libcorosync-common-dev)
 command -v corosync >/dev/null || need+=(corosync)
+# Pacemaker, which runs dlmd through the OCF agent in Tests/IntegrationTests/PacemakerTests.swift.
+command -v pacemakerd >/dev/null || need+=(pacemaker)
+command -v crm_mon >/dev/null || need+=(pacemaker-cli-utils)
 command -v cc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v make >/dev/null || need+=(make)

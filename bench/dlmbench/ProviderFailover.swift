@@ -51,8 +51,9 @@ enum ProviderFailover {
         var toRecovery: [Double] = []
         var daemonToRecovery: [Double] = []
         var incarnation = 1
-        func restart() {
-            do { try ring?.start(3) } catch { fail("\(error)") }
+        /// Node 3 back: its corosync too if it went.
+        func restart(corosync: Bool) {
+            if corosync { do { try ring?.start(3) } catch { fail("\(error)") } }
             incarnation += 1
             cluster.restart(3, incarnation: incarnation)
             for node in 1...3 { cluster.waitForView(at: node, of: cluster.names) }
@@ -68,7 +69,7 @@ enum ProviderFailover {
             for node in 1...2 { done = max(done, cluster.waitForRecoveryDone(at: node).at) }
             toView.append(MembershipScenarios.seconds(view - killed))
             toRecovery.append(MembershipScenarios.seconds(done - killed))
-            restart()
+            restart(corosync: true)
             if ring != nil {
                 cluster.skipLogs()
                 let killed = cluster.kill(3)
@@ -76,7 +77,7 @@ enum ProviderFailover {
                 for node in 1...2 { cluster.waitForView(at: node, of: ["1", "2"]) }
                 for node in 1...2 { done = max(done, cluster.waitForRecoveryDone(at: node).at) }
                 daemonToRecovery.append(MembershipScenarios.seconds(done - killed))
-                restart()
+                restart(corosync: false)
             }
         }
         var result = """
