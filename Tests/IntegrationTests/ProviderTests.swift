@@ -170,6 +170,40 @@ struct CorosyncTests {
 }
 
 extension CorosyncTests {
+    /// Node 3's link is cut: corosync forms two rings. Each side waits for votequorum to drop the other before it
+    /// believes its quorum: node 3 has none (a view of itself, not primary), the majority fences node 3 and goes on.
+    /// Healed, corosync merges the rings and puts node 3's dlmd (the same process) back in the group, but that life
+    /// was fenced: it is not taken back, and it says it must be restarted. Restarted, it joins as its next life.
+    @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
+    func aFencedLifeIsNotTakenBackWhenCorosyncMergesAgain() async throws {
+        try await ProviderTests.run(.corosync) { nodes in
+            let (network, cluster) = (nodes.network, nodes.cluster)
+            try network.cut(3)
+            for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+            try cluster.waitForView(at: 3, members: "3", primary: false)
+            #expect(cluster.fenced == [3])
+
+            try network.heal(3)
+            // The merged group's next view at the majority leaves the fenced life out.
+            for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+            var isolated = try await ClusterDaemonTests.status(cluster, 3)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while !isolated.recovery.waitingFor.contains("restart (this life was fenced)") {
+                guard ContinuousClock.now < deadline else { break }  // a hang detector; the expectation says why
+                try await Task.sleep(for: .milliseconds(50))
+                isolated = try await ClusterDaemonTests.status(cluster, 3)
+            }
+            #expect(isolated.recovery.waitingFor.contains("restart (this life was fenced)"), "\(isolated.recovery)")
+            #expect(!isolated.quorate)
+            #expect(isolated.view?.members == [3])
+
+            cluster.kill(3)
+            try cluster.start(3)
+            for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3#2", primary: true) }
+            #expect(cluster.fenced == [3])
+        }
+    }
+
     /// Without a corosync to ask, dlmd refuses to start and says why.
     @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
     func withoutCorosyncDlmdSaysSoAndExits() throws {
