@@ -1,3 +1,4 @@
+import CoreMetrics
 import DLMCluster
 import DLMCore
 import DLMWire
@@ -6,12 +7,13 @@ import NIOCore
 import NIOHTTP1
 import Prometheus
 
-/// What a node counts for Prometheus (`--metrics HOST:PORT`, docs/OPERATIONS.md "Metrics"), on swift-prometheus's
-/// registry. The shell counts requests and frames in plain integers on the node's event loop (no atomic, no lookup
-/// on the hot path); a scrape, on the same loop, moves what was counted since the last one into the registry's
-/// counters and reads the gauges from the service.
+/// What a node counts for Prometheus (`--metrics HOST:PORT`, docs/OPERATIONS.md "Metrics"): swift-metrics counters
+/// and gauges, made by `DocumentedPrometheusFactory` in swift-prometheus's registry. The shell counts requests and
+/// frames in plain integers on the node's event loop (no atomic, no lookup on the hot path); a scrape, on the same
+/// loop, moves what was counted since the last one into the counters and reads the gauges from the service.
 final class NodeMetrics: @unchecked Sendable {
     let registry = PrometheusCollectorRegistry()
+    let factory: DocumentedPrometheusFactory
 
     // Counted on the node's loop, in memory of their own (no copy-on-write or exclusivity check per count).
     /// Requests by the type byte of their frame (Protocol/CLIENT.md §3).
@@ -46,22 +48,22 @@ final class NodeMetrics: @unchecked Sendable {
 
     // Moved into the registry at each scrape.
     var reported: [String: UInt64] = [:]
-    var counters: [String: Counter] = [:]
-    let locks: Gauge
-    let waiters: Gauge
-    let resources: Gauge
-    let lockspaces: Gauge
-    let connections: Gauge
-    let quorate: Gauge
-    let recovering: Gauge
-    let clusterDeadlockSearches: Gauge
-    let clusterDeadlockVictims: Gauge
-    let deadlockPasses: Gauge
-    let view: Gauge
-    let storeUsedBytes: Gauge
-    let storeAlarm: Gauge
-    let storeMapBytes: Gauge
-    let storeLogBytes: Gauge
+    var counters: [String: CoreMetrics.Counter] = [:]
+    let locks: CoreMetrics.Gauge
+    let waiters: CoreMetrics.Gauge
+    let resources: CoreMetrics.Gauge
+    let lockspaces: CoreMetrics.Gauge
+    let connections: CoreMetrics.Gauge
+    let quorate: CoreMetrics.Gauge
+    let recovering: CoreMetrics.Gauge
+    let clusterDeadlockSearches: CoreMetrics.Gauge
+    let clusterDeadlockVictims: CoreMetrics.Gauge
+    let deadlockPasses: CoreMetrics.Gauge
+    let view: CoreMetrics.Gauge
+    let storeUsedBytes: CoreMetrics.Gauge
+    let storeAlarm: CoreMetrics.Gauge
+    let storeMapBytes: CoreMetrics.Gauge
+    let storeLogBytes: CoreMetrics.Gauge
 
     static let requestTypes: [(UInt8, String)] = [
         (0x01, "hello"), (0x02, "ping"), (0x03, "bye"), (0x10, "open_lockspace"), (0x11, "release_lockspace"),
@@ -97,33 +99,34 @@ final class NodeMetrics: @unchecked Sendable {
     }
 
     init() {
-        locks = Self.gauge(registry, "locks", help: "Locks this node's engine holds (granted and queued).")
+        factory = DocumentedPrometheusFactory(registry: registry)
+        locks = Self.gauge(factory, "locks", help: "Locks this node's engine holds (granted and queued).")
         waiters = Self.gauge(
-            registry, "waiters", help: "Requests and conversions waiting in this node's engine (not granted yet).")
-        resources = Self.gauge(registry, "resources", help: "Resources in this node's engine.")
-        lockspaces = Self.gauge(registry, "lockspaces", help: "Lockspaces open on this node.")
-        connections = Self.gauge(registry, "connections", help: "Client connections.")
+            factory, "waiters", help: "Requests and conversions waiting in this node's engine (not granted yet).")
+        resources = Self.gauge(factory, "resources", help: "Resources in this node's engine.")
+        lockspaces = Self.gauge(factory, "lockspaces", help: "Lockspaces open on this node.")
+        connections = Self.gauge(factory, "connections", help: "Client connections.")
         quorate = Self.gauge(
-            registry, "quorate", help: "1 while the node serves (a primary view, or standalone), else 0.")
+            factory, "quorate", help: "1 while the node serves (a primary view, or standalone), else 0.")
         recovering = Self.gauge(
-            registry, "recovering", help: "1 while a recovery of the lock space runs on this node, else 0.")
+            factory, "recovering", help: "1 while a recovery of the lock space runs on this node, else 0.")
         deadlockPasses = Self.gauge(
-            registry, "deadlock_passes", help: "Deadlock passes this node's engine ran since it started.")
+            factory, "deadlock_passes", help: "Deadlock passes this node's engine ran since it started.")
         clusterDeadlockSearches = Self.gauge(
-            registry, "cluster_deadlock_searches", help: "Deadlock searches across nodes this node started.")
+            factory, "cluster_deadlock_searches", help: "Deadlock searches across nodes this node started.")
         clusterDeadlockVictims = Self.gauge(
-            registry, "cluster_deadlock_victims", help: "Victims of deadlocks across nodes this node decided.")
-        view = Self.gauge(registry, "view", help: "The number of the view this node installed last (0: none).")
+            factory, "cluster_deadlock_victims", help: "Victims of deadlocks across nodes this node decided.")
+        view = Self.gauge(factory, "view", help: "The number of the view this node installed last (0: none).")
         storeUsedBytes = Self.gauge(
-            registry, "store_used_bytes", help: "Bytes the store's data takes (LMDB's pages less its free list).")
+            factory, "store_used_bytes", help: "Bytes the store's data takes (LMDB's pages less its free list).")
         storeMapBytes = Self.gauge(
-            registry, "store_map_bytes",
+            factory, "store_map_bytes",
             help: "The store's limit (--map-size): at it, new persistent locks and lockspaces are refused.")
         storeAlarm = Self.gauge(
-            registry, "store_alarm",
+            factory, "store_alarm",
             help: "The store alarm: 0 none, 1 full (new persistent state refused), 2 failed (commits stopped).")
         storeLogBytes = Self.gauge(
-            registry, "store_log_bytes",
+            factory, "store_log_bytes",
             help: "Bytes of the write-ahead log written since it last started again (sync durability).")
         // Every request type and the counters without labels show from the start, at 0.
         for (_, name) in Self.requestTypes { _ = counter("requests", label: ("type", name), help: Self.requestsHelp) }
@@ -157,20 +160,20 @@ final class NodeMetrics: @unchecked Sendable {
         })
 
     /// dlm_NAME_total (with one label, or none), made once.
-    func counter(_ name: String, label: (String, String)? = nil, help: String) -> Counter {
+    func counter(_ name: String, label: (String, String)? = nil, help: String) -> CoreMetrics.Counter {
         let key = label.map { "\(name){\($0.0)=\($0.1)}" } ?? name
         if let known = counters[key] { return known }
-        let made = registry.makeCounter(
-            descriptor: MetricNameDescriptor(namespace: "dlm", metricName: name, unitName: "total", helpText: help),
-            labels: label.map { [$0] } ?? [])
+        factory.document("dlm_\(name)_total", help)
+        let made = CoreMetrics.Counter(
+            label: "dlm_\(name)_total", dimensions: label.map { [$0] } ?? [], factory: factory)
         counters[key] = made
         return made
     }
 
     /// dlm_NAME.
-    static func gauge(_ registry: PrometheusCollectorRegistry, _ name: String, help: String) -> Gauge {
-        registry.makeGauge(
-            descriptor: MetricNameDescriptor(namespace: "dlm", metricName: name, unitName: "", helpText: help))
+    static func gauge(_ factory: DocumentedPrometheusFactory, _ name: String, help: String) -> CoreMetrics.Gauge {
+        factory.document("dlm_\(name)", help)
+        return CoreMetrics.Gauge(label: "dlm_\(name)", factory: factory)
     }
 
     @inline(__always)
@@ -250,13 +253,13 @@ final class NodeMetrics: @unchecked Sendable {
     /// counters, the gauges are read from the node, and the histograms' text follows the registry's.
     func scrape(_ node: LockNode) -> [UInt8] {
         sample(node.service)
-        view.set(Double(node.cluster?.group.status().view?.id ?? 0))
+        view.record(Double(node.cluster?.group.status().view?.id ?? 0))
         if let store = node.storeReport {
-            storeUsedBytes.set(Double(store.usedBytes))
-            storeMapBytes.set(Double(store.mapSize))
-            storeAlarm.set(Double(store.alarm == "failed" ? 2 : store.alarm == "full" ? 1 : 0))
+            storeUsedBytes.record(Double(store.usedBytes))
+            storeMapBytes.record(Double(store.mapSize))
+            storeAlarm.record(Double(store.alarm == "failed" ? 2 : store.alarm == "full" ? 1 : 0))
         }
-        storeLogBytes.set(Double(node.persistence?.store.logBytes ?? 0))
+        storeLogBytes.record(Double(node.persistence?.store.logBytes ?? 0))
         var text = ""
         LatencyHistogram.header(
             "dlm_request_duration_seconds",
@@ -299,7 +302,7 @@ final class NodeMetrics: @unchecked Sendable {
     /// What was counted since the last scrape goes into the registry's counters, and the gauges are read from the
     /// service (on the node's loop).
     func sample(_ service: LockService) {
-        func report(_ key: String, _ value: UInt64, _ counter: @autoclosure () -> Counter) {
+        func report(_ key: String, _ value: UInt64, _ counter: @autoclosure () -> CoreMetrics.Counter) {
             let before = reported[key] ?? 0
             guard value > before else { return }
             counter().increment(by: Int64(value - before))
@@ -341,16 +344,16 @@ final class NodeMetrics: @unchecked Sendable {
                     counter("peer_messages_received", label: ("kind", name), help: Self.peerReceivedHelp))
             }
         }
-        locks.set(Double(service.engine.lockCount))
-        waiters.set(Double(service.engine.waiterCount))
-        resources.set(Double(service.engine.resourceCount))
-        lockspaces.set(Double(service.engine.allLockspaces.count))
-        connections.set(Double(service.connectionCount))
-        quorate.set(Double(service.isStopped ? 0 : 1))
-        recovering.set(Double(service.isRunningRecovery ? 1 : 0))
-        deadlockPasses.set(Double(service.engine.probe.deadlockPasses))
-        clusterDeadlockSearches.set(Double(service.clusterDeadlockSearches))
-        clusterDeadlockVictims.set(Double(service.clusterDeadlockVictims))
+        locks.record(Double(service.engine.lockCount))
+        waiters.record(Double(service.engine.waiterCount))
+        resources.record(Double(service.engine.resourceCount))
+        lockspaces.record(Double(service.engine.allLockspaces.count))
+        connections.record(Double(service.connectionCount))
+        quorate.record(Double(service.isStopped ? 0 : 1))
+        recovering.record(Double(service.isRunningRecovery ? 1 : 0))
+        deadlockPasses.record(Double(service.engine.probe.deadlockPasses))
+        clusterDeadlockSearches.record(Double(service.clusterDeadlockSearches))
+        clusterDeadlockVictims.record(Double(service.clusterDeadlockVictims))
     }
 }
 
