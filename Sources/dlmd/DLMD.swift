@@ -206,20 +206,20 @@ struct DLMD: AsyncParsableCommand {
             }
             if let loaded = cluster, case .corosync = loaded.provider {
                 // The node list and this node's id come from corosync (cmap), as dlm_controld takes them.
+                let nodelist: CorosyncNodelist
                 do {
-                    let nodelist = try CorosyncNodelist.read()
+                    nodelist = try CorosyncNodelist.read()
                     cluster = try loaded.completed(with: nodelist, file: config)
-                    if let given = nodeID ?? file.node_id, given != nodelist.localNode.rawValue {
-                        throw ValidationError(
-                            "--node-id \(given) (or dlmd.node_id) is not corosync's id of this node, \(nodelist.localNode)"
-                        )
-                    }
-                    corosyncNodeID = nodelist.localNode.rawValue
-                } catch let error as ValidationError {
-                    throw error
-                } catch {
+                } catch let error as CorosyncError {
                     throw ValidationError("\(error) (is corosync running?)")
+                } catch {
+                    throw ValidationError("\(error)")
                 }
+                if let given = nodeID ?? file.node_id, given != nodelist.localNode.rawValue {
+                    throw ValidationError(
+                        "--node-id \(given) (or dlmd.node_id) is not corosync's id of this node, \(nodelist.localNode)")
+                }
+                corosyncNodeID = nodelist.localNode.rawValue
             } else if nodeID ?? file.node_id == nil {
                 throw ValidationError("a cluster member needs --node-id N (or dlmd.node_id): which [[node]] it is")
             }

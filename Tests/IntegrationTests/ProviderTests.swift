@@ -204,25 +204,46 @@ extension CorosyncTests {
         }
     }
 
-    /// Without a corosync to ask, dlmd refuses to start and says why.
-    @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
-    func withoutCorosyncDlmdSaysSoAndExits() throws {
-        let network = try Network(nodes: 1)
-        defer { network.remove() }
-        let cluster = try TestCluster(nodes: 1, timeouts: nil, corosyncPort: 7100)
+    /// dlmd in `network`'s node `node` with `cluster`'s config and `arguments`, run to its end: its exit status and
+    /// what it printed on standard error.
+    static func runToEnd(in network: Network, node: Int, _ cluster: TestCluster, _ arguments: [String] = []) throws
+        -> (status: Int32, error: String)
+    {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        process.arguments = [
-            "netns", "exec", network.namespace(1), Daemon.executable, "--config", cluster.configPath, "--socket",
-            cluster.directory + "/dlmd.sock", "--data-dir", cluster.directory + "/data",
-        ]
+        process.arguments =
+            Array(network.launcher(node).dropFirst()) + [
+                Daemon.executable, "--config", cluster.configPath, "--socket", cluster.directory + "/refused.sock",
+                "--data-dir", cluster.directory + "/refused",
+            ] + arguments
         let error = Pipe()
         process.standardError = error
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         let text = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        #expect(process.terminationStatus != 0)
-        #expect(text.contains("reading corosync's nodelist (cmap)") && text.contains("is corosync running?"), "\(text)")
+        return (process.terminationStatus, text)
+    }
+
+    /// Without a corosync to ask, dlmd refuses to start and says why; with one, a `--node-id` that is not corosync's
+    /// id of the node is refused too.
+    @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
+    func dlmdRefusesToStartWithoutCorosyncOrWithAnotherNodeID() throws {
+        let network = try Network(nodes: 1)
+        defer { network.remove() }
+        let cluster = try TestCluster(nodes: 1, timeouts: nil, corosyncPort: 7100)
+        let alone = try Self.runToEnd(in: network, node: 1, cluster)
+        #expect(alone.status != 0)
+        #expect(
+            alone.error.contains("reading corosync's nodelist (cmap)") && alone.error.contains("is corosync running?"),
+            "\(alone.error)")
+
+        let ring = try CorosyncRing(network: network)
+        defer { ring.stopAll() }
+        let other = try Self.runToEnd(in: network, node: 1, cluster, ["--node-id", "2"])
+        #expect(other.status != 0)
+        #expect(
+            other.error.contains("--node-id 2 (or dlmd.node_id) is not corosync's id of this node, 1"), "\(other.error)"
+        )
     }
 }
