@@ -23,7 +23,7 @@ export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-1300}
 export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-1300}
 export DLM_RECOVERY_SEEDS=${DLM_RECOVERY_SEEDS:-1300}
 export DLM_DEADLOCK_SEEDS=${DLM_DEADLOCK_SEEDS:-200}
-RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests|DLMClusterTests\.DeadlockAcrossNodesTests'
+RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|GroupServicesTests\.CorosyncMemberRandomTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests|DLMClusterTests\.DeadlockAcrossNodesTests'
 started=$SECONDS
 
 mkdir -p "$SCRATCH"

@@ -53,7 +53,7 @@ public final class CorosyncRing: @unchecked Sendable {
         }
     }
 
-    /// Starts node `node`'s corosync and returns once it provides service.
+    /// Starts node `node`'s corosync and returns once its ring holds every corosync that runs.
     public func start(_ node: Int) throws {
         let folder = "\(directory)/node\(node)"
         let process = Process()
@@ -70,7 +70,12 @@ public final class CorosyncRing: @unchecked Sendable {
         try process.run()
         log.read(output.fileHandleForReading)
         processes[node] = (process, log)
-        try log.wait(for: "corosync of node \(node) ready") { $0.contains("ready to provide service") }
+        // Until its ring has every corosync that runs: a dlmd started before would fence the nodes not counted yet
+        // (CorosyncMember fences nodes corosync does not count before a first primary view).
+        let running = processes.values.filter { $0.process.isRunning }.count
+        try log.wait(for: "corosync of node \(node) in a ring of \(running)") {
+            $0.contains("[QUORUM] Members[\(running)]:")
+        }
     }
 
     /// kill -9 of node `node`'s corosync; returns once it is gone.

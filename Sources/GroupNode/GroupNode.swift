@@ -155,7 +155,9 @@ public final class GroupNode: @unchecked Sendable {
             }.flatMapThrowing { [self] in
                 guard state == .running else { return }
                 if case .corosync = config.provider {
-                    member = CorosyncMember(id: nodeID, fenceRetryInterval: config.settings.fenceRetryInterval)
+                    member = CorosyncMember(
+                        id: nodeID, nodes: config.nodes.map(\.id),
+                        fenceRetryInterval: config.settings.fenceRetryInterval)
                     apply(.start(incarnation: incarnation, persisted: initialState, now: Self.now()))
                     let loop = eventLoop
                     let link = CorosyncLink(group: "dlmd:\(config.name)", logger: logger) { [weak self] event in

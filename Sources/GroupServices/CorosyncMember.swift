@@ -17,6 +17,8 @@
 /// Like `GroupMember`, it does no I/O and reads no clock.
 public struct CorosyncMember: MembershipCore {
     public let id: NodeID
+    /// corosync's nodelist.
+    public let nodes: [NodeID]
     /// How long after a failed fence the coordinator tries again.
     public let fenceRetryInterval: UInt64
     public private(set) var incarnation: UInt64 = 0
@@ -38,6 +40,11 @@ public struct CorosyncMember: MembershipCore {
     var announced = false
     /// The nodes votequorum last counted as members.
     var quorumMembers: Set<NodeID> = []
+    /// Nodes fenced while corosync did not count them, since this member's views were last without quorum: no life
+    /// there took part in a primary view since (the other side of a partition cannot have been quorate while this one
+    /// was), so none is fenced again until corosync counts it. Not persisted, and forgotten at a view without quorum:
+    /// a restarted or non-quorate member cannot know what the other side did meanwhile.
+    public private(set) var fencedAbsent: Set<NodeID> = []
     /// Nodes that corosync dropped from the group (node down) and that votequorum still counted when last heard: its
     /// quorate flag may be from before their fall, so this member does not announce itself until votequorum
     /// answers without them (dlm_controld's "wait for quorum" does the same). A node on the losing side of a
@@ -59,8 +66,10 @@ public struct CorosyncMember: MembershipCore {
         var lastPrimary: [Member]
         var toFence: Set<NodeID>
     }
-    /// The round's view, decided and waiting for fences.
+    /// The round's view, decided and waiting for fences, then for its coordinator's `install`.
     var decision: Decision?
+    /// As the decided view's coordinator: whether `install` was multicast.
+    var installSent = false
     /// Fences this node runs as coordinator (nil: under way), or a time to try again.
     var fenceRetries: [NodeID: UInt64?] = [:]
     /// Nodes fenced since the last view was installed (`fenced` messages delivered).
@@ -77,8 +86,9 @@ public struct CorosyncMember: MembershipCore {
     var barrierEntries: [String: Set<Member>] = [:]
     var myBarriers: Set<String> = []
 
-    public init(id: NodeID, fenceRetryInterval: UInt64 = 250 * Settings.millisecond) {
+    public init(id: NodeID, nodes: [NodeID], fenceRetryInterval: UInt64 = 250 * Settings.millisecond) {
         self.id = id
+        self.nodes = nodes
         self.fenceRetryInterval = fenceRetryInterval
     }
 
@@ -201,6 +211,8 @@ public struct CorosyncMember: MembershipCore {
         case .quorum(let quorate, let members):
             quorumMembers = Set(members)
             awaitingQuorum.formIntersection(quorumMembers)
+            // Counted again: a dlmd there now is in this partition, and any life there is told apart as usual.
+            fencedAbsent.subtract(quorumMembers)
             guard quorumKnown else {
                 quorumKnown = true
                 self.quorate = quorate
@@ -233,6 +245,7 @@ public struct CorosyncMember: MembershipCore {
     mutating func startRound(into effects: inout [GroupEffect]) {
         announcements = [:]
         decision = nil
+        installSent = false
         fenceRetries = [:]
         announced = false
         announce(into: &effects)
@@ -245,7 +258,10 @@ public struct CorosyncMember: MembershipCore {
             configuration: configuration, quorumChanges: quorumChanges, incarnation: incarnation,
             highestViewNumber: max(persistent.highestViewNumber, view?.id.number ?? 0), quorate: quorate,
             fenceCandidates: persistent.fenceCandidates.map(NodeID.init(rawValue:)), lastPrimary: lastPrimaryMembers,
-            fenced: fencedLives, groups: myGroups.sorted())
+            fenced: fencedLives, groups: myGroups.sorted(),
+            absentUnfenced: nodes.filter {
+                !quorumMembers.contains($0) && !fencedAbsent.contains($0)
+            }, fencedAbsent: fencedAbsent.sorted())
         effects.append(.multicastToProvider(CorosyncMessage.announce(announcement).encoded()))
     }
 
@@ -269,9 +285,14 @@ public struct CorosyncMember: MembershipCore {
         case .quorumChanged:
             quorumChanges &+= 1
             startRound(into: &effects)
+        case .install(let number):
+            guard let decision, decision.view.id.number == number, sender.node == decision.view.id.coordinator
+            else { return }
+            installDecided(into: &effects)
         case .fenced(let node):
             guard !wasFenced else { return }
             fencedSinceInstall.insert(node)
+            if !quorumMembers.contains(node) { fencedAbsent.insert(node) }
             installIfFenced(into: &effects)
         case .data(let localSeq, let group, let payload):
             guard let view, let life = life(of: sender), view.contains(life) else { return }
@@ -324,6 +345,8 @@ public struct CorosyncMember: MembershipCore {
         else { return }
         let all = configuration.map { announcements[$0]! }
         for life in all.flatMap(\.fenced) { recordFenced(life) }
+        // What one member knows of a node fenced while corosync did not count it, every member takes.
+        fencedAbsent.formUnion(Set(all.flatMap(\.fencedAbsent)).subtracting(quorumMembers))
         if isFenced(me) {
             wasFenced = true
             return
@@ -345,7 +368,15 @@ public struct CorosyncMember: MembershipCore {
         let lastPrimary = Set(counted.flatMap(\.lastPrimary) + lastPrimaryMembers).sorted()
         var toFence: Set<NodeID> = []
         if primary {
-            toFence = Set(counted.flatMap(\.fenceCandidates) + lastPrimary.map(\.node)).subtracting(members.keys)
+            // The nodes that may hold a primary view some member knows of, and the nodes corosync does not count now
+            // that no member knows to be fenced since: a dlmd there, cut off before this one started, may hold a
+            // primary view that no member ever saw (Pacemaker's startup fencing fences such nodes too).
+            // A node some member fenced since corosync last counted it needs no fence again: corosync has not
+            // counted it since, so no life there took part in anything.
+            toFence = Set(
+                counted.flatMap(\.fenceCandidates) + lastPrimary.map(\.node) + counted.flatMap(\.absentUnfenced)
+            )
+            .subtracting(all.flatMap(\.fencedAbsent)).subtracting(members.keys)
         }
         decision = Decision(view: view, primary: primary, lastPrimary: lastPrimary, toFence: toFence)
         if view.id.coordinator == id {
@@ -357,9 +388,26 @@ public struct CorosyncMember: MembershipCore {
         installIfFenced(into: &effects)
     }
 
+    /// Every fence of the decided view is done: its coordinator persists the view's number, then multicasts
+    /// `install`; every member installs the view when that message comes (`installDecided`). So a coordinator that
+    /// dies before its members install a number has persisted it, and its next life never reuses it for another
+    /// view (the number comes from the announcements, which all members share, not from the coordinator alone).
     mutating func installIfFenced(into effects: inout [GroupEffect]) {
-        guard let decision, decision.toFence.isSubset(of: fencedSinceInstall) else { return }
+        guard let decision, decision.toFence.isSubset(of: fencedSinceInstall), decision.view.id.coordinator == id,
+            !installSent
+        else { return }
+        installSent = true
+        persistent.highestViewNumber = max(persistent.highestViewNumber, decision.view.id.number)
+        effects.append(.persist(persistent))
+        effects.append(.multicastToProvider(CorosyncMessage.install(view: decision.view.id.number).encoded()))
+    }
+
+    /// The coordinator's `install` came: the decided view is installed (its fences are done: the coordinator
+    /// waited for them, and their `fenced` messages came before this one).
+    mutating func installDecided(into effects: inout [GroupEffect]) {
+        guard let decision else { return }
         self.decision = nil
+        installSent = false
         fenceRetries = [:]
         if decision.primary {
             for life in decision.lastPrimary where !decision.view.contains(life) { recordFenced(life) }
@@ -376,6 +424,7 @@ public struct CorosyncMember: MembershipCore {
         barrierEntries = [:]
         view = newView
         isPrimary = primary
+        if !primary { fencedAbsent = [] }
         fencedSinceInstall = []
         delivered = 0
         persistent.highestViewNumber = max(persistent.highestViewNumber, newView.id.number)

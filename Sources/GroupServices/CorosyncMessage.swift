@@ -10,6 +10,8 @@ public enum CorosyncMessage: Hashable, Sendable {
     case quorumChanged(quorate: Bool)
     /// The coordinator of a round fenced this node (the fence command succeeded).
     case fenced(NodeID)
+    /// The coordinator of a round persisted the number of the view the round decided: install it.
+    case install(view: UInt64)
     /// Application data to every member of the view (`group` nil) or to a process group's members.
     case data(localSeq: UInt64, group: String?, payload: [UInt8])
     /// The sender entered a barrier in the view numbered `view`.
@@ -31,10 +33,19 @@ public enum CorosyncMessage: Hashable, Sendable {
         public var fenced: [Member]
         /// The process groups the sender is in.
         public var groups: [String]
+        /// Configured nodes that corosync does not count as members now and that the sender does not know to be fenced
+        /// since it last counted them: a life there may hold a primary view no member knows of.
+        public var absentUnfenced: [NodeID]
+        /// The nodes the sender fenced while corosync did not count them, since its views were last without quorum
+        /// (`CorosyncMember.fencedAbsent`): none of them needs a fence again.
+        public var fencedAbsent: [NodeID]
         public init(
             configuration: [ProcessAddress], quorumChanges: UInt32, incarnation: UInt64, highestViewNumber: UInt64,
-            quorate: Bool, fenceCandidates: [NodeID], lastPrimary: [Member], fenced: [Member], groups: [String]
+            quorate: Bool, fenceCandidates: [NodeID], lastPrimary: [Member], fenced: [Member], groups: [String],
+            absentUnfenced: [NodeID] = [], fencedAbsent: [NodeID] = []
         ) {
+            self.absentUnfenced = absentUnfenced
+            self.fencedAbsent = fencedAbsent
             self.configuration = configuration
             self.quorumChanges = quorumChanges
             self.incarnation = incarnation
@@ -87,6 +98,10 @@ public enum CorosyncMessage: Hashable, Sendable {
             lives(a.fenced)
             u32(UInt32(a.groups.count))
             for group in a.groups { text(group) }
+            u32(UInt32(a.absentUnfenced.count))
+            for node in a.absentUnfenced { u32(node.rawValue) }
+            u32(UInt32(a.fencedAbsent.count))
+            for node in a.fencedAbsent { u32(node.rawValue) }
         case .quorumChanged(let quorate):
             u8(2)
             u8(quorate ? 1 : 0)
@@ -109,6 +124,9 @@ public enum CorosyncMessage: Hashable, Sendable {
         case .leave(let name):
             u8(7)
             text(name)
+        case .install(let view):
+            u8(8)
+            u64(view)
         }
         return out
     }
@@ -154,11 +172,14 @@ public enum CorosyncMessage: Hashable, Sendable {
             let lastPrimary = try lives()
             let fenced = try lives()
             let groups = try (0..<count()).map { _ in try text() }
+            let absent = try (0..<count()).map { _ in NodeID(try integer(UInt32.self)) }
+            let fencedAbsent = try (0..<count()).map { _ in NodeID(try integer(UInt32.self)) }
             self = .announce(
                 Announcement(
                     configuration: configuration, quorumChanges: quorumChanges, incarnation: incarnation,
                     highestViewNumber: highest, quorate: quorate, fenceCandidates: candidates,
-                    lastPrimary: lastPrimary, fenced: fenced, groups: groups))
+                    lastPrimary: lastPrimary, fenced: fenced, groups: groups, absentUnfenced: absent,
+                    fencedAbsent: fencedAbsent))
         case 2:
             self = .quorumChanged(quorate: try integer(UInt8.self) != 0)
         case 3:
@@ -175,6 +196,8 @@ public enum CorosyncMessage: Hashable, Sendable {
             self = .join(try text())
         case 7:
             self = .leave(try text())
+        case 8:
+            self = .install(view: try integer(UInt64.self))
         default:
             throw DecodeError()
         }

@@ -13,6 +13,9 @@ final class SimulatedCorosync {
     var queue: [(bytes: [UInt8], from: ProcessAddress)] = []
     var pendingFences: [(by: ProcessAddress, node: NodeID)] = []
     var fenceSucceeds = true
+    /// Whether a fence that succeeds stops the node's dlmd, as a real fence does (else it reports success and leaves
+    /// it running: a lying fence).
+    var fenceStopsNode = false
     var transcript: [String] = []
     var persisted: [NodeID: PersistentState] = [:]
     var incarnations: [NodeID: UInt64] = [:]
@@ -32,15 +35,18 @@ final class SimulatedCorosync {
         partition.filter { $0.value == part }.map(\.key).sorted()
     }
 
-    /// A new dlmd on `node` joins the group; votequorum answers `quorate` (after the join when `quorumLater`).
+    /// A new dlmd on `node` joins the group; votequorum answers `quorate` with the nodes it counts (`counted`, by default
+    /// those of the partition), after the join when `quorumLater`.
     @discardableResult
-    func start(_ node: NodeID, quorate: Bool = true, quorumLater: Bool = false, part: Int = 0) -> ProcessAddress {
+    func start(
+        _ node: NodeID, quorate: Bool = true, quorumLater: Bool = false, part: Int = 0, counted: [NodeID]? = nil
+    ) -> ProcessAddress {
         flush()
         let address = ProcessAddress(node: node, pid: nextPid)
         nextPid += 1
         let incarnation = (incarnations[node] ?? 0) + 1
         incarnations[node] = incarnation
-        var member = CorosyncMember(id: node, fenceRetryInterval: 10)
+        var member = CorosyncMember(id: node, nodes: corosync.keys.sorted(), fenceRetryInterval: 10)
         var effects: [GroupEffect] = []
         member.handle(
             .start(incarnation: incarnation, persisted: persisted[node] ?? PersistentState(), now: now), into: &effects)
@@ -48,7 +54,7 @@ final class SimulatedCorosync {
         checker.started(member.me)
         carryOut(effects, at: address)
         partition[address] = part
-        if !quorumLater { input(.provider(.quorum(quorate, members: quorumNodes(part))), to: address) }
+        if !quorumLater { input(.provider(.quorum(quorate, members: counted ?? quorumNodes(part))), to: address) }
         configurationChanged(part)
         run()
         return address
@@ -60,38 +66,39 @@ final class SimulatedCorosync {
     /// kill -9 of the process: its node stays in corosync's membership (CPG's "process down").
     func kill(_ address: ProcessAddress) {
         flush()
-        let part = partition[address]!
+        guard let part = partition[address] else { return }  // gone already (a fence stopped it)
         members[address] = nil
         partition[address] = nil
         configurationChanged(part)
         run()
     }
 
-    /// Moves processes and their nodes' corosync into partitions (each one's number), with the configuration changes
-    /// this makes: for a process, the nodes of the processes no longer with it are down.
+    /// Moves processes and their nodes' corosync into partitions (each one's number): `move` by process.
     func split(_ parts: [ProcessAddress: Int]) {
+        move(Dictionary(uniqueKeysWithValues: parts.map { ($0.key.node, $0.value) }))
+    }
+
+    /// Moves corosync nodes (and their processes) into partitions, with the configuration changes this makes for
+    /// every process whose group changed: for it, the nodes of the processes no longer with it are down.
+    func move(_ parts: [NodeID: Int]) {
         flush()
         let before = partition
-        let touched = Set(parts.values).union(parts.keys.compactMap { partition[$0] })
-        for (address, part) in parts {
-            partition[address] = part
-            corosync[address.node] = part
-        }
-        for part in touched.sorted() {
-            let group = configuration(of: part)
-            for address in group {
-                let formerly = before.filter { $0.value == before[address] }.map(\.key)
-                let down = formerly.filter { partition[$0] != part }.map(\.node)
-                input(.provider(.configuration(group, nodesDown: down)), to: address)
-            }
+        for (node, part) in parts { corosync[node] = part }
+        for address in partition.keys { partition[address] = corosync[address.node]! }
+        for address in partition.keys.sorted() {
+            let group = configuration(of: partition[address]!)
+            let formerly = before.filter { $0.value == before[address] }.map(\.key).sorted()
+            guard formerly != group else { continue }
+            let down = formerly.filter { partition[$0] != partition[address] }.map(\.node)
+            input(.provider(.configuration(group, nodesDown: down)), to: address)
         }
         run()
     }
 
     /// votequorum's answer at these processes: `members`, or the nodes of their partition.
-    func quorum(_ quorate: Bool, at addresses: [ProcessAddress], members: [NodeID]? = nil) {
+    func quorum(_ quorate: Bool, at addresses: [ProcessAddress], counted: [NodeID]? = nil) {
         for address in addresses {
-            input(.provider(.quorum(quorate, members: members ?? quorumNodes(partition[address]!))), to: address)
+            input(.provider(.quorum(quorate, members: counted ?? quorumNodes(partition[address]!))), to: address)
         }
         run()
     }
@@ -150,7 +157,14 @@ final class SimulatedCorosync {
             flush()
             let fences = pendingFences
             pendingFences = []
-            for (by, node) in fences { input(.fenced(node, ok: fenceSucceeds), to: by) }
+            for (by, node) in fences {
+                if fenceSucceeds && fenceStopsNode, let victim = members.keys.first(where: { $0.node == node }) {
+                    members[victim] = nil
+                    let part = partition.removeValue(forKey: victim)!
+                    configurationChanged(part)
+                }
+                input(.fenced(node, ok: fenceSucceeds), to: by)
+            }
         } while !queue.isEmpty || !pendingFences.isEmpty
     }
 
@@ -258,7 +272,7 @@ final class SimulatedCorosync {
 
         // Merged again: the old life of node 3 is left out.
         cpg.split([addresses[2]: 0])
-        cpg.quorum(true, at: [addresses[2]], members: [1, 2, 3])
+        cpg.quorum(true, at: [addresses[2]], counted: [1, 2, 3])
         #expect(cpg.take() == ["1: 5@1 {1,2} primary", "2: 5@1 {1,2} primary"])
         #expect(cpg.members[addresses[2]]!.wasFenced)
         #expect(cpg.members[addresses[2]]!.waitingFor == ["restart (this life was fenced)"])
@@ -277,6 +291,34 @@ final class SimulatedCorosync {
         #expect(cpg.take() == ["1: 8@1 {1,2} primary", "2: 8@1 {1,2} primary"])
         cpg.start(3)
         #expect(cpg.take() == ["1: 9@1 {1,2,3#2} primary", "2: 9@1 {1,2,3#2} primary", "3: 9@1 {1,2,3#2} primary"])
+    }
+
+    /// A dlmd that starts where no other dlmd runs cannot know who held a primary view before: before its first
+    /// primary view it fences every node that corosync does not count now and that no member knows to be fenced since
+    /// (Pacemaker's startup fencing does the same). Here node 1 alone holds a primary view and is cut off before
+    /// votequorum tells it; nodes 2 and 3 start on the other side and fence node 1, which stops its dlmd. Once
+    /// corosync counts node 1 again, it is no longer "fenced while absent", and a dlmd started there joins.
+    @Test func nodesCorosyncDoesNotCountAreFencedBeforeAFirstPrimaryView() {
+        let cpg = SimulatedCorosync(nodes: 3)
+        cpg.fenceStopsNode = true
+        let one = cpg.start(1)
+        #expect(cpg.take() == ["1: 1@1 {1} primary"])
+        cpg.move([1: 1])  // its group does not change: no configuration change, and votequorum has not told it yet
+        #expect(cpg.take().isEmpty && cpg.members[one]!.isPrimary)
+
+        cpg.start(2, counted: [2, 3])
+        #expect(cpg.take() == ["2: fence 1", "2: 1@2 {2} primary"])
+        #expect(cpg.members[one] == nil && cpg.members.values.first!.fencedAbsent == [1])
+        // Node 3 did not see that fence, node 2 tells it: no second fence.
+        cpg.start(3, counted: [2, 3])
+        #expect(cpg.take() == ["2: 2@2 {2,3} primary", "3: 2@2 {2,3} primary"])
+        #expect(cpg.members.values.allSatisfy { $0.fencedAbsent == [1] })
+
+        cpg.move([1: 0])
+        cpg.quorum(true, at: Array(cpg.members.keys), counted: [1, 2, 3])
+        #expect(cpg.members.values.allSatisfy { $0.fencedAbsent.isEmpty })
+        cpg.start(1)
+        #expect(cpg.take() == ["1: 3@1 {1#2,2,3} primary", "2: 3@1 {1#2,2,3} primary", "3: 3@1 {1#2,2,3} primary"])
     }
 
     /// Ordered messages reach every member in one order; a barrier completes once every member entered it; process
@@ -339,9 +381,10 @@ final class SimulatedCorosync {
                     configuration: [ProcessAddress(node: 1, pid: 7), ProcessAddress(node: 2, pid: 9)],
                     quorumChanges: 3, incarnation: 4, highestViewNumber: 12, quorate: true, fenceCandidates: [1, 2],
                     lastPrimary: [Member(node: 1, incarnation: 4)], fenced: [Member(node: 3, incarnation: 2)],
-                    groups: ["a", "ls"])),
+                    groups: ["a", "ls"], absentUnfenced: [5], fencedAbsent: [6])),
             .quorumChanged(quorate: false), .fenced(3), .data(localSeq: 9, group: "ls", payload: [1, 2, 3]),
             .data(localSeq: 1, group: nil, payload: []), .barrier("b", view: 5), .join("x"), .leave("x"),
+            .install(view: 12),
         ]
         for message in messages {
             let bytes = message.encoded()
