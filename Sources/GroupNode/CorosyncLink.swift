@@ -126,14 +126,23 @@ final class CorosyncLink: @unchecked Sendable {
         _ = write(wakeup, &one, 8)
     }
 
-    /// Stops the thread, leaves the group and closes the connection; returns once done.
+    /// How long `stop` waits for the thread to leave the group and close the connection.
+    static let stopTimeout = 5.0
+
+    /// Stops the thread, leaves the group and closes the connection; returns once done, or after `stopTimeout` if
+    /// corosync does not answer (a stopped or hung corosync): dlmd's stop is not held by it, and the thread closes
+    /// the connection if corosync ever answers.
     func stop() {
         guard thread != nil else { return }
         outgoing.withLockedValue { $0.stopping = true }
         var one: UInt64 = 1
         _ = write(wakeup, &one, 8)
-        finished.lock(whenValue: true)
-        finished.unlock()
+        if finished.lock(whenValue: true, timeoutSeconds: Self.stopTimeout) {
+            finished.unlock()
+        } else {
+            logger.warning(
+                "corosync did not answer within \(Int(Self.stopTimeout)) s: stopping without leaving its group")
+        }
         thread = nil
     }
 

@@ -207,6 +207,28 @@ extension CorosyncTests {
         }
     }
 
+    /// A corosync that stops answering (SIGSTOP) does not hold dlmd's clean stop: dlmd gives up leaving the CPG group
+    /// after a few seconds and exits.
+    @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
+    func aHungCorosyncDoesNotHoldDlmdsStop() throws {
+        let network = try Network(nodes: 1)
+        defer { network.remove() }
+        let ring = try CorosyncRing(network: network)
+        defer { ring.stopAll() }
+        let cluster = try TestCluster(nodes: 1, timeouts: nil, corosyncPort: 7100, launcher: network.launcher)
+        defer { cluster.stopAll() }
+        try cluster.start(1)
+        try cluster.waitForView(at: 1, members: "1", primary: true)
+        let corosync = ring.processes[1]!.process.processIdentifier
+        kill(corosync, SIGSTOP)
+        defer { kill(corosync, SIGCONT) }
+        let daemon = cluster.daemons[1]!
+        let exited = DispatchSemaphore(value: 0)
+        daemon.process.terminationHandler = { _ in exited.signal() }
+        kill(daemon.pid, SIGTERM)
+        #expect(exited.wait(timeout: .now() + 60) == .success, "dlmd did not exit while corosync was stopped")
+    }
+
     /// dlmd in `network`'s node `node` with `cluster`'s config and `arguments`, run to its end: its exit status and
     /// what it printed on standard error.
     static func runToEnd(in network: Network, node: Int, _ cluster: TestCluster, _ arguments: [String] = []) throws
