@@ -9,9 +9,9 @@
 # Then a summary: Swift tests passed / failed / skipped, C checks passed / failed, the ten slowest tests.
 #
 # Environment: DLM_MODEL_OPS (default 1.6 million), DLM_SIM_SEEDS (default 1300), DLM_MASTERING_SEEDS (default
-# 1300), DLM_RECOVERY_SEEDS (default 1300), DLM_DEADLOCK_SEEDS (default 200), SWIFT, and TEST_SCRATCH (the
-# build folder, default .build-test: a release build of its own, so that `make bench`'s .build/release is not
-# rebuilt with other flags).
+# 1300), DLM_RECOVERY_SEEDS (default 1300), DLM_DEADLOCK_SEEDS (default 200), DLM_COROSYNC_SEEDS (default 300),
+# SWIFT, and TEST_SCRATCH (the build folder, default .build-test: a release build of its own, so that `make
+# bench`'s .build/release is not rebuilt with other flags).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SWIFT=${SWIFT:-swift}

@@ -7,11 +7,13 @@
 /// - A *round* starts at each configuration change, and at each quorum change a member multicasts
 ///   (`quorumChanged`): every member then announces its life (incarnation), its highest view number, its quorum
 ///   and what it knows of earlier primary views. Once every process of the configuration announced in the round,
-///   each member installs the same view: number one above the highest announced, coordinator the lowest node,
+///   each member decides the same view: number one above the highest announced, coordinator the lowest node,
 ///   members the announced lives (a life some primary view left out is not taken back), primary when every
 ///   announcement said quorate (votequorum's answer, as dlm_controld waits for).
-/// - Before a primary view, the nodes that may hold an older primary view and are not in it are fenced: the
-///   coordinator runs the fence command and multicasts `fenced`; every member installs once all are.
+/// - Before a primary view, the nodes that may hold an older primary view and are not in it are fenced (and the
+///   nodes corosync does not count, unless known fenced since): the coordinator runs the fence command and
+///   multicasts `fenced`; once all are, it persists the view's number and multicasts `install`, on which every
+///   member installs the view.
 /// - Ordered messages, barriers and process group joins are CPG messages, delivered in the same order everywhere.
 ///
 /// Like `GroupMember`, it does no I/O and reads no clock.
@@ -94,25 +96,13 @@ public struct CorosyncMember: MembershipCore {
 
     public func fencedIncarnation(of node: NodeID) -> UInt64? { persistent.fencedIncarnations[node.rawValue] }
 
-    func isFenced(_ member: Member) -> Bool {
-        guard let fenced = fencedIncarnation(of: member.node) else { return false }
-        return member.incarnation <= fenced
-    }
-
-    mutating func recordFenced(_ member: Member) {
-        guard !isFenced(member) else { return }
-        persistent.fencedIncarnations[member.node.rawValue] = member.incarnation
-    }
-
-    var fencedLives: [Member] {
-        persistent.fencedIncarnations.map { Member(node: NodeID($0.key), incarnation: $0.value) }.sorted()
-    }
-
     /// The lives of the group's processes that announced themselves (this one always).
     public var aliveMembers: [Member] {
         var alive: Set<Member> = [me]
         for address in configuration ?? [] {
-            if let incarnation = lives[address], !isFenced(Member(node: address.node, incarnation: incarnation)) {
+            if let incarnation = lives[address],
+                !persistent.isFenced(Member(node: address.node, incarnation: incarnation))
+            {
                 alive.insert(Member(node: address.node, incarnation: incarnation))
             }
         }
@@ -258,7 +248,7 @@ public struct CorosyncMember: MembershipCore {
             configuration: configuration, quorumChanges: quorumChanges, incarnation: incarnation,
             highestViewNumber: max(persistent.highestViewNumber, view?.id.number ?? 0), quorate: quorate,
             fenceCandidates: persistent.fenceCandidates.map(NodeID.init(rawValue:)), lastPrimary: lastPrimaryMembers,
-            fenced: fencedLives, groups: myGroups.sorted(),
+            fenced: persistent.fencedLives, groups: myGroups.sorted(),
             absentUnfenced: nodes.filter {
                 !quorumMembers.contains($0) && !fencedAbsent.contains($0)
             }, fencedAbsent: fencedAbsent.sorted())
@@ -344,10 +334,10 @@ public struct CorosyncMember: MembershipCore {
             configuration.allSatisfy({ announcements[$0] != nil })
         else { return }
         let all = configuration.map { announcements[$0]! }
-        for life in all.flatMap(\.fenced) { recordFenced(life) }
+        for life in all.flatMap(\.fenced) { persistent.recordFenced(life) }
         // What one member knows of a node fenced while corosync did not count it, every member takes.
         fencedAbsent.formUnion(Set(all.flatMap(\.fencedAbsent)).subtracting(quorumMembers))
-        if isFenced(me) {
+        if persistent.isFenced(me) {
             wasFenced = true
             return
         }
@@ -356,7 +346,7 @@ public struct CorosyncMember: MembershipCore {
         var memberAnnouncements: [NodeID: CorosyncMessage.Announcement] = [:]
         for (address, announcement) in zip(configuration, all) {
             let life = Member(node: address.node, incarnation: announcement.incarnation)
-            guard !isFenced(life) else { continue }
+            guard !persistent.isFenced(life) else { continue }
             if let other = members[life.node], other.incarnation >= life.incarnation { continue }
             members[life.node] = life
             memberAnnouncements[life.node] = announcement
@@ -410,7 +400,7 @@ public struct CorosyncMember: MembershipCore {
         installSent = false
         fenceRetries = [:]
         if decision.primary {
-            for life in decision.lastPrimary where !decision.view.contains(life) { recordFenced(life) }
+            for life in decision.lastPrimary where !decision.view.contains(life) { persistent.recordFenced(life) }
             lastPrimaryMembers = decision.view.members
             persistent.fenceCandidates = decision.view.nodes.map(\.rawValue)
         }

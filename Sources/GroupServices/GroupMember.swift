@@ -99,15 +99,11 @@ public struct GroupMember: Sendable {
     public func fencedIncarnation(of node: NodeID) -> UInt64? { persistent.fencedIncarnations[node.rawValue] }
 
     /// Whether `member` is a life that a primary view left out.
-    func isFenced(_ member: Member) -> Bool {
-        guard let fenced = fencedIncarnation(of: member.node) else { return false }
-        return member.incarnation <= fenced
-    }
+    func isFenced(_ member: Member) -> Bool { persistent.isFenced(member) }
 
     /// Records a life that a primary view left out: it is forgotten as a peer and refused from now on.
     mutating func recordFenced(_ member: Member) {
-        guard !isFenced(member) else { return }
-        persistent.fencedIncarnations[member.node.rawValue] = member.incarnation
+        guard persistent.recordFenced(member) else { return }
         if let peer = peers[member.node], peer.incarnation <= member.incarnation { peers[member.node] = nil }
     }
 
@@ -533,9 +529,7 @@ public struct GroupMember: Sendable {
     }
 
     /// The latest fenced life of each node, as this member recorded them.
-    var fencedLives: [Member] {
-        persistent.fencedIncarnations.map { Member(node: NodeID($0.key), incarnation: $0.value) }.sorted()
-    }
+    var fencedLives: [Member] { persistent.fencedLives }
 
     mutating func onPropose(_ id: ViewID, members: [Member], from: Member, into effects: inout [GroupEffect]) {
         guard !wasFenced, members.contains(me), from.node == id.coordinator else { return }

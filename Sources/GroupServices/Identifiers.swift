@@ -91,3 +91,24 @@ public struct PersistentState: Hashable, Sendable, Codable {
             try container.decodeIfPresent([UInt32: UInt64].self, forKey: .fencedIncarnations) ?? [:]
     }
 }
+
+extension PersistentState {
+    /// Whether `life` is one that a primary view left out (so fenced): it never comes back.
+    public func isFenced(_ life: Member) -> Bool {
+        guard let fenced = fencedIncarnations[life.node.rawValue] else { return false }
+        return life.incarnation <= fenced
+    }
+
+    /// Records a life that a primary view left out; false if it (or a later life of its node) was known already.
+    @discardableResult
+    public mutating func recordFenced(_ life: Member) -> Bool {
+        guard !isFenced(life) else { return false }
+        fencedIncarnations[life.node.rawValue] = life.incarnation
+        return true
+    }
+
+    /// The latest fenced life of each node.
+    public var fencedLives: [Member] {
+        fencedIncarnations.map { Member(node: NodeID($0.key), incarnation: $0.value) }.sorted()
+    }
+}

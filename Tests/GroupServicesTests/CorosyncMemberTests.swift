@@ -19,7 +19,6 @@ final class SimulatedCorosync {
     var transcript: [String] = []
     var persisted: [NodeID: PersistentState] = [:]
     var incarnations: [NodeID: UInt64] = [:]
-    var views: [ProcessAddress: [View]] = [:]
     var now: UInt64 = 0
     var nextPid: UInt32 = 100
     /// docs/GROUPS.md's guarantees, checked on every effect as for group services' own members: views agreed,
@@ -124,7 +123,6 @@ final class SimulatedCorosync {
             case .multicastToProvider(let bytes): queue.append((bytes, address))
             case .persist(let state): persisted[address.node] = state
             case .viewInstalled(let view, let primary):
-                views[address, default: []].append(view)
                 transcript.append("\(name): \(view.description.dropFirst(5)) \(primary ? "primary" : "not primary")")
             case .fence(let node):
                 transcript.append("\(name): fence \(node)")
