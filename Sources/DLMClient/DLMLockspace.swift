@@ -93,7 +93,8 @@ public struct DLMLockspace: Sendable {
     /// Removes the orphans that process `pid` of node `nodeID` (0: dlmd's own node) left in this lockspace,
     /// each with its sub-locks, as a forced unlock would (libdlm's `dlm_ls_purge`); orphans of other processes
     /// stay. `pid` 0 names the orphans whose process is unknown. Returns how many locks went, sub-locks
-    /// included: 0 for another node. Throws ENOENT if the lockspace was released.
+    /// included: 0 for another node. Throws ENOENT if the lockspace was released, and EPERM if the process left
+    /// orphans of another uid, which only that user or root may purge (this user's own went all the same).
     @discardableResult
     public func purge(nodeID: UInt32 = 0, pid: UInt32) async throws -> Int {
         let reply = try await connection.request(.purge(tag: 0, lockspace: id, nodeID: nodeID, pid: pid))

@@ -6,7 +6,7 @@ import DLMWire
 /// it wait until then (`Client.deferredRequests`), so that replies keep the order of requests.
 extension LockService {
     enum BulkReply {
-        case purged(tag: UInt32)
+        case purged(tag: UInt32, pid: UInt32)
         case released(tag: UInt32, lockspace: [UInt8])
         /// This node's part of a purge across nodes (LockService+Purges.swift), and a part done for another member.
         case clusterPurge(UInt64)
@@ -21,16 +21,18 @@ extension LockService {
         let ready = connection.map { clients[Int($0.slot)].state == .ready } ?? false
         holdForEarlierSlices()
         switch pending {
-        case .purged(let tag):
-            if ready { deliver(connection!, .purged(tag: tag, count: UInt32(finished.count))) }
+        case .purged(let tag, let pid):
+            if ready {
+                deliver(connection!, purgeReply(tag: tag, pid: pid, count: finished.count, skipped: finished.skipped))
+            }
         case .released(let tag, let lockspace):
             record(.deleteLockspace(name: lockspace))
             if ready { deliver(connection!, .ok(tag: tag, lock: 0)) }
         case .clusterPurge(let reference):
-            purgePartDone(reference, count: finished.count, from: nil)
+            purgePartDone(reference, count: finished.count, skipped: finished.skipped, from: nil)
             return
         case .peerPurge(let node, let reference):
-            send(.purged(ref: reference, count: UInt32(finished.count)), to: node)
+            send(.purged(ref: reference, count: UInt32(finished.count), skipped: UInt32(finished.skipped)), to: node)
             return
         }
         if let connection { replyDelivered(connection) }

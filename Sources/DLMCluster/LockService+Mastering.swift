@@ -183,7 +183,8 @@ extension LockService {
         // What recovery resends if the master leaves: a sub-lock under the top-level resource of its parent.
         let record = RecoveredLock(
             lockspace: info.name, valueBlockLength: info.valueBlockLength, name: parentRecord?.name ?? m.name,
-            copy: 0, owner: request.owner, pid: clients[Int(id.slot)].pid, grantedMode: nil, requestedMode: m.mode,
+            copy: 0, owner: request.owner, pid: clients[Int(id.slot)].pid, uid: identity(id).uid, grantedMode: nil,
+            requestedMode: m.mode,
             flags: m.flags, priority: m.priority, wantsBlockingCallbacks: request.wantsBlockingCallbacks,
             alwaysFencingToken: request.alwaysFencingToken, transaction: request.transaction, valueBlock: nil,
             valueBlockSequence: 0, fencingToken: 0, timeout: request.timeout,
@@ -197,7 +198,7 @@ extension LockService {
                 ref: reference,
                 RemoteLockRequest(
                     lockspace: info.name, valueBlockLength: info.valueBlockLength, pid: clients[Int(id.slot)].pid,
-                    request: request)),
+                    uid: identity(id).uid, request: request)),
             to: master)
         return true
     }
@@ -328,10 +329,10 @@ extension LockService {
         case .deadlockSearch, .deadlockGraph, .deadlockCycle, .deadlockCheck, .deadlockChecked, .deadlockVictim,
             .deadlockRelease, .deadlockRefused:
             receiveDeadlockMessage(message, from: node)
-        case .purge(let reference, let lockspace, let purgedNode, let pid):
-            purgeForPeer(reference: reference, lockspace: lockspace, node: purgedNode, pid: pid, from: node)
-        case .purged(let reference, let count):
-            purgePartDone(reference, count: Int(count), from: node)
+        case .purge(let reference, let lockspace, let purgedNode, let pid, let uid):
+            purgeForPeer(reference: reference, lockspace: lockspace, node: purgedNode, pid: pid, user: uid, from: node)
+        case .purged(let reference, let count, let skipped):
+            purgePartDone(reference, count: Int(count), skipped: Int(skipped), from: node)
         case .lookup(let key):
             // Sent under an older view by a node that has not recovered yet: it asks the new directory node when
             // its recovery is done, and an answer from here could name a second master.
@@ -379,7 +380,7 @@ extension LockService {
             var request = remote.request
             request.lockspace = lockspace
             effects.removeAll(keepingCapacity: true)
-            engine.handle(.setProcessID(remote.pid, owner: request.owner), into: &effects)
+            engine.handle(.setProcess(pid: remote.pid, uid: remote.uid, owner: request.owner), into: &effects)
             run(
                 .lock(request), reply: nil,
                 peer: PeerReplyTarget(node: node, reference: reference, owner: request.owner))

@@ -11,15 +11,20 @@ import DLMWire
 struct ClusterPurge {
     var connection: ConnectionID
     var tag: UInt32
+    var pid: UInt32
     /// The members not answered yet, with the life each had when asked.
     var waitingFor: [UInt32: UInt64]
     var localDone = false
     var count = 0
+    /// Orphans of the process left for being another user's (`LockEngine.mayTakeOver`).
+    var skipped = 0
 }
 
 extension LockService {
     /// A client's PURGE on a node mastering across nodes: `nodeID` 0 is this node.
-    mutating func purgeAcrossNodes(_ id: ConnectionID, tag: UInt32, lockspace: UInt32, nodeID: UInt32, pid: UInt32) {
+    mutating func purgeAcrossNodes(
+        _ id: ConnectionID, tag: UInt32, lockspace: UInt32, nodeID: UInt32, pid: UInt32, user: UInt32
+    ) {
         guard let info = engine.lockspaceInfo(LockspaceID(rawValue: lockspace)) else {
             deliver(id, .error(tag: tag, status: .noEntry, message: "no such lockspace"))
             return
@@ -31,35 +36,41 @@ extension LockService {
         for member in mastering.members where member != configuration.nodeID {
             waitingFor[member] = mastering.viewMembers[member] ?? 0
         }
-        mastering.purges[reference] = ClusterPurge(connection: id, tag: tag, waitingFor: waitingFor)
+        mastering.purges[reference] = ClusterPurge(connection: id, tag: tag, pid: pid, waitingFor: waitingFor)
         clients[Int(id.slot)].awaitingReply = true
         for member in waitingFor.keys.sorted() {
-            send(.purge(ref: reference, lockspace: info.name, node: node, pid: pid), to: member)
+            send(.purge(ref: reference, lockspace: info.name, node: node, pid: pid, uid: user), to: member)
         }
         let context = nextBulkContext
         nextBulkContext += 1
         bulkReplies[context] = .clusterPurge(reference)
         run(
-            .purge(lockspace: info.id, pid: pid, node: node, requester: owner(id), context: context), reply: nil)
+            .purge(lockspace: info.id, pid: pid, node: node, user: user, requester: owner(id), context: context),
+            reply: nil)
     }
 
     /// Another member's PURGE: this node's part, answered at its end (`finishBulk`).
-    mutating func purgeForPeer(reference: UInt64, lockspace name: [UInt8], node: UInt32, pid: UInt32, from: UInt32) {
+    mutating func purgeForPeer(
+        reference: UInt64, lockspace name: [UInt8], node: UInt32, pid: UInt32, user: UInt32, from: UInt32
+    ) {
         guard let lockspace = engine.lockspace(named: name) else {
-            send(.purged(ref: reference, count: 0), to: from)
+            send(.purged(ref: reference, count: 0, skipped: 0), to: from)
             return
         }
         let context = nextBulkContext
         nextBulkContext += 1
         bulkReplies[context] = .peerPurge(node: from, reference: reference)
         let requester = owner(local: 0)
-        run(.purge(lockspace: lockspace, pid: pid, node: node, requester: requester, context: context), reply: nil)
+        run(
+            .purge(lockspace: lockspace, pid: pid, node: node, user: user, requester: requester, context: context),
+            reply: nil)
     }
 
     /// A part of a purge is done: this node's (`from` nil) or a member's.
-    mutating func purgePartDone(_ reference: UInt64, count: Int, from: UInt32?) {
+    mutating func purgePartDone(_ reference: UInt64, count: Int, skipped: Int, from: UInt32?) {
         guard var purge = mastering.purges[reference] else { return }
         purge.count += count
+        purge.skipped += skipped
         if let from {
             guard purge.waitingFor.removeValue(forKey: from) != nil else { return }
         } else {
@@ -77,8 +88,20 @@ extension LockService {
         // As on one node, PURGED goes out once the removal is stored (this node's part may be in a generation not
         // committed yet; the other members' answers waited for their own stores).
         holdForEarlierSlices()
-        if clients[Int(id.slot)].state == .ready { deliver(id, .purged(tag: purge.tag, count: UInt32(purge.count))) }
+        if clients[Int(id.slot)].state == .ready {
+            deliver(id, purgeReply(tag: purge.tag, pid: purge.pid, count: purge.count, skipped: purge.skipped))
+        }
         replyDelivered(id)
+    }
+
+    /// A purge's answer to its client: PURGED with the number of locks removed, or EPERM if it left orphans of the
+    /// process for being another user's (it removed the caller's own all the same, and says how many).
+    func purgeReply(tag: UInt32, pid: UInt32, count: Int, skipped: Int) -> ServerMessage {
+        guard skipped > 0 else { return .purged(tag: tag, count: UInt32(count)) }
+        return .error(
+            tag: tag, status: .notPermitted,
+            message: "\(skipped) orphan locks of pid \(pid) belong to another user: only that user or root may "
+                + "purge them (\(count) locks of this user's removed)")
     }
 
     /// A new view: members that left (or came back as a new life) are not waited for.

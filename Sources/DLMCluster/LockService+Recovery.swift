@@ -644,7 +644,7 @@ extension LockService {
                     requestedMode: nil, flags: orphan.flags, parent: nil, transaction: nil, priority: 0,
                     wantsBlockingCallbacks: false, alwaysFencingToken: false, blockingSent: 0, pendingFlags: [],
                     waitingSince: now, waitSequence: 0, deadline: 0, fencingToken: orphan.fencingToken,
-                    pid: orphan.pid, orphanNode: orphan.orphanNode))
+                    pid: orphan.pid, uid: orphan.uid, orphanNode: orphan.orphanNode))
             token = max(token, orphan.fencingToken)
         }
         var sequence: UInt64 = 0
@@ -666,7 +666,7 @@ extension LockService {
                         waitingSince: now, waitSequence: 0,
                         deadline: kind == .grant ? 0 : lock.timeout.map { now &+ $0 } ?? 0,
                         fencingToken: lock.fencingToken,
-                        pid: lock.pid))
+                        pid: lock.pid, uid: lock.uid))
                 token = max(token, lock.fencingToken)
                 if lock.valueBlockSequence >= sequence, let value = lock.valueBlock {
                     sequence = lock.valueBlockSequence

@@ -173,7 +173,8 @@ extension LockService {
         let page = engine.snapshotLockspacePage(lockspace, from: cursor)
         let resources = page.resources.map { snapshot in
             func entry(_ lock: LockSnapshot) -> LockDebugReport.Lock {
-                // An orphan shows the pid of the process that held it.
+                // An orphan shows the pid and uid of the process that held it; a lock of another node's client
+                // the uid its node sent.
                 LockDebugReport.Lock(
                     id: lock.id.description, grantedMode: lock.grantedMode?.description,
                     requestedMode: lock.requestedMode?.description,
@@ -183,7 +184,8 @@ extension LockService {
                     waitingMilliseconds: lock.queue == .grant
                         ? nil : Double(now > lock.waitingSince ? now - lock.waitingSince : 0) / 1e6,
                     parent: lock.parent?.description, fencingToken: lock.fencingToken,
-                    node: cluster ? lock.owner?.node : nil, uid: lock.owner.flatMap(userID(of:)))
+                    node: cluster ? lock.owner?.node : nil,
+                    uid: lock.uid != LockEngine.unknownUser ? lock.uid : lock.owner.flatMap(userID(of:)))
             }
             let lvb =
                 snapshot.valueBlock

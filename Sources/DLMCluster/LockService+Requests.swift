@@ -29,11 +29,10 @@ extension LockService {
             clients[Int(id.slot)].pid = Self.processID(claimed: hello.pid, kernel: clients[Int(id.slot)].credentials)
             queues[Int(id.slot)].name = hello.clientName
             clients[Int(id.slot)].state = .ready
-            run(.setProcessID(clients[Int(id.slot)].pid, owner: owner(id)), reply: nil)
+            run(.setProcess(pid: clients[Int(id.slot)].pid, uid: identity(id).uid, owner: owner(id)), reply: nil)
             clients[Int(id.slot)].engineSlot = engine.ownerSlotNumber(of: owner(id))
             if let uid = clients[Int(id.slot)].credentials?.uid {
-                let account = accounts[uid] ?? Int32(accounts.count)
-                accounts[uid] = account
+                let account = engine.account(ofUser: uid)
                 clients[Int(id.slot)].account = account
                 engine.setAccount(account, of: owner(id))
             }
@@ -115,16 +114,18 @@ extension LockService {
                 return
             }
             if mastersAcrossNodes {
-                purgeAcrossNodes(id, tag: tag, lockspace: lockspace, nodeID: nodeID, pid: pid)
+                purgeAcrossNodes(id, tag: tag, lockspace: lockspace, nodeID: nodeID, pid: pid, user: identity(id).uid)
             } else if nodeID == 0 || nodeID == configuration.nodeID {
                 // Done in slices; PURGED comes with the end (`finished`), after the sub-locks' completions and the
                 // grants the purge let through, and waits for the commit.
                 let context = nextBulkContext
-                bulkReplies[context] = .purged(tag: tag)
+                bulkReplies[context] = .purged(tag: tag, pid: pid)
                 clients[Int(id.slot)].awaitingReply = true
                 nextBulkContext += 1
                 run(
-                    .purge(lockspace: LockspaceID(rawValue: lockspace), pid: pid, requester: owner, context: context),
+                    .purge(
+                        lockspace: LockspaceID(rawValue: lockspace), pid: pid, user: identity(id).uid,
+                        requester: owner, context: context),
                     reply: Reply(connection: id, tag: tag, kind: .finished(context)))
             } else if engine.lockspaceInfo(LockspaceID(rawValue: lockspace)) == nil {
                 deliver(id, .error(tag: tag, status: .noEntry, message: "no such lockspace"))
@@ -136,7 +137,7 @@ extension LockService {
                 deliver(id, .error(tag: m.tag, status: .permissionDenied, message: refusal))
                 return
             }
-            if let refusal = lockLimitRefusal(id, owner: owner) {
+            if let refusal = lockLimitRefusal(id, owner: owner, adopting: m.flags.contains(.orphan)) {
                 limitRefusals.locks += 1
                 deliver(id, .error(tag: m.tag, status: .tryAgain, message: refusal))
                 return
@@ -197,8 +198,10 @@ extension LockService {
 
     /// Why a new lock of this connection would pass a limit (`maxLocksPerConnection`, `maxLocksPerUser`), if it
     /// would. Its locks are those of its owner in this node's engine and its process copies (locks on resources
-    /// mastered elsewhere); a lock that recovery rebuilt here for one of its copies counts twice.
-    mutating func lockLimitRefusal(_ id: ConnectionID, owner: OwnerID) -> String? {
+    /// mastered elsewhere); a lock that recovery rebuilt here for one of its copies counts twice. Its user's are
+    /// those of all its connections, and the user's orphans this node masters; an adoption (`adopting`) is not held
+    /// to the user's limit, since the orphan it takes over counted already.
+    mutating func lockLimitRefusal(_ id: ConnectionID, owner: OwnerID, adopting: Bool = false) -> String? {
         // On the path of every LOCK: no lookup unless the connection may have copies, and no copy of the engine
         // (its counts are read inline; `mutating` passes the service by reference too).
         let slot = clients[Int(id.slot)].engineSlot
@@ -208,11 +211,12 @@ extension LockService {
             return "this connection holds \(held) locks, the most it may (max_locks_per_connection)"
         }
         let account = clients[Int(id.slot)].account
-        guard account >= 0 else { return nil }
+        guard account >= 0, !adopting else { return nil }
         let total = engine.lockCount(ofAccount: account) + mastering.copies.count(ofAccount: account)
         guard total >= configuration.maxLocksPerUser else { return nil }
         let uid = clients[Int(id.slot)].credentials?.uid ?? 0
-        return "the connections of uid \(uid) hold \(total) locks on this node, the most they may (max_locks_per_user)"
+        return "uid \(uid) holds \(total) locks on this node (its connections' and its orphans), the most it may "
+            + "(max_locks_per_user)"
     }
 
     /// Whether an engine lock id that a client names is the lock recovery rebuilt here for one of its copies: the

@@ -226,9 +226,6 @@ public struct LockService {
     /// (LockService+Backpressure.swift; few at a time), and how often one was paused.
     var queuePausedConnections: [ConnectionID] = []
     var queuePauses = 0
-    /// A small number per user (kernel uid) whose connections have taken locks: their locks count against it,
-    /// in the engine and among the process copies (`maxLocksPerUser`).
-    var accounts: [UInt32: Int32] = [:]
     /// Connections whose input ended (half-closed or gone) while frames they sent still waited
     /// (LockService+Endings.swift).
     var endedConnections: [ConnectionID] = []
@@ -521,7 +518,7 @@ struct Client {
     /// Lockspaces (ids) it was found to have read and write permission on: checked once per lockspace, on open or
     /// on its first LOCK there (LockService+Access.swift).
     var lockspaces: [UInt32] = []
-    /// The account of its user (`LockService.accounts`), or -1 (no kernel uid).
+    /// The account of its user (`LockEngine.account(ofUser:)`), or -1 (no kernel uid).
     var account: Int32 = -1
     /// Its owner's slot in the engine (`LockEngine.ownerSlotNumber`), from its HELLO on; -1 before.
     var engineSlot: Int32 = -1

@@ -20,7 +20,7 @@ struct ProcessCopies {
         /// The mode of the last blocking callback the client got since the lock's last completion: a rebuilt
         /// master sends it again, and the client gets it once.
         var blocked: LockMode?
-        /// The account of its owner's user (`LockService.account(of:)`), or -1.
+        /// The account of its owner's user (`LockEngine.account(ofUser:)`), or -1.
         var account: Int32 = -1
     }
 

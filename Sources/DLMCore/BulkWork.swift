@@ -15,8 +15,8 @@ struct BulkJob {
         /// The locks of an owner that went away: released, or orphaned when persistent.
         case ownerExit(owner: Int32)
         /// The orphans of a lockspace whose former owner had a process id, with their sub-locks.
-        /// The orphans of a process (`pid`) of `node` (nil: of any node).
-        case purge(lockspace: UInt32, pid: UInt32, node: UInt32?)
+        /// The orphans of a process (`pid`) of `node` (nil: of any node) that `user` may take over.
+        case purge(lockspace: UInt32, pid: UInt32, node: UInt32?, user: UInt32)
         /// Every lock of a lockspace that a forced release dropped, each owner told (`dropLocks`).
         case forcedRelease(lockspace: UInt32)
         /// The sub-locks of a lock that FORCEUNLOCK releases, deepest first, then the lock itself.
@@ -41,6 +41,8 @@ struct BulkJob {
     var granted = 0
     /// How many locks the job removed.
     var removed = 0
+    /// A purge: how many orphans it left for being another user's.
+    var skipped = 0
 }
 
 /// Counts of the engine's work, so that a test can tell a linear path from a quadratic one without a clock.
@@ -83,7 +85,10 @@ extension LockEngine {
             if runSlice(&job, budget: &budget, into: &effects) {
                 if let requester = job.requester {
                     effects.append(
-                        .finished(Finished(owner: requester.owner, context: requester.context, count: job.removed)))
+                        .finished(
+                            Finished(
+                                owner: requester.owner, context: requester.context, count: job.removed,
+                                skipped: job.skipped)))
                 }
             } else {
                 bulkJobs.prepend(job)
@@ -115,16 +120,22 @@ extension LockEngine {
                 owners[Int(owner)].isExiting = false
                 if owners[Int(owner)].lockCount == 0 { freeOwners.append(owner) }
             }
-        case .purge(let lockspace, let pid, let node):
+        case .purge(let lockspace, let pid, let node, let user):
+            var skipped = 0
             walked = walkList(&job, of: orphanOwner, budget: &budget, effects: &effects) {
                 engine, lock, touched, effects in
                 guard engine.resources[Int(engine.locks[Int(lock)].resource)].lockspace == lockspace,
                     engine.processID(of: lock) == pid, node == nil || engine.orphanNodes[Int(lock)] == node
                 else { return 0 }
+                guard LockEngine.mayTakeOver(engine.orphanUserIDs[Int(lock)], by: user) else {
+                    skipped += 1
+                    return 0
+                }
                 // With sub-locks, after the walk: they may be the next locks of the list.
                 if engine.locks[Int(lock)].children > 0 { return -1 }
                 return engine.removeWithSubLocks(lock, touched: &touched, into: &effects)
             }
+            job.skipped += skipped
         case .forceUnlock(let request, let root, let writes):
             return forceUnlockSlice(&job, request, root: root, writes: writes, budget: &budget, into: &effects)
         case .forcedRelease(let lockspace):
@@ -215,9 +226,9 @@ extension LockEngine {
             unlinkFromOwner(lock)
             // Not a change for the store: every stored lock comes back as an orphan anyway (`restoreStored`), with
             // the pid it keeps. Writing a million orphaned locks again would only load the disk.
-            linkToOwner(lock, orphanOwner, touching: false)
-            orphanProcessIDs[Int(lock)] = owners[Int(owner)].pid
-            orphanNodes[Int(lock)] = owners[Int(owner)].id.node
+            linkAsOrphan(
+                lock, pid: owners[Int(owner)].pid, uid: owners[Int(owner)].uid, node: owners[Int(owner)].id.node,
+                touching: false)
             // Its replica must say it is an orphan now (its holder no longer resends it if the master dies).
             replicaChanged(resource)
             return 0

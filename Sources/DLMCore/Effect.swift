@@ -52,11 +52,14 @@ public struct Finished: Sendable, Hashable {
     public var context: UInt64
     /// How many locks it removed.
     public var count: Int
+    /// A purge: how many orphans it left because they were another user's.
+    public var skipped: Int
 
-    public init(owner: OwnerID, context: UInt64, count: Int) {
+    public init(owner: OwnerID, context: UInt64, count: Int, skipped: Int = 0) {
         self.owner = owner
         self.context = context
         self.count = count
+        self.skipped = skipped
     }
 }
 

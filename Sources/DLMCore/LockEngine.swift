@@ -26,11 +26,16 @@ public struct LockEngine {
     var freeOwners: [Int32] = []
     /// The locks of each account's owners (Owners.swift, `setAccount`).
     @usableFromInline var accountLockCounts: [Int] = []
-    /// The process id each orphan's owner had (`setProcessID`), by lock slot, 0 if unknown (and for a lock that is
+    /// The process id each orphan's owner had (`setProcess`), by lock slot, 0 if unknown (and for a lock that is
     /// not an orphan): an array beside the lock slab, one entry per slot. Kept apart from `LockRecord`, which it
     /// would grow by 8 bytes with padding; a dictionary grew (and rehashed a million entries in one go) when an
     /// owner with a million persistent locks exited.
     var orphanProcessIDs: ContiguousArray<UInt32> = []
+    /// The user each orphan's owner had, by lock slot (`unknownUser` if unknown, and for a lock that is not an
+    /// orphan), beside `orphanProcessIDs`.
+    var orphanUserIDs: ContiguousArray<UInt32> = []
+    /// Each user's account (`account(ofUser:)`), an index of `accountLockCounts`.
+    var accountsByUser: [UInt32: Int32] = [:]
     /// For each orphan, by slot: the node of the owner it had (0 if unknown: restored from the store).
     var orphanNodes: ContiguousArray<UInt32> = []
     /// All waiting and converting locks, oldest first.
@@ -450,13 +455,14 @@ public struct LockEngine {
                 let finished = try releaseLockspace(
                     id, force: force, requester: requester, context: context, into: &effects)
                 if finished { effects.append(.finished(Finished(owner: requester, context: context, count: 0))) }
-            case .purge(let lockspace, let pid, let node, let requester, let context):
+            case .purge(let lockspace, let pid, let node, let user, let requester, let context):
                 try beginPurge(
-                    lockspace: lockspace, pid: pid, node: node, requester: requester, context: context, into: &effects)
+                    lockspace: lockspace, pid: pid, node: node, user: user, requester: requester, context: context,
+                    into: &effects)
             case .cancelForDeadlock(let lock): try cancelForDeadlock(lock, into: &effects)
             case .deadlockVictim(let lock, let sequence):
                 refuseDeadlockVictim(lock, waitSequence: sequence, into: &effects)
-            case .setProcessID(let pid, let owner): setProcessID(pid, of: owner)
+            case .setProcess(let pid, let uid, let owner): setProcess(pid: pid, uid: uid, of: owner)
             case .continueBulkWork: continueBulkWork(into: &effects)
             case .restore(let stored): try restoreStored(stored)
             case .recover(let snapshot):
@@ -526,6 +532,7 @@ public struct LockEngine {
         }
         locks.append(LockRecord())
         orphanProcessIDs.append(0)
+        orphanUserIDs.append(LockEngine.unknownUser)
         orphanNodes.append(0)
         return Int32(locks.count - 1)
     }

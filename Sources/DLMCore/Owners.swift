@@ -9,8 +9,11 @@ struct OwnerRecord {
     var isLive = true
     /// An exit's bulk job walks its list: its slot is not freed (and given to a new owner) before the walk ends.
     var isExiting = false
-    /// The owner's process id, given to each lock it takes or adopts (`setProcessID`); 0 if unknown.
+    /// The owner's process id, given to each lock it takes or adopts (`setProcess`); 0 if unknown.
     var pid: UInt32 = 0
+    /// The owner's user (uid, from the kernel), kept by its orphans: only that user or root may adopt or purge
+    /// them (`mayTakeOver`). `LockEngine.unknownUser` if not known.
+    var uid: UInt32 = LockEngine.unknownUser
     /// The account its locks count against (`setAccount`: the shell's number for a user), or -1: none.
     var account: Int32 = -1
 }
@@ -34,10 +37,12 @@ extension LockEngine {
         return slot
     }
 
-    /// Records the process id of an owner (a client's HELLO): its locks carry it, and keep it when they become
-    /// orphans, for `purgeOrphans`.
-    mutating func setProcessID(_ pid: UInt32, of owner: OwnerID) {
-        owners[Int(ownerSlot(owner))].pid = pid
+    /// Records the process id and user of an owner (a client's HELLO and its kernel credentials): its locks carry
+    /// them, and keep them when they become orphans, for `purgeOrphans` and `mayTakeOver`.
+    mutating func setProcess(pid: UInt32, uid: UInt32 = LockEngine.unknownUser, of owner: OwnerID) {
+        let slot = Int(ownerSlot(owner))
+        owners[slot].pid = pid
+        owners[slot].uid = uid
     }
 
     /// Makes an owner's locks count against `account` (a small number the shell gives each user, for its
@@ -77,6 +82,30 @@ extension LockEngine {
         return owner == orphanOwner ? orphanProcessIDs[Int(lock)] : owners[Int(owner)].pid
     }
 
+    /// The user of a lock's owner, or of the owner an orphan had; `unknownUser` if unknown.
+    func userID(of lock: Int32) -> UInt32 {
+        let owner = locks[Int(lock)].owner
+        return owner == orphanOwner ? orphanUserIDs[Int(lock)] : owners[Int(owner)].uid
+    }
+
+    /// The user of a lock's owner (or, for an orphan, of its former owner); nil if unknown or no such lock.
+    public func userID(of lock: LockID) -> UInt32? {
+        let slot = lock.slot
+        guard slot >= 0, slot < locks.count, !locks[slot].isFree else { return nil }
+        let uid = userID(of: Int32(slot))
+        return uid == LockEngine.unknownUser ? nil : uid
+    }
+
+    /// The uid no user has: the user of a lock taken by an owner whose user is not known (in the engine's own
+    /// tests), or of an orphan restored from a store written before users were kept.
+    public static let unknownUser = UInt32.max
+
+    /// Whether `uid` may adopt or purge an orphan whose former owner was `holder`: root may any, a user its own,
+    /// and anyone allowed into the lockspace an orphan of an unknown user (as before users were kept).
+    public static func mayTakeOver(_ holder: UInt32, by uid: UInt32) -> Bool {
+        uid == 0 || holder == uid || holder == unknownUser
+    }
+
     /// Puts a lock on an owner's list; a change for the store (`touch`) unless `touching` is false.
     mutating func linkToOwner(_ lock: Int32, _ owner: Int32, touching: Bool = true) {
         let head = owners[Int(owner)].head
@@ -90,12 +119,34 @@ extension LockEngine {
         if touching { touch(locks[Int(lock)].resource, lock: lock) }
     }
 
+    /// Makes a lock an orphan that process `pid` of `node`, of user `uid`, left (on the orphans' list): it counts
+    /// against that user's account (`account(ofUser:)`), as its owner's locks did.
+    mutating func linkAsOrphan(_ lock: Int32, pid: UInt32, uid: UInt32, node: UInt32, touching: Bool) {
+        orphanProcessIDs[Int(lock)] = pid
+        orphanUserIDs[Int(lock)] = uid
+        orphanNodes[Int(lock)] = node
+        linkToOwner(lock, orphanOwner, touching: touching)
+        if uid != LockEngine.unknownUser { accountLockCounts[Int(account(ofUser: uid))] += 1 }
+    }
+
+    /// The account of a user's locks (`setAccount`), made on first use: the locks of its owners and its orphans
+    /// count against it (the per-user quota).
+    public mutating func account(ofUser uid: UInt32) -> Int32 {
+        if let account = accountsByUser[uid] { return account }
+        let account = Int32(accountsByUser.count)
+        accountsByUser[uid] = account
+        while accountLockCounts.count <= Int(account) { accountLockCounts.append(0) }
+        return account
+    }
+
     mutating func unlinkFromOwner(_ lock: Int32) {
         let owner = locks[Int(lock)].owner
         let prev = locks[Int(lock)].ownerPrev
         let next = locks[Int(lock)].ownerNext
         if owner == orphanOwner {
+            if let account = accountsByUser[orphanUserIDs[Int(lock)]] { accountLockCounts[Int(account)] -= 1 }
             orphanProcessIDs[Int(lock)] = 0
+            orphanUserIDs[Int(lock)] = LockEngine.unknownUser
             orphanNodes[Int(lock)] = 0
         }
         if prev != none { locks[Int(prev)].ownerNext = next } else { owners[Int(owner)].head = next }
@@ -182,12 +233,18 @@ extension LockEngine {
     ) throws(DLMError) -> LockID {
         guard let resource else { throw .noEntry("no orphan lock on this resource") }
         var otherMode = false
+        var otherUser: UInt32?
+        let uid = owners[Int(owner)].uid
         var cursor = resources[Int(resource)].grantQueue.head
         while cursor != none {
             probe.adoptionSteps += 1
             let record = locks[Int(cursor)]
             if record.owner == orphanOwner {
-                if record.grantedMode == request.mode.rawValue {
+                if record.grantedMode != request.mode.rawValue {
+                    otherMode = true
+                } else if !LockEngine.mayTakeOver(orphanUserIDs[Int(cursor)], by: uid) {
+                    otherUser = orphanUserIDs[Int(cursor)]
+                } else {
                     unlinkFromOwner(cursor)
                     linkToOwner(cursor, owner)
                     // An adoption is a grant: the lock moves to the end of the grant queue, so that the orphans
@@ -210,9 +267,13 @@ extension LockEngine {
                     revisitIfQueued(resource, into: &effects)
                     return LockID(slot: cursor)
                 }
-                otherMode = true
             }
             cursor = record.next
+        }
+        if let otherUser {
+            throw DLMError(
+                .notPermitted,
+                "the orphan lock on this resource was uid \(otherUser)'s: only that user or root may adopt it")
         }
         if otherMode { throw DLMError(.tryAgain, "the orphan lock on this resource has another mode") }
         throw .noEntry("no orphan lock on this resource")
@@ -223,16 +284,19 @@ extension LockEngine {
     /// Removes every orphan of `lockspace` whose former owner had process id `pid` (0: the orphans of unknown
     /// pid) and, unless `node` is nil, was a client of node `node` (across nodes, a master holds orphans of every
     /// node's clients), each with its sub-locks, as FORCEUNLOCK would: a sub-lock that has an owner gets an EUNLOCK
-    /// completion, and what the release lets through is granted. Orphans of other pids (or nodes) stay. Done in slices
+    /// completion, and what the release lets through is granted. Orphans of other pids (or nodes) stay, and so do
+    /// those that `user` may not take over (`mayTakeOver`: another user's, unless `user` is root). Done in slices
     /// (BulkWork.swift): when it is over, `Effect.finished` tells `requester`, with `context`, how many locks were
-    /// removed, sub-locks included. ENOENT for an unknown lockspace (`dlm_ls_purge`).
+    /// removed, sub-locks included, and how many orphans it left for being another user's. ENOENT for an unknown
+    /// lockspace (`dlm_ls_purge`).
     mutating func beginPurge(
-        lockspace: LockspaceID, pid: UInt32, node: UInt32? = nil, requester: OwnerID, context: UInt64,
-        into effects: inout [Effect]
+        lockspace: LockspaceID, pid: UInt32, node: UInt32? = nil, user: UInt32 = 0, requester: OwnerID,
+        context: UInt64, into effects: inout [Effect]
     ) throws(DLMError) {
         guard let ls = liveSlot(lockspace) else { throw .noEntry("no such lockspace") }
         startBulkJob(
-            BulkJob(kind: .purge(lockspace: ls, pid: pid, node: node), requester: (requester, context)), into: &effects)
+            BulkJob(kind: .purge(lockspace: ls, pid: pid, node: node, user: user), requester: (requester, context)),
+            into: &effects)
     }
 
     /// `beginPurge` run to its end at once; returns how many locks were removed.

@@ -99,16 +99,18 @@ public enum Input: Sendable, Hashable {
     case openLockspace(name: [UInt8], valueBlockLength: Int?, create: Bool, creator: LockspaceAccess? = nil)
     /// Releases a lockspace (with `force`, with its locks); ends with `finished` for `requester` and `context`.
     case releaseLockspace(LockspaceID, force: Bool, requester: OwnerID, context: UInt64)
-    /// Removes the orphans of a lockspace whose former owner had `pid` (and, unless `node` is nil, was of that node);
-    /// ends with `finished`.
-    case purge(lockspace: LockspaceID, pid: UInt32, node: UInt32? = nil, requester: OwnerID, context: UInt64)
+    /// Removes the orphans of a lockspace whose former owner had `pid` (and, unless `node` is nil, was of that node)
+    /// and that `user` may take over (root, 0: all of them); ends with `finished`.
+    case purge(
+        lockspace: LockspaceID, pid: UInt32, node: UInt32? = nil, user: UInt32 = 0, requester: OwnerID,
+        context: UInt64)
     /// Refuses a waiting request or conversion with EDEADLK (a cluster-wide search's decision).
     case cancelForDeadlock(LockID)
     /// A cluster-wide search's victim (ClusterDeadlocks.swift): refused with EDEADLK if it still waits in the wait
     /// numbered `waitSequence`, else nothing.
     case deadlockVictim(LockID, waitSequence: UInt32)
-    /// The owner's process id, given to the locks it takes and kept by its orphans.
-    case setProcessID(UInt32, owner: OwnerID)
+    /// The owner's process id and user, given to the locks it takes and kept by its orphans.
+    case setProcess(pid: UInt32, uid: UInt32 = LockEngine.unknownUser, owner: OwnerID)
     /// Runs a slice of the work done in slices (`hasBulkWork`).
     case continueBulkWork
     /// Gives back what a store kept after a restart (`restoreStored`).

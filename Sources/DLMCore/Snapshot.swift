@@ -20,8 +20,10 @@ public struct LockSnapshot: Sendable, Hashable, Codable {
     /// With TIMEOUT, when a pending request gives up; zero otherwise.
     public var deadline: Instant
     public var fencingToken: UInt64
-    /// The process id of the lock's owner, or of the owner an orphan had (`setProcessID`); 0 if unknown.
+    /// The process id of the lock's owner, or of the owner an orphan had (`setProcess`); 0 if unknown.
     public var pid: UInt32
+    /// The user of the lock's owner, or of the owner an orphan had; `LockEngine.unknownUser` if unknown.
+    public var uid: UInt32 = LockEngine.unknownUser
     /// An orphan's former owner's node (PURGE names it; 0 if unknown).
     public var orphanNode: UInt32 = 0
 
@@ -29,9 +31,11 @@ public struct LockSnapshot: Sendable, Hashable, Codable {
         id: LockID, owner: OwnerID?, queue: QueueKind, grantedMode: LockMode?, requestedMode: LockMode?,
         flags: LockFlags, parent: LockID?, transaction: UInt64?, priority: UInt8, wantsBlockingCallbacks: Bool,
         alwaysFencingToken: Bool, blockingSent: UInt8, pendingFlags: CompletionFlags, waitingSince: Instant,
-        waitSequence: UInt32, deadline: Instant, fencingToken: UInt64, pid: UInt32 = 0, orphanNode: UInt32 = 0
+        waitSequence: UInt32, deadline: Instant, fencingToken: UInt64, pid: UInt32 = 0,
+        uid: UInt32 = LockEngine.unknownUser, orphanNode: UInt32 = 0
     ) {
         self.orphanNode = orphanNode
+        self.uid = uid
         self.id = id
         self.owner = owner
         self.queue = queue
@@ -94,7 +98,8 @@ extension LockEngine {
             wantsBlockingCallbacks: record.options.contains(.wantsBlockingCallbacks),
             alwaysFencingToken: record.options.contains(.alwaysFencingToken), blockingSent: record.blockingSent,
             pendingFlags: record.pendingFlags, waitingSince: record.waitingSince, waitSequence: record.waitSequence,
-            deadline: record.deadline, fencingToken: record.fencingToken, pid: processID(of: slot))
+            deadline: record.deadline, fencingToken: record.fencingToken, pid: processID(of: slot),
+            uid: userID(of: slot))
     }
 
     func path(of resource: Int32) -> [[UInt8]] {
@@ -246,6 +251,7 @@ extension LockEngine {
             while locks.count <= Int(slot) {
                 locks.append(LockRecord())
                 orphanProcessIDs.append(0)
+                orphanUserIDs.append(LockEngine.unknownUser)
                 orphanNodes.append(0)
                 freeLocks.append(Int32(locks.count - 1))
             }
@@ -263,10 +269,9 @@ extension LockEngine {
                 let ownerSlot = ownerSlot(owner)
                 linkToOwner(slot, ownerSlot)
                 if owners[Int(ownerSlot)].pid == 0 { owners[Int(ownerSlot)].pid = lock.pid }
+                if owners[Int(ownerSlot)].uid == LockEngine.unknownUser { owners[Int(ownerSlot)].uid = lock.uid }
             } else {
-                linkToOwner(slot, orphanOwner)
-                orphanProcessIDs[Int(slot)] = lock.pid
-                orphanNodes[Int(slot)] = lock.orphanNode
+                linkAsOrphan(slot, pid: lock.pid, uid: lock.uid, node: lock.orphanNode, touching: true)
             }
             linkToQueue(slot, lock.queue)
             resources[Int(resource)].lockCount += 1

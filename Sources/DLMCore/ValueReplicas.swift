@@ -51,16 +51,20 @@ public struct ReplicatedLock: Sendable, Hashable {
     /// An orphan's former owner's node (0 if unknown).
     public var orphanNode: UInt32
     public var pid: UInt32
+    /// The user of its owner (or former owner); `LockEngine.unknownUser` if unknown.
+    public var uid: UInt32
     public var mode: LockMode
     public var flags: LockFlags
     public var fencingToken: UInt64
 
     public init(
-        owner: OwnerID?, orphanNode: UInt32 = 0, pid: UInt32, mode: LockMode, flags: LockFlags, fencingToken: UInt64
+        owner: OwnerID?, orphanNode: UInt32 = 0, pid: UInt32, uid: UInt32 = LockEngine.unknownUser, mode: LockMode,
+        flags: LockFlags, fencingToken: UInt64
     ) {
         self.owner = owner
         self.orphanNode = orphanNode
         self.pid = pid
+        self.uid = uid
         self.mode = mode
         self.flags = flags
         self.fencingToken = fencingToken
@@ -141,6 +145,7 @@ extension LockEngine {
                             ReplicatedLock(
                                 owner: orphan ? nil : owners[Int(lock.owner)].id,
                                 orphanNode: orphan ? orphanNodes[Int(cursor)] : 0, pid: processID(of: cursor),
+                                uid: userID(of: cursor),
                                 mode: mode, flags: lock.flags, fencingToken: lock.fencingToken))
                     }
                     cursor = lock.next

@@ -78,10 +78,11 @@ enum ResourceTableRecord {
 
 enum RecordCoding {
     /// Format 3 (schema 3) keeps a resource's locks out of its record, each in a record of its own under the
-    /// resource's key, so that a change writes one lock, not all of them. Format 2 (schema 2) has every lock
-    /// inside the resource's record with its pid; format 1 (schema 1) the same, read with pid 0 (unknown).
+    /// resource's key, so that a change writes one lock, not all of them; a lock record of format 4 (schema 4)
+    /// adds its owner's uid (format 3's read as unknown). Format 2 (schema 2) has every lock inside the
+    /// resource's record with its pid; format 1 (schema 1) the same, read with pid 0 (unknown).
     static let resourceFormat: UInt8 = 3
-    static let lockFormat: UInt8 = 3
+    static let lockFormat: UInt8 = 4
     static let lockspaceFormat: UInt8 = 2
     /// Comes after a resource's key in the key of one of its locks: names are never empty, so no key of a
     /// sub-resource has it there, and a resource's locks come right after it in key order, before its children.
@@ -163,10 +164,11 @@ enum RecordCoding {
         w.u8((lock.wantsBlockingCallbacks ? 1 : 0) | (lock.alwaysFencingToken ? 2 : 0))
         w.u64(lock.fencingToken)
         w.u32(lock.pid)
+        w.u32(lock.uid)
     }
 
-    private static func readLock(id: UInt32, from r: inout RecordReader, withPid: Bool) throws(StoreError)
-        -> LockSnapshot
+    private static func readLock(id: UInt32, from r: inout RecordReader, withPid: Bool, withUid: Bool = false)
+        throws(StoreError) -> LockSnapshot
     {
         let owner = try r.u64()
         let rawMode = try r.u8()
@@ -180,6 +182,7 @@ enum RecordCoding {
         let options = try r.u8()
         let lockToken = try r.u64()
         let pid = withPid ? try r.u32() : 0
+        let uid = withUid ? try r.u32() : LockEngine.unknownUser
         return LockSnapshot(
             id: LockID(rawValue: id), owner: owner == 0 ? nil : OwnerID(owner), queue: .grant,
             grantedMode: mode, requestedMode: nil, flags: flags,
@@ -187,15 +190,18 @@ enum RecordCoding {
             transaction: transaction == 0 ? nil : transaction,
             priority: priority, wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0,
             blockingSent: 0, pendingFlags: [], waitingSince: 0, waitSequence: 0, deadline: 0,
-            fencingToken: lockToken, pid: pid)
+            fencingToken: lockToken, pid: pid, uid: uid)
     }
 
     static func decodeRecord(key: [UInt8], value: [UInt8]) throws(StoreError) -> ResourceTableRecord {
         let (lockspace, path, lock) = try decodeKey(key)
         if let lock {
             var r = RecordReader(value, .resource(name: path.last!))
-            guard try r.u8() == lockFormat else { throw StoreError("a lock record has an unknown format") }
-            let snapshot = try readLock(id: lock.rawValue, from: &r, withPid: true)
+            let format = try r.u8()
+            guard format == 3 || format == lockFormat else {
+                throw StoreError("a lock record has unknown format \(format)")
+            }
+            let snapshot = try readLock(id: lock.rawValue, from: &r, withPid: true, withUid: format >= 4)
             try r.finish()
             return .lock(lockspace: lockspace, path: path, snapshot)
         }

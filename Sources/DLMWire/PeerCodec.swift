@@ -96,6 +96,7 @@ extension PeerMessage {
                 body.writeBytes8(remote.lockspace)
                 body.writeInteger(UInt8(truncatingIfNeeded: remote.valueBlockLength))
                 body.writeInteger(remote.pid)
+                body.writeInteger(remote.uid)
                 body.writeOwner(r.owner)
                 body.writeBytes8(r.name)
                 body.writeInteger(r.mode.rawValue)
@@ -222,14 +223,16 @@ extension PeerMessage {
                 body.writeInteger(check)
                 body.writeInteger(lock.rawValue)
                 body.writeInteger(sequence)
-            case .purge(let reference, let lockspace, let node, let pid):
+            case .purge(let reference, let lockspace, let node, let pid, let uid):
                 body.writeInteger(reference)
                 body.writeBytes8(lockspace)
                 body.writeInteger(node)
                 body.writeInteger(pid)
-            case .purged(let reference, let count):
+                body.writeInteger(uid)
+            case .purged(let reference, let count, let skipped):
                 body.writeInteger(reference)
                 body.writeInteger(count)
+                body.writeInteger(skipped)
             case .deadlockRelease(let check), .deadlockRefused(let check):
                 body.writeInteger(check)
             case .deadlockCancel(let reference, let lock, let owner):
@@ -267,6 +270,7 @@ extension PeerMessage {
                 throw .malformed("value_block_length \(valueBlockLength) is above \(WireLimits.maxValueBlock)")
             }
             let pid = try body.read(UInt32.self, "pid")
+            let uid = try body.read(UInt32.self, "uid")
             let owner = try body.readOwner()
             let name = try body.readName("name")
             let mode = try body.readMode("mode")
@@ -286,7 +290,8 @@ extension PeerMessage {
                 wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0)
             message = .request(
                 ref: reference,
-                RemoteLockRequest(lockspace: lockspace, valueBlockLength: valueBlockLength, pid: pid, request: request))
+                RemoteLockRequest(
+                    lockspace: lockspace, valueBlockLength: valueBlockLength, pid: pid, uid: uid, request: request))
         case .convert:
             let reference = try body.read(UInt64.self, "ref")
             let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
@@ -457,10 +462,13 @@ extension PeerMessage {
             let reference = try body.read(UInt64.self, "ref")
             let lockspace = try body.readName("lockspace")
             let node = try body.read(UInt32.self, "node")
-            message = .purge(ref: reference, lockspace: lockspace, node: node, pid: try body.read(UInt32.self, "pid"))
+            let pid = try body.read(UInt32.self, "pid")
+            message = .purge(
+                ref: reference, lockspace: lockspace, node: node, pid: pid, uid: try body.read(UInt32.self, "uid"))
         case .purged:
             let reference = try body.read(UInt64.self, "ref")
-            message = .purged(ref: reference, count: try body.read(UInt32.self, "count"))
+            let count = try body.read(UInt32.self, "count")
+            message = .purged(ref: reference, count: count, skipped: try body.read(UInt32.self, "skipped"))
         case .deadlockRelease:
             message = .deadlockRelease(check: try body.read(UInt64.self, "check"))
         case .deadlockRefused:
@@ -549,6 +557,7 @@ extension ByteBuffer {
         writeInteger(lock.copy)
         writeOwner(lock.owner)
         writeInteger(lock.pid)
+        writeInteger(lock.uid)
         writeInteger(lock.grantedMode?.rawValue ?? 255)
         writeInteger(lock.requestedMode?.rawValue ?? 255)
         writeInteger(lock.flags.rawValue)
@@ -581,6 +590,7 @@ extension ByteBuffer {
         let copy = try read(UInt32.self, "copy")
         let owner = try readOwner()
         let pid = try read(UInt32.self, "pid")
+        let uid = try read(UInt32.self, "uid")
         let granted = try readOptionalMode("granted_mode")
         let requested = try readOptionalMode("requested_mode")
         guard granted != nil || requested != nil else {
@@ -607,7 +617,7 @@ extension ByteBuffer {
         for _ in 0..<depth { subPath.append(try readName("sub_path name")) }
         return RecoveredLock(
             lockspace: lockspace, valueBlockLength: valueBlockLength, name: name, copy: copy, owner: owner, pid: pid,
-            grantedMode: granted, requestedMode: requested, flags: flags, priority: priority,
+            uid: uid, grantedMode: granted, requestedMode: requested, flags: flags, priority: priority,
             wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0,
             transaction: transaction == 0 ? nil : transaction, valueBlock: valueBlock, valueBlockSequence: sequence,
             fencingToken: token, timeout: timeout == 0 ? nil : timeout, subPath: subPath, parentCopy: parentCopy)
@@ -632,14 +642,16 @@ extension ByteBuffer {
             writeInteger(UInt8(lock.owner == nil ? 1 : 0))
             writeOwner(lock.owner ?? OwnerID(node: lock.orphanNode, incarnation: 0, local: 0))
             writeInteger(lock.pid)
+            writeInteger(lock.uid)
             writeInteger(lock.mode.rawValue)
             writeInteger(lock.flags.rawValue)
             writeInteger(lock.fencingToken)
         }
     }
 
-    /// The bytes of one persistent lock of a value replica (flags, owner, pid, mode, lock flags, fencing token).
-    static let replicatedLockLength = 1 + (4 + 8 + 8) + 4 + 1 + 4 + 8
+    /// The bytes of one persistent lock of a value replica (flags, owner, pid, uid, mode, lock flags, fencing
+    /// token).
+    static let replicatedLockLength = 1 + (4 + 8 + 8) + 4 + 4 + 1 + 4 + 8
 
     mutating func readValueReplica() throws(WireError) -> ValueReplica {
         let lockspace = try readName("lockspace")
@@ -668,6 +680,7 @@ extension ByteBuffer {
                 }
                 let owner = try readOwner()
                 let pid = try read(UInt32.self, "pid")
+                let uid = try read(UInt32.self, "uid")
                 let rawMode = try read(UInt8.self, "mode")
                 guard let mode = LockMode(rawValue: rawMode) else { throw .malformed("mode \(rawMode) is not a mode") }
                 let flags = LockFlags(rawValue: try read(UInt32.self, "lock_flags"))
@@ -675,7 +688,8 @@ extension ByteBuffer {
                 let orphan = lockFlags & 1 != 0
                 persistent.append(
                     ReplicatedLock(
-                        owner: orphan ? nil : owner, orphanNode: orphan ? owner.node : 0, pid: pid, mode: mode,
+                        owner: orphan ? nil : owner, orphanNode: orphan ? owner.node : 0, pid: pid, uid: uid,
+                        mode: mode,
                         flags: flags, fencingToken: token))
             }
         }

@@ -72,10 +72,12 @@ public enum PeerMessage: Sendable, Hashable {
     /// waited); the receiver ends the holds of the other masters.
     case deadlockRefused(check: UInt64)
     /// A client's PURGE across nodes (`dlm_ls_purge`), to every other member: remove the orphans of `lockspace`
-    /// that a process `pid` of node `node` left; answered by `purged` with the same `ref`.
-    case purge(ref: UInt64, lockspace: [UInt8], node: UInt32, pid: UInt32)
-    /// The answer to `purge`: how many locks the receiver removed (sub-locks included).
-    case purged(ref: UInt64, count: UInt32)
+    /// that a process `pid` of node `node` left and that user `uid` (the asking client's; 0, root: any) may take
+    /// over; answered by `purged` with the same `ref`.
+    case purge(ref: UInt64, lockspace: [UInt8], node: UInt32, pid: UInt32, uid: UInt32)
+    /// The answer to `purge`: how many locks the receiver removed (sub-locks included), and how many orphans of
+    /// that process it left for being another user's.
+    case purged(ref: UInt64, count: UInt32, skipped: UInt32)
     /// A client's DEADLOCK_CANCEL (`dlm_ls_deadlock_cancel`) of a lock mastered by the receiver: refuse its
     /// waiting request or conversion with EDEADLK. `lock` is the master's id, `owner` the lock's owner (the lock
     /// is not touched if the id now names another owner's lock). Answered by `reply` with the same `ref`: taken
@@ -111,6 +113,8 @@ public struct RecoveredLock: Sendable, Hashable {
     public var copy: UInt32
     public var owner: OwnerID
     public var pid: UInt32
+    /// The owner's user (`LockEngine.unknownUser` if unknown).
+    public var uid: UInt32
     /// nil for a request that waits; else the granted mode.
     public var grantedMode: LockMode?
     /// A conversion's or waiting request's mode; nil when granted and not converting.
@@ -130,7 +134,8 @@ public struct RecoveredLock: Sendable, Hashable {
 
     public init(
         lockspace: [UInt8], valueBlockLength: Int, name: [UInt8], copy: UInt32, owner: OwnerID, pid: UInt32,
-        grantedMode: LockMode?, requestedMode: LockMode?, flags: LockFlags, priority: UInt8,
+        uid: UInt32 = LockEngine.unknownUser, grantedMode: LockMode?, requestedMode: LockMode?, flags: LockFlags,
+        priority: UInt8,
         wantsBlockingCallbacks: Bool, alwaysFencingToken: Bool, transaction: UInt64?, valueBlock: [UInt8]?,
         valueBlockSequence: UInt64, fencingToken: UInt64, timeout: UInt64? = nil, subPath: [[UInt8]] = [],
         parentCopy: UInt32 = 0
@@ -144,6 +149,7 @@ public struct RecoveredLock: Sendable, Hashable {
         self.copy = copy
         self.owner = owner
         self.pid = pid
+        self.uid = uid
         self.grantedMode = grantedMode
         self.requestedMode = requestedMode
         self.flags = flags
@@ -159,7 +165,7 @@ public struct RecoveredLock: Sendable, Hashable {
 
 extension RecoveredLock {
     /// The fewest bytes a recovered lock takes on the wire (one-byte names, no value block, no sub-path).
-    static let leastEncodedLength = 2 + 1 + 2 + 4 + 20 + 4 + 1 + 1 + 4 + 1 + 1 + 8 + 1 + 8 + 8 + 8 + 4 + 2
+    static let leastEncodedLength = 2 + 1 + 2 + 4 + 20 + 4 + 4 + 1 + 1 + 4 + 1 + 1 + 8 + 1 + 8 + 8 + 8 + 4 + 2
 
     /// The names from the top-level resource down to the lock's own.
     public var path: [[UInt8]] { [name] + subPath }
@@ -221,18 +227,25 @@ public struct DirectoryKey: Sendable, Hashable {
 }
 
 /// A new lock as a holder node asks its master for it: the engine's request, with the lockspace by name (lockspace
-/// ids are per node) and the owner's process id (kept by an orphan, for purges).
+/// ids are per node) and the owner's process id and user (kept by an orphan, for purges and adoptions).
 public struct RemoteLockRequest: Sendable, Hashable {
     public var lockspace: [UInt8]
     public var valueBlockLength: Int
     public var pid: UInt32
+    /// The owner's user (`LockEngine.unknownUser` if unknown): an ORPHAN request adopts only an orphan it may take
+    /// over (`LockEngine.mayTakeOver`).
+    public var uid: UInt32
     /// The request; its `lockspace` is ignored (the master's is found by name), its `parent` is the master's id.
     public var request: LockRequest
 
-    public init(lockspace: [UInt8], valueBlockLength: Int, pid: UInt32, request: LockRequest) {
+    public init(
+        lockspace: [UInt8], valueBlockLength: Int, pid: UInt32, uid: UInt32 = LockEngine.unknownUser,
+        request: LockRequest
+    ) {
         self.lockspace = lockspace
         self.valueBlockLength = valueBlockLength
         self.pid = pid
+        self.uid = uid
         self.request = request
     }
 }

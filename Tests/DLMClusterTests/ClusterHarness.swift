@@ -120,15 +120,17 @@ struct ClusterHarness {
         }
     }
 
-    /// A client of `node` that has said HELLO and opened lockspace "ls" (its replies dropped).
-    mutating func client(_ node: UInt32, _ name: String, credentials: ClientCredentials? = nil) -> (
-        node: UInt32, id: ConnectionID
-    ) {
+    /// A client of `node` that has said HELLO and opened lockspace "ls" (created with `mode` if it is the node's
+    /// first; its replies dropped).
+    mutating func client(
+        _ node: UInt32, _ name: String, credentials: ClientCredentials? = nil,
+        mode: UInt16 = LockspaceAccess.defaultMode
+    ) -> (node: UInt32, id: ConnectionID) {
         // Not ServiceHarness.connect, which drops every frame waiting: the frames for others stay in `framesSeen`.
         let id = nodes[node]!.service.connect(credentials: credentials)
         nodes[node]!.names[id] = "\(node)\(name)"
         nodes[node]!.send(id, .hello(Hello(pid: 100, clientName: name)))
-        nodes[node]!.send(id, ServiceHarness.open(1))
+        nodes[node]!.send(id, ServiceHarness.open(1, mode: mode))
         _ = run()
         return (node, id)
     }

@@ -28,6 +28,37 @@ import Testing
         #expect(h.out() == ["b: ERROR tag 5 ENOENT"])
     }
 
+    /// A user's orphans count against its `maxLocksPerUser` until they go: uid 1000 leaves two persistent locks
+    /// at its limit of two, and its next connection's LOCK is refused (EAGAIN), but it may adopt them (an adoption
+    /// adds no lock); another user is not held back by them, and their purge makes room.
+    @Test func orphansCountAgainstTheirUser() {
+        var configuration = ServiceConfiguration(nodeID: 1)
+        configuration.maxLocksPerUser = 2
+        var h = H(configuration: configuration)
+        let a = h.connect("a", credentials: ClientCredentials(pid: 10, uid: 1000))
+        h.send(a, H.open(1, mode: 0o666))
+        _ = h.out()
+        h.send(a, H.lock(2, "r1", .ex, .persistent))
+        h.send(a, H.lock(3, "r2", .ex, .persistent))
+        #expect(h.out() == ["a: COMPLETION tag 2 lock 1 granted EX", "a: COMPLETION tag 3 lock 2 granted EX"])
+        h.handle(.closed(a))
+        let b = h.connect("b", credentials: ClientCredentials(pid: 11, uid: 1000))
+        let c = h.connect("c", credentials: ClientCredentials(pid: 12, uid: 1001))
+        for client in [b, c] { h.send(client, H.open(1)) }
+        _ = h.out()
+        h.send(b, H.lock(2, "s1", .nl))
+        h.send(c, H.lock(2, "s1", .nl))
+        h.send(b, H.lock(3, "r1", .ex, .orphan))
+        #expect(
+            h.out() == [
+                "b: ERROR tag 2 EAGAIN", "c: COMPLETION tag 2 lock 3 granted NL",
+                "b: COMPLETION tag 3 lock 1 granted EX",
+            ])
+        h.send(b, .purge(tag: 4, lockspace: 0, nodeID: 0, pid: 10))
+        h.send(b, H.lock(5, "s1", .nl))
+        #expect(h.out() == ["b: PURGED tag 4 count 1", "b: COMPLETION tag 5 lock 2 granted NL"])
+    }
+
     /// `maxLocksPerConnection` and `maxLocksPerUser`: a LOCK past either is refused with EAGAIN (and counted in
     /// the status), waiting requests and adopted orphans count, an unlock makes room, another user is not held
     /// back, and a client without a kernel uid counts for its connection only.

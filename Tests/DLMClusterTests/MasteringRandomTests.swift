@@ -158,8 +158,15 @@ struct MasteringRun {
         }
     }
 
+    /// The user of a client's process: three users among the clients.
+    static func user(ofProcess pid: UInt32) -> UInt32 { 2000 + pid % 3 }
+
     mutating func connect(_ node: UInt32, _ letter: String) {
-        let client = cluster.client(node, letter + "\(clients.count)")
+        // A pid of its own, and one of three users (`user(ofProcess:)`): an orphan must keep its owner's, on every
+        // node that rebuilds it.
+        let pid = 1000 + UInt32(clients.count)
+        let credentials = ClientCredentials(pid: pid, uid: Self.user(ofProcess: pid))
+        let client = cluster.client(node, letter + "\(clients.count)", credentials: credentials, mode: 0o666)
         clients.append(ClientModel(node: node, id: client.id, name: "\(node)\(letter)\(clients.count)"))
         absorb()
     }
@@ -794,6 +801,12 @@ struct MasteringRun {
                 guard let mode = LockMode(rawValue: engine.locks[slot].grantedMode) else { continue }
                 let path = engine.path(of: engine.locks[slot].resource)
                 let resource = path.map { String(decoding: $0, as: UTF8.self) }.joined(separator: "/")
+                let (pid, uid) = (engine.orphanProcessIDs[slot], engine.orphanUserIDs[slot])
+                guard uid == Self.user(ofProcess: pid) else {
+                    throw Failure(
+                        description: "seed \(seed) step \(step): an orphan of \(resource) on node \(node) left by pid "
+                            + "\(pid) has uid \(uid), not \(Self.user(ofProcess: pid))")
+                }
                 holders[resource, default: []].append(("an orphan on node \(node)", mode))
             }
         }

@@ -99,4 +99,51 @@ import Testing
         c.installView()
         #expect(c.run().contains("1a: PURGED tag 2 count 0"))
     }
+
+    /// An orphan stays its user's on every node and after its master dies: a client of node 2 (uid 1000) leaves a
+    /// persistent EX mastered by node 3. A client of node 1 of another uid may neither adopt it nor purge it
+    /// (EPERM, and the orphan still holds the name); node 3 dies and the orphan, rebuilt on a new master from its
+    /// replica, is still uid 1000's; a client of uid 1000 on node 1 adopts it; root purges it once it is an orphan
+    /// again.
+    @Test func anOrphanStaysItsUsersOnEveryNodeAndAfterItsMasterDies() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 1, of: 3, prefix: "u")
+        let open: UInt16 = 0o666
+        let m = c.client(3, "m", credentials: .root, mode: open)
+        c.send(m, H.lock(2, name, .nl))
+        c.send(m, H.unlock(3, 1))
+        _ = c.run()
+        let b = c.client(2, "b", credentials: ClientCredentials(pid: 555, uid: 1000), mode: open)
+        c.send(b, H.lock(2, name, .ex, .persistent))
+        #expect(c.run().contains { $0.hasPrefix("2b: COMPLETION tag 2") && $0.contains("granted EX") })
+        c.close(b)
+        _ = c.run()
+        let other = c.client(1, "x", credentials: ClientCredentials(pid: 600, uid: 1001), mode: open)
+        let same = c.client(1, "y", credentials: ClientCredentials(pid: 601, uid: 1000))
+        let root = c.client(1, "r", credentials: .root)
+
+        c.send(other, H.lock(4, name, .ex, .orphan))
+        let refused = c.run()
+        #expect(refused.count == 1 && refused[0].hasPrefix("1x: ") && refused[0].contains("EPERM"), "\(refused)")
+        c.send(other, Self.purge(5, node: 2, pid: 555))
+        let purge = c.run()
+        #expect(purge.count == 1 && purge[0].hasPrefix("1x: ERROR tag 5 EPERM"), "\(purge)")
+        c.send(other, H.lock(6, name, .ex, .noQueue))
+        #expect(c.run().contains { $0.hasPrefix("1x: COMPLETION tag 6") && $0.contains("EAGAIN") })
+
+        c.crash(3)
+        c.installView()
+        _ = c.run()
+        c.send(other, H.lock(7, name, .ex, .orphan))
+        let again = c.run()
+        #expect(again.count == 1 && again[0].contains("EPERM"), "\(again)")
+        c.send(same, H.lock(8, name, .ex, .orphan))
+        #expect(c.run().contains { $0.hasPrefix("1y: COMPLETION tag 8") && $0.contains("granted EX") })
+        c.close(same)
+        _ = c.run()
+        c.send(root, Self.purge(9, node: 1, pid: 601))
+        #expect(c.run() == ["1r: PURGED tag 9 count 1"])
+        c.send(other, H.lock(10, name, .ex, .noQueue))
+        #expect(c.run().contains { $0.hasPrefix("1x: COMPLETION tag 10") && $0.contains("granted EX") })
+    }
 }

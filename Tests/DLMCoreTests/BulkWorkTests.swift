@@ -118,7 +118,7 @@ import Testing
     /// A purge in slices ends with `finished` and the count, sub-locks included; its sub-lock's owner is told.
     @Test func aPurgeIsDoneInSlicesAndEndsWithTheCount() throws {
         var h = Harness(config: EngineConfig(bulkSlice: 3))
-        h.engine.setProcessID(100, of: OwnerID(1))
+        h.engine.setProcess(pid: 100, of: OwnerID(1))
         for i in 0..<10 { _ = h.lock("a\(i)", by: 1, on: "r\(i)", .ex, .persistent) }
         #expect(h.exit(1) == [])
         h.engine.finishBulkWork(into: &effectsSink)
@@ -209,7 +209,7 @@ import Testing
         var engine = LockEngine(config: EngineConfig(deadlockWait: 0))
         let ls = try engine.createLockspace(name: Array("ls".utf8))
         var effects: [Effect] = []
-        engine.setProcessID(7, of: OwnerID(1))
+        engine.setProcess(pid: 7, of: OwnerID(1))
         for i in 0..<n {
             let flags: LockFlags = i % 4 == 0 ? .persistent : []
             _ = try engine.lock(

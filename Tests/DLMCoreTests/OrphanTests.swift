@@ -182,8 +182,8 @@ import Testing
 
     @Test func anOrphanKeepsThePidOfItsOwnerAndAnAdopterGivesItsOwn() {
         var h = Harness()
-        h.engine.setProcessID(101, of: OwnerID(1))
-        h.engine.setProcessID(303, of: OwnerID(3))
+        h.engine.setProcess(pid: 101, of: OwnerID(1))
+        h.engine.setProcess(pid: 303, of: OwnerID(3))
         _ = h.lock("a", by: 1, on: "r", .pr, .persistent)
         _ = h.lock("x", by: 2, on: "s", .pr, .persistent)
         #expect(h.state("a")?.pid == 101)
@@ -201,8 +201,8 @@ import Testing
     @Test func purgeRemovesTheOrphansOfThatPidOnly() {
         var h = Harness()
         let other = try! h.engine.createLockspace(name: bytes("other"))
-        h.engine.setProcessID(101, of: OwnerID(1))
-        h.engine.setProcessID(202, of: OwnerID(2))
+        h.engine.setProcess(pid: 101, of: OwnerID(1))
+        h.engine.setProcess(pid: 202, of: OwnerID(2))
         _ = h.lock("a1", by: 1, on: "r", .pr, .persistent)
         _ = h.lock("a2", by: 1, on: "s", .ex, .persistent)
         _ = h.lock("a3", by: 1, on: "r", .pr, .persistent, in: other)
@@ -231,7 +231,7 @@ import Testing
 
     @Test func purgeTakesSubLocksWithTheOrphan() {
         var h = Harness()
-        h.engine.setProcessID(101, of: OwnerID(1))
+        h.engine.setProcess(pid: 101, of: OwnerID(1))
         _ = h.lock("p", by: 1, on: "r", .pr, .persistent)
         _ = h.lock("c", by: 1, on: "sub", .pr, .persistent, parent: "p")
         _ = h.lock("g", by: 1, on: "deeper", .ex, .persistent, parent: "c")
@@ -249,7 +249,7 @@ import Testing
 
     @Test func aRestoredOrphanKeepsItsPid() throws {
         var h = Harness()
-        h.engine.setProcessID(101, of: OwnerID(1))
+        h.engine.setProcess(pid: 101, of: OwnerID(1))
         _ = h.lock("a", by: 1, on: "r", .pw, .persistent)
         var entries: [JournalEntry] = []
         h.engine.drainJournal(into: &entries)
@@ -264,5 +264,86 @@ import Testing
         #expect(try restarted.engine.purgeOrphans(lockspace: restarted.ls, pid: 7, into: &effects) == 0)
         #expect(try restarted.engine.purgeOrphans(lockspace: restarted.ls, pid: 101, into: &effects) == 1)
         #expect(restarted.engine.lockCount == 0)
+    }
+}
+
+/// An orphan is its user's: it keeps the uid of the owner that left it, only that user or root may adopt or purge
+/// it, and it counts against that user's account (the per-user quota) until it goes.
+@Suite struct OrphanUserTests {
+    /// A purge by `user` of the orphans of `pid`: how many locks it removed and how many orphans it left.
+    static func purge(_ h: inout Harness, pid: UInt32, by user: UInt32) -> (removed: Int, skipped: Int)? {
+        let effects = h.engine.handle(
+            .purge(lockspace: h.ls, pid: pid, user: user, requester: OwnerID(99), context: 7))
+        for case .finished(let finished) in effects { return (finished.count, finished.skipped) }
+        return nil
+    }
+
+    @Test func onlyItsUserOrRootMayAdoptOrPurgeAnOrphan() {
+        var h = Harness()
+        let account = h.engine.account(ofUser: 1000)
+        h.engine.setProcess(pid: 101, uid: 1000, of: OwnerID(1))
+        h.engine.setAccount(account, of: OwnerID(1))
+        h.engine.setProcess(pid: 202, uid: 1001, of: OwnerID(2))
+        h.engine.setProcess(pid: 303, uid: 1000, of: OwnerID(3))
+        h.engine.setProcess(pid: 404, uid: 0, of: OwnerID(4))
+        _ = h.lock("a", by: 1, on: "r", .pr, .persistent)
+        _ = h.lock("b", by: 1, on: "s", .ex, .persistent)
+        #expect(h.state("a")?.uid == 1000)
+        #expect(h.engine.lockCount(ofAccount: account) == 2)
+        _ = h.exit(1)
+        // Orphans now, still uid 1000's, and still counted against its account.
+        #expect(h.state("a")?.owner == nil && h.state("a")?.uid == 1000)
+        #expect(h.engine.userID(of: h.ids["a"]!) == 1000)
+        #expect(h.engine.lockCount(ofAccount: account) == 2)
+        // Another user may neither adopt nor purge them; nothing changes.
+        #expect(h.lock("x", by: 2, on: "r", .pr, .orphan) == ["error EPERM"])
+        #expect(Self.purge(&h, pid: 101, by: 1001)! == (0, 2))
+        #expect(h.engine.lockCount == 2 && h.engine.lockCount(ofAccount: account) == 2)
+        // The same user adopts one (another process of it); root purges the other.
+        #expect(h.lock("c", by: 3, on: "r", .pr, .orphan) == ["c granted PR"])
+        #expect(h.state("c")?.uid == 1000 && h.state("c")?.pid == 303)
+        #expect(h.engine.lockCount(ofAccount: account) == 1)
+        #expect(Self.purge(&h, pid: 101, by: 0)! == (1, 0))
+        #expect(h.engine.lockCount(ofAccount: account) == 0)
+        // Root adopts another user's orphan, which then is root's.
+        _ = h.exit(3)
+        #expect(h.state("c")?.owner == nil && h.state("c")?.uid == 1000)
+        #expect(h.lock("d", by: 4, on: "r", .pr, .orphan) == ["d granted PR"])
+        #expect(h.state("d")?.uid == 0)
+    }
+
+    /// An orphan whose user is not known (restored from a store written before uids were kept, or left by an
+    /// owner that gave none) may be adopted or purged by anyone allowed into its lockspace, as before.
+    @Test func anOrphanOfAnUnknownUserIsAnyonesToTakeOver() {
+        var h = Harness()
+        h.engine.setProcess(pid: 101, of: OwnerID(1))
+        h.engine.setProcess(pid: 202, uid: 1001, of: OwnerID(2))
+        _ = h.lock("a", by: 1, on: "r", .pr, .persistent)
+        _ = h.lock("b", by: 1, on: "s", .pr, .persistent)
+        _ = h.exit(1)
+        #expect(h.state("a")?.uid == LockEngine.unknownUser && h.engine.userID(of: h.ids["a"]!) == nil)
+        #expect(h.lock("x", by: 2, on: "r", .pr, .orphan) == ["x granted PR"])
+        #expect(Self.purge(&h, pid: 101, by: 1001)! == (1, 0))
+    }
+
+    /// A restored orphan (a store's record, or recovery's rebuild from a replica) keeps its uid and counts against
+    /// its user's account on the node that holds it.
+    @Test func aRestoredOrphanKeepsItsUserAndCounts() throws {
+        var h = Harness()
+        h.engine.setProcess(pid: 101, uid: 1000, of: OwnerID(1))
+        _ = h.lock("a", by: 1, on: "r", .pw, .persistent)
+        _ = h.exit(1)
+        var entries: [JournalEntry] = []
+        h.engine.drainJournal(into: &entries)
+        guard case .put(let stored)? = entries.last else {
+            Issue.record("no journal entry: \(entries)")
+            return
+        }
+        #expect(stored.resource.locks.map(\.uid) == [1000])
+        var restarted = Harness()
+        _ = try restarted.engine.restoreStored(stored)
+        let account = restarted.engine.account(ofUser: 1000)
+        #expect(restarted.engine.lockCount(ofAccount: account) == 1)
+        #expect(restarted.engine.userID(of: stored.resource.locks[0].id) == 1000)
     }
 }

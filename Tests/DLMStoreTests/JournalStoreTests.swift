@@ -135,7 +135,7 @@ import Testing
             return
         }
         try store.commit([.putLockspace(name: Self.lockspace, valueBlockLength: 8)])
-        for owner in 1...4 { _ = engine.handle(.setProcessID(UInt32(99 + owner), owner: OwnerID(UInt64(owner)))) }
+        for owner in 1...4 { _ = engine.handle(.setProcess(pid: UInt32(99 + owner), owner: OwnerID(UInt64(owner)))) }
         for step in 0..<600 {
             var effects = engine.handle(Self.input(&random, engine, info.id))
             while engine.hasBulkWork { effects += engine.handle(.continueBulkWork) }

@@ -107,16 +107,49 @@ import Testing
             let lock = contents.resources.first?.resource.locks.first
             #expect(lock?.id == LockID(rawValue: 5) && lock?.grantedMode == .pr && lock?.fencingToken == 42)
             #expect(lock?.flags == .persistent && lock?.priority == 3 && lock?.wantsBlockingCallbacks == true)
-            #expect(lock?.pid == 0)
-            // Rewritten in the new format, with a pid.
+            #expect(lock?.pid == 0 && lock?.uid == LockEngine.unknownUser)
+            // Rewritten in the new format, with a pid and a uid.
             var rewritten = try #require(contents.resources.first)
             rewritten.resource.locks[0].pid = 77
+            rewritten.resource.locks[0].uid = 1000
             try store.commit([.journal(.put(rewritten))])
-            #expect(try store.load().resources.first?.resource.locks.first?.pid == 77)
+            let reloaded = try store.load().resources.first?.resource.locks.first
+            #expect(reloaded?.pid == 77 && reloaded?.uid == 1000)
         }
-        // Opened once, the directory is of schema 3 (the lock in a record of its own): an older dlmd refuses it.
+        // Opened once, the directory is of schema 4 (the lock in a record of its own, with its uid): an older dlmd
+        // refuses it.
         let report = try NodeStore.check(directory: path, mapSize: 1 << 24)
-        #expect(report.schema == 3 && report.resources == 1 && report.persistentLocks == 1)
+        #expect(report.schema == 4 && report.resources == 1 && report.persistentLocks == 1)
+    }
+
+    /// A store of schema 3 keeps its lock records, which have no uid: its orphans come back with an unknown user
+    /// (anyone allowed into their lockspace may adopt or purge them, as before), and the directory is of schema 4.
+    @Test func aDirectoryOfSchema3IsReadWithUnknownUsers() throws {
+        let path = temporaryDirectory("schema3")
+        do {
+            let env = try LMDBEnvironment(path: path)
+            let meta = try env.database("meta", create: true)
+            let lockspaces = try env.database("lockspaces", create: true)
+            let resources = try env.database("resources", create: true)
+            let key = [2] + Array("ls".utf8) + [1] + Array("r".utf8)
+            var resource: [UInt8] = [3, 0] + [UInt8](repeating: 0, count: 8) + [0]  // format 3, no value block
+            resource += [0, 0, 0, 0, 0, 0, 0, 42] + [0] + [0, 0, 0, 0]  // fencing token, no writer, no locks inside
+            var lock: [UInt8] = [3] + [UInt8](repeating: 0, count: 8) + [LockMode.pr.rawValue]  // format 3, orphan
+            lock += [0, 0, 0, 0x80] + [0, 0, 0, 0] + [UInt8](repeating: 0, count: 8)  // flags, parent, xid
+            lock += [0, 0] + [0, 0, 0, 0, 0, 0, 0, 42] + [0, 0, 0x10, 0x92]  // priority, options, token, pid 4242
+            try env.write { (txn) throws in
+                try txn.put(meta, Array("schema".utf8), [0, 0, 0, 3])
+                try txn.put(meta, Array("node_id".utf8), [0, 0, 0, 1])
+                try txn.put(meta, Array("incarnation".utf8), [0, 0, 0, 0, 0, 0, 0, 4])
+                try txn.put(lockspaces, Array("ls".utf8), [1, 32, 0, 0, 0, 0, 0, 0, 0, 0])
+                try txn.put(resources, key, resource)
+                try txn.put(resources, key + [0, 0, 0, 0, 5], lock)
+            }
+        }
+        let store = try NodeStore(directory: path, nodeID: 1, durability: .sync, mapSize: 1 << 24)
+        let lock = try store.load().resources.first?.resource.locks.first
+        #expect(lock?.id == LockID(rawValue: 5) && lock?.pid == 4242 && lock?.uid == LockEngine.unknownUser)
+        #expect(try NodeStore.check(directory: path, mapSize: 1 << 24).schema == 4)
     }
 
     @Test func anotherNodesDirectoryIsRefused() throws {

@@ -44,20 +44,20 @@ struct PeerVectorTests {
         "peer-deadlock-victim": .deadlockVictim(view: 7, check: 5, lock: LockID(rawValue: 12), waitSequence: 4),
         "peer-deadlock-release": .deadlockRelease(check: 5),
         "peer-deadlock-refused": .deadlockRefused(check: 5),
-        "peer-purge": .purge(ref: 11, lockspace: Array("ls".utf8), node: 2, pid: 4242),
-        "peer-purged": .purged(ref: 11, count: 3),
+        "peer-purge": .purge(ref: 11, lockspace: Array("ls".utf8), node: 2, pid: 4242, uid: 1000),
+        "peer-purged": .purged(ref: 11, count: 3, skipped: 1),
         "peer-deadlock-cancel": .deadlockCancel(
             ref: 13, lock: LockID(rawValue: 12), owner: OwnerID(node: 2, incarnation: 3, local: 5)),
         "peer-request": .request(
             ref: 7,
             RemoteLockRequest(
-                lockspace: Array("ls".utf8), valueBlockLength: 32, pid: 4242,
+                lockspace: Array("ls".utf8), valueBlockLength: 32, pid: 4242, uid: 1000,
                 request: LockRequest(
                     lockspace: LockspaceID(rawValue: 0), owner: owner, name: Array("backup".utf8), mode: .ex))),
         "peer-request-all-fields": .request(
             ref: 8,
             RemoteLockRequest(
-                lockspace: Array("ls".utf8), valueBlockLength: 64, pid: 1,
+                lockspace: Array("ls".utf8), valueBlockLength: 64, pid: 1, uid: 0,
                 request: LockRequest(
                     lockspace: LockspaceID(rawValue: 0), owner: OwnerID(node: 2, incarnation: 1, local: 9),
                     name: Array("child".utf8), mode: .pr, flags: [.noQueue, .valueBlock], parent: LockID(rawValue: 12),
@@ -92,13 +92,13 @@ struct PeerVectorTests {
             [
                 RecoveredLock(
                     lockspace: Array("ls".utf8), valueBlockLength: 32, name: Array("backup".utf8), copy: 0x8000_0001,
-                    owner: owner, pid: 4242, grantedMode: .pr, requestedMode: .ex, flags: [], priority: 7,
+                    owner: owner, pid: 4242, uid: 1000, grantedMode: .pr, requestedMode: .ex, flags: [], priority: 7,
                     wantsBlockingCallbacks: true, alwaysFencingToken: false, transaction: nil,
                     valueBlock: [0xde, 0xad, 0xbe, 0xef], valueBlockSequence: 2, fencingToken: 9,
                     timeout: 5_000_000_000),
                 RecoveredLock(
                     lockspace: Array("ls".utf8), valueBlockLength: 32, name: Array("backup".utf8), copy: 0x8000_0002,
-                    owner: owner, pid: 4242, grantedMode: .ex, requestedMode: nil, flags: [], priority: 0,
+                    owner: owner, pid: 4242, uid: 1000, grantedMode: .ex, requestedMode: nil, flags: [], priority: 0,
                     wantsBlockingCallbacks: false, alwaysFencingToken: false, transaction: nil, valueBlock: nil,
                     valueBlockSequence: 0, fencingToken: 10, subPath: [Array("child".utf8)], parentCopy: 0x8000_0001),
             ]),
@@ -127,9 +127,11 @@ struct PeerVectorTests {
                 ValueReplica(
                     lockspace: Array("ls".utf8), name: Array("vault".utf8),
                     persistentLocks: [
-                        ReplicatedLock(owner: owner, pid: 4242, mode: .pr, flags: .persistent, fencingToken: 9),
                         ReplicatedLock(
-                            owner: nil, orphanNode: 2, pid: 77, mode: .pr, flags: .persistent, fencingToken: 4),
+                            owner: owner, pid: 4242, uid: 1000, mode: .pr, flags: .persistent, fencingToken: 9),
+                        ReplicatedLock(
+                            owner: nil, orphanNode: 2, pid: 77, uid: 1001, mode: .pr, flags: .persistent,
+                            fencingToken: 4),
                     ], valueBlockLength: 32),
             ]),
     ]

@@ -84,6 +84,38 @@ import Testing
         #expect(released.status == 0, "\(released)")
     }
 
+    /// An orphan keeps its user, for real clients and across a restart of dlmd: uid 1000's dlmtool dies holding a
+    /// persistent lock in a lockspace everyone may use; lockdebug shows the orphan's pid and uid; uid 1001 may not
+    /// purge it (EPERM), before and after a restart (the uid is in the store); uid 1000 may.
+    @Test(.enabled(if: geteuid() == 0, "runs dlmtool as other users (setpriv): needs root"))
+    func anOrphanIsItsUsersToPurgeAcrossARestart() throws {
+        var daemon = try Daemon(arguments: ["--socket-mode", "0666"])
+        let directory = daemon.directory
+        defer { daemon.stop() }
+        var socket = ["--socket", daemon.socketPath]
+        let created = try Self.tool(uid: 1000, gid: 1000, ["join", "shared", "--mode", "0666"] + socket)
+        #expect(created.status == 0, "\(created)")
+        // dlmtool's command kills dlmtool: its persistent lock stays as an orphan.
+        _ = try Self.tool(
+            uid: 1000, gid: 1000,
+            ["lock", "--lockspace", "shared", "--persistent", "r"] + socket + ["--", "sh", "-c", "kill -9 $PPID"])
+        let debug = try Self.tool(uid: 0, gid: 0, ["lockdebug", "shared", "--json"] + socket)
+        let report = try JSONDecoder().decode(LockDebugReport.self, from: Data(debug.output.utf8))
+        let orphan = try #require(report.resources.first { $0.name == "r" }?.granted.first, "\(debug)")
+        #expect(orphan.owner == "orphan" && orphan.uid == 1000 && orphan.pid > 0, "\(orphan)")
+        let purge = ["purge", "shared", "0", String(orphan.pid)]
+        let refused = try Self.tool(uid: 1001, gid: 1001, purge + socket)
+        #expect(refused.status == 1 && refused.error.contains("(EPERM)"), "\(refused)")
+
+        daemon.stop()
+        daemon = try Daemon(directory: directory, arguments: ["--socket-mode", "0666"])
+        socket = ["--socket", daemon.socketPath]
+        let again = try Self.tool(uid: 1001, gid: 1001, purge + socket)
+        #expect(again.status == 1 && again.error.contains("(EPERM)"), "\(again)")
+        let purged = try Self.tool(uid: 1000, gid: 1000, purge + socket)
+        #expect(purged.status == 0 && purged.output.contains("purged 1 lock"), "\(purged)")
+    }
+
     static func modeAndGroup(_ path: String) -> (mode: UInt32, group: UInt32) {
         var info = stat()
         guard stat(path, &info) == 0 else { return (0, 0) }

@@ -227,7 +227,9 @@ struct Lock: AsyncParsableCommand {
         let holders = (resource.granted + resource.converting).compactMap { lock -> String? in
             guard let mode = lock.grantedMode else { return nil }
             let uid = lock.uid.map { ", uid \($0)" } ?? ""
-            let owner = lock.owner == "orphan" ? "an orphan" : "pid \(lock.pid)\(uid) (owner \(lock.owner))"
+            let owner =
+                lock.owner == "orphan"
+                ? "an orphan of pid \(lock.pid)\(uid)" : "pid \(lock.pid)\(uid) (owner \(lock.owner))"
             return "in \(mode) by \(owner)"
         }
         return holders.isEmpty ? nil : holders.joined(separator: ", ")

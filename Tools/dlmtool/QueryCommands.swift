@@ -197,7 +197,7 @@ struct LockDebug: AsyncParsableCommand {
             Per resource: its name, master node (and directory node, in a cluster), value block (hex), \
             sequence and validity, fencing token, then the Granted, Convert and Waiting queues, one lock a \
             line: lock id, granted mode and (requested mode), owner (a connection number on its node, or \
-            "orphan"), pid, uid (for a client of this node that the kernel named), the holder's node in a cluster, flags and how long it has waited. In a cluster, \
+            "orphan"), pid, uid (the kernel's, for a client of any node; an orphan's is its former owner's), the holder's node in a cluster, flags and how long it has waited. In a cluster, \
             then the locks this node's clients hold on resources other nodes master. With \
             --json, prints dlmd's lockdebug report (Protocol/CLIENT.md §8) as it is.
             """)
@@ -272,7 +272,8 @@ struct LockDump: AsyncParsableCommand {
         abstract: "List every lock of a lockspace, one a line.",
         discussion: """
             Columns: resource, lock id, granted and requested mode ("-" for none), queue (granted, convert, \
-            waiting), owner, pid, uid ("-" when unknown: an orphan, a TCP client, or a client of another node) \
+            waiting), owner, pid, uid (the kernel's, for a client of any node; an orphan's: its former owner's; "-" \
+            when unknown: an orphan from a store written before uids were kept) \
             and flags. With --json, prints dlmd's lockdump report (Protocol/CLIENT.md \
             §8) as it is.
             """)

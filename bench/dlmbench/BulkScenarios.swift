@@ -36,7 +36,7 @@ enum BulkScenarios {
         var engine = LockEngine(config: EngineConfig(deadlockWait: 0))
         let ls = must { () throws(DLMError) in try engine.createLockspace(name: Array("bench".utf8)) }
         var effects: [Effect] = []
-        engine.handle(.setProcessID(42, owner: OwnerID(1)), into: &effects)
+        engine.handle(.setProcess(pid: 42, owner: OwnerID(1)), into: &effects)
         let flags: LockFlags = kind == "exit" ? [] : .persistent
         for i in 0..<count {
             _ = must { () throws(DLMError) in
