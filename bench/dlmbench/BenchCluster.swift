@@ -43,6 +43,11 @@ final class BenchCluster {
             \(corosyncPort.map { "provider = \"corosync\"\nport = \($0)" } ?? "")
             [fencing]
             command = "/bin/true"
+            [timeouts]
+            # An idle resource keeps its master for the whole run: the scenarios make a node master of their
+            # resources by taking and releasing a lock on each, and the default toss delay (10 s) would let the
+            # holders' own nodes master them again before the measurement (minutes later, for a million locks).
+            toss_ms = 3600000
 
             """
         if corosyncPort == nil {

@@ -1,4 +1,5 @@
 import DLMCore
+import DLMWire
 import Foundation
 import Glibc
 
@@ -13,7 +14,8 @@ import Glibc
 ///               node (3C in all), each alternating between resources its node masters and resources the next
 ///               node masters (50 % remote)
 ///   recovery    for each N of --locks: a fresh cluster; node 3 masters N resources on which clients of nodes 1
-///               and 2 hold N PR locks; node 3 is killed (SIGKILL). Times from the kill to the survivors' view,
+///               and 2 hold N PR locks (it holds them all: `killed_node_locks`, from its status report just before
+///               the kill); node 3 is killed (SIGKILL). Times from the kill to the survivors' view,
 ///               from the view to the end of recovery on every survivor ("recovery done" lines), and to the first
 ///               grant on a rebuilt resource (a request of node 2 sent right after the kill); and the longest
 ///               pause of a client of node 1 doing lock+unlock pairs on resources node 1 masters (untouched by
@@ -242,6 +244,12 @@ enum ClusterScenarios {
         }
         for thread in holding { _ = thread.join() }
         let setup = MembershipScenarios.seconds(ContinuousClock.now - setupStart)
+        // The locks the node to kill holds as their master: N, if no resource moved during the setup.
+        let census = RawClient(socket: cluster.socket(victim), lockspace: lockspace)
+        census.send(.query(tag: census.tag(), kind: .status, argument: []))
+        guard case .queryReply(_, let json) = census.receive(),
+            let census = try? JSONDecoder().decode(StatusReport.self, from: Data(json))
+        else { fail("no status report from node \(victim)") }
 
         // Node 1's client of untouched resources runs until told to stop; each pair's end and latency.
         let worker = UntouchedWorker(socket: cluster.socket(1), lockspace: lockspace, names: untouched)
@@ -271,6 +279,7 @@ enum ClusterScenarios {
         return .object([
             ("scenario", .string("cluster-recovery")),
             ("locks", .int(locks)),
+            ("killed_node_locks", .int(census.locks)),
             (
                 "what",
                 .string(
