@@ -46,7 +46,8 @@ static int wait_status(int rc, const struct dlm_lksb *lksb)
  * A child that takes its locks, says 'r', waits for 'g' and exits without unlocking anything: `gate` (EX,
  * not persistent) goes with it, the names in `persistent` stay as orphans.
  */
-static pid_t spawn_holder(const char *name, const char **persistent, int count, int *to_child, int *from_child)
+static pid_t spawn_holder(const char *name, const char **persistent, int count, uid_t uid, int *to_child,
+			  int *from_child)
 {
 	int down[2], up[2];
 	pid_t pid;
@@ -60,7 +61,9 @@ static pid_t spawn_holder(const char *name, const char **persistent, int count, 
 		int ok = 1;
 		close(down[1]);
 		close(up[0]);
-		ls = dlm_create_lockspace(name, 0600);
+		/* As another user (uid and gid `uid`), in a lockspace every user may use. */
+		ok = uid == 0 || (setgid(uid) == 0 && setuid(uid) == 0);
+		ls = ok ? dlm_create_lockspace(name, uid == 0 ? 0600 : 0666) : NULL;
 		ok = ls != NULL;
 		for (int i = 0; ok && i < count; i++) {
 			memset(&lksb, 0, sizeof(lksb));
@@ -110,7 +113,7 @@ static void test_orphan_adoption(void)
 	const char *name = fresh("orphan");
 	const char *held[] = {"job"};
 	int to_child, from_child;
-	pid_t pid = spawn_holder(name, held, 1, &to_child, &from_child);
+	pid_t pid = spawn_holder(name, held, 1, 0, &to_child, &from_child);
 	dlm_lshandle_t ls;
 	struct rec r;
 	struct dlm_lksb lksb;
@@ -151,6 +154,62 @@ static void test_orphan_adoption(void)
 	CHECK_OK(h_release(name, ls, 1));
 }
 
+/*
+ * An orphan is its user's: a holder of uid 1000 dies leaving a persistent PR; a process of uid 1001 may neither
+ * adopt it nor purge it (EPERM both, and it still holds), root adopts it. Needs root (setuid).
+ */
+static void test_orphan_user(void)
+{
+	const char *name = fresh("orphan-user");
+	const char *held[] = {"job"};
+	int to_child, from_child, status;
+	pid_t pid = spawn_holder(name, held, 1, 1000, &to_child, &from_child), other;
+	dlm_lshandle_t ls;
+	struct dlm_lksb lksb;
+	CHECK(pid > 0);
+	CHECK_EQ(get(from_child), 'r');
+	ls = h_open(name);
+	CHECK(ls != NULL);
+	reap_holder(ls, pid, to_child, from_child);
+
+	other = fork();
+	if (other == 0) {
+		/* Exit status: bit 0 adoption not refused with EPERM, bit 1 purge not refused with EPERM. */
+		dlm_lshandle_t mine;
+		int code = 0;
+		if (setgid(1001) != 0 || setuid(1001) != 0)
+			_exit(8);
+		mine = dlm_open_lockspace(name);
+		if (mine == NULL)
+			_exit(9);
+		memset(&lksb, 0, sizeof(lksb));
+		errno = 0;
+		if (dlm_ls_lock_wait(mine, LKM_PRMODE, &lksb, LKF_ORPHAN | LKF_PERSISTENT, "job", 3, 0, NULL, NULL, NULL) !=
+			    -1 ||
+		    errno != EPERM)
+			code |= 1;
+		errno = 0;
+		if (dlm_ls_purge(mine, 0, (int)pid) != -1 || errno != EPERM)
+			code |= 2;
+		_exit(code);
+	}
+	CHECK(other > 0);
+	CHECK(waitpid(other, &status, 0) == other && WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 0);
+	/* Still there: EX is refused. Root adopts it. */
+	memset(&lksb, 0, sizeof(lksb));
+	CHECK_EQ(wait_status(dlm_ls_lock_wait(ls, LKM_EXMODE, &lksb, LKF_NOQUEUE, "job", 3, 0, NULL, NULL, NULL),
+			     &lksb),
+		 EAGAIN);
+	memset(&lksb, 0, sizeof(lksb));
+	CHECK_EQ(wait_status(dlm_ls_lock_wait(ls, LKM_PRMODE, &lksb, LKF_ORPHAN | LKF_PERSISTENT, "job", 3, 0, NULL,
+					      NULL, NULL),
+			     &lksb),
+		 0);
+	CHECK_OK(dlm_ls_unlock_wait(ls, lksb.sb_lkid, 0, &lksb));
+	CHECK_OK(h_release(name, ls, 1));
+}
+
 /* Whether `res` is free: an EX NOQUEUE is granted (and then released), or refused with EAGAIN (-1 otherwise). */
 static int is_free(dlm_lshandle_t ls, const char *res)
 {
@@ -179,13 +238,13 @@ static void test_orphan_purge(void)
 	dlm_lshandle_t ls;
 	struct rec r;
 
-	a = spawn_holder(name, held_a, 2, &to_a, &from_a);
+	a = spawn_holder(name, held_a, 2, 0, &to_a, &from_a);
 	CHECK(a > 0);
 	CHECK_EQ(get(from_a), 'r');
 	ls = h_open(name);
 	CHECK(ls != NULL);
 	reap_holder(ls, a, to_a, from_a);
-	b = spawn_holder(name, held_b, 2, &to_b, &from_b);
+	b = spawn_holder(name, held_b, 2, 0, &to_b, &from_b);
 	CHECK(b > 0);
 	CHECK_EQ(get(from_b), 'r');
 	reap_holder(ls, b, to_b, from_b);
@@ -347,6 +406,10 @@ int main(void)
 	signal(SIGPIPE, SIG_IGN);
 	RUN(test_orphan_adoption);
 	RUN(test_orphan_purge);
+	if (geteuid() == 0)
+		RUN(test_orphan_user);
+	else
+		printf("# test_orphan_user skipped: it runs processes as other users (setuid), which needs root\n");
 	RUN(test_two_process_deadlock);
 	RUN(test_transaction_deadlock);
 	return h_done();

@@ -19,6 +19,8 @@ SCRATCH=()
 [ -n "${DLM_SCRATCH:-}" ] && SCRATCH=(--scratch-path "$DLM_SCRATCH")
 CFLAGS=(-std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -pthread)
 WORK=$(mktemp -d /tmp/cdlm-tests.XXXXXX)
+# Other users reach the sockets inside (processes.c runs holders as uid 1000 and 1001; the sockets are 0666).
+chmod 711 "$WORK"
 passed=0
 failed=0
 DLMD_PID=
@@ -107,7 +109,7 @@ await_line() { # name text
 
 mkdir -p "$WORK/data"
 export DLM_SOCKET=$WORK/s.sock
-launch_dlmd dlmd --socket "$DLM_SOCKET" --data-dir "$WORK/data"
+launch_dlmd dlmd --socket "$DLM_SOCKET" --socket-mode 0666 --data-dir "$WORK/data"
 DLMD_PID=$STARTED_PID
 await_line dlmd "listening on"
 
@@ -204,7 +206,7 @@ chmod 600 "$WORK/cluster.toml"
 for node in 1 2; do
   mkdir -p "$WORK/node$node"
   launch_dlmd "node$node" --config "$WORK/cluster.toml" --node-id "$node" --socket "$WORK/node$node/s.sock" \
-    --data-dir "$WORK/node$node"
+    --socket-mode 0666 --data-dir "$WORK/node$node"
   CLUSTER_PIDS+=("$STARTED_PID")
 done
 # Each serves once it has recovered the first view of both.
