@@ -11,6 +11,12 @@ extension LockService {
         clients[Int(id.slot)].credentials ?? .nobody
     }
 
+    /// A connection's uid (`identity`'s), without copying its credentials and their list of groups: on the path
+    /// of every remote LOCK.
+    func userID(_ id: ConnectionID) -> UInt32 {
+        clients[Int(id.slot)].credentials?.uid ?? ClientCredentials.nobody.uid
+    }
+
     /// The access a lockspace this connection creates gets: its uid and gid and `mode`.
     func creator(_ id: ConnectionID, mode: UInt16) -> LockspaceAccess {
         let who = identity(id)

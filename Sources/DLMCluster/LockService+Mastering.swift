@@ -183,7 +183,7 @@ extension LockService {
         // What recovery resends if the master leaves: a sub-lock under the top-level resource of its parent.
         let record = RecoveredLock(
             lockspace: info.name, valueBlockLength: info.valueBlockLength, name: parentRecord?.name ?? m.name,
-            copy: 0, owner: request.owner, pid: clients[Int(id.slot)].pid, uid: identity(id).uid, grantedMode: nil,
+            copy: 0, owner: request.owner, pid: clients[Int(id.slot)].pid, uid: userID(id), grantedMode: nil,
             requestedMode: m.mode,
             flags: m.flags, priority: m.priority, wantsBlockingCallbacks: request.wantsBlockingCallbacks,
             alwaysFencingToken: request.alwaysFencingToken, transaction: request.transaction, valueBlock: nil,
@@ -198,7 +198,7 @@ extension LockService {
                 ref: reference,
                 RemoteLockRequest(
                     lockspace: info.name, valueBlockLength: info.valueBlockLength, pid: clients[Int(id.slot)].pid,
-                    uid: identity(id).uid, request: request)),
+                    uid: userID(id), request: request)),
             to: master)
         return true
     }

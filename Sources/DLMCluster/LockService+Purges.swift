@@ -98,10 +98,12 @@ extension LockService {
     /// process for being another user's (it removed the caller's own all the same, and says how many).
     func purgeReply(tag: UInt32, pid: UInt32, count: Int, skipped: Int) -> ServerMessage {
         guard skipped > 0 else { return .purged(tag: tag, count: UInt32(count)) }
+        let stayed =
+            skipped == 1 ? "1 orphan lock of pid \(pid) belongs" : "\(skipped) orphan locks of pid \(pid) belong"
         return .error(
             tag: tag, status: .notPermitted,
-            message: "\(skipped) orphan locks of pid \(pid) belong to another user: only that user or root may "
-                + "purge them (\(count) locks of this user's removed)")
+            message: "\(stayed) to another user: only that user or root may purge them (\(count) locks of this "
+                + "user's removed)")
     }
 
     /// A new view: members that left (or came back as a new life) are not waited for.

@@ -29,7 +29,7 @@ extension LockService {
             clients[Int(id.slot)].pid = Self.processID(claimed: hello.pid, kernel: clients[Int(id.slot)].credentials)
             queues[Int(id.slot)].name = hello.clientName
             clients[Int(id.slot)].state = .ready
-            run(.setProcess(pid: clients[Int(id.slot)].pid, uid: identity(id).uid, owner: owner(id)), reply: nil)
+            run(.setProcess(pid: clients[Int(id.slot)].pid, uid: userID(id), owner: owner(id)), reply: nil)
             clients[Int(id.slot)].engineSlot = engine.ownerSlotNumber(of: owner(id))
             if let uid = clients[Int(id.slot)].credentials?.uid {
                 let account = engine.account(ofUser: uid)
@@ -114,7 +114,7 @@ extension LockService {
                 return
             }
             if mastersAcrossNodes {
-                purgeAcrossNodes(id, tag: tag, lockspace: lockspace, nodeID: nodeID, pid: pid, user: identity(id).uid)
+                purgeAcrossNodes(id, tag: tag, lockspace: lockspace, nodeID: nodeID, pid: pid, user: userID(id))
             } else if nodeID == 0 || nodeID == configuration.nodeID {
                 // Done in slices; PURGED comes with the end (`finished`), after the sub-locks' completions and the
                 // grants the purge let through, and waits for the commit.
@@ -124,7 +124,7 @@ extension LockService {
                 nextBulkContext += 1
                 run(
                     .purge(
-                        lockspace: LockspaceID(rawValue: lockspace), pid: pid, user: identity(id).uid,
+                        lockspace: LockspaceID(rawValue: lockspace), pid: pid, user: userID(id),
                         requester: owner, context: context),
                     reply: Reply(connection: id, tag: tag, kind: .finished(context)))
             } else if engine.lockspaceInfo(LockspaceID(rawValue: lockspace)) == nil {

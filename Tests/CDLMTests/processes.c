@@ -108,20 +108,29 @@ static void reap_holder(dlm_lshandle_t ls, pid_t pid, int to_child, int from_chi
 	close(from_child);
 }
 
-static void test_orphan_adoption(void)
+/* A holder of uid `uid` (0: ours) took persistent PR of "job" in lockspace `name` and died: our handle on the
+ * lockspace once dlmd has made the lock an orphan, and the holder's pid in `pid`. */
+static dlm_lshandle_t orphaned_job(const char *name, uid_t uid, pid_t *pid)
 {
-	const char *name = fresh("orphan");
 	const char *held[] = {"job"};
 	int to_child, from_child;
-	pid_t pid = spawn_holder(name, held, 1, 0, &to_child, &from_child);
 	dlm_lshandle_t ls;
-	struct rec r;
-	struct dlm_lksb lksb;
-	CHECK(pid > 0);
+	*pid = spawn_holder(name, held, 1, uid, &to_child, &from_child);
+	CHECK(*pid > 0);
 	CHECK_EQ(get(from_child), 'r');
 	ls = h_open(name);
 	CHECK(ls != NULL);
-	reap_holder(ls, pid, to_child, from_child);
+	reap_holder(ls, *pid, to_child, from_child);
+	return ls;
+}
+
+static void test_orphan_adoption(void)
+{
+	const char *name = fresh("orphan");
+	pid_t pid;
+	dlm_lshandle_t ls = orphaned_job(name, 0, &pid);
+	struct rec r;
+	struct dlm_lksb lksb;
 
 	/* The orphan still holds PR: EX is refused, PR is not. */
 	memset(&lksb, 0, sizeof(lksb));
@@ -161,16 +170,10 @@ static void test_orphan_adoption(void)
 static void test_orphan_user(void)
 {
 	const char *name = fresh("orphan-user");
-	const char *held[] = {"job"};
-	int to_child, from_child, status;
-	pid_t pid = spawn_holder(name, held, 1, 1000, &to_child, &from_child), other;
-	dlm_lshandle_t ls;
+	int status;
+	pid_t pid, other;
+	dlm_lshandle_t ls = orphaned_job(name, 1000, &pid);
 	struct dlm_lksb lksb;
-	CHECK(pid > 0);
-	CHECK_EQ(get(from_child), 'r');
-	ls = h_open(name);
-	CHECK(ls != NULL);
-	reap_holder(ls, pid, to_child, from_child);
 
 	other = fork();
 	if (other == 0) {
