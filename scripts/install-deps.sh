@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system packages swift-dlm needs to build and test, when they are missing (Debian / Ubuntu):
-# liblmdb-dev (the store), libssl-dev (libcrypto: HMAC-SHA256 of the peer frames), libdlm-dev (the C library's header and the upstream library its tests compare with),
+# liblmdb-dev (the store), libssl-dev (libcrypto: HMAC-SHA256 of the peer frames; libssl: TLS for TCP clients),
+# openssl (the command, which makes the TLS tests' certificates), libdlm-dev (the C library's header and the upstream library its tests compare with),
 # corosync's client libraries (the corosync provider), corosync and pacemaker (their tests),
 # iproute2 (network namespaces for the partition test), prometheus (promtool, for the metrics test),
 # resource-agents (ocf-tester, for the OCF agent's test) and systemd (systemd-analyze, systemd-tmpfiles).
 set -euo pipefail
 need=()
 pkg-config --exists lmdb 2>/dev/null || need+=(liblmdb-dev)
-[ -f /usr/include/openssl/evp.h ] && pkg-config --exists 'libcrypto >= 3' 2>/dev/null || need+=(libssl-dev)
+[ -f /usr/include/openssl/evp.h ] && [ -f /usr/include/openssl/ssl.h ] && pkg-config --exists 'libcrypto >= 3' 'libssl >= 3' 2>/dev/null || need+=(libssl-dev)
+command -v openssl >/dev/null || need+=(openssl)
 # libdlm.h, the header the C library (Sources/CDLM) implements and its tests compile against, and the
 # upstream libdlm.so.3 that the compatibility test links an unmodified program with.
 [ -f /usr/include/libdlm.h ] && [ -e /usr/lib/"$(uname -m)"-linux-gnu/libdlm.so ] || need+=(libdlm-dev)

@@ -1,4 +1,5 @@
 import DLMCore
+import DLMTLS
 import DLMWire
 import NIOCore
 
@@ -157,7 +158,12 @@ final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        failAll(DLMError(.protocolError, "connection error: \(error)"))
+        if let refusal = error as? TLSError, refusal.inHandshake {
+            // A certificate refused by either side: dlmd does not admit this client, or is not the dlmd it trusts.
+            failAll(DLMError(.permissionDenied, "\(refusal)"))
+        } else {
+            failAll(DLMError(.protocolError, "connection error: \(error)"))
+        }
         context.close(promise: nil)
     }
 

@@ -1,4 +1,5 @@
 import DLMCore
+import DLMTLS
 import DLMWire
 import Foundation
 import NIOCore
@@ -67,12 +68,40 @@ public final class DLMConnection: Sendable {
         }
     }
 
-    /// Connects over TCP.
+    /// What a TCP client needs for a dlmd that takes TLS (`--tls-cert`, `--tls-key`, `--tls-client-ca`): the
+    /// authorities it trusts to name dlmd, and its own certificate and private key, which dlmd checks against its
+    /// client authorities. Made once, used for any number of connections.
+    public struct TLS: Sendable {
+        let context: TLSContext
+        /// The name dlmd's certificate must carry (a DNS name or an address); nil: the host connected to.
+        public var serverName: String?
+
+        /// `caFile`: PEM certificates of the authorities that sign dlmd's certificate (nil: the system's).
+        /// `certificateFile`, `keyFile`: this client's certificate chain and its unencrypted private key (PEM); the
+        /// key file must not be readable by every user. Throws `DLMError` EINVAL with OpenSSL's reason when a file
+        /// cannot be read or the key is not the certificate's.
+        public init(caFile: String?, certificateFile: String, keyFile: String, serverName: String? = nil) throws {
+            do {
+                context = try TLSContext(
+                    clientCAFile: caFile, certificateFile: certificateFile,
+                    privateKey: try TLSContext.readPrivateKey(keyFile))
+            } catch let error as TLSError {
+                throw DLMError(.invalid, "TLS: \(error)")
+            }
+            self.serverName = serverName
+        }
+    }
+
+    /// Connects over TCP; with `tls`, in TLS, and dlmd's certificate must name `tls.serverName` or `host`. A
+    /// certificate refused by either side fails with `DLMError` EACCES.
     public static func connect(
-        host: String, port: Int, clientName: String = ProcessInfo.processInfo.processName,
+        host: String, port: Int, tls: TLS? = nil, clientName: String = ProcessInfo.processInfo.processName,
         eventLoopGroup: (any EventLoopGroup)? = nil, busyPoll: TimeAmount = .zero
     ) async throws -> DLMConnection {
-        try await connect(clientName: clientName, eventLoopGroup: eventLoopGroup, busyPoll: busyPoll) { bootstrap in
+        try await connect(
+            clientName: clientName, eventLoopGroup: eventLoopGroup, busyPoll: busyPoll,
+            tls: tls.map { ($0.context, $0.serverName ?? host) }
+        ) { bootstrap in
             try await bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1).connect(host: host, port: port)
                 .get()
         }
@@ -80,6 +109,7 @@ public final class DLMConnection: Sendable {
 
     static func connect(
         clientName: String, eventLoopGroup: (any EventLoopGroup)?, busyPoll: TimeAmount,
+        tls: (context: TLSContext, serverName: String)? = nil,
         _ open: (ClientBootstrap) async throws -> Channel
     ) async throws -> DLMConnection {
         let (stream, continuation) = AsyncStream<BlockingEvent>.makeStream()
@@ -92,6 +122,10 @@ public final class DLMConnection: Sendable {
             .channelOption(.maxMessagesPerRead, value: 16)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(
+                            TLSHandler(context: tls.context, serverName: tls.serverName))
+                    }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }

@@ -1,5 +1,6 @@
 import DLMCluster
 import DLMCore
+import DLMTLS
 import DLMWire
 import NIOCore
 
@@ -147,7 +148,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
         if let wire = error as? WireError {
             refuse(connection, wire)
-        } else if error is ChannelError || error is IOError {
+        } else if error is ChannelError || error is IOError || error is TLSError {
+            // TLSHandler has sent its alert and closes the channel; nothing can be said in the protocol.
             context.close(promise: nil)
         } else {
             node.handle(.malformed(connection.id, .protocolError, "\(error)"))

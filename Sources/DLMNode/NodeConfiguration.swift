@@ -1,6 +1,7 @@
 import DLMCluster
 import DLMCore
 import DLMStore
+import DLMTLS
 import GroupNode
 import NIOCore
 
@@ -13,6 +14,9 @@ public struct NodeConfiguration: Sendable {
     public var socketGroup: String?
     /// A TCP address clients connect to ("HOST:PORT"); nil for none.
     public var listenAddress: String?
+    /// TLS for the TCP clients, with a client certificate required (`--tls-cert`, `--tls-key`, `--tls-client-ca`);
+    /// nil: plain TCP, on a loopback address only (`NodeServer.checkListenAddress`).
+    public var clientTLS: TLSContext?
     /// Where the node keeps what must survive a restart.
     public var dataDirectory: String
     public var nodeID: UInt32

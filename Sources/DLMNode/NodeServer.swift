@@ -1,4 +1,5 @@
 import CDLMSystem
+import DLMTLS
 import DLMWire
 import Foundation
 import Logging
@@ -110,8 +111,9 @@ public final class NodeServer: Service, @unchecked Sendable {
                     value: .init(
                         low: configuration.outputPauseBytes / 2, high: configuration.outputPauseBytes)
                 )
-                .childChannelInitializer { channel in
+                .childChannelInitializer { [tls = tcp ? configuration.clientTLS : nil] channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if let tls { try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls)) }
                         try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(node: node))
                     }
                 }
@@ -149,7 +151,7 @@ public final class NodeServer: Service, @unchecked Sendable {
             channels.append(channel)
         }
         if let listen = configuration.listenAddress {
-            let (host, port) = try Self.checkListenAddress(listen)
+            let (host, port) = try Self.checkListenAddress(listen, tls: configuration.clientTLS != nil)
             channels.append(try await bootstrap(tcp: true).bind(host: host, port: port).get())
         }
         guard !channels.isEmpty else { throw NodeError("nothing to listen on: give --socket or --listen") }
@@ -159,15 +161,16 @@ public final class NodeServer: Service, @unchecked Sendable {
 
 extension NodeServer {
     /// "HOST:PORT" (an IPv6 host in brackets) taken apart.
-    /// `--listen HOST:PORT`, checked: TCP clients on a loopback address only, since dlmd has no TLS or client
-    /// authentication yet (anyone who reaches the port could take, release or purge any lock).
-    public static func checkListenAddress(_ listen: String) throws -> (host: String, port: Int) {
+    /// `--listen HOST:PORT`, checked: without TLS (`tls` false), TCP clients on a loopback address only, since
+    /// anyone who reached the port could take, release or purge any lock. With TLS every client shows a
+    /// certificate of the client authorities, and any address will do.
+    public static func checkListenAddress(_ listen: String, tls: Bool) throws -> (host: String, port: Int) {
         let (host, port) = try hostAndPort(listen, option: "--listen")
-        guard isLoopback(host) else {
+        guard tls || isLoopback(host) else {
             throw NodeError(
-                "--listen \(listen): dlmd takes TCP clients on a loopback address only (127.0.0.1, ::1, "
-                    + "localhost): it has no TLS or client authentication yet, and anyone who reaches the port "
-                    + "could take, release or purge any lock; reach it from other hosts through a tunnel")
+                "--listen \(listen): without TLS dlmd takes TCP clients on a loopback address only (127.0.0.1, "
+                    + "::1, localhost), since anyone who reached the port could take, release or purge any lock; "
+                    + "give --tls-cert, --tls-key and --tls-client-ca to take clients from the network")
         }
         return (host, port)
     }

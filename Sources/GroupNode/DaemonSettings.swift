@@ -7,6 +7,9 @@ public struct DaemonSettings: Codable, Sendable, Equatable {
     public var socket_mode: String?
     public var socket_group: String?
     public var listen: String?
+    public var tls_cert: String?
+    public var tls_key: String?
+    public var tls_client_ca: String?
     public var data_dir: String?
     public var node_id: UInt32?
     public var deadlock_wait: Double?

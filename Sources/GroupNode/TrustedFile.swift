@@ -11,13 +11,13 @@ import Foundation
 /// only if it is a regular file owned by root or by dlmd's own user and no one else may change it (not writable
 /// by its group or by others); a secret must not be readable by others either. The file is opened once, checked
 /// with `fstat` on that descriptor and read from it, so that it cannot be swapped between the check and the read.
-enum TrustedFile {
-    struct Refusal: Error {
-        var message: String
+package enum TrustedFile {
+    package struct Refusal: Error {
+        package var message: String
     }
 
     /// The bytes of `path` (at most `limit`), or why it is not trusted. `what` names the file in messages.
-    static func read(_ path: String, what: String, secret: Bool, limit: Int) throws(Refusal) -> [UInt8] {
+    package static func read(_ path: String, what: String, secret: Bool, limit: Int) throws(Refusal) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             let code = errno

@@ -2,6 +2,7 @@ import ArgumentParser
 import DLMCore
 import DLMNode
 import DLMStore
+import DLMTLS
 import Foundation
 import GroupNode
 import Logging
@@ -20,7 +21,7 @@ struct DLMD: AsyncParsableCommand {
 
             Settings come from the command line, then the config file (--config), then the defaults. The \
             config file is TOML with a [dlmd] table holding the same names: socket, socket_mode ("0660"), \
-            socket_group, listen, data_dir, node_id, deadlock_wait, log_level, durability, map_size, busy_poll, \
+            socket_group, listen, tls_cert, tls_key, tls_client_ca, data_dir, node_id, deadlock_wait, log_level, durability, map_size, busy_poll, \
             metrics.
 
             A config file with a [cluster] table makes this node a cluster member: it also holds the node list \
@@ -44,8 +45,29 @@ struct DLMD: AsyncParsableCommand {
     @Flag(name: .long, help: "Do not listen on a Unix socket (use --listen).")
     var noSocket = false
 
-    @Option(name: .long, help: "Also accept TCP clients on HOST:PORT, e.g. 127.0.0.1:7100.")
+    @Option(
+        name: .long,
+        help: """
+            Also accept TCP clients on HOST:PORT, e.g. 127.0.0.1:7100. Without TLS (--tls-cert) only on a loopback \
+            address.
+            """)
     var listen: String?
+
+    @Option(
+        name: .long,
+        help: """
+            TLS for the TCP clients: dlmd's certificate chain (PEM). Needs --tls-key and --tls-client-ca; every \
+            client must then show a certificate signed by one of those authorities.
+            """)
+    var tlsCert: String?
+
+    @Option(
+        name: .long,
+        help: "The private key of --tls-cert (PEM, unencrypted; owned by root or dlmd's user, mode 0600 or 0400).")
+    var tlsKey: String?
+
+    @Option(name: .long, help: "The authorities whose client certificates dlmd accepts over TLS (PEM).")
+    var tlsClientCa: String?
 
     @Option(name: .long, help: "Serve Prometheus metrics on HOST:PORT (GET /metrics), e.g. 127.0.0.1:9464.")
     var metrics: String?
@@ -152,6 +174,26 @@ struct DLMD: AsyncParsableCommand {
     }
 
     /// Whether the config file describes a cluster (has a [cluster] table).
+    /// The TLS of `--tls-cert`, `--tls-key` and `--tls-client-ca` (all three, and with `--listen`), set up now so
+    /// that a bad file stops dlmd before it opens anything; nil when none is given. The key file is trusted as the
+    /// cluster key is: owned by root or dlmd's user, and no one else may read or change it.
+    static func clientTLS(certificate: String?, key: String?, clientCA: String?, listen: String?) throws -> TLSContext?
+    {
+        if certificate == nil && key == nil && clientCA == nil { return nil }
+        guard let certificate, let key, let clientCA else {
+            throw ValidationError("TLS needs all three of --tls-cert, --tls-key and --tls-client-ca")
+        }
+        guard listen != nil else { throw ValidationError("--tls-cert is for TCP clients: give --listen HOST:PORT") }
+        do {
+            let keyBytes = try TrustedFile.read(key, what: "the TLS key \(key)", secret: true, limit: 1 << 20)
+            return try TLSContext(serverCertificateFile: certificate, privateKey: keyBytes, clientCAFile: clientCA)
+        } catch let refusal as TrustedFile.Refusal {
+            throw ValidationError("--tls-key \(key): \(refusal.message)")
+        } catch {
+            throw ValidationError("TLS (--tls-cert \(certificate), --tls-client-ca \(clientCA)): \(error)")
+        }
+    }
+
     func isClusterConfig(_ path: String) -> Bool {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8), let table = try? ConfigText.parse(text)
         else { return false }
@@ -225,10 +267,13 @@ struct DLMD: AsyncParsableCommand {
             }
         }
         let environmentSocket = ProcessInfo.processInfo.environment["DLM_SOCKET"]
+        let clientTLS = try Self.clientTLS(
+            certificate: tlsCert ?? file.tls_cert, key: tlsKey ?? file.tls_key,
+            clientCA: tlsClientCa ?? file.tls_client_ca, listen: listen ?? file.listen)
         if let listen = listen ?? file.listen {
             // Before anything is opened or created.
             do {
-                _ = try NodeServer.checkListenAddress(listen)
+                _ = try NodeServer.checkListenAddress(listen, tls: clientTLS != nil)
             } catch {
                 throw ValidationError("\(error)")
             }
@@ -267,6 +312,7 @@ struct DLMD: AsyncParsableCommand {
             cluster: cluster, busyPoll: .microseconds(Int64(pollMicroseconds)), metricsAddress: metrics ?? file.metrics,
             socketMode: socketPermissions, socketGroup: socketGroup ?? file.socket_group)
         configuration.maxConnections = connectionLimit
+        configuration.clientTLS = clientTLS
         configuration.maxLockspaces = lockspaceLimit
         configuration.maxLocksPerConnection = perConnection
         configuration.maxLocksPerUser = perUser

@@ -106,10 +106,13 @@ let exampleConfig = """
     /// dlmd's own `[dlmd]` table: its keys as given, none without the table; an unknown key, a value of the wrong
     /// type, a `dlmd` that is not a table and malformed TOML are errors naming the file (and the place).
     @Test func theDaemonTable() throws {
-        let text = exampleConfig + "\n[dlmd]\nsocket = \"/run/dlm/x.sock\"\nmax_queued_requests = 64\n"
+        let text =
+            exampleConfig
+            + "\n[dlmd]\nsocket = \"/run/dlm/x.sock\"\nmax_queued_requests = 64\ntls_cert = \"/etc/dlm/dlmd.crt\"\n"
         var expected = DaemonSettings()
         expected.socket = "/run/dlm/x.sock"
         expected.max_queued_requests = 64
+        expected.tls_cert = "/etc/dlm/dlmd.crt"
         #expect(try DaemonSettings.parse(text, file: file) == expected)
         #expect(try DaemonSettings.parse(exampleConfig, file: file) == DaemonSettings())
         func refusal(_ text: String) -> String? {
@@ -124,7 +127,9 @@ let exampleConfig = """
         #expect(refusal("[dlmd]\nmax_connections = \"many\"\n") == "\(file): dlmd.max_connections must be an integer")
         #expect(refusal("[dlmd]\nsocket = 7\n") == "\(file): dlmd.socket must be a string")
         #expect(refusal("[dlmd]\ndeadlock_wait = \"soon\"\n") == "\(file): dlmd.deadlock_wait must be a number")
-        #expect(DaemonSettings.types.count == 19 && DaemonSettings.types["node_id"] == "integer")
+        #expect(
+            DaemonSettings.types.count == 22 && DaemonSettings.types["tls_client_ca"] == "string"
+                && DaemonSettings.types["node_id"] == "integer")
         #expect(refusal("dlmd = 3\n") == "\(file): [dlmd] must be a table")
         #expect(refusal("[/") == "\(file):1:2: a table header must start with a key, not '/'")
         #expect(refusal("[dlmd]\nsocket = \n")?.hasPrefix("\(file):2:") == true)
