@@ -64,6 +64,8 @@ struct Mastering {
     var recovery: Recovery?
     /// The view of the last completed recovery.
     var recoveredView: UInt64 = 0
+    /// What this life's store held of its previous life, until a recovery completes (LockService+PreviousLife.swift).
+    var previousLife: PreviousLife?
     /// Recovery messages of a view this node has not installed yet.
     var futureRecovery: [(node: UInt32, message: PeerMessage)] = []
     /// The locks recovery rebuilt here, by their holder's id (Linux's remid), for as long as they live: a holder
@@ -281,7 +283,7 @@ extension LockService {
 
     mutating func receive(_ message: PeerMessage, from node: UInt32) {
         switch message {
-        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone, .recoverValues:
+        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone, .recoverValues, .recoverStored:
             receiveRecovery(message, from: node)
             return
         case .valueReplicas(let generation, let replicas):
@@ -439,8 +441,8 @@ extension LockService {
             send(.removed(key), to: node)
         case .removed(let key):
             removed(key)
-        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone, .recoverValues, .valueReplicas,
-            .valueReplicasStored:
+        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone, .recoverValues, .recoverStored,
+            .valueReplicas, .valueReplicasStored:
             break
         }
     }

@@ -47,6 +47,11 @@ struct Recovery {
     var receivedOrder: [DirectoryKey] = []
     /// As a new master: the value replicas backup nodes kept of those resources.
     var receivedValues: [DirectoryKey: [ValueReplica]] = [:]
+    /// As a directory node: what new lives offered of their previous lives' resources (`recoverStored`), and what
+    /// each member said of its lives in its phase-1 barrier (LockService+PreviousLife.swift).
+    var storedOffers: [DirectoryKey: [(node: UInt32, replica: ValueReplica)]] = [:]
+    var recoveredViews: [UInt32: UInt64] = [:]
+    var storedViews: [UInt32: UInt64] = [:]
     /// Lock traffic that arrived while recovering (requests, lookups, owner exits), to run when it is done.
     /// (With the life of its sender: the one in the view when it came.)
     var heldTraffic: Deque<(node: UInt32, incarnation: UInt64, message: PeerMessage)> = []
@@ -165,6 +170,11 @@ extension LockService {
         // The replicas this node kept of departed masters' resources go to their new masters; nothing waits any
         // longer for a departed backup node.
         recoverReplicas(view: view, members: members, previous: previous, departed: departed)
+        // A new life's stored resources, for a restart of the whole cluster.
+        let lives = livesReport
+        mastering.recovery!.recoveredViews[configuration.nodeID] = lives.recovered
+        mastering.recovery!.storedViews[configuration.nodeID] = lives.stored
+        offerPreviousLife(view: view)
         // Messages of this view that came before this node installed it (after the old directory was forgotten).
         let early = mastering.futureRecovery
         mastering.futureRecovery = []
@@ -358,11 +368,13 @@ extension LockService {
     /// This node sent everything of `phase`: it says so to every other member.
     mutating func finishPhase(_ phase: UInt8) {
         guard let view = mastering.recovery?.view else { return }
+        let lives = phase == 1 ? livesReport : (recovered: 0, stored: 0)
         for node in mastering.members where node != configuration.nodeID {
             send(
                 .recoveryDone(
                     view: view, phase: phase,
-                    departed: phase == 1 ? mastering.recovery!.departed.sorted() : []),
+                    departed: phase == 1 ? mastering.recovery!.departed.sorted() : [], recovered: lives.recovered,
+                    stored: lives.stored),
                 to: node)
         }
         mastering.recovery!.done[phase, default: []].insert(configuration.nodeID)
@@ -374,8 +386,8 @@ extension LockService {
     mutating func receiveRecovery(_ message: PeerMessage, from node: UInt32) {
         let view: UInt64
         switch message {
-        case .recoverMasters(let v, _), .recoverLocks(let v, _), .recoverBindings(let v, _), .recoveryDone(let v, _, _),
-            .recoverValues(let v, _):
+        case .recoverMasters(let v, _), .recoverLocks(let v, _), .recoverBindings(let v, _),
+            .recoveryDone(let v, _, _, _, _), .recoverValues(let v, _), .recoverStored(let v, _):
             view = v
         default:
             return
@@ -405,8 +417,16 @@ extension LockService {
             }
         case .recoverValues(_, let replicas):
             for replica in replicas { mastering.recovery!.receivedValues[replica.key, default: []].append(replica) }
-        case .recoveryDone(_, let phase, let departed):
+        case .recoverStored(_, let replicas):
+            for replica in replicas {
+                mastering.recovery!.storedOffers[replica.key, default: []].append((node, replica))
+            }
+        case .recoveryDone(_, let phase, let departed, let recovered, let stored):
             mastering.recovery!.reportedDeparted.formUnion(departed)
+            if phase == 1 {
+                mastering.recovery!.recoveredViews[node] = recovered
+                mastering.recovery!.storedViews[node] = stored
+            }
             mastering.recovery!.done[phase, default: []].insert(node)
             advanceRecovery()
         default:
@@ -436,6 +456,7 @@ extension LockService {
         if recovery.phase == 1 {
             mastering.recovery!.phase = 2
             output.recoveries.append(.rebuilt(view: recovery.view))
+            takeStoredOffers()
             startRebuilds()
         } else {
             endRecovery()
@@ -710,6 +731,7 @@ extension LockService {
         mastering.recovery = nil
         mastering.recoveredView = recovery.view
         mastering.memberIncarnations = mastering.viewMembers
+        endPreviousLife(view: recovery.view)
         dropStaleReplicas(view: recovery.view)
         mastering.tossFloors = [:]  // every floor is above the tokens of earlier views now
         output.notices.append(("recovery done", ["view": "\(recovery.view)"]))

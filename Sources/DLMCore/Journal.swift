@@ -46,6 +46,10 @@ public enum StoreChange: Sendable, Hashable {
     case deleteLockspace(name: [UInt8])
     /// The last installed membership view (for the group services).
     case view([UInt8])
+    /// The last view whose recovery of the lock space completed on this node (a cluster member): at a restart of
+    /// the whole cluster, the stores of the members of the latest such view are the ones whose persistent locks
+    /// come back (docs/RECOVERY.md, "A restart of the whole cluster").
+    case recoveredView(UInt64)
 }
 
 /// The persistent state of a resource: what a crash must not lose. From the store (`restoreStored`), `locks`
@@ -112,6 +116,27 @@ extension LockEngine {
         stored.pendingFlags = []
         stored.deadline = 0
         return stored
+    }
+
+    /// What the store keeps of a resource now, whole: its granted persistent locks (in their granted modes) and its
+    /// value block; nil when it does not exist or holds no such lock. To write a resource again over records that
+    /// may be stale (a cluster member's previous life, LockService+PreviousLife.swift).
+    public func storedResource(lockspace name: [UInt8], path: [[UInt8]]) -> StoredResource? {
+        guard let id = lockspace(named: name), let slot = resourceSlot(id, path: path) else { return nil }
+        var resource = snapshot(resource: slot)
+        let stored = resource.locks.filter { $0.flags.contains(.persistent) && $0.queue != .wait }
+        guard !stored.isEmpty else { return nil }
+        let writers = resource.locks.filter { $0.grantedMode == .pw || $0.grantedMode == .ex }
+        let volatileWriter = writers.contains { !$0.flags.contains(.persistent) }
+        resource.locks = stored.map { lock in
+            var kept = lock
+            kept.queue = .grant
+            kept.requestedMode = nil
+            kept.pendingFlags = []
+            kept.deadline = 0
+            return kept
+        }
+        return StoredResource(lockspace: name, resource: resource, hasVolatileWriter: volatileWriter)
     }
 
     /// A stored lock is going (`removeLock`): its record is deleted now, with its resource's when it was the

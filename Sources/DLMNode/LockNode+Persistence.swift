@@ -36,8 +36,8 @@ extension LockNode {
             configuration: Self.serviceConfiguration(configuration, incarnation: store.incarnation, store: true))
         let contents = try store.load()
         // A cluster member's locks come back only through recovery, never from its own store: while it was down,
-        // the others rebuilt its resources from their holders (docs/RECOVERY.md). Its stored persistent locks and
-        // orphans are dropped (not yet kept as cluster state).
+        // the others rebuilt its resources from their holders (docs/RECOVERY.md). Its stored persistent locks are
+        // offered in its first recovery, and taken only if the whole cluster restarted (LockService+PreviousLife).
         let cluster = configuration.cluster != nil
         let restored: (locks: Int, changes: [StoreChange])
         do throws(DLMError) {
@@ -47,12 +47,16 @@ extension LockNode {
             throw NodeError(error.message)
         }
         if cluster && !contents.resources.isEmpty {
-            let dropped = contents.resources.reduce(0) { $0 + $1.resource.locks.count }
-            logger.warning(
-                "a cluster member does not restore the persistent locks of its previous life (docs/RECOVERY.md)",
-                metadata: ["persistent_locks": "\(dropped)"])
-            try store.commit(
-                contents.resources.map { .journal(.delete(lockspace: $0.lockspace, path: $0.resource.path)) })
+            let lengths = Dictionary(
+                contents.lockspaces.map { ($0.name, $0.valueBlockLength) }, uniquingKeysWith: { first, _ in first })
+            let kept = service.keepPreviousLife(
+                recoveredView: contents.recoveredView, resources: contents.resources, lengths: lengths)
+            logger.info(
+                """
+                persistent locks of this node's previous life are kept until its first recovery: they come back \
+                if the whole cluster restarted, and are dropped if the others kept running (docs/RECOVERY.md)
+                """,
+                metadata: ["persistent_locks": "\(kept)", "stored_view": "\(contents.recoveredView)"])
         }
         let persistence = NodePersistence(store: store)
         self.persistence = persistence

@@ -181,6 +181,8 @@ public final class NodeStore: @unchecked Sendable {
         public var lockspaces: [(name: [UInt8], valueBlockLength: Int, access: LockspaceAccess?)] = []
         public var resources: [StoredResource] = []
         public var lastView: [UInt8]?
+        /// `StoreChange.recoveredView`: 0 if none was stored.
+        public var recoveredView: UInt64 = 0
     }
 
     /// Everything stored, decoded and checked; parents come before their sub-resources.
@@ -208,6 +210,12 @@ public final class NodeStore: @unchecked Sendable {
                 }
             }
             contents.lastView = try txn.get(meta, Array("view".utf8))
+            if let bytes = try txn.get(meta, Array("recovered_view".utf8)) {
+                guard bytes.count == 8 else {
+                    throw StoreError("the recovered view has \(bytes.count) bytes, not 8 (corrupt store)")
+                }
+                contents.recoveredView = decodeUInt64(bytes)
+            }
             return contents
         }
     }
@@ -251,6 +259,8 @@ public final class NodeStore: @unchecked Sendable {
                 operations.append(.init(table: .lockspaces, key: name, value: nil))
             case .view(let view):
                 operations.append(.init(table: .meta, key: Array("view".utf8), value: view))
+            case .recoveredView(let number):
+                operations.append(.init(table: .meta, key: Array("recovered_view".utf8), value: bigEndian(number)))
             }
         }
         return operations

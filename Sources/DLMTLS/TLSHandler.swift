@@ -85,6 +85,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if result > 0 {
                 receivedPlaintext = true
                 context.fireChannelRead(wrapInboundOut(plaintext))
+                // The handlers above may have closed the channel (a malformed frame): nothing more is read.
+                guard context.channel.isActive else { return }
                 continue
             }
             switch result {

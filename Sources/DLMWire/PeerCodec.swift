@@ -34,6 +34,7 @@ extension PeerMessage {
         case deadlockRelease = 27
         case deadlockRefused = 28
         case deadlockCancel = 29
+        case recoverStored = 30
     }
 
     /// The largest frame (after its length field).
@@ -57,6 +58,7 @@ extension PeerMessage {
         case .valueReplicas: .valueReplicas
         case .valueReplicasStored: .valueReplicasStored
         case .recoverValues: .recoverValues
+        case .recoverStored: .recoverStored
         case .remove: .remove
         case .removed: .removed
         case .deadlockSearch: .deadlockSearch
@@ -162,12 +164,15 @@ extension PeerMessage {
                     body.writeInteger(binding.copy)
                     body.writeInteger(binding.lock.rawValue)
                 }
-            case .recoveryDone(let view, let phase, let departed):
+            case .recoveryDone(let view, let phase, let departed, let recovered, let stored):
                 body.writeInteger(view)
                 body.writeInteger(phase)
                 body.writeInteger(UInt32(departed.count))
                 for node in departed { body.writeInteger(node) }
-            case .valueReplicas(let generation, let replicas), .recoverValues(let generation, let replicas):
+                body.writeInteger(recovered)
+                body.writeInteger(stored)
+            case .valueReplicas(let generation, let replicas), .recoverValues(let generation, let replicas),
+                .recoverStored(let generation, let replicas):
                 body.writeInteger(generation)
                 body.writeInteger(UInt32(replicas.count))
                 for replica in replicas { body.writeValueReplica(replica) }
@@ -372,16 +377,21 @@ extension PeerMessage {
             var departed: [UInt32] = []
             departed.reserveCapacity(count)
             for _ in 0..<count { departed.append(try body.read(UInt32.self, "node")) }
-            message = .recoveryDone(view: view, phase: phase, departed: departed)
-        case .valueReplicas, .recoverValues:
+            let recovered = try body.read(UInt64.self, "recovered")
+            let stored = try body.read(UInt64.self, "stored")
+            message = .recoveryDone(
+                view: view, phase: phase, departed: departed, recovered: recovered, stored: stored)
+        case .valueReplicas, .recoverValues, .recoverStored:
             let number = try body.read(UInt64.self, kind == .valueReplicas ? "generation" : "view")
             let count = try body.readCount("count", least: ValueReplica.leastEncodedLength)
             var replicas: [ValueReplica] = []
             replicas.reserveCapacity(count)
             for _ in 0..<count { replicas.append(try body.readValueReplica()) }
-            message =
-                kind == .valueReplicas
-                ? .valueReplicas(generation: number, replicas) : .recoverValues(view: number, replicas)
+            switch kind {
+            case .valueReplicas: message = .valueReplicas(generation: number, replicas)
+            case .recoverValues: message = .recoverValues(view: number, replicas)
+            default: message = .recoverStored(view: number, replicas)
+            }
         case .valueReplicasStored:
             message = .valueReplicasStored(generation: try body.read(UInt64.self, "generation"))
         case .deadlockSearch:

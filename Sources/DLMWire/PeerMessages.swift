@@ -30,9 +30,12 @@ public enum PeerMessage: Sendable, Hashable {
     case recoverLocks(view: UInt64, [RecoveredLock])
     /// Recovery for `view`, the new master's answer to `recoverLocks`: the id it gave each of the holder's locks.
     case recoverBindings(view: UInt64, [RecoveredBinding])
-    /// Recovery for `view`: the sender has sent everything of `phase` (in order before this message). `departed`:
-    /// the nodes that left, as the sender counts them since its last completed recovery (phase 1; empty in phase 2).
-    case recoveryDone(view: UInt64, phase: UInt8, departed: [UInt32])
+    /// Recovery for `view`: the sender has sent everything of `phase` (in order before this message). In phase 1
+    /// (zero and empty in phase 2): `departed`, the nodes that left, as the sender counts them since its last
+    /// completed recovery; `recovered`, the last view whose recovery completed on the sender in its present life
+    /// (0: none, a new life); `stored`, for a new life, the last view whose recovery completed on it in its previous
+    /// life, from its store (0: none, or it has no persistent locks stored).
+    case recoveryDone(view: UInt64, phase: UInt8, departed: [UInt32], recovered: UInt64 = 0, stored: UInt64 = 0)
     /// To a resource's backup node: the value-block state of resources the sender masters, as of its generation
     /// `generation` (a removal when a resource was freed). Sent ahead of messages held for a commit.
     case valueReplicas(generation: UInt64, [ValueReplica])
@@ -41,6 +44,10 @@ public enum PeerMessage: Sendable, Hashable {
     /// Recovery for `view`, to the new master of resources whose master left: the replicas the sender kept of
     /// them.
     case recoverValues(view: UInt64, [ValueReplica])
+    /// Recovery for `view`, from a new life that has persistent locks in its store, to the directory node of their
+    /// resources: the resources as its previous life left them (its persistent locks as orphans, their value
+    /// blocks). Taken only at a restart of the whole cluster, from the members whose `stored` view is the latest.
+    case recoverStored(view: UInt64, [ValueReplica])
     /// To a resource's directory node, from its master: the resource has been idle for the toss delay and the
     /// sender no longer wants to master it. The directory forgets it (if it names the sender) and answers
     /// `removed`; until then the sender holds the requests for it. `floor`: the last fencing token the resource

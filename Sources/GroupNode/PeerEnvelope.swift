@@ -6,7 +6,7 @@ import GroupServices
 /// ```
 /// length   u32   the bytes after this field (at most PeerEnvelope.maximumLength)
 /// magic    4     "DLMG"
-/// version  u8    6
+/// version  u8    7
 /// cluster  8     the first 8 bytes of SHA-256(cluster name)
 /// sender   u32   node id
 ///          u64   incarnation
@@ -24,12 +24,13 @@ import GroupServices
 /// ```
 ///
 /// The challenge is 16 random bytes that the receiving end of a connection sends first, in a challenge frame
-/// (`length` u32 = 29, "DLMC", version u8 6, cluster 8, challenge 16); the sender seals every frame of that
+/// (`length` u32 = 29, "DLMC", version u8 7, cluster 8, challenge 16); the sender seals every frame of that
 /// connection with it. A frame recorded on one connection therefore fails its HMAC on any other, also after the
 /// receiver restarts; within a connection, the counter refuses it (`PeerReplayGuard`). Both kinds of body are
 /// sealed, checked and guarded against replays alike. (Version 3 had no kind byte: its body was the GroupMessage;
 /// version 4 had no opening frame; version 5 carried version 1 of the lock protocol, Protocol/PEER.md, whose
-/// locks had no uid: a node of another version is refused, so that nodes never misread each other's lock traffic.)
+/// locks had no uid, and version 6 its version 2, without a whole cluster's restart: a node of another version is
+/// refused, so that nodes never misread each other's lock traffic.)
 public struct PeerEnvelope: Hashable, Sendable {
     public var sender: Member
     /// The sender's frame counter: it seals its frames (to every destination, over every connection) with 1, 2, 3,
@@ -59,7 +60,7 @@ public struct PeerEnvelope: Hashable, Sendable {
 
     public static let magic: [UInt8] = Array("DLMG".utf8)
     public static let challengeMagic: [UInt8] = Array("DLMC".utf8)
-    public static let version: UInt8 = 6
+    public static let version: UInt8 = 7
     /// The random bytes a receiver challenges a connection with.
     public static let challengeLength = 16
     /// A challenge frame after its length field: magic, version, cluster, challenge.

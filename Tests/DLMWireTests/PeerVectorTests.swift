@@ -108,7 +108,18 @@ struct PeerVectorTests {
                 RecoveredBinding(copy: 0x8000_0001, lock: LockID(rawValue: 4)),
                 RecoveredBinding(copy: 0x8000_0002, lock: LockID(rawValue: 9)),
             ]),
-        "peer-recovery-done": .recoveryDone(view: 7, phase: 1, departed: [3, 5]),
+        "peer-recovery-done": .recoveryDone(view: 7, phase: 1, departed: [3, 5], recovered: 0, stored: 6),
+        "peer-recover-stored": .recoverStored(
+            view: 7,
+            [
+                ValueReplica(
+                    lockspace: Array("ls".utf8), name: Array("vault".utf8),
+                    persistentLocks: [
+                        ReplicatedLock(
+                            owner: nil, orphanNode: 2, pid: 77, uid: 1001, mode: .ex, flags: .persistent,
+                            fencingToken: 12)
+                    ], valueBlockLength: 32)
+            ]),
         "peer-value-replicas": .valueReplicas(
             generation: 12,
             [

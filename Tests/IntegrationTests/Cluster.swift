@@ -21,9 +21,10 @@ final class TestCluster: @unchecked Sendable {
 
     /// With `corosyncPort`, the nodes take membership, quorum and their node list from a running corosync (`[cluster]
     /// provider = "corosync"`) and `addresses` only counts them.
+    /// `quorum`: more keys of the `[quorum]` table (e.g. "wait_for_all = true\n").
     init(
         nodes count: Int, timeouts: String? = TestCluster.quickTimeouts, addresses: [String]? = nil,
-        corosyncPort: Int? = nil, launcher: @escaping (Int) -> [String] = { _ in [] }
+        corosyncPort: Int? = nil, quorum: String = "", launcher: @escaping (Int) -> [String] = { _ in [] }
     ) throws {
         directory =
             FileManager.default.temporaryDirectory
@@ -47,7 +48,7 @@ final class TestCluster: @unchecked Sendable {
             command = "\(fence)"
 
             """
-        if corosyncPort == nil { config += "\n[quorum]\nexpected_votes = \(count)\n" }
+        if corosyncPort == nil { config += "\n[quorum]\nexpected_votes = \(count)\n" + quorum }
         if let timeouts { config += "\n" + timeouts }
         if corosyncPort == nil {
             for (index, address) in self.addresses.enumerated() {

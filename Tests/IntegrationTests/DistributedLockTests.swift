@@ -354,3 +354,72 @@ import Testing
         for connection in connections.values { await connection.close() }
     }
 }
+
+/// A restart of the whole cluster gives back the persistent locks of the stores of its last view's members, and
+/// nothing of a store whose node left an earlier view (docs/RECOVERY.md, "A restart of the whole cluster").
+@Suite struct WholeClusterRestartTests {
+    @Test(.timeLimit(.minutes(3))) func persistentLocksComeBackFromTheLatestStores() async throws {
+        // wait_for_all: after the restart, the first primary view has every node, so every store is heard.
+        let cluster = try TestCluster(nodes: 3, quorum: "wait_for_all = true\n")
+        defer { cluster.stopAll() }
+        let (connections, spaces) = try await DistributedLockTests.clientOnEveryNode(cluster, lockspace: "kept")
+        // Node 3 masters "vault" and "stale", node 1 "ledger" (the first node to ask masters a name).
+        for name in ["vault", "stale"] { try await spaces[2].lock(name, mode: .nl).unlock() }
+        try await spaces[0].lock("ledger", mode: .nl).unlock()
+        let value = Array("written before".utf8) + [UInt8](repeating: 0, count: 32 - 14)
+        let vault = try await spaces[1].lock("vault", mode: .ex, flags: [.persistent, .valueBlock])
+        _ = try await vault.convert(to: .pw, flags: .valueBlock, valueBlock: value)
+        _ = try await spaces[1].lock("ledger", mode: .pr, flags: .persistent)
+        let stale = try await spaces[1].lock("stale", mode: .ex, flags: .persistent)
+        // Node 3 dies: its resources are rebuilt on nodes 1 and 2, and "stale" is then released there. Node 3's
+        // store still has it, as of an earlier view.
+        _ = cluster.kill(3)
+        for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+        try await stale.unlock()
+        #expect(try await DistributedLockTests.tryLock(spaces[0], "stale", .ex) == nil)
+        // A persistent lock and its unlock on a name each survivor masters: answered once that node's store has
+        // committed them, and with them the end of its recovery of view {1,2}.
+        for node in 0...1 { try await spaces[node].lock("sync-\(node)", mode: .ex, flags: .persistent).unlock() }
+        // The rest of the cluster dies, its holder's client with it (node 2 alone has no quorum: no later view).
+        _ = cluster.kill(1)
+        _ = cluster.kill(2)
+        for connection in connections { await connection.close() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1#2,2#2,3#2", primary: true) }
+        var again: [DLMLockspace] = []
+        var clients: [DLMConnection] = []
+        for node in 1...3 {
+            let connection = try await DLMConnection.connect(socketPath: cluster.socket(node))
+            clients.append(connection)
+            again.append(try await connection.openLockspace("kept"))
+        }
+        // The persistent locks of the last view came back as orphans: they still exclude, from every node.
+        for node in 0...2 {
+            #expect(try await DistributedLockTests.tryLock(again[node], "vault", .pr) == .tryAgain)
+            #expect(try await DistributedLockTests.tryLock(again[node], "ledger", .ex) == .tryAgain)
+        }
+        // The stale store's "stale" did not come back.
+        #expect(try await DistributedLockTests.tryLock(again[2], "stale", .ex) == nil)
+        // Adopted from another node than their holder's, with the value and fencing tokens above the old ones.
+        let adopted = try await again[2].lock("vault", mode: .pw, flags: [.orphan, .valueBlock])
+        #expect(adopted.valueBlock == value)
+        #expect(!adopted.flags.contains(.valueNotValid))
+        #expect(adopted.fencingToken > vault.fencingToken)
+        try await adopted.unlock()
+        // Their new masters stored them: a second restart of the whole cluster gives back what is left ("ledger").
+        for node in 0...2 { try await again[node].lock("sync-\(node)", mode: .ex, flags: .persistent).unlock() }
+        for node in 1...3 { _ = cluster.kill(node) }
+        for client in clients { await client.close() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1#3,2#3,3#3", primary: true) }
+        let last = try await DLMConnection.connect(socketPath: cluster.socket(2))
+        let space = try await last.openLockspace("kept")
+        #expect(try await DistributedLockTests.tryLock(space, "ledger", .ex) == .tryAgain)
+        #expect(try await DistributedLockTests.tryLock(space, "vault", .ex) == nil)
+        let reader = try await space.lock("ledger", mode: .pr, flags: .orphan)
+        #expect(reader.mode == .pr)
+        try await reader.unlock()
+        #expect(try await DistributedLockTests.tryLock(space, "ledger", .ex) == nil)
+        await last.close()
+    }
+}
