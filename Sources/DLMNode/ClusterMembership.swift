@@ -113,6 +113,9 @@ extension LockNode {
         case .fenceFailed(let node, let reason):
             cluster.announce("\(me) fencing node \(node) failed: \(reason); retrying")
             metrics?.fenceFailuresCount += 1
+        case .lifeFenced:
+            cluster.announce("\(me) this life was fenced: it never joins again; restart dlmd")
+            logger.warning("this life of the node was fenced: it holds every request until dlmd is restarted")
         case .lockTraffic(let bytes, let sender):
             let message: PeerMessage
             do {

@@ -16,6 +16,9 @@ public enum GroupNodeEvent: Sendable, Hashable {
     case fenced(NodeID)
     /// A fence the coordinator waits on failed; it is tried again.
     case fenceFailed(NodeID, reason: String)
+    /// This node learnt that its own life was fenced (a primary view left it out): it never joins again, and
+    /// waits to be restarted.
+    case lifeFenced
     /// A payload that `from` sent with `sendLockTraffic`: each exactly once, in the order sent, for as long as that
     /// life of the sender and this node's live (docs/GROUPS.md, "Lock traffic").
     case lockTraffic([UInt8], from: Member)
@@ -311,7 +314,9 @@ public final class GroupNode: @unchecked Sendable {
             let next = pending[index]
             index += 1
             effects.removeAll(keepingCapacity: true)
+            let wasFenced = member!.wasFenced
             member!.handle(next, into: &effects)
+            if !wasFenced && member!.wasFenced { onEvent(.lifeFenced) }
             let batch = effects
             for effect in batch {
                 guard carryOut(effect) else {

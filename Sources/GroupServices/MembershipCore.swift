@@ -14,6 +14,8 @@ public protocol MembershipCore: Sendable {
     /// What membership waits for, for status reports (empty when settled).
     var waitingFor: [String] { get }
     var persistent: PersistentState { get }
+    /// A primary view left this life out, and its fence was run: it never joins again; dlmd must restart.
+    var wasFenced: Bool { get }
     /// The latest life of `node` that a primary view left out: it never comes back.
     func fencedIncarnation(of node: NodeID) -> UInt64?
 }

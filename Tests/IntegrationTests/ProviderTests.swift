@@ -189,13 +189,9 @@ extension CorosyncTests {
             try network.heal(3)
             // The merged group's next view at the majority leaves the fenced life out.
             for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
-            var isolated = try await ClusterDaemonTests.status(cluster, 3)
-            let deadline = ContinuousClock.now + .seconds(30)
-            while !isolated.recovery.waitingFor.contains("restart (this life was fenced)") {
-                guard ContinuousClock.now < deadline else { break }  // a hang detector; the expectation says why
-                try await Task.sleep(for: .milliseconds(50))
-                isolated = try await ClusterDaemonTests.status(cluster, 3)
-            }
+            // Node 3 says so when it learns it (a line on its standard output), then in its status.
+            try cluster.log(3).wait(for: "node 3's life fenced", timeout: 30) { $0.contains("this life was fenced") }
+            let isolated = try await ClusterDaemonTests.status(cluster, 3)
             #expect(isolated.recovery.waitingFor.contains("restart (this life was fenced)"), "\(isolated.recovery)")
             #expect(!isolated.quorate)
             #expect(isolated.view?.members == [3])
