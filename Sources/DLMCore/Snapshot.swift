@@ -99,7 +99,7 @@ extension LockEngine {
             alwaysFencingToken: record.options.contains(.alwaysFencingToken), blockingSent: record.blockingSent,
             pendingFlags: record.pendingFlags, waitingSince: record.waitingSince, waitSequence: record.waitSequence,
             deadline: record.deadline, fencingToken: record.fencingToken, pid: processID(of: slot),
-            uid: userID(of: slot))
+            uid: userID(of: slot), orphanNode: record.owner == orphanOwner ? orphanNodes[Int(slot)] : 0)
     }
 
     func path(of resource: Int32) -> [[UInt8]] {

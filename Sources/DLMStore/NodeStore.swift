@@ -25,12 +25,12 @@ public final class NodeStore: @unchecked Sendable {
     /// keeps each persistent lock in a record of its own, so that a change to one lock of a resource holding
     /// many writes one small record, not the whole resource; schema 4 adds each lock's uid (who may adopt or
     /// purge it as an orphan).
-    public static let schemaVersion: UInt32 = 4
+    public static let schemaVersion: UInt32 = 5
     /// The layouts this code reads. A directory of schema 1 or 2 is upgraded to 4 when a node opens it (every
     /// resource rewritten in the new layout in one transaction, schema 1's locks with pid 0, unknown); one of
     /// schema 3 keeps its lock records, read with an unknown uid until they are written again. A dlmd of an older
     /// schema then refuses the directory. A directory of any other schema is refused, untouched.
-    public static let readableSchemas: ClosedRange<UInt32> = 1...4
+    public static let readableSchemas: ClosedRange<UInt32> = 1...5
 
     public let directory: String
     public let environment: LMDBEnvironment

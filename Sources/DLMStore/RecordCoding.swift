@@ -79,10 +79,11 @@ enum ResourceTableRecord {
 enum RecordCoding {
     /// Format 3 (schema 3) keeps a resource's locks out of its record, each in a record of its own under the
     /// resource's key, so that a change writes one lock, not all of them; a lock record of format 4 (schema 4)
-    /// adds its owner's uid (format 3's read as unknown). Format 2 (schema 2) has every lock inside the
+    /// adds its owner's uid (format 3's read as unknown), and format 5 (schema 5) an orphan's former owner's node
+    /// (earlier formats' read as 0, unknown). Format 2 (schema 2) has every lock inside the
     /// resource's record with its pid; format 1 (schema 1) the same, read with pid 0 (unknown).
     static let resourceFormat: UInt8 = 3
-    static let lockFormat: UInt8 = 4
+    static let lockFormat: UInt8 = 5
     static let lockspaceFormat: UInt8 = 2
     /// Comes after a resource's key in the key of one of its locks: names are never empty, so no key of a
     /// sub-resource has it there, and a resource's locks come right after it in key order, before its children.
@@ -165,11 +166,12 @@ enum RecordCoding {
         w.u64(lock.fencingToken)
         w.u32(lock.pid)
         w.u32(lock.uid)
+        w.u32(lock.orphanNode)
     }
 
-    private static func readLock(id: UInt32, from r: inout RecordReader, withPid: Bool, withUid: Bool = false)
-        throws(StoreError) -> LockSnapshot
-    {
+    private static func readLock(
+        id: UInt32, from r: inout RecordReader, withPid: Bool, withUid: Bool = false, withNode: Bool = false
+    ) throws(StoreError) -> LockSnapshot {
         let owner = try r.u64()
         let rawMode = try r.u8()
         guard let mode = LockMode(rawValue: rawMode), id != 0 else {
@@ -183,6 +185,7 @@ enum RecordCoding {
         let lockToken = try r.u64()
         let pid = withPid ? try r.u32() : 0
         let uid = withUid ? try r.u32() : LockEngine.unknownUser
+        let node = withNode ? try r.u32() : 0
         return LockSnapshot(
             id: LockID(rawValue: id), owner: owner == 0 ? nil : OwnerID(owner), queue: .grant,
             grantedMode: mode, requestedMode: nil, flags: flags,
@@ -190,7 +193,7 @@ enum RecordCoding {
             transaction: transaction == 0 ? nil : transaction,
             priority: priority, wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0,
             blockingSent: 0, pendingFlags: [], waitingSince: 0, waitSequence: 0, deadline: 0,
-            fencingToken: lockToken, pid: pid, uid: uid)
+            fencingToken: lockToken, pid: pid, uid: uid, orphanNode: owner == 0 ? node : 0)
     }
 
     static func decodeRecord(key: [UInt8], value: [UInt8]) throws(StoreError) -> ResourceTableRecord {
@@ -198,10 +201,11 @@ enum RecordCoding {
         if let lock {
             var r = RecordReader(value, .resource(name: path.last!))
             let format = try r.u8()
-            guard format == 3 || format == lockFormat else {
+            guard (3...lockFormat).contains(format) else {
                 throw StoreError("a lock record has unknown format \(format)")
             }
-            let snapshot = try readLock(id: lock.rawValue, from: &r, withPid: true, withUid: format >= 4)
+            let snapshot = try readLock(
+                id: lock.rawValue, from: &r, withPid: true, withUid: format >= 4, withNode: format >= 5)
             try r.finish()
             return .lock(lockspace: lockspace, path: path, snapshot)
         }

@@ -17,6 +17,8 @@ struct ClusterHarness {
     var completions: [String: [CompletionMessage]] = [:]
     /// The last store generation each node wrote (its output's `commit`).
     var written: [UInt32: UInt64] = [:]
+    /// What each node's store holds, from the changes `run` saw it write (kept across a crash).
+    var storeContents: [UInt32: ModelStore] = [:]
     /// The frames `run` saw, for a caller that models the clients.
     var framesSeen: [(client: String, message: ServerMessage)] = []
     /// Links whose messages `run` does not carry for now (they stay in flight, in order).
@@ -96,6 +98,15 @@ struct ClusterHarness {
         written[node] = nil
     }
 
+    /// Starts a node's new life with what its store holds, as dlmd does: it keeps its previous life's persistent
+    /// locks to offer them at a restart of the whole cluster.
+    mutating func restartFromStore(_ node: UInt32) {
+        start(node)
+        let store = storeContents[node] ?? ModelStore()
+        _ = nodes[node]!.service.keepPreviousLife(
+            recoveredView: store.recoveredView, resources: store.records, lengths: store.lockspaces)
+    }
+
     /// The node stops at once: what it sent and was sent is lost, its clients with it.
     /// Time passes by `nanoseconds`: every node ticks.
     mutating func tick(by nanoseconds: UInt64) {
@@ -173,7 +184,10 @@ struct ClusterHarness {
                 notices.append(contentsOf: output.notices.map { (node, $0.message) })
                 if output.wantsBulkSlice { wantsSlice.insert(node) }
                 recoveries[node, default: []].append(contentsOf: output.recoveries)
-                if let commit = output.commit { written[node] = commit.generation }
+                if let commit = output.commit {
+                    written[node] = commit.generation
+                    storeContents[node, default: ModelStore()].apply(commit.changes)
+                }
                 for (to, message) in nodes[node]!.peerMessages where nodes[to] != nil {
                     links[Link(from: node, to: to), default: []].append(message)
                 }

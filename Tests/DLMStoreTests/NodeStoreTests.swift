@@ -114,16 +114,22 @@ import Testing
             rewritten.resource.locks[0].uid = 1000
             try store.commit([.journal(.put(rewritten))])
             let reloaded = try store.load().resources.first?.resource.locks.first
-            #expect(reloaded?.pid == 77 && reloaded?.uid == 1000)
+            #expect(reloaded?.pid == 77 && reloaded?.uid == 1000 && reloaded?.orphanNode == 0)
+            // An orphan keeps its former owner's node (schema 5), and the recovered view is kept.
+            rewritten.resource.locks[0].owner = nil
+            rewritten.resource.locks[0].orphanNode = 3
+            try store.commit([.journal(.put(rewritten)), .recoveredView(12)])
+            let again = try store.load()
+            #expect(again.resources.first?.resource.locks.first?.orphanNode == 3 && again.recoveredView == 12)
         }
-        // Opened once, the directory is of schema 4 (the lock in a record of its own, with its uid): an older dlmd
+        // Opened once, the directory is of schema 5 (the lock in a record of its own, with its uid): an older dlmd
         // refuses it.
         let report = try NodeStore.check(directory: path, mapSize: 1 << 24)
-        #expect(report.schema == 4 && report.resources == 1 && report.persistentLocks == 1)
+        #expect(report.schema == 5 && report.resources == 1 && report.persistentLocks == 1)
     }
 
     /// A store of schema 3 keeps its lock records, which have no uid: its orphans come back with an unknown user
-    /// (anyone allowed into their lockspace may adopt or purge them, as before), and the directory is of schema 4.
+    /// (anyone allowed into their lockspace may adopt or purge them, as before), and the directory is of schema 5.
     @Test func aDirectoryOfSchema3IsReadWithUnknownUsers() throws {
         let path = temporaryDirectory("schema3")
         do {
@@ -149,7 +155,7 @@ import Testing
         let store = try NodeStore(directory: path, nodeID: 1, durability: .sync, mapSize: 1 << 24)
         let lock = try store.load().resources.first?.resource.locks.first
         #expect(lock?.id == LockID(rawValue: 5) && lock?.pid == 4242 && lock?.uid == LockEngine.unknownUser)
-        #expect(try NodeStore.check(directory: path, mapSize: 1 << 24).schema == 4)
+        #expect(try NodeStore.check(directory: path, mapSize: 1 << 24).schema == 5)
     }
 
     @Test func anotherNodesDirectoryIsRefused() throws {

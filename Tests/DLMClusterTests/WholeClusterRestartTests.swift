@@ -1,0 +1,137 @@
+import DLMCluster
+import DLMCore
+import DLMWire
+import GroupServices
+import Testing
+
+/// A restart of the whole cluster in process, with each node's store modelled from the changes it wrote
+/// (`ModelStore`): the persistent locks of the last view's stores come back exactly once, as orphans of their
+/// holders' nodes and pids, also when a new view aborts the first recovery after the restart; a store of an
+/// earlier view gives nothing back; the previous lives' records are gone from the stores afterwards, which hold
+/// exactly what the engines hold; and a second restart of the whole cluster gives the same back again.
+@Suite struct WholeClusterRestartTests {
+    typealias H = ServiceHarness
+
+    /// Every store commits what it wrote, and every message is carried, until nothing is left.
+    static func settle(_ c: inout ClusterHarness) {
+        for _ in 0..<4 {
+            for node in c.nodes.keys.sorted() { _ = c.commit(node) }
+        }
+    }
+
+    /// Every node stops, then starts again from its store, and group services agree on a view of them all.
+    static func restartWholeCluster(_ c: inout ClusterHarness) {
+        let nodes = c.incarnations.keys.sorted()
+        for node in nodes { c.crash(node) }
+        for node in nodes { c.restartFromStore(node) }
+        c.installView()
+    }
+
+    /// The locks on top-level resource `name` across the live nodes: (node that masters it, lock).
+    static func locks(_ c: ClusterHarness, _ name: String) -> [(node: UInt32, lock: LockSnapshot)] {
+        var found: [(UInt32, LockSnapshot)] = []
+        for (node, harness) in c.nodes.sorted(by: { $0.key < $1.key }) {
+            let engine = harness.service.engine
+            guard let ls = engine.lockspace(named: Array("ls".utf8)),
+                let resource = engine.snapshotResource(ls, path: [Array(name.utf8)])
+            else { continue }
+            found += resource.locks.map { (node, $0) }
+        }
+        return found
+    }
+
+    /// Each node's store holds exactly the persistent locks its engine holds.
+    static func storesMatchEngines(_ c: ClusterHarness, sourceLocation: SourceLocation = #_sourceLocation) {
+        for (node, harness) in c.nodes.sorted(by: { $0.key < $1.key }) {
+            let store = c.storeContents[node] ?? ModelStore()
+            for stored in store.records {
+                let current = harness.service.engine.storedResource(
+                    lockspace: stored.lockspace, path: stored.resource.path)
+                #expect(
+                    current.map { Set($0.resource.locks.map(\.id)) } == Set(stored.resource.locks.map(\.id)),
+                    "node \(node): the store's \(stored.resource.path.map(\.displayName)) is not the engine's",
+                    sourceLocation: sourceLocation)
+            }
+        }
+    }
+
+    @Test func theLatestStoresComeBackOnceAndStaleOnesDoNot() {
+        var c = ClusterHarness(nodes: 3, stores: true)
+        // p1, p2, p3: a persistent lock of node N's client on a name node N masters (the first to ask masters it).
+        let names = (1...3).map { "p\($0)" }
+        let modes: [LockMode] = [.ex, .pw, .pr]
+        var holders: [(node: UInt32, id: ConnectionID)] = []
+        for node in UInt32(1)...3 {
+            let holder = c.client(node, "h")
+            holders.append(holder)
+            c.send(holder, H.lock(2, names[Int(node) - 1], modes[Int(node) - 1], .persistent))
+        }
+        // "stale": a persistent EX of node 3's client, mastered by node 3.
+        c.send(holders[2], H.lock(3, "stale", .ex, .persistent))
+        Self.settle(&c)
+        #expect(c.completions["3h"]?.count == 2)
+        // Node 3 dies: its resources are rebuilt on nodes 1 and 2 (its client's locks as orphans); there a client of
+        // node 1 adopts the orphan on "stale" and releases it. Node 3's store keeps it, as of the first view.
+        c.crash(3)
+        c.installView()
+        Self.settle(&c)
+        let adopter = c.client(1, "a")
+        c.send(adopter, H.lock(2, "stale", .ex, .orphan))
+        Self.settle(&c)
+        #expect(c.completions["1a"]?.last?.status == .granted)
+        c.send(adopter, H.unlock(3, c.completions["1a"]!.last!.lock))
+        Self.settle(&c)
+        #expect(Self.locks(c, "stale").isEmpty)
+
+        // The rest dies; all three restart from their stores. A second view of the same members aborts the first
+        // recovery after a few messages.
+        Self.restartWholeCluster(&c)
+        _ = c.run(limit: 4)
+        c.installView()
+        Self.settle(&c)
+        for round in 1...2 {
+            for (index, name) in names.enumerated() {
+                let found = Self.locks(c, name)
+                #expect(found.count == 1, "round \(round): \(name) has \(found.count) locks: \(found)")
+                if let (_, lock) = found.first {
+                    #expect(lock.owner == nil && lock.orphanNode == UInt32(index + 1) && lock.pid == 100, "\(lock)")
+                    #expect(lock.grantedMode == modes[index])
+                }
+            }
+            #expect(Self.locks(c, "stale").isEmpty, "round \(round): a stale store's lock came back")
+            Self.storesMatchEngines(c)
+            #expect(
+                c.storeContents.values.allSatisfy { $0.resources.keys.allSatisfy { $0.path != [Array("stale".utf8)] } })
+            // Restarted again, all at once: the stores of that recovery give the same back.
+            Self.restartWholeCluster(&c)
+            Self.settle(&c)
+        }
+        // And a client adopts one from another node than its holder's; the rest stay.
+        let late = c.client(2, "late")
+        c.send(late, H.lock(2, "p1", .ex, .orphan))
+        Self.settle(&c)
+        #expect(c.completions["2late"]?.last?.status == .granted)
+        #expect(Self.locks(c, "p3").count == 1)
+    }
+
+    /// A node that restarts into a cluster that kept running drops its previous life, and its store forgets it.
+    @Test func aRestartIntoARunningClusterDropsThePreviousLife() {
+        var c = ClusterHarness(nodes: 3, stores: true)
+        let holder = c.client(3, "h")
+        c.send(holder, H.lock(2, "mine", .ex, .persistent))
+        Self.settle(&c)
+        c.crash(3)
+        c.installView()
+        Self.settle(&c)
+        // The orphan lives on on nodes 1 and 2; purged there.
+        let purger = c.client(1, "p")
+        c.send(purger, .purge(tag: 2, lockspace: 0, nodeID: 3, pid: 100))
+        Self.settle(&c)
+        #expect(Self.locks(c, "mine").isEmpty)
+        c.restartFromStore(3)
+        c.installView()
+        Self.settle(&c)
+        #expect(Self.locks(c, "mine").isEmpty, "a stale previous life came back into a running cluster")
+        #expect(c.storeContents[3]?.resources.isEmpty == true)
+    }
+}
