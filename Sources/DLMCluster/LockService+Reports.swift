@@ -18,14 +18,18 @@ public final class ReportEnvironment: Sendable {
     public let busyPoll: StatusReport.BusyPollStatus?
     /// The output limits of client connections, and how many are paused or were closed for them.
     public let output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)?
+    /// TLS for TCP clients, when dlmd takes them.
+    public let tls: StatusReport.TLSStatus?
 
     public init(
         pid: Int32 = 0, uptimeSeconds: Double = 0, socket: String? = nil, listen: String? = nil,
         dataDirectory: String? = nil, store: StatusReport.Store? = nil,
         cluster: (view: StatusReport.View?, waitingFor: [String], cluster: StatusReport.Cluster)? = nil,
         busyPoll: StatusReport.BusyPollStatus? = nil,
-        output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)? = nil
+        output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)? = nil,
+        tls: StatusReport.TLSStatus? = nil
     ) {
+        self.tls = tls
         self.output = output
         self.pid = pid
         self.uptimeSeconds = uptimeSeconds
@@ -105,7 +109,8 @@ extension LockService {
                 outputPauseBytes: environment.output?.pauseBytes, outputLimitBytes: environment.output?.limitBytes,
                 readsPaused: environment.output?.paused, closedForOutput: environment.output?.closed,
                 maxQueuedRequests: configuration.maxQueuedRequests, readsPausedForQueue: queuePausedCount,
-                queuePauses: queuePauses))
+                queuePauses: queuePauses),
+            tls: environment.tls)
     }
 
     /// What the node waits for while it is stopped (group services' reasons first, else the lock service's own,

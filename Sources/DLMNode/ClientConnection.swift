@@ -148,8 +148,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
         if let wire = error as? WireError {
             refuse(connection, wire)
-        } else if error is ChannelError || error is IOError || error is TLSError {
+        } else if let refusal = error as? TLSError {
             // TLSHandler has sent its alert and closes the channel; nothing can be said in the protocol.
+            if refusal.inHandshake {
+                node.tlsRefusals += 1
+                node.lastTLSRefusal = refusal.description
+                node.metrics?.tlsRefusalsCount += 1
+            }
+            context.close(promise: nil)
+        } else if error is ChannelError || error is IOError {
             context.close(promise: nil)
         } else {
             node.handle(.malformed(connection.id, .protocolError, "\(error)"))

@@ -42,6 +42,10 @@ public final class LockNode: @unchecked Sendable {
     /// past the limit.
     var readsPaused = 0
     var closedForOutput = 0
+    /// TLS handshakes of TCP clients that failed, and why the last one did (`dlmtool status`; not logged one by one:
+    /// anyone on the network can make them).
+    var tlsRefusals = 0
+    var lastTLSRefusal: String?
 
     public init(configuration: NodeConfiguration, eventLoop: EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -267,6 +271,9 @@ public final class LockNode: @unchecked Sendable {
             socket: configuration.socketPath, listen: configuration.listenAddress,
             dataDirectory: configuration.dataDirectory, store: storeReport, cluster: cluster?.report(),
             busyPoll: busyPoll.map { .init(windowMicroseconds: $0.window.nanoseconds / 1000, polls: $0.polls) },
-            output: (configuration.outputPauseBytes, configuration.outputLimitBytes, readsPaused, closedForOutput))
+            output: (configuration.outputPauseBytes, configuration.outputLimitBytes, readsPaused, closedForOutput),
+            tls: configuration.clientTLS.map { _ in
+                .init(handshakesRefused: tlsRefusals, lastRefusal: lastTLSRefusal)
+            })
     }
 }

@@ -27,6 +27,7 @@ final class NodeMetrics: @unchecked Sendable {
     var viewsInstalledCount: UInt64 = 0
     var fencesCount: UInt64 = 0
     var fenceFailuresCount: UInt64 = 0
+    var tlsRefusalsCount: UInt64 = 0
     /// Peer lock messages by kind (Protocol/PEER.md §3), sent and received.
     let peerSentCounts = NodeMetrics.zeroed(32)
     let peerReceivedCounts = NodeMetrics.zeroed(32)
@@ -136,6 +137,7 @@ final class NodeMetrics: @unchecked Sendable {
         _ = counter("views_installed", help: Self.viewsHelp)
         _ = counter("fences", help: Self.fencesHelp)
         _ = counter("fence_failures", help: Self.fenceFailuresHelp)
+        _ = counter("tls_handshakes_refused", help: Self.tlsRefusalsHelp)
     }
 
     static let requestsHelp = "Client requests received, by type."
@@ -147,6 +149,7 @@ final class NodeMetrics: @unchecked Sendable {
     static let viewsHelp = "Membership views installed (group services)."
     static let fencesHelp = "Nodes this node fenced (the fence command succeeded)."
     static let fenceFailuresHelp = "Fence commands that failed (each is retried)."
+    static let tlsRefusalsHelp = "TLS handshakes of TCP clients that failed (a certificate refused, or no TLS)."
     static let peerSentHelp = "Lock messages sent to other nodes, by kind (Protocol/PEER.md)."
     static let peerReceivedHelp = "Lock messages received from other nodes, by kind (Protocol/PEER.md)."
 
@@ -332,6 +335,8 @@ final class NodeMetrics: @unchecked Sendable {
         report("views", viewsInstalledCount, counter("views_installed", help: Self.viewsHelp))
         report("fences", fencesCount, counter("fences", help: Self.fencesHelp))
         report("fence failures", fenceFailuresCount, counter("fence_failures", help: Self.fenceFailuresHelp))
+        report(
+            "tls refusals", tlsRefusalsCount, counter("tls_handshakes_refused", help: Self.tlsRefusalsHelp))
         for (code, name) in Self.peerKindNames.sorted(by: { $0.key < $1.key }) {
             if peerSentCounts[Int(code)] > 0 {
                 report(

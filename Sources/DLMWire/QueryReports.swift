@@ -31,6 +31,25 @@ public struct StatusReport: Codable, Sendable, Hashable {
     public var work: Work?
     /// The node's limits and how often they refused or closed (docs/SECURITY.md); nil from an older server.
     public var limits: Limits?
+    /// TLS for TCP clients (`--tls-cert`); nil when dlmd takes none.
+    public var tls: TLSStatus?
+
+    /// How TLS clients fared: handshakes refused (a certificate refused by either side, no common version, a
+    /// connection that sent something else than TLS, or none within the deadline), and why the last one was.
+    public struct TLSStatus: Codable, Sendable, Hashable {
+        public var handshakesRefused: Int
+        public var lastRefusal: String?
+
+        enum CodingKeys: String, CodingKey {
+            case handshakesRefused = "handshakes_refused"
+            case lastRefusal = "last_refusal"
+        }
+
+        public init(handshakesRefused: Int, lastRefusal: String?) {
+            self.handshakesRefused = handshakesRefused
+            self.lastRefusal = lastRefusal
+        }
+    }
 
     /// The limits a client can meet: connections and lockspaces (refused with EAGAIN), and output a client has not
     /// read (reading from it pauses past `outputPauseBytes`; it is closed past `outputLimitBytes`).
@@ -308,7 +327,7 @@ public struct StatusReport: Codable, Sendable, Hashable {
         case lockspaces, resources, locks, connections
         case incarnation, quorate, view, recovery, cluster
         case busyPoll = "busy_poll"
-        case work, limits
+        case work, limits, tls
     }
 
     public init(
@@ -316,8 +335,9 @@ public struct StatusReport: Codable, Sendable, Hashable {
         dataDirectory: String?, lockspaces: Int, resources: Int, locks: Int, connections: Int, store: Store? = nil,
         incarnation: UInt64 = 0, quorate: Bool = true, view: View? = nil,
         recovery: Recovery = Recovery(waitingFor: [], heldRequests: 0), cluster: Cluster? = nil,
-        busyPoll: BusyPollStatus? = nil, work: Work? = nil, limits: Limits? = nil
+        busyPoll: BusyPollStatus? = nil, work: Work? = nil, limits: Limits? = nil, tls: TLSStatus? = nil
     ) {
+        self.tls = tls
         self.limits = limits
         self.busyPoll = busyPoll
         self.work = work

@@ -173,8 +173,15 @@ import Testing
             #expect(error.status == .permissionDenied)
             #expect(error.message.contains("certificate"), "\(error)")
         }
-        // The served client kept its connection and its lock throughout.
+        // The served client kept its connection and its lock throughout, and dlmd counted the five refusals.
         try await alice.ping()
+        let report = try JSONDecoder().decode(StatusReport.self, from: Data(try await alice.query(.status)))
+        #expect(report.tls?.handshakesRefused == 5, "\(String(describing: report.tls))")
+        #expect(report.tls?.lastRefusal?.contains("TLS") == true, "\(String(describing: report.tls))")
+        // dlmtool status (over dlmd's Unix socket) shows them.
+        let status = try await ToolRun.run(daemon, "status")
+        #expect(status.stdout.contains("(TLS, client certificates)"), "\(status.stdout)")
+        #expect(status.stdout.contains("5 handshakes refused, last: TLS"), "\(status.stdout)")
         let bob = try await certificates.connect("bob", port: port)
         await expectStatus(.tryAgain) { _ = try await bob.openLockspace("tls").lock("r", mode: .pr, flags: .noQueue) }
         try await held.unlock()

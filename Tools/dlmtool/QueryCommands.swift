@@ -51,7 +51,7 @@ struct Status: AsyncParsableCommand {
                         ["pid", "\(report.pid)"],
                         ["uptime", Text.uptime(report.uptimeSeconds)],
                         ["socket", report.socket ?? "-"],
-                        ["listen", report.listen ?? "-"],
+                        ["listen", (report.listen ?? "-") + (report.tls != nil ? " (TLS, client certificates)" : "")],
                         ["data dir", report.dataDirectory ?? "-"],
                         ["lockspaces", "\(report.lockspaces)"],
                         ["resources", "\(report.resources)"],
@@ -84,13 +84,17 @@ extension Status {
     /// 0 closed`.
     static func limitRows(_ report: StatusReport) -> [[String]] {
         guard let limits = report.limits else { return [] }
-        var rows = [
-            [
-                "limits",
-                "\(limits.maxConnections) connections (\(limits.connectionsRefused) refused), "
-                    + "\(limits.maxLockspaces) lockspaces (\(limits.lockspacesRefused) refused)",
+        let tls = report.tls.map { tls in
+            [["tls", "\(tls.handshakesRefused) handshakes refused" + (tls.lastRefusal.map { ", last: \($0)" } ?? "")]]
+        }
+        var rows =
+            (tls ?? []) + [
+                [
+                    "limits",
+                    "\(limits.maxConnections) connections (\(limits.connectionsRefused) refused), "
+                        + "\(limits.maxLockspaces) lockspaces (\(limits.lockspacesRefused) refused)",
+                ]
             ]
-        ]
         if let perConnection = limits.maxLocksPerConnection, let perUser = limits.maxLocksPerUser {
             rows.append([
                 "lock limits",
