@@ -17,8 +17,10 @@ struct ClusterHarness {
     var completions: [String: [CompletionMessage]] = [:]
     /// The last store generation each node wrote (its output's `commit`).
     var written: [UInt32: UInt64] = [:]
-    /// What each node's store holds, from the changes `run` saw it write (kept across a crash).
+    /// What each node's store holds: the changes it wrote, once committed (kept across a crash).
     var storeContents: [UInt32: ModelStore] = [:]
+    /// Changes each node wrote that its store has not committed yet, oldest first: lost if it crashes first.
+    var uncommitted: [UInt32: [[StoreChange]]] = [:]
     /// The frames `run` saw, for a caller that models the clients.
     var framesSeen: [(client: String, message: ServerMessage)] = []
     /// Links whose messages `run` does not carry for now (they stay in flight, in order).
@@ -118,6 +120,7 @@ struct ClusterHarness {
         nodes[node] = nil
         wantsSlice.remove(node)
         written[node] = nil
+        uncommitted[node] = nil
         for link in links.keys where link.from == node || link.to == node { links[link] = nil }
     }
 
@@ -149,8 +152,23 @@ struct ClusterHarness {
     /// `node`'s store commits everything written so far; then every message is carried.
     mutating func commit(_ node: UInt32) -> [String] {
         let lines = run()
-        if let generation = written[node] { nodes[node]!.handle(.committed(generation: generation)) }
+        commitStore(node)
         return lines + run()
+    }
+
+    /// The store changes of a node's output, written and not yet committed.
+    mutating func noteWritten(_ node: UInt32, _ output: ServiceOutput) {
+        guard let commit = output.commit else { return }
+        written[node] = commit.generation
+        uncommitted[node, default: []].append(commit.changes)
+    }
+
+    /// `node`'s store commits everything written so far, and its lock service hears of it.
+    mutating func commitStore(_ node: UInt32) {
+        guard let generation = written[node], nodes[node] != nil else { return }
+        for changes in uncommitted[node] ?? [] { storeContents[node, default: ModelStore()].apply(changes) }
+        uncommitted[node] = nil
+        nodes[node]!.handle(.committed(generation: generation))
     }
 
     mutating func send(_ client: (node: UInt32, id: ConnectionID), _ message: ClientMessage) {
@@ -184,10 +202,7 @@ struct ClusterHarness {
                 notices.append(contentsOf: output.notices.map { (node, $0.message) })
                 if output.wantsBulkSlice { wantsSlice.insert(node) }
                 recoveries[node, default: []].append(contentsOf: output.recoveries)
-                if let commit = output.commit {
-                    written[node] = commit.generation
-                    storeContents[node, default: ModelStore()].apply(commit.changes)
-                }
+                noteWritten(node, output)
                 for (to, message) in nodes[node]!.peerMessages where nodes[to] != nil {
                     links[Link(from: node, to: to), default: []].append(message)
                 }

@@ -23,7 +23,9 @@ import Testing
     }
 }
 
-/// The same traffic while nodes crash and restart and views change (delivered to each node at a random moment):
+/// The same traffic while nodes crash and restart (from what their stores committed, `ModelStore`) and views change
+/// (delivered to each node at a random moment), and, in seeds with stores, the whole cluster dies at once and
+/// restarts from its stores once or twice:
 /// recovery keeps exclusion, and no survivor loses a lock it was granted (an unlock or conversion of a lock its
 /// client believes it holds never meets ENOENT); every value block read is the last acknowledged PW or EX write
 /// (or a later one), or is flagged VALNOTVALID, and only when a PW or EX holder died since the last acknowledged
@@ -60,11 +62,15 @@ struct MasteringRun {
     static func runAll(_ seeds: [UInt64], faults: Bool, suite: String) {
         var reads = 0
         var readsAfterRecovery = 0
+        var restarts = 0
+        var orphansAfterRestarts = 0
         for seed in seeds {
             var run = MasteringRun(seed: seed, faults: faults)
             defer {
                 reads += run.readsOfWrittenValues
                 readsAfterRecovery += run.readsAfterMasterLeft
+                restarts += run.wholeRestarts
+                orphansAfterRestarts += run.orphansAfterRestarts
             }
             do {
                 try run.go()
@@ -79,7 +85,12 @@ struct MasteringRun {
         // master of the value left.
         if seeds.count >= 200 {
             #expect(reads > 0, "no value block read checked")
-            if faults { #expect(readsAfterRecovery > 0, "no value block read checked after its master left") }
+            if faults {
+                #expect(readsAfterRecovery > 0, "no value block read checked after its master left")
+                // Restarts of the whole cluster happened, and gave persistent locks back.
+                #expect(
+                    restarts > 0 && orphansAfterRestarts > 0, "\(restarts) restarts, \(orphansAfterRestarts) orphans")
+            }
         }
     }
 
@@ -90,6 +101,11 @@ struct MasteringRun {
     /// Each node's newest view that it has not been given yet.
     var undelivered: [UInt32: View] = [:]
     var crashes = 0
+    /// Restarts of the whole cluster from the stores (seeds with stores only); whether one's recovery has not ended
+    /// everywhere yet; and the orphans found once it had.
+    var wholeRestarts = 0
+    var restartUnrecovered = false
+    var orphansAfterRestarts = 0
     /// A node cut off from the others: it installed a view of itself alone, without quorum, while the others went on
     /// without it (and fenced it, with a fence that left it running: what was in flight to it still arrives). It
     /// must serve nothing until the fence catches up with it (it crashes at the next fault step).
@@ -255,7 +271,32 @@ struct MasteringRun {
         let live = cluster.nodes.keys.sorted()
         let all = Array(cluster.incarnations.keys).sorted()
         let down = all.filter { cluster.nodes[$0] == nil }
-        if live.count > 2 && (down.isEmpty || random.bool()) && crashes < 3 {
+        if cluster.stores && wholeRestarts < 2 && random.percent(15) {
+            // Every node dies at once (what its store had not committed is lost) and starts again from its store:
+            // the persistent locks of the latest stores come back as orphans (LockService+PreviousLife.swift).
+            wholeRestarts += 1
+            if trace { print("step \(step): every node dies at once and restarts from its store") }
+            for index in clients.indices where !clients[index].gone {
+                clientDied(index)
+                clients[index].gone = true
+                clients[index].locks = [:]
+                clients[index].outstanding = [:]
+            }
+            for node in live { masterDeparts(node) }
+            for node in all {
+                cluster.crash(node)
+                cluster.restartFromStore(node)
+            }
+            undelivered = [:]
+            // A value block comes back only with a persistent lock, and may be marked not valid.
+            for resource in names {
+                acknowledged[resource] = nil
+                writerDeaths[resource, default: 0] += 1
+                mayBeInvalid.insert(resource)
+            }
+            departureUnrecovered = true
+            restartUnrecovered = true
+        } else if live.count > 2 && (down.isEmpty || random.bool()) && crashes < 3 {
             let node = random.element(live)
             crashes += 1
             masterDeparts(node)
@@ -297,7 +338,7 @@ struct MasteringRun {
             }
         } else if let node = down.first {
             if trace { print("step \(step): node \(node) restarts") }
-            cluster.start(node)
+            cluster.restartFromStore(node)
         } else {
             return
         }
@@ -383,7 +424,7 @@ struct MasteringRun {
     mutating func commitStep() {
         for node in cluster.nodes.keys.sorted() { collect(node, cluster.nodes[node]!.service.takeOutput()) }
         let node = random.element(cluster.nodes.keys.sorted())
-        if let generation = cluster.written[node] { cluster.nodes[node]!.handle(.committed(generation: generation)) }
+        cluster.commitStore(node)
     }
 
     /// Carries every message and commits every store until nothing is left to do.
@@ -393,9 +434,7 @@ struct MasteringRun {
             absorb(cluster.run())
             let before = cluster.written
             for node in cluster.nodes.keys.sorted() {
-                if let generation = cluster.written[node] {
-                    cluster.nodes[node]!.handle(.committed(generation: generation))
-                }
+                cluster.commitStore(node)
             }
             absorb(cluster.run())
             if cluster.written == before && cluster.links.values.allSatisfy(\.isEmpty) && cluster.wantsSlice.isEmpty {
@@ -405,7 +444,7 @@ struct MasteringRun {
     }
 
     mutating func collect(_ node: UInt32, _ output: ServiceOutput) {
-        if let commit = output.commit { cluster.written[node] = commit.generation }
+        cluster.noteWritten(node, output)
         if output.wantsBulkSlice { cluster.wantsSlice.insert(node) }
         for (to, message) in cluster.nodes[node]!.peerMessages where cluster.nodes[to] != nil {
             cluster.links[ClusterHarness.Link(from: node, to: to), default: []].append(message)
@@ -778,6 +817,16 @@ struct MasteringRun {
         {
             departureUnrecovered = false
             masterless = [:]
+            if restartUnrecovered {
+                restartUnrecovered = false
+                orphansAfterRestarts += cluster.nodes.values.reduce(0) { count, harness in
+                    let engine = harness.service.engine
+                    return count
+                        + engine.locks.indices.filter {
+                            !engine.locks[$0].isFree && engine.locks[$0].owner == orphanOwner
+                        }.count
+                }
+            }
         }
         if !valueFailures.isEmpty {
             throw Failure(description: "seed \(seed) step \(step): \(valueFailures.joined(separator: "; "))")
