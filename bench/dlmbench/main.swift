@@ -63,6 +63,7 @@ let usage = """
            dlmbench membership [--scenario views|ordered|all] [--nodes N[,N...]] [--rounds N] ... (--help)
            dlmbench membership-kill --dlmd PATH [--nodes N] [--rounds N]
            dlmbench provider-failover --dlmd PATH [--rounds N]   (root, ip netns, corosync)
+           dlmbench tls --dlmd PATH [--duration S] [--warmup S] [--rounds N] [--working-set N]
            dlmbench cluster --dlmd PATH [--scenarios remote,throughput,recovery,deadlock] [--duration S] [--warmup S]
                             [--working-set N] [--clients N] [--locks N[,N...]] [--connections N]
     COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
@@ -143,6 +144,8 @@ case "membership":
     MembershipScenarios.run(arguments.dropFirst())
 case "cluster":
     ClusterScenarios.run(Options(arguments.dropFirst(), allowed: ClusterScenarios.optionNames))
+case "tls":
+    TLSScenario.run(Options(arguments.dropFirst(), allowed: TLSScenario.optionNames))
 case "membership-kill":
     print(MembershipDaemons.run(Options(arguments.dropFirst(), allowed: MembershipDaemons.optionNames)))
 case "provider-failover":
