@@ -7,7 +7,7 @@ SWIFT ?= swift
 RELEASE ?= -c release -Xswiftc -cross-module-optimization
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-provider bench-cluster bench-abuse sim fuzz clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
+.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-provider bench-cluster bench-abuse bench-tls sim fuzz clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -134,6 +134,14 @@ bench-cluster:
 	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmbench
 	BIN=$$($(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --show-bin-path); \
 	  $$BIN/dlmbench cluster --dlmd $$BIN/dlmd $(CLUSTER_ARGS)
+
+## make bench-tls: what TLS costs a TCP client (bench/dlmbench/TLSScenario.swift): one client's lock+unlock pairs
+## over a dlmd's Unix socket, plain TCP and TLS with a client certificate, side by side (bench/RESULTS.md).
+bench-tls:
+	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmd
+	$(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --product dlmbench
+	BIN=$$($(SWIFT) build $(RELEASE) $(BUILD_FLAGS) --show-bin-path); \
+	  $$BIN/dlmbench tls --dlmd $$BIN/dlmd
 
 ## make libdlm: the libdlm-compatible C library (Sources/CDLM), threaded and _lt, with the upstream sonames,
 ## into .build/release. Plain C11 and pthreads, built by $(CC) alone (no SwiftPM, no Swift runtime).
