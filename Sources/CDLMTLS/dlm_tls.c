@@ -264,18 +264,3 @@ size_t dlm_tls_take_output(dlm_tls *connection, uint8_t *buffer, size_t capacity
     int taken = BIO_read(connection->network_out, buffer, chunk);
     return taken > 0 ? (size_t)taken : 0;
 }
-
-void dlm_tls_peer_subject(const dlm_tls *connection, char *subject, size_t subject_length) {
-    if (subject_length == 0) return;
-    subject[0] = 0;
-    X509 *certificate = SSL_get1_peer_certificate(connection->ssl);
-    if (certificate == NULL) return;
-    BIO *text = BIO_new(BIO_s_mem());
-    if (text != NULL) {
-        X509_NAME_print_ex(text, X509_get_subject_name(certificate), 0, XN_FLAG_RFC2253);
-        int length = BIO_read(text, subject, (int)subject_length - 1);
-        subject[length > 0 ? length : 0] = 0;
-        BIO_free(text);
-    }
-    X509_free(certificate);
-}

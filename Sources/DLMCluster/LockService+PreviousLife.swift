@@ -19,8 +19,8 @@ import DLMWire
 ///   held PW or EX when the node stopped). A store whose stored view is older is stale: its node left a view whose
 ///   recovery then completed on others, which rebuilt its resources (and may have purged or adopted its orphans).
 ///
-/// When a recovery completes, the previous life is over: its store records that are not rebuilt here are deleted,
-/// and the view is stored (`StoreChange.recoveredView`). Only top-level resources come back; a persistent sub-lock
+/// When a recovery completes, the previous life is over: its store records that are not rebuilt here are deleted
+/// (and, at the end of every recovery, the view is stored: `StoreChange.recoveredView`). Only top-level resources come back; a persistent sub-lock
 /// of the previous life is dropped, as its master's death drops it.
 struct PreviousLife {
     /// The last view whose recovery completed in that life (0: none stored).
@@ -112,7 +112,6 @@ extension LockService {
     /// now (recovery rebuilt it here, from these records or from survivors) is written again whole, over its old
     /// lock records, in the same commit.
     mutating func endPreviousLife(view: UInt64) {
-        record(.recoveredView(view))
         guard let life = mastering.previousLife else { return }
         mastering.previousLife = nil
         var deleted = 0

@@ -731,6 +731,8 @@ extension LockService {
         mastering.recovery = nil
         mastering.recoveredView = recovery.view
         mastering.memberIncarnations = mastering.viewMembers
+        // The store learns the view, so that at a restart of the whole cluster it counts as of it.
+        record(.recoveredView(recovery.view))
         endPreviousLife(view: recovery.view)
         dropStaleReplicas(view: recovery.view)
         mastering.tossFloors = [:]  // every floor is above the tokens of earlier views now

@@ -57,34 +57,25 @@ public final class TLSContext: @unchecked Sendable {
         dlm_tls_context_free(context)
     }
 
-    /// The bytes of a PEM file that only its owner should read (a private key); refused if another user may.
+    /// The bytes of a PEM file that only its owner should read (a private key); refused if every user may. (dlmd
+    /// reads its own key as a `TrustedFile`, which also checks who owns it.)
     public static func readPrivateKey(_ path: String) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw TLSError("cannot open the private key \(path): \(String(cString: strerror(errno)))")
+        guard let file = FileHandle(forReadingAtPath: path) else {
+            throw TLSError("cannot open the private key \(path)")
         }
-        defer { close(fd) }
+        defer { try? file.close() }
         var info = stat()
-        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+        guard fstat(file.fileDescriptor, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
             throw TLSError("the private key \(path) is not a regular file")
         }
         guard info.st_mode & 0o007 == 0 else {
             throw TLSError(
-                "the private key \(path) is accessible to every user (mode "
-                    + "\(String(info.st_mode & 0o777, radix: 8))): chmod 0600 it")
+                "the private key \(path) is accessible to every user (mode \(String(info.st_mode & 0o777, radix: 8))): "
+                    + "chmod 0600 it")
         }
-        guard info.st_size <= 1 << 20 else { throw TLSError("the private key \(path) is larger than 1 MiB") }
-        var bytes = [UInt8](repeating: 0, count: Int(info.st_size) + 1)
-        var count = 0
-        while count < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else {
-                throw TLSError("cannot read the private key \(path): \(String(cString: strerror(errno)))")
-            }
-            if n == 0 { break }
-            count += n
+        guard let bytes = try file.read(upToCount: (1 << 20) + 1), bytes.count <= 1 << 20 else {
+            throw TLSError("the private key \(path) is empty, or larger than 1 MiB")
         }
-        return Array(bytes[0..<min(count, Int(info.st_size))])
+        return Array(bytes)
     }
 }

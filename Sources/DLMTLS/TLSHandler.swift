@@ -5,16 +5,11 @@ import NIOCore
 /// turns the network's bytes into plaintext, outbound plaintext into records. Writes made before the handshake
 /// completes wait for it, in order. A failed handshake or record sends the peer its alert, fires a `TLSError`
 /// down the pipeline and closes the channel. `close` sends close_notify first.
-public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
+public final class TLSHandler: ChannelDuplexHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
-
-    /// Fired inbound once the handshake completes, with the subject of the peer's certificate ("" if none).
-    public struct HandshakeCompleted: Sendable {
-        public var peerSubject: String
-    }
 
     let session: OpaquePointer
     // Held for as long as the session that was made from it.
@@ -111,9 +106,6 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch dlm_tls_handshake(session, &error, error.count) {
         case 1:
             established = true
-            var subject = [CChar](repeating: 0, count: 512)
-            dlm_tls_peer_subject(session, &subject, subject.count)
-            context.fireUserInboundEventTriggered(HandshakeCompleted(peerSubject: text(subject)))
             let waiting = held
             held = []
             for (bytes, promise) in waiting { encrypt(context: context, bytes, promise: promise) }

@@ -357,7 +357,7 @@ import Testing
 
 /// A restart of the whole cluster gives back the persistent locks of the stores of its last view's members, and
 /// nothing of a store whose node left an earlier view (docs/RECOVERY.md, "A restart of the whole cluster").
-@Suite struct WholeClusterRestartTests {
+@Suite struct WholeClusterRestartDaemonTests {
     @Test(.timeLimit(.minutes(3))) func persistentLocksComeBackFromTheLatestStores() async throws {
         // wait_for_all: after the restart, the first primary view has every node, so every store is heard.
         let cluster = try TestCluster(nodes: 3, quorum: "wait_for_all = true\n")

@@ -12,76 +12,8 @@ import Testing
 /// by the `openssl` command: only a client whose certificate one of dlmd's client authorities signed is served, a
 /// client checks dlmd's certificate and name, and a refused or plain-TCP client harms no one else.
 @Suite struct TLSTests {
-    /// A certificate authority, and certificates it signed, in a new folder.
-    struct Certificates {
-        let directory: String
-
-        init() throws {
-            directory = Daemon.temporaryDirectory("dlm-tls")
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        }
-
-        func path(_ name: String) -> String { directory + "/" + name }
-
-        /// A self-signed authority `name` (name.crt, name.key).
-        func authority(_ name: String) throws {
-            try openssl([
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-                "-subj", "/CN=\(name)", "-keyout", path("\(name).key"), "-out", path("\(name).crt"),
-            ])
-        }
-
-        /// A certificate `name` (name.crt, name.key, mode 0600) signed by `authority`, with the subject alternative
-        /// names `names` ("IP:127.0.0.1,DNS:localhost"; nil for none).
-        func leaf(_ name: String, signedBy authority: String, names: String? = nil) throws {
-            var arguments = [
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-                "-subj", "/CN=\(name)", "-keyout", path("\(name).key"), "-out", path("\(name).crt"),
-                "-CA", path("\(authority).crt"), "-CAkey", path("\(authority).key"),
-            ]
-            if let names { arguments += ["-addext", "subjectAltName=\(names)"] }
-            try openssl(arguments)
-            chmod(path("\(name).key"), 0o600)
-        }
-
-        func openssl(_ arguments: [String]) throws {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-            process.arguments = arguments
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
-                throw SupportError("openssl \(arguments.joined(separator: " ")) failed")
-            }
-        }
-
-        /// A client's TLS: trusts `trusting`, shows `certificate`.
-        func client(trusting: String = "ca", certificate: String, serverName: String? = nil) throws
-            -> DLMConnection.TLS
-        {
-            try DLMConnection.TLS(
-                caFile: path("\(trusting).crt"), certificateFile: path("\(certificate).crt"),
-                keyFile: path("\(certificate).key"), serverName: serverName)
-        }
-
-        /// A TLS connection to dlmd on `port` that shows certificate `name`.
-        func connect(_ name: String, port: Int, host: String = "127.0.0.1") async throws -> DLMConnection {
-            try await DLMConnection.connect(host: host, port: port, tls: try client(certificate: name))
-        }
-
-        /// dlmd's arguments for TLS on `listen`, with certificate `server`.
-        func daemonArguments(listen: String, server: String = "server") -> [String] {
-            [
-                "--listen", listen, "--tls-cert", path("\(server).crt"), "--tls-key", path("\(server).key"),
-                "--tls-client-ca", path("ca.crt"),
-            ]
-        }
-    }
-
-    static func make() throws -> Certificates {
-        let certificates = try Certificates()
+    static func make() throws -> TestCertificates {
+        let certificates = try TestCertificates()
         try certificates.authority("ca")
         try certificates.authority("rogue")
         try certificates.leaf("server", signedBy: "ca", names: "IP:127.0.0.1,DNS:localhost")
@@ -93,7 +25,7 @@ import Testing
     }
 
     /// Certificates, and a dlmd that takes TLS clients on loopback with them (and `arguments`), and its port.
-    static func served(_ arguments: [String] = []) throws -> (Certificates, Daemon, Int) {
+    static func served(_ arguments: [String] = []) throws -> (TestCertificates, Daemon, Int) {
         let certificates = try make()
         let port = try freePort()
         let daemon = try Daemon(arguments: certificates.daemonArguments(listen: "127.0.0.1:\(port)") + arguments)
@@ -301,5 +233,29 @@ enum RawTLSClient {
             }
             return (replies, collector.error)
         }.get()
+    }
+}
+
+extension TestCertificates {
+    /// A client's TLS: trusts `trusting`, shows `certificate`.
+    func client(trusting: String = "ca", certificate: String, serverName: String? = nil) throws
+        -> DLMConnection.TLS
+    {
+        try DLMConnection.TLS(
+            caFile: path("\(trusting).crt"), certificateFile: path("\(certificate).crt"),
+            keyFile: path("\(certificate).key"), serverName: serverName)
+    }
+
+    /// A TLS connection to dlmd on `port` that shows certificate `name`.
+    func connect(_ name: String, port: Int, host: String = "127.0.0.1") async throws -> DLMConnection {
+        try await DLMConnection.connect(host: host, port: port, tls: try client(certificate: name))
+    }
+
+    /// dlmd's arguments for TLS on `listen`, with certificate `server`.
+    func daemonArguments(listen: String, server: String = "server") -> [String] {
+        [
+            "--listen", listen, "--tls-cert", path("\(server).crt"), "--tls-key", path("\(server).key"),
+            "--tls-client-ca", path("ca.crt"),
+        ]
     }
 }

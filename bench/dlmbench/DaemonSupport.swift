@@ -124,15 +124,21 @@ func loadAverage() -> String {
     return cString(line).split(separator: " ").prefix(3).joined(separator: " ")
 }
 
-/// Blocks the calling thread (not a task) until `body` finishes, and returns its result.
+/// Blocks the calling thread (not a task) until `body` finishes, and returns its result; an error ends dlmbench.
 func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) -> T {
-    let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: T.self)
-    promise.completeWithTask(body)
     do {
-        return try promise.futureResult.wait()
+        return try waitFor(body)
     } catch {
         fail("\(error)")
     }
+}
+
+/// Blocks the calling thread (not a task) until `body` finishes; its result or its error (for a caller that must
+/// clean up first, such as stopping the dlmd processes it started).
+func waitFor<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: T.self)
+    promise.completeWithTask(body)
+    return try promise.futureResult.wait()
 }
 
 /// The measuring window: operations that complete in [start, end) count; clients stop after `end`.

@@ -14,20 +14,15 @@ enum TLSScenario {
         let duration = options.seconds("duration", 3)
         let warmup = options.seconds("warmup", 0.5)
         let names = (0..<options.int("working-set", 1000)).map { resourceName($0, length: 24) }
-        let directory = Daemon.temporaryDirectory("dlmbench-tls")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var certificates: TestCertificates?
+        defer { certificates.map { try? FileManager.default.removeItem(atPath: $0.directory) } }
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let path = { (name: String) in directory + "/" + name }
-            let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"]
-            try openssl(
-                ["req", "-x509"] + key + ["-subj", "/CN=ca", "-keyout", path("ca.key"), "-out", path("ca.crt")])
-            for (name, extra) in [("server", ["-addext", "subjectAltName=IP:127.0.0.1"]), ("client", [])] {
-                try openssl(
-                    ["req", "-x509"] + key + ["-subj", "/CN=\(name)", "-keyout", path("\(name).key")]
-                        + ["-out", path("\(name).crt"), "-CA", path("ca.crt"), "-CAkey", path("ca.key")] + extra)
-                chmod(path("\(name).key"), 0o600)
-            }
+            let made = try TestCertificates()
+            certificates = made
+            try made.authority("ca")
+            try made.leaf("server", signedBy: "ca", names: "IP:127.0.0.1")
+            try made.leaf("client", signedBy: "ca")
+            let path = made.path
             let (plainPort, tlsPort) = (try freePort(), try freePort())
             let plain = try Daemon(
                 executable: dlmd, directory: path("plain"), arguments: ["--listen", "127.0.0.1:\(plainPort)"],
@@ -60,7 +55,8 @@ enum TLSScenario {
             var medians: [String: [Double]] = [:]
             for round in 1...options.int("rounds", 2) {
                 for (transport, connect) in transports {
-                    let result = runBlocking {
+                    // (Not runBlocking: an error must reach the catch below, after the defers stop both dlmd.)
+                    let result = try waitFor {
                         let connection = try await connect()
                         let lockspace = try await connection.openLockspace("bench-tls", mode: 0o666)
                         let window = Window(warmup: warmup, duration: duration)
@@ -98,16 +94,5 @@ enum TLSScenario {
         } catch {
             fail("tls: \(error)")
         }
-    }
-
-    static func openssl(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw SupportError("openssl \(arguments.first ?? "") failed") }
     }
 }

@@ -59,7 +59,4 @@ void dlm_tls_shutdown(dlm_tls *connection);
 size_t dlm_tls_pending_output(const dlm_tls *connection);
 size_t dlm_tls_take_output(dlm_tls *connection, uint8_t *buffer, size_t capacity);
 
-/* The subject of the peer's certificate as one line ("CN=client1,O=..."), or "" when it showed none. */
-void dlm_tls_peer_subject(const dlm_tls *connection, char *subject, size_t subject_length);
-
 #endif
