@@ -66,6 +66,8 @@ struct Mastering {
     var recoveredView: UInt64 = 0
     /// What this life's store held of its previous life, until a recovery completes (LockService+PreviousLife.swift).
     var previousLife: PreviousLife?
+    /// Once a recovery completed: the previous life's store records still to delete, in slices.
+    var endingLife: EndingLife?
     /// Recovery messages of a view this node has not installed yet.
     var futureRecovery: [(node: UInt32, message: PeerMessage)] = []
     /// The locks recovery rebuilt here, by their holder's id (Linux's remid), for as long as they live: a holder

@@ -19,9 +19,10 @@ import DLMWire
 ///   held PW or EX when the node stopped). A store whose stored view is older is stale: its node left a view whose
 ///   recovery then completed on others, which rebuilt its resources (and may have purged or adopted its orphans).
 ///
-/// When a recovery completes, the previous life is over: its store records that are not rebuilt here are deleted
-/// (and, at the end of every recovery, the view is stored: `StoreChange.recoveredView`). Only top-level resources come back; a persistent sub-lock
-/// of the previous life is dropped, as its master's death drops it.
+/// When a recovery completes, the previous life is over: its store records that are not rebuilt here are deleted,
+/// in slices, and then the view is stored (`StoreChange.recoveredView`, as at the end of every recovery). Only
+/// top-level resources come back; a persistent sub-lock of the previous life is dropped, as its master's death
+/// drops it.
 struct PreviousLife {
     /// The last view whose recovery completed in that life (0: none stored).
     var recoveredView: UInt64
@@ -69,17 +70,18 @@ extension LockService {
         return kept
     }
 
-    /// In phase 1 of every recovery run until one completes: the previous life's resources go to their directory
-    /// nodes, which take them only at a restart of the whole cluster.
-    mutating func offerPreviousLife(view: UInt64) {
-        guard let life = mastering.previousLife, !life.replicas.isEmpty, life.recoveredView > 0 else { return }
-        var byDirectory: [UInt32: [ValueReplica]] = [:]
-        for replica in life.replicas {
-            byDirectory[mastering.directoryNode(of: replica.key), default: []].append(replica)
+    /// In phase 1 of every recovery run until one completes, in its slices (after this node's resent locks): the
+    /// previous life's resources go to their directory nodes, which take them only at a restart of the whole
+    /// cluster. Returns true when all are offered.
+    mutating func offerPreviousLife(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
+        guard let life = mastering.previousLife, life.recoveredView > 0 else { return true }
+        while budget > 0, work.nextOffer < life.replicas.count {
+            let replica = life.replicas[work.nextOffer]
+            work.offers[mastering.directoryNode(of: replica.key), default: []].append(replica)
+            work.nextOffer += 1
+            budget -= 1
         }
-        for (node, list) in byDirectory.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(list, to: node) { .recoverStored(view: view, $0) }
-        }
+        return work.nextOffer >= life.replicas.count
     }
 
     /// What this node says of its lives in its phase-1 barrier: the view it recovered in this life, and the one
@@ -108,29 +110,66 @@ extension LockService {
         }
     }
 
-    /// When a recovery completes, the previous life is over: its store records go. A resource this node masters
-    /// now (recovery rebuilt it here, from these records or from survivors) is written again whole, over its old
-    /// lock records, in the same commit.
-    mutating func endPreviousLife(view: UInt64) {
-        guard let life = mastering.previousLife else { return }
+    /// When a recovery completes, the previous life is over: its store records go, in slices between which the
+    /// node serves (`continueEndingLife`; a million records in one step would stall it long enough to be taken
+    /// for dead). Until the last slice the store says it recovered no view (0), so that a crash in between, which
+    /// leaves some old records beside new ones, never offers them at a restart of the whole cluster; the last
+    /// slice stores the view. Returns false when there is no previous life to end (the caller stores the view).
+    mutating func endPreviousLife(view: UInt64) -> Bool {
+        if mastering.endingLife != nil {
+            // (A later recovery completed before the last slice: it is the view to store.)
+            mastering.endingLife!.view = view
+            return true
+        }
+        guard let life = mastering.previousLife else { return false }
         mastering.previousLife = nil
-        var deleted = 0
-        for (lockspace, path) in life.records {
+        mastering.endingLife = EndingLife(
+            view: view, records: life.records,
+            offeredLocks: life.replicas.reduce(0) { $0 + $1.persistentLocks.count }, subLocks: life.subLocks)
+        record(.recoveredView(0))
+        return true
+    }
+
+    /// One slice of the previous life's end: each of its records is deleted, and a resource this node masters now
+    /// (recovery rebuilt it here, from these records or from survivors) is written again whole over it, in the same
+    /// step. After the last, the store learns the view of the last completed recovery.
+    mutating func continueEndingLife() {
+        guard var ending = mastering.endingLife else { return }
+        mastering.endingLife = nil
+        let end = min(ending.records.count, ending.next + max(recoverySlice, 1))
+        for index in ending.next..<end {
+            let (lockspace, path) = ending.records[index]
             record(.journal(.delete(lockspace: lockspace, path: path)))
             if let current = engine.storedResource(lockspace: lockspace, path: path) {
                 record(.journal(.put(current)))
             } else {
-                deleted += 1
+                ending.deleted += 1
             }
         }
-        let offered = life.replicas.reduce(0) { $0 + $1.persistentLocks.count }
+        ending.next = end
+        guard ending.next >= ending.records.count else {
+            mastering.endingLife = ending
+            return
+        }
+        record(.recoveredView(ending.view))
         output.notices.append(
             (
                 "the persistent locks of this node's previous life are settled",
                 [
-                    "view": "\(view)", "offered_locks": "\(offered)", "dropped_sub_locks": "\(life.subLocks)",
-                    "records_deleted": "\(deleted)",
+                    "view": "\(ending.view)", "offered_locks": "\(ending.offeredLocks)",
+                    "dropped_sub_locks": "\(ending.subLocks)", "records_deleted": "\(ending.deleted)",
                 ]
             ))
     }
+}
+
+/// The end of a previous life, in slices: the view whose recovery ended it (the latest, if more completed since),
+/// its records and the next to delete.
+struct EndingLife {
+    var view: UInt64
+    var records: [(lockspace: [UInt8], path: [[UInt8]])]
+    var next = 0
+    var deleted = 0
+    var offeredLocks: Int
+    var subLocks: Int
 }

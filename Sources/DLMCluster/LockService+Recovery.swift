@@ -80,6 +80,10 @@ struct RecoveryWork {
     var cached: [DirectoryKey] = []
     var nextCached = 0
     var nextCopy = 0
+    /// The next resource of the previous life to offer (LockService+PreviousLife.swift), and the offers per directory
+    /// node.
+    var nextOffer = 0
+    var offers: [UInt32: [ValueReplica]] = [:]
     /// Phase 2: the resources to rebuild, and the next one.
     var keys: [DirectoryKey] = []
     var nextKey = 0
@@ -174,7 +178,6 @@ extension LockService {
         let lives = livesReport
         mastering.recovery!.recoveredViews[configuration.nodeID] = lives.recovered
         mastering.recovery!.storedViews[configuration.nodeID] = lives.stored
-        offerPreviousLife(view: view)
         // Messages of this view that came before this node installed it (after the old directory was forgotten).
         let early = mastering.futureRecovery
         mastering.futureRecovery = []
@@ -222,7 +225,8 @@ extension LockService {
 
     /// Phase 1 in slices: the engine's top-level resources (in slot order) and the resources this node's cache
     /// said it masters when the phase began, registered with their directory nodes; then every
-    /// process copy whose master left, sent to its new master. Returns true when all is done.
+    /// process copy whose master left, sent to its new master; then the previous life's offers. Returns true when all
+    /// is done.
     mutating func registerAndResend(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
         while budget > 0, work.nextSlot < engine.resourceSlotCount {
             let slots = work.nextSlot..<min(engine.resourceSlotCount, work.nextSlot + budget)
@@ -266,7 +270,8 @@ extension LockService {
             record.copy = ProcessCopies.lockID(index).rawValue
             work.resends[target, default: []].append(record)
         }
-        return work.nextCopy >= mastering.copies.copies.count
+        guard work.nextCopy >= mastering.copies.copies.count else { return false }
+        return offerPreviousLife(&work, budget: &budget)
     }
 
     /// The recovery lists that filled a message go out (all of them at the end of a phase's work).
@@ -281,6 +286,9 @@ extension LockService {
         }
         for node in work.bindings.keys.sorted() where work.bindings[node]!.count >= limit {
             sendRecovery(work.bindings.removeValue(forKey: node)!, to: node) { .recoverBindings(view: view, $0) }
+        }
+        for node in work.offers.keys.sorted() where work.offers[node]!.count >= limit {
+            sendRecovery(work.offers.removeValue(forKey: node)!, to: node) { .recoverStored(view: view, $0) }
         }
     }
 
@@ -731,9 +739,9 @@ extension LockService {
         mastering.recovery = nil
         mastering.recoveredView = recovery.view
         mastering.memberIncarnations = mastering.viewMembers
-        // The store learns the view, so that at a restart of the whole cluster it counts as of it.
-        record(.recoveredView(recovery.view))
-        endPreviousLife(view: recovery.view)
+        // The store learns the view, so that at a restart of the whole cluster it counts as of it (once the previous
+        // life's records are gone, when there were some).
+        if !endPreviousLife(view: recovery.view) { record(.recoveredView(recovery.view)) }
         dropStaleReplicas(view: recovery.view)
         mastering.tossFloors = [:]  // every floor is above the tokens of earlier views now
         output.notices.append(("recovery done", ["view": "\(recovery.view)"]))

@@ -354,8 +354,9 @@ public struct LockService {
             // (Recovery first: the node is stopped while it recovers, and the engine's work waits for its end.)
             if hasRecoveryWork {
                 continueRecovery()
-            } else if !isStopped, !isHoldingForDeadlock {
-                run(.continueBulkWork, reply: nil)
+            } else {
+                if mastering.endingLife != nil { continueEndingLife() }
+                if engine.hasBulkWork, !isStopped, !isHoldingForDeadlock { run(.continueBulkWork, reply: nil) }
             }
         case .shutdown:
             shutdown()
@@ -394,6 +395,7 @@ public struct LockService {
             run(.ownerExited(owner(client.id)), reply: nil)
         }
         while engine.hasBulkWork { run(.continueBulkWork, reply: nil) }
+        while mastering.endingLife != nil { continueEndingLife() }
     }
 
     /// What the shell must do now (see `ServiceOutput`): swapped with `spare`, which the shell emptied after the
@@ -401,7 +403,9 @@ public struct LockService {
     /// new batch.
     public mutating func swapOutput(_ spare: inout ServiceOutput) {
         closeGeneration()
-        output.wantsBulkSlice = (engine.hasBulkWork && !isStopped && !isHoldingForDeadlock) || hasRecoveryWork
+        output.wantsBulkSlice =
+            (engine.hasBulkWork && !isStopped && !isHoldingForDeadlock) || hasRecoveryWork
+            || mastering.endingLife != nil
         swap(&output, &spare)
         output.removeAll()
     }

@@ -28,6 +28,10 @@ struct ClusterHarness {
     /// Nodes whose output asked for a slice of work done in slices (recovery, an exit, a purge): `run` gives it
     /// between two messages, as the shell does between two turns of its event loop.
     var wantsSlice: Set<UInt32> = []
+    /// Once `node` gives the notice `message`, `run` gives it no slice any more (they wait, as `paused` messages
+    /// do) until the test sets this to nil.
+    var withholdSlicesAfter: (node: UInt32, message: String)?
+    var slicesWithheld: Set<UInt32> = []
     /// The longest list a recovery message that `run` carried held.
     var longestRecoveryList = 0
     /// The recoveries each node's output announced, in order.
@@ -37,6 +41,8 @@ struct ClusterHarness {
     /// The client name under which `framesSeen` notes, in order with the frames, that a master freed a resource
     /// with its value block (its replica's removal went out): "!freed NAME".
     static let freedMark = "!freed "
+    /// The notice `run` notes for each slice it gives a node, in order with the node's notices.
+    static let sliceMark = "!slice"
 
     /// The removals among a node's outgoing messages, as marks in a stream of frames.
     static func removals(_ messages: [(to: UInt32, message: PeerMessage)]) -> [(String, ServerMessage)] {
@@ -200,6 +206,11 @@ struct ClusterHarness {
                 let output = nodes[node]!.service.takeOutput()
                 if trace { for n in output.notices { print("node \(node) notice: \(n)") } }
                 notices.append(contentsOf: output.notices.map { (node, $0.message) })
+                if let withhold = withholdSlicesAfter, withhold.node == node,
+                    output.notices.contains(where: { $0.message == withhold.message })
+                {
+                    slicesWithheld.insert(node)
+                }
                 if output.wantsBulkSlice { wantsSlice.insert(node) }
                 recoveries[node, default: []].append(contentsOf: output.recoveries)
                 noteWritten(node, output)
@@ -223,8 +234,10 @@ struct ClusterHarness {
             }
             let link = links.keys.filter({ !(links[$0]?.isEmpty ?? true) && !paused.contains($0) }).min()
             // A slice when no message is left to carry, and every other step otherwise (slices meet messages).
-            if let node = wantsSlice.min(), link == nil || steps % 2 == 0 {
+            if withholdSlicesAfter == nil { slicesWithheld = [] }
+            if let node = wantsSlice.subtracting(slicesWithheld).min(), link == nil || steps % 2 == 0 {
                 wantsSlice.remove(node)
+                notices.append((node, Self.sliceMark))
                 if trace { print("run: slice of node \(node)") }
                 nodes[node]!.handle(.bulkSlice)
                 steps += 1

@@ -137,4 +137,69 @@ import Testing
         #expect(Self.locks(c, "mine").isEmpty, "a stale previous life came back into a running cluster")
         #expect(c.storeContents[3]?.resources.isEmpty == true)
     }
+
+    /// A previous life ends in slices after the first recovery, and its node serves between them. Until the last
+    /// slice its store says it recovered no view, so a crash of the whole cluster meanwhile does not offer its old
+    /// records, which may be stale: here an orphan that another node adopted and released would come back.
+    @Test func aPreviousLifeEndsInSlicesAndACrashMeanwhileBringsNothingStaleBack() {
+        var c = ClusterHarness(nodes: 2, stores: true, recoverySlice: 2)
+        // Twelve persistent locks of node 1's client, on names node 1 masters (it asks first), and "s", whose
+        // directory node is node 2 (its orphan is rebuilt there after the restart).
+        let holder = c.client(1, "h")
+        let stale = ClusterHarness.name(directedTo: 2, of: 2, prefix: "s")
+        let names = (0..<12).map { "p\($0)" } + [stale]
+        for (index, name) in names.enumerated() { c.send(holder, H.lock(UInt32(10 + index), name, .ex, .persistent)) }
+        Self.settle(&c)
+        #expect(c.completions["1h"]?.filter { $0.status == .granted }.count == names.count)
+        let records = c.storeContents[1]?.records.count ?? 0
+        #expect(records == names.count)
+
+        // The whole cluster restarts; node 1 gets no slice once its recovery is done.
+        c.withholdSlicesAfter = (1, "recovery done")
+        Self.restartWholeCluster(&c)
+        Self.settle(&c)
+        #expect(c.slicesWithheld == [1], "node 1's recovery did not complete")
+        let view = c.storeContents[2]?.recoveredView ?? 0
+        #expect(view > 0)
+        #expect(c.storeContents[1]?.recoveredView == 0, "the view was stored before the old records were gone")
+        #expect(!c.notices.contains { $0.node == 1 && $0.message.contains("previous life are settled") })
+        // Node 1 serves meanwhile.
+        let fresh = c.client(1, "x")
+        c.send(fresh, H.lock(2, "fresh", .ex))
+        Self.settle(&c)
+        #expect(c.completions["1x"]?.last?.status == .granted)
+        // On node 2, a client adopts the orphan on the stale name and releases it: node 1's old record of it is stale.
+        let adopter = c.client(2, "a")
+        c.send(adopter, H.lock(2, stale, .ex, .orphan))
+        Self.settle(&c)
+        #expect(c.completions["2a"]?.last?.status == .granted)
+        c.send(adopter, H.unlock(3, c.completions["2a"]!.last!.lock))
+        Self.settle(&c)
+        #expect(Self.locks(c, stale).isEmpty)
+
+        // Everything dies before node 1's last slice, and restarts. Node 1's new life offers nothing (its store's age
+        // is unknown); it ends its previous life, a slice per two of its records, after its recovery.
+        c.withholdSlicesAfter = nil
+        let oldRecords = c.storeContents[1]?.records.count ?? 0
+        #expect(oldRecords == names.count)
+        #expect(
+            c.storeContents[1]?.resources.keys.contains { $0.path == [Array(stale.utf8)] } == true,
+            "node 1's store no longer has its old record of the stale name")
+        c.notices = []
+        Self.restartWholeCluster(&c)
+        Self.settle(&c)
+        #expect(Self.locks(c, stale).isEmpty, "a stale record of a previous life came back")
+        for name in names { #expect(Self.locks(c, name).count <= 1, "\(name) came back twice") }
+        let ofNode1 = c.notices.filter { $0.node == 1 }.map(\.message)
+        if let done = ofNode1.firstIndex(of: "recovery done"),
+            let settled = ofNode1.firstIndex(where: { $0.contains("previous life are settled") })
+        {
+            let slices = ofNode1[done..<settled].filter { $0 == ClusterHarness.sliceMark }.count
+            #expect(slices >= oldRecords / 2, "\(oldRecords) records ended in \(slices) slices")
+        } else {
+            Issue.record("node 1 did not end its previous life: \(ofNode1)")
+        }
+        #expect(c.storeContents.values.allSatisfy { $0.recoveredView > view })
+        Self.storesMatchEngines(c)
+    }
 }
