@@ -55,6 +55,11 @@ stop_leftover_daemons() {
   kill -KILL $left 2>/dev/null || true
 }
 
+# The tests' folders (dlmd's data and sockets, stores, certificates, corosync's folders) go under one folder of this
+# run: removed at the end when everything passed, kept (and named) otherwise.
+TEST_TMP=$(mktemp -d /tmp/dlm-make-test.XXXXXX)
+export TMPDIR=$TEST_TMP
+
 status=0
 echo "== phase 1: randomized tests, in parallel (DLM_MODEL_OPS=$DLM_MODEL_OPS DLM_SIM_SEEDS=$DLM_SIM_SEEDS" \
   "DLM_MASTERING_SEEDS=$DLM_MASTERING_SEEDS DLM_RECOVERY_SEEDS=$DLM_RECOVERY_SEEDS DLM_DEADLOCK_SEEDS=$DLM_DEADLOCK_SEEDS)"
@@ -75,4 +80,10 @@ DLMD=$BIN/dlmd bash Tests/CDLMTests/run.sh 2>&1 | tee "$RESULTS/c.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 python3 scripts/test-summary.py "$RESULTS" $((SECONDS - started)) || status=1
+stop_leftover_daemons
+if [ "$status" -eq 0 ]; then
+  rm -rf "$TEST_TMP"
+else
+  echo "the tests' folders are kept in $TEST_TMP"
+fi
 exit $status
