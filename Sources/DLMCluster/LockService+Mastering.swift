@@ -278,7 +278,8 @@ extension LockService {
     mutating func remoteOwnerExited(_ id: ConnectionID) {
         guard mastersAcrossNodes else { return }
         mastering.pending = mastering.pending.filter { $0.value.connection != id }
-        for master in mastering.copies.removeAll(of: id.owner) { send(.ownerExited(owner(id)), to: master) }
+        // Its copies are forgotten in slices (`bulkSlice`); its masters release its locks, in slices too.
+        for master in mastering.copies.beginExit(of: id.owner) { send(.ownerExited(owner(id)), to: master) }
     }
 
     // MARK: Messages of other nodes

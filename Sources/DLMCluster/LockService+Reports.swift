@@ -154,7 +154,8 @@ extension LockService {
     func remoteLocks(_ lockspace: LockspaceID, limit: Int = 2048) -> (locks: [LockDebugReport.RemoteLock], more: Bool) {
         guard let name = engine.lockspaceInfo(lockspace)?.name else { return ([], false) }
         var locks: [LockDebugReport.RemoteLock] = []
-        for (index, copy) in mastering.copies.copies.enumerated() where copy.owner != 0 {
+        for (index, copy) in mastering.copies.copies.enumerated()
+        where copy.owner != 0 && !mastering.copies.isExiting(copy.owner) {
             guard copy.master != configuration.nodeID, let record = copy.record, record.lockspace == name else {
                 continue
             }

@@ -356,6 +356,7 @@ public struct LockService {
                 continueRecovery()
             } else {
                 if mastering.endingLife != nil { continueEndingLife() }
+                if mastering.copies.hasExiting { mastering.copies.forgetExited(budget: configuration.engine.bulkSlice) }
                 if engine.hasBulkWork, !isStopped, !isHoldingForDeadlock { run(.continueBulkWork, reply: nil) }
             }
         case .shutdown:
@@ -396,6 +397,7 @@ public struct LockService {
         }
         while engine.hasBulkWork { run(.continueBulkWork, reply: nil) }
         while mastering.endingLife != nil { continueEndingLife() }
+        while mastering.copies.hasExiting { mastering.copies.forgetExited(budget: configuration.engine.bulkSlice) }
     }
 
     /// What the shell must do now (see `ServiceOutput`): swapped with `spare`, which the shell emptied after the
@@ -405,7 +407,7 @@ public struct LockService {
         closeGeneration()
         output.wantsBulkSlice =
             (engine.hasBulkWork && !isStopped && !isHoldingForDeadlock) || hasRecoveryWork
-            || mastering.endingLife != nil
+            || mastering.endingLife != nil || mastering.copies.hasExiting
         swap(&output, &spare)
         output.removeAll()
     }

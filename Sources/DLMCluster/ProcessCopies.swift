@@ -1,5 +1,6 @@
 import DLMCore
 import DLMWire
+import DequeModule
 
 /// The locks that this node's clients hold on resources mastered by other nodes: a process copy each (Linux's
 /// lkid on the holder, remid on the master). The id a client sees for such a lock is this node's, with the high
@@ -35,6 +36,12 @@ struct ProcessCopies {
     var byMaster: [MasterLock: Int] = [:]
     /// The copies of each owner of this node.
     var byOwner: [UInt64: Set<Int>] = [:]
+    /// The masters each owner's copies went to (never fewer: an owner's exit goes to each of them).
+    var mastersByOwner: [UInt64: Set<UInt32>] = [:]
+    /// Owners that exited, and their copies still to forget (`forgetExited`, in slices): an owner holding a million
+    /// locks of other masters is forgotten between turns of the event loop, as its local locks are released.
+    var exiting: Deque<(owner: UInt64, copies: [Int])> = []
+    var exitingOwners: Set<UInt64> = []
     /// The copies of each account's owners (for the per-user quota).
     var accountCounts: [Int] = []
 
@@ -95,6 +102,7 @@ struct ProcessCopies {
         }
         copies[index] = Copy(owner: owner, master: master, masterLock: nil, record: record, account: account)
         byOwner[owner, default: []].insert(index)
+        mastersByOwner[owner, default: []].insert(master)
         if account >= 0 {
             while accountCounts.count <= Int(account) { accountCounts.append(0) }
             accountCounts[Int(account)] += 1
@@ -125,8 +133,14 @@ struct ProcessCopies {
             if copy.master == localNode { masteredHere -= 1 }
         }
         copies[index].masterLock = nil
-        copies[index].master = master
         copies[index].rebinding = true
+        setMaster(index, master)
+    }
+
+    /// The copy's master is `master` now.
+    mutating func setMaster(_ index: Int, _ master: UInt32) {
+        copies[index].master = master
+        if byOwner[copies[index].owner] != nil { mastersByOwner[copies[index].owner, default: []].insert(master) }
     }
 
     /// What a completion from the master says of the lock: its mode, the value block it read, its token.
@@ -161,7 +175,10 @@ struct ProcessCopies {
             if copy.master == localNode { masteredHere -= 1 }
         }
         byOwner[copy.owner]?.remove(index)
-        if byOwner[copy.owner]?.isEmpty == true { byOwner[copy.owner] = nil }
+        if byOwner[copy.owner]?.isEmpty == true {
+            byOwner[copy.owner] = nil
+            mastersByOwner[copy.owner] = nil
+        }
         if copy.account >= 0 { accountCounts[Int(copy.account)] -= 1 }
         if let record = copy.record {
             let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
@@ -176,14 +193,34 @@ struct ProcessCopies {
         free.append(index)
     }
 
-    /// Forgets every copy of an owner; returns the masters that held any of them.
-    mutating func removeAll(of owner: UInt64) -> [UInt32] {
-        guard let indices = byOwner[owner] else { return [] }
-        var masters: Set<UInt32> = []
-        for index in indices.sorted() {
-            masters.insert(copies[index].master)
-            remove(index)
+    /// The owner exited: its copies are forgotten in slices from now on (`forgetExited`), and nothing may act on
+    /// them meanwhile (`isExiting`). Returns the masters that hold its locks (its exit goes to them).
+    mutating func beginExit(of owner: UInt64) -> [UInt32] {
+        let masters = mastersByOwner.removeValue(forKey: owner)
+        guard let indices = byOwner.removeValue(forKey: owner) else { return [] }
+        exiting.append((owner, Array(indices)))
+        exitingOwners.insert(owner)
+        return masters.map { $0.sorted() } ?? []
+    }
+
+    func isExiting(_ owner: UInt64) -> Bool { !exitingOwners.isEmpty && exitingOwners.contains(owner) }
+
+    var hasExiting: Bool { !exiting.isEmpty }
+
+    /// Forgets up to `budget` copies of owners that exited.
+    mutating func forgetExited(budget: Int) {
+        var budget = budget
+        while budget > 0, var next = exiting.popFirst() {
+            while budget > 0, let index = next.copies.popLast() {
+                // (A copy that ended meanwhile, a completion of its master, may be another owner's by now.)
+                if copies[index].owner == next.owner { remove(index) }
+                budget -= 1
+            }
+            if next.copies.isEmpty {
+                exitingOwners.remove(next.owner)
+            } else {
+                exiting.prepend(next)
+            }
         }
-        return masters.sorted()
     }
 }

@@ -28,10 +28,10 @@ struct ClusterHarness {
     /// Nodes whose output asked for a slice of work done in slices (recovery, an exit, a purge): `run` gives it
     /// between two messages, as the shell does between two turns of its event loop.
     var wantsSlice: Set<UInt32> = []
-    /// Once `node` gives the notice `message`, `run` gives it no slice any more (they wait, as `paused` messages
-    /// do) until the test sets this to nil.
-    var withholdSlicesAfter: (node: UInt32, message: String)?
+    /// Nodes that `run` gives no slice (they wait, as `paused` messages do) until the test removes them; and a node
+    /// that joins them once it gives the notice `message`.
     var slicesWithheld: Set<UInt32> = []
+    var withholdSlicesAfter: (node: UInt32, message: String)?
     /// The longest list a recovery message that `run` carried held.
     var longestRecoveryList = 0
     /// The recoveries each node's output announced, in order.
@@ -234,7 +234,6 @@ struct ClusterHarness {
             }
             let link = links.keys.filter({ !(links[$0]?.isEmpty ?? true) && !paused.contains($0) }).min()
             // A slice when no message is left to carry, and every other step otherwise (slices meet messages).
-            if withholdSlicesAfter == nil { slicesWithheld = [] }
             if let node = wantsSlice.subtracting(slicesWithheld).min(), link == nil || steps % 2 == 0 {
                 wantsSlice.remove(node)
                 notices.append((node, Self.sliceMark))

@@ -190,6 +190,55 @@ import Testing
         #expect(c.nodes[1]!.service.engine.lockCount == 2)
     }
 
+    /// A client holding locks that another node masters goes: its node forgets their copies in slices, between which
+    /// it serves, while the master releases them at once. When that master dies before the last slice, recovery
+    /// resends none of the gone client's copies: nothing is rebuilt for an owner that is gone.
+    @Test func anExitForgetsRemoteCopiesInSlicesAndRecoveryResendsNoneOfThem() {
+        var c = ClusterHarness(nodes: 3, engine: EngineConfig(bulkSlice: 4))
+        let names = (0..<20).map { "x\($0)" }
+        // Node 2 masters the names (it asks first).
+        let m = c.client(2, "m")
+        for (index, name) in names.enumerated() { c.send(m, H.lock(UInt32(10 + index), name, .nl)) }
+        _ = c.run()
+        for (index, _) in names.enumerated() { c.send(m, H.unlock(UInt32(40 + index), UInt32(index + 1))) }
+        _ = c.run()
+        let a = c.client(1, "a")
+        for (index, name) in names.enumerated() { c.send(a, H.lock(UInt32(10 + index), name, .ex)) }
+        _ = c.run()
+        #expect(c.completions["1a"]?.filter { $0.status == .granted }.count == names.count)
+        #expect(c.nodes[2]!.service.engine.lockCount == names.count)
+
+        // Node 1 gets no slice from now on; its client goes.
+        c.slicesWithheld = [1]
+        c.close(a)
+        _ = c.run()
+        let copies = { (c: ClusterHarness) in c.nodes[1]!.service.mastering.copies.copies.filter { $0.owner != 0 }.count
+        }
+        #expect(copies(c) == names.count, "the copies were forgotten in one step")
+        #expect(c.nodes[2]!.service.engine.lockCount == 0, "the master did not release the gone client's locks")
+        // Node 1 serves meanwhile.
+        let d = c.client(1, "d")
+        c.send(d, H.lock(2, "local", .ex))
+        _ = c.run()
+        #expect(c.completions["1d"]?.last?.status == .granted)
+
+        // The master dies before node 1's last slice: after recovery, every name is free.
+        c.crash(2)
+        c.installView()
+        _ = c.run()
+        let b = c.client(3, "b")
+        for (index, name) in names.enumerated() { c.send(b, H.lock(UInt32(10 + index), name, .ex, .noQueue)) }
+        _ = c.run()
+        #expect(
+            c.completions["3b"]?.filter { $0.status == .granted }.count == names.count,
+            "locks of the gone client were rebuilt: \(c.completions["3b"] ?? [])")
+
+        c.slicesWithheld = []
+        _ = c.run()
+        #expect(copies(c) == 0)
+        #expect(c.nodes[1]!.service.mastering.copies.hasExiting == false)
+    }
+
     /// A client's UNLOCK of its persistent lock waits behind its request to another node's master, and the client
     /// goes before the answer comes: the unlock still runs, then the owner exits on every master; no orphan is
     /// left (the frames behind the answer used to be dropped with the connection).

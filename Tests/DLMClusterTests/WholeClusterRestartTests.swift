@@ -180,6 +180,7 @@ import Testing
         // Everything dies before node 1's last slice, and restarts. Node 1's new life offers nothing (its store's age
         // is unknown); it ends its previous life, a slice per two of its records, after its recovery.
         c.withholdSlicesAfter = nil
+        c.slicesWithheld = []
         let oldRecords = c.storeContents[1]?.records.count ?? 0
         #expect(oldRecords == names.count)
         #expect(
