@@ -30,6 +30,11 @@ public final class LockNode: @unchecked Sendable {
     let busyPoll: BusyPoll?
     /// A bulk slice is scheduled.
     var bulkScheduled = false
+    /// Nested inputs (an output that closes a channel reports it at once) are timed as part of the outer one.
+    var stepDepth = 0
+    /// Steps of `longStep` or more since the last one logged, and when that was.
+    var longSteps = 0
+    var lastLongStepLog = NIODeadline.uptimeNanoseconds(0)
     /// The turns of the node's event loop (LoopTurns.swift); nil: slices only wait `bulkSliceDelay`.
     var loopTurns: LoopTurns?
     /// The output being carried out, and its arrays kept for the next batch.
@@ -91,8 +96,45 @@ public final class LockNode: @unchecked Sendable {
 
     /// One input, then its output carried out.
     func handle(_ input: ServiceInput) {
+        stepDepth += 1
+        defer { stepDepth -= 1 }
+        let start = NIODeadline.now()
         service.handle(input)
         apply()
+        if stepDepth == 1 {
+            let took = NIODeadline.now() - start
+            if took >= LockNode.longStep { longStep(input, took: took) }
+        }
+    }
+
+    /// A step this long is a pause that every client of the node sees, and one of ten times as long gets a node
+    /// suspected by its peers; each is logged (at most one line a second) with what caused it, so that the work can
+    /// be cut into slices.
+    static let longStep = TimeAmount.milliseconds(100)
+
+    func longStep(_ input: ServiceInput, took: TimeAmount) {
+        longSteps += 1
+        let now = NIODeadline.now()
+        guard now - lastLongStepLog >= .seconds(1) else { return }
+        let more = longSteps - 1
+        longSteps = 0
+        lastLongStepLog = now
+        let cause: String
+        switch input {
+        case .peer(let node, let message): cause = "message \(message.kind) of node \(node)"
+        case .bulkSlice: cause = "a slice of work done in slices"
+        case .viewInstalled(let view, _): cause = "view \(view.id.number) installed"
+        case .closed: cause = "a client's connection closed"
+        case .inputEnded: cause = "a client's input ended"
+        case .tick: cause = "a tick"
+        case .committed: cause = "a store commit"
+        case .shutdown: cause = "the shutdown"
+        default: cause = "an input"
+        }
+        let note = more > 0 ? " (and \(more) more steps of 100 ms or more since the last report)" : ""
+        logger.warning(
+            "one step of the lock service took \(took.nanoseconds / 1_000_000) ms: \(cause)\(note)",
+            metadata: ["recovering": "\(service.isRunningRecovery)"])
     }
 
     // MARK: Connections
