@@ -275,6 +275,9 @@ enum ClusterScenarios {
         let afterKill = pairs.filter { $0.end >= killedNanoseconds }
         let longest = afterKill.map(\.latency).max() ?? 0
         let before = pairs.filter { $0.end < killedNanoseconds }.map(\.latency).sorted()
+        // The holders' connections stay open until the end: without this, they were released after their last use
+        // (the setup), and their clients' locks with them, before the kill.
+        withExtendedLifetime(holders) {}
         func milliseconds(_ duration: Duration) -> JSON { .number2(MembershipScenarios.seconds(duration) * 1000) }
         return .object([
             ("scenario", .string("cluster-recovery")),
