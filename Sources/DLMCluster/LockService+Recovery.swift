@@ -29,6 +29,8 @@ import GroupServices
 /// that no survivor sends come from the resource's backup node (`orphans(of:holders:members:)`).
 struct Recovery {
     var view: UInt64
+    /// Whether this node's part of the current phase waits for slices.
+    var hasWork: Bool { work != nil && !abandoned }
     /// Members of the last completed recovery (node: incarnation) that are not in the view.
     var departed: Set<UInt32>
     var phase: UInt8 = 1
@@ -93,6 +95,10 @@ struct RecoveryWork {
 }
 
 extension LockService {
+    /// Containers of more entries than this that recovery is done with are freed by the shell, off its event loop
+    /// (`ServiceOutput.discarded`).
+    static let discardAbove = 10_000
+
     /// The members of a view, with their incarnations.
     static func members(of view: View) -> [UInt32: UInt64] {
         var members: [UInt32: UInt64] = [:]
@@ -170,6 +176,7 @@ extension LockService {
         // (Made as large as this node's share of the new directory will be: growing it from empty rehashed every
         // entry at each doubling, the last of them a single step of hundreds of milliseconds with a million locks.)
         let directoryShare = mastering.directory.count * max(previous.count, 1) / max(members.count, 1)
+        if mastering.directory.count > Self.discardAbove { output.discarded.append(mastering.directory) }
         mastering.directory = Dictionary(minimumCapacity: directoryShare + directoryShare / 8)
         // The replicas this node kept of departed masters' resources go to their new masters; nothing waits any
         // longer for a departed backup node.
@@ -200,10 +207,7 @@ extension LockService {
     var recoverySlice: Int { configuration.recoverySlice }
 
     /// Whether this node's part of the current phase waits for slices (`ServiceOutput.wantsBulkSlice`).
-    var hasRecoveryWork: Bool {
-        guard let recovery = mastering.recovery else { return false }
-        return recovery.work != nil && !recovery.abandoned
-    }
+    var hasRecoveryWork: Bool { mastering.recovery?.hasWork == true }
 
     /// One slice of this node's part of the current recovery phase; the phase's end (its barrier) after the last.
     mutating func continueRecovery() {
@@ -216,6 +220,7 @@ extension LockService {
             mastering.recovery!.work = work
             return
         }
+        if work.keys.count + work.cached.count > Self.discardAbove { output.discarded.append(work) }
         if work.phase == 1 {
             finishResends()
         } else {
@@ -402,7 +407,9 @@ extension LockService {
         default:
             return
         }
-        guard let recovery = mastering.recovery, recovery.view == view, !recovery.abandoned else {
+        // (The run's fields are read in place: a copy of the whole `Recovery` per message, and per resource in
+        // `rebuild`, was a fifth of a recovery's time.)
+        guard mastering.recovery?.view == view, mastering.recovery?.abandoned == false else {
             if view > (mastering.recovery?.view ?? mastering.recoveredView) {
                 mastering.futureRecovery.append((node, message))
             }
@@ -486,6 +493,9 @@ extension LockService {
             recovery.received[key] == nil && replicas.contains { !$0.persistentLocks.isEmpty } ? key : nil
         }
         work.keys = recovery.receivedOrder + Self.ordered(fromReplicas)
+        // (Sized at once: growing them key by key rehashed hundreds of thousands of entries in single slices.)
+        mastering.rebuilt.reserve(recovery.received.values.reduce(0) { $0 + $1.count })
+        mastering.rebuiltKeys.reserveCapacity(mastering.rebuiltKeys.count + work.keys.count)
         mastering.recovery!.work = work
         continueRecovery()
     }
@@ -505,13 +515,14 @@ extension LockService {
     /// kept; answers the holders, and registers it with its directory node.
     mutating func rebuild(_ key: DirectoryKey, into work: inout RecoveryWork) {
         let me = configuration.nodeID
-        guard let recovery = mastering.recovery else { return }
+        guard mastering.recovery != nil else { return }
         if let master = mastering.directory[key], master != me {
             // An aborted run rebuilt it there (it registered it): that node answers the holders.
             return
         }
-        let holders = recovery.received[key] ?? []
-        let replica = recovery.receivedValues[key]?.max { $0.valueBlockSequence < $1.valueBlockSequence }
+        let holders = mastering.recovery!.received[key] ?? []
+        let values = mastering.recovery!.receivedValues[key]
+        let replica = values?.max { $0.valueBlockSequence < $1.valueBlockSequence }
         // (Orphans an aborted run rebuilt here are here already.)
         let orphans =
             engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name)
@@ -539,8 +550,9 @@ extension LockService {
         for path in paths {
             if rebuildResource(
                 key, path: path, lockspace: lockspace, holders: byPath[path] ?? [],
-                orphans: path.count == 1 ? orphans : [], values: recovery.receivedValues[key],
-                alone: recovery.reportedDeparted.count == 1, floor: recovery.view << 40, bindings: &work.bindings)
+                orphans: path.count == 1 ? orphans : [], values: values,
+                alone: mastering.recovery!.reportedDeparted.count == 1, floor: mastering.recovery!.view << 40,
+                bindings: &work.bindings)
             {
                 rebuiltHere = true
             }
@@ -557,6 +569,10 @@ extension LockService {
     /// phase ends everywhere, every backup node has them.
     mutating func finishRebuilds() {
         let me = configuration.nodeID
+        if mastering.recovery!.received.count > Self.discardAbove {
+            output.discarded.append(mastering.recovery!.received)
+            output.discarded.append(mastering.recovery!.receivedOrder)
+        }
         mastering.recovery!.received = [:]
         mastering.recovery!.receivedOrder = []
         mastering.recovery!.receivedValues = [:]
@@ -564,7 +580,7 @@ extension LockService {
         for owner in engine.owners(matching: { $0.node != me && members[$0.node] != $0.incarnation }) {
             run(.ownerExited(owner), reply: nil)
         }
-        mastering.rebuilt.forget { members[$0.node] != $0.incarnation }
+        mastering.rebuilt.forget(holders: { members[$0.node] != $0.incarnation })
         replicateAgain()
         finishPhase(2)
     }
@@ -752,6 +768,7 @@ extension LockService {
             run(.grantAfterRecovery(lockspace), reply: nil)
         }
         mastering.rebuiltLockspaces = []
+        if mastering.rebuiltKeys.count > Self.discardAbove { output.discarded.append(mastering.rebuiltKeys) }
         mastering.rebuiltKeys = []
         // What other nodes sent meanwhile, in order.
         for (node, _, message) in recovery.heldTraffic { receive(message, from: node) }
@@ -789,7 +806,7 @@ extension LockService {
     /// for peer messages). Nothing runs in a run that a view without quorum abandoned, nor in a life's first
     /// recovery (it masters nothing yet that it may serve).
     func runsDuringRecovery(_ message: ClientMessage, from id: ConnectionID) -> Bool {
-        guard let recovery = mastering.recovery, !recovery.abandoned, mastering.recoveredView > 0 else { return false }
+        guard mastering.recovery?.abandoned == false, mastering.recoveredView > 0 else { return false }
         let lock: UInt32
         switch message {
         case .lock(let m):
@@ -814,7 +831,8 @@ extension LockService {
         guard let index = mastering.copies.index(of: lock, owner: id.owner) else { return true }
         // Bound to a master that survived (an unbound copy waits for the new master's id).
         let copy = mastering.copies.copies[index]
-        let masterLeft = recovery.departed.contains(copy.master) || mastering.viewMembers[copy.master] == nil
+        let masterLeft =
+            mastering.recovery!.departed.contains(copy.master) || mastering.viewMembers[copy.master] == nil
         return copy.masterLock != nil && !copy.rebinding && !masterLeft
     }
 
@@ -823,7 +841,7 @@ extension LockService {
     /// owner exits wait for the end of the run. (A node sends at most one operation per connection at a time, so
     /// running one ahead of held ones keeps each client's order.)
     func runsDuringRecovery(_ message: PeerMessage) -> Bool {
-        guard let recovery = mastering.recovery, !recovery.abandoned, mastering.recoveredView > 0 else { return false }
+        guard mastering.recovery?.abandoned == false, mastering.recoveredView > 0 else { return false }
         let lock: LockID
         switch message {
         case .request(_, let remote):
@@ -874,13 +892,19 @@ struct RebuiltLocks {
         }
     }
 
-    mutating func forget(where gone: (RebuiltCopy) -> Bool) {
-        guard !isEmpty else { return }
-        for (copy, lock) in byCopy where gone(copy) {
-            byCopy[copy] = nil
-            byLock[lock] = nil
-            removeFromOwner(copy)
+    /// The holders for which `gone` is true went: their locks are gone. (A walk of the holders, not of the locks.)
+    mutating func forget(holders gone: (RebuiltOwner) -> Bool) {
+        for holder in byOwner.keys where gone(holder) {
+            for copy in byOwner.removeValue(forKey: holder)! {
+                if let lock = byCopy.removeValue(forKey: RebuiltCopy(holder: holder, copy: copy)) { byLock[lock] = nil }
+            }
         }
+    }
+
+    /// Room for `count` more locks, so that no insert of a recovery's rebuild rehashes them all in one step.
+    mutating func reserve(_ count: Int) {
+        byCopy.reserveCapacity(byCopy.count + count)
+        byLock.reserveCapacity(byLock.count + count)
     }
 
     private mutating func remove(_ copy: RebuiltCopy) {

@@ -59,6 +59,10 @@ public struct ServiceOutput: Sendable {
     /// Connections to stop reading from (`paused`) because `maxQueuedRequests` of their requests wait, or to read
     /// from again; in order.
     public var readPauses: [(connection: ConnectionID, paused: Bool)] = []
+    /// Large containers the service is done with (a recovery's lists and the old directory, of up to a million
+    /// entries each): the shell lets go of them off its event loop, since freeing one is a step of tens to
+    /// hundreds of milliseconds.
+    public var discarded: [any Sendable] = []
 
     public init() {}
 
@@ -72,6 +76,7 @@ public struct ServiceOutput: Sendable {
         if !recoveries.isEmpty { recoveries.removeAll() }
         if !peerMessages.isEmpty { peerMessages.removeAll(keepingCapacity: true) }
         if !readPauses.isEmpty { readPauses.removeAll() }
+        if !discarded.isEmpty { discarded.removeAll() }
     }
 
     public var isEmpty: Bool {

@@ -189,6 +189,12 @@ public final class LockNode: @unchecked Sendable {
         repeat {
             applyAgain = false
             service.swapOutput(&spare)
+            if !spare.discarded.isEmpty {
+                // Freed on another thread, which holds the last reference once this scope ends.
+                let discarded = spare.discarded
+                spare.discarded = []
+                DispatchQueue.global(qos: .utility).async { withExtendedLifetime(discarded) {} }
+            }
             carryOut(spare)
             spare.removeAll()
         } while applyAgain
