@@ -23,7 +23,7 @@ struct Mastering {
     /// The members that share the directory, in node order (this node alone when not mastering across nodes).
     var members: [UInt32] = []
     /// As directory node: the master of each resource whose directory this node is.
-    var directory: [DirectoryKey: UInt32] = [:]
+    var directory = ShardedDictionary<DirectoryKey, UInt32>()
     /// The known masters (this node's own resources too).
     var masters = MasterCache()
     /// Requests of this node's clients that wait for a lookup, by resource.

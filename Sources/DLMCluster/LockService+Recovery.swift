@@ -45,7 +45,7 @@ struct Recovery {
     var done: [UInt8: Set<UInt32>] = [:]
     /// As a new master: the locks holders sent, by resource, in arrival order; the resources in the order their
     /// first lock came.
-    var received: [DirectoryKey: [(node: UInt32, lock: RecoveredLock)]] = [:]
+    var received = ShardedDictionary<DirectoryKey, [(node: UInt32, lock: RecoveredLock)]>()
     var receivedOrder: [DirectoryKey] = []
     /// As a new master: the value replicas backup nodes kept of those resources.
     var receivedValues: [DirectoryKey: [ValueReplica]] = [:]
@@ -177,7 +177,7 @@ extension LockService {
         // entry at each doubling, the last of them a single step of hundreds of milliseconds with a million locks.)
         let directoryShare = mastering.directory.count * max(previous.count, 1) / max(members.count, 1)
         if mastering.directory.count > Self.discardAbove { output.discarded.append(mastering.directory) }
-        mastering.directory = Dictionary(minimumCapacity: directoryShare + directoryShare / 8)
+        mastering.directory = ShardedDictionary(minimumCapacity: directoryShare + directoryShare / 8)
         // The replicas this node kept of departed masters' resources go to their new masters; nothing waits any
         // longer for a departed backup node.
         recoverReplicas(view: view, members: members, previous: previous, departed: departed)
@@ -573,7 +573,7 @@ extension LockService {
             output.discarded.append(mastering.recovery!.received)
             output.discarded.append(mastering.recovery!.receivedOrder)
         }
-        mastering.recovery!.received = [:]
+        mastering.recovery!.received = ShardedDictionary()
         mastering.recovery!.receivedOrder = []
         mastering.recovery!.receivedValues = [:]
         let members = mastering.viewMembers

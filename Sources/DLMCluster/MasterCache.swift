@@ -14,7 +14,7 @@ struct MasterCache {
         var epoch: UInt32
     }
 
-    private var entries: [DirectoryKey: Entry] = [:]
+    private var entries = ShardedDictionary<DirectoryKey, Entry>()
     /// Incremented by each `forget`; entries are written in the current one.
     private var epoch: UInt32 = 0
     /// Per node, the epoch in which its entries were last forgotten: its entries of earlier epochs read as absent.
@@ -40,7 +40,7 @@ struct MasterCache {
     /// The resources whose current entry names `node`, in the cache's order.
     func keys(masteredBy node: UInt32) -> [DirectoryKey] {
         let floor = forgotten[node] ?? 0
-        return entries.compactMap { $0.value.node == node && $0.value.epoch >= floor ? $0.key : nil }
+        return entries.compactMap { key, entry in entry.node == node && entry.epoch >= floor ? key : nil }
     }
 
     /// Removes the entry of `key` if it reads as absent.

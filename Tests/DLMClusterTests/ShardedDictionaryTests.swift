@@ -1,0 +1,42 @@
+import DLMTestSupport
+import DLMWire
+import Testing
+
+@testable import DLMCluster
+
+/// The sharded dictionary of the master cache, the directory and a recovery's received locks holds what a
+/// dictionary would: random writes, removals and in-place appends, checked entry by entry against one.
+struct ShardedDictionaryTests {
+    @Test(arguments: [1, 2, 3])
+    func agreesWithADictionary(seed: UInt64) {
+        var random = SplitMix64(seed: seed)
+        var sharded = ShardedDictionary<DirectoryKey, [Int]>(minimumCapacity: 100)
+        var plain: [DirectoryKey: [Int]] = [:]
+        func key(_ i: Int) -> DirectoryKey {
+            DirectoryKey(lockspace: Array("ls\(i % 3)".utf8), name: Array("r\(i)".utf8))
+        }
+        for step in 0..<20_000 {
+            let k = key(random.below(2_000))
+            switch random.below(4) {
+            case 0:
+                sharded[k] = [step]
+                plain[k] = [step]
+            case 1:
+                sharded[k] = nil
+                plain[k] = nil
+            case 2:
+                sharded[k, default: []].append(step)
+                plain[k, default: []].append(step)
+            default:
+                #expect(sharded[k] == plain[k])
+            }
+        }
+        #expect(sharded.count == plain.count)
+        #expect(sharded.isEmpty == plain.isEmpty)
+        for (k, v) in plain { #expect(sharded[k] == v) }
+        let listed = sharded.compactMap { key, value in (key, value) }
+        #expect(listed.count == plain.count)
+        #expect(listed.allSatisfy { plain[$0.0] == $0.1 })
+        #expect(sharded.values.map(\.count).reduce(0, +) == plain.values.map(\.count).reduce(0, +))
+    }
+}
