@@ -47,6 +47,8 @@ struct Recovery {
     /// first lock came.
     var received = ShardedDictionary<DirectoryKey, [(node: UInt32, lock: RecoveredLock)]>()
     var receivedOrder: [DirectoryKey] = []
+    /// How many locks `received` holds.
+    var receivedLocks = 0
     /// As a new master: the value replicas backup nodes kept of those resources.
     var receivedValues: [DirectoryKey: [ValueReplica]] = [:]
     /// As a directory node: what new lives offered of their previous lives' resources (`recoverStored`), and what
@@ -425,6 +427,7 @@ extension LockService {
                 let key = DirectoryKey(lockspace: lock.lockspace, name: lock.name)
                 if mastering.recovery!.received[key] == nil { mastering.recovery!.receivedOrder.append(key) }
                 mastering.recovery!.received[key, default: []].append((node, lock))
+                mastering.recovery!.receivedLocks += 1
             }
         case .recoverBindings(_, let bindings):
             if mastering.recovery!.deferredBindings != nil {
@@ -494,7 +497,7 @@ extension LockService {
         }
         work.keys = recovery.receivedOrder + Self.ordered(fromReplicas)
         // (Sized at once: growing them key by key rehashed hundreds of thousands of entries in single slices.)
-        mastering.rebuilt.reserve(recovery.received.values.reduce(0) { $0 + $1.count })
+        mastering.rebuilt.reserve(recovery.receivedLocks)
         mastering.rebuiltKeys.reserveCapacity(mastering.rebuiltKeys.count + work.keys.count)
         mastering.recovery!.work = work
         continueRecovery()
@@ -575,6 +578,7 @@ extension LockService {
         }
         mastering.recovery!.received = ShardedDictionary()
         mastering.recovery!.receivedOrder = []
+        mastering.recovery!.receivedLocks = 0
         mastering.recovery!.receivedValues = [:]
         let members = mastering.viewMembers
         for owner in engine.owners(matching: { $0.node != me && members[$0.node] != $0.incarnation }) {
