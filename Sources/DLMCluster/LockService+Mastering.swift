@@ -310,7 +310,10 @@ extension LockService {
             // gone and sends again to whoever masters the resource now).
             guard node == configuration.nodeID || mastering.recoveredWith.contains(node) else { return }
             if isRecovering && !runsDuringRecovery(message) {
-                // Run once the directory and the masters are rebuilt.
+                // Run once the directory and the masters are rebuilt. An exit forgets the owner's rebuilt locks at
+                // once, though: a later run must not send their holder its old ids again (`finishResends`), which it
+                // would bind to other locks of its node that took the same copy ids since.
+                if case .ownerExited(let owner) = message { mastering.rebuilt.forget(owner: owner) }
                 mastering.recovery!.heldTraffic.append((node, mastering.viewMembers[node] ?? 0, message))
                 return
             }

@@ -498,6 +498,7 @@ extension LockService {
         work.keys = recovery.receivedOrder + Self.ordered(fromReplicas)
         // (Sized at once: growing them key by key rehashed hundreds of thousands of entries in single slices.)
         mastering.rebuilt.reserve(recovery.receivedLocks)
+        engine.reserveCapacity(resources: work.keys.count, locks: recovery.receivedLocks)
         mastering.rebuiltKeys.reserveCapacity(mastering.rebuiltKeys.count + work.keys.count)
         mastering.recovery!.work = work
         continueRecovery()
@@ -876,8 +877,9 @@ struct RebuiltLocks {
     var isEmpty: Bool { byLock.isEmpty }
 
     mutating func add(_ copy: RebuiltCopy, lock: LockID) {
-        if let old = byCopy.updateValue(lock, forKey: copy), old != lock { byLock[old] = nil }
-        if let other = byLock.updateValue(copy, forKey: lock), other != copy { remove(other) }
+        // (Each side's old entry goes only if it still names this lock or copy.)
+        if let old = byCopy.updateValue(lock, forKey: copy), old != lock, byLock[old] == copy { byLock[old] = nil }
+        if let other = byLock.updateValue(copy, forKey: lock), other != copy, byCopy[other] == lock { remove(other) }
         byOwner[copy.holder, default: []].insert(copy.copy)
     }
 

@@ -129,7 +129,8 @@ struct ProcessCopies {
     mutating func unbind(_ index: Int, newMaster master: UInt32) {
         let copy = copies[index]
         if let lock = copy.masterLock {
-            byMaster[MasterLock(node: copy.master, lock: lock.rawValue)] = nil
+            let key = MasterLock(node: copy.master, lock: lock.rawValue)
+            if byMaster[key] == index { byMaster[key] = nil }
             if copy.master == localNode { masteredHere -= 1 }
         }
         copies[index].masterLock = nil
@@ -171,7 +172,10 @@ struct ProcessCopies {
         let copy = copies[index]
         guard copy.owner != 0 else { return }
         if let lock = copy.masterLock {
-            byMaster[MasterLock(node: copy.master, lock: lock.rawValue)] = nil
+            // (The master may have given its id to another lock of this node since, when this copy is one of an
+            // exited owner forgotten in slices: that lock's entry stays.)
+            let key = MasterLock(node: copy.master, lock: lock.rawValue)
+            if byMaster[key] == index { byMaster[key] = nil }
             if copy.master == localNode { masteredHere -= 1 }
         }
         byOwner[copy.owner]?.remove(index)

@@ -41,9 +41,11 @@ struct RecoveryRandomTests {
 
     /// Seeds that once failed, run every time. 42730: a REMOVE that a directory node held through two recoveries
     /// made it forget the master that had asked for the resource again meanwhile, and a second node mastered it
-    /// (two holders of incompatible modes).
+    /// (two holders of incompatible modes). 1167: a master held an owner's exit through a recovery and, in the next
+    /// run, sent the holder the ids of the owner's rebuilt locks again; the holder bound them to another owner's
+    /// copies that had taken the same copy ids since (its lock was then "lost").
     @Test func seedsThatOnceFailed() {
-        MasteringRun.runAll([42730], faults: true, suite: "RecoveryRandomTests")
+        MasteringRun.runAll([42730, 1167], faults: true, suite: "RecoveryRandomTests")
     }
 }
 
