@@ -525,6 +525,23 @@ public struct LockEngine {
         return Int32(slot)
     }
 
+    /// Room for `more` resources and `moreLocks` locks beyond those held now (a recovery about to rebuild many here):
+    /// the tables grow once, in this step, instead of doubling in the middle of the work, each doubling a copy of
+    /// every record in one step.
+    public mutating func reserveCapacity(resources more: Int, locks moreLocks: Int) {
+        // (Free slots are taken first; the arrays grow by what is left.)
+        let resourceTotal = resources.count + max(0, more - freeResources.count)
+        if resourceTotal > resources.capacity { resources.reserveCapacity(resourceTotal) }
+        resourceIndex.reserve(resourceIndex.count + more)
+        let lockTotal = locks.count + max(0, moreLocks - freeLocks.count)
+        if lockTotal > locks.capacity {
+            locks.reserveCapacity(lockTotal)
+            orphanProcessIDs.reserveCapacity(lockTotal)
+            orphanUserIDs.reserveCapacity(lockTotal)
+            orphanNodes.reserveCapacity(lockTotal)
+        }
+    }
+
     mutating func allocateLock() -> Int32 {
         liveLocks += 1
         while let slot = freeLocks.popLast() {

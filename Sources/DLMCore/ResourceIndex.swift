@@ -126,9 +126,18 @@ struct ResourceIndex {
         buckets[index] = bucket
     }
 
-    private mutating func grow() {
+    private mutating func grow() { resize(to: max(16, buckets.count * 2)) }
+
+    /// Room for `total` resources without growing (one rehash now, if the index is smaller).
+    mutating func reserve(_ total: Int) {
+        var size = max(16, buckets.count)
+        while total * 4 > size * 3 { size *= 2 }
+        if size > buckets.count { resize(to: size) }
+    }
+
+    private mutating func resize(to size: Int) {
         let old = buckets
-        buckets = ContiguousArray(repeating: Bucket(slot: none, hash: 0), count: max(16, old.count * 2))
+        buckets = ContiguousArray(repeating: Bucket(slot: none, hash: 0), count: size)
         for bucket in old where bucket.slot != none { place(bucket) }
     }
 }
