@@ -57,7 +57,9 @@ stop_leftover_daemons() {
 
 # The tests' folders (dlmd's data and sockets, stores, certificates, corosync's folders) go under one folder of this
 # run: removed at the end when everything passed, kept (and named) otherwise.
+# Mode 1777 as /tmp's: tests run clients as other users, which reach dlmd's sockets through it.
 TEST_TMP=$(mktemp -d /tmp/dlm-make-test.XXXXXX)
+chmod 1777 "$TEST_TMP"
 export TMPDIR=$TEST_TMP
 
 status=0
