@@ -101,6 +101,12 @@ extension LockService {
     /// (`ServiceOutput.discarded`).
     static let discardAbove = 10_000
 
+    /// `value`, of `count` entries, is no longer needed: a large one goes to the shell to free (the caller then
+    /// drops its own reference).
+    mutating func discard(_ value: some Sendable, count: Int) {
+        if count > Self.discardAbove { output.discarded.append(value) }
+    }
+
     /// The members of a view, with their incarnations.
     static func members(of view: View) -> [UInt32: UInt64] {
         var members: [UInt32: UInt64] = [:]
@@ -178,7 +184,7 @@ extension LockService {
         // (Made as large as this node's share of the new directory will be: growing it from empty rehashed every
         // entry at each doubling, the last of them a single step of hundreds of milliseconds with a million locks.)
         let directoryShare = mastering.directory.count * max(previous.count, 1) / max(members.count, 1)
-        if mastering.directory.count > Self.discardAbove { output.discarded.append(mastering.directory) }
+        discard(mastering.directory, count: mastering.directory.count)
         mastering.directory = ShardedDictionary(minimumCapacity: directoryShare + directoryShare / 8)
         // The replicas this node kept of departed masters' resources go to their new masters; nothing waits any
         // longer for a departed backup node.
@@ -222,7 +228,7 @@ extension LockService {
             mastering.recovery!.work = work
             return
         }
-        if work.keys.count + work.cached.count > Self.discardAbove { output.discarded.append(work) }
+        discard(work, count: work.keys.count + work.cached.count)
         if work.phase == 1 {
             finishResends()
         } else {
@@ -460,7 +466,7 @@ extension LockService {
             guard let index = mastering.copies.index(ofCopy: binding.copy), mastering.copies.copies[index].rebinding
             else { continue }
             // From the node that rebuilt the lock: the new master, whichever node this one resent it to.
-            mastering.copies.setMaster(index, node)
+            mastering.copies.copies[index].master = node
             mastering.copies.bind(index, masterLock: binding.lock)
             if let record = mastering.copies.copies[index].record {
                 mastering.masters[DirectoryKey(lockspace: record.lockspace, name: record.name)] = node
@@ -582,10 +588,8 @@ extension LockService {
     /// phase ends everywhere, every backup node has them.
     mutating func finishRebuilds() {
         let me = configuration.nodeID
-        if mastering.recovery!.received.count > Self.discardAbove {
-            output.discarded.append(mastering.recovery!.received)
-            output.discarded.append(mastering.recovery!.receivedOrder)
-        }
+        discard(mastering.recovery!.received, count: mastering.recovery!.receivedOrder.count)
+        discard(mastering.recovery!.receivedOrder, count: mastering.recovery!.receivedOrder.count)
         mastering.recovery!.received = ShardedDictionary()
         mastering.recovery!.receivedOrder = []
         mastering.recovery!.receivedLocks = 0
@@ -782,7 +786,7 @@ extension LockService {
             run(.grantAfterRecovery(lockspace), reply: nil)
         }
         mastering.rebuiltLockspaces = []
-        if mastering.rebuiltKeys.count > Self.discardAbove { output.discarded.append(mastering.rebuiltKeys) }
+        discard(mastering.rebuiltKeys, count: mastering.rebuiltKeys.count)
         mastering.rebuiltKeys = []
         // What other nodes sent meanwhile, in order.
         for (node, _, message) in recovery.heldTraffic { receive(message, from: node) }

@@ -36,8 +36,6 @@ struct ProcessCopies {
     var byMaster: [MasterLock: Int] = [:]
     /// The copies of each owner of this node.
     var byOwner: [UInt64: Set<Int>] = [:]
-    /// The masters each owner's copies went to (never fewer: an owner's exit goes to each of them).
-    var mastersByOwner: [UInt64: Set<UInt32>] = [:]
     /// Owners that exited, and their copies still to forget (`forgetExited`, in slices): an owner holding a million
     /// locks of other masters is forgotten between turns of the event loop, as its local locks are released.
     var exiting: Deque<(owner: UInt64, copies: [Int])> = []
@@ -102,7 +100,6 @@ struct ProcessCopies {
         }
         copies[index] = Copy(owner: owner, master: master, masterLock: nil, record: record, account: account)
         byOwner[owner, default: []].insert(index)
-        mastersByOwner[owner, default: []].insert(master)
         if account >= 0 {
             while accountCounts.count <= Int(account) { accountCounts.append(0) }
             accountCounts[Int(account)] += 1
@@ -134,14 +131,8 @@ struct ProcessCopies {
             if copy.master == localNode { masteredHere -= 1 }
         }
         copies[index].masterLock = nil
-        copies[index].rebinding = true
-        setMaster(index, master)
-    }
-
-    /// The copy's master is `master` now.
-    mutating func setMaster(_ index: Int, _ master: UInt32) {
         copies[index].master = master
-        if byOwner[copies[index].owner] != nil { mastersByOwner[copies[index].owner, default: []].insert(master) }
+        copies[index].rebinding = true
     }
 
     /// What a completion from the master says of the lock: its mode, the value block it read, its token.
@@ -179,10 +170,7 @@ struct ProcessCopies {
             if copy.master == localNode { masteredHere -= 1 }
         }
         byOwner[copy.owner]?.remove(index)
-        if byOwner[copy.owner]?.isEmpty == true {
-            byOwner[copy.owner] = nil
-            mastersByOwner[copy.owner] = nil
-        }
+        if byOwner[copy.owner]?.isEmpty == true { byOwner[copy.owner] = nil }
         if copy.account >= 0 { accountCounts[Int(copy.account)] -= 1 }
         if let record = copy.record {
             let key = DirectoryKey(lockspace: record.lockspace, name: record.name)
@@ -200,11 +188,14 @@ struct ProcessCopies {
     /// The owner exited: its copies are forgotten in slices from now on (`forgetExited`), and nothing may act on
     /// them meanwhile (`isExiting`). Returns the masters that hold its locks (its exit goes to them).
     mutating func beginExit(of owner: UInt64) -> [UInt32] {
-        let masters = mastersByOwner.removeValue(forKey: owner)
         guard let indices = byOwner.removeValue(forKey: owner) else { return [] }
-        exiting.append((owner, Array(indices)))
+        let list = Array(indices)
+        exiting.append((owner, list))
         exitingOwners.insert(owner)
-        return masters.map { $0.sorted() } ?? []
+        // (One pass over the owner's copies, reading a field each: the slices do the costly part.)
+        var masters: Set<UInt32> = []
+        for index in list { masters.insert(copies[index].master) }
+        return masters.sorted()
     }
 
     func isExiting(_ owner: UInt64) -> Bool { !exitingOwners.isEmpty && exitingOwners.contains(owner) }

@@ -32,9 +32,8 @@ public final class LockNode: @unchecked Sendable {
     var bulkScheduled = false
     /// Nested inputs (an output that closes a channel reports it at once) are timed as part of the outer one.
     var stepDepth = 0
-    /// Steps of `longStep` or more since the last one logged, and when that was.
-    var longSteps = 0
-    var lastLongStepLog = NIODeadline.uptimeNanoseconds(0)
+    /// Steps of `longStep` or more, logged at most once a second.
+    lazy var longSteps = RateLimitedLog(logger: logger, interval: .seconds(1))
     /// The turns of the node's event loop (LoopTurns.swift); nil: slices only wait `bulkSliceDelay`.
     var loopTurns: LoopTurns?
     /// The output being carried out, and its arrays kept for the next batch.
@@ -103,7 +102,10 @@ public final class LockNode: @unchecked Sendable {
         apply()
         if stepDepth == 1 {
             let took = NIODeadline.now() - start
-            if took >= LockNode.longStep { longStep(input, took: took) }
+            if took >= LockNode.longStep {
+                longSteps.log(
+                    kind: "long step", Self.longStepLine(input, took: took, recovering: service.isRunningRecovery))
+            }
         }
     }
 
@@ -112,13 +114,7 @@ public final class LockNode: @unchecked Sendable {
     /// be cut into slices.
     static let longStep = TimeAmount.milliseconds(100)
 
-    func longStep(_ input: ServiceInput, took: TimeAmount) {
-        longSteps += 1
-        let now = NIODeadline.now()
-        guard now - lastLongStepLog >= .seconds(1) else { return }
-        let more = longSteps - 1
-        longSteps = 0
-        lastLongStepLog = now
+    static func longStepLine(_ input: ServiceInput, took: TimeAmount, recovering: Bool) -> String {
         let cause: String
         switch input {
         case .peer(let node, let message): cause = "message \(message.kind) of node \(node)"
@@ -131,10 +127,8 @@ public final class LockNode: @unchecked Sendable {
         case .shutdown: cause = "the shutdown"
         default: cause = "an input"
         }
-        let note = more > 0 ? " (and \(more) more steps of 100 ms or more since the last report)" : ""
-        logger.warning(
-            "one step of the lock service took \(took.nanoseconds / 1_000_000) ms: \(cause)\(note)",
-            metadata: ["recovering": "\(service.isRunningRecovery)"])
+        return "one step of the lock service took \(took.nanoseconds / 1_000_000) ms: \(cause)"
+            + (recovering ? " (recovering)" : "")
     }
 
     // MARK: Connections
