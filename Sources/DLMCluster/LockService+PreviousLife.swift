@@ -20,17 +20,17 @@ import DLMWire
 ///   recovery then completed on others, which rebuilt its resources (and may have purged or adopted its orphans).
 ///
 /// When a recovery completes, the previous life is over: its store records that are not rebuilt here are deleted,
-/// in slices, and then the view is stored (`StoreChange.recoveredView`, as at the end of every recovery). Only
-/// top-level resources come back; a persistent sub-lock of the previous life is dropped, as its master's death
-/// drops it.
+/// in slices, and then the view is stored (`StoreChange.recoveredView`, as at the end of every recovery). A
+/// top-level resource's offer carries its tree: the persistent sub-locks come back with it, each under its parent.
 struct PreviousLife {
     /// The last view whose recovery completed in that life (0: none stored).
     var recoveredView: UInt64
-    /// Its top-level resources with persistent locks, as replicas without writer.
+    /// Its top-level resources with persistent locks, as replicas without writer, each with the persistent
+    /// locks of its sub-resources.
     var replicas: [ValueReplica]
     /// Every resource record of that life (sub-resources included): deleted when it is over, unless rebuilt here.
     var records: [(lockspace: [UInt8], path: [[UInt8]])]
-    /// The persistent sub-locks it had, which do not come back.
+    /// Its persistent sub-locks whose parent lock the store did not hold, which do not come back.
     var subLocks: Int
 }
 
@@ -44,18 +44,44 @@ extension LockService {
         guard !resources.isEmpty else { return 0 }
         var life = PreviousLife(recoveredView: recoveredView, replicas: [], records: [], subLocks: 0)
         var kept = 0
+        let me = configuration.nodeID
+        // The sub-resources of each top-level one (a stored sub-lock names its parent lock by the id it had then).
+        var subResources: [DirectoryKey: [StoredResource]] = [:]
+        for stored in resources where stored.resource.path.count > 1 {
+            subResources[DirectoryKey(lockspace: stored.lockspace, name: stored.resource.path[0]), default: []]
+                .append(stored)
+        }
         for stored in resources {
             life.records.append((stored.lockspace, stored.resource.path))
-            guard stored.resource.path.count == 1 else {
-                life.subLocks += stored.resource.locks.count
-                continue
+            guard stored.resource.path.count == 1 else { continue }
+            var locks: [ReplicatedLock] = []
+            var indexes: [LockID: Int] = [:]
+            func keep(_ lock: LockSnapshot, subPath: [[UInt8]], parent: Int?) {
+                guard let mode = lock.grantedMode else { return }
+                let node = lock.owner?.node ?? (lock.orphanNode != 0 ? lock.orphanNode : me)
+                indexes[lock.id] = locks.count
+                locks.append(
+                    ReplicatedLock(
+                        owner: nil, orphanNode: node, pid: lock.pid, uid: lock.uid, mode: mode, flags: lock.flags,
+                        fencingToken: lock.fencingToken, subPath: subPath, parent: parent))
             }
-            let locks = stored.resource.locks.compactMap { lock -> ReplicatedLock? in
-                guard let mode = lock.grantedMode else { return nil }
-                let node = lock.owner?.node ?? (lock.orphanNode != 0 ? lock.orphanNode : configuration.nodeID)
-                return ReplicatedLock(
-                    owner: nil, orphanNode: node, pid: lock.pid, uid: lock.uid, mode: mode, flags: lock.flags,
-                    fencingToken: lock.fencingToken)
+            for lock in stored.resource.locks { keep(lock, subPath: [], parent: nil) }
+            let key = DirectoryKey(lockspace: stored.lockspace, name: stored.resource.path[0])
+            // (Parents first: by depth.)
+            let subs = (subResources.removeValue(forKey: key) ?? []).sorted {
+                $0.resource.path.count < $1.resource.path.count
+            }
+            for sub in subs {
+                let subPath = Array(sub.resource.path.dropFirst())
+                for lock in sub.resource.locks {
+                    guard let parent = lock.parent.flatMap({ indexes[$0] }),
+                        locks[parent].subPath == subPath.dropLast()
+                    else {
+                        life.subLocks += 1
+                        continue
+                    }
+                    keep(lock, subPath: subPath, parent: parent)
+                }
             }
             guard !locks.isEmpty else { continue }
             kept += locks.count
@@ -66,6 +92,7 @@ extension LockService {
                     invalid: stored.resource.valueBlockInvalid || stored.hasVolatileWriter, writer: nil,
                     persistentLocks: locks, valueBlockLength: lengths[stored.lockspace] ?? 0))
         }
+        for orphaned in subResources.values { life.subLocks += orphaned.reduce(0) { $0 + $1.resource.locks.count } }
         mastering.previousLife = life
         return kept
     }

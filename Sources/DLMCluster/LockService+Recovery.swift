@@ -538,6 +538,7 @@ extension LockService {
             engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name)
             ? [] : Self.orphans(of: replica, holders: holders, members: mastering.viewMembers)
         guard !holders.isEmpty || !orphans.isEmpty else { return }
+        let orphanSubLocks = orphans.contains { $0.lock.parent != nil }
         let valueBlockLength = holders.first?.lock.valueBlockLength ?? replica?.valueBlockLength ?? 0
         guard let lockspace = openForPeer(key.lockspace, valueBlockLength: valueBlockLength) else { return }
         // The tree of the resource, parents before children: the top-level resource, then the sub-resources by
@@ -545,24 +546,32 @@ extension LockService {
         let top = [key.name]
         var paths = [top]
         var byPath: [[[UInt8]]: [(node: UInt32, lock: RecoveredLock)]] = [:]
-        if holders.allSatisfy({ $0.lock.subPath.isEmpty }) {
+        var orphansByPath: [[[UInt8]]: [(index: Int, lock: ReplicatedLock)]] = [:]
+        if holders.allSatisfy({ $0.lock.subPath.isEmpty }) && !orphanSubLocks {
             byPath[top] = holders
+            orphansByPath[top] = orphans
         } else {
             for holder in holders {
                 let path = holder.lock.path
                 if byPath[path] == nil, path != top { paths.append(path) }
                 byPath[path, default: []].append(holder)
             }
+            for orphan in orphans {
+                let path = top + orphan.lock.subPath
+                if byPath[path] == nil, orphansByPath[path] == nil, path != top { paths.append(path) }
+                orphansByPath[path, default: []].append(orphan)
+            }
             paths = paths.enumerated().sorted { ($0.element.count, $0.offset) < ($1.element.count, $1.offset) }
                 .map(\.element)
         }
+        var tree = RebuiltTree(replica: orphanSubLocks ? replica : nil)
         var rebuiltHere = false
         for path in paths {
             if rebuildResource(
                 key, path: path, lockspace: lockspace, holders: byPath[path] ?? [],
-                orphans: path.count == 1 ? orphans : [], values: values,
+                orphans: orphansByPath[path] ?? [], values: values,
                 alone: mastering.recovery!.reportedDeparted.count == 1, floor: mastering.recovery!.view << 40,
-                bindings: &work.bindings)
+                tree: &tree, bindings: &work.bindings)
             {
                 rebuiltHere = true
             }
@@ -604,21 +613,39 @@ extension LockService {
     }
 
     /// Rebuilds one resource of a tree whose master left (`path`: names from the top-level resource down) from the
-    /// holders' locks; returns whether it rebuilt any. A lock sent again by a holder whose answer was lost in an
-    /// aborted run is answered with its id. A sub-lock names its parent lock by the holder's id, which this node
-    /// rebuilt just before (parents come first). Value replicas are kept of top-level resources only: a
-    /// sub-resource's value block is valid after recovery only if a surviving holder of PR or above read or wrote
-    /// its newest value.
+    /// holders' locks and the replica's orphans of that resource; returns whether it rebuilt any. A lock sent
+    /// again by a holder whose answer was lost in an aborted run is answered with its id. A sub-lock names its
+    /// parent lock by the holder's id, which this node rebuilt just before (parents come first); an orphan
+    /// sub-lock names it by its index in the replica (`tree`). Value replicas are kept of top-level resources only:
+    /// a sub-resource's value block is valid after recovery only if a surviving holder of PR or above read or
+    /// wrote its newest value.
     mutating func rebuildResource(
         _ key: DirectoryKey, path: [[UInt8]], lockspace: LockspaceID, holders: [(node: UInt32, lock: RecoveredLock)],
-        orphans: [ReplicatedLock], values: [ValueReplica]?, alone: Bool, floor: UInt64,
-        bindings: inout [UInt32: [RecoveredBinding]]
+        orphans replicaOrphans: [(index: Int, lock: ReplicatedLock)], values: [ValueReplica]?, alone: Bool,
+        floor: UInt64, tree: inout RebuiltTree, bindings: inout [UInt32: [RecoveredBinding]]
     ) -> Bool {
+        var orphans: [(index: Int, lock: ReplicatedLock, parent: LockID?)] = []
+        for orphan in replicaOrphans {
+            guard let parentIndex = orphan.lock.parent else {
+                orphans.append((orphan.index, orphan.lock, nil))
+                continue
+            }
+            guard let parent = tree.lock(at: parentIndex) else {
+                output.notices.append(
+                    (
+                        "an orphan sub-lock could not be rebuilt: its parent lock was not",
+                        ["resource": path.map(\.displayName).joined(separator: "/")]
+                    ))
+                continue
+            }
+            orphans.append((orphan.index, orphan.lock, parent))
+        }
         var fresh: [(node: UInt32, lock: RecoveredLock)] = []
         var parents: [LockID?] = []
         for holder in holders {
             if let known = mastering.rebuilt.byCopy[RebuiltCopy(holder.lock)] {
                 bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: known))
+                tree.held(holder.lock, path: path, as: known)
                 continue
             }
             var parent: LockID?
@@ -661,30 +688,42 @@ extension LockService {
             }
         }
         guard ids.count == orphans.count + fresh.count else { return false }
+        for (orphan, id) in zip(orphans, ids) { tree.orphaned(orphan.index, as: id) }
         for (index, id) in zip(order, ids.dropFirst(orphans.count)) {
             let holder = fresh[index]
             mastering.rebuilt.add(RebuiltCopy(holder.lock), lock: id)
             bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: id))
+            tree.held(holder.lock, path: path, as: id)
         }
         return true
     }
 
-    /// The persistent locks of a resource whose master left that its backup node kept and that no survivor sends:
-    /// orphans, and the locks of owners that left (with their node, or by exiting while the master died: a live
-    /// owner that still holds locks on the resource sends them all itself). They are rebuilt as orphans.
+    /// The persistent locks of a resource's tree whose master left that its backup node kept and that no survivor
+    /// sends: orphans, and the locks of owners that left (with their node, or by exiting while the master died: a
+    /// live owner that still holds locks on the resource sends them all itself). They are rebuilt as orphans, each
+    /// with its index in the replica; a sub-lock only if its parent lock comes back too, as an orphan or from its
+    /// holder (as on one node, a persistent lock is orphaned only with its parent: one whose parent is not
+    /// persistent is not in the replica, and one whose parent is not rebuilt goes with it).
     static func orphans(
         of replica: ValueReplica?, holders: [(node: UInt32, lock: RecoveredLock)], members: [UInt32: UInt64]
-    ) -> [ReplicatedLock] {
+    ) -> [(index: Int, lock: ReplicatedLock)] {
         guard let replica, !replica.persistentLocks.isEmpty else { return [] }
         let sending = Set(holders.map(\.lock.owner))
-        var orphans: [ReplicatedLock] = []
-        for var lock in replica.persistentLocks {
+        var orphans: [(index: Int, lock: ReplicatedLock)] = []
+        // Whether each lock comes back: from its holder, or as an orphan.
+        var back = [Bool](repeating: false, count: replica.persistentLocks.count)
+        for (index, var lock) in replica.persistentLocks.enumerated() {
             if let owner = lock.owner {
-                guard members[owner.node] != owner.incarnation || !sending.contains(owner) else { continue }
+                if members[owner.node] == owner.incarnation && sending.contains(owner) {
+                    back[index] = true
+                    continue
+                }
                 lock.owner = nil
                 lock.orphanNode = owner.node
             }
-            orphans.append(lock)
+            if let parent = lock.parent, !back[parent] { continue }
+            back[index] = true
+            orphans.append((index, lock))
         }
         return orphans
     }
@@ -695,18 +734,19 @@ extension LockService {
     /// and no replica means the value block was never in use); `members`: the view's (for the writer's fate).
     static func rebuiltResource(
         _ key: DirectoryKey, path: [[UInt8]], lockspace: LockspaceID,
-        from holders: [(node: UInt32, lock: RecoveredLock)], parents: [LockID?], orphans: [ReplicatedLock] = [],
+        from holders: [(node: UInt32, lock: RecoveredLock)], parents: [LockID?],
+        orphans: [(index: Int, lock: ReplicatedLock, parent: LockID?)] = [],
         values: [ValueReplica], alone: Bool, members: [UInt32: UInt64], floor: UInt64, now: Instant
     ) -> (ResourceSnapshot, order: [Int]) {
         var locks: [LockSnapshot] = []
         var order: [Int] = []
         var token = floor
         // The orphans first (granted before anything a survivor holds was).
-        for orphan in orphans {
+        for (_, orphan, parent) in orphans {
             locks.append(
                 LockSnapshot(
                     id: LockID(rawValue: UInt32(locks.count + 1)), owner: nil, queue: .grant, grantedMode: orphan.mode,
-                    requestedMode: nil, flags: orphan.flags, parent: nil, transaction: nil, priority: 0,
+                    requestedMode: nil, flags: orphan.flags, parent: parent, transaction: nil, priority: 0,
                     wantsBlockingCallbacks: false, alwaysFencingToken: false, blockingSent: 0, pendingFlags: [],
                     waitingSince: now, waitSequence: 0, deadline: 0, fencingToken: orphan.fencingToken,
                     pid: orphan.pid, uid: orphan.uid, orphanNode: orphan.orphanNode))
@@ -966,4 +1006,44 @@ struct RebuiltCopy: Hashable {
     }
 
     var holder: RebuiltOwner { RebuiltOwner(node: node, incarnation: incarnation, owner: owner) }
+}
+
+/// The ids that the rebuild of one resource tree gave to the locks that the orphan sub-locks of its replica may
+/// name as their parent: the replica's orphans, by their index in it, and the holders' locks, by resource, owner,
+/// mode and fencing token (the replica knows a lock that its holder sends by those alone; of two alike, either
+/// will do). Kept only for a replica with orphan sub-locks.
+struct RebuiltTree {
+    struct HeldLock: Hashable {
+        var path: [[UInt8]]
+        var owner: OwnerID
+        var mode: LockMode
+        var fencingToken: UInt64
+    }
+
+    let replica: ValueReplica?
+    var orphans: [Int: LockID] = [:]
+    var held: [HeldLock: LockID] = [:]
+
+    init(replica: ValueReplica?) { self.replica = replica }
+
+    mutating func orphaned(_ index: Int, as id: LockID) {
+        if replica != nil { orphans[index] = id }
+    }
+
+    mutating func held(_ lock: RecoveredLock, path: [[UInt8]], as id: LockID) {
+        guard replica != nil, let mode = lock.grantedMode else { return }
+        let key = HeldLock(path: path, owner: lock.owner, mode: mode, fencingToken: lock.fencingToken)
+        if held[key] == nil { held[key] = id }
+    }
+
+    /// The id of the replica's lock at `index`, if it was rebuilt.
+    func lock(at index: Int) -> LockID? {
+        if let id = orphans[index] { return id }
+        guard let replica else { return nil }
+        let lock = replica.persistentLocks[index]
+        guard let owner = lock.owner else { return nil }
+        return held[
+            HeldLock(
+                path: [replica.name] + lock.subPath, owner: owner, mode: lock.mode, fencingToken: lock.fencingToken)]
+    }
 }

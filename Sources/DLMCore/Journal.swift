@@ -90,6 +90,8 @@ extension LockEngine {
                 locks[Int(lock)].options.insert(.journalDirty)
                 dirtyLocks.append(lock)
             }
+            // (A sub-resource's persistent locks are replicated with its top-level resource.)
+            if resources[Int(resource)].parent != none { subResourceChanged(resource) }
         }
         if bits & (ResourceMark.replicated | ResourceMark.replicaDirty) == ResourceMark.replicated {
             markReplicaDirty(resource)
@@ -101,7 +103,7 @@ extension LockEngine {
     /// ValueReplicas.swift).
     mutating func track(_ resource: Int32, lock: Int32 = none) {
         resources[Int(resource)].marks |= ResourceMark.tracked
-        replicate(resource)
+        if resources[Int(resource)].parent == none { replicate(resource) } else { replicateTree(of: resource) }
         touch(resource, lock: lock)
     }
 

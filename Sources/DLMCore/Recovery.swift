@@ -6,7 +6,8 @@ extension LockEngine {
     /// granted here (`grantAfterRecovery`). A resource with persistent locks is journaled.
     ///
     /// A sub-resource (a path of more than one name) is rebuilt after its parent resource: each of its locks names
-    /// its parent lock by the id this engine gave it, a granted lock of the same owner on the parent resource.
+    /// its parent lock by the id this engine gave it, a granted lock of the same owner on the parent resource (of
+    /// any owner, or an orphan, for an orphan: it may have outlived its own parent's owner).
     mutating func recoverResource(_ snapshot: ResourceSnapshot) throws(DLMError) -> [LockID] {
         if snapshot.path.count == 1 {
             guard snapshot.locks.allSatisfy({ $0.parent == nil }) else {
@@ -20,7 +21,9 @@ extension LockEngine {
                 guard let parent = lock.parent else { throw .invalid("a lock on a sub-resource needs a parent lock") }
                 let slot = parent.slot
                 guard slot >= 0, slot < locks.count, !locks[slot].isFree, locks[slot].resource == parentResource,
-                    locks[slot].isGranted, lock.owner != nil, owners[Int(locks[slot].owner)].id == lock.owner
+                    locks[slot].isGranted,
+                    lock.owner == nil
+                        || (locks[slot].owner != orphanOwner && owners[Int(locks[slot].owner)].id == lock.owner)
                 else {
                     throw .invalid("parent lock \(parent) is not a granted lock of the owner on the parent resource")
                 }

@@ -7,6 +7,11 @@
 /// LockService+Replicas.swift), so that an acknowledged write, and a granted persistent lock or an orphan, survive
 /// the death of the master. A resource nobody uses value blocks or persistent locks on costs one bit test per
 /// change.
+///
+/// A top-level resource's replica carries its whole tree of persistent locks: the granted persistent locks of its
+/// sub-resources too, each under a persistent lock of the list (a persistent sub-lock is orphaned only with a
+/// persistent parent, so one under a lock that is not persistent never outlives its holder). A tracked
+/// sub-resource's changes mark its top-level resource's replica dirty.
 
 /// The value-block state of a resource as its master replicates it.
 public struct ValueReplica: Sendable, Hashable {
@@ -21,7 +26,9 @@ public struct ValueReplica: Sendable, Hashable {
     /// The holder of PW or EX, if any (at most one holds either): if it dies with the master, the value can no
     /// longer be trusted. (An orphan is `OwnerID(rawValue: 0)`: it writes no more.)
     public var writer: OwnerID?
-    /// The resource's granted persistent locks, orphans included, in grant-queue order.
+    /// The granted persistent locks of the resource's tree, orphans included: those of the top-level resource in
+    /// grant-queue order, each followed by its persistent sub-locks (depth first), so a parent comes before its
+    /// sub-locks.
     public var persistentLocks: [ReplicatedLock]
     /// The lockspace's value-block length (with persistent locks only: a new master may have to create it).
     public var valueBlockLength: Int
@@ -56,11 +63,17 @@ public struct ReplicatedLock: Sendable, Hashable {
     public var mode: LockMode
     public var flags: LockFlags
     public var fencingToken: UInt64
+    /// The names of its resource below the top-level resource (empty: a lock on the top-level resource).
+    public var subPath: [[UInt8]]
+    /// A sub-lock's parent lock: its index in the replica's `persistentLocks` (always lower than the sub-lock's).
+    public var parent: Int?
 
     public init(
         owner: OwnerID?, orphanNode: UInt32 = 0, pid: UInt32, uid: UInt32 = LockEngine.unknownUser, mode: LockMode,
-        flags: LockFlags, fencingToken: UInt64
+        flags: LockFlags, fencingToken: UInt64, subPath: [[UInt8]] = [], parent: Int? = nil
     ) {
+        self.subPath = subPath
+        self.parent = parent
         self.owner = owner
         self.orphanNode = orphanNode
         self.pid = pid
@@ -75,6 +88,7 @@ extension LockEngine {
     /// A replicated resource changed in a way `touch` does not see (an owner's lock became an orphan).
     @inline(__always)
     mutating func replicaChanged(_ resource: Int32) {
+        let resource = topLevel(of: resource)
         if resources[Int(resource)].marks & (ResourceMark.replicated | ResourceMark.replicaDirty)
             == ResourceMark.replicated
         {
@@ -91,6 +105,32 @@ extension LockEngine {
             resources[Int(resource)].marks = bits | ResourceMark.replicated
             markReplicaDirty(resource)
         }
+    }
+
+    /// A persistent lock is taken on a sub-resource: its top-level resource is replicated from now on, with its
+    /// tree.
+    mutating func replicateTree(of resource: Int32) {
+        guard config.replicatesValueBlocks else { return }
+        let top = topLevel(of: resource)
+        let bits = resources[Int(top)].marks
+        if bits & ResourceMark.replicated == 0 { resources[Int(top)].marks = bits | ResourceMark.replicated }
+        markReplicaDirty(top)
+    }
+
+    /// A tracked sub-resource changed: its top-level resource's replica, if replicated, is dirty.
+    mutating func subResourceChanged(_ resource: Int32) {
+        let top = topLevel(of: resource)
+        if resources[Int(top)].marks & (ResourceMark.replicated | ResourceMark.replicaDirty)
+            == ResourceMark.replicated
+        {
+            markReplicaDirty(top)
+        }
+    }
+
+    func topLevel(of resource: Int32) -> Int32 {
+        var top = resource
+        while resources[Int(top)].parent != none { top = resources[Int(top)].parent }
+        return top
     }
 
     mutating func markReplicaDirty(_ resource: Int32) {
@@ -139,14 +179,8 @@ extension LockEngine {
                 var cursor = queueEnds(slot, queue).head
                 while cursor != none {
                     let lock = locks[Int(cursor)]
-                    if lock.flags.contains(.persistent), let mode = LockMode(rawValue: lock.grantedMode) {
-                        let orphan = lock.owner == orphanOwner
-                        persistent.append(
-                            ReplicatedLock(
-                                owner: orphan ? nil : owners[Int(lock.owner)].id,
-                                orphanNode: orphan ? orphanNodes[Int(cursor)] : 0, pid: processID(of: cursor),
-                                uid: userID(of: cursor),
-                                mode: mode, flags: lock.flags, fencingToken: lock.fencingToken))
+                    if lock.flags.contains(.persistent), lock.isGranted {
+                        appendPersistent(cursor, subPath: [], parent: nil, to: &persistent)
                     }
                     cursor = lock.next
                 }
@@ -156,6 +190,27 @@ extension LockEngine {
             lockspace: lockspaces[Int(record.lockspace)].name, name: record.name, valueBlock: record.valueBlock,
             valueBlockSequence: record.valueBlockSequence, invalid: record.valueBlockInvalid, writer: writer,
             persistentLocks: persistent, valueBlockLength: lockspaces[Int(record.lockspace)].valueBlockLength)
+    }
+
+    /// A granted persistent lock, and then its granted persistent sub-locks with theirs (in slot order: the
+    /// sub-lock table is a set).
+    func appendPersistent(_ slot: Int32, subPath: [[UInt8]], parent: Int?, to list: inout [ReplicatedLock]) {
+        let lock = locks[Int(slot)]
+        guard let mode = LockMode(rawValue: lock.grantedMode) else { return }
+        let orphan = lock.owner == orphanOwner
+        let index = list.count
+        list.append(
+            ReplicatedLock(
+                owner: orphan ? nil : owners[Int(lock.owner)].id, orphanNode: orphan ? orphanNodes[Int(slot)] : 0,
+                pid: processID(of: slot), uid: userID(of: slot), mode: mode, flags: lock.flags,
+                fencingToken: lock.fencingToken, subPath: subPath, parent: parent))
+        guard lock.children > 0, let children = subLocks[slot] else { return }
+        for child in children.sorted()
+        where locks[Int(child)].flags.contains(.persistent) && locks[Int(child)].isGranted {
+            appendPersistent(
+                child, subPath: subPath + [resources[Int(locks[Int(child)].resource)].name], parent: index,
+                to: &list)
+        }
     }
 
     /// A freed resource that was replicated: its removal goes out with the next drain.

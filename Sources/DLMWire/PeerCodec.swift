@@ -649,13 +649,18 @@ extension ByteBuffer {
         writeInteger(UInt8(truncatingIfNeeded: replica.valueBlockLength))
         writeInteger(UInt32(replica.persistentLocks.count))
         for lock in replica.persistentLocks {
-            writeInteger(UInt8(lock.owner == nil ? 1 : 0))
+            writeInteger(UInt8((lock.owner == nil ? 1 : 0) | (lock.parent != nil ? 2 : 0)))
             writeOwner(lock.owner ?? OwnerID(node: lock.orphanNode, incarnation: 0, local: 0))
             writeInteger(lock.pid)
             writeInteger(lock.uid)
             writeInteger(lock.mode.rawValue)
             writeInteger(lock.flags.rawValue)
             writeInteger(lock.fencingToken)
+            if let parent = lock.parent {
+                writeInteger(UInt32(truncatingIfNeeded: parent))
+                writeInteger(UInt8(truncatingIfNeeded: lock.subPath.count))
+                for name in lock.subPath { writeBytes8(name) }
+            }
         }
     }
 
@@ -685,7 +690,7 @@ extension ByteBuffer {
             persistent.reserveCapacity(count)
             for _ in 0..<count {
                 let lockFlags = try read(UInt8.self, "persistent_flags")
-                guard lockFlags & ~1 == 0 else {
+                guard lockFlags & ~3 == 0 else {
                     throw .malformed("persistent lock flags 0x\(String(lockFlags, radix: 16)) has unknown bits")
                 }
                 let owner = try readOwner()
@@ -696,11 +701,30 @@ extension ByteBuffer {
                 let flags = LockFlags(rawValue: try read(UInt32.self, "lock_flags"))
                 let token = try read(UInt64.self, "fencing_token")
                 let orphan = lockFlags & 1 != 0
+                var parent: Int?
+                var subPath: [[UInt8]] = []
+                if lockFlags & 2 != 0 {
+                    let index = Int(try read(UInt32.self, "parent"))
+                    guard index < persistent.count else {
+                        throw .malformed(
+                            "persistent sub-lock \(persistent.count) names parent \(index), not an earlier lock")
+                    }
+                    let depth = Int(try read(UInt8.self, "sub_path_count"))
+                    guard depth > 0, depth <= readableBytes / 2 else {
+                        throw .malformed(
+                            "sub_path_count \(depth) of a persistent sub-lock is 0 or more than the frame holds")
+                    }
+                    for _ in 0..<depth { subPath.append(try readName("sub_path name")) }
+                    guard persistent[index].subPath == subPath.dropLast() else {
+                        throw .malformed(
+                            "persistent sub-lock \(persistent.count) is not on a sub-resource of its parent's resource")
+                    }
+                    parent = index
+                }
                 persistent.append(
                     ReplicatedLock(
                         owner: orphan ? nil : owner, orphanNode: orphan ? owner.node : 0, pid: pid, uid: uid,
-                        mode: mode,
-                        flags: flags, fencingToken: token))
+                        mode: mode, flags: flags, fencingToken: token, subPath: subPath, parent: parent))
             }
         }
         return ValueReplica(

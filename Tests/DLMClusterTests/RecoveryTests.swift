@@ -14,6 +14,17 @@ import Testing
     static let secondRemote: UInt32 = 0x8000_0002
     static let thirdRemote: UInt32 = 0x8000_0003
 
+    /// `node` dies; the survivors recover with no client output and rebuild everything they were sent.
+    static func nodeDiesAndNothingIsRefused(
+        _ c: inout ClusterHarness, _ node: UInt32, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
+        c.crash(node)
+        c.installView()
+        #expect(c.run() == [], sourceLocation: sourceLocation)
+        let refusals = c.notices.filter { $0.message.contains("could not be rebuilt") }
+        #expect(refusals.isEmpty, "\(refusals)", sourceLocation: sourceLocation)
+    }
+
     /// Node 3 masters a resource on which node 1 holds EX and node 2 waits for EX; node 3 dies. Node 1 keeps its
     /// EX (a new request of another node waits for it, and gets no grant during recovery), node 2's request still
     /// waits, and is granted, with a higher fencing token, once node 1 unlocks.
@@ -155,6 +166,92 @@ import Testing
         #expect(adopted.count == 1 && adopted[0].hasSuffix("granted EX"), "\(adopted)")
     }
 
+    /// Persistent sub-locks outlive their master with their tree, on its backup node:
+    /// - on the first name, a client of node 1 held persistent PR, persistent EX on a sub-resource under it,
+    ///   persistent PW one level further down and EX (not persistent) on a second sub-resource, and exited: three
+    ///   orphans, the EX released;
+    /// - on the second, node 3's own client held persistent PR and a persistent EX sub-lock: they die with it;
+    /// - on the third, an orphan sub-lock's parent orphan was adopted by a client of node 2, which still holds it.
+    /// Node 3 dies. On the new master each sub-resource held before is still held (EX NOQUEUE refused), and the
+    /// released one is free. The orphans are where they were: a top-level one is adopted from node 1 and its
+    /// orphan sub-locks stay (ORPHAN adopts top-level locks only); the holder of the adopted parent cannot unlock
+    /// it (EBUSY: the orphan sub-lock is under it); a purge of node 1's process removes its orphan sub-locks, and
+    /// not node 3's.
+    @Test func persistentSubLocksSurviveTheDeathOfTheirMaster() {
+        var c = ClusterHarness(nodes: 3)
+        let names = (0..<3).map { ClusterHarness.name(directedTo: 3, of: 3, prefix: "s\($0)-") }
+        let master = c.client(3, "m")
+        for (index, name) in names.enumerated() { c.send(master, H.lock(UInt32(2 + index), name, .nl)) }
+        #expect(c.run().count == 3)
+        var tag: UInt32 = 10
+        /// Sends a request and returns the lock id of its completion (0 if it was not granted).
+        func take(
+            _ client: (node: UInt32, id: ConnectionID), _ key: String, _ name: String, _ mode: LockMode,
+            _ flags: LockFlags = [], parent: UInt32 = 0
+        ) -> UInt32 {
+            tag += 1
+            c.send(client, H.lock(tag, name, mode, flags, parent: parent))
+            let lines = c.run()
+            guard lines.count == 1, lines[0].hasSuffix("granted \(mode)") else {
+                Issue.record("\(key) \(name) \(mode): \(lines)")
+                return 0
+            }
+            return c.completions[key]!.last!.lock
+        }
+        let gone = c.client(1, "g")
+        let top = take(gone, "1g", names[0], .pr, .persistent)
+        let child = take(gone, "1g", "child", .ex, .persistent, parent: top)
+        _ = take(gone, "1g", "grandchild", .pw, .persistent, parent: child)
+        _ = take(gone, "1g", "volatile", .ex, parent: top)
+        let own = c.client(3, "p")
+        let ownTop = take(own, "3p", names[1], .pr, .persistent)
+        _ = take(own, "3p", "child", .ex, .persistent, parent: ownTop)
+        let left = c.client(1, "l")
+        let leftTop = take(left, "1l", names[2], .pr, .persistent)
+        _ = take(left, "1l", "child", .ex, .persistent, parent: leftTop)
+        c.close(gone)
+        c.close(left)
+        _ = c.run()
+        let holder = c.client(2, "h")
+        let adoptedTop = take(holder, "2h", names[2], .pr, .orphan)
+        Self.nodeDiesAndNothingIsRefused(&c, 3)
+
+        // Another node's client finds each sub-resource held, but the released one.
+        let other = c.client(2, "o")
+        func refused(_ name: String, parent: UInt32) -> Bool {
+            tag += 1
+            c.send(other, H.lock(tag, name, .ex, .noQueue, parent: parent))
+            let lines = c.run()
+            return lines.count == 1 && lines[0].hasSuffix("EAGAIN")
+        }
+        let otherTop = take(other, "2o", names[0], .nl)
+        #expect(refused("child", parent: otherTop))
+        let otherChild = take(other, "2o", "child", .nl, parent: otherTop)
+        #expect(refused("grandchild", parent: otherChild))
+        let free = take(other, "2o", "volatile", .ex, .noQueue, parent: otherTop)
+        #expect(free != 0)
+        let otherOwn = take(other, "2o", names[1], .nl)
+        #expect(refused("child", parent: otherOwn))
+        let otherLeft = take(other, "2o", names[2], .nl)
+        #expect(refused("child", parent: otherLeft))
+
+        let adopter = c.client(1, "a")
+        let adopted = take(adopter, "1a", names[0], .pr, .orphan)
+        #expect(adopted != 0)
+        #expect(refused("child", parent: otherTop))
+        tag += 1
+        c.send(holder, H.unlock(tag, adoptedTop))
+        let busy = c.run()
+        #expect(busy.count == 1 && busy[0].hasSuffix("EBUSY"), "\(busy)")
+        // Every client here has pid 100: the purge of node 1's removes the orphans its clients left.
+        tag += 1
+        c.send(other, .purge(tag: tag, lockspace: 0, nodeID: 1, pid: 100))
+        _ = c.run()
+        #expect(take(other, "2o", "child", .ex, .noQueue, parent: otherTop) != 0)
+        #expect(take(other, "2o", "child", .ex, .noQueue, parent: otherLeft) != 0)
+        #expect(refused("child", parent: otherOwn))
+    }
+
     /// A resource with an orphan and a survivor's lock is rebuilt once: the survivor's lock is bound once and no
     /// rebuild is refused (before, the top-level resource was rebuilt a second time, which the engine refused with
     /// EEXIST, and the survivor got its binding twice).
@@ -172,11 +269,7 @@ import Testing
         let survivor = c.client(2, "s")
         c.send(survivor, H.lock(2, name, .cr))
         #expect(c.run() == ["2s: COMPLETION tag 2 lock \(Self.remote) granted CR"])
-        c.crash(3)
-        c.installView()
-        #expect(c.run() == [])
-        let refusals = c.notices.filter { $0.message.contains("could not be rebuilt") }
-        #expect(refusals.isEmpty, "\(refusals)")
+        Self.nodeDiesAndNothingIsRefused(&c, 3)
         // The orphan is there beside the survivor's CR: EX is refused; once the CR goes, the orphan is adopted.
         let other = c.client(1, "o")
         c.send(other, H.lock(3, name, .ex, .noQueue))

@@ -27,13 +27,15 @@ import Testing
         c.installView()
     }
 
-    /// The locks on top-level resource `name` across the live nodes: (node that masters it, lock).
+    /// The locks on resource `name` (a path below a top-level resource: "top/child") across the live nodes: (node
+    /// that masters it, lock).
     static func locks(_ c: ClusterHarness, _ name: String) -> [(node: UInt32, lock: LockSnapshot)] {
         var found: [(UInt32, LockSnapshot)] = []
+        let path = name.split(separator: "/").map { Array($0.utf8) }
         for (node, harness) in c.nodes.sorted(by: { $0.key < $1.key }) {
             let engine = harness.service.engine
             guard let ls = engine.lockspace(named: Array("ls".utf8)),
-                let resource = engine.snapshotResource(ls, path: [Array(name.utf8)])
+                let resource = engine.snapshotResource(ls, path: path)
             else { continue }
             found += resource.locks.map { (node, $0) }
         }
@@ -112,6 +114,45 @@ import Testing
         Self.settle(&c)
         #expect(c.completions["2late"]?.last?.status == .granted)
         #expect(Self.locks(c, "p3").count == 1)
+    }
+
+    /// Persistent sub-locks come back with their tree: a client of node 1 holds persistent PR on a resource,
+    /// persistent EX on a sub-resource under it and persistent PW one level further down, and EX (not persistent)
+    /// on a second sub-resource. After each of two restarts of the whole cluster the three persistent locks are
+    /// orphans again, each under the one it was under, on one node, and the stores hold what the engines hold; the
+    /// EX that was not persistent is gone.
+    @Test func persistentSubLocksComeBackWithTheirTree() {
+        var c = ClusterHarness(nodes: 3, stores: true)
+        let holder = c.client(1, "h")
+        c.send(holder, H.lock(2, "tree", .pr, .persistent))
+        Self.settle(&c)
+        let top = c.completions["1h"]?.last?.lock ?? 0
+        c.send(holder, H.lock(3, "child", .ex, .persistent, parent: top))
+        Self.settle(&c)
+        let child = c.completions["1h"]?.last?.lock ?? 0
+        c.send(holder, H.lock(4, "leaf", .pw, .persistent, parent: child))
+        c.send(holder, H.lock(5, "volatile", .ex, parent: top))
+        Self.settle(&c)
+        #expect(c.completions["1h"]?.filter { $0.status == .granted }.count == 4)
+        for round in 1...2 {
+            Self.restartWholeCluster(&c)
+            Self.settle(&c)
+            let tops = Self.locks(c, "tree")
+            let children = Self.locks(c, "tree/child")
+            let leaves = Self.locks(c, "tree/child/leaf")
+            #expect(tops.count == 1 && children.count == 1 && leaves.count == 1, "round \(round)")
+            #expect(Self.locks(c, "tree/volatile").isEmpty, "round \(round)")
+            guard let (node, topLock) = tops.first, let childLock = children.first?.lock,
+                let leafLock = leaves.first?.lock
+            else { continue }
+            #expect(children.first?.node == node && leaves.first?.node == node)
+            #expect(topLock.grantedMode == .pr && childLock.grantedMode == .ex && leafLock.grantedMode == .pw)
+            for lock in [topLock, childLock, leafLock] {
+                #expect(lock.owner == nil && lock.orphanNode == 1 && lock.pid == 100, "round \(round): \(lock)")
+            }
+            #expect(childLock.parent == topLock.id && leafLock.parent == childLock.id, "round \(round)")
+            Self.storesMatchEngines(c)
+        }
     }
 
     /// A node that restarts into a cluster that kept running drops its previous life, and its store forgets it.

@@ -129,6 +129,22 @@ struct PeerVectorTests {
                 ValueReplica(lockspace: Array("ls".utf8), name: Array("old".utf8), removed: true),
             ]),
         "peer-value-replicas-stored": .valueReplicasStored(generation: 12),
+        "peer-value-replicas-sub-locks": .valueReplicas(
+            generation: 13,
+            [
+                ValueReplica(
+                    lockspace: Array("ls".utf8), name: Array("tree".utf8),
+                    persistentLocks: [
+                        ReplicatedLock(
+                            owner: owner, pid: 4242, uid: 1000, mode: .pr, flags: .persistent, fencingToken: 0),
+                        ReplicatedLock(
+                            owner: nil, orphanNode: 2, pid: 77, uid: 1001, mode: .ex, flags: .persistent,
+                            fencingToken: 11, subPath: [Array("child".utf8)], parent: 0),
+                        ReplicatedLock(
+                            owner: nil, orphanNode: 2, pid: 77, uid: 1001, mode: .pw, flags: .persistent,
+                            fencingToken: 12, subPath: [Array("child".utf8), Array("leaf".utf8)], parent: 1),
+                    ], valueBlockLength: 32)
+            ]),
         "peer-recover-values": .recoverValues(
             view: 7,
             [
