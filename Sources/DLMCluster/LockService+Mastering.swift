@@ -310,10 +310,9 @@ extension LockService {
             // gone and sends again to whoever masters the resource now).
             guard node == configuration.nodeID || mastering.recoveredWith.contains(node) else { return }
             if isRecovering && !runsDuringRecovery(message) {
-                // Run once the directory and the masters are rebuilt. An exit forgets the owner's rebuilt locks at
-                // once, though: a later run must not send their holder its old ids again (`finishResends`), which it
-                // would bind to other locks of its node that took the same copy ids since.
-                if case .ownerExited(let owner) = message { mastering.rebuilt.forget(owner: owner) }
+                // Run once the directory and the masters are rebuilt. (Meanwhile a later run may send the exited
+                // owner's holder the ids of its rebuilt locks again, `finishResends`: each binding names its owner,
+                // and the holder passes over those whose copy id another owner took since.)
                 mastering.recovery!.heldTraffic.append((node, mastering.viewMembers[node] ?? 0, message))
                 return
             }

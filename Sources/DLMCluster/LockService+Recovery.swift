@@ -319,7 +319,7 @@ extension LockService {
         let members = mastering.viewMembers
         var rebound: [UInt32: [RecoveredBinding]] = [:]
         for (copy, lock) in mastering.rebuilt.byCopy where members[copy.node] == copy.incarnation {
-            rebound[copy.node, default: []].append(RecoveredBinding(copy: copy.copy, lock: lock))
+            rebound[copy.node, default: []].append(RecoveredBinding(copy: copy.copy, owner: copy.owner, lock: lock))
         }
         for (node, list) in rebound.sorted(by: { $0.key < $1.key }) {
             sendRecovery(list.sorted { $0.copy < $1.copy }, to: node) { .recoverBindings(view: view, $0) }
@@ -460,10 +460,12 @@ extension LockService {
         }
     }
 
-    /// The new master's ids for this node's resent locks.
+    /// The new master's ids for this node's resent locks. A binding for a copy that another owner holds now is
+    /// stale (its owner exited, and the id was given again) and is passed over.
     mutating func bind(_ bindings: [RecoveredBinding], from node: UInt32) {
         for binding in bindings {
-            guard let index = mastering.copies.index(ofCopy: binding.copy), mastering.copies.copies[index].rebinding
+            guard let index = mastering.copies.index(ofCopy: binding.copy), mastering.copies.copies[index].rebinding,
+                mastering.copies.copies[index].owner == binding.owner
             else { continue }
             // From the node that rebuilt the lock: the new master, whichever node this one resent it to.
             mastering.copies.copies[index].master = node
@@ -644,7 +646,8 @@ extension LockService {
         var parents: [LockID?] = []
         for holder in holders {
             if let known = mastering.rebuilt.byCopy[RebuiltCopy(holder.lock)] {
-                bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: known))
+                bindings[holder.node, default: []].append(
+                    RecoveredBinding(copy: holder.lock.copy, owner: holder.lock.owner.rawValue, lock: known))
                 tree.held(holder.lock, path: path, as: known)
                 continue
             }
@@ -692,7 +695,8 @@ extension LockService {
         for (index, id) in zip(order, ids.dropFirst(orphans.count)) {
             let holder = fresh[index]
             mastering.rebuilt.add(RebuiltCopy(holder.lock), lock: id)
-            bindings[holder.node, default: []].append(RecoveredBinding(copy: holder.lock.copy, lock: id))
+            bindings[holder.node, default: []].append(
+                RecoveredBinding(copy: holder.lock.copy, owner: holder.lock.owner.rawValue, lock: id))
             tree.held(holder.lock, path: path, as: id)
         }
         return true

@@ -162,6 +162,7 @@ extension PeerMessage {
                 body.writeInteger(UInt32(bindings.count))
                 for binding in bindings {
                     body.writeInteger(binding.copy)
+                    body.writeInteger(binding.owner)
                     body.writeInteger(binding.lock.rawValue)
                 }
             case .recoveryDone(let view, let phase, let departed, let recovered, let stored):
@@ -361,13 +362,15 @@ extension PeerMessage {
             message = .recoverLocks(view: view, locks)
         case .recoverBindings:
             let view = try body.read(UInt64.self, "view")
-            let count = try body.readCount("count", least: 8)
+            let count = try body.readCount("count", least: 16)
             var bindings: [RecoveredBinding] = []
             bindings.reserveCapacity(count)
             for _ in 0..<count {
                 let copy = try body.read(UInt32.self, "copy")
+                let owner = try body.read(UInt64.self, "owner")
                 bindings.append(
-                    RecoveredBinding(copy: copy, lock: LockID(rawValue: try body.read(UInt32.self, "lock"))))
+                    RecoveredBinding(
+                        copy: copy, owner: owner, lock: LockID(rawValue: try body.read(UInt32.self, "lock"))))
             }
             message = .recoverBindings(view: view, bindings)
         case .recoveryDone:

@@ -181,10 +181,14 @@ extension RecoveredLock {
 /// The new master's id for a holder's recovered lock.
 public struct RecoveredBinding: Sendable, Hashable {
     public var copy: UInt32
+    /// The owner of the copy, as its node numbers it (`OwnerID.rawValue`): a holder binds the lock only to a copy
+    /// that this owner still holds (copy ids are reused).
+    public var owner: UInt64
     public var lock: LockID
 
-    public init(copy: UInt32, lock: LockID) {
+    public init(copy: UInt32, owner: UInt64, lock: LockID) {
         self.copy = copy
+        self.owner = owner
         self.lock = lock
     }
 }

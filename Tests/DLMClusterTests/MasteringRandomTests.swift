@@ -43,7 +43,7 @@ struct RecoveryRandomTests {
     /// made it forget the master that had asked for the resource again meanwhile, and a second node mastered it
     /// (two holders of incompatible modes). 1167: a master held an owner's exit through a recovery and, in the next
     /// run, sent the holder the ids of the owner's rebuilt locks again; the holder bound them to another owner's
-    /// copies that had taken the same copy ids since (its lock was then "lost"). 2202: a new life rebuilt a resource
+    /// copies that had taken the same copy ids since (its lock was then "lost"; a binding names its owner now). 2202: a new life rebuilt a resource
     /// from its own store's offer at a restart of the whole cluster, and its store kept the old lock records beside
     /// the new ones: the next restart of the whole cluster gave the orphan back twice.
     /// (Their traffic is the one they failed with: its sub-locks were never persistent.)

@@ -252,6 +252,34 @@ import Testing
         #expect(refused("child", parent: otherOwn))
     }
 
+    /// A holder binds a rebuilt lock only to a copy of the owner the binding names: copy ids are given again once
+    /// free, and a master that sends its bindings again in a later run may name an owner that exited since (random
+    /// recovery seed 1167 lost a lock that way).
+    @Test func aBindingForAnotherOwnersCopyIsPassedOver() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 3, of: 3)
+        let master = c.client(3, "m")
+        c.send(master, H.lock(2, name, .nl))
+        _ = c.run()
+        let a = c.client(1, "a")
+        c.send(a, H.lock(2, name, .pr))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        var service = c.nodes[1]!.service
+        guard let index = service.mastering.copies.index(ofCopy: Self.remote) else {
+            Issue.record("no copy")
+            return
+        }
+        let owner = service.mastering.copies.copies[index].owner
+        // As when recovery resent it: it waits for its new id.
+        service.mastering.copies.copies[index].rebinding = true
+        service.bind([RecoveredBinding(copy: Self.remote, owner: owner + 1, lock: LockID(rawValue: 77))], from: 2)
+        #expect(service.mastering.copies.copies[index].rebinding)
+        #expect(service.mastering.copies.copies[index].masterLock != LockID(rawValue: 77))
+        service.bind([RecoveredBinding(copy: Self.remote, owner: owner, lock: LockID(rawValue: 78))], from: 2)
+        #expect(!service.mastering.copies.copies[index].rebinding)
+        #expect(service.mastering.copies.copies[index].masterLock == LockID(rawValue: 78))
+    }
+
     /// A resource with an orphan and a survivor's lock is rebuilt once: the survivor's lock is bound once and no
     /// rebuild is refused (before, the top-level resource was rebuilt a second time, which the engine refused with
     /// EEXIST, and the survivor got its binding twice).

@@ -105,8 +105,8 @@ struct PeerVectorTests {
         "peer-recover-bindings": .recoverBindings(
             view: 7,
             [
-                RecoveredBinding(copy: 0x8000_0001, lock: LockID(rawValue: 4)),
-                RecoveredBinding(copy: 0x8000_0002, lock: LockID(rawValue: 9)),
+                RecoveredBinding(copy: 0x8000_0001, owner: 5, lock: LockID(rawValue: 4)),
+                RecoveredBinding(copy: 0x8000_0002, owner: 5, lock: LockID(rawValue: 9)),
             ]),
         "peer-recovery-done": .recoveryDone(view: 7, phase: 1, departed: [3, 5], recovered: 0, stored: 6),
         "peer-recover-stored": .recoverStored(
