@@ -579,15 +579,6 @@ extension LockService {
             }
         }
         guard rebuiltHere else { return }
-        if mastering.previousLife != nil || mastering.endingLife != nil {
-            // The store may still hold the previous life's records of this resource (its own offer, taken at a
-            // restart of the whole cluster): a put adds the rebuilt locks' records under their new ids beside the
-            // old ones, and a restart would give the locks back twice. The resource is written again whole.
-            record(.journal(.delete(lockspace: key.lockspace, path: [key.name])))
-            if let current = engine.storedResource(lockspace: key.lockspace, path: [key.name]) {
-                record(.journal(.put(current)))
-            }
-        }
         registerAsMaster(key, into: &work.registrations)
         mastering.rebuiltKeys.insert(key)
         mastering.rebuiltLockspaces.insert(lockspace)

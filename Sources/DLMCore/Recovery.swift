@@ -3,7 +3,8 @@
 extension LockEngine {
     /// Rebuilds a resource from the locks its surviving holders sent: each lock gets a fresh id (the snapshot's ids
     /// are ignored and must be distinct), in the snapshot's order; the ids come back in that order. Nothing is
-    /// granted here (`grantAfterRecovery`). A resource with persistent locks is journaled.
+    /// granted here (`grantAfterRecovery`). A resource with persistent locks is journaled, whole: its records in
+    /// the store are replaced.
     ///
     /// A sub-resource (a path of more than one name) is rebuilt after its parent resource: each of its locks names
     /// its parent lock by the id this engine gave it, a granted lock of the same owner on the parent resource (of
@@ -48,6 +49,10 @@ extension LockEngine {
         if fresh.locks.contains(where: { $0.flags.contains(.persistent) }),
             let slot = resourceSlot(snapshot.lockspace, path: snapshot.path)
         {
+            // Written whole, over whatever the store holds of it: its locks have new ids, and a record under an
+            // old id (this node's own previous life, at a restart of the whole cluster) would give a lock back twice.
+            journal.append(
+                .delete(lockspace: lockspaces[Int(resources[Int(slot)].lockspace)].name, path: snapshot.path))
             track(slot)
             for id in ids { touch(slot, lock: Int32(id.slot)) }
         }
