@@ -24,6 +24,8 @@ enum ResourceMark {
     static let replicaDirty: UInt8 = 16
     /// The store holds a record of the resource (written by the last drain that found stored locks on it).
     static let stored: UInt8 = 32
+    /// Replicated, and a drain gave its replica: its removal must follow when it is freed.
+    static let replicaSent: UInt8 = 64
 }
 
 /// One change for the store. Records of one resource are keyed by its lockspace name and path; a lock's by

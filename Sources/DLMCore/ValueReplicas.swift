@@ -150,7 +150,7 @@ extension LockEngine {
         for slot in dirtyReplicas {
             let record = resources[Int(slot)]
             guard !record.isFree, record.marks & ResourceMark.replicaDirty != 0 else { continue }
-            resources[Int(slot)].marks &= ~ResourceMark.replicaDirty
+            resources[Int(slot)].marks = (record.marks & ~ResourceMark.replicaDirty) | ResourceMark.replicaSent
             effects.append(.replicate(replica(of: slot)))
         }
         dirtyReplicas.removeAll(keepingCapacity: true)
@@ -213,10 +213,13 @@ extension LockEngine {
         }
     }
 
-    /// A freed resource that was replicated: its removal goes out with the next drain.
+    /// A freed resource that was replicated: its removal goes out with the next drain, if its replica went out
+    /// before. (A resource freed in the input that began replicating it was never sent: an exit that releases a
+    /// million EX locks marks each value block invalid and frees it at once, and sends nothing.)
     mutating func replicaFreed(_ slot: Int32) {
         let record = resources[Int(slot)]
-        resources[Int(slot)].marks &= ~(ResourceMark.replicated | ResourceMark.replicaDirty)
+        resources[Int(slot)].marks &= ~(ResourceMark.replicated | ResourceMark.replicaDirty | ResourceMark.replicaSent)
+        guard record.marks & ResourceMark.replicaSent != 0 else { return }
         replicaRemovals.append(
             ValueReplica(lockspace: lockspaces[Int(record.lockspace)].name, name: record.name, removed: true))
     }

@@ -64,6 +64,31 @@ import Testing
         #expect(c.run() == ["3w: COMPLETION tag 3 lock 1 granted NL"])
     }
 
+    /// An exit that releases EX locks marks their value blocks not valid, and frees the resources at once: their
+    /// replicas never went out, so no removal goes to the backup node either (before, an exit of a million EX locks
+    /// sent a million removals). A resource whose replica did go out sends its removal when it is freed.
+    @Test func aResourceFreedBeforeItsReplicaWentOutSendsNoRemoval() {
+        var c = ClusterHarness(nodes: 3)
+        let names = (0..<20).map { ClusterHarness.name(directedTo: 3, of: 3, prefix: "x\($0)-") }
+        let holder = c.client(3, "h")
+        for (index, name) in names.enumerated() { c.send(holder, H.lock(UInt32(2 + index), name, .ex)) }
+        #expect(c.run().count == names.count)
+        let backup = ClusterHarness.Link(from: 3, to: 1)
+        c.paused = [backup]
+        c.close(holder)
+        _ = c.run()
+        #expect(c.links[backup]?.count ?? 0 == 0, "\(String(describing: c.links[backup]))")
+        c.paused = []
+        let writer = c.client(3, "w")
+        c.send(writer, H.lock(2, Self.name, .ex, .valueBlock))
+        c.send(writer, Self.write(3, lock: 1, to: .nl, Self.value(7)))
+        #expect(c.run().count == 2)
+        c.paused = [backup]
+        c.close(writer)
+        _ = c.run()
+        #expect(c.links[backup]?.count == 1)
+    }
+
     /// Two writes in one batch of the master make two replica messages of one generation to the same backup node:
     /// neither writer is answered until the backup acknowledged both (the first acknowledgement alone is not enough).
     @Test func aGenerationOfSeveralReplicaMessagesWaitsForTheLastAcknowledgement() {
