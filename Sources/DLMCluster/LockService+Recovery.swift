@@ -94,6 +94,9 @@ struct RecoveryWork {
     var registrations: [UInt32: [DirectoryKey]] = [:]
     var resends: [UInt32: [RecoveredLock]] = [:]
     var bindings: [UInt32: [RecoveredBinding]] = [:]
+    /// Phase 2, within one slice: the lockspace of the last resource rebuilt (most resources of a run share it: one
+    /// lookup of it a slice, not one a resource).
+    var lastLockspace: (name: [UInt8], valueBlockLength: Int, id: LockspaceID)?
 }
 
 extension LockService {
@@ -514,45 +517,58 @@ extension LockService {
 
     /// Phase 2 in slices (a resource counts as many entries as locks came for it). Returns true when all is done.
     mutating func rebuild(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
+        // (A client may have closed a lockspace between two slices.)
+        work.lastLockspace = nil
         while budget > 0, work.nextKey < work.keys.count {
             let key = work.keys[work.nextKey]
             work.nextKey += 1
-            budget -= max(1, mastering.recovery!.received[key]?.count ?? 1)
-            rebuild(key, into: &work)
+            let holders = mastering.recovery!.received[key] ?? []
+            budget -= max(1, holders.count)
+            rebuild(key, holders: holders, into: &work)
         }
         return work.nextKey == work.keys.count
     }
 
-    /// Rebuilds a resource whose master left, with its tree, from what its holders sent and what its backup node
-    /// kept; answers the holders, and registers it with its directory node.
-    mutating func rebuild(_ key: DirectoryKey, into work: inout RecoveryWork) {
+    /// Rebuilds a resource whose master left, with its tree, from what its holders sent (`holders`) and what its
+    /// backup node kept; answers the holders, and registers it with its directory node.
+    mutating func rebuild(
+        _ key: DirectoryKey, holders: [(node: UInt32, lock: RecoveredLock)], into work: inout RecoveryWork
+    ) {
         let me = configuration.nodeID
         guard mastering.recovery != nil else { return }
         if let master = mastering.directory[key], master != me {
             // An aborted run rebuilt it there (it registered it): that node answers the holders.
             return
         }
-        let holders = mastering.recovery!.received[key] ?? []
-        let values = mastering.recovery!.receivedValues[key]
+        let values = mastering.recovery!.receivedValues.isEmpty ? nil : mastering.recovery!.receivedValues[key]
         let replica = values?.max { $0.valueBlockSequence < $1.valueBlockSequence }
         // (Orphans an aborted run rebuilt here are here already.)
-        let orphans =
-            engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name)
-            ? [] : Self.orphans(of: replica, holders: holders, members: mastering.viewMembers)
+        var orphans: [(index: Int, lock: ReplicatedLock)] = []
+        if let replica, !replica.persistentLocks.isEmpty,
+            !engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name)
+        {
+            orphans = Self.orphans(of: replica, holders: holders, members: mastering.viewMembers)
+        }
         guard !holders.isEmpty || !orphans.isEmpty else { return }
         let orphanSubLocks = orphans.contains { $0.lock.parent != nil }
         let valueBlockLength = holders.first?.lock.valueBlockLength ?? replica?.valueBlockLength ?? 0
-        guard let lockspace = openForPeer(key.lockspace, valueBlockLength: valueBlockLength) else { return }
+        let lockspace: LockspaceID
+        if let last = work.lastLockspace, last.valueBlockLength == valueBlockLength, last.name == key.lockspace {
+            lockspace = last.id
+        } else {
+            guard let opened = openForPeer(key.lockspace, valueBlockLength: valueBlockLength) else { return }
+            lockspace = opened
+            work.lastLockspace = (key.lockspace, valueBlockLength, opened)
+            // (It grants what it can when recovery ends.)
+            mastering.rebuiltLockspaces.insert(lockspace)
+        }
         // The tree of the resource, parents before children: the top-level resource, then the sub-resources by
         // depth, each in order of arrival. (Most resources have no sub-locks: no grouping for them.)
         let top = [key.name]
         var paths = [top]
         var byPath: [[[UInt8]]: [(node: UInt32, lock: RecoveredLock)]] = [:]
         var orphansByPath: [[[UInt8]]: [(index: Int, lock: ReplicatedLock)]] = [:]
-        if holders.allSatisfy({ $0.lock.subPath.isEmpty }) && !orphanSubLocks {
-            byPath[top] = holders
-            orphansByPath[top] = orphans
-        } else {
+        if !holders.allSatisfy({ $0.lock.subPath.isEmpty }) || orphanSubLocks {
             for holder in holders {
                 let path = holder.lock.path
                 if byPath[path] == nil, path != top { paths.append(path) }
@@ -569,9 +585,11 @@ extension LockService {
         var tree = RebuiltTree(replica: orphanSubLocks ? replica : nil)
         var rebuiltHere = false
         for path in paths {
+            // (Most resources have no tree: one path, and no table of paths hashed for them.)
+            let holders = paths.count == 1 ? holders : byPath[path] ?? []
+            let orphans = paths.count == 1 ? orphans : orphansByPath[path] ?? []
             if rebuildResource(
-                key, path: path, lockspace: lockspace, holders: byPath[path] ?? [],
-                orphans: orphansByPath[path] ?? [], values: values,
+                key, path: path, lockspace: lockspace, holders: holders, orphans: orphans, values: values,
                 alone: mastering.recovery!.reportedDeparted.count == 1, floor: mastering.recovery!.view << 40,
                 tree: &tree, bindings: &work.bindings)
             {
@@ -581,7 +599,6 @@ extension LockService {
         guard rebuiltHere else { return }
         registerAsMaster(key, into: &work.registrations)
         mastering.rebuiltKeys.insert(key)
-        mastering.rebuiltLockspaces.insert(lockspace)
     }
 
     /// The end of this node's part of phase 2 (its answers went out with the last slice): the departed nodes'

@@ -206,21 +206,29 @@ public enum PeerReply: Sendable, Hashable {
 /// A resource of a lockspace, by name, as the directory knows it (top-level resources only: a sub-resource lives
 /// with its parent's master).
 public struct DirectoryKey: Sendable, Hashable {
-    public var lockspace: [UInt8]
-    public var name: [UInt8]
+    public let lockspace: [UInt8]
+    public let name: [UInt8]
+    /// The names' hash under this process's seed, taken once: a key goes through several tables (the master cache,
+    /// the directory, a recovery's received locks, each sharded by the hash too), and hashing the names' bytes for
+    /// each lookup was a seventh of a recovery's CPU. (Seeded, as every Swift hash: names that a client chooses
+    /// cannot be made to collide.)
+    private let hash: Int
 
     public init(lockspace: [UInt8], name: [UInt8]) {
         self.lockspace = lockspace
         self.name = name
-    }
-
-    /// The names' bytes at once (an array of bytes hashes them one by one, which made hashing most of the cost of
-    /// a recovery's sets and dictionaries of keys).
-    public func hash(into hasher: inout Hasher) {
+        var hasher = Hasher()
         hasher.combine(lockspace.count)
         lockspace.withUnsafeBytes { hasher.combine(bytes: $0) }
         name.withUnsafeBytes { hasher.combine(bytes: $0) }
+        hash = hasher.finalize()
     }
+
+    public static func == (a: DirectoryKey, b: DirectoryKey) -> Bool {
+        a.hash == b.hash && a.name == b.name && a.lockspace == b.lockspace
+    }
+
+    public func hash(into hasher: inout Hasher) { hasher.combine(hash) }
 
     /// A hash that every node computes alike (FNV-1a, 64 bits, over the lockspace name, a zero byte and the
     /// resource name): the directory node of the resource is the member at this hash modulo the member count.
