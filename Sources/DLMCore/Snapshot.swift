@@ -291,10 +291,23 @@ extension LockEngine {
 
     /// Rule 4: when recovery is done, every resource of the lockspace grants what it can, conversions
     /// regardless of their order, and sends the blocking callbacks that follow.
+    /// Only a resource with a conversion or a waiting request has anything to grant or to tell: those are found
+    /// through the list of waiting locks, not by a walk of every resource (a million of them after a large
+    /// recovery, a step long enough to pause every client of the node), and taken in slot order, as the walk did.
     mutating func grantPendingAfterRecovery(_ lockspace: LockspaceID, into effects: inout [Effect]) {
         guard let ls = liveSlot(lockspace) else { return }
-        for slot in resources.indices where resources[slot].lockspace == ls {
-            grantPending(Int32(slot), recovering: true, into: &effects)
+        var pending: [Int32] = []
+        var cursor = waiting.head
+        while cursor != none {
+            let resource = locks[Int(cursor)].resource
+            if resources[Int(resource)].lockspace == ls { pending.append(resource) }
+            cursor = locks[Int(cursor)].waitNext
+        }
+        pending.sort()
+        var last = none
+        for resource in pending where resource != last {
+            last = resource
+            grantPending(resource, recovering: true, into: &effects)
         }
     }
 }

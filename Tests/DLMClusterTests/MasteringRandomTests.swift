@@ -25,7 +25,7 @@ import Testing
 
 /// The same traffic while nodes crash and restart (from what their stores committed, `ModelStore`) and views change
 /// (delivered to each node at a random moment), and, in seeds with stores, the whole cluster dies at once and
-/// restarts from its stores once or twice (one sub-lock in three is persistent, and orphans count as holders):
+/// restarts from its stores once or twice (sub-locks may be persistent, and orphans count as holders):
 /// recovery keeps exclusion, and no survivor loses a lock it was granted (an unlock or conversion of a lock its
 /// client believes it holds never meets ENOENT); every value block read is the last acknowledged PW or EX write
 /// (or a later one), or is flagged VALNOTVALID, and only when a PW or EX holder died since the last acknowledged
@@ -110,8 +110,8 @@ struct MasteringRun {
     let seed: UInt64
     /// Nodes crash and restart, and views change.
     let faults: Bool
-    /// One sub-lock in three is persistent (chosen by the step, so that the random draws stay those of the traffic
-    /// before persistent sub-locks were replicated).
+    /// Sub-locks are persistent: three in four under a persistent parent, one in three under another (chosen by
+    /// the step, so that the random draws stay those of the traffic before persistent sub-locks were replicated).
     let persistentSubLocks: Bool
     /// Each node's newest view that it has not been given yet.
     var undelivered: [UInt32: View] = [:]
@@ -166,6 +166,8 @@ struct MasteringRun {
             var valueBlock = false
             /// The mode it may hold at the master (the strongest of its granted mode and one asked for).
             var mayHold: LockMode?
+            /// Taken with PERSISTENT.
+            var persistent = false
             /// A sub-lock's parent lock, and how deep it is (0: a lock on a top-level resource).
             var parent: UInt32?
             var depth = 0
@@ -429,6 +431,8 @@ struct MasteringRun {
     var masterLeftSinceWrite: Set<String> = []
     /// Lock requests sent with VALBLK, by client and tag.
     var valueBlockRequests: Set<String> = []
+    /// The requests with PERSISTENT not answered yet, by client and tag.
+    var persistentRequests: Set<String> = []
     /// The parent lock of each sub-lock request not answered yet, by client and tag.
     var subLockParents: [String: UInt32] = [:]
     /// The unlocks (not cancels) not answered yet, by client and tag: an unlock of a parent refused with EBUSY
@@ -566,7 +570,8 @@ struct MasteringRun {
     /// A lock the master answered (a sub-lock with its parent).
     mutating func newLock(_ resource: String, _ mode: LockMode, _ index: Int, _ tag: UInt32) -> ClientModel.Lock {
         var lock = ClientModel.Lock(
-            resource: resource, valueBlock: valueBlockRequests.remove(key(index, tag)) != nil, mayHold: mode)
+            resource: resource, valueBlock: valueBlockRequests.remove(key(index, tag)) != nil, mayHold: mode,
+            persistent: persistentRequests.remove(key(index, tag)) != nil)
         if let parent = subLockParents.removeValue(forKey: key(index, tag)) {
             lock.parent = parent
             lock.depth = (clients[index].locks[parent]?.depth ?? 0) + 1
@@ -729,6 +734,7 @@ struct MasteringRun {
             if random.percent(50) { flags.insert(.valueBlock) }
             let tag = tag(index, .lock(resource, mode))
             if flags.contains(.valueBlock) { valueBlockRequests.insert(key(index, tag)) }
+            if flags.contains(.persistent) { persistentRequests.insert(key(index, tag)) }
             send(
                 index,
                 .lock(LockMessage(tag: tag, lockspace: 0, flags: flags, mode: mode, name: Array(resource.utf8))))
@@ -793,9 +799,11 @@ struct MasteringRun {
             let (parent, state) = random.element(parents)
             let resource = state.resource + "/c\(random.below(2))"
             var flags: LockFlags = random.percent(20) ? .noQueue : []
-            if persistentSubLocks && step % 3 == 0 { flags.insert(.persistent) }
+            // (A persistent sub-lock outlives its owner only under a persistent parent: most of those are.)
+            if persistentSubLocks && (state.persistent ? step % 4 != 0 : step % 3 == 0) { flags.insert(.persistent) }
             let tag = tag(index, .lock(resource, mode))
             subLockParents[key(index, tag)] = parent
+            if flags.contains(.persistent) { persistentRequests.insert(key(index, tag)) }
             send(
                 index,
                 .lock(
