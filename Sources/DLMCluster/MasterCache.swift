@@ -39,8 +39,20 @@ struct MasterCache {
 
     /// The resources whose current entry names `node`, in the cache's order.
     func keys(masteredBy node: UInt32) -> [DirectoryKey] {
+        (0..<Self.partCount).flatMap { keys(masteredBy: node, inPart: $0).keys }
+    }
+
+    /// The cache in parts (0 to `partCount` - 1), for a walk in slices: a copy of the cache taken when the walk
+    /// begins (a copy shares its storage until either is written) keeps every part as it was then.
+    static var partCount: Int { ShardedDictionary<DirectoryKey, Entry>.shardCount }
+
+    /// The resources of one part whose current entry names `node`, and how many entries the part holds.
+    func keys(masteredBy node: UInt32, inPart part: Int) -> (keys: [DirectoryKey], looked: Int) {
         let floor = forgotten[node] ?? 0
-        return entries.compactMap { key, entry in entry.node == node && entry.epoch >= floor ? key : nil }
+        let keys = entries.compactMap(inShard: part) { key, entry in
+            entry.node == node && entry.epoch >= floor ? key : nil
+        }
+        return (keys, entries.count(inShard: part))
     }
 
     /// Removes the entry of `key` if it reads as absent.

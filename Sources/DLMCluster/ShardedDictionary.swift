@@ -2,7 +2,8 @@
 /// entry in one step: at half a million entries that is a step of 150 to 370 ms here (the master cache, the
 /// directory and a recovery's received locks of a node with a million locks), a pause for every client of the
 /// node, and at a few million entries long enough for its peers to suspect it. A shard grows alone, at 1/64 of
-/// the cost. Lookups hash the key twice (once for the shard).
+/// the cost. Lookups hash the key twice (once for the shard): for a `DirectoryKey`, whose names are hashed once when
+/// it is made, each is a hash of one number.
 struct ShardedDictionary<Key: Hashable, Value> {
     static var shardCount: Int { 64 }
     private var shards: [[Key: Value]]
@@ -30,12 +31,19 @@ struct ShardedDictionary<Key: Hashable, Value> {
     var values: [Value] { shards.flatMap(\.values) }
     /// The non-nil results of `transform` over every entry, shard by shard.
     func compactMap<T>(_ transform: (Key, Value) -> T?) -> [T] {
+        (0..<Self.shardCount).flatMap { compactMap(inShard: $0, transform) }
+    }
+
+    /// The non-nil results of `transform` over the entries of one shard (0 to `shardCount` - 1): a walk of a large
+    /// dictionary in slices, each a shard.
+    func compactMap<T>(inShard shard: Int, _ transform: (Key, Value) -> T?) -> [T] {
         var results: [T] = []
-        for shard in shards {
-            for (key, value) in shard { if let result = transform(key, value) { results.append(result) } }
-        }
+        for (key, value) in shards[shard] { if let result = transform(key, value) { results.append(result) } }
         return results
     }
+
+    /// How many entries one shard holds.
+    func count(inShard shard: Int) -> Int { shards[shard].count }
 }
 
 extension ShardedDictionary: Sendable where Key: Sendable, Value: Sendable {}
