@@ -81,7 +81,6 @@ struct RecoveryWork {
     /// slot the walk has passed: a list taken later, or of those the engine lacks, would miss it, and two nodes
     /// would master it.)
     var nextSlot = 0
-    var cache: MasterCache?
     var nextCachePart = 0
     var nextCopy = 0
     /// The next resource of the previous life to offer (LockService+PreviousLife.swift), and the offers per directory
@@ -205,11 +204,13 @@ extension LockService {
         }
         // The rest of this node's part of the phase, in slices (`continueRecovery`): its resources registered
         // with their new directory nodes, its clients' locks whose master left sent to their new masters.
-        var work = RecoveryWork(phase: 1)
-        // (In the cache's order, a part of it a slice, from a copy taken now: the order of registrations changes
-        // nothing, and sorting a node's hundreds of thousands of resources here was most of this step, and walking
-        // a cache of a million entries at once still a step of 170 ms.)
-        work.cache = mastering.masters
+        let work = RecoveryWork(phase: 1)
+        // (The master cache's resources of this node are registered in the cache's order, a part of it a slice:
+        // the order of registrations changes nothing, sorting a node's hundreds of thousands of resources here was
+        // most of this step, and walking a cache of a million entries at once still a step of 170 ms. The parts are
+        // read as they are when their slice comes: until then, only this walk's own registrations write entries of
+        // this node, and tossing waits for the end of recovery. A copy of the cache taken now would be copied again,
+        // a part at each first write.)
         mastering.recovery?.work = work
         continueRecovery()
     }
@@ -232,7 +233,7 @@ extension LockService {
             mastering.recovery!.work = work
             return
         }
-        discard(work, count: work.keys.count + (work.cache?.storedCount ?? 0))
+        discard(work, count: work.keys.count)
         if work.phase == 1 {
             finishResends()
         } else {
@@ -257,19 +258,16 @@ extension LockService {
             budget -= slots.count
             work.nextSlot = slots.upperBound
         }
-        while budget > 0, let cache = work.cache, work.nextCachePart < MasterCache.partCount {
-            let part = cache.keys(masteredBy: configuration.nodeID, inPart: work.nextCachePart)
+        while budget > 0, work.nextCachePart < MasterCache.partCount {
+            let part = mastering.masters.keys(masteredBy: configuration.nodeID, inPart: work.nextCachePart)
             work.nextCachePart += 1
             for key in part.keys { registerAsMaster(key, into: &work.registrations) }
             // (Looking at an entry costs less than registering a resource.)
             budget -= max(1, part.keys.count + part.looked / 8)
         }
-        if work.nextCachePart >= MasterCache.partCount, let cache = work.cache {
-            // (Parts written meanwhile were copied: this copy may be the last owner of the old ones.)
-            discard(cache, count: cache.storedCount)
-            work.cache = nil
+        guard work.nextSlot >= engine.resourceSlotCount, work.nextCachePart >= MasterCache.partCount else {
+            return false
         }
-        guard work.nextSlot >= engine.resourceSlotCount, work.cache == nil else { return false }
         let members = mastering.viewMembers
         let departed = mastering.recovery!.departed
         while budget > 0, work.nextCopy < mastering.copies.copies.count {

@@ -42,8 +42,7 @@ struct MasterCache {
         (0..<Self.partCount).flatMap { keys(masteredBy: node, inPart: $0).keys }
     }
 
-    /// The cache in parts (0 to `partCount` - 1), for a walk in slices: a copy of the cache taken when the walk
-    /// begins (a copy shares its storage until either is written) keeps every part as it was then.
+    /// The cache in parts (0 to `partCount` - 1), for a walk in slices.
     static var partCount: Int { ShardedDictionary<DirectoryKey, Entry>.shardCount }
 
     /// The resources of one part whose current entry names `node`, and how many entries the part holds.
