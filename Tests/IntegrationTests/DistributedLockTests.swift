@@ -35,9 +35,11 @@ import Testing
     }
 
     /// Takes `mode` with NOQUEUE: nil if granted (the lock is unlocked again), else the refusal's status.
-    static func tryLock(_ ls: DLMLockspace, _ name: String, _ mode: LockMode) async throws -> DLMStatus? {
+    static func tryLock(
+        _ ls: DLMLockspace, _ name: String, _ mode: LockMode, parent: DLMLock? = nil
+    ) async throws -> DLMStatus? {
         do {
-            let lock = try await ls.lock(name, mode: mode, flags: .noQueue)
+            let lock = try await ls.lock(name, mode: mode, flags: .noQueue, parent: parent)
             try await lock.unlock()
             return nil
         } catch let error as DLMError {
@@ -212,9 +214,10 @@ import Testing
     }
 
     /// Orphans survive `kill -9` of their master (its backup node kept them): a client of node 1 exits holding
-    /// persistent EX locks on two names that node 3 masters. Node 3 dies: a client of node 2 is refused EX on both,
-    /// adopts the first on its new master, and a purge of node 1's process (its pid and node kept with the orphan)
-    /// removes the second.
+    /// persistent EX locks on two names that node 3 masters, and a persistent PW sub-lock under the first. Node 3
+    /// dies: a client of node 2 is refused EX on both, adopts the first on its new master (the orphan sub-lock stays
+    /// under it, and holds), and a purge of node 1's process (its pid and node kept with the orphans) removes the
+    /// second and the sub-lock.
     @Test func orphansSurviveTheDeathOfTheirMaster() async throws {
         let cluster = try TestCluster(nodes: 3)
         defer { cluster.stopAll() }
@@ -222,7 +225,9 @@ import Testing
         // Node 3 asks first, so it masters the names (an idle name keeps its master for a while).
         for name in ["vault", "safe"] {
             try await spaces[2].lock(name, mode: .nl).unlock()
-            _ = try await spaces[0].lock(name, mode: .ex, flags: .persistent)
+            let top = try await spaces[0].lock(name, mode: .ex, flags: .persistent)
+            // A persistent sub-lock under the vault: it goes through the value replica, as a tree.
+            if name == "vault" { _ = try await spaces[0].lock("drawer", mode: .pw, flags: .persistent, parent: top) }
         }
         await connections[0].close()
         _ = cluster.kill(3)
@@ -232,8 +237,12 @@ import Testing
         }
         let adopted = try await spaces[1].lock("vault", mode: .ex, flags: .orphan)
         #expect(adopted.mode == .ex)
-        #expect(try await spaces[1].purge(nodeID: 1, pid: UInt32(getpid())) == 1)
+        // The orphan sub-lock is still under it (ORPHAN adopts top-level locks only).
+        #expect(try await Self.tryLock(spaces[1], "drawer", .ex, parent: adopted) == .tryAgain)
+        // The purge of node 1's process removes its orphans: "safe" and the sub-lock.
+        #expect(try await spaces[1].purge(nodeID: 1, pid: UInt32(getpid())) == 2)
         #expect(try await Self.tryLock(spaces[1], "safe", .ex) == nil)
+        #expect(try await Self.tryLock(spaces[1], "drawer", .ex, parent: adopted) == nil)
         #expect(try await Self.tryLock(spaces[1], "vault", .pr) == .tryAgain)
         try await adopted.unlock()
     }
