@@ -75,6 +75,9 @@ public struct LockEngine {
     /// (ValueReplicas.swift).
     var dirtyReplicas: [Int32] = []
     var replicaRemovals: [ValueReplica] = []
+    /// How many resources are replicated to a backup node (their value block or persistent locks are in use:
+    /// ValueReplicas.swift).
+    public internal(set) var replicatedResources = 0
     /// The sub-locks of each lock that has some (`LockRecord.children` counts them), so that FORCEUNLOCK and purge
     /// find them without a walk. Sub-locks are rare: a table beside the slab costs the other locks nothing.
     var subLocks: [Int32: Set<Int32>] = [:]
