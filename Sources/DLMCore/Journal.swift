@@ -93,7 +93,7 @@ extension LockEngine {
                 dirtyLocks.append(lock)
             }
             // (A sub-resource's persistent locks are replicated with its top-level resource.)
-            if resources[Int(resource)].parent != none { subResourceChanged(resource) }
+            if resources[Int(resource)].parent != none { replicaChanged(resource) }
         }
         if bits & (ResourceMark.replicated | ResourceMark.replicaDirty) == ResourceMark.replicated {
             markReplicaDirty(resource)

@@ -113,22 +113,8 @@ extension LockEngine {
     mutating func replicateTree(of resource: Int32) {
         guard config.replicatesValueBlocks else { return }
         let top = topLevel(of: resource)
-        let bits = resources[Int(top)].marks
-        if bits & ResourceMark.replicated == 0 {
-            resources[Int(top)].marks = bits | ResourceMark.replicated
-            replicatedResources += 1
-        }
+        replicate(top)
         markReplicaDirty(top)
-    }
-
-    /// A tracked sub-resource changed: its top-level resource's replica, if replicated, is dirty.
-    mutating func subResourceChanged(_ resource: Int32) {
-        let top = topLevel(of: resource)
-        if resources[Int(top)].marks & (ResourceMark.replicated | ResourceMark.replicaDirty)
-            == ResourceMark.replicated
-        {
-            markReplicaDirty(top)
-        }
     }
 
     func topLevel(of resource: Int32) -> Int32 {
