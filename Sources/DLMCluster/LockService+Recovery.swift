@@ -28,12 +28,18 @@ import GroupServices
 /// its id of the parent lock, and the new master rebuilds each tree from the top down. Persistent locks and orphans
 /// that no survivor sends come from the resource's backup node (`orphans(of:holders:members:)`).
 struct Recovery {
+    /// The run's id (`RecoveryRun`: its view's number and its number within the view), carried by its messages.
     var view: UInt64
+    /// The fencing-token floor of the run: its view's number times 2^40.
+    var fencingFloor: UInt64 { RecoveryRun.view(view) << 40 }
     /// Whether this node's part of the current phase waits for slices.
     var hasWork: Bool { work != nil && !abandoned }
     /// Members of the last completed recovery (node: incarnation) that are not in the view.
     var departed: Set<UInt32>
-    var phase: UInt8 = 1
+    /// 0: lockspace groups (LockService+Groups.swift); 1: rebuild; 2: purge and grant.
+    var phase: UInt8 = 0
+    /// Phase 0: each member's lockspaces.
+    var lockspaceLists: [UInt32: [LockspaceMembership]] = [:]
     /// A view without quorum came: this run's view is over, so the run ends nothing and serves nothing; the next
     /// primary view starts a new one (with what this one knew of departed nodes and held traffic).
     var abandoned = false
@@ -127,16 +133,19 @@ extension LockService {
             // A run under way is abandoned: its late messages must not end it and serve requests outside a primary
             // view.
             mastering.recovery?.abandoned = true
+            mastering.installedView = 0
             stop(waitingFor: ["quorum"])
             return
         }
         // Every member runs recovery for every primary view, even one with the members of the last: a member that
         // got an earlier view this node skipped may be recovering, and waits for every member's barrier.
-        guard view.id.number > max(mastering.recoveredView, mastering.recovery?.view ?? 0) else {
+        let run = RecoveryRun.first(ofView: view.id.number)
+        mastering.installedView = view.id.number
+        guard run > max(mastering.recoveredView, mastering.recovery?.view ?? 0) else {
             if !isRecovering { resume() }
             return
         }
-        startRecovery(view.id.number, members: Self.members(of: view))
+        startRecovery(run, members: Self.members(of: view))
     }
 
     var isRecovering: Bool { mastering.recovery != nil }
@@ -169,14 +178,15 @@ extension LockService {
         mastering.removing = []
         mastering.members = members.keys.sorted()
         mastering.viewMembers = members
-        stop(waitingFor: ["recovery of view \(view)"])
+        stop(waitingFor: ["recovery of view \(RecoveryRun.describe(view))"])
         if endsDeadlockHolds { endDeadlockHolds() }
-        output.recoveries.append(.started(view: view))
+        output.recoveries.append(.started(view: RecoveryRun.view(view), run: RecoveryRun.number(view)))
         output.notices.append(
             (
                 "recovery started",
                 [
-                    "view": "\(view)", "members": mastering.members.map(String.init).joined(separator: ","),
+                    "view": RecoveryRun.describe(view),
+                    "members": mastering.members.map(String.init).joined(separator: ","),
                     "departed": departed.sorted().map(String.init).joined(separator: ","),
                 ]
             ))
@@ -188,9 +198,9 @@ extension LockService {
         let directoryShare = mastering.directory.count * max(previous.count, 1) / max(members.count, 1)
         discard(mastering.directory, count: mastering.directory.count)
         mastering.directory = ShardedDictionary(minimumCapacity: directoryShare + directoryShare / 8)
-        // The replicas this node kept of departed masters' resources go to their new masters; nothing waits any
-        // longer for a departed backup node.
-        recoverReplicas(view: view, members: members, previous: previous, departed: departed)
+        // Nothing waits any longer for a departed backup node; departed nodes leave their lockspaces' groups.
+        forgetDepartedBackups(members: members, previous: previous)
+        dropDepartedFromGroups()
         // A new life's stored resources, for a restart of the whole cluster.
         let lives = livesReport
         mastering.recovery!.recoveredViews[configuration.nodeID] = lives.recovered
@@ -198,12 +208,33 @@ extension LockService {
         // Messages of this view that came before this node installed it (after the old directory was forgotten).
         let early = mastering.futureRecovery
         mastering.futureRecovery = []
-        // (From members only: a restarted member's messages are its new life's, the only one in this view.)
-        for (node, message) in early where members[node] != nil {
-            receiveRecovery(message, from: node)
+        // (From members only: a restarted member's messages are its new life's, the only one in this view. A
+        // later run's start among them waits until this one is set up.)
+        var laterRun: UInt64 = 0
+        for (node, message) in early {
+            if case .recoveryStart(let run) = message {
+                laterRun = max(laterRun, run)
+            } else if let run = message.recoveryRun, run > view {
+                // (A later run's, from whichever node: kept for it.)
+                mastering.futureRecovery.append((node, message))
+            } else if members[node] != nil {
+                receiveRecovery(message, from: node)
+            }
         }
-        // The rest of this node's part of the phase, in slices (`continueRecovery`): its resources registered
-        // with their new directory nodes, its clients' locks whose master left sent to their new masters.
+        // Phase 0: the lockspaces' groups.
+        sendLockspaceMemberships()
+        if laterRun > view, mastering.recovery?.view == view {
+            startRecovery(laterRun, members: members)
+        }
+    }
+
+    /// Phase 1 begins, once phase 0 agreed the groups: the replicas this node kept of departed masters' resources
+    /// go to their new masters; then the rest of this node's part of the phase, in slices (`continueRecovery`):
+    /// its resources registered with their new directory nodes, its clients' locks whose master left sent to their
+    /// new masters.
+    mutating func startRegistrations() {
+        guard let recovery = mastering.recovery else { return }
+        recoverReplicas(view: recovery.view, members: mastering.viewMembers, departed: recovery.departed)
         let work = RecoveryWork(phase: 1)
         // (The master cache's resources of this node are registered in the cache's order, a part of it a slice:
         // the order of registrations changes nothing, sorting a node's hundreds of thousands of resources here was
@@ -418,9 +449,22 @@ extension LockService {
     mutating func receiveRecovery(_ message: PeerMessage, from node: UInt32) {
         let view: UInt64
         switch message {
-        case .recoverMasters(let v, _), .recoverLocks(let v, _), .recoverBindings(let v, _),
-            .recoveryDone(let v, _, _, _, _), .recoverValues(let v, _), .recoverStored(let v, _):
-            view = v
+        case .recoverMasters, .recoverLocks, .recoverBindings, .recoveryDone, .recoverValues, .recoverStored,
+            .recoverLockspaces:
+            view = message.recoveryRun!
+        case .recoveryRequest(let view):
+            if view == mastering.installedView { startRequestedRun(for: node) }
+            return
+        case .recoveryStart(let run):
+            // (From the coordinator of the view this node is in, to start a run of it; one of a later view waits
+            // for that view.)
+            if run > max(mastering.recovery?.view ?? 0, mastering.recoveredView),
+                RecoveryRun.view(run) == mastering.installedView, mastering.viewMembers[node] != nil
+            {
+                startRecovery(run, members: mastering.viewMembers)
+                return
+            }
+            view = run
         default:
             return
         }
@@ -456,6 +500,10 @@ extension LockService {
             for replica in replicas {
                 mastering.recovery!.storedOffers[replica.key, default: []].append((node, replica))
             }
+        case .recoverLockspaces(_, let list):
+            mastering.recovery!.lockspaceLists[node] = list
+            mastering.recovery!.done[0, default: []].insert(node)
+            advanceRecovery()
         case .recoveryDone(_, let phase, let departed, let recovered, let stored):
             mastering.recovery!.reportedDeparted.formUnion(departed)
             if phase == 1 {
@@ -490,9 +538,14 @@ extension LockService {
         guard let recovery = mastering.recovery, !recovery.abandoned,
             Set(mastering.members).isSubset(of: recovery.done[recovery.phase] ?? [])
         else { return }
-        if recovery.phase == 1 {
+        if recovery.phase == 0 {
+            mastering.recovery!.phase = 1
+            takeGroups(recovery.lockspaceLists)
+            startRegistrations()
+        } else if recovery.phase == 1 {
             mastering.recovery!.phase = 2
-            output.recoveries.append(.rebuilt(view: recovery.view))
+            output.recoveries.append(
+                .rebuilt(view: RecoveryRun.view(recovery.view), run: RecoveryRun.number(recovery.view)))
             takeStoredOffers()
             startRebuilds()
         } else {
@@ -507,7 +560,7 @@ extension LockService {
     /// whose persistent locks only a backup node kept, in name order (`finishRebuilds` ends the phase).
     mutating func startRebuilds() {
         guard let recovery = mastering.recovery else { return }
-        engine.raiseFencingTokenFloors(to: recovery.view << 40)
+        engine.raiseFencingTokenFloors(to: recovery.fencingFloor)
         var work = RecoveryWork(phase: 2)
         let fromReplicas = recovery.receivedValues.compactMap { key, replicas in
             recovery.received[key] == nil && replicas.contains { !$0.persistentLocks.isEmpty } ? key : nil
@@ -596,7 +649,7 @@ extension LockService {
             let orphans = paths.count == 1 ? orphans : orphansByPath[path] ?? []
             if rebuildResource(
                 key, path: path, lockspace: lockspace, holders: holders, orphans: orphans, values: values,
-                alone: mastering.recovery!.reportedDeparted.count == 1, floor: mastering.recovery!.view << 40,
+                alone: mastering.recovery!.reportedDeparted.count == 1, floor: mastering.recovery!.fencingFloor,
                 tree: &tree, bindings: &work.bindings)
             {
                 rebuiltHere = true
@@ -838,8 +891,8 @@ extension LockService {
         if !endPreviousLife(view: recovery.view) { record(.recoveredView(recovery.view)) }
         dropStaleReplicas(view: recovery.view)
         mastering.tossFloors = [:]  // every floor is above the tokens of earlier views now
-        output.notices.append(("recovery done", ["view": "\(recovery.view)"]))
-        output.recoveries.append(.done(view: recovery.view))
+        output.notices.append(("recovery done", ["view": RecoveryRun.describe(recovery.view)]))
+        output.recoveries.append(.done(view: RecoveryRun.view(recovery.view), run: RecoveryRun.number(recovery.view)))
         for lockspace in mastering.rebuiltLockspaces.sorted(by: { $0.rawValue < $1.rawValue }) {
             run(.grantAfterRecovery(lockspace), reply: nil)
         }
@@ -866,6 +919,9 @@ extension LockService {
             send(.lookup(key), to: mastering.directoryNode(of: key))
         }
         resume()
+        // (After the node serves again: a retried open that still waits asks for a run, which this node may start
+        // itself, as the coordinator.)
+        retryJoinWaiters()
     }
 }
 
@@ -1063,5 +1119,18 @@ struct RebuiltTree {
         return held[
             HeldLock(
                 path: [replica.name] + lock.subPath, owner: owner, mode: lock.mode, fencingToken: lock.fencingToken)]
+    }
+}
+
+extension PeerMessage {
+    /// The run a recovery message is of (not for a run's request or start).
+    var recoveryRun: UInt64? {
+        switch self {
+        case .recoverMasters(let run, _), .recoverLocks(let run, _), .recoverBindings(let run, _),
+            .recoveryDone(let run, _, _, _, _), .recoverValues(let run, _), .recoverStored(let run, _),
+            .recoverLockspaces(let run, _):
+            run
+        default: nil
+        }
     }
 }

@@ -91,11 +91,8 @@ extension LockService {
     /// At the start of a recovery: nothing waits any longer for a backup node whose life is not the one of the
     /// last view (`previous`: that life may be gone, and a new life drops what was meant for the old one;
     /// recovery's messages queue behind what waits, and only the second phase replicates again: a change that
-    /// such a node did not acknowledge is on this node alone until then, and lost if this node dies too); the
-    /// replicas this node kept of departed masters' resources go to their new masters.
-    mutating func recoverReplicas(
-        view: UInt64, members: [UInt32: UInt64], previous: [UInt32: UInt64], departed: Set<UInt32>
-    ) {
+    /// such a node did not acknowledge is on this node alone until then, and lost if this node dies too).
+    mutating func forgetDepartedBackups(members: [UInt32: UInt64], previous: [UInt32: UInt64]) {
         for index in unreleased.indices {
             for node in unreleased[index].acknowledgements.keys
             where members[node] == nil || members[node] != previous[node] {
@@ -107,6 +104,11 @@ extension LockService {
             mastering.replicaMessagesInFlight[node] = nil
         }
         advanceRelease()
+    }
+
+    /// The replicas this node kept of departed masters' resources go to their new masters (in phase 1, once the
+    /// groups are agreed).
+    mutating func recoverReplicas(view: UInt64, members: [UInt32: UInt64], departed: Set<UInt32>) {
         var resends: [UInt32: [ValueReplica]] = [:]
         for (key, stored) in mastering.replicas
         where departed.contains(stored.master) || members[stored.master] == nil

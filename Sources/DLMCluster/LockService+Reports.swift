@@ -127,12 +127,13 @@ extension LockService {
         }
         if let run, let nodes = waitingForNodes, !nodes.isEmpty {
             waits.append(
-                "recovery phase \(run.phase) of view \(run.view) from node"
+                "recovery phase \(run.phase) of view \(RecoveryRun.describe(run.view)) from node"
                     + (nodes.count == 1 ? " " : "s ") + nodes.map(String.init).joined(separator: ","))
         }
         return .init(
-            waitingFor: waits, heldRequests: heldInputs.count, view: run?.view, phase: run.map { Int($0.phase) },
-            waitingForNodes: waitingForNodes, recoveredView: mastering.recoveredView)
+            waitingFor: waits, heldRequests: heldInputs.count, view: run.map { RecoveryRun.view($0.view) },
+            phase: run.map { Int($0.phase) }, waitingForNodes: waitingForNodes,
+            recoveredView: RecoveryRun.view(mastering.recoveredView))
     }
 
     /// The lockspaces `who` may open (read and write permission).
@@ -143,7 +144,8 @@ extension LockService {
             lockspaces: engine.allLockspaces.filter { who.permits(rw, on: $0.access) }.map {
                 .init(
                     name: $0.name.displayName, id: $0.id.rawValue, lvbLength: $0.valueBlockLength,
-                    resources: $0.resourceCount, locks: $0.lockCount, members: cluster ? mastering.members : nil,
+                    resources: $0.resourceCount, locks: $0.lockCount,
+                    members: cluster ? mastering.groups[$0.name] ?? mastering.members : nil,
                     mode: $0.access.map { "0" + String($0.mode, radix: 8) }, uid: $0.access?.uid,
                     gid: $0.access?.gid)
             },

@@ -88,9 +88,10 @@ extension LockService {
                         message: "the node's store is full: no new lockspace until it has room (store alarm)"))
                 return
             }
+            if opensThroughGroup(message, from: id, environment: environment) { return }
             run(
                 .openLockspace(
-                    name: name, valueBlockLength: length == 0 ? nil : Int(length), create: create,
+                    name: name, valueBlockLength: length == 0 ? groupLength(of: name) : Int(length), create: create,
                     creator: create ? creator(id, mode: mode) : nil),
                 reply: Reply(connection: id, tag: tag, kind: .lockspace))
         case .releaseLockspace(let tag, let lockspace, let force):

@@ -87,10 +87,10 @@ public struct ServiceOutput: Sendable {
 
 /// A recovery of the lock space started or ended on this node, for the view it recovers.
 public enum RecoveryEvent: Sendable, Hashable {
-    case started(view: UInt64)
+    case started(view: UInt64, run: UInt64 = 0)
     /// Every member ended phase 1 (masters and locks rebuilt): phase 2 (purge, replicas, grants) begins.
-    case rebuilt(view: UInt64)
-    case done(view: UInt64)
+    case rebuilt(view: UInt64, run: UInt64 = 0)
+    case done(view: UInt64, run: UInt64 = 0)
 }
 
 /// How a node's lock service is set up.

@@ -259,11 +259,15 @@ public final class LockNode: @unchecked Sendable {
         for event in output.recoveries {
             metrics?.recovery(event, at: NIODeadline.now().uptimeNanoseconds)
             switch event {
-            case .started(let view):
-                cluster?.announce("dlmd: node \(configuration.nodeID) recovery started view \(view)")
+            case .started(let view, let run):
+                cluster?.announce(
+                    "dlmd: node \(configuration.nodeID) recovery started view \(view)" + (run == 0 ? "" : " run \(run)")
+                )
             case .rebuilt:
                 break
-            case .done(let view): cluster?.announce("dlmd: node \(configuration.nodeID) recovery done view \(view)")
+            case .done(let view, let run):
+                cluster?.announce(
+                    "dlmd: node \(configuration.nodeID) recovery done view \(view)" + (run == 0 ? "" : " run \(run)"))
             }
         }
         if output.wantsBulkSlice { scheduleBulkSlice() }

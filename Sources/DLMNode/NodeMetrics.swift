@@ -294,7 +294,8 @@ final class NodeMetrics: @unchecked Sendable {
         LatencyHistogram.header(
             "dlm_recovery_phase_seconds",
             help:
-                "Phases of recoveries of the lock space: 1 rebuild (masters and locks), 2 purge, replicas and grants.",
+                "Phases of recoveries of the lock space: 1 lockspace groups and rebuild (masters and locks), 2 purge, "
+                + "replicas and grants.",
             into: &text)
         for phase in 0..<2 {
             recoveryPhaseTime[phase].emit("dlm_recovery_phase_seconds", labels: "phase=\"\(phase + 1)\"", into: &text)

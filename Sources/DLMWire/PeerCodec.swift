@@ -35,6 +35,9 @@ extension PeerMessage {
         case deadlockRefused = 28
         case deadlockCancel = 29
         case recoverStored = 30
+        case recoverLockspaces = 31
+        case recoveryRequest = 32
+        case recoveryStart = 33
     }
 
     /// The largest frame (after its length field).
@@ -72,6 +75,9 @@ extension PeerMessage {
         case .deadlockRelease: .deadlockRelease
         case .deadlockRefused: .deadlockRefused
         case .deadlockCancel: .deadlockCancel
+        case .recoverLockspaces: .recoverLockspaces
+        case .recoveryRequest: .recoveryRequest
+        case .recoveryStart: .recoveryStart
         }
     }
 
@@ -245,6 +251,16 @@ extension PeerMessage {
                 body.writeInteger(reference)
                 body.writeInteger(lock.rawValue)
                 body.writeOwner(owner)
+            case .recoverLockspaces(let run, let lockspaces):
+                body.writeInteger(run)
+                body.writeInteger(UInt32(lockspaces.count))
+                for lockspace in lockspaces {
+                    body.writeBytes8(lockspace.name)
+                    body.writeInteger(UInt8(truncatingIfNeeded: lockspace.valueBlockLength))
+                    body.writeInteger(UInt8(lockspace.joining ? 1 : 0))
+                }
+            case .recoveryRequest(let number), .recoveryStart(let number):
+                body.writeInteger(number)
             }
         }
     }
@@ -490,6 +506,26 @@ extension PeerMessage {
             let reference = try body.read(UInt64.self, "ref")
             let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
             message = .deadlockCancel(ref: reference, lock: lock, owner: try body.readOwner())
+        case .recoverLockspaces:
+            let run = try body.read(UInt64.self, "run")
+            let count = try body.readCount("count", least: 4)
+            var lockspaces: [LockspaceMembership] = []
+            lockspaces.reserveCapacity(count)
+            for _ in 0..<count {
+                let name = try body.readName("lockspace")
+                let length = Int(try body.read(UInt8.self, "value_block_length"))
+                guard length <= WireLimits.maxValueBlock else {
+                    throw .malformed("value_block_length \(length) is above \(WireLimits.maxValueBlock)")
+                }
+                let joining = try body.read(UInt8.self, "joining")
+                guard joining <= 1 else { throw .malformed("joining \(joining) is not 0 or 1") }
+                lockspaces.append(LockspaceMembership(name: name, valueBlockLength: length, joining: joining == 1))
+            }
+            message = .recoverLockspaces(run: run, lockspaces)
+        case .recoveryRequest:
+            message = .recoveryRequest(view: try body.read(UInt64.self, "view"))
+        case .recoveryStart:
+            message = .recoveryStart(run: try body.read(UInt64.self, "run"))
         }
         try body.requireConsumed(type: type)
         return message

@@ -90,6 +90,30 @@ public enum PeerMessage: Sendable, Hashable {
     /// is not touched if the id now names another owner's lock). Answered by `reply` with the same `ref`: taken
     /// (never with a completion: the EDEADLK goes to the lock's owner as any completion) or refused.
     case deadlockCancel(ref: UInt64, lock: LockID, owner: OwnerID)
+    /// Phase 0 of recovery run `run` (a view number times 2^20 plus the run's number within the view), to every
+    /// other member: the lockspaces the sender belongs to or asks to join. The lockspaces' groups follow from
+    /// every member's list alike (docs/RECOVERY.md, "Lockspace groups").
+    case recoverLockspaces(run: UInt64, [LockspaceMembership])
+    /// To the view's coordinator (its lowest node): a lockspace waits to be joined; start a recovery run in view
+    /// `view` (a view number).
+    case recoveryRequest(view: UInt64)
+    /// From the view's coordinator to every other member: start recovery run `run` (of the view the receiver is in,
+    /// with the same members).
+    case recoveryStart(run: UInt64)
+}
+
+/// One lockspace of a node's phase-0 list: its name and value-block length (0: any, for a join that named none),
+/// and whether the node asks to join it (else it belongs to it already).
+public struct LockspaceMembership: Sendable, Hashable {
+    public var name: [UInt8]
+    public var valueBlockLength: Int
+    public var joining: Bool
+
+    public init(name: [UInt8], valueBlockLength: Int, joining: Bool) {
+        self.name = name
+        self.valueBlockLength = valueBlockLength
+        self.joining = joining
+    }
 }
 
 /// One step of a cycle for its master to check: the lock, its wait, and the participant it should wait for.

@@ -24,13 +24,14 @@ import GroupServices
 /// ```
 ///
 /// The challenge is 16 random bytes that the receiving end of a connection sends first, in a challenge frame
-/// (`length` u32 = 29, "DLMC", version u8 7, cluster 8, challenge 16); the sender seals every frame of that
+/// (`length` u32 = 29, "DLMC", version u8, cluster 8, challenge 16); the sender seals every frame of that
 /// connection with it. A frame recorded on one connection therefore fails its HMAC on any other, also after the
 /// receiver restarts; within a connection, the counter refuses it (`PeerReplayGuard`). Both kinds of body are
 /// sealed, checked and guarded against replays alike. (Version 3 had no kind byte: its body was the GroupMessage;
 /// version 4 had no opening frame; version 5 carried version 1 of the lock protocol, Protocol/PEER.md, whose
-/// locks had no uid, and version 6 its version 2, without a whole cluster's restart: a node of another version is
-/// refused, so that nodes never misread each other's lock traffic.)
+/// locks had no uid, version 6 its version 2, without a whole cluster's restart, version 7 its version 3, and
+/// version 8 its version 4, without lockspace groups: a node of another version is refused, so that nodes never
+/// misread each other's lock traffic.)
 public struct PeerEnvelope: Hashable, Sendable {
     public var sender: Member
     /// The sender's frame counter: it seals its frames (to every destination, over every connection) with 1, 2, 3,
@@ -60,7 +61,7 @@ public struct PeerEnvelope: Hashable, Sendable {
 
     public static let magic: [UInt8] = Array("DLMG".utf8)
     public static let challengeMagic: [UInt8] = Array("DLMC".utf8)
-    public static let version: UInt8 = 8
+    public static let version: UInt8 = 9
     /// The random bytes a receiver challenges a connection with.
     public static let challengeLength = 16
     /// A challenge frame after its length field: magic, version, cluster, challenge.

@@ -1,8 +1,9 @@
-import DLMCluster
 import DLMCore
 import DLMWire
 import Foundation
 import GroupServices
+
+@testable import DLMCluster
 
 /// Several nodes' `LockService`s in one process, mastering across nodes, with the peer messages carried in order
 /// per pair of nodes. Clients are named "1a" (client a of node 1); `run()` carries every message until none is
@@ -73,15 +74,20 @@ struct ClusterHarness {
     let recoverySlice: Int
     /// `maxLocksPerConnection` and `maxLocksPerUser` of every node; nil: the defaults.
     let lockLimits: (perConnection: Int, perUser: Int)?
+    /// Whether each new life of a node joins lockspace "ls" in its first recovery run, as if a client had opened
+    /// it: its group is every node, and its directory spread over them all (tests of mastering); else a node joins
+    /// when a client first opens it (tests of groups).
+    let everyNodeUsesLockspace: Bool
 
     /// `stores`: whether each node has a store whose commits replies wait for (the shell reports commits:
     /// `commit`).
     init(
         nodes count: UInt32, stores: Bool = false, tossDelay: UInt64 = 10_000_000_000, engine: EngineConfig = .init(),
         recoverySlice: Int = 4_096,
-        lockLimits: (perConnection: Int, perUser: Int)? = nil
+        lockLimits: (perConnection: Int, perUser: Int)? = nil, everyNodeUsesLockspace: Bool = true
     ) {
         self.lockLimits = lockLimits
+        self.everyNodeUsesLockspace = everyNodeUsesLockspace
         self.stores = stores
         self.tossDelay = tossDelay
         self.engine = engine
@@ -103,6 +109,7 @@ struct ClusterHarness {
             configuration.maxLocksPerUser = lockLimits.perUser
         }
         nodes[node] = ServiceHarness(configuration: configuration)
+        if everyNodeUsesLockspace { nodes[node]!.service.mastering.joining[Array("ls".utf8)] = 0 }
         written[node] = nil
     }
 

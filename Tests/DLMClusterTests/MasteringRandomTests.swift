@@ -187,7 +187,8 @@ struct MasteringRun {
         // their slices meet every other step.
         cluster = ClusterHarness(
             nodes: nodeCount, stores: random.bool(), tossDelay: 1_000,
-            engine: EngineConfig(bulkSlice: 1 + random.below(4)), recoverySlice: 1 + random.below(4))
+            engine: EngineConfig(bulkSlice: 1 + random.below(4)), recoverySlice: 1 + random.below(4),
+            everyNodeUsesLockspace: false)
         names = (0..<(1 + random.below(4))).map { "n\($0)" }
         for node in 1...nodeCount {
             for letter in ["a", "b"] { connect(node, letter) }
@@ -839,7 +840,7 @@ struct MasteringRun {
         forgetFreedValues()
         if departureUnrecovered, undelivered.isEmpty, isolated == nil,
             cluster.nodes.values.allSatisfy({
-                !$0.service.isRecovering && $0.service.mastering.recoveredView == cluster.viewNumber
+                !$0.service.isRecovering && RecoveryRun.view($0.service.mastering.recoveredView) == cluster.viewNumber
             })
         {
             departureUnrecovered = false

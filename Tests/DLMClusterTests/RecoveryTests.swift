@@ -49,7 +49,7 @@ import Testing
         // Each survivor announces the run's start, the end of its first phase and its end for the new view (dlmd
         // prints the start and end; metrics time the phases).
         let events = c.recoveries[1] ?? []
-        guard case .started(let view)? = events.last(where: { if case .started = $0 { true } else { false } })
+        guard case .started(let view, _)? = events.last(where: { if case .started = $0 { true } else { false } })
         else {
             Issue.record("no recovery started: \(events)")
             return

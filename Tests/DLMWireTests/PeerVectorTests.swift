@@ -109,6 +109,14 @@ struct PeerVectorTests {
                 RecoveredBinding(copy: 0x8000_0002, owner: 5, lock: LockID(rawValue: 9)),
             ]),
         "peer-recovery-done": .recoveryDone(view: 7, phase: 1, departed: [3, 5], recovered: 0, stored: 6),
+        "peer-recover-lockspaces": .recoverLockspaces(
+            run: 7 << 20 | 2,
+            [
+                LockspaceMembership(name: Array("ls".utf8), valueBlockLength: 32, joining: false),
+                LockspaceMembership(name: Array("vault".utf8), valueBlockLength: 0, joining: true),
+            ]),
+        "peer-recovery-request": .recoveryRequest(view: 7),
+        "peer-recovery-start": .recoveryStart(run: 7 << 20 | 2),
         "peer-recover-stored": .recoverStored(
             view: 7,
             [

@@ -364,6 +364,42 @@ import Testing
     }
 }
 
+extension ClusterReportTests {
+    /// A lockspace's members are the nodes whose clients opened it (docs/RECOVERY.md, "Lockspace groups"): `dlmtool
+    /// ls` lists them; a third node's open that names another value-block length is refused with EINVAL, and one
+    /// that names none joins with the group's length and meets the same locks.
+    @Test func aLockspaceIsSharedByTheNodesThatUseIt() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        var connections: [Int: DLMConnection] = [:]
+        for node in 1...3 { connections[node] = try await DLMConnection.connect(socketPath: cluster.socket(node)) }
+        let first = try await connections[1]!.openLockspace("pair", valueBlockLength: 64)
+        _ = try await connections[2]!.openLockspace("pair")
+        let listed = try await Self.report(LockspacesReport.self, connections[2]!, .lockspaces)
+        #expect(listed.lockspaces.map(\.members) == [[1, 2]])
+        #expect(listed.lockspaces.map(\.lvbLength) == [64])
+        let text = try await ToolRun.run(arguments: ["ls", "--socket", cluster.socket(1)]).stdout
+        #expect(text.contains("MEMBERS") && text.contains("1,2"), "\(text)")
+        #expect(try await Self.report(LockspacesReport.self, connections[3]!, .lockspaces).lockspaces.isEmpty)
+        let held = try await first.lock("volume", mode: .ex)
+        do {
+            _ = try await connections[3]!.openLockspace("pair", valueBlockLength: 32)
+            Issue.record("a join naming another value-block length was taken")
+        } catch let error as DLMError {
+            #expect(error.status == .invalid)
+        }
+        let third = try await connections[3]!.openLockspace("pair")
+        #expect(try await DistributedLockTests.tryLock(third, "volume", .pr) == .tryAgain)
+        let members = try await Self.report(LockspacesReport.self, connections[1]!, .lockspaces).lockspaces
+        #expect(members.map(\.members) == [[1, 2, 3]] && members.map(\.lvbLength) == [64])
+        try await held.unlock()
+        #expect(try await DistributedLockTests.tryLock(third, "volume", .ex) == nil)
+        for connection in connections.values { await connection.close() }
+    }
+}
+
 /// A restart of the whole cluster gives back the persistent locks of the stores of its last view's members, and
 /// nothing of a store whose node left an earlier view (docs/RECOVERY.md, "A restart of the whole cluster").
 @Suite struct WholeClusterRestartDaemonTests {

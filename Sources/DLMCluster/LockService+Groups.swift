@@ -1,0 +1,212 @@
+import DLMCore
+import DLMWire
+
+/// Lockspace groups (docs/RECOVERY.md, "Lockspace groups"): a lockspace is shared by the members that use it, and
+/// its directory is spread over them alone. Every recovery run begins with phase 0, in which each member sends
+/// every other one the lockspaces it belongs to (those in its engine, or that a run agreed it joined) and those it
+/// asks to join; from the same lists every member computes the same groups (`agreeGroups`). A member that leaves
+/// the view leaves its groups.
+///
+/// A client's open of a lockspace whose group this node is not in waits (its connection's later frames behind
+/// it): the node asks the view's coordinator, its lowest member, for a run (`recoveryRequest`); the coordinator
+/// starts one (`recoveryStart`) for every member, and the open runs when it ends. Its value-block length must be
+/// the group's: a join that names another one is refused (EINVAL), and an open that names none takes the group's.
+/// A run in a view is numbered within it (`RecoveryRun`); a new view starts from run 0.
+///
+/// Limits: a node leaves a group only with the view (a released lockspace keeps its group); and every run, a
+/// join's included, rebuilds the whole directory, as a view change does.
+enum RecoveryRun {
+    /// A run's id is its view's number times 2^`bits` plus its number within the view: ids grow with views and
+    /// within a view, and the messages of recovery carry them where they carried the view.
+    static let bits = 20
+    static let lastNumber: UInt64 = (1 << bits) - 1
+
+    static func first(ofView view: UInt64) -> UInt64 { view << bits }
+    static func view(_ run: UInt64) -> UInt64 { run >> bits }
+    static func number(_ run: UInt64) -> UInt64 { run & lastNumber }
+    static func describe(_ run: UInt64) -> String {
+        number(run) == 0 ? "\(view(run))" : "\(view(run)) run \(number(run))"
+    }
+}
+
+/// A lockspace's group as phase 0 agreed it.
+struct LockspaceGroup: Equatable {
+    var members: [UInt32]
+    /// The value-block length of the group (0: none named yet, each node's default).
+    var valueBlockLength: Int
+}
+
+extension LockService {
+    /// This node's phase-0 list: the lockspaces it belongs to (with their lengths), then those it asks to join.
+    func lockspaceMemberships() -> [LockspaceMembership] {
+        var lengths: [[UInt8]: Int] = mastering.joined
+        for info in engine.allLockspaces { lengths[info.name] = info.valueBlockLength }
+        var list = lengths.map { LockspaceMembership(name: $0.key, valueBlockLength: $0.value, joining: false) }
+        for (name, length) in mastering.joining where lengths[name] == nil {
+            list.append(LockspaceMembership(name: name, valueBlockLength: length, joining: true))
+        }
+        return list.sorted { $0.name.lexicographicallyPrecedes($1.name) }
+    }
+
+    /// The groups every member computes alike from the members' phase-0 lists. A group's length is that of its
+    /// lowest member that belonged to it already, else of its lowest joiner that named one. A joiner that named
+    /// another length is left out (`refused`); a member that belonged to it already is never left out.
+    static func agreeGroups(_ lists: [UInt32: [LockspaceMembership]]) -> (
+        groups: [[UInt8]: LockspaceGroup], refused: [UInt32: [[UInt8]: Int]]
+    ) {
+        var entries: [[UInt8]: [(node: UInt32, membership: LockspaceMembership)]] = [:]
+        for node in lists.keys.sorted() {
+            for membership in lists[node]! { entries[membership.name, default: []].append((node, membership)) }
+        }
+        var groups: [[UInt8]: LockspaceGroup] = [:]
+        var refused: [UInt32: [[UInt8]: Int]] = [:]
+        for (name, list) in entries {
+            let length =
+                list.first { !$0.membership.joining }?.membership.valueBlockLength
+                ?? list.first { $0.membership.valueBlockLength != 0 }?.membership.valueBlockLength ?? 0
+            var members: [UInt32] = []
+            for (node, membership) in list {
+                if !membership.joining || membership.valueBlockLength == 0 || length == 0
+                    || membership.valueBlockLength == length
+                {
+                    members.append(node)
+                } else {
+                    refused[node, default: [:]][name] = length
+                }
+            }
+            groups[name] = LockspaceGroup(members: members, valueBlockLength: length)
+        }
+        return (groups, refused)
+    }
+
+    /// The end of phase 0: the groups of every member's list; this node's joins are agreed or refused.
+    mutating func takeGroups(_ lists: [UInt32: [LockspaceMembership]]) {
+        let me = configuration.nodeID
+        let (groups, refused) = Self.agreeGroups(lists)
+        mastering.groups = groups.mapValues(\.members)
+        mastering.groupLengths = groups.mapValues(\.valueBlockLength)
+        mastering.groupsAreTheView = mastering.groups.values.allSatisfy { $0 == mastering.members }
+        // (A member stays one, with the group's length, after a release of the lockspace.)
+        for (name, group) in groups where group.members.contains(me) && group.valueBlockLength != 0 {
+            mastering.joined[name] = group.valueBlockLength
+        }
+        for (name, length) in mastering.joining {
+            if let group = groups[name], group.members.contains(me) {
+                if mastering.joined[name] == nil { mastering.joined[name] = length }
+                mastering.joining[name] = nil
+            } else if let groupLength = refused[me]?[name] {
+                mastering.joinRefusals[name] = groupLength
+                mastering.joining[name] = nil
+            }
+        }
+    }
+
+    /// A new run: the nodes that left the view leave their groups at once (until phase 0 agrees them again, the
+    /// directory nodes of this run are of the groups without them).
+    mutating func dropDepartedFromGroups() {
+        let members = mastering.viewMembers
+        for (name, nodes) in mastering.groups {
+            let staying = nodes.filter { members[$0] != nil }
+            mastering.groups[name] = staying.isEmpty ? nil : staying
+        }
+        mastering.groupsAreTheView = mastering.groups.values.allSatisfy { $0 == mastering.members }
+    }
+
+    /// This node's part of phase 0: its list, to every other member; the phase ends once every member's came.
+    mutating func sendLockspaceMemberships() {
+        guard let run = mastering.recovery?.view else { return }
+        let list = lockspaceMemberships()
+        mastering.recovery!.lockspaceLists[configuration.nodeID] = list
+        for node in mastering.members where node != configuration.nodeID {
+            send(.recoverLockspaces(run: run, list), to: node)
+        }
+        mastering.recovery!.done[0, default: []].insert(configuration.nodeID)
+        advanceRecovery()
+    }
+
+    // MARK: Joins
+
+    /// A client's open of a lockspace across nodes: answered here when its join was refused or it names a length
+    /// the group does not have; held until a run when this node is not in the lockspace's group (true for both:
+    /// the open is not run now).
+    mutating func opensThroughGroup(
+        _ message: ClientMessage, from id: ConnectionID, environment: ReportEnvironment?
+    ) -> Bool {
+        guard mastersAcrossNodes, case .openLockspace(let tag, let name, let length, let create, _) = message else {
+            return false
+        }
+        let local = engine.lockspace(named: name).flatMap { engine.lockspaceInfo($0) }
+        if let groupLength = mastering.joinRefusals[name], local == nil {
+            deliver(id, .error(tag: tag, status: .invalid, message: Self.lengthMismatch(name, groupLength, length)))
+            return true
+        }
+        if mastering.groups[name]?.contains(configuration.nodeID) == true || local != nil {
+            let groupLength = mastering.groupLengths[name] ?? 0
+            if local == nil, length != 0, groupLength != 0, Int(length) != groupLength {
+                deliver(id, .error(tag: tag, status: .invalid, message: Self.lengthMismatch(name, groupLength, length)))
+                return true
+            }
+            return false
+        }
+        // (Opening one that does not exist is ENOENT, from the engine, as on one node.)
+        guard create else { return false }
+        if mastering.joining[name, default: 0] == 0 { mastering.joining[name] = Int(length) }
+        clients[Int(id.slot)].awaitingReply = true
+        mastering.joinWaiters.append((id, message, environment))
+        requestRun()
+        return true
+    }
+
+    static func lengthMismatch(_ name: [UInt8], _ groupLength: Int, _ asked: UInt8) -> String {
+        "lockspace \(name.displayName) has value blocks of \(groupLength) bytes on the nodes that use it; "
+            + "this open asked for \(asked)"
+    }
+
+    /// The value-block length an open that names none creates a lockspace with: its group's, if it has one.
+    func groupLength(of name: [UInt8]) -> Int? {
+        guard mastersAcrossNodes, engine.lockspace(named: name) == nil, let length = mastering.groupLengths[name],
+            length != 0
+        else { return nil }
+        return length
+    }
+
+    /// The opens that waited for a run run again (when it ends).
+    mutating func retryJoinWaiters() {
+        let waiters = mastering.joinWaiters
+        mastering.joinWaiters = []
+        for waiter in waiters { retry(waiter.message, from: waiter.connection) }
+        mastering.joinRefusals = [:]
+    }
+
+    /// Asks the view's coordinator for a run (one to itself is taken at once).
+    mutating func requestRun() {
+        guard mastering.installedView != 0, let coordinator = mastering.members.first else { return }
+        if coordinator == configuration.nodeID {
+            startRequestedRun(for: coordinator)
+        } else {
+            send(.recoveryRequest(view: mastering.installedView), to: coordinator)
+        }
+    }
+
+    /// As the view's coordinator: a member asked for a run. None starts when the run under way is still in phase 0
+    /// and the member's list has not come yet (it will name the join); else a new run starts on every member.
+    mutating func startRequestedRun(for node: UInt32) {
+        guard mastering.installedView != 0, mastering.members.first == configuration.nodeID,
+            mastering.viewMembers[node] != nil
+        else { return }
+        if let recovery = mastering.recovery, !recovery.abandoned, recovery.phase == 0,
+            recovery.done[0]?.contains(node) != true
+        {
+            return
+        }
+        let current = max(mastering.recovery?.view ?? 0, mastering.recoveredView, mastering.lastStartedRun)
+        guard RecoveryRun.view(current) == mastering.installedView, RecoveryRun.number(current) < RecoveryRun.lastNumber
+        else { return }
+        let run = current + 1
+        mastering.lastStartedRun = run
+        for member in mastering.members where member != configuration.nodeID {
+            send(.recoveryStart(run: run), to: member)
+        }
+        startRecovery(run, members: mastering.viewMembers)
+    }
+}

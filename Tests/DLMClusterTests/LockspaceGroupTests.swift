@@ -1,0 +1,132 @@
+import DLMCore
+import DLMWire
+import Testing
+
+@testable import DLMCluster
+
+/// Lockspace groups (docs/RECOVERY.md, "Lockspace groups"): a lockspace is shared by the nodes whose clients use
+/// it; its directory is spread over them alone; a node's first open of it waits for a recovery run that adds the
+/// node to the group, whose value-block length it must take.
+@Suite struct LockspaceGroupTests {
+    typealias H = ServiceHarness
+    static let ls = Array("ls".utf8)
+
+    /// A client of `node` that has said HELLO and opened nothing.
+    static func bareClient(_ c: inout ClusterHarness, _ node: UInt32, _ name: String) -> (
+        node: UInt32, id: ConnectionID
+    ) {
+        let id = c.nodes[node]!.service.connect(credentials: nil)
+        c.nodes[node]!.names[id] = "\(node)\(name)"
+        c.nodes[node]!.send(id, .hello(Hello(pid: 100, clientName: name)))
+        _ = c.run()
+        return (node, id)
+    }
+
+    static func open(_ tag: UInt32, length: UInt8) -> ClientMessage {
+        .openLockspace(tag: tag, name: ls, valueBlockLength: length, create: true)
+    }
+
+    /// The group of "ls" on each live node, and whether they agree.
+    static func groups(_ c: ClusterHarness) -> Set<[UInt32]> {
+        Set(c.nodes.values.map { $0.service.mastering.groups[ls] ?? [] })
+    }
+
+    /// The runs that completed on `node` after its view's first (those a join started).
+    static func joinRuns(_ c: ClusterHarness, _ node: UInt32) -> Int {
+        (c.recoveries[node] ?? []).filter {
+            if case .done(_, let run) = $0 { run > 0 } else { false }
+        }.count
+    }
+
+    @Test func aLockspacesDirectoryIsSpreadOverItsGroupOnly() {
+        var c = ClusterHarness(nodes: 3, everyNodeUsesLockspace: false)
+        let a = c.client(1, "a")
+        _ = c.client(2, "b")
+        // Each first open of "ls" on a node was a run of the view: every node agrees the group is nodes 1 and 2.
+        #expect(Self.groups(c) == [[1, 2]])
+        #expect(Self.joinRuns(c, 3) == 2)
+        let names = (0..<40).map { "r\($0)" }
+        for (index, name) in names.enumerated() { c.send(a, H.lock(UInt32(2 + index), name, .pr)) }
+        #expect(c.run().count == names.count)
+        // Node 3 uses no lockspace: it is no resource's directory node, and has no lockspace at all.
+        #expect(c.nodes[3]!.service.mastering.directory.count == 0)
+        #expect(c.nodes[3]!.service.engine.lockspaceCount == 0)
+        // The directory is spread over both members: node 2 holds some of the entries.
+        #expect(c.nodes[1]!.service.mastering.directory.count + c.nodes[2]!.service.mastering.directory.count == 40)
+        #expect(c.nodes[2]!.service.mastering.directory.count > 0)
+        // `dlmtool ls` lists the group as the lockspace's members.
+        #expect(c.nodes[1]!.service.lockspacesReport(for: .root).lockspaces.first?.members == [1, 2])
+        // A death of a node outside the group leaves it as it was.
+        c.crash(3)
+        c.installView()
+        _ = c.run()
+        #expect(Self.groups(c) == [[1, 2]])
+    }
+
+    @Test func anOpenWaitsForItsJoinAndExclusionHoldsAcrossIt() {
+        var c = ClusterHarness(nodes: 3, everyNodeUsesLockspace: false)
+        let a = c.client(1, "a")
+        _ = c.client(2, "b")
+        c.send(a, H.lock(2, "r0", .ex))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock 1 granted EX"])
+        // Node 3's first open waits for a run that adds node 3 to the group; its next frame waits behind it.
+        let d = Self.bareClient(&c, 3, "d")
+        let runsBefore = Self.joinRuns(c, 3)
+        c.nodes[3]!.send(d.id, Self.open(1, length: 0))
+        c.nodes[3]!.send(d.id, H.lock(2, "r0", .ex))
+        #expect(c.nodes[3]!.service.mastering.joining[Self.ls] == 0)
+        // The EX that node 1 holds still excludes node 3's, whichever node is the directory of r0 now: it waits.
+        let remote: UInt32 = 0x8000_0001
+        #expect(c.run() == ["3d: LOCKSPACE tag 1 id 0 created", "1a: BAST lock 1 EX", "3d: OK tag 2 lock \(remote)"])
+        #expect(Self.joinRuns(c, 3) == runsBefore + 1)
+        #expect(Self.groups(c) == [[1, 2, 3]])
+        c.send(a, H.unlock(3, 1))
+        #expect(
+            Set(c.run()) == ["1a: COMPLETION tag 3 lock 1 EUNLOCK", "3d: COMPLETION tag 0 lock \(remote) granted EX"])
+    }
+
+    @Test func aJoinNamingAnotherValueBlockLengthIsRefused() {
+        var c = ClusterHarness(nodes: 3, everyNodeUsesLockspace: false)
+        let a = Self.bareClient(&c, 1, "a")
+        c.nodes[1]!.send(a.id, Self.open(1, length: 64))
+        #expect(c.run() == ["1a: LOCKSPACE tag 1 id 0 created"])
+        let b = Self.bareClient(&c, 2, "b")
+        c.nodes[2]!.send(b.id, Self.open(1, length: 32))
+        #expect(c.run() == ["2b: ERROR tag 1 EINVAL"])
+        #expect(Self.groups(c) == [[1]])
+        // An open that names no length takes the group's.
+        c.nodes[2]!.send(b.id, Self.open(2, length: 0))
+        #expect(c.run() == ["2b: LOCKSPACE tag 2 id 0 created"])
+        let engine = c.nodes[2]!.service.engine
+        #expect(engine.lockspace(named: Self.ls).flatMap { engine.lockspaceInfo($0) }?.valueBlockLength == 64)
+        #expect(Self.groups(c) == [[1, 2]])
+        // Once a member, an open naming another length is refused at once, as on one node.
+        let e = Self.bareClient(&c, 2, "e")
+        c.nodes[2]!.send(e.id, Self.open(1, length: 32))
+        #expect(c.run().first?.hasPrefix("2e: ERROR tag 1") == true)
+    }
+
+    @Test func joinsAtOnceAndTheCoordinatorsDeathLoseNoOpen() {
+        var c = ClusterHarness(nodes: 4, everyNodeUsesLockspace: false)
+        _ = c.client(1, "a")
+        // Nodes 2 and 3 open at once: both join.
+        let b = Self.bareClient(&c, 2, "b")
+        let d = Self.bareClient(&c, 3, "d")
+        let e = Self.bareClient(&c, 4, "e")
+        c.nodes[2]!.send(b.id, Self.open(1, length: 0))
+        c.nodes[3]!.send(d.id, Self.open(1, length: 0))
+        #expect(Set(c.run()) == ["2b: LOCKSPACE tag 1 id 0 created", "3d: LOCKSPACE tag 1 id 0 created"])
+        #expect(Self.groups(c) == [[1, 2, 3]])
+        // Node 4's request to the coordinator (node 1) is held back, and node 1 dies.
+        c.paused.insert(ClusterHarness.Link(from: 4, to: 1))
+        c.nodes[4]!.send(e.id, Self.open(1, length: 0))
+        #expect(c.run() == [])
+        #expect(c.nodes[4]!.service.mastering.joinWaiters.count == 1)
+        c.crash(1)
+        c.paused = []
+        c.installView()
+        // The new view's run names node 4's join.
+        #expect(c.run() == ["4e: LOCKSPACE tag 1 id 0 created"])
+        #expect(Self.groups(c) == [[2, 3, 4]])
+    }
+}
