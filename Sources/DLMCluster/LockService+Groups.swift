@@ -13,8 +13,8 @@ import DLMWire
 /// the group's: a join that names another one is refused (EINVAL), and an open that names none takes the group's.
 /// A run in a view is numbered within it (`RecoveryRun`); a new view starts from run 0.
 ///
-/// Limits: a node leaves a group only with the view (a released lockspace keeps its group); and every run, a
-/// join's included, rebuilds the whole directory, as a view change does.
+/// A run rebuilds the directories of the groups it changes only (`settleDirectory`). Limit: a node leaves a group
+/// only with the view (a released lockspace keeps its group).
 enum RecoveryRun {
     /// A run's id is its view's number times 2^`bits` plus its number within the view: ids grow with views and
     /// within a view, and the messages of recovery carry them where they carried the view.
@@ -112,16 +112,78 @@ extension LockService {
         mastering.groupsAreTheView = mastering.groups.values.allSatisfy { $0 == mastering.members }
     }
 
-    /// This node's part of phase 0: its list, to every other member; the phase ends once every member's came.
-    mutating func sendLockspaceMemberships() {
+    /// This node's part of phase 0: its report, to every other member; the phase ends once every member's came.
+    mutating func sendLockspaceReport() {
         guard let run = mastering.recovery?.view else { return }
-        let list = lockspaceMemberships()
-        mastering.recovery!.lockspaceLists[configuration.nodeID] = list
+        let report = LockspaceReport(
+            recovered: mastering.recoveredView, departed: mastering.recovery!.departed.sorted(),
+            unsettled: mastering.unsettledLockspaces.sorted { $0.lexicographicallyPrecedes($1) },
+            lockspaces: lockspaceMemberships())
+        mastering.recovery!.lockspaceReports[configuration.nodeID] = report
         for node in mastering.members where node != configuration.nodeID {
-            send(.recoverLockspaces(run: run, list), to: node)
+            send(.recoverLockspaces(run: run, report), to: node)
         }
         mastering.recovery!.done[0, default: []].insert(configuration.nodeID)
         advanceRecovery()
+    }
+
+    /// The end of phase 0, once the groups are agreed: the lockspaces whose directory this run rebuilds, which every
+    /// member computes alike from the same reports. All of them when the members' last completed runs differ (a new
+    /// life, a member that missed one: their directories are not of the same groups); else those whose group
+    /// changed since that run, that lost a departed member (a new life of a node keeps its node id, not its
+    /// entries), or whose entries a run since then began to rebuild on some member. Their entries are dropped here
+    /// (the directory is made anew when every lockspace's are), and then the registrations that came meanwhile
+    /// apply. The other lockspaces' entries stand: their members and masters are the same.
+    mutating func settleDirectory(_ reports: [UInt32: LockspaceReport]) {
+        let known = Set(mastering.settledGroups.keys).union(mastering.groups.keys).union(mastering.unsettledLockspaces)
+        var rebuilt: Set<[UInt8]>?
+        let recovered = Set(reports.values.map(\.recovered))
+        if recovered.count == 1, recovered.first! != 0 {
+            let departed = Set(reports.values.flatMap(\.departed))
+            var names = Set(reports.values.flatMap(\.unsettled))
+            for name in known {
+                let before = mastering.settledGroups[name]
+                if before != mastering.groups[name] || before?.contains(where: departed.contains) == true {
+                    names.insert(name)
+                }
+            }
+            if !names.isSuperset(of: known) { rebuilt = names }
+        }
+        mastering.recovery!.rebuiltDirectories = rebuilt
+        if let rebuilt {
+            mastering.unsettledLockspaces.formUnion(rebuilt)
+            if !rebuilt.isEmpty {
+                var last: (lockspace: [UInt8], drops: Bool)?
+                mastering.directory.removeAll { key in
+                    if let last, last.lockspace == key.lockspace { return last.drops }
+                    let drops = rebuilt.contains(key.lockspace)
+                    last = (key.lockspace, drops)
+                    return drops
+                }
+            }
+        } else {
+            mastering.unsettledLockspaces.formUnion(known)
+            // (Made as large as this node's share of the new directory will be: growing it from empty rehashed
+            // every entry at each doubling, the last of them a single step of hundreds of milliseconds with a
+            // million locks.)
+            let share =
+                mastering.directory.count * mastering.recovery!.previousMemberCount / max(mastering.members.count, 1)
+            discard(mastering.directory, count: mastering.directory.count)
+            mastering.directory = ShardedDictionary(minimumCapacity: share + share / 8)
+        }
+        for (node, keys) in mastering.recovery!.earlyRegistrations {
+            for key in keys { mastering.directory[key] = node }
+        }
+        mastering.recovery!.earlyRegistrations = []
+    }
+
+    /// Whether this run rebuilds the directory of `lockspace` (phase 1's walks).
+    func rebuildsDirectory(of lockspace: [UInt8], _ work: inout RecoveryWork) -> Bool {
+        guard let rebuilt = mastering.recovery?.rebuiltDirectories else { return true }
+        if let last = work.lastDirectory, last.lockspace == lockspace { return last.rebuilds }
+        let rebuilds = rebuilt.contains(lockspace)
+        work.lastDirectory = (lockspace, rebuilds)
+        return rebuilds
     }
 
     // MARK: Joins
@@ -137,13 +199,13 @@ extension LockService {
         }
         let local = engine.lockspace(named: name).flatMap { engine.lockspaceInfo($0) }
         if let groupLength = mastering.joinRefusals[name], local == nil {
-            deliver(id, .error(tag: tag, status: .invalid, message: Self.lengthMismatch(name, groupLength, length)))
+            deliver(id, .error(tag: tag, status: .exists, message: Self.lengthMismatch(name, groupLength, length)))
             return true
         }
         if mastering.groups[name]?.contains(configuration.nodeID) == true || local != nil {
             let groupLength = mastering.groupLengths[name] ?? 0
             if local == nil, length != 0, groupLength != 0, Int(length) != groupLength {
-                deliver(id, .error(tag: tag, status: .invalid, message: Self.lengthMismatch(name, groupLength, length)))
+                deliver(id, .error(tag: tag, status: .exists, message: Self.lengthMismatch(name, groupLength, length)))
                 return true
             }
             return false

@@ -37,6 +37,10 @@ struct Mastering {
     /// The lockspaces a run agreed this life belongs to, with their lengths (kept after a release: a group is left
     /// only with the view).
     var joined: [[UInt8]: Int] = [:]
+    /// The groups of the last completed run, whose directory entries stand; and the lockspaces whose entries a run
+    /// since then began to rebuild here.
+    var settledGroups: [[UInt8]: [UInt32]] = [:]
+    var unsettledLockspaces: Set<[UInt8]> = []
     /// The number of the primary view this node is in (0: none), and the last run its coordinator started in it.
     var installedView: UInt64 = 0
     var lastStartedRun: UInt64 = 0

@@ -38,8 +38,13 @@ struct Recovery {
     var departed: Set<UInt32>
     /// 0: lockspace groups (LockService+Groups.swift); 1: rebuild; 2: purge and grant.
     var phase: UInt8 = 0
-    /// Phase 0: each member's lockspaces.
-    var lockspaceLists: [UInt32: [LockspaceMembership]] = [:]
+    /// Phase 0: each member's report; the registrations (`recoverMasters`) that came before it ended here, to
+    /// apply once it has. Then the lockspaces whose directory the run rebuilds (nil: all of them).
+    var lockspaceReports: [UInt32: LockspaceReport] = [:]
+    var earlyRegistrations: [(node: UInt32, keys: [DirectoryKey])] = []
+    var rebuiltDirectories: Set<[UInt8]>? = nil
+    /// How many members the view before this run had (to size a directory made anew).
+    var previousMemberCount = 1
     /// A view without quorum came: this run's view is over, so the run ends nothing and serves nothing; the next
     /// primary view starts a new one (with what this one knew of departed nodes and held traffic).
     var abandoned = false
@@ -99,6 +104,9 @@ struct RecoveryWork {
     var registrations: [UInt32: [DirectoryKey]] = [:]
     var resends: [UInt32: [RecoveredLock]] = [:]
     var bindings: [UInt32: [RecoveredBinding]] = [:]
+    /// Phase 1: whether the run rebuilds the directory of the last lockspace asked about (most resources of a run
+    /// share it: one lookup of the set a run of them).
+    var lastDirectory: (lockspace: [UInt8], rebuilds: Bool)?
     /// Phase 2, within one slice: the lockspace of the last resource rebuilt (most resources of a run share it: one
     /// lookup of it a slice, not one a resource).
     var lastLockspace: (name: [UInt8], valueBlockLength: Int, id: LockspaceID)?
@@ -173,6 +181,7 @@ extension LockService {
         // Traffic from nodes that left is dropped.
         held = Deque(held.filter { members[$0.node] == $0.incarnation })
         mastering.recovery = Recovery(view: view, departed: departed, reportedDeparted: departed, heldTraffic: held)
+        mastering.recovery!.previousMemberCount = max(previous.count, 1)
         // A REMOVED still to come is of the old directory: the resources being dropped are looked up again at the
         // end (their waiting requests with them).
         mastering.removing = []
@@ -193,11 +202,8 @@ extension LockService {
         // What was cached of departed masters, and every answer of the old directory, is forgotten.
         // (At once: the departed masters' entries read as absent from now on; see MasterCache.)
         mastering.masters.forget(departed)
-        // (Made as large as this node's share of the new directory will be: growing it from empty rehashed every
-        // entry at each doubling, the last of them a single step of hundreds of milliseconds with a million locks.)
-        let directoryShare = mastering.directory.count * max(previous.count, 1) / max(members.count, 1)
-        discard(mastering.directory, count: mastering.directory.count)
-        mastering.directory = ShardedDictionary(minimumCapacity: directoryShare + directoryShare / 8)
+        // (The directory entries of the lockspaces whose groups change are dropped when phase 0 ends:
+        // `settleDirectory`.)
         // Nothing waits any longer for a departed backup node; departed nodes leave their lockspaces' groups.
         forgetDepartedBackups(members: members, previous: previous)
         dropDepartedFromGroups()
@@ -222,7 +228,7 @@ extension LockService {
             }
         }
         // Phase 0: the lockspaces' groups.
-        sendLockspaceMemberships()
+        sendLockspaceReport()
         if laterRun > view, mastering.recovery?.view == view {
             startRecovery(laterRun, members: members)
         }
@@ -280,6 +286,7 @@ extension LockService {
         while budget > 0, work.nextSlot < engine.resourceSlotCount {
             let slots = work.nextSlot..<min(engine.resourceSlotCount, work.nextSlot + budget)
             for resource in engine.topLevelResources(slots: slots) {
+                guard rebuildsDirectory(of: resource.lockspace, &work) else { continue }
                 let key = DirectoryKey(lockspace: resource.lockspace, name: resource.name)
                 // (Those the cache names are registered from its list, below, or were already.)
                 if mastering.masters[key] != configuration.nodeID {
@@ -292,7 +299,9 @@ extension LockService {
         while budget > 0, work.nextCachePart < MasterCache.partCount {
             let part = mastering.masters.keys(masteredBy: configuration.nodeID, inPart: work.nextCachePart)
             work.nextCachePart += 1
-            for key in part.keys { registerAsMaster(key, into: &work.registrations) }
+            for key in part.keys where rebuildsDirectory(of: key.lockspace, &work) {
+                registerAsMaster(key, into: &work.registrations)
+            }
             // (Looking at an entry costs less than registering a resource.)
             budget -= max(1, part.keys.count + part.looked / 8)
         }
@@ -480,7 +489,12 @@ extension LockService {
         mastering.recoveredWith.insert(node)
         switch message {
         case .recoverMasters(_, let keys):
-            for key in keys { mastering.directory[key] = node }
+            if mastering.recovery!.phase == 0 {
+                // (The directory entries this run rebuilds are not known before phase 0 ends here.)
+                mastering.recovery!.earlyRegistrations.append((node, keys))
+            } else {
+                for key in keys { mastering.directory[key] = node }
+            }
         case .recoverLocks(_, let locks):
             for lock in locks {
                 let key = DirectoryKey(lockspace: lock.lockspace, name: lock.name)
@@ -500,8 +514,8 @@ extension LockService {
             for replica in replicas {
                 mastering.recovery!.storedOffers[replica.key, default: []].append((node, replica))
             }
-        case .recoverLockspaces(_, let list):
-            mastering.recovery!.lockspaceLists[node] = list
+        case .recoverLockspaces(_, let report):
+            mastering.recovery!.lockspaceReports[node] = report
             mastering.recovery!.done[0, default: []].insert(node)
             advanceRecovery()
         case .recoveryDone(_, let phase, let departed, let recovered, let stored):
@@ -540,7 +554,8 @@ extension LockService {
         else { return }
         if recovery.phase == 0 {
             mastering.recovery!.phase = 1
-            takeGroups(recovery.lockspaceLists)
+            takeGroups(recovery.lockspaceReports.mapValues(\.lockspaces))
+            settleDirectory(recovery.lockspaceReports)
             startRegistrations()
         } else if recovery.phase == 1 {
             mastering.recovery!.phase = 2
@@ -885,6 +900,8 @@ extension LockService {
         let departed = recovery.departed
         mastering.recovery = nil
         mastering.recoveredView = recovery.view
+        mastering.settledGroups = mastering.groups
+        mastering.unsettledLockspaces = []
         mastering.memberIncarnations = mastering.viewMembers
         // The store learns the view, so that at a restart of the whole cluster it counts as of it (once the previous
         // life's records are gone, when there were some).

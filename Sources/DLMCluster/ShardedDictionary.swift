@@ -42,6 +42,13 @@ struct ShardedDictionary<Key: Hashable, Value> {
         return results
     }
 
+    /// Removes the entries for which `shouldBeRemoved` is true.
+    mutating func removeAll(where shouldBeRemoved: (Key) -> Bool) {
+        for shard in shards.indices where !shards[shard].isEmpty {
+            shards[shard] = shards[shard].filter { !shouldBeRemoved($0.key) }
+        }
+    }
+
     /// How many entries one shard holds.
     func count(inShard shard: Int) -> Int { shards[shard].count }
 }

@@ -251,10 +251,15 @@ extension PeerMessage {
                 body.writeInteger(reference)
                 body.writeInteger(lock.rawValue)
                 body.writeOwner(owner)
-            case .recoverLockspaces(let run, let lockspaces):
+            case .recoverLockspaces(let run, let report):
                 body.writeInteger(run)
-                body.writeInteger(UInt32(lockspaces.count))
-                for lockspace in lockspaces {
+                body.writeInteger(report.recovered)
+                body.writeInteger(UInt32(report.departed.count))
+                for node in report.departed { body.writeInteger(node) }
+                body.writeInteger(UInt32(report.unsettled.count))
+                for name in report.unsettled { body.writeBytes8(name) }
+                body.writeInteger(UInt32(report.lockspaces.count))
+                for lockspace in report.lockspaces {
                     body.writeBytes8(lockspace.name)
                     body.writeInteger(UInt8(truncatingIfNeeded: lockspace.valueBlockLength))
                     body.writeInteger(UInt8(lockspace.joining ? 1 : 0))
@@ -508,6 +513,15 @@ extension PeerMessage {
             message = .deadlockCancel(ref: reference, lock: lock, owner: try body.readOwner())
         case .recoverLockspaces:
             let run = try body.read(UInt64.self, "run")
+            let recovered = try body.read(UInt64.self, "recovered")
+            let departedCount = try body.readCount("departed_count", least: 4)
+            var departed: [UInt32] = []
+            departed.reserveCapacity(departedCount)
+            for _ in 0..<departedCount { departed.append(try body.read(UInt32.self, "node")) }
+            let unsettledCount = try body.readCount("unsettled_count", least: 2)
+            var unsettled: [[UInt8]] = []
+            unsettled.reserveCapacity(unsettledCount)
+            for _ in 0..<unsettledCount { unsettled.append(try body.readName("unsettled")) }
             let count = try body.readCount("count", least: 4)
             var lockspaces: [LockspaceMembership] = []
             lockspaces.reserveCapacity(count)
@@ -521,7 +535,9 @@ extension PeerMessage {
                 guard joining <= 1 else { throw .malformed("joining \(joining) is not 0 or 1") }
                 lockspaces.append(LockspaceMembership(name: name, valueBlockLength: length, joining: joining == 1))
             }
-            message = .recoverLockspaces(run: run, lockspaces)
+            message = .recoverLockspaces(
+                run: run,
+                LockspaceReport(recovered: recovered, departed: departed, unsettled: unsettled, lockspaces: lockspaces))
         case .recoveryRequest:
             message = .recoveryRequest(view: try body.read(UInt64.self, "view"))
         case .recoveryStart:

@@ -91,15 +91,36 @@ public enum PeerMessage: Sendable, Hashable {
     /// (never with a completion: the EDEADLK goes to the lock's owner as any completion) or refused.
     case deadlockCancel(ref: UInt64, lock: LockID, owner: OwnerID)
     /// Phase 0 of recovery run `run` (a view number times 2^20 plus the run's number within the view), to every
-    /// other member: the lockspaces the sender belongs to or asks to join. The lockspaces' groups follow from
-    /// every member's list alike (docs/RECOVERY.md, "Lockspace groups").
-    case recoverLockspaces(run: UInt64, [LockspaceMembership])
+    /// other member: the lockspaces the sender belongs to or asks to join, and what it knows of the directory's
+    /// state. The lockspaces' groups, and the lockspaces whose directory the run rebuilds, follow from every
+    /// member's report alike (docs/RECOVERY.md, "Lockspace groups").
+    case recoverLockspaces(run: UInt64, LockspaceReport)
     /// To the view's coordinator (its lowest node): a lockspace waits to be joined; start a recovery run in view
     /// `view` (a view number).
     case recoveryRequest(view: UInt64)
     /// From the view's coordinator to every other member: start recovery run `run` (of the view the receiver is in,
     /// with the same members).
     case recoveryStart(run: UInt64)
+}
+
+/// A node's phase-0 report.
+public struct LockspaceReport: Sendable, Hashable {
+    /// The sender's last completed run in its present life (0: none).
+    public var recovered: UInt64
+    /// The nodes the sender counts as departed since that run.
+    public var departed: [UInt32]
+    /// The lockspaces whose directory entries a run since then began to rebuild on the sender.
+    public var unsettled: [[UInt8]]
+    public var lockspaces: [LockspaceMembership]
+
+    public init(
+        recovered: UInt64 = 0, departed: [UInt32] = [], unsettled: [[UInt8]] = [], lockspaces: [LockspaceMembership]
+    ) {
+        self.recovered = recovered
+        self.departed = departed
+        self.unsettled = unsettled
+        self.lockspaces = lockspaces
+    }
 }
 
 /// One lockspace of a node's phase-0 list: its name and value-block length (0: any, for a join that named none),

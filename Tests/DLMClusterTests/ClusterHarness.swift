@@ -35,6 +35,8 @@ struct ClusterHarness {
     var withholdSlicesAfter: (node: UInt32, message: String)?
     /// The longest list a recovery message that `run` carried held.
     var longestRecoveryList = 0
+    /// The directory registrations (`recoverMasters`) `run` carried, by lockspace.
+    var registrationsCarried: [String: Int] = [:]
     /// The recoveries each node's output announced, in order.
     var recoveries: [UInt32: [RecoveryEvent]] = [:]
     /// Every notice a node gave (its log lines), in order.
@@ -259,7 +261,9 @@ struct ClusterHarness {
             switch message {
             case .recoverLocks(_, let list): longestRecoveryList = max(longestRecoveryList, list.count)
             case .recoverBindings(_, let list): longestRecoveryList = max(longestRecoveryList, list.count)
-            case .recoverMasters(_, let list): longestRecoveryList = max(longestRecoveryList, list.count)
+            case .recoverMasters(_, let list):
+                longestRecoveryList = max(longestRecoveryList, list.count)
+                for key in list { registrationsCarried[key.lockspace.displayName, default: 0] += 1 }
             default: break
             }
             if trace && carried - start < 40 { print("run: \(link.from) -> \(link.to): \(message)") }

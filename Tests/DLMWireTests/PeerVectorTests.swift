@@ -111,10 +111,12 @@ struct PeerVectorTests {
         "peer-recovery-done": .recoveryDone(view: 7, phase: 1, departed: [3, 5], recovered: 0, stored: 6),
         "peer-recover-lockspaces": .recoverLockspaces(
             run: 7 << 20 | 2,
-            [
-                LockspaceMembership(name: Array("ls".utf8), valueBlockLength: 32, joining: false),
-                LockspaceMembership(name: Array("vault".utf8), valueBlockLength: 0, joining: true),
-            ]),
+            LockspaceReport(
+                recovered: 6 << 20, departed: [3], unsettled: [Array("ls".utf8)],
+                lockspaces: [
+                    LockspaceMembership(name: Array("ls".utf8), valueBlockLength: 32, joining: false),
+                    LockspaceMembership(name: Array("vault".utf8), valueBlockLength: 0, joining: true),
+                ])),
         "peer-recovery-request": .recoveryRequest(view: 7),
         "peer-recovery-start": .recoveryStart(run: 7 << 20 | 2),
         "peer-recover-stored": .recoverStored(

@@ -114,6 +114,15 @@ final class TestCluster: @unchecked Sendable {
         }.at
     }
 
+    /// Waits until `node` prints the end of a recovery run of a view after `view` ("recovery done view V", or
+    /// "... view V run R").
+    func waitForRecovery(at node: Int, after view: UInt64, timeout: TimeInterval = 60) throws {
+        try log(node).wait(for: "a recovery after view \(view) at node \(node)", timeout: timeout) { line in
+            guard let range = line.range(of: " recovery done view ") else { return false }
+            return line[range.upperBound...].split(separator: " ").first.flatMap { UInt64($0) } ?? 0 > view
+        }
+    }
+
     /// The nodes the fence command was run against, in order.
     var fenced: [Int] {
         ((try? String(contentsOfFile: fenceLog, encoding: .utf8)) ?? "").split(separator: "\n").compactMap {

@@ -354,6 +354,7 @@ import Testing
         for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
         try await held.unlock()
         _ = try await waiter.value
+        try cluster.waitForRecovery(at: 1, after: view)
         let after = try await Self.report(StatusReport.self, connections[1]!, .status)
         #expect(after.recovery.recoveredView ?? 0 > view && after.recovery.phase == nil)
         #expect(
@@ -366,7 +367,7 @@ import Testing
 
 extension ClusterReportTests {
     /// A lockspace's members are the nodes whose clients opened it (docs/RECOVERY.md, "Lockspace groups"): `dlmtool
-    /// ls` lists them; a third node's open that names another value-block length is refused with EINVAL, and one
+    /// ls` lists them; a third node's open that names another value-block length is refused with EEXIST, and one
     /// that names none joins with the group's length and meets the same locks.
     @Test func aLockspaceIsSharedByTheNodesThatUseIt() async throws {
         let cluster = try TestCluster(nodes: 3)
@@ -388,7 +389,7 @@ extension ClusterReportTests {
             _ = try await connections[3]!.openLockspace("pair", valueBlockLength: 32)
             Issue.record("a join naming another value-block length was taken")
         } catch let error as DLMError {
-            #expect(error.status == .invalid)
+            #expect(error.status == .exists)
         }
         let third = try await connections[3]!.openLockspace("pair")
         #expect(try await DistributedLockTests.tryLock(third, "volume", .pr) == .tryAgain)
