@@ -300,6 +300,7 @@ public struct LockService {
     }
 
     /// The client of a live connection id.
+    @inline(__always)
     func isLive(_ id: ConnectionID) -> Bool {
         Int(id.slot) < clients.count && clients[Int(id.slot)].id == id
     }
