@@ -135,6 +135,15 @@ struct Mastering {
         }
     }
 
+    /// The backup node of a resource that `master` masters (LockService+Replicas.swift).
+    func backupNode(of key: DirectoryKey, master: UInt32) -> UInt32? {
+        guard members.count > 1 else { return nil }
+        let directory = directoryNode(of: key)
+        if directory != master { return directory }
+        let index = members.firstIndex(of: master) ?? 0
+        return members[(index + 1) % members.count]
+    }
+
     /// The directory node of a resource: a member of its lockspace's group (of the view, for a lockspace no
     /// member uses).
     func directoryNode(of key: DirectoryKey) -> UInt32 {

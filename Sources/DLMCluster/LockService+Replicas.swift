@@ -31,12 +31,7 @@ extension LockService {
     /// The backup node of a resource that `master` masters: its directory node, or, when that is the master, the
     /// next member after it; nil on a node alone.
     func backupNode(of key: DirectoryKey, master: UInt32) -> UInt32? {
-        let members = mastering.members
-        guard members.count > 1 else { return nil }
-        let directory = mastering.directoryNode(of: key)
-        if directory != master { return directory }
-        let index = members.firstIndex(of: master) ?? 0
-        return members[(index + 1) % members.count]
+        mastering.backupNode(of: key, master: master)
     }
 
     /// The engine's replicas of this input go to their backup nodes, and this input's frames and messages wait for
@@ -137,8 +132,11 @@ extension LockService {
     mutating func dropStaleReplicas(view: UInt64) {
         guard !mastering.replicas.isEmpty else { return }
         let me = configuration.nodeID
+        // (The closure reads a copy of the directory's state taken once: one that called `backupNode` on the service
+        // copied the whole service for each replica.)
+        let placement = mastering
         mastering.replicas = mastering.replicas.filter { key, stored in
-            stored.view == view && backupNode(of: key, master: stored.master) == me
+            stored.view == view && placement.backupNode(of: key, master: stored.master) == me
         }
     }
 }
