@@ -154,7 +154,7 @@ extension LockService {
             mastering.unsettledLockspaces.formUnion(rebuilt)
             if !rebuilt.isEmpty {
                 var last: (lockspace: [UInt8], drops: Bool)?
-                mastering.directory.removeAll { key in
+                mastering.directory.removeAll { key, _ in
                     if let last, last.lockspace == key.lockspace { return last.drops }
                     let drops = rebuilt.contains(key.lockspace)
                     last = (key.lockspace, drops)

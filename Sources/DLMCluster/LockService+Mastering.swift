@@ -102,7 +102,8 @@ struct Mastering {
 
     // Value replicas (LockService+Replicas.swift).
     /// As a backup node: the replicas other masters sent, by resource.
-    var replicas: [DirectoryKey: StoredReplica] = [:]
+    /// (Sharded: a backup node of hundreds of thousands of resources grew a plain dictionary in steps of 100 ms.)
+    var replicas = ShardedDictionary<DirectoryKey, StoredReplica>()
     /// Per backup node: the generation up to which it acknowledged this node's replicas.
     var replicaAcknowledged: [UInt32: UInt64] = [:]
     /// Per backup node: the generation of each replica message sent to it and not acknowledged yet, oldest first

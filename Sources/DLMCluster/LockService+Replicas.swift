@@ -105,12 +105,12 @@ extension LockService {
     /// groups are agreed).
     mutating func recoverReplicas(view: UInt64, members: [UInt32: UInt64], departed: Set<UInt32>) {
         var resends: [UInt32: [ValueReplica]] = [:]
-        for (key, stored) in mastering.replicas
-        where departed.contains(stored.master) || members[stored.master] == nil
-            || (stored.masterIncarnation != nil && members[stored.master] != stored.masterIncarnation)
-        {
-            resends[mastering.directoryNode(of: key), default: []].append(stored.replica)
+        let orphaned = mastering.replicas.compactMap { key, stored in
+            departed.contains(stored.master) || members[stored.master] == nil
+                || (stored.masterIncarnation != nil && members[stored.master] != stored.masterIncarnation)
+                ? (key, stored.replica) : nil
         }
+        for (key, replica) in orphaned { resends[mastering.directoryNode(of: key), default: []].append(replica) }
         for (node, list) in resends.sorted(by: { $0.key < $1.key }) {
             sendRecovery(Self.ordered(list) { $0.key }, to: node) { .recoverValues(view: view, $0) }
         }
@@ -135,8 +135,8 @@ extension LockService {
         // (The closure reads a copy of the directory's state taken once: one that called `backupNode` on the service
         // copied the whole service for each replica.)
         let placement = mastering
-        mastering.replicas = mastering.replicas.filter { key, stored in
-            stored.view == view && placement.backupNode(of: key, master: stored.master) == me
+        mastering.replicas.removeAll { key, stored in
+            stored.view != view || placement.backupNode(of: key, master: stored.master) != me
         }
     }
 }

@@ -43,9 +43,9 @@ struct ShardedDictionary<Key: Hashable, Value> {
     }
 
     /// Removes the entries for which `shouldBeRemoved` is true.
-    mutating func removeAll(where shouldBeRemoved: (Key) -> Bool) {
+    mutating func removeAll(where shouldBeRemoved: (Key, Value) -> Bool) {
         for shard in shards.indices where !shards[shard].isEmpty {
-            shards[shard] = shards[shard].filter { !shouldBeRemoved($0.key) }
+            shards[shard] = shards[shard].filter { !shouldBeRemoved($0.key, $0.value) }
         }
     }
 
