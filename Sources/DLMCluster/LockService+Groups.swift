@@ -83,9 +83,8 @@ extension LockService {
     mutating func takeGroups(_ lists: [UInt32: [LockspaceMembership]]) {
         let me = configuration.nodeID
         let (groups, refused) = Self.agreeGroups(lists)
-        mastering.groups = groups.mapValues(\.members)
-        mastering.groupLengths = groups.mapValues(\.valueBlockLength)
-        mastering.groupsAreTheView = mastering.groups.values.allSatisfy { $0 == mastering.members }
+        mastering.groups = groups
+        mastering.groupsAreTheView = groups.values.allSatisfy { $0.members == mastering.members }
         // (A member stays one, with the group's length, after a release of the lockspace.)
         for (name, group) in groups where group.members.contains(me) && group.valueBlockLength != 0 {
             mastering.joined[name] = group.valueBlockLength
@@ -105,11 +104,12 @@ extension LockService {
     /// directory nodes of this run are of the groups without them).
     mutating func dropDepartedFromGroups() {
         let members = mastering.viewMembers
-        for (name, nodes) in mastering.groups {
-            let staying = nodes.filter { members[$0] != nil }
-            mastering.groups[name] = staying.isEmpty ? nil : staying
+        for (name, group) in mastering.groups {
+            let staying = group.members.filter { members[$0] != nil }
+            mastering.groups[name] =
+                staying.isEmpty ? nil : LockspaceGroup(members: staying, valueBlockLength: group.valueBlockLength)
         }
-        mastering.groupsAreTheView = mastering.groups.values.allSatisfy { $0 == mastering.members }
+        mastering.groupsAreTheView = mastering.groups.values.allSatisfy { $0.members == mastering.members }
     }
 
     /// This node's part of phase 0: its report, to every other member; the phase ends once every member's came.
@@ -142,8 +142,8 @@ extension LockService {
             let departed = Set(reports.values.flatMap(\.departed))
             var names = Set(reports.values.flatMap(\.unsettled))
             for name in known {
-                let before = mastering.settledGroups[name]
-                if before != mastering.groups[name] || before?.contains(where: departed.contains) == true {
+                let before = mastering.settledGroups[name]?.members
+                if before != mastering.groups[name]?.members || before?.contains(where: departed.contains) == true {
                     names.insert(name)
                 }
             }
@@ -191,9 +191,7 @@ extension LockService {
     /// A client's open of a lockspace across nodes: answered here when its join was refused or it names a length
     /// the group does not have; held until a run when this node is not in the lockspace's group (true for both:
     /// the open is not run now).
-    mutating func opensThroughGroup(
-        _ message: ClientMessage, from id: ConnectionID, environment: ReportEnvironment?
-    ) -> Bool {
+    mutating func opensThroughGroup(_ message: ClientMessage, from id: ConnectionID) -> Bool {
         guard mastersAcrossNodes, case .openLockspace(let tag, let name, let length, let create, _) = message else {
             return false
         }
@@ -202,8 +200,8 @@ extension LockService {
             deliver(id, .error(tag: tag, status: .exists, message: Self.lengthMismatch(name, groupLength, length)))
             return true
         }
-        if mastering.groups[name]?.contains(configuration.nodeID) == true || local != nil {
-            let groupLength = mastering.groupLengths[name] ?? 0
+        if mastering.groups[name]?.members.contains(configuration.nodeID) == true || local != nil {
+            let groupLength = mastering.groups[name]?.valueBlockLength ?? 0
             if local == nil, length != 0, groupLength != 0, Int(length) != groupLength {
                 deliver(id, .error(tag: tag, status: .exists, message: Self.lengthMismatch(name, groupLength, length)))
                 return true
@@ -214,7 +212,7 @@ extension LockService {
         guard create else { return false }
         if mastering.joining[name, default: 0] == 0 { mastering.joining[name] = Int(length) }
         clients[Int(id.slot)].awaitingReply = true
-        mastering.joinWaiters.append((id, message, environment))
+        mastering.joinWaiters.append((id, message))
         requestRun()
         return true
     }
@@ -226,8 +224,8 @@ extension LockService {
 
     /// The value-block length an open that names none creates a lockspace with: its group's, if it has one.
     func groupLength(of name: [UInt8]) -> Int? {
-        guard mastersAcrossNodes, engine.lockspace(named: name) == nil, let length = mastering.groupLengths[name],
-            length != 0
+        guard mastersAcrossNodes, engine.lockspace(named: name) == nil,
+            let length = mastering.groups[name]?.valueBlockLength, length != 0
         else { return nil }
         return length
     }
@@ -261,11 +259,11 @@ extension LockService {
         {
             return
         }
-        let current = max(mastering.recovery?.view ?? 0, mastering.recoveredView, mastering.lastStartedRun)
+        // (The coordinator starts each run it asks for itself, at once: its own latest run is the view's.)
+        let current = max(mastering.recovery?.view ?? 0, mastering.recoveredView)
         guard RecoveryRun.view(current) == mastering.installedView, RecoveryRun.number(current) < RecoveryRun.lastNumber
         else { return }
         let run = current + 1
-        mastering.lastStartedRun = run
         for member in mastering.members where member != configuration.nodeID {
             send(.recoveryStart(run: run), to: member)
         }

@@ -22,28 +22,26 @@ import GroupServices
 struct Mastering {
     /// The members of the view, in node order (this node alone when not mastering across nodes).
     var members: [UInt32] = []
-    /// The lockspaces' groups (LockService+Groups.swift): the members that use each lockspace, in node order, as the
-    /// last recovery run agreed them; a lockspace's directory is spread over its group. (Never an empty list.)
-    var groups: [[UInt8]: [UInt32]] = [:]
+    /// The lockspaces' groups (LockService+Groups.swift): the members that use each lockspace, in node order, and
+    /// its value-block length, as the last recovery run agreed them; a lockspace's directory is spread over its
+    /// group. (Never an empty list of members.)
+    var groups: [[UInt8]: LockspaceGroup] = [:]
     /// Whether every group is the whole view (no lookup of a group for each directory node then).
     var groupsAreTheView = true
-    /// The value-block length each group agreed (0: none named, each node's default).
-    var groupLengths: [[UInt8]: Int] = [:]
     /// The lockspaces this life asked to join and no run has agreed yet (value-block length, 0 for any); the opens
     /// that wait for that, in order; and, for a join a run refused, the group's length, until those opens are answered.
     var joining: [[UInt8]: Int] = [:]
-    var joinWaiters: [(connection: ConnectionID, message: ClientMessage, environment: ReportEnvironment?)] = []
+    var joinWaiters: [(connection: ConnectionID, message: ClientMessage)] = []
     var joinRefusals: [[UInt8]: Int] = [:]
     /// The lockspaces a run agreed this life belongs to, with their lengths (kept after a release: a group is left
     /// only with the view).
     var joined: [[UInt8]: Int] = [:]
     /// The groups of the last completed run, whose directory entries stand; and the lockspaces whose entries a run
     /// since then began to rebuild here.
-    var settledGroups: [[UInt8]: [UInt32]] = [:]
+    var settledGroups: [[UInt8]: LockspaceGroup] = [:]
     var unsettledLockspaces: Set<[UInt8]> = []
-    /// The number of the primary view this node is in (0: none), and the last run its coordinator started in it.
+    /// The number of the primary view this node is in (0: none).
     var installedView: UInt64 = 0
-    var lastStartedRun: UInt64 = 0
     /// As directory node: the master of each resource whose directory this node is.
     var directory = ShardedDictionary<DirectoryKey, UInt32>()
     /// The known masters (this node's own resources too).
@@ -148,7 +146,7 @@ struct Mastering {
     /// The directory node of a resource: a member of its lockspace's group (of the view, for a lockspace no
     /// member uses).
     func directoryNode(of key: DirectoryKey) -> UInt32 {
-        let nodes = groupsAreTheView ? members : groups[key.lockspace] ?? members
+        let nodes = groupsAreTheView ? members : groups[key.lockspace]?.members ?? members
         return nodes[Int(key.directoryHash % UInt64(nodes.count))]
     }
 }

@@ -240,7 +240,7 @@ extension LockService {
     /// new masters.
     mutating func startRegistrations() {
         guard let recovery = mastering.recovery else { return }
-        recoverReplicas(view: recovery.view, members: mastering.viewMembers, departed: recovery.departed)
+        recoverReplicas(view: recovery.view, departed: recovery.departed)
         let work = RecoveryWork(phase: 1)
         // (The master cache's resources of this node are registered in the cache's order, a part of it a slice:
         // the order of registrations changes nothing, sorting a node's hundreds of thousands of resources here was

@@ -103,7 +103,8 @@ extension LockService {
 
     /// The replicas this node kept of departed masters' resources go to their new masters (in phase 1, once the
     /// groups are agreed).
-    mutating func recoverReplicas(view: UInt64, members: [UInt32: UInt64], departed: Set<UInt32>) {
+    mutating func recoverReplicas(view: UInt64, departed: Set<UInt32>) {
+        let members = mastering.viewMembers
         var resends: [UInt32: [ValueReplica]] = [:]
         let orphaned = mastering.replicas.compactMap { key, stored in
             departed.contains(stored.master) || members[stored.master] == nil

@@ -145,7 +145,7 @@ extension LockService {
                 .init(
                     name: $0.name.displayName, id: $0.id.rawValue, lvbLength: $0.valueBlockLength,
                     resources: $0.resourceCount, locks: $0.lockCount,
-                    members: cluster ? mastering.groups[$0.name] ?? mastering.members : nil,
+                    members: cluster ? mastering.groups[$0.name]?.members ?? mastering.members : nil,
                     mode: $0.access.map { "0" + String($0.mode, radix: 8) }, uid: $0.access?.uid,
                     gid: $0.access?.gid)
             },

@@ -88,7 +88,7 @@ extension LockService {
                         message: "the node's store is full: no new lockspace until it has room (store alarm)"))
                 return
             }
-            if opensThroughGroup(message, from: id, environment: environment) { return }
+            if opensThroughGroup(message, from: id) { return }
             run(
                 .openLockspace(
                     name: name, valueBlockLength: length == 0 ? groupLength(of: name) : Int(length), create: create,

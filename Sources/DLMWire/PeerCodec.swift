@@ -174,8 +174,7 @@ extension PeerMessage {
             case .recoveryDone(let view, let phase, let departed, let recovered, let stored):
                 body.writeInteger(view)
                 body.writeInteger(phase)
-                body.writeInteger(UInt32(departed.count))
-                for node in departed { body.writeInteger(node) }
+                body.writeNodes(departed)
                 body.writeInteger(recovered)
                 body.writeInteger(stored)
             case .valueReplicas(let generation, let replicas), .recoverValues(let generation, let replicas),
@@ -254,8 +253,7 @@ extension PeerMessage {
             case .recoverLockspaces(let run, let report):
                 body.writeInteger(run)
                 body.writeInteger(report.recovered)
-                body.writeInteger(UInt32(report.departed.count))
-                for node in report.departed { body.writeInteger(node) }
+                body.writeNodes(report.departed)
                 body.writeInteger(UInt32(report.unsettled.count))
                 for name in report.unsettled { body.writeBytes8(name) }
                 body.writeInteger(UInt32(report.lockspaces.count))
@@ -397,10 +395,7 @@ extension PeerMessage {
         case .recoveryDone:
             let view = try body.read(UInt64.self, "view")
             let phase = try body.read(UInt8.self, "phase")
-            let count = try body.readCount("count", least: 4)
-            var departed: [UInt32] = []
-            departed.reserveCapacity(count)
-            for _ in 0..<count { departed.append(try body.read(UInt32.self, "node")) }
+            let departed = try body.readNodes("count")
             let recovered = try body.read(UInt64.self, "recovered")
             let stored = try body.read(UInt64.self, "stored")
             message = .recoveryDone(
@@ -514,10 +509,7 @@ extension PeerMessage {
         case .recoverLockspaces:
             let run = try body.read(UInt64.self, "run")
             let recovered = try body.read(UInt64.self, "recovered")
-            let departedCount = try body.readCount("departed_count", least: 4)
-            var departed: [UInt32] = []
-            departed.reserveCapacity(departedCount)
-            for _ in 0..<departedCount { departed.append(try body.read(UInt32.self, "node")) }
+            let departed = try body.readNodes("departed_count")
             let unsettledCount = try body.readCount("unsettled_count", least: 2)
             var unsettled: [[UInt8]] = []
             unsettled.reserveCapacity(unsettledCount)
@@ -599,6 +591,20 @@ extension ByteBuffer {
         let present = try read(UInt8.self, field)
         guard present <= 1 else { throw .malformed("\(field) presence \(present) is not 0 or 1") }
         return present == 1 ? try readBytes8(field, max: WireLimits.maxValueBlock) : nil
+    }
+
+    /// A list of node ids: a `u32` count, then that many `u32` (`readNodes` names the count `field` in errors).
+    mutating func writeNodes(_ nodes: [UInt32]) {
+        writeInteger(UInt32(nodes.count))
+        for node in nodes { writeInteger(node) }
+    }
+
+    mutating func readNodes(_ field: StaticString) throws(WireError) -> [UInt32] {
+        let count = try readCount(field, least: 4)
+        var nodes: [UInt32] = []
+        nodes.reserveCapacity(count)
+        for _ in 0..<count { nodes.append(try read(UInt32.self, "node")) }
+        return nodes
     }
 
     mutating func readDirectoryKey() throws(WireError) -> DirectoryKey {

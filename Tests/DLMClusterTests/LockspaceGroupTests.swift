@@ -28,7 +28,7 @@ import Testing
 
     /// The group of "ls" on each live node, and whether they agree.
     static func groups(_ c: ClusterHarness) -> Set<[UInt32]> {
-        Set(c.nodes.values.map { $0.service.mastering.groups[ls] ?? [] })
+        Set(c.nodes.values.map { $0.service.mastering.groups[ls]?.members ?? [] })
     }
 
     /// The runs that completed on `node` after its view's first (those a join started).
