@@ -13,7 +13,8 @@ import DLMWire
 /// the group's: a join that names another one is refused (EINVAL), and an open that names none takes the group's.
 /// A run in a view is numbered within it (`RecoveryRun`); a new view starts from run 0.
 ///
-/// A run rebuilds the directories of the groups it changes only (`settleDirectory`). Limit: a node leaves a group
+/// A run rebuilds the directories of the groups it changes only (`settleDirectory`); the others answer lookups
+/// during the run (`Mastering.directoryServesDuringRecovery`). Limit: a node leaves a group
 /// only with the view (a released lockspace keeps its group).
 enum RecoveryRun {
     /// A run's id is its view's number times 2^`bits` plus its number within the view: ids grow with views and

@@ -143,6 +143,16 @@ struct Mastering {
         return members[(index + 1) % members.count]
     }
 
+    /// Whether the directory of `lockspace` serves lookups while this node recovers: once phase 0 agreed that the
+    /// run leaves it as it was (the same group, and no member of it departed: its entries and masters are those of
+    /// the last completed run). Not in a life's first run, nor in one a view without quorum abandoned.
+    func directoryServesDuringRecovery(_ lockspace: [UInt8]) -> Bool {
+        guard let recovery, !recovery.abandoned, recoveredView > 0, let rebuilt = recovery.rebuiltDirectories else {
+            return false
+        }
+        return !rebuilt.contains(lockspace)
+    }
+
     /// The directory node of a resource: a member of its lockspace's group (of the view, for a lockspace no
     /// member uses).
     func directoryNode(of key: DirectoryKey) -> UInt32 {
@@ -192,7 +202,7 @@ extension LockService {
                 master = known
             } else {
                 let directory = mastering.directoryNode(of: key)
-                if isRecovering {
+                if isRecovering && !mastering.directoryServesDuringRecovery(key.lockspace) {
                     // The directory is being rebuilt: asked once recovery is done (`endRecovery`).
                     mastering.awaitingLookup[key, default: []].append((id, .lock(m)))
                     clients[Int(id.slot)].awaitingReply = true
@@ -353,8 +363,12 @@ extension LockService {
                 waitForDeadlockDecision(.peer(message, from: node))
                 return
             }
-        case .lookupReply, .removed:
-            if isRecovering { return }  // the old directory's answer: asked again when recovery is done
+        case .lookupReply(let key, _, _):
+            // The old directory's answer: asked again when recovery is done. (An answer for a lockspace whose
+            // directory this run leaves as it was stands.)
+            if isRecovering && !mastering.directoryServesDuringRecovery(key.lockspace) { return }
+        case .removed:
+            if isRecovering { return }
         default:
             break
         }

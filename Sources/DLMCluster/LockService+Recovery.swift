@@ -21,7 +21,8 @@ import GroupServices
 ///    operations and lookups that were addressed to departed nodes are sent again.
 ///
 /// Only what the failure touched waits (`runsDuringRecovery`): requests on resources whose master survived run
-/// during recovery as before it; requests on resources whose master left, requests that need the directory,
+/// during recovery as before it, and so do lookups in lockspaces whose directory the run leaves as it was (once
+/// phase 0 has said which); requests on resources whose master left, requests that need a directory being rebuilt,
 /// lockspace operations, purges, exits and the engine's timers are held (not refused) until the run ends. A new
 /// view aborts the run and starts it over from the members of the last completed recovery. Sub-locks are rebuilt
 /// with their tree (a sub-lock's resource has the master of its top-level resource): the holder sends the path and
@@ -556,6 +557,12 @@ extension LockService {
             mastering.recovery!.phase = 1
             takeGroups(recovery.lockspaceReports.mapValues(\.lockspaces))
             settleDirectory(recovery.lockspaceReports)
+            // Requests that wait for a lookup in a lockspace whose directory the run leaves as it was ask now (an
+            // answer that came during phase 0 was not taken); the others ask when the run ends.
+            for key in Self.ordered(mastering.awaitingLookup.keys)
+            where mastering.directoryServesDuringRecovery(key.lockspace) {
+                send(.lookup(key), to: mastering.directoryNode(of: key))
+            }
             startRegistrations()
         } else if recovery.phase == 1 {
             mastering.recovery!.phase = 2
@@ -949,7 +956,8 @@ extension LockService {
     /// survived and that recovery does not rebuild here. Such a resource is in the same state during recovery as
     /// in the time between the failure and the new view, when requests ran anyway: its master holds every lock on
     /// it (a departed node's locks still block until phase 2 purges them, so nothing is granted that could not
-    /// be granted before). A request that needs the directory (its master is not known), a lock whose master left
+    /// be granted before). A request that needs the directory (its master is not known) waits unless phase 0 found
+    /// that the run leaves its lockspace's directory as it was (`directoryServesDuringRecovery`); a lock whose master left
     /// (its copy waits to be bound to the new master) and a resource rebuilt here wait for the end of the run.
     /// A request for another master goes to it, which runs it or holds it by the same rule (`runsDuringRecovery`
     /// for peer messages). Nothing runs in a run that a view without quorum abandoned, nor in a life's first
@@ -964,7 +972,9 @@ extension LockService {
             } else {
                 guard let info = engine.lockspaceInfo(LockspaceID(rawValue: m.lockspace)) else { return true }
                 let key = DirectoryKey(lockspace: info.name, name: m.name)
-                guard let master = mastering.masters[key] else { return false }
+                guard let master = mastering.masters[key] else {
+                    return mastering.directoryServesDuringRecovery(info.name)
+                }
                 return master != configuration.nodeID || !mastering.rebuiltKeys.contains(key)
             }
         case .convert(let m): lock = m.lock
@@ -986,8 +996,8 @@ extension LockService {
     }
 
     /// Whether another node's operation runs while this node recovers: on a resource mastered here all along (by
-    /// the same rule as `runsDuringRecovery` for clients). Operations on the resources rebuilt here, lookups and
-    /// owner exits wait for the end of the run. (A node sends at most one operation per connection at a time, so
+    /// the same rule as `runsDuringRecovery` for clients), and lookups in a directory the run leaves as it was.
+    /// Operations on the resources rebuilt here, other lookups and owner exits wait for the end of the run. (A node sends at most one operation per connection at a time, so
     /// running one ahead of held ones keeps each client's order.)
     func runsDuringRecovery(_ message: PeerMessage) -> Bool {
         guard mastering.recovery?.abandoned == false, mastering.recoveredView > 0 else { return false }
@@ -1003,6 +1013,7 @@ extension LockService {
         case .convert(_, let request): lock = request.lock
         case .unlock(_, let request): lock = request.lock
         case .deadlockCancel(_, let cancelled, _): lock = cancelled
+        case .lookup(let key): return mastering.directoryServesDuringRecovery(key.lockspace)
         default: return false
         }
         guard let top = engine.topLevelResource(of: lock) else { return false }

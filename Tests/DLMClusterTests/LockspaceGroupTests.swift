@@ -168,4 +168,50 @@ import Testing
         #expect(c.run() == ["4e: LOCKSPACE tag 1 id 0 created"])
         #expect(Self.groups(c) == [[2, 3, 4]])
     }
+
+    /// A run that leaves the directory of a lockspace as it was does not hold its lookups: while the death of node 4
+    /// rebuilds the directory of "other" (nodes 3 and 4), the first LOCKs of new resources of "ls" (nodes 1 and 2)
+    /// are looked up, mastered and granted, through either node's directory, before the run ends.
+    @Test func lookupsRunDuringARunThatLeavesTheirDirectoryAsItWas() {
+        var c = ClusterHarness(nodes: 4, everyNodeUsesLockspace: false)
+        let a = c.client(1, "a")
+        let b = c.client(2, "b")
+        for node: UInt32 in [3, 4] {
+            let o = Self.bareClient(&c, node, "o")
+            c.nodes[node]!.send(
+                o.id, .openLockspace(tag: 1, name: Array("other".utf8), valueBlockLength: 0, create: true))
+            #expect(c.run() == ["\(node)o: LOCKSPACE tag 1 id 0 created"])
+        }
+        c.crash(4)
+        c.installView()
+        // The run goes on until node 3 has done its part of phase 1; its barrier to node 2 is then held back: node 2
+        // cannot end phase 1, nor any node the run.
+        let held = ClusterHarness.Link(from: 3, to: 2)
+        _ = c.run { link, message in
+            if link == held, case .recoveryDone(_, 1, _, _, _) = message { return true }
+            return false
+        }
+        c.paused = [held]
+        for node: UInt32 in [1, 2] {
+            #expect(c.nodes[node]!.service.mastering.recovery?.rebuiltDirectories == [Array("other".utf8)])
+        }
+        // A resource whose directory node is node 2, and one whose directory node is node 1.
+        let remote = ClusterHarness.name(directedTo: 2, of: 2)
+        let local = ClusterHarness.name(directedTo: 1, of: 2)
+        c.send(a, H.lock(2, remote, .ex))
+        c.send(a, H.lock(3, local, .ex))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock 1 granted EX", "1a: COMPLETION tag 3 lock 2 granted EX"])
+        // Node 2's client finds node 1 the master of the first (through its own directory) and waits for the EX.
+        c.send(b, H.lock(2, remote, .ex))
+        #expect(c.run() == ["1a: BAST lock 1 EX", "2b: OK tag 2 lock \(0x8000_0001 as UInt32)"])
+        #expect(c.nodes[1]!.service.isRecovering && c.nodes[2]!.service.isRecovering)
+        c.paused = []
+        _ = c.run()
+        #expect(!c.nodes[1]!.service.isRecovering && !c.nodes[2]!.service.isRecovering)
+        c.send(a, H.unlock(4, 1))
+        #expect(
+            Set(c.run()) == [
+                "1a: COMPLETION tag 4 lock 1 EUNLOCK", "2b: COMPLETION tag 0 lock \(0x8000_0001 as UInt32) granted EX",
+            ])
+    }
 }
