@@ -80,6 +80,18 @@ extension LockService {
         return (groups, refused)
     }
 
+    /// The end of phase 0: every member keeps the highest of the directory nodes' fencing-token floors of each
+    /// lockspace. A run within a view raises no engine's floor above the tokens of that view (its floor is the
+    /// view's), and may move a lockspace's directory to other nodes: without this, a resource dropped before the
+    /// run and mastered anew after it by another node could start below its last token.
+    mutating func takeTokenFloors(_ reports: [UInt32: LockspaceReport]) {
+        for report in reports.values {
+            for floor in report.tokenFloors {
+                mastering.tossFloors[floor.lockspace] = max(mastering.tossFloors[floor.lockspace] ?? 0, floor.floor)
+            }
+        }
+    }
+
     /// The end of phase 0: the groups of every member's list; this node's joins are agreed or refused.
     mutating func takeGroups(_ lists: [UInt32: [LockspaceMembership]]) {
         let me = configuration.nodeID
@@ -119,7 +131,10 @@ extension LockService {
         let report = LockspaceReport(
             recovered: mastering.recoveredView, departed: mastering.recovery!.departed.sorted(),
             unsettled: mastering.unsettledLockspaces.sorted { $0.lexicographicallyPrecedes($1) },
-            lockspaces: lockspaceMemberships())
+            lockspaces: lockspaceMemberships(),
+            tokenFloors: mastering.tossFloors.map { LockspaceTokenFloor(lockspace: $0.key, floor: $0.value) }.sorted {
+                $0.lockspace.lexicographicallyPrecedes($1.lockspace)
+            })
         mastering.recovery!.lockspaceReports[configuration.nodeID] = report
         for node in mastering.members where node != configuration.nodeID {
             send(.recoverLockspaces(run: run, report), to: node)

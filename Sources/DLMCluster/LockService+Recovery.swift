@@ -556,6 +556,7 @@ extension LockService {
         if recovery.phase == 0 {
             mastering.recovery!.phase = 1
             takeGroups(recovery.lockspaceReports.mapValues(\.lockspaces))
+            takeTokenFloors(recovery.lockspaceReports)
             settleDirectory(recovery.lockspaceReports)
             // Requests that wait for a lookup in a lockspace whose directory the run leaves as it was ask now (an
             // answer that came during phase 0 was not taken); the others ask when the run ends.
@@ -914,7 +915,9 @@ extension LockService {
         // life's records are gone, when there were some).
         if !endPreviousLife(view: recovery.view) { record(.recoveredView(recovery.view)) }
         dropStaleReplicas(view: recovery.view)
-        mastering.tossFloors = [:]  // every floor is above the tokens of earlier views now
+        // Every engine's floor is above the tokens of earlier views now (not above those of this view: a run within
+        // it keeps them).
+        mastering.tossFloors = mastering.tossFloors.filter { $0.value >= recovery.fencingFloor }
         output.notices.append(("recovery done", ["view": RecoveryRun.describe(recovery.view)]))
         output.recoveries.append(.done(view: RecoveryRun.view(recovery.view), run: RecoveryRun.number(recovery.view)))
         for lockspace in mastering.rebuiltLockspaces.sorted(by: { $0.rawValue < $1.rawValue }) {

@@ -262,6 +262,11 @@ extension PeerMessage {
                     body.writeInteger(UInt8(truncatingIfNeeded: lockspace.valueBlockLength))
                     body.writeInteger(UInt8(lockspace.joining ? 1 : 0))
                 }
+                body.writeInteger(UInt32(report.tokenFloors.count))
+                for floor in report.tokenFloors {
+                    body.writeBytes8(floor.lockspace)
+                    body.writeInteger(floor.floor)
+                }
             case .recoveryRequest(let number), .recoveryStart(let number):
                 body.writeInteger(number)
             }
@@ -527,9 +532,18 @@ extension PeerMessage {
                 guard joining <= 1 else { throw .malformed("joining \(joining) is not 0 or 1") }
                 lockspaces.append(LockspaceMembership(name: name, valueBlockLength: length, joining: joining == 1))
             }
+            let floorCount = try body.readCount("floor_count", least: 10)
+            var tokenFloors: [LockspaceTokenFloor] = []
+            tokenFloors.reserveCapacity(floorCount)
+            for _ in 0..<floorCount {
+                let name = try body.readName("floor_lockspace")
+                tokenFloors.append(LockspaceTokenFloor(lockspace: name, floor: try body.read(UInt64.self, "floor")))
+            }
             message = .recoverLockspaces(
                 run: run,
-                LockspaceReport(recovered: recovered, departed: departed, unsettled: unsettled, lockspaces: lockspaces))
+                LockspaceReport(
+                    recovered: recovered, departed: departed, unsettled: unsettled, lockspaces: lockspaces,
+                    tokenFloors: tokenFloors))
         case .recoveryRequest:
             message = .recoveryRequest(view: try body.read(UInt64.self, "view"))
         case .recoveryStart:

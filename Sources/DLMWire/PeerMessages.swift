@@ -112,14 +112,30 @@ public struct LockspaceReport: Sendable, Hashable {
     /// The lockspaces whose directory entries a run since then began to rebuild on the sender.
     public var unsettled: [[UInt8]]
     public var lockspaces: [LockspaceMembership]
+    /// As a directory node: per lockspace, the highest last fencing token of the resources dropped from it (the
+    /// floor a new master starts above), in name order. Every member takes the highest of each lockspace's.
+    public var tokenFloors: [LockspaceTokenFloor]
 
     public init(
-        recovered: UInt64 = 0, departed: [UInt32] = [], unsettled: [[UInt8]] = [], lockspaces: [LockspaceMembership]
+        recovered: UInt64 = 0, departed: [UInt32] = [], unsettled: [[UInt8]] = [], lockspaces: [LockspaceMembership],
+        tokenFloors: [LockspaceTokenFloor] = []
     ) {
         self.recovered = recovered
         self.departed = departed
         self.unsettled = unsettled
         self.lockspaces = lockspaces
+        self.tokenFloors = tokenFloors
+    }
+}
+
+/// A lockspace's fencing-token floor as a directory node keeps it (RECOVER_LOCKSPACES).
+public struct LockspaceTokenFloor: Sendable, Hashable {
+    public var lockspace: [UInt8]
+    public var floor: UInt64
+
+    public init(lockspace: [UInt8], floor: UInt64) {
+        self.lockspace = lockspace
+        self.floor = floor
     }
 }
 

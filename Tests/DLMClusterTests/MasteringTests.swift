@@ -370,4 +370,35 @@ import Testing
         #expect(c.run() == ["1n: COMPLETION tag 3 lock 2 granted EX"])  // mastered by node 1 now
         #expect(c.completions["1n"]!.last!.fencingToken > last)
     }
+
+    /// The same across a recovery run of the same view (a join of another lockspace): the run keeps the floor the
+    /// REMOVE left with the directory, since a run within a view raises no floor above the view's tokens.
+    @Test func fencingTokensKeepGrowingAcrossARunOfTheSameView() {
+        var c = ClusterHarness(nodes: 3, tossDelay: 1_000)
+        let name = ClusterHarness.name(directedTo: 2, of: 3)
+        let first = c.client(3, "f")
+        let next = c.client(1, "n")
+        c.send(next, H.lock(2, ClusterHarness.name(directedTo: 1, of: 3), .ex))
+        _ = c.run()
+        for tag in UInt32(2)...6 {
+            c.send(first, H.lock(tag * 2, name, .ex))
+            _ = c.run()
+            c.send(first, H.unlock(tag * 2 + 1, 1))
+            _ = c.run()
+        }
+        let last = c.completions["3f"]!.compactMap { $0.fencingToken == 0 ? nil : $0.fencingToken }.max()!
+        c.tick(by: 1_500)
+        _ = c.run()
+        c.tick(by: 1_500)
+        _ = c.run()
+        // Node 2 joins another lockspace: a run of the same view.
+        let other = c.nodes[2]!.service.connect(credentials: nil)
+        c.nodes[2]!.names[other] = "2o"
+        c.nodes[2]!.send(other, .hello(Hello(pid: 100, clientName: "o")))
+        c.nodes[2]!.send(other, .openLockspace(tag: 1, name: Array("other".utf8), valueBlockLength: 0, create: true))
+        #expect(c.run() == ["2o: HELLO_REPLY", "2o: LOCKSPACE tag 1 id 0 created"])
+        c.send(next, H.lock(3, name, .ex))
+        #expect(c.run() == ["1n: COMPLETION tag 3 lock 2 granted EX"])
+        #expect(c.completions["1n"]!.last!.fencingToken > last)
+    }
 }

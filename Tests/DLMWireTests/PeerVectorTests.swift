@@ -116,7 +116,8 @@ struct PeerVectorTests {
                 lockspaces: [
                     LockspaceMembership(name: Array("ls".utf8), valueBlockLength: 32, joining: false),
                     LockspaceMembership(name: Array("vault".utf8), valueBlockLength: 0, joining: true),
-                ])),
+                ],
+                tokenFloors: [LockspaceTokenFloor(lockspace: Array("ls".utf8), floor: 7 << 40 | 5)])),
         "peer-recovery-request": .recoveryRequest(view: 7),
         "peer-recovery-start": .recoveryStart(run: 7 << 20 | 2),
         "peer-recover-stored": .recoverStored(
