@@ -40,15 +40,16 @@ test-c: libdlm
 
 ## make sim SEEDS=N MODEL_OPS=M: the group services simulation (Tests/GroupServicesTests) and the random lock traffic
 ## across nodes' lock services (Tests/DLMClusterTests/MasteringRandomTests.swift, RecoveryRandomTests.swift) and the
-## random deadlock cycles across nodes (DeadlockAcrossNodesTests.swift) over N seeds each, and M random operations
+## random deadlock cycles across nodes (DeadlockAcrossNodesTests.swift) and the random joins and leaves of lockspace
+## groups (LockspaceChurnTests.swift) over N seeds each, and M random operations
 ## of the engine against its reference model (Tests/DLMCoreTests/ModelTests.swift, default 20 million), in a release
 ## build with testing enabled. A failing seed prints the command that replays it.
 MODEL_OPS ?= 20000000
 sim:
 	DLM_SIM_SEEDS=$(SEEDS) DLM_MASTERING_SEEDS=$(SEEDS) DLM_RECOVERY_SEEDS=$(SEEDS) DLM_DEADLOCK_SEEDS=$(SEEDS) \
-		DLM_COROSYNC_SEEDS=$(SEEDS) \
+		DLM_COROSYNC_SEEDS=$(SEEDS) DLM_CHURN_SEEDS=$(SEEDS) \
 		DLM_MODEL_OPS=$(MODEL_OPS) $(SWIFT) test -c release -Xswiftc -enable-testing --scratch-path .build-test \
-		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|GroupServicesTests.CorosyncMemberRandomTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests'
+		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|GroupServicesTests.CorosyncMemberRandomTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests|DLMClusterTests.LockspaceChurnTests'
 
 ## make fuzz FUZZ_SECONDS=N (or FUZZ_RUNS=N): coverage-guided fuzzers (libFuzzer) of the client frame decoder, the
 ## peer port's frames before and after authentication, the cluster config file, the write-ahead log's recovery and

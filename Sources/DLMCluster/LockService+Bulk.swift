@@ -28,6 +28,10 @@ extension LockService {
         case .released(let tag, let lockspace):
             record(.deleteLockspace(name: lockspace))
             if ready { deliver(connection!, .ok(tag: tag, lock: 0)) }
+            if mastersAcrossNodes, isGroupMember(lockspace) {
+                mastering.released.insert(lockspace)
+                leaveReleasedGroups()
+            }
         case .clusterPurge(let reference):
             purgePartDone(reference, count: finished.count, skipped: finished.skipped, from: nil)
             return

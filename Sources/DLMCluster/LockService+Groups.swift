@@ -14,8 +14,14 @@ import DLMWire
 /// A run in a view is numbered within it (`RecoveryRun`); a new view starts from run 0.
 ///
 /// A run rebuilds the directories of the groups it changes only (`settleDirectory`); the others answer lookups
-/// during the run (`Mastering.directoryServesDuringRecovery`). Limit: a node leaves a group
-/// only with the view (a released lockspace keeps its group).
+/// during the run (`Mastering.directoryServesDuringRecovery`).
+///
+/// A node leaves a group when it leaves the view, or once a client released the lockspace here and nothing of it
+/// is left on the node (`leaveReleasedGroups`): it asks for a run and leaves the lockspace out of its phase-0 report.
+/// A release succeeds only when the node's engine holds no lock of the lockspace, so the leaver masters no lock
+/// of it: its directory is rebuilt over the others as for any change of the group, the leaver forgets the
+/// resources it still counted as its own, and its report carries the fencing-token floor of the released
+/// lockspace, above every token it issued there.
 enum RecoveryRun {
     /// A run's id is its view's number times 2^`bits` plus its number within the view: ids grow with views and
     /// within a view, and the messages of recovery carry them where they carried the view.
@@ -38,9 +44,10 @@ struct LockspaceGroup: Equatable {
 }
 
 extension LockService {
-    /// This node's phase-0 list: the lockspaces it belongs to (with their lengths), then those it asks to join.
+    /// This node's phase-0 list: the lockspaces it belongs to (with their lengths), then those it asks to join;
+    /// not those it leaves.
     func lockspaceMemberships() -> [LockspaceMembership] {
-        var lengths: [[UInt8]: Int] = mastering.joined
+        var lengths: [[UInt8]: Int] = mastering.joined.filter { !mastering.leaving.contains($0.key) }
         for info in engine.allLockspaces { lengths[info.name] = info.valueBlockLength }
         var list = lengths.map { LockspaceMembership(name: $0.key, valueBlockLength: $0.value, joining: false) }
         for (name, length) in mastering.joining where lengths[name] == nil {
@@ -102,6 +109,22 @@ extension LockService {
         for (name, group) in groups where group.members.contains(me) && group.valueBlockLength != 0 {
             mastering.joined[name] = group.valueBlockLength
         }
+        // The lockspaces this node left: what it still counted as its own resources there is forgotten (its engine
+        // holds none of them since the release; the directory is rebuilt without it).
+        var left = Set<[UInt8]>()
+        for name in mastering.leaving where groups[name]?.members.contains(me) != true {
+            left.insert(name)
+            mastering.joined[name] = nil
+            mastering.released.remove(name)
+        }
+        mastering.leaving = []
+        if !left.isEmpty {
+            for key in mastering.masters.keys(masteredBy: me) where left.contains(key.lockspace) {
+                mastering.masters[key] = nil
+            }
+            output.notices.append(
+                ("left lockspaces", ["lockspaces": left.map(\.displayName).sorted().joined(separator: ",")]))
+        }
         for (name, length) in mastering.joining {
             if let group = groups[name], group.members.contains(me) {
                 if mastering.joined[name] == nil { mastering.joined[name] = length }
@@ -128,11 +151,19 @@ extension LockService {
     /// This node's part of phase 0: its report, to every other member; the phase ends once every member's came.
     mutating func sendLockspaceReport() {
         guard let run = mastering.recovery?.view else { return }
+        // (Decided once per run: a leaver serves none of the lockspace's requests from now on, `runsDuringRecovery`.)
+        var leaving = Set<[UInt8]>()
+        for name in mastering.released where isGroupMember(name) && !usesLockspace(name) { leaving.insert(name) }
+        mastering.leaving = leaving
+        var floors = mastering.tossFloors
+        for name in mastering.leaving {
+            floors[name] = max(floors[name] ?? 0, engine.fencingTokenFloor(ofReleased: name))
+        }
         let report = LockspaceReport(
             recovered: mastering.recoveredView, departed: mastering.recovery!.departed.sorted(),
             unsettled: mastering.unsettledLockspaces.sorted { $0.lexicographicallyPrecedes($1) },
             lockspaces: lockspaceMemberships(),
-            tokenFloors: mastering.tossFloors.map { LockspaceTokenFloor(lockspace: $0.key, floor: $0.value) }.sorted {
+            tokenFloors: floors.map { LockspaceTokenFloor(lockspace: $0.key, floor: $0.value) }.sorted {
                 $0.lockspace.lexicographicallyPrecedes($1.lockspace)
             })
         mastering.recovery!.lockspaceReports[configuration.nodeID] = report
@@ -284,5 +315,38 @@ extension LockService {
             send(.recoveryStart(run: run), to: member)
         }
         startRecovery(run, members: mastering.viewMembers)
+    }
+
+    // MARK: Leaves
+
+    /// Whether this node is a member of the lockspace's group, or a run agreed it joined it.
+    func isGroupMember(_ name: [UInt8]) -> Bool {
+        mastering.joined[name] != nil || mastering.groups[name]?.members.contains(configuration.nodeID) == true
+    }
+
+    /// Whether this node still uses a lockspace a client released here: its engine holds it again (a client opened
+    /// it, or another node's request made it), it asks to join it, a client of it holds a lock mastered elsewhere
+    /// (a release does not end those), or a request waits for a lookup of one of its resources.
+    mutating func usesLockspace(_ name: [UInt8]) -> Bool {
+        if engine.lockspace(named: name) != nil || mastering.joining[name] != nil
+            || mastering.copies.perLockspace[name] != nil
+        {
+            return true
+        }
+        return mastering.awaitingLookup.keys.contains { $0.lockspace == name }
+            || mastering.peerRequestsAwaitingLookup.keys.contains { $0.lockspace == name }
+    }
+
+    /// Asks for a run when a released lockspace is no longer used here (once per completed run: a run that ends
+    /// with the node still in the group, its request lost, is followed by another).
+    mutating func leaveReleasedGroups() {
+        guard mastersAcrossNodes, !isRecovering, !isStopped, mastering.leaveAskedAfter != mastering.recoveredView
+        else { return }
+        var released = mastering.released
+        released = released.filter { isGroupMember($0) }
+        mastering.released = released
+        guard released.contains(where: { !usesLockspace($0) }) else { return }
+        mastering.leaveAskedAfter = mastering.recoveredView
+        requestRun()
     }
 }

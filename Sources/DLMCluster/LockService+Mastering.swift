@@ -33,9 +33,15 @@ struct Mastering {
     var joining: [[UInt8]: Int] = [:]
     var joinWaiters: [(connection: ConnectionID, message: ClientMessage)] = []
     var joinRefusals: [[UInt8]: Int] = [:]
-    /// The lockspaces a run agreed this life belongs to, with their lengths (kept after a release: a group is left
-    /// only with the view).
+    /// The lockspaces a run agreed this life belongs to, with their lengths (kept after a release, until a run
+    /// agrees the node left).
     var joined: [[UInt8]: Int] = [:]
+    /// The lockspaces of `joined` that a client released here since (LockService+Groups.swift, "Leaves"); those
+    /// this node's phase-0 report of the run under way leaves out; and the last completed run in which it asked for
+    /// a run to leave.
+    var released: Set<[UInt8]> = []
+    var leaving: Set<[UInt8]> = []
+    var leaveAskedAfter: UInt64?
     /// The groups of the last completed run, whose directory entries stand; and the lockspaces whose entries a run
     /// since then began to rebuild here.
     var settledGroups: [[UInt8]: LockspaceGroup] = [:]

@@ -949,6 +949,8 @@ extension LockService {
         // (After the node serves again: a retried open that still waits asks for a run, which this node may start
         // itself, as the coordinator.)
         retryJoinWaiters()
+        // (And a released lockspace that the run did not see left asks again.)
+        if !mastering.released.isEmpty { leaveReleasedGroups() }
     }
 }
 
@@ -1012,6 +1014,7 @@ extension LockService {
             } else {
                 let key = DirectoryKey(lockspace: remote.lockspace, name: remote.request.name)
                 return mastering.masters[key] == configuration.nodeID && !mastering.rebuiltKeys.contains(key)
+                    && !mastering.leaving.contains(key.lockspace)
             }
         case .convert(_, let request): lock = request.lock
         case .unlock(_, let request): lock = request.lock

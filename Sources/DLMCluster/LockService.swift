@@ -351,6 +351,7 @@ public struct LockService {
             if mastersAcrossNodes {
                 tossIdle(now: now)
                 searchDeadlocksAcrossNodes(now: now)
+                if !mastering.released.isEmpty { leaveReleasedGroups() }
             }
         case .committed(let generation):
             committed(upTo: generation)

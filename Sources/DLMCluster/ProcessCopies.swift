@@ -85,6 +85,9 @@ struct ProcessCopies {
 
     func usesKey(_ key: DirectoryKey) -> Bool { perKey[key] != nil }
 
+    /// How many copies there are of locks in each lockspace (those with a record).
+    var perLockspace: [[UInt8]: Int] = [:]
+
     mutating func takeUnusedKeys() -> [DirectoryKey] {
         defer { unusedKeys.removeAll(keepingCapacity: true) }
         return unusedKeys
@@ -104,7 +107,10 @@ struct ProcessCopies {
             while accountCounts.count <= Int(account) { accountCounts.append(0) }
             accountCounts[Int(account)] += 1
         }
-        if let record { perKey[DirectoryKey(lockspace: record.lockspace, name: record.name), default: 0] += 1 }
+        if let record {
+            perKey[DirectoryKey(lockspace: record.lockspace, name: record.name), default: 0] += 1
+            perLockspace[record.lockspace, default: 0] += 1
+        }
         return index
     }
 
@@ -179,6 +185,11 @@ struct ProcessCopies {
             } else {
                 perKey[key] = nil
                 unusedKeys.append(key)
+            }
+            if let count = perLockspace[record.lockspace], count > 1 {
+                perLockspace[record.lockspace] = count - 1
+            } else {
+                perLockspace[record.lockspace] = nil
             }
         }
         copies[index] = Copy()

@@ -11,6 +11,9 @@ extension LockEngine {
         return highest
     }
 
+    /// The fencing-token floor kept for the name of a released lockspace (0: none): at least every token it issued.
+    public func fencingTokenFloor(ofReleased name: [UInt8]) -> UInt64 { releasedLockspaceFloors[name] ?? 0 }
+
     /// The lockspace's fencing-token floor: at least the last token of every resource of it that was freed.
     public func fencingTokenFloor(_ lockspace: LockspaceID) -> UInt64? {
         guard let ls = liveSlot(lockspace) else { return nil }

@@ -214,4 +214,66 @@ import Testing
                 "1a: COMPLETION tag 4 lock 1 EUNLOCK", "2b: COMPLETION tag 0 lock \(0x8000_0001 as UInt32) granted EX",
             ])
     }
+
+    /// A node leaves a lockspace's group once its client released the lockspace there (a release is refused while
+    /// the node masters another node's lock in it): the group and its directory go on without it, and a resource
+    /// it mastered is mastered anew by another node, with fencing tokens above those it issued. Opening the
+    /// lockspace again joins the group again.
+    @Test func aReleaseLeavesTheGroup() {
+        var c = ClusterHarness(nodes: 3, everyNodeUsesLockspace: false)
+        let a = c.client(1, "a")
+        let b = c.client(2, "b")
+        let d = c.client(3, "d")
+        #expect(Self.groups(c) == [[1, 2, 3]])
+        let names = (0..<30).map { "r\($0)" }
+        // Node 3 masters these (its client asked first), and issues fencing tokens there.
+        for (index, name) in names.enumerated() { c.send(d, H.lock(UInt32(10 + index), name, .ex)) }
+        #expect(c.run().count == names.count)
+        let last = c.completions["3d"]!.map(\.fencingToken).max()!
+        #expect(last > 0)
+        for index in names.indices { c.send(d, H.unlock(UInt32(100 + index), UInt32(1 + index))) }
+        #expect(c.run().count == names.count)
+        // Node 2 uses one of them for a while: it keeps node 3 as its master in its cache.
+        c.send(b, H.lock(2, names[1], .pr))
+        c.send(b, H.unlock(3, 0x8000_0001))
+        #expect(c.run().count == 2)
+        // Node 1 holds a lock node 3 masters: the release is refused, and node 3 stays.
+        c.send(a, H.lock(2, names[0], .pr))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(0x8000_0001 as UInt32) granted PR"])
+        c.send(d, .releaseLockspace(tag: 200, lockspace: 0, force: false))
+        #expect(c.run().first?.hasPrefix("3d: ERROR tag 200 EBUSY") == true)
+        c.send(a, H.unlock(3, 0x8000_0001))
+        #expect(c.run() == ["1a: COMPLETION tag 3 lock \(0x8000_0001 as UInt32) EUNLOCK"])
+        #expect(Self.groups(c) == [[1, 2, 3]])
+        // Now node 3 masters no lock: the release succeeds, and a run leaves node 3 out of the group.
+        let runs = Self.joinRuns(c, 1)
+        c.send(d, .releaseLockspace(tag: 201, lockspace: 0, force: false))
+        #expect(c.run() == ["3d: OK tag 201 lock 0"])
+        #expect(Self.joinRuns(c, 1) == runs + 1)
+        #expect(Set(c.nodes.values.map { $0.service.mastering.groups[Self.ls]?.members ?? [] }) == [[1, 2]])
+        let me = c.nodes[3]!.service
+        #expect(me.mastering.directory.count == 0 && me.mastering.joined[Self.ls] == nil)
+        #expect(me.mastering.masters.keys(masteredBy: 3).isEmpty)
+        // Node 2's request on the resource its cache says node 3 masters finds that node 3 no longer does: it looks
+        // the resource up again and masters it. Node 1 masters the others anew; all above node 3's tokens.
+        c.send(b, H.lock(4, names[1], .ex))
+        #expect(c.run() == ["2b: COMPLETION tag 4 lock 1 granted EX"])
+        for (index, name) in names.enumerated() where index != 1 {
+            c.send(a, H.lock(UInt32(10 + index), name, .ex))
+        }
+        #expect(c.run().count == names.count - 1)
+        #expect(c.completions["1a"]!.suffix(names.count - 1).allSatisfy { $0.fencingToken > last })
+        #expect(c.completions["2b"]!.last!.fencingToken > last)
+        // And node 2's EX excludes node 1's.
+        c.send(a, H.lock(5, names[1], .ex, .noQueue))
+        #expect(c.run().last?.hasSuffix("EAGAIN") == true)
+        #expect(c.nodes[1]!.service.mastering.directory.count + c.nodes[2]!.service.mastering.directory.count >= 30)
+        // Node 3's client opens the lockspace again: it joins, and meets node 1's EX.
+        c.send(d, Self.open(300, length: 0))
+        #expect(c.run() == ["3d: LOCKSPACE tag 300 id 65536 created"])  // (the released slot's next generation)
+        #expect(Self.groups(c) == [[1, 2, 3]])
+        c.send(
+            d, .lock(LockMessage(tag: 301, lockspace: 65536, flags: .noQueue, mode: .ex, name: Array(names[0].utf8))))
+        #expect(c.run() == ["3d: COMPLETION tag 301 lock \(0x8000_0001 as UInt32) EAGAIN"])
+    }
 }

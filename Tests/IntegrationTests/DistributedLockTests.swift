@@ -377,7 +377,7 @@ extension ClusterReportTests {
         var connections: [Int: DLMConnection] = [:]
         for node in 1...3 { connections[node] = try await DLMConnection.connect(socketPath: cluster.socket(node)) }
         let first = try await connections[1]!.openLockspace("pair", valueBlockLength: 64)
-        _ = try await connections[2]!.openLockspace("pair")
+        let second = try await connections[2]!.openLockspace("pair")
         let listed = try await Self.report(LockspacesReport.self, connections[2]!, .lockspaces)
         #expect(listed.lockspaces.map(\.members) == [[1, 2]])
         #expect(listed.lockspaces.map(\.lvbLength) == [64])
@@ -397,6 +397,17 @@ extension ClusterReportTests {
         #expect(members.map(\.members) == [[1, 2, 3]] && members.map(\.lvbLength) == [64])
         try await held.unlock()
         #expect(try await DistributedLockTests.tryLock(third, "volume", .ex) == nil)
+        // Node 2's client releases the lockspace: node 2 masters none of its locks, so it leaves the group.
+        try await connections[2]!.releaseLockspace(second)
+        try await waitUntil(attempts: 200_000) {
+            try await Self.report(LockspacesReport.self, connections[1]!, .lockspaces).lockspaces.map(\.members)
+                == [[1, 3]]
+        }
+        #expect(try await Self.report(LockspacesReport.self, connections[2]!, .lockspaces).lockspaces.isEmpty)
+        // Nodes 1 and 3 still exclude each other.
+        let again = try await first.lock("volume", mode: .ex)
+        #expect(try await DistributedLockTests.tryLock(third, "volume", .pr) == .tryAgain)
+        try await again.unlock()
         for connection in connections.values { await connection.close() }
     }
 }
