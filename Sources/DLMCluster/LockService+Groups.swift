@@ -155,7 +155,15 @@ extension LockService {
         var leaving = Set<[UInt8]>()
         for name in mastering.released where isGroupMember(name) && !usesLockspace(name) { leaving.insert(name) }
         mastering.leaving = leaving
+        // The floors it keeps as a directory node, and its engine's, which are above the tokens of every resource
+        // it freed: a REMOVE that a directory node dropped as sent before a run (its sender dropped the resource)
+        // left the resource's last token with the engine of its old master only.
         var floors = mastering.tossFloors
+        for info in engine.allLockspaces {
+            if let floor = engine.fencingTokenFloor(info.id), floor > floors[info.name] ?? 0 {
+                floors[info.name] = floor
+            }
+        }
         for name in mastering.leaving {
             floors[name] = max(floors[name] ?? 0, engine.fencingTokenFloor(ofReleased: name))
         }
