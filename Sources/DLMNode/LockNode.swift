@@ -104,7 +104,7 @@ public final class LockNode: @unchecked Sendable {
             let took = NIODeadline.now() - start
             if took >= LockNode.longStep {
                 longSteps.log(
-                    kind: "long step", Self.longStepLine(input, took: took, recovering: service.isRunningRecovery))
+                    kind: "long step", Self.longStepLine(input, took: took, recoveryPhase: service.recoveryPhase))
             }
         }
     }
@@ -114,7 +114,7 @@ public final class LockNode: @unchecked Sendable {
     /// be cut into slices.
     static let longStep = TimeAmount.milliseconds(100)
 
-    static func longStepLine(_ input: ServiceInput, took: TimeAmount, recovering: Bool) -> String {
+    static func longStepLine(_ input: ServiceInput, took: TimeAmount, recoveryPhase: UInt8?) -> String {
         let cause: String
         switch input {
         case .peer(let node, let message): cause = "message \(message.kind) of node \(node)"
@@ -128,7 +128,7 @@ public final class LockNode: @unchecked Sendable {
         default: cause = "an input"
         }
         return "one step of the lock service took \(took.nanoseconds / 1_000_000) ms: \(cause)"
-            + (recovering ? " (recovering)" : "")
+            + (recoveryPhase.map { " (recovering, phase \($0))" } ?? "")
     }
 
     // MARK: Connections

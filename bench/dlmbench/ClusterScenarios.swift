@@ -19,12 +19,13 @@ import Glibc
 ///               from the view to the end of recovery on every survivor ("recovery done" lines), and to the first
 ///               grant on a rebuilt resource (a request of node 2 sent right after the kill); and the longest
 ///               pause of a client of node 1 doing lock+unlock pairs on resources node 1 masters (untouched by
-///               the failure) meanwhile.
+///               the failure) meanwhile. `--dlmd-log-level warning` runs the daemons at that level and prints
+///               the survivors' long-step warnings (a step of the lock service of 100 ms or more) to stderr.
 ///   deadlock    deadlock detection across nodes (ClusterDeadlockScenarios.swift): its cost to throughput when
 ///               nothing deadlocks, and the time to a cycle's victim
 enum ClusterScenarios {
     static let optionNames = [
-        "dlmd", "scenarios", "duration", "warmup", "clients", "locks", "connections", "working-set",
+        "dlmd", "scenarios", "duration", "warmup", "clients", "locks", "connections", "working-set", "dlmd-log-level",
     ]
 
     static func run(_ options: Options) {
@@ -52,8 +53,14 @@ enum ClusterScenarios {
                 }
             case "recovery":
                 for locks in options.ints("locks", [10_000, 100_000, 1_000_000]) {
-                    let cluster = BenchCluster(dlmd: dlmd, nodes: 3)
+                    let cluster = BenchCluster(
+                        dlmd: dlmd, nodes: 3, logLevel: options.string("dlmd-log-level", "error"))
                     print(recovery(cluster, locks: locks, connections: options.int("connections", 16)).text)
+                    for node in 1...2 {
+                        for line in cluster.member(node).log.all where line.contains("one step of the lock service") {
+                            FileHandle.standardError.write(Data("# node \(node): \(line)\n".utf8))
+                        }
+                    }
                     fflush(nil)
                 }
             case "deadlock":
