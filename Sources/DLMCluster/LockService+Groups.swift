@@ -10,7 +10,7 @@ import DLMWire
 /// A client's open of a lockspace whose group this node is not in waits (its connection's later frames behind
 /// it): the node asks the view's coordinator, its lowest member, for a run (`recoveryRequest`); the coordinator
 /// starts one (`recoveryStart`) for every member, and the open runs when it ends. Its value-block length must be
-/// the group's: a join that names another one is refused (EINVAL), and an open that names none takes the group's.
+/// the group's: a join that names another one is refused (EEXIST), and an open that names none takes the group's.
 /// A run in a view is numbered within it (`RecoveryRun`); a new view starts from run 0.
 ///
 /// A run rebuilds the directories of the groups it changes only (`settleDirectory`); the others answer lookups
@@ -87,10 +87,11 @@ extension LockService {
         return (groups, refused)
     }
 
-    /// The end of phase 0: every member keeps the highest of the directory nodes' fencing-token floors of each
-    /// lockspace. A run within a view raises no engine's floor above the tokens of that view (its floor is the
-    /// view's), and may move a lockspace's directory to other nodes: without this, a resource dropped before the
-    /// run and mastered anew after it by another node could start below its last token.
+    /// The end of phase 0: every member keeps the highest fencing-token floor of each lockspace that the members
+    /// reported (those they keep as directory nodes, and their engines'). A run within a view raises no engine's
+    /// floor above the tokens of that view (its floor is the view's), and may move a lockspace's directory to
+    /// other nodes: without this, a resource dropped before the run and mastered anew after it by another node
+    /// could start below its last token.
     mutating func takeTokenFloors(_ reports: [UInt32: LockspaceReport]) {
         for report in reports.values {
             for floor in report.tokenFloors {
@@ -350,8 +351,7 @@ extension LockService {
     mutating func leaveReleasedGroups() {
         guard mastersAcrossNodes, !isRecovering, !isStopped, mastering.leaveAskedAfter != mastering.recoveredView
         else { return }
-        var released = mastering.released
-        released = released.filter { isGroupMember($0) }
+        let released = mastering.released.filter { isGroupMember($0) }
         mastering.released = released
         guard released.contains(where: { !usesLockspace($0) }) else { return }
         mastering.leaveAskedAfter = mastering.recoveredView

@@ -964,9 +964,10 @@ extension LockService {
     /// survived and that recovery does not rebuild here. Such a resource is in the same state during recovery as
     /// in the time between the failure and the new view, when requests ran anyway: its master holds every lock on
     /// it (a departed node's locks still block until phase 2 purges them, so nothing is granted that could not
-    /// be granted before). A request that needs the directory (its master is not known) waits unless phase 0 found
-    /// that the run leaves its lockspace's directory as it was (`directoryServesDuringRecovery`); a lock whose master left
-    /// (its copy waits to be bound to the new master) and a resource rebuilt here wait for the end of the run.
+    /// be granted before). A request that needs the directory (its master is not known) waits unless phase 0
+    /// found that the run leaves its lockspace's directory as it was (`directoryServesDuringRecovery`); a lock
+    /// whose master left (its copy waits to be bound to the new master) and a resource rebuilt here wait for the
+    /// end of the run.
     /// A request for another master goes to it, which runs it or holds it by the same rule (`runsDuringRecovery`
     /// for peer messages). Nothing runs in a run that a view without quorum abandoned, nor in a life's first
     /// recovery (it masters nothing yet that it may serve).
@@ -1005,8 +1006,9 @@ extension LockService {
 
     /// Whether another node's operation runs while this node recovers: on a resource mastered here all along (by
     /// the same rule as `runsDuringRecovery` for clients), and lookups in a directory the run leaves as it was.
-    /// Operations on the resources rebuilt here, other lookups and owner exits wait for the end of the run. (A node sends at most one operation per connection at a time, so
-    /// running one ahead of held ones keeps each client's order.)
+    /// Operations on the resources rebuilt here, other lookups and owner exits wait for the end of the run. (A
+    /// node sends at most one operation per connection at a time, so running one ahead of held ones keeps each
+    /// client's order.)
     func runsDuringRecovery(_ message: PeerMessage) -> Bool {
         guard mastering.recovery?.abandoned == false, mastering.recoveredView > 0 else { return false }
         let lock: LockID
