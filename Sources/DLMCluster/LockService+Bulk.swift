@@ -28,7 +28,7 @@ extension LockService {
         case .released(let tag, let lockspace):
             record(.deleteLockspace(name: lockspace))
             if ready { deliver(connection!, .ok(tag: tag, lock: 0)) }
-            if mastersAcrossNodes, isGroupMember(lockspace) {
+            if mastersAcrossNodes, mastering.isGroupMember(lockspace, configuration.nodeID) {
                 mastering.released.insert(lockspace)
                 leaveReleasedGroups()
             }

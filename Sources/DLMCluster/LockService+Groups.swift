@@ -154,7 +154,10 @@ extension LockService {
         guard let run = mastering.recovery?.view else { return }
         // (Decided once per run: a leaver serves none of the lockspace's requests from now on, `runsDuringRecovery`.)
         var leaving = Set<[UInt8]>()
-        for name in mastering.released where isGroupMember(name) && !usesLockspace(name) { leaving.insert(name) }
+        let me = configuration.nodeID
+        for name in mastering.released where mastering.isGroupMember(name, me) && !usesLockspace(name) {
+            leaving.insert(name)
+        }
         mastering.leaving = leaving
         // The floors it keeps as a directory node, and its engine's, which are above the tokens of every resource
         // it freed: a REMOVE that a directory node dropped as sent before a run (its sender dropped the resource)
@@ -328,11 +331,6 @@ extension LockService {
 
     // MARK: Leaves
 
-    /// Whether this node is a member of the lockspace's group, or a run agreed it joined it.
-    func isGroupMember(_ name: [UInt8]) -> Bool {
-        mastering.joined[name] != nil || mastering.groups[name]?.members.contains(configuration.nodeID) == true
-    }
-
     /// Whether this node still uses a lockspace a client released here: its engine holds it again (a client opened
     /// it, or another node's request made it), it asks to join it, a client of it holds a lock mastered elsewhere
     /// (a release does not end those), or a request waits for a lookup of one of its resources.
@@ -351,7 +349,8 @@ extension LockService {
     mutating func leaveReleasedGroups() {
         guard mastersAcrossNodes, !isRecovering, !isStopped, mastering.leaveAskedAfter != mastering.recoveredView
         else { return }
-        let released = mastering.released.filter { isGroupMember($0) }
+        let me = configuration.nodeID
+        let released = mastering.released.filter { mastering.isGroupMember($0, me) }
         mastering.released = released
         guard released.contains(where: { !usesLockspace($0) }) else { return }
         mastering.leaveAskedAfter = mastering.recoveredView

@@ -149,6 +149,12 @@ struct Mastering {
         return members[(index + 1) % members.count]
     }
 
+    /// Whether `node` (this one) is a member of the lockspace's group, or a run agreed it joined it. (Here, not on
+    /// the service: a call of a non-mutating method of the service from mutating code copies the whole service.)
+    func isGroupMember(_ name: [UInt8], _ node: UInt32) -> Bool {
+        joined[name] != nil || groups[name]?.members.contains(node) == true
+    }
+
     /// Whether the directory of `lockspace` serves lookups while this node recovers: once phase 0 agreed that the
     /// run leaves it as it was (the same group, and no member of it departed: its entries and masters are those of
     /// the last completed run). Not in a life's first run, nor in one a view without quorum abandoned.
