@@ -345,14 +345,17 @@ import Testing
         #expect(Set(c.run()) == ["3m: OK tag 5 lock \(Self.remote)", "1h: BAST lock 1 PR"])
     }
 
-    /// A resource's fencing tokens keep growing when, idle, it is dropped by its master and mastered anew by
-    /// another node: the REMOVE carries its last token to the directory, whose answer raises the new master's floor.
-    @Test func fencingTokensKeepGrowingWhenAnIdleResourceMovesToAnotherMaster() {
+    /// Node 3 masters a resource whose directory node is node 2 and issues fencing tokens on it, node 1 issues
+    /// tokens of its own on another resource of the lockspace, and the resource, idle, is dropped by node 3 (its
+    /// REMOVE carries the last token to the directory). Returns the cluster, the resource, node 1's client and
+    /// node 3's last token.
+    static func tokensThenDropped() -> (
+        c: ClusterHarness, name: String, next: (node: UInt32, id: ConnectionID), last: UInt64
+    ) {
         var c = ClusterHarness(nodes: 3, tossDelay: 1_000)
         let name = ClusterHarness.name(directedTo: 2, of: 3)
         let first = c.client(3, "f")
         let next = c.client(1, "n")
-        // Node 1 issues tokens of its own first, on another resource of the lockspace it masters.
         c.send(next, H.lock(2, ClusterHarness.name(directedTo: 1, of: 3), .ex))
         _ = c.run()
         for tag in UInt32(2)...6 {
@@ -369,6 +372,13 @@ import Testing
         #expect(
             c.nodes[3]!.service.mastering.masters[DirectoryKey(lockspace: Array("ls".utf8), name: Array(name.utf8))]
                 == nil)
+        return (c, name, next, last)
+    }
+
+    /// A resource's fencing tokens keep growing when, idle, it is dropped by its master and mastered anew by
+    /// another node: the REMOVE carries its last token to the directory, whose answer raises the new master's floor.
+    @Test func fencingTokensKeepGrowingWhenAnIdleResourceMovesToAnotherMaster() {
+        var (c, name, next, last) = Self.tokensThenDropped()
         c.send(next, H.lock(3, name, .ex))
         #expect(c.run() == ["1n: COMPLETION tag 3 lock 2 granted EX"])  // mastered by node 1 now
         #expect(c.completions["1n"]!.last!.fencingToken > last)
@@ -377,29 +387,11 @@ import Testing
     /// The same across a recovery run of the same view (a join of another lockspace): the run keeps the floor the
     /// REMOVE left with the directory, since a run within a view raises no floor above the view's tokens.
     @Test func fencingTokensKeepGrowingAcrossARunOfTheSameView() {
-        var c = ClusterHarness(nodes: 3, tossDelay: 1_000)
-        let name = ClusterHarness.name(directedTo: 2, of: 3)
-        let first = c.client(3, "f")
-        let next = c.client(1, "n")
-        c.send(next, H.lock(2, ClusterHarness.name(directedTo: 1, of: 3), .ex))
-        _ = c.run()
-        for tag in UInt32(2)...6 {
-            c.send(first, H.lock(tag * 2, name, .ex))
-            _ = c.run()
-            c.send(first, H.unlock(tag * 2 + 1, 1))
-            _ = c.run()
-        }
-        let last = c.completions["3f"]!.compactMap { $0.fencingToken == 0 ? nil : $0.fencingToken }.max()!
-        c.tick(by: 1_500)
-        _ = c.run()
-        c.tick(by: 1_500)
-        _ = c.run()
+        var (c, name, next, last) = Self.tokensThenDropped()
         // Node 2 joins another lockspace: a run of the same view.
-        let other = c.nodes[2]!.service.connect(credentials: nil)
-        c.nodes[2]!.names[other] = "2o"
-        c.nodes[2]!.send(other, .hello(Hello(pid: 100, clientName: "o")))
-        c.nodes[2]!.send(other, .openLockspace(tag: 1, name: Array("other".utf8), valueBlockLength: 0, create: true))
-        #expect(c.run() == ["2o: HELLO_REPLY", "2o: LOCKSPACE tag 1 id 0 created"])
+        let other = LockspaceGroupTests.bareClient(&c, 2, "o")
+        c.nodes[2]!.send(other.id, .openLockspace(tag: 1, name: Array("other".utf8), valueBlockLength: 0, create: true))
+        #expect(c.run() == ["2o: LOCKSPACE tag 1 id 0 created"])
         c.send(next, H.lock(3, name, .ex))
         #expect(c.run() == ["1n: COMPLETION tag 3 lock 2 granted EX"])
         #expect(c.completions["1n"]!.last!.fencingToken > last)
