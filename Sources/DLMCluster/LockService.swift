@@ -364,6 +364,9 @@ public struct LockService {
             } else {
                 if mastering.endingLife != nil { continueEndingLife() }
                 if mastering.copies.hasExiting { mastering.copies.forgetExited(budget: configuration.engine.bulkSlice) }
+                if mastering.rebuilt.hasExiting {
+                    mastering.rebuilt.forgetExited(budget: configuration.engine.bulkSlice)
+                }
                 if engine.hasBulkWork, !isStopped, !isHoldingForDeadlock { run(.continueBulkWork, reply: nil) }
             }
         case .shutdown:
@@ -414,7 +417,7 @@ public struct LockService {
         closeGeneration()
         output.wantsBulkSlice =
             (engine.hasBulkWork && !isStopped && !isHoldingForDeadlock) || hasRecoveryWork
-            || mastering.endingLife != nil || mastering.copies.hasExiting
+            || mastering.endingLife != nil || mastering.copies.hasExiting || mastering.rebuilt.hasExiting
         swap(&output, &spare)
         output.removeAll()
     }
