@@ -30,6 +30,9 @@ public final class LockNode: @unchecked Sendable {
     let busyPoll: BusyPoll?
     /// A bulk slice is scheduled.
     var bulkScheduled = false
+    /// Wakes the loop for the next slice without a sleep (SliceWake.swift); nil until the server made it (and in
+    /// tests without one): the next slice is then a task scheduled `bulkSliceDelay` later.
+    var sliceWake: SliceWake?
     /// Nested inputs (an output that closes a channel reports it at once) are timed as part of the outer one.
     var stepDepth = 0
     /// Steps of `longStep` or more, logged at most once a second.
@@ -288,12 +291,14 @@ public final class LockNode: @unchecked Sendable {
         connection.channel.close(promise: nil)
     }
 
-    /// Work in slices (exits, purges, releases with many locks): the next slice a little later, not at once, and
+    /// Work in slices (recovery, exits, purges, releases with many locks): the next slice in the loop's next turn,
+    /// after it polled its sockets. Through the slice wake when there is one; else a little later, not at once, and
     /// only once the loop polled its sockets since this one, since NIO runs every task that is due before it polls
     /// them again (and the tasks a slice causes, such as writing its lock traffic, may outlast the delay).
     func scheduleBulkSlice() {
         guard !bulkScheduled else { return }
         bulkScheduled = true
+        if let sliceWake, sliceWake.wake() { return }
         let turn = loopTurns?.count
         eventLoop.scheduleTask(in: LockNode.bulkSliceDelay) { [self] in runBulkSlice(after: turn) }
     }

@@ -61,6 +61,13 @@ public final class NodeServer: Service, @unchecked Sendable {
                 try node.openStore()
                 node.start()
             }.get()
+            do {
+                let wake = try await SliceWake.make(on: loop) { node.runBulkSlice(after: nil) }.get()
+                try await loop.submit { node.sliceWake = wake }.get()
+            } catch {
+                // (Work in slices then waits a scheduled task between two slices, as it did before the pipe.)
+                logger.warning("no pipe for waking the loop between slices", metadata: ["error": "\(error)"])
+            }
             if let cluster = configuration.cluster {
                 let announce = onListening
                 try await loop.flatSubmit {
@@ -235,6 +242,8 @@ extension LockNode {
     func shutdown() throws {
         ticker?.cancel()
         busyPoll?.stop()
+        sliceWake?.close()
+        sliceWake = nil
         handle(.shutdown)
         try closeStore()
         logger.info("store closed; shut down", metadata: ["orphans": "\(service.engine.lockCount)"])
