@@ -88,7 +88,8 @@ public struct ServiceOutput: Sendable {
 /// A recovery of the lock space started or ended on this node, for the view it recovers.
 public enum RecoveryEvent: Sendable, Hashable {
     case started(view: UInt64, run: UInt64 = 0)
-    /// Every member ended phase 1 (masters and locks rebuilt): phase 2 (purge, replicas, grants) begins.
+    /// Every member ended phase 1 (directory rebuilt, locks resent to their new masters): phase 2 (rebuild, purge,
+    /// replicas, grants) begins.
     case rebuilt(view: UInt64, run: UInt64 = 0)
     case done(view: UInt64, run: UInt64 = 0)
 }

@@ -266,8 +266,10 @@ public final class LockNode: @unchecked Sendable {
                 cluster?.announce(
                     "dlmd: node \(configuration.nodeID) recovery started view \(view)" + (run == 0 ? "" : " run \(run)")
                 )
-            case .rebuilt:
-                break
+            case .rebuilt(let view, let run):
+                cluster?.announce(
+                    "dlmd: node \(configuration.nodeID) recovery phase 2 view \(view)" + (run == 0 ? "" : " run \(run)")
+                )
             case .done(let view, let run):
                 cluster?.announce(
                     "dlmd: node \(configuration.nodeID) recovery done view \(view)" + (run == 0 ? "" : " run \(run)"))

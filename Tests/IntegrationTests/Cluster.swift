@@ -114,12 +114,14 @@ final class TestCluster: @unchecked Sendable {
         }.at
     }
 
-    /// Waits until `node` prints the end of a recovery run of a view after `view` ("recovery done view V", or
-    /// "... view V run R").
+    /// Waits until `node` prints the start of the second phase, then the end, of a recovery run of a view after
+    /// `view` ("recovery phase 2 view V", "recovery done view V", or "... view V run R").
     func waitForRecovery(at node: Int, after view: UInt64, timeout: TimeInterval = 60) throws {
-        try log(node).wait(for: "a recovery after view \(view) at node \(node)", timeout: timeout) { line in
-            guard let range = line.range(of: " recovery done view ") else { return false }
-            return line[range.upperBound...].split(separator: " ").first.flatMap { UInt64($0) } ?? 0 > view
+        for line in [" recovery phase 2 view ", " recovery done view "] {
+            try log(node).wait(for: "\(line) after view \(view) at node \(node)", timeout: timeout) { printed in
+                guard let range = printed.range(of: line) else { return false }
+                return printed[range.upperBound...].split(separator: " ").first.flatMap { UInt64($0) } ?? 0 > view
+            }
         }
     }
 

@@ -122,6 +122,12 @@ final class BenchCluster {
         return wait(node, "a view of \(members) at node \(node)") { $0.hasSuffix(suffix) }
     }
 
+    /// Waits until `node` prints that recovery's phase 2 begins ("recovery phase 2 view V": every member rebuilt the
+    /// directory and resent its locks); its time.
+    func waitForRecoveryPhase2(at node: Int) -> ContinuousClock.Instant {
+        wait(node, "phase 2 of a recovery at node \(node)") { $0.contains(" recovery phase 2 view ") }
+    }
+
     /// Waits until `node` prints the end of a recovery ("recovery done view V"); its time and V.
     func waitForRecoveryDone(at node: Int) -> (at: ContinuousClock.Instant, view: String) {
         var view = ""

@@ -16,7 +16,8 @@ import Glibc
 ///   recovery    for each N of --locks: a fresh cluster; node 3 masters N resources on which clients of nodes 1
 ///               and 2 hold N PR locks (it holds them all: `killed_node_locks`, from its status report just before
 ///               the kill); node 3 is killed (SIGKILL). Times from the kill to the survivors' view,
-///               from the view to the end of recovery on every survivor ("recovery done" lines), and to the first
+///               from the view to the start of recovery's phase 2 and to its end on every survivor ("recovery
+///               phase 2" and "recovery done" lines), and to the first
 ///               grant on a rebuilt resource (a request of node 2 sent right after the kill); and the longest
 ///               pause of a client of node 1 doing lock+unlock pairs on resources node 1 masters (untouched by
 ///               the failure) meanwhile. `--dlmd-log-level warning` runs the daemons at that level and prints
@@ -272,6 +273,7 @@ enum ClusterScenarios {
         let granted = ContinuousClock.now
         let survivors = Array(cluster.names.prefix(victim - 1))
         let views = (1..<victim).map { cluster.waitForView(at: $0, of: survivors) }
+        let phase2 = (1..<victim).map { cluster.waitForRecoveryPhase2(at: $0) }
         let done = (1..<victim).map { cluster.waitForRecoveryDone(at: $0).at }
         // Some more untouched work after the end, then stop.
         worker.wait(forPairs: worker.completedPairs + 1000)
@@ -299,6 +301,7 @@ enum ClusterScenarios {
             ("view_to_recovery_done_ms", milliseconds(end - view)),
             ("view_to_first_grant_ms", milliseconds(granted - view)),
             ("recovery_done_per_node_ms", .array(done.map { milliseconds($0 - view) })),
+            ("phase_2_per_node_ms", .array(phase2.map { milliseconds($0 - view) })),
             ("untouched_longest_pause_ms", .number2(Double(longest) / 1e6)),
             ("untouched_pairs_after_kill", .int(afterKill.count)),
             ("untouched_p99_before_kill_us", .number2(Samples.percentile(before, 0.99))),
