@@ -31,9 +31,11 @@ struct ProcessCopies {
         var lock: UInt32
     }
 
-    var copies: [Copy] = []
+    /// (Chunked and sharded: a node whose clients hold a million locks of other masters grows them without a step
+    /// that moves or rehashes them all.)
+    var copies = ChunkedArray<Copy>()
     var free: [Int] = []
-    var byMaster: [MasterLock: Int] = [:]
+    var byMaster = ShardedDictionary<MasterLock, Int>()
     /// The copies of each owner of this node.
     var byOwner: [UInt64: Set<Int>] = [:]
     /// Owners that exited, and their copies still to forget (`forgetExited`, in slices): an owner holding a million
@@ -80,7 +82,7 @@ struct ProcessCopies {
 
     /// How many copies there are of locks on each top-level resource (those with a record), and the resources
     /// whose last copy went since `takeUnusedKeys`.
-    var perKey: [DirectoryKey: Int] = [:]
+    var perKey = ShardedDictionary<DirectoryKey, Int>()
     var unusedKeys: [DirectoryKey] = []
 
     func usesKey(_ key: DirectoryKey) -> Bool { perKey[key] != nil }
