@@ -46,6 +46,13 @@ if grep -E '^/.*/(Sources|Tests|bench|Tools)/.*: warning:' "$RESULTS/build.log";
   exit 1
 fi
 BIN=$("$SWIFT" build "${FLAGS[@]}" --show-bin-path)
+# Each part's wall time, so that a slow run shows where its minutes went.
+part_started=$started
+part_done() {
+  echo "== $1: $((SECONDS - part_started)) s"
+  part_started=$SECONDS
+}
+part_done "build"
 
 # A test that ran past its time limit cannot stop the dlmd processes it started: they are killed after each phase
 # (and named), so that they load neither the phases after it nor the machine.
@@ -71,17 +78,20 @@ echo "== phase 1: randomized tests, in parallel (DLM_MODEL_OPS=$DLM_MODEL_OPS DL
   2>&1 | tee "$RESULTS/randomized.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 stop_leftover_daemons
+part_done "phase 1"
 
 echo "== phase 2: every other Swift test, one at a time"
 "$SWIFT" test --skip-build "${FLAGS[@]}" --skip "$RANDOMIZED" --no-parallel --xunit-output "$RESULTS/serial.xml" \
   2>&1 | tee "$RESULTS/serial.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 stop_leftover_daemons
+part_done "phase 2"
 
 echo "== phase 3: the C library's tests"
 make --no-print-directory libdlm || status=1
 DLMD=$BIN/dlmd bash Tests/CDLMTests/run.sh 2>&1 | tee "$RESULTS/c.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+part_done "phase 3"
 
 python3 scripts/test-summary.py "$RESULTS" $((SECONDS - started)) || status=1
 stop_leftover_daemons
