@@ -29,7 +29,7 @@ release:
 
 ## make test: lint, then scripts/test.sh: one release build of every test target, dlmd and dlmtool with testing enabled (in
 ## .build-test, warnings are errors for our own code), the randomized tests in parallel (DLM_MODEL_OPS operations of
-## the reference model test, default 1.6 million; DLM_SIM_SEEDS seeds of the group services simulation, default 1300),
+## the reference model test, default 1.6 million; DLM_SIM_SEEDS seeds of the group services simulation, default 1000),
 ## every other Swift test one at a time (real dlmd processes), the C library's tests, and a summary.
 test: deps lint
 	@bash scripts/test.sh

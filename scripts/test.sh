@@ -8,8 +8,8 @@
 #   3. the C library's tests (Tests/CDLMTests/run.sh) against the same dlmd, then with holders on two nodes.
 # Then a summary: Swift tests passed / failed / skipped, C checks passed / failed, the ten slowest tests.
 #
-# Environment: DLM_MODEL_OPS (default 1.6 million), DLM_SIM_SEEDS (default 1300), DLM_MASTERING_SEEDS (default
-# 1300), DLM_RECOVERY_SEEDS (default 1300), DLM_DEADLOCK_SEEDS (default 200), DLM_CHURN_SEEDS (default 1000),
+# Environment: DLM_MODEL_OPS (default 1.6 million), DLM_SIM_SEEDS (default 1000), DLM_MASTERING_SEEDS (default
+# 800), DLM_RECOVERY_SEEDS (default 800), DLM_DEADLOCK_SEEDS (default 200), DLM_CHURN_SEEDS (default 600),
 # DLM_COROSYNC_SEEDS (default 300),
 # SWIFT, and TEST_SCRATCH (the build folder, default .build-test: a release build of its own, so that `make
 # bench`'s .build/release is not rebuilt with other flags).
@@ -23,11 +23,11 @@ SCRATCH=${TEST_SCRATCH:-.build-test}
 FLAGS=(-c release -Xswiftc -enable-testing -Xswiftc -num-threads -Xswiftc 2 --scratch-path "$SCRATCH")
 RESULTS=$SCRATCH/test-results
 export DLM_MODEL_OPS=${DLM_MODEL_OPS:-1600000}
-export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-1300}
-export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-1300}
-export DLM_RECOVERY_SEEDS=${DLM_RECOVERY_SEEDS:-1300}
+export DLM_SIM_SEEDS=${DLM_SIM_SEEDS:-1000}
+export DLM_MASTERING_SEEDS=${DLM_MASTERING_SEEDS:-800}
+export DLM_RECOVERY_SEEDS=${DLM_RECOVERY_SEEDS:-800}
 export DLM_DEADLOCK_SEEDS=${DLM_DEADLOCK_SEEDS:-200}
-export DLM_CHURN_SEEDS=${DLM_CHURN_SEEDS:-1000}
+export DLM_CHURN_SEEDS=${DLM_CHURN_SEEDS:-600}
 RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|GroupServicesTests\.CorosyncMemberRandomTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests|DLMClusterTests\.DeadlockAcrossNodesTests|DLMClusterTests\.LockspaceChurnTests'
 started=$SECONDS
 
