@@ -14,6 +14,20 @@ int dlm_disable_malloc_fastbins(void)
 	return mallopt(M_MXFAST, 0);
 }
 
+int dlm_wake_pipe(int fds[2])
+{
+	if (pipe2(fds, O_CLOEXEC) != 0)
+		return -1;
+	if (fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) != 0) {
+		int saved = errno;
+		close(fds[0]);
+		close(fds[1]);
+		errno = saved;
+		return -1;
+	}
+	return 0;
+}
+
 int dlm_spawn_dying_with_parent(const char *file, char *const argv[], char *const envp[], int *child_errno)
 {
 	int report[2];

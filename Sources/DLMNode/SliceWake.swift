@@ -1,3 +1,4 @@
+import CDLMSystem
 import Glibc
 import NIOCore
 import NIOPosix
@@ -23,10 +24,10 @@ final class SliceWake: @unchecked Sendable {
     /// A pipe polled by `eventLoop`, whose byte calls `onWake` on it.
     static func make(on eventLoop: EventLoop, onWake: @escaping () -> Void) -> EventLoopFuture<SliceWake> {
         var ends: [CInt] = [0, 0]
-        guard pipe(&ends) == 0 else { return eventLoop.makeFailedFuture(IOError(errnoCode: errno, reason: "pipe")) }
+        guard dlm_wake_pipe(&ends) == 0 else {
+            return eventLoop.makeFailedFuture(IOError(errnoCode: errno, reason: "pipe2"))
+        }
         let (reader, writer) = (ends[0], ends[1])
-        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-        _ = fcntl(writer, F_SETFL, fcntl(writer, F_GETFL) | O_NONBLOCK)
         let handler = WakeHandler(onWake: onWake)
         return NIOPipeBootstrap(group: eventLoop)
             // (One read per turn: a slice's own wake is taken in the next turn, after the sockets are polled.)

@@ -1,8 +1,8 @@
 #ifndef DLM_SYSTEM_H
 #define DLM_SYSTEM_H
 
-/* What the C library offers that Swift's Glibc module does not: malloc tuning (malloc.h), and a child process
- * that dies with its parent (prctl, which posix_spawn cannot do). */
+/* What the C library offers that Swift's Glibc module does not: malloc tuning (malloc.h), a child process that
+ * dies with its parent (prctl, which posix_spawn cannot do), and pipe2 (a GNU extension). */
 
 /* Turns off glibc's fastbins (mallopt M_MXFAST 0): after many small frees, the first larger allocation
  * consolidates them, which stalled dlmd's event loop for tens of milliseconds after a large exit or purge
@@ -15,5 +15,9 @@ int dlm_disable_malloc_fastbins(void);
  * default. Returns the child's pid, or -1 with errno when fork failed; when the child could not exec, its pid
  * (it has exited with 127: reap it) and *child_errno set to exec's errno. */
 int dlm_spawn_dying_with_parent(const char *file, char *const argv[], char *const envp[], int *child_errno);
+
+/* A pipe whose ends are closed on exec from the start (pipe2 O_CLOEXEC: a child spawned by another thread meanwhile
+ * inherits neither), its write end non-blocking. Returns 0, or -1 with errno. */
+int dlm_wake_pipe(int fds[2]);
 
 #endif
