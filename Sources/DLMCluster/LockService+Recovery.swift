@@ -1044,12 +1044,11 @@ struct RebuiltLocks {
     /// Holders that went (an owner's exit, a departed node), with their copies still to forget. Until then their
     /// entries stay in `byCopy` and `byLock`: no holder sends a gone owner's locks again, and a new lock given one
     /// of their lock ids replaces the entry (`add`).
-    var exiting: Deque<(holder: RebuiltOwner, copies: [UInt32])> = []
-    var exitingHolders: Set<RebuiltOwner> = []
+    var exiting = ForgetQueue<RebuiltOwner, UInt32>()
 
     var hasExiting: Bool { !exiting.isEmpty }
 
-    func isExiting(_ holder: RebuiltOwner) -> Bool { !exitingHolders.isEmpty && exitingHolders.contains(holder) }
+    func isExiting(_ holder: RebuiltOwner) -> Bool { exiting.contains(holder) }
 
     var isEmpty: Bool { byLock.isEmpty }
 
@@ -1078,25 +1077,15 @@ struct RebuiltLocks {
 
     private mutating func forget(holder: RebuiltOwner) {
         guard let copies = byOwner.removeValue(forKey: holder) else { return }
-        exiting.append((holder, Array(copies)))
-        exitingHolders.insert(holder)
+        exiting.append(holder, Array(copies))
     }
 
     /// Forgets up to `budget` locks of holders that went.
     mutating func forgetExited(budget: Int) {
-        var budget = budget
-        while budget > 0, var next = exiting.popFirst() {
-            while budget > 0, let copy = next.copies.popLast() {
-                let key = RebuiltCopy(holder: next.holder, copy: copy)
-                // (Its lock id may name another holder's lock by now.)
-                if let lock = byCopy.removeValue(forKey: key), byLock[lock] == key { byLock[lock] = nil }
-                budget -= 1
-            }
-            if next.copies.isEmpty {
-                exitingHolders.remove(next.holder)
-            } else {
-                exiting.prepend(next)
-            }
+        for (holder, copy) in exiting.take(upTo: budget) {
+            let key = RebuiltCopy(holder: holder, copy: copy)
+            // (Its lock id may name another holder's lock by now.)
+            if let lock = byCopy.removeValue(forKey: key), byLock[lock] == key { byLock[lock] = nil }
         }
     }
 

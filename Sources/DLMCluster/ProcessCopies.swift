@@ -1,6 +1,5 @@
 import DLMCore
 import DLMWire
-import DequeModule
 
 /// The locks that this node's clients hold on resources mastered by other nodes: a process copy each (Linux's
 /// lkid on the holder, remid on the master). The id a client sees for such a lock is this node's, with the high
@@ -40,8 +39,7 @@ struct ProcessCopies {
     var byOwner: [UInt64: Set<Int>] = [:]
     /// Owners that exited, and their copies still to forget (`forgetExited`, in slices): an owner holding a million
     /// locks of other masters is forgotten between turns of the event loop, as its local locks are released.
-    var exiting: Deque<(owner: UInt64, copies: [Int])> = []
-    var exitingOwners: Set<UInt64> = []
+    var exiting = ForgetQueue<UInt64, Int>()
     /// The copies of each account's owners (for the per-user quota).
     var accountCounts: [Int] = []
 
@@ -203,32 +201,20 @@ struct ProcessCopies {
     mutating func beginExit(of owner: UInt64) -> [UInt32] {
         guard let indices = byOwner.removeValue(forKey: owner) else { return [] }
         let list = Array(indices)
-        exiting.append((owner, list))
-        exitingOwners.insert(owner)
+        exiting.append(owner, list)
         // (One pass over the owner's copies, reading a field each: the slices do the costly part.)
         var masters: Set<UInt32> = []
         for index in list { masters.insert(copies[index].master) }
         return masters.sorted()
     }
 
-    func isExiting(_ owner: UInt64) -> Bool { !exitingOwners.isEmpty && exitingOwners.contains(owner) }
+    func isExiting(_ owner: UInt64) -> Bool { exiting.contains(owner) }
 
     var hasExiting: Bool { !exiting.isEmpty }
 
     /// Forgets up to `budget` copies of owners that exited.
     mutating func forgetExited(budget: Int) {
-        var budget = budget
-        while budget > 0, var next = exiting.popFirst() {
-            while budget > 0, let index = next.copies.popLast() {
-                // (A copy that ended meanwhile, a completion of its master, may be another owner's by now.)
-                if copies[index].owner == next.owner { remove(index) }
-                budget -= 1
-            }
-            if next.copies.isEmpty {
-                exitingOwners.remove(next.owner)
-            } else {
-                exiting.prepend(next)
-            }
-        }
+        // (A copy that ended meanwhile, a completion of its master, may be another owner's by now.)
+        for (owner, index) in exiting.take(upTo: budget) where copies[index].owner == owner { remove(index) }
     }
 }

@@ -196,16 +196,7 @@ import Testing
     @Test func anExitForgetsRemoteCopiesInSlicesAndRecoveryResendsNoneOfThem() {
         var c = ClusterHarness(nodes: 3, engine: EngineConfig(bulkSlice: 4))
         let names = (0..<20).map { "x\($0)" }
-        // Node 2 masters the names (it asks first).
-        let m = c.client(2, "m")
-        for (index, name) in names.enumerated() { c.send(m, H.lock(UInt32(10 + index), name, .nl)) }
-        _ = c.run()
-        for (index, _) in names.enumerated() { c.send(m, H.unlock(UInt32(40 + index), UInt32(index + 1))) }
-        _ = c.run()
-        let a = c.client(1, "a")
-        for (index, name) in names.enumerated() { c.send(a, H.lock(UInt32(10 + index), name, .ex)) }
-        _ = c.run()
-        #expect(c.completions["1a"]?.filter { $0.status == .granted }.count == names.count)
+        let a = Self.heldRemotely(&c, names, master: 2)
         #expect(c.nodes[2]!.service.engine.lockCount == names.count)
 
         // Node 1 gets no slice from now on; its client goes.
@@ -247,16 +238,7 @@ import Testing
     @Test func anExitForgetsItsRebuiltLocksInSlices() {
         var c = ClusterHarness(nodes: 3, engine: EngineConfig(bulkSlice: 4))
         let names = (0..<20).map { "y\($0)" }
-        // Node 3 masters the names (it asks first); node 1's client holds EX on each.
-        let m = c.client(3, "m")
-        for (index, name) in names.enumerated() { c.send(m, H.lock(UInt32(10 + index), name, .nl)) }
-        _ = c.run()
-        for index in names.indices { c.send(m, H.unlock(UInt32(40 + index), UInt32(index + 1))) }
-        _ = c.run()
-        let a = c.client(1, "a")
-        for (index, name) in names.enumerated() { c.send(a, H.lock(UInt32(10 + index), name, .ex)) }
-        _ = c.run()
-        #expect(c.completions["1a"]?.filter { $0.status == .granted }.count == names.count)
+        let a = Self.heldRemotely(&c, names, master: 3)
         // Node 3 dies: nodes 1 and 2 rebuild the client's locks.
         c.crash(3)
         c.installView()
@@ -390,6 +372,23 @@ import Testing
     /// tokens of its own on another resource of the lockspace, and the resource, idle, is dropped by node 3 (its
     /// REMOVE carries the last token to the directory). Returns the cluster, the resource, node 1's client and
     /// node 3's last token.
+    /// `master` masters `names` (its client "m" asks first, then unlocks), and node 1's client "a", returned, holds
+    /// EX on each of them.
+    static func heldRemotely(_ c: inout ClusterHarness, _ names: [String], master: UInt32) -> (
+        node: UInt32, id: ConnectionID
+    ) {
+        let m = c.client(master, "m")
+        for (index, name) in names.enumerated() { c.send(m, H.lock(UInt32(10 + index), name, .nl)) }
+        _ = c.run()
+        for index in names.indices { c.send(m, H.unlock(UInt32(40 + index), UInt32(index + 1))) }
+        _ = c.run()
+        let a = c.client(1, "a")
+        for (index, name) in names.enumerated() { c.send(a, H.lock(UInt32(10 + index), name, .ex)) }
+        _ = c.run()
+        #expect(c.completions["1a"]?.filter { $0.status == .granted }.count == names.count)
+        return a
+    }
+
     static func tokensThenDropped() -> (
         c: ClusterHarness, name: String, next: (node: UInt32, id: ConnectionID), last: UInt64
     ) {
