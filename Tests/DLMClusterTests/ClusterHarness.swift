@@ -98,6 +98,13 @@ struct ClusterHarness {
         installView()
     }
 
+    /// `body` on a live node's harness, in place. (`nodes[node]!.mutatingCall()` copied the whole harness, a
+    /// copy that grows with the node's state, at every message: most of the time of a run with many locks.)
+    @discardableResult
+    mutating func withNode<R>(_ node: UInt32, _ body: (inout ServiceHarness) -> R) -> R {
+        body(&nodes.values[nodes.index(forKey: node)!])
+    }
+
     /// Starts a node's new life (no view yet).
     mutating func start(_ node: UInt32) {
         let incarnation = (incarnations[node] ?? 0) + 1
@@ -128,7 +135,8 @@ struct ClusterHarness {
     /// Time passes by `nanoseconds`: every node ticks.
     mutating func tick(by nanoseconds: UInt64) {
         now += nanoseconds
-        for node in nodes.keys.sorted() { nodes[node]!.handle(.tick(now: now)) }
+        let now = now
+        for node in nodes.keys.sorted() { withNode(node) { $0.handle(.tick(now: now)) } }
     }
 
     mutating func crash(_ node: UInt32) {
@@ -144,8 +152,8 @@ struct ClusterHarness {
         viewNumber += 1
         let members = nodes.keys.sorted().map { Member(node: NodeID($0), incarnation: incarnations[$0]!) }
         let view = View(id: ViewID(number: viewNumber, coordinator: NodeID(members[0].node.rawValue)), members: members)
-        for node in order ?? nodes.keys.sorted() where nodes[node] != nil {
-            nodes[node]!.handle(.viewInstalled(view, primary: true))
+        for node in order ?? nodes.keys.sorted() where nodes.keys.contains(node) {
+            withNode(node) { $0.handle(.viewInstalled(view, primary: true)) }
         }
     }
 
@@ -156,10 +164,13 @@ struct ClusterHarness {
         mode: UInt16 = LockspaceAccess.defaultMode
     ) -> (node: UInt32, id: ConnectionID) {
         // Not ServiceHarness.connect, which drops every frame waiting: the frames for others stay in `framesSeen`.
-        let id = nodes[node]!.service.connect(credentials: credentials)
-        nodes[node]!.names[id] = "\(node)\(name)"
-        nodes[node]!.send(id, .hello(Hello(pid: 100, clientName: name)))
-        nodes[node]!.send(id, ServiceHarness.open(1, mode: mode))
+        let id = withNode(node) { harness in
+            let id = harness.service.connect(credentials: credentials)
+            harness.names[id] = "\(node)\(name)"
+            harness.send(id, .hello(Hello(pid: 100, clientName: name)))
+            harness.send(id, ServiceHarness.open(1, mode: mode))
+            return id
+        }
         _ = run()
         return (node, id)
     }
@@ -180,18 +191,18 @@ struct ClusterHarness {
 
     /// `node`'s store commits everything written so far, and its lock service hears of it.
     mutating func commitStore(_ node: UInt32) {
-        guard let generation = written[node], nodes[node] != nil else { return }
+        guard let generation = written[node], nodes.keys.contains(node) else { return }
         for changes in uncommitted[node] ?? [] { storeContents[node, default: ModelStore()].apply(changes) }
         uncommitted[node] = nil
-        nodes[node]!.handle(.committed(generation: generation))
+        withNode(node) { $0.handle(.committed(generation: generation)) }
     }
 
     mutating func send(_ client: (node: UInt32, id: ConnectionID), _ message: ClientMessage) {
-        nodes[client.node]!.send(client.id, message)
+        withNode(client.node) { $0.send(client.id, message) }
     }
 
     mutating func close(_ client: (node: UInt32, id: ConnectionID)) {
-        nodes[client.node]!.handle(.closed(client.id))
+        withNode(client.node) { $0.handle(.closed(client.id)) }
     }
 
     /// Set when a `run` carried more than `messageLimit` messages without the traffic ending (a livelock).
@@ -212,7 +223,7 @@ struct ClusterHarness {
                 return lines
             }
             for node in nodes.keys.sorted() {
-                let output = nodes[node]!.service.takeOutput()
+                let output = withNode(node) { $0.service.takeOutput() }
                 if trace { for n in output.notices { print("node \(node) notice: \(n)") } }
                 notices.append(contentsOf: output.notices.map { (node, $0.message) })
                 if let withhold = withholdSlicesAfter, withhold.node == node,
@@ -223,21 +234,21 @@ struct ClusterHarness {
                 if output.wantsBulkSlice { wantsSlice.insert(node) }
                 recoveries[node, default: []].append(contentsOf: output.recoveries)
                 noteWritten(node, output)
-                for (to, message) in nodes[node]!.peerMessages where nodes[to] != nil {
+                for (to, message) in withNode(node, { $0.takePeerMessages() }) where nodes.keys.contains(to) {
                     links[Link(from: node, to: to), default: []].append(message)
                 }
-                nodes[node]!.peerMessages = []
                 // (A removal is noted before the batch's frames: a frame of the same batch may come from a new
                 // resource of that name.)
                 framesSeen.append(contentsOf: Self.removals(output.peerMessages))
+                let names = output.frames.isEmpty ? [:] : withNode(node) { $0.clientNames() }
                 for (connection, message) in output.frames {
-                    let name = nodes[node]!.names[connection] ?? "?"
+                    let name = names[connection] ?? "?"
                     if case .completion(let c) = message { completions[name, default: []].append(c) }
                     framesSeen.append((name, message))
                     lines.append("\(name): \(ServiceHarness.line(message))")
                 }
                 // A message to a node that is down is lost.
-                for (to, message) in output.peerMessages where nodes[to] != nil {
+                for (to, message) in output.peerMessages where nodes.keys.contains(to) {
                     links[Link(from: node, to: to), default: []].append(message)
                 }
             }
@@ -247,7 +258,7 @@ struct ClusterHarness {
                 wantsSlice.remove(node)
                 notices.append((node, Self.sliceMark))
                 if trace { print("run: slice of node \(node)") }
-                nodes[node]!.handle(.bulkSlice)
+                withNode(node) { $0.handle(.bulkSlice) }
                 steps += 1
                 slices += 1
                 continue
@@ -267,7 +278,7 @@ struct ClusterHarness {
             default: break
             }
             if trace && carried - start < 40 { print("run: \(link.from) -> \(link.to): \(message)") }
-            nodes[link.to]!.handle(.peer(from: link.from, message))
+            withNode(link.to) { $0.handle(.peer(from: link.from, message)) }
         }
     }
 

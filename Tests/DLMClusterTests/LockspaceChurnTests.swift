@@ -92,7 +92,7 @@ struct ChurnRun {
         let name = "\(node)c\(generation)"
         let id = cluster.nodes[node]!.service.connect(credentials: nil)
         cluster.nodes[node]!.names[id] = name
-        cluster.nodes[node]!.send(id, .hello(Hello(pid: 100 + UInt32(generation), clientName: name)))
+        cluster.send((node, id), .hello(Hello(pid: 100 + UInt32(generation), clientName: name)))
         clients[node] = Client(name: name, id: id)
     }
 
@@ -141,28 +141,28 @@ struct ChurnRun {
         case 0..<2 where !closed.isEmpty:
             let name = random.element(closed)
             clients[node]!.outstanding = (tag, .open(name))
-            cluster.nodes[node]!.send(
-                client.id, .openLockspace(tag: tag, name: Array(name.utf8), valueBlockLength: 0, create: true))
+            cluster.send(
+                (node, client.id), .openLockspace(tag: tag, name: Array(name.utf8), valueBlockLength: 0, create: true))
         case 2..<4 where !open.isEmpty:
             let name = random.element(open)
             clients[node]!.outstanding = (tag, .release(name))
-            cluster.nodes[node]!.send(
-                client.id, .releaseLockspace(tag: tag, lockspace: client.lockspaces[name]!, force: false))
+            cluster.send(
+                (node, client.id), .releaseLockspace(tag: tag, lockspace: client.lockspaces[name]!, force: false))
         case 4..<7 where !client.held.isEmpty:
             let (lock, resource) = random.element(client.held.sorted { $0.key < $1.key })
             // (From now on the client no longer relies on it.)
             clients[node]!.held[lock] = nil
             if holders[resource] == client.name { holders[resource] = nil }
             clients[node]!.outstanding = (tag, .unlock)
-            cluster.nodes[node]!.send(client.id, .unlock(UnlockMessage(tag: tag, lock: lock, flags: [])))
+            cluster.send((node, client.id), .unlock(UnlockMessage(tag: tag, lock: lock, flags: [])))
         default:
             guard !open.isEmpty else { return }
             let name = random.element(open)
             let resource = random.element(Self.resources)
             guard !client.held.values.contains("\(name)/\(resource)") else { return }
             clients[node]!.outstanding = (tag, .lock("\(name)/\(resource)"))
-            cluster.nodes[node]!.send(
-                client.id,
+            cluster.send(
+                (node, client.id),
                 .lock(
                     LockMessage(
                         tag: tag, lockspace: client.lockspaces[name]!, flags: .noQueue, mode: .ex,

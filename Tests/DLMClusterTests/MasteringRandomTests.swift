@@ -220,7 +220,7 @@ struct MasteringRun {
                 let node = random.element(cluster.wantsSlice.sorted())
                 cluster.wantsSlice.remove(node)
                 if trace { print("step \(step): slice of node \(node)") }
-                cluster.nodes[node]!.handle(.bulkSlice)
+                cluster.withNode(node) { $0.handle(.bulkSlice) }
             } else if random.percent(5) {
                 commitStep()
             } else if random.percent(3) {
@@ -376,7 +376,7 @@ struct MasteringRun {
     mutating func deliverView(_ node: UInt32) {
         guard let view = undelivered.removeValue(forKey: node), cluster.nodes[node] != nil else { return }
         if trace { print("step \(step): node \(node) installs view \(view.id.number)") }
-        cluster.nodes[node]!.handle(.viewInstalled(view, primary: true))
+        cluster.withNode(node) { $0.handle(.viewInstalled(view, primary: true)) }
         if cluster.nodes[node]!.service.connectionCount == 0 {
             // A restarted node gets clients again.
             for letter in ["a", "b"] { connect(node, letter) }
@@ -386,7 +386,7 @@ struct MasteringRun {
     /// Carries one message of a random link; false if none is in flight.
     mutating func carryOne() -> Bool {
         for node in cluster.nodes.keys.sorted() {
-            let output = cluster.nodes[node]!.service.takeOutput()
+            let output = cluster.withNode(node) { $0.service.takeOutput() }
             collect(node, output)
         }
         let links = cluster.links.keys.filter { !(cluster.links[$0]?.isEmpty ?? true) }.sorted()
@@ -394,7 +394,7 @@ struct MasteringRun {
         let link = random.element(links)
         let message = cluster.links[link]!.removeFirst()
         if trace { print("step \(step): \(link.from) -> \(link.to): \(message)") }
-        cluster.nodes[link.to]!.handle(.peer(from: link.from, message))
+        cluster.withNode(link.to) { $0.handle(.peer(from: link.from, message)) }
         return true
     }
 
@@ -445,7 +445,7 @@ struct MasteringRun {
 
     /// A random node's store commits what it was given.
     mutating func commitStep() {
-        for node in cluster.nodes.keys.sorted() { collect(node, cluster.nodes[node]!.service.takeOutput()) }
+        for node in cluster.nodes.keys.sorted() { collect(node, cluster.withNode(node) { $0.service.takeOutput() }) }
         let node = random.element(cluster.nodes.keys.sorted())
         cluster.commitStore(node)
     }
@@ -469,22 +469,22 @@ struct MasteringRun {
     mutating func collect(_ node: UInt32, _ output: ServiceOutput) {
         cluster.noteWritten(node, output)
         if output.wantsBulkSlice { cluster.wantsSlice.insert(node) }
-        for (to, message) in cluster.nodes[node]!.peerMessages where cluster.nodes[to] != nil {
+        for (to, message) in cluster.withNode(node, { $0.takePeerMessages() }) where cluster.nodes.keys.contains(to) {
             cluster.links[ClusterHarness.Link(from: node, to: to), default: []].append(message)
         }
-        cluster.nodes[node]!.peerMessages = []
         pendingFrames.append(contentsOf: ClusterHarness.removals(output.peerMessages))
+        let names = output.frames.isEmpty ? [:] : cluster.withNode(node) { $0.clientNames() }
         for (connection, message) in output.frames {
-            pendingFrames.append((cluster.nodes[node]!.names[connection] ?? "?", message))
+            pendingFrames.append((names[connection] ?? "?", message))
         }
-        for (to, message) in output.peerMessages where cluster.nodes[to] != nil {
+        for (to, message) in output.peerMessages where cluster.nodes.keys.contains(to) {
             cluster.links[ClusterHarness.Link(from: node, to: to), default: []].append(message)
         }
     }
 
     /// Takes every node's output and applies the frames to the clients' beliefs.
     mutating func absorb(_ lines: [String] = []) {
-        for node in cluster.nodes.keys.sorted() { collect(node, cluster.nodes[node]!.service.takeOutput()) }
+        for node in cluster.nodes.keys.sorted() { collect(node, cluster.withNode(node) { $0.service.takeOutput() }) }
         let frames = pendingFrames + cluster.framesSeen
         pendingFrames = []
         cluster.framesSeen = []

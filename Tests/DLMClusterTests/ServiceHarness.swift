@@ -43,6 +43,17 @@ struct ServiceHarness {
 
     mutating func handle(_ input: ServiceInput) { service.handle(input) }
 
+    /// The messages for other nodes taken so far, and none left. (A cluster harness reaches a node through its
+    /// dictionary: a mutating call works in place there, where a read of a field copies the whole harness, a
+    /// step that grows with the node's state.)
+    mutating func takePeerMessages() -> [(to: UInt32, message: PeerMessage)] {
+        defer { peerMessages = [] }
+        return peerMessages
+    }
+
+    /// The clients' names, by connection (mutating for the same reason).
+    mutating func clientNames() -> [ConnectionID: String] { names }
+
     /// The frames the shell would write now, one line each ("a: OK tag 1 lock 2"); commits are remembered for
     /// `commit`, closes in `closed`.
     mutating func out() -> [String] {
