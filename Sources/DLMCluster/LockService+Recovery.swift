@@ -99,7 +99,9 @@ struct RecoveryWork {
     /// node.
     var nextOffer = 0
     var offers: [UInt32: [ValueReplica]] = [:]
-    /// Phase 2: the resources to rebuild, and the next one.
+    /// Phase 2: the next of the received locks (a resource is rebuilt at its first); then the resources only a
+    /// backup node sent replicas of, and the next one.
+    var nextReceived = 0
     var keys: [DirectoryKey] = []
     var nextKey = 0
     var registrations: [UInt32: [DirectoryKey]] = [:]
@@ -500,12 +502,7 @@ extension LockService {
                 for key in keys { mastering.directory[key] = node }
             }
         case .recoverLocks(_, let locks):
-            for lock in locks {
-                let key = DirectoryKey(lockspace: lock.lockspace, name: lock.name)
-                if mastering.recovery!.received[key] == nil { mastering.recovery!.receivedOrder.append(key) }
-                mastering.recovery!.received[key, default: []].append((node, lock))
-                mastering.recovery!.receivedLocks += 1
-            }
+            for lock in locks { mastering.recovery!.received.append(lock, from: node) }
         case .recoverBindings(_, let bindings):
             if mastering.recovery!.deferredBindings != nil {
                 mastering.recovery!.deferredBindings!.append((node, bindings))
@@ -589,46 +586,62 @@ extension LockService {
         engine.raiseFencingTokenFloors(to: recovery.fencingFloor)
         var work = RecoveryWork(phase: 2)
         let fromReplicas = recovery.receivedValues.compactMap { key, replicas in
-            recovery.received[key] == nil && replicas.contains { !$0.persistentLocks.isEmpty } ? key : nil
+            !recovery.received.contains(key) && replicas.contains { !$0.persistentLocks.isEmpty } ? key : nil
         }
-        // (The resources in arrival order move to the work: a copy of hundreds of thousands of keys, each
-        // retaining its names, was a step of tens of milliseconds.)
-        work.keys = mastering.recovery!.receivedOrder
-        mastering.recovery!.receivedOrder = []
-        if !fromReplicas.isEmpty { work.keys += Self.ordered(fromReplicas) }
+        if !fromReplicas.isEmpty { work.keys = Self.ordered(fromReplicas) }
         // (Sized at once: growing them key by key rehashed hundreds of thousands of entries in single slices.)
-        mastering.rebuilt.reserve(recovery.receivedLocks)
-        engine.reserveCapacity(resources: work.keys.count, locks: recovery.receivedLocks)
-        mastering.rebuiltKeys.reserveCapacity(mastering.rebuiltKeys.count + work.keys.count)
+        let resources = recovery.received.resourceCount + work.keys.count
+        mastering.rebuilt.reserve(recovery.received.count)
+        engine.reserveCapacity(resources: resources, locks: recovery.received.count)
+        mastering.rebuiltKeys.reserveCapacity(mastering.rebuiltKeys.count + resources)
         mastering.recovery!.work = work
     }
 
-    /// Phase 2 in slices (a resource counts as many entries as locks came for it). Returns true when all is done.
+    /// Phase 2 in slices (a resource counts as many entries as locks came for it): the resources holders sent
+    /// locks of, in the order their first lock came, then those only a backup node kept. Returns true when all is
+    /// done.
     mutating func rebuild(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
         // (A client may have closed a lockspace between two slices.)
         work.lastLockspace = nil
-        while budget > 0, work.nextKey < work.keys.count {
+        // (What the slice reads of the run, read once: no mutation of the run changes it during the phase.)
+        let received = mastering.recovery!.received
+        let values = mastering.recovery!.receivedValues
+        let alone = mastering.recovery!.reportedDeparted.count == 1
+        let floor = mastering.recovery!.fencingFloor
+        var holders: [(node: UInt32, lock: RecoveredLock)] = []
+        while budget > 0, work.nextReceived < received.count {
+            let index = work.nextReceived
+            work.nextReceived += 1
+            guard received.entries[index].isFirst else { continue }
+            received.holders(from: index, into: &holders)
+            budget -= holders.count
+            rebuild(
+                received.entries[index].key, holders: holders, values: values, alone: alone, floor: floor,
+                into: &work)
+        }
+        while budget > 0, work.nextReceived == received.count, work.nextKey < work.keys.count {
             let key = work.keys[work.nextKey]
             work.nextKey += 1
-            let holders = mastering.recovery!.received[key] ?? []
-            budget -= max(1, holders.count)
-            rebuild(key, holders: holders, into: &work)
+            budget -= 1
+            rebuild(key, holders: [], values: values, alone: alone, floor: floor, into: &work)
         }
-        return work.nextKey == work.keys.count
+        return work.nextReceived == received.count && work.nextKey == work.keys.count
     }
 
     /// Rebuilds a resource whose master left, with its tree, from what its holders sent (`holders`) and what its
     /// backup node kept; answers the holders, and registers it with its directory node.
+    /// (`received`: the replicas backup nodes sent; `alone`: whether the master was the only node to leave;
+    /// `floor`: the run's fencing-token floor.)
     mutating func rebuild(
-        _ key: DirectoryKey, holders: [(node: UInt32, lock: RecoveredLock)], into work: inout RecoveryWork
+        _ key: DirectoryKey, holders: [(node: UInt32, lock: RecoveredLock)],
+        values received: [DirectoryKey: [ValueReplica]], alone: Bool, floor: UInt64, into work: inout RecoveryWork
     ) {
         let me = configuration.nodeID
-        guard mastering.recovery != nil else { return }
         if let master = mastering.directory[key], master != me {
             // An aborted run rebuilt it there (it registered it): that node answers the holders.
             return
         }
-        let values = mastering.recovery!.receivedValues.isEmpty ? nil : mastering.recovery!.receivedValues[key]
+        let values = received.isEmpty ? nil : received[key]
         let replica = values?.max { $0.valueBlockSequence < $1.valueBlockSequence }
         // (Orphans an aborted run rebuilt here are here already.)
         var orphans: [(index: Int, lock: ReplicatedLock)] = []
@@ -678,7 +691,7 @@ extension LockService {
             let orphans = paths.count == 1 ? orphans : orphansByPath[path] ?? []
             if rebuildResource(
                 key, path: path, lockspace: lockspace, holders: holders, orphans: orphans, values: values,
-                alone: mastering.recovery!.reportedDeparted.count == 1, floor: mastering.recovery!.fencingFloor,
+                alone: alone, floor: floor,
                 tree: &tree, bindings: &work.bindings)
             {
                 rebuiltHere = true
@@ -695,9 +708,8 @@ extension LockService {
     /// phase ends everywhere, every backup node has them.
     mutating func finishRebuilds() {
         let me = configuration.nodeID
-        discard(mastering.recovery!.received, count: mastering.recovery!.receivedLocks)
-        mastering.recovery!.received = ShardedDictionary()
-        mastering.recovery!.receivedLocks = 0
+        discard(mastering.recovery!.received, count: mastering.recovery!.received.count)
+        mastering.recovery!.received = ReceivedLocks()
         mastering.recovery!.receivedValues = [:]
         let members = mastering.viewMembers
         for owner in engine.owners(matching: { $0.node != me && members[$0.node] != $0.incarnation }) {
