@@ -55,12 +55,8 @@ struct Recovery {
     var reportedDeparted: Set<UInt32> = []
     /// Members whose `recoveryDone` came, per phase.
     var done: [UInt8: Set<UInt32>] = [:]
-    /// As a new master: the locks holders sent, by resource, in arrival order; the resources in the order their
-    /// first lock came.
-    var received = ShardedDictionary<DirectoryKey, [(node: UInt32, lock: RecoveredLock)]>()
-    var receivedOrder: [DirectoryKey] = []
-    /// How many locks `received` holds.
-    var receivedLocks = 0
+    /// As a new master: the locks holders sent, in arrival order, by resource.
+    var received = ReceivedLocks()
     /// As a new master: the value replicas backup nodes kept of those resources.
     var receivedValues: [DirectoryKey: [ValueReplica]] = [:]
     /// As a directory node: what new lives offered of their previous lives' resources (`recoverStored`), and what
@@ -1123,6 +1119,10 @@ struct RebuiltOwner: Hashable {
     var node: UInt32
     var incarnation: UInt64
     var owner: UInt64
+
+    func _rawHashValue(seed: Int) -> Int {
+        KeyHash.mix(KeyHash.combine(KeyHash.combine(UInt64(node), incarnation), owner), seed: seed)
+    }
 }
 
 /// A holder's lock that this node rebuilt, by the holder's node, its life, owner and its id for the lock.
@@ -1131,6 +1131,12 @@ struct RebuiltCopy: Hashable {
     var incarnation: UInt64
     var owner: UInt64
     var copy: UInt32
+
+    /// (KeyHash: looked up for every lock a recovery rebuilds, and at every exit of its holder.)
+    func _rawHashValue(seed: Int) -> Int {
+        KeyHash.mix(
+            KeyHash.combine(KeyHash.combine(UInt64(node) << 32 | UInt64(copy), incarnation), owner), seed: seed)
+    }
 
     init(_ lock: RecoveredLock) {
         node = lock.owner.node

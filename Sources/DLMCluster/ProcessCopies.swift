@@ -28,6 +28,9 @@ struct ProcessCopies {
     struct MasterLock: Hashable {
         var node: UInt32
         var lock: UInt32
+
+        /// (KeyHash: looked up for every remote operation, and twice for every lock a recovery moves.)
+        func _rawHashValue(seed: Int) -> Int { KeyHash.mix(UInt64(node) << 32 | UInt64(lock), seed: seed) }
     }
 
     /// (Chunked and sharded: a node whose clients hold a million locks of other masters grows them without a step

@@ -5,7 +5,8 @@
 /// the cost. Lookups hash the key twice (once for the shard): for a `DirectoryKey`, whose names are hashed once when
 /// it is made, each is a hash of one number.
 struct ShardedDictionary<Key: Hashable, Value> {
-    static var shardCount: Int { 64 }
+    static var shardBits: Int { 6 }
+    static var shardCount: Int { 1 << shardBits }
     private var shards: [[Key: Value]]
 
     init(minimumCapacity: Int = 0) {
@@ -13,8 +14,12 @@ struct ShardedDictionary<Key: Hashable, Value> {
         shards = (0..<Self.shardCount).map { _ in Dictionary(minimumCapacity: each) }
     }
 
+    /// (The hash's top bits: a shard's own table takes its buckets from the low bits of a hash of the same key,
+    /// with its own seed; for a key whose hash is a cheap mix of the seed, the two could otherwise agree.)
     @inline(__always)
-    private static func shard(of key: Key) -> Int { key.hashValue & (shardCount - 1) }
+    private static func shard(of key: Key) -> Int {
+        Int(UInt(bitPattern: key.hashValue) >> (UInt.bitWidth - shardBits))
+    }
 
     subscript(key: Key) -> Value? {
         get { shards[Self.shard(of: key)][key] }

@@ -7,6 +7,10 @@ public struct LockID: RawRepresentable, Sendable, Hashable, Codable, Comparable,
 
     @inlinable var slot: Int { Int(rawValue) - 1 }
     @inlinable init(slot: Int32) { self.rawValue = UInt32(slot) + 1 }
+
+    /// (KeyHash: the hash a dictionary takes of a key; `hash(into:)`, for a key that contains a lock id, stays
+    /// Swift's own.)
+    public func _rawHashValue(seed: Int) -> Int { KeyHash.mix(UInt64(rawValue), seed: seed) }
 }
 
 /// Whoever a lock belongs to: a client connection of some node, as that node numbers them. The node and its life

@@ -291,6 +291,9 @@ public struct DirectoryKey: Sendable, Hashable {
 
     public func hash(into hasher: inout Hasher) { hasher.combine(hash) }
 
+    /// (KeyHash: the names' hash, taken once with Swift's seeded hasher, mixed with the table's seed.)
+    public func _rawHashValue(seed: Int) -> Int { KeyHash.mix(UInt64(bitPattern: Int64(hash)), seed: seed) }
+
     /// A hash that every node computes alike (FNV-1a, 64 bits, over the lockspace name, a zero byte and the
     /// resource name): the directory node of the resource is the member at this hash modulo the member count.
     public var directoryHash: UInt64 {

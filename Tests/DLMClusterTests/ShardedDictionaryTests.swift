@@ -39,4 +39,23 @@ struct ShardedDictionaryTests {
         #expect(listed.allSatisfy { plain[$0.0] == $0.1 })
         #expect(sharded.values.map(\.count).reduce(0, +) == plain.values.map(\.count).reduce(0, +))
     }
+
+    /// Keys that a node numbers in sequence (lock ids of masters, resource names alike but for a number) spread over
+    /// the shards evenly: each shard grows alone, by its share, and no shard takes most of them (the keys' cheap
+    /// hashes, KeyHash, mixed well enough that sequences do not fall into a few shards).
+    @Test func sequentialKeysSpreadOverTheShards() {
+        let count = 64 * 1_024
+        var masterLocks = ShardedDictionary<ProcessCopies.MasterLock, Int>()
+        var names = ShardedDictionary<DirectoryKey, Int>()
+        for i in 0..<count {
+            masterLocks[ProcessCopies.MasterLock(node: 2, lock: UInt32(i + 1))] = i
+            names[DirectoryKey(lockspace: Array("ls".utf8), name: Array("resource-\(i)".utf8))] = i
+        }
+        let share = count / ShardedDictionary<DirectoryKey, Int>.shardCount
+        for shard in 0..<ShardedDictionary<DirectoryKey, Int>.shardCount {
+            #expect(masterLocks.count(inShard: shard) < 2 * share)
+            #expect(names.count(inShard: shard) < 2 * share)
+        }
+        #expect(masterLocks.count == count && names.count == count)
+    }
 }
