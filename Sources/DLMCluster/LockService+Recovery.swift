@@ -91,6 +91,8 @@ struct RecoveryWork {
     var nextSlot = 0
     var nextCachePart = 0
     var nextCopy = 0
+    /// Then the next shard of the locks earlier runs rebuilt here, whose bindings go out again.
+    var nextRebuiltShard = 0
     /// The next resource of the previous life to offer (LockService+PreviousLife.swift), and the offers per directory
     /// node.
     var nextOffer = 0
@@ -336,7 +338,32 @@ extension LockService {
             work.resends[target, default: []].append(record)
         }
         guard work.nextCopy >= mastering.copies.copies.count else { return false }
-        return offerPreviousLife(&work, budget: &budget)
+        guard offerPreviousLife(&work, budget: &budget) else { return false }
+        return reboundBindings(&work, budget: &budget)
+    }
+
+    /// The last of this node's part of phase 1, in slices: the holders of locks an earlier run rebuilt here learn
+    /// their ids again (the answer may not have reached them before they started this run; a holder takes it only
+    /// for a lock that still waits for one). A shard of the rebuilt locks at a time, each sorted by the holder's id:
+    /// a walk of them all in one step, and a sort of the list, was a step of a node that had rebuilt a million
+    /// locks, at every later recovery. Returns true when all is done.
+    mutating func reboundBindings(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
+        let members = mastering.viewMembers
+        typealias Shards = ShardedDictionary<RebuiltCopy, LockID>
+        while budget > 0, work.nextRebuiltShard < Shards.shardCount {
+            let shard = work.nextRebuiltShard
+            work.nextRebuiltShard += 1
+            let rebuilt = mastering.rebuilt
+            let bindings = rebuilt.byCopy.compactMap(inShard: shard) { copy, lock in
+                members[copy.node] == copy.incarnation && !rebuilt.isExiting(copy.holder)
+                    ? (copy.node, RecoveredBinding(copy: copy.copy, owner: copy.owner, lock: lock)) : nil
+            }
+            budget -= max(1, rebuilt.byCopy.count(inShard: shard))
+            for (node, binding) in bindings.sorted(by: { ($0.0, $0.1.copy) < ($1.0, $1.1.copy) }) {
+                work.bindings[node, default: []].append(binding)
+            }
+        }
+        return work.nextRebuiltShard >= Shards.shardCount
     }
 
     /// The recovery lists that filled a message go out (all of them at the end of a phase's work).
@@ -357,24 +384,13 @@ extension LockService {
         }
     }
 
-    /// The end of this node's part of phase 1: the bindings that came while it resent its locks are applied; the
-    /// holders of locks an earlier run rebuilt here learn their ids again (the answer may not have reached them
-    /// before they started this run; a holder takes it only for a lock that still waits for one); and the phase's
-    /// barrier.
+    /// The end of this node's part of phase 1 (the bindings of locks earlier runs rebuilt here went out with its
+    /// last slice, `reboundBindings`): the bindings that came while it resent its locks are applied, and the
+    /// phase's barrier.
     mutating func finishResends() {
-        guard let view = mastering.recovery?.view else { return }
         let deferred = mastering.recovery!.deferredBindings ?? []
         mastering.recovery!.deferredBindings = nil
         for (node, bindings) in deferred { bind(bindings, from: node) }
-        let members = mastering.viewMembers
-        var rebound: [UInt32: [RecoveredBinding]] = [:]
-        for (copy, lock) in mastering.rebuilt.byCopy
-        where members[copy.node] == copy.incarnation && !mastering.rebuilt.isExiting(copy.holder) {
-            rebound[copy.node, default: []].append(RecoveredBinding(copy: copy.copy, owner: copy.owner, lock: lock))
-        }
-        for (node, list) in rebound.sorted(by: { $0.key < $1.key }) {
-            sendRecovery(list.sorted { $0.copy < $1.copy }, to: node) { .recoverBindings(view: view, $0) }
-        }
         finishPhase(1)
     }
 
@@ -1046,7 +1062,8 @@ extension LockService {
 /// locks, for every client of the cluster that went while they lived. And it forgets them in slices: a client
 /// that held 62,500 rebuilt locks made a step of 126 ms when it went (`forgetExited`).
 struct RebuiltLocks {
-    var byCopy: [RebuiltCopy: LockID] = [:]
+    /// (Sharded: phase 1 of a later run walks it a shard at a time, `reboundBindings`.)
+    var byCopy = ShardedDictionary<RebuiltCopy, LockID>()
     var byLock: [LockID: RebuiltCopy] = [:]
     var byOwner: [RebuiltOwner: Set<UInt32>] = [:]
     /// Holders that went (an owner's exit, a departed node), with their copies still to forget. Until then their

@@ -31,6 +31,20 @@ struct ShardedDictionary<Key: Hashable, Value> {
         _modify { yield &shards[Self.shard(of: key)][key, default: value()] }
     }
 
+    @discardableResult
+    mutating func updateValue(_ value: Value, forKey key: Key) -> Value? {
+        shards[Self.shard(of: key)].updateValue(value, forKey: key)
+    }
+
+    @discardableResult
+    mutating func removeValue(forKey key: Key) -> Value? { shards[Self.shard(of: key)].removeValue(forKey: key) }
+
+    /// Room for about `count` entries in all, so that the shards do not grow while they are added.
+    mutating func reserveCapacity(_ count: Int) {
+        let each = (count + Self.shardCount - 1) / Self.shardCount
+        for shard in shards.indices { shards[shard].reserveCapacity(each + each / 8) }
+    }
+
     var count: Int { shards.reduce(0) { $0 + $1.count } }
     var isEmpty: Bool { shards.allSatisfy(\.isEmpty) }
     var values: [Value] { shards.flatMap(\.values) }
