@@ -388,6 +388,7 @@ extension LockService {
     /// last slice, `reboundBindings`): the bindings that came while it resent its locks are applied, and the
     /// phase's barrier.
     mutating func finishResends() {
+        guard mastering.recovery != nil else { return }
         let deferred = mastering.recovery!.deferredBindings ?? []
         mastering.recovery!.deferredBindings = nil
         for (node, bindings) in deferred { bind(bindings, from: node) }
@@ -642,18 +643,18 @@ extension LockService {
 
     /// Rebuilds a resource whose master left, with its tree, from what its holders sent (`holders`) and what its
     /// backup node kept; answers the holders, and registers it with its directory node.
-    /// (`received`: the replicas backup nodes sent; `alone`: whether the master was the only node to leave;
-    /// `floor`: the run's fencing-token floor.)
+    /// (`replicas`: the value replicas backup nodes sent, by resource; `alone`: whether the master was the only node
+    /// to leave; `floor`: the run's fencing-token floor.)
     mutating func rebuild(
         _ key: DirectoryKey, holders: [(node: UInt32, lock: RecoveredLock)],
-        values received: [DirectoryKey: [ValueReplica]], alone: Bool, floor: UInt64, into work: inout RecoveryWork
+        values replicas: [DirectoryKey: [ValueReplica]], alone: Bool, floor: UInt64, into work: inout RecoveryWork
     ) {
         let me = configuration.nodeID
         if let master = mastering.directory[key], master != me {
             // An aborted run rebuilt it there (it registered it): that node answers the holders.
             return
         }
-        let values = received.isEmpty ? nil : received[key]
+        let values = replicas.isEmpty ? nil : replicas[key]
         let replica = values?.max { $0.valueBlockSequence < $1.valueBlockSequence }
         // (Orphans an aborted run rebuilt here are here already.)
         var orphans: [(index: Int, lock: ReplicatedLock)] = []
@@ -1137,6 +1138,7 @@ struct RebuiltOwner: Hashable {
     var incarnation: UInt64
     var owner: UInt64
 
+    /// (KeyHash: looked up for every lock a recovery rebuilds.)
     func _rawHashValue(seed: Int) -> Int {
         KeyHash.mix(KeyHash.combine(KeyHash.combine(UInt64(node), incarnation), owner), seed: seed)
     }
