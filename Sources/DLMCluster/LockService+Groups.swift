@@ -228,7 +228,7 @@ extension LockService {
             let share =
                 mastering.directory.count * mastering.recovery!.previousMemberCount / max(mastering.members.count, 1)
             discard(mastering.directory, count: mastering.directory.count)
-            mastering.directory = ShardedDictionary(minimumCapacity: share + share / 8)
+            mastering.directory = ShardedDictionary(minimumCapacity: share)
         }
         for (node, keys) in mastering.recovery!.earlyRegistrations {
             for key in keys { mastering.directory[key] = node }

@@ -2,16 +2,17 @@
 /// entry in one step: at half a million entries that is a step of 150 to 370 ms here (the master cache, the
 /// directory and a recovery's received locks of a node with a million locks), a pause for every client of the
 /// node, and at a few million entries long enough for its peers to suspect it. A shard grows alone, at 1/64 of
-/// the cost. Lookups hash the key twice (once for the shard): for a `DirectoryKey`, whose names are hashed once when
-/// it is made, each is a hash of one number.
+/// the cost. Lookups hash the key twice (once for the shard): for the keys that hash with `KeyHash` (a
+/// `DirectoryKey`, whose names are hashed once when it is made, lock ids, master locks), each is a cheap mix of one
+/// number.
 struct ShardedDictionary<Key: Hashable, Value> {
     static var shardBits: Int { 6 }
     static var shardCount: Int { 1 << shardBits }
     private var shards: [[Key: Value]]
 
     init(minimumCapacity: Int = 0) {
-        let each = (minimumCapacity + Self.shardCount - 1) / Self.shardCount
-        shards = (0..<Self.shardCount).map { _ in Dictionary(minimumCapacity: each) }
+        shards = Array(repeating: [:], count: Self.shardCount)
+        if minimumCapacity > 0 { reserveCapacity(minimumCapacity) }
     }
 
     /// (The hash's top bits: a shard's own table takes its buckets from the low bits of a hash of the same key,
@@ -39,7 +40,8 @@ struct ShardedDictionary<Key: Hashable, Value> {
     @discardableResult
     mutating func removeValue(forKey key: Key) -> Value? { shards[Self.shard(of: key)].removeValue(forKey: key) }
 
-    /// Room for about `count` entries in all, so that the shards do not grow while they are added.
+    /// Room for about `count` entries in all, so that the shards do not grow while they are added (an eighth more
+    /// in each: the keys do not fall evenly).
     mutating func reserveCapacity(_ count: Int) {
         let each = (count + Self.shardCount - 1) / Self.shardCount
         for shard in shards.indices { shards[shard].reserveCapacity(each + each / 8) }

@@ -368,12 +368,6 @@ import Testing
         #expect(Set(c.run()) == ["3m: OK tag 5 lock \(Self.remote)", "1h: BAST lock 1 PR"])
     }
 
-    /// Node 3 masters a resource whose directory node is node 2 and issues fencing tokens on it, node 1 issues
-    /// tokens of its own on another resource of the lockspace, and the resource, idle, is dropped by node 3 (its
-    /// REMOVE carries the last token to the directory). Returns the cluster, the resource, node 1's client and
-    /// node 3's last token.
-    /// `master` masters `names` (its client "m" asks first, then unlocks), and node 1's client "a", returned, holds
-    /// EX on each of them.
     /// A later recovery run sends again the bindings of every lock an earlier run rebuilt (a holder may not have had
     /// them when it started the run), a shard of the rebuilt locks per slice: a walk of them all and a sort of the
     /// list in one step was a long step, at every later recovery, of a node that had rebuilt a million locks. The
@@ -417,6 +411,8 @@ import Testing
         #expect((c.completions["1a"] ?? []).filter { $0.status == .unlocked }.count == names.count)
     }
 
+    /// `master` masters `names` (its client "m" asks first, then unlocks), and node 1's client "a", returned, holds
+    /// EX on each of them.
     static func heldRemotely(_ c: inout ClusterHarness, _ names: [String], master: UInt32) -> (
         node: UInt32, id: ConnectionID
     ) {
@@ -432,6 +428,10 @@ import Testing
         return a
     }
 
+    /// Node 3 masters a resource whose directory node is node 2 and issues fencing tokens on it, node 1 issues
+    /// tokens of its own on another resource of the lockspace, and the resource, idle, is dropped by node 3 (its
+    /// REMOVE carries the last token to the directory). Returns the cluster, the resource, node 1's client and
+    /// node 3's last token.
     static func tokensThenDropped() -> (
         c: ClusterHarness, name: String, next: (node: UInt32, id: ConnectionID), last: UInt64
     ) {
