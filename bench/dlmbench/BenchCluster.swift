@@ -88,6 +88,20 @@ final class BenchCluster {
     }
 
     func member(_ node: Int) -> Daemon { members[node - 1] }
+
+    /// The CPU time (user and system) that `node`'s dlmd has used so far, in milliseconds, from /proc (10 ms steps):
+    /// the work a step cost a node, which the other processes of a noisy machine do not stretch as they stretch
+    /// the wall-clock time.
+    func cpuMilliseconds(_ node: Int) -> Double {
+        let pid = members[node - 1].process.processIdentifier
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let end = stat.lastIndex(of: ")")
+        else { return 0 }
+        // After the command's closing parenthesis: state (field 3) first; utime and stime are fields 14 and 15.
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) * 1000 / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
     func socket(_ node: Int) -> String { members[node - 1].socketPath }
 
     /// SIGKILL of `node`, waiting for its end; the time of the kill.

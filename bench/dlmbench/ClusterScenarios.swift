@@ -18,7 +18,8 @@ import Glibc
 ///               the kill); node 3 is killed (SIGKILL). Times from the kill to the survivors' view,
 ///               from the view to the start of recovery's phase 2 and to its end on every survivor ("recovery
 ///               phase 2" and "recovery done" lines), and to the first
-///               grant on a rebuilt resource (a request of node 2 sent right after the kill); and the longest
+///               grant on a rebuilt resource (a request of node 2 sent right after the kill); the CPU time each
+///               survivor used from the kill to the end (`cpu_kill_to_done_per_node_ms`); and the longest
 ///               pause of a client of node 1 doing lock+unlock pairs on resources node 1 masters (untouched by
 ///               the failure) meanwhile. `--dlmd-log-level warning` runs the daemons at that level and prints
 ///               the survivors' long-step warnings (a step of the lock service of 100 ms or more) to stderr.
@@ -266,15 +267,18 @@ enum ClusterScenarios {
         cluster.skipLogs()
         // The worker's pairs before the failure are in the figures too.
         worker.wait(forPairs: 1000)
+        let survivors = Array(cluster.names.prefix(victim - 1))
+        let cpuBefore = (1..<victim).map { cluster.cpuMilliseconds($0) }
         let killed = cluster.kill(victim)
         let killedNanoseconds = nowNanoseconds()
         // A request on a resource the dead node mastered, of a survivor's client: granted once rebuilt.
         _ = probe.lock(held[locks / 2], mode: .pr)
         let granted = ContinuousClock.now
-        let survivors = Array(cluster.names.prefix(victim - 1))
         let views = (1..<victim).map { cluster.waitForView(at: $0, of: survivors) }
         let phase2 = (1..<victim).map { cluster.waitForRecoveryPhase2(at: $0) }
         let done = (1..<victim).map { cluster.waitForRecoveryDone(at: $0).at }
+        // (Read once both are done: the first to end may still answer the other.)
+        let cpu = (1..<victim).map { cluster.cpuMilliseconds($0) - cpuBefore[$0 - 1] }
         // Some more untouched work after the end, then stop.
         worker.wait(forPairs: worker.completedPairs + 1000)
         let pairs = worker.stop()
@@ -302,6 +306,7 @@ enum ClusterScenarios {
             ("view_to_first_grant_ms", milliseconds(granted - view)),
             ("recovery_done_per_node_ms", .array(done.map { milliseconds($0 - view) })),
             ("phase_2_per_node_ms", .array(phase2.map { milliseconds($0 - view) })),
+            ("cpu_kill_to_done_per_node_ms", .array(cpu.map { .number2($0) })),
             ("untouched_longest_pause_ms", .number2(Double(longest) / 1e6)),
             ("untouched_pairs_after_kill", .int(afterKill.count)),
             ("untouched_p99_before_kill_us", .number2(Samples.percentile(before, 0.99))),
