@@ -70,8 +70,6 @@ struct Mastering {
     /// Operations sent to a master and not answered yet, by their reference.
     var pending: [UInt64: PendingOperation] = [:]
     var nextReference: UInt64 = 1
-    /// The resources recovery rebuilt here since the last completed recovery: they wait for its end.
-    var rebuiltKeys: Set<DirectoryKey> = []
     /// The lockspaces this node opened as master for other nodes, by name.
     var lockspaces: [[UInt8]: LockspaceID] = [:]
     /// Messages for other nodes that wait for a store commit, oldest first (LockService+Durability.swift).
@@ -547,7 +545,7 @@ extension LockService {
             return
         }
         guard !engine.hasTopLevelResource(lockspace: key.lockspace, name: key.name),
-            !mastering.rebuiltKeys.contains(key)
+            !mastering.masters.isRebuilt(key)
         else { return }
         mastering.masters[key] = nil
         // (The lockspace's floor is at least the last token of every resource of it that was freed: this one's

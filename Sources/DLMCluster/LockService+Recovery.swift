@@ -333,7 +333,9 @@ extension LockService {
             // rebuilds nothing, and it binds the holders' locks again itself (`finishResends`).
             let target = mastering.directoryNode(of: key)
             mastering.copies.unbind(index, newMaster: target)
-            mastering.masters[key] = nil
+            // (An entry that names a departed master reads as absent already: removing it from a table of a million
+            // entries was a twentieth of a survivor's recovery. The binding writes the new master over it.)
+            if mastering.masters[key] != nil { mastering.masters[key] = nil }
             record.copy = ProcessCopies.lockID(index).rawValue
             work.resends[target, default: []].append(record)
         }
@@ -395,10 +397,13 @@ extension LockService {
         finishPhase(1)
     }
 
-    /// This node masters `key`: its directory entry is here, or goes into a `recoverMasters` to its directory node.
-    mutating func registerAsMaster(_ key: DirectoryKey, into registrations: inout [UInt32: [DirectoryKey]]) {
+    /// This node masters `key` (`rebuilt`: rebuilt by this recovery, `MasterCache.isRebuilt`): its directory entry
+    /// is here, or goes into a `recoverMasters` to its directory node.
+    mutating func registerAsMaster(
+        _ key: DirectoryKey, rebuilt: Bool = false, into registrations: inout [UInt32: [DirectoryKey]]
+    ) {
         let me = configuration.nodeID
-        mastering.masters[key] = me
+        if rebuilt { mastering.masters.markRebuilt(key, by: me) } else { mastering.masters[key] = me }
         let directory = mastering.directoryNode(of: key)
         if directory == me {
             mastering.directory[key] = me
@@ -606,7 +611,6 @@ extension LockService {
         let resources = recovery.received.resourceCount + work.keys.count
         mastering.rebuilt.reserve(recovery.received.count)
         engine.reserveCapacity(resources: resources, locks: recovery.received.count)
-        mastering.rebuiltKeys.reserveCapacity(mastering.rebuiltKeys.count + resources)
         mastering.recovery!.work = work
     }
 
@@ -616,29 +620,30 @@ extension LockService {
     mutating func rebuild(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
         // (A client may have closed a lockspace between two slices.)
         work.lastLockspace = nil
-        // (What the slice reads of the run, read once: no mutation of the run changes it during the phase.)
-        let received = mastering.recovery!.received
+        // (What the slice reads of the run, read once: no mutation of the run changes it during the phase. The
+        // received locks are taken out of the run in place: a copy of the table here would make that a copy of it.)
+        let count = mastering.recovery!.received.count
         let values = mastering.recovery!.receivedValues
         let alone = mastering.recovery!.reportedDeparted.count == 1
         let floor = mastering.recovery!.fencingFloor
         var holders: [(node: UInt32, lock: RecoveredLock)] = []
-        while budget > 0, work.nextReceived < received.count {
+        while budget > 0, work.nextReceived < count {
             let index = work.nextReceived
             work.nextReceived += 1
-            guard received.entries[index].isFirst else { continue }
-            received.holders(from: index, into: &holders)
+            guard mastering.recovery!.received.entries[index].isFirst else { continue }
+            mastering.recovery!.received.takeHolders(from: index, into: &holders)
             budget -= holders.count
             rebuild(
-                received.entries[index].key, holders: holders, values: values, alone: alone, floor: floor,
-                into: &work)
+                mastering.recovery!.received.entries[index].key, holders: holders, values: values, alone: alone,
+                floor: floor, into: &work)
         }
-        while budget > 0, work.nextReceived == received.count, work.nextKey < work.keys.count {
+        while budget > 0, work.nextReceived == count, work.nextKey < work.keys.count {
             let key = work.keys[work.nextKey]
             work.nextKey += 1
             budget -= 1
             rebuild(key, holders: [], values: values, alone: alone, floor: floor, into: &work)
         }
-        return work.nextReceived == received.count && work.nextKey == work.keys.count
+        return work.nextReceived == count && work.nextKey == work.keys.count
     }
 
     /// Rebuilds a resource whose master left, with its tree, from what its holders sent (`holders`) and what its
@@ -711,8 +716,8 @@ extension LockService {
             }
         }
         guard rebuiltHere else { return }
-        registerAsMaster(key, into: &work.registrations)
-        mastering.rebuiltKeys.insert(key)
+        // (Its requests wait for the end of the recovery.)
+        registerAsMaster(key, rebuilt: true, into: &work.registrations)
     }
 
     /// The end of this node's part of phase 2 (its answers went out with the last slice): the departed nodes'
@@ -953,8 +958,7 @@ extension LockService {
             run(.grantAfterRecovery(lockspace), reply: nil)
         }
         mastering.rebuiltLockspaces = []
-        discard(mastering.rebuiltKeys, count: mastering.rebuiltKeys.count)
-        mastering.rebuiltKeys = []
+        mastering.masters.endRebuilds()
         // What other nodes sent meanwhile, in order.
         for (node, _, message) in recovery.heldTraffic { receive(message, from: node) }
         // Operations whose master left are sent again (not those sent during recovery to a new life of its node);
@@ -1010,7 +1014,7 @@ extension LockService {
                 guard let master = mastering.masters[key] else {
                     return mastering.directoryServesDuringRecovery(info.name)
                 }
-                return master != configuration.nodeID || !mastering.rebuiltKeys.contains(key)
+                return master != configuration.nodeID || !mastering.masters.isRebuilt(key)
             }
         case .convert(let m): lock = m.lock
         case .unlock(let m): lock = m.lock
@@ -1020,7 +1024,7 @@ extension LockService {
             // A lock of the local engine: its resource was mastered here all along (a client's lock on a resource
             // that moved here is a copy); no such lock: refused at once.
             guard let top = engine.topLevelResource(of: LockID(rawValue: lock)) else { return true }
-            return !mastering.rebuiltKeys.contains(DirectoryKey(lockspace: top.lockspace, name: top.name))
+            return !mastering.masters.isRebuilt(DirectoryKey(lockspace: top.lockspace, name: top.name))
         }
         guard let index = mastering.copies.index(of: lock, owner: id.owner) else { return true }
         // Bound to a master that survived (an unbound copy waits for the new master's id).
@@ -1044,7 +1048,7 @@ extension LockService {
                 lock = parent
             } else {
                 let key = DirectoryKey(lockspace: remote.lockspace, name: remote.request.name)
-                return mastering.masters[key] == configuration.nodeID && !mastering.rebuiltKeys.contains(key)
+                return mastering.masters[key] == configuration.nodeID && !mastering.masters.isRebuilt(key)
                     && !mastering.leaving.contains(key.lockspace)
             }
         case .convert(_, let request): lock = request.lock
@@ -1054,7 +1058,7 @@ extension LockService {
         default: return false
         }
         guard let top = engine.topLevelResource(of: lock) else { return false }
-        return !mastering.rebuiltKeys.contains(DirectoryKey(lockspace: top.lockspace, name: top.name))
+        return !mastering.masters.isRebuilt(DirectoryKey(lockspace: top.lockspace, name: top.name))
     }
 }
 
@@ -1065,7 +1069,8 @@ extension LockService {
 struct RebuiltLocks {
     /// (Sharded: phase 1 of a later run walks it a shard at a time, `reboundBindings`.)
     var byCopy = ShardedDictionary<RebuiltCopy, LockID>()
-    var byLock: [LockID: RebuiltCopy] = [:]
+    /// (In pages by lock id: the locks a recovery rebuilds have consecutive ids mostly.)
+    var byLock = PagedLockTable<RebuiltCopy>()
     var byOwner: [RebuiltOwner: Set<UInt32>] = [:]
     /// Holders that went (an owner's exit, a departed node), with their copies still to forget. Until then their
     /// entries stay in `byCopy` and `byLock`: no holder sends a gone owner's locks again, and a new lock given one
@@ -1118,7 +1123,6 @@ struct RebuiltLocks {
     /// Room for `count` more locks, so that no insert of a recovery's rebuild rehashes them all in one step.
     mutating func reserve(_ count: Int) {
         byCopy.reserveCapacity(byCopy.count + count)
-        byLock.reserveCapacity(byLock.count + count)
     }
 
     private mutating func remove(_ copy: RebuiltCopy) {

@@ -8,10 +8,16 @@ import DLMWire
 /// each entry carries the epoch in which it was written, and an entry of a node forgotten in a later epoch reads
 /// as absent. Such a stale entry is dropped when its resource is written again or tossed (`dropIfStale`), which
 /// happens to every one: recovery rebinds the locks that used it, and a key no lock uses is in the toss queue.
+///
+/// An entry of this node also says whether a recovery that has not ended rebuilt the resource here (`isRebuilt`),
+/// by the same device: it carries the recovery's number, and ending a recovery makes every such mark old. (A set
+/// of the rebuilt resources' keys was one more table of a million entries to fill in a recovery.)
 struct MasterCache {
     private struct Entry {
         var node: UInt32
         var epoch: UInt32
+        /// The `rebuilds` count when a recovery rebuilt the resource here (0: never).
+        var rebuilt: UInt32 = 0
     }
 
     private var entries = ShardedDictionary<DirectoryKey, Entry>()
@@ -19,6 +25,8 @@ struct MasterCache {
     private var epoch: UInt32 = 0
     /// Per node, the epoch in which its entries were last forgotten: its entries of earlier epochs read as absent.
     private var forgotten: [UInt32: UInt32] = [:]
+    /// Incremented at the end of each recovery (`endRebuilds`): marks of earlier ones are old.
+    private var rebuilds: UInt32 = 1
 
     private func isCurrent(_ entry: Entry) -> Bool { entry.epoch >= forgotten[entry.node] ?? 0 }
 
@@ -27,8 +35,36 @@ struct MasterCache {
             guard let entry = entries[key], isCurrent(entry) else { return nil }
             return entry.node
         }
-        set { entries[key] = newValue.map { Entry(node: $0, epoch: epoch) } }
+        set {
+            guard let node = newValue else {
+                entries[key] = nil
+                return
+            }
+            Self.write(&entries[key], node: node, epoch: epoch, floor: forgotten[node] ?? 0)
+        }
     }
+
+    /// (The same master again, in an entry still current, keeps the entry's mark: a resource rebuilt here stays
+    /// rebuilt until the recovery ends, whatever writes its master meanwhile. One lookup.)
+    private static func write(_ entry: inout Entry?, node: UInt32, epoch: UInt32, floor: UInt32) {
+        let rebuilt = entry.map { $0.node == node && $0.epoch >= floor ? $0.rebuilt : 0 } ?? 0
+        entry = Entry(node: node, epoch: epoch, rebuilt: rebuilt)
+    }
+
+    /// `node` (this node) rebuilt the resource in a recovery that has not ended, and masters it.
+    mutating func markRebuilt(_ key: DirectoryKey, by node: UInt32) {
+        entries[key] = Entry(node: node, epoch: epoch, rebuilt: rebuilds)
+    }
+
+    /// Whether a recovery that has not ended rebuilt the resource here (`markRebuilt`) and it is still mastered
+    /// here.
+    func isRebuilt(_ key: DirectoryKey) -> Bool {
+        guard let entry = entries[key], isCurrent(entry) else { return false }
+        return entry.rebuilt == rebuilds
+    }
+
+    /// The recovery ended: no resource counts as rebuilt any more.
+    mutating func endRebuilds() { rebuilds += 1 }
 
     /// Every entry naming one of `masters` reads as absent from now on (entries written later are current).
     mutating func forget(_ masters: Set<UInt32>) {

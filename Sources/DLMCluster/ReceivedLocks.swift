@@ -1,3 +1,4 @@
+import DLMCore
 import DLMWire
 
 /// The locks that holders resent to this node, their new master, in a recovery's phase 1, for phase 2 to rebuild
@@ -43,15 +44,26 @@ struct ReceivedLocks {
         return value
     }
 
-    /// The locks of the resource whose first lock is at `first`, in order of arrival (into `holders`, emptied first).
-    func holders(from first: Int, into holders: inout [(node: UInt32, lock: RecoveredLock)]) {
+    /// Takes the locks of the resource whose first lock is at `first` out, in order of arrival (into `holders`,
+    /// emptied first): phase 2 rebuilds each resource once. (Moved out, not copied: a copy retained each of a lock's
+    /// names, and the table released them again when it went.) Their entries keep their key and chain.
+    mutating func takeHolders(from first: Int, into holders: inout [(node: UInt32, lock: RecoveredLock)]) {
         holders.removeAll(keepingCapacity: true)
         var index = first
         while index >= 0 {
-            holders.append((entries[index].node, entries[index].lock))
+            var lock = Self.taken
+            swap(&lock, &entries[index].lock)
+            holders.append((entries[index].node, lock))
             index = entries[index].next
         }
     }
+
+    /// What a taken entry holds instead of its lock (no storage of its own).
+    private static let taken = RecoveredLock(
+        lockspace: [], valueBlockLength: 0, name: [], copy: 0, owner: OwnerID(node: 0, incarnation: 0, local: 0),
+        pid: 0, uid: 0, grantedMode: nil, requestedMode: nil, flags: [], priority: 0, wantsBlockingCallbacks: false,
+        alwaysFencingToken: false, transaction: nil, valueBlock: nil, valueBlockSequence: 0, fencingToken: 0,
+        timeout: nil, subPath: [], parentCopy: 0)
 }
 
 extension ReceivedLocks: Sendable {}

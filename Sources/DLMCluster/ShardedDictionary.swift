@@ -25,6 +25,7 @@ struct ShardedDictionary<Key: Hashable, Value> {
     subscript(key: Key) -> Value? {
         get { shards[Self.shard(of: key)][key] }
         set { shards[Self.shard(of: key)][key] = newValue }
+        _modify { yield &shards[Self.shard(of: key)][key] }
     }
 
     subscript(key: Key, default value: @autoclosure () -> Value) -> Value {

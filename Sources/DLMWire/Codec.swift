@@ -68,6 +68,19 @@ extension ByteBuffer {
         guard !name.isEmpty else { throw .malformed("\(field) is empty") }
         return name
     }
+
+    /// A name (`readName`); one equal to `previous`, a name read before, is `previous` itself, not a new array (the
+    /// locks of a recovery list mostly share their lockspace's name: an allocation per lock, and its memory, saved).
+    mutating func readName(_ field: StaticString, sameAs previous: [UInt8]?) throws(WireError) -> [UInt8] {
+        if let previous, !previous.isEmpty, readableBytes > previous.count,
+            getInteger(at: readerIndex, as: UInt8.self).map(Int.init) == previous.count,
+            withUnsafeReadableBytes({ previous.elementsEqual($0[1...previous.count]) })
+        {
+            moveReaderIndex(forwardBy: 1 + previous.count)
+            return previous
+        }
+        return try readName(field)
+    }
 }
 
 // MARK: Frames

@@ -382,7 +382,7 @@ extension PeerMessage {
             let count = try body.readCount("count", least: RecoveredLock.leastEncodedLength)
             var locks: [RecoveredLock] = []
             locks.reserveCapacity(count)
-            for _ in 0..<count { locks.append(try body.readRecoveredLock()) }
+            for _ in 0..<count { locks.append(try body.readRecoveredLock(lockspaceOfPrevious: locks.last?.lockspace)) }
             message = .recoverLocks(view: view, locks)
         case .recoverBindings:
             let view = try body.read(UInt64.self, "view")
@@ -665,8 +665,9 @@ extension ByteBuffer {
         return mode
     }
 
-    mutating func readRecoveredLock() throws(WireError) -> RecoveredLock {
-        let lockspace = try readName("lockspace")
+    /// (`lockspaceOfPrevious`: the lockspace of the list's previous lock, whose array an equal name reuses.)
+    mutating func readRecoveredLock(lockspaceOfPrevious: [UInt8]? = nil) throws(WireError) -> RecoveredLock {
+        let lockspace = try readName("lockspace", sameAs: lockspaceOfPrevious)
         let valueBlockLength = Int(try read(UInt8.self, "value_block_length"))
         guard valueBlockLength <= WireLimits.maxValueBlock else {
             throw .malformed("value_block_length \(valueBlockLength) is above \(WireLimits.maxValueBlock)")

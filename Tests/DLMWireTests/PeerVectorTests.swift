@@ -195,3 +195,27 @@ struct PeerVectorTests {
 
     // The bad peer vectors are refused in VectorTests.badVectorIsRefused, with the client protocol's.
 }
+
+/// A recovery list whose locks share their lockspace's name decodes each lock's own name: the decoder takes the
+/// previous lock's name array again only when the bytes are the same (a name of the same length, a longer one that
+/// starts alike, and a shorter one each decode as sent).
+struct RecoveredLockNamesTests {
+    @Test func eachLockKeepsItsOwnLockspace() throws {
+        let owner = OwnerID(node: 2, incarnation: 1, local: 5)
+        let lockspaces = ["ls", "ls", "lt", "ls", "lsx", "lsx", "l", "ls"]
+        let locks = lockspaces.enumerated().map { index, lockspace in
+            RecoveredLock(
+                lockspace: Array(lockspace.utf8), valueBlockLength: 0, name: Array("r\(index)".utf8),
+                copy: 0x8000_0001 + UInt32(index), owner: owner, pid: 1, grantedMode: .pr, requestedMode: nil,
+                flags: [], priority: 0, wantsBlockingCallbacks: false, alwaysFencingToken: false, transaction: nil,
+                valueBlock: nil, valueBlockSequence: 0, fencingToken: 1)
+        }
+        let decoded = try PeerMessage.decode(frame: PeerMessage.recoverLocks(view: 7, locks).frameBytes)
+        guard case .recoverLocks(7, let got) = decoded else {
+            Issue.record("decoded \(decoded)")
+            return
+        }
+        #expect(got.map { String(decoding: $0.lockspace, as: UTF8.self) } == lockspaces)
+        #expect(got == locks)
+    }
+}
