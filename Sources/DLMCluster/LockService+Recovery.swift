@@ -333,9 +333,11 @@ extension LockService {
             // rebuilds nothing, and it binds the holders' locks again itself (`finishResends`).
             let target = mastering.directoryNode(of: key)
             mastering.copies.unbind(index, newMaster: target)
-            // (An entry that names a departed master reads as absent already: removing it from a table of a million
-            // entries was a twentieth of a survivor's recovery. The binding writes the new master over it.)
-            if mastering.masters[key] != nil { mastering.masters[key] = nil }
+            // The cached master goes. (Not looked up for a departed master: its entry reads as absent already, and
+            // looking it up in a table of a million entries, or removing it, was a twentieth of a survivor's
+            // recovery. An entry that named another node would be answered `notMaster` there. The binding writes
+            // the new master over it.)
+            if !departed.contains(copy.master), mastering.masters[key] != nil { mastering.masters[key] = nil }
             record.copy = ProcessCopies.lockID(index).rawValue
             work.resends[target, default: []].append(record)
         }
@@ -373,17 +375,24 @@ extension LockService {
         guard let view = mastering.recovery?.view else { return }
         let limit = all ? 1 : Self.messageListLimit
         for node in work.registrations.keys.sorted() where work.registrations[node]!.count >= limit {
-            sendRecovery(work.registrations.removeValue(forKey: node)!, to: node) { .recoverMasters(view: view, $0) }
+            sendRecovery(Self.takeList(&work.registrations[node]!), to: node) { .recoverMasters(view: view, $0) }
         }
         for node in work.resends.keys.sorted() where work.resends[node]!.count >= limit {
-            sendRecovery(work.resends.removeValue(forKey: node)!, to: node) { .recoverLocks(view: view, $0) }
+            sendRecovery(Self.takeList(&work.resends[node]!), to: node) { .recoverLocks(view: view, $0) }
         }
         for node in work.bindings.keys.sorted() where work.bindings[node]!.count >= limit {
-            sendRecovery(work.bindings.removeValue(forKey: node)!, to: node) { .recoverBindings(view: view, $0) }
+            sendRecovery(Self.takeList(&work.bindings[node]!), to: node) { .recoverBindings(view: view, $0) }
         }
         for node in work.offers.keys.sorted() where work.offers[node]!.count >= limit {
             sendRecovery(work.offers.removeValue(forKey: node)!, to: node) { .recoverStored(view: view, $0) }
         }
+    }
+
+    /// What `list` holds; `list` is left empty with its room, so that the next entries fill it without growing it from
+    /// nothing (a list of 4,096 locks grew by doubling, copying its locks again at each step).
+    static func takeList<Entry>(_ list: inout [Entry]) -> [Entry] {
+        defer { list.removeAll(keepingCapacity: true) }
+        return list
     }
 
     /// The end of this node's part of phase 1 (the bindings of locks earlier runs rebuilt here went out with its
