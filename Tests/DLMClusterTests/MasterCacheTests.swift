@@ -37,4 +37,34 @@ struct MasterCacheTests {
         cache[key("c")] = nil
         #expect(cache.storedCount == 2)
     }
+
+    /// A resource that a recovery rebuilt here counts as rebuilt until that recovery ends (its requests wait), also
+    /// when its master is written again (a local holder's binding), and no longer once another node masters it, its
+    /// entry goes, or the recovery ends; a later recovery marks anew.
+    @Test func aRebuiltMarkLastsUntilTheRecoveryEnds() {
+        var cache = MasterCache()
+        cache[key("plain")] = 1
+        cache.markRebuilt(key("a"), by: 1)
+        cache.markRebuilt(key("b"), by: 1)
+        cache.markRebuilt(key("c"), by: 1)
+        #expect(cache[key("a")] == 1)
+        #expect(!cache.isRebuilt(key("plain")))
+        #expect(cache.isRebuilt(key("a")) && cache.isRebuilt(key("b")) && cache.isRebuilt(key("c")))
+        cache[key("a")] = 1
+        cache[key("b")] = 2
+        cache[key("c")] = nil
+        #expect(cache.isRebuilt(key("a")))
+        #expect(!cache.isRebuilt(key("b")) && !cache.isRebuilt(key("c")))
+        cache.endRebuilds()
+        #expect(!cache.isRebuilt(key("a")))
+        #expect(cache[key("a")] == 1)
+        cache.markRebuilt(key("d"), by: 1)
+        #expect(cache.isRebuilt(key("d")) && !cache.isRebuilt(key("a")))
+        // A mark of a master since forgotten is gone with its entry.
+        cache.markRebuilt(key("e"), by: 2)
+        cache.forget([2])
+        #expect(!cache.isRebuilt(key("e")))
+        cache[key("e")] = 2
+        #expect(!cache.isRebuilt(key("e")))
+    }
 }
