@@ -9,11 +9,14 @@ import DLMWire
 /// as absent. Such a stale entry is dropped when its resource is written again or tossed (`dropIfStale`), which
 /// happens to every one: recovery rebinds the locks that used it, and a key no lock uses is in the toss queue.
 ///
-/// An entry of this node also says whether a recovery that has not ended rebuilt the resource here (`isRebuilt`),
-/// by the same device: it carries the recovery's number, and ending a recovery makes every such mark old. (A set
-/// of the rebuilt resources' keys was one more table of a million entries to fill in a recovery.)
+/// An entry also says whether a recovery that has not ended rebuilt the resource here (`isRebuilt`), by the same
+/// device: it carries the recovery's number, and ending a recovery makes every such mark old. The mark stays
+/// through whatever is written meanwhile, a removal included (the entry stays, reading as absent, for its mark),
+/// as the resource's key stayed in the set of rebuilt keys this replaces. (That set was one more table of a
+/// million entries to fill in a recovery.)
 struct MasterCache {
     private struct Entry {
+        /// The master (0: none; an entry kept only for its mark).
         var node: UInt32
         var epoch: UInt32
         /// The `rebuilds` count when a recovery rebuilt the resource here (0: never).
@@ -28,27 +31,24 @@ struct MasterCache {
     /// Incremented at the end of each recovery (`endRebuilds`): marks of earlier ones are old.
     private var rebuilds: UInt32 = 1
 
-    private func isCurrent(_ entry: Entry) -> Bool { entry.epoch >= forgotten[entry.node] ?? 0 }
+    private func isCurrent(_ entry: Entry) -> Bool { entry.node != 0 && entry.epoch >= forgotten[entry.node] ?? 0 }
 
     subscript(key: DirectoryKey) -> UInt32? {
         get {
             guard let entry = entries[key], isCurrent(entry) else { return nil }
             return entry.node
         }
-        set {
-            guard let node = newValue else {
-                entries[key] = nil
-                return
-            }
-            Self.write(&entries[key], node: node, epoch: epoch, floor: forgotten[node] ?? 0)
-        }
+        set { Self.write(&entries[key], node: newValue, epoch: epoch, rebuilds: rebuilds) }
     }
 
-    /// (The same master again, in an entry still current, keeps the entry's mark: a resource rebuilt here stays
-    /// rebuilt until the recovery ends, whatever writes its master meanwhile. One lookup.)
-    private static func write(_ entry: inout Entry?, node: UInt32, epoch: UInt32, floor: UInt32) {
-        let rebuilt = entry.map { $0.node == node && $0.epoch >= floor ? $0.rebuilt : 0 } ?? 0
-        entry = Entry(node: node, epoch: epoch, rebuilt: rebuilt)
+    /// (One lookup. A mark of the recovery under way stays, whatever is written.)
+    private static func write(_ entry: inout Entry?, node: UInt32?, epoch: UInt32, rebuilds: UInt32) {
+        let mark = entry?.rebuilt == rebuilds ? rebuilds : 0
+        guard let node else {
+            entry = mark == 0 ? nil : Entry(node: 0, epoch: epoch, rebuilt: mark)
+            return
+        }
+        entry = Entry(node: node, epoch: epoch, rebuilt: mark)
     }
 
     /// `node` (this node) rebuilt the resource in a recovery that has not ended, and masters it.
@@ -56,15 +56,15 @@ struct MasterCache {
         entries[key] = Entry(node: node, epoch: epoch, rebuilt: rebuilds)
     }
 
-    /// Whether a recovery that has not ended rebuilt the resource here (`markRebuilt`) and it is still mastered
-    /// here.
-    func isRebuilt(_ key: DirectoryKey) -> Bool {
-        guard let entry = entries[key], isCurrent(entry) else { return false }
-        return entry.rebuilt == rebuilds
-    }
+    /// Whether a recovery that has not ended rebuilt the resource here (`markRebuilt`), whatever its entry says of
+    /// its master since.
+    func isRebuilt(_ key: DirectoryKey) -> Bool { entries[key]?.rebuilt == rebuilds }
 
-    /// The recovery ended: no resource counts as rebuilt any more.
-    mutating func endRebuilds() { rebuilds += 1 }
+    /// The recovery ended: no resource counts as rebuilt any more. (0 is never a recovery's count.)
+    mutating func endRebuilds() {
+        rebuilds &+= 1
+        if rebuilds == 0 { rebuilds = 1 }
+    }
 
     /// Every entry naming one of `masters` reads as absent from now on (entries written later are current).
     mutating func forget(_ masters: Set<UInt32>) {
@@ -85,14 +85,14 @@ struct MasterCache {
     func keys(masteredBy node: UInt32, inPart part: Int) -> (keys: [DirectoryKey], looked: Int) {
         let floor = forgotten[node] ?? 0
         let keys = entries.compactMap(inShard: part) { key, entry in
-            entry.node == node && entry.epoch >= floor ? key : nil
+            entry.node == node && node != 0 && entry.epoch >= floor ? key : nil
         }
         return (keys, entries.count(inShard: part))
     }
 
-    /// Removes the entry of `key` if it reads as absent.
+    /// Removes the entry of `key` if it reads as absent (and carries no mark of the recovery under way).
     mutating func dropIfStale(_ key: DirectoryKey) {
-        if let entry = entries[key], !isCurrent(entry) { entries[key] = nil }
+        if let entry = entries[key], !isCurrent(entry), entry.rebuilt != rebuilds { entries[key] = nil }
     }
 
     /// Entries held, stale ones included.
