@@ -169,7 +169,7 @@ extension LockService {
             }
         }
         for name in mastering.leaving {
-            floors[name] = max(floors[name] ?? 0, engine.fencingTokenFloor(ofReleased: name))
+            floors[name] = max(floors[name] ?? 0, engine.fencingTokenFloor(named: name))
         }
         let report = LockspaceReport(
             recovered: mastering.recoveredView, departed: mastering.recovery!.departed.sorted(),

@@ -549,13 +549,10 @@ extension LockService {
         else { return }
         mastering.masters[key] = nil
         // (The lockspace's floor is at least the last token of every resource of it that was freed: this one's
-        // last life included, which a queue entry of an earlier life does not know. So is the floor kept for a
-        // lockspace a client released meanwhile: without it, a queue entry's older token went to the directory,
-        // and the next master issued again a token this one had issued.)
-        let lockspaceFloor =
-            engine.lockspace(named: key.lockspace).flatMap { engine.fencingTokenFloor($0) }
-            ?? engine.fencingTokenFloor(ofReleased: key.lockspace)
-        let floor = max(floor, lockspaceFloor)
+        // last life included, which a queue entry of an earlier life does not know; also when a client released the
+        // lockspace meanwhile: without its released floor, a queue entry's older token went to the directory, and
+        // the next master issued again a token this one had issued.)
+        let floor = max(floor, engine.fencingTokenFloor(named: key.lockspace))
         let directory = mastering.directoryNode(of: key)
         if directory == configuration.nodeID {
             mastering.directory[key] = nil

@@ -370,28 +370,36 @@ extension LockService {
         return work.nextRebuiltShard >= Shards.shardCount
     }
 
-    /// The recovery lists that filled a message go out (all of them at the end of a phase's work).
+    /// The recovery lists that filled a message go out (all of them at the end of a phase's work, which leaves them
+    /// no room: nothing follows).
     mutating func flushRecoveryLists(_ work: inout RecoveryWork, all: Bool) {
         guard let view = mastering.recovery?.view else { return }
         let limit = all ? 1 : Self.messageListLimit
         for node in work.registrations.keys.sorted() where work.registrations[node]!.count >= limit {
-            sendRecovery(Self.takeList(&work.registrations[node]!), to: node) { .recoverMasters(view: view, $0) }
+            sendRecovery(Self.takeList(&work.registrations[node]!, keepRoom: !all), to: node) {
+                .recoverMasters(view: view, $0)
+            }
         }
         for node in work.resends.keys.sorted() where work.resends[node]!.count >= limit {
-            sendRecovery(Self.takeList(&work.resends[node]!), to: node) { .recoverLocks(view: view, $0) }
+            sendRecovery(Self.takeList(&work.resends[node]!, keepRoom: !all), to: node) {
+                .recoverLocks(view: view, $0)
+            }
         }
         for node in work.bindings.keys.sorted() where work.bindings[node]!.count >= limit {
-            sendRecovery(Self.takeList(&work.bindings[node]!), to: node) { .recoverBindings(view: view, $0) }
+            sendRecovery(Self.takeList(&work.bindings[node]!, keepRoom: !all), to: node) {
+                .recoverBindings(view: view, $0)
+            }
         }
         for node in work.offers.keys.sorted() where work.offers[node]!.count >= limit {
             sendRecovery(work.offers.removeValue(forKey: node)!, to: node) { .recoverStored(view: view, $0) }
         }
     }
 
-    /// What `list` holds; `list` is left empty with its room, so that the next entries fill it without growing it from
-    /// nothing (a list of 4,096 locks grew by doubling, copying its locks again at each step).
-    static func takeList<Entry>(_ list: inout [Entry]) -> [Entry] {
-        defer { list.removeAll(keepingCapacity: true) }
+    /// What `list` holds; `list` is left empty, with its room if `keepRoom` (a new buffer of that size), so that the
+    /// next entries fill it without growing it from nothing (a list of 4,096 locks grew by doubling, copying its
+    /// locks again at each step).
+    static func takeList<Entry>(_ list: inout [Entry], keepRoom: Bool) -> [Entry] {
+        defer { list.removeAll(keepingCapacity: keepRoom) }
         return list
     }
 

@@ -14,6 +14,13 @@ extension LockEngine {
     /// The fencing-token floor kept for the name of a released lockspace (0: none): at least every token it issued.
     public func fencingTokenFloor(ofReleased name: [UInt8]) -> UInt64 { releasedLockspaceFloors[name] ?? 0 }
 
+    /// The fencing-token floor of the lockspace of this name, live or released (0: none): at least every token a
+    /// resource of a lockspace of that name issued and freed here.
+    public func fencingTokenFloor(named name: [UInt8]) -> UInt64 {
+        let live = lockspace(named: name).flatMap { fencingTokenFloor($0) } ?? 0
+        return max(live, fencingTokenFloor(ofReleased: name))
+    }
+
     /// The lockspace's fencing-token floor: at least the last token of every resource of it that was freed.
     public func fencingTokenFloor(_ lockspace: LockspaceID) -> UInt64? {
         guard let ls = liveSlot(lockspace) else { return nil }

@@ -102,6 +102,7 @@ final class BenchCluster {
         guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
         return (user + system) * 1000 / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
+
     func socket(_ node: Int) -> String { members[node - 1].socketPath }
 
     /// SIGKILL of `node`, waiting for its end; the time of the kill.
