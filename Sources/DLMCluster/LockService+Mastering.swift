@@ -48,6 +48,9 @@ struct Mastering {
     var unsettledLockspaces: Set<[UInt8]> = []
     /// The number of the primary view this node is in (0: none).
     var installedView: UInt64 = 0
+    /// The number of the last view group services installed here, primary or not (a later one that is not the next
+    /// number means this node skipped views: LockService+Replicas.swift).
+    var lastViewNumber: UInt64 = 0
     /// As directory node: the master of each resource whose directory this node is.
     var directory = ShardedDictionary<DirectoryKey, UInt32>()
     /// The known masters (this node's own resources too).

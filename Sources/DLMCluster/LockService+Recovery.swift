@@ -138,6 +138,11 @@ extension LockService {
             if primary { resume() } else { stop(waitingFor: ["quorum"]) }
             return
         }
+        // (Views this node skipped: masters placed their replicas by them meanwhile.)
+        if mastering.lastViewNumber != 0, view.id.number > mastering.lastViewNumber + 1 {
+            markOutdatedReplicas(all: true)
+        }
+        mastering.lastViewNumber = max(mastering.lastViewNumber, view.id.number)
         guard primary else {
             // A run under way is abandoned: its late messages must not end it and serve requests outside a primary
             // view.
@@ -171,6 +176,9 @@ extension LockService {
         let endsDeadlockHolds = isHoldingForDeadlock || !mastering.deadlocks.holds.waiting.isEmpty
         purgesLoseDepartedMembers(members)
         let previous = mastering.viewMembers
+        // (A run that ended here before its groups were agreed: the masters may have placed replicas by groups this
+        // node never learnt.)
+        let groupsUnknown = mastering.recovery?.phase == 0
         var departed = mastering.recovery?.departed ?? []
         var held = mastering.recovery?.heldTraffic ?? []
         for (node, incarnation) in mastering.memberIncarnations where members[node] != incarnation {
@@ -210,6 +218,7 @@ extension LockService {
         // Nothing waits any longer for a departed backup node; departed nodes leave their lockspaces' groups.
         forgetDepartedBackups(members: members, previous: previous)
         dropDepartedFromGroups()
+        markOutdatedReplicas(all: groupsUnknown)
         // A new life's stored resources, for a restart of the whole cluster.
         let lives = livesReport
         mastering.recovery!.recoveredViews[configuration.nodeID] = lives.recovered
@@ -593,6 +602,7 @@ extension LockService {
             takeGroups(recovery.lockspaceReports.mapValues(\.lockspaces))
             takeTokenFloors(recovery.lockspaceReports)
             settleDirectory(recovery.lockspaceReports)
+            markOutdatedReplicas(all: false)
             // Requests that wait for a lookup in a lockspace whose directory the run leaves as it was ask now (an
             // answer that came during phase 0 was not taken); the others ask when the run ends.
             for key in Self.ordered(mastering.awaitingLookup.keys)
@@ -677,7 +687,7 @@ extension LockService {
             return
         }
         let values = replicas.isEmpty ? nil : replicas[key]
-        let replica = values?.max { $0.valueBlockSequence < $1.valueBlockSequence }
+        let replica = values.flatMap(Self.newest)
         // (Orphans an aborted run rebuilt here are here already.)
         var orphans: [(index: Int, lock: ReplicatedLock)] = []
         if let replica, !replica.persistentLocks.isEmpty,
@@ -843,6 +853,12 @@ extension LockService {
         return true
     }
 
+    /// The newest of a resource's replicas (by value-block sequence), one that is not outdated if there is one.
+    static func newest(_ replicas: [ValueReplica]) -> ValueReplica? {
+        let current = replicas.filter { !$0.outdated }
+        return (current.isEmpty ? replicas : current).max { $0.valueBlockSequence < $1.valueBlockSequence }
+    }
+
     /// The persistent locks of a resource's tree whose master left that its backup node kept and that no survivor
     /// sends: orphans, and the locks of owners that left (with their node, or by exiting while the master died: a
     /// live owner that still holds locks on the resource sends them all itself). They are rebuilt as orphans, each
@@ -931,7 +947,14 @@ extension LockService {
                 valid = true
             }
         }
-        if let replica = values.max(by: { $0.valueBlockSequence < $1.valueBlockSequence }),
+        // An outdated replica (its node was not the backup by every placement since it came) counts only when the
+        // master left alone: then every node that was a backup since the last completed recovery survived and sent
+        // what it kept, and the newest of them all is the last write. Otherwise the last write may have been on a
+        // backup node that left too.
+        let current = values.filter { !$0.outdated }
+        if let replica = (current.isEmpty && alone ? values : current).max(by: {
+            $0.valueBlockSequence < $1.valueBlockSequence
+        }),
             replica.valueBlockSequence >= sequence
         {
             // The backup node has every write that was acknowledged: the value is the last one unless it was marked

@@ -25,6 +25,9 @@ struct StoredReplica {
     /// The view in which it came: when a recovery ends, only those of its view whose backup is still this node stay.
     var view: UInt64
     var replica: ValueReplica
+    /// This node may lack later writes: it was not the resource's backup node by some placement since the replica
+    /// came (`markOutdatedReplicas`), so the master may have sent them to another node.
+    var outdated = false
 }
 
 extension LockService {
@@ -57,14 +60,18 @@ extension LockService {
     }
 
     /// As a backup node: a master's replicas, kept, and acknowledged.
+    /// (One that came from a master whose placement is not this node's, a master behind or ahead of this node in
+    /// the views, is outdated at once: this node does not know where that master sends the next change.)
     mutating func storeReplicas(_ replicas: [ValueReplica], generation: UInt64, from node: UInt32) {
         let view = mastering.recovery?.view ?? mastering.recoveredView
+        let me = configuration.nodeID
         for replica in replicas {
             if replica.removed {
                 if mastering.replicas[replica.key]?.master == node { mastering.replicas[replica.key] = nil }
             } else {
                 mastering.replicas[replica.key] = StoredReplica(
-                    master: node, masterIncarnation: mastering.viewMembers[node], view: view, replica: replica)
+                    master: node, masterIncarnation: mastering.viewMembers[node], view: view, replica: replica,
+                    outdated: mastering.backupNode(of: replica.key, master: node) != me)
             }
         }
         output.peerMessages.append((node, .valueReplicasStored(generation: generation)))
@@ -101,15 +108,42 @@ extension LockService {
         advanceRelease()
     }
 
+    /// The placement of resources changed (a new view's members, or phase 0's groups): a replica of a live master
+    /// whose backup node this node is no longer is outdated from now on, and so is every replica when this node
+    /// cannot know the placement the masters used meanwhile (`all`: it skipped a view, or a run ended before its
+    /// groups were agreed here). Kept all the same: if the master dies before it replicates again, and nothing
+    /// else left, it is still the newest copy.
+    mutating func markOutdatedReplicas(all: Bool) {
+        guard !mastering.replicas.isEmpty else { return }
+        let me = configuration.nodeID
+        // (Taken out while the closure reads the placement: a copy of the state that shares the replicas would copy
+        // each shard at its first write.)
+        var replicas = mastering.replicas
+        mastering.replicas = ShardedDictionary()
+        defer { mastering.replicas = replicas }
+        let placement = mastering
+        replicas.updateAll { key, stored in
+            guard !stored.outdated else { return }
+            if all {
+                stored.outdated = true
+            } else if let incarnation = placement.viewMembers[stored.master],
+                stored.masterIncarnation == nil || stored.masterIncarnation == incarnation,
+                placement.backupNode(of: key, master: stored.master) != me
+            {
+                stored.outdated = true
+            }
+        }
+    }
+
     /// The replicas this node kept of departed masters' resources go to their new masters (in phase 1, once the
-    /// groups are agreed).
+    /// groups are agreed), each flagged `outdated` if this node may lack later writes.
     mutating func recoverReplicas(view: UInt64, departed: Set<UInt32>) {
         let members = mastering.viewMembers
         var resends: [UInt32: [ValueReplica]] = [:]
         let orphaned = mastering.replicas.compactMap { key, stored in
             departed.contains(stored.master) || members[stored.master] == nil
                 || (stored.masterIncarnation != nil && members[stored.master] != stored.masterIncarnation)
-                ? (key, stored.replica) : nil
+                ? (key, stored.outdated ? stored.replica.markedOutdated : stored.replica) : nil
         }
         for (key, replica) in orphaned { resends[mastering.directoryNode(of: key), default: []].append(replica) }
         for (node, list) in resends.sorted(by: { $0.key < $1.key }) {
@@ -144,4 +178,10 @@ extension LockService {
 
 extension ValueReplica {
     var key: DirectoryKey { DirectoryKey(lockspace: lockspace, name: name) }
+
+    var markedOutdated: ValueReplica {
+        var replica = self
+        replica.outdated = true
+        return replica
+    }
 }

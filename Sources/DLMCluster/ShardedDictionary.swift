@@ -71,6 +71,17 @@ struct ShardedDictionary<Key: Hashable, Value> {
         }
     }
 
+    /// Lets `update` change the value of every entry, in place.
+    mutating func updateAll(_ update: (Key, inout Value) -> Void) {
+        for shard in shards.indices where !shards[shard].isEmpty {
+            var index = shards[shard].startIndex
+            while index != shards[shard].endIndex {
+                update(shards[shard].keys[index], &shards[shard].values[index])
+                shards[shard].formIndex(after: &index)
+            }
+        }
+    }
+
     /// How many entries one shard holds.
     func count(inShard shard: Int) -> Int { shards[shard].count }
 }

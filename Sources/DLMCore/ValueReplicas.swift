@@ -32,12 +32,17 @@ public struct ValueReplica: Sendable, Hashable {
     public var persistentLocks: [ReplicatedLock]
     /// The lockspace's value-block length (with persistent locks only: a new master may have to create it).
     public var valueBlockLength: Int
+    /// Set by a backup node that sends the replica to a new master in recovery when it may lack later writes: it
+    /// was not the resource's backup node by every placement since it stored it (DLMCluster's
+    /// LockService+Replicas.swift). Never set by the engine.
+    public var outdated: Bool
 
     public init(
         lockspace: [UInt8], name: [UInt8], removed: Bool = false, valueBlock: [UInt8]? = nil,
         valueBlockSequence: UInt64 = 0, invalid: Bool = false, writer: OwnerID? = nil,
-        persistentLocks: [ReplicatedLock] = [], valueBlockLength: Int = 0
+        persistentLocks: [ReplicatedLock] = [], valueBlockLength: Int = 0, outdated: Bool = false
     ) {
+        self.outdated = outdated
         self.persistentLocks = persistentLocks
         self.valueBlockLength = persistentLocks.isEmpty ? 0 : valueBlockLength
         self.lockspace = lockspace

@@ -410,7 +410,14 @@ extension PeerMessage {
             let count = try body.readCount("count", least: ValueReplica.leastEncodedLength)
             var replicas: [ValueReplica] = []
             replicas.reserveCapacity(count)
-            for _ in 0..<count { replicas.append(try body.readValueReplica()) }
+            for _ in 0..<count {
+                let replica = try body.readValueReplica()
+                // (Only a backup node's replica sent to a new master may be outdated.)
+                guard !replica.outdated || kind == .recoverValues else {
+                    throw .malformed("an outdated value replica outside RECOVER_VALUES")
+                }
+                replicas.append(replica)
+            }
             switch kind {
             case .valueReplicas: message = .valueReplicas(generation: number, replicas)
             case .recoverValues: message = .recoverValues(view: number, replicas)
@@ -709,14 +716,14 @@ extension ByteBuffer {
             fencingToken: token, timeout: timeout == 0 ? nil : timeout, subPath: subPath, parentCopy: parentCopy)
     }
 
-    /// PEER.md §4.6: names, flags (1 removed, 2 invalid, 4 has a writer), the value block, its sequence number,
-    /// the writer.
+    /// PEER.md §4.6: names, flags (1 removed, 2 invalid, 4 has a writer, 8 persistent locks follow, 16 outdated),
+    /// the value block, its sequence number, the writer.
     mutating func writeValueReplica(_ replica: ValueReplica) {
         writeBytes8(replica.lockspace)
         writeBytes8(replica.name)
         let flags =
             (replica.removed ? 1 : 0) | (replica.invalid ? 2 : 0) | (replica.writer != nil ? 4 : 0)
-            | (replica.persistentLocks.isEmpty ? 0 : 8)
+            | (replica.persistentLocks.isEmpty ? 0 : 8) | (replica.outdated ? 16 : 0)
         writeInteger(UInt8(flags))
         writeOptionalBytes8(replica.valueBlock)
         writeInteger(replica.valueBlockSequence)
@@ -748,7 +755,7 @@ extension ByteBuffer {
         let lockspace = try readName("lockspace")
         let name = try readName("name")
         let flags = try read(UInt8.self, "replica_flags")
-        guard flags & ~15 == 0 else {
+        guard flags & ~31 == 0 else {
             throw .malformed("replica flags 0x\(String(flags, radix: 16)) has unknown bits")
         }
         let valueBlock = try readOptionalBytes8("value_block")
@@ -806,7 +813,7 @@ extension ByteBuffer {
         return ValueReplica(
             lockspace: lockspace, name: name, removed: flags & 1 != 0, valueBlock: valueBlock,
             valueBlockSequence: sequence, invalid: flags & 2 != 0, writer: writer, persistentLocks: persistent,
-            valueBlockLength: valueBlockLength)
+            valueBlockLength: valueBlockLength, outdated: flags & 16 != 0)
     }
 
     mutating func writeCompletion(_ c: Completion) {

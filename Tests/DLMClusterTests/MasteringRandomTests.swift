@@ -46,11 +46,15 @@ struct RecoveryRandomTests {
     /// copies that had taken the same copy ids since (its lock was then "lost"; a binding names its owner now). 2202: a new life rebuilt a resource
     /// from its own store's offer at a restart of the whole cluster, and its store kept the old lock records beside
     /// the new ones: the next restart of the whole cluster gave the orphan back twice.
-    /// (Their traffic is the one they failed with: its sub-locks were never persistent.)
+    /// (Their traffic is the one they failed with: its sub-locks were never persistent.) 13403, with today's
+    /// traffic: after a chain of aborted recoveries, a node kept a replica of a value block from an earlier view,
+    /// and once the master and the later backup node had both left, the new master trusted it: a reader read an
+    /// older value than the last acknowledged write, as valid (outdated replicas, LockService+Replicas.swift).
     @Test func seedsThatOnceFailed() {
         MasteringRun.runAll(
             [42730, 1167, 2202], faults: true, persistentSubLocks: false,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
+        MasteringRun.runAll([13403], faults: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
     }
 }
 

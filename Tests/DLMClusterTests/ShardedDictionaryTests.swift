@@ -5,7 +5,8 @@ import Testing
 @testable import DLMCluster
 
 /// The sharded dictionary of the master cache, the directory and a recovery's received locks holds what a
-/// dictionary would: random writes, removals and in-place appends, checked entry by entry against one.
+/// dictionary would: random writes, removals and in-place appends, and a change of every value, checked entry by
+/// entry against one.
 struct ShardedDictionaryTests {
     @Test(arguments: [1, 2, 3])
     func agreesWithADictionary(seed: UInt64) {
@@ -38,6 +39,10 @@ struct ShardedDictionaryTests {
         #expect(listed.count == plain.count)
         #expect(listed.allSatisfy { plain[$0.0] == $0.1 })
         #expect(sharded.values.map(\.count).reduce(0, +) == plain.values.map(\.count).reduce(0, +))
+        // Every value changed in place, each by its own key.
+        sharded.updateAll { key, value in value.append(key.name.count) }
+        for (k, v) in plain { #expect(sharded[k] == v + [k.name.count]) }
+        #expect(sharded.count == plain.count)
     }
 
     /// Keys that a node numbers in sequence (lock ids of masters, resource names alike but for a number) spread over

@@ -172,6 +172,13 @@ struct PeerVectorTests {
                             fencingToken: 4),
                     ], valueBlockLength: 32),
             ]),
+        "peer-recover-values-outdated": .recoverValues(
+            view: 9,
+            [
+                ValueReplica(
+                    lockspace: Array("ls".utf8), name: Array("backup".utf8), valueBlock: [5, 5, 5, 5],
+                    valueBlockSequence: 3, outdated: true)
+            ]),
     ]
 
     @Test func everyGoodVectorHasAnExpectedMessageAndEveryKindAVector() {
