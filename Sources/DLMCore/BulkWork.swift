@@ -29,6 +29,9 @@ struct BulkJob {
     /// The next lock of the list walked, or the next lock slot of a forced release.
     var cursor: Int32 = none
     var started = false
+    /// The walk of its list is over (an owner's exit: the owner's slot was given back then, and the job, whose grants
+    /// may take more slices, must never look at that slot again: a new owner may have it).
+    var walked = false
     /// Locks to release that still had sub-locks when reached: released once the walk is over.
     var deferred: [Int32] = []
     /// FORCEUNLOCK: the parents being walked, each with its sub-locks in slot order and the next to look at.
@@ -112,11 +115,17 @@ extension LockEngine {
         let walked: Bool
         switch job.kind {
         case .ownerExit(let owner):
-            walked = walkList(&job, of: owner, budget: &budget, effects: &effects) {
-                engine, lock, touched, _ in engine.exitOne(lock, owner: owner, touched: &touched)
-            }
-            if walked, owners[Int(owner)].isExiting {
-                // The walk took every lock of the owner: its slot may serve a new owner.
+            walked =
+                job.walked
+                || walkList(&job, of: owner, budget: &budget, effects: &effects) {
+                    engine, lock, touched, _ in engine.exitOne(lock, owner: owner, touched: &touched)
+                }
+            if walked, !job.walked {
+                // The walk took every lock of the owner: its slot may serve a new owner. (Once: in a later slice of
+                // this job's grants, the slot may be a new owner's, one that is exiting too and whose own job waits
+                // behind this one. Freeing the slot again then gave it to a third owner, whose locks that job
+                // released: RecoveryRandomTests seed 62729.)
+                job.walked = true
                 owners[Int(owner)].isExiting = false
                 if owners[Int(owner)].lockCount == 0 { freeOwners.append(owner) }
             }

@@ -50,11 +50,14 @@ struct RecoveryRandomTests {
     /// traffic: after a chain of aborted recoveries, a node kept a replica of a value block from an earlier view,
     /// and once the master and the later backup node had both left, the new master trusted it: a reader read an
     /// older value than the last acknowledged write, as valid (outdated replicas, LockService+Replicas.swift).
+    /// 62729: an owner's exit whose grants took another slice gave its slot back a second time, after a new owner
+    /// had taken it and exited too; a third owner got the slot and the second exit released its lock
+    /// (BulkWorkTests.anExitFinishingItsGrantsDoesNotGiveBackASlotTakenSince).
     @Test func seedsThatOnceFailed() {
         MasteringRun.runAll(
             [42730, 1167, 2202], faults: true, persistentSubLocks: false,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
-        MasteringRun.runAll([13403], faults: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
+        MasteringRun.runAll([13403, 62729], faults: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
     }
 }
 

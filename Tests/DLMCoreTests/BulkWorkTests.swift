@@ -62,11 +62,36 @@ import Testing
         #expect(h.exit(3) == [])
         #expect(h.engine.bulkJobCount == 2)
         #expect(h.lock("n", by: 4, on: "s", .ex) == ["n granted EX token=1"])
+        Self.expectTheNewOwnersLockSurvivesTheJobs(&h)
+    }
+
+    /// Runs the bulk jobs to their end: no one is told anything, and "n" (owner 4's EX on s) still holds it.
+    static func expectTheNewOwnersLockSurvivesTheJobs(_ h: inout Harness) {
         var effects: [String] = []
         while h.engine.hasBulkWork { effects += h.slice() }
         #expect(effects == [])
         #expect(h.state("n")?.queue == .grant)
         #expect(h.lock("x", by: 5, on: "s", .ex, .noQueue) == ["x EAGAIN"])
+    }
+
+    /// An exit whose walk is over but whose grants take another slice gave its owner's slot back at the end of the
+    /// walk; a new owner that took the slot and exited too (its only lock a pending request, gone at once) waits
+    /// behind it. The first job's next slice must not give the slot back again: a third owner would get it, and
+    /// the second job would walk and release that owner's lock (found by the random recovery traffic, seed 62729:
+    /// a survivor's lock vanished on its master after a recovery).
+    @Test func anExitFinishingItsGrantsDoesNotGiveBackASlotTakenSince() {
+        var h = Harness(config: EngineConfig(bulkSlice: 3))
+        _ = h.lock("b", by: 2, on: "q", .ex)
+        for i in 0..<3 { _ = h.lock("a\(i)", by: 1, on: "r\(i)", .ex) }
+        #expect(h.exit(1) == [])  // the walk, in the first slice: its grants need another
+        #expect(h.engine.bulkJobCount == 1)
+        #expect(h.lock("p", by: 3, on: "q", .ex) == ["b bast EX"])  // owner 3 takes owner 1's slot
+        #expect(h.exit(3) == [])
+        #expect(h.engine.bulkJobCount == 2)
+        #expect(h.slice() == [])  // the first job's grants
+        #expect(h.engine.bulkJobCount == 1)
+        #expect(h.lock("n", by: 4, on: "s", .ex) == ["n granted EX token=2"])
+        Self.expectTheNewOwnersLockSurvivesTheJobs(&h)
     }
 
     /// Within a resource the outcome is that of an exit done at once: a waiter blocked by two locks of the exiting
