@@ -31,3 +31,5 @@ struct ForgetQueue<Owner: Hashable, Item> {
         return taken
     }
 }
+
+extension ForgetQueue: Sendable where Owner: Sendable, Item: Sendable {}

@@ -97,9 +97,9 @@ struct Mastering {
     var endingLife: EndingLife?
     /// Recovery messages of a view this node has not installed yet.
     var futureRecovery: [(node: UInt32, message: PeerMessage)] = []
-    /// The locks recovery rebuilt here, by their holder's id (Linux's remid), for as long as they live: a holder
-    /// that resends one (its answer was lost in an aborted run) is told its id again.
-    var rebuilt = RebuiltLocks()
+    /// The locks recovery rebuilt here, by their holder's id (Linux's remid), until a later recovery completed: a
+    /// holder that resends one (its answer was lost in an aborted run) is told its id again.
+    var rebuilt = RebuiltHistory()
     /// The nodes that ran a recovery with this life of this node (a recovery message of theirs came): only their
     /// requests are taken. A request that came from a node before that was meant for an earlier life of this node.
     var recoveredWith: Set<UInt32> = []

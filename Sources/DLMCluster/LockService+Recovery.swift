@@ -363,20 +363,23 @@ extension LockService {
     mutating func reboundBindings(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
         let members = mastering.viewMembers
         typealias Shards = ShardedDictionary<RebuiltCopy, LockID>
-        while budget > 0, work.nextRebuiltShard < Shards.shardCount {
-            let shard = work.nextRebuiltShard
+        // The shards of the current recovery's, then those of the earlier one's.
+        while budget > 0, work.nextRebuiltShard < 2 * Shards.shardCount {
+            let shard = work.nextRebuiltShard % Shards.shardCount
+            let table = work.nextRebuiltShard < Shards.shardCount ? \RebuiltHistory.current : \RebuiltHistory.earlier
             work.nextRebuiltShard += 1
             let rebuilt = mastering.rebuilt
-            let bindings = rebuilt.byCopy.compactMap(inShard: shard) { copy, lock in
+            guard !rebuilt[keyPath: table].isEmpty else { continue }
+            let bindings = rebuilt[keyPath: table].byCopy.compactMap(inShard: shard) { copy, lock in
                 members[copy.node] == copy.incarnation && !rebuilt.isExiting(copy.holder)
                     ? (copy.node, RecoveredBinding(copy: copy.copy, owner: copy.owner, lock: lock)) : nil
             }
-            budget -= max(1, rebuilt.byCopy.count(inShard: shard))
+            budget -= max(1, rebuilt[keyPath: table].byCopy.count(inShard: shard))
             for (node, binding) in bindings.sorted(by: { ($0.0, $0.1.copy) < ($1.0, $1.1.copy) }) {
                 work.bindings[node, default: []].append(binding)
             }
         }
-        return work.nextRebuiltShard >= Shards.shardCount
+        return work.nextRebuiltShard >= 2 * Shards.shardCount
     }
 
     /// The recovery lists that filled a message go out (all of them at the end of a phase's work, which leaves them
@@ -796,7 +799,7 @@ extension LockService {
         var fresh: [(node: UInt32, lock: RecoveredLock)] = []
         var parents: [LockID?] = []
         for holder in holders {
-            if let known = mastering.rebuilt.byCopy[RebuiltCopy(holder.lock)] {
+            if let known = mastering.rebuilt[RebuiltCopy(holder.lock)] {
                 bindings[holder.node, default: []].append(
                     RecoveredBinding(copy: holder.lock.copy, owner: holder.lock.owner.rawValue, lock: known))
                 tree.held(holder.lock, path: path, as: known)
@@ -806,7 +809,7 @@ extension LockService {
             if holder.lock.parentCopy != 0 {
                 var parentCopy = RebuiltCopy(holder.lock)
                 parentCopy.copy = holder.lock.parentCopy
-                guard let id = mastering.rebuilt.byCopy[parentCopy] else {
+                guard let id = mastering.rebuilt[parentCopy] else {
                     output.notices.append(
                         (
                             "a sub-lock could not be rebuilt: its parent lock was not",
@@ -999,6 +1002,9 @@ extension LockService {
         }
         mastering.rebuiltLockspaces = []
         mastering.masters.endRebuilds()
+        // Every member has had the ids of the locks rebuilt before this recovery (RebuiltHistory).
+        let forgotten = mastering.rebuilt.endRecovery()
+        discard(forgotten, count: forgotten.byCopy.count)
         // What other nodes sent meanwhile, in order.
         for (node, _, message) in recovery.heldTraffic { receive(message, from: node) }
         // Operations whose master left are sent again (not those sent during recovery to a new life of its node);
@@ -1102,6 +1108,65 @@ extension LockService {
     }
 }
 
+/// The locks recovery rebuilt on this node, by their holders' ids: those of the recovery under way or the last one
+/// (`current`), and those of the one before it (`earlier`). A holder whose run was aborted before the rebuilt
+/// locks' ids reached it resends them in the next run, and is told them again (`reboundBindings`); once a later
+/// recovery completed here, every member of it has had the ids of the locks rebuilt before it (they went out in
+/// its phase 1, ahead of this node's barrier, and a member's phase 2 ends only after this node's phase 1 did), so
+/// they are forgotten then (`endRecovery`). Before, they were kept for as long as each lock lived, and every later
+/// recovery sent the id of every lock ever rebuilt here again: a million bindings at each recovery after one of a
+/// million locks.
+struct RebuiltHistory {
+    var current = RebuiltLocks()
+    var earlier = RebuiltLocks()
+
+    /// The id of a holder's rebuilt lock.
+    subscript(copy: RebuiltCopy) -> LockID? { current.byCopy[copy] ?? earlier.byCopy[copy] }
+
+    var isEmpty: Bool { current.isEmpty && earlier.isEmpty }
+    var count: Int { current.byCopy.count + earlier.byCopy.count }
+    var hasExiting: Bool { current.hasExiting || earlier.hasExiting }
+
+    func isExiting(_ holder: RebuiltOwner) -> Bool { current.isExiting(holder) || earlier.isExiting(holder) }
+
+    mutating func add(_ copy: RebuiltCopy, lock: LockID) {
+        // (The id named a lock of the earlier recovery that is gone by now.)
+        if !earlier.isEmpty { earlier.forget(lock: lock) }
+        current.add(copy, lock: lock)
+    }
+
+    mutating func forget(lock: LockID) {
+        current.forget(lock: lock)
+        if !earlier.isEmpty { earlier.forget(lock: lock) }
+    }
+
+    mutating func forget(owner: OwnerID) {
+        current.forget(owner: owner)
+        earlier.forget(owner: owner)
+    }
+
+    mutating func forget(holders gone: (RebuiltOwner) -> Bool) {
+        current.forget(holders: gone)
+        earlier.forget(holders: gone)
+    }
+
+    mutating func forgetExited(budget: Int) {
+        current.forgetExited(budget: budget)
+        earlier.forgetExited(budget: budget)
+    }
+
+    mutating func reserve(_ count: Int) { current.reserve(count) }
+
+    /// A recovery completed: the locks rebuilt before it are forgotten (returned, for the shell to free), and its
+    /// own become the earlier ones.
+    mutating func endRecovery() -> RebuiltLocks {
+        let forgotten = earlier
+        earlier = current
+        current = RebuiltLocks()
+        return forgotten
+    }
+}
+
 /// The locks recovery rebuilt on this node, by their holders' ids and back, and by holder. An owner's exit forgets
 /// its own only: a walk of them all at every exit was a step of about 100 ms on a master that had rebuilt a million
 /// locks, for every client of the cluster that went while they lived. And it forgets them in slices: a client
@@ -1175,6 +1240,8 @@ struct RebuiltLocks {
         if byOwner[copy.holder]!.isEmpty { byOwner[copy.holder] = nil }
     }
 }
+
+extension RebuiltLocks: Sendable {}
 
 /// The holder of rebuilt locks: its node, life and owner number there.
 struct RebuiltOwner: Hashable {
