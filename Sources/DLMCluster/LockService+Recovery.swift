@@ -111,6 +111,10 @@ struct RecoveryWork {
     /// Phase 2, within one slice: the lockspace of the last resource rebuilt (most resources of a run share it: one
     /// lookup of it a slice, not one a resource).
     var lastLockspace: (name: [UInt8], valueBlockLength: Int, id: LockspaceID)?
+    /// Phase 2: whether a holder's lock may be one this node rebuilt before (in an aborted run, or the recovery
+    /// before): not when no rebuilt lock was known as the phase began (each holder sends a lock once a run), and
+    /// then none is looked up, a miss in a table that grows to as many locks as the phase rebuilds.
+    var knowsRebuilt = true
 }
 
 extension LockService {
@@ -362,16 +366,25 @@ extension LockService {
     /// locks, at every later recovery. Returns true when all is done.
     mutating func reboundBindings(_ work: inout RecoveryWork, budget: inout Int) -> Bool {
         let members = mastering.viewMembers
+        // A holder whose phase-0 report says it completed the recovery that rebuilt the earlier locks (or a later
+        // one) had their ids then: none of those goes to it again.
+        let reports = mastering.recovery?.lockspaceReports ?? [:]
+        let earlierRun = mastering.rebuilt.earlierRun
+        func hadThem(_ node: UInt32) -> Bool { earlierRun != 0 && (reports[node]?.recovered ?? 0) >= earlierRun }
         typealias Shards = ShardedDictionary<RebuiltCopy, LockID>
-        // The shards of the current recovery's, then those of the earlier one's.
-        while budget > 0, work.nextRebuiltShard < 2 * Shards.shardCount {
+        // The shards of the current recovery's, then those of the earlier one's (not walked at all when every member
+        // had them).
+        let end = mastering.members.allSatisfy(hadThem) ? Shards.shardCount : 2 * Shards.shardCount
+        while budget > 0, work.nextRebuiltShard < end {
             let shard = work.nextRebuiltShard % Shards.shardCount
             let table = work.nextRebuiltShard < Shards.shardCount ? \RebuiltHistory.current : \RebuiltHistory.earlier
             work.nextRebuiltShard += 1
             let rebuilt = mastering.rebuilt
             guard !rebuilt[keyPath: table].isEmpty else { continue }
+            let earlier = table == \RebuiltHistory.earlier
             let bindings = rebuilt[keyPath: table].byCopy.compactMap(inShard: shard) { copy, lock in
                 members[copy.node] == copy.incarnation && !rebuilt.isExiting(copy.holder)
+                    && !(earlier && hadThem(copy.node))
                     ? (copy.node, RecoveredBinding(copy: copy.copy, owner: copy.owner, lock: lock)) : nil
             }
             budget -= max(1, rebuilt[keyPath: table].byCopy.count(inShard: shard))
@@ -379,7 +392,7 @@ extension LockService {
                 work.bindings[node, default: []].append(binding)
             }
         }
-        return work.nextRebuiltShard >= 2 * Shards.shardCount
+        return work.nextRebuiltShard >= end
     }
 
     /// The recovery lists that filled a message go out (all of them at the end of a phase's work, which leaves them
@@ -633,6 +646,7 @@ extension LockService {
         guard let recovery = mastering.recovery else { return }
         engine.raiseFencingTokenFloors(to: recovery.fencingFloor)
         var work = RecoveryWork(phase: 2)
+        work.knowsRebuilt = !mastering.rebuilt.isEmpty
         let fromReplicas = recovery.receivedValues.compactMap { key, replicas in
             !recovery.received.contains(key) && replicas.contains { !$0.persistentLocks.isEmpty } ? key : nil
         }
@@ -740,7 +754,7 @@ extension LockService {
             if rebuildResource(
                 key, path: path, lockspace: lockspace, holders: holders, orphans: orphans, values: values,
                 alone: alone, floor: floor,
-                tree: &tree, bindings: &work.bindings)
+                tree: &tree, bindings: &work.bindings, knowsRebuilt: work.knowsRebuilt)
             {
                 rebuiltHere = true
             }
@@ -778,7 +792,7 @@ extension LockService {
     mutating func rebuildResource(
         _ key: DirectoryKey, path: [[UInt8]], lockspace: LockspaceID, holders: [(node: UInt32, lock: RecoveredLock)],
         orphans replicaOrphans: [(index: Int, lock: ReplicatedLock)], values: [ValueReplica]?, alone: Bool,
-        floor: UInt64, tree: inout RebuiltTree, bindings: inout [UInt32: [RecoveredBinding]]
+        floor: UInt64, tree: inout RebuiltTree, bindings: inout [UInt32: [RecoveredBinding]], knowsRebuilt: Bool
     ) -> Bool {
         var orphans: [(index: Int, lock: ReplicatedLock, parent: LockID?)] = []
         for orphan in replicaOrphans {
@@ -799,7 +813,7 @@ extension LockService {
         var fresh: [(node: UInt32, lock: RecoveredLock)] = []
         var parents: [LockID?] = []
         for holder in holders {
-            if let known = mastering.rebuilt[RebuiltCopy(holder.lock)] {
+            if knowsRebuilt, let known = mastering.rebuilt[RebuiltCopy(holder.lock)] {
                 bindings[holder.node, default: []].append(
                     RecoveredBinding(copy: holder.lock.copy, owner: holder.lock.owner.rawValue, lock: known))
                 tree.held(holder.lock, path: path, as: known)
@@ -1003,7 +1017,7 @@ extension LockService {
         mastering.rebuiltLockspaces = []
         mastering.masters.endRebuilds()
         // Every member has had the ids of the locks rebuilt before this recovery (RebuiltHistory).
-        let forgotten = mastering.rebuilt.endRecovery()
+        let forgotten = mastering.rebuilt.endRecovery(run: recovery.view)
         discard(forgotten, count: forgotten.byCopy.count)
         // What other nodes sent meanwhile, in order.
         for (node, _, message) in recovery.heldTraffic { receive(message, from: node) }
@@ -1110,7 +1124,8 @@ extension LockService {
 
 /// The locks recovery rebuilt on this node, by their holders' ids: those of the recovery under way or the last one
 /// (`current`), and those of the one before it (`earlier`). A holder whose run was aborted before the rebuilt
-/// locks' ids reached it resends them in the next run, and is told them again (`reboundBindings`); once a later
+/// locks' ids reached it resends them in the next run, and is told them again (`reboundBindings`: the earlier
+/// ones only to a member whose phase-0 report says it did not complete their recovery); once a later
 /// recovery completed here, every member of it has had the ids of the locks rebuilt before it (they went out in
 /// its phase 1, ahead of this node's barrier, and a member's phase 2 ends only after this node's phase 1 did), so
 /// they are forgotten then (`endRecovery`). Before, they were kept for as long as each lock lived, and every later
@@ -1119,6 +1134,8 @@ extension LockService {
 struct RebuiltHistory {
     var current = RebuiltLocks()
     var earlier = RebuiltLocks()
+    /// The run that completed the recovery of `earlier` here (0: none yet).
+    var earlierRun: UInt64 = 0
 
     /// The id of a holder's rebuilt lock.
     subscript(copy: RebuiltCopy) -> LockID? { current.byCopy[copy] ?? earlier.byCopy[copy] }
@@ -1157,11 +1174,12 @@ struct RebuiltHistory {
 
     mutating func reserve(_ count: Int) { current.reserve(count) }
 
-    /// A recovery completed: the locks rebuilt before it are forgotten (returned, for the shell to free), and its
-    /// own become the earlier ones.
-    mutating func endRecovery() -> RebuiltLocks {
+    /// A recovery completed (its last run, `run`): the locks rebuilt before it are forgotten (returned, for the
+    /// shell to free), and its own become the earlier ones.
+    mutating func endRecovery(run: UInt64) -> RebuiltLocks {
         let forgotten = earlier
         earlier = current
+        earlierRun = run
         current = RebuiltLocks()
         return forgotten
     }
