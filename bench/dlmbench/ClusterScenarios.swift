@@ -21,7 +21,9 @@ import Glibc
 ///               grant on a rebuilt resource (a request of node 2 sent right after the kill); the CPU time each
 ///               survivor used from the kill to the end (`cpu_kill_to_done_per_node_ms`); and the longest
 ///               pause of a client of node 1 doing lock+unlock pairs on resources node 1 masters (untouched by
-///               the failure) meanwhile. `--dlmd-log-level warning` runs the daemons at that level and prints
+///               the failure) meanwhile. Then node 3 comes back (a new life): the time from its view to the end of
+///               that recovery on every node, and each survivor's CPU time for it (`rejoin_*`: the recovery after
+///               one of N locks). `--dlmd-log-level warning` runs the daemons at that level and prints
 ///               the survivors' long-step warnings (a step of the lock service of 100 ms or more) to stderr.
 ///   deadlock    deadlock detection across nodes (ClusterDeadlockScenarios.swift): its cost to throughput when
 ///               nothing deadlocks, and the time to a cycle's victim
@@ -282,6 +284,13 @@ enum ClusterScenarios {
         // Some more untouched work after the end, then stop.
         worker.wait(forPairs: worker.completedPairs + 1000)
         let pairs = worker.stop()
+        // Then node 3 comes back as a new life: the recovery of its joining, on every node, and the survivors' CPU
+        // time for it (nothing is rebuilt: the locks stay where they are).
+        let cpuBeforeRejoin = (1..<victim).map { cluster.cpuMilliseconds($0) }
+        cluster.restart(victim, incarnation: 2)
+        let rejoinViews = (1...victim).map { cluster.waitForView(at: $0, of: cluster.names) }
+        let rejoinDone = (1...victim).map { cluster.waitForRecoveryDone(at: $0).at }
+        let rejoinCPU = (1..<victim).map { cluster.cpuMilliseconds($0) - cpuBeforeRejoin[$0 - 1] }
         let view = views.min()!
         let end = done.max()!
         // The worker's pairs that ended after the kill; the longest, and the longest during recovery.
@@ -307,6 +316,8 @@ enum ClusterScenarios {
             ("recovery_done_per_node_ms", .array(done.map { milliseconds($0 - view) })),
             ("phase_2_per_node_ms", .array(phase2.map { milliseconds($0 - view) })),
             ("cpu_kill_to_done_per_node_ms", .array(cpu.map { .number2($0) })),
+            ("rejoin_view_to_recovery_done_ms", milliseconds(rejoinDone.max()! - rejoinViews.min()!)),
+            ("rejoin_cpu_per_survivor_ms", .array(rejoinCPU.map { .number2($0) })),
             ("untouched_longest_pause_ms", .number2(Double(longest) / 1e6)),
             ("untouched_pairs_after_kill", .int(afterKill.count)),
             ("untouched_p99_before_kill_us", .number2(Samples.percentile(before, 0.99))),
