@@ -704,7 +704,7 @@ extension LockService {
             return
         }
         let values = replicas.isEmpty ? nil : replicas[key]
-        let replica = values.flatMap(Self.newest)
+        let replica = values.flatMap { Self.newest($0) }
         // (Orphans an aborted run rebuilt here are here already.)
         var orphans: [(index: Int, lock: ReplicatedLock)] = []
         if let replica, !replica.persistentLocks.isEmpty,
@@ -870,10 +870,12 @@ extension LockService {
         return true
     }
 
-    /// The newest of a resource's replicas (by value-block sequence), one that is not outdated if there is one.
-    static func newest(_ replicas: [ValueReplica]) -> ValueReplica? {
+    /// The newest of a resource's replicas (by value-block sequence): one that is not outdated if there is one,
+    /// else an outdated one if `orOutdated`.
+    static func newest(_ replicas: [ValueReplica], orOutdated: Bool = true) -> ValueReplica? {
         let current = replicas.filter { !$0.outdated }
-        return (current.isEmpty ? replicas : current).max { $0.valueBlockSequence < $1.valueBlockSequence }
+        let candidates = current.isEmpty && orOutdated ? replicas : current
+        return candidates.max { $0.valueBlockSequence < $1.valueBlockSequence }
     }
 
     /// The persistent locks of a resource's tree whose master left that its backup node kept and that no survivor
@@ -968,12 +970,7 @@ extension LockService {
         // master left alone: then every node that was a backup since the last completed recovery survived and sent
         // what it kept, and the newest of them all is the last write. Otherwise the last write may have been on a
         // backup node that left too.
-        let current = values.filter { !$0.outdated }
-        if let replica = (current.isEmpty && alone ? values : current).max(by: {
-            $0.valueBlockSequence < $1.valueBlockSequence
-        }),
-            replica.valueBlockSequence >= sequence
-        {
+        if let replica = newest(values, orOutdated: alone), replica.valueBlockSequence >= sequence {
             // The backup node has every write that was acknowledged: the value is the last one unless it was marked
             // invalid, or its PW or EX holder left (it may have written without telling anyone).
             sequence = replica.valueBlockSequence
@@ -1167,9 +1164,9 @@ struct RebuiltHistory {
         earlier.forget(holders: gone)
     }
 
+    /// (One generation a slice: a slice forgets at most `budget` locks.)
     mutating func forgetExited(budget: Int) {
-        current.forgetExited(budget: budget)
-        earlier.forgetExited(budget: budget)
+        if current.hasExiting { current.forgetExited(budget: budget) } else { earlier.forgetExited(budget: budget) }
     }
 
     mutating func reserve(_ count: Int) { current.reserve(count) }

@@ -284,10 +284,15 @@ struct ClusterHarness {
 
     /// A resource name whose directory node is `node` among `count` members.
     static func name(directedTo node: UInt32, of count: UInt32, prefix: String = "r") -> String {
+        name(directedTo: [(node, count)], prefix: prefix)
+    }
+
+    /// A resource name whose directory node is each `node` among its `count` members (the members 1 to `count`).
+    static func name(directedTo placements: [(node: UInt32, count: UInt32)], prefix: String = "r") -> String {
         for i in 0... {
             let name = "\(prefix)\(i)"
-            let key = DirectoryKey(lockspace: Array("ls".utf8), name: Array(name.utf8))
-            if UInt32(key.directoryHash % UInt64(count)) + 1 == node { return name }
+            let hash = DirectoryKey(lockspace: Array("ls".utf8), name: Array(name.utf8)).directoryHash
+            if placements.allSatisfy({ UInt32(hash % UInt64($0.count)) + 1 == $0.node }) { return name }
         }
         fatalError("unreachable")
     }

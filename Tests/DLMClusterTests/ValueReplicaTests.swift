@@ -148,14 +148,7 @@ import Testing
 
     /// A name of four nodes' directory spread whose directory node is node 2 among nodes 1 to 4 and node 1 among
     /// nodes 1 to 3: mastered by node 3, its backup node is node 2, and node 1 once node 4 left.
-    static let movingBackupName: String = {
-        for i in 0... {
-            let name = "m\(i)"
-            let hash = DirectoryKey(lockspace: Array("ls".utf8), name: Array(name.utf8)).directoryHash
-            if hash % 4 == 1, hash % 3 == 0 { return name }
-        }
-        fatalError("unreachable")
-    }()
+    static let movingBackupName = ClusterHarness.name(directedTo: [(2, 4), (1, 3)], prefix: "m")
 
     /// Four nodes; node 3 masters `movingBackupName` and its client "3w" writes 7 (on node 2, the backup). Node 4
     /// leaves: node 1 is the backup from then on, and node 3 serves the resource during the recovery (it held no
