@@ -345,11 +345,11 @@ extension LockService {
             .recoverLockspaces, .recoveryRequest, .recoveryStart:
             receiveRecovery(message, from: node)
             return
-        case .valueReplicas(let generation, let replicas):
+        case .valueReplicas(let generation, let incarnation, let replicas):
             // Taken from any live node, even one outside this node's view: a master that serves a resource during
             // recovery replicates its changes to the new view's backup node, which may not have installed that view
             // yet (a restarted node); the transport drops what a life that ended sent.
-            storeReplicas(replicas, generation: generation, from: node)
+            storeReplicas(replicas, generation: generation, incarnation: incarnation, from: node)
             return
         default:
             break

@@ -870,9 +870,18 @@ extension LockService {
         return true
     }
 
-    /// The newest of a resource's replicas (by value-block sequence): one that is not outdated if there is one,
-    /// else an outdated one if `orOutdated`.
+    /// The newest of a resource's replicas: of those one life of a master sent, the one of its latest generation
+    /// (each is the whole state, so it is later than the others whatever their marks); then by value-block
+    /// sequence, one that is not outdated if there is one, else an outdated one if `orOutdated`.
     static func newest(_ replicas: [ValueReplica], orOutdated: Bool = true) -> ValueReplica? {
+        var replicas = replicas
+        if replicas.count > 1 {
+            let origins = replicas.compactMap(\.origin)
+            replicas.removeAll { replica in
+                guard let origin = replica.origin else { return false }
+                return origins.contains { origin.precedes($0) }
+            }
+        }
         let current = replicas.filter { !$0.outdated }
         let candidates = current.isEmpty && orOutdated ? replicas : current
         return candidates.max { $0.valueBlockSequence < $1.valueBlockSequence }

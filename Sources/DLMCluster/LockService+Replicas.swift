@@ -50,7 +50,11 @@ extension LockService {
         for (node, list) in byBackup.sorted(by: { $0.key < $1.key }) {
             // (In pieces: phase 2 replicates every resource again.)
             for piece in Self.pieces(list) {
-                output.peerMessages.append((node, .valueReplicas(generation: openGeneration, piece)))
+                output.peerMessages.append(
+                    (
+                        node,
+                        .valueReplicas(generation: openGeneration, incarnation: configuration.incarnation, piece)
+                    ))
                 mastering.replicaMessagesInFlight[node, default: []].append(openGeneration)
             }
             openReplicaBackups.insert(node)
@@ -59,13 +63,18 @@ extension LockService {
         lastChangedGeneration = openGeneration
     }
 
-    /// As a backup node: a master's replicas, kept, and acknowledged.
+    /// As a backup node: a master's replicas (of its life `incarnation`, as of its generation `generation`), kept
+    /// with where they came from, and acknowledged.
     /// (One that came from a master whose placement is not this node's, a master behind or ahead of this node in
     /// the views, is outdated at once: this node does not know where that master sends the next change.)
-    mutating func storeReplicas(_ replicas: [ValueReplica], generation: UInt64, from node: UInt32) {
+    mutating func storeReplicas(
+        _ replicas: [ValueReplica], generation: UInt64, incarnation: UInt64, from node: UInt32
+    ) {
         let view = mastering.recovery?.view ?? mastering.recoveredView
         let me = configuration.nodeID
-        for replica in replicas {
+        let origin = ReplicaOrigin(master: node, incarnation: incarnation, generation: generation)
+        for var replica in replicas {
+            replica.origin = origin
             if replica.removed {
                 if mastering.replicas[replica.key]?.master == node { mastering.replicas[replica.key] = nil }
             } else {

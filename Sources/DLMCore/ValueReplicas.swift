@@ -36,13 +36,18 @@ public struct ValueReplica: Sendable, Hashable {
     /// was not the resource's backup node by every placement since it stored it (DLMCluster's
     /// LockService+Replicas.swift). Never set by the engine.
     public var outdated: Bool
+    /// Set by a backup node on the replicas it keeps: which master's life sent it, in which of its generations.
+    /// Never set by the engine.
+    public var origin: ReplicaOrigin?
 
     public init(
         lockspace: [UInt8], name: [UInt8], removed: Bool = false, valueBlock: [UInt8]? = nil,
         valueBlockSequence: UInt64 = 0, invalid: Bool = false, writer: OwnerID? = nil,
-        persistentLocks: [ReplicatedLock] = [], valueBlockLength: Int = 0, outdated: Bool = false
+        persistentLocks: [ReplicatedLock] = [], valueBlockLength: Int = 0, outdated: Bool = false,
+        origin: ReplicaOrigin? = nil
     ) {
         self.outdated = outdated
+        self.origin = origin
         self.persistentLocks = persistentLocks
         self.valueBlockLength = persistentLocks.isEmpty ? 0 : valueBlockLength
         self.lockspace = lockspace
@@ -52,6 +57,26 @@ public struct ValueReplica: Sendable, Hashable {
         self.valueBlockSequence = valueBlockSequence
         self.invalid = invalid
         self.writer = writer
+    }
+}
+
+/// Where a backup node's replica came from: the master's node and life, and the master's generation when it sent it
+/// (its generations only grow in a life). Each replica is the resource's whole state, so of two that one life of a
+/// master sent, the one of the later generation is the later state, whichever backup node kept it.
+public struct ReplicaOrigin: Sendable, Hashable {
+    public var master: UInt32
+    public var incarnation: UInt64
+    public var generation: UInt64
+
+    public init(master: UInt32, incarnation: UInt64, generation: UInt64) {
+        self.master = master
+        self.incarnation = incarnation
+        self.generation = generation
+    }
+
+    /// Whether this replica is older than `other`: the same life of the same master sent `other` later.
+    public func precedes(_ other: ReplicaOrigin) -> Bool {
+        master == other.master && incarnation == other.incarnation && generation < other.generation
     }
 }
 

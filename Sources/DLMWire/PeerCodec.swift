@@ -177,9 +177,13 @@ extension PeerMessage {
                 body.writeNodes(departed)
                 body.writeInteger(recovered)
                 body.writeInteger(stored)
-            case .valueReplicas(let generation, let replicas), .recoverValues(let generation, let replicas),
-                .recoverStored(let generation, let replicas):
+            case .valueReplicas(let generation, let incarnation, let replicas):
                 body.writeInteger(generation)
+                body.writeInteger(incarnation)
+                body.writeInteger(UInt32(replicas.count))
+                for replica in replicas { body.writeValueReplica(replica) }
+            case .recoverValues(let view, let replicas), .recoverStored(let view, let replicas):
+                body.writeInteger(view)
                 body.writeInteger(UInt32(replicas.count))
                 for replica in replicas { body.writeValueReplica(replica) }
             case .valueReplicasStored(let generation):
@@ -407,19 +411,24 @@ extension PeerMessage {
                 view: view, phase: phase, departed: departed, recovered: recovered, stored: stored)
         case .valueReplicas, .recoverValues, .recoverStored:
             let number = try body.read(UInt64.self, kind == .valueReplicas ? "generation" : "view")
+            let incarnation = kind == .valueReplicas ? try body.read(UInt64.self, "incarnation") : 0
             let count = try body.readCount("count", least: ValueReplica.leastEncodedLength)
             var replicas: [ValueReplica] = []
             replicas.reserveCapacity(count)
             for _ in 0..<count {
                 let replica = try body.readValueReplica()
-                // (Only a backup node's replica sent to a new master may be outdated.)
+                // (Only a backup node's replica sent to a new master may be outdated, or say where it came from.)
                 guard !replica.outdated || kind == .recoverValues else {
                     throw .malformed("an outdated value replica outside RECOVER_VALUES")
+                }
+                guard replica.origin == nil || kind == .recoverValues else {
+                    throw .malformed("a value replica's origin outside RECOVER_VALUES")
                 }
                 replicas.append(replica)
             }
             switch kind {
-            case .valueReplicas: message = .valueReplicas(generation: number, replicas)
+            case .valueReplicas:
+                message = .valueReplicas(generation: number, incarnation: incarnation, replicas)
             case .recoverValues: message = .recoverValues(view: number, replicas)
             default: message = .recoverStored(view: number, replicas)
             }
@@ -716,19 +725,27 @@ extension ByteBuffer {
             fencingToken: token, timeout: timeout == 0 ? nil : timeout, subPath: subPath, parentCopy: parentCopy)
     }
 
-    /// PEER.md §4.6: names, flags (1 removed, 2 invalid, 4 has a writer, 8 persistent locks follow, 16 outdated),
-    /// the value block, its sequence number, the writer.
+    /// PEER.md §4.6: names, flags (1 removed, 2 invalid, 4 has a writer, 8 persistent locks follow, 16 outdated,
+    /// 32 its origin follows), the value block, its sequence number, the writer, the persistent locks, the origin.
     mutating func writeValueReplica(_ replica: ValueReplica) {
         writeBytes8(replica.lockspace)
         writeBytes8(replica.name)
         let flags =
             (replica.removed ? 1 : 0) | (replica.invalid ? 2 : 0) | (replica.writer != nil ? 4 : 0)
-            | (replica.persistentLocks.isEmpty ? 0 : 8) | (replica.outdated ? 16 : 0)
+            | (replica.persistentLocks.isEmpty ? 0 : 8) | (replica.outdated ? 16 : 0) | (replica.origin != nil ? 32 : 0)
         writeInteger(UInt8(flags))
         writeOptionalBytes8(replica.valueBlock)
         writeInteger(replica.valueBlockSequence)
         if let writer = replica.writer { writeOwner(writer) }
-        guard !replica.persistentLocks.isEmpty else { return }
+        if !replica.persistentLocks.isEmpty { writePersistentLocks(of: replica) }
+        if let origin = replica.origin {
+            writeInteger(origin.master)
+            writeInteger(origin.incarnation)
+            writeInteger(origin.generation)
+        }
+    }
+
+    mutating func writePersistentLocks(of replica: ValueReplica) {
         writeInteger(UInt8(truncatingIfNeeded: replica.valueBlockLength))
         writeInteger(UInt32(replica.persistentLocks.count))
         for lock in replica.persistentLocks {
@@ -755,7 +772,7 @@ extension ByteBuffer {
         let lockspace = try readName("lockspace")
         let name = try readName("name")
         let flags = try read(UInt8.self, "replica_flags")
-        guard flags & ~31 == 0 else {
+        guard flags & ~63 == 0 else {
             throw .malformed("replica flags 0x\(String(flags, radix: 16)) has unknown bits")
         }
         let valueBlock = try readOptionalBytes8("value_block")
@@ -810,10 +827,17 @@ extension ByteBuffer {
                         mode: mode, flags: flags, fencingToken: token, subPath: subPath, parent: parent))
             }
         }
+        var origin: ReplicaOrigin?
+        if flags & 32 != 0 {
+            let master = try read(UInt32.self, "origin_master")
+            let incarnation = try read(UInt64.self, "origin_incarnation")
+            origin = ReplicaOrigin(
+                master: master, incarnation: incarnation, generation: try read(UInt64.self, "origin_generation"))
+        }
         return ValueReplica(
             lockspace: lockspace, name: name, removed: flags & 1 != 0, valueBlock: valueBlock,
             valueBlockSequence: sequence, invalid: flags & 2 != 0, writer: writer, persistentLocks: persistent,
-            valueBlockLength: valueBlockLength, outdated: flags & 16 != 0)
+            valueBlockLength: valueBlockLength, outdated: flags & 16 != 0, origin: origin)
     }
 
     mutating func writeCompletion(_ c: Completion) {

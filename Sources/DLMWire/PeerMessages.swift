@@ -37,8 +37,9 @@ public enum PeerMessage: Sendable, Hashable {
     /// life, from its store (0: none, or it has no persistent locks stored).
     case recoveryDone(view: UInt64, phase: UInt8, departed: [UInt32], recovered: UInt64 = 0, stored: UInt64 = 0)
     /// To a resource's backup node: the value-block state of resources the sender masters, as of its generation
-    /// `generation` (a removal when a resource was freed). Sent ahead of messages held for a commit.
-    case valueReplicas(generation: UInt64, [ValueReplica])
+    /// `generation` in its life `incarnation` (a removal when a resource was freed). Sent ahead of messages held for
+    /// a commit.
+    case valueReplicas(generation: UInt64, incarnation: UInt64, [ValueReplica])
     /// The backup node keeps every replica the receiver sent it up to `generation`.
     case valueReplicasStored(generation: UInt64)
     /// Recovery for `view`, to the new master of resources whose master left: the replicas the sender kept of

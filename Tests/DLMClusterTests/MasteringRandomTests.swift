@@ -52,12 +52,15 @@ struct RecoveryRandomTests {
     /// older value than the last acknowledged write, as valid (outdated replicas, LockService+Replicas.swift).
     /// 62729: an owner's exit whose grants took another slice gave its slot back a second time, after a new owner
     /// had taken it and exited too; a third owner got the slot and the second exit released its lock
-    /// (BulkWorkTests.anExitFinishingItsGrantsDoesNotGiveBackASlotTakenSince).
+    /// (BulkWorkTests.anExitFinishingItsGrantsDoesNotGiveBackASlotTakenSince). 183530: two backup nodes both kept
+    /// a resource's replica, both marked outdated, with the same value-block sequence; the new master took the
+    /// older, whose persistent PW had been released since, beside the later EX (each replica now says which life
+    /// and generation of its master sent it: ValueReplicaTests.ofTwoOutdatedReplicasOfOneMasterTheLaterOneIsRebuilt).
     @Test func seedsThatOnceFailed() {
         MasteringRun.runAll(
             [42730, 1167, 2202], faults: true, persistentSubLocks: false,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
-        MasteringRun.runAll([13403, 62729], faults: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
+        MasteringRun.runAll([13403, 62729, 183530], faults: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
     }
 }
 

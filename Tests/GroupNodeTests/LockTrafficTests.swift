@@ -83,11 +83,11 @@ func hexBytes(_ string: String) -> [UInt8] {
                     receiverIncarnation: 3, first: 300, acknowledged: 5, payloads: [Array("lock".utf8), [], [0xff]])))
         let sender = PeerFrameCodec(key: key, clusterName: "demo", localNode: 1, knownNodes: [1, 2])
         let expected = hexBytes(
-            "00000053" + "444c4d47" + "0b" + "2a97516c354b6884"  // length, magic, version, cluster
+            "00000053" + "444c4d47" + "0c" + "2a97516c354b6884"  // length, magic, version, cluster
                 + "00000001" + "0000000000000002" + "0000000000000004" + "00000002"  // sender, counter, destination
                 + "02" + "03" + "ac02" + "05" + "03"  // kind, receiver incarnation, first, acknowledged, count
                 + "04" + "6c6f636b" + "00" + "01ff"  // the payloads
-                + "0d1ddac98e1fbe44e021c85695f6cc2d6582713c4996582db52bc7555213dd8e")  // HMAC
+                + "a92a37d9fd90136aae4d05764fbdb150c25e6f4dd97ea0c31b3328fd96556c6d")  // HMAC
         #expect(sender.seal(envelope, challenge: challenge) == expected)
         let receiver = PeerFrameCodec(key: key, clusterName: "demo", localNode: 2, knownNodes: [1, 2])
         #expect(try receiver.open(frame: expected, challenge: challenge) == envelope)
