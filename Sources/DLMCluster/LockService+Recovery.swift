@@ -892,12 +892,16 @@ extension LockService {
     /// live owner that still holds locks on the resource sends them all itself). They are rebuilt as orphans, each
     /// with its index in the replica; a sub-lock only if its parent lock comes back too, as an orphan or from its
     /// holder (as on one node, a persistent lock is orphaned only with its parent: one whose parent is not
-    /// persistent is not in the replica, and one whose parent is not rebuilt goes with it).
+    /// persistent is not in the replica, and one whose parent is not rebuilt goes with it). Nor is one whose mode
+    /// conflicts with a lock a survivor holds granted on its resource: the survivor was granted while that lock was
+    /// not held, so the replica is older than its release (the survivor's hold is the truth, and two such holds
+    /// must never be).
     static func orphans(
         of replica: ValueReplica?, holders: [(node: UInt32, lock: RecoveredLock)], members: [UInt32: UInt64]
     ) -> [(index: Int, lock: ReplicatedLock)] {
         guard let replica, !replica.persistentLocks.isEmpty else { return [] }
         let sending = Set(holders.map(\.lock.owner))
+        let granted = holders.compactMap { holder in holder.lock.grantedMode.map { (holder.lock.subPath, $0) } }
         var orphans: [(index: Int, lock: ReplicatedLock)] = []
         // Whether each lock comes back: from its holder, or as an orphan.
         var back = [Bool](repeating: false, count: replica.persistentLocks.count)
@@ -911,6 +915,7 @@ extension LockService {
                 lock.orphanNode = owner.node
             }
             if let parent = lock.parent, !back[parent] { continue }
+            if granted.contains(where: { $0.0 == lock.subPath && !$0.1.isCompatible(with: lock.mode) }) { continue }
             back[index] = true
             orphans.append((index, lock))
         }

@@ -1,7 +1,8 @@
-import DLMCluster
 import DLMCore
 import DLMWire
 import Testing
+
+@testable import DLMCluster
 
 /// Value blocks that survive the death of their master (LockService+Replicas.swift), in-process: a write is
 /// acknowledged only once the resource's backup node has it, and after the master dies the new master rebuilds the
@@ -207,6 +208,48 @@ import Testing
         let locks = WholeClusterRestartTests.locks(c, name)
         #expect(locks.count == 1, "\(locks)")
         #expect(locks.first.map { $0.lock.owner == nil && $0.lock.grantedMode == .ex } == true, "\(locks)")
+    }
+
+    /// A replica's persistent locks whose owners left are rebuilt as orphans, except one whose mode conflicts with a
+    /// lock a survivor holds granted on the same resource (the replica is then older than that lock's release): a
+    /// survivor's PR keeps the orphan PR and drops the PW, and the PW's sub-lock goes with it; on a sub-resource,
+    /// only the survivor's own resource counts.
+    @Test func anOrphanThatConflictsWithASurvivorsGrantedLockIsNotRebuilt() {
+        let gone = OwnerID(node: 4, incarnation: 1, local: 7)
+        let survivor = OwnerID(node: 1, incarnation: 1, local: 2)
+        let replica = ValueReplica(
+            lockspace: Array("ls".utf8), name: Array("r".utf8),
+            persistentLocks: [
+                ReplicatedLock(owner: gone, pid: 7, mode: .pr, flags: .persistent, fencingToken: 1),
+                ReplicatedLock(owner: nil, orphanNode: 4, pid: 7, mode: .pw, flags: .persistent, fencingToken: 2),
+                ReplicatedLock(
+                    owner: gone, pid: 7, mode: .ex, flags: .persistent, fencingToken: 3,
+                    subPath: [Array("child".utf8)], parent: 1),
+                ReplicatedLock(
+                    owner: gone, pid: 7, mode: .ex, flags: .persistent, fencingToken: 4,
+                    subPath: [Array("other".utf8)], parent: 0),
+            ], valueBlockLength: 32)
+        func held(_ mode: LockMode?, requested: LockMode? = nil, subPath: [[UInt8]] = []) -> (UInt32, RecoveredLock) {
+            (
+                1,
+                RecoveredLock(
+                    lockspace: Array("ls".utf8), valueBlockLength: 32, name: Array("r".utf8), copy: 1, owner: survivor,
+                    pid: 9, grantedMode: mode, requestedMode: requested, flags: [], priority: 0,
+                    wantsBlockingCallbacks: false, alwaysFencingToken: false, transaction: nil, valueBlock: nil,
+                    valueBlockSequence: 0, fencingToken: 5, subPath: subPath)
+            )
+        }
+        let members: [UInt32: UInt64] = [1: 1, 2: 1]
+        let all = LockService.orphans(of: replica, holders: [held(.nl)], members: members)
+        #expect(all.map(\.index) == [0, 1, 2, 3])
+        let reader = LockService.orphans(of: replica, holders: [held(.pr)], members: members)
+        #expect(reader.map(\.index) == [0, 3])
+        // (A waiting request holds nothing; a sub-resource's lock conflicts only there.)
+        let waiting = LockService.orphans(of: replica, holders: [held(nil, requested: .ex)], members: members)
+        #expect(waiting.map(\.index) == [0, 1, 2, 3])
+        let below = LockService.orphans(
+            of: replica, holders: [held(.ex, subPath: [Array("other".utf8)])], members: members)
+        #expect(below.map(\.index) == [0, 1, 2])
     }
 
     /// The master and another node that is not the backup die at once: the backup node's replica is still the last
