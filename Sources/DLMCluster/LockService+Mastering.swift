@@ -166,8 +166,15 @@ struct Mastering {
         return !rebuilt.contains(lockspace)
     }
 
+    /// What `directoryNode` (and so each resource's backup node) depends on: equal placements place every resource
+    /// on the same nodes.
+    var placement: (groupsAreTheView: Bool, members: [UInt32], groups: [[UInt8]: [UInt32]]) {
+        (groupsAreTheView, members, groupsAreTheView ? [:] : groups.mapValues(\.members))
+    }
+
     /// The directory node of a resource: a member of its lockspace's group (of the view, for a lockspace no
     /// member uses).
+
     func directoryNode(of key: DirectoryKey) -> UInt32 {
         let nodes = groupsAreTheView ? members : groups[key.lockspace]?.members ?? members
         return nodes[Int(key.directoryHash % UInt64(nodes.count))]

@@ -615,10 +615,12 @@ extension LockService {
         else { return }
         if recovery.phase == 0 {
             mastering.recovery!.phase = 1
+            let placement = mastering.placement
             takeGroups(recovery.lockspaceReports.mapValues(\.lockspaces))
             takeTokenFloors(recovery.lockspaceReports)
             settleDirectory(recovery.lockspaceReports)
-            markOutdatedReplicas(all: false)
+            // (No walk of the replicas when the groups place every resource where the run's start did.)
+            if mastering.placement != placement { markOutdatedReplicas(all: false) }
             // Requests that wait for a lookup in a lockspace whose directory the run leaves as it was ask now (an
             // answer that came during phase 0 was not taken); the others ask when the run ends.
             for key in Self.ordered(mastering.awaitingLookup.keys)
