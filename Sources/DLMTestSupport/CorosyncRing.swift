@@ -43,7 +43,7 @@ public final class CorosyncRing: @unchecked Sendable {
                 try FileManager.default.createDirectory(
                     atPath: "\(directory)/node\(node)/\(sub)", withIntermediateDirectories: true)
             }
-            try config.write(toFile: "\(directory)/node\(node)/corosync.conf", atomically: true, encoding: .utf8)
+            try config.write(toFile: "\(directory)/node\(node)/corosync.conf", atomically: false, encoding: .utf8)
         }
         do {
             for node in 1...network.count { try start(node) }

@@ -21,10 +21,9 @@ public final class Daemon: @unchecked Sendable {
         return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     }
 
-    /// A new folder under the temporary directory.
+    /// A new folder's path under the temporary directory, removed when the process exits (TemporaryFolders).
     public static func temporaryDirectory(_ prefix: String) -> String {
-        FileManager.default.temporaryDirectory
-            .appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8))").path
+        TemporaryFolders.path(prefix)
     }
 
     /// Starts dlmd (behind `launcher`, e.g. `ip netns exec NS`) with its socket and data in `directory` and

@@ -1,11 +1,10 @@
 import DLMStore
+import DLMTestSupport
 import Foundation
 import Testing
 
 func temporaryDirectory(_ label: String) -> String {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent(
-        "dlm-\(label)-\(UUID().uuidString.prefix(8))"
-    ).path
+    let path = TemporaryFolders.path("dlm-\(label)")
     try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     return path
 }

@@ -117,7 +117,7 @@ final class TestCluster: @unchecked Sendable {
         echo $n > '\(directory.path("count"))'-$1
         if [ $n -le \(fenceFailures) ]; then echo "fence device unreachable (attempt $n)" >&2; exit 1; fi
         echo "$1 $$" >> '\(directory.path("fenced"))'
-        """.write(toFile: script, atomically: true, encoding: .utf8)
+        """.write(toFile: script, atomically: false, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
         config = ClusterConfig(
             name: "test", keyFile: directory.path("authkey"),

@@ -229,7 +229,7 @@ let exampleConfig = """
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("cluster.toml").path
         try variant("key_file = \"/etc/dlm/authkey\"", "key_file = \"authkey\"")
-            .write(toFile: path, atomically: true, encoding: .utf8)
+            .write(toFile: path, atomically: false, encoding: .utf8)
         #expect(try ClusterConfig.load(path: path).keyFile == directory.appendingPathComponent("authkey").path)
         #expect(throws: ClusterConfigError.self) { try ClusterConfig.load(path: path + ".missing") }
     }
@@ -241,7 +241,7 @@ let exampleConfig = """
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("cluster.toml").path
-        try exampleConfig.write(toFile: path, atomically: true, encoding: .utf8)
+        try exampleConfig.write(toFile: path, atomically: false, encoding: .utf8)
         func refusal() -> String? {
             do {
                 _ = try ClusterConfig.load(path: path)

@@ -1,12 +1,13 @@
+import DLMTestSupport
 import Foundation
 import GroupNode
 import Testing
 
-/// A temporary directory removed at the end of the test.
+/// A temporary directory removed at the end of the test (at the latest when the process exits).
 final class TemporaryDirectory {
     let url: URL
     init() throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("groupnode-\(UUID().uuidString)")
+        url = URL(fileURLWithPath: TemporaryFolders.path("groupnode"))
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     }
     func path(_ name: String) -> String { url.appendingPathComponent(name).path }

@@ -82,7 +82,7 @@ import Testing
 
         // Taken from the config file: the status report shows the window, and the loop polled after a request.
         let config = directory + "/dlmd.toml"
-        try "[dlmd]\nbusy_poll = 300\n".write(toFile: config, atomically: true, encoding: .utf8)
+        try "[dlmd]\nbusy_poll = 300\n".write(toFile: config, atomically: false, encoding: .utf8)
         let daemon = try Daemon(arguments: ["--config", config])
         defer { daemon.stop() }
         let connection = try await DLMConnection.connect(socketPath: daemon.socketPath)

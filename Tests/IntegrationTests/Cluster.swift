@@ -36,7 +36,7 @@ final class TestCluster: @unchecked Sendable {
         self.addresses = try addresses ?? (1...count).map { _ in "127.0.0.1:\(try freePort())" }
         self.launcher = launcher
         let fence = directory + "/fence-node"
-        try "#!/bin/sh\necho \"$1\" >> '\(fenceLog)'\nexit 0\n".write(toFile: fence, atomically: true, encoding: .utf8)
+        try "#!/bin/sh\necho \"$1\" >> '\(fenceLog)'\nexit 0\n".write(toFile: fence, atomically: false, encoding: .utf8)
         chmod(fence, 0o755)
         let provider = corosyncPort.map { "provider = \"corosync\"\nport = \($0)\n" } ?? ""
         var config = """
@@ -55,7 +55,7 @@ final class TestCluster: @unchecked Sendable {
                 config += "\n[[node]]\nid = \(index + 1)\naddress = \"\(address)\"\n"
             }
         }
-        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        try config.write(toFile: configPath, atomically: false, encoding: .utf8)
         let keygen = Process()
         keygen.executableURL = URL(fileURLWithPath: ToolRun.executable)
         keygen.arguments = ["keygen", keyPath]
@@ -87,7 +87,7 @@ final class TestCluster: @unchecked Sendable {
     func saveLogs(to prefix: String) {
         for (node, daemon) in daemons {
             let lines = earlierLogs[node, default: []] + daemon.log.all
-            try? lines.joined(separator: "\n").write(toFile: "\(prefix)\(node).log", atomically: true, encoding: .utf8)
+            try? lines.joined(separator: "\n").write(toFile: "\(prefix)\(node).log", atomically: false, encoding: .utf8)
         }
     }
 

@@ -245,7 +245,7 @@ struct ClusterDaemonTests {
         let bad = cluster.directory + "/bad.toml"
         try
             "[cluster]\nname = \"x\"\nkey_file = \"k\"\n[fencing]\ncommand = \"/bin/true\"\n[[node]]\nid = 1\naddress = \"nowhere\"\n"
-            .write(toFile: bad, atomically: true, encoding: .utf8)
+            .write(toFile: bad, atomically: false, encoding: .utf8)
         let result = try Daemon.runToEnd(["--config", bad, "--node-id", "1", "--data-dir", cluster.directory + "/x"])
         #expect(result.status != 0)
         #expect(result.error.contains("address"), "\(result.error)")

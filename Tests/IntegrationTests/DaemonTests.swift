@@ -195,7 +195,7 @@ import Testing
     /// `--listen`: a TCP client on loopback is served as a Unix-socket one is; a non-loopback address is refused
     /// at start (no TLS or client authentication yet), saying why.
     @Test func tcpClientsOnLoopbackOnly() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dlmd-tcp-\(UUID())").path
+        let directory = Daemon.temporaryDirectory("dlmd-tcp")
         let refused = try Daemon.runToEnd([
             "--no-socket", "--listen", "0.0.0.0:\(try freePort())", "--data-dir", directory,
         ])

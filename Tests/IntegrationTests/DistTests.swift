@@ -182,7 +182,7 @@ struct DistTests {
         try unit.replacingOccurrences(
             of: "ExecStart=/usr/local/sbin/", with: "ExecStart=\(destination)/usr/local/sbin/"
         )
-        .write(toFile: staged, atomically: true, encoding: .utf8)
+        .write(toFile: staged, atomically: false, encoding: .utf8)
         let verify = try Self.run(["systemd-analyze", "verify", staged])
         #expect(verify.status == 0 && verify.output.isEmpty, "systemd-analyze verify: \(verify.output)")
     }

@@ -175,7 +175,7 @@ import Testing
     }
 
     @Test func aDirectoryThatIsNotAStoreIsNotTouched() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dlm-foreign-\(UUID())").path
+        let directory = Daemon.temporaryDirectory("dlm-foreign")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try Data("not lmdb".utf8).write(to: URL(fileURLWithPath: directory + "/data.mdb"))
         let start = try Daemon.runToEnd(["--data-dir", directory, "--socket", directory + "/s.sock"])

@@ -63,7 +63,7 @@ final class BenchCluster {
             }
         }
         do {
-            try config.write(toFile: directory + "/cluster.toml", atomically: true, encoding: .utf8)
+            try config.write(toFile: directory + "/cluster.toml", atomically: false, encoding: .utf8)
         } catch {
             fail("cannot write the config: \(error)")
         }
