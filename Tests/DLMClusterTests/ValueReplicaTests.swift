@@ -210,6 +210,49 @@ import Testing
         #expect(locks.first.map { $0.lock.owner == nil && $0.lock.grantedMode == .ex } == true, "\(locks)")
     }
 
+    /// Lockspace "ls" is used on nodes 1 and 3; node 3 masters a name and its client "3w" writes 7, which node 1
+    /// keeps (the backup among the group's two members). Node 2's client opens "ls": the run's phase 0 adds node 2 to
+    /// the group, which makes node 2 the backup; node 1's part of the run is held back after phase 0, so it keeps
+    /// its copy, marked outdated when phase 0 settled the groups. 3w writes 8 meanwhile (node 2 keeps it); nodes 2
+    /// and 3 then die: node 1's "1r" reads 7 only marked not valid. Without the mark it read 7 as valid.
+    @Test func aBackupMovedByAJoinOfTheGroupLeavesTheOldCopyOutdated() {
+        var c = ClusterHarness(nodes: 4, everyNodeUsesLockspace: false)
+        // (Its directory node: node 1 of the group of nodes 1 and 3, node 2 of nodes 1 to 3.)
+        let name = ClusterHarness.name(directedTo: [(2, 3), (1, 2)], prefix: "j")
+        let writer = c.client(3, "w")
+        let reader = c.client(1, "r")
+        c.send(writer, H.lock(2, name, .ex, .valueBlock))
+        _ = c.run()
+        c.send(reader, H.lock(2, name, .nl, .valueBlock))
+        _ = c.run()
+        c.send(writer, Self.write(3, lock: 1, to: .nl, Self.value(7)))
+        #expect(c.run() == ["3w: COMPLETION tag 3 lock 1 granted NL"])
+        #expect(c.nodes[1]!.service.mastering.replicas.count == 1)
+        // Node 2 joins; node 1 hears nothing more from it once phase 0 is over.
+        let joiner = LockspaceGroupTests.bareClient(&c, 2, "j")
+        c.withNode(2) { $0.send(joiner.id, LockspaceGroupTests.open(1, length: 32)) }
+        _ = c.run { link, message in
+            guard link == ClusterHarness.Link(from: 2, to: 1), case .recoveryDone(_, 1, _, _, _) = message else {
+                return false
+            }
+            return true
+        }
+        c.paused = [ClusterHarness.Link(from: 2, to: 1)]
+        _ = c.run()
+        #expect(LockspaceGroupTests.groups(c) == [[1, 2, 3]])
+        c.send(writer, Self.write(4, lock: 1, to: .ex, Self.value(7)))
+        c.send(writer, Self.write(5, lock: 1, to: .nl, Self.value(8)))
+        #expect(c.run() == ["3w: COMPLETION tag 4 lock 1 granted EX", "3w: COMPLETION tag 5 lock 1 granted NL"])
+        c.crash(3)
+        c.crash(2)
+        c.paused = []
+        c.installView()
+        _ = c.run()
+        c.send(reader, Self.read(3, lock: Self.remote, to: .pr))
+        #expect(c.run() == ["1r: COMPLETION tag 3 lock \(Self.remote) granted PR"])
+        #expect(c.completions["1r"]!.last!.flags.contains(.valueNotValid))
+    }
+
     /// A replica's persistent locks whose owners left are rebuilt as orphans, except one whose mode conflicts with a
     /// lock a survivor holds granted on the same resource (the replica is then older than that lock's release): a
     /// survivor's PR keeps the orphan PR and drops the PW, and the PW's sub-lock goes with it; on a sub-resource,
