@@ -372,9 +372,11 @@ extension LockService {
         let earlierRun = mastering.rebuilt.earlierRun
         func hadThem(_ node: UInt32) -> Bool { earlierRun != 0 && (reports[node]?.recovered ?? 0) >= earlierRun }
         typealias Shards = ShardedDictionary<RebuiltCopy, LockID>
-        // The shards of the current recovery's, then those of the earlier one's (not walked at all when every member
-        // had them).
-        let end = mastering.members.allSatisfy(hadThem) ? Shards.shardCount : 2 * Shards.shardCount
+        // The shards of the current recovery's, then those of the earlier one's (not walked at all when every live
+        // holder of them had them).
+        let end =
+            mastering.rebuilt.earlierHoldersCompleted(members: members) { reports[$0]?.recovered ?? 0 }
+            ? Shards.shardCount : 2 * Shards.shardCount
         while budget > 0, work.nextRebuiltShard < end {
             let shard = work.nextRebuiltShard % Shards.shardCount
             let table = work.nextRebuiltShard < Shards.shardCount ? \RebuiltHistory.current : \RebuiltHistory.earlier
@@ -1029,8 +1031,13 @@ extension LockService {
         }
         mastering.rebuiltLockspaces = []
         mastering.masters.endRebuilds()
-        // Every member has had the ids of the locks rebuilt before this recovery (RebuiltHistory).
-        let forgotten = mastering.rebuilt.endRecovery(run: recovery.view)
+        // The ids of the locks rebuilt before this recovery are forgotten once their holders have them for good
+        // (RebuiltHistory).
+        let reports = recovery.lockspaceReports
+        let completed = mastering.rebuilt.earlierHoldersCompleted(members: mastering.viewMembers) {
+            reports[$0]?.recovered ?? 0
+        }
+        let forgotten = mastering.rebuilt.endRecovery(run: recovery.view, holdersCompleted: completed)
         discard(forgotten, count: forgotten.byCopy.count)
         // What other nodes sent meanwhile, in order.
         for (node, _, message) in recovery.heldTraffic { receive(message, from: node) }
@@ -1136,14 +1143,17 @@ extension LockService {
 }
 
 /// The locks recovery rebuilt on this node, by their holders' ids: those of the recovery under way or the last one
-/// (`current`), and those of the one before it (`earlier`). A holder whose run was aborted before the rebuilt
-/// locks' ids reached it resends them in the next run, and is told them again (`reboundBindings`: the earlier
-/// ones only to a member whose phase-0 report says it did not complete their recovery); once a later
-/// recovery completed here, every member of it has had the ids of the locks rebuilt before it (they went out in
-/// its phase 1, ahead of this node's barrier, and a member's phase 2 ends only after this node's phase 1 did), so
-/// they are forgotten then (`endRecovery`). Before, they were kept for as long as each lock lived, and every later
-/// recovery sent the id of every lock ever rebuilt here again: a million bindings at each recovery after one of a
-/// million locks.
+/// (`current`), and those of the one before it (`earlier`). A holder whose run was aborted before it completed a
+/// recovery resends its locks in the next run (it still counts their master as departed), to that run's directory
+/// node, and is told their ids again from here (`reboundBindings`: the earlier ones only to a member whose phase-0
+/// report says it did not complete their recovery). Once a holder completed that recovery it has bound them for
+/// good (their ids went out in its phase 1, ahead of this node's barrier, and its phase 2 ends only after this
+/// node's phase 1 did), and it resends them no more while this node lives; so the earlier locks are forgotten when
+/// a later recovery completes here and every live holder of them said, as that recovery's last run began, that it
+/// had completed theirs (`endRecovery`). Completion here is not enough: a holder may have had the ids and dropped
+/// them at its next run (RecoveryRandomTests seed 249815: an aborted run, then another, and a holder's two locks
+/// were lost). Before, they were kept for as long as each lock lived, and every later recovery sent the id of every
+/// lock ever rebuilt here again: a million bindings at each recovery after one of a million locks.
 struct RebuiltHistory {
     var current = RebuiltLocks()
     var earlier = RebuiltLocks()
@@ -1187,9 +1197,22 @@ struct RebuiltHistory {
 
     mutating func reserve(_ count: Int) { current.reserve(count) }
 
-    /// A recovery completed (its last run, `run`): the locks rebuilt before it are forgotten (returned, for the
-    /// shell to free), and its own become the earlier ones.
-    mutating func endRecovery(run: UInt64) -> RebuiltLocks {
+    /// Whether every holder of the earlier locks that is still a member (`members`, by life) completed their
+    /// recovery, by its phase-0 report of this run (`recovered`: the last run it completed).
+    func earlierHoldersCompleted(members: [UInt32: UInt64], recovered: (UInt32) -> UInt64) -> Bool {
+        earlier.byOwner.keys.allSatisfy { holder in
+            members[holder.node] != holder.incarnation || recovered(holder.node) >= earlierRun
+        }
+    }
+
+    /// A recovery completed here (its last run, `run`). If every live holder of the earlier locks had completed
+    /// their recovery when this run began (`holdersCompleted`), they are forgotten (returned, for the shell to
+    /// free) and the locks rebuilt in this recovery become the earlier ones. Otherwise both are kept as they are: a
+    /// holder that did not complete a recovery since resends its locks to the directory node of each run (it still
+    /// counts this node's master as departed) and needs their ids from here again; the current ones then go to
+    /// every member in the next run, as before.
+    mutating func endRecovery(run: UInt64, holdersCompleted: Bool) -> RebuiltLocks {
+        guard holdersCompleted || earlier.isEmpty else { return RebuiltLocks() }
         let forgotten = earlier
         earlier = current
         earlierRun = run

@@ -56,11 +56,15 @@ struct RecoveryRandomTests {
     /// a resource's replica, both marked outdated, with the same value-block sequence; the new master took the
     /// older, whose persistent PW had been released since, beside the later EX (each replica now says which life
     /// and generation of its master sent it: ValueReplicaTests.ofTwoOutdatedReplicasOfOneMasterTheLaterOneIsRebuilt).
+    /// 249815: a new master forgot the ids of the locks it had rebuilt once it completed a later recovery, while their
+    /// holder had completed none and resent them once more
+    /// (MasteringTests.aHolderThatCompletesNoRecoveryKeepsItsLocksThroughThree).
     @Test func seedsThatOnceFailed() {
         MasteringRun.runAll(
             [42730, 1167, 2202], faults: true, persistentSubLocks: false,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
-        MasteringRun.runAll([13403, 62729, 183530], faults: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
+        MasteringRun.runAll(
+            [13403, 62729, 183530, 249815], faults: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
     }
 }
 

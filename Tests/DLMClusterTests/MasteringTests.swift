@@ -481,6 +481,42 @@ import Testing
         Self.expectEveryLockUnlocks(&c, a, locks)
     }
 
+    /// Node 4 dies and node 2 restarts (a new life): node 1 completes no recovery while the new masters complete
+    /// two (each time it misses a last barrier, and the next view aborts its run). Still counting node 2 as departed
+    /// (its earlier life left), node 1 resends the locks node 2 masters in the next run, to that run's directory
+    /// nodes: node 2 still knows their ids (node 1's phase-0 reports said it completed neither recovery) and binds
+    /// them again, so they stay node 1's. Seed 249815 of the recovery tests: the master forgot the ids once it had
+    /// completed the second recovery, and the holder's locks were lost.
+    @Test func aHolderThatCompletesNoRecoveryKeepsItsLocksThroughThree() {
+        var (c, a, locks) = Self.heldOnNodeFour(60)
+        c.crash(4)
+        c.crash(2)
+        c.start(2)
+        /// The view's run completes everywhere but on node 1, which misses `sender`'s last barrier.
+        func installViewWithoutNodeOne(_ c: inout ClusterHarness, missing sender: UInt32) {
+            c.installView()
+            let run = c.nodes[sender]!.service.mastering.recovery!.view
+            let held = ClusterHarness.Link(from: sender, to: 1)
+            _ = c.run { link, message in
+                if case .recoveryDone(run, 2, _, _, _) = message { link == held } else { false }
+            }
+            c.paused = [held]
+            _ = c.run()
+            #expect(c.nodes.filter { $0.key != 1 }.values.allSatisfy { !$0.service.isRunningRecovery })
+            #expect(c.nodes[1]!.service.isRunningRecovery)
+        }
+        installViewWithoutNodeOne(&c, missing: 3)
+        c.paused = []
+        c.start(5)
+        installViewWithoutNodeOne(&c, missing: 3)
+        c.paused = []
+        c.start(6)
+        c.installView()
+        _ = c.run()
+        #expect(c.nodes.values.allSatisfy { !$0.service.isRunningRecovery })
+        Self.expectEveryLockUnlocks(&c, a, locks)
+    }
+
     /// `master` masters `names` (its client "m" asks first, then unlocks), and node 1's client "a", returned, holds
     /// EX on each of them.
     static func heldRemotely(_ c: inout ClusterHarness, _ names: [String], master: UInt32) -> (
