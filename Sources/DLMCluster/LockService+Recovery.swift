@@ -374,9 +374,7 @@ extension LockService {
         typealias Shards = ShardedDictionary<RebuiltCopy, LockID>
         // The shards of the current recovery's, then those of the earlier one's (not walked at all when every live
         // holder of them had them).
-        let end =
-            mastering.rebuilt.earlierHoldersCompleted(members: members) { reports[$0]?.recovered ?? 0 }
-            ? Shards.shardCount : 2 * Shards.shardCount
+        let end = earlierRebuiltHoldersCompleted(reports) ? Shards.shardCount : 2 * Shards.shardCount
         while budget > 0, work.nextRebuiltShard < end {
             let shard = work.nextRebuiltShard % Shards.shardCount
             let table = work.nextRebuiltShard < Shards.shardCount ? \RebuiltHistory.current : \RebuiltHistory.earlier
@@ -395,6 +393,12 @@ extension LockService {
             }
         }
         return work.nextRebuiltShard >= end
+    }
+
+    /// Whether every live holder of the locks rebuilt here before this recovery said, in its phase-0 report of the
+    /// run (`reports`), that it completed their recovery (RebuiltHistory).
+    func earlierRebuiltHoldersCompleted(_ reports: [UInt32: LockspaceReport]) -> Bool {
+        mastering.rebuilt.earlierHoldersCompleted(members: mastering.viewMembers) { reports[$0]?.recovered ?? 0 }
     }
 
     /// The recovery lists that filled a message go out (all of them at the end of a phase's work, which leaves them
@@ -1033,11 +1037,8 @@ extension LockService {
         mastering.masters.endRebuilds()
         // The ids of the locks rebuilt before this recovery are forgotten once their holders have them for good
         // (RebuiltHistory).
-        let reports = recovery.lockspaceReports
-        let completed = mastering.rebuilt.earlierHoldersCompleted(members: mastering.viewMembers) {
-            reports[$0]?.recovered ?? 0
-        }
-        let forgotten = mastering.rebuilt.endRecovery(run: recovery.view, holdersCompleted: completed)
+        let forgotten = mastering.rebuilt.endRecovery(
+            run: recovery.view, holdersCompleted: earlierRebuiltHoldersCompleted(recovery.lockspaceReports))
         discard(forgotten, count: forgotten.byCopy.count)
         // What other nodes sent meanwhile, in order.
         for (node, _, message) in recovery.heldTraffic { receive(message, from: node) }
