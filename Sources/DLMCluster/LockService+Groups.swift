@@ -161,15 +161,13 @@ extension LockService {
         mastering.leaving = leaving
         // The floors it keeps as a directory node, and its engine's, which are above the tokens of every resource
         // it freed: a REMOVE that a directory node dropped as sent before a run (its sender dropped the resource)
-        // left the resource's last token with the engine of its old master only.
+        // left the resource's last token with the engine of its old master only. Those of lockspaces it released
+        // too: the resource may have been dropped after its lockspace was (LockspaceChurnTests seed 261824: a
+        // released lockspace's floor was not reported, and the next master issued a token again).
         var floors = mastering.tossFloors
-        for info in engine.allLockspaces {
-            if let floor = engine.fencingTokenFloor(info.id), floor > floors[info.name] ?? 0 {
-                floors[info.name] = floor
-            }
-        }
-        for name in mastering.leaving {
-            floors[name] = max(floors[name] ?? 0, engine.fencingTokenFloor(named: name))
+        for name in engine.namesWithFencingTokenFloors {
+            let floor = engine.fencingTokenFloor(named: name)
+            if floor > floors[name] ?? 0 { floors[name] = floor }
         }
         let report = LockspaceReport(
             recovered: mastering.recoveredView, departed: mastering.recovery!.departed.sorted(),

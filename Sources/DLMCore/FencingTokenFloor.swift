@@ -14,6 +14,11 @@ extension LockEngine {
     /// The fencing-token floor kept for the name of a released lockspace (0: none): at least every token it issued.
     public func fencingTokenFloor(ofReleased name: [UInt8]) -> UInt64 { releasedLockspaceFloors[name] ?? 0 }
 
+    /// The names of every lockspace this engine keeps a fencing-token floor for: live, draining or released.
+    public var namesWithFencingTokenFloors: Set<[UInt8]> {
+        Set(lockspaceIndex.keys).union(releasedLockspaceFloors.keys)
+    }
+
     /// The fencing-token floor of the lockspace of this name, live or released (0: none): at least every token a
     /// resource of a lockspace of that name issued and freed here.
     public func fencingTokenFloor(named name: [UInt8]) -> UInt64 {
