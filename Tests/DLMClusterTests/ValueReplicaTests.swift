@@ -165,17 +165,26 @@ import Testing
         c.paused = [ClusterHarness.Link(from: 1, to: 2)]
         c.installView()
         _ = c.run()
+        Self.writeEightThenReadNotValid(&c, writer, dying: [3, 1], reader, "2r")
+    }
+
+    /// Node 3's "3w" (lock 1) writes 8, acknowledged by the resource's backup node of now; `dying` then die, the
+    /// held links open, and once the survivors recovered, `reader` (named `name`) reads the value only marked not
+    /// valid: the backup that had 8 left, and what is left is older.
+    static func writeEightThenReadNotValid(
+        _ c: inout ClusterHarness, _ writer: (node: UInt32, id: ConnectionID), dying: [UInt32],
+        _ reader: (node: UInt32, id: ConnectionID), _ name: String
+    ) {
         c.send(writer, Self.write(4, lock: 1, to: .ex, Self.value(7)))
         c.send(writer, Self.write(5, lock: 1, to: .nl, Self.value(8)))
         #expect(c.run() == ["3w: COMPLETION tag 4 lock 1 granted EX", "3w: COMPLETION tag 5 lock 1 granted NL"])
-        c.crash(3)
-        c.crash(1)
+        for node in dying { c.crash(node) }
         c.paused = []
         c.installView()
         _ = c.run()
         c.send(reader, Self.read(3, lock: Self.remote, to: .pr))
-        #expect(c.run() == ["2r: COMPLETION tag 3 lock \(Self.remote) granted PR"])
-        #expect(c.completions["2r"]!.last!.flags.contains(.valueNotValid))
+        #expect(c.run() == ["\(name): COMPLETION tag 3 lock \(Self.remote) granted PR"])
+        #expect(c.completions[name]!.last!.flags.contains(.valueNotValid))
     }
 
     /// Four nodes; node 3 masters `movingBackupName`, and its client "3p" holds PW persistent (node 2, the backup,
@@ -240,17 +249,7 @@ import Testing
         c.paused = [ClusterHarness.Link(from: 2, to: 1)]
         _ = c.run()
         #expect(LockspaceGroupTests.groups(c) == [[1, 2, 3]])
-        c.send(writer, Self.write(4, lock: 1, to: .ex, Self.value(7)))
-        c.send(writer, Self.write(5, lock: 1, to: .nl, Self.value(8)))
-        #expect(c.run() == ["3w: COMPLETION tag 4 lock 1 granted EX", "3w: COMPLETION tag 5 lock 1 granted NL"])
-        c.crash(3)
-        c.crash(2)
-        c.paused = []
-        c.installView()
-        _ = c.run()
-        c.send(reader, Self.read(3, lock: Self.remote, to: .pr))
-        #expect(c.run() == ["1r: COMPLETION tag 3 lock \(Self.remote) granted PR"])
-        #expect(c.completions["1r"]!.last!.flags.contains(.valueNotValid))
+        Self.writeEightThenReadNotValid(&c, writer, dying: [3, 2], reader, "1r")
     }
 
     /// A replica's persistent locks whose owners left are rebuilt as orphans, except one whose mode conflicts with a
