@@ -117,6 +117,8 @@ extension LockNode {
             cluster.announce("\(me) this life was fenced: it never joins again; restart dlmd")
             logger.warning("this life of the node was fenced: it holds every request until dlmd is restarted")
         case .lockTraffic(let bytes, let sender):
+            // A peer's request or answer is I/O as a client's frame is: the loop polls on for the next one.
+            busyPoll?.activity()
             let message: PeerMessage
             do {
                 message = try PeerMessage.decode(frame: bytes)

@@ -30,16 +30,20 @@ import Glibc
 enum ClusterScenarios {
     static let optionNames = [
         "dlmd", "scenarios", "duration", "warmup", "clients", "locks", "connections", "working-set", "dlmd-log-level",
+        "dlmd-busy-poll",
     ]
 
     static func run(_ options: Options) {
         let dlmd = options.string("dlmd", "")
         let duration = options.seconds("duration", 3)
         let warmup = options.seconds("warmup", 0.5)
+        // `--dlmd-busy-poll US`: every dlmd of the remote and throughput scenarios runs with `--busy-poll US`.
+        let pollWindow = options.int("dlmd-busy-poll", 0, minimum: 0)
+        let busyPoll = pollWindow > 0 ? ["--busy-poll", "\(pollWindow)"] : []
         for scenario in options.string("scenarios", "remote,throughput,recovery").split(separator: ",") {
             switch scenario {
             case "remote":
-                let cluster = BenchCluster(dlmd: dlmd, nodes: 3)
+                let cluster = BenchCluster(dlmd: dlmd, nodes: 3, arguments: busyPoll)
                 for result in remote(
                     cluster, duration: duration, warmup: warmup, workingSet: options.int("working-set", 1000))
                 {
@@ -47,7 +51,7 @@ enum ClusterScenarios {
                     fflush(nil)
                 }
             case "throughput":
-                let cluster = BenchCluster(dlmd: dlmd, nodes: 3)
+                let cluster = BenchCluster(dlmd: dlmd, nodes: 3, arguments: busyPoll)
                 for result in throughput(
                     cluster, clients: options.int("clients", 8), duration: duration, warmup: warmup,
                     workingSet: options.int("working-set", 100))

@@ -66,6 +66,7 @@ let usage = """
            dlmbench tls --dlmd PATH [--duration S] [--warmup S] [--rounds N] [--working-set N]
            dlmbench cluster --dlmd PATH [--scenarios remote,throughput,recovery,deadlock] [--duration S] [--warmup S]
                             [--working-set N] [--clients N] [--locks N[,N...]] [--connections N]
+                            [--dlmd-busy-poll US] (every dlmd of remote and throughput runs with --busy-poll US)
     COMMON: [--socket PATH] [--duration S] [--warmup S] [--api callback|async|pool|raw] [--client-threads N]
             [--busy-poll US] (the client's event loop polls that long after each read; DLMConnection's busyPoll)
     """
