@@ -293,6 +293,16 @@ struct ClusterHarness {
         }
     }
 
+    /// Runs until the message next on one of `links` is one `isNext` names, then holds all of `links` back
+    /// (`paused`): that message and every later one on them stay in flight until the test clears `paused`. A part
+    /// of a recovery is held this way, to see what the other nodes do without it. Returns the run's client frames.
+    @discardableResult
+    mutating func hold(_ links: Link..., from isNext: @escaping (PeerMessage) -> Bool) -> [String] {
+        let lines = run { link, message in links.contains(link) && isNext(message) }
+        paused = Set(links)
+        return lines
+    }
+
     /// A resource name whose directory node is `node` among `count` members.
     static func name(directedTo node: UInt32, of count: UInt32, prefix: String = "r") -> String {
         name(directedTo: [(node, count)], prefix: prefix)

@@ -186,12 +186,9 @@ import Testing
         c.installView()
         // The run goes on until node 3 has done its part of phase 1; its barrier to node 2 is then held back: node 2
         // cannot end phase 1, nor any node the run.
-        let held = ClusterHarness.Link(from: 3, to: 2)
-        _ = c.run { link, message in
-            if link == held, case .recoveryDone(_, 1, _, _, _) = message { return true }
-            return false
+        c.hold(ClusterHarness.Link(from: 3, to: 2)) {
+            if case .recoveryDone(_, 1, _, _, _) = $0 { true } else { false }
         }
-        c.paused = [held]
         for node: UInt32 in [1, 2] {
             #expect(c.nodes[node]!.service.mastering.recovery?.rebuiltDirectories == [Array("other".utf8)])
         }

@@ -463,12 +463,9 @@ import Testing
         var (c, a, locks) = Self.heldOnNodeFour(60)
         c.crash(4)
         c.installView()
-        let toHolder = [ClusterHarness.Link(from: 2, to: 1), ClusterHarness.Link(from: 3, to: 1)]
-        _ = c.run { link, message in
-            if case .recoverBindings = message { return toHolder.contains(link) }
-            return false
+        c.hold(ClusterHarness.Link(from: 2, to: 1), ClusterHarness.Link(from: 3, to: 1)) {
+            if case .recoverBindings = $0 { true } else { false }
         }
-        c.paused = Set(toHolder)
         _ = c.run()
         #expect(c.nodes[2]!.service.isRunningRecovery == false)
         #expect(c.nodes[3]!.service.isRunningRecovery == false)
@@ -496,11 +493,9 @@ import Testing
         func installViewWithoutNodeOne(_ c: inout ClusterHarness, missing sender: UInt32) {
             c.installView()
             let run = c.nodes[sender]!.service.mastering.recovery!.view
-            let held = ClusterHarness.Link(from: sender, to: 1)
-            _ = c.run { link, message in
-                if case .recoveryDone(run, 2, _, _, _) = message { link == held } else { false }
+            c.hold(ClusterHarness.Link(from: sender, to: 1)) {
+                if case .recoveryDone(run, 2, _, _, _) = $0 { true } else { false }
             }
-            c.paused = [held]
             _ = c.run()
             #expect(c.nodes.filter { $0.key != 1 }.values.allSatisfy { !$0.service.isRunningRecovery })
             #expect(c.nodes[1]!.service.isRunningRecovery)

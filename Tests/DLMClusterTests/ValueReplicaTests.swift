@@ -240,13 +240,9 @@ import Testing
         // Node 2 joins; node 1 hears nothing more from it once phase 0 is over.
         let joiner = LockspaceGroupTests.bareClient(&c, 2, "j")
         c.withNode(2) { $0.send(joiner.id, LockspaceGroupTests.open(1, length: 32)) }
-        _ = c.run { link, message in
-            guard link == ClusterHarness.Link(from: 2, to: 1), case .recoveryDone(_, 1, _, _, _) = message else {
-                return false
-            }
-            return true
+        c.hold(ClusterHarness.Link(from: 2, to: 1)) {
+            if case .recoveryDone(_, 1, _, _, _) = $0 { true } else { false }
         }
-        c.paused = [ClusterHarness.Link(from: 2, to: 1)]
         _ = c.run()
         #expect(LockspaceGroupTests.groups(c) == [[1, 2, 3]])
         Self.writeEightThenReadNotValid(&c, writer, dying: [3, 2], reader, "1r")
