@@ -69,6 +69,35 @@ import Testing
         try await group.shutdownGracefully()
     }
 
+    /// A polling dlmd polls after a peer node's lock messages too, as after its own clients' frames: node 2 masters
+    /// ten resources and its client sits idle, while a client of node 1 locks and unlocks them 100 times. Node 2's
+    /// loop goes round polling far more meanwhile than in the window that one status query opens.
+    @Test func aMasterPollsAfterItsPeersRequests() async throws {
+        let cluster = try TestCluster(nodes: 2)
+        cluster.arguments = { _ in ["--busy-poll", "1000"] }
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+        // The first node to ask masters a resource, and an idle one keeps its master.
+        let owner = try await DLMConnection.connect(socketPath: cluster.socket(2))
+        let owned = try await owner.openLockspace("poll")
+        for index in 0..<10 { try await owned.lock("r\(index)", mode: .nl).unlock() }
+        func polls() async throws -> UInt64 {
+            try #require(try await ClusterDaemonTests.status(cluster, 2).busyPoll?.polls)
+        }
+        // Between two queries, node 2 polls in the window the first one opened, and nothing else.
+        let first = try await polls()
+        let oneWindow = try await polls() - first
+        let client = try await DLMConnection.connect(socketPath: cluster.socket(1))
+        let lockspace = try await client.openLockspace("poll")
+        let before = try await polls()
+        for index in 0..<100 { try await lockspace.lock("r\(index % 10)", mode: .ex).unlock() }
+        let remote = try await polls() - before
+        #expect(remote > 4 * oneWindow + 100, "polls: \(remote) with 100 remote pairs, \(oneWindow) after one query")
+        await client.close()
+        await owner.close()
+    }
+
     @Test func theSettingIsCheckedAndTakenFromTheConfigFile() async throws {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("dlmd-poll-\(UUID().uuidString.prefix(8))").path
