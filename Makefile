@@ -7,7 +7,7 @@ SWIFT ?= swift
 RELEASE ?= -c release -Xswiftc -cross-module-optimization
 SEEDS ?= 1000
 
-.PHONY: deps build release run test lint bench bench-daemon bench-stall bench-durability bench-membership bench-provider bench-cluster bench-abuse bench-tls sim fuzz clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
+.PHONY: deps build release run test soak lint bench bench-daemon bench-stall bench-durability bench-membership bench-provider bench-cluster bench-abuse bench-tls sim fuzz clean libdlm install install-libdlm release-daemon install-daemon test-c bench-c
 
 ## make deps: install the system packages the build needs (liblmdb-dev), if missing.
 deps:
@@ -50,6 +50,15 @@ sim:
 		DLM_COROSYNC_SEEDS=$(SEEDS) DLM_CHURN_SEEDS=$(SEEDS) \
 		DLM_MODEL_OPS=$(MODEL_OPS) $(SWIFT) test -c release -Xswiftc -enable-testing --scratch-path .build-test \
 		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|GroupServicesTests.CorosyncMemberRandomTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests|DLMClusterTests.LockspaceChurnTests'
+
+## make soak ROUNDS=N SEED=S: the real-process kill rounds (Tests/IntegrationTests/KillRoundsTests.swift: clients of
+## the Swift client and of the C library on three dlmd nodes, one node killed with kill -9 and restarted each round,
+## an independent checker over every hold) for N rounds (default 100; make test runs 10), the victims drawn from seed
+## S (default 2026). A failure names the seed and saves every node's log.
+ROUNDS ?= 100
+SEED ?= 2026
+soak: deps
+	DLM_KILL_ROUNDS=$(ROUNDS) DLM_KILL_SEED=$(SEED) $(SWIFT) test --filter 'IntegrationTests.KillRoundsTests'
 
 ## make fuzz FUZZ_SECONDS=N (or FUZZ_RUNS=N): coverage-guided fuzzers (libFuzzer) of the client frame decoder, the
 ## peer port's frames before and after authentication, the cluster config file, the write-ahead log's recovery and

@@ -266,8 +266,13 @@ import Testing
         }
         for node in 1...3 { try startClients(on: node) }
         try await Self.waitForProgress(ledger, clients: clientsOf.values.flatMap { $0 }, more: 5, what: "at start")
-        var random = SplitMix64(seed: 2026)
-        for round in 1...10 {
+        // `make soak` runs many more rounds (DLM_KILL_ROUNDS), of other victims (DLM_KILL_SEED).
+        let environment = ProcessInfo.processInfo.environment
+        let roundCount = environment["DLM_KILL_ROUNDS"].flatMap { Int($0) }.map { max(1, $0) } ?? 10
+        let seed = environment["DLM_KILL_SEED"].flatMap { UInt64($0) } ?? 2026
+        var random = SplitMix64(seed: seed)
+        print("kill rounds: \(roundCount) rounds, victims of seed \(seed) (DLM_KILL_ROUNDS, DLM_KILL_SEED)")
+        for round in 1...roundCount {
             let victim = 1 + random.below(3)
             _ = cluster.kill(victim)
             events.append("node \(victim) killed at \(milliseconds(monotonic())) ms")
@@ -289,7 +294,8 @@ import Testing
         for client in cClients { try client.stop() }
         let overlaps = await ledger.overlaps()
         for (first, second) in overlaps.prefix(5) {
-            Issue.record("\(first.name): \(describe(first)) overlaps \(describe(second)); \(events)")
+            Issue.record(
+                "\(first.name): \(describe(first)) overlaps \(describe(second)); victims of seed \(seed): \(events)")
         }
         let holds = await ledger.holds
         let cHolds = holds.filter { cClientIDs.contains($0.client) }
