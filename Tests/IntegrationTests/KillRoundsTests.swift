@@ -276,27 +276,22 @@ import Testing
         print("kill rounds: \(roundCount) rounds, victims of seed \(seed) (DLM_KILL_ROUNDS, DLM_KILL_SEED)")
         for round in 1...roundCount {
             let victim = 1 + random.below(3)
-            _ = cluster.kill(victim)
-            events.append("node \(victim) killed at \(milliseconds(monotonic())) ms")
             let survivors = (1...3).filter { $0 != victim }
-            for node in survivors { try await Self.waitForPrimaryView(cluster, at: node, members: 2) }
-            try await Self.waitForProgress(
-                ledger, clients: survivors.flatMap { clientsOf[$0]! }, more: 5,
-                what: "after killing node \(victim) in round \(round)")
-            try cluster.start(victim)
-            events.append("node \(victim) restarted at \(milliseconds(monotonic())) ms")
-            if again.below(3) == 0 {
-                // In a third of the rounds the restarted node dies again as soon as the others take it in: in the
-                // recovery that adds it, or just after.
-                for node in survivors { try await Self.waitForPrimaryView(cluster, at: node, members: 3) }
+            // In a third of the rounds the restarted node dies again as soon as the others take it in: in the
+            // recovery that adds it, or just after.
+            for kill in 1...(again.below(3) == 0 ? 2 : 1) {
+                let which = kill == 1 ? "" : " again"
+                if kill > 1 {
+                    for node in survivors { try await Self.waitForPrimaryView(cluster, at: node, members: 3) }
+                }
                 _ = cluster.kill(victim)
-                events.append("node \(victim) killed again at \(milliseconds(monotonic())) ms")
+                events.append("node \(victim) killed\(which) at \(milliseconds(monotonic())) ms")
                 for node in survivors { try await Self.waitForPrimaryView(cluster, at: node, members: 2) }
                 try await Self.waitForProgress(
                     ledger, clients: survivors.flatMap { clientsOf[$0]! }, more: 5,
-                    what: "after killing node \(victim) again in round \(round)")
+                    what: "after killing node \(victim)\(which) in round \(round)")
                 try cluster.start(victim)
-                events.append("node \(victim) restarted again at \(milliseconds(monotonic())) ms")
+                events.append("node \(victim) restarted\(which) at \(milliseconds(monotonic())) ms")
             }
             for node in 1...3 { try await Self.waitForPrimaryView(cluster, at: node, members: 3) }
             try startClients(on: victim)
