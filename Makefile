@@ -51,14 +51,17 @@ sim:
 		DLM_MODEL_OPS=$(MODEL_OPS) $(SWIFT) test -c release -Xswiftc -enable-testing --scratch-path .build-test \
 		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|GroupServicesTests.CorosyncMemberRandomTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests|DLMClusterTests.LockspaceChurnTests'
 
-## make soak ROUNDS=N SEED=S: the real-process kill rounds (Tests/IntegrationTests/KillRoundsTests.swift: clients of
-## the Swift client and of the C library on three dlmd nodes, one node killed with kill -9 and restarted each round,
-## an independent checker over every hold) for N rounds (default 100; make test runs 10), the victims drawn from seed
-## S (default 2026). A failure names the seed and saves every node's log.
+## make soak ROUNDS=N SEED=S NODES=M: the real-process kill rounds (Tests/IntegrationTests/KillRoundsTests.swift:
+## clients of the Swift client and of the C library on M dlmd nodes (default 3), one node killed with kill -9 and
+## restarted each round (on 5 nodes or more, two at once in half of the rounds), an independent checker over every
+## hold) for N rounds (default 100; make test runs 10 on 3 nodes), the victims drawn from seed S (default 2026). A
+## failure names the seed and saves every node's log.
 ROUNDS ?= 100
 SEED ?= 2026
+NODES ?= 3
 soak: deps
-	DLM_KILL_ROUNDS=$(ROUNDS) DLM_KILL_SEED=$(SEED) $(SWIFT) test --filter 'IntegrationTests.KillRoundsTests'
+	DLM_KILL_ROUNDS=$(ROUNDS) DLM_KILL_SEED=$(SEED) DLM_KILL_NODES=$(NODES) $(SWIFT) test \
+		--filter 'IntegrationTests.KillRoundsTests'
 
 ## make fuzz FUZZ_SECONDS=N (or FUZZ_RUNS=N): coverage-guided fuzzers (libFuzzer) of the client frame decoder, the
 ## peer port's frames before and after authentication, the cluster config file, the write-ahead log's recovery and

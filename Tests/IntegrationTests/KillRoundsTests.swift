@@ -223,19 +223,37 @@ import Testing
     }
 
     @Test func killAndRestartRounds() async throws {
-        let cluster = try TestCluster(nodes: 3)
+        let cluster = try TestCluster(nodes: Settings.current.nodes)
         defer { cluster.stopAll() }
-        do { try await Self.rounds(cluster) } catch {
+        do { try await Self.rounds(cluster, Settings.current) } catch {
             let prefix = FileManager.default.temporaryDirectory.path + "/dlm-kill-rounds-node"
             cluster.saveLogs(to: prefix)
             Issue.record("\(error); every node's log is in \(prefix)N.log")
         }
     }
 
-    static func rounds(_ cluster: TestCluster) async throws {
+    /// `make test` runs ten rounds of seed 2026 on three nodes; `make soak` as many as asked (DLM_KILL_ROUNDS), of
+    /// other victims (DLM_KILL_SEED), on as many nodes (DLM_KILL_NODES, at least 3).
+    struct Settings {
+        var rounds = 10
+        var seed: UInt64 = 2026
+        var nodes = 3
+
+        static var current: Settings {
+            let environment = ProcessInfo.processInfo.environment
+            var settings = Settings()
+            if let rounds = environment["DLM_KILL_ROUNDS"].flatMap({ Int($0) }) { settings.rounds = max(1, rounds) }
+            if let seed = environment["DLM_KILL_SEED"].flatMap({ UInt64($0) }) { settings.seed = seed }
+            if let nodes = environment["DLM_KILL_NODES"].flatMap({ Int($0) }) { settings.nodes = max(3, nodes) }
+            return settings
+        }
+    }
+
+    static func rounds(_ cluster: TestCluster, _ settings: Settings) async throws {
+        let all = Array(1...settings.nodes)
         var events: [String] = []
         try cluster.startAll()
-        for node in 1...3 { try await Self.waitForPrimaryView(cluster, at: node, members: 3) }
+        for node in all { try await Self.waitForPrimaryView(cluster, at: node, members: all.count) }
         let ledger = Ledger()
         let stop = Flag()
         var clientsOf: [Int: [Int]] = [:]
@@ -264,40 +282,49 @@ import Testing
                     })
             }
         }
-        for node in 1...3 { try startClients(on: node) }
+        for node in all { try startClients(on: node) }
         try await Self.waitForProgress(ledger, clients: clientsOf.values.flatMap { $0 }, more: 5, what: "at start")
-        // `make soak` runs many more rounds (DLM_KILL_ROUNDS), of other victims (DLM_KILL_SEED).
-        let environment = ProcessInfo.processInfo.environment
-        let roundCount = environment["DLM_KILL_ROUNDS"].flatMap { Int($0) }.map { max(1, $0) } ?? 10
-        let seed = environment["DLM_KILL_SEED"].flatMap { UInt64($0) } ?? 2026
+        let seed = settings.seed
         var random = SplitMix64(seed: seed)
-        // (A generator of its own: the victims of a seed stay what they were before the second kills.)
+        // (Generators of their own: the victims of a seed on three nodes stay what they were before the second
+        // kills and the second victims.)
         var again = SplitMix64(seed: seed &+ 1)
-        print("kill rounds: \(roundCount) rounds, victims of seed \(seed) (DLM_KILL_ROUNDS, DLM_KILL_SEED)")
-        for round in 1...roundCount {
-            let victim = 1 + random.below(3)
-            let survivors = (1...3).filter { $0 != victim }
-            // In a third of the rounds the restarted node dies again as soon as the others take it in: in the
-            // recovery that adds it, or just after.
+        var second = SplitMix64(seed: seed &+ 2)
+        print(
+            "kill rounds: \(settings.rounds) rounds on \(all.count) nodes, victims of seed \(seed) "
+                + "(DLM_KILL_ROUNDS, DLM_KILL_NODES, DLM_KILL_SEED)")
+        for round in 1...settings.rounds {
+            var victims = [1 + random.below(all.count)]
+            // On five nodes or more, two die at once in half of the rounds (the other three keep quorum).
+            if all.count >= 5, second.below(2) == 0 {
+                let others = all.filter { $0 != victims[0] }
+                victims.append(others[second.below(others.count)])
+            }
+            let survivors = all.filter { !victims.contains($0) }
+            let named = victims.map(String.init).joined(separator: " and ")
+            // In a third of the rounds the restarted nodes die again as soon as the others take them in: in the
+            // recovery that adds them, or just after.
             for kill in 1...(again.below(3) == 0 ? 2 : 1) {
                 let which = kill == 1 ? "" : " again"
                 if kill > 1 {
-                    for node in survivors { try await Self.waitForPrimaryView(cluster, at: node, members: 3) }
+                    for node in survivors { try await Self.waitForPrimaryView(cluster, at: node, members: all.count) }
                 }
-                _ = cluster.kill(victim)
-                events.append("node \(victim) killed\(which) at \(milliseconds(monotonic())) ms")
-                for node in survivors { try await Self.waitForPrimaryView(cluster, at: node, members: 2) }
+                for victim in victims { _ = cluster.kill(victim) }
+                events.append("node \(named) killed\(which) at \(milliseconds(monotonic())) ms")
+                for node in survivors {
+                    try await Self.waitForPrimaryView(cluster, at: node, members: survivors.count)
+                }
                 try await Self.waitForProgress(
                     ledger, clients: survivors.flatMap { clientsOf[$0]! }, more: 5,
-                    what: "after killing node \(victim)\(which) in round \(round)")
-                try cluster.start(victim)
-                events.append("node \(victim) restarted\(which) at \(milliseconds(monotonic())) ms")
+                    what: "after killing node \(named)\(which) in round \(round)")
+                for victim in victims { try cluster.start(victim) }
+                events.append("node \(named) restarted\(which) at \(milliseconds(monotonic())) ms")
             }
-            for node in 1...3 { try await Self.waitForPrimaryView(cluster, at: node, members: 3) }
-            try startClients(on: victim)
+            for node in all { try await Self.waitForPrimaryView(cluster, at: node, members: all.count) }
+            for victim in victims { try startClients(on: victim) }
             try await Self.waitForProgress(
                 ledger, clients: clientsOf.values.flatMap { $0 }, more: 5,
-                what: "after restarting node \(victim) in round \(round)")
+                what: "after restarting node \(named) in round \(round)")
         }
         stop.set()
         for task in tasks { await task.value }
