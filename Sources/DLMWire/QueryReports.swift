@@ -223,6 +223,8 @@ public struct StatusReport: Codable, Sendable, Hashable {
         public var expectedVotes: Int
         /// The votes a primary view needs.
         public var quorumVotes: Int
+        /// With `auto_tie_breaker`: the node with which exactly half of the expected votes is enough; nil without.
+        public var tieBreakerNode: UInt32?
         /// The highest view number this node has promised or installed (persisted).
         public var highestView: UInt64
         public var nodes: [Node]
@@ -263,14 +265,19 @@ public struct StatusReport: Codable, Sendable, Hashable {
             case name
             case expectedVotes = "expected_votes"
             case quorumVotes = "quorum_votes"
+            case tieBreakerNode = "tie_breaker_node"
             case highestView = "highest_view"
             case nodes
         }
 
-        public init(name: String, expectedVotes: Int, quorumVotes: Int, highestView: UInt64, nodes: [Node]) {
+        public init(
+            name: String, expectedVotes: Int, quorumVotes: Int, tieBreakerNode: UInt32? = nil, highestView: UInt64,
+            nodes: [Node]
+        ) {
             self.name = name
             self.expectedVotes = expectedVotes
             self.quorumVotes = quorumVotes
+            self.tieBreakerNode = tieBreakerNode
             self.highestView = highestView
             self.nodes = nodes
         }

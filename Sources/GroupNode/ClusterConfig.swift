@@ -50,6 +50,8 @@ public struct ClusterConfig: Sendable, Hashable {
     public var expectedVotes: Int?
     public var twoNode: Bool
     public var waitForAll: Bool
+    /// votequorum's `auto_tie_breaker`: exactly half of the expected votes is quorate with the lowest node among them.
+    public var autoTieBreaker: Bool
     /// Run with the node id as its only argument; exit status 0 means the node is fenced.
     public var fenceCommand: String
     /// Seconds after which a fence command is killed (and counts as failed).
@@ -74,7 +76,7 @@ public struct ClusterConfig: Sendable, Hashable {
     /// A configuration built in code; `validate` checks it as `parse` would.
     public init(
         name: String, keyFile: String, nodes: [Node], expectedVotes: Int? = nil, twoNode: Bool = false,
-        waitForAll: Bool = false, fenceCommand: String, fenceTimeout: Double = 60,
+        waitForAll: Bool = false, autoTieBreaker: Bool = false, fenceCommand: String, fenceTimeout: Double = 60,
         heartbeatInterval: Int = ClusterConfig.defaultTimeouts.heartbeat,
         suspectTimeout: Int = ClusterConfig.defaultTimeouts.suspect,
         viewChangeTime: Int = ClusterConfig.defaultTimeouts.viewChange,
@@ -90,6 +92,7 @@ public struct ClusterConfig: Sendable, Hashable {
         self.expectedVotes = expectedVotes
         self.twoNode = twoNode
         self.waitForAll = waitForAll
+        self.autoTieBreaker = autoTieBreaker
         self.fenceCommand = fenceCommand
         self.fenceTimeout = fenceTimeout
         self.heartbeatInterval = heartbeatInterval
@@ -110,7 +113,8 @@ public struct ClusterConfig: Sendable, Hashable {
         let ms = Settings.millisecond
         return Settings(
             votes: votes, expectedVotes: expectedVotes, twoNode: twoNode, waitForAll: waitForAll,
-            heartbeatInterval: UInt64(heartbeatInterval) * ms, suspectTimeout: UInt64(suspectTimeout) * ms,
+            autoTieBreaker: autoTieBreaker, heartbeatInterval: UInt64(heartbeatInterval) * ms,
+            suspectTimeout: UInt64(suspectTimeout) * ms,
             viewChangeTime: UInt64(viewChangeTime) * ms, flushTimeout: UInt64(flushTimeout) * ms,
             retransmitInterval: UInt64(retransmitInterval) * ms, fenceRetryInterval: UInt64(fenceRetryInterval) * ms,
             joinDelay: UInt64(joinDelay) * ms)
@@ -160,6 +164,7 @@ public struct ClusterConfig: Sendable, Hashable {
             if let expectedVotes, expectedVotes != 2 {
                 throw fail("quorum.expected_votes: must be 2 (or absent) with two_node")
             }
+            if autoTieBreaker { throw fail("quorum.auto_tie_breaker: not with two_node (choose one)") }
         }
         if fenceCommand.isEmpty { throw fail("fencing.command: must not be empty") }
         if !(fenceTimeout > 0 && fenceTimeout <= Double(Self.maximumTimeout / 1000)) {
@@ -246,11 +251,14 @@ public struct ClusterConfig: Sendable, Hashable {
         var expectedVotes: Int?
         var twoNode = false
         var waitForAll = false
+        var autoTieBreaker = false
         if let quorum = try reader.table(root, "quorum") {
-            try reader.allow(quorum, keys: ["expected_votes", "two_node", "wait_for_all"], path: "quorum")
+            try reader.allow(
+                quorum, keys: ["expected_votes", "two_node", "wait_for_all", "auto_tie_breaker"], path: "quorum")
             expectedVotes = try reader.int(quorum, "expected_votes", path: "quorum", required: false)
             twoNode = try reader.bool(quorum, "two_node", path: "quorum") ?? false
             waitForAll = try reader.bool(quorum, "wait_for_all", path: "quorum") ?? false
+            autoTieBreaker = try reader.bool(quorum, "auto_tie_breaker", path: "quorum") ?? false
         }
 
         let fencing = try reader.table(root, "fencing", required: true)!
@@ -304,8 +312,8 @@ public struct ClusterConfig: Sendable, Hashable {
         let heartbeat = times["heartbeat_ms"] ?? d.heartbeat
         var config = ClusterConfig(
             name: name, keyFile: keyFile, nodes: nodes, expectedVotes: expectedVotes, twoNode: twoNode,
-            waitForAll: waitForAll, fenceCommand: fenceCommand, fenceTimeout: fenceTimeout,
-            heartbeatInterval: heartbeat, suspectTimeout: times["suspect_ms"] ?? d.suspect,
+            waitForAll: waitForAll, autoTieBreaker: autoTieBreaker, fenceCommand: fenceCommand,
+            fenceTimeout: fenceTimeout, heartbeatInterval: heartbeat, suspectTimeout: times["suspect_ms"] ?? d.suspect,
             viewChangeTime: times["view_change_ms"] ?? d.viewChange, flushTimeout: times["flush_ms"] ?? d.flush,
             retransmitInterval: times["retransmit_ms"] ?? d.retransmit,
             fenceRetryInterval: times["fence_retry_ms"] ?? d.fenceRetry, joinDelay: times["join_delay_ms"],

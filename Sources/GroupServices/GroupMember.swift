@@ -565,10 +565,9 @@ public struct GroupMember: Sendable {
                 return
             }
         }
-        let votes = proposal.members.reduce(0) { $0 + (settings.votes[$1.node] ?? 0) }
         let everyNode = Set(proposal.members.map(\.node)) == Set(settings.nodes)
         proposal.primary =
-            votes >= settings.quorumVotes
+            settings.isQuorate(proposal.members.map(\.node))
             && (!settings.waitForAll || everyNode || proposal.reports.values.contains { $0.wasQuorate })
         var toFence: Set<NodeID> = []
         if proposal.primary {

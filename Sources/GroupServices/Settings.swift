@@ -16,6 +16,11 @@ public struct Settings: Sendable, Hashable {
     /// votequorum's `wait_for_all`: a view is primary for the first time only once every node was seen together in
     /// one view (a node that has been in a primary view since its start brings the quorum along).
     public var waitForAll: Bool
+    /// votequorum's `auto_tie_breaker` (with `auto_tie_breaker_node: lowest`): members with exactly half of the
+    /// expected votes are quorate too if the lowest configured node is among them, so that a cluster split in two
+    /// equal halves goes on in the half with that node. Two quorate sets of members still always share a node: two
+    /// halves share the lowest node, and a half and a majority overlap.
+    public var autoTieBreaker: Bool
     public var heartbeatInterval: UInt64
     public var suspectTimeout: UInt64
     /// The budget of a view change after a suspicion; see `detectionTime`.
@@ -35,7 +40,8 @@ public struct Settings: Sendable, Hashable {
 
     public init(
         votes: [NodeID: Int], expectedVotes: Int? = nil, twoNode: Bool = false, waitForAll: Bool = false,
-        heartbeatInterval: UInt64 = 200 * millisecond, suspectTimeout: UInt64 = 1000 * millisecond,
+        autoTieBreaker: Bool = false, heartbeatInterval: UInt64 = 200 * millisecond,
+        suspectTimeout: UInt64 = 1000 * millisecond,
         viewChangeTime: UInt64 = 500 * millisecond, flushTimeout: UInt64 = 300 * millisecond,
         retransmitInterval: UInt64 = 50 * millisecond, fenceRetryInterval: UInt64 = 250 * millisecond,
         joinDelay: UInt64? = nil
@@ -50,6 +56,7 @@ public struct Settings: Sendable, Hashable {
                 votes.count == 2 && votes.values.allSatisfy { $0 == 1 } && expected == 2,
                 "two_node needs exactly two nodes with one vote each")
         }
+        precondition(!(twoNode && autoTieBreaker), "two_node and auto_tie_breaker exclude each other")
         precondition(heartbeatInterval > 0, "the heartbeat interval must be positive")
         precondition(
             suspectTimeout >= 2 * heartbeatInterval, "the suspect timeout must cover at least two heartbeats")
@@ -62,6 +69,7 @@ public struct Settings: Sendable, Hashable {
         self.expectedVotes = expected
         self.twoNode = twoNode
         self.waitForAll = waitForAll || twoNode
+        self.autoTieBreaker = autoTieBreaker
         self.heartbeatInterval = heartbeatInterval
         self.suspectTimeout = suspectTimeout
         self.viewChangeTime = viewChangeTime
@@ -72,11 +80,11 @@ public struct Settings: Sendable, Hashable {
     }
 
     /// Nodes 1...count with one vote each.
-    public init(nodes count: Int, twoNode: Bool = false, waitForAll: Bool = false) {
+    public init(nodes count: Int, twoNode: Bool = false, waitForAll: Bool = false, autoTieBreaker: Bool = false) {
         precondition(count >= 1)
         var votes: [NodeID: Int] = [:]
         for node in 1...count { votes[NodeID(UInt32(node))] = 1 }
-        self.init(votes: votes, twoNode: twoNode, waitForAll: waitForAll)
+        self.init(votes: votes, twoNode: twoNode, waitForAll: waitForAll, autoTieBreaker: autoTieBreaker)
     }
 
     /// A crashed node is out of every view within this time, in a healthy network.
@@ -84,6 +92,16 @@ public struct Settings: Sendable, Hashable {
 
     /// The votes a primary view needs: a majority of the expected votes, or 1 with `two_node`.
     public var quorumVotes: Int { twoNode ? 1 : expectedVotes / 2 + 1 }
+
+    /// Whether `nodes` (each counted once) have quorum: `quorumVotes` of votes, or with `auto_tie_breaker` exactly
+    /// half of the expected votes and the lowest configured node.
+    public func isQuorate(_ nodes: some Sequence<NodeID>) -> Bool {
+        let present = Set(nodes)
+        let votes = present.reduce(0) { $0 + (self.votes[$1] ?? 0) }
+        if votes >= quorumVotes { return true }
+        guard autoTieBreaker, votes * 2 == expectedVotes, let lowest = self.votes.keys.min() else { return false }
+        return present.contains(lowest)
+    }
 
     /// The configured nodes in order.
     public var nodes: [NodeID] { votes.keys.sorted() }

@@ -324,5 +324,19 @@ let exampleConfig = """
         #expect(config.twoNode)
         #expect(config.settings.waitForAll)
         #expect(config.settings.quorumVotes == 1)
+        #expect(
+            error(text.replacingOccurrences(of: "two_node = true", with: "two_node = true\nauto_tie_breaker = true"))?
+                .contains("quorum.auto_tie_breaker: not with two_node (choose one)") == true)
+    }
+
+    /// `auto_tie_breaker`: of four nodes (one vote each), two are quorate only with node 1 among them.
+    @Test func autoTieBreaker() throws {
+        let text = exampleConfig.replacingOccurrences(
+            of: "expected_votes = 3", with: "expected_votes = 4\nauto_tie_breaker = true")
+        let config = try ClusterConfig.parse(text, file: file)
+        #expect(config.autoTieBreaker && config.settings.autoTieBreaker)
+        #expect(config.settings.isQuorate([1, 2]) && config.settings.isQuorate([1, 3]))
+        #expect(!config.settings.isQuorate([2, 3]) && !config.settings.isQuorate([1]))
+        #expect(!(try ClusterConfig.parse(exampleConfig, file: file)).settings.isQuorate([1]))
     }
 }

@@ -92,8 +92,7 @@ struct InvariantChecker {
     mutating func installedPrimary(_ view: View, by member: Member) {
         guard !settled.contains(view.id) else { return }
         installers[view.id, default: []].insert(member)
-        let votes = installers[view.id]!.reduce(0) { $0 + (settings.votes[$1.node] ?? 0) }
-        guard votes >= settings.quorumVotes else { return }
+        guard settings.isQuorate(installers[view.id]!.map(\.node)) else { return }
         installers[view.id] = nil
         settled.insert(view.id)
         if let previous = primaryBefore(view) {

@@ -191,6 +191,27 @@ import Testing
             ])
     }
 
+    /// `auto_tie_breaker`: four nodes split two and two. Without it neither half is primary; with it the half with
+    /// node 1 fences the other half and goes on, and the other half knows it is not primary.
+    @Test func aTieBreakerKeepsTheHalfWithTheLowestNode() {
+        for tieBreaker in [false, true] {
+            let cluster = cluster(Settings(nodes: 4, autoTieBreaker: tieBreaker))
+            for node in cluster.settings.nodes { cluster.start(node) }
+            cluster.run(for: 300 * ms)
+            #expect(cluster.nodes[1]!.machine.isPrimary)
+            _ = take(cluster)
+            cluster.partition([[1, 2], [3, 4]])
+            cluster.run(for: 2000 * ms)
+            let lines = take(cluster)
+            #expect(
+                cluster.nodes[1]!.machine.isPrimary == tieBreaker && cluster.nodes[2]!.machine.isPrimary == tieBreaker)
+            #expect(!cluster.nodes[3]!.machine.isPrimary && !cluster.nodes[4]!.machine.isPrimary)
+            #expect(lines.contains("1: fence 3") == tieBreaker && lines.contains("1: fence 4") == tieBreaker)
+            #expect(cluster.nodes[1]!.machine.view?.members.map(\.node) == [1, 2], "\(lines)")
+            #expect(cluster.checker.violation == nil)
+        }
+    }
+
     @Test func twoNodeClusterSurvivesOneNodeAfterSeeingBoth() {
         let cluster = cluster(Settings(nodes: 2, twoNode: true))
         cluster.start(1)

@@ -67,6 +67,27 @@ struct ClusterDaemonTests {
         #expect(lock.status == 0, "\(lock.stderr)")
     }
 
+    /// `auto_tie_breaker`: of four nodes, nodes 3 and 4 die at once. Nodes 1 and 2 have half of the votes, and node 1:
+    /// they fence both, form a primary view and serve locks (without the tie breaker they would wait for quorum).
+    /// `dlmtool status` (and its `--json`) names the tie breaker.
+    @Test func aTieBreakerKeepsTheHalfWithNodeOne() async throws {
+        let cluster = try TestCluster(nodes: 4, quorum: "auto_tie_breaker = true\n")
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...4 { try cluster.waitForView(at: node, members: "1,2,3,4", primary: true) }
+        _ = cluster.kill(3)
+        _ = cluster.kill(4)
+        for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+        #expect(Set(cluster.fenced) == [3, 4], "fenced: \(cluster.fenced)")
+        let status = try await Self.status(cluster, 2)
+        #expect(status.quorate && status.cluster?.tieBreakerNode == 1 && status.cluster?.quorumVotes == 3)
+        let lock = try await ToolRun.run(arguments: ["lock", "--socket", cluster.socket(2), "job", "--", "true"])
+        #expect(lock.status == 0, "\(lock.stderr)")
+        let text = try await ToolRun.run(arguments: ["status", "--socket", cluster.socket(1)])
+        #expect(
+            text.stdout.contains("3 of 4 expected needed, or 2 with node 1 (auto_tie_breaker)"), "\(text.stdout)")
+    }
+
     /// dlmd announces views and recoveries on standard output; a reader that goes away (a closed pipe) stops
     /// nothing: node 1's standard output is closed after its first line, and it goes on serving through the view
     /// changes it announces (before, the first write after the close killed it).

@@ -22,7 +22,12 @@ enum ClusterText {
             rows.append(["view", "none yet"])
         }
         rows.append(["quorate", report.quorate ? "yes" : "no"])
-        rows.append(["votes", "\(cluster.quorumVotes) of \(cluster.expectedVotes) expected needed"])
+        rows.append([
+            "votes",
+            "\(cluster.quorumVotes) of \(cluster.expectedVotes) expected needed"
+                + (cluster.tieBreakerNode.map { ", or \(cluster.expectedVotes / 2) with node \($0) (auto_tie_breaker)" }
+                    ?? ""),
+        ])
         rows.append([
             "waiting for",
             report.recovery.waitingFor.isEmpty ? "nothing" : report.recovery.waitingFor.joined(separator: ", "),
