@@ -415,6 +415,11 @@ public struct CorosyncMember: MembershipCore {
         view = newView
         isPrimary = primary
         if !primary { fencedAbsent = [] }
+        // A node with a life in this view takes part again, whether or not votequorum has said it counts the node
+        // (its answers may come late): a fence of it before now does not cover that life (corosync seed 3643: node 2
+        // kept node 1 as fenced while uncounted across a primary view with node 1's next life, and the next primary
+        // view left that life out without fencing it).
+        fencedAbsent.subtract(newView.nodes)
         fencedSinceInstall = []
         delivered = 0
         persistent.highestViewNumber = max(persistent.highestViewNumber, newView.id.number)

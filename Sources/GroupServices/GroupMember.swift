@@ -141,6 +141,8 @@ public struct GroupMember: Sendable {
         var primary = false
         /// Fences under way (nil) or to try again at a time, while deciding.
         var fencing: [NodeID: UInt64?]? = nil
+        /// The lives, as known when deciding, of the nodes fenced before this primary view: over once it is installed.
+        var fencedLives: [Member] = []
     }
     var proposal: Proposal?
     var fencedSinceInstall: Set<NodeID> = []
@@ -570,9 +572,20 @@ public struct GroupMember: Sendable {
             settings.isQuorate(proposal.members.map(\.node))
             && (!settings.waitForAll || everyNode || proposal.reports.values.contains { $0.wasQuorate })
         var toFence: Set<NodeID> = []
+        proposal.fencedLives = []
         if proposal.primary {
             for report in proposal.reports.values { toFence.formUnion(report.fenceCandidates) }
             toFence.subtract(proposal.members.map(\.node))
+            // Every candidate left out is fenced before the view (now, or since the last install): the lives of
+            // those nodes known now are over, even if a fence lies. A candidate may have installed a primary view
+            // that the members never did (it promised a competing proposal, which only some of its members
+            // installed): it must not be taken back into a later view (simulation seed 9605).
+            proposal.fencedLives = toFence.sorted().compactMap { node in
+                let known =
+                    proposal.reports.values.flatMap(\.lastPrimary).filter { $0.node == node }
+                    .map(\.incarnation) + [peers[node]?.incarnation].compactMap { $0 }
+                return known.max().map { Member(node: node, incarnation: $0) }
+            }
             toFence.subtract(fencedSinceInstall)
         }
         proposal.fencing = [:]
@@ -626,6 +639,7 @@ public struct GroupMember: Sendable {
         if proposal.primary {
             let lastPrimary = proposal.reports.values.flatMap(\.lastPrimary) + lastPrimaryMembers
             fenced += lastPrimary.filter { !members.contains($0) }
+            fenced += proposal.fencedLives
         }
         let installation = Installation(
             view: View(id: proposal.id, members: proposal.members), primary: proposal.primary,
