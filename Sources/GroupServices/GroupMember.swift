@@ -141,11 +141,12 @@ public struct GroupMember: Sendable {
         var primary = false
         /// Fences under way (nil) or to try again at a time, while deciding.
         var fencing: [NodeID: UInt64?]? = nil
-        /// The lives, as known when deciding, of the nodes fenced before this primary view: over once it is installed.
-        var fencedLives: [Member] = []
     }
     var proposal: Proposal?
     var fencedSinceInstall: Set<NodeID> = []
+    /// The life of each node fenced since the last install, as known when its fence was decided: over once a
+    /// primary view is installed.
+    var fencedLivesSinceInstall: [NodeID: Member] = [:]
 
     /// The data messages this member delivered, by sender: a message that its sender did not get back in its view is
     /// submitted again in the next one, and a member that delivered it in another partition meanwhile skips it.
@@ -541,6 +542,7 @@ public struct GroupMember: Sendable {
             if proposal != nil {
                 proposal = nil
                 fencedSinceInstall = []
+                fencedLivesSinceInstall = [:]
             }
             promise(id, members: members, into: &effects)
             effects.append(.send(.report(report(for: id)), to: from.node))
@@ -572,21 +574,23 @@ public struct GroupMember: Sendable {
             settings.isQuorate(proposal.members.map(\.node))
             && (!settings.waitForAll || everyNode || proposal.reports.values.contains { $0.wasQuorate })
         var toFence: Set<NodeID> = []
-        proposal.fencedLives = []
         if proposal.primary {
             for report in proposal.reports.values { toFence.formUnion(report.fenceCandidates) }
             toFence.subtract(proposal.members.map(\.node))
-            // Every candidate left out is fenced before the view (now, or since the last install): the lives of
-            // those nodes known now are over, even if a fence lies. A candidate may have installed a primary view
-            // that the members never did (it promised a competing proposal, which only some of its members
-            // installed): it must not be taken back into a later view (simulation seed 9605).
-            proposal.fencedLives = toFence.sorted().compactMap { node in
-                let known =
-                    proposal.reports.values.flatMap(\.lastPrimary).filter { $0.node == node }
-                    .map(\.incarnation) + [peers[node]?.incarnation].compactMap { $0 }
-                return known.max().map { Member(node: node, incarnation: $0) }
-            }
             toFence.subtract(fencedSinceInstall)
+            // The life of each node fenced now, as known now (the members' last primary views, its heartbeats), is
+            // over once the view is installed, even if the fence lies: a candidate may have installed a primary view
+            // that the members never did (it promised a competing proposal that only some of its members
+            // installed), and must not be taken back into a later view (simulation seed 9605). (Not a life heard of
+            // after an earlier fence of its node: that fence did not stop it.)
+            for node in toFence {
+                let known =
+                    proposal.reports.values.flatMap(\.lastPrimary).filter { $0.node == node }.map(\.incarnation)
+                    + [peers[node]?.incarnation].compactMap { $0 }
+                if let incarnation = known.max() {
+                    fencedLivesSinceInstall[node] = Member(node: node, incarnation: incarnation)
+                }
+            }
         }
         proposal.fencing = [:]
         for node in toFence.sorted() {
@@ -639,7 +643,7 @@ public struct GroupMember: Sendable {
         if proposal.primary {
             let lastPrimary = proposal.reports.values.flatMap(\.lastPrimary) + lastPrimaryMembers
             fenced += lastPrimary.filter { !members.contains($0) }
-            fenced += proposal.fencedLives
+            fenced += fencedLivesSinceInstall.values.filter { !members.contains($0) }
         }
         let installation = Installation(
             view: View(id: proposal.id, members: proposal.members), primary: proposal.primary,
@@ -679,6 +683,7 @@ public struct GroupMember: Sendable {
         proposal = nil
         self.installation = nil
         fencedSinceInstall = []
+        fencedLivesSinceInstall = [:]
         // Heartbeats that disagreed with the old view say nothing about the new one.
         for node in peers.keys { peers[node]!.disagreeingSince = nil }
         persistent.highestViewNumber = max(persistent.highestViewNumber, newView.id.number)
