@@ -58,9 +58,7 @@ final class ClusterMembership {
         let settings = config.settings
         let cluster = StatusReport.Cluster(
             name: status.clusterName, expectedVotes: settings.expectedVotes, quorumVotes: settings.quorumVotes,
-            // (A tie needs an even number of expected votes.)
-            tieBreakerNode: settings.autoTieBreaker && settings.expectedVotes % 2 == 0
-                ? settings.nodes.first?.rawValue : nil,
+            tieBreakerNode: settings.tieBreakerNode?.rawValue,
             highestView: status.highestViewNumber,
             nodes: status.nodes.map {
                 .init(

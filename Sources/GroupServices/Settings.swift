@@ -99,8 +99,14 @@ public struct Settings: Sendable, Hashable {
         let present = Set(nodes)
         let votes = present.reduce(0) { $0 + (self.votes[$1] ?? 0) }
         if votes >= quorumVotes { return true }
-        guard autoTieBreaker, votes * 2 == expectedVotes, let lowest = self.votes.keys.min() else { return false }
-        return present.contains(lowest)
+        guard let tieBreakerNode, votes * 2 == expectedVotes else { return false }
+        return present.contains(tieBreakerNode)
+    }
+
+    /// With `auto_tie_breaker` and an even number of expected votes (a tie needs one): the lowest configured node,
+    /// with which exactly half of the expected votes is quorate; nil otherwise.
+    public var tieBreakerNode: NodeID? {
+        autoTieBreaker && expectedVotes % 2 == 0 ? votes.keys.min() : nil
     }
 
     /// The configured nodes in order.

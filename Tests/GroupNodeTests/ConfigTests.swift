@@ -334,7 +334,7 @@ let exampleConfig = """
         let text = exampleConfig.replacingOccurrences(
             of: "expected_votes = 3", with: "expected_votes = 4\nauto_tie_breaker = true")
         let config = try ClusterConfig.parse(text, file: file)
-        #expect(config.autoTieBreaker && config.settings.autoTieBreaker)
+        #expect(config.autoTieBreaker && config.settings.tieBreakerNode == 1)
         #expect(config.settings.isQuorate([1, 2]) && config.settings.isQuorate([1, 3]))
         #expect(!config.settings.isQuorate([2, 3]) && !config.settings.isQuorate([1]))
         #expect(!(try ClusterConfig.parse(exampleConfig, file: file)).settings.isQuorate([1]))
