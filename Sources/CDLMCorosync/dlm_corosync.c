@@ -127,6 +127,61 @@ void dlm_cs_close(struct dlm_cs *cs)
     free(cs);
 }
 
+struct dlm_cs_group {
+    cpg_handle_t cpg;
+    struct cpg_name name;
+};
+
+static void on_group_confchg(cpg_handle_t handle, const struct cpg_name *group, const struct cpg_address *members,
+                             size_t count, const struct cpg_address *left, size_t left_count,
+                             const struct cpg_address *joined, size_t joined_count)
+{
+    (void)handle, (void)group, (void)members, (void)count, (void)left, (void)left_count, (void)joined;
+    (void)joined_count;
+}
+
+static void on_group_deliver(cpg_handle_t handle, const struct cpg_name *group, uint32_t nodeid, uint32_t pid,
+                             void *message, size_t length)
+{
+    (void)handle, (void)group, (void)nodeid, (void)pid, (void)message, (void)length;
+}
+
+int dlm_cs_group_open(const void *name, size_t length, struct dlm_cs_group **out)
+{
+    if (length == 0 || length > CPG_MAX_NAME_LENGTH) return result(CS_ERR_INVALID_PARAM);
+    struct dlm_cs_group *group = calloc(1, sizeof *group);
+    if (group == NULL) return result(CS_ERR_NO_MEMORY);
+    group->name.length = (uint32_t)length;
+    memcpy(group->name.value, name, length);
+    cpg_callbacks_t callbacks = {.cpg_deliver_fn = on_group_deliver, .cpg_confchg_fn = on_group_confchg};
+    cs_error_t error = cpg_initialize(&group->cpg, &callbacks);
+    if (error != CS_OK) {
+        free(group);
+        return result(error);
+    }
+    do {
+        error = cpg_join(group->cpg, &group->name);
+    } while (error == CS_ERR_TRY_AGAIN);
+    if (error != CS_OK) {
+        cpg_finalize(group->cpg);
+        free(group);
+        return result(error);
+    }
+    *out = group;
+    return 0;
+}
+
+int dlm_cs_group_fd(struct dlm_cs_group *group, int *fd) { return result(cpg_fd_get(group->cpg, fd)); }
+int dlm_cs_group_dispatch(struct dlm_cs_group *group) { return result(cpg_dispatch(group->cpg, CS_DISPATCH_ALL)); }
+
+void dlm_cs_group_close(struct dlm_cs_group *group)
+{
+    if (group == NULL) return;
+    cpg_leave(group->cpg, &group->name);
+    cpg_finalize(group->cpg);
+    free(group);
+}
+
 /* A nodelist.node.N.KEY entry: N, and the key after it; -1 if the key is of another shape. */
 static long node_index(const char *key, const char **field)
 {

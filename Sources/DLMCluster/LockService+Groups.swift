@@ -56,6 +56,14 @@ extension LockService {
         return list.sorted { $0.name.lexicographicallyPrecedes($1.name) }
     }
 
+    /// The lockspaces whose group this node is in, as the last phase 0 agreed them, and those it asks to join.
+    public var lockspaceGroupsOfThisNode: Set<[UInt8]> {
+        let me = configuration.nodeID
+        var names = Set(mastering.joining.keys)
+        for (name, group) in mastering.groups where group.members.contains(me) { names.insert(name) }
+        return names
+    }
+
     /// The groups every member computes alike from the members' phase-0 lists. A group's length is that of its
     /// lowest member that belonged to it already, else of its lowest joiner that named one. A joiner that named
     /// another length is left out (`refused`); a member that belonged to it already is never left out.

@@ -132,7 +132,8 @@ extension LockNode {
             metrics?.peerReceivedCounts[Int(message.kind.rawValue)] &+= 1
             handle(.peer(from: sender.node.rawValue, message))
         case .delivered, .barrierCompleted, .barrierAborted, .groupEvent:
-            // The lock manager does not use ordered messages yet: resource mastering across nodes comes next.
+            // The lock service's traffic is point to point (lock traffic above), its recovery's phases its own
+            // reports: it uses no ordered messages, barriers or process groups of the provider.
             break
         }
     }

@@ -275,6 +275,9 @@ public final class LockNode: @unchecked Sendable {
                     "dlmd: node \(configuration.nodeID) recovery done view \(view)" + (run == 0 ? "" : " run \(run)"))
             }
         }
+        // A run starts with this node's joins and ends with the groups agreed: the provider keeps them (with corosync,
+        // as a CPG group each).
+        if !output.recoveries.isEmpty { cluster?.group.setLockspaceGroups(service.lockspaceGroupsOfThisNode) }
         if output.wantsBulkSlice { scheduleBulkSlice() }
     }
 

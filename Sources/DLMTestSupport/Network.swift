@@ -83,4 +83,9 @@ extension Network {
 
     /// The command prefix that runs a program in node `node`'s namespace.
     public func launcher(_ node: Int) -> [String] { ["/usr/sbin/ip", "netns", "exec", namespace(node)] }
+
+    /// Runs `arguments` in node `node`'s namespace to its end: its exit status, standard output and standard error.
+    public func runToEnd(in node: Int, _ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
+        try runProgram(launcher(node)[0], Array(launcher(node).dropFirst()) + arguments)
+    }
 }

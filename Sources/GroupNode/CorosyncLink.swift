@@ -66,11 +66,17 @@ public struct CorosyncError: Error, CustomStringConvertible, Sendable {
 /// thread of its own that polls their descriptors and makes every call into corosync's libraries, so that a slow
 /// corosync never stalls the event loop. Events go to `onEvent` (on that thread; the receiver moves them to its
 /// loop); multicasts are queued from any thread and sent by it, again later when corosync says TRY_AGAIN.
+///
+/// Beside its group, the thread keeps this node in one CPG group per lockspace whose group it is in
+/// (`setLockspaceGroups`), as dlm_controld keeps a `dlm:ls:NAME` group: corosync's tools show which nodes use each
+/// lockspace. Those groups decide nothing (the lock service agrees its lockspace groups in recovery's phase 0, with
+/// either provider); their events are read and dropped.
 final class CorosyncLink: @unchecked Sendable {
     let group: String
     let onEvent: @Sendable (ProviderEvent) -> Void
     let logger: Logger
-    private let outgoing = NIOLockedValueBox<(queue: [[UInt8]], stopping: Bool)>(([], false))
+    private let outgoing = NIOLockedValueBox<(queue: [[UInt8]], stopping: Bool, lockspaceGroups: Set<[UInt8]>?)>(
+        ([], false, nil))
     private var connection: OpaquePointer?
     private var wakeup: Int32 = -1
     private var thread: Thread?
@@ -126,6 +132,29 @@ final class CorosyncLink: @unchecked Sendable {
         _ = write(wakeup, &one, 8)
     }
 
+    /// The CPG groups of the lockspaces this node is in (`lockspaceGroup(cluster:lockspace:)`): the thread joins
+    /// those it is not in and leaves the others.
+    func setLockspaceGroups(_ names: Set<[UInt8]>) {
+        outgoing.withLockedValue { $0.lockspaceGroups = names }
+        var one: UInt64 = 1
+        _ = write(wakeup, &one, 8)
+    }
+
+    /// The CPG group of lockspace `lockspace` in cluster `cluster`: `dlmd:CLUSTER:ls:LOCKSPACE`, or, past CPG's 128
+    /// bytes, `dlmd:CLUSTER:ls` cut to 111 bytes, `#` and the FNV-1a-64 of the lockspace's name in 16 hex digits.
+    static func lockspaceGroup(cluster: String, lockspace: [UInt8]) -> [UInt8] {
+        let prefix = Array("dlmd:\(cluster):ls".utf8)
+        let full = prefix + Array(":".utf8) + lockspace
+        if full.count <= maxGroupName { return full }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in lockspace { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let hex = String(hash, radix: 16)
+        return prefix.prefix(maxGroupName - 17) + Array("#\(String(repeating: "0", count: 16 - hex.count))\(hex)".utf8)
+    }
+
+    /// CPG_MAX_NAME_LENGTH.
+    static let maxGroupName = 128
+
     /// How long `stop` waits for the thread to leave the group and close the connection.
     static let stopTimeout = 5.0
 
@@ -161,14 +190,17 @@ final class CorosyncLink: @unchecked Sendable {
             return
         }
         var retrying = false
+        var lockspaceGroups: [(name: [UInt8], group: OpaquePointer, fd: Int32)] = []
+        defer { for joined in lockspaceGroups { dlm_cs_group_close(joined.group) } }
         while true {
             var fds = [
                 pollfd(fd: cpgFD, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: quorumFD, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0),
             ]
+            fds += lockspaceGroups.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
             // Messages that corosync refused for now (its queue full) are tried again every 10 ms.
-            let ready = poll(&fds, 3, retrying ? 10 : -1)
+            let ready = poll(&fds, nfds_t(fds.count), retrying ? 10 : -1)
             if ready < 0 && errno != EINTR {
                 onEvent(.lost("poll failed: errno \(errno)"))
                 return
@@ -185,6 +217,33 @@ final class CorosyncLink: @unchecked Sendable {
                     onEvent(.lost("\(what): \(CorosyncError(what: "dispatch", code: error))"))
                     return
                 }
+            }
+            // A lockspace group that corosync ends is left; it is joined again when the set changes.
+            var failed: Set<Int> = []
+            for (index, fd) in fds.dropFirst(3).enumerated() where fd.revents != 0 {
+                let error = dlm_cs_group_dispatch(lockspaceGroups[index].group)
+                if error != 0 && error != 6 {
+                    logger.warning(
+                        "left the CPG group of a lockspace: \(CorosyncError(what: "dispatch", code: error))",
+                        metadata: ["group": "\(String(decoding: lockspaceGroups[index].name, as: UTF8.self))"])
+                    failed.insert(index)
+                }
+            }
+            if let wanted = outgoing.withLockedValue({ state -> Set<[UInt8]>? in
+                defer { state.lockspaceGroups = nil }
+                return state.lockspaceGroups
+            }) {
+                for (index, joined) in lockspaceGroups.enumerated() where !wanted.contains(joined.name) {
+                    failed.insert(index)
+                }
+                let known = Set(lockspaceGroups.map(\.name))
+                for name in wanted.sorted(by: { $0.lexicographicallyPrecedes($1) }) where !known.contains(name) {
+                    lockspaceGroups.append(contentsOf: joinLockspaceGroup(name).map { [$0] } ?? [])
+                }
+            }
+            for index in failed.sorted(by: >) {
+                dlm_cs_group_close(lockspaceGroups[index].group)
+                lockspaceGroups.remove(at: index)
             }
             retrying = false
             var queue = outgoing.withLockedValue { state -> [[UInt8]] in
@@ -209,5 +268,21 @@ final class CorosyncLink: @unchecked Sendable {
                 outgoing.withLockedValue { $0.queue = queue + $0.queue }
             }
         }
+    }
+
+    /// Joins a lockspace's CPG group on a connection of its own; nil (and a warning) if corosync refuses.
+    private func joinLockspaceGroup(_ name: [UInt8]) -> (name: [UInt8], group: OpaquePointer, fd: Int32)? {
+        var group: OpaquePointer?
+        var fd: Int32 = -1
+        var error = name.withUnsafeBytes { dlm_cs_group_open($0.baseAddress, $0.count, &group) }
+        if error == 0, let group {
+            error = dlm_cs_group_fd(group, &fd)
+            if error == 0 { return (name, group, fd) }
+            dlm_cs_group_close(group)
+        }
+        logger.warning(
+            "cannot join the CPG group of a lockspace: \(CorosyncError(what: "cpg_join", code: error))",
+            metadata: ["group": "\(String(decoding: name, as: UTF8.self))"])
+        return nil
     }
 }

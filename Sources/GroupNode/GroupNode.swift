@@ -234,6 +234,15 @@ public final class GroupNode: @unchecked Sendable {
     public func joinGroup(_ name: String) { submit(.joinGroup(name)) }
     public func leaveGroup(_ name: String) { submit(.leaveGroup(name)) }
 
+    /// The lockspaces whose group the lock service says this node is in (or asks to join). With corosync, this node
+    /// is in a CPG group for each (`CorosyncLink.lockspaceGroup`), which corosync's tools show, as they show
+    /// dlm_controld's lockspaces; the built-in provider keeps nothing of them (`dlmtool ls` shows the groups).
+    public func setLockspaceGroups(_ lockspaces: Set<[UInt8]>) {
+        guard case .corosync = config.provider else { return }
+        let names = Set(lockspaces.map { CorosyncLink.lockspaceGroup(cluster: config.name, lockspace: $0) })
+        eventLoop.execute { [self] in corosync?.setLockspaceGroups(names) }
+    }
+
     func submit(_ input: GroupInput) {
         if eventLoop.inEventLoop {
             apply(input)

@@ -230,20 +230,13 @@ extension CorosyncTests {
     static func runToEnd(in network: Network, node: Int, _ cluster: TestCluster, _ arguments: [String] = []) throws
         -> (status: Int32, error: String)
     {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        process.arguments =
-            Array(network.launcher(node).dropFirst()) + [
+        let run = try network.runToEnd(
+            in: node,
+            [
                 Daemon.executable, "--config", cluster.configPath, "--socket", cluster.directory + "/refused.sock",
                 "--data-dir", cluster.directory + "/refused",
-            ] + arguments
-        let error = Pipe()
-        process.standardError = error
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, text)
+            ] + arguments)
+        return (run.status, run.error)
     }
 
     /// Without a corosync to ask, dlmd refuses to start and says why; with one, a `--node-id` that is not corosync's
@@ -266,5 +259,75 @@ extension CorosyncTests {
         #expect(
             other.error.contains("--node-id 2 (or dlmd.node_id) is not corosync's id of this node, 1"), "\(other.error)"
         )
+    }
+}
+
+extension CorosyncTests {
+    /// Each lockspace's group is a CPG group too, `dlmd:CLUSTER:ls:NAME` (as dlm_controld's `dlm:ls:NAME`), so that
+    /// corosync's tools show which nodes use a lockspace: nodes 1 and 2 open `shared`, node 3 `solo`; node 2 releases
+    /// `shared` and leaves its CPG group; a failed node leaves every group, and back as its next life it joins the
+    /// groups of the lockspace its store kept and of one its client opens.
+    @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
+    func eachLockspaceIsACPGGroup() async throws {
+        try await ProviderTests.run(.corosync) { nodes in
+            let cluster = nodes.cluster
+            var connections: [Int: DLMConnection] = [:]
+            for node in 1...3 { connections[node] = try await DLMConnection.connect(socketPath: cluster.socket(node)) }
+            _ = try await connections[1]!.openLockspace("shared")
+            let shared = try await connections[2]!.openLockspace("shared")
+            _ = try await connections[3]!.openLockspace("solo")
+            try Self.waitForGroups(
+                nodes, ["dlmd:test": [1, 2, 3], "dlmd:test:ls:shared": [1, 2], "dlmd:test:ls:solo": [3]])
+
+            try await connections[2]!.releaseLockspace(shared)
+            try Self.waitForGroups(
+                nodes, ["dlmd:test": [1, 2, 3], "dlmd:test:ls:shared": [1], "dlmd:test:ls:solo": [3]])
+
+            await connections[3]!.close()
+            nodes.kill(3)
+            for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+            try Self.waitForGroups(nodes, ["dlmd:test": [1, 2], "dlmd:test:ls:shared": [1]])
+
+            try nodes.start(3)
+            for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3#2", primary: true) }
+            let again = try await DLMConnection.connect(socketPath: cluster.socket(3))
+            _ = try await again.openLockspace("shared")
+            try Self.waitForGroups(
+                nodes, ["dlmd:test": [1, 2, 3], "dlmd:test:ls:shared": [1, 3], "dlmd:test:ls:solo": [3]])
+            await again.close()
+            for connection in connections.values { await connection.close() }
+        }
+    }
+
+    /// The CPG groups and their nodes, as `corosync-cpgtool` in node 1's namespace lists them.
+    static func cpgGroups(_ nodes: ProviderTests.Nodes) throws -> [String: [Int]] {
+        let run = try nodes.network.runToEnd(in: 1, ["corosync-cpgtool"])
+        guard run.status == 0 else { throw SupportError("corosync-cpgtool failed: \(run.error)") }
+        let text = run.output
+        // A group's name on a line of its own, then a line per process: pid, node id (and its address).
+        var groups: [String: [Int]] = [:]
+        var current: String?
+        for line in text.split(separator: "\n") where !line.hasPrefix("Group Name") {
+            if line.first?.isWhitespace == false {
+                current = String(line)
+                groups[current!] = []
+            } else if let current,
+                let node = line.split(whereSeparator: \.isWhitespace).dropFirst().first.flatMap({
+                    Int($0)
+                })
+            {
+                groups[current]!.append(node)
+            }
+        }
+        return groups.mapValues { $0.sorted() }
+    }
+
+    /// Polls corosync-cpgtool (a process run each round, not a sleep) until it lists `expected`, for at most 30 s:
+    /// a change to a CPG group follows the run that decides it, and a failed node leaves once corosync drops it.
+    static func waitForGroups(_ nodes: ProviderTests.Nodes, _ expected: [String: [Int]]) throws {
+        let deadline = Date().addingTimeInterval(30)
+        var groups = try cpgGroups(nodes)
+        while groups != expected && Date() < deadline { groups = try cpgGroups(nodes) }
+        #expect(groups == expected)
     }
 }

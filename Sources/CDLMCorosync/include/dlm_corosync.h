@@ -41,6 +41,15 @@ int dlm_cs_dispatch_quorum(struct dlm_cs *cs);
 int dlm_cs_mcast(struct dlm_cs *cs, const void *message, size_t length);
 /* Leaves the group and closes both connections. */
 void dlm_cs_close(struct dlm_cs *cs);
+/* A CPG group joined on a connection of its own, which sends nothing: a lockspace's group (docs/GROUPS.md, "The
+ * corosync provider"). Its events are read by dlm_cs_group_dispatch and dropped. `name` is `length` bytes, at most
+ * 128 (CPG_MAX_NAME_LENGTH). */
+struct dlm_cs_group;
+int dlm_cs_group_open(const void *name, size_t length, struct dlm_cs_group **out);
+int dlm_cs_group_fd(struct dlm_cs_group *group, int *fd);
+int dlm_cs_group_dispatch(struct dlm_cs_group *group);
+/* Leaves the group and closes its connection. */
+void dlm_cs_group_close(struct dlm_cs_group *group);
 
 /* A node of corosync's nodelist (cmap nodelist.node.N). */
 struct dlm_cs_node {
