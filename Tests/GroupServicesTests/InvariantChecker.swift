@@ -51,7 +51,14 @@ struct InvariantChecker {
     var barriersAborted = 0
     var fenceFailures = 0
 
-    init(settings: Settings) { self.settings = settings }
+    /// Whether a primary view's members must hold quorum by `settings` (the built-in provider's votes; with corosync,
+    /// votequorum counts corosync's nodes, not dlmd's, and its word decides).
+    let checksPrimaryQuorum: Bool
+
+    init(settings: Settings, checksPrimaryQuorum: Bool = false) {
+        self.settings = settings
+        self.checksPrimaryQuorum = checksPrimaryQuorum
+    }
 
     mutating func fail(_ message: String) {
         if violation == nil { violation = message }
@@ -70,6 +77,18 @@ struct InvariantChecker {
         life.pendingBarriers.insert(name)
         lives[member] = life
         if let view = life.view { entries[member, default: [:]][view.id, default: [:]][name, default: 0] += 1 }
+    }
+
+    /// Whether `nodes` hold quorum, worked out here from the configuration as votequorum defines it, not with
+    /// `Settings.isQuorate` (the code under test): with `two_node`, either node; else more than half of the expected
+    /// votes, or with `auto_tie_breaker` exactly half if the lowest configured node is among them.
+    static func hasQuorum(_ nodes: some Sequence<NodeID>, _ settings: Settings) -> Bool {
+        let present = Set(nodes)
+        let votes = present.reduce(0) { $0 + (settings.votes[$1] ?? 0) }
+        if settings.twoNode { return votes >= 1 }
+        if 2 * votes > settings.expectedVotes { return true }
+        return settings.autoTieBreaker && 2 * votes == settings.expectedVotes
+            && present.contains(settings.votes.keys.min()!)
     }
 
     /// A new primary view: it takes back no life that an earlier primary view left out.
@@ -92,7 +111,7 @@ struct InvariantChecker {
     mutating func installedPrimary(_ view: View, by member: Member) {
         guard !settled.contains(view.id) else { return }
         installers[view.id, default: []].insert(member)
-        guard settings.isQuorate(installers[view.id]!.map(\.node)) else { return }
+        guard Self.hasQuorum(installers[view.id]!.map(\.node), settings) else { return }
         installers[view.id] = nil
         settled.insert(view.id)
         if let previous = primaryBefore(view) {
@@ -123,6 +142,9 @@ struct InvariantChecker {
                 }
             } else {
                 if primary { checkTakesNoneBack(view) }
+                if primary && checksPrimaryQuorum && !Self.hasQuorum(view.nodes, settings) {
+                    fail("\(member) installed \(view) as primary without quorum")
+                }
                 views[view.id] = (view, primary)
             }
             if primary { installedPrimary(view, by: member) }

@@ -48,7 +48,7 @@ final class SimulatedCluster {
         self.settings = settings
         self.rng = SplitMix64(seed: seed)
         self.tickInterval = tickInterval
-        self.checker = InvariantChecker(settings: settings)
+        self.checker = InvariantChecker(settings: settings, checksPrimaryQuorum: true)
         for node in settings.nodes {
             nodes[node] = Node(machine: GroupMember(id: node, settings: settings), alive: false)
             component[node] = 0

@@ -126,7 +126,7 @@ enum SimulationRun {
             let wasPrimary = cluster.nodes[nodes.first { $0 != victim && cluster.nodes[$0]!.alive } ?? victim]!
                 .machine.isPrimary
             cluster.crash(victim)
-            let stillQuorate = settings.isQuorate(cluster.liveNodes)
+            let stillQuorate = InvariantChecker.hasQuorum(cluster.liveNodes, settings)
             cluster.run(for: settings.detectionTime)
             problem = cluster.checker.violation
             for node in cluster.liveNodes where problem == nil {
