@@ -166,6 +166,10 @@ static void decode_client(uint8_t type, struct rd *r, struct dlmw_msg *m)
 		m->u.purge.node_id = rd_u32(r);
 		m->u.purge.pid = rd_u32(r);
 		break;
+	case DLMW_FENCE_ACK:
+		m->tag = rd_u32(r);
+		m->u.fence_ack.node_id = rd_u32(r);
+		break;
 	case DLMW_LOCK:
 		m->tag = rd_u32(r);
 		m->u.lock.lockspace = rd_u32(r);
@@ -379,6 +383,10 @@ static void encode_body(const struct dlmw_msg *m, struct wr *w)
 		wr_u32(w, m->u.purge.lockspace);
 		wr_u32(w, m->u.purge.node_id);
 		wr_u32(w, m->u.purge.pid);
+		break;
+	case DLMW_FENCE_ACK:
+		wr_u32(w, m->tag);
+		wr_u32(w, m->u.fence_ack.node_id);
 		break;
 	case DLMW_LOCK:
 		wr_u32(w, m->tag);

@@ -17,6 +17,7 @@ enum {
 	DLMW_LOCKSPACE_OPEN = 0x10,
 	DLMW_LOCKSPACE_RELEASE = 0x11,
 	DLMW_PURGE = 0x12,
+	DLMW_FENCE_ACK = 0x13,
 	DLMW_LOCK = 0x20,
 	DLMW_CONVERT = 0x21,
 	DLMW_UNLOCK = 0x22,
@@ -91,6 +92,9 @@ struct dlmw_msg {
 			uint32_t node_id;
 			uint32_t pid;
 		} purge;
+		struct {
+			uint32_t node_id;
+		} fence_ack;
 		struct {
 			uint32_t lockspace;
 			uint32_t flags;

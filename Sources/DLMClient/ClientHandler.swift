@@ -269,6 +269,8 @@ extension ClientMessage {
             return .releaseLockspace(tag: tag, lockspace: lockspace, force: force)
         case .purge(_, let lockspace, let nodeID, let pid):
             return .purge(tag: tag, lockspace: lockspace, nodeID: nodeID, pid: pid)
+        case .fenceAck(_, let nodeID):
+            return .fenceAck(tag: tag, nodeID: nodeID)
         case .lock(var m):
             m.tag = tag
             return .lock(m)

@@ -255,6 +255,14 @@ public final class DLMConnection: Sendable {
         _ = try await request(.releaseLockspace(tag: 0, lockspace: lockspace.id, force: force))
     }
 
+    /// Tells the node that node `nodeID` is off, so the fence its group services wait for (a fence command that
+    /// keeps failing) counts as done (dlm_tool's `fence_ack`; root only). Acknowledging a node that is not off can
+    /// let two nodes hold the same lock: check first.
+    public func acknowledgeFence(of nodeID: UInt32) async throws {
+        let reply = try await request(.fenceAck(tag: 0, nodeID: nodeID))
+        guard case .ok = reply else { throw DLMError(.protocolError, "unexpected reply \(reply)") }
+    }
+
     /// Refuses a waiting request with EDEADLK (libdlm's `dlm_ls_deadlock_cancel`).
     public func deadlockCancel(_ lock: LockID) async throws {
         _ = try await request(.deadlockCancel(tag: 0, lock: lock.rawValue))

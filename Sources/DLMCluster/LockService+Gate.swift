@@ -63,7 +63,8 @@ extension LockService {
         guard isStopped || heldRequests > 0 else { return false }
         if heldRequests > 0 { return true }
         switch message {
-        case .ping, .query, .bye, .hello: return false
+        // (A fence acknowledgement is what a node stopped for a fence that keeps failing waits for.)
+        case .ping, .query, .bye, .hello, .fenceAck: return false
         case .lock, .convert, .unlock: return !runsDuringRecovery(message, from: id)
         default: return true
         }

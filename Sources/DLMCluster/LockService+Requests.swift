@@ -108,6 +108,8 @@ extension LockService {
             run(
                 .releaseLockspace(LockspaceID(rawValue: lockspace), force: force, requester: owner, context: context),
                 reply: Reply(connection: id, tag: tag, kind: .finished(context)))
+        case .fenceAck(let tag, let node):
+            acknowledgeFence(of: node, tag: tag, from: id)
         case .purge(let tag, let lockspace, let nodeID, let pid):
             // Purging needs what locking needs: read and write permission on the lockspace.
             if !clients[Int(id.slot)].isRoot, let refusal = lockRefusal(id, lockspace: lockspace) {

@@ -19,6 +19,8 @@ public enum ServiceInput: Sendable {
     case frame(ConnectionID, ClientMessage, now: Instant)
     /// A QUERY frame, with what only the shell knows (uptime, sockets, store, cluster) for its report.
     case query(ConnectionID, ClientMessage, ReportEnvironment)
+    /// The shell's answer to a FENCE_ACK of `ServiceOutput.fenceAcks`: nil if the fence counts as done, else why not.
+    case fenceAcknowledged(ConnectionID, tag: UInt32, refusal: String?)
     /// A frame that could not be decoded: ERROR (tag 0) with this status and message, then the connection closes.
     case malformed(ConnectionID, DLMStatus, String)
     /// The client will send nothing more (a half-close): its answers go out, then the connection closes.
@@ -56,6 +58,9 @@ public struct ServiceOutput: Sendable {
     public var recoveries: [RecoveryEvent] = []
     /// Messages for other nodes' lock services, in order (per node, they must arrive in this order).
     public var peerMessages: [(to: UInt32, message: PeerMessage)] = []
+    /// Fence acknowledgements of root clients (FENCE_ACK) for the shell's group services; each is answered with
+    /// `ServiceInput.fenceAcknowledged`, and the connection's later requests wait for that answer.
+    public var fenceAcks: [(connection: ConnectionID, tag: UInt32, node: UInt32)] = []
     /// Connections to stop reading from (`paused`) because `maxQueuedRequests` of their requests wait, or to read
     /// from again; in order.
     public var readPauses: [(connection: ConnectionID, paused: Bool)] = []
@@ -77,11 +82,12 @@ public struct ServiceOutput: Sendable {
         if !peerMessages.isEmpty { peerMessages.removeAll(keepingCapacity: true) }
         if !readPauses.isEmpty { readPauses.removeAll() }
         if !discarded.isEmpty { discarded.removeAll() }
+        if !fenceAcks.isEmpty { fenceAcks.removeAll() }
     }
 
     public var isEmpty: Bool {
         commit == nil && frames.isEmpty && closes.isEmpty && !wantsBulkSlice && notices.isEmpty
-            && peerMessages.isEmpty && recoveries.isEmpty && readPauses.isEmpty
+            && peerMessages.isEmpty && recoveries.isEmpty && readPauses.isEmpty && fenceAcks.isEmpty
     }
 }
 
@@ -339,6 +345,8 @@ public struct LockService {
             receive(message, from: id, now: nil, environment: environment)
         case .malformed(let id, let status, let message):
             refuse(id, status: status, message: message)
+        case .fenceAcknowledged(let id, let tag, let refusal):
+            fenceAcknowledged(id, tag: tag, refusal: refusal)
         case .inputEnded(let id):
             inputEnded(id)
         case .closed(let id):

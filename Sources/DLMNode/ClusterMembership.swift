@@ -111,6 +111,9 @@ extension LockNode {
         case .fenced(let node):
             cluster.announce("\(me) fenced node \(node)")
             metrics?.fencesCount += 1
+        case .fenceAcknowledged(let node):
+            cluster.announce("\(me) fenced node \(node) (acknowledged by an operator)")
+            metrics?.fencesCount += 1
         case .fenceFailed(let node, let reason):
             cluster.announce("\(me) fencing node \(node) failed: \(reason); retrying")
             metrics?.fenceFailuresCount += 1

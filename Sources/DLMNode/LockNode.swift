@@ -279,6 +279,23 @@ public final class LockNode: @unchecked Sendable {
         // as a CPG group each).
         if !output.recoveries.isEmpty { cluster?.group.setLockspaceGroups(service.lockspaceGroupsOfThisNode) }
         if output.wantsBulkSlice { scheduleBulkSlice() }
+        for ack in output.fenceAcks { acknowledgeFence(ack) }
+    }
+
+    /// A root client's FENCE_ACK: this node's group services count their fence of the node as done, if they are
+    /// fencing it; the answer goes back to the service, which replies in the connection's order.
+    func acknowledgeFence(_ ack: (connection: ConnectionID, tag: UInt32, node: UInt32)) {
+        var refusal: String?
+        if let cluster {
+            do {
+                try cluster.group.acknowledgeFence(NodeID(ack.node))
+            } catch {
+                refusal = "\(error)"
+            }
+        } else {
+            refusal = "this dlmd has not joined its cluster yet"
+        }
+        handle(.fenceAcknowledged(ack.connection, tag: ack.tag, refusal: refusal))
     }
 
     /// A client that does not read its output while others' requests keep adding to it (grants, blocking

@@ -138,6 +138,9 @@ extension ClientMessage {
                 b.writeInteger(lockspace)
                 b.writeInteger(nodeID)
                 b.writeInteger(pid)
+            case .fenceAck(let tag, let nodeID):
+                b.writeInteger(tag)
+                b.writeInteger(nodeID)
             case .lock, .convert, .unlock:
                 preconditionFailure("LOCK, CONVERT and UNLOCK are encoded by encodeHot (RawCodec.swift)")
             case .deadlockCancel(let tag, let lock):
@@ -202,6 +205,9 @@ extension ClientMessage {
             let lockspace = try body.read(UInt32.self, "lockspace")
             let nodeID = try body.read(UInt32.self, "node_id")
             message = .purge(tag: tag, lockspace: lockspace, nodeID: nodeID, pid: try body.read(UInt32.self, "pid"))
+        case 0x13:
+            let tag = try body.read(UInt32.self, "tag")
+            message = .fenceAck(tag: tag, nodeID: try body.read(UInt32.self, "node_id"))
         case 0x23:
             let tag = try body.read(UInt32.self, "tag")
             message = .deadlockCancel(tag: tag, lock: try body.read(UInt32.self, "lock"))

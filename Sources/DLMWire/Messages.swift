@@ -160,6 +160,9 @@ public enum ClientMessage: Sendable, Hashable {
     case releaseLockspace(tag: UInt32, lockspace: UInt32, force: Bool)
     /// Removes the orphans that process `pid` of node `nodeID` (0: this node) left in the lockspace.
     case purge(tag: UInt32, lockspace: UInt32, nodeID: UInt32, pid: UInt32)
+    /// An operator says node `nodeID` is off: the fence that this cluster member waits for counts as done
+    /// (dlm_tool's `fence_ack`). Root only.
+    case fenceAck(tag: UInt32, nodeID: UInt32)
     case lock(LockMessage)
     case convert(ConvertMessage)
     case unlock(UnlockMessage)
@@ -174,6 +177,7 @@ public enum ClientMessage: Sendable, Hashable {
         case .openLockspace: 0x10
         case .releaseLockspace: 0x11
         case .purge: 0x12
+        case .fenceAck: 0x13
         case .lock: 0x20
         case .convert: 0x21
         case .unlock: 0x22
@@ -187,7 +191,7 @@ public enum ClientMessage: Sendable, Hashable {
         switch self {
         case .hello: 0
         case .ping(let tag), .bye(let tag), .openLockspace(let tag, _, _, _, _), .releaseLockspace(let tag, _, _),
-            .purge(let tag, _, _, _), .deadlockCancel(let tag, _), .query(let tag, _, _):
+            .purge(let tag, _, _, _), .fenceAck(let tag, _), .deadlockCancel(let tag, _), .query(let tag, _, _):
             tag
         case .lock(let m): m.tag
         case .convert(let m): m.tag

@@ -14,6 +14,8 @@ public enum GroupNodeEvent: Sendable, Hashable {
     case groupEvent(GroupEvent)
     /// The fence command fenced this node (exit status 0).
     case fenced(NodeID)
+    /// An operator acknowledged the fence of this node (`acknowledgeFence`): it counts as done.
+    case fenceAcknowledged(NodeID)
     /// A fence the coordinator waits on failed; it is tried again.
     case fenceFailed(NodeID, reason: String)
     /// This node learnt that its own life was fenced (a primary view left it out): it never joins again, and
@@ -383,6 +385,29 @@ public final class GroupNode: @unchecked Sendable {
         FenceCommand.run(command: config.fenceCommand, node: node, timeout: config.fenceTimeout) { outcome in
             loop.execute { self.fenceDone(node, outcome) }
         }
+    }
+
+    /// An operator says node `node` is off (`dlmtool fence-ack`, dlm_tool's `fence_ack`): the fence that this node's
+    /// group services wait for counts as done, as if the fence command had succeeded (a command still running is
+    /// ignored when it ends). Throws when they are not fencing `node`: only the coordinator of the view being formed
+    /// fences.
+    public func acknowledgeFence(_ node: NodeID) throws {
+        eventLoop.preconditionInEventLoop()
+        guard state == .running, let member, member.fencing.contains(node) else {
+            let fencing = member?.fencing ?? []
+            throw GroupNodeError(
+                "node \(nodeID) is not fencing node \(node)"
+                    + (fencing.isEmpty
+                        ? " (it fences no node: the coordinator of the view being formed fences, `dlmtool status` "
+                            + "names the fences a node waits for)"
+                        : " (it is fencing node\(fencing.count == 1 ? "" : "s") \(fencing.map(\.description).joined(separator: ", ")))")
+            )
+        }
+        logger.warning("fence of node \(node) acknowledged by an operator: node \(node) is taken for off")
+        fenced[node] = incarnations[node] ?? 0
+        fenceFailures[node] = nil
+        onEvent(.fenceAcknowledged(node))
+        apply(.fenced(node, ok: true))
     }
 
     func fenceDone(_ node: NodeID, _ outcome: FenceOutcome) {

@@ -111,6 +111,10 @@ static int field_value(const struct dlmw_msg *m, size_t frame_len, const char *n
 		F("node_id", m->u.purge.node_id);
 		F("pid", m->u.purge.pid);
 		break;
+	case DLMW_FENCE_ACK:
+		F("tag", m->tag);
+		F("node_id", m->u.fence_ack.node_id);
+		break;
 	case DLMW_LOCK:
 		F("tag", m->tag);
 		F("lockspace", m->u.lock.lockspace);

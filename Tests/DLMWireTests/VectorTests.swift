@@ -37,6 +37,7 @@ enum Golden: Sendable {
         "client-lockspace-release-force": .client(.releaseLockspace(tag: 5, lockspace: 3, force: true)),
         "client-purge": .client(.purge(tag: 16, lockspace: 2, nodeID: 0, pid: 0x2A3B)),
         "client-purge-node": .client(.purge(tag: 17, lockspace: 5, nodeID: 3, pid: 0xFFFF_FFFF)),
+        "client-fence-ack": .client(.fenceAck(tag: 18, nodeID: 3)),
         "client-lock-ex": .client(
             .lock(
                 LockMessage(
@@ -173,7 +174,7 @@ struct VectorTests {
             case .server(let m): serverTypes.insert(m.typeCode)
             }
         }
-        #expect(clientTypes == [0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22, 0x23, 0x30])
+        #expect(clientTypes == [0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x13, 0x20, 0x21, 0x22, 0x23, 0x30])
         #expect(serverTypes == [0x81, 0x82, 0x90, 0x91, 0xA0, 0xA1, 0xA2, 0xA3, 0xB0, 0xFE])
     }
 

@@ -125,6 +125,13 @@ final class TestCluster: @unchecked Sendable {
         }
     }
 
+    /// From now on the fence command fails (exit 1), still recording whom it was run against.
+    func failFences() throws {
+        try "#!/bin/sh\necho \"$1\" >> '\(fenceLog)'\nexit 1\n".write(
+            toFile: directory + "/fence-node", atomically: true, encoding: .utf8)
+        chmod(directory + "/fence-node", 0o755)
+    }
+
     /// The nodes the fence command was run against, in order.
     var fenced: [Int] {
         ((try? String(contentsOfFile: fenceLog, encoding: .utf8)) ?? "").split(separator: "\n").compactMap {

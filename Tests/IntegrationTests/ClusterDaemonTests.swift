@@ -88,6 +88,49 @@ struct ClusterDaemonTests {
             text.stdout.contains("3 of 4 expected needed, or 2 with node 1 (auto_tie_breaker)"), "\(text.stdout)")
     }
 
+    /// A fence that keeps failing holds the survivors (the fence retried, nothing granted) until an operator who
+    /// knows the node is off says so with `dlmtool fence-ack` to the node that fences it: the fence counts as done,
+    /// the view is installed and the dead node's EX goes to the waiter. Node 2, which fences nothing, refuses the
+    /// acknowledgement (ENOENT) and says so.
+    @Test func aFenceAcknowledgedByAnOperatorEndsTheWait() async throws {
+        let cluster = try TestCluster(nodes: 3)
+        defer { cluster.stopAll() }
+        try cluster.startAll()
+        for node in 1...3 { try cluster.waitForView(at: node, members: "1,2,3", primary: true) }
+        try await Self.fenceAcknowledgedByAnOperator(cluster) { _ = cluster.kill($0) }
+    }
+
+    /// The body of `aFenceAcknowledgedByAnOperatorEndsTheWait` on a cluster of three in a primary view of them all,
+    /// whose node 3 `kill` makes fail (with the corosync provider too: `CorosyncTests`).
+    static func fenceAcknowledgedByAnOperator(_ cluster: TestCluster, kill: (Int) -> Void) async throws {
+        let one = try await DLMConnection.connect(socketPath: cluster.socket(1)).openLockspace("p")
+        let three = try await DLMConnection.connect(socketPath: cluster.socket(3)).openLockspace("p")
+        let (told, teller) = AsyncStream<Void>.makeStream()
+        let held = try await three.lock("a", mode: .ex, alwaysFencingToken: true, onBlocking: { _ in teller.yield() })
+        let waiter = Task { try await one.lock("a", mode: .ex) }
+        for await _ in told { break }  // node 1's request waits
+
+        try cluster.failFences()
+        kill(3)
+        try cluster.log(1).wait(for: "a failed fence of node 3", timeout: 60) { $0.contains("fencing node 3 failed") }
+        let waiting = try await Self.status(cluster, 1)
+        #expect(waiting.cluster?.nodes.first { $0.nodeID == 3 }?.state == "fencing", "\(waiting.cluster?.nodes ?? [])")
+
+        let refused = try await ToolRun.run(arguments: ["fence-ack", "--socket", cluster.socket(2), "3"])
+        #expect(refused.status != 0 && refused.stderr.contains("node 2 is not fencing node 3"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("(ENOENT)"), "\(refused.stderr)")
+        let acknowledged = try await ToolRun.run(arguments: ["fence-ack", "--socket", cluster.socket(1), "3"])
+        #expect(acknowledged.status == 0 && acknowledged.stdout == "fence of node 3 acknowledged\n", "\(acknowledged)")
+
+        try cluster.log(1).wait(for: "the acknowledgement announced") {
+            $0.hasSuffix("fenced node 3 (acknowledged by an operator)")
+        }
+        for node in 1...2 { try cluster.waitForView(at: node, members: "1,2", primary: true) }
+        let granted = try await waiter.value
+        #expect(granted.mode == .ex && granted.fencingToken > held.fencingToken)
+        try await granted.unlock()
+    }
+
     /// dlmd announces views and recoveries on standard output; a reader that goes away (a closed pipe) stops
     /// nothing: node 1's standard output is closed after its first line, and it goes on serving through the view
     /// changes it announces (before, the first write after the close killed it).

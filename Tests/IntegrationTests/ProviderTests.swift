@@ -299,6 +299,15 @@ extension CorosyncTests {
         }
     }
 
+    /// `ClusterDaemonTests.aFenceAcknowledgedByAnOperatorEndsTheWait` on corosync: node 3 fails (dlmd and corosync),
+    /// its fence keeps failing, and `dlmtool fence-ack 3` to node 1, which fences it, ends the wait.
+    @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
+    func aFenceAcknowledgedByAnOperatorEndsTheWait() async throws {
+        try await ProviderTests.run(.corosync) { nodes in
+            try await ClusterDaemonTests.fenceAcknowledgedByAnOperator(nodes.cluster) { nodes.kill($0) }
+        }
+    }
+
     /// The CPG groups and their nodes, as `corosync-cpgtool` in node 1's namespace lists them.
     static func cpgGroups(_ nodes: ProviderTests.Nodes) throws -> [String: [Int]] {
         let run = try nodes.network.runToEnd(in: 1, ["corosync-cpgtool"])

@@ -85,6 +85,33 @@ struct Members: AsyncParsableCommand {
     }
 }
 
+struct FenceAck: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fence-ack",
+        abstract: "Tell dlmd that a node it cannot fence is off (like dlm_tool fence_ack).",
+        discussion: """
+            While the fence command fails for node NODE, the cluster member forming the next view retries it, and \
+            no view comes (dlmtool members shows NODE as fencing; the locks NODE mastered or held wait). Once you \
+            have made sure NODE is off (powered down, or cut from the storage and the network), run this against \
+            that member, the coordinator of the view being formed: it counts the fence as done and goes on. Acknowledging a node \
+            that is still running can let two nodes hold the same lock. Needs root. Fails (ENOENT) if the node \
+            dlmtool talks to is not fencing NODE, naming the nodes it fences.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    @Argument(help: "The node that is off.")
+    var node: UInt32
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            try await connection.acknowledgeFence(of: node)
+            if options.json { return try printJSON(["acknowledged": node]) }
+            print("fence of node \(node) acknowledged")
+        }
+    }
+}
+
 struct Keygen: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write a new cluster key (like corosync-keygen).",
