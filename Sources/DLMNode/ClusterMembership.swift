@@ -64,7 +64,7 @@ final class ClusterMembership {
                 .init(
                     nodeID: $0.id, address: $0.address, votes: $0.votes, state: $0.state,
                     lastHeardMilliseconds: $0.lastHeardMillisecondsAgo, incarnation: $0.incarnation)
-            })
+            }, waitingFor: status.waitingFor)
         return (view, waitingFor, cluster)
     }
 }

@@ -228,6 +228,10 @@ public struct StatusReport: Codable, Sendable, Hashable {
         /// The highest view number this node has promised or installed (persisted).
         public var highestView: UInt64
         public var nodes: [Node]
+        /// What this node's membership waits for, whether or not the lock service is stopped meanwhile (a view
+        /// change under way, `fencing node N`, with why its last run failed); empty when settled. Absent from
+        /// reports of older dlmd.
+        public var waitingFor: [String]?
 
         /// A configured node as this node sees it.
         public struct Node: Codable, Sendable, Hashable {
@@ -268,12 +272,14 @@ public struct StatusReport: Codable, Sendable, Hashable {
             case tieBreakerNode = "tie_breaker_node"
             case highestView = "highest_view"
             case nodes
+            case waitingFor = "waiting_for"
         }
 
         public init(
             name: String, expectedVotes: Int, quorumVotes: Int, tieBreakerNode: UInt32? = nil, highestView: UInt64,
-            nodes: [Node]
+            nodes: [Node], waitingFor: [String]? = nil
         ) {
+            self.waitingFor = waitingFor
             self.name = name
             self.expectedVotes = expectedVotes
             self.quorumVotes = quorumVotes

@@ -410,6 +410,15 @@ public final class GroupNode: @unchecked Sendable {
         apply(.fenced(node, ok: true))
     }
 
+    /// "fencing node N" with why its last run failed, if it did: what an operator needs before `dlmtool fence-ack`.
+    func withFenceFailure(_ wait: String) -> String {
+        guard wait.hasPrefix("fencing node "), let node = UInt32(wait.dropFirst("fencing node ".count)),
+            let reason = fenceFailures[NodeID(node)]
+        else { return wait }
+        return wait
+            + " (last run failed: \(reason); retried every \(config.settings.fenceRetryInterval / 1_000_000) ms)"
+    }
+
     func fenceDone(_ node: NodeID, _ outcome: FenceOutcome) {
         fencesRunning.remove(node)
         guard state == .running else { return }
@@ -467,7 +476,7 @@ public final class GroupNode: @unchecked Sendable {
                     primary: member?.isPrimary ?? false)
             },
             quorate: member?.isPrimary ?? false,
-            waitingFor: state == .running ? (member?.waitingFor ?? ["start"]) : ["start"],
+            waitingFor: state == .running ? (member?.waitingFor ?? ["start"]).map(withFenceFailure) : ["start"],
             nodes: nodes,
             highestViewNumber: member?.persistent.highestViewNumber ?? initialState.highestViewNumber)
     }

@@ -115,6 +115,10 @@ struct ClusterDaemonTests {
         try cluster.log(1).wait(for: "a failed fence of node 3", timeout: 60) { $0.contains("fencing node 3 failed") }
         let waiting = try await Self.status(cluster, 1)
         #expect(waiting.cluster?.nodes.first { $0.nodeID == 3 }?.state == "fencing", "\(waiting.cluster?.nodes ?? [])")
+        // What the operator needs to decide: which node fences which, and why it fails.
+        #expect(
+            waiting.cluster?.waitingFor?.contains { $0.hasPrefix("fencing node 3 (last run failed: exit status 1") }
+                == true, "\(waiting.cluster?.waitingFor ?? [])")
 
         let refused = try await ToolRun.run(arguments: ["fence-ack", "--socket", cluster.socket(2), "3"])
         #expect(refused.status != 0 && refused.stderr.contains("node 2 is not fencing node 3"), "\(refused.stderr)")

@@ -28,6 +28,9 @@ enum ClusterText {
                 + (cluster.tieBreakerNode.map { ", or \(cluster.expectedVotes / 2) with node \($0) (auto_tie_breaker)" }
                     ?? ""),
         ])
+        if let membership = cluster.waitingFor, !membership.isEmpty {
+            rows.append(["membership", membership.joined(separator: ", ")])
+        }
         rows.append([
             "waiting for",
             report.recovery.waitingFor.isEmpty ? "nothing" : report.recovery.waitingFor.joined(separator: ", "),
