@@ -1054,6 +1054,7 @@ extension LockService {
             let id = operation.connection
             guard isLive(id), clients[Int(id.slot)].state == .ready else { continue }
             if operation.isNewLock { mastering.copies.remove(operation.copy) }
+            if releasedByDepartedMaster(operation, from: id) { continue }
             retry(operation.message, from: id)
         }
         for key in Self.ordered(mastering.awaitingLookup.keys) {
@@ -1065,6 +1066,29 @@ extension LockService {
         retryJoinWaiters()
         // (And a released lockspace that the run did not see left asks again.)
         if !mastering.released.isEmpty { leaveReleasedGroups() }
+    }
+}
+
+extension LockService {
+    /// An UNLOCK whose master left before its answer came, for a lock that no master rebuilt in the run that just
+    /// ended (its copy, resent, was never bound again): the master had released it, and the answer was lost with
+    /// it. Its resource was dropped there once idle and is mastered by another node now, which knows nothing of the
+    /// lock (seed 344356 of the random recovery traffic: the retried UNLOCK was refused with ENOENT, and the client
+    /// took the lock for still held). The unlock is done: EUNLOCK, as the master would have answered. (A lock that
+    /// still existed at its master is resent with its resource, which is then rebuilt and binds it again.)
+    mutating func releasedByDepartedMaster(_ operation: Mastering.PendingOperation, from id: ConnectionID) -> Bool {
+        guard case .unlock(let m) = operation.message, !m.flags.contains(.cancel),
+            mastering.copies.copies[operation.copy].owner == id.owner, mastering.copies.copies[operation.copy].rebinding
+        else { return false }
+        let lock = ProcessCopies.lockID(operation.copy)
+        mastering.copies.remove(operation.copy)
+        deliver(
+            id,
+            .completion(
+                CompletionMessage(
+                    tag: m.tag, Completion(lock: lock, owner: owner(id), status: .unlocked, mode: nil))))
+        replyDelivered(id)
+        return true
     }
 }
 

@@ -61,13 +61,17 @@ struct RecoveryRandomTests {
     /// (MasteringTests.aHolderThatCompletesNoRecoveryKeepsItsLocksThroughThree). 264599: the harness's, not the
     /// service's: in the last phase's one long `run`, requests going back and forth between nodes 1, 3 and 5 (node 1
     /// asking for a resource the directory had just named node 3 master of) kept the lower links busy, and the
-    /// directory's answer to node 3, on a higher link, was never carried (`ClusterHarness.fairAfter`).
+    /// directory's answer to node 3, on a higher link, was never carried (`ClusterHarness.fairAfter`). 344356: an
+    /// UNLOCK whose master released the lock and dropped the idle resource, then died before its answer came; the
+    /// resource had another master by then, nothing rebuilt the lock, and the UNLOCK sent again was refused with
+    /// ENOENT (`releasedByDepartedMaster`).
     @Test func seedsThatOnceFailed() {
         MasteringRun.runAll(
             [42730, 1167, 2202], faults: true, persistentSubLocks: false,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
         MasteringRun.runAll(
-            [13403, 62729, 183530, 249815, 264599], faults: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
+            [13403, 62729, 183530, 249815, 264599, 344356], faults: true,
+            suite: "RecoveryRandomTests/seedsThatOnceFailed")
     }
 }
 
