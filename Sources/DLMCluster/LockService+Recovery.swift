@@ -1074,13 +1074,42 @@ extension LockService {
     /// ended (its copy, resent, was never bound again): the master had released it, and the answer was lost with
     /// it. Its resource was dropped there once idle and is mastered by another node now, which knows nothing of the
     /// lock (seed 344356 of the random recovery traffic: the retried UNLOCK was refused with ENOENT, and the client
-    /// took the lock for still held). The unlock is done: EUNLOCK, as the master would have answered. (A lock that
+    /// took the lock for still held). The unlock is done: EUNLOCK, as the master would have answered; a FORCEUNLOCK
+    /// took the lock's sub-locks with it, and each gets its untagged EUNLOCK first, deepest first. (A lock that
     /// still existed at its master is resent with its resource, which is then rebuilt and binds it again.)
     mutating func releasedByDepartedMaster(_ operation: Mastering.PendingOperation, from id: ConnectionID) -> Bool {
         guard case .unlock(let m) = operation.message, !m.flags.contains(.cancel),
             mastering.copies.copies[operation.copy].owner == id.owner, mastering.copies.copies[operation.copy].rebinding
         else { return false }
         let lock = ProcessCopies.lockID(operation.copy)
+        if m.flags.contains(.forceUnlock) {
+            // The sub-locks below it, level by level (none was bound again either: they were resent with it).
+            var released: Set<UInt32> = [lock.rawValue]
+            var below: [Int] = []
+            var level = [lock.rawValue]
+            while !level.isEmpty {
+                var next: [UInt32] = []
+                for index in (mastering.copies.byOwner[id.owner] ?? []).sorted() {
+                    let copy = mastering.copies.copies[index]
+                    guard copy.rebinding, let parent = copy.record?.parentCopy, level.contains(parent),
+                        released.insert(ProcessCopies.lockID(index).rawValue).inserted
+                    else { continue }
+                    below.append(index)
+                    next.append(ProcessCopies.lockID(index).rawValue)
+                }
+                level = next
+            }
+            for index in below.reversed() {
+                mastering.copies.remove(index)
+                deliver(
+                    id,
+                    .completion(
+                        CompletionMessage(
+                            tag: 0,
+                            Completion(
+                                lock: ProcessCopies.lockID(index), owner: owner(id), status: .unlocked, mode: nil))))
+            }
+        }
         mastering.copies.remove(operation.copy)
         deliver(
             id,

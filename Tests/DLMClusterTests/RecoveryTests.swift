@@ -525,6 +525,47 @@ import Testing
         #expect(lines == ["1a: COMPLETION tag 3 lock \(Self.secondRemote) granted EX"])
     }
 
+    /// Node 3 masters a resource on which node 1's client holds a lock and a sub-lock; the client's FORCEUNLOCK
+    /// reaches node 3, which releases both, and, idle, drops the resource after the toss delay; node 2 masters it
+    /// next. Node 3 dies before its answers reach node 1. Nothing rebuilds the locks (they are gone), and the client
+    /// gets what node 3 would have said: EUNLOCK for the sub-lock, then for the lock (before, the retried UNLOCK was
+    /// refused with ENOENT and the client took both for held: random recovery seed 344356, with a plain UNLOCK).
+    @Test func anUnlockAnsweredByADyingMasterThatDroppedTheResourceIsDone() {
+        var c = ClusterHarness(nodes: 3, tossDelay: 1_000_000)
+        let name = ClusterHarness.name(directedTo: 2, of: 3)
+        let master = c.client(3, "m")
+        let a = c.client(1, "a")
+        c.send(master, H.lock(2, name, .nl))
+        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted NL"])
+        c.send(a, H.lock(2, name, .pr))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        c.send(a, H.lock(3, "child", .ex, parent: Self.remote))
+        #expect(c.run() == ["1a: COMPLETION tag 3 lock \(Self.secondRemote) granted EX"])
+        c.send(master, H.unlock(3, 1))
+        #expect(c.run() == ["3m: COMPLETION tag 3 lock 1 EUNLOCK"])
+
+        // Node 3's answers to node 1 stay in flight; it releases both locks and drops the idle resource.
+        c.send(a, H.unlock(4, Self.remote, .forceUnlock))
+        #expect(c.hold(.init(from: 3, to: 1)) { if case .reply = $0 { true } else { false } } == [])
+        c.tick(by: 2_000_000)
+        #expect(c.run() == [])
+        let b = c.client(2, "b")
+        c.send(b, H.lock(2, name, .ex))
+        #expect(c.run() == ["2b: COMPLETION tag 2 lock 1 granted EX"])
+
+        c.crash(3)
+        c.paused = []
+        c.installView()
+        #expect(
+            c.run() == [
+                "1a: COMPLETION tag 0 lock \(Self.secondRemote) EUNLOCK",
+                "1a: COMPLETION tag 4 lock \(Self.remote) EUNLOCK",
+            ])
+        // Node 1 holds nothing of it: its client's EX waits for node 2's.
+        c.send(a, H.lock(5, name, .ex, .noQueue))
+        #expect(c.run().allSatisfy { $0.hasPrefix("1a: COMPLETION tag 5") && $0.hasSuffix("EAGAIN") })
+    }
+
     /// A restarted node is a new life: it gets nothing of its old locks, and the others drop them.
     @Test func aRestartedNodeJoinsAsANewIncarnation() {
         var c = ClusterHarness(nodes: 3)
