@@ -55,13 +55,17 @@ sim:
 ## clients of the Swift client and of the C library on M dlmd nodes (default 3), one node killed with kill -9 and
 ## restarted each round (on 5 nodes or more, two at once in half of the rounds), an independent checker over every
 ## hold) for N rounds (default 100; make test runs 10 on 3 nodes), the victims drawn from seed S (default 2026). A
-## failure names the seed and saves every node's log.
+## failure names the seed and saves every node's log. PROVIDER=corosync runs them on three nodes in network
+## namespaces with a corosync each (root; make test runs 3 rounds).
 ROUNDS ?= 100
 SEED ?= 2026
 NODES ?= 3
+PROVIDER ?= builtin
+BUILTIN_SOAK := killAndRestartRounds[(]
+SOAK_TEST = $(if $(filter corosync,$(PROVIDER)),killAndRestartRoundsOnCorosync,$(BUILTIN_SOAK))
 soak: deps
 	DLM_KILL_ROUNDS=$(ROUNDS) DLM_KILL_SEED=$(SEED) DLM_KILL_NODES=$(NODES) $(SWIFT) test \
-		--filter 'IntegrationTests.KillRoundsTests'
+		--filter 'IntegrationTests.KillRoundsTests/$(SOAK_TEST)'
 
 ## make fuzz FUZZ_SECONDS=N (or FUZZ_RUNS=N): coverage-guided fuzzers (libFuzzer) of the client frame decoder, the
 ## peer port's frames before and after authentication, the cluster config file, the write-ahead log's recovery and

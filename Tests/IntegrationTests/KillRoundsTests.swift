@@ -225,10 +225,38 @@ import Testing
     @Test func killAndRestartRounds() async throws {
         let cluster = try TestCluster(nodes: Settings.current.nodes)
         defer { cluster.stopAll() }
-        do { try await Self.rounds(cluster, Settings.current) } catch {
-            let prefix = FileManager.default.temporaryDirectory.path + "/dlm-kill-rounds-node"
-            cluster.saveLogs(to: prefix)
-            Issue.record("\(error); every node's log is in \(prefix)N.log")
+        try cluster.startAll()
+        for node in 1...Settings.current.nodes {
+            try await Self.waitForPrimaryView(cluster, at: node, members: Settings.current.nodes)
+        }
+        await Self.rounds(cluster, Settings.current, kill: { _ = cluster.kill($0) }, start: { try cluster.start($0) })
+    }
+
+    /// The same rounds with the corosync provider: three nodes in network namespaces with a corosync each
+    /// (`ProviderTests`). A victim's node fails (its dlmd and its corosync killed), or, in a third of the rounds,
+    /// its dlmd alone is killed (a node failure for the others too: they fence it). `make test` runs three rounds,
+    /// `make soak PROVIDER=corosync` as many as asked.
+    @Test(.enabled(if: CorosyncTests.canRun, "skipped: needs root, ip netns and corosync"))
+    func killAndRestartRoundsOnCorosync() async throws {
+        var settings = Settings.current(defaultRounds: 3)
+        settings.nodes = 3
+        try await ProviderTests.run(.corosync) { nodes in
+            var dlmdOnly = SplitMix64(seed: settings.seed &+ 3)
+            var corosyncDown = Set<Int>()
+            await Self.rounds(
+                nodes.cluster, settings,
+                kill: { node in
+                    if dlmdOnly.below(3) == 0 {
+                        _ = nodes.cluster.kill(node)
+                    } else {
+                        nodes.kill(node)
+                        corosyncDown.insert(node)
+                    }
+                },
+                start: { node in
+                    if corosyncDown.remove(node) != nil { try nodes.ring!.start(node) }
+                    try nodes.cluster.start(node)
+                })
         }
     }
 
@@ -239,9 +267,11 @@ import Testing
         var seed: UInt64 = 2026
         var nodes = 3
 
-        static var current: Settings {
+        static var current: Settings { current(defaultRounds: 10) }
+
+        static func current(defaultRounds: Int) -> Settings {
             let environment = ProcessInfo.processInfo.environment
-            var settings = Settings()
+            var settings = Settings(rounds: defaultRounds)
             if let rounds = environment["DLM_KILL_ROUNDS"].flatMap({ Int($0) }) { settings.rounds = max(1, rounds) }
             if let seed = environment["DLM_KILL_SEED"].flatMap({ UInt64($0) }) { settings.seed = seed }
             if let nodes = environment["DLM_KILL_NODES"].flatMap({ Int($0) }) { settings.nodes = max(3, nodes) }
@@ -249,11 +279,24 @@ import Testing
         }
     }
 
-    static func rounds(_ cluster: TestCluster, _ settings: Settings) async throws {
+    /// Runs the rounds on a cluster whose nodes are all in a primary view, killing and starting nodes with `kill` and `start`; a failure is
+    /// recorded with every node's log saved.
+    static func rounds(
+        _ cluster: TestCluster, _ settings: Settings, kill: (Int) -> Void, start: (Int) throws -> Void
+    ) async {
+        do { try await rounds(cluster, settings, killing: kill, starting: start) } catch {
+            let prefix = FileManager.default.temporaryDirectory.path + "/dlm-kill-rounds-node"
+            cluster.saveLogs(to: prefix)
+            Issue.record("\(error); every node's log is in \(prefix)N.log")
+        }
+    }
+
+    static func rounds(
+        _ cluster: TestCluster, _ settings: Settings, killing killNode: (Int) -> Void,
+        starting startNode: (Int) throws -> Void
+    ) async throws {
         let all = Array(1...settings.nodes)
         var events: [String] = []
-        try cluster.startAll()
-        for node in all { try await Self.waitForPrimaryView(cluster, at: node, members: all.count) }
         let ledger = Ledger()
         let stop = Flag()
         var clientsOf: [Int: [Int]] = [:]
@@ -309,7 +352,7 @@ import Testing
                 if kill > 1 {
                     for node in survivors { try await Self.waitForPrimaryView(cluster, at: node, members: all.count) }
                 }
-                for victim in victims { _ = cluster.kill(victim) }
+                for victim in victims { killNode(victim) }
                 events.append("node \(named) killed\(which) at \(milliseconds(monotonic())) ms")
                 for node in survivors {
                     try await Self.waitForPrimaryView(cluster, at: node, members: survivors.count)
@@ -317,7 +360,7 @@ import Testing
                 try await Self.waitForProgress(
                     ledger, clients: survivors.flatMap { clientsOf[$0]! }, more: 5,
                     what: "after killing node \(named)\(which) in round \(round)")
-                for victim in victims { try cluster.start(victim) }
+                for victim in victims { try startNode(victim) }
                 events.append("node \(named) restarted\(which) at \(milliseconds(monotonic())) ms")
             }
             for node in all { try await Self.waitForPrimaryView(cluster, at: node, members: all.count) }
