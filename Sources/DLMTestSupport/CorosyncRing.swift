@@ -2,7 +2,7 @@ import Foundation
 
 /// corosync 3 in each namespace of a `Network`, by default with a tuned token (1 s: a failed node leaves the
 /// membership in about 3.6 s instead of 8), each with its own /run and /var/lib/corosync, bind-mounted inside the
-/// namespace.
+/// namespace, and no blackbox (a corosync killed with `kill -9` would leave its 8 MB flight recorder in /dev/shm).
 public final class CorosyncRing: @unchecked Sendable {
     public static let executable = "/usr/sbin/corosync"
     public let network: Network
@@ -32,6 +32,7 @@ public final class CorosyncRing: @unchecked Sendable {
               provider: corosync_votequorum
             }
             logging {
+              blackbox: off
               to_stderr: yes
               to_syslog: no
               to_logfile: no

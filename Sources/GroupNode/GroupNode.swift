@@ -83,6 +83,9 @@ public final class GroupNode: @unchecked Sendable {
     var transport: PeerTransport?
     /// The connection to corosync (the corosync provider only).
     var corosync: CorosyncLink?
+    /// The most lockspaces that get a CPG group of their own (`setLockspaceGroups`).
+    public static let maxLockspaceGroups = 128
+    var warnedOfLockspaceGroups = false
     var ticker: RepeatedTask?
     var processing = false
     var pending: [GroupInput] = []
@@ -241,7 +244,18 @@ public final class GroupNode: @unchecked Sendable {
     /// dlm_controld's lockspaces; the built-in provider keeps nothing of them (`dlmtool ls` shows the groups).
     public func setLockspaceGroups(_ lockspaces: Set<[UInt8]>) {
         guard case .corosync = config.provider else { return }
-        let names = Set(lockspaces.map { CorosyncLink.lockspaceGroup(cluster: config.name, lockspace: $0) })
+        // (Each group is a connection to corosync of its own, with its shared-memory buffers: past
+        // `maxLockspaceGroups`, the lockspaces after the first in name order have none.)
+        let sorted = lockspaces.sorted { $0.lexicographicallyPrecedes($1) }
+        if sorted.count > Self.maxLockspaceGroups && !warnedOfLockspaceGroups {
+            warnedOfLockspaceGroups = true
+            logger.warning(
+                "\(sorted.count) lockspaces: only the first \(Self.maxLockspaceGroups) in name order get a CPG group")
+        }
+        let names = Set(
+            sorted.prefix(Self.maxLockspaceGroups).map {
+                CorosyncLink.lockspaceGroup(cluster: config.name, lockspace: $0)
+            })
         eventLoop.execute { [self] in corosync?.setLockspaceGroups(names) }
     }
 
