@@ -441,9 +441,12 @@ public final class GroupNode: @unchecked Sendable {
             fenced[node] = incarnations[node] ?? 0
             fenceFailures[node] = nil
             onEvent(.fenced(node))
-        } else {
+        } else if member?.fencing.contains(node) ?? false {
             logger.error("fencing node \(node) failed (\(outcome.reason)); it will be tried again")
             fenceFailures[node] = outcome.reason
+        } else {
+            // (An operator acknowledged the fence meanwhile, or the view that needed it is gone.)
+            logger.warning("fencing node \(node) failed (\(outcome.reason)); no fence of it is awaited any more")
         }
         apply(.fenced(node, ok: outcome.ok))
     }
