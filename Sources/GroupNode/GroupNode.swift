@@ -244,19 +244,23 @@ public final class GroupNode: @unchecked Sendable {
     /// dlm_controld's lockspaces; the built-in provider keeps nothing of them (`dlmtool ls` shows the groups).
     public func setLockspaceGroups(_ lockspaces: Set<[UInt8]>) {
         guard case .corosync = config.provider else { return }
-        // (Each group is a connection to corosync of its own, with its shared-memory buffers: past
-        // `maxLockspaceGroups`, the lockspaces after the first in name order have none.)
-        let sorted = lockspaces.sorted { $0.lexicographicallyPrecedes($1) }
-        if sorted.count > Self.maxLockspaceGroups && !warnedOfLockspaceGroups {
+        if lockspaces.count > Self.maxLockspaceGroups && !warnedOfLockspaceGroups {
             warnedOfLockspaceGroups = true
             logger.warning(
-                "\(sorted.count) lockspaces: only the first \(Self.maxLockspaceGroups) in name order get a CPG group")
+                "\(lockspaces.count) lockspaces: only the first \(Self.maxLockspaceGroups) in name order get a CPG group"
+            )
         }
-        let names = Set(
-            sorted.prefix(Self.maxLockspaceGroups).map {
-                CorosyncLink.lockspaceGroup(cluster: config.name, lockspace: $0)
-            })
+        let names = Self.lockspaceGroupNames(lockspaces, cluster: config.name)
         eventLoop.execute { [self] in corosync?.setLockspaceGroups(names) }
+    }
+
+    /// The CPG groups of `lockspaces`: those of the first `limit` in name order (each group is a connection to
+    /// corosync of its own, with its shared-memory buffers).
+    static func lockspaceGroupNames(_ lockspaces: Set<[UInt8]>, cluster: String, limit: Int = maxLockspaceGroups)
+        -> Set<[UInt8]>
+    {
+        let first = lockspaces.sorted { $0.lexicographicallyPrecedes($1) }.prefix(limit)
+        return Set(first.map { CorosyncLink.lockspaceGroup(cluster: cluster, lockspace: $0) })
     }
 
     func submit(_ input: GroupInput) {

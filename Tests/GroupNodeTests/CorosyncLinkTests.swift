@@ -20,4 +20,15 @@ struct CorosyncLinkTests {
         let fits = [UInt8](repeating: 0x62, count: 128 - "dlmd:test:ls:".utf8.count)
         #expect(CorosyncLink.lockspaceGroup(cluster: "test", lockspace: fits) == Array("dlmd:test:ls:".utf8) + fits)
     }
+
+    /// A node keeps at most `GroupNode.maxLockspaceGroups` lockspace groups: those of the first lockspaces in name
+    /// order.
+    @Test func aNodeKeepsAtMostMaxLockspaceGroups() {
+        let names = Set((0..<200).map { Array(String(format: "ls%03d", $0).utf8) })
+        let groups = GroupNode.lockspaceGroupNames(names, cluster: "c")
+        #expect(groups.count == GroupNode.maxLockspaceGroups)
+        #expect(groups.contains(Array("dlmd:c:ls:ls000".utf8)) && groups.contains(Array("dlmd:c:ls:ls127".utf8)))
+        #expect(!groups.contains(Array("dlmd:c:ls:ls128".utf8)))
+        #expect(GroupNode.lockspaceGroupNames([Array("a".utf8)], cluster: "c") == [Array("dlmd:c:ls:a".utf8)])
+    }
 }
