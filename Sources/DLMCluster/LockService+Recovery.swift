@@ -350,7 +350,13 @@ extension LockService {
             // looking it up in a table of a million entries, or removing it, was a twentieth of a survivor's
             // recovery. An entry that named another node would be answered `notMaster` there. The binding writes
             // the new master over it.)
-            if !departed.contains(copy.master), mastering.masters[key] != nil { mastering.masters[key] = nil }
+            // (Not when it names this node: a copy resent to itself by an aborted run that rebuilt the resource here
+            // is bound again by this node's own `reboundBindings`, and this run registers the resource as mastered
+            // here; forgetting that made this node answer "not master" to every request of it while the directory
+            // named it, for ever: random forced-unlock seed 8107.)
+            if !departed.contains(copy.master), let cached = mastering.masters[key], cached != configuration.nodeID {
+                mastering.masters[key] = nil
+            }
             record.copy = ProcessCopies.lockID(index).rawValue
             work.resends[target, default: []].append(record)
         }
