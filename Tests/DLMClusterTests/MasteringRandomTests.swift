@@ -72,6 +72,17 @@ struct RecoveryRandomTests {
         MasteringRun.runAll(
             [13403, 62729, 183530, 249815, 264599, 344356], faults: true,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
+        // With FORCEUNLOCK: 8107, a node that walked its copies after registering a resource as its own forgot that
+        // it masters it (it answered "not master" for ever while the directory named it).
+        MasteringRun.runAll([8107], faults: true, forcedUnlocks: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
+    }
+
+    /// The same, with parents released by FORCEUNLOCK with their sub-locks (DLM_FORCED_SEEDS seeds, default 100;
+    /// `make test` runs 400).
+    @Test func forcedUnlocksTakeTheirSubLocksAcrossRecoveries() {
+        MasteringRun.runAll(
+            randomSeeds(count: "DLM_FORCED_SEEDS", default: 100), faults: true, forcedUnlocks: true,
+            suite: "RecoveryRandomTests/forcedUnlocksTakeTheirSubLocksAcrossRecoveries")
     }
 }
 
@@ -87,20 +98,25 @@ func randomSeeds(count variable: String, default fallback: Int) -> [UInt64] {
 
 struct MasteringRun {
     /// Runs each seed; the first failure is recorded with its replay command.
-    static func runAll(_ seeds: [UInt64], faults: Bool, persistentSubLocks: Bool = true, suite: String) {
+    static func runAll(
+        _ seeds: [UInt64], faults: Bool, persistentSubLocks: Bool = true, forcedUnlocks: Bool = false, suite: String
+    ) {
         var reads = 0
         var readsAfterRecovery = 0
         var restarts = 0
         var orphansAfterRestarts = 0
         var orphanSubLocksAfterRestarts = 0
+        var subLocksForced = 0
         for seed in seeds {
-            var run = MasteringRun(seed: seed, faults: faults, persistentSubLocks: persistentSubLocks)
+            var run = MasteringRun(
+                seed: seed, faults: faults, persistentSubLocks: persistentSubLocks, forcedUnlocks: forcedUnlocks)
             defer {
                 reads += run.readsOfWrittenValues
                 readsAfterRecovery += run.readsAfterMasterLeft
                 restarts += run.wholeRestarts
                 orphansAfterRestarts += run.orphansAfterRestarts
                 orphanSubLocksAfterRestarts += run.orphanSubLocksAfterRestarts
+                subLocksForced += run.subLocksForced
             }
             do {
                 try run.go()
@@ -113,6 +129,9 @@ struct MasteringRun {
         }
         // The value-block checks saw something: reads of acknowledged writes, and, with faults, some after the
         // master of the value left.
+        if forcedUnlocks && seeds.count >= 50 {
+            #expect(subLocksForced > 0, "no sub-lock released by its parent's FORCEUNLOCK")
+        }
         if seeds.count >= 200 {
             #expect(reads > 0, "no value block read checked")
             if faults {
@@ -134,6 +153,9 @@ struct MasteringRun {
     /// Sub-locks are persistent: three in four under a persistent parent, one in three under another (chosen by
     /// the step, so that the random draws stay those of the traffic before persistent sub-locks were replicated).
     let persistentSubLocks: Bool
+    /// A parent lock with sub-locks is released with FORCEUNLOCK, which takes its sub-locks with it (otherwise a
+    /// parent goes after its sub-locks).
+    let forcedUnlocks: Bool
     /// Each node's newest view that it has not been given yet.
     var undelivered: [UInt32: View] = [:]
     var crashes = 0
@@ -144,6 +166,10 @@ struct MasteringRun {
     var orphansAfterRestarts = 0
     /// Of those, the sub-locks (they come back with their parents).
     var orphanSubLocksAfterRestarts = 0
+    /// Sub-locks released by their parent's FORCEUNLOCK (`forcedUnlocks`), as their untagged EUNLOCK said.
+    var subLocksForced = 0
+    /// The sub-locks a FORCEUNLOCK sent and not answered yet is releasing, by client and lock.
+    var forcedSubLocks: Set<String> = []
     /// A node cut off from the others: it installed a view of itself alone, without quorum, while the others went on
     /// without it (and fenced it, with a fence that left it running: what was in flight to it still arrives). It
     /// must serve nothing until the fence catches up with it (it crashes at the next fault step).
@@ -195,10 +221,11 @@ struct MasteringRun {
         }
     }
 
-    init(seed: UInt64, faults: Bool, persistentSubLocks: Bool = true) {
+    init(seed: UInt64, faults: Bool, persistentSubLocks: Bool = true, forcedUnlocks: Bool = false) {
         self.seed = seed
         self.faults = faults
         self.persistentSubLocks = persistentSubLocks
+        self.forcedUnlocks = forcedUnlocks
         random = SplitMix64(seed: seed)
         let nodeCount = UInt32((faults ? 3 : 2) + random.below(faults ? 3 : 4))
         // Half the seeds with stores: replies and messages that follow a persistent change wait for its commit.
@@ -553,6 +580,9 @@ struct MasteringRun {
             if lock.valueBlock, !c.valueBlock.isEmpty, let mode = c.mode, mode != .nl, mode != .cr {
                 checkRead(c.valueBlock, flags: c.flags, resource: lock.resource, by: index)
             }
+            if c.tag == 0, c.status == .unlocked, forcedSubLocks.remove(key(index, c.lock)) != nil {
+                subLocksForced += 1
+            }
             if let mode = c.mode {
                 lock.granted = mode
                 lock.mayHold = mode
@@ -733,6 +763,23 @@ struct MasteringRun {
         cluster.send((clients[index].node, clients[index].id), message)
     }
 
+    /// FORCEUNLOCK of a granted parent: the client relies on it and on every sub-lock below it no more, since the
+    /// master releases them all at once (each sub-lock with its untagged EUNLOCK, the parent's last).
+    mutating func forceUnlock(_ lock: UInt32, _ index: Int) {
+        let tag = tag(index, .unlock(lock))
+        send(index, .unlock(UnlockMessage(tag: tag, lock: lock, flags: .forceUnlock)))
+        releases[key(index, tag)] = lock
+        var level: Set<UInt32> = [lock]
+        while !level.isEmpty {
+            for id in level {
+                clients[index].locks[id]?.releasing = true
+                clients[index].locks[id]?.relied = nil
+            }
+            level = Set(clients[index].locks.filter { $0.value.parent.map(level.contains) ?? false }.keys)
+            for id in level { forcedSubLocks.insert(key(index, id)) }
+        }
+    }
+
     mutating func close(_ index: Int) {
         if trace { print("step \(step): \(clients[index].name) closes") }
         cluster.close((clients[index].node, clients[index].id))
@@ -785,8 +832,16 @@ struct MasteringRun {
             // The conversion may be granted at any moment: until its completion, only what both modes promise holds.
             if let granted = state.granted { clients[index].locks[lock]?.relied = Self.meet(granted, mode) }
         case 60..<85:
-            // (A parent goes after its sub-locks.)
+            // (A parent goes after its sub-locks, or with them.)
             let parents = Set(clients[index].locks.values.filter { !$0.releasing }.compactMap(\.parent))
+            if forcedUnlocks,
+                let (lock, _) = held.first(where: {
+                    parents.contains($0.key) && $0.value.granted != nil && !$0.value.converting
+                })
+            {
+                forceUnlock(lock, index)
+                return
+            }
             guard let (lock, state) = held.first(where: { !parents.contains($0.key) }) else { return }
             if state.granted == nil || state.converting {
                 // One in four of these is a DEADLOCK_CANCEL (EDEADLK to the owner, OK or EBUSY to the asker),
