@@ -1087,41 +1087,13 @@ extension LockService {
         guard case .unlock(let m) = operation.message, !m.flags.contains(.cancel),
             mastering.copies.copies[operation.copy].owner == id.owner, mastering.copies.copies[operation.copy].rebinding
         else { return false }
-        let lock = ProcessCopies.lockID(operation.copy)
-        if m.flags.contains(.forceUnlock) {
-            // The sub-locks below it, level by level (none was bound again either: they were resent with it).
-            var released: Set<UInt32> = [lock.rawValue]
-            var below: [Int] = []
-            var level = [lock.rawValue]
-            while !level.isEmpty {
-                var next: [UInt32] = []
-                for index in (mastering.copies.byOwner[id.owner] ?? []).sorted() {
-                    let copy = mastering.copies.copies[index]
-                    guard copy.rebinding, let parent = copy.record?.parentCopy, level.contains(parent),
-                        released.insert(ProcessCopies.lockID(index).rawValue).inserted
-                    else { continue }
-                    below.append(index)
-                    next.append(ProcessCopies.lockID(index).rawValue)
-                }
-                level = next
-            }
-            for index in below.reversed() {
-                mastering.copies.remove(index)
-                deliver(
-                    id,
-                    .completion(
-                        CompletionMessage(
-                            tag: 0,
-                            Completion(
-                                lock: ProcessCopies.lockID(index), owner: owner(id), status: .unlocked, mode: nil))))
-            }
+        // (Its sub-locks were resent with it and bound by none either.)
+        let below = m.flags.contains(.forceUnlock) ? mastering.copies.unboundSubLocks(of: operation.copy) : []
+        for copy in below.reversed() + [operation.copy] {
+            mastering.copies.remove(copy)
+            let unlocked = Completion(lock: ProcessCopies.lockID(copy), owner: owner(id), status: .unlocked, mode: nil)
+            deliver(id, .completion(CompletionMessage(tag: copy == operation.copy ? m.tag : 0, unlocked)))
         }
-        mastering.copies.remove(operation.copy)
-        deliver(
-            id,
-            .completion(
-                CompletionMessage(
-                    tag: m.tag, Completion(lock: lock, owner: owner(id), status: .unlocked, mode: nil))))
         replyDelivered(id)
         return true
     }

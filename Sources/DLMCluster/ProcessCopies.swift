@@ -168,6 +168,22 @@ struct ProcessCopies {
         return index
     }
 
+    /// The copies below copy `index` (its sub-locks, theirs, ...) that wait to be bound again, parents before their
+    /// sub-locks: resent with it by a recovery, and bound by none.
+    func unboundSubLocks(of index: Int) -> [Int] {
+        var children: [UInt32: [Int]] = [:]
+        for sub in (byOwner[copies[index].owner] ?? []).sorted() where copies[sub].rebinding {
+            if let parent = copies[sub].record?.parentCopy, parent != 0 { children[parent, default: []].append(sub) }
+        }
+        var below: [Int] = []
+        var next = children[Self.lockID(index).rawValue] ?? []
+        while let sub = next.popLast() {
+            below.append(sub)
+            next += children[Self.lockID(sub).rawValue] ?? []
+        }
+        return below
+    }
+
     mutating func remove(_ index: Int) {
         let copy = copies[index]
         guard copy.owner != 0 else { return }

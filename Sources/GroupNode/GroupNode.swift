@@ -242,8 +242,10 @@ public final class GroupNode: @unchecked Sendable {
     /// The lockspaces whose group the lock service says this node is in (or asks to join). With corosync, this node
     /// is in a CPG group for each (`CorosyncLink.lockspaceGroup`), which corosync's tools show, as they show
     /// dlm_controld's lockspaces; the built-in provider keeps nothing of them (`dlmtool ls` shows the groups).
-    public func setLockspaceGroups(_ lockspaces: Set<[UInt8]>) {
+    /// (`lockspaces` is only read with corosync.)
+    public func setLockspaceGroups(_ lockspaces: @autoclosure () -> Set<[UInt8]>) {
         guard case .corosync = config.provider else { return }
+        let lockspaces = lockspaces()
         if lockspaces.count > Self.maxLockspaceGroups && !warnedOfLockspaceGroups {
             warnedOfLockspaceGroups = true
             logger.warning(
@@ -422,19 +424,24 @@ public final class GroupNode: @unchecked Sendable {
             )
         }
         logger.warning("fence of node \(node) acknowledged by an operator: node \(node) is taken for off")
-        fenced[node] = incarnations[node] ?? 0
-        fenceFailures[node] = nil
+        noteFenced(node)
         onEvent(.fenceAcknowledged(node))
         apply(.fenced(node, ok: true))
     }
 
-    /// "fencing node N" with why its last run failed, if it did: what an operator needs before `dlmtool fence-ack`.
-    func withFenceFailure(_ wait: String) -> String {
-        guard wait.hasPrefix("fencing node "), let node = UInt32(wait.dropFirst("fencing node ".count)),
-            let reason = fenceFailures[NodeID(node)]
-        else { return wait }
-        return wait
-            + " (last run failed: \(reason); retried every \(config.settings.fenceRetryInterval / 1_000_000) ms)"
+    func noteFenced(_ node: NodeID) {
+        fenced[node] = incarnations[node] ?? 0
+        fenceFailures[node] = nil
+    }
+
+    /// What membership waits for, each `fencing node N` with why its last run failed, if it did: what an operator
+    /// needs before `dlmtool fence-ack`.
+    func waitsWithFenceFailures(_ waits: [String]) -> [String] {
+        guard !fenceFailures.isEmpty else { return waits }
+        let retry = "retried every \(config.settings.fenceRetryInterval / 1_000_000) ms"
+        var reasons: [String: String] = [:]
+        for (node, reason) in fenceFailures { reasons["fencing node \(node)"] = reason }
+        return waits.map { wait in reasons[wait].map { "\(wait) (last run failed: \($0); \(retry))" } ?? wait }
     }
 
     func fenceDone(_ node: NodeID, _ outcome: FenceOutcome) {
@@ -442,8 +449,7 @@ public final class GroupNode: @unchecked Sendable {
         guard state == .running else { return }
         if outcome.ok {
             logger.warning("node \(node) fenced")
-            fenced[node] = incarnations[node] ?? 0
-            fenceFailures[node] = nil
+            noteFenced(node)
             onEvent(.fenced(node))
         } else if member?.fencing.contains(node) ?? false {
             logger.error("fencing node \(node) failed (\(outcome.reason)); it will be tried again")
@@ -497,7 +503,7 @@ public final class GroupNode: @unchecked Sendable {
                     primary: member?.isPrimary ?? false)
             },
             quorate: member?.isPrimary ?? false,
-            waitingFor: state == .running ? (member?.waitingFor ?? ["start"]).map(withFenceFailure) : ["start"],
+            waitingFor: state == .running ? waitsWithFenceFailures(member?.waitingFor ?? ["start"]) : ["start"],
             nodes: nodes,
             highestViewNumber: member?.persistent.highestViewNumber ?? initialState.highestViewNumber)
     }

@@ -14,6 +14,20 @@ import Testing
     static let secondRemote: UInt32 = 0x8000_0002
     static let thirdRemote: UInt32 = 0x8000_0003
 
+    /// Node 3's client `m` takes NL on `name`, so node 3 masters it; then node 1's client `a` takes `mode` there, a
+    /// lock node 3 masters (`remote` on node 1).
+    static func remoteLock(
+        _ c: inout ClusterHarness, _ name: String, _ mode: LockMode, sourceLocation: SourceLocation = #_sourceLocation
+    ) -> (master: (node: UInt32, id: ConnectionID), a: (node: UInt32, id: ConnectionID)) {
+        let master = c.client(3, "m")
+        let a = c.client(1, "a")
+        c.send(master, H.lock(2, name, .nl))
+        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted NL"], sourceLocation: sourceLocation)
+        c.send(a, H.lock(2, name, mode))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(remote) granted \(mode)"], sourceLocation: sourceLocation)
+        return (master, a)
+    }
+
     /// `node` dies; the survivors recover with no client output and rebuild everything they were sent.
     static func nodeDiesAndNothingIsRefused(
         _ c: inout ClusterHarness, _ node: UInt32, sourceLocation: SourceLocation = #_sourceLocation
@@ -31,13 +45,8 @@ import Testing
     @Test func aGrantedLockSurvivesTheDeathOfItsMaster() {
         var c = ClusterHarness(nodes: 3)
         let name = ClusterHarness.name(directedTo: 3, of: 3)
-        let master = c.client(3, "m")
-        let a = c.client(1, "a")
+        let (_, a) = Self.remoteLock(&c, name, .ex)
         let b = c.client(2, "b")
-        c.send(master, H.lock(2, name, .nl))
-        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted NL"])
-        c.send(a, H.lock(2, name, .ex))
-        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) granted EX"])
         let before = c.completions["1a"]!.last!.fencingToken
         c.send(b, H.lock(2, name, .ex))
         #expect(Set(c.run()) == ["2b: OK tag 2 lock \(Self.remote)", "1a: BAST lock \(Self.remote) EX"])
@@ -78,13 +87,8 @@ import Testing
     @Test func subLocksSurviveTheDeathOfTheirMaster() throws {
         var c = ClusterHarness(nodes: 3)
         let name = ClusterHarness.name(directedTo: 3, of: 3)
-        let master = c.client(3, "m")
-        let a = c.client(1, "a")
+        let (_, a) = Self.remoteLock(&c, name, .pr)
         let b = c.client(2, "b")
-        c.send(master, H.lock(2, name, .nl))
-        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted NL"])
-        c.send(a, H.lock(2, name, .pr))
-        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) granted PR"])
         c.send(a, H.lock(3, "child", .ex, parent: Self.remote))
         #expect(c.run() == ["1a: COMPLETION tag 3 lock \(Self.secondRemote) granted EX"])
         c.send(a, H.lock(4, "grandchild", .pw, parent: Self.secondRemote))
@@ -533,12 +537,7 @@ import Testing
     @Test func anUnlockAnsweredByADyingMasterThatDroppedTheResourceIsDone() {
         var c = ClusterHarness(nodes: 3, tossDelay: 1_000_000)
         let name = ClusterHarness.name(directedTo: 2, of: 3)
-        let master = c.client(3, "m")
-        let a = c.client(1, "a")
-        c.send(master, H.lock(2, name, .nl))
-        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted NL"])
-        c.send(a, H.lock(2, name, .pr))
-        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        let (master, a) = Self.remoteLock(&c, name, .pr)
         c.send(a, H.lock(3, "child", .ex, parent: Self.remote))
         #expect(c.run() == ["1a: COMPLETION tag 3 lock \(Self.secondRemote) granted EX"])
         c.send(master, H.unlock(3, 1))

@@ -36,8 +36,7 @@ final class TestCluster: @unchecked Sendable {
         self.addresses = try addresses ?? (1...count).map { _ in "127.0.0.1:\(try freePort())" }
         self.launcher = launcher
         let fence = directory + "/fence-node"
-        try "#!/bin/sh\necho \"$1\" >> '\(fenceLog)'\nexit 0\n".write(toFile: fence, atomically: false, encoding: .utf8)
-        chmod(fence, 0o755)
+        try Self.writeFenceCommand(fence, log: fenceLog, exitStatus: 0)
         let provider = corosyncPort.map { "provider = \"corosync\"\nport = \($0)\n" } ?? ""
         var config = """
             [cluster]
@@ -127,9 +126,14 @@ final class TestCluster: @unchecked Sendable {
 
     /// From now on the fence command fails (exit 1), still recording whom it was run against.
     func failFences() throws {
-        try "#!/bin/sh\necho \"$1\" >> '\(fenceLog)'\nexit 1\n".write(
-            toFile: directory + "/fence-node", atomically: true, encoding: .utf8)
-        chmod(directory + "/fence-node", 0o755)
+        try Self.writeFenceCommand(directory + "/fence-node", log: fenceLog, exitStatus: 1)
+    }
+
+    /// The fence command: it appends the node id it is given to `log`, and exits with `exitStatus`.
+    static func writeFenceCommand(_ path: String, log: String, exitStatus: Int) throws {
+        try "#!/bin/sh\necho \"$1\" >> '\(log)'\nexit \(exitStatus)\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o755)
     }
 
     /// The nodes the fence command was run against, in order.

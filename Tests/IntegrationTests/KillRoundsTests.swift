@@ -279,21 +279,21 @@ import Testing
         }
     }
 
-    /// Runs the rounds on a cluster whose nodes are all in a primary view, killing and starting nodes with `kill` and `start`; a failure is
-    /// recorded with every node's log saved.
+    /// Runs the rounds on a cluster whose nodes are all in a primary view, killing and starting nodes with `kill`
+    /// and `start`; a failure is recorded with every node's log saved.
     static func rounds(
         _ cluster: TestCluster, _ settings: Settings, kill: (Int) -> Void, start: (Int) throws -> Void
     ) async {
-        do { try await rounds(cluster, settings, killing: kill, starting: start) } catch {
+        do { try await playRounds(cluster, settings, kill: kill, start: start) } catch {
             let prefix = FileManager.default.temporaryDirectory.path + "/dlm-kill-rounds-node"
             cluster.saveLogs(to: prefix)
             Issue.record("\(error); every node's log is in \(prefix)N.log")
         }
     }
 
-    static func rounds(
-        _ cluster: TestCluster, _ settings: Settings, killing killNode: (Int) -> Void,
-        starting startNode: (Int) throws -> Void
+    private static func playRounds(
+        _ cluster: TestCluster, _ settings: Settings, kill killNode: (Int) -> Void,
+        start startNode: (Int) throws -> Void
     ) async throws {
         let all = Array(1...settings.nodes)
         var events: [String] = []

@@ -331,12 +331,17 @@ extension CorosyncTests {
         return groups.mapValues { $0.sorted() }
     }
 
-    /// Polls corosync-cpgtool (a process run each round, not a sleep) until it lists `expected`, for at most 30 s:
-    /// a change to a CPG group follows the run that decides it, and a failed node leaves once corosync drops it.
+    /// Polls corosync-cpgtool until it lists `expected`, for at most 30 s (a hang detector): a change to a CPG group
+    /// follows the run that decides it on dlmd's corosync thread, and a failed node leaves once corosync drops it,
+    /// neither with an event a test can await. The polls are 100 ms apart: a tool started back to back would take a
+    /// vCPU from the corosync and dlmd whose change it waits for (and a starved corosync misses its token).
     static func waitForGroups(_ nodes: ProviderTests.Nodes, _ expected: [String: [Int]]) throws {
         let deadline = Date().addingTimeInterval(30)
         var groups = try cpgGroups(nodes)
-        while groups != expected && Date() < deadline { groups = try cpgGroups(nodes) }
+        while groups != expected && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.1)
+            groups = try cpgGroups(nodes)
+        }
         #expect(groups == expected)
     }
 }
