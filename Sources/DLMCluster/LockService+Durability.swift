@@ -110,16 +110,19 @@ extension LockService {
     /// for a commit, after that commit. A master thus acknowledges a persistent lock or a value block write to a
     /// holder on another node only once it is in its store, as it does for its own clients; messages to one node
     /// never overtake each other.
+    ///
+    /// To a copy of this node mastered here (rebuilt by recovery, or a master cached before it moved here): handled
+    /// after this input, by the same rule: a master's answer reaches its copy, and so the client, only once what it
+    /// depends on is in the store and at the backup node (a value written by a down-conversion acknowledged before
+    /// its replica was: random recovery seed 18097).
     mutating func send(_ message: PeerMessage, to node: UInt32) {
-        if node == configuration.nodeID {
-            // To a copy mastered here (rebuilt by recovery): handled after this input. What it answers waits, like
-            // any frame, for the commit of the changes it depends on.
-            mastering.loopback.append(message)
-            return
-        }
         let earlier = mastering.heldGeneration[node]
         guard let generation = holdingGeneration ?? earlier else {
-            output.peerMessages.append((node, message))
+            if node == configuration.nodeID {
+                mastering.loopback.append(message)
+            } else {
+                output.peerMessages.append((node, message))
+            }
             return
         }
         let wait = max(generation, earlier ?? 0)
@@ -133,7 +136,11 @@ extension LockService {
     mutating func releasePeerMessages(upTo generation: UInt64) {
         while let first = mastering.heldMessages.first, first.generation <= generation {
             mastering.heldMessages.removeFirst()
-            output.peerMessages.append((first.node, first.message))
+            if first.node == configuration.nodeID {
+                mastering.loopback.append(first.message)
+            } else {
+                output.peerMessages.append((first.node, first.message))
+            }
             mastering.heldCount[first.node, default: 1] -= 1
             if mastering.heldCount[first.node] == 0 {
                 mastering.heldCount[first.node] = nil

@@ -322,4 +322,34 @@ import Testing
         #expect(read.valueBlock == Self.value(8))
         #expect(!read.flags.contains(.valueNotValid))
     }
+
+    /// A name mastered by node 3 whose directory node is node 1 once node 3 left: node 1 masters it after that
+    /// recovery, and its backup node is node 2.
+    static let movingMasterName = ClusterHarness.name(directedTo: [(3, 3), (1, 2)], prefix: "h")
+
+    /// Node 1's client holds EX with VALBLK on a name node 3 masters; node 3 dies and node 1 masters the name from
+    /// then on (its client's lock is still a copy, whose operations its own node's master answers). A write by a
+    /// down-conversion is answered only once the backup node (2) has it, as a write to a master on another node is
+    /// (random recovery seed 18097: the answer went out at once, node 1 died, and the acknowledged value was lost).
+    @Test func aWriteToAMasterThatMovedToTheWritersNodeWaitsForTheBackupNode() {
+        var c = ClusterHarness(nodes: 3)
+        let master = c.client(3, "m")
+        let writer = c.client(1, "w")
+        c.send(master, H.lock(2, Self.movingMasterName, .nl))
+        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted NL"])
+        c.send(writer, H.lock(2, Self.movingMasterName, .ex, .valueBlock))
+        #expect(c.run() == ["1w: COMPLETION tag 2 lock \(Self.remote) granted EX"])
+        c.crash(3)
+        c.installView()
+        #expect(c.run() == [])
+        let key = DirectoryKey(lockspace: Array("ls".utf8), name: Array(Self.movingMasterName.utf8))
+        #expect(c.nodes[1]!.service.mastering.masters[key] == 1)
+        let backup = ClusterHarness.Link(from: 1, to: 2)
+        c.paused = [backup]
+        c.send(writer, Self.write(3, lock: Self.remote, to: .nl, Self.value(7)))
+        #expect(c.run() == [])
+        #expect(c.links[backup]?.count == 1)
+        c.paused = []
+        #expect(c.run() == ["1w: COMPLETION tag 3 lock \(Self.remote) granted NL"])
+    }
 }
