@@ -18,6 +18,9 @@ public enum GroupNodeEvent: Sendable, Hashable {
     case fenceAcknowledged(NodeID)
     /// A fence the coordinator waits on failed; it is tried again.
     case fenceFailed(NodeID, reason: String)
+    /// The fence command of a fence that an operator acknowledged while it ran ended (`ok`: exit status 0; else
+    /// `reason`): nothing changes, the fence was done when acknowledged.
+    case fenceCommandEndedAfterAcknowledgement(NodeID, ok: Bool, reason: String)
     /// This node learnt that its own life was fenced (a primary view left it out): it never joins again, and
     /// waits to be restarted.
     case lifeFenced
@@ -96,6 +99,8 @@ public final class GroupNode: @unchecked Sendable {
     var lastTick: UInt64?
     var incarnations: [NodeID: UInt64] = [:]
     var fencesRunning: Set<NodeID> = []
+    /// Fences whose command still runs that an operator acknowledged: its end is only reported.
+    var acknowledgedWhileRunning: Set<NodeID> = []
     /// Fenced nodes, with the incarnation last heard from when the fence succeeded.
     var fenced: [NodeID: UInt64] = [:]
     var fenceFailures: [NodeID: String] = [:]
@@ -398,7 +403,11 @@ public final class GroupNode: @unchecked Sendable {
     }
 
     func fence(_ node: NodeID) {
-        guard !fencesRunning.contains(node) else { return }  // its result will answer this request too
+        guard !fencesRunning.contains(node) else {
+            // Its result will answer this request too (even if an operator acknowledged an earlier one).
+            acknowledgedWhileRunning.remove(node)
+            return
+        }
         fencesRunning.insert(node)
         logger.warning("fencing node \(node): \(config.fenceCommand) \(node)")
         let loop = eventLoop
@@ -424,6 +433,7 @@ public final class GroupNode: @unchecked Sendable {
             )
         }
         logger.warning("fence of node \(node) acknowledged by an operator: node \(node) is taken for off")
+        if fencesRunning.contains(node) { acknowledgedWhileRunning.insert(node) }
         noteFenced(node)
         onEvent(.fenceAcknowledged(node))
         apply(.fenced(node, ok: true))
@@ -447,6 +457,14 @@ public final class GroupNode: @unchecked Sendable {
     func fenceDone(_ node: NodeID, _ outcome: FenceOutcome) {
         fencesRunning.remove(node)
         guard state == .running else { return }
+        if acknowledgedWhileRunning.remove(node) != nil {
+            // (Counted once, when acknowledged: neither a second "fenced" nor a failure to retry.)
+            let ending = outcome.ok ? "exit status 0" : outcome.reason
+            logger.warning(
+                "the fence command for node \(node) ended (\(ending)) after an operator acknowledged the fence")
+            onEvent(.fenceCommandEndedAfterAcknowledgement(node, ok: outcome.ok, reason: outcome.reason))
+            return
+        }
         if outcome.ok {
             logger.warning("node \(node) fenced")
             noteFenced(node)

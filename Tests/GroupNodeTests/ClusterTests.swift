@@ -103,15 +103,33 @@ final class TestCluster: @unchecked Sendable {
         return Set(started.split(separator: "\n").compactMap { $0.split(separator: " ").last })
     }
 
+    /// Two FIFOs of a gated fence script (`fenceGate`): each run writes its node to the first, then waits until the
+    /// test writes to the second.
+    var fenceRunStarts: String { directory.path("fence-run-starts") }
+    var fenceGate: String { directory.path("fence-gate") }
+
     /// `waitForAll`: the first primary view has every node (no view of part of the nodes, fencing the others, while
-    /// they start).
-    init(nodes count: Int = 3, fenceFailures: Int = 0, waitForAll: Bool = false, suspectTimeout: Int = 1000) throws {
+    /// they start). `fenceGate`: every run of the fence script waits for the test (`fenceRunStarts`, `fenceGate`).
+    init(
+        nodes count: Int = 3, fenceFailures: Int = 0, waitForAll: Bool = false, suspectTimeout: Int = 1000,
+        fenceGate gated: Bool = false
+    ) throws {
         directory = try TemporaryDirectory()
         let ports = try freePorts(count)
         let script = directory.path("fence.sh")
+        if gated {
+            for fifo in [directory.path("fence-run-starts"), directory.path("fence-gate")] {
+                guard mkfifo(fifo, 0o600) == 0 else { throw Timeout(description: "mkfifo \(fifo): errno \(errno)") }
+            }
+        }
+        let gate =
+            gated
+            ? "echo $1 > '\(directory.path("fence-run-starts"))'; cat '\(directory.path("fence-gate"))' > /dev/null"
+            : ""
         try """
         #!/bin/sh
         echo "$1 $$" >> '\(directory.path("fence-started"))'
+        \(gate)
         n=$(cat '\(directory.path("count"))'-$1 2>/dev/null || echo 0)
         n=$((n + 1))
         echo $n > '\(directory.path("count"))'-$1
@@ -277,6 +295,65 @@ func fencedOnly(_ node: Int, _ log: String?, excluding: Set<Substring> = []) -> 
             fencedOnly(3, cluster.fenceLogAtView.withLockedValue { $0[2]?[view] }, excluding: runsBefore),
             "fences: \(cluster.fenceLog), runs before the crash: \(runsBefore)")
         try await cluster.shutdown()
+    }
+
+    /// An operator acknowledges a fence while its command still runs (its device is slow): the fence counts once,
+    /// then; when the command ends, successfully, nothing is announced or counted again (before, a second `fenced`
+    /// event came, and dlmd printed the node fenced and counted the fence twice).
+    @Test func aFenceAcknowledgedWhileItsCommandRunsCountsOnce() async throws {
+        let cluster = try TestCluster(waitForAll: true, fenceGate: true)
+        try await cluster.startAll()
+        let first = try await cluster.waitForPrimaryView(of: [1, 2, 3])
+        try await cluster.nodes[3]!.stop().get()
+        // The fence of node 3 starts, and waits at the gate.
+        #expect(try await Self.readFIFO(cluster.fenceRunStarts) == "3\n")
+        var acknowledging: NodeID?
+        for node: NodeID in [1, 2] {
+            let group = cluster.nodes[node]!
+            if (try? await group.eventLoop.submit { try group.acknowledgeFence(3) }.get()) != nil {
+                acknowledging = node
+                break
+            }
+        }
+        let node = try #require(acknowledging)
+        _ = try await cluster.waitForPrimaryView(of: [1, 2], after: first)
+        try await Self.writeFIFO(cluster.fenceGate)
+        try await cluster.logs[node]!.wait("the fence command's end") {
+            $0.contains(.fenceCommandEndedAfterAcknowledgement(3, ok: true, reason: "exit status 0"))
+        }
+        let events = cluster.logs[node]!.events
+        #expect(events.filter { $0 == .fenceAcknowledged(3) }.count == 1)
+        #expect(!events.contains(.fenced(3)), "\(events)")
+        #expect(cluster.fenceLog.hasPrefix("3 "))
+        try await cluster.shutdown()
+    }
+
+    /// A FIFO's content up to its writer's close, read off the concurrency pool (the open waits for a writer).
+    static func readFIFO(_ path: String) async throws -> String {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async {
+                continuation.resume(
+                    with: Result {
+                        let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+                        defer { try? handle.close() }
+                        return String(decoding: try handle.readToEnd() ?? Data(), as: UTF8.self)
+                    })
+            }
+        }
+    }
+
+    /// Opens a FIFO for writing and closes it (its reader sees its end), off the concurrency pool.
+    static func writeFIFO(_ path: String) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+            DispatchQueue.global().async {
+                continuation.resume(
+                    with: Result {
+                        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+                        try handle.write(contentsOf: Data("go\n".utf8))
+                        try handle.close()
+                    })
+            }
+        }
     }
 
     @Test func orderedMulticastAndABarrier() async throws {
