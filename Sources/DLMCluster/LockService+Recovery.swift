@@ -1055,14 +1055,17 @@ extension LockService {
             departed.contains($0.value.master)
                 && ($0.value.masterIncarnation == nil || members[$0.value.master] != $0.value.masterIncarnation)
         }.sorted { $0.key < $1.key }
+        var retries: [Mastering.PendingOperation] = []
         for (reference, operation) in lost {
             mastering.pending[reference] = nil
             let id = operation.connection
             guard isLive(id), clients[Int(id.slot)].state == .ready else { continue }
             if operation.isNewLock { mastering.copies.remove(operation.copy) }
             if releasedByDepartedMaster(operation, from: id) { continue }
-            retry(operation.message, from: id)
+            retries.append(operation)
         }
+        endedByDepartedMasters()
+        for operation in retries { retry(operation.message, from: operation.connection) }
         for key in Self.ordered(mastering.awaitingLookup.keys) {
             send(.lookup(key), to: mastering.directoryNode(of: key))
         }
@@ -1083,10 +1086,21 @@ extension LockService {
     /// took the lock for still held). The unlock is done: EUNLOCK, as the master would have answered; a FORCEUNLOCK
     /// took the lock's sub-locks with it, and each gets its untagged EUNLOCK first, deepest first. (A lock that
     /// still existed at its master is resent with its resource, which is then rebuilt and binds it again.)
+    /// A CANCEL of a waiting request in the same case is done too: its master had ended the request (by its timeout,
+    /// or as a deadlock's victim) and dropped the resource; ECANCEL, as if the cancel had come first.
     mutating func releasedByDepartedMaster(_ operation: Mastering.PendingOperation, from id: ConnectionID) -> Bool {
-        guard case .unlock(let m) = operation.message, !m.flags.contains(.cancel),
+        guard case .unlock(let m) = operation.message,
             mastering.copies.copies[operation.copy].owner == id.owner, mastering.copies.copies[operation.copy].rebinding
         else { return false }
+        if m.flags.contains(.cancel) {
+            guard mastering.copies.copies[operation.copy].record?.grantedMode == nil else { return false }
+            mastering.copies.remove(operation.copy)
+            let cancelled = Completion(
+                lock: ProcessCopies.lockID(operation.copy), owner: owner(id), status: .cancelled, mode: nil)
+            deliver(id, .completion(CompletionMessage(tag: m.tag, cancelled)))
+            replyDelivered(id)
+            return true
+        }
         // (Its sub-locks were resent with it and bound by none either.)
         let below = m.flags.contains(.forceUnlock) ? mastering.copies.unboundSubLocks(of: operation.copy) : []
         for copy in below.reversed() + [operation.copy] {
@@ -1096,6 +1110,32 @@ extension LockService {
         }
         replyDelivered(id)
         return true
+    }
+
+    /// The waiting requests of this node's clients whose master left after ending them, its answer lost with it:
+    /// resent by the run that just ended and bound by no master (the master had dropped the idle resource, and
+    /// another node masters it now, knowing nothing of them; a request the master still had would have come back
+    /// with its resource). A waiting request ends without its owner asking only by its timeout or as a deadlock's
+    /// victim: it is answered ETIMEDOUT if it had a timeout, else EDEADLK (untagged, as its master would have), so
+    /// that no client waits for ever for an answer that died with its master.
+    mutating func endedByDepartedMasters() {
+        guard mastering.copies.rebindingCount > 0 else { return }
+        let operating = Set(mastering.pending.values.map(\.copy))
+        var ended: [(index: Int, connection: ConnectionID, status: DLMStatus)] = []
+        for index in 0..<mastering.copies.copies.count {
+            let copy = mastering.copies.copies[index]
+            guard copy.rebinding, copy.owner != 0, !operating.contains(index), let record = copy.record,
+                record.grantedMode == nil, !mastering.copies.isExiting(copy.owner), let slot = slotsByOwner[copy.owner]
+            else { continue }
+            let id = clients[Int(slot)].id
+            guard isLive(id), clients[Int(slot)].state == .ready else { continue }
+            ended.append((index, id, record.flags.contains(.timeout) ? .timedOut : .deadlock))
+        }
+        for (index, id, status) in ended {
+            mastering.copies.remove(index)
+            let completion = Completion(lock: ProcessCopies.lockID(index), owner: owner(id), status: status, mode: nil)
+            deliver(id, .completion(CompletionMessage(tag: 0, completion)))
+        }
     }
 }
 

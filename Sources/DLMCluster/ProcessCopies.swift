@@ -37,6 +37,9 @@ struct ProcessCopies {
     /// that moves or rehashes them all.)
     var copies = ChunkedArray<Copy>()
     var free: [Int] = []
+    /// How many copies wait to be bound again (`rebinding`): at the end of a recovery, those left are walked for
+    /// requests their departed master had ended (`LockService.endedByDepartedMasters`), only when there are some.
+    var rebindingCount = 0
     var byMaster = ShardedDictionary<MasterLock, Int>()
     /// The copies of each owner of this node.
     var byOwner: [UInt64: Set<Int>] = [:]
@@ -119,6 +122,7 @@ struct ProcessCopies {
 
     mutating func bind(_ index: Int, masterLock: LockID) {
         copies[index].masterLock = masterLock
+        if copies[index].rebinding { rebindingCount -= 1 }
         copies[index].rebinding = false
         byMaster[MasterLock(node: copies[index].master, lock: masterLock.rawValue)] = index
         if copies[index].master == localNode { masteredHere += 1 }
@@ -141,6 +145,7 @@ struct ProcessCopies {
         }
         copies[index].masterLock = nil
         copies[index].master = master
+        if !copy.rebinding { rebindingCount += 1 }
         copies[index].rebinding = true
     }
 
@@ -194,6 +199,7 @@ struct ProcessCopies {
             if byMaster[key] == index { byMaster[key] = nil }
             if copy.master == localNode { masteredHere -= 1 }
         }
+        if copy.rebinding { rebindingCount -= 1 }
         byOwner[copy.owner]?.remove(index)
         if byOwner[copy.owner]?.isEmpty == true { byOwner[copy.owner] = nil }
         if copy.account >= 0 { accountCounts[Int(copy.account)] -= 1 }

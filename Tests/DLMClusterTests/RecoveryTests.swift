@@ -565,6 +565,69 @@ import Testing
         #expect(c.run().allSatisfy { $0.hasPrefix("1a: COMPLETION tag 5") && $0.hasSuffix("EAGAIN") })
     }
 
+    /// Node 1's client waits for EX on a name node 3 masters, where node 3's client holds EX; node 3's answers to
+    /// node 1 stay in flight from then on. `end` ends the wait at node 3 (its answer is lost); node 3's client
+    /// unlocks, the idle resource is dropped and node 2 masters it next; node 3 dies. Returns the client output of
+    /// the recovery, and checks that node 1 holds nothing of the resource afterwards.
+    static func waitEndedByADyingMaster(
+        timeout: Bool, end: (inout ClusterHarness, (node: UInt32, id: ConnectionID)) -> Void,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) -> [String] {
+        var c = ClusterHarness(nodes: 3, tossDelay: 1_000_000)
+        let name = ClusterHarness.name(directedTo: 2, of: 3)
+        let master = c.client(3, "m")
+        let a = c.client(1, "a")
+        c.send(master, H.lock(2, name, .ex))
+        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted EX"], sourceLocation: sourceLocation)
+        c.send(
+            a,
+            .lock(
+                LockMessage(
+                    tag: 2, lockspace: 0, flags: timeout ? .timeout : [], mode: .ex,
+                    timeoutNanoseconds: timeout ? 1_000_000 : 0, name: Array(name.utf8))))
+        #expect(
+            Set(c.run()) == ["3m: BAST lock 1 EX", "1a: OK tag 2 lock \(Self.remote)"], sourceLocation: sourceLocation)
+        c.paused = [.init(from: 3, to: 1)]
+        end(&c, a)
+        c.send(master, H.unlock(3, 1))
+        #expect(c.run() == ["3m: COMPLETION tag 3 lock 1 EUNLOCK"], sourceLocation: sourceLocation)
+        c.tick(by: 2_000_000)
+        #expect(c.run() == [], sourceLocation: sourceLocation)
+        let b = c.client(2, "b")
+        c.send(b, H.lock(2, name, .ex))
+        #expect(c.run() == ["2b: COMPLETION tag 2 lock 1 granted EX"], sourceLocation: sourceLocation)
+        c.crash(3)
+        c.paused = []
+        c.installView()
+        let output = c.run()
+        // Node 1 holds nothing of it: its client's EX waits for node 2's.
+        c.send(a, H.lock(5, name, .ex, .noQueue))
+        #expect(
+            c.run().allSatisfy { $0.hasPrefix("1a: COMPLETION tag 5") && $0.hasSuffix("EAGAIN") },
+            sourceLocation: sourceLocation)
+        return output
+    }
+
+    /// A request that its master timed out, then died before the answer came (the resource dropped and mastered
+    /// by another node meanwhile): the client gets ETIMEDOUT all the same (before, it waited for ever).
+    @Test func aRequestTimedOutByADyingMasterIsAnswered() {
+        let output = Self.waitEndedByADyingMaster(timeout: true) { c, _ in
+            c.tick(by: 2_000_000)
+            #expect(c.run() == [])
+        }
+        #expect(output == ["1a: COMPLETION tag 0 lock \(Self.remote) ETIMEDOUT"])
+    }
+
+    /// The same with a CANCEL of the request, answered by the master that then died: ECANCEL (before, the CANCEL
+    /// sent again was refused with ENOENT and the request was never answered).
+    @Test func aCancelAnsweredByADyingMasterIsDone() {
+        let output = Self.waitEndedByADyingMaster(timeout: false) { c, a in
+            c.send(a, H.unlock(4, Self.remote, .cancel))
+            #expect(c.run() == [])
+        }
+        #expect(output == ["1a: COMPLETION tag 4 lock \(Self.remote) ECANCEL"])
+    }
+
     /// A restarted node is a new life: it gets nothing of its old locks, and the others drop them.
     @Test func aRestartedNodeJoinsAsANewIncarnation() {
         var c = ClusterHarness(nodes: 3)
