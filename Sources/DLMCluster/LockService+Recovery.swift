@@ -1131,6 +1131,10 @@ extension LockService {
             guard isLive(id), clients[Int(slot)].state == .ready else { continue }
             ended.append((index, id, record.flags.contains(.timeout) ? .timedOut : .deadlock))
         }
+        if !ended.isEmpty {
+            output.notices.append(
+                ("waiting requests whose departed master had ended them answered", ["count": "\(ended.count)"]))
+        }
         for (index, id, status) in ended {
             mastering.copies.remove(index)
             let completion = Completion(lock: ProcessCopies.lockID(index), owner: owner(id), status: status, mode: nil)

@@ -87,6 +87,15 @@ struct RecoveryRandomTests {
             randomSeeds(count: "DLM_FORCED_SEEDS", default: 100), faults: true, forcedUnlocks: true,
             suite: "RecoveryRandomTests/forcedUnlocksTakeTheirSubLocksAcrossRecoveries")
     }
+
+    /// The same, with a timeout (TIMEOUT) on some waiting requests, which their masters end with ETIMEDOUT before,
+    /// during and after recoveries, and whose resources they then drop (DLM_TIMEOUT_SEEDS seeds, default 100; `make
+    /// test` runs 400).
+    @Test func timeoutsEndWaitingRequestsAcrossRecoveries() {
+        MasteringRun.runAll(
+            randomSeeds(count: "DLM_TIMEOUT_SEEDS", default: 100), faults: true, timeouts: true,
+            suite: "RecoveryRandomTests/timeoutsEndWaitingRequestsAcrossRecoveries")
+    }
 }
 
 /// The seeds of a random test: DLM_MASTERING_SEED replays one; else `count` (an environment variable, or
@@ -102,7 +111,8 @@ func randomSeeds(count variable: String, default fallback: Int) -> [UInt64] {
 struct MasteringRun {
     /// Runs each seed; the first failure is recorded with its replay command.
     static func runAll(
-        _ seeds: [UInt64], faults: Bool, persistentSubLocks: Bool = true, forcedUnlocks: Bool = false, suite: String
+        _ seeds: [UInt64], faults: Bool, persistentSubLocks: Bool = true, forcedUnlocks: Bool = false,
+        timeouts: Bool = false, suite: String
     ) {
         var reads = 0
         var readsAfterRecovery = 0
@@ -110,9 +120,11 @@ struct MasteringRun {
         var orphansAfterRestarts = 0
         var orphanSubLocksAfterRestarts = 0
         var subLocksForced = 0
+        var timedOut = 0
         for seed in seeds {
             var run = MasteringRun(
-                seed: seed, faults: faults, persistentSubLocks: persistentSubLocks, forcedUnlocks: forcedUnlocks)
+                seed: seed, faults: faults, persistentSubLocks: persistentSubLocks, forcedUnlocks: forcedUnlocks,
+                timeouts: timeouts)
             defer {
                 reads += run.readsOfWrittenValues
                 readsAfterRecovery += run.readsAfterMasterLeft
@@ -120,6 +132,7 @@ struct MasteringRun {
                 orphansAfterRestarts += run.orphansAfterRestarts
                 orphanSubLocksAfterRestarts += run.orphanSubLocksAfterRestarts
                 subLocksForced += run.subLocksForced
+                timedOut += run.requestsTimedOut
             }
             do {
                 try run.go()
@@ -132,6 +145,9 @@ struct MasteringRun {
         }
         // The value-block checks saw something: reads of acknowledged writes, and, with faults, some after the
         // master of the value left.
+        if timeouts && seeds.count >= 50 {
+            #expect(timedOut > 0, "no waiting request ended by its timeout")
+        }
         if forcedUnlocks && seeds.count >= 50 {
             #expect(subLocksForced > 0, "no sub-lock released by its parent's FORCEUNLOCK")
         }
@@ -159,6 +175,10 @@ struct MasteringRun {
     /// A parent lock with sub-locks is released with FORCEUNLOCK, which takes its sub-locks with it (otherwise a
     /// parent goes after its sub-locks).
     let forcedUnlocks: Bool
+    /// Some waiting requests have a timeout (TIMEOUT, a few ticks of the simulated clock).
+    let timeouts: Bool
+    /// Lock requests that ended with ETIMEDOUT.
+    var requestsTimedOut = 0
     /// Each node's newest view that it has not been given yet.
     var undelivered: [UInt32: View] = [:]
     var crashes = 0
@@ -224,7 +244,10 @@ struct MasteringRun {
         }
     }
 
-    init(seed: UInt64, faults: Bool, persistentSubLocks: Bool = true, forcedUnlocks: Bool = false) {
+    init(
+        seed: UInt64, faults: Bool, persistentSubLocks: Bool = true, forcedUnlocks: Bool = false, timeouts: Bool = false
+    ) {
+        self.timeouts = timeouts
         self.seed = seed
         self.faults = faults
         self.persistentSubLocks = persistentSubLocks
@@ -583,6 +606,7 @@ struct MasteringRun {
             if lock.valueBlock, !c.valueBlock.isEmpty, let mode = c.mode, mode != .nl, mode != .cr {
                 checkRead(c.valueBlock, flags: c.flags, resource: lock.resource, by: index)
             }
+            if c.status == .timedOut, c.mode == nil { requestsTimedOut += 1 }
             if c.tag == 0, c.status == .unlocked, forcedSubLocks.remove(key(index, c.lock)) != nil {
                 subLocksForced += 1
             }
@@ -807,9 +831,18 @@ struct MasteringRun {
             let tag = tag(index, .lock(resource, mode))
             if flags.contains(.valueBlock) { valueBlockRequests.insert(key(index, tag)) }
             if flags.contains(.persistent) { persistentRequests.insert(key(index, tag)) }
+            // (Drawn only in runs with timeouts: the other runs' draws stay what they were.)
+            var timeout: UInt64 = 0
+            if timeouts, !flags.contains(.noQueue), random.percent(40) {
+                flags.insert(.timeout)
+                timeout = 1_000 + UInt64(random.below(6_000))
+            }
             send(
                 index,
-                .lock(LockMessage(tag: tag, lockspace: 0, flags: flags, mode: mode, name: Array(resource.utf8))))
+                .lock(
+                    LockMessage(
+                        tag: tag, lockspace: 0, flags: flags, mode: mode, timeoutNanoseconds: timeout,
+                        name: Array(resource.utf8))))
         case 40..<60:
             guard let (lock, state) = held.filter({ $0.value.granted != nil && !$0.value.converting }).first else {
                 return
