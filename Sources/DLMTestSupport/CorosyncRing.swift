@@ -2,7 +2,8 @@ import Foundation
 
 /// corosync 3 in each namespace of a `Network`, by default with a tuned token (1 s: a failed node leaves the
 /// membership in about 3.6 s instead of 8), each with its own /run and /var/lib/corosync, bind-mounted inside the
-/// namespace, and no blackbox (a corosync killed with `kill -9` would leave its 8 MB flight recorder in /dev/shm).
+/// namespace, and no blackbox (a corosync killed with `kill -9` would leave its 8 MB flight recorder in /dev/shm;
+/// `kill` removes its IPC connections' shared memory).
 public final class CorosyncRing: @unchecked Sendable {
     public static let executable = "/usr/sbin/corosync"
     public let network: Network
@@ -100,11 +101,18 @@ public final class CorosyncRing: @unchecked Sendable {
         }
     }
 
-    /// kill -9 of node `node`'s corosync; returns once it is gone.
+    /// kill -9 of node `node`'s corosync; returns once it is gone. The shared memory of its IPC connections
+    /// (libqb's `/dev/shm/qb-PID-...`, a few MB each), which only a corosync that exits cleanly removes, goes too.
     public func kill(_ node: Int) {
         guard let (process, _) = processes[node], process.isRunning else { return }
-        Foundation.kill(process.processIdentifier, SIGKILL)
+        let pid = process.processIdentifier
+        Foundation.kill(pid, SIGKILL)
         process.waitUntilExit()
+        let shm = "/dev/shm"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: shm)) ?? [] where name.hasPrefix("qb-\(pid)-")
+        {
+            try? FileManager.default.removeItem(atPath: "\(shm)/\(name)")
+        }
     }
 
     public func stopAll() {
