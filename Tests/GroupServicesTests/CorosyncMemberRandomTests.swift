@@ -11,12 +11,15 @@ import Testing
 // simulation's invariant checker and "no two primary views at once, but where one side knows the other's life is
 // over"; at the end, everything healed and every fenced life restarted, one primary view of every process.
 //
-// DLM_COROSYNC_SEEDS: how many seeds (default 300); DLM_COROSYNC_SEED replays one.
+// DLM_COROSYNC_SEEDS: how many seeds (default 300) from DLM_COROSYNC_FIRST_SEED (default 1); DLM_COROSYNC_SEED
+// replays one.
 @Suite struct CorosyncMemberRandomTests {
     static var seeds: [UInt64] {
         let environment = ProcessInfo.processInfo.environment
         if let seed = environment["DLM_COROSYNC_SEED"].flatMap(UInt64.init) { return [seed] }
-        return (1...UInt64(environment["DLM_COROSYNC_SEEDS"].flatMap(Int.init) ?? 300)).map { $0 }
+        let first = environment["DLM_COROSYNC_FIRST_SEED"].flatMap(UInt64.init) ?? 1
+        let count = UInt64(environment["DLM_COROSYNC_SEEDS"].flatMap(Int.init) ?? 300)
+        return Array(first..<(first + count))
     }
 
     @Test func randomStartsKillsPartitionsAndLateQuorum() {

@@ -9,8 +9,8 @@ import Testing
 // node restarts; then one node crashes. `InvariantChecker` checks every effect and every step; at the end the
 // cluster must have converged, detected the crash in time, and delivered every message of a live sender.
 //
-// - DLM_SIM_SEEDS: how many seeds (default 1000), DLM_SIM_SEED: replay one seed (with DLM_SIM_TRACE=1 it prints
-//   every event).
+// - DLM_SIM_SEEDS: how many seeds (default 1000) from DLM_SIM_FIRST_SEED (default 1), DLM_SIM_SEED: replay one seed
+//   (with DLM_SIM_TRACE=1 it prints every event).
 // - `make sim SEEDS=20000` runs many.
 
 enum SimulationRun {
@@ -20,7 +20,8 @@ enum SimulationRun {
         let environment = ProcessInfo.processInfo.environment
         if let seed = environment["DLM_SIM_SEED"].flatMap(UInt64.init) { return [seed] }
         let count = environment["DLM_SIM_SEEDS"].flatMap(Int.init) ?? 1000
-        return (0..<UInt64(count)).map { $0 + 1 }
+        let first = environment["DLM_SIM_FIRST_SEED"].flatMap(UInt64.init) ?? 1
+        return (0..<UInt64(count)).map { $0 + first }
     }
 
     /// Runs one seed; returns the first violation, with the end of the trace.
