@@ -206,9 +206,10 @@ static void decode_client(uint8_t type, struct rd *r, struct dlmw_msg *m)
 	case DLMW_QUERY:
 		m->tag = rd_u32(r);
 		m->u.query.kind = rd_u8(r);
-		if (m->u.query.kind < DLMW_QUERY_STATUS || m->u.query.kind > DLMW_QUERY_LOCKDUMP_PAGE)
+		if (m->u.query.kind < DLMW_QUERY_STATUS || m->u.query.kind > DLMW_QUERY_LOG)
 			r->bad = 1;
-		if (m->u.query.kind >= DLMW_QUERY_LOCKDEBUG_PAGE) /* a cursor of 8 bytes, then a name */
+		if (m->u.query.kind == DLMW_QUERY_LOCKDEBUG_PAGE || m->u.query.kind == DLMW_QUERY_LOCKDUMP_PAGE)
+			/* a cursor of 8 bytes, then a name */
 			m->u.query.arg = rd_bytes8(r, &m->u.query.arg_len, 9, 8 + DLMW_MAX_NAME);
 		else
 			m->u.query.arg = rd_bytes8(r, &m->u.query.arg_len, 0, DLMW_MAX_NAME);

@@ -61,6 +61,7 @@ enum {
 	DLMW_QUERY_LOCKDUMP = 4,
 	DLMW_QUERY_LOCKDEBUG_PAGE = 5, /* argument: cursor:u64, then the lockspace name */
 	DLMW_QUERY_LOCKDUMP_PAGE = 6,
+	DLMW_QUERY_LOG = 7, /* dlmd's recent log lines (root only) */
 };
 
 /* One message of either direction. `tag` is 0 for the messages that carry none (HELLO, HELLO_REPLY,

@@ -20,6 +20,8 @@ public final class ReportEnvironment: Sendable {
     public let output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)?
     /// TLS for TCP clients, when dlmd takes them.
     public let tls: StatusReport.TLSStatus?
+    /// dlmd's most recent log lines and how many it keeps (QUERY kind 7), read only when asked; nil: no log kept.
+    public let recentLog: (@Sendable () -> (lines: [String], capacity: Int))?
 
     public init(
         pid: Int32 = 0, uptimeSeconds: Double = 0, socket: String? = nil, listen: String? = nil,
@@ -27,8 +29,10 @@ public final class ReportEnvironment: Sendable {
         cluster: (view: StatusReport.View?, waitingFor: [String], cluster: StatusReport.Cluster)? = nil,
         busyPoll: StatusReport.BusyPollStatus? = nil,
         output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)? = nil,
-        tls: StatusReport.TLSStatus? = nil
+        tls: StatusReport.TLSStatus? = nil,
+        recentLog: (@Sendable () -> (lines: [String], capacity: Int))? = nil
     ) {
+        self.recentLog = recentLog
         self.tls = tls
         self.output = output
         self.pid = pid
@@ -58,6 +62,13 @@ extension LockService {
             case .lockspaces:
                 return Array(
                     try encoder.encode(lockspacesReport(for: who, groupWaits: environment.cluster?.waitingFor)))
+            case .log:
+                // (Log lines name lockspaces, resources and nodes, whoever may open them.)
+                guard who.uid == 0 else {
+                    throw DLMError(.notPermitted, "only root may read dlmd's log (uid \(who.uid))")
+                }
+                let log = environment.recentLog?() ?? (lines: [], capacity: 0)
+                return Array(try encoder.encode(LogReport(lines: log.lines, capacity: log.capacity)))
             case .lockdebug, .lockdump, .lockdebugPage, .lockdumpPage:
                 // A page at a time (at most 2,048 locks): a report of a million locks would hold the loop and
                 // overflow a frame. The reply's `next` asks for the next page.

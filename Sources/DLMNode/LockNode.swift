@@ -339,7 +339,9 @@ public final class LockNode: @unchecked Sendable {
 
     /// What only the shell knows, for a QUERY's report.
     func reportEnvironment() -> ReportEnvironment {
-        ReportEnvironment(
+        var recentLog: (@Sendable () -> (lines: [String], capacity: Int))?
+        if let log = configuration.recentLog { recentLog = { (log.lines, log.capacity) } }
+        return ReportEnvironment(
             pid: getpid(), uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
             socket: configuration.socketPath, listen: configuration.listenAddress,
             dataDirectory: configuration.dataDirectory, store: storeReport, cluster: cluster?.report(),
@@ -347,6 +349,7 @@ public final class LockNode: @unchecked Sendable {
             output: (configuration.outputPauseBytes, configuration.outputLimitBytes, readsPaused, closedForOutput),
             tls: configuration.clientTLS.map { _ in
                 .init(handshakesRefused: tlsRefusals, lastRefusal: lastTLSRefusal)
-            })
+            },
+            recentLog: recentLog)
     }
 }

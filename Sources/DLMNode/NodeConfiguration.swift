@@ -33,6 +33,9 @@ public struct NodeConfiguration: Sendable {
     public var busyPoll: TimeAmount
     /// Where Prometheus scrapes the node's metrics ("HOST:PORT", `GET /metrics`); nil for nowhere.
     public var metricsAddress: String?
+    /// The ring of dlmd's recent log lines that `dlmtool dump` reads (QUERY kind 7); nil: none kept (dlmd's own
+    /// main fills one from its log handler and its announcements).
+    public var recentLog: RecentLog?
 
     /// Limits (docs/SECURITY.md): client connections at once, lockspaces, and a client's output it has not read:
     /// past `outputPauseBytes` dlmd stops reading from it until it has read half of that; past `outputLimitBytes`

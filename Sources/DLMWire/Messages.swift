@@ -127,6 +127,8 @@ public enum QueryKind: UInt8, Sendable, Hashable, CaseIterable {
     /// A later page: the argument is a `cursor:u64` (the `next` of the page before) and the name.
     case lockdebugPage = 5
     case lockdumpPage = 6
+    /// dlmd's most recent log lines (`dlmtool dump`, dlm_tool's `dump`); root only; no argument.
+    case log = 7
 
     /// The argument of a page query (kinds 5 and 6): the cursor, then the lockspace's name.
     public static func pageArgument(cursor: UInt64, lockspace: [UInt8]) -> [UInt8] {

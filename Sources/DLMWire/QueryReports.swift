@@ -580,3 +580,15 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
         self.remoteTruncated = remoteTruncated
     }
 }
+
+/// dlmd's most recent log lines (QUERY kind 7, `dlmtool dump`), oldest first.
+public struct LogReport: Codable, Sendable, Hashable {
+    public var lines: [String]
+    /// How many lines the server keeps at most.
+    public var capacity: Int
+
+    public init(lines: [String], capacity: Int) {
+        self.lines = lines
+        self.capacity = capacity
+    }
+}

@@ -208,10 +208,12 @@ struct DLMD: AsyncParsableCommand {
         }
         let wait = deadlockWait ?? file.deadlock_wait ?? 1
         guard wait >= 0, wait < 1e9 else { throw ValidationError("--deadlock-wait must be a number of seconds >= 0") }
+        // What dlmd logs goes to standard error and into the ring that `dlmtool dump` reads.
+        let recentLog = RecentLog()
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = parsedLevel
-            return handler
+            return MultiplexLogHandler([handler, RecentLogHandler(label: label, log: recentLog, logLevel: parsedLevel)])
         }
         let durabilityName = durability ?? file.durability ?? "batch"
         guard let durabilityMode = Durability(rawValue: durabilityName) else {
@@ -319,11 +321,13 @@ struct DLMD: AsyncParsableCommand {
         configuration.maxQueuedRequests = queued
         configuration.outputPauseBytes = pauseKiB << 10
         configuration.outputLimitBytes = limitKiB << 10
+        configuration.recentLog = recentLog
         raiseOpenFileLimit(for: connectionLimit)
         let logger = Logger(label: "dlmd")
         let server = NodeServer(
             configuration: configuration, logger: logger, notifier: SystemdNotifier.fromEnvironment()
         ) { line in
+            recentLog.append(line)
             FileHandle.standardOutput.writeIgnoringErrors(line + "\n")
         }
         let group = ServiceGroup(

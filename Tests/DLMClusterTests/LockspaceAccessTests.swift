@@ -23,6 +23,31 @@ import Testing
         }
     }
 
+    /// dlmd's recent log (QUERY kind 7, `dlmtool dump`) names lockspaces, resources and nodes whoever may use
+    /// them: only root reads it (EPERM for anyone else, the lockspace's creator included).
+    @Test func onlyRootReadsTheLog() throws {
+        var h = H()
+        let user = h.connect("user", credentials: ClientCredentials(pid: 10, uid: 1000))
+        let root = h.connect("root", credentials: .root)
+        let environment = ReportEnvironment(recentLog: {
+            (["dlmd: node 1 listening on unix:/run/dlm/dlmd.sock"], 2_000)
+        })
+        var replies: [ServerMessage] = []
+        for id in [user, root] {
+            h.service.handle(.query(id, .query(tag: 7, kind: .log, argument: []), environment))
+            replies += h.service.takeOutput().frames.map(\.message)
+        }
+        guard replies.count == 2, case .error(7, .notPermitted, let message) = replies[0],
+            case .queryReply(7, let json) = replies[1]
+        else {
+            Issue.record("\(replies)")
+            return
+        }
+        #expect(message.contains("only root"))
+        let report = try JSONDecoder().decode(LogReport.self, from: Data(json))
+        #expect(report == LogReport(lines: ["dlmd: node 1 listening on unix:/run/dlm/dlmd.sock"], capacity: 2_000))
+    }
+
     static func listed(_ h: inout H, _ id: ConnectionID) -> [String] {
         guard let json = query(&h, id, .lockspaces).json,
             let report = try? JSONDecoder().decode(LockspacesReport.self, from: Data(json))

@@ -45,6 +45,26 @@ struct DlmtoolTests {
         await connection.close()
     }
 
+    /// `dlmtool dump` prints what dlmd logged and announced lately, oldest first: its store opened, then where it
+    /// listens (dlm_tool's `dump`).
+    @Test func dumpPrintsWhatDlmdLogged() async throws {
+        let daemon = try Daemon(logLevel: "info")
+        defer { daemon.stop() }
+        let text = try await ToolRun.run(daemon, "dump")
+        #expect(text.status == 0, "\(text.stderr)")
+        let lines = text.stdout.split(separator: "\n").map(String.init)
+        let opened = lines.firstIndex { $0.contains("store opened") }
+        let listening = lines.firstIndex { $0 == "dlmd: node 1 listening on unix:\(daemon.socketPath)" }
+        #expect(opened != nil && listening != nil && opened! < listening!, "\(lines)")
+
+        let json = try await ToolRun.run(daemon, "dump", "--json")
+        #expect(json.status == 0, "\(json.stderr)")
+        let report = try JSONDecoder().decode(LogReport.self, from: json.output)
+        #expect(report.capacity == 2_000)
+        #expect(report.lines.count >= 2 && report.lines.count <= report.capacity)
+        #expect(report.lines.contains { $0.hasPrefix("dlmd: node 1 listening") })
+    }
+
     @Test func lsInTextAndJSON() async throws {
         let daemon = try Daemon()
         defer { daemon.stop() }

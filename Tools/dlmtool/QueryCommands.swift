@@ -119,6 +119,27 @@ extension Status {
     }
 }
 
+struct Dump: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print dlmd's most recent log lines, oldest first (root only).",
+        discussion: """
+            What dlmd wrote lately to standard error (its log) and standard output (its views, fences and \
+            where it listens), kept in memory: the last 2,000 lines, each cut to 1,024 bytes. This is dlm_tool's \
+            dump. With --json, prints dlmd's log report (Protocol/CLIENT.md §8) as it is.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let json = try await connection.query(.log)
+            if options.json { return printJSONBytes(json) }
+            let report = try decodeReport(LogReport.self, json)
+            for line in report.lines { print(line) }
+        }
+    }
+}
+
 struct Ls: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the lockspaces with their resource and lock counts.",
