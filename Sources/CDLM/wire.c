@@ -206,7 +206,7 @@ static void decode_client(uint8_t type, struct rd *r, struct dlmw_msg *m)
 	case DLMW_QUERY:
 		m->tag = rd_u32(r);
 		m->u.query.kind = rd_u8(r);
-		if (m->u.query.kind < DLMW_QUERY_STATUS || m->u.query.kind > DLMW_QUERY_LOG)
+		if (m->u.query.kind < DLMW_QUERY_STATUS || m->u.query.kind > DLMW_QUERY_CONFIG)
 			r->bad = 1;
 		if (m->u.query.kind == DLMW_QUERY_LOCKDEBUG_PAGE || m->u.query.kind == DLMW_QUERY_LOCKDUMP_PAGE)
 			/* a cursor of 8 bytes, then a name */

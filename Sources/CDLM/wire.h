@@ -62,6 +62,7 @@ enum {
 	DLMW_QUERY_LOCKDEBUG_PAGE = 5, /* argument: cursor:u64, then the lockspace name */
 	DLMW_QUERY_LOCKDUMP_PAGE = 6,
 	DLMW_QUERY_LOG = 7, /* dlmd's recent log lines (root only) */
+	DLMW_QUERY_CONFIG = 8, /* the settings dlmd runs with (root only) */
 };
 
 /* One message of either direction. `tag` is 0 for the messages that carry none (HELLO, HELLO_REPLY,

@@ -22,6 +22,8 @@ public final class ReportEnvironment: Sendable {
     public let tls: StatusReport.TLSStatus?
     /// dlmd's most recent log lines and how many it keeps (QUERY kind 7), read only when asked; nil: no log kept.
     public let recentLog: (@Sendable () -> (lines: [String], capacity: Int))?
+    /// The settings dlmd runs with (QUERY kind 8), read only when asked; nil: none known.
+    public let settings: (@Sendable () -> [(key: String, value: String)])?
 
     public init(
         pid: Int32 = 0, uptimeSeconds: Double = 0, socket: String? = nil, listen: String? = nil,
@@ -30,9 +32,11 @@ public final class ReportEnvironment: Sendable {
         busyPoll: StatusReport.BusyPollStatus? = nil,
         output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)? = nil,
         tls: StatusReport.TLSStatus? = nil,
-        recentLog: (@Sendable () -> (lines: [String], capacity: Int))? = nil
+        recentLog: (@Sendable () -> (lines: [String], capacity: Int))? = nil,
+        settings: (@Sendable () -> [(key: String, value: String)])? = nil
     ) {
         self.recentLog = recentLog
+        self.settings = settings
         self.tls = tls
         self.output = output
         self.pid = pid
@@ -69,6 +73,15 @@ extension LockService {
                 }
                 let log = environment.recentLog?() ?? (lines: [], capacity: 0)
                 return Array(try encoder.encode(LogReport(lines: log.lines, capacity: log.capacity)))
+            case .config:
+                // (Key files' and fence commands' paths, the nodes' addresses.)
+                guard who.uid == 0 else {
+                    throw DLMError(.notPermitted, "only root may read dlmd's settings (uid \(who.uid))")
+                }
+                let settings = (environment.settings?() ?? []).map {
+                    ConfigReport.Setting(key: $0.key, value: $0.value)
+                }
+                return Array(try encoder.encode(ConfigReport(settings: settings)))
             case .lockdebug, .lockdump, .lockdebugPage, .lockdumpPage:
                 // A page at a time (at most 2,048 locks): a report of a million locks would hold the loop and
                 // overflow a frame. The reply's `next` asks for the next page.

@@ -341,6 +341,7 @@ public final class LockNode: @unchecked Sendable {
     func reportEnvironment() -> ReportEnvironment {
         var recentLog: (@Sendable () -> (lines: [String], capacity: Int))?
         if let log = configuration.recentLog { recentLog = { (log.lines, log.capacity) } }
+        let configuration = self.configuration
         return ReportEnvironment(
             pid: getpid(), uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
             socket: configuration.socketPath, listen: configuration.listenAddress,
@@ -350,6 +351,6 @@ public final class LockNode: @unchecked Sendable {
             tls: configuration.clientTLS.map { _ in
                 .init(handshakesRefused: tlsRefusals, lastRefusal: lastTLSRefusal)
             },
-            recentLog: recentLog)
+            recentLog: recentLog, settings: { configuration.settingsInEffect(logLevel: configuration.logLevel) })
     }
 }

@@ -36,6 +36,8 @@ public struct NodeConfiguration: Sendable {
     /// The ring of dlmd's recent log lines that `dlmtool dump` reads (QUERY kind 7); nil: none kept (dlmd's own
     /// main fills one from its log handler and its announcements).
     public var recentLog: RecentLog?
+    /// The log level dlmd runs at, as `dlmtool dump-config` shows it (nil: not known).
+    public var logLevel: String?
 
     /// Limits (docs/SECURITY.md): client connections at once, lockspaces, and a client's output it has not read:
     /// past `outputPauseBytes` dlmd stops reading from it until it has read half of that; past `outputLimitBytes`

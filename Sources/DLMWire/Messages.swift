@@ -129,6 +129,8 @@ public enum QueryKind: UInt8, Sendable, Hashable, CaseIterable {
     case lockdumpPage = 6
     /// dlmd's most recent log lines (`dlmtool dump`, dlm_tool's `dump`); root only; no argument.
     case log = 7
+    /// The settings dlmd runs with (`dlmtool dump-config`, dlm_tool's `dump_config`); root only; no argument.
+    case config = 8
 
     /// The argument of a page query (kinds 5 and 6): the cursor, then the lockspace's name.
     public static func pageArgument(cursor: UInt64, lockspace: [UInt8]) -> [UInt8] {

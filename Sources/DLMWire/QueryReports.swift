@@ -581,6 +581,25 @@ public struct LockDebugReport: Codable, Sendable, Hashable {
     }
 }
 
+/// The settings dlmd runs with (QUERY kind 8, `dlmtool dump-config`), each under its config file key, in order.
+public struct ConfigReport: Codable, Sendable, Hashable {
+    public struct Setting: Codable, Sendable, Hashable {
+        public var key: String
+        public var value: String
+
+        public init(key: String, value: String) {
+            self.key = key
+            self.value = value
+        }
+    }
+
+    public var settings: [Setting]
+
+    public init(settings: [Setting]) {
+        self.settings = settings
+    }
+}
+
 /// dlmd's most recent log lines (QUERY kind 7, `dlmtool dump`), oldest first.
 public struct LogReport: Codable, Sendable, Hashable {
     public var lines: [String]

@@ -322,6 +322,7 @@ struct DLMD: AsyncParsableCommand {
         configuration.outputPauseBytes = pauseKiB << 10
         configuration.outputLimitBytes = limitKiB << 10
         configuration.recentLog = recentLog
+        configuration.logLevel = level
         raiseOpenFileLimit(for: connectionLimit)
         let logger = Logger(label: "dlmd")
         let server = NodeServer(

@@ -48,6 +48,31 @@ import Testing
         #expect(report == LogReport(lines: ["dlmd: node 1 listening on unix:/run/dlm/dlmd.sock"], capacity: 2_000))
     }
 
+    /// The settings dlmd runs with (QUERY kind 8, `dlmtool dump-config`) name key files and the fence command: only
+    /// root reads them.
+    @Test func onlyRootReadsTheSettings() throws {
+        var h = H()
+        let user = h.connect("user", credentials: ClientCredentials(pid: 10, uid: 1000))
+        let root = h.connect("root", credentials: .root)
+        let environment = ReportEnvironment(settings: {
+            [("dlmd.socket", "/run/dlm/dlmd.sock"), ("cluster.name", "demo")]
+        })
+        var replies: [ServerMessage] = []
+        for id in [user, root] {
+            h.service.handle(.query(id, .query(tag: 8, kind: .config, argument: []), environment))
+            replies += h.service.takeOutput().frames.map(\.message)
+        }
+        guard replies.count == 2, case .error(8, .notPermitted, _) = replies[0],
+            case .queryReply(8, let json) = replies[1]
+        else {
+            Issue.record("\(replies)")
+            return
+        }
+        let report = try JSONDecoder().decode(ConfigReport.self, from: Data(json))
+        #expect(
+            report.settings.map { "\($0.key)=\($0.value)" } == ["dlmd.socket=/run/dlm/dlmd.sock", "cluster.name=demo"])
+    }
+
     static func listed(_ h: inout H, _ id: ConnectionID) -> [String] {
         guard let json = query(&h, id, .lockspaces).json,
             let report = try? JSONDecoder().decode(LockspacesReport.self, from: Data(json))

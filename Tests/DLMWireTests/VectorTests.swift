@@ -83,6 +83,7 @@ enum Golden: Sendable {
         "client-query-lockdebug": .client(.query(tag: 14, kind: .lockdebug, argument: Array("demo".utf8))),
         "client-query-lockdump": .client(.query(tag: 15, kind: .lockdump, argument: Array("demo".utf8))),
         "client-query-log": .client(.query(tag: 17, kind: .log, argument: [])),
+        "client-query-config": .client(.query(tag: 18, kind: .config, argument: [])),
         "client-query-lockdebug-page": .client(
             .query(
                 tag: 16, kind: .lockdebugPage,

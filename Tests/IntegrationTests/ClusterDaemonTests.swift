@@ -65,6 +65,18 @@ struct ClusterDaemonTests {
         // A quorate member serves locks.
         let lock = try await ToolRun.run(arguments: ["lock", "--socket", cluster.socket(3), "job", "--", "true"])
         #expect(lock.status == 0, "\(lock.stderr)")
+
+        // dlmtool dump-config: the cluster file's settings as node 2 runs with them (the timeouts' defaults here).
+        let config = try await ToolRun.run(arguments: ["dump-config", "--socket", cluster.socket(2)])
+        #expect(config.status == 0, "\(config.stderr)")
+        let settings = Set(config.lines)
+        for line in [
+            "dlmd.node_id=2", "cluster.provider=builtin", "timeouts.suspect_ms=1000", "timeouts.heartbeat_ms=200",
+            "quorum.two_node=false", "node.3.votes=1",
+        ] {
+            #expect(settings.contains(line), "\(line) not in \(config.stdout)")
+        }
+        #expect(config.lines.contains { $0.hasPrefix("fencing.command=") && $0.hasSuffix("fence-node") })
     }
 
     /// `auto_tie_breaker`: of four nodes, nodes 3 and 4 die at once. Nodes 1 and 2 have half of the votes, and node 1:

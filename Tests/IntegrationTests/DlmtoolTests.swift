@@ -65,6 +65,25 @@ struct DlmtoolTests {
         #expect(report.lines.contains { $0.hasPrefix("dlmd: node 1 listening") })
     }
 
+    /// `dlmtool dump-config` prints the settings dlmd runs with, command-line options and defaults alike.
+    @Test func dumpConfigPrintsTheSettingsInEffect() async throws {
+        let daemon = try Daemon(arguments: ["--durability", "sync", "--max-connections", "77"])
+        defer { daemon.stop() }
+        let text = try await ToolRun.run(daemon, "dump-config")
+        #expect(text.status == 0, "\(text.stderr)")
+        let lines = Set(text.stdout.split(separator: "\n").map(String.init))
+        for line in [
+            "dlmd.node_id=1", "dlmd.socket=\(daemon.socketPath)", "dlmd.data_dir=\(daemon.directory)",
+            "dlmd.durability=sync", "dlmd.max_connections=77", "dlmd.log_level=warning",
+            "dlmd.max_lockspaces=4096", "cluster=none (standalone)",
+        ] {
+            #expect(lines.contains(line), "\(line) not in \(lines)")
+        }
+        let json = try await ToolRun.run(daemon, "dump-config", "--json")
+        let report = try JSONDecoder().decode(ConfigReport.self, from: json.output)
+        #expect(report.settings.first == .init(key: "dlmd.node_id", value: "1"))
+    }
+
     @Test func lsInTextAndJSON() async throws {
         let daemon = try Daemon()
         defer { daemon.stop() }

@@ -21,7 +21,7 @@ struct DLMTool: AsyncParsableCommand {
             """,
         subcommands: [
             Status.self, Ls.self, LockDebug.self, LockDump.self, Join.self, Leave.self, Purge.self, Lock.self,
-            Members.self, FenceAck.self, Dump.self,
+            Members.self, FenceAck.self, Dump.self, DumpConfig.self,
             Keygen.self,
         ])
 }

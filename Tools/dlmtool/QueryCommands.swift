@@ -140,6 +140,28 @@ struct Dump: AsyncParsableCommand {
     }
 }
 
+struct DumpConfig: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dump-config",
+        abstract: "Print the settings dlmd runs with, one KEY=VALUE a line (root only).",
+        discussion: """
+            Each setting under its config file key (dlmd.* for the [dlmd] table, the cluster file's tables for the \
+            rest), with the defaults and command-line options in effect. This is dlm_tool's dump_config. With \
+            --json, prints dlmd's settings report (Protocol/CLIENT.md §8) as it is.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        try await options.withConnection { connection in
+            let json = try await connection.query(.config)
+            if options.json { return printJSONBytes(json) }
+            let report = try decodeReport(ConfigReport.self, json)
+            for setting in report.settings { print("\(setting.key)=\(setting.value)") }
+        }
+    }
+}
+
 struct Ls: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the lockspaces with their resource and lock counts.",
