@@ -20,10 +20,11 @@ public final class ReportEnvironment: Sendable {
     public let output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)?
     /// TLS for TCP clients, when dlmd takes them.
     public let tls: StatusReport.TLSStatus?
-    /// dlmd's most recent log lines and how many it keeps (QUERY kind 7), read only when asked; nil: no log kept.
-    public let recentLog: (@Sendable () -> (lines: [String], capacity: Int))?
-    /// The settings dlmd runs with (QUERY kind 8), read only when asked; nil: none known.
-    public let settings: (@Sendable () -> [(key: String, value: String)])?
+    /// dlmd's most recent log lines and how many it keeps (QUERY kind 7); the shell reads them only for that query
+    /// (nil otherwise, and when no log is kept).
+    public let recentLog: (lines: [String], capacity: Int)?
+    /// The settings dlmd runs with (QUERY kind 8); the shell gives them only for that query.
+    public let settings: [(key: String, value: String)]?
 
     public init(
         pid: Int32 = 0, uptimeSeconds: Double = 0, socket: String? = nil, listen: String? = nil,
@@ -32,8 +33,7 @@ public final class ReportEnvironment: Sendable {
         busyPoll: StatusReport.BusyPollStatus? = nil,
         output: (pauseBytes: Int, limitBytes: Int, paused: Int, closed: Int)? = nil,
         tls: StatusReport.TLSStatus? = nil,
-        recentLog: (@Sendable () -> (lines: [String], capacity: Int))? = nil,
-        settings: (@Sendable () -> [(key: String, value: String)])? = nil
+        recentLog: (lines: [String], capacity: Int)? = nil, settings: [(key: String, value: String)]? = nil
     ) {
         self.recentLog = recentLog
         self.settings = settings
@@ -71,14 +71,14 @@ extension LockService {
                 guard who.uid == 0 else {
                     throw DLMError(.notPermitted, "only root may read dlmd's log (uid \(who.uid))")
                 }
-                let log = environment.recentLog?() ?? (lines: [], capacity: 0)
+                let log = environment.recentLog ?? (lines: [], capacity: 0)
                 return Array(try encoder.encode(LogReport(lines: log.lines, capacity: log.capacity)))
             case .config:
                 // (Key files' and fence commands' paths, the nodes' addresses.)
                 guard who.uid == 0 else {
                     throw DLMError(.notPermitted, "only root may read dlmd's settings (uid \(who.uid))")
                 }
-                let settings = (environment.settings?() ?? []).map {
+                let settings = (environment.settings ?? []).map {
                     ConfigReport.Setting(key: $0.key, value: $0.value)
                 }
                 return Array(try encoder.encode(ConfigReport(settings: settings)))

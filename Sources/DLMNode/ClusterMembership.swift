@@ -114,10 +114,9 @@ extension LockNode {
         case .fenceAcknowledged(let node):
             cluster.announce("\(me) fenced node \(node) (acknowledged by an operator)")
             metrics?.fencesCount += 1
-        case .fenceCommandEndedAfterAcknowledgement(let node, let ok, let reason):
+        case .fenceCommandEndedAfterAcknowledgement(let node, let reason):
             cluster.announce(
-                "\(me) the fence command for node \(node) ended (\(ok ? "exit status 0" : reason)) after an operator "
-                    + "acknowledged the fence")
+                "\(me) the fence command for node \(node) ended (\(reason)) after an operator acknowledged the fence")
         case .fenceFailed(let node, let reason):
             cluster.announce("\(me) fencing node \(node) failed: \(reason); retrying")
             metrics?.fenceFailuresCount += 1

@@ -152,7 +152,7 @@ public final class LockNode: @unchecked Sendable {
         let now = NIODeadline.now().uptimeNanoseconds
         metrics?.received(message, on: connection, at: now)
         if case .query = message {
-            service.handle(.query(connection.id, message, reportEnvironment()))
+            service.handle(.query(connection.id, message, reportEnvironment(for: message)))
         } else {
             service.handle(.frame(connection.id, message, now: now))
         }
@@ -337,11 +337,14 @@ public final class LockNode: @unchecked Sendable {
 
     static let bulkSliceDelay = TimeAmount.microseconds(20)
 
-    /// What only the shell knows, for a QUERY's report.
-    func reportEnvironment() -> ReportEnvironment {
-        var recentLog: (@Sendable () -> (lines: [String], capacity: Int))?
-        if let log = configuration.recentLog { recentLog = { (log.lines, log.capacity) } }
-        let configuration = self.configuration
+    /// What only the shell knows, for a QUERY's report (the log and the settings only for the queries of them).
+    func reportEnvironment(for query: ClientMessage) -> ReportEnvironment {
+        var recentLog: (lines: [String], capacity: Int)?
+        var settings: [(key: String, value: String)]?
+        if case .query(_, let kind, _) = query {
+            if kind == .log, let log = configuration.recentLog { recentLog = (log.lines, log.capacity) }
+            if kind == .config { settings = configuration.settingsInEffect() }
+        }
         return ReportEnvironment(
             pid: getpid(), uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
             socket: configuration.socketPath, listen: configuration.listenAddress,
@@ -351,6 +354,6 @@ public final class LockNode: @unchecked Sendable {
             tls: configuration.clientTLS.map { _ in
                 .init(handshakesRefused: tlsRefusals, lastRefusal: lastTLSRefusal)
             },
-            recentLog: recentLog, settings: { configuration.settingsInEffect(logLevel: configuration.logLevel) })
+            recentLog: recentLog, settings: settings)
     }
 }

@@ -34,8 +34,8 @@ public final class RecentLog: Sendable {
     public var lines: [String] { ring.withLockedValue { Array($0) } }
 }
 
-/// A log handler that writes into a `RecentLog` what `StreamLogHandler` writes to its stream, in the same form
-/// (time, level, label, metadata, message).
+/// A log handler that writes into a `RecentLog` what `StreamLogHandler` writes to its stream, with the same fields
+/// (time, in ISO 8601 UTC; level, label, metadata, source, message).
 public struct RecentLogHandler: LogHandler {
     public var logLevel: Logger.Level
     public var metadata: Logger.Metadata = [:]

@@ -5,8 +5,8 @@ import GroupNode
 extension NodeConfiguration {
     /// The settings dlmd runs with, for `dlmtool dump-config` (QUERY kind 8; dlm_tool's `dump_config`): each under
     /// the key the config file gives it (`dlmd.` for the `[dlmd]` table, the cluster file's tables for the rest),
-    /// defaults and command-line options included, in a fixed order; `logLevel`: the log level dlmd runs at.
-    public func settingsInEffect(logLevel: String?) -> [(key: String, value: String)] {
+    /// defaults and command-line options included, in a fixed order.
+    public func settingsInEffect() -> [(key: String, value: String)] {
         var settings: [(key: String, value: String)] = [
             ("dlmd.node_id", "\(nodeID)"),
             ("dlmd.socket", socketPath ?? "none"),
@@ -39,28 +39,23 @@ extension NodeConfiguration {
         case .corosync(let port):
             settings += [("cluster.provider", "corosync"), ("cluster.port", "\(port)")]
         }
-        settings += [("cluster.name", cluster.name), ("cluster.key_file", cluster.keyFile)]
-        if cluster.provider == .builtIn {
+        settings += [
+            ("cluster.name", cluster.name), ("cluster.key_file", cluster.keyFile),
+            ("fencing.command", cluster.fenceCommand), ("fencing.timeout", "\(cluster.fenceTimeout)"),
+        ]
+        // (With corosync, quorum is votequorum's and failure detection corosync's: of the timeouts only these two
+        // count.)
+        let builtIn = cluster.provider == .builtIn
+        if builtIn {
             settings += [
                 ("quorum.expected_votes", cluster.expectedVotes.map(String.init) ?? "the nodes' votes"),
                 ("quorum.two_node", "\(cluster.twoNode)"), ("quorum.wait_for_all", "\(cluster.waitForAll)"),
                 ("quorum.auto_tie_breaker", "\(cluster.autoTieBreaker)"),
             ]
         }
-        settings += [("fencing.command", cluster.fenceCommand), ("fencing.timeout", "\(cluster.fenceTimeout)")]
-        if cluster.provider == .builtIn {
-            settings += [
-                ("timeouts.heartbeat_ms", "\(cluster.heartbeatInterval)"),
-                ("timeouts.suspect_ms", "\(cluster.suspectTimeout)"),
-                ("timeouts.view_change_ms", "\(cluster.viewChangeTime)"),
-                ("timeouts.flush_ms", "\(cluster.flushTimeout)"),
-                ("timeouts.retransmit_ms", "\(cluster.retransmitInterval)"),
-                ("timeouts.join_delay_ms", "\(cluster.joinDelay)"),
-            ]
+        for timeout in cluster.timeouts where builtIn || ["fence_retry_ms", "toss_ms"].contains(timeout.key) {
+            settings.append(("timeouts.\(timeout.key)", "\(timeout.milliseconds)"))
         }
-        settings += [
-            ("timeouts.fence_retry_ms", "\(cluster.fenceRetryInterval)"), ("timeouts.toss_ms", "\(cluster.tossDelay)"),
-        ]
         for node in cluster.nodes {
             settings += [("node.\(node.id).address", node.address), ("node.\(node.id).votes", "\(node.votes)")]
         }

@@ -107,6 +107,16 @@ public struct ClusterConfig: Sendable, Hashable {
     public func node(_ id: NodeID) -> Node? { nodes.first { $0.id == id } }
 
     /// The settings of `GroupMember`. Valid for a configuration that passed `validate` (as every parsed one did).
+    /// The `[timeouts]` table as in effect: each key, its milliseconds, and the least it may be.
+    public var timeouts: [(key: String, milliseconds: Int, minimum: Int)] {
+        [
+            ("heartbeat_ms", heartbeatInterval, 1), ("suspect_ms", suspectTimeout, 1),
+            ("view_change_ms", viewChangeTime, 1), ("flush_ms", flushTimeout, 1),
+            ("retransmit_ms", retransmitInterval, 1), ("fence_retry_ms", fenceRetryInterval, 1),
+            ("join_delay_ms", joinDelay, 0), ("toss_ms", tossDelay, 1),
+        ]
+    }
+
     public var settings: Settings {
         var votes: [NodeID: Int] = [:]
         for node in nodes { votes[node.id] = node.votes }
@@ -170,12 +180,6 @@ public struct ClusterConfig: Sendable, Hashable {
         if !(fenceTimeout > 0 && fenceTimeout <= Double(Self.maximumTimeout / 1000)) {
             throw fail("fencing.timeout: must be a number of seconds > 0 and <= \(Self.maximumTimeout / 1000)")
         }
-        let timeouts: [(String, Int, Int)] = [
-            ("heartbeat_ms", heartbeatInterval, 1), ("suspect_ms", suspectTimeout, 1),
-            ("view_change_ms", viewChangeTime, 1), ("flush_ms", flushTimeout, 1),
-            ("retransmit_ms", retransmitInterval, 1), ("fence_retry_ms", fenceRetryInterval, 1),
-            ("join_delay_ms", joinDelay, 0), ("toss_ms", tossDelay, 1),
-        ]
         for (key, value, minimum) in timeouts where value < minimum || value > Self.maximumTimeout {
             throw fail("timeouts.\(key): must be an integer from \(minimum) to \(Self.maximumTimeout)")
         }

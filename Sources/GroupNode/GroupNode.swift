@@ -18,9 +18,9 @@ public enum GroupNodeEvent: Sendable, Hashable {
     case fenceAcknowledged(NodeID)
     /// A fence the coordinator waits on failed; it is tried again.
     case fenceFailed(NodeID, reason: String)
-    /// The fence command of a fence that an operator acknowledged while it ran ended (`ok`: exit status 0; else
-    /// `reason`): nothing changes, the fence was done when acknowledged.
-    case fenceCommandEndedAfterAcknowledgement(NodeID, ok: Bool, reason: String)
+    /// The fence command of a fence that an operator acknowledged while it ran ended, how (`FenceOutcome.reason`:
+    /// `exit status 0` when it fenced): nothing changes, the fence was done when acknowledged.
+    case fenceCommandEndedAfterAcknowledgement(NodeID, reason: String)
     /// This node learnt that its own life was fenced (a primary view left it out): it never joins again, and
     /// waits to be restarted.
     case lifeFenced
@@ -459,10 +459,9 @@ public final class GroupNode: @unchecked Sendable {
         guard state == .running else { return }
         if acknowledgedWhileRunning.remove(node) != nil {
             // (Counted once, when acknowledged: neither a second "fenced" nor a failure to retry.)
-            let ending = outcome.ok ? "exit status 0" : outcome.reason
             logger.warning(
-                "the fence command for node \(node) ended (\(ending)) after an operator acknowledged the fence")
-            onEvent(.fenceCommandEndedAfterAcknowledgement(node, ok: outcome.ok, reason: outcome.reason))
+                "the fence command for node \(node) ended (\(outcome.reason)) after an operator acknowledged the fence")
+            onEvent(.fenceCommandEndedAfterAcknowledgement(node, reason: outcome.reason))
             return
         }
         if outcome.ok {

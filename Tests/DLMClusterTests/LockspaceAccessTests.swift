@@ -29,9 +29,8 @@ import Testing
         var h = H()
         let user = h.connect("user", credentials: ClientCredentials(pid: 10, uid: 1000))
         let root = h.connect("root", credentials: .root)
-        let environment = ReportEnvironment(recentLog: {
-            (["dlmd: node 1 listening on unix:/run/dlm/dlmd.sock"], 2_000)
-        })
+        let environment = ReportEnvironment(
+            recentLog: (["dlmd: node 1 listening on unix:/run/dlm/dlmd.sock"], 2_000))
         var replies: [ServerMessage] = []
         for id in [user, root] {
             h.service.handle(.query(id, .query(tag: 7, kind: .log, argument: []), environment))
@@ -54,9 +53,7 @@ import Testing
         var h = H()
         let user = h.connect("user", credentials: ClientCredentials(pid: 10, uid: 1000))
         let root = h.connect("root", credentials: .root)
-        let environment = ReportEnvironment(settings: {
-            [("dlmd.socket", "/run/dlm/dlmd.sock"), ("cluster.name", "demo")]
-        })
+        let environment = ReportEnvironment(settings: [("dlmd.socket", "/run/dlm/dlmd.sock"), ("cluster.name", "demo")])
         var replies: [ServerMessage] = []
         for id in [user, root] {
             h.service.handle(.query(id, .query(tag: 8, kind: .config, argument: []), environment))

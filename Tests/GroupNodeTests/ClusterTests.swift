@@ -300,13 +300,14 @@ func fencedOnly(_ node: Int, _ log: String?, excluding: Set<Substring> = []) -> 
     /// An operator acknowledges a fence while its command still runs (its device is slow): the fence counts once,
     /// then; when the command ends, successfully, nothing is announced or counted again (before, a second `fenced`
     /// event came, and dlmd printed the node fenced and counted the fence twice).
-    @Test func aFenceAcknowledgedWhileItsCommandRunsCountsOnce() async throws {
+    @Test(.timeLimit(.minutes(2))) func aFenceAcknowledgedWhileItsCommandRunsCountsOnce() async throws {
         let cluster = try TestCluster(waitForAll: true, fenceGate: true)
         try await cluster.startAll()
         let first = try await cluster.waitForPrimaryView(of: [1, 2, 3])
         try await cluster.nodes[3]!.stop().get()
-        // The fence of node 3 starts, and waits at the gate.
-        #expect(try await Self.readFIFO(cluster.fenceRunStarts) == "3\n")
+        // The fence of node 3 starts, and waits at the gate. (On a loaded machine a slow node may have been fenced
+        // first: its run waits at the gate too, and the gate lets them all go.)
+        while !(try await Self.readFIFO(cluster.fenceRunStarts)).split(separator: "\n").contains("3") {}
         var acknowledging: NodeID?
         for node: NodeID in [1, 2] {
             let group = cluster.nodes[node]!
@@ -319,7 +320,7 @@ func fencedOnly(_ node: Int, _ log: String?, excluding: Set<Substring> = []) -> 
         _ = try await cluster.waitForPrimaryView(of: [1, 2], after: first)
         try await Self.writeFIFO(cluster.fenceGate)
         try await cluster.logs[node]!.wait("the fence command's end") {
-            $0.contains(.fenceCommandEndedAfterAcknowledgement(3, ok: true, reason: "exit status 0"))
+            $0.contains(.fenceCommandEndedAfterAcknowledgement(3, reason: "exit status 0"))
         }
         let events = cluster.logs[node]!.events
         #expect(events.filter { $0 == .fenceAcknowledged(3) }.count == 1)

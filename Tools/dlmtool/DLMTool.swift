@@ -53,6 +53,17 @@ struct CommonOptions: ParsableArguments {
         }
     }
 
+    /// Asks dlmd for the report of `kind`: with --json prints it as dlmd wrote it, else hands it to `body` decoded.
+    func withReport<Report: Decodable>(
+        _ kind: QueryKind, as type: Report.Type, _ body: (Report) throws -> Void
+    ) async throws {
+        try await withConnection { connection in
+            let json = try await connection.query(kind)
+            if self.json { return printJSONBytes(json) }
+            try body(try decodeReport(type, json))
+        }
+    }
+
     /// Connects to dlmd; on failure prints why and throws exit status 1.
     func connect() async throws -> DLMConnection {
         let path = socketPath

@@ -11,10 +11,7 @@ struct Status: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        try await options.withConnection { connection in
-            let json = try await connection.query(.status)
-            if options.json { return printJSONBytes(json) }
-            let report = try decodeReport(StatusReport.self, json)
+        try await options.withReport(.status, as: StatusReport.self) { report in
             var store: [[String]] = []
             if let s = report.store {
                 let percent = s.mapSize > 0 ? Double(s.usedBytes) * 100 / Double(s.mapSize) : 0
@@ -131,10 +128,7 @@ struct Dump: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        try await options.withConnection { connection in
-            let json = try await connection.query(.log)
-            if options.json { return printJSONBytes(json) }
-            let report = try decodeReport(LogReport.self, json)
+        try await options.withReport(.log, as: LogReport.self) { report in
             for line in report.lines { print(line) }
         }
     }
@@ -153,10 +147,7 @@ struct DumpConfig: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        try await options.withConnection { connection in
-            let json = try await connection.query(.config)
-            if options.json { return printJSONBytes(json) }
-            let report = try decodeReport(ConfigReport.self, json)
+        try await options.withReport(.config, as: ConfigReport.self) { report in
             for setting in report.settings { print("\(setting.key)=\(setting.value)") }
         }
     }
@@ -174,10 +165,7 @@ struct Ls: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        try await options.withConnection { connection in
-            let json = try await connection.query(.lockspaces)
-            if options.json { return printJSONBytes(json) }
-            let report = try decodeReport(LockspacesReport.self, json)
+        try await options.withReport(.lockspaces, as: LockspacesReport.self) { report in
             guard !report.lockspaces.isEmpty else { return print("no lockspaces") }
             let clustered = report.lockspaces.contains { $0.members != nil }
             let rows = report.lockspaces.map { ls -> [String] in
