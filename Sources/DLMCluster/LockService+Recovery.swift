@@ -612,7 +612,7 @@ extension LockService {
                 mastering.copies.copies[index].owner == binding.owner
             else { continue }
             // From the node that rebuilt the lock: the new master, whichever node this one resent it to.
-            mastering.copies.copies[index].master = node
+            mastering.copies.setMaster(index, node)
             mastering.copies.bind(index, masterLock: binding.lock)
             if let record = mastering.copies.copies[index].record {
                 mastering.masters[DirectoryKey(lockspace: record.lockspace, name: record.name)] = node

@@ -43,6 +43,9 @@ struct ProcessCopies {
     var byMaster = ShardedDictionary<MasterLock, Int>()
     /// The copies of each owner of this node.
     var byOwner: [UInt64: Set<Int>] = [:]
+    /// Every master each owner of this node sent a lock to since it connected, whether or not it holds a lock there
+    /// now: each keeps a record of the owner until told of its exit (`beginExit`).
+    var mastersUsed: [UInt64: Set<UInt32>] = [:]
     /// Owners that exited, and their copies still to forget (`forgetExited`, in slices): an owner holding a million
     /// locks of other masters is forgotten between turns of the event loop, as its local locks are released.
     var exiting = ForgetQueue<UInt64, Int>()
@@ -109,6 +112,7 @@ struct ProcessCopies {
         }
         copies[index] = Copy(owner: owner, master: master, masterLock: nil, record: record, account: account)
         byOwner[owner, default: []].insert(index)
+        mastersUsed[owner, default: []].insert(master)
         if account >= 0 {
             while accountCounts.count <= Int(account) { accountCounts.append(0) }
             accountCounts[Int(account)] += 1
@@ -144,9 +148,15 @@ struct ProcessCopies {
             if copy.master == localNode { masteredHere -= 1 }
         }
         copies[index].masterLock = nil
-        copies[index].master = master
+        setMaster(index, master)
         if !copy.rebinding { rebindingCount += 1 }
         copies[index].rebinding = true
+    }
+
+    /// The copy's lock is on `master` now (its owner's exit goes there too).
+    mutating func setMaster(_ index: Int, _ master: UInt32) {
+        copies[index].master = master
+        mastersUsed[copies[index].owner, default: []].insert(master)
     }
 
     /// What a completion from the master says of the lock: its mode, the value block it read, its token.
@@ -222,13 +232,14 @@ struct ProcessCopies {
     }
 
     /// The owner exited: its copies are forgotten in slices from now on (`forgetExited`), and nothing may act on
-    /// them meanwhile (`isExiting`). Returns the masters that hold its locks (its exit goes to them).
+    /// them meanwhile (`isExiting`). Returns the masters that hold its locks or ever did since it connected (its
+    /// exit goes to them: a master keeps its record of the owner until then, also once its last lock there went).
     mutating func beginExit(of owner: UInt64) -> [UInt32] {
-        guard let indices = byOwner.removeValue(forKey: owner) else { return [] }
+        var masters = mastersUsed.removeValue(forKey: owner) ?? []
+        guard let indices = byOwner.removeValue(forKey: owner) else { return masters.sorted() }
         let list = Array(indices)
         exiting.append(owner, list)
         // (One pass over the owner's copies, reading a field each: the slices do the costly part.)
-        var masters: Set<UInt32> = []
         for index in list { masters.insert(copies[index].master) }
         return masters.sorted()
     }

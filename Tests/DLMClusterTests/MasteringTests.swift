@@ -1,8 +1,8 @@
-import DLMCore
 import DLMWire
 import Testing
 
 @testable import DLMCluster
+@testable import DLMCore
 
 /// Resource mastering across nodes (LockService+Mastering.swift), in-process: several nodes' lock services, the
 /// peer messages carried in order per pair of nodes. The first node to ask the directory masters a resource;
@@ -343,6 +343,25 @@ import Testing
         c.send(asker, H.lock(2, name, .ex))
         #expect(c.run() == ["2a: COMPLETION tag 2 lock 1 granted EX"])
         #expect(c.carried == start && c.nodes[2]!.service.mastering.masters[key] == 2)
+    }
+
+    /// A client that took locks on another node's resources and released them all, then goes: that master forgets
+    /// it too. (It was told only by the holder's node, and only when the client still held a lock there: a master
+    /// kept a record of every remote client that had ever locked there, and a client on another node that came and
+    /// went each time, as `dlmtool lock` does, grew every master it used.)
+    @Test func aMasterForgetsAGoneClientThatHoldsNothingThere() {
+        var c = ClusterHarness(nodes: 3)
+        let a = Self.heldRemotely(&c, ["z0", "z1"], master: 2)
+        c.send(a, H.unlock(20, Self.remote))
+        c.send(a, H.unlock(21, Self.remote + 1))
+        _ = c.run()
+        #expect(c.nodes[2]!.service.engine.lockCount == 0)
+        let owner = OwnerID(node: 1, incarnation: c.incarnations[1]!, local: a.id.owner)
+        #expect(c.nodes[2]!.service.engine.ownerIndex[owner] != nil, "the master knows the client while it lives")
+        c.close(a)
+        _ = c.run()
+        #expect(c.nodes[2]!.service.engine.ownerIndex[owner] == nil, "the master keeps a gone client's record")
+        #expect(c.nodes[1]!.service.mastering.copies.mastersUsed.isEmpty)
     }
 
     /// A request that reaches a master while it drops the resource waits until the directory has forgotten it,
