@@ -1,5 +1,6 @@
 import DLMCore
 import DLMWire
+import GroupServices
 import Testing
 
 @testable import DLMCluster
@@ -49,6 +50,54 @@ import Testing
         c.send(reader, H.lock(2, name, .nl, .valueBlock))
         _ = c.run()
         return (c, writer, reader)
+    }
+
+    /// A replica that a master sent just before a primary view left it out, and that reaches its backup node only
+    /// after the recovery of that view: the recovery is over, and the replica is not kept. (Kept, it stayed as the
+    /// backup node's copy of a resource whose master is gone, and the next recovery sent it to the resource's
+    /// directory as the newest copy: a persistent lock that had been adopted and released since came back as an
+    /// orphan, and nobody could take the resource.)
+    @Test func aReplicaOfADepartedMasterThatComesAfterItsRecoveryIsNotKept() {
+        // Directory and master node 3 (backup node 4); among nodes 1, 2 and 4, directory node 1.
+        let name = ClusterHarness.name(directedTo: [(3, 4), (1, 3)])
+        var c = ClusterHarness(nodes: 4, tossDelay: 1_000)
+        let holder = c.client(3, "p")
+        c.send(holder, H.lock(2, name, .pr, .persistent))
+        #expect(c.run() == ["3p: COMPLETION tag 2 lock 1 granted PR"])
+        // The replica of its conversion is held on its way to the backup node; then node 3 is cut off, and the
+        // others install a view without it and recover: the orphan comes back on node 1.
+        c.paused = [ClusterHarness.Link(from: 3, to: 4)]
+        c.send(holder, H.convert(3, 1, .cr))
+        #expect(c.run() == [])
+        c.viewNumber += 1
+        let members = [UInt32(1), 2, 4].map { Member(node: NodeID($0), incarnation: c.incarnations[$0]!) }
+        let view = View(id: ViewID(number: c.viewNumber, coordinator: NodeID(1)), members: members)
+        for node: UInt32 in [1, 2, 4] { c.withNode(node) { $0.handle(.viewInstalled(view, primary: true)) } }
+        _ = c.run()
+        #expect(c.nodes[1]!.service.engine.lockCount == 1)
+        // The held replica reaches node 4 now; then node 3 is stopped by its fence.
+        c.paused = []
+        _ = c.run()
+        c.crash(3)
+        #expect(c.nodes[4]!.service.mastering.replicas.compactMap { _, stored in stored.master == 3 ? 3 : nil } == [])
+        // A client of node 2 adopts the orphan and releases it; idle, the resource is dropped.
+        let adopter = c.client(2, "a")
+        c.send(adopter, H.lock(2, name, .pr, [.persistent, .orphan]))
+        #expect(c.run() == ["2a: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        c.send(adopter, H.unlock(3, Self.remote))
+        #expect(c.run() == ["2a: COMPLETION tag 3 lock \(Self.remote) EUNLOCK"])
+        for _ in 0..<3 {
+            c.tick(by: 1_500)
+            _ = c.run()
+        }
+        #expect(c.nodes[1]!.service.engine.resourceCount == 0)
+        // Node 2 dies; after the recovery the resource is free (node 4 masters it now).
+        c.crash(2)
+        c.installView()
+        _ = c.run()
+        let taker = c.client(4, "t")
+        c.send(taker, H.lock(2, name, .ex, .noQueue))
+        #expect(c.run() == ["4t: COMPLETION tag 2 lock 1 granted EX"])
     }
 
     /// Node 3's client writes the value block; its answer waits until the backup node (1) acknowledged the replica.
