@@ -67,13 +67,15 @@ struct RecoveryRandomTests {
     /// ENOENT (`releasedByDepartedMaster`). 18097: a client whose lock's master had moved to its own node (recovery
     /// rebuilt it there) wrote the value block by a down-conversion; the answer went through the node's loopback at
     /// once, ahead of the backup node's acknowledgement, the node died, and the acknowledged value was lost (read
-    /// later as not valid; `send(_:to:)` holds messages to this node as it holds those to others).
+    /// later as not valid; `send(_:to:)` holds messages to this node as it holds those to others). 501201 (found by
+    /// the idle check at the end): a replica that a cut-off master had sent before the view left it out reached its
+    /// backup node after the recovery, and stayed there (`departedLives`).
     @Test func seedsThatOnceFailed() {
         MasteringRun.runAll(
             [42730, 1167, 2202], faults: true, persistentSubLocks: false,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
         MasteringRun.runAll(
-            [13403, 18097, 62729, 183530, 249815, 264599, 344356], faults: true,
+            [13403, 18097, 62729, 183530, 249815, 264599, 344356, 501201], faults: true,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
         // With FORCEUNLOCK: 8107, a node that walked its copies after registering a resource as its own forgot that
         // it masters it (it answered "not master" for ever while the directory named it).
@@ -352,6 +354,93 @@ struct MasteringRun {
             }
             throw Failure(description: "seed \(seed): node \(node) keeps \(owned.count) owned locks: \(left)")
         }
+        // Idle past the toss delay, every node keeps of a resource only what its orphans need: a daemon that runs
+        // for months holds as much as the resources in use, not every name ever used.
+        for _ in 0..<4 {
+            cluster.tick(by: 1_500)
+            commitAll()
+        }
+        try checkNothingLeftOfIdleResources()
+    }
+
+    /// What each node still holds of resources no lock uses, after the toss delay and with every message carried.
+    func checkNothingLeftOfIdleResources() throws {
+        var inUse = Set<DirectoryKey>()
+        for harness in cluster.nodes.values {
+            let engine = harness.service.engine
+            for info in engine.allLockspaces {
+                for resource in engine.snapshotLockspace(info.id) where !resource.locks.isEmpty {
+                    inUse.insert(DirectoryKey(lockspace: info.name, name: resource.path[0]))
+                }
+            }
+        }
+        for (node, harness) in cluster.nodes.sorted(by: { $0.key < $1.key }) {
+            let service = harness.service
+            let mastering = service.mastering
+            var left: [String] = []
+            let engine = service.engine
+            let resourcesWithLocks = engine.allLockspaces.reduce(0) { count, info in
+                count + engine.snapshotLockspace(info.id).filter { !$0.locks.isEmpty }.count
+            }
+            if engine.resourceCount != resourcesWithLocks {
+                left.append("\(engine.resourceCount - resourcesWithLocks) resources without locks in the engine")
+            }
+            let directory = mastering.directory.compactMap { key, _ in inUse.contains(key) ? nil : key }
+            if !directory.isEmpty { left.append("directory entries \(Self.describe(directory))") }
+            let replicas = mastering.replicas.compactMap { key, _ in inUse.contains(key) ? nil : key }
+            if !replicas.isEmpty { left.append("value-block replicas \(Self.describe(replicas))") }
+            let cached = cluster.nodes.keys.flatMap { mastering.masters.keys(masteredBy: $0) }
+                .filter { !inUse.contains($0) }
+            if !cached.isEmpty { left.append("cached masters \(Self.describe(cached))") }
+            let copies = mastering.copies
+            if copies.copies.count != copies.free.count || !copies.byMaster.isEmpty || !copies.byOwner.isEmpty
+                || !copies.exiting.isEmpty || copies.rebindingCount != 0 || !copies.mastersUsed.isEmpty
+            {
+                left.append(
+                    "process copies: \(copies.copies.count - copies.free.count) live, \(copies.byMaster.count) bound, "
+                        + "\(copies.byOwner.count) owners, \(copies.rebindingCount) rebinding")
+            }
+            if !mastering.removing.isEmpty { left.append("removals \(Self.describe(Array(mastering.removing)))") }
+            if !mastering.awaitingLookup.isEmpty {
+                left.append("requests awaiting lookups \(Self.describe(Array(mastering.awaitingLookup.keys)))")
+            }
+            if !mastering.peerRequestsAwaitingLookup.isEmpty {
+                left.append(
+                    "peer requests awaiting lookups \(Self.describe(Array(mastering.peerRequestsAwaitingLookup.keys)))")
+            }
+            if !mastering.pending.isEmpty { left.append("\(mastering.pending.count) pending remote operations") }
+            if !mastering.heldMessages.isEmpty { left.append("\(mastering.heldMessages.count) held peer messages") }
+            if !mastering.loopback.isEmpty { left.append("\(mastering.loopback.count) loopback messages") }
+            if !mastering.purges.isEmpty { left.append("\(mastering.purges.count) purges") }
+            if !service.forceUnlockReplies.isEmpty {
+                left.append("\(service.forceUnlockReplies.count) force-unlock replies")
+            }
+            if !service.bulkReplies.isEmpty { left.append("\(service.bulkReplies.count) bulk replies") }
+            if !mastering.rebuilt.isEmpty { left.append("\(mastering.rebuilt.count) rebuilt locks' holder ids") }
+            let deadlocks = mastering.deadlocks
+            if !deadlocks.decisions.isEmpty || !deadlocks.refusing.isEmpty || !deadlocks.deciding.isEmpty {
+                left.append("deadlock decisions under way")
+            }
+            let owners = engine.ownerIndex.values.filter {
+                $0 != orphanOwner && engine.owners[Int($0)].lockCount == 0
+            }
+            if !owners.isEmpty {
+                left.append("engine owners without locks: \(owners.map { "\(engine.owners[Int($0)].id)" }.sorted())")
+            }
+            let queued = mastering.tossQueue.filter { !inUse.contains($0.key) }
+            if !queued.isEmpty { left.append("toss queue \(Self.describe(queued.map(\.key)))") }
+            if !left.isEmpty {
+                throw Failure(
+                    description: "seed \(seed): idle, node \(node) still holds \(left.joined(separator: "; "))")
+            }
+        }
+    }
+
+    static func describe(_ keys: [DirectoryKey]) -> String {
+        let names = keys.map {
+            String(decoding: $0.lockspace, as: UTF8.self) + "/" + String(decoding: $0.name, as: UTF8.self)
+        }
+        return names.sorted().joined(separator: ", ")
     }
 
     /// A random node crashes (while at least two others live), or a crashed one restarts; either way group
