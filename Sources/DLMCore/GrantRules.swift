@@ -41,6 +41,10 @@ extension LockEngine {
     /// Linux `can_be_granted`: the rules, then conversion deadlock detection, then ALTPR / ALTCW.
     mutating func decideGrant(_ lock: Int32, now: Bool, recovering: Bool = false) -> GrantDecision {
         let record = locks[Int(lock)]
+        // A sub-lock whose parent a FORCEUNLOCK is releasing goes with it: its request or conversion is not
+        // granted while its siblings go (the grant would reach its owner after the parent's release, and another
+        // owner may take the resource when it goes a moment later).
+        if record.parent != none, locks[Int(record.parent)].options.contains(.unlocking) { return .blocked }
         let requested = record.requestedMode
         if rulesAllowGrant(lock, mode: requested, now: now, recovering: recovering) {
             return .grant(mode: requested, alternate: false)

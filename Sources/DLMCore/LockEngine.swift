@@ -378,8 +378,10 @@ public struct LockEngine {
         return false
     }
 
-    /// Unlocks every descendant of a lock, deepest first, each with an EUNLOCK completion.
+    /// Unlocks every descendant of a lock, deepest first, each with an EUNLOCK completion. (The lock and each
+    /// descendant with sub-locks are marked `unlocking` first: none of their sub-locks is granted meanwhile.)
     mutating func forceUnlockChildren(of parent: Int32, into effects: inout [Effect]) {
+        locks[Int(parent)].options.insert(.unlocking)
         // In slot order: the order of the completions.
         let children = subLocks[parent].map { $0.sorted() } ?? []
         for child in children {

@@ -93,6 +93,27 @@ import Testing
         #expect(h.engine.lockCount == 2)
     }
 
+    /// A sub-lock waiting behind its siblings is not granted while the FORCEUNLOCK of their parent releases them
+    /// (it went out granted just before its own EUNLOCK: on another node, the parent's EUNLOCK came first, then
+    /// that grant, and another owner took the resource while its owner still believed it held EX). At once and in
+    /// slices alike; another parent's sub-lock is granted when they are gone.
+    @Test func forceUnlockNeverGrantsASubLockOfTheParentItReleases() {
+        for slice in [10_000, 1] {
+            var h = Harness(config: EngineConfig(bulkSlice: slice))
+            _ = h.lock("p", by: 1, on: "p", .pw)
+            _ = h.lock("q", by: 2, on: "p", .nl)
+            _ = h.lock("cw", by: 1, on: "c", .cw, parent: "p")
+            _ = h.lock("cr", by: 1, on: "c", .cr, parent: "p")
+            #expect(h.lock("ex", by: 1, on: "c", .ex, parent: "p") == ["cw bast EX", "cr bast EX"])
+            #expect(h.lock("other", by: 2, on: "c", .ex, parent: "q") == [])
+            var seen = h.unlock("p", .forceUnlock)
+            while h.engine.hasBulkWork { seen += h.slice() }
+            #expect(
+                seen == ["cw EUNLOCK", "cr EUNLOCK", "ex EUNLOCK", "other granted EX token=1", "p EUNLOCK"],
+                "bulk slice \(slice)")
+        }
+    }
+
     @Test func forceUnlockOfAParentUnlocksAWaitingChild() {
         var h = Harness()
         _ = h.lock("pa", by: 1, on: "p", .pr)
