@@ -296,8 +296,11 @@ extension LockService {
         }
         var replyLock: LockID?
         var replied = false
-        // For another node's operation: its answer first (with its own completion if that came at once).
+        // For another node's operation: its answer, with its own completion if that came at once, in that
+        // completion's place among the effects (a FORCEUNLOCK's sub-locks' EUNLOCKs come before the parent's, as on
+        // one node); first if none came.
         var answeredAt = -1
+        var answer: PeerMessage?
         if let peer {
             if case .refused(let error) = effects.first {
                 send(.reply(ref: peer.reference, .refused(error)), to: peer.node)
@@ -314,7 +317,9 @@ extension LockService {
                     break
                 }
             }
-            send(.reply(ref: peer.reference, .taken(lock: lock ?? LockID(rawValue: 0), completion: own)), to: peer.node)
+            let reply = PeerMessage.reply(
+                ref: peer.reference, .taken(lock: lock ?? LockID(rawValue: 0), completion: own))
+            if answeredAt < 0 { send(reply, to: peer.node) } else { answer = reply }
         }
         if let reply {
             if case .refused(let error) = effects.first {
@@ -352,7 +357,11 @@ extension LockService {
                 break
             }
         }
-        for index in 0..<end where index != answeredAt {
+        for index in 0..<end {
+            if index == answeredAt, let answer, let peer {
+                send(answer, to: peer.node)
+                continue
+            }
             switch effects[index] {
             case .refused, .accepted, .persist, .replicate:
                 break

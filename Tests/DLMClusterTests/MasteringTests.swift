@@ -364,6 +364,40 @@ import Testing
         #expect(c.nodes[1]!.service.mastering.copies.mastersUsed.isEmpty)
     }
 
+    /// FORCEUNLOCK of a parent lock that another node masters: its client gets the sub-locks' EUNLOCKs first, then
+    /// the parent's, as a client of the master's own node does (the master's answer went out ahead of the
+    /// sub-locks' completions).
+    @Test func aRemoteForceUnlockEndsTheSubLocksBeforeTheParent() {
+        var c = ClusterHarness(nodes: 3)
+        let a = Self.heldRemotely(&c, ["fp"], master: 2)
+        let (parent, first, second) = (Self.remote, Self.remote + 1, Self.remote + 2)
+        c.send(a, H.lock(20, "c1", .ex, parent: parent))
+        c.send(a, H.lock(21, "c2", .pr, parent: parent))
+        #expect(
+            c.run() == [
+                "1a: COMPLETION tag 20 lock \(first) granted EX", "1a: COMPLETION tag 21 lock \(second) granted PR",
+            ])
+        c.send(a, H.unlock(22, parent, .forceUnlock))
+        #expect(
+            c.run() == [
+                "1a: COMPLETION tag 0 lock \(first) EUNLOCK", "1a: COMPLETION tag 0 lock \(second) EUNLOCK",
+                "1a: COMPLETION tag 22 lock \(parent) EUNLOCK",
+            ])
+        // The same on the master's own node.
+        let m = c.client(2, "n")
+        c.send(m, H.lock(30, "fp", .ex))
+        _ = c.run()
+        c.send(m, H.lock(31, "c1", .ex, parent: 1))
+        c.send(m, H.lock(32, "c2", .pr, parent: 1))
+        _ = c.run()
+        c.send(m, H.unlock(33, 1, .forceUnlock))
+        #expect(
+            c.run() == [
+                "2n: COMPLETION tag 0 lock 2 EUNLOCK", "2n: COMPLETION tag 0 lock 3 EUNLOCK",
+                "2n: COMPLETION tag 33 lock 1 EUNLOCK",
+            ])
+    }
+
     /// A request that reaches a master while it drops the resource waits until the directory has forgotten it,
     /// then is told "not master" and looks again: the asker becomes the one master, never two.
     @Test func aRequestMeetingAMasterThatDropsTheResourceFindsTheNewMaster() {
