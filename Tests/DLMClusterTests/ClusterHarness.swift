@@ -1,9 +1,9 @@
-import DLMCore
 import DLMWire
 import Foundation
 import GroupServices
 
 @testable import DLMCluster
+@testable import DLMCore
 
 /// Several nodes' `LockService`s in one process, mastering across nodes, with the peer messages carried in order
 /// per pair of nodes. Clients are named "1a" (client a of node 1); `run()` carries every message until none is
@@ -301,6 +301,97 @@ struct ClusterHarness {
         let lines = run { link, message in links.contains(link) && isNext(message) }
         paused = Set(links)
         return lines
+    }
+
+    /// What each node still holds of resources no lock uses and of clients that went, one line per node that holds
+    /// some (empty: nothing), once the toss delay passed with every message carried: a node keeps of a resource
+    /// only what its orphans need.
+    func leftoversOfIdleResources() -> [String] {
+        var lines: [String] = []
+        var inUse = Set<DirectoryKey>()
+        for harness in nodes.values {
+            let engine = harness.service.engine
+            for info in engine.allLockspaces {
+                for resource in engine.snapshotLockspace(info.id) where !resource.locks.isEmpty {
+                    inUse.insert(DirectoryKey(lockspace: info.name, name: resource.path[0]))
+                }
+            }
+        }
+        for (node, harness) in nodes.sorted(by: { $0.key < $1.key }) {
+            let service = harness.service
+            let mastering = service.mastering
+            var left: [String] = []
+            let engine = service.engine
+            let resourcesWithLocks = engine.allLockspaces.reduce(0) { count, info in
+                count + engine.snapshotLockspace(info.id).filter { !$0.locks.isEmpty }.count
+            }
+            if engine.resourceCount != resourcesWithLocks {
+                left.append("\(engine.resourceCount - resourcesWithLocks) resources without locks in the engine")
+            }
+            let directory = mastering.directory.compactMap { key, _ in inUse.contains(key) ? nil : key }
+            if !directory.isEmpty { left.append("directory entries \(Self.describe(directory))") }
+            let replicas = mastering.replicas.compactMap { key, _ in inUse.contains(key) ? nil : key }
+            if !replicas.isEmpty { left.append("value-block replicas \(Self.describe(replicas))") }
+            let cached = nodes.keys.flatMap { mastering.masters.keys(masteredBy: $0) }
+                .filter { !inUse.contains($0) }
+            if !cached.isEmpty { left.append("cached masters \(Self.describe(cached))") }
+            let copies = mastering.copies
+            if copies.copies.count != copies.free.count || !copies.byMaster.isEmpty || !copies.byOwner.isEmpty
+                || !copies.exiting.isEmpty || copies.rebindingCount != 0 || !copies.mastersUsed.isEmpty
+            {
+                left.append(
+                    "process copies: \(copies.copies.count - copies.free.count) live, \(copies.byMaster.count) bound, "
+                        + "\(copies.byOwner.count) owners, \(copies.rebindingCount) rebinding")
+            }
+            if !mastering.removing.isEmpty { left.append("removals \(Self.describe(Array(mastering.removing)))") }
+            if !mastering.awaitingLookup.isEmpty {
+                left.append("requests awaiting lookups \(Self.describe(Array(mastering.awaitingLookup.keys)))")
+            }
+            if !mastering.peerRequestsAwaitingLookup.isEmpty {
+                left.append(
+                    "peer requests awaiting lookups \(Self.describe(Array(mastering.peerRequestsAwaitingLookup.keys)))")
+            }
+            if !mastering.pending.isEmpty { left.append("\(mastering.pending.count) pending remote operations") }
+            if !mastering.heldMessages.isEmpty { left.append("\(mastering.heldMessages.count) held peer messages") }
+            if !mastering.loopback.isEmpty { left.append("\(mastering.loopback.count) loopback messages") }
+            if !mastering.purges.isEmpty { left.append("\(mastering.purges.count) purges") }
+            if !service.forceUnlockReplies.isEmpty {
+                left.append("\(service.forceUnlockReplies.count) force-unlock replies")
+            }
+            if !service.bulkReplies.isEmpty { left.append("\(service.bulkReplies.count) bulk replies") }
+            if !mastering.rebuilt.isEmpty { left.append("\(mastering.rebuilt.count) rebuilt locks' holder ids") }
+            let deadlocks = mastering.deadlocks
+            if !deadlocks.decisions.isEmpty || !deadlocks.refusing.isEmpty || !deadlocks.deciding.isEmpty {
+                left.append("deadlock decisions under way")
+            }
+            let owners = engine.ownerIndex.values.filter {
+                $0 != orphanOwner && engine.owners[Int($0)].lockCount == 0
+            }
+            if !owners.isEmpty {
+                left.append("engine owners without locks: \(owners.map { "\(engine.owners[Int($0)].id)" }.sorted())")
+            }
+            let queued = mastering.tossQueue.filter { !inUse.contains($0.key) }
+            if !queued.isEmpty { left.append("toss queue \(Self.describe(queued.map(\.key)))") }
+            if !left.isEmpty { lines.append("node \(node) still holds \(left.joined(separator: "; "))") }
+        }
+        return lines
+    }
+
+    /// Every client of every node goes.
+    mutating func closeAll() {
+        for node in nodes.keys.sorted() {
+            withNode(node) { harness in
+                let live = harness.service.slotsByOwner.map { ConnectionID(slot: $0.value, owner: $0.key) }
+                for id in live.sorted(by: { $0.owner < $1.owner }) { harness.handle(.closed(id)) }
+            }
+        }
+    }
+
+    static func describe(_ keys: [DirectoryKey]) -> String {
+        let names = keys.map {
+            String(decoding: $0.lockspace, as: UTF8.self) + "/" + String(decoding: $0.name, as: UTF8.self)
+        }
+        return names.sorted().joined(separator: ", ")
     }
 
     /// A resource name whose directory node is `node` among `count` members.

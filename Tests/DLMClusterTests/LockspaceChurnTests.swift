@@ -138,6 +138,15 @@ struct ChurnRun {
                 throw Failure(description: "seed \(seed): \(client.name)'s request \(outstanding) was never answered")
             }
         }
+        // Every client goes; idle past the toss delay, no node keeps anything of a resource or a client.
+        cluster.closeAll()
+        for _ in 0..<4 {
+            _ = cluster.run()
+            cluster.tick(by: 1_500)
+        }
+        _ = cluster.run()
+        let left = cluster.leftoversOfIdleResources()
+        if !left.isEmpty { throw Failure(description: "seed \(seed): idle, \(left.joined(separator: "; "))") }
     }
 
     mutating func clientStep() {

@@ -369,82 +369,8 @@ struct MasteringRun {
 
     /// What each node still holds of resources no lock uses, after the toss delay and with every message carried.
     func checkNothingLeftOfIdleResources() throws {
-        var inUse = Set<DirectoryKey>()
-        for harness in cluster.nodes.values {
-            let engine = harness.service.engine
-            for info in engine.allLockspaces {
-                for resource in engine.snapshotLockspace(info.id) where !resource.locks.isEmpty {
-                    inUse.insert(DirectoryKey(lockspace: info.name, name: resource.path[0]))
-                }
-            }
-        }
-        for (node, harness) in cluster.nodes.sorted(by: { $0.key < $1.key }) {
-            let service = harness.service
-            let mastering = service.mastering
-            var left: [String] = []
-            let engine = service.engine
-            let resourcesWithLocks = engine.allLockspaces.reduce(0) { count, info in
-                count + engine.snapshotLockspace(info.id).filter { !$0.locks.isEmpty }.count
-            }
-            if engine.resourceCount != resourcesWithLocks {
-                left.append("\(engine.resourceCount - resourcesWithLocks) resources without locks in the engine")
-            }
-            let directory = mastering.directory.compactMap { key, _ in inUse.contains(key) ? nil : key }
-            if !directory.isEmpty { left.append("directory entries \(Self.describe(directory))") }
-            let replicas = mastering.replicas.compactMap { key, _ in inUse.contains(key) ? nil : key }
-            if !replicas.isEmpty { left.append("value-block replicas \(Self.describe(replicas))") }
-            let cached = cluster.nodes.keys.flatMap { mastering.masters.keys(masteredBy: $0) }
-                .filter { !inUse.contains($0) }
-            if !cached.isEmpty { left.append("cached masters \(Self.describe(cached))") }
-            let copies = mastering.copies
-            if copies.copies.count != copies.free.count || !copies.byMaster.isEmpty || !copies.byOwner.isEmpty
-                || !copies.exiting.isEmpty || copies.rebindingCount != 0 || !copies.mastersUsed.isEmpty
-            {
-                left.append(
-                    "process copies: \(copies.copies.count - copies.free.count) live, \(copies.byMaster.count) bound, "
-                        + "\(copies.byOwner.count) owners, \(copies.rebindingCount) rebinding")
-            }
-            if !mastering.removing.isEmpty { left.append("removals \(Self.describe(Array(mastering.removing)))") }
-            if !mastering.awaitingLookup.isEmpty {
-                left.append("requests awaiting lookups \(Self.describe(Array(mastering.awaitingLookup.keys)))")
-            }
-            if !mastering.peerRequestsAwaitingLookup.isEmpty {
-                left.append(
-                    "peer requests awaiting lookups \(Self.describe(Array(mastering.peerRequestsAwaitingLookup.keys)))")
-            }
-            if !mastering.pending.isEmpty { left.append("\(mastering.pending.count) pending remote operations") }
-            if !mastering.heldMessages.isEmpty { left.append("\(mastering.heldMessages.count) held peer messages") }
-            if !mastering.loopback.isEmpty { left.append("\(mastering.loopback.count) loopback messages") }
-            if !mastering.purges.isEmpty { left.append("\(mastering.purges.count) purges") }
-            if !service.forceUnlockReplies.isEmpty {
-                left.append("\(service.forceUnlockReplies.count) force-unlock replies")
-            }
-            if !service.bulkReplies.isEmpty { left.append("\(service.bulkReplies.count) bulk replies") }
-            if !mastering.rebuilt.isEmpty { left.append("\(mastering.rebuilt.count) rebuilt locks' holder ids") }
-            let deadlocks = mastering.deadlocks
-            if !deadlocks.decisions.isEmpty || !deadlocks.refusing.isEmpty || !deadlocks.deciding.isEmpty {
-                left.append("deadlock decisions under way")
-            }
-            let owners = engine.ownerIndex.values.filter {
-                $0 != orphanOwner && engine.owners[Int($0)].lockCount == 0
-            }
-            if !owners.isEmpty {
-                left.append("engine owners without locks: \(owners.map { "\(engine.owners[Int($0)].id)" }.sorted())")
-            }
-            let queued = mastering.tossQueue.filter { !inUse.contains($0.key) }
-            if !queued.isEmpty { left.append("toss queue \(Self.describe(queued.map(\.key)))") }
-            if !left.isEmpty {
-                throw Failure(
-                    description: "seed \(seed): idle, node \(node) still holds \(left.joined(separator: "; "))")
-            }
-        }
-    }
-
-    static func describe(_ keys: [DirectoryKey]) -> String {
-        let names = keys.map {
-            String(decoding: $0.lockspace, as: UTF8.self) + "/" + String(decoding: $0.name, as: UTF8.self)
-        }
-        return names.sorted().joined(separator: ", ")
+        let left = cluster.leftoversOfIdleResources()
+        if !left.isEmpty { throw Failure(description: "seed \(seed): idle, \(left.joined(separator: "; "))") }
     }
 
     /// A random node crashes (while at least two others live), or a crashed one restarts; either way group
