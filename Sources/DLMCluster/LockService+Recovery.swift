@@ -613,12 +613,19 @@ extension LockService {
     /// The new master's ids for this node's resent locks. A binding for a copy that another owner holds now is
     /// stale (its owner exited, and the id was given again) and is passed over.
     mutating func bind(_ bindings: [RecoveredBinding], from node: UInt32) {
+        // (Noted once per run of one owner's bindings: a recovery binds a million locks.)
+        var noted: UInt64 = 0
         for binding in bindings {
             guard let index = mastering.copies.index(ofCopy: binding.copy), mastering.copies.copies[index].rebinding,
                 mastering.copies.copies[index].owner == binding.owner
             else { continue }
             // From the node that rebuilt the lock: the new master, whichever node this one resent it to.
-            mastering.copies.setMaster(index, node)
+            mastering.copies.copies[index].master = node
+            let owner = mastering.copies.copies[index].owner
+            if owner != noted {
+                mastering.copies.noteMaster(node, of: owner)
+                noted = owner
+            }
             mastering.copies.bind(index, masterLock: binding.lock)
             if let record = mastering.copies.copies[index].record {
                 mastering.masters[DirectoryKey(lockspace: record.lockspace, name: record.name)] = node

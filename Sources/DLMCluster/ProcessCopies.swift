@@ -43,8 +43,9 @@ struct ProcessCopies {
     var byMaster = ShardedDictionary<MasterLock, Int>()
     /// The copies of each owner of this node.
     var byOwner: [UInt64: Set<Int>] = [:]
-    /// Every master each owner of this node sent a lock to since it connected, whether or not it holds a lock there
-    /// now: each keeps a record of the owner until told of its exit (`beginExit`).
+    /// Every master each owner of this node sent a lock to since it connected, or that a recovery rebuilt one of its
+    /// locks on, whether or not it holds a lock there now: each keeps a record of the owner until told of its exit
+    /// (`beginExit`).
     var mastersUsed: [UInt64: Set<UInt32>] = [:]
     /// Owners that exited, and their copies still to forget (`forgetExited`, in slices): an owner holding a million
     /// locks of other masters is forgotten between turns of the event loop, as its local locks are released.
@@ -148,15 +149,15 @@ struct ProcessCopies {
             if copy.master == localNode { masteredHere -= 1 }
         }
         copies[index].masterLock = nil
-        setMaster(index, master)
+        // (Not noted in `mastersUsed`: until the new master binds it, the exit reads this off the copy.)
+        copies[index].master = master
         if !copy.rebinding { rebindingCount += 1 }
         copies[index].rebinding = true
     }
 
-    /// The copy's lock is on `master` now (its owner's exit goes there too).
-    mutating func setMaster(_ index: Int, _ master: UInt32) {
-        copies[index].master = master
-        mastersUsed[copies[index].owner, default: []].insert(master)
+    /// `master` holds a lock of `owner` now: the owner's exit goes there too, whatever becomes of the lock.
+    mutating func noteMaster(_ master: UInt32, of owner: UInt64) {
+        mastersUsed[owner, default: []].insert(master)
     }
 
     /// What a completion from the master says of the lock: its mode, the value block it read, its token.
