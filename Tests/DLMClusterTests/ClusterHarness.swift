@@ -252,6 +252,7 @@ struct ClusterHarness {
                 }
                 // A message to a node that is down is lost.
                 for (to, message) in output.peerMessages where nodes.keys.contains(to) {
+                    if trace { print("run: queued \(node) -> \(to): \(message)") }
                     links[Link(from: node, to: to), default: []].append(message)
                 }
             }

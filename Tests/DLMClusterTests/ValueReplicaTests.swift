@@ -100,6 +100,56 @@ import Testing
         #expect(c.run() == ["4t: COMPLETION tag 2 lock 1 granted EX"])
     }
 
+    /// A PW holder unlocks writing 7; its master releases it and grants PW to another node's client, then dies before
+    /// the unlock's answer reaches the holder. The holder resends its lock as PW (its unlock still unanswered); the
+    /// backup node's replica names the other client as the PW holder, so the new master rebuilds the resent lock at
+    /// NL: the two PW holds are not rebuilt side by side, and the unlock sent again writes nothing over the next
+    /// writer's value (random recovery seed 528210: it wrote 7 over the acknowledged 8).
+    @Test func aRetriedUnlockOfAHoldTheDepartedMasterEndedWritesNothing() {
+        // Directory and backup node 2, among three nodes and among two; node 3 masters it (its client asks first).
+        let name = ClusterHarness.name(directedTo: [(2, 3), (2, 2)])
+        var c = ClusterHarness(nodes: 3)
+        let first = c.client(3, "m")
+        c.send(first, H.lock(2, name, .nl))
+        _ = c.run()
+        // (A reader keeps the resource, and its value block, through it all.)
+        let reader = c.client(1, "r")
+        c.send(reader, H.lock(2, name, .nl, .valueBlock))
+        _ = c.run()
+        let holder = c.client(1, "h")
+        c.send(holder, H.lock(2, name, .pw, .valueBlock))
+        #expect(c.run() == ["1h: COMPLETION tag 2 lock \(Self.remote + 1) granted PW"])
+        let next = c.client(2, "n")
+        c.send(next, H.lock(2, name, .pw, .valueBlock))
+        _ = c.run()
+        c.paused = [ClusterHarness.Link(from: 3, to: 1)]
+        let unlock = { (tag: UInt32, lock: UInt32, value: UInt8) in
+            ClientMessage.unlock(UnlockMessage(tag: tag, lock: lock, flags: .valueBlock, valueBlock: Self.value(value)))
+        }
+        c.send(holder, unlock(3, Self.remote + 1, 7))
+        #expect(c.run() == ["2n: COMPLETION tag 0 lock \(Self.remote) granted PW"])
+        // Node 3 dies; node 2 rebuilds the resource. The holder's unlock, sent again, is held on its way while the
+        // next writer writes 8 (answered once node 1, its backup node now, acknowledged it: behind the unlock).
+        c.crash(3)
+        c.paused = []
+        c.installView()
+        #expect(c.hold(ClusterHarness.Link(from: 1, to: 2)) { if case .unlock = $0 { true } else { false } } == [])
+        c.send(next, unlock(3, Self.remote, 8))
+        #expect(c.run() == [])
+        c.paused = []
+        let lines = c.run()
+        #expect(
+            Set(lines) == [
+                "2n: COMPLETION tag 3 lock \(Self.remote) EUNLOCK",
+                "1h: COMPLETION tag 3 lock \(Self.remote + 1) EUNLOCK",
+            ])
+        c.send(reader, Self.read(3, lock: Self.remote, to: .pr))
+        _ = c.run()
+        let read = c.completions["1r"]?.last
+        #expect(read?.status == .granted && read?.valueBlock == Self.value(8), "\(lines) \(String(describing: read))")
+        #expect(read?.flags.contains(.valueNotValid) == false)
+    }
+
     /// Node 3's client writes the value block; its answer waits until the backup node (1) acknowledged the replica.
     @Test func aWriteIsAnsweredOnlyOnceTheBackupNodeHasIt() {
         var c = ClusterHarness(nodes: 3)
