@@ -976,22 +976,6 @@ extension LockService {
         var sequence: UInt64 = 0
         var block: [UInt8]?
         var valid = false
-        // A lock its holder resends as PW or EX whose hold the departed master had ended already: the backup node's
-        // replica names another holder of PW or EX, or none. (The replica names the holder of PW or EX after every
-        // change, and a holder hears of its grant only once the backup has it: so the master released or demoted the
-        // lock on its owner's unlock or conversion, whose answer died with it, and may have granted PW or EX to
-        // another since.) It is rebuilt at NL, with its conversion if one is pending: it blocks nobody, and the
-        // unlock or down-conversion that its owner sends again writes no value block over a later one (random
-        // recovery seed 528210: a writer's retried UNLOCK wrote its old value over the next writer's acknowledged
-        // one). A replica that may lack later changes (outdated) proves nothing, unless the master left alone (below:
-        // then the newest of all the backups' replicas is the last state).
-        let trusted = newest(values, orOutdated: alone)
-        func granted(_ lock: RecoveredLock) -> LockMode? {
-            guard let mode = lock.grantedMode, mode >= .pw, let trusted, trusted.writer != lock.owner else {
-                return lock.grantedMode
-            }
-            return .nl
-        }
         for queue in [QueueKind.grant, .convert, .wait] {
             for (index, (_, lock)) in holders.enumerated() {
                 let kind: QueueKind =
@@ -1001,7 +985,7 @@ extension LockService {
                 locks.append(
                     LockSnapshot(
                         id: LockID(rawValue: UInt32(locks.count + 1)), owner: lock.owner, queue: kind,
-                        grantedMode: granted(lock), requestedMode: lock.requestedMode, flags: lock.flags,
+                        grantedMode: lock.grantedMode, requestedMode: lock.requestedMode, flags: lock.flags,
                         parent: parents[index], transaction: lock.transaction, priority: lock.priority,
                         wantsBlockingCallbacks: lock.wantsBlockingCallbacks,
                         alwaysFencingToken: lock.alwaysFencingToken, blockingSent: 0, pendingFlags: [],
@@ -1019,7 +1003,7 @@ extension LockService {
         // Trusted only if a survivor holds PR or above (no departed node can have held PW or EX beside it) and
         // read or wrote the newest value: a departed writer's last value may be lost otherwise.
         for (_, lock) in holders {
-            if let mode = granted(lock), mode >= .pr, lock.valueBlock != nil, lock.valueBlockSequence == sequence {
+            if let mode = lock.grantedMode, mode >= .pr, lock.valueBlock != nil, lock.valueBlockSequence == sequence {
                 valid = true
             }
         }
