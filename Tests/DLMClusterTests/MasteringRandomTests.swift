@@ -85,7 +85,7 @@ struct RecoveryRandomTests {
         // since 517413, where a sub-lock's own request ran before its parent's FORCEUNLOCK, the model relies on no
         // sub-lock granted after the client sent the FORCEUNLOCK of its parent: `joinForcedRelease`).
         MasteringRun.runAll(
-            [8107, 501115], faults: true, forcedUnlocks: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
+            [8107, 501115, 517413], faults: true, forcedUnlocks: true, suite: "RecoveryRandomTests/seedsThatOnceFailed")
     }
 
     /// The same, with parents released by FORCEUNLOCK with their sub-locks (DLM_FORCED_SEEDS seeds, default 100;
