@@ -88,8 +88,6 @@ struct Mastering {
     /// The members (node: incarnation) of the last completed recovery, and of the view being recovered.
     var memberIncarnations: [UInt32: UInt64] = [:]
     var viewMembers: [UInt32: UInt64] = [:]
-    /// Per node, its latest life that a primary view this node recovered left out (fenced: it never comes back).
-    var departedLives: [UInt32: UInt64] = [:]
     var recovery: Recovery?
     /// The view of the last completed recovery.
     var recoveredView: UInt64 = 0
@@ -354,16 +352,16 @@ extension LockService {
             .recoverLockspaces, .recoveryRequest, .recoveryStart:
             receiveRecovery(message, from: node)
             return
-        case .valueReplicas(let generation, let incarnation, let replicas):
+        case .valueReplicas(let generation, let incarnation, let view, let replicas):
             // Taken from any live node, even one outside this node's view: a master that serves a resource during
             // recovery replicates its changes to the new view's backup node, which may not have installed that view
-            // yet (a restarted node); the transport drops what a life that ended sent. But not from a life that a
-            // primary view this node recovered left out, sent before it went and come only now: its recovery took
-            // what this node had of it then, and it is gone (kept, it would stay until the next recovery, and be
-            // sent to a new master then as the newest copy of a resource that lives on elsewhere).
-            if mastering.departedLives[node].map({ incarnation <= $0 }) == true,
-                mastering.viewMembers[node] != incarnation
-            {
+            // yet (a restarted node); the transport drops what a life that ended sent. But not from a life outside
+            // this node's view that sent it in an earlier view: a view this node recovers left it out, and a replica
+            // it sent before it went, come only now, is as lost (unacknowledged: its writer was never answered).
+            // Kept, it would stay until the next recovery, and be sent to a new master then as the newest copy of a
+            // resource that lives on elsewhere (a released orphan came back: random recovery seeds 501201, 530482).
+            let current = mastering.recovery?.view ?? mastering.recoveredView
+            if mastering.viewMembers[node] != incarnation, RecoveryRun.view(view) < RecoveryRun.view(current) {
                 return
             }
             storeReplicas(replicas, generation: generation, incarnation: incarnation, from: node)

@@ -200,12 +200,6 @@ extension LockService {
         // A REMOVED still to come is of the old directory: the resources being dropped are looked up again at the
         // end (their waiting requests with them).
         mastering.removing = []
-        for lives in [previous, mastering.memberIncarnations] {
-            for (node, incarnation) in lives
-            where members[node] != incarnation && mastering.departedLives[node] ?? 0 < incarnation {
-                mastering.departedLives[node] = incarnation
-            }
-        }
         mastering.members = members.keys.sorted()
         mastering.viewMembers = members
         stop(waitingFor: ["recovery of view \(RecoveryRun.describe(view))"])

@@ -53,7 +53,9 @@ extension LockService {
                 output.peerMessages.append(
                     (
                         node,
-                        .valueReplicas(generation: openGeneration, incarnation: configuration.incarnation, piece)
+                        .valueReplicas(
+                            generation: openGeneration, incarnation: configuration.incarnation,
+                            view: mastering.recovery?.view ?? mastering.recoveredView, piece)
                     ))
                 mastering.replicaMessagesInFlight[node, default: []].append(openGeneration)
             }

@@ -177,9 +177,10 @@ extension PeerMessage {
                 body.writeNodes(departed)
                 body.writeInteger(recovered)
                 body.writeInteger(stored)
-            case .valueReplicas(let generation, let incarnation, let replicas):
+            case .valueReplicas(let generation, let incarnation, let view, let replicas):
                 body.writeInteger(generation)
                 body.writeInteger(incarnation)
+                body.writeInteger(view)
                 body.writeInteger(UInt32(replicas.count))
                 for replica in replicas { body.writeValueReplica(replica) }
             case .recoverValues(let view, let replicas), .recoverStored(let view, let replicas):
@@ -412,6 +413,7 @@ extension PeerMessage {
         case .valueReplicas, .recoverValues, .recoverStored:
             let number = try body.read(UInt64.self, kind == .valueReplicas ? "generation" : "view")
             let incarnation = kind == .valueReplicas ? try body.read(UInt64.self, "incarnation") : 0
+            let senderView = kind == .valueReplicas ? try body.read(UInt64.self, "view") : 0
             let count = try body.readCount("count", least: ValueReplica.leastEncodedLength)
             var replicas: [ValueReplica] = []
             replicas.reserveCapacity(count)
@@ -428,7 +430,7 @@ extension PeerMessage {
             }
             switch kind {
             case .valueReplicas:
-                message = .valueReplicas(generation: number, incarnation: incarnation, replicas)
+                message = .valueReplicas(generation: number, incarnation: incarnation, view: senderView, replicas)
             case .recoverValues: message = .recoverValues(view: number, replicas)
             default: message = .recoverStored(view: number, replicas)
             }

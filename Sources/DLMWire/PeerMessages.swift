@@ -38,8 +38,9 @@ public enum PeerMessage: Sendable, Hashable {
     case recoveryDone(view: UInt64, phase: UInt8, departed: [UInt32], recovered: UInt64 = 0, stored: UInt64 = 0)
     /// To a resource's backup node: the value-block state of resources the sender masters, as of its generation
     /// `generation` in its life `incarnation` (a removal when a resource was freed). Sent ahead of messages held for
-    /// a commit.
-    case valueReplicas(generation: UInt64, incarnation: UInt64, [ValueReplica])
+    /// a commit. `view`: the recovery run the sender last completed or runs now (a backup tells a master that a view
+    /// it recovered left out from one of a view it has not installed yet).
+    case valueReplicas(generation: UInt64, incarnation: UInt64, view: UInt64, [ValueReplica])
     /// The backup node keeps every replica the receiver sent it up to `generation`.
     case valueReplicasStored(generation: UInt64)
     /// Recovery for `view`, to the new master of resources whose master left: the replicas the sender kept of

@@ -50,7 +50,7 @@ struct ClusterHarness {
     /// The removals among a node's outgoing messages, as marks in a stream of frames.
     static func removals(_ messages: [(to: UInt32, message: PeerMessage)]) -> [(String, ServerMessage)] {
         var marks: [(String, ServerMessage)] = []
-        for case (_, .valueReplicas(_, _, let replicas)) in messages {
+        for case (_, .valueReplicas(_, _, _, let replicas)) in messages {
             for replica in replicas where replica.removed {
                 marks.append((freedMark + replica.name.displayName, .pong(tag: 0)))
             }

@@ -69,7 +69,7 @@ struct RecoveryRandomTests {
     /// once, ahead of the backup node's acknowledgement, the node died, and the acknowledged value was lost (read
     /// later as not valid; `send(_:to:)` holds messages to this node as it holds those to others). 501201 (found by
     /// the idle check at the end): a replica that a cut-off master had sent before the view left it out reached its
-    /// backup node after the recovery, and stayed there (`departedLives`).
+    /// backup node after the recovery, and stayed there (a replica of a life outside the view sent in an earlier view is dropped).
     @Test func seedsThatOnceFailed() {
         MasteringRun.runAll(
             [42730, 1167, 2202], faults: true, persistentSubLocks: false,

@@ -132,7 +132,7 @@ struct PeerVectorTests {
                     ], valueBlockLength: 32)
             ]),
         "peer-value-replicas": .valueReplicas(
-            generation: 12, incarnation: 2,
+            generation: 12, incarnation: 2, view: 7 << 20,
             [
                 ValueReplica(
                     lockspace: Array("ls".utf8), name: Array("backup".utf8), valueBlock: [1, 2, 3, 4],
@@ -141,7 +141,7 @@ struct PeerVectorTests {
             ]),
         "peer-value-replicas-stored": .valueReplicasStored(generation: 12),
         "peer-value-replicas-sub-locks": .valueReplicas(
-            generation: 13, incarnation: 2,
+            generation: 13, incarnation: 2, view: 7 << 20,
             [
                 ValueReplica(
                     lockspace: Array("ls".utf8), name: Array("tree".utf8),

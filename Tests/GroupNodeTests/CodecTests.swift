@@ -216,8 +216,10 @@ struct MessageGenerator {
         #expect(rejection(frame, by: codec(2)) == .badVersion(10))
         frame[8] = 11  // the version before value replicas' origins (Protocol/PEER.md version 7)
         #expect(rejection(frame, by: codec(2)) == .badVersion(11))
-        frame[8] = 13
-        #expect(rejection(frame, by: codec(2)) == .badVersion(13))
+        frame[8] = 12  // the version before the sender's view in value replicas (Protocol/PEER.md version 8)
+        #expect(rejection(frame, by: codec(2)) == .badVersion(12))
+        frame[8] = 14
+        #expect(rejection(frame, by: codec(2)) == .badVersion(14))
         frame = codec(1).seal(envelope, challenge: challenge)
         frame[frame.count - 40] ^= 0x10  // inside the body: the HMAC no longer matches
         #expect(rejection(frame, by: codec(2)) == .badMAC)
@@ -242,7 +244,7 @@ struct MessageGenerator {
     }
 
     @Test func aKnownFrame() throws {
-        // Golden bytes of a version-12 frame: node 1 incarnation 2, counter 3, to node 2, `installed(7@1)`, on a
+        // Golden bytes of a version-13 frame: node 1 incarnation 2, counter 3, to node 2, `installed(7@1)`, on a
         // connection whose challenge is 00 01 ... 0f.
         let key = try ClusterKey(bytes: Array(repeating: 0x42, count: 32))
         let challenge = Array(0..<16 as Range<UInt8>)
@@ -252,17 +254,17 @@ struct MessageGenerator {
         let frame = sender.seal(envelope, challenge: challenge)
         // Computed independently (Python's hashlib and hmac: HMAC over the challenge, then magic ... body).
         let expected = hex(
-            "00000049" + "444c4d47" + "0c" + "2a97516c354b6884"  // length, magic, version, cluster
+            "00000049" + "444c4d47" + "0d" + "2a97516c354b6884"  // length, magic, version, cluster
                 + "00000001" + "0000000000000002"  // sender: node, incarnation
                 + "0000000000000003" + "00000002" + "01" + "090701"  // counter, destination, body: kind, message
-                + "64114757e47c1bb08d6ee1ed928e0af8dbcc2fdc58b7bdfa8233d23c51f6480b")  // HMAC
+                + "aa8bf97f7c02d71edc553181c02d528ba8466815a538895993745cbf6d0508cd")  // HMAC
         #expect(frame == expected)
         let receiver = PeerFrameCodec(key: key, clusterName: "demo", localNode: 2, knownNodes: [1, 2])
         #expect(try receiver.open(frame: frame, challenge: challenge) == envelope)
         // The challenge frame the receiver sent first.
         #expect(
             receiver.challengeFrame(challenge)
-                == hex("0000001d" + "444c4d43" + "0c" + "2a97516c354b6884" + "000102030405060708090a0b0c0d0e0f"))
+                == hex("0000001d" + "444c4d43" + "0d" + "2a97516c354b6884" + "000102030405060708090a0b0c0d0e0f"))
     }
 
     @Test func theDigestsAgreeWithRFC4231AndFIPS180() {
