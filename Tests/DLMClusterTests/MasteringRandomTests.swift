@@ -69,13 +69,14 @@ struct RecoveryRandomTests {
     /// once, ahead of the backup node's acknowledgement, the node died, and the acknowledged value was lost (read
     /// later as not valid; `send(_:to:)` holds messages to this node as it holds those to others). 501201 (found by
     /// the idle check at the end): a replica that a cut-off master had sent before the view left it out reached its
-    /// backup node after the recovery, and stayed there (a replica of a life outside the view sent in an earlier view is dropped).
+    /// backup node after the recovery, and stayed there; 530482, the same at a restarted node that had never known
+    /// the sender as a member (a replica of a life outside the view sent in an earlier view is dropped).
     @Test func seedsThatOnceFailed() {
         MasteringRun.runAll(
             [42730, 1167, 2202], faults: true, persistentSubLocks: false,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
         MasteringRun.runAll(
-            [13403, 18097, 62729, 183530, 249815, 264599, 344356, 501201], faults: true,
+            [13403, 18097, 62729, 183530, 249815, 264599, 344356, 501201, 530482], faults: true,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
         // With FORCEUNLOCK: 8107, a node that walked its copies after registering a resource as its own forgot that
         // it masters it (it answered "not master" for ever while the directory named it). 501115: the FORCEUNLOCK
