@@ -106,7 +106,6 @@ public struct ClusterConfig: Sendable, Hashable {
 
     public func node(_ id: NodeID) -> Node? { nodes.first { $0.id == id } }
 
-    /// The settings of `GroupMember`. Valid for a configuration that passed `validate` (as every parsed one did).
     /// The `[timeouts]` table as in effect: each key, its milliseconds, and the least it may be.
     public var timeouts: [(key: String, milliseconds: Int, minimum: Int)] {
         [
@@ -117,6 +116,7 @@ public struct ClusterConfig: Sendable, Hashable {
         ]
     }
 
+    /// The settings of `GroupMember`. Valid for a configuration that passed `validate` (as every parsed one did).
     public var settings: Settings {
         var votes: [NodeID: Int] = [:]
         for node in nodes { votes[node.id] = node.votes }

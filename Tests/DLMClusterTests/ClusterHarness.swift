@@ -310,11 +310,13 @@ struct ClusterHarness {
     func leftoversOfIdleResources() -> [String] {
         var lines: [String] = []
         var inUse = Set<DirectoryKey>()
-        for harness in nodes.values {
+        var resourcesWithLocks: [UInt32: Int] = [:]
+        for (node, harness) in nodes {
             let engine = harness.service.engine
             for info in engine.allLockspaces {
                 for resource in engine.snapshotLockspace(info.id) where !resource.locks.isEmpty {
                     inUse.insert(DirectoryKey(lockspace: info.name, name: resource.path[0]))
+                    resourcesWithLocks[node, default: 0] += 1
                 }
             }
         }
@@ -323,9 +325,7 @@ struct ClusterHarness {
             let mastering = service.mastering
             var left: [String] = []
             let engine = service.engine
-            let resourcesWithLocks = engine.allLockspaces.reduce(0) { count, info in
-                count + engine.snapshotLockspace(info.id).filter { !$0.locks.isEmpty }.count
-            }
+            let resourcesWithLocks = resourcesWithLocks[node, default: 0]
             if engine.resourceCount != resourcesWithLocks {
                 left.append("\(engine.resourceCount - resourcesWithLocks) resources without locks in the engine")
             }
@@ -378,14 +378,21 @@ struct ClusterHarness {
         return lines
     }
 
-    /// Every client of every node goes.
-    mutating func closeAll() {
+    /// Every client of every node goes, every message is carried and the toss delay passes (a few times: a drop
+    /// may start another's delay); returns what the nodes still hold (`leftoversOfIdleResources`).
+    mutating func leftoversOnceEveryClientWent() -> [String] {
         for node in nodes.keys.sorted() {
             withNode(node) { harness in
                 let live = harness.service.slotsByOwner.map { ConnectionID(slot: $0.value, owner: $0.key) }
                 for id in live.sorted(by: { $0.owner < $1.owner }) { harness.handle(.closed(id)) }
             }
         }
+        for _ in 0..<4 {
+            _ = run()
+            tick(by: tossDelay + tossDelay / 2)
+        }
+        _ = run()
+        return leftoversOfIdleResources()
     }
 
     static func describe(_ keys: [DirectoryKey]) -> String {

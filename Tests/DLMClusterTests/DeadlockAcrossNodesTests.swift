@@ -404,13 +404,7 @@ import Testing
             failed = true
         }
         // Every client goes; idle past the toss delay, no node keeps anything of a resource or a client.
-        c.closeAll()
-        for _ in 0..<4 {
-            _ = c.run()
-            c.tick(by: 11_000_000_000)
-        }
-        _ = c.run()
-        let left = c.leftoversOfIdleResources()
+        let left = c.leftoversOnceEveryClientWent()
         if !left.isEmpty {
             Issue.record("seed \(seed): idle, \(left.joined(separator: "; "))\(replay)")
             failed = true

@@ -139,13 +139,7 @@ struct ChurnRun {
             }
         }
         // Every client goes; idle past the toss delay, no node keeps anything of a resource or a client.
-        cluster.closeAll()
-        for _ in 0..<4 {
-            _ = cluster.run()
-            cluster.tick(by: 1_500)
-        }
-        _ = cluster.run()
-        let left = cluster.leftoversOfIdleResources()
+        let left = cluster.leftoversOnceEveryClientWent()
         if !left.isEmpty { throw Failure(description: "seed \(seed): idle, \(left.joined(separator: "; "))") }
     }
 

@@ -366,7 +366,7 @@ struct MasteringRun {
         // Idle past the toss delay, every node keeps of a resource only what its orphans need: a daemon that runs
         // for months holds as much as the resources in use, not every name ever used.
         for _ in 0..<4 {
-            cluster.tick(by: 1_500)
+            cluster.tick(by: cluster.tossDelay + cluster.tossDelay / 2)
             commitAll()
         }
         try checkNothingLeftOfIdleResources()
