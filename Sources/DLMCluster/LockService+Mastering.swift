@@ -301,7 +301,8 @@ extension LockService {
                         lock: masterLock, owner: owner(id), mode: m.mode, flags: m.flags,
                         valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil,
                         timeout: m.timeoutNanoseconds == 0 ? nil : m.timeoutNanoseconds,
-                        priority: m.priority == 255 ? nil : m.priority)),
+                        priority: m.priority == 255 ? nil : m.priority,
+                        valueBlockBase: mastering.copies.copies[copy].grantSequence)),
                 to: master)
         case .unlock(let m):
             send(
@@ -309,7 +310,8 @@ extension LockService {
                     ref: reference,
                     UnlockRequest(
                         lock: masterLock, owner: owner(id), flags: m.flags,
-                        valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil)),
+                        valueBlock: m.flags.contains(.valueBlock) ? m.valueBlock : nil,
+                        valueBlockBase: mastering.copies.copies[copy].grantSequence)),
                 to: master)
         case .deadlockCancel:
             send(

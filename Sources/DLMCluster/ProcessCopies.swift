@@ -22,6 +22,10 @@ struct ProcessCopies {
         var blocked: LockMode?
         /// The account of its owner's user (`LockEngine.account(ofUser:)`), or -1.
         var account: Int32 = -1
+        /// The value block's sequence number at the lock's last grant (nil before its first): sent with each
+        /// conversion and unlock, so that one sent again to a new master, which the departed master had done,
+        /// writes nothing twice (`LockEngine.writeWasDone`).
+        var grantSequence: UInt64?
     }
 
     /// A lock as its master knows it.
@@ -166,6 +170,7 @@ struct ProcessCopies {
         guard copies[index].record != nil else { return }
         copies[index].record!.grantedMode = completion.mode
         copies[index].record!.requestedMode = nil
+        if completion.status == .granted { copies[index].grantSequence = completion.valueBlockSequence }
         if let block = completion.valueBlock {
             copies[index].record!.valueBlock = block
             copies[index].record!.valueBlockSequence = completion.valueBlockSequence

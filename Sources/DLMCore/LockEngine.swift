@@ -290,11 +290,18 @@ public struct LockEngine {
             // ALTPR / ALTCW may grant a mode that writes the value (PW -> EX reads, PW -> PR writes): it must fit.
             try checkValueBlock(request.valueBlock, resource: record.resource, required: false)
         }
-        locks[Int(lock)].flags = request.flags.union(record.flags.intersection(.persistent))
+        var flags = request.flags
+        var valueBlock = request.valueBlock
+        if writeWasDone(base: request.valueBlockBase, resource: record.resource) {
+            // Sent again after its master died, which had converted it: the value is not written twice.
+            flags.remove(.invalidateValueBlock)
+            valueBlock = nil
+        }
+        locks[Int(lock)].flags = flags.union(record.flags.intersection(.persistent))
         if request.flags.contains(.persistent) { track(record.resource, lock: lock) }
         locks[Int(lock)].requestedMode = request.mode.rawValue
         if let priority = request.priority { locks[Int(lock)].priority = priority }
-        requestConversion(lock, valueBlock: request.valueBlock, timeout: request.timeout, into: &effects)
+        requestConversion(lock, valueBlock: valueBlock, timeout: request.timeout, into: &effects)
     }
 
     /// Unlocks, cancels (CANCEL) or force-unlocks (FORCEUNLOCK) a lock. Errors are thrown: EINVAL (bad
@@ -345,7 +352,8 @@ public struct LockEngine {
     /// (EUNLOCK), and whatever the release lets through.
     mutating func finishUnlock(_ lock: Int32, _ request: UnlockRequest, writes: Bool, into effects: inout [Effect]) {
         let resource = locks[Int(lock)].resource
-        if writes {
+        // (Not when sent again after its master died, which had done it: `writeWasDone`.)
+        if writes, !writeWasDone(base: request.valueBlockBase, resource: resource) {
             if request.flags.contains(.invalidateValueBlock) {
                 resources[Int(resource)].valueBlockInvalid = true
                 replicate(resource)

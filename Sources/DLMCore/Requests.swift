@@ -49,10 +49,12 @@ public struct ConvertRequest: Sendable, Hashable {
     public var valueBlock: [UInt8]?
     public var timeout: UInt64?
     public var priority: UInt8?
+    /// The value block's sequence number when the lock was last granted, as its holder knows it (`ValueBlockBase`).
+    public var valueBlockBase: UInt64?
 
     public init(
         lock: LockID, owner: OwnerID, mode: LockMode, flags: LockFlags = .convert, valueBlock: [UInt8]? = nil,
-        timeout: UInt64? = nil, priority: UInt8? = nil
+        timeout: UInt64? = nil, priority: UInt8? = nil, valueBlockBase: UInt64? = nil
     ) {
         self.lock = lock
         self.owner = owner
@@ -61,6 +63,7 @@ public struct ConvertRequest: Sendable, Hashable {
         self.valueBlock = valueBlock
         self.timeout = timeout
         self.priority = priority
+        self.valueBlockBase = valueBlockBase
     }
 }
 
@@ -72,12 +75,17 @@ public struct UnlockRequest: Sendable, Hashable {
     public var flags: LockFlags
     /// With VALBLK, the value to write when unlocking from PW or EX.
     public var valueBlock: [UInt8]?
+    /// The value block's sequence number when the lock was last granted, as its holder knows it (`ValueBlockBase`).
+    public var valueBlockBase: UInt64?
 
-    public init(lock: LockID, owner: OwnerID, flags: LockFlags = [], valueBlock: [UInt8]? = nil) {
+    public init(
+        lock: LockID, owner: OwnerID, flags: LockFlags = [], valueBlock: [UInt8]? = nil, valueBlockBase: UInt64? = nil
+    ) {
         self.lock = lock
         self.owner = owner
         self.flags = flags
         self.valueBlock = valueBlock
+        self.valueBlockBase = valueBlockBase
     }
 }
 

@@ -39,6 +39,17 @@ extension LockEngine {
         touch(resource)
     }
 
+    /// Whether the write (or IVVALBLK) of a conversion or unlock whose holder last saw its lock granted at value-block
+    /// sequence `base` was done already: the resource's sequence is above `base`. While a lock is held in PW or EX
+    /// nobody else writes, so only its own write, or that of a holder granted after its release, can have raised
+    /// the sequence since. A holder node sends `base` with an operation on a remote master: an operation sent again
+    /// to a new master after the old one died, which the old one had done, writes nothing a second time (over a
+    /// later acknowledged write: random recovery seed 528210). Nil (a local client's operation): not done.
+    func writeWasDone(base: UInt64?, resource: Int32) -> Bool {
+        guard let base else { return false }
+        return resources[Int(resource)].valueBlockSequence > base
+    }
+
     /// The current value, all zeros until the first write.
     func readValueBlock(resource: Int32) -> [UInt8] {
         resources[Int(resource)].valueBlock

@@ -123,12 +123,14 @@ extension PeerMessage {
                 body.writeOptionalBytes8(r.valueBlock)
                 body.writeInteger(r.timeout ?? 0)
                 body.writeInteger(r.priority ?? 255)
+                body.writeInteger(r.valueBlockBase ?? .max)
             case .unlock(let reference, let r):
                 body.writeInteger(reference)
                 body.writeInteger(r.lock.rawValue)
                 body.writeOwner(r.owner)
                 body.writeInteger(r.flags.rawValue)
                 body.writeOptionalBytes8(r.valueBlock)
+                body.writeInteger(r.valueBlockBase ?? .max)
             case .reply(let reference, let reply):
                 body.writeInteger(reference)
                 switch reply {
@@ -336,19 +338,25 @@ extension PeerMessage {
             let valueBlock = try body.readOptionalBytes8("value_block")
             let timeout = try body.read(UInt64.self, "timeout")
             let priority = try body.read(UInt8.self, "priority")
+            let base = try body.read(UInt64.self, "value_base")
             message = .convert(
                 ref: reference,
                 ConvertRequest(
                     lock: lock, owner: owner, mode: mode, flags: flags, valueBlock: valueBlock,
-                    timeout: timeout == 0 ? nil : timeout, priority: priority == 255 ? nil : priority))
+                    timeout: timeout == 0 ? nil : timeout, priority: priority == 255 ? nil : priority,
+                    valueBlockBase: base == .max ? nil : base))
         case .unlock:
             let reference = try body.read(UInt64.self, "ref")
             let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
             let owner = try body.readOwner()
             let flags = LockFlags(rawValue: try body.read(UInt32.self, "flags"))
             let valueBlock = try body.readOptionalBytes8("value_block")
+            let base = try body.read(UInt64.self, "value_base")
             message = .unlock(
-                ref: reference, UnlockRequest(lock: lock, owner: owner, flags: flags, valueBlock: valueBlock))
+                ref: reference,
+                UnlockRequest(
+                    lock: lock, owner: owner, flags: flags, valueBlock: valueBlock,
+                    valueBlockBase: base == .max ? nil : base))
         case .reply:
             let reference = try body.read(UInt64.self, "ref")
             let replyKind = try body.read(UInt8.self, "kind")

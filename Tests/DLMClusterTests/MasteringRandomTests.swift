@@ -70,13 +70,16 @@ struct RecoveryRandomTests {
     /// later as not valid; `send(_:to:)` holds messages to this node as it holds those to others). 501201 (found by
     /// the idle check at the end): a replica that a cut-off master had sent before the view left it out reached its
     /// backup node after the recovery, and stayed there; 530482, the same at a restarted node that had never known
-    /// the sender as a member (a replica of a life outside the view sent in an earlier view is dropped).
+    /// the sender as a member (a replica of a life outside the view sent in an earlier view is dropped). 528210: an
+    /// unlock writing the value block, done by a master that died before its answer came, was sent again to the new
+    /// master and wrote its value over the acknowledged write of a PW holder granted after it (an operation carries
+    /// the value-block sequence of its lock's last grant: `LockEngine.writeWasDone`).
     @Test func seedsThatOnceFailed() {
         MasteringRun.runAll(
             [42730, 1167, 2202], faults: true, persistentSubLocks: false,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
         MasteringRun.runAll(
-            [13403, 18097, 62729, 183530, 249815, 264599, 344356, 501201, 530482], faults: true,
+            [13403, 18097, 62729, 183530, 249815, 264599, 344356, 501201, 528210, 530482], faults: true,
             suite: "RecoveryRandomTests/seedsThatOnceFailed")
         // With FORCEUNLOCK: 8107, a node that walked its copies after registering a resource as its own forgot that
         // it masters it (it answered "not master" for ever while the directory named it). 501115: the FORCEUNLOCK

@@ -88,12 +88,12 @@ struct Harness {
     /// A conversion of the lock labelled `label` by its owner (or by `owner`).
     mutating func convert(
         _ label: String, to mode: LockMode, _ flags: LockFlags = [], value: [UInt8]? = nil, timeout: UInt64? = nil,
-        priority: UInt8? = nil, by owner: UInt64? = nil
+        priority: UInt8? = nil, by owner: UInt64? = nil, base: UInt64? = nil
     ) -> [String] {
         convert(
             ConvertRequest(
                 lock: id(label), owner: owner.map { OwnerID($0) } ?? self.owner(label), mode: mode, flags: flags,
-                valueBlock: value, timeout: timeout, priority: priority))
+                valueBlock: value, timeout: timeout, priority: priority, valueBlockBase: base))
     }
 
     mutating func convert(_ request: ConvertRequest) -> [String] {
@@ -108,14 +108,15 @@ struct Harness {
 
     /// An unlock (or, with CANCEL, a cancel) of the lock labelled `label` by its owner (or by `owner`).
     mutating func unlock(
-        _ label: String, _ flags: LockFlags = [], value: [UInt8]? = nil, by owner: UInt64? = nil
+        _ label: String, _ flags: LockFlags = [], value: [UInt8]? = nil, by owner: UInt64? = nil,
+        base: UInt64? = nil
     ) -> [String] {
         var effects: [Effect] = []
         do throws(DLMError) {
             try engine.unlock(
                 UnlockRequest(
                     lock: id(label), owner: owner.map { OwnerID($0) } ?? self.owner(label), flags: flags,
-                    valueBlock: value),
+                    valueBlock: value, valueBlockBase: base),
                 into: &effects)
             return render(effects)
         } catch {

@@ -11,6 +11,14 @@ import Testing
         }
     }
 
+    /// The value's first byte as text and its sequence number, and "invalid" when marked so.
+    func written(_ h: Harness) -> String? {
+        valueBlockOf(h).map { state in
+            let first = state.value?.first.map { String(UnicodeScalar($0)) } ?? "none"
+            return "\(first) seq=\(state.sequence)" + (state.invalid ? " invalid" : "")
+        }
+    }
+
     // MARK: Reads
 
     @Test func newGrantWithValueBlockReadsIt() {
@@ -141,6 +149,31 @@ import Testing
         #expect(h.convert("a", to: .ex, .valueBlock) == ["a granted EX lvb=<3> seq=3 token=5"])
         #expect(h.unlock("a", .valueBlock, value: bytes("4")) == ["a EUNLOCK seq=4"])
         #expect(h.lock("b", by: 2, on: "r", .cr, .valueBlock) == ["b granted CR lvb=<4> seq=4"])
+    }
+
+    /// A conversion or unlock that carries the value-block sequence of its lock's last grant (as a holder node sends
+    /// it to a remote master) writes, or invalidates, only if the sequence is not above it: one sent again to a new
+    /// master after the old one had done it and died writes nothing over the writes made since (random recovery seed
+    /// 528210), and does the rest of what it asks.
+    @Test func anOperationOlderThanTheLastWriteWritesNothing() {
+        var h = Harness()
+        _ = h.lock("n", by: 9, on: "r", .nl)
+        #expect(h.lock("a", by: 1, on: "r", .ex, .valueBlock) == ["a granted EX lvb=<> token=1"])
+        // At the sequence of its grant: written.
+        #expect(h.convert("a", to: .pw, .valueBlock, value: bytes("1"), base: 0) == ["a granted PW seq=1 token=2"])
+        // Sent again, as of its grant before that write: converted, not written; nor invalidated.
+        #expect(h.convert("a", to: .pw, .valueBlock, value: bytes("0"), base: 0) == ["a granted PW seq=1 token=3"])
+        #expect(
+            h.convert("a", to: .cr, [.valueBlock, .invalidateValueBlock], value: bytes("0"), base: 0)
+                == ["a granted CR seq=1"])
+        #expect(written(h) == "1 seq=1")
+        #expect(h.convert("a", to: .ex, .valueBlock, base: 1) == ["a granted EX lvb=<1> seq=1 token=4"])
+        #expect(h.unlock("a", .valueBlock, value: bytes("0"), base: 0) == ["a EUNLOCK seq=1"])
+        #expect(written(h) == "1 seq=1")
+        // At the sequence of its grant, or above it (a new master that lost the last write): written.
+        #expect(h.lock("b", by: 2, on: "r", .pw, .valueBlock) == ["b granted PW lvb=<1> seq=1 token=5"])
+        #expect(h.unlock("b", .valueBlock, value: bytes("2"), base: 3) == ["b EUNLOCK seq=2"])
+        #expect(written(h) == "2 seq=2")
     }
 
     // MARK: Invalidation

@@ -67,7 +67,7 @@ struct PeerVectorTests {
             ref: 9,
             ConvertRequest(
                 lock: LockID(rawValue: 12), owner: owner, mode: .nl, flags: [.convert, .valueBlock],
-                valueBlock: [1, 2, 3, 4])),
+                valueBlock: [1, 2, 3, 4], valueBlockBase: 6)),
         "peer-unlock-cancel": .unlock(ref: 10, UnlockRequest(lock: LockID(rawValue: 12), owner: owner, flags: .cancel)),
         "peer-reply-refused": .reply(ref: 7, .refused(DLMError(.invalid, "bad flags"))),
         "peer-reply-not-master": .reply(ref: 7, .notMaster),
