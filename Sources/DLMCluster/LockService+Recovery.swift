@@ -104,6 +104,9 @@ struct RecoveryWork {
     var nextKey = 0
     var registrations: [UInt32: [DirectoryKey]] = [:]
     var resends: [UInt32: [RecoveredLock]] = [:]
+    /// Phase 1: the unlocks and conversions this node's clients have on their way to masters, by copy (taken as the
+    /// copies are first walked).
+    var inFlight: [Int: RecoveredLock.InFlightOperation]?
     var bindings: [UInt32: [RecoveredBinding]] = [:]
     /// Phase 1: whether the run rebuilds the directory of the last lockspace asked about (most resources of a run
     /// share it: one lookup of the set a run of them).
@@ -326,6 +329,7 @@ extension LockService {
         }
         let members = mastering.viewMembers
         let departed = mastering.recovery!.departed
+        if work.inFlight == nil { work.inFlight = inFlightOperations() }
         while budget > 0, work.nextCopy < mastering.copies.copies.count {
             let index = work.nextCopy
             work.nextCopy += 1
@@ -358,11 +362,27 @@ extension LockService {
                 mastering.masters[key] = nil
             }
             record.copy = ProcessCopies.lockID(index).rawValue
+            record.inFlight = work.inFlight![index]
             work.resends[target, default: []].append(record)
         }
         guard work.nextCopy >= mastering.copies.copies.count else { return false }
         guard offerPreviousLife(&work, budget: &budget) else { return false }
         return reboundBindings(&work, budget: &budget)
+    }
+
+    /// The unlocks (FORCEUNLOCK included, CANCEL not: it lowers no granted mode) and conversions that this node's
+    /// clients sent to masters and that were not answered, by copy: a master that left may have done them
+    /// (`RecoveredLock.inFlight`).
+    func inFlightOperations() -> [Int: RecoveredLock.InFlightOperation] {
+        var operations: [Int: RecoveredLock.InFlightOperation] = [:]
+        for operation in mastering.pending.values {
+            switch operation.message {
+            case .unlock(let m) where !m.flags.contains(.cancel): operations[operation.copy] = .unlock
+            case .convert(let m): operations[operation.copy] = .conversion(m.mode)
+            default: break
+            }
+        }
+        return operations
     }
 
     /// The last of this node's part of phase 1, in slices: the holders of locks an earlier run rebuilt here learn
@@ -916,13 +936,23 @@ extension LockService {
     /// persistent is not in the replica, and one whose parent is not rebuilt goes with it). Nor is one whose mode
     /// conflicts with a lock a survivor holds granted on its resource: the survivor was granted while that lock was
     /// not held, so the replica is older than its release (the survivor's hold is the truth, and two such holds
-    /// must never be).
+    /// must never be). A survivor's lock with an unlock on its way to the departed master conflicts with nothing,
+    /// and one with a conversion on its way only if both modes conflict: that master may have done it and granted
+    /// the listed lock after it.
     static func orphans(
         of replica: ValueReplica?, holders: [(node: UInt32, lock: RecoveredLock)], members: [UInt32: UInt64]
     ) -> [(index: Int, lock: ReplicatedLock)] {
         guard let replica, !replica.persistentLocks.isEmpty else { return [] }
         let sending = Set(holders.map(\.lock.owner))
-        let granted = holders.compactMap { holder in holder.lock.grantedMode.map { (holder.lock.subPath, $0) } }
+        // The modes each survivor may hold (both, with a conversion on its way).
+        let granted = holders.compactMap { holder -> (subPath: [[UInt8]], modes: [LockMode])? in
+            guard let mode = holder.lock.grantedMode else { return nil }
+            switch holder.lock.inFlight {
+            case nil: return (holder.lock.subPath, [mode])
+            case .unlock: return nil
+            case .conversion(let target): return (holder.lock.subPath, [mode, target])
+            }
+        }
         var orphans: [(index: Int, lock: ReplicatedLock)] = []
         // Whether each lock comes back: from its holder, or as an orphan.
         var back = [Bool](repeating: false, count: replica.persistentLocks.count)
@@ -936,7 +966,11 @@ extension LockService {
                 lock.orphanNode = owner.node
             }
             if let parent = lock.parent, !back[parent] { continue }
-            if granted.contains(where: { $0.0 == lock.subPath && !$0.1.isCompatible(with: lock.mode) }) { continue }
+            if granted.contains(where: { held in
+                held.subPath == lock.subPath && held.modes.allSatisfy { !$0.isCompatible(with: lock.mode) }
+            }) {
+                continue
+            }
             back[index] = true
             orphans.append((index, lock))
         }

@@ -682,6 +682,11 @@ extension ByteBuffer {
         writeInteger(lock.parentCopy)
         writeInteger(UInt16(truncatingIfNeeded: lock.subPath.count))
         for name in lock.subPath { writeBytes8(name) }
+        switch lock.inFlight {
+        case nil: writeInteger(UInt8(255))
+        case .unlock: writeInteger(UInt8(254))
+        case .conversion(let mode): writeInteger(mode.rawValue)
+        }
     }
 
     mutating func readOptionalMode(_ field: StaticString) throws(WireError) -> LockMode? {
@@ -727,12 +732,21 @@ extension ByteBuffer {
         }
         var subPath: [[UInt8]] = []
         for _ in 0..<depth { subPath.append(try readName("sub_path name")) }
+        let inFlight: RecoveredLock.InFlightOperation?
+        switch try read(UInt8.self, "in_flight") {
+        case 255: inFlight = nil
+        case 254: inFlight = .unlock
+        case let raw:
+            guard let mode = LockMode(rawValue: raw) else { throw .malformed("in_flight \(raw) is not a mode") }
+            inFlight = .conversion(mode)
+        }
         return RecoveredLock(
             lockspace: lockspace, valueBlockLength: valueBlockLength, name: name, copy: copy, owner: owner, pid: pid,
             uid: uid, grantedMode: granted, requestedMode: requested, flags: flags, priority: priority,
             wantsBlockingCallbacks: options & 1 != 0, alwaysFencingToken: options & 2 != 0,
             transaction: transaction == 0 ? nil : transaction, valueBlock: valueBlock, valueBlockSequence: sequence,
-            fencingToken: token, timeout: timeout == 0 ? nil : timeout, subPath: subPath, parentCopy: parentCopy)
+            fencingToken: token, timeout: timeout == 0 ? nil : timeout, subPath: subPath, parentCopy: parentCopy,
+            inFlight: inFlight)
     }
 
     /// PEER.md §4.6: names, flags (1 removed, 2 invalid, 4 has a writer, 8 persistent locks follow, 16 outdated,

@@ -201,6 +201,18 @@ public struct RecoveredLock: Sendable, Hashable {
     /// The TIMEOUT of a waiting request or conversion, in nanoseconds (nil: none): it gives up that long after the
     /// new master rebuilt it (how long it had waited is not known across nodes).
     public var timeout: UInt64?
+    /// An unlock or conversion of the lock that its holder sent to the departed master and that was not answered:
+    /// that master may have done it, and granted other locks since (the holder sends the operation again once the
+    /// recovery is done). Nil: none.
+    public var inFlight: InFlightOperation?
+
+    /// An operation on its way to a master that left (`inFlight`).
+    public enum InFlightOperation: Sendable, Hashable {
+        /// An unlock (also a FORCEUNLOCK): done, the lock holds nothing.
+        case unlock
+        /// A conversion to that mode.
+        case conversion(LockMode)
+    }
 
     public init(
         lockspace: [UInt8], valueBlockLength: Int, name: [UInt8], copy: UInt32, owner: OwnerID, pid: UInt32,
@@ -208,8 +220,9 @@ public struct RecoveredLock: Sendable, Hashable {
         priority: UInt8,
         wantsBlockingCallbacks: Bool, alwaysFencingToken: Bool, transaction: UInt64?, valueBlock: [UInt8]?,
         valueBlockSequence: UInt64, fencingToken: UInt64, timeout: UInt64? = nil, subPath: [[UInt8]] = [],
-        parentCopy: UInt32 = 0
+        parentCopy: UInt32 = 0, inFlight: InFlightOperation? = nil
     ) {
+        self.inFlight = inFlight
         self.subPath = subPath
         self.parentCopy = parentCopy
         self.timeout = timeout
@@ -235,7 +248,7 @@ public struct RecoveredLock: Sendable, Hashable {
 
 extension RecoveredLock {
     /// The fewest bytes a recovered lock takes on the wire (one-byte names, no value block, no sub-path).
-    static let leastEncodedLength = 2 + 1 + 2 + 4 + 20 + 4 + 4 + 1 + 1 + 4 + 1 + 1 + 8 + 1 + 8 + 8 + 8 + 4 + 2
+    static let leastEncodedLength = 2 + 1 + 2 + 4 + 20 + 4 + 4 + 1 + 1 + 4 + 1 + 1 + 8 + 1 + 8 + 8 + 8 + 4 + 2 + 1
 
     /// The names from the top-level resource down to the lock's own.
     public var path: [[UInt8]] { [name] + subPath }

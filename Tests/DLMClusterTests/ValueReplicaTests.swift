@@ -161,6 +161,38 @@ import Testing
         #expect(read?.flags.contains(.valueNotValid) == false)
     }
 
+    /// A PW holder unlocks; its master grants a persistent PR waiting behind it to a client of another node, and dies
+    /// with that node before the unlock's answer reaches the holder. The holder resends its PW (its unlock still
+    /// unanswered); the backup node's replica lists the PR, whose owner left: it must come back as an orphan, though
+    /// it conflicts with the resent PW, which the departed master had released.
+    @Test func anOrphanGrantedAfterAReleaseOnItsWayIsRebuilt() {
+        // Directory and backup node 2 among five nodes, and among the three that stay (1, 2 and 5).
+        let name = ClusterHarness.name(directedTo: [(2, 5), (2, 3)])
+        var c = ClusterHarness(nodes: 5)
+        let first = c.client(3, "m")
+        c.send(first, H.lock(2, name, .nl))
+        _ = c.run()
+        let holder = c.client(1, "h")
+        c.send(holder, H.lock(2, name, .pw))
+        #expect(c.run() == ["1h: COMPLETION tag 2 lock \(Self.remote) granted PW"])
+        let persistent = c.client(4, "p")
+        c.send(persistent, H.lock(2, name, .pr, .persistent))
+        #expect(c.run() == ["1h: BAST lock \(Self.remote) PR", "4p: OK tag 2 lock \(Self.remote)"])
+        c.paused = [ClusterHarness.Link(from: 3, to: 1)]
+        c.send(holder, H.unlock(3, Self.remote))
+        #expect(c.run() == ["4p: COMPLETION tag 0 lock \(Self.remote) granted PR"])
+        c.crash(3)
+        c.crash(4)
+        c.paused = []
+        c.installView()
+        #expect(c.run() == ["1h: COMPLETION tag 3 lock \(Self.remote) EUNLOCK"])
+        // The orphan holds PR: EX is refused. (Before, the resent PW of the holder kept the orphan out as older than
+        // its release, and EX was granted.)
+        let taker = c.client(5, "t")
+        c.send(taker, H.lock(2, name, .ex, .noQueue))
+        #expect(c.run() == ["5t: COMPLETION tag 2 lock \(Self.remote) EAGAIN"])
+    }
+
     /// Node 3's client writes the value block; its answer waits until the backup node (1) acknowledged the replica.
     @Test func aWriteIsAnsweredOnlyOnceTheBackupNodeHasIt() {
         var c = ClusterHarness(nodes: 3)
@@ -361,7 +393,8 @@ import Testing
     /// A replica's persistent locks whose owners left are rebuilt as orphans, except one whose mode conflicts with a
     /// lock a survivor holds granted on the same resource (the replica is then older than that lock's release): a
     /// survivor's PR keeps the orphan PR and drops the PW, and the PW's sub-lock goes with it; on a sub-resource,
-    /// only the survivor's own resource counts.
+    /// only the survivor's own resource counts. A survivor's lock with an unlock on its way to the departed master
+    /// conflicts with nothing, and with a conversion on its way only where both modes conflict.
     @Test func anOrphanThatConflictsWithASurvivorsGrantedLockIsNotRebuilt() {
         let gone = OwnerID(node: 4, incarnation: 1, local: 7)
         let survivor = OwnerID(node: 1, incarnation: 1, local: 2)
@@ -377,14 +410,17 @@ import Testing
                     owner: gone, pid: 7, mode: .ex, flags: .persistent, fencingToken: 4,
                     subPath: [Array("other".utf8)], parent: 0),
             ], valueBlockLength: 32)
-        func held(_ mode: LockMode?, requested: LockMode? = nil, subPath: [[UInt8]] = []) -> (UInt32, RecoveredLock) {
+        func held(
+            _ mode: LockMode?, requested: LockMode? = nil, subPath: [[UInt8]] = [],
+            inFlight: RecoveredLock.InFlightOperation? = nil
+        ) -> (UInt32, RecoveredLock) {
             (
                 1,
                 RecoveredLock(
                     lockspace: Array("ls".utf8), valueBlockLength: 32, name: Array("r".utf8), copy: 1, owner: survivor,
                     pid: 9, grantedMode: mode, requestedMode: requested, flags: [], priority: 0,
                     wantsBlockingCallbacks: false, alwaysFencingToken: false, transaction: nil, valueBlock: nil,
-                    valueBlockSequence: 0, fencingToken: 5, subPath: subPath)
+                    valueBlockSequence: 0, fencingToken: 5, subPath: subPath, inFlight: inFlight)
             )
         }
         let members: [UInt32: UInt64] = [1: 1, 2: 1]
@@ -398,6 +434,13 @@ import Testing
         let below = LockService.orphans(
             of: replica, holders: [held(.ex, subPath: [Array("other".utf8)])], members: members)
         #expect(below.map(\.index) == [0, 1, 2])
+        // With an unlock on its way to the departed master, the survivor may hold nothing: every lock comes back;
+        // with a conversion on its way, only what conflicts with both modes stays out.
+        let releasing = LockService.orphans(of: replica, holders: [held(.ex, inFlight: .unlock)], members: members)
+        #expect(releasing.map(\.index) == [0, 1, 2, 3])
+        let lowering = LockService.orphans(
+            of: replica, holders: [held(.ex, inFlight: .conversion(.pr))], members: members)
+        #expect(lowering.map(\.index) == [0, 3])
     }
 
     /// The master and another node that is not the backup die at once: the backup node's replica is still the last

@@ -100,7 +100,8 @@ struct PeerVectorTests {
                     lockspace: Array("ls".utf8), valueBlockLength: 32, name: Array("backup".utf8), copy: 0x8000_0002,
                     owner: owner, pid: 4242, uid: 1000, grantedMode: .ex, requestedMode: nil, flags: [], priority: 0,
                     wantsBlockingCallbacks: false, alwaysFencingToken: false, transaction: nil, valueBlock: nil,
-                    valueBlockSequence: 0, fencingToken: 10, subPath: [Array("child".utf8)], parentCopy: 0x8000_0001),
+                    valueBlockSequence: 0, fencingToken: 10, subPath: [Array("child".utf8)], parentCopy: 0x8000_0001,
+                    inFlight: .unlock),
             ]),
         "peer-recover-bindings": .recoverBindings(
             view: 7,
