@@ -175,6 +175,14 @@ struct ClusterHarness {
         return (node, id)
     }
 
+    /// A client of `node` ("m") that takes NL of `name` first, so that `node` masters it.
+    mutating func master(_ name: String, on node: UInt32) -> (node: UInt32, id: ConnectionID) {
+        let master = client(node, "m")
+        send(master, ServiceHarness.lock(2, name, .nl))
+        _ = run()
+        return master
+    }
+
     /// `node`'s store commits everything written so far; then every message is carried.
     mutating func commit(_ node: UInt32) -> [String] {
         let lines = run()

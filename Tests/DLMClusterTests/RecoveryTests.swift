@@ -262,9 +262,7 @@ import Testing
     @Test func aBindingForAnotherOwnersCopyIsPassedOver() {
         var c = ClusterHarness(nodes: 3)
         let name = ClusterHarness.name(directedTo: 3, of: 3)
-        let master = c.client(3, "m")
-        c.send(master, H.lock(2, name, .nl))
-        _ = c.run()
+        _ = c.master(name, on: 3)
         let a = c.client(1, "a")
         c.send(a, H.lock(2, name, .pr))
         #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) granted PR"])
@@ -290,9 +288,7 @@ import Testing
     @Test func aResourceWithAnOrphanAndASurvivorsLockIsRebuiltOnce() {
         var c = ClusterHarness(nodes: 3)
         let name = ClusterHarness.name(directedTo: 3, of: 3)
-        let master = c.client(3, "m")
-        c.send(master, H.lock(2, name, .nl))
-        _ = c.run()
+        _ = c.master(name, on: 3)
         let doomed = c.client(1, "d")
         c.send(doomed, H.lock(2, name, .pr, .persistent))
         #expect(c.run() == ["1d: COMPLETION tag 2 lock \(Self.remote) granted PR"])

@@ -110,9 +110,7 @@ import Testing
         // Directory and backup node 2, among three nodes and among two; node 3 masters it (its client asks first).
         let name = ClusterHarness.name(directedTo: [(2, 3), (2, 2)])
         var c = ClusterHarness(nodes: 3)
-        let first = c.client(3, "m")
-        c.send(first, H.lock(2, name, .nl))
-        _ = c.run()
+        _ = c.master(name, on: 3)
         // (A reader keeps the resource, and its value block, through it all.)
         let reader = c.client(1, "r")
         c.send(reader, H.lock(2, name, .nl, .valueBlock))
@@ -169,9 +167,7 @@ import Testing
         // Directory and backup node 2 among five nodes, and among the three that stay (1, 2 and 5).
         let name = ClusterHarness.name(directedTo: [(2, 5), (2, 3)])
         var c = ClusterHarness(nodes: 5)
-        let first = c.client(3, "m")
-        c.send(first, H.lock(2, name, .nl))
-        _ = c.run()
+        _ = c.master(name, on: 3)
         let holder = c.client(1, "h")
         c.send(holder, H.lock(2, name, .pw))
         #expect(c.run() == ["1h: COMPLETION tag 2 lock \(Self.remote) granted PW"])
