@@ -49,7 +49,8 @@ public struct ConvertRequest: Sendable, Hashable {
     public var valueBlock: [UInt8]?
     public var timeout: UInt64?
     public var priority: UInt8?
-    /// The value block's sequence number when the lock was last granted, as its holder knows it (`ValueBlockBase`).
+    /// The value block's sequence number when the lock was last granted, as its holder knows it: a sequence above it
+    /// means the write was done already (`LockEngine.writeWasDone`). Nil: written (a local client's request).
     public var valueBlockBase: UInt64?
 
     public init(
@@ -75,7 +76,8 @@ public struct UnlockRequest: Sendable, Hashable {
     public var flags: LockFlags
     /// With VALBLK, the value to write when unlocking from PW or EX.
     public var valueBlock: [UInt8]?
-    /// The value block's sequence number when the lock was last granted, as its holder knows it (`ValueBlockBase`).
+    /// The value block's sequence number when the lock was last granted, as its holder knows it: a sequence above it
+    /// means the write was done already (`LockEngine.writeWasDone`). Nil: written (a local client's request).
     public var valueBlockBase: UInt64?
 
     public init(
