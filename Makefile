@@ -48,6 +48,7 @@ MODEL_OPS ?= 20000000
 sim:
 	DLM_SIM_SEEDS=$(SEEDS) DLM_MASTERING_SEEDS=$(SEEDS) DLM_RECOVERY_SEEDS=$(SEEDS) DLM_DEADLOCK_SEEDS=$(SEEDS) \
 		DLM_COROSYNC_SEEDS=$(SEEDS) DLM_CHURN_SEEDS=$(SEEDS) DLM_FORCED_SEEDS=$(SEEDS) DLM_TIMEOUT_SEEDS=$(SEEDS) \
+		DLM_LARGE_SEEDS=$(SEEDS) \
 		DLM_MODEL_OPS=$(MODEL_OPS) $(SWIFT) test -c release -Xswiftc -enable-testing --scratch-path .build-test \
 		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|GroupServicesTests.CorosyncMemberRandomTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests|DLMClusterTests.LockspaceChurnTests'
 

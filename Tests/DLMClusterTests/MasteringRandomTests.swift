@@ -13,7 +13,7 @@ import Testing
 /// sends a conversion, relies only on what both modes promise until the conversion's completion). At the end, with every message carried, every request has
 /// been answered, and once every client went, no lock is left on any node but the orphans of persistent locks.
 ///
-/// DLM_MASTERING_SEEDS sets how many seeds (default 300; `make test` runs 2,000, `make sim` SEEDS); DLM_MASTERING_SEED
+/// DLM_MASTERING_SEEDS sets how many seeds (default 300; `make test` runs 800, `make sim` SEEDS); DLM_MASTERING_SEED
 /// replays one (DLM_MASTERING_FIRST_SEED starts the run elsewhere), and DLM_MASTERING_TRACE=1 prints every message, frame and, at a failure, each node's locks.
 @Suite struct MasteringRandomTests {
     static var seeds: [UInt64] { randomSeeds(count: "DLM_MASTERING_SEEDS", default: 300) }
@@ -29,14 +29,22 @@ import Testing
 /// recovery keeps exclusion, and no survivor loses a lock it was granted (an unlock or conversion of a lock its
 /// client believes it holds never meets ENOENT); every value block read is the last acknowledged PW or EX write
 /// (or a later one), or is flagged VALNOTVALID, and only when a PW or EX holder died since the last acknowledged
-/// write (or two nodes left at once); at the end every request was answered. DLM_RECOVERY_SEEDS sets how
-/// many seeds (default 300; `make test` runs 2,000, `make sim` SEEDS); the replay variables are those above.
+/// write (or two nodes left at once); at the end every request was answered. On 3 to 5 nodes; DLM_RECOVERY_SEEDS
+/// sets how many seeds (default 300; `make test` runs 800, `make sim` SEEDS); the replay variables are those above.
 @Suite
 struct RecoveryRandomTests {
     static var seeds: [UInt64] { randomSeeds(count: "DLM_RECOVERY_SEEDS", default: 300) }
 
     @Test func crashesAndRestartsKeepExclusionAndLoseNoLock() {
         MasteringRun.runAll(Self.seeds, faults: true, suite: "RecoveryRandomTests")
+    }
+
+    /// The same on six or seven nodes (DLM_LARGE_SEEDS seeds, default 50; `make test` runs 400): more masters,
+    /// directory nodes and backup nodes per resource to move, with up to three nodes down at once.
+    @Test func crashesAndRestartsOnSixOrSevenNodes() {
+        MasteringRun.runAll(
+            randomSeeds(count: "DLM_LARGE_SEEDS", default: 50), faults: true, nodes: 6...7,
+            suite: "RecoveryRandomTests/crashesAndRestartsOnSixOrSevenNodes")
     }
 
     /// Seeds that once failed, run every time. 42730: a REMOVE that a directory node held through two recoveries
@@ -131,7 +139,7 @@ struct MasteringRun {
     /// Runs each seed; the first failure is recorded with its replay command.
     static func runAll(
         _ seeds: [UInt64], faults: Bool, persistentSubLocks: Bool = true, forcedUnlocks: Bool = false,
-        timeouts: Bool = false, suite: String
+        timeouts: Bool = false, nodes: ClosedRange<UInt32>? = nil, suite: String
     ) {
         var reads = 0
         var readsAfterRecovery = 0
@@ -143,7 +151,7 @@ struct MasteringRun {
         for seed in seeds {
             var run = MasteringRun(
                 seed: seed, faults: faults, persistentSubLocks: persistentSubLocks, forcedUnlocks: forcedUnlocks,
-                timeouts: timeouts)
+                timeouts: timeouts, nodes: nodes)
             defer {
                 reads += run.readsOfWrittenValues
                 readsAfterRecovery += run.readsAfterMasterLeft
@@ -266,7 +274,8 @@ struct MasteringRun {
     }
 
     init(
-        seed: UInt64, faults: Bool, persistentSubLocks: Bool = true, forcedUnlocks: Bool = false, timeouts: Bool = false
+        seed: UInt64, faults: Bool, persistentSubLocks: Bool = true, forcedUnlocks: Bool = false,
+        timeouts: Bool = false, nodes: ClosedRange<UInt32>? = nil
     ) {
         self.timeouts = timeouts
         self.seed = seed
@@ -274,7 +283,13 @@ struct MasteringRun {
         self.persistentSubLocks = persistentSubLocks
         self.forcedUnlocks = forcedUnlocks
         random = SplitMix64(seed: seed)
-        let nodeCount = UInt32((faults ? 3 : 2) + random.below(faults ? 3 : 4))
+        // (3 to 5 nodes with faults, 2 to 5 without, unless `nodes` says: each seed keeps its scenario.)
+        let nodeCount: UInt32
+        if let nodes {
+            nodeCount = nodes.lowerBound + UInt32(random.below(nodes.count))
+        } else {
+            nodeCount = UInt32((faults ? 3 : 2) + random.below(faults ? 3 : 4))
+        }
         // Half the seeds with stores: replies and messages that follow a persistent change wait for its commit.
         // Idle resources are dropped after 1 µs of simulated time (`tickStep`), so that dropping and mastering
         // anew meet the traffic.
