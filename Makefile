@@ -41,16 +41,17 @@ test-c: libdlm
 ## make sim SEEDS=N MODEL_OPS=M: the group services simulation (Tests/GroupServicesTests) and the random lock traffic
 ## across nodes' lock services (Tests/DLMClusterTests/MasteringRandomTests.swift, RecoveryRandomTests.swift) and the
 ## random deadlock cycles across nodes (DeadlockAcrossNodesTests.swift) and the random joins and leaves of lockspace
-## groups (LockspaceChurnTests.swift) over N seeds each, and M random operations
+## groups (LockspaceChurnTests.swift) and group services deciding the views of lock services under a lossy
+## network with partitions and fences (FullStackTests.swift) over N seeds each, and M random operations
 ## of the engine against its reference model (Tests/DLMCoreTests/ModelTests.swift, default 20 million), in a release
 ## build with testing enabled. A failing seed prints the command that replays it.
 MODEL_OPS ?= 20000000
 sim:
 	DLM_SIM_SEEDS=$(SEEDS) DLM_MASTERING_SEEDS=$(SEEDS) DLM_RECOVERY_SEEDS=$(SEEDS) DLM_DEADLOCK_SEEDS=$(SEEDS) \
 		DLM_COROSYNC_SEEDS=$(SEEDS) DLM_CHURN_SEEDS=$(SEEDS) DLM_FORCED_SEEDS=$(SEEDS) DLM_TIMEOUT_SEEDS=$(SEEDS) \
-		DLM_LARGE_SEEDS=$(SEEDS) \
+		DLM_LARGE_SEEDS=$(SEEDS) DLM_STACK_SEEDS=$(SEEDS) \
 		DLM_MODEL_OPS=$(MODEL_OPS) $(SWIFT) test -c release -Xswiftc -enable-testing --scratch-path .build-test \
-		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|GroupServicesTests.CorosyncMemberRandomTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests|DLMClusterTests.LockspaceChurnTests'
+		--filter 'DLMCoreTests.ModelTests|GroupServicesTests.SimulationTests|GroupServicesTests.CorosyncMemberRandomTests|DLMClusterTests.MasteringRandomTests|DLMClusterTests.RecoveryRandomTests|DLMClusterTests.DeadlockAcrossNodesTests|DLMClusterTests.LockspaceChurnTests|DLMClusterTests.FullStackTests'
 
 ## make soak ROUNDS=N SEED=S NODES=M: the real-process kill rounds (Tests/IntegrationTests/KillRoundsTests.swift:
 ## clients of the Swift client and of the C library on M dlmd nodes (default 3), one node killed with kill -9 and

@@ -11,7 +11,8 @@
 # Environment: DLM_MODEL_OPS (default 1.6 million), DLM_SIM_SEEDS (default 1000), DLM_MASTERING_SEEDS (default
 # 800), DLM_RECOVERY_SEEDS (default 800), DLM_DEADLOCK_SEEDS (default 200), DLM_CHURN_SEEDS (default 600),
 # DLM_COROSYNC_SEEDS (default 300), DLM_FORCED_SEEDS (default 400), DLM_TIMEOUT_SEEDS (default 400),
-# DLM_LARGE_SEEDS (default 400: crashes and restarts on six or seven nodes),
+# DLM_LARGE_SEEDS (default 400: crashes and restarts on six or seven nodes), DLM_STACK_SEEDS (default 200: group
+# services and lock services in one simulation),
 # SWIFT, and TEST_SCRATCH (the build folder, default .build-test: a release build of its own, so that `make
 # bench`'s .build/release is not rebuilt with other flags).
 set -uo pipefail
@@ -32,7 +33,8 @@ export DLM_CHURN_SEEDS=${DLM_CHURN_SEEDS:-600}
 export DLM_FORCED_SEEDS=${DLM_FORCED_SEEDS:-400}
 export DLM_TIMEOUT_SEEDS=${DLM_TIMEOUT_SEEDS:-400}
 export DLM_LARGE_SEEDS=${DLM_LARGE_SEEDS:-400}
-RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|GroupServicesTests\.CorosyncMemberRandomTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests|DLMClusterTests\.DeadlockAcrossNodesTests|DLMClusterTests\.LockspaceChurnTests'
+export DLM_STACK_SEEDS=${DLM_STACK_SEEDS:-200}
+RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|GroupServicesTests\.CorosyncMemberRandomTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests|DLMClusterTests\.DeadlockAcrossNodesTests|DLMClusterTests\.LockspaceChurnTests|DLMClusterTests\.FullStackTests'
 started=$SECONDS
 
 mkdir -p "$SCRATCH"
@@ -78,7 +80,7 @@ export TMPDIR=$TEST_TMP
 
 status=0
 echo "== phase 1: randomized tests, in parallel (DLM_MODEL_OPS=$DLM_MODEL_OPS DLM_SIM_SEEDS=$DLM_SIM_SEEDS" \
-  "DLM_MASTERING_SEEDS=$DLM_MASTERING_SEEDS DLM_RECOVERY_SEEDS=$DLM_RECOVERY_SEEDS DLM_DEADLOCK_SEEDS=$DLM_DEADLOCK_SEEDS DLM_CHURN_SEEDS=$DLM_CHURN_SEEDS DLM_FORCED_SEEDS=$DLM_FORCED_SEEDS DLM_TIMEOUT_SEEDS=$DLM_TIMEOUT_SEEDS DLM_LARGE_SEEDS=$DLM_LARGE_SEEDS)"
+  "DLM_MASTERING_SEEDS=$DLM_MASTERING_SEEDS DLM_RECOVERY_SEEDS=$DLM_RECOVERY_SEEDS DLM_DEADLOCK_SEEDS=$DLM_DEADLOCK_SEEDS DLM_CHURN_SEEDS=$DLM_CHURN_SEEDS DLM_FORCED_SEEDS=$DLM_FORCED_SEEDS DLM_TIMEOUT_SEEDS=$DLM_TIMEOUT_SEEDS DLM_LARGE_SEEDS=$DLM_LARGE_SEEDS DLM_STACK_SEEDS=$DLM_STACK_SEEDS)"
 "$SWIFT" test --skip-build "${FLAGS[@]}" --filter "$RANDOMIZED" --xunit-output "$RESULTS/randomized.xml" \
   2>&1 | tee "$RESULTS/randomized.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

@@ -86,7 +86,8 @@ struct ClusterHarness {
     init(
         nodes count: UInt32, stores: Bool = false, tossDelay: UInt64 = 10_000_000_000, engine: EngineConfig = .init(),
         recoverySlice: Int = 4_096,
-        lockLimits: (perConnection: Int, perUser: Int)? = nil, everyNodeUsesLockspace: Bool = true
+        lockLimits: (perConnection: Int, perUser: Int)? = nil, everyNodeUsesLockspace: Bool = true,
+        installsView: Bool = true
     ) {
         self.lockLimits = lockLimits
         self.everyNodeUsesLockspace = everyNodeUsesLockspace
@@ -95,7 +96,8 @@ struct ClusterHarness {
         self.engine = engine
         self.recoverySlice = recoverySlice
         for node in 1...count { start(node) }
-        installView()
+        // (Without: a test's own group services decide the views.)
+        if installsView { installView() }
     }
 
     /// `body` on a live node's harness, in place. (`nodes[node]!.mutatingCall()` copied the whole harness, a
