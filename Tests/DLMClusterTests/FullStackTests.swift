@@ -1,4 +1,3 @@
-import DLMCore
 import DLMTestSupport
 import DLMWire
 import Foundation
@@ -6,15 +5,19 @@ import GroupServices
 import Testing
 
 @testable import DLMCluster
+@testable import DLMCore
 
 /// The whole stack of a node in one loop: group services' own core (`GroupMember`, the built-in provider) decides
 /// the views from heartbeats over a simulated network that delays, loses, duplicates and reorders its messages and
 /// is cut into partitions; it fences a node before a primary view leaves it out (the fence stops the node, as a
 /// power switch does); each view it installs goes to that node's `LockService`, whose lock traffic goes point to
 /// point in order per pair of lives (held across a partition, as the peer transport holds it until the link is
-/// back; lost with a life). Clients on every node lock and unlock a few shared names. After every step no two
-/// clients believe they hold incompatible modes of one name (a client on a cut-off node keeps believing until its
-/// node is fenced); at the end, the partitions healed and the views settled, every request was answered.
+/// back; lost with a life). Clients on every node lock and unlock a few shared names, with VALBLK or not; PW and EX
+/// holders write a value as they unlock. After every grant no two clients believe they hold incompatible modes of
+/// one name (a client on a cut-off node keeps believing until its node is fenced), and a grant with VALBLK reads
+/// the last value acknowledged when it asked, or a later one, or says VALNOTVALID (unless the name's resource may
+/// have gone with its last lock meanwhile); at the end, the partitions healed and the views settled, every request
+/// was answered.
 ///
 /// DLM_STACK_SEEDS sets how many seeds (default 20; `make test` runs 200, `make sim` SEEDS); DLM_STACK_SEED replays one, and
 /// DLM_STACK_TRACE=1 prints what the group layer and the clients do.
@@ -32,6 +35,7 @@ import Testing
         var views = 0
         var fences = 0
         var grants = 0
+        var reads = 0
         for seed in seeds {
             var run = FullStackRun(seed: seed)
             do {
@@ -44,10 +48,13 @@ import Testing
             views += run.viewsInstalled
             fences += run.fences
             grants += run.grants
+            reads += run.valuesRead
         }
         // The seeds did what they are for: views changed, nodes were fenced, locks were granted.
         if seeds.count >= 10 {
-            #expect(views > 0 && fences > 0 && grants > 0, "\(views) views, \(fences) fences, \(grants) grants")
+            #expect(
+                views > 0 && fences > 0 && grants > 0 && reads > 0,
+                "\(views) views, \(fences) fences, \(grants) grants, \(reads) values read")
         }
     }
 }
@@ -67,10 +74,12 @@ struct FullStackRun {
         var id: ConnectionID
         var name: String
         var gone = false
-        /// The request or unlock it waits for an answer to.
-        var waiting: (tag: UInt32, unlock: Bool)?
-        /// The name and the lock id it asked for or holds, and the mode once granted (nil while it waits).
-        var lock: (name: String, id: UInt32?, mode: LockMode?)?
+        /// The request or unlock it waits for an answer to (and the value an unlock writes: its index in `written`).
+        var waiting: (tag: UInt32, unlock: Bool, writes: (name: String, index: Int)?)?
+        /// The name and the lock id it asked for or holds, the mode once granted (nil while it waits), whether it
+        /// asked with VALBLK, and the last acknowledged write of the name when it asked (the grant may read nothing
+        /// older), with the name's frees then.
+        var lock: (name: String, id: UInt32?, mode: LockMode?, valueBlock: Bool, floor: (index: Int?, frees: Int))?
         var nextTag: UInt32 = 10
     }
 
@@ -93,6 +102,17 @@ struct FullStackRun {
     var viewsInstalled = 0
     var fences = 0
     var grants = 0
+    /// Per name: the values PW and EX holders' unlocks wrote, in the order they were sent (each value is its
+    /// number here, plus one), and the last of them whose unlock was answered.
+    var written: [String: [UInt64]] = [:]
+    var acknowledged: [String: Int] = [:]
+    /// Per name: how many times it may have been freed with its value block (its master sent the replica's
+    /// removal, or no live node's engine has it and no client holds or waits for it), and that count when each
+    /// write was sent (a write whose resource was freed since went with it).
+    var frees: [String: Int] = [:]
+    var writeFrees: [String: [Int]] = [:]
+    var nextValue: UInt64 = 1
+    var valuesRead = 0
 
     init(seed: UInt64) {
         self.seed = seed
@@ -281,10 +301,13 @@ struct FullStackRun {
             let target = (node: clients[index].node, id: clients[index].id)
             let name = random.element(names)
             let mode = random.element([LockMode.nl, .cr, .pr, .pw, .ex, .ex])
-            let flags: LockFlags = random.percent(30) ? .noQueue : []
-            log("\(clients[index].name) asks \(mode) of \(name)")
-            clients[index].lock = (name, nil, nil)
-            clients[index].waiting = (tag, false)
+            var flags: LockFlags = random.percent(30) ? .noQueue : []
+            if random.percent(60) { flags.insert(.valueBlock) }
+            log("\(clients[index].name) asks \(mode) of \(name) \(flags)")
+            clients[index].lock = (
+                name, nil, nil, flags.contains(.valueBlock), (acknowledged[name], frees[name, default: 0])
+            )
+            clients[index].waiting = (tag, false, nil)
             cluster.send(target, ServiceHarness.lock(tag, name, mode, flags))
         }
     }
@@ -294,18 +317,37 @@ struct FullStackRun {
         guard let lock = clients[index].lock, let id = lock.id else { return }
         let tag = clients[index].nextTag
         clients[index].nextTag += 1
-        log("\(clients[index].name) unlocks \(lock.name)")
         clients[index].lock = nil
-        clients[index].waiting = (tag, true)
-        cluster.send((clients[index].node, clients[index].id), ServiceHarness.unlock(tag, id))
+        var message = UnlockMessage(tag: tag, lock: id)
+        var writes: (name: String, index: Int)?
+        if lock.valueBlock, let mode = lock.mode, mode >= .pw, random.percent(70) {
+            // A PW or EX holder writes a value no one wrote before.
+            let value = nextValue
+            nextValue += 1
+            writes = (lock.name, written[lock.name, default: []].count)
+            written[lock.name, default: []].append(value)
+            writeFrees[lock.name, default: []].append(frees[lock.name, default: 0])
+            message.flags = .valueBlock
+            message.valueBlock = withUnsafeBytes(of: value.bigEndian) { Array($0) }
+        }
+        log(
+            "\(clients[index].name) unlocks \(lock.name)"
+                + (writes.map { " writing value \(written[$0.name]![$0.index])" } ?? ""))
+        clients[index].waiting = (tag, true, writes)
+        cluster.send((clients[index].node, clients[index].id), .unlock(message))
     }
 
     /// The client frames since the last read: each client learns its answers; a grant is checked against what every
     /// other client believes it holds.
     mutating func read() throws {
+        forgetFreedValues()
         let frames = cluster.framesSeen
         defer { framesRead = frames.count }
         for (name, message) in frames[framesRead...] {
+            if name.hasPrefix(ClusterHarness.freedMark) {
+                forget(String(name.dropFirst(ClusterHarness.freedMark.count)))
+                continue
+            }
             guard let index = clients.firstIndex(where: { $0.name == name && !$0.gone }) else { continue }
             switch message {
             case .ok(let tag, let lock):
@@ -317,8 +359,14 @@ struct FullStackRun {
                 throw Failure(description: "seed \(seed): \(name) got \(status.name) for its request \(tag)")
             case .completion(let c):
                 if c.tag != 0 && clients[index].waiting?.tag != c.tag { continue }
-                if clients[index].waiting?.unlock == true {
-                    if c.status == .unlocked { clients[index].waiting = nil }
+                if let waiting = clients[index].waiting, waiting.unlock {
+                    guard c.status == .unlocked else { continue }
+                    // Its write is acknowledged: every later read sees it or a later one.
+                    if let write = waiting.writes, writeFrees[write.name]![write.index] == frees[write.name, default: 0]
+                    {
+                        acknowledged[write.name] = max(acknowledged[write.name] ?? -1, write.index)
+                    }
+                    clients[index].waiting = nil
                     continue
                 }
                 guard clients[index].lock != nil else { continue }
@@ -327,7 +375,9 @@ struct FullStackRun {
                     clients[index].lock!.mode = mode
                     clients[index].waiting = nil
                     grants += 1
+                    log("\(name) granted \(mode) of \(clients[index].lock!.name) \(c.flags)" + value(of: c))
                     try checkExclusion(index)
+                    if clients[index].lock!.valueBlock { try checkRead(c, by: index) }
                 } else if c.mode == nil {
                     // Refused (EAGAIN for NOQUEUE): nothing held.
                     clients[index].lock = nil
@@ -336,6 +386,51 @@ struct FullStackRun {
             default:
                 break
             }
+        }
+    }
+
+    /// A completion's value as the trace shows it.
+    func value(of completion: CompletionMessage) -> String {
+        guard completion.valueBlock.count >= 8 else { return "" }
+        return " value \(completion.valueBlock.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })"
+    }
+
+    /// The value of `name` may be gone with its resource: what was acknowledged no longer binds.
+    mutating func forget(_ name: String) {
+        acknowledged[name] = nil
+        frees[name, default: 0] += 1
+    }
+
+    /// Names that no live node's engine has and on which no client holds a granted lock may have been freed (as on
+    /// one node, a resource goes with its last lock; a recovery rebuilds no resource on which no survivor holds a
+    /// lock, whatever requests wait to reach it).
+    mutating func forgetFreedValues() {
+        for name in names where !clients.contains(where: { !$0.gone && $0.lock?.name == name && $0.lock?.mode != nil })
+        {
+            let exists = cluster.nodes.values.contains { harness in
+                let engine = harness.service.engine
+                guard let lockspace = engine.lockspace(named: Array("ls".utf8)) else { return false }
+                return engine.resourceSlot(lockspace, path: [Array(name.utf8)]) != nil
+            }
+            if !exists { forget(name) }
+        }
+    }
+
+    /// A grant with VALBLK read the last acknowledged value of its name or a later one (a write whose answer its
+    /// writer may not have had), or says VALNOTVALID.
+    mutating func checkRead(_ completion: CompletionMessage, by index: Int) throws {
+        guard completion.valueBlock.count >= 8, !completion.flags.contains(.valueNotValid) else { return }
+        valuesRead += 1
+        let name = clients[index].lock!.name
+        let value = completion.valueBlock.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let values = written[name] ?? []
+        // (What was acknowledged when it asked: its grant may have been made before a later write.)
+        let floor = clients[index].lock!.floor
+        guard let last = floor.index, floor.frees == frees[name, default: 0] else { return }
+        if value == 0 || !values[last...].contains(value) {
+            throw Failure(
+                description: "seed \(seed): \(clients[index].name) read value \(value) of \(name), but \(values[last]) "
+                    + "was acknowledged")
         }
     }
 
