@@ -19,8 +19,9 @@ import Testing
 /// have gone with its last lock meanwhile); at the end, the partitions healed and the views settled, every request
 /// was answered.
 ///
-/// DLM_STACK_SEEDS sets how many seeds (default 20; `make test` runs 200, `make sim` SEEDS); DLM_STACK_SEED replays one, and
-/// DLM_STACK_TRACE=1 prints what the group layer and the clients do.
+/// On 3 to 5 nodes (DLM_STACK_MAX_NODES, up to 7, allows more; see the known issue below). DLM_STACK_SEEDS sets how
+/// many seeds (default 20; `make test` runs 200, `make sim` SEEDS); DLM_STACK_SEED replays one, and DLM_STACK_TRACE=1
+/// prints what the group layer and the clients do.
 @Suite struct FullStackTests {
     @Test func groupServicesDecideTheViewsAndExclusionHolds() {
         let environment = ProcessInfo.processInfo.environment
@@ -36,8 +37,9 @@ import Testing
         var fences = 0
         var grants = 0
         var reads = 0
+        let maxNodes = environment["DLM_STACK_MAX_NODES"].flatMap(Int.init) ?? 5
         for seed in seeds {
-            var run = FullStackRun(seed: seed)
+            var run = FullStackRun(seed: seed, maxNodes: maxNodes)
             do {
                 try run.go()
             } catch {
@@ -50,11 +52,25 @@ import Testing
             grants += run.grants
             reads += run.valuesRead
         }
-        // The seeds did what they are for: views changed, nodes were fenced, locks were granted.
+        // The seeds did what they are for: views changed, nodes were fenced, locks were granted, values were read.
         if seeds.count >= 10 {
             #expect(
                 views > 0 && fences > 0 && grants > 0 && reads > 0,
                 "\(views) views, \(fences) fences, \(grants) grants, \(reads) values read")
+        }
+    }
+}
+
+extension FullStackTests {
+    /// Seed 1252 on up to seven nodes: a client's waiting request, resent by its node's recovery to the new master
+    /// (node 5), is granted there at the end of that run; the grant reaches the holder's node while a second view's
+    /// run has it resending the lock again (its copy waits to be bound to its master's id), and is dropped (no copy
+    /// matches it yet). The master holds the lock granted, the holder believes it still waits, and every request
+    /// behind it waits for ever. **Not mended** (a known issue: this test fails once it is).
+    @Test func aGrantThatReachesAHolderAwaitingItsRebindingIsNotLost() {
+        var run = FullStackRun(seed: 1252, maxNodes: 7)
+        withKnownIssue("a grant that reaches a holder whose copy awaits its rebinding is dropped") {
+            try run.go()
         }
     }
 }
@@ -114,10 +130,10 @@ struct FullStackRun {
     var nextValue: UInt64 = 1
     var valuesRead = 0
 
-    init(seed: UInt64) {
+    init(seed: UInt64, maxNodes: Int = 5) {
         self.seed = seed
         random = SplitMix64(seed: seed)
-        let count = 3 + random.below(3)
+        let count = 3 + random.below(maxNodes - 2)
         // Group services' timers shortened tenfold, so that a run of a few simulated seconds sees several views.
         var votes: [NodeID: Int] = [:]
         for node in 1...count { votes[NodeID(UInt32(node))] = 1 }
