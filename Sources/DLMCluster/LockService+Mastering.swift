@@ -91,6 +91,8 @@ struct Mastering {
     var recovery: Recovery?
     /// The view of the last completed recovery.
     var recoveredView: UInt64 = 0
+    /// The recovery run this node runs now, or else the last one it completed.
+    var currentRun: UInt64 { recovery?.view ?? recoveredView }
     /// What this life's store held of its previous life, until a recovery completes (LockService+PreviousLife.swift).
     var previousLife: PreviousLife?
     /// Once a recovery completed: the previous life's store records still to delete, in slices.
@@ -362,8 +364,9 @@ extension LockService {
             // it sent before it went, come only now, is as lost (unacknowledged: its writer was never answered).
             // Kept, it would stay until the next recovery, and be sent to a new master then as the newest copy of a
             // resource that lives on elsewhere (a released orphan came back: random recovery seeds 501201, 530482).
-            let current = mastering.recovery?.view ?? mastering.recoveredView
-            if mastering.viewMembers[node] != incarnation, RecoveryRun.view(view) < RecoveryRun.view(current) {
+            if mastering.viewMembers[node] != incarnation,
+                RecoveryRun.view(view) < RecoveryRun.view(mastering.currentRun)
+            {
                 return
             }
             storeReplicas(replicas, generation: generation, incarnation: incarnation, from: node)

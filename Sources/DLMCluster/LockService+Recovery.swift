@@ -578,7 +578,7 @@ extension LockService {
         // (The run's fields are read in place: a copy of the whole `Recovery` per message, and per resource in
         // `rebuild`, was a fifth of a recovery's time.)
         guard mastering.recovery?.view == view, mastering.recovery?.abandoned == false else {
-            if view > (mastering.recovery?.view ?? mastering.recoveredView) {
+            if view > mastering.currentRun {
                 mastering.futureRecovery.append((node, message))
             }
             // An earlier run's answers are not needed: the next run's start sends them again.

@@ -55,7 +55,7 @@ extension LockService {
                         node,
                         .valueReplicas(
                             generation: openGeneration, incarnation: configuration.incarnation,
-                            view: mastering.recovery?.view ?? mastering.recoveredView, piece)
+                            view: mastering.currentRun, piece)
                     ))
                 mastering.replicaMessagesInFlight[node, default: []].append(openGeneration)
             }
@@ -72,7 +72,7 @@ extension LockService {
     mutating func storeReplicas(
         _ replicas: [ValueReplica], generation: UInt64, incarnation: UInt64, from node: UInt32
     ) {
-        let view = mastering.recovery?.view ?? mastering.recoveredView
+        let view = mastering.currentRun
         let me = configuration.nodeID
         let origin = ReplicaOrigin(master: node, incarnation: incarnation, generation: generation)
         for var replica in replicas {

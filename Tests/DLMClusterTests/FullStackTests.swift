@@ -112,7 +112,6 @@ struct FullStackRun {
     /// The partition each node is in (0 when whole).
     var component: [UInt32: Int] = [:]
     var clients: [Client] = []
-    var framesRead = 0
     let names: [String]
     let trace = ProcessInfo.processInfo.environment["DLM_STACK_TRACE"] != nil
     var viewsInstalled = 0
@@ -358,8 +357,8 @@ struct FullStackRun {
     mutating func read() throws {
         forgetFreedValues()
         let frames = cluster.framesSeen
-        defer { framesRead = frames.count }
-        for (name, message) in frames[framesRead...] {
+        cluster.framesSeen = []
+        for (name, message) in frames {
             if name.hasPrefix(ClusterHarness.freedMark) {
                 forget(String(name.dropFirst(ClusterHarness.freedMark.count)))
                 continue
