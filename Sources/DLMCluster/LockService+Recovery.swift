@@ -415,6 +415,14 @@ extension LockService {
             }
             budget -= max(1, rebuilt[keyPath: table].byCopy.count(inShard: shard))
             for (node, binding) in bindings.sorted(by: { ($0.0, $0.1.copy) < ($1.0, $1.1.copy) }) {
+                var binding = binding
+                // A grant made since that run reached a holder whose copy waited for its binding, and was dropped
+                // (FullStackTests seed 1252): it goes with the binding.
+                if let granted = engine.standingGrant(binding.lock) {
+                    binding.grant = RecoveredGrant(
+                        mode: granted.mode!, flags: granted.flags, valueBlock: granted.valueBlock,
+                        valueBlockSequence: granted.valueBlockSequence, fencingToken: granted.fencingToken)
+                }
                 work.bindings[node, default: []].append(binding)
             }
         }
@@ -644,7 +652,41 @@ extension LockService {
             if let record = mastering.copies.copies[index].record {
                 mastering.masters[DirectoryKey(lockspace: record.lockspace, name: record.name)] = node
             }
+            if let grant = binding.grant { deliverLostGrant(grant, to: index) }
         }
+    }
+
+    /// A master that binds again a lock an earlier run rebuilt tells its grant (`RecoveredBinding.grant`): if the
+    /// copy still waits for its request or conversion, the completion that ended it came while the copy waited for
+    /// its binding and was dropped (no copy matched the master's id yet), and is delivered now, once. A grant in
+    /// another mode than asked is the alternate mode of ALTPR or ALTCW; one in the mode the lock held already
+    /// ended a conversion without granting it, which a master does only by its timeout or for a deadlock: ETIMEDOUT
+    /// if it had a timeout, else EDEADLK, as `endedByDepartedMasters` answers a request that ended so.
+    mutating func deliverLostGrant(_ grant: RecoveredGrant, to index: Int) {
+        let copy = mastering.copies.copies[index]
+        guard let record = copy.record, let requested = record.requestedMode, let slot = slotsByOwner[copy.owner]
+        else { return }
+        let id = clients[Int(slot)].id
+        var completion: Completion
+        if grant.mode == record.grantedMode {
+            let timedOut = record.timeout != nil || record.flags.contains(.timeout)
+            completion = Completion(
+                lock: ProcessCopies.lockID(index), owner: owner(id), status: timedOut ? .timedOut : .deadlock,
+                mode: grant.mode)
+        } else {
+            var flags = grant.flags
+            if grant.mode != requested, !record.flags.isDisjoint(with: [.alternatePR, .alternateCW]) {
+                flags.insert(.alternateMode)
+            }
+            completion = Completion(
+                lock: ProcessCopies.lockID(index), owner: owner(id), status: .granted, flags: flags, mode: grant.mode,
+                valueBlock: grant.valueBlock, valueBlockSequence: grant.valueBlockSequence,
+                fencingToken: grant.fencingToken)
+        }
+        mastering.copies.apply(completion, to: index)
+        output.notices.append(("a grant whose completion was lost in a recovery delivered", ["lock": "\(index)"]))
+        guard isLive(id), clients[Int(slot)].state == .ready else { return }
+        deliver(id, .completion(CompletionMessage(tag: 0, completion)))
     }
 
     /// Ends the phase once every member said it is done with it.

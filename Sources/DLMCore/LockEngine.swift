@@ -520,6 +520,25 @@ public struct LockEngine {
         return snapshot(lock: Int32(slot))
     }
 
+    /// The grant of a lock that is granted with no conversion waiting, as a completion would tell it now: its mode,
+    /// VALNOTVALID if the value block is invalid, the value block (with VALBLK) and its sequence, the lock's
+    /// fencing token. nil for a lock that waits or converts, or does not exist. (A rebuilt master tells a holder
+    /// again what it granted, when the completion may have been lost: `RecoveredBinding.grant`.)
+    public func standingGrant(_ id: LockID) -> Completion? {
+        let slot = id.slot
+        guard slot >= 0, slot < locks.count, !locks[slot].isFree, locks[slot].queueKind == .grant,
+            locks[slot].requestedMode == noMode, let mode = LockMode(rawValue: locks[slot].grantedMode)
+        else { return nil }
+        let record = locks[slot]
+        let resource = record.resource
+        var completion = Completion(
+            lock: id, owner: owners[Int(record.owner)].id, status: .granted, mode: mode,
+            valueBlockSequence: resources[Int(resource)].valueBlockSequence, fencingToken: record.fencingToken)
+        if record.flags.contains(.valueBlock) { completion.valueBlock = readValueBlock(resource: resource) }
+        if resources[Int(resource)].valueBlockInvalid { completion.flags.insert(.valueNotValid) }
+        return completion
+    }
+
     // MARK: Helpers
 
     static func options(of request: LockRequest) -> LockOptions {

@@ -172,6 +172,15 @@ extension PeerMessage {
                     body.writeInteger(binding.copy)
                     body.writeInteger(binding.owner)
                     body.writeInteger(binding.lock.rawValue)
+                    if let grant = binding.grant {
+                        body.writeInteger(grant.mode.rawValue)
+                        body.writeInteger(grant.flags.rawValue)
+                        body.writeOptionalBytes8(grant.valueBlock)
+                        body.writeInteger(grant.valueBlockSequence)
+                        body.writeInteger(grant.fencingToken)
+                    } else {
+                        body.writeInteger(UInt8(255))
+                    }
                 }
             case .recoveryDone(let view, let phase, let departed, let recovered, let stored):
                 body.writeInteger(view)
@@ -399,15 +408,27 @@ extension PeerMessage {
             message = .recoverLocks(view: view, locks)
         case .recoverBindings:
             let view = try body.read(UInt64.self, "view")
-            let count = try body.readCount("count", least: 16)
+            let count = try body.readCount("count", least: 17)
             var bindings: [RecoveredBinding] = []
             bindings.reserveCapacity(count)
             for _ in 0..<count {
                 let copy = try body.read(UInt32.self, "copy")
                 let owner = try body.read(UInt64.self, "owner")
-                bindings.append(
-                    RecoveredBinding(
-                        copy: copy, owner: owner, lock: LockID(rawValue: try body.read(UInt32.self, "lock"))))
+                let lock = LockID(rawValue: try body.read(UInt32.self, "lock"))
+                let rawMode = try body.read(UInt8.self, "grant_mode")
+                var grant: RecoveredGrant?
+                if rawMode != 255 {
+                    guard let mode = LockMode(rawValue: rawMode) else {
+                        throw .malformed("grant_mode \(rawMode) is not a mode")
+                    }
+                    let flags = CompletionFlags(rawValue: try body.read(UInt8.self, "grant_flags"))
+                    let valueBlock = try body.readOptionalBytes8("value_block")
+                    let sequence = try body.read(UInt64.self, "value_block_sequence")
+                    grant = RecoveredGrant(
+                        mode: mode, flags: flags, valueBlock: valueBlock, valueBlockSequence: sequence,
+                        fencingToken: try body.read(UInt64.self, "fencing_token"))
+                }
+                bindings.append(RecoveredBinding(copy: copy, owner: owner, lock: lock, grant: grant))
             }
             message = .recoverBindings(view: view, bindings)
         case .recoveryDone:

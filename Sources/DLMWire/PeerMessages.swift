@@ -261,11 +261,40 @@ public struct RecoveredBinding: Sendable, Hashable {
     /// that this owner still holds (copy ids are reused).
     public var owner: UInt64
     public var lock: LockID
+    /// The lock's grant as its master has it, in a binding sent again for a lock an earlier run rebuilt
+    /// (`reboundBindings`) that is granted with no conversion waiting: the master may have granted it after that
+    /// run ended, while the holder's copy still waited for this binding and dropped the completion. A holder whose
+    /// copy still waits for that request or conversion delivers this grant. nil in a binding of a lock this run
+    /// rebuilt (it is as the holder resent it), and for a lock that still waits.
+    public var grant: RecoveredGrant?
 
-    public init(copy: UInt32, owner: UInt64, lock: LockID) {
+    public init(copy: UInt32, owner: UInt64, lock: LockID, grant: RecoveredGrant? = nil) {
         self.copy = copy
         self.owner = owner
         self.lock = lock
+        self.grant = grant
+    }
+}
+
+/// What a completion says of a lock granted earlier, as its master tells it again (`RecoveredBinding.grant`): the
+/// granted mode, the completion flags that still hold (VALNOTVALID), the value block as a grant reads it now (nil
+/// without VALBLK), its sequence, and the lock's fencing token.
+public struct RecoveredGrant: Sendable, Hashable {
+    public var mode: LockMode
+    public var flags: CompletionFlags
+    public var valueBlock: [UInt8]?
+    public var valueBlockSequence: UInt64
+    public var fencingToken: UInt64
+
+    public init(
+        mode: LockMode, flags: CompletionFlags = [], valueBlock: [UInt8]? = nil, valueBlockSequence: UInt64 = 0,
+        fencingToken: UInt64 = 0
+    ) {
+        self.mode = mode
+        self.flags = flags
+        self.valueBlock = valueBlock
+        self.valueBlockSequence = valueBlockSequence
+        self.fencingToken = fencingToken
     }
 }
 

@@ -61,7 +61,7 @@ public struct PeerEnvelope: Hashable, Sendable {
 
     public static let magic: [UInt8] = Array("DLMG".utf8)
     public static let challengeMagic: [UInt8] = Array("DLMC".utf8)
-    public static let version: UInt8 = 14
+    public static let version: UInt8 = 15
     /// The random bytes a receiver challenges a connection with.
     public static let challengeLength = 16
     /// A challenge frame after its length field: magic, version, cluster, challenge.

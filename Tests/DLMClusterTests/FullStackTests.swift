@@ -19,7 +19,7 @@ import Testing
 /// have gone with its last lock meanwhile); at the end, the partitions healed and the views settled, every request
 /// was answered.
 ///
-/// On 3 to 5 nodes (DLM_STACK_MAX_NODES, up to 7, allows more; see the known issue below). DLM_STACK_SEEDS sets how
+/// On 3 to 5 nodes (DLM_STACK_MAX_NODES, up to 7, allows more). DLM_STACK_SEEDS sets how
 /// many seeds (default 20; `make test` runs 200, `make sim` SEEDS); DLM_STACK_SEED replays one, and DLM_STACK_TRACE=1
 /// prints what the group layer and the clients do.
 @Suite struct FullStackTests {
@@ -65,13 +65,11 @@ extension FullStackTests {
     /// Seed 1252 on up to seven nodes: a client's waiting request, resent by its node's recovery to the new master
     /// (node 5), is granted there at the end of that run; the grant reaches the holder's node while a second view's
     /// run has it resending the lock again (its copy waits to be bound to its master's id), and is dropped (no copy
-    /// matches it yet). The master holds the lock granted, the holder believes it still waits, and every request
-    /// behind it waits for ever. **Not mended** (a known issue: this test fails once it is).
-    @Test func aGrantThatReachesAHolderAwaitingItsRebindingIsNotLost() {
+    /// matches it yet). The master held the lock granted, the holder believed it still waited, and every request
+    /// behind it waited for ever. Now the master's binding of the second run tells the grant again.
+    @Test func aGrantThatReachesAHolderAwaitingItsRebindingIsNotLost() throws {
         var run = FullStackRun(seed: 1252, maxNodes: 7)
-        withKnownIssue("a grant that reaches a holder whose copy awaits its rebinding is dropped") {
-            try run.go()
-        }
+        try run.go()
     }
 }
 

@@ -282,6 +282,52 @@ import Testing
         #expect(service.mastering.copies.copies[index].masterLock == LockID(rawValue: 78))
     }
 
+    /// A grant that a master makes while the holder's copy waits to be bound again (a second run resent the lock)
+    /// matches no copy and is dropped; the master's binding tells it again (`RecoveredBinding.grant`, built from
+    /// the master's engine as `reboundBindings` builds it), and the client gets it then, once, with the value block
+    /// it reads; the lock is the master's again (FullStackTests seed 1252 shows it in the whole stack).
+    @Test func aGrantDroppedWhileTheCopyWaitedForItsBindingComesWithIt() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 3, of: 3)
+        let m = c.client(3, "m")
+        let a = c.client(1, "a")
+        c.send(m, H.lock(2, name, .ex, .valueBlock))
+        #expect(c.run() == ["3m: COMPLETION tag 2 lock 1 granted EX"])
+        c.send(a, H.lock(2, name, .pr, .valueBlock))
+        #expect(Set(c.run()) == ["1a: OK tag 2 lock \(Self.remote)", "3m: BAST lock 1 PR"])
+        let copy = c.nodes[1]!.service.mastering.copies.index(ofCopy: Self.remote)!
+        let owner = c.nodes[1]!.service.mastering.copies.copies[copy].owner
+        let masterLock = c.nodes[1]!.service.mastering.copies.copies[copy].masterLock!
+        // As when a second run resent it: the copy waits to be bound again, and the master grants it meanwhile.
+        c.withNode(1) { $0.service.mastering.copies.unbind(copy, newMaster: 3) }
+        var unlock = UnlockMessage(tag: 3, lock: 1, flags: .valueBlock)
+        unlock.valueBlock = Array(repeating: 7, count: 32)
+        c.send(m, .unlock(unlock))
+        #expect(c.run() == ["3m: COMPLETION tag 3 lock 1 EUNLOCK"])
+        #expect(c.completions["1a"] == nil)
+
+        guard let granted = c.nodes[3]!.service.engine.standingGrant(masterLock) else {
+            Issue.record("the master has no standing grant")
+            return
+        }
+        let grant = RecoveredGrant(
+            mode: granted.mode!, flags: granted.flags, valueBlock: granted.valueBlock,
+            valueBlockSequence: granted.valueBlockSequence, fencingToken: granted.fencingToken)
+        let binding = RecoveredBinding(copy: Self.remote, owner: owner, lock: masterLock, grant: grant)
+        c.withNode(1) { $0.service.bind([binding], from: 3) }
+        #expect(c.run() == ["1a: COMPLETION tag 0 lock \(Self.remote) granted PR"])
+        #expect(c.completions["1a"]?.last?.valueBlock == Array(repeating: 7, count: 32))
+        // Told again by a later run: the client has it already.
+        c.withNode(1) { $0.service.mastering.copies.unbind(copy, newMaster: 3) }
+        c.withNode(1) { $0.service.bind([binding], from: 3) }
+        #expect(c.run() == [])
+        // The copy is bound to the master's lock: an unlock reaches it, and the master can grant EX again.
+        c.send(a, H.unlock(3, Self.remote))
+        #expect(c.run() == ["1a: COMPLETION tag 3 lock \(Self.remote) EUNLOCK"])
+        c.send(m, H.lock(4, name, .ex, .noQueue))
+        #expect(c.run() == ["3m: COMPLETION tag 4 lock 2 granted EX"])
+    }
+
     /// A resource with an orphan and a survivor's lock is rebuilt once: the survivor's lock is bound once and no
     /// rebuild is refused (before, the top-level resource was rebuilt a second time, which the engine refused with
     /// EEXIST, and the survivor got its binding twice).

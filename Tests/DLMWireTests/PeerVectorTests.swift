@@ -107,7 +107,11 @@ struct PeerVectorTests {
             view: 7,
             [
                 RecoveredBinding(copy: 0x8000_0001, owner: 5, lock: LockID(rawValue: 4)),
-                RecoveredBinding(copy: 0x8000_0002, owner: 5, lock: LockID(rawValue: 9)),
+                RecoveredBinding(
+                    copy: 0x8000_0002, owner: 5, lock: LockID(rawValue: 9),
+                    grant: RecoveredGrant(
+                        mode: .pr, flags: .valueNotValid, valueBlock: [0xde, 0xad, 0xbe, 0xef], valueBlockSequence: 3,
+                        fencingToken: 11)),
             ]),
         "peer-recovery-done": .recoveryDone(view: 7, phase: 1, departed: [3, 5], recovered: 0, stored: 6),
         "peer-recover-lockspaces": .recoverLockspaces(

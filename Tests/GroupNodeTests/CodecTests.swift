@@ -220,8 +220,10 @@ struct MessageGenerator {
         #expect(rejection(frame, by: codec(2)) == .badVersion(12))
         frame[8] = 13  // the version before value-block bases in conversions and unlocks (Protocol/PEER.md version 9)
         #expect(rejection(frame, by: codec(2)) == .badVersion(13))
-        frame[8] = 15
-        #expect(rejection(frame, by: codec(2)) == .badVersion(15))
+        frame[8] = 14  // the version before grants in recovery's bindings (Protocol/PEER.md version 10)
+        #expect(rejection(frame, by: codec(2)) == .badVersion(14))
+        frame[8] = 16
+        #expect(rejection(frame, by: codec(2)) == .badVersion(16))
         frame = codec(1).seal(envelope, challenge: challenge)
         frame[frame.count - 40] ^= 0x10  // inside the body: the HMAC no longer matches
         #expect(rejection(frame, by: codec(2)) == .badMAC)
@@ -246,7 +248,7 @@ struct MessageGenerator {
     }
 
     @Test func aKnownFrame() throws {
-        // Golden bytes of a version-14 frame: node 1 incarnation 2, counter 3, to node 2, `installed(7@1)`, on a
+        // Golden bytes of a version-15 frame: node 1 incarnation 2, counter 3, to node 2, `installed(7@1)`, on a
         // connection whose challenge is 00 01 ... 0f.
         let key = try ClusterKey(bytes: Array(repeating: 0x42, count: 32))
         let challenge = Array(0..<16 as Range<UInt8>)
@@ -256,17 +258,17 @@ struct MessageGenerator {
         let frame = sender.seal(envelope, challenge: challenge)
         // Computed independently (Python's hashlib and hmac: HMAC over the challenge, then magic ... body).
         let expected = hex(
-            "00000049" + "444c4d47" + "0e" + "2a97516c354b6884"  // length, magic, version, cluster
+            "00000049" + "444c4d47" + "0f" + "2a97516c354b6884"  // length, magic, version, cluster
                 + "00000001" + "0000000000000002"  // sender: node, incarnation
                 + "0000000000000003" + "00000002" + "01" + "090701"  // counter, destination, body: kind, message
-                + "a2fc623573c0b1642bc7aae34b719fa39ec4b4565f8ea5fb81a7864fb69c2975")  // HMAC
+                + "bb156d4c3bf246f2f9d0ba6ff287ae2a3d2f25498e57656981d4d683dca5cee4")  // HMAC
         #expect(frame == expected)
         let receiver = PeerFrameCodec(key: key, clusterName: "demo", localNode: 2, knownNodes: [1, 2])
         #expect(try receiver.open(frame: frame, challenge: challenge) == envelope)
         // The challenge frame the receiver sent first.
         #expect(
             receiver.challengeFrame(challenge)
-                == hex("0000001d" + "444c4d43" + "0e" + "2a97516c354b6884" + "000102030405060708090a0b0c0d0e0f"))
+                == hex("0000001d" + "444c4d43" + "0f" + "2a97516c354b6884" + "000102030405060708090a0b0c0d0e0f"))
     }
 
     @Test func theDigestsAgreeWithRFC4231AndFIPS180() {
