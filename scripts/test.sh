@@ -33,7 +33,7 @@ export DLM_CHURN_SEEDS=${DLM_CHURN_SEEDS:-600}
 export DLM_FORCED_SEEDS=${DLM_FORCED_SEEDS:-400}
 export DLM_TIMEOUT_SEEDS=${DLM_TIMEOUT_SEEDS:-400}
 export DLM_LARGE_SEEDS=${DLM_LARGE_SEEDS:-400}
-export DLM_STACK_SEEDS=${DLM_STACK_SEEDS:-200}
+export DLM_STACK_SEEDS=${DLM_STACK_SEEDS:-400}
 RANDOMIZED='DLMCoreTests\.ModelTests|GroupServicesTests\.SimulationTests|GroupServicesTests\.CorosyncMemberRandomTests|DLMWireTests\.DecoderFuzzTests|DLMClusterTests\.MasteringRandomTests|DLMClusterTests\.RecoveryRandomTests|DLMClusterTests\.DeadlockAcrossNodesTests|DLMClusterTests\.LockspaceChurnTests|DLMClusterTests\.FullStackTests'
 started=$SECONDS
 

@@ -12,15 +12,16 @@ import Testing
 /// is cut into partitions; it fences a node before a primary view leaves it out (the fence stops the node, as a
 /// power switch does); each view it installs goes to that node's `LockService`, whose lock traffic goes point to
 /// point in order per pair of lives (held across a partition, as the peer transport holds it until the link is
-/// back; lost with a life). Clients on every node lock and unlock a few shared names, with VALBLK or not; PW and EX
-/// holders write a value as they unlock. After every grant no two clients believe they hold incompatible modes of
+/// back; lost with a life). Clients on every node lock, convert and unlock a few shared names, with VALBLK or not;
+/// PW and EX holders write a value as they unlock or convert down. After every grant no two clients believe they hold incompatible modes of
 /// one name (a client on a cut-off node keeps believing until its node is fenced), and a grant with VALBLK reads
 /// the last value acknowledged when it asked, or a later one, or says VALNOTVALID (unless the name's resource may
 /// have gone with its last lock meanwhile); at the end, the partitions healed and the views settled, every request
 /// was answered.
 ///
-/// On 3 to 5 nodes (DLM_STACK_MAX_NODES, up to 7, allows more). DLM_STACK_SEEDS sets how
-/// many seeds (default 20; `make test` runs 200, `make sim` SEEDS); DLM_STACK_SEED replays one, and DLM_STACK_TRACE=1
+/// Each seed draws its variety too (`FullStackRun.Variety`): conversions, stores, recovery in small slices, idle
+/// resources tossed soon. On 3 to 7 nodes (DLM_STACK_MAX_NODES lowers the most). DLM_STACK_SEEDS sets how many
+/// seeds (default 20; `make test` runs 400, `make sim` SEEDS); DLM_STACK_SEED replays one, and DLM_STACK_TRACE=1
 /// prints what the group layer and the clients do.
 @Suite struct FullStackTests {
     @Test func groupServicesDecideTheViewsAndExclusionHolds() {
@@ -37,26 +38,31 @@ import Testing
         var fences = 0
         var grants = 0
         var reads = 0
-        let maxNodes = environment["DLM_STACK_MAX_NODES"].flatMap(Int.init) ?? 5
+        var conversions = 0
+        let maxNodes = environment["DLM_STACK_MAX_NODES"].flatMap(Int.init) ?? 7
         for seed in seeds {
             var run = FullStackRun(seed: seed, maxNodes: maxNodes)
             do {
                 try run.go()
             } catch {
-                let replay = "DLM_STACK_SEED=\(seed) DLM_STACK_TRACE=1 swift test --filter FullStackTests"
-                Issue.record("\(error)\nreplay: \(replay)")
+                let replay =
+                    "DLM_STACK_SEED=\(seed) DLM_STACK_MAX_NODES=\(maxNodes) DLM_STACK_TRACE=1 swift test --filter "
+                    + "FullStackTests"
+                Issue.record("\(error) (\(run.variety))\nreplay: \(replay)")
                 return
             }
             views += run.viewsInstalled
             fences += run.fences
             grants += run.grants
             reads += run.valuesRead
+            conversions += run.conversions
         }
-        // The seeds did what they are for: views changed, nodes were fenced, locks were granted, values were read.
+        // The seeds did what they are for: views changed, nodes were fenced, locks were granted and converted,
+        // values were read.
         if seeds.count >= 10 {
             #expect(
-                views > 0 && fences > 0 && grants > 0 && reads > 0,
-                "\(views) views, \(fences) fences, \(grants) grants, \(reads) values read")
+                views > 0 && fences > 0 && grants > 0 && reads > 0 && conversions > 0,
+                "\(views) views, \(fences) fences, \(grants) grants, \(conversions) conversions, \(reads) values read")
         }
     }
 }
@@ -68,7 +74,7 @@ extension FullStackTests {
     /// matches it yet). The master held the lock granted, the holder believed it still waited, and every request
     /// behind it waited for ever. Now the master's binding of the second run tells the grant again.
     @Test func aGrantThatReachesAHolderAwaitingItsRebindingIsNotLost() throws {
-        var run = FullStackRun(seed: 1252, maxNodes: 7)
+        var run = FullStackRun(seed: 1252, maxNodes: 7, variety: .plain)
         try run.go()
     }
 }
@@ -82,14 +88,17 @@ struct FullStackRun {
         case fence(by: Member, target: UInt32)
     }
 
+    enum Operation { case request, conversion, unlock }
+
     /// A client: at most one lock at a time, on one name.
     struct Client {
         var node: UInt32
         var id: ConnectionID
         var name: String
         var gone = false
-        /// The request or unlock it waits for an answer to (and the value an unlock writes: its index in `written`).
-        var waiting: (tag: UInt32, unlock: Bool, writes: (name: String, index: Int)?)?
+        /// The request, conversion or unlock it waits for an answer to (and the value an unlock or a down-conversion
+        /// writes: its index in `written`).
+        var waiting: (tag: UInt32, operation: Operation, writes: (name: String, index: Int)?)?
         /// The name and the lock id it asked for or holds, the mode once granted (nil while it waits), whether it
         /// asked with VALBLK, and the last acknowledged write of the name when it asked (the grant may read nothing
         /// older), with the name's frees then.
@@ -127,9 +136,42 @@ struct FullStackRun {
     var nextValue: UInt64 = 1
     var valuesRead = 0
 
-    init(seed: UInt64, maxNodes: Int = 5) {
+    /// What a seed's run has beside plain locks and unlocks, drawn from a generator of its own (so that a seed's
+    /// traffic is the same with any of them): conversions; stores whose commits replies wait for (each node's
+    /// commits at random moments, its uncommitted changes lost when it stops); recovery done in slices of 1 to 4
+    /// entries; idle resources tossed after 200 ms instead of 10 s.
+    struct Variety: CustomStringConvertible {
+        var conversions = false
+        var stores = false
+        var recoverySlice = 4_096
+        var tossDelay: UInt64 = 10_000 * FullStackRun.ms
+
+        static let plain = Variety()
+
+        static func drawn(seed: UInt64) -> Variety {
+            var random = SplitMix64(seed: seed ^ 0x5641_5249_4554_5921)
+            return Variety(
+                conversions: random.percent(80), stores: random.bool(),
+                recoverySlice: random.bool() ? 1 + random.below(4) : 4_096,
+                tossDelay: random.bool() ? 200 * FullStackRun.ms : 10_000 * FullStackRun.ms)
+        }
+
+        var description: String {
+            "conversions \(conversions), stores \(stores), recovery slice \(recoverySlice), toss after "
+                + "\(tossDelay / FullStackRun.ms) ms"
+        }
+    }
+
+    let variety: Variety
+    var conversions = 0
+    /// When stores commit (not drawn from `random`, so that a seed's traffic is the same with stores or without).
+    var storeRandom: SplitMix64
+
+    init(seed: UInt64, maxNodes: Int = 5, variety: Variety? = nil) {
         self.seed = seed
+        self.variety = variety ?? .drawn(seed: seed)
         random = SplitMix64(seed: seed)
+        storeRandom = SplitMix64(seed: seed ^ 0x5354_4f52_4553)
         let count = 3 + random.below(maxNodes - 2)
         // Group services' timers shortened tenfold, so that a run of a few simulated seconds sees several views.
         var votes: [NodeID: Int] = [:]
@@ -138,8 +180,11 @@ struct FullStackRun {
             votes: votes, heartbeatInterval: 20 * Self.ms, suspectTimeout: 100 * Self.ms,
             viewChangeTime: 50 * Self.ms, flushTimeout: 30 * Self.ms, retransmitInterval: 5 * Self.ms,
             fenceRetryInterval: 25 * Self.ms)
-        cluster = ClusterHarness(nodes: UInt32(count), installsView: false)
+        cluster = ClusterHarness(
+            nodes: UInt32(count), stores: self.variety.stores, tossDelay: self.variety.tossDelay,
+            recoverySlice: self.variety.recoverySlice, installsView: false)
         names = (0..<(1 + random.below(3))).map { "s\($0)" }
+        log("\(count) nodes, names \(names), \(self.variety)")
         for node in 1...UInt32(count) { start(node) }
     }
 
@@ -241,6 +286,7 @@ struct FullStackRun {
             }
             if now >= faultsUntil && !component.values.allSatisfy({ $0 == 0 }) { heal() }
             for _ in 0..<random.below(3) { clientStep() }
+            commitStores(all: false)
             _ = cluster.run(limit: random.below(40))
             try read()
             if cluster.endless { throw Failure(description: "seed \(seed) step \(step): the messages never stop") }
@@ -257,6 +303,7 @@ struct FullStackRun {
             for index in clients.indices where !clients[index].gone && clients[index].waiting == nil {
                 if clients[index].lock?.mode != nil { release(index) }
             }
+            commitStores(all: true)
             _ = cluster.run()
             try read()
         }
@@ -264,6 +311,12 @@ struct FullStackRun {
         if !unanswered.isEmpty {
             throw Failure(description: "seed \(seed): requests never answered: \(unanswered)")
         }
+    }
+
+    /// With stores: some nodes' stores (every node's if `all`) commit what their lock services wrote.
+    mutating func commitStores(all: Bool) {
+        guard variety.stores else { return }
+        for node in cluster.nodes.keys.sorted() where all || storeRandom.percent(30) { cluster.commitStore(node) }
     }
 
     /// A node crashes, or a partition cuts one or two nodes off (group services fence them), or the partitions
@@ -306,8 +359,8 @@ struct FullStackRun {
         let ready = clients.indices.filter { !clients[$0].gone && clients[$0].waiting == nil }
         guard !ready.isEmpty else { return }
         let index = random.element(ready)
-        if clients[index].lock?.mode != nil {
-            release(index)
+        if let mode = clients[index].lock?.mode {
+            if !variety.conversions || random.bool() { release(index) } else { convert(index, from: mode) }
         } else if clients[index].lock == nil {
             let tag = clients[index].nextTag
             clients[index].nextTag += 1
@@ -320,9 +373,53 @@ struct FullStackRun {
             clients[index].lock = (
                 name, nil, nil, flags.contains(.valueBlock), (acknowledged[name], frees[name, default: 0])
             )
-            clients[index].waiting = (tag, false, nil)
+            clients[index].waiting = (tag, .request, nil)
             cluster.send(target, ServiceHarness.lock(tag, name, mode, flags))
         }
+    }
+
+    /// The client converts its granted lock to another mode (not between CW and PR, neither of which is weaker than
+    /// the other), queued or NOQUEUE, with VALBLK if it took the lock with it: a conversion down from PW or EX
+    /// writes a value, one up reads. Down, it stops relying on the stronger mode as it asks; up, it relies on the
+    /// mode it holds until the grant.
+    mutating func convert(_ index: Int, from mode: LockMode) {
+        guard let lock = clients[index].lock, let id = lock.id else { return }
+        let modes = LockMode.allCases.filter { $0 != mode && !Set([$0, mode]).isSuperset(of: [.cw, .pr]) }
+        let target = random.element(modes)
+        let down = target.rawValue < mode.rawValue
+        let tag = clients[index].nextTag
+        clients[index].nextTag += 1
+        var message = ConvertMessage(tag: tag, lock: id, flags: .convert, mode: target)
+        if random.percent(30) { message.flags.insert(.noQueue) }
+        var writes: (name: String, index: Int)?
+        if lock.valueBlock {
+            message.flags.insert(.valueBlock)
+            if down, mode >= .pw, random.percent(70) {
+                let value = nextValue
+                nextValue += 1
+                writes = (lock.name, written[lock.name, default: []].count)
+                written[lock.name, default: []].append(value)
+                writeFrees[lock.name, default: []].append(frees[lock.name, default: 0])
+                message.valueBlock = withUnsafeBytes(of: value.bigEndian) { Array($0) }
+            } else if down, mode >= .pw {
+                // (A conversion down from PW or EX with VALBLK and no value would write one of zeros.)
+                message.flags.remove(.valueBlock)
+            }
+        }
+        if down { clients[index].lock!.mode = target }
+        clients[index].lock!.floor = (acknowledged[lock.name], frees[lock.name, default: 0])
+        log(
+            "\(clients[index].name) converts \(lock.name) from \(mode) to \(target) \(message.flags)"
+                + (writes.map { " writing value \(written[$0.name]![$0.index])" } ?? ""))
+        clients[index].waiting = (tag, .conversion, writes)
+        conversions += 1
+        cluster.send((clients[index].node, clients[index].id), .convert(message))
+    }
+
+    /// An acknowledged write: every later read sees it or a later one (unless its resource went since).
+    mutating func acknowledge(_ write: (name: String, index: Int)?) {
+        guard let write, writeFrees[write.name]![write.index] == frees[write.name, default: 0] else { return }
+        acknowledged[write.name] = max(acknowledged[write.name] ?? -1, write.index)
     }
 
     /// The client unlocks what it holds: it stops relying on the lock as it asks.
@@ -346,7 +443,7 @@ struct FullStackRun {
         log(
             "\(clients[index].name) unlocks \(lock.name)"
                 + (writes.map { " writing value \(written[$0.name]![$0.index])" } ?? ""))
-        clients[index].waiting = (tag, true, writes)
+        clients[index].waiting = (tag, .unlock, writes)
         cluster.send((clients[index].node, clients[index].id), .unlock(message))
     }
 
@@ -372,18 +469,27 @@ struct FullStackRun {
                 throw Failure(description: "seed \(seed): \(name) got \(status.name) for its request \(tag)")
             case .completion(let c):
                 if c.tag != 0 && clients[index].waiting?.tag != c.tag { continue }
-                if let waiting = clients[index].waiting, waiting.unlock {
+                if let waiting = clients[index].waiting, waiting.operation == .unlock {
                     guard c.status == .unlocked else { continue }
-                    // Its write is acknowledged: every later read sees it or a later one.
-                    if let write = waiting.writes, writeFrees[write.name]![write.index] == frees[write.name, default: 0]
-                    {
-                        acknowledged[write.name] = max(acknowledged[write.name] ?? -1, write.index)
-                    }
+                    acknowledge(waiting.writes)
                     clients[index].waiting = nil
                     continue
                 }
                 guard clients[index].lock != nil else { continue }
-                if c.status == .granted, let mode = c.mode {
+                if let waiting = clients[index].waiting, waiting.operation == .conversion, c.status != .granted {
+                    // Not converted (EAGAIN for NOQUEUE, EDEADLK for a conversion deadlock): the mode it held.
+                    guard let mode = c.mode else {
+                        throw Failure(
+                            description: "seed \(seed): \(name)'s conversion ended its lock: \(c.status.name)")
+                    }
+                    log("\(name)'s conversion of \(clients[index].lock!.name) ended \(c.status.name), holding \(mode)")
+                    clients[index].lock!.mode = mode
+                    clients[index].waiting = nil
+                    try checkExclusion(index)
+                } else if c.status == .granted, let mode = c.mode {
+                    if let waiting = clients[index].waiting, waiting.operation == .conversion {
+                        acknowledge(waiting.writes)
+                    }
                     clients[index].lock!.id = c.lock
                     clients[index].lock!.mode = mode
                     clients[index].waiting = nil
