@@ -14,7 +14,8 @@ import Testing
 /// point in order per pair of lives (held across a partition, as the peer transport holds it until the link is
 /// back; lost with a life). Clients on every node lock, convert and unlock a few shared names, with VALBLK or not;
 /// PW and EX holders write a value as they unlock or convert down. After every grant no two clients believe they hold incompatible modes of
-/// one name (a client on a cut-off node keeps believing until its node is fenced), and a grant with VALBLK reads
+/// one name (a client on a cut-off node keeps believing until its node is fenced), a PW or EX grant's fencing token
+/// is above every earlier one of its name, and a grant with VALBLK reads
 /// the last value acknowledged when it asked, or a later one, or says VALNOTVALID (unless the name's resource may
 /// have gone with its last lock meanwhile); at the end, the partitions healed and the views settled, every request
 /// was answered.
@@ -134,6 +135,8 @@ struct FullStackRun {
     var frees: [String: Int] = [:]
     var writeFrees: [String: [Int]] = [:]
     var nextValue: UInt64 = 1
+    /// Per name: the fencing token of its last PW or EX grant.
+    var lastToken: [String: UInt64] = [:]
     var valuesRead = 0
 
     /// What a seed's run has beside plain locks and unlocks, drawn from a generator of its own (so that a seed's
@@ -496,6 +499,7 @@ struct FullStackRun {
                     grants += 1
                     log("\(name) granted \(mode) of \(clients[index].lock!.name) \(c.flags)" + value(of: c))
                     try checkExclusion(index)
+                    try checkToken(c, by: index)
                     if clients[index].lock!.valueBlock { try checkRead(c, by: index) }
                 } else if c.mode == nil {
                     // Refused (EAGAIN for NOQUEUE): nothing held.
@@ -551,6 +555,20 @@ struct FullStackRun {
                 description: "seed \(seed): \(clients[index].name) read value \(value) of \(name), but \(values[last]) "
                     + "was acknowledged")
         }
+    }
+
+    /// A PW or EX grant's fencing token is above that of every PW or EX grant of its name before it, whichever node
+    /// mastered the name then (two such grants exclude each other, so their holders learn of them in the order they
+    /// were made).
+    mutating func checkToken(_ completion: CompletionMessage, by index: Int) throws {
+        guard let mode = completion.mode, mode >= .pw else { return }
+        let name = clients[index].lock!.name
+        if completion.fencingToken <= lastToken[name, default: 0] {
+            throw Failure(
+                description: "seed \(seed): \(clients[index].name) granted \(mode) of \(name) with fencing token "
+                    + "\(completion.fencingToken), not above \(lastToken[name]!)")
+        }
+        lastToken[name] = completion.fencingToken
     }
 
     func checkExclusion(_ index: Int) throws {
