@@ -105,6 +105,12 @@ struct FullStackRun {
         /// older), with the name's frees then.
         var lock: (name: String, id: UInt32?, mode: LockMode?, valueBlock: Bool, floor: (index: Int?, frees: Int))?
         var nextTag: UInt32 = 10
+        /// Whether the request or conversion it waits for was queued (answered OK): it may cancel it.
+        var queued = false
+        /// The CANCEL it sent and waits for an answer to: ECANCEL (the request went; a conversion's lock is back in
+        /// the mode it held), or EBUSY once nothing was left to cancel (the grant or its end came first), ENOENT
+        /// once the lock was gone (a request that timed out).
+        var cancelTag: UInt32?
     }
 
     static let ms = Settings.millisecond
@@ -139,15 +145,17 @@ struct FullStackRun {
     var lastToken: [String: UInt64] = [:]
     var valuesRead = 0
 
-    /// What a seed's run has beside plain locks and unlocks, drawn from a generator of its own (so that a seed's
-    /// traffic is the same with any of them): conversions; stores whose commits replies wait for (each node's
-    /// commits at random moments, its uncommitted changes lost when it stops); recovery done in slices of 1 to 4
-    /// entries; idle resources tossed after 200 ms instead of 10 s.
+    /// What a seed's run has beside plain locks and unlocks, drawn from a generator of its own: conversions; stores
+    /// whose commits replies wait for (each node's commits at random moments, its uncommitted changes lost when it
+    /// stops); recovery done in slices of 1 to 4 entries; idle resources tossed after 200 ms instead of 10 s; CANCEL
+    /// of queued requests and conversions; TIMEOUT on some of them.
     struct Variety: CustomStringConvertible {
         var conversions = false
         var stores = false
         var recoverySlice = 4_096
         var tossDelay: UInt64 = 10_000 * FullStackRun.ms
+        var cancels = false
+        var timeouts = false
 
         static let plain = Variety()
 
@@ -156,17 +164,19 @@ struct FullStackRun {
             return Variety(
                 conversions: random.percent(80), stores: random.bool(),
                 recoverySlice: random.bool() ? 1 + random.below(4) : 4_096,
-                tossDelay: random.bool() ? 200 * FullStackRun.ms : 10_000 * FullStackRun.ms)
+                tossDelay: random.bool() ? 200 * FullStackRun.ms : 10_000 * FullStackRun.ms,
+                cancels: random.percent(60), timeouts: random.percent(60))
         }
 
         var description: String {
             "conversions \(conversions), stores \(stores), recovery slice \(recoverySlice), toss after "
-                + "\(tossDelay / FullStackRun.ms) ms"
+                + "\(tossDelay / FullStackRun.ms) ms, cancels \(cancels), timeouts \(timeouts)"
         }
     }
 
     let variety: Variety
     var conversions = 0
+    var cancels = 0
     /// When stores commit (not drawn from `random`, so that a seed's traffic is the same with stores or without).
     var storeRandom: SplitMix64
 
@@ -303,14 +313,15 @@ struct FullStackRun {
             runGroupEvents()
             for node in members.keys.sorted() { group(node, .tick(now: now)) }
             cluster.tick(by: 5 * Self.ms)
-            for index in clients.indices where !clients[index].gone && clients[index].waiting == nil {
+            for index in clients.indices
+            where !clients[index].gone && clients[index].waiting == nil && clients[index].cancelTag == nil {
                 if clients[index].lock?.mode != nil { release(index) }
             }
             commitStores(all: true)
             _ = cluster.run()
             try read()
         }
-        let unanswered = clients.filter { !$0.gone && $0.waiting != nil }.map(\.name)
+        let unanswered = clients.filter { !$0.gone && ($0.waiting != nil || $0.cancelTag != nil) }.map(\.name)
         if !unanswered.isEmpty {
             throw Failure(description: "seed \(seed): requests never answered: \(unanswered)")
         }
@@ -359,7 +370,19 @@ struct FullStackRun {
     // MARK: Clients
 
     mutating func clientStep() {
-        let ready = clients.indices.filter { !clients[$0].gone && clients[$0].waiting == nil }
+        if variety.cancels, random.percent(15) {
+            let queued = clients.indices.filter {
+                !clients[$0].gone && clients[$0].queued && clients[$0].cancelTag == nil
+                    && clients[$0].waiting.map { $0.operation != .unlock } == true
+            }
+            if !queued.isEmpty {
+                cancel(random.element(queued))
+                return
+            }
+        }
+        let ready = clients.indices.filter {
+            !clients[$0].gone && clients[$0].waiting == nil && clients[$0].cancelTag == nil
+        }
         guard !ready.isEmpty else { return }
         let index = random.element(ready)
         if let mode = clients[index].lock?.mode {
@@ -372,12 +395,20 @@ struct FullStackRun {
             let mode = random.element([LockMode.nl, .cr, .pr, .pw, .ex, .ex])
             var flags: LockFlags = random.percent(30) ? .noQueue : []
             if random.percent(60) { flags.insert(.valueBlock) }
+            let timeout = flags.contains(.noQueue) ? 0 : drawTimeout()
+            if timeout != 0 { flags.insert(.timeout) }
             log("\(clients[index].name) asks \(mode) of \(name) \(flags)")
             clients[index].lock = (
                 name, nil, nil, flags.contains(.valueBlock), (acknowledged[name], frees[name, default: 0])
             )
             clients[index].waiting = (tag, .request, nil)
-            cluster.send(target, ServiceHarness.lock(tag, name, mode, flags))
+            clients[index].queued = false
+            cluster.send(
+                target,
+                .lock(
+                    LockMessage(
+                        tag: tag, lockspace: 0, flags: flags, mode: mode, timeoutNanoseconds: timeout,
+                        name: Array(name.utf8))))
         }
     }
 
@@ -394,6 +425,10 @@ struct FullStackRun {
         clients[index].nextTag += 1
         var message = ConvertMessage(tag: tag, lock: id, flags: .convert, mode: target)
         if random.percent(30) { message.flags.insert(.noQueue) }
+        if !down, !message.flags.contains(.noQueue) {
+            message.timeoutNanoseconds = drawTimeout()
+            if message.timeoutNanoseconds != 0 { message.flags.insert(.timeout) }
+        }
         var writes: (name: String, index: Int)?
         if lock.valueBlock {
             message.flags.insert(.valueBlock)
@@ -415,8 +450,26 @@ struct FullStackRun {
             "\(clients[index].name) converts \(lock.name) from \(mode) to \(target) \(message.flags)"
                 + (writes.map { " writing value \(written[$0.name]![$0.index])" } ?? ""))
         clients[index].waiting = (tag, .conversion, writes)
+        clients[index].queued = false
         conversions += 1
         cluster.send((clients[index].node, clients[index].id), .convert(message))
+    }
+
+    /// With timeouts, a quarter of the queued requests and conversions give up after 20 to 420 ms (0: none).
+    mutating func drawTimeout() -> UInt64 {
+        guard variety.timeouts, random.percent(25) else { return 0 }
+        return UInt64(20 + random.below(400)) * Self.ms
+    }
+
+    /// The client cancels the request or conversion it waits for.
+    mutating func cancel(_ index: Int) {
+        guard let lock = clients[index].lock, let id = lock.id else { return }
+        let tag = clients[index].nextTag
+        clients[index].nextTag += 1
+        clients[index].cancelTag = tag
+        cancels += 1
+        log("\(clients[index].name) cancels its wait on \(lock.name)")
+        cluster.send((clients[index].node, clients[index].id), ServiceHarness.unlock(tag, id, .cancel))
     }
 
     /// An acknowledged write: every later read sees it or a later one (unless its resource went since).
@@ -467,10 +520,32 @@ struct FullStackRun {
                 // Queued: it waits for its grant.
                 guard clients[index].waiting?.tag == tag, clients[index].lock != nil else { continue }
                 clients[index].lock!.id = lock
+                clients[index].queued = true
             case .error(let tag, let status, _):
+                if tag == clients[index].cancelTag, status == .busy || status == .noEntry {
+                    // Nothing left to cancel: what ended the wait came first (ENOENT: with the lock).
+                    clients[index].cancelTag = nil
+                    continue
+                }
                 guard clients[index].waiting?.tag == tag else { continue }
                 throw Failure(description: "seed \(seed): \(name) got \(status.name) for its request \(tag)")
             case .completion(let c):
+                if c.tag != 0, c.tag == clients[index].cancelTag {
+                    clients[index].cancelTag = nil
+                    guard c.status == .cancelled, let waiting = clients[index].waiting, waiting.operation != .unlock
+                    else {
+                        throw Failure(description: "seed \(seed): \(name)'s cancel was answered \(c.status.name)")
+                    }
+                    // The request went; a conversion's lock is back in the mode it held.
+                    log("\(name)'s wait is cancelled" + (c.mode.map { ", holding \($0)" } ?? ""))
+                    if waiting.operation == .request {
+                        clients[index].lock = nil
+                    } else {
+                        clients[index].lock!.mode = c.mode
+                    }
+                    clients[index].waiting = nil
+                    continue
+                }
                 if c.tag != 0 && clients[index].waiting?.tag != c.tag { continue }
                 if let waiting = clients[index].waiting, waiting.operation == .unlock {
                     guard c.status == .unlocked else { continue }
@@ -502,7 +577,8 @@ struct FullStackRun {
                     try checkToken(c, by: index)
                     if clients[index].lock!.valueBlock { try checkRead(c, by: index) }
                 } else if c.mode == nil {
-                    // Refused (EAGAIN for NOQUEUE): nothing held.
+                    // Refused (EAGAIN for NOQUEUE) or ended (ETIMEDOUT): nothing held.
+                    log("\(name)'s request of \(clients[index].lock!.name) ended \(c.status.name)")
                     clients[index].lock = nil
                     clients[index].waiting = nil
                 }
