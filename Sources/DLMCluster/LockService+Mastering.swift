@@ -248,12 +248,15 @@ extension LockService {
             if master == configuration.nodeID { return false }
         }
         let request = Self.lockRequest(m, owner: owner(id), lockspace: LockspaceID(rawValue: 0), parent: parent)
-        // What recovery resends if the master leaves: a sub-lock under the top-level resource of its parent.
+        // What recovery resends if the master leaves: a sub-lock under the top-level resource of its parent. An
+        // adopted orphan is persistent, as the master's engine makes it (resent with ORPHAN and without PERSISTENT,
+        // it was rebuilt as a plain lock and went with its holder's exit: FullStackTests seed 1188).
+        let flags = m.flags.contains(.orphan) ? m.flags.union(.persistent).subtracting(.orphan) : m.flags
         let record = RecoveredLock(
             lockspace: info.name, valueBlockLength: info.valueBlockLength, name: parentRecord?.name ?? m.name,
             copy: 0, owner: request.owner, pid: clients[Int(id.slot)].pid, uid: userID(id), grantedMode: nil,
             requestedMode: m.mode,
-            flags: m.flags, priority: m.priority, wantsBlockingCallbacks: request.wantsBlockingCallbacks,
+            flags: flags, priority: m.priority, wantsBlockingCallbacks: request.wantsBlockingCallbacks,
             alwaysFencingToken: request.alwaysFencingToken, transaction: request.transaction, valueBlock: nil,
             valueBlockSequence: 0, fencingToken: 0, timeout: request.timeout,
             subPath: parentRecord.map { $0.subPath + [m.name] } ?? [],

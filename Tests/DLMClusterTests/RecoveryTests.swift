@@ -170,6 +170,32 @@ import Testing
         #expect(adopted.count == 1 && adopted[0].hasSuffix("granted EX"), "\(adopted)")
     }
 
+    /// An adopted orphan is persistent (as on one node), also once its master died and its holder resent it: node
+    /// 2's client adopts on node 3 an orphan that node 1's client left; node 3 dies, and the new master rebuilds
+    /// the lock from node 2's copy; node 2's client exits, and the lock is an orphan again, which node 1 adopts.
+    /// (The copy kept the adoption's flags, ORPHAN without PERSISTENT: the lock was rebuilt as a plain one and went
+    /// with its holder's exit; FullStackTests seed 1188.)
+    @Test func anAdoptedOrphanStaysPersistentAfterItsMasterDies() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: 3, of: 3)
+        _ = c.master(name, on: 3)
+        let first = c.client(1, "f")
+        c.send(first, H.lock(2, name, .pr, .persistent))
+        #expect(c.run() == ["1f: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        c.close(first)
+        _ = c.run()
+        let adopter = c.client(2, "a")
+        c.send(adopter, H.lock(2, name, .pr, .orphan))
+        #expect(c.run() == ["2a: COMPLETION tag 2 lock \(Self.remote) granted PR"])
+        Self.nodeDiesAndNothingIsRefused(&c, 3)
+        c.close(adopter)
+        _ = c.run()
+        let next = c.client(1, "n")
+        c.send(next, H.lock(2, name, .pr, .orphan))
+        let adopted = c.run()
+        #expect(adopted == ["1n: COMPLETION tag 2 lock \(Self.remote) granted PR"], "\(adopted)")
+    }
+
     /// Persistent sub-locks outlive their master with their tree, on its backup node:
     /// - on the first name, a client of node 1 held persistent PR, persistent EX on a sub-resource under it,
     ///   persistent PW one level further down and EX (not persistent) on a second sub-resource, and exited: three
