@@ -13,17 +13,18 @@ import Testing
 /// power switch does); each view it installs goes to that node's `LockService`, whose lock traffic goes point to
 /// point in order per pair of lives (held across a partition, as the peer transport holds it until the link is
 /// back; lost with a life). Clients on every node lock, convert and unlock a few shared names, with VALBLK or not;
-/// PW and EX holders write a value as they unlock or convert down. After every grant no two clients believe they hold incompatible modes of
-/// one name (a client on a cut-off node keeps believing until its node is fenced), a PW or EX grant's fencing token
-/// is above every earlier one of its name, and a grant with VALBLK reads
-/// the last value acknowledged when it asked, or a later one, or says VALNOTVALID (unless the name's resource may
-/// have gone with its last lock meanwhile); at the end, the partitions healed and the views settled, every request
-/// was answered.
+/// PW and EX holders write a value as they unlock or convert down. After every grant no two clients believe they
+/// hold incompatible modes of one name, nor a client and an orphan it must be (a client on a cut-off node keeps
+/// believing until its node is fenced), a PW or EX grant's fencing token is above every earlier one of its name,
+/// and a grant with VALBLK reads the last value acknowledged when it asked, or a later one, or says VALNOTVALID
+/// (unless the name's resource may have gone with its last lock meanwhile); at the end, the partitions healed and
+/// the views settled, every orphan that must be there was adopted and every request was answered.
 ///
 /// Each seed draws its variety too (`FullStackRun.Variety`): conversions, stores, recovery in small slices, idle
-/// resources tossed soon. On 3 to 7 nodes (DLM_STACK_MAX_NODES lowers the most). DLM_STACK_SEEDS sets how many
-/// seeds (default 20; `make test` runs 400, `make sim` SEEDS); DLM_STACK_SEED replays one, and DLM_STACK_TRACE=1
-/// prints what the group layer and the clients do.
+/// resources tossed soon, cancels, timeouts, persistent locks with exits and adoptions. On 3 to 7 nodes
+/// (DLM_STACK_MAX_NODES lowers the most). DLM_STACK_SEEDS sets how many seeds (default 20; `make test` runs 400,
+/// `make sim` SEEDS); DLM_STACK_SEED replays one, and DLM_STACK_TRACE=1 prints what the group layer and the clients
+/// do.
 @Suite struct FullStackTests {
     @Test func groupServicesDecideTheViewsAndExclusionHolds() {
         let environment = ProcessInfo.processInfo.environment
@@ -40,6 +41,7 @@ import Testing
         var grants = 0
         var reads = 0
         var conversions = 0
+        var adoptions = 0
         let maxNodes = environment["DLM_STACK_MAX_NODES"].flatMap(Int.init) ?? 7
         for seed in seeds {
             var run = FullStackRun(seed: seed, maxNodes: maxNodes)
@@ -57,13 +59,15 @@ import Testing
             grants += run.grants
             reads += run.valuesRead
             conversions += run.conversions
+            adoptions += run.adoptions
         }
         // The seeds did what they are for: views changed, nodes were fenced, locks were granted and converted,
-        // values were read.
+        // orphans adopted, values read.
         if seeds.count >= 10 {
+            let counts = [views, fences, grants, conversions, adoptions, reads]
             #expect(
-                views > 0 && fences > 0 && grants > 0 && reads > 0 && conversions > 0,
-                "\(views) views, \(fences) fences, \(grants) grants, \(conversions) conversions, \(reads) values read")
+                counts.allSatisfy { $0 > 0 },
+                "views, fences, grants, conversions, adoptions, values read: \(counts)")
         }
     }
 }
@@ -89,7 +93,17 @@ struct FullStackRun {
         case fence(by: Member, target: UInt32)
     }
 
-    enum Operation { case request, conversion, unlock }
+    enum Operation { case request, conversion, unlock, adoption, purge }
+
+    /// A granted persistent lock whose client went (it exited, or its node stopped): an orphan until adopted or
+    /// purged. Certain: it must be there (its client waited for nothing when it went, and no second node stopped
+    /// within 2 s of a first: persistent locks do not survive the death of a resource's master together with its
+    /// backup node in one recovery, docs/RECOVERY.md), and it must be adopted by the end; uncertain, it may be gone.
+    struct Orphan {
+        var name: String
+        var mode: LockMode
+        var certain: Bool
+    }
 
     /// A client: at most one lock at a time, on one name.
     struct Client {
@@ -111,6 +125,12 @@ struct FullStackRun {
         /// the mode it held), or EBUSY once nothing was left to cancel (the grant or its end came first), ENOENT
         /// once the lock was gone (a request that timed out).
         var cancelTag: UInt32?
+        /// Whether the lock it holds or asks for is persistent.
+        var persistent = false
+        /// The orphan it asked to adopt (taken out of `orphans` meanwhile).
+        var adopting: Orphan?
+        /// Connected again after an exit: it waits for its lockspace to open.
+        var opening = false
     }
 
     static let ms = Settings.millisecond
@@ -148,7 +168,8 @@ struct FullStackRun {
     /// What a seed's run has beside plain locks and unlocks, drawn from a generator of its own: conversions; stores
     /// whose commits replies wait for (each node's commits at random moments, its uncommitted changes lost when it
     /// stops); recovery done in slices of 1 to 4 entries; idle resources tossed after 200 ms instead of 10 s; CANCEL
-    /// of queued requests and conversions; TIMEOUT on some of them.
+    /// of queued requests and conversions; TIMEOUT on some of them; PERSISTENT locks, clients that exit and
+    /// connect again (their granted persistent locks become orphans), and adoptions of orphans.
     struct Variety: CustomStringConvertible {
         var conversions = false
         var stores = false
@@ -156,6 +177,7 @@ struct FullStackRun {
         var tossDelay: UInt64 = 10_000 * FullStackRun.ms
         var cancels = false
         var timeouts = false
+        var persistent = false
 
         static let plain = Variety()
 
@@ -165,18 +187,25 @@ struct FullStackRun {
                 conversions: random.percent(80), stores: random.bool(),
                 recoverySlice: random.bool() ? 1 + random.below(4) : 4_096,
                 tossDelay: random.bool() ? 200 * FullStackRun.ms : 10_000 * FullStackRun.ms,
-                cancels: random.percent(60), timeouts: random.percent(60))
+                cancels: random.percent(60), timeouts: random.percent(60), persistent: random.percent(60))
         }
 
         var description: String {
             "conversions \(conversions), stores \(stores), recovery slice \(recoverySlice), toss after "
-                + "\(tossDelay / FullStackRun.ms) ms, cancels \(cancels), timeouts \(timeouts)"
+                + "\(tossDelay / FullStackRun.ms) ms, cancels \(cancels), timeouts \(timeouts), "
+                + "persistent \(persistent)"
         }
     }
 
     let variety: Variety
     var conversions = 0
     var cancels = 0
+    var orphans: [Orphan] = []
+    var adoptions = 0
+    /// When a node last stopped (a second stop within 2 s makes every orphan uncertain).
+    var lastStop: UInt64?
+    /// The nodes whose orphans of pid 100 are still to purge at the end (nil: not begun).
+    var purgesLeft: [UInt32]?
     /// When stores commit (not drawn from `random`, so that a seed's traffic is the same with stores or without).
     var storeRandom: SplitMix64
 
@@ -226,7 +255,43 @@ struct FullStackRun {
         log("stop \(node)")
         members[node] = nil
         cluster.crash(node)
-        for index in clients.indices where clients[index].node == node { clients[index].gone = true }
+        for index in clients.indices where clients[index].node == node && !clients[index].gone {
+            clients[index].gone = true
+            orphan(index, certain: clients[index].waiting == nil && clients[index].cancelTag == nil)
+        }
+        if let last = lastStop, now - last < 2_000 * Self.ms {
+            for index in orphans.indices { orphans[index].certain = false }
+            for index in clients.indices { clients[index].adopting?.certain = false }
+        }
+        lastStop = now
+    }
+
+    /// The client goes: its granted persistent lock becomes an orphan.
+    mutating func orphan(_ index: Int, certain: Bool) {
+        guard clients[index].persistent, let lock = clients[index].lock, let mode = lock.mode else { return }
+        log("\(clients[index].name)'s \(mode) of \(lock.name) is an orphan" + (certain ? "" : " (uncertain)"))
+        orphans.append(Orphan(name: lock.name, mode: mode, certain: certain))
+    }
+
+    /// The client exits (its connection closes) and connects again.
+    mutating func exit(_ index: Int) {
+        let client = clients[index]
+        log("\(client.name) exits")
+        orphan(index, certain: true)
+        cluster.close((client.node, client.id))
+        let id = connect(client.node, client.name)
+        clients[index] = Client(node: client.node, id: id, name: client.name, nextTag: client.nextTag, opening: true)
+    }
+
+    /// A new connection of a client of `node` (pid 100): HELLO and the lockspace's open, whose answer comes later.
+    mutating func connect(_ node: UInt32, _ name: String) -> ConnectionID {
+        cluster.withNode(node) { harness in
+            let id = harness.service.connect()
+            harness.names[id] = name
+            harness.send(id, .hello(Hello(pid: 100, clientName: name)))
+            harness.send(id, ServiceHarness.open(1))
+            return id
+        }
     }
 
     mutating func group(_ node: UInt32, _ input: GroupInput) {
@@ -308,23 +373,53 @@ struct FullStackRun {
         // request is answered.
         heal()
         for node in restartAt.keys.sorted() where members[node] == nil { start(node) }
+        if variety.persistent {
+            // A client of its own adopts the orphans and purges: every other one may wait behind an orphan.
+            let node = members.keys.min()!
+            clients.append(Client(node: node, id: connect(node, "\(node)p"), name: "\(node)p", opening: true))
+        }
         for _ in 0..<400 {
             now += 5 * Self.ms
             runGroupEvents()
             for node in members.keys.sorted() { group(node, .tick(now: now)) }
             cluster.tick(by: 5 * Self.ms)
-            for index in clients.indices
-            where !clients[index].gone && clients[index].waiting == nil && clients[index].cancelTag == nil {
-                if clients[index].lock?.mode != nil { release(index) }
+            for index in clients.indices where isReady(index) {
+                if clients[index].lock?.mode != nil {
+                    release(index)
+                } else if clients[index].lock == nil, let orphan = adoptable() {
+                    adopt(index, orphans.remove(at: orphan))
+                }
             }
+            purgeUnknownOrphans()
             commitStores(all: true)
             _ = cluster.run()
             try read()
+        }
+        if let lost = orphans.first(where: \.certain) {
+            throw Failure(description: "seed \(seed): an orphan \(lost.mode) of \(lost.name) was never adopted")
         }
         let unanswered = clients.filter { !$0.gone && ($0.waiting != nil || $0.cancelTag != nil) }.map(\.name)
         if !unanswered.isEmpty {
             throw Failure(description: "seed \(seed): requests never answered: \(unanswered)")
         }
+    }
+
+    /// At the end, once every orphan the clients know of is adopted: a purge of pid 100's orphans of each node (one
+    /// at a time, from any ready client) takes those no client knew of (a persistent lock granted as its node
+    /// stopped), which would hold requests for ever.
+    mutating func purgeUnknownOrphans() {
+        guard variety.persistent, orphans.isEmpty, !clients.contains(where: { !$0.gone && $0.adopting != nil })
+        else { return }
+        if purgesLeft == nil { purgesLeft = cluster.incarnations.keys.sorted() }
+        guard !purgesLeft!.isEmpty, !clients.contains(where: { !$0.gone && $0.waiting?.operation == .purge }),
+            let index = clients.indices.last(where: isReady)
+        else { return }
+        let node = purgesLeft!.removeFirst()
+        let tag = clients[index].nextTag
+        clients[index].nextTag += 1
+        log("\(clients[index].name) purges node \(node)'s orphans of pid 100")
+        clients[index].waiting = (tag, .purge, nil)
+        cluster.send((clients[index].node, clients[index].id), .purge(tag: tag, lockspace: 0, nodeID: node, pid: 100))
     }
 
     /// With stores: some nodes' stores (every node's if `all`) commit what their lock services wrote.
@@ -380,13 +475,15 @@ struct FullStackRun {
                 return
             }
         }
-        let ready = clients.indices.filter {
-            !clients[$0].gone && clients[$0].waiting == nil && clients[$0].cancelTag == nil
-        }
+        let ready = clients.indices.filter(isReady)
         guard !ready.isEmpty else { return }
         let index = random.element(ready)
-        if let mode = clients[index].lock?.mode {
+        if variety.persistent, random.percent(5) {
+            exit(index)
+        } else if let mode = clients[index].lock?.mode {
             if !variety.conversions || random.bool() { release(index) } else { convert(index, from: mode) }
+        } else if clients[index].lock == nil, variety.persistent, random.percent(20), let orphan = adoptable() {
+            adopt(index, orphans.remove(at: orphan))
         } else if clients[index].lock == nil {
             let tag = clients[index].nextTag
             clients[index].nextTag += 1
@@ -395,6 +492,8 @@ struct FullStackRun {
             let mode = random.element([LockMode.nl, .cr, .pr, .pw, .ex, .ex])
             var flags: LockFlags = random.percent(30) ? .noQueue : []
             if random.percent(60) { flags.insert(.valueBlock) }
+            if variety.persistent, random.percent(30) { flags.insert(.persistent) }
+            clients[index].persistent = flags.contains(.persistent)
             let timeout = flags.contains(.noQueue) ? 0 : drawTimeout()
             if timeout != 0 { flags.insert(.timeout) }
             log("\(clients[index].name) asks \(mode) of \(name) \(flags)")
@@ -410,6 +509,55 @@ struct FullStackRun {
                         tag: tag, lockspace: 0, flags: flags, mode: mode, timeoutNanoseconds: timeout,
                         name: Array(name.utf8))))
         }
+    }
+
+    /// Whether a client may start an operation: it waits for none.
+    func isReady(_ index: Int) -> Bool {
+        !clients[index].gone && clients[index].waiting == nil && clients[index].cancelTag == nil
+            && !clients[index].opening
+    }
+
+    /// An orphan of a name no other client is adopting (one adoption per name at a time, so that an answer tells
+    /// which orphans are there).
+    func adoptable() -> Int? {
+        let adopting = Set(clients.compactMap { $0.gone ? nil : $0.adopting?.name })
+        return orphans.indices.first { !adopting.contains(orphans[$0].name) }
+    }
+
+    /// The client adopts an orphan (ORPHAN, same name and mode), with VALBLK or not.
+    mutating func adopt(_ index: Int, _ orphan: Orphan) {
+        let tag = clients[index].nextTag
+        clients[index].nextTag += 1
+        var flags: LockFlags = .orphan
+        if random.percent(50) { flags.insert(.valueBlock) }
+        log("\(clients[index].name) adopts \(orphan.mode) of \(orphan.name) \(flags)")
+        clients[index].lock = (
+            orphan.name, nil, nil, flags.contains(.valueBlock),
+            (acknowledged[orphan.name], frees[orphan.name, default: 0])
+        )
+        clients[index].persistent = true
+        clients[index].adopting = orphan
+        clients[index].waiting = (tag, .adoption, nil)
+        clients[index].queued = false
+        cluster.send(
+            (clients[index].node, clients[index].id), ServiceHarness.lock(tag, orphan.name, orphan.mode, flags))
+    }
+
+    /// An adoption was refused: ENOENT, no orphan of its name is left; EAGAIN, none of its mode. Uncertain orphans
+    /// among them are gone. A certain one is not an orphan yet (its master has not heard of its owner's exit, or
+    /// not recovered from its node's death): it is asked for again later, and must be adopted by the end.
+    mutating func adoptionRefused(_ index: Int, _ status: DLMStatus) throws {
+        guard let asked = clients[index].adopting else { return }
+        log("\(clients[index].name)'s adoption of \(asked.mode) of \(asked.name) refused: \(status.name)")
+        clients[index].adopting = nil
+        clients[index].lock = nil
+        clients[index].persistent = false
+        clients[index].waiting = nil
+        guard status == .noEntry || status == .tryAgain else {
+            throw Failure(description: "seed \(seed): \(clients[index].name)'s adoption was refused \(status.name)")
+        }
+        orphans.removeAll { !$0.certain && $0.name == asked.name && (status == .noEntry || $0.mode == asked.mode) }
+        if asked.certain { orphans.append(asked) }
     }
 
     /// The client converts its granted lock to another mode (not between CW and PR, neither of which is weaker than
@@ -528,7 +676,17 @@ struct FullStackRun {
                     continue
                 }
                 guard clients[index].waiting?.tag == tag else { continue }
+                if clients[index].waiting?.operation == .adoption {
+                    try adoptionRefused(index, status)
+                    continue
+                }
                 throw Failure(description: "seed \(seed): \(name) got \(status.name) for its request \(tag)")
+            case .lockspace:
+                clients[index].opening = false
+            case .purged(let tag, let count):
+                guard clients[index].waiting?.tag == tag else { continue }
+                log("\(name)'s purge removed \(count)")
+                clients[index].waiting = nil
             case .completion(let c):
                 if c.tag != 0, c.tag == clients[index].cancelTag {
                     clients[index].cancelTag = nil
@@ -568,6 +726,19 @@ struct FullStackRun {
                     if let waiting = clients[index].waiting, waiting.operation == .conversion {
                         acknowledge(waiting.writes)
                     }
+                    if let adopted = clients[index].adopting {
+                        // (It may have adopted a certain orphan of that mode, if the uncertain one it asked for
+                        // was gone: one of them is uncertain now.)
+                        if !adopted.certain,
+                            let other = orphans.firstIndex(where: {
+                                $0.certain && $0.name == adopted.name && $0.mode == adopted.mode
+                            })
+                        {
+                            orphans[other].certain = false
+                        }
+                        clients[index].adopting = nil
+                        adoptions += 1
+                    }
                     clients[index].lock!.id = c.lock
                     clients[index].lock!.mode = mode
                     clients[index].waiting = nil
@@ -576,6 +747,8 @@ struct FullStackRun {
                     try checkExclusion(index)
                     try checkToken(c, by: index)
                     if clients[index].lock!.valueBlock { try checkRead(c, by: index) }
+                } else if c.mode == nil, clients[index].adopting != nil {
+                    try adoptionRefused(index, c.status)
                 } else if c.mode == nil {
                     // Refused (EAGAIN for NOQUEUE) or ended (ETIMEDOUT): nothing held.
                     log("\(name)'s request of \(clients[index].lock!.name) ended \(c.status.name)")
@@ -649,6 +822,12 @@ struct FullStackRun {
 
     func checkExclusion(_ index: Int) throws {
         guard let held = clients[index].lock, let mode = held.mode else { return }
+        for orphan in orphans where orphan.certain && orphan.name == held.name && !mode.isCompatible(with: orphan.mode)
+        {
+            throw Failure(
+                description: "seed \(seed): \(clients[index].name) holds \(mode) of \(held.name), and an orphan "
+                    + "holds \(orphan.mode)")
+        }
         for other in clients.indices where other != index && !clients[other].gone {
             guard let theirs = clients[other].lock, theirs.name == held.name, let their = theirs.mode else { continue }
             if !mode.isCompatible(with: their) {
