@@ -21,7 +21,7 @@ import Testing
 /// the views settled, every orphan that must be there was adopted and every request was answered.
 ///
 /// Each seed draws its variety too (`FullStackRun.Variety`): conversions, stores, recovery in small slices, idle
-/// resources tossed soon, cancels, timeouts, persistent locks with exits and adoptions. On 3 to 7 nodes
+/// resources tossed soon, cancels, timeouts, sub-locks, persistent locks with exits and adoptions. On 3 to 7 nodes
 /// (DLM_STACK_MAX_NODES lowers the most). DLM_STACK_SEEDS sets how many seeds (default 20; `make test` runs 400,
 /// `make sim` SEEDS); DLM_STACK_SEED replays one, and DLM_STACK_TRACE=1 prints what the group layer and the clients
 /// do.
@@ -42,6 +42,7 @@ import Testing
         var reads = 0
         var conversions = 0
         var adoptions = 0
+        var subGrants = 0
         let maxNodes = environment["DLM_STACK_MAX_NODES"].flatMap(Int.init) ?? 7
         for seed in seeds {
             var run = FullStackRun(seed: seed, maxNodes: maxNodes)
@@ -60,14 +61,15 @@ import Testing
             reads += run.valuesRead
             conversions += run.conversions
             adoptions += run.adoptions
+            subGrants += run.subGrants
         }
         // The seeds did what they are for: views changed, nodes were fenced, locks were granted and converted,
-        // orphans adopted, values read.
+        // orphans adopted, sub-locks granted, values read.
         if seeds.count >= 10 {
-            let counts = [views, fences, grants, conversions, adoptions, reads]
+            let counts = [views, fences, grants, conversions, adoptions, subGrants, reads]
             #expect(
                 counts.allSatisfy { $0 > 0 },
-                "views, fences, grants, conversions, adoptions, values read: \(counts)")
+                "views, fences, grants, conversions, adoptions, sub-lock grants, values read: \(counts)")
         }
     }
 }
@@ -93,7 +95,10 @@ struct FullStackRun {
         case fence(by: Member, target: UInt32)
     }
 
-    enum Operation { case request, conversion, unlock, adoption, purge }
+    enum Operation { case request, conversion, unlock, adoption, purge, subRequest, subUnlock }
+
+    /// The name of the one sub-resource clients lock under a name they hold.
+    static let subName = "c"
 
     /// A granted persistent lock whose client went (it exited, or its node stopped): an orphan until adopted or
     /// purged. Certain: it must be there (its client waited for nothing when it went, and no second node stopped
@@ -131,6 +136,9 @@ struct FullStackRun {
         var adopting: Orphan?
         /// Connected again after an exit: it waits for its lockspace to open.
         var opening = false
+        /// A lock on sub-resource `subName` under the lock it holds (never persistent, without VALBLK): its id once
+        /// known, and its mode once granted.
+        var child: (id: UInt32?, mode: LockMode?)?
     }
 
     static let ms = Settings.millisecond
@@ -169,7 +177,8 @@ struct FullStackRun {
     /// whose commits replies wait for (each node's commits at random moments, its uncommitted changes lost when it
     /// stops); recovery done in slices of 1 to 4 entries; idle resources tossed after 200 ms instead of 10 s; CANCEL
     /// of queued requests and conversions; TIMEOUT on some of them; PERSISTENT locks, clients that exit and
-    /// connect again (their granted persistent locks become orphans), and adoptions of orphans.
+    /// connect again (their granted persistent locks become orphans), and adoptions of orphans; sub-locks under the
+    /// locks clients hold.
     struct Variety: CustomStringConvertible {
         var conversions = false
         var stores = false
@@ -178,6 +187,7 @@ struct FullStackRun {
         var cancels = false
         var timeouts = false
         var persistent = false
+        var subLocks = false
 
         static let plain = Variety()
 
@@ -187,13 +197,14 @@ struct FullStackRun {
                 conversions: random.percent(80), stores: random.bool(),
                 recoverySlice: random.bool() ? 1 + random.below(4) : 4_096,
                 tossDelay: random.bool() ? 200 * FullStackRun.ms : 10_000 * FullStackRun.ms,
-                cancels: random.percent(60), timeouts: random.percent(60), persistent: random.percent(60))
+                cancels: random.percent(60), timeouts: random.percent(60), persistent: random.percent(60),
+                subLocks: random.percent(60))
         }
 
         var description: String {
             "conversions \(conversions), stores \(stores), recovery slice \(recoverySlice), toss after "
                 + "\(tossDelay / FullStackRun.ms) ms, cancels \(cancels), timeouts \(timeouts), "
-                + "persistent \(persistent)"
+                + "persistent \(persistent), sub-locks \(subLocks)"
         }
     }
 
@@ -202,6 +213,7 @@ struct FullStackRun {
     var cancels = 0
     var orphans: [Orphan] = []
     var adoptions = 0
+    var subGrants = 0
     /// When a node last stopped (a second stop within 2 s makes every orphan uncertain).
     var lastStop: UInt64?
     /// The nodes whose orphans of pid 100 are still to purge at the end (nil: not begun).
@@ -384,7 +396,9 @@ struct FullStackRun {
             for node in members.keys.sorted() { group(node, .tick(now: now)) }
             cluster.tick(by: 5 * Self.ms)
             for index in clients.indices where isReady(index) {
-                if clients[index].lock?.mode != nil {
+                if clients[index].child != nil {
+                    releaseChild(index)
+                } else if clients[index].lock?.mode != nil {
                     release(index)
                 } else if clients[index].lock == nil, let orphan = adoptable() {
                     adopt(index, orphans.remove(at: orphan))
@@ -468,7 +482,7 @@ struct FullStackRun {
         if variety.cancels, random.percent(15) {
             let queued = clients.indices.filter {
                 !clients[$0].gone && clients[$0].queued && clients[$0].cancelTag == nil
-                    && clients[$0].waiting.map { $0.operation != .unlock } == true
+                    && clients[$0].waiting.map { $0.operation == .request || $0.operation == .conversion } == true
             }
             if !queued.isEmpty {
                 cancel(random.element(queued))
@@ -480,6 +494,10 @@ struct FullStackRun {
         let index = random.element(ready)
         if variety.persistent, random.percent(5) {
             exit(index)
+        } else if clients[index].child != nil {
+            releaseChild(index)
+        } else if variety.subLocks, clients[index].lock?.mode != nil, random.percent(25) {
+            lockChild(index)
         } else if let mode = clients[index].lock?.mode {
             if !variety.conversions || random.bool() { release(index) } else { convert(index, from: mode) }
         } else if clients[index].lock == nil, variety.persistent, random.percent(20), let orphan = adoptable() {
@@ -510,6 +528,36 @@ struct FullStackRun {
                         name: Array(name.utf8))))
         }
     }
+
+    /// The client takes a lock on the sub-resource under the lock it holds, queued or NOQUEUE.
+    mutating func lockChild(_ index: Int) {
+        guard let parent = clients[index].lock?.id else { return }
+        let tag = clients[index].nextTag
+        clients[index].nextTag += 1
+        let mode = random.element([LockMode.nl, .cr, .pr, .pw, .ex, .ex])
+        let flags: LockFlags = random.percent(30) ? .noQueue : []
+        log("\(clients[index].name) asks \(mode) of \(childKey(index)) \(flags)")
+        clients[index].child = (nil, nil)
+        clients[index].waiting = (tag, .subRequest, nil)
+        clients[index].queued = false
+        cluster.send(
+            (clients[index].node, clients[index].id),
+            ServiceHarness.lock(tag, Self.subName, mode, flags, parent: parent))
+    }
+
+    /// The client unlocks its sub-lock: it stops relying on it as it asks.
+    mutating func releaseChild(_ index: Int) {
+        guard let id = clients[index].child?.id else { return }
+        let tag = clients[index].nextTag
+        clients[index].nextTag += 1
+        log("\(clients[index].name) unlocks \(childKey(index))")
+        clients[index].child!.mode = nil
+        clients[index].waiting = (tag, .subUnlock, nil)
+        cluster.send((clients[index].node, clients[index].id), ServiceHarness.unlock(tag, id))
+    }
+
+    /// The sub-resource under the client's lock, as the checker names it.
+    func childKey(_ index: Int) -> String { "\(clients[index].lock?.name ?? "?")/\(Self.subName)" }
 
     /// Whether a client may start an operation: it waits for none.
     func isReady(_ index: Int) -> Bool {
@@ -666,6 +714,10 @@ struct FullStackRun {
             switch message {
             case .ok(let tag, let lock):
                 // Queued: it waits for its grant.
+                if clients[index].waiting?.tag == tag, clients[index].waiting?.operation == .subRequest {
+                    clients[index].child?.id = lock
+                    continue
+                }
                 guard clients[index].waiting?.tag == tag, clients[index].lock != nil else { continue }
                 clients[index].lock!.id = lock
                 clients[index].queued = true
@@ -702,6 +754,13 @@ struct FullStackRun {
                         clients[index].lock!.mode = c.mode
                     }
                     clients[index].waiting = nil
+                    continue
+                }
+                if let waiting = clients[index].waiting,
+                    waiting.operation == .subRequest || waiting.operation == .subUnlock,
+                    c.tag == waiting.tag || (c.tag == 0 && c.lock == clients[index].child?.id)
+                {
+                    try childAnswered(index, c, waiting.operation)
                     continue
                 }
                 if c.tag != 0 && clients[index].waiting?.tag != c.tag { continue }
@@ -745,7 +804,7 @@ struct FullStackRun {
                     grants += 1
                     log("\(name) granted \(mode) of \(clients[index].lock!.name) \(c.flags)" + value(of: c))
                     try checkExclusion(index)
-                    try checkToken(c, by: index)
+                    try checkToken(c, key: clients[index].lock!.name, by: index)
                     if clients[index].lock!.valueBlock { try checkRead(c, by: index) }
                 } else if c.mode == nil, clients[index].adopting != nil {
                     try adoptionRefused(index, c.status)
@@ -758,6 +817,37 @@ struct FullStackRun {
             default:
                 break
             }
+        }
+    }
+
+    /// The answer to a sub-lock's request or unlock.
+    mutating func childAnswered(_ index: Int, _ c: CompletionMessage, _ operation: Operation) throws {
+        let name = clients[index].name
+        let key = childKey(index)
+        clients[index].waiting = nil
+        if operation == .subUnlock {
+            guard c.status == .unlocked else {
+                throw Failure(description: "seed \(seed): \(name)'s unlock of \(key) was answered \(c.status.name)")
+            }
+            clients[index].child = nil
+        } else if c.status == .granted, let mode = c.mode {
+            clients[index].child = (c.lock, mode)
+            grants += 1
+            subGrants += 1
+            log("\(name) granted \(mode) of \(key)")
+            for other in clients.indices where other != index && !clients[other].gone {
+                guard clients[other].lock?.name == clients[index].lock?.name, let their = clients[other].child?.mode,
+                    !mode.isCompatible(with: their)
+                else { continue }
+                throw Failure(
+                    description:
+                        "seed \(seed): \(name) holds \(mode) and \(clients[other].name) holds \(their) of \(key)")
+            }
+            try checkToken(c, key: key, by: index)
+        } else {
+            // Refused (EAGAIN for NOQUEUE) or ended (EDEADLK): nothing held.
+            log("\(name)'s request of \(key) ended \(c.status.name)")
+            clients[index].child = nil
         }
     }
 
@@ -809,9 +899,8 @@ struct FullStackRun {
     /// A PW or EX grant's fencing token is above that of every PW or EX grant of its name before it, whichever node
     /// mastered the name then (two such grants exclude each other, so their holders learn of them in the order they
     /// were made).
-    mutating func checkToken(_ completion: CompletionMessage, by index: Int) throws {
+    mutating func checkToken(_ completion: CompletionMessage, key name: String, by index: Int) throws {
         guard let mode = completion.mode, mode >= .pw else { return }
-        let name = clients[index].lock!.name
         if completion.fencingToken <= lastToken[name, default: 0] {
             throw Failure(
                 description: "seed \(seed): \(clients[index].name) granted \(mode) of \(name) with fencing token "
