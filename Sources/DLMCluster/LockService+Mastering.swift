@@ -218,6 +218,16 @@ extension LockService {
             master = mastering.copies.copies[index].master
             parent = parentLock
             parentRecord = mastering.copies.copies[index].record
+            if master == configuration.nodeID {
+                // A parent that recovery rebuilt here: the sub-lock is this engine's, as on one node. (Sent to this
+                // node itself, its grant could come before the answer that binds its copy, which waited for a store
+                // commit: the client got a completion for an id it had never been told, before the request's
+                // answer; FullStackTests seed 3127.)
+                let request = Self.lockRequest(
+                    m, owner: owner(id), lockspace: LockspaceID(rawValue: m.lockspace), parent: parentLock)
+                run(.lock(request), reply: Reply(connection: id, tag: m.tag, kind: .lock))
+                return true
+            }
         } else {
             let key = DirectoryKey(lockspace: info.name, name: m.name)
             if let known = mastering.masters[key] {
