@@ -1270,6 +1270,13 @@ extension LockService {
         let copy = mastering.copies.copies[index]
         let masterLeft =
             mastering.recovery!.departed.contains(copy.master) || mastering.viewMembers[copy.master] == nil
+        // (A copy this run rebuilt here waits too, as the other nodes' operations on its resource do: a sub-lock
+        // under it runs in this engine, not through the peer path that holds them.)
+        if copy.master == configuration.nodeID, let record = copy.record,
+            mastering.masters.isRebuilt(DirectoryKey(lockspace: record.lockspace, name: record.name))
+        {
+            return false
+        }
         return copy.masterLock != nil && !copy.rebinding && !masterLeft
     }
 

@@ -196,6 +196,35 @@ import Testing
         #expect(adopted == ["1n: COMPLETION tag 2 lock \(Self.remote) granted PR"], "\(adopted)")
     }
 
+    /// A sub-lock asked under a lock that recovery rebuilds on its holder's own node runs in that node's engine (as
+    /// on one node: `FullStackTests.seedsThatOnceFailed`), and like every other operation on a resource the run
+    /// rebuilds here, it waits for the end of the run: node 2's last barrier is held, the request gets no answer;
+    /// once the run ends it is granted, and its id unlocks it.
+    @Test func aSubLockUnderALockRebuiltOnItsHoldersNodeWaitsForTheRun() {
+        var c = ClusterHarness(nodes: 3)
+        let name = ClusterHarness.name(directedTo: [(3, 3), (1, 2)])
+        _ = c.master(name, on: 3)
+        let a = c.client(1, "a")
+        c.send(a, H.lock(2, name, .cr))
+        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) granted CR"])
+        c.crash(3)
+        c.installView()
+        c.hold(ClusterHarness.Link(from: 2, to: 1)) {
+            if case .recoveryDone(_, 2, _, _, _) = $0 { return true }
+            return false
+        }
+        #expect(c.nodes[1]!.service.mastering.recovery?.phase == 2)
+        c.send(a, H.lock(3, "c", .ex, parent: Self.remote))
+        #expect(c.run() == [])
+        c.paused = []
+        let granted = c.run()
+        #expect(granted.count == 1 && granted[0].hasPrefix("1a: COMPLETION tag 3 lock "), "\(granted)")
+        #expect(granted.first?.hasSuffix("granted EX") == true, "\(granted)")
+        guard let child = c.completions["1a"]?.last?.lock else { return }
+        c.send(a, H.unlock(4, child))
+        #expect(c.run() == ["1a: COMPLETION tag 4 lock \(child) EUNLOCK"])
+    }
+
     /// Persistent sub-locks outlive their master with their tree, on its backup node:
     /// - on the first name, a client of node 1 held persistent PR, persistent EX on a sub-resource under it,
     ///   persistent PW one level further down and EX (not persistent) on a second sub-resource, and exited: three
