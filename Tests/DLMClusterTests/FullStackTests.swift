@@ -505,7 +505,7 @@ struct FullStackRun {
         if variety.persistent, random.percent(5) {
             exit(index)
         } else if clients[index].child != nil {
-            releaseChild(index)
+            if random.percent(30) { release(index, force: true) } else { releaseChild(index) }
         } else if variety.subLocks, clients[index].lock?.mode != nil, random.percent(25) {
             lockChild(index)
         } else if let mode = clients[index].lock?.mode {
@@ -685,11 +685,14 @@ struct FullStackRun {
     }
 
     /// The client unlocks what it holds: it stops relying on the lock as it asks.
-    mutating func release(_ index: Int) {
+    /// With `force`, FORCEUNLOCK: its sub-lock goes too (told first, untagged), and the client stops relying on
+    /// both as it asks.
+    mutating func release(_ index: Int, force: Bool = false) {
         guard let lock = clients[index].lock, let id = lock.id else { return }
         let tag = clients[index].nextTag
         clients[index].nextTag += 1
         clients[index].lock = nil
+        if force { clients[index].child?.mode = nil }
         var message = UnlockMessage(tag: tag, lock: id)
         var writes: (name: String, index: Int)?
         if lock.valueBlock, let mode = lock.mode, mode >= .pw, random.percent(70) {
@@ -702,8 +705,9 @@ struct FullStackRun {
             message.flags = .valueBlock
             message.valueBlock = withUnsafeBytes(of: value.bigEndian) { Array($0) }
         }
+        if force { message.flags.insert(.forceUnlock) }
         log(
-            "\(clients[index].name) unlocks \(lock.name)"
+            "\(clients[index].name) \(force ? "force-unlocks" : "unlocks") \(lock.name)"
                 + (writes.map { " writing value \(written[$0.name]![$0.index])" } ?? ""))
         clients[index].waiting = (tag, .unlock, writes)
         cluster.send((clients[index].node, clients[index].id), .unlock(message))
@@ -774,7 +778,17 @@ struct FullStackRun {
                     continue
                 }
                 if c.tag != 0 && clients[index].waiting?.tag != c.tag { continue }
+                if c.tag == 0, c.status == .unlocked, let child = clients[index].child, child.mode == nil,
+                    c.lock == child.id, clients[index].waiting?.operation == .unlock
+                {
+                    // The sub-lock a FORCEUNLOCK of its parent took, told first.
+                    clients[index].child = nil
+                    continue
+                }
                 if let waiting = clients[index].waiting, waiting.operation == .unlock {
+                    if c.status == .unlocked, clients[index].child != nil {
+                        throw Failure(description: "seed \(seed): \(name)'s parent went before its sub-lock was told")
+                    }
                     guard c.status == .unlocked else { continue }
                     acknowledge(waiting.writes)
                     clients[index].waiting = nil
