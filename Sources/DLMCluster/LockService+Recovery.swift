@@ -418,11 +418,7 @@ extension LockService {
                 var binding = binding
                 // A grant made since that run reached a holder whose copy waited for its binding, and was dropped
                 // (FullStackTests seed 1252): it goes with the binding.
-                if let granted = engine.standingGrant(binding.lock) {
-                    binding.grant = RecoveredGrant(
-                        mode: granted.mode!, flags: granted.flags, valueBlock: granted.valueBlock,
-                        valueBlockSequence: granted.valueBlockSequence, fencingToken: granted.fencingToken)
-                }
+                binding.grant = engine.standingGrant(binding.lock).flatMap(RecoveredGrant.init)
                 work.bindings[node, default: []].append(binding)
             }
         }
@@ -669,10 +665,8 @@ extension LockService {
         let id = clients[Int(slot)].id
         var completion: Completion
         if grant.mode == record.grantedMode {
-            let timedOut = record.timeout != nil || record.flags.contains(.timeout)
             completion = Completion(
-                lock: ProcessCopies.lockID(index), owner: owner(id), status: timedOut ? .timedOut : .deadlock,
-                mode: grant.mode)
+                lock: ProcessCopies.lockID(index), owner: owner(id), status: record.endedWaitStatus, mode: grant.mode)
         } else {
             var flags = grant.flags
             if grant.mode != requested, !record.flags.isDisjoint(with: [.alternatePR, .alternateCW]) {
@@ -1212,7 +1206,7 @@ extension LockService {
             else { continue }
             let id = clients[Int(slot)].id
             guard isLive(id), clients[Int(slot)].state == .ready else { continue }
-            ended.append((index, id, record.flags.contains(.timeout) ? .timedOut : .deadlock))
+            ended.append((index, id, record.endedWaitStatus))
         }
         if !ended.isEmpty {
             output.notices.append(
@@ -1224,6 +1218,12 @@ extension LockService {
             deliver(id, .completion(CompletionMessage(tag: 0, completion)))
         }
     }
+}
+
+extension RecoveredLock {
+    /// How a master ends a waiting request or conversion of this lock without granting it, when its answer was
+    /// lost: only by its timeout (ETIMEDOUT, if it had one) or as a deadlock's victim (EDEADLK).
+    var endedWaitStatus: DLMStatus { timeout != nil || flags.contains(.timeout) ? .timedOut : .deadlock }
 }
 
 // MARK: Only what the failure touched waits

@@ -296,6 +296,14 @@ public struct RecoveredGrant: Sendable, Hashable {
         self.valueBlockSequence = valueBlockSequence
         self.fencingToken = fencingToken
     }
+
+    /// The grant a completion tells (nil for one that grants no mode).
+    public init?(_ completion: Completion) {
+        guard let mode = completion.mode else { return nil }
+        self.init(
+            mode: mode, flags: completion.flags, valueBlock: completion.valueBlock,
+            valueBlockSequence: completion.valueBlockSequence, fencingToken: completion.fencingToken)
+    }
 }
 
 /// A master's answer to a request, conversion or unlock of another node.

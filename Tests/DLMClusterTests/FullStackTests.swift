@@ -28,14 +28,7 @@ import Testing
 @Suite struct FullStackTests {
     @Test func groupServicesDecideTheViewsAndExclusionHolds() {
         let environment = ProcessInfo.processInfo.environment
-        let seeds: [UInt64]
-        if let one = environment["DLM_STACK_SEED"].flatMap(UInt64.init) {
-            seeds = [one]
-        } else {
-            let count = environment["DLM_STACK_SEEDS"].flatMap(UInt64.init) ?? 20
-            let first = environment["DLM_STACK_FIRST_SEED"].flatMap(UInt64.init) ?? 1
-            seeds = Array(first..<first + count)
-        }
+        let seeds = randomSeeds(count: "DLM_STACK_SEEDS", default: 20, prefix: "DLM_STACK")
         var views = 0
         var fences = 0
         var grants = 0

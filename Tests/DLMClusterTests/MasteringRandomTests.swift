@@ -125,12 +125,12 @@ struct RecoveryRandomTests {
     }
 }
 
-/// The seeds of a random test: DLM_MASTERING_SEED replays one; else `count` (an environment variable, or
-/// `default`) seeds from DLM_MASTERING_FIRST_SEED (1).
-func randomSeeds(count variable: String, default fallback: Int) -> [UInt64] {
+/// The seeds of a random test: PREFIX_SEED (DLM_MASTERING_SEED) replays one; else `count` (an environment
+/// variable, or `default`) seeds from PREFIX_FIRST_SEED (1).
+func randomSeeds(count variable: String, default fallback: Int, prefix: String = "DLM_MASTERING") -> [UInt64] {
     let environment = ProcessInfo.processInfo.environment
-    if let one = environment["DLM_MASTERING_SEED"].flatMap(UInt64.init) { return [one] }
-    let first = environment["DLM_MASTERING_FIRST_SEED"].flatMap(UInt64.init) ?? 1
+    if let one = environment["\(prefix)_SEED"].flatMap(UInt64.init) { return [one] }
+    let first = environment["\(prefix)_FIRST_SEED"].flatMap(UInt64.init) ?? 1
     let count = UInt64(environment[variable].flatMap(Int.init) ?? fallback)
     return Array(first..<(first + count))
 }

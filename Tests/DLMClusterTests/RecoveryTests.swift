@@ -28,6 +28,19 @@ import Testing
         return (master, a)
     }
 
+    /// Node 3 masters `name` (its client "m" holds NL), and node 1's client "d" leaves a persistent PR there as it
+    /// exits: an orphan.
+    static func orphanOnNode3(
+        _ c: inout ClusterHarness, _ name: String, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
+        _ = c.master(name, on: 3)
+        let doomed = c.client(1, "d")
+        c.send(doomed, H.lock(2, name, .pr, .persistent))
+        #expect(c.run() == ["1d: COMPLETION tag 2 lock \(remote) granted PR"], sourceLocation: sourceLocation)
+        c.close(doomed)
+        _ = c.run()
+    }
+
     /// `node` dies; the survivors recover with no client output and rebuild everything they were sent.
     static func nodeDiesAndNothingIsRefused(
         _ c: inout ClusterHarness, _ node: UInt32, sourceLocation: SourceLocation = #_sourceLocation
@@ -178,12 +191,7 @@ import Testing
     @Test func anAdoptedOrphanStaysPersistentAfterItsMasterDies() {
         var c = ClusterHarness(nodes: 3)
         let name = ClusterHarness.name(directedTo: 3, of: 3)
-        _ = c.master(name, on: 3)
-        let first = c.client(1, "f")
-        c.send(first, H.lock(2, name, .pr, .persistent))
-        #expect(c.run() == ["1f: COMPLETION tag 2 lock \(Self.remote) granted PR"])
-        c.close(first)
-        _ = c.run()
+        Self.orphanOnNode3(&c, name)
         let adopter = c.client(2, "a")
         c.send(adopter, H.lock(2, name, .pr, .orphan))
         #expect(c.run() == ["2a: COMPLETION tag 2 lock \(Self.remote) granted PR"])
@@ -203,10 +211,7 @@ import Testing
     @Test func aSubLockUnderALockRebuiltOnItsHoldersNodeWaitsForTheRun() {
         var c = ClusterHarness(nodes: 3)
         let name = ClusterHarness.name(directedTo: [(3, 3), (1, 2)])
-        _ = c.master(name, on: 3)
-        let a = c.client(1, "a")
-        c.send(a, H.lock(2, name, .cr))
-        #expect(c.run() == ["1a: COMPLETION tag 2 lock \(Self.remote) granted CR"])
+        let (_, a) = Self.remoteLock(&c, name, .cr)
         c.crash(3)
         c.installView()
         c.hold(ClusterHarness.Link(from: 2, to: 1)) {
@@ -361,13 +366,10 @@ import Testing
         #expect(c.run() == ["3m: COMPLETION tag 3 lock 1 EUNLOCK"])
         #expect(c.completions["1a"] == nil)
 
-        guard let granted = c.nodes[3]!.service.engine.standingGrant(masterLock) else {
+        guard let grant = c.nodes[3]!.service.engine.standingGrant(masterLock).flatMap(RecoveredGrant.init) else {
             Issue.record("the master has no standing grant")
             return
         }
-        let grant = RecoveredGrant(
-            mode: granted.mode!, flags: granted.flags, valueBlock: granted.valueBlock,
-            valueBlockSequence: granted.valueBlockSequence, fencingToken: granted.fencingToken)
         let binding = RecoveredBinding(copy: Self.remote, owner: owner, lock: masterLock, grant: grant)
         c.withNode(1) { $0.service.bind([binding], from: 3) }
         #expect(c.run() == ["1a: COMPLETION tag 0 lock \(Self.remote) granted PR"])
@@ -389,12 +391,7 @@ import Testing
     @Test func aResourceWithAnOrphanAndASurvivorsLockIsRebuiltOnce() {
         var c = ClusterHarness(nodes: 3)
         let name = ClusterHarness.name(directedTo: 3, of: 3)
-        _ = c.master(name, on: 3)
-        let doomed = c.client(1, "d")
-        c.send(doomed, H.lock(2, name, .pr, .persistent))
-        #expect(c.run() == ["1d: COMPLETION tag 2 lock \(Self.remote) granted PR"])
-        c.close(doomed)
-        _ = c.run()
+        Self.orphanOnNode3(&c, name)
         let survivor = c.client(2, "s")
         c.send(survivor, H.lock(2, name, .cr))
         #expect(c.run() == ["2s: COMPLETION tag 2 lock \(Self.remote) granted CR"])
